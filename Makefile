@@ -1,0 +1,42 @@
+# Two commands matter:  `make run` (set up + serve the bundled data)  and  `make test`.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PORT    ?= 8000
+export RECSYS_TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+export RECSYS_TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
+
+.PHONY: install run test lint format services clean
+
+$(BIN)/recsys: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/recsys
+
+# Embedded defaults: SQLite file + in-process cache under ./instance. Idempotent: a second
+# `make run` skips the import and training that are already done.
+run: install
+	$(BIN)/recsys db upgrade
+	$(BIN)/recsys import online-retail --if-empty
+	$(BIN)/recsys train --if-missing
+	$(BIN)/recsys serve --bind 127.0.0.1:$(PORT)
+
+services:
+	./scripts/ensure_services.sh
+
+test: install services
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache .ruff_cache

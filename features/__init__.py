@@ -1,0 +1,1 @@
+"""Building blocks shared by training and serving: id maps, interaction matrices, text, history."""

@@ -1,0 +1,224 @@
+"""Interactions as arrays, the user-item matrix, and request-time user batches.
+
+``InteractionData`` is what every strategy's ``fit`` receives, whether it comes from the SQL
+store (``from_store``) or from a file read by the evaluation code (``from_arrays``). The same
+weighting turns a live user's history into a ``UserBatch`` at request time, so training and
+serving agree on what an event is worth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from features.idmap import IdMap
+
+EVENT_TYPES = ("view", "click", "cart", "purchase", "rating", "dislike")
+EVENT_CODE = {name: i for i, name in enumerate(EVENT_TYPES)}
+DISLIKE = EVENT_CODE["dislike"]
+RATING = EVENT_CODE["rating"]
+
+# Default strength of each event type: view < click < cart < purchase. A rating counts its
+# value (1..5) scaled so a 5-star rating equals a purchase; dislikes are never positives.
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 2.0,
+    "cart": 4.0,
+    "purchase": 8.0,
+    "rating": 1.6,  # times the rating value
+    "dislike": 0.0,
+}
+
+
+@dataclass
+class ItemMeta:
+    """Item attributes aligned with the item IdMap (row i describes item index i)."""
+
+    titles: list[str]
+    descriptions: list[str]
+    categories: list[list[str]]
+    available: np.ndarray  # bool, (n_items,)
+    price: np.ndarray | None = None  # float, NaN where unknown
+
+    def text(self, i: int) -> str:
+        return " ".join([self.titles[i], self.descriptions[i], " ".join(self.categories[i])])
+
+
+@dataclass
+class InteractionData:
+    users: IdMap
+    items: IdMap
+    user_idx: np.ndarray  # int32, one per event
+    item_idx: np.ndarray  # int32
+    event_type: np.ndarray  # int8, index into EVENT_TYPES
+    value: np.ndarray  # float32
+    ts: np.ndarray  # int64 unix seconds
+    item_meta: ItemMeta | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    def __len__(self) -> int:
+        return len(self.user_idx)
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_arrays(
+        cls,
+        user_ids: Sequence[str],
+        item_ids: Sequence[str],
+        event_types: Sequence[str] | str = "purchase",
+        values: Sequence[float] | None = None,
+        timestamps: Sequence[int] | None = None,
+        all_item_ids: Sequence[str] | None = None,
+        item_meta: ItemMeta | None = None,
+    ) -> InteractionData:
+        """Build from parallel per-event sequences of external ids."""
+        user_ids = np.asarray(user_ids).astype(str)
+        item_ids = np.asarray(item_ids).astype(str)
+        users = IdMap(dict.fromkeys(user_ids.tolist()))
+        items = IdMap(
+            all_item_ids if all_item_ids is not None else dict.fromkeys(item_ids.tolist())
+        )
+        n = len(user_ids)
+        if isinstance(event_types, str):
+            et = np.full(n, EVENT_CODE[event_types], dtype=np.int8)
+        else:
+            et = np.fromiter((EVENT_CODE[t] for t in event_types), dtype=np.int8, count=n)
+        return cls(
+            users=users,
+            items=items,
+            user_idx=users.indices(user_ids).astype(np.int32),
+            item_idx=items.indices(item_ids).astype(np.int32),
+            event_type=et,
+            value=np.ones(n, np.float32) if values is None else np.asarray(values, np.float32),
+            ts=np.zeros(n, np.int64) if timestamps is None else np.asarray(timestamps, np.int64),
+            item_meta=item_meta,
+        )
+
+    def subset(self, mask: np.ndarray) -> InteractionData:
+        """The events where ``mask`` is true, keeping the same id maps (indices stay valid)."""
+        return InteractionData(
+            users=self.users,
+            items=self.items,
+            user_idx=self.user_idx[mask],
+            item_idx=self.item_idx[mask],
+            event_type=self.event_type[mask],
+            value=self.value[mask],
+            ts=self.ts[mask],
+            item_meta=self.item_meta,
+            info=dict(self.info),
+        )
+
+    # -- features ---------------------------------------------------------------------------
+    def weights(self, weights: dict[str, float] | None = None) -> np.ndarray:
+        return event_weights(self.event_type, self.value, weights)
+
+    def matrix(
+        self,
+        weights: dict[str, float] | None = None,
+        half_life_days: float | None = None,
+        now: int | None = None,
+        binary: bool = False,
+    ) -> sp.csr_matrix:
+        """(n_users, n_items) float32 CSR; repeated events add up; dislikes contribute nothing.
+
+        ``half_life_days`` applies exponential time decay relative to ``now`` (default: the
+        newest event). ``binary`` turns every positive cell into 1.
+        """
+        w = self.weights(weights)
+        if half_life_days:
+            ref = int(self.ts.max()) if now is None and len(self.ts) else int(now or 0)
+            age_days = (ref - self.ts).clip(min=0) / 86400.0
+            w = w * np.power(0.5, age_days / half_life_days).astype(np.float32)
+        keep = w > 0
+        m = sp.csr_matrix(
+            (w[keep], (self.user_idx[keep], self.item_idx[keep])),
+            shape=(self.n_users, self.n_items),
+            dtype=np.float32,
+        )
+        m.sum_duplicates()
+        if binary:
+            m.data[:] = 1.0
+        return m
+
+    def sequences(self) -> list[np.ndarray]:
+        """Per user index: item indices of positive events in time order (oldest first)."""
+        pos = self.event_type != DISLIKE
+        order = np.lexsort((self.ts[pos], self.user_idx[pos]))
+        u = self.user_idx[pos][order]
+        it = self.item_idx[pos][order]
+        bounds = np.searchsorted(u, np.arange(self.n_users + 1))
+        return [it[bounds[i] : bounds[i + 1]] for i in range(self.n_users)]
+
+
+def event_weights(
+    event_type: np.ndarray, value: np.ndarray, weights: dict[str, float] | None = None
+) -> np.ndarray:
+    """Per-event positive weight (0 for dislikes) under a weighting scheme."""
+    table = dict(DEFAULT_WEIGHTS)
+    if weights:
+        table.update(weights)
+    lut = np.array([table[t] for t in EVENT_TYPES], dtype=np.float32)
+    w = lut[event_type.astype(np.int64)]
+    is_rating = event_type == RATING
+    if is_rating.any():
+        w = w.copy()
+        w[is_rating] = w[is_rating] * np.asarray(value, np.float32)[is_rating]
+    return w
+
+
+@dataclass
+class History:
+    """One user's history at request time, newest first as the SQL store returns it."""
+
+    item_idx: np.ndarray  # int; -1 for items unknown to the model (dropped when batching)
+    event_type: np.ndarray  # int8
+    value: np.ndarray  # float32
+    ts: np.ndarray  # int64
+
+
+def user_batch(
+    histories: Sequence[History],
+    n_items: int,
+    weights: dict[str, float] | None = None,
+    user_index: np.ndarray | None = None,
+):
+    """Turn request-time histories into a ``strategies.base.UserBatch`` for one model."""
+    from strategies.base import UserBatch
+
+    rows, cols, vals, seqs = [], [], [], []
+    for r, h in enumerate(histories):
+        known = (h.item_idx >= 0) & (h.item_idx < n_items)
+        w = event_weights(h.event_type[known], h.value[known], weights)
+        pos = w > 0
+        rows.append(np.full(int(pos.sum()), r, dtype=np.int64))
+        cols.append(h.item_idx[known][pos].astype(np.int64))
+        vals.append(w[pos])
+        # Sequences are oldest first; the store hands us newest first.
+        seqs.append(h.item_idx[known][pos][::-1].astype(np.int64))
+    b = len(histories)
+    m = sp.csr_matrix(
+        (
+            np.concatenate(vals) if vals else np.zeros(0, np.float32),
+            (
+                np.concatenate(rows) if rows else np.zeros(0, np.int64),
+                np.concatenate(cols) if cols else np.zeros(0, np.int64),
+            ),
+        ),
+        shape=(b, n_items),
+        dtype=np.float32,
+    )
+    m.sum_duplicates()
+    if user_index is None:
+        user_index = np.full(b, -1, dtype=np.int64)
+    return UserBatch(matrix=m, sequences=seqs, user_index=user_index)

@@ -1,0 +1,1 @@
+"""Alembic migration chain (runs on SQLite and PostgreSQL)."""

@@ -1,0 +1,53 @@
+"""Application factory. Only wires things together; nothing reads config at import time."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from apiflask import APIFlask
+
+from recsys.config import DEFAULTS, instance_defaults
+
+log = logging.getLogger(__name__)
+
+
+def _json_loads_or_str(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
+    app = APIFlask(
+        __name__,
+        title="recsys",
+        version="0.1.0",
+        instance_path=os.environ.get("RECSYS_INSTANCE_PATH") or None,
+        instance_relative_config=True,
+    )
+    app.config["SPEC_FORMAT"] = "json"
+    app.config["DOCS_PATH"] = "/docs"
+    app.config.update(DEFAULTS)
+    app.config.from_prefixed_env("RECSYS", loads=_json_loads_or_str)
+    if test_config:
+        app.config.update(test_config)
+    for key, value in instance_defaults(app.instance_path).items():
+        if not app.config.get(key):
+            app.config[key] = value
+    os.makedirs(app.instance_path, exist_ok=True)
+
+    from recsys import errors
+    from recsys.store import db
+
+    errors.register_error_handlers(app)
+    db.init_db(app)
+
+    from recsys.api import health
+
+    app.register_blueprint(health.bp)
+    return app

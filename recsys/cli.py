@@ -1,0 +1,78 @@
+"""The ``recsys`` command: a Flask CLI group built on ``create_app``.
+
+Subcommands live with the code they drive and are registered here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+from flask import current_app
+from flask.cli import FlaskGroup, with_appcontext
+
+from recsys.app import create_app
+
+
+@click.group(cls=FlaskGroup, create_app=create_app, add_default_commands=False)
+def main() -> None:
+    """recsys: recommendation-serving service."""
+
+
+@main.group("db")
+def db_group() -> None:
+    """Schema migrations (Alembic)."""
+
+
+@db_group.command("upgrade")
+@click.argument("revision", default="head")
+@with_appcontext
+def db_upgrade(revision: str) -> None:
+    """Upgrade the SQL store to REVISION (default: head)."""
+    from recsys.store import get_engine, migrate
+
+    migrate.upgrade(get_engine(), revision)
+    click.echo(f"database at {revision}: {_safe_url()}")
+
+
+@db_group.command("downgrade")
+@click.argument("revision", default="base")
+@with_appcontext
+def db_downgrade(revision: str) -> None:
+    """Downgrade the SQL store to REVISION (default: base, i.e. empty)."""
+    from recsys.store import get_engine, migrate
+
+    migrate.downgrade(get_engine(), revision)
+    click.echo(f"database at {revision}: {_safe_url()}")
+
+
+def _safe_url() -> str:
+    from recsys.store import get_engine
+
+    return get_engine().url.render_as_string(hide_password=True)
+
+
+@main.command("serve", context_settings={"ignore_unknown_options": True})
+@click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
+def serve(gunicorn_args: tuple[str, ...]) -> None:
+    """Run the service under gunicorn (gunicorn.conf.py); extra args go to gunicorn."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    conf = os.path.join(root, "gunicorn.conf.py")
+    argv = [sys.executable, "-m", "gunicorn", "-c", conf, *gunicorn_args, "wsgi:app"]
+    os.chdir(root)
+    os.execv(sys.executable, argv)
+
+
+def echo_json(obj: object) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def register_commands() -> None:
+    """Attach subcommands defined in other modules (kept import-light for --help)."""
+    from recsys import commands  # noqa: F401  (registers on import)
+
+
+register_commands()
+_ = current_app  # re-exported for command modules

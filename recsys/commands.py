@@ -1,0 +1,3 @@
+"""Registers the CLI subcommands that live in other modules."""
+
+from __future__ import annotations

@@ -1,0 +1,49 @@
+"""Configuration defaults.
+
+Every key can be overridden from the environment with the ``RECSYS_`` prefix
+(``RECSYS_DATABASE_URL`` sets ``DATABASE_URL``) or by the mapping given to ``create_app``.
+Values read from the environment are parsed as JSON when they look like JSON, so
+``RECSYS_CACHE_TTL=60`` is an int. The README documents each key.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEFAULTS: dict[str, object] = {
+    # SQL store. None means a SQLite file in the instance folder (embedded default).
+    "DATABASE_URL": None,
+    # Redis. None means a bounded in-process cache (embedded default, one process only).
+    "REDIS_URL": None,
+    # Where model versions live. None means <instance>/models.
+    "MODEL_DIR": None,
+    # Bearer token for /v1/admin. None disables admin entirely (it is never open).
+    "ADMIN_TOKEN": None,
+    # Namespace for every Redis key, so several deployments can share one Redis.
+    "REDIS_PREFIX": "recsys",
+    # Seconds a per-user result stays cached.
+    "CACHE_TTL": 300,
+    # Entries of the in-process cache used when REDIS_URL is unset.
+    "LOCAL_CACHE_SIZE": 10_000,
+    # Default per-request deadline in milliseconds.
+    "DEADLINE_MS": 250,
+    # Per-process memory budget for loaded models, in MiB.
+    "MODEL_MEMORY_BUDGET_MB": 768,
+    # Micro-batching of the deep model.
+    "BATCH_MAX_SIZE": 32,
+    "BATCH_MAX_DELAY_MS": 2.0,
+    # Largest list accepted by POST /v1/events.
+    "EVENTS_MAX_BATCH": 1000,
+    # Load active models when the app starts (True) or on first use (False).
+    "PRELOAD_MODELS": True,
+    # Seconds between checks of the shared configuration version in SQL.
+    "CONFIG_POLL_SECONDS": 0.5,
+}
+
+
+def instance_defaults(instance_path: str) -> dict[str, str]:
+    """Defaults that depend on the instance folder."""
+    return {
+        "DATABASE_URL": "sqlite:///" + os.path.join(instance_path, "recsys.db"),
+        "MODEL_DIR": os.path.join(instance_path, "models"),
+    }

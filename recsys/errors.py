@@ -1,0 +1,65 @@
+"""One JSON error shape for the whole API: ``{"code", "name", "description"}``."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import InternalServerError
+from werkzeug.http import HTTP_STATUS_CODES as HTTP_STATUS_NAMES
+
+log = logging.getLogger(__name__)
+
+
+class RecsysError(Exception):
+    """Base for errors that map to an HTTP status (and a clean CLI message)."""
+
+    code = 400
+    name = "Bad Request"
+
+    def __init__(self, description: str, code: int | None = None):
+        super().__init__(description)
+        self.description = description
+        if code is not None:
+            self.code = code
+
+
+class NotFound(RecsysError):
+    code = 404
+    name = "Not Found"
+
+
+class Conflict(RecsysError):
+    code = 409
+    name = "Conflict"
+
+
+class ModelError(RecsysError):
+    """A model version could not be loaded (missing, tampered, incompatible)."""
+
+    code = 409
+    name = "Model Error"
+
+
+def error_body(code: int, name: str, description: str) -> dict:
+    return {"code": code, "name": name, "description": description}
+
+
+def register_error_handlers(app: Flask) -> None:
+    # APIFlask routes every HTTPException and validation error through this processor.
+    @app.error_processor
+    def _apiflask_error(e):
+        body = error_body(e.status_code, HTTP_STATUS_NAMES.get(e.status_code, "Error"), e.message)
+        if e.detail:
+            body["detail"] = e.detail
+        return body, e.status_code, e.headers
+
+    @app.errorhandler(RecsysError)
+    def _recsys_error(e: RecsysError):
+        return jsonify(error_body(e.code, e.name, e.description)), e.code
+
+    @app.errorhandler(Exception)
+    def _unhandled(e: Exception):
+        log.exception("unhandled error")
+        ie = InternalServerError()
+        return jsonify(error_body(500, ie.name, "internal error; see the server log")), 500

@@ -1,0 +1,46 @@
+"""Process lifecycle hooks: what must be re-created in each gunicorn worker after fork."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from flask import Flask
+
+log = logging.getLogger(__name__)
+
+# Hooks registered by subsystems (cache client, model runtime, batcher threads).
+_after_fork_hooks: list = []
+
+
+def on_after_fork(fn):
+    """Register ``fn(app)`` to run in each worker right after fork."""
+    _after_fork_hooks.append(fn)
+    return fn
+
+
+def limit_threads(n: int = 1) -> None:
+    """BLAS and torch use one thread per worker: gunicorn already gives us parallelism."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(n))
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except Exception:  # pragma: no cover - threadpoolctl missing a backend is harmless
+        log.debug("threadpoolctl could not limit threads", exc_info=True)
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except Exception:  # pragma: no cover
+        log.debug("torch thread limit not applied", exc_info=True)
+
+
+def after_fork(app: Flask) -> None:
+    from recsys.store.db import dispose_after_fork
+
+    dispose_after_fork(app)
+    limit_threads(int(app.config.get("WORKER_THREADS_BLAS", 1)))
+    for hook in _after_fork_hooks:
+        hook(app)

@@ -1,0 +1,1 @@
+"""Recommendation strategies. Each implements strategies.base.Strategy."""

@@ -1,0 +1,135 @@
+"""The one contract every strategy implements (modelled on implicit's and scikit-learn's).
+
+* Models see internal integer indices only; ``features.idmap.IdMap`` maps external ids.
+* Hyperparameters are ``__init__`` keyword arguments stored as-is; learned state ends in ``_``.
+* Every query is batched: ``recommend`` takes a ``UserBatch`` of b users and returns
+  ``(ids, scores)``, each of shape ``(b, n)``; rows with fewer than n results are padded with
+  ``ids == -1`` and ``scores == -inf``. Scores are higher-is-better and only comparable within
+  one strategy (the blender normalises them).
+* Users are described by their *current* history (a weighted CSR row per user plus the ordered
+  item sequence), so fresh events change results without retraining. ``user_index`` is the
+  training-time index where known (-1 otherwise); strategies may use it as a shortcut only when
+  the history has not changed since training.
+* Persistence: ``save(dir)`` writes JSON (params) and ``.npz`` (arrays; loaded with
+  ``allow_pickle=False``) or torch ``state_dict`` files (loaded with ``weights_only=True``).
+  Never pickle. The model repository (recsys.registry) adds the manifest and checksums.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from features.interactions import InteractionData
+
+PARAMS_FILE = "params.json"
+
+
+@dataclass
+class UserBatch:
+    """b users to score, described by their histories at request time."""
+
+    # (b, n_items) CSR of weighted interactions (features.interactions weights, decay applied).
+    matrix: sp.csr_matrix
+    # Per user: item indices in time order, oldest first (for sequential models).
+    sequences: list[np.ndarray] = field(default_factory=list)
+    # Per user: training-time user index, or -1 for users unknown at training time.
+    user_index: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.matrix.shape[0]
+
+
+class Strategy(ABC):
+    """Base class. Subclasses set ``name`` and implement ``fit``, ``_score`` and persistence."""
+
+    name: ClassVar[str] = "base"
+    # Whether the strategy can serve users with no (or almost no) history.
+    serves_cold: ClassVar[bool] = False
+
+    # -- training -------------------------------------------------------------------------
+    @abstractmethod
+    def fit(self, data: InteractionData) -> Self:
+        """Learn from the training interactions. Returns self."""
+
+    # -- querying ---------------------------------------------------------------------------
+    @abstractmethod
+    def score(self, users: UserBatch) -> np.ndarray:
+        """Dense ``(b, n_items)`` float32 scores, higher is better (-inf: never recommend)."""
+
+    def recommend(
+        self,
+        users: UserBatch,
+        n: int = 10,
+        exclude: list[np.ndarray] | None = None,
+        candidates: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n item indices and scores per user.
+
+        ``exclude``: per-user arrays of item indices never to return. ``candidates``: if given,
+        only these item indices may be returned (for all users).
+        """
+        scores = np.asarray(self.score(users), dtype=np.float32)
+        if candidates is not None:
+            mask = np.full(scores.shape[1], True)
+            mask[np.asarray(candidates, dtype=np.int64)] = False
+            scores[:, mask] = -np.inf
+        if exclude is not None:
+            for row, ex in enumerate(exclude):
+                if ex is not None and len(ex):
+                    scores[row, np.asarray(ex, dtype=np.int64)] = -np.inf
+        return top_n(scores, n)
+
+    def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n most similar items per query item (the item itself excluded)."""
+        raise NotImplementedError(f"{self.name} does not support similar_items")
+
+    # -- persistence ------------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """Hyperparameters as given to ``__init__`` (JSON-serialisable)."""
+        return dict(self.__dict__.get("_params", {}))
+
+    @abstractmethod
+    def save(self, path: str) -> None:
+        """Write the fitted model into directory ``path`` (created if needed). No pickle."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: str) -> Self:
+        """Read a model written by ``save``."""
+
+    # helpers for subclasses
+    def _save_params(self, path: str, extra: dict[str, Any] | None = None) -> None:
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, PARAMS_FILE), "w") as f:
+            json.dump({"name": self.name, "params": self.get_params(), **(extra or {})}, f)
+
+    @staticmethod
+    def _load_params(path: str) -> dict[str, Any]:
+        with open(os.path.join(path, PARAMS_FILE)) as f:
+            return json.load(f)
+
+
+def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-n of a dense score matrix, padded with (-1, -inf) where fewer are finite."""
+    b, m = scores.shape
+    k = min(n, m)
+    if k <= 0:
+        return np.full((b, n), -1, dtype=np.int64), np.full((b, n), -np.inf, dtype=np.float32)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    sc = np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
+    ids[~np.isfinite(sc)] = -1
+    sc[~np.isfinite(sc)] = -np.inf
+    if k < n:
+        ids = np.pad(ids, ((0, 0), (0, n - k)), constant_values=-1)
+        sc = np.pad(sc, ((0, 0), (0, n - k)), constant_values=-np.inf)
+    return ids, sc
