@@ -146,6 +146,8 @@ class ModelActivation(Base):
     strategy: Mapped[str] = mapped_column(String(64), index=True)
     version: Mapped[str] = mapped_column(String(64))
     previous_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # "activate" pushes onto the history, "rollback" pops it (see recsys.registry).
+    kind: Mapped[str] = mapped_column(String(16), default="activate", server_default="activate")
     actor: Mapped[str] = mapped_column(String(128), default="cli")
     at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
