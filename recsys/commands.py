@@ -1,3 +1,5 @@
 """Registers the CLI subcommands that live in other modules."""
 
 from __future__ import annotations
+
+from recsys.evaluation import cli as _evaluation  # noqa: F401

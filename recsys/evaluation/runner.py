@@ -1,0 +1,329 @@
+"""Offline evaluation of serving configurations through the service's own request path.
+
+``evaluate(configs, data, split, k, seed)``:
+
+1. splits the data (seeded) into train and test;
+2. trains every strategy any configuration needs, on the training part only, once per distinct
+   (strategy, hyperparameters) pair, so configurations that share a model share its training;
+3. for each configuration builds a ``recsys.service.Recommender`` over those models and asks it,
+   through ``recommend_batch`` (the same router, blend and business rules as the HTTP API), for
+   the top k of every test user, whose history is their training events;
+4. scores the lists against the test events (``recsys.evaluation.metrics``), overall and per
+   segment (route as served; training-history buckets 0, 1-4, 5-19, 20+), with bootstrap
+   intervals, and compares every configuration with the first (or every pair) with paired tests
+   over users (``recsys.evaluation.stats``).
+
+The returned dict is what ``report.write_report`` stores as ``report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from features.interactions import DISLIKE, InteractionData
+from recsys.evaluation import metrics as M
+from recsys.evaluation import splits, stats
+from recsys.evaluation.configs import EvalConfig, load_config, serving_config
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("time", "random-user", "stratified-item", "leave-last-out")
+HISTORY_BUCKETS = (("0", 0, 0), ("1-4", 1, 4), ("5-19", 5, 19), ("20+", 20, None))
+BATCH = 256
+
+
+def split_data(
+    data: InteractionData,
+    split: str,
+    seed: int = 42,
+    ratio: float = 0.75,
+    cutoff: str | None = None,
+    fraction: float | None = None,
+) -> tuple[InteractionData, InteractionData]:
+    """One of ``SPLITS``; ``ratio`` is the training share of the random splits."""
+    if split == "stratified-item":
+        return splits.stratified_item_split(data, ratio=ratio, seed=seed)
+    if split == "random-user":
+        return splits.random_user_split(data, ratio=ratio, seed=seed)
+    if split == "time":
+        return splits.time_split(data, cutoff=cutoff, fraction=fraction)
+    if split == "leave-last-out":
+        return splits.leave_last_out(data)
+    raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+
+
+def _param_key(name: str, params: dict[str, Any]) -> str:
+    return name + json.dumps(params, sort_keys=True, default=str)
+
+
+def _needed_strategies(config) -> list[str]:
+    """Strategies a ServingConfig may call: enabled ones on either route."""
+    names: list[str] = []
+    for route in ("cold", "warm"):
+        for s in config.route_strategies(route):
+            if s not in names:
+                names.append(s)
+    # The request path falls back to popularity when a route has nothing to serve with.
+    if "popular" not in names:
+        names.append("popular")
+    return names
+
+
+def train_models(
+    configs: Sequence[EvalConfig],
+    train: InteractionData,
+    progress: Callable | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """Fit what each configuration needs; returns per-config {strategy: LoadedModel} and times."""
+    from recsys.registry import LoadedModel
+    from strategies import get_strategy_class
+
+    fitted: dict[str, Any] = {}
+    times: dict[str, float] = {}
+    per_config: dict[str, dict[str, Any]] = {}
+    jobs = []
+    for cfg in configs:
+        sc = serving_config(cfg)
+        for s in _needed_strategies(sc):
+            key = _param_key(s, cfg.params.get(s, {}))
+            jobs.append((cfg.name, s, key, cfg.params.get(s, {})))
+    n_models = len({j[2] for j in jobs})
+    bar = progress(total=n_models, desc="train", unit="model") if progress else None
+    for cfg_name, s, key, params in jobs:
+        if key not in fitted:
+            t0 = time.perf_counter()
+            model = get_strategy_class(s)(**params).fit(train)
+            label = s if s not in times else f"{s}{params}"
+            times[label] = time.perf_counter() - t0
+            fitted[key] = LoadedModel(
+                strategy=s,
+                version="eval",
+                model=model,
+                items=train.items,
+                users=train.users,
+                meta={"params": params},
+                path="",
+                nbytes=0,
+            )
+            log.info("trained %s in %.2fs", s, times[label])
+            if bar is not None:
+                bar.update(1)
+        per_config.setdefault(cfg_name, {})[s] = fitted[key]
+    if bar is not None:
+        bar.close()
+    return per_config, times
+
+
+def _segment_of_history(n_events: np.ndarray) -> np.ndarray:
+    labels = np.empty(len(n_events), dtype=object)
+    for name, lo, hi in HISTORY_BUCKETS:
+        mask = (n_events >= lo) & ((n_events <= hi) if hi is not None else True)
+        labels[mask] = name
+    return labels
+
+
+def _summaries(
+    per_user: dict[str, np.ndarray],
+    mask: np.ndarray,
+    resamples: int,
+    seed: int,
+    with_intervals: bool = True,
+) -> dict[str, Any]:
+    metrics, intervals = {}, {}
+    for key, values in per_user.items():
+        v = values[mask]
+        v = v[np.isfinite(v)]
+        if with_intervals:
+            mean, lo, hi = stats.mean_ci(v, resamples=resamples, seed=seed)
+            intervals[key] = [lo, hi]
+        else:
+            mean = float(v.mean()) if v.size else float("nan")
+        metrics[key] = mean
+    return {"metrics": metrics, "intervals": intervals}
+
+
+def evaluate(
+    configs: Sequence[EvalConfig | str],
+    data: InteractionData,
+    split: str = "stratified-item",
+    k: int = 10,
+    seed: int = 42,
+    *,
+    ratio: float = 0.75,
+    cutoff: str | None = None,
+    fraction: float | None = None,
+    resamples: int = stats.DEFAULT_RESAMPLES,
+    all_pairs: bool = False,
+    progress: Callable | None = None,
+    dataset_name: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``configs`` (EvalConfig objects or ``--config`` strings) on ``data``.
+
+    ``progress``: a tqdm-like factory (``progress(total=, desc=, unit=)``) for progress bars.
+    Returns the report dict (see the module docstring and ``report.write_report``).
+    """
+    from recsys.service import Recommender, RecRequest, histories_from_data
+
+    if not configs:
+        raise ValueError("give at least one configuration")
+    cfgs = [c if isinstance(c, EvalConfig) else load_config(c) for c in configs]
+    names = [c.name for c in cfgs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"configuration names must be unique: {names}")
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    t_start = time.perf_counter()
+    timings: dict[str, Any] = {}
+
+    t0 = time.perf_counter()
+    train, test = split_data(data, split, seed=seed, ratio=ratio, cutoff=cutoff, fraction=fraction)
+    timings["split_s"] = time.perf_counter() - t0
+    if len(train) == 0 or len(test) == 0:
+        raise ValueError(f"the {split} split left an empty train or test part")
+
+    # Relevant items: every positive test event (Recommenders: every test rating counts).
+    pos = test.event_type != DISLIKE
+    relevant_all = sp.csr_matrix(
+        (np.ones(int(pos.sum()), np.float32), (test.user_idx[pos], test.item_idx[pos])),
+        shape=(data.n_users, data.n_items),
+    )
+    relevant_all.sum_duplicates()
+    test_users = np.flatnonzero(np.diff(relevant_all.indptr) > 0)
+    relevant = relevant_all[test_users]
+    train_len = np.bincount(train.user_idx, minlength=data.n_users)[test_users]
+    hist_bucket = _segment_of_history(train_len)
+    item_users = np.diff(train.matrix(binary=True).tocsc().indptr)
+    n_train_users = int(np.count_nonzero(np.bincount(train.user_idx, minlength=data.n_users)))
+
+    models, train_times = train_models(cfgs, train, progress=progress)
+    timings["train_s"] = train_times
+
+    histories = histories_from_data(train, test_users)
+    report_configs: dict[str, Any] = {}
+    per_user_all: dict[str, dict[str, np.ndarray]] = {}
+    lists_all: dict[str, np.ndarray] = {}
+    rec_times: dict[str, float] = {}
+    for cfg in cfgs:
+        sc = serving_config(cfg)
+        loaded = models.get(cfg.name, {})
+        # No catalogue view: every training item is available and there is no category filter.
+        recommender = Recommender(models=loaded.get, config=sc, catalog=None)
+        rec_ids = np.full((len(test_users), k), -1, dtype=np.int64)
+        routes = np.empty(len(test_users), dtype=object)
+        bar = (
+            progress(total=len(test_users), desc=f"recommend {cfg.name}", unit="user")
+            if progress
+            else None
+        )
+        t0 = time.perf_counter()
+        for start in range(0, len(test_users), BATCH):
+            hs = histories[start : start + BATCH]
+            results = recommender.recommend_batch(hs, [RecRequest(n=k) for _ in hs])
+            for row, res in enumerate(results, start=start):
+                ids = [it.item_id for it in res.items][:k]
+                rec_ids[row, : len(ids)] = train.items.indices(ids)
+                routes[row] = res.route
+            if bar is not None:
+                bar.update(len(hs))
+        rec_times[cfg.name] = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        means, per_user = M.evaluate_recommendations(
+            rec_ids, relevant, k=k, item_users=item_users, n_train_users=n_train_users
+        )
+        per_user_all[cfg.name] = per_user
+        lists_all[cfg.name] = rec_ids
+        everyone = np.ones(len(test_users), dtype=bool)
+        overall = _summaries(per_user, everyone, resamples, seed)
+        overall["metrics"][f"coverage@{k}"] = means[f"coverage@{k}"]
+        segments: dict[str, dict[str, Any]] = {"route": {}, "history": {}}
+        for route in ("cold", "warm"):
+            mask = routes == route
+            if mask.any():
+                seg = _summaries(per_user, mask, resamples, seed, with_intervals=False)
+                segments["route"][route] = {"n_users": int(mask.sum()), **seg}
+        for name, _, _ in HISTORY_BUCKETS:
+            mask = hist_bucket == name
+            if mask.any():
+                seg = _summaries(per_user, mask, min(resamples, 500), seed)
+                seg["metrics"][f"coverage@{k}"] = M.coverage(rec_ids[mask], data.n_items, k)
+                segments["history"][name] = {"n_users": int(mask.sum()), **seg}
+        report_configs[cfg.name] = {
+            **cfg.to_dict(),
+            "serving_resolved": sc.to_dict(),
+            "strategies_trained": sorted(loaded),
+            "metrics": overall["metrics"],
+            "intervals": overall["intervals"],
+            "segments": segments,
+            "timings": {
+                "recommend_s": rec_times[cfg.name],
+                "users_per_s": len(test_users) / max(rec_times[cfg.name], 1e-9),
+            },
+        }
+
+    comparisons = compare_configs(
+        names, per_user_all, lists_all, data.n_items, k, resamples, seed, all_pairs
+    )
+    timings["recommend_s"] = rec_times
+    timings["total_s"] = time.perf_counter() - t_start
+    return {
+        "dataset": {
+            "name": dataset_name or data.info.get("dataset", "data"),
+            "n_events": len(data),
+            "n_users": data.n_users,
+            "n_items": data.n_items,
+        },
+        "split": {
+            "name": split,
+            "seed": seed,
+            "ratio": ratio if split in ("stratified-item", "random-user") else None,
+            "cutoff": cutoff,
+            "fraction": fraction,
+            "n_train": len(train),
+            "n_test": len(test),
+            "n_test_users": len(test_users),
+        },
+        "k": k,
+        "seed": seed,
+        "resamples": resamples,
+        "main_metric": f"ndcg@{k}",
+        "configs": report_configs,
+        "comparisons": comparisons,
+        "timings": timings,
+    }
+
+
+def compare_configs(
+    names: list[str],
+    per_user: dict[str, dict[str, np.ndarray]],
+    lists: dict[str, np.ndarray],
+    n_items: int,
+    k: int,
+    resamples: int,
+    seed: int,
+    all_pairs: bool = False,
+) -> list[dict[str, Any]]:
+    """Paired tests of each configuration against the first (or of every pair)."""
+    if all_pairs:
+        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    else:
+        pairs = [(names[0], b) for b in names[1:]]
+    out = []
+    for a, b in pairs:
+        for key in per_user[a]:
+            va, vb = per_user[a][key], per_user[b][key]
+            both = np.isfinite(va) & np.isfinite(vb)
+            c = stats.compare(va[both], vb[both], key, a, b, resamples=resamples, seed=seed)
+            out.append(c.to_dict())
+        c = stats.compare_sets(
+            lists[a][:, :k], lists[b][:, :k], n_items, f"coverage@{k}", a, b, resamples, seed
+        )
+        out.append(c.to_dict())
+    return out
