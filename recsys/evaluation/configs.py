@@ -33,8 +33,6 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from strategies import STRATEGY_NAMES
-
 DEFAULT_NAME = "default"
 _ALLOWED_KEYS = {"name", "description", "serving", "params"}
 
@@ -77,6 +75,8 @@ def single_strategy_overrides(name: str) -> dict[str, Any]:
 
 def load_config(spec: str) -> EvalConfig:
     """Resolve one ``--config`` value: ``default``, a strategy name, or a TOML/JSON file."""
+    from strategies import STRATEGY_NAMES
+
     if spec == DEFAULT_NAME:
         return EvalConfig(
             name=DEFAULT_NAME, description="shipped default (router + blend)", source=spec
@@ -110,6 +110,8 @@ def load_config(spec: str) -> EvalConfig:
 
 def config_from_dict(raw: dict[str, Any], source: str = "") -> EvalConfig:
     """Validate a parsed configuration (file contents or a notebook's dict)."""
+    from strategies import STRATEGY_NAMES
+
     if not isinstance(raw, dict):
         raise ConfigError(f"{source or 'config'}: top level must be a table/object")
     unknown = set(raw) - _ALLOWED_KEYS
