@@ -1,0 +1,718 @@
+"""The one request path: history -> route -> candidates per strategy -> blend -> rules -> page.
+
+HTTP (recsys.api.recommend) and offline evaluation (recsys.evaluation) both call
+``Recommender``; there is no second implementation of routing, blending or business rules.
+
+Stages, each a separate method so they can be tested and reasoned about alone:
+
+* ``route(history)``: "cold" when the user has fewer than ``cold_threshold`` distinct positive
+  items, else "warm".
+* ``candidates``: every enabled strategy of the route scores its users in one batched
+  ``recommend`` call (per category group), over-fetching ``candidates_per_strategy`` items so
+  the business rules still leave ``n``. Strategies never filter beyond what they are handed.
+* ``blend``: weighted fusion of per-strategy normalised scores ("weighted") or reciprocal-rank
+  fusion ("rrf"); ``sources`` records each strategy's contribution per item.
+* ``apply_rules``: exclude seen items, request ``exclude``, category, unavailable items, at most
+  ``max_per_category`` items per primary category.
+* ``page``: ``offset`` / ``n``.
+
+Models come from a callable ``models(strategy) -> LoadedModel | None`` (recsys.registry's
+LoadedModel, or any object with ``.model``, ``.items`` and ``.version``), so the same code runs
+on the model runtime, on in-memory models in evaluation, and in tests.
+
+Degradation policy: a strategy with no loaded model is *skipped* and does not make the answer
+degraded (it is simply not deployed, e.g. no deep model trained). A strategy that raises or
+misses the request deadline is *dropped* and the answer says ``degraded=True``; so does an
+answer where no strategy of the route could serve and the fallback (popular) was used, or
+nothing could serve at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from features.interactions import DEFAULT_WEIGHTS, EVENT_CODE, EVENT_TYPES, History, user_batch
+
+log = logging.getLogger(__name__)
+
+STRATEGY_NAMES = ("popular", "content", "als", "bpr", "ease", "deep")
+BLEND_METHODS = ("weighted", "rrf")
+NORMALIZATIONS = ("minmax", "rank")
+ROUTES = ("cold", "warm")
+
+# Shipped defaults. Admin settings (recsys.settings) and experiment variants are overrides of
+# exactly this shape, merged with ServingConfig.with_overrides.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "strategies": {
+        "popular": {"enabled": True, "weight": 0.3},
+        "content": {"enabled": True, "weight": 1.0},
+        "als": {"enabled": True, "weight": 1.0},
+        "bpr": {"enabled": True, "weight": 0.5},
+        "ease": {"enabled": True, "weight": 1.0},
+        "deep": {"enabled": True, "weight": 1.0},
+    },
+    "routing": {
+        "cold_threshold": 5,
+        "cold_strategies": ["content", "popular"],
+        "warm_strategies": ["als", "bpr", "ease", "deep", "popular"],
+        "blend": "weighted",
+        "normalize": "minmax",
+        "rrf_k": 60,
+        "max_per_category": None,
+        "exclude_seen": True,
+        "seen_types": ["purchase", "rating"],
+        "candidates_per_strategy": 200,
+    },
+}
+
+
+# -- configuration --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StrategyConfig:
+    enabled: bool = True
+    weight: float = 1.0
+
+
+def _deep_merge(base: dict, over: Mapping) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """What the request path does. The dict shape (``to_dict`` / ``from_dict``)::
+
+        {"strategies": {"als": {"enabled": true, "weight": 1.0}, ...},   # any of STRATEGY_NAMES
+         "routing": {"cold_threshold": 5,            # distinct positive items below which cold
+                     "cold_strategies": ["content", "popular"],
+                     "warm_strategies": ["als", "bpr", "ease", "deep", "popular"],
+                     "blend": "weighted" | "rrf",
+                     "normalize": "minmax" | "rank", # per-strategy score scaling for "weighted"
+                     "rrf_k": 60,
+                     "max_per_category": null | int, # diversity cap per primary category
+                     "exclude_seen": true,           # drop items the user already has
+                     "seen_types": ["purchase", "rating"],  # which events count as "has"
+                     "candidates_per_strategy": 200}}
+
+    Missing keys take the shipped defaults (``DEFAULT_CONFIG``); unknown keys or bad values
+    raise ``ValueError`` with a message naming the key. Dislikes are always excluded.
+    """
+
+    strategies: Mapping[str, StrategyConfig]
+    cold_threshold: int = 5
+    cold_strategies: tuple[str, ...] = ("content", "popular")
+    warm_strategies: tuple[str, ...] = ("als", "bpr", "ease", "deep", "popular")
+    blend: str = "weighted"
+    normalize: str = "minmax"
+    rrf_k: int = 60
+    max_per_category: int | None = None
+    exclude_seen: bool = True
+    seen_types: tuple[str, ...] = ("purchase", "rating")
+    candidates_per_strategy: int = 200
+
+    @classmethod
+    def default(cls) -> ServingConfig:
+        return cls.from_dict({})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ServingConfig:
+        """Validate ``data`` (merged over the defaults) into a config; ``ValueError`` if bad."""
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ValueError("config must be an object")
+        unknown = set(data) - {"strategies", "routing"}
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        merged = _deep_merge(DEFAULT_CONFIG, data)
+        strategies = merged["strategies"]
+        if not isinstance(strategies, Mapping):
+            raise ValueError("strategies must be an object")
+        parsed: dict[str, StrategyConfig] = {}
+        for name, sc in strategies.items():
+            if name not in STRATEGY_NAMES:
+                raise ValueError(f"unknown strategy {name!r}; expected one of {STRATEGY_NAMES}")
+            if not isinstance(sc, Mapping):
+                raise ValueError(f"strategies.{name} must be an object")
+            bad = set(sc) - {"enabled", "weight"}
+            if bad:
+                raise ValueError(f"strategies.{name}: unknown keys {sorted(bad)}")
+            enabled, weight = sc.get("enabled", True), sc.get("weight", 1.0)
+            if not isinstance(enabled, bool):
+                raise ValueError(f"strategies.{name}.enabled must be true or false")
+            if not _is_num(weight) or weight < 0:
+                raise ValueError(f"strategies.{name}.weight must be a number >= 0")
+            parsed[name] = StrategyConfig(enabled=enabled, weight=float(weight))
+
+        r = merged["routing"]
+        if not isinstance(r, Mapping):
+            raise ValueError("routing must be an object")
+        bad = set(r) - set(DEFAULT_CONFIG["routing"])
+        if bad:
+            raise ValueError(f"routing: unknown keys {sorted(bad)}")
+        if not _is_int(r["cold_threshold"]) or r["cold_threshold"] < 0:
+            raise ValueError("routing.cold_threshold must be an integer >= 0")
+        for key in ("cold_strategies", "warm_strategies"):
+            v = r[key]
+            if not isinstance(v, list | tuple) or not all(s in STRATEGY_NAMES for s in v):
+                raise ValueError(f"routing.{key} must be a list of {STRATEGY_NAMES}")
+        if r["blend"] not in BLEND_METHODS:
+            raise ValueError(f"routing.blend must be one of {BLEND_METHODS}")
+        if r["normalize"] not in NORMALIZATIONS:
+            raise ValueError(f"routing.normalize must be one of {NORMALIZATIONS}")
+        if not _is_num(r["rrf_k"]) or r["rrf_k"] <= 0:
+            raise ValueError("routing.rrf_k must be a number > 0")
+        mpc = r["max_per_category"]
+        if mpc is not None and (not _is_int(mpc) or mpc < 1):
+            raise ValueError("routing.max_per_category must be null or an integer >= 1")
+        if not isinstance(r["exclude_seen"], bool):
+            raise ValueError("routing.exclude_seen must be true or false")
+        st = r["seen_types"]
+        if not isinstance(st, list | tuple) or not all(t in EVENT_TYPES for t in st):
+            raise ValueError(f"routing.seen_types must be a list of {EVENT_TYPES}")
+        cps = r["candidates_per_strategy"]
+        if not _is_int(cps) or not 1 <= cps <= 10_000:
+            raise ValueError("routing.candidates_per_strategy must be an integer in 1..10000")
+        return cls(
+            strategies=parsed,
+            cold_threshold=r["cold_threshold"],
+            cold_strategies=tuple(r["cold_strategies"]),
+            warm_strategies=tuple(r["warm_strategies"]),
+            blend=r["blend"],
+            normalize=r["normalize"],
+            rrf_k=r["rrf_k"],
+            max_per_category=mpc,
+            exclude_seen=r["exclude_seen"],
+            seen_types=tuple(st),
+            candidates_per_strategy=cps,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategies": {
+                name: {"enabled": sc.enabled, "weight": sc.weight}
+                for name, sc in self.strategies.items()
+            },
+            "routing": {
+                "cold_threshold": self.cold_threshold,
+                "cold_strategies": list(self.cold_strategies),
+                "warm_strategies": list(self.warm_strategies),
+                "blend": self.blend,
+                "normalize": self.normalize,
+                "rrf_k": self.rrf_k,
+                "max_per_category": self.max_per_category,
+                "exclude_seen": self.exclude_seen,
+                "seen_types": list(self.seen_types),
+                "candidates_per_strategy": self.candidates_per_strategy,
+            },
+        }
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> ServingConfig:
+        """A new config: ``overrides`` (same dict shape, partial) deep-merged over this one."""
+        if not overrides:
+            return self
+        return ServingConfig.from_dict(_deep_merge(self.to_dict(), overrides))
+
+    def weight(self, strategy: str) -> float:
+        sc = self.strategies.get(strategy)
+        return sc.weight if sc else 0.0
+
+    def enabled(self, strategy: str) -> bool:
+        sc = self.strategies.get(strategy)
+        return bool(sc and sc.enabled)
+
+    def route_strategies(self, route: str) -> list[str]:
+        names = self.cold_strategies if route == "cold" else self.warm_strategies
+        return [s for s in names if self.enabled(s)]
+
+
+# -- request / history / result -------------------------------------------------------------
+@dataclass
+class RecRequest:
+    n: int = 10
+    offset: int = 0
+    category: str | None = None
+    exclude: Sequence[str] = ()
+    explain: bool = False
+    deadline_s: float | None = None
+    priority: str = "normal"
+
+
+@dataclass
+class UserHistory:
+    """A user's events at request time, newest first (external item ids)."""
+
+    user_id: str | None
+    items: list[str] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+    # Cached (idmap, item indices) pairs so evaluation does not re-map for every model.
+    _mapped: list = field(default_factory=list, repr=False, compare=False)
+
+    @classmethod
+    def from_items(cls, user_id: str | None, items: Sequence[str], type: str = "click"):
+        """A history of ``items`` (newest first), all of one event type (guest sessions)."""
+        n = len(items)
+        return cls(user_id, [str(i) for i in items], [type] * n, [1.0] * n, [0] * n)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def positive_items(self) -> set[str]:
+        return {i for i, t in zip(self.items, self.types, strict=True) if t != "dislike"}
+
+    def excluded_items(self, config: ServingConfig) -> set[str]:
+        """Items never to recommend to this user: dislikes, and seen items per the config."""
+        types = set(config.seen_types) if config.exclude_seen else set()
+        types.add("dislike")
+        return {i for i, t in zip(self.items, self.types, strict=True) if t in types}
+
+    def item_idx(self, idmap) -> np.ndarray:
+        for m, idx in self._mapped:
+            if m is idmap:
+                return idx
+        idx = idmap.indices(self.items)
+        self._mapped.append((idmap, idx))
+        return idx
+
+    def as_history(self, idmap) -> History:
+        n = len(self.items)
+        return History(
+            item_idx=self.item_idx(idmap),
+            event_type=np.fromiter((EVENT_CODE[t] for t in self.types), np.int8, count=n),
+            value=np.asarray(self.values, dtype=np.float32),
+            ts=np.asarray(self.ts, dtype=np.int64),
+        )
+
+
+@dataclass
+class RecItem:
+    item_id: str
+    score: float
+    sources: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RecResult:
+    items: list[RecItem]
+    route: str
+    degraded: bool = False
+    model_versions: dict[str, str] = field(default_factory=dict)
+    # Strategies with no loaded model (skipped) and those dropped by error/deadline.
+    skipped: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    total: int = 0  # items available before paging
+
+    def to_dict(self, explain: bool = False) -> dict[str, Any]:
+        items = []
+        for it in self.items:
+            d: dict[str, Any] = {"item_id": it.item_id, "score": round(float(it.score), 6)}
+            if explain:
+                d["sources"] = {k: round(float(v), 6) for k, v in it.sources.items()}
+            items.append(d)
+        return {
+            "route": self.route,
+            "items": items,
+            "degraded": self.degraded,
+            "model_versions": dict(self.model_versions),
+        }
+
+
+class CatalogView(Protocol):
+    """What the request path needs from the catalogue (recsys.catalog.Catalog implements it)."""
+
+    version: int
+
+    def allowed(self, idmap, category: str | None) -> np.ndarray | None: ...
+    def is_available(self, item_id: str) -> bool: ...
+    def in_category(self, item_id: str, category: str) -> bool: ...
+    def primary_category(self, item_id: str) -> str | None: ...
+
+
+# Runs named tasks under a deadline: (results, missed). The model runtime provides a parallel
+# one; this sequential default drops tasks that would start after the deadline.
+Runner = Callable[[dict[str, Callable[[], Any]], float | None], tuple[dict[str, Any], list[str]]]
+
+
+def sequential_runner(
+    tasks: dict[str, Callable[[], Any]], deadline_s: float | None
+) -> tuple[dict[str, Any], list[str]]:
+    start = time.monotonic()
+    results: dict[str, Any] = {}
+    missed: list[str] = []
+    for name, fn in tasks.items():
+        if deadline_s is not None and time.monotonic() - start > deadline_s:
+            missed.append(name)
+            continue
+        results[name] = fn()
+    return results, missed
+
+
+# -- the recommender ------------------------------------------------------------------------
+class Recommender:
+    """The request path. Cheap to build: one per request (config snapshot) is fine."""
+
+    def __init__(
+        self,
+        models: Callable[[str], Any],
+        config: ServingConfig | None = None,
+        catalog: CatalogView | None = None,
+        runner: Runner | None = None,
+        event_weights: dict[str, float] | None = None,
+    ):
+        self.models = models
+        self.config = config or ServingConfig.default()
+        self.catalog = catalog
+        self.runner = runner or sequential_runner
+        self.event_weights = event_weights or DEFAULT_WEIGHTS
+
+    # -- stage: route -----------------------------------------------------------------------
+    def route(self, history: UserHistory) -> str:
+        return "warm" if len(history.positive_items()) >= self.config.cold_threshold else "cold"
+
+    def strategies_for(self, route: str, history: UserHistory) -> list[str]:
+        names = self.config.route_strategies(route)
+        if not history.positive_items():
+            # Nothing to be similar to: content has no signal, popularity carries the user.
+            names = [s for s in names if s != "content"]
+        return names
+
+    # -- stage: candidates ------------------------------------------------------------------
+    def _loaded(self, name: str):
+        try:
+            return self.models(name)
+        except Exception:  # a broken model source must not fail the request
+            log.exception("model source failed for %s", name)
+            return None
+
+    def candidates(
+        self,
+        name: str,
+        loaded,
+        histories: Sequence[UserHistory],
+        requests: Sequence[RecRequest],
+    ) -> list[list[tuple[str, float]]]:
+        """Per user, the strategy's top candidates as (external item id, raw score), best first.
+
+        One batched ``recommend`` call per distinct category among the requests.
+        """
+        items = loaded.items
+        n_items = len(items)
+        users_map = getattr(loaded, "users", None)
+        out: list[list[tuple[str, float]]] = [[] for _ in histories]
+        groups: dict[str | None, list[int]] = {}
+        for i, req in enumerate(requests):
+            groups.setdefault(req.category, []).append(i)
+        for category, rows in groups.items():
+            hs = [histories[i] for i in rows]
+            batch = user_batch(
+                [h.as_history(items) for h in hs],
+                n_items,
+                self.event_weights,
+                user_index=(
+                    users_map.indices([h.user_id or "" for h in hs]) if users_map else None
+                ),
+            )
+            exclude = []
+            for i, h in zip(rows, hs, strict=True):
+                ex = h.excluded_items(self.config) | set(requests[i].exclude)
+                idx = items.indices(ex) if ex else np.zeros(0, np.int64)
+                exclude.append(idx[idx >= 0])
+            allowed = self.catalog.allowed(items, category) if self.catalog else None
+            want = max(
+                self.config.candidates_per_strategy,
+                max(requests[i].n + requests[i].offset for i in rows),
+            )
+            ids, scores = loaded.model.recommend(
+                batch, n=min(want, n_items), exclude=exclude, candidates=allowed
+            )
+            ext = items.ids
+            for r, i in enumerate(rows):
+                keep = ids[r] >= 0
+                out[i] = list(
+                    zip(
+                        (str(x) for x in ext[ids[r][keep]]),
+                        scores[r][keep].astype(float).tolist(),
+                        strict=True,
+                    )
+                )
+        return out
+
+    # -- stage: blend -----------------------------------------------------------------------
+    def blend(self, per_strategy: Mapping[str, list[tuple[str, float]]]) -> list[RecItem]:
+        """Fuse one user's candidate lists into one ranked list with per-item sources."""
+        totals: dict[str, float] = {}
+        sources: dict[str, dict[str, float]] = {}
+        for name, cands in per_strategy.items():
+            if not cands:
+                continue
+            w = self.config.weight(name)
+            for item, contrib in zip(
+                (c[0] for c in cands), self._contributions(cands, w), strict=True
+            ):
+                totals[item] = totals.get(item, 0.0) + contrib
+                sources.setdefault(item, {})[name] = contrib
+        # Ties broken by item id so results are deterministic across processes.
+        ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [RecItem(item, score, sources[item]) for item, score in ranked]
+
+    def _contributions(self, cands: list[tuple[str, float]], w: float) -> list[float]:
+        n = len(cands)
+        if self.config.blend == "rrf":
+            k = self.config.rrf_k
+            return [w / (k + r + 1) for r in range(n)]
+        if self.config.normalize == "rank":
+            return [w * (1.0 - r / n) for r in range(n)]
+        scores = [s for _, s in cands]
+        finite = [s for s in scores if math.isfinite(s)]
+        if not finite:
+            return [0.0] * n
+        lo, hi = min(finite), max(finite)
+        if hi - lo <= 1e-12:
+            return [w] * n
+        return [w * (s - lo) / (hi - lo) if math.isfinite(s) else 0.0 for s in scores]
+
+    # -- stage: business rules ------------------------------------------------------------
+    def apply_rules(
+        self, items: list[RecItem], history: UserHistory, request: RecRequest
+    ) -> list[RecItem]:
+        excluded = history.excluded_items(self.config) | {str(x) for x in request.exclude}
+        cat = self.catalog
+        cap = self.config.max_per_category
+        per_cat: dict[str | None, int] = {}
+        out = []
+        for it in items:
+            if it.item_id in excluded:
+                continue
+            if cat is not None:
+                if not cat.is_available(it.item_id):
+                    continue
+                if request.category and not cat.in_category(it.item_id, request.category):
+                    continue
+            elif request.category:
+                continue  # no catalogue: nothing is known to be in the category
+            if cap is not None:
+                pc = cat.primary_category(it.item_id) if cat is not None else None
+                if pc is not None:
+                    if per_cat.get(pc, 0) >= cap:
+                        continue
+                    per_cat[pc] = per_cat.get(pc, 0) + 1
+            out.append(it)
+        return out
+
+    # -- stage: page ------------------------------------------------------------------------
+    @staticmethod
+    def page(items: list[RecItem], request: RecRequest) -> list[RecItem]:
+        return items[request.offset : request.offset + request.n]
+
+    # -- the whole path ---------------------------------------------------------------------
+    def recommend(self, history: UserHistory, request: RecRequest | None = None) -> RecResult:
+        return self.recommend_batch([history], [request or RecRequest()])[0]
+
+    def recommend_batch(
+        self, histories: Sequence[UserHistory], requests: Sequence[RecRequest] | None = None
+    ) -> list[RecResult]:
+        """Recommend for many users, batching each strategy's scoring across them."""
+        if requests is None:
+            requests = [RecRequest()] * len(histories)
+        if len(requests) != len(histories):
+            raise ValueError("histories and requests must have the same length")
+        routes = [self.route(h) for h in histories]
+        wanted = [self.strategies_for(r, h) for r, h in zip(routes, histories, strict=True)]
+
+        names = sorted({s for ws in wanted for s in ws} | {"popular"})
+        loaded = {}
+        for name in names:
+            lm = self._loaded(name)
+            if lm is not None:
+                loaded[name] = lm
+        skipped_all = [n for n in names if n not in loaded]
+
+        # A user whose route has no loaded model falls back to popularity (degraded).
+        fallback = [False] * len(histories)
+        for i, ws in enumerate(wanted):
+            if not any(s in loaded for s in ws):
+                fallback[i] = True
+                wanted[i] = ["popular"] if "popular" in loaded else []
+
+        users_of: dict[str, list[int]] = {}
+        for i, ws in enumerate(wanted):
+            for s in ws:
+                if s in loaded:
+                    users_of.setdefault(s, []).append(i)
+
+        def task(name: str, rows: list[int]):
+            return lambda: self.candidates(
+                name, loaded[name], [histories[i] for i in rows], [requests[i] for i in rows]
+            )
+
+        tasks = {name: task(name, rows) for name, rows in users_of.items()}
+        deadline = min((r.deadline_s for r in requests if r.deadline_s is not None), default=None)
+        results, missed = self._run(tasks, deadline)
+        dropped = set(missed) | (set(tasks) - set(results))
+
+        out = []
+        for i, (h, req) in enumerate(zip(histories, requests, strict=True)):
+            per: dict[str, list[tuple[str, float]]] = {}
+            for name in wanted[i]:
+                if name in results:
+                    per[name] = results[name][users_of[name].index(i)]
+            ranked = self.apply_rules(self.blend(per), h, req)
+            used = [s for s in wanted[i] if s in loaded]
+            user_dropped = [s for s in used if s in dropped]
+            out.append(
+                RecResult(
+                    items=self.page(ranked, req),
+                    route=routes[i],
+                    degraded=bool(user_dropped) or fallback[i] or not per,
+                    model_versions={s: str(loaded[s].version) for s in used if s not in dropped},
+                    skipped=[s for s in self.strategies_for(routes[i], h) if s in skipped_all],
+                    dropped=user_dropped,
+                    total=len(ranked),
+                )
+            )
+        return out
+
+    def _run(self, tasks, deadline):
+        """Run strategy tasks; a task that raises is dropped (logged), never fails the call."""
+
+        def guard(name, fn):
+            def run():
+                try:
+                    return fn()
+                except Exception:
+                    log.exception("strategy %s failed; dropped from the blend", name)
+                    return _FAILED
+
+            return run
+
+        results, missed = self.runner({n: guard(n, fn) for n, fn in tasks.items()}, deadline)
+        results = {n: r for n, r in results.items() if r is not _FAILED}
+        return results, list(missed)
+
+    # -- other questions --------------------------------------------------------------------
+    def popular(self, n: int = 10, category: str | None = None, offset: int = 0) -> RecResult:
+        """Most popular available items (optionally in a category)."""
+        req = RecRequest(n=n, offset=offset, category=category)
+        lm = self._loaded("popular")
+        if lm is None:
+            return RecResult(items=[], route="popular", degraded=True, skipped=["popular"])
+        empty = UserHistory(None)
+        cands = self.candidates("popular", lm, [empty], [req])[0]
+        ranked = [RecItem(i, s, {"popular": s}) for i, s in cands]
+        ranked = self.apply_rules(ranked, empty, req)
+        return RecResult(
+            items=self.page(ranked, req),
+            route="popular",
+            model_versions={"popular": str(lm.version)},
+            total=len(ranked),
+        )
+
+    def similar_items(self, item_id: str, n: int = 10) -> RecResult:
+        """Items similar to ``item_id``: blended over every enabled strategy that supports it.
+
+        Falls back to popular items of the same category when no model knows the item (a
+        brand-new item), and says ``degraded``.
+        """
+        per: dict[str, list[tuple[str, float]]] = {}
+        versions: dict[str, str] = {}
+        dropped: list[str] = []
+        names = [s for s in self.config.warm_strategies if self.config.enabled(s)]
+        names += [s for s in ("content",) if self.config.enabled(s) and s not in names]
+        for name in names:
+            lm = self._loaded(name)
+            if lm is None or item_id not in lm.items:
+                continue
+            try:
+                ids, scores = lm.model.similar_items(
+                    np.array([lm.items.index(item_id)], dtype=np.int64),
+                    n=min(self.config.candidates_per_strategy, len(lm.items)),
+                )
+            except NotImplementedError:
+                continue
+            except Exception:
+                log.exception("similar_items failed in %s", name)
+                dropped.append(name)
+                continue
+            keep = ids[0] >= 0
+            per[name] = list(
+                zip(
+                    (str(x) for x in lm.items.ids[ids[0][keep]]),
+                    scores[0][keep].astype(float).tolist(),
+                    strict=True,
+                )
+            )
+            versions[name] = str(lm.version)
+        req = RecRequest(n=n, exclude=[item_id])
+        if not per:
+            cat = self.catalog.primary_category(item_id) if self.catalog else None
+            res = self.popular(n=n + 1, category=cat)
+            items = [it for it in res.items if it.item_id != item_id][:n]
+            return RecResult(
+                items=items,
+                route="similar",
+                degraded=True,
+                model_versions=res.model_versions,
+                dropped=dropped,
+            )
+        ranked = self.apply_rules(self.blend(per), UserHistory(None), req)
+        return RecResult(
+            items=self.page(ranked, req),
+            route="similar",
+            degraded=bool(dropped),
+            model_versions=versions,
+            dropped=dropped,
+            total=len(ranked),
+        )
+
+
+_FAILED = object()
+
+
+def histories_from_data(data, users: Sequence[int] | None = None) -> list[UserHistory]:
+    """UserHistory objects (newest first) for users of an InteractionData (evaluation helper).
+
+    The item indices are pre-mapped for ``data.items``, so models trained on ``data`` (sharing
+    its IdMap) do not re-map external ids.
+    """
+    order = np.lexsort((-data.ts, data.user_idx))
+    u = data.user_idx[order]
+    bounds = np.searchsorted(u, np.arange(data.n_users + 1))
+    ext = data.items.ids
+    type_names = np.asarray(EVENT_TYPES, dtype=object)
+    out = []
+    for ui in range(data.n_users) if users is None else users:
+        sl = order[bounds[ui] : bounds[ui + 1]]
+        idx = data.item_idx[sl].astype(np.int64)
+        h = UserHistory(
+            user_id=str(data.users.ids[ui]),
+            items=[str(x) for x in ext[idx]],
+            types=type_names[data.event_type[sl]].tolist(),
+            values=data.value[sl].astype(float).tolist(),
+            ts=data.ts[sl].astype(int).tolist(),
+        )
+        h._mapped.append((data.items, idx))
+        out.append(h)
+    return out
