@@ -2,4 +2,5 @@
 
 from __future__ import annotations
 
+from recsys import models_cli as _models  # noqa: F401
 from recsys.evaluation import cli as _evaluation  # noqa: F401

@@ -295,6 +295,8 @@ class ModelRepository:
             ).one_or_none()
 
     def _require_row(self, strategy: str, version: str) -> ModelVersion:
+        _check_name("strategy", strategy)
+        _check_name("version", version)
         row = self._row(strategy, version)
         if row is None:
             known = [v["version"] for v in self.list_versions(strategy)]
@@ -400,7 +402,6 @@ class ModelRepository:
             version = self.active_version(strategy)
             if version is None:
                 raise ModelError(f"strategy {strategy!r} has no active version", 404)
-        _check_name("version", version)
         row = self._require_row(strategy, version)
         path = self._resolve_path(row.path)
         self._verify(row, path)

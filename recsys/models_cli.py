@@ -1,0 +1,275 @@
+"""``recsys train`` and ``recsys models ...``: train versions and manage the repository."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from typing import Any
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from recsys.cli import echo_json, main
+from recsys.errors import ModelError
+
+
+def _repo():
+    from recsys.registry import get_repository
+
+    return get_repository(current_app)
+
+
+def _fmt_metrics(metrics: dict[str, Any]) -> str:
+    keys = ("ndcg@10", "recall@10", "precision@10", "map@10")
+    parts = [f"{k}={metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), int | float)]
+    if "eval_users" in metrics:
+        parts.append(f"users={metrics['eval_users']}")
+    return " ".join(parts) if parts else "(no holdout metrics)"
+
+
+def _parse_params(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for raw in values:
+        key, sep, value = raw.partition("=")
+        strategy, dot, param = key.partition(".")
+        if not sep or not dot or not strategy or not param:
+            raise click.UsageError(f"--param expects STRATEGY.NAME=VALUE, got {raw!r}")
+        try:
+            parsed: Any = json.loads(value)
+        except ValueError:
+            parsed = value
+        out.setdefault(strategy, {})[param] = parsed
+    return out
+
+
+@main.command("train")
+@click.argument("strategies", nargs=-1)
+@click.option("--if-missing", is_flag=True, help="Only train strategies with no active version.")
+@click.option("--no-activate", is_flag=True, help="Save new versions without activating them.")
+@click.option(
+    "--gate",
+    is_flag=True,
+    help="Activate a new version only if its holdout ndcg@10 is not worse than the active one's.",
+)
+@click.option(
+    "--holdout",
+    type=click.FloatRange(0.0, 0.9),
+    default=0.1,
+    show_default=True,
+    help="Share of the newest events held out for metrics (0: no evaluation).",
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="STRATEGY.NAME=VALUE",
+    help="Override a hyperparameter (VALUE parsed as JSON), e.g. --param als.factors=128.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@with_appcontext
+def train(
+    strategies: tuple[str, ...],
+    if_missing: bool,
+    no_activate: bool,
+    gate: bool,
+    holdout: float,
+    params: tuple[str, ...],
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Train STRATEGIES (default: every available one) from the store and save new versions.
+
+    Each strategy is fitted on the oldest events and scored on the newest (--holdout), then
+    fitted on all events; the version is saved with those holdout metrics and activated unless
+    --no-activate (or --gate refuses it).
+    """
+    from features.store import load_interactions
+    from recsys.store import get_engine
+    from recsys.training import GATE_METRIC, train_strategies
+    from strategies import available_strategies
+
+    repo = _repo()
+    overrides = _parse_params(params)
+    names = list(dict.fromkeys(strategies)) or available_strategies()
+    for name in names:
+        try:
+            repo.resolver(name)
+        except (KeyError, ValueError) as e:
+            raise click.UsageError(str(e).strip("'\"")) from None
+    for name, kwargs in overrides.items():
+        if name not in names:
+            raise click.UsageError(f"--param for {name!r}, which is not being trained")
+        accepted = inspect.signature(repo.resolver(name)).parameters
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise click.UsageError(
+                f"{name} has no parameter(s) {', '.join(unknown)}; it takes: "
+                + ", ".join(p for p in accepted if p != "self")
+            )
+    if if_missing:
+        active = repo.active_versions()
+        for name in [n for n in names if n in active]:
+            if not as_json:
+                click.echo(f"{name}: active version {active[name]} exists, skipped")
+        names = [n for n in names if n not in active]
+    if not names:
+        if as_json:
+            echo_json([])
+        elif not if_missing:
+            raise click.UsageError("no strategy to train")
+        return
+    t0 = time.perf_counter()
+    data = load_interactions(get_engine())
+    load_s = time.perf_counter() - t0
+    if len(data) == 0:
+        raise click.ClickException(
+            "the store has no events to train on; import some first (recsys import ...)"
+        )
+    if not as_json:
+        info = data.info
+        click.echo(
+            f"loaded {info['events']} events, {info['users']} users, {info['items']} items "
+            f"({info['ts_min']} .. {info['ts_max']}) in {load_s:.1f}s"
+        )
+
+    def report(r) -> None:
+        if as_json:
+            return
+        click.echo(
+            f"{r.strategy}: version {r.version} -> {r.path}\n"
+            f"  holdout: {_fmt_metrics(r.metrics)}\n"
+            f"  fit {r.fit_seconds:.1f}s (holdout fit + eval {r.holdout_seconds:.1f}s)"
+        )
+        if r.activated:
+            click.echo(f"  active (was {r.previous or 'none'})")
+        elif r.note:
+            click.echo(f"  not activated: {r.note}")
+        else:
+            click.echo("  not activated (--no-activate)")
+
+    try:
+        results = train_strategies(
+            data,
+            repo,
+            names,
+            params=overrides,
+            holdout=holdout,
+            activate=not no_activate,
+            gate_metric=GATE_METRIC if gate else None,
+            progress=not quiet and not as_json,
+            on_result=report,
+        )
+    except ModelError as e:
+        raise click.ClickException(e.description) from None
+    if as_json:
+        echo_json([r.to_dict() for r in results])
+
+
+@main.group("models")
+def models_group() -> None:
+    """Model versions: list, activate, roll back, verify."""
+
+
+def _models_overview(repo, strategy: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for v in repo.list_versions(strategy):
+        entry = out.setdefault(v["strategy"], {"active": None, "versions": []})
+        if v["active"]:
+            entry["active"] = v["version"]
+        entry["versions"].append(
+            {k: v[k] for k in ("version", "active", "created_at", "metrics", "path")}
+        )
+    return out
+
+
+@models_group.command("list")
+@click.argument("strategy", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_appcontext
+def models_list(strategy: str | None, as_json: bool) -> None:
+    """Every strategy's versions (oldest first), the active one marked with '*'."""
+    overview = _models_overview(_repo(), strategy)
+    if as_json:
+        echo_json(overview)
+        return
+    if not overview:
+        click.echo("no model versions" + (f" for {strategy}" if strategy else ""))
+        return
+    for name, entry in overview.items():
+        click.echo(f"{name} (active: {entry['active'] or 'none'})")
+        for v in entry["versions"]:
+            mark = "*" if v["active"] else " "
+            created = (v["created_at"] or "")[:19]
+            click.echo(f"  {mark} {v['version']:<22} {created:<19}  {_fmt_metrics(v['metrics'])}")
+
+
+@models_group.command("activate")
+@click.argument("strategy")
+@click.argument("version")
+@click.option("--gate", is_flag=True, help="Refuse if its holdout ndcg@10 is worse than active.")
+@click.option("--actor", default="cli", show_default=True, help="Recorded in the audit log.")
+@with_appcontext
+def models_activate(strategy: str, version: str, gate: bool, actor: str) -> None:
+    """Make VERSION the active version of STRATEGY (checksums verified first)."""
+    from recsys.training import GATE_METRIC
+
+    try:
+        previous = _repo().activate(
+            strategy, version, actor=actor, gate_metric=GATE_METRIC if gate else None
+        )
+    except ModelError as e:
+        raise click.ClickException(e.description) from None
+    if previous == version:
+        click.echo(f"{strategy}: {version} is already active")
+    else:
+        click.echo(f"{strategy}: {previous or 'none'} -> {version}")
+
+
+@models_group.command("rollback")
+@click.argument("strategy")
+@click.option("--actor", default="cli", show_default=True, help="Recorded in the audit log.")
+@with_appcontext
+def models_rollback(strategy: str, actor: str) -> None:
+    """Re-activate the version that was active before the current one."""
+    repo = _repo()
+    try:
+        current = repo.active_version(strategy)
+        version = repo.rollback(strategy, actor=actor)
+    except ModelError as e:
+        raise click.ClickException(e.description) from None
+    click.echo(f"{strategy}: rolled back {current} -> {version}")
+
+
+@models_group.command("verify")
+@click.argument("strategy", required=False)
+@click.argument("version", required=False)
+@with_appcontext
+def models_verify(strategy: str | None, version: str | None) -> None:
+    """Check the checksums of every version (or of STRATEGY's, or of one VERSION)."""
+    repo = _repo()
+    try:
+        if version is not None:
+            targets = [(strategy, version)]
+            repo.get_version(strategy, version)
+        else:
+            targets = [(v["strategy"], v["version"]) for v in repo.list_versions(strategy)]
+    except ModelError as e:
+        raise click.ClickException(e.description) from None
+    if not targets:
+        raise click.ClickException(
+            "no model versions" + (f" for strategy {strategy!r}" if strategy else "")
+        )
+    failed = 0
+    for s, v in targets:
+        try:
+            manifest = repo.verify_version(s, v)
+        except ModelError as e:
+            failed += 1
+            click.echo(f"FAILED {s}/{v}: {e.description}")
+        else:
+            click.echo(f"ok     {s}/{v} ({len(manifest['files'])} files)")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(targets)} version(s) failed verification")
