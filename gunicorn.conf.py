@@ -1,6 +1,13 @@
-"""gunicorn settings; every value can be overridden on the command line (recsys serve --bind)."""
+"""gunicorn settings; every value can be overridden on the command line (recsys serve --bind).
 
+Order matters here: this file runs before the app is imported, so it is where the environment
+that must exist before ``import numpy/torch/prometheus_client`` is set up.
+"""
+
+import glob
 import os
+import shutil
+import tempfile
 
 bind = os.environ.get("RECSYS_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("RECSYS_WORKERS", "2"))
@@ -12,11 +19,65 @@ timeout = 60
 graceful_timeout = 20
 keepalive = 5
 
+# One BLAS/OpenMP thread per worker: gunicorn's workers and threads are the parallelism, and
+# N workers x M BLAS threads on a small box only thrash. Must be set before numpy is imported.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+# Let torch answer "is CUDA available?" through NVML without creating a CUDA context, which
+# would not survive fork().
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+# Prometheus multiprocess mode: each worker writes its samples to mmap files in this folder and
+# /metrics aggregates them. prometheus_client picks its storage at import, so this must happen
+# before the app (and recsys.metrics) is loaded. A fresh folder per server start; an externally
+# given folder is emptied, as prometheus_client requires.
+_OWN_PROM_DIR = None
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    for _f in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(_f)
+else:
+    _OWN_PROM_DIR = tempfile.mkdtemp(prefix="recsys-prom-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _OWN_PROM_DIR
+
+
+def when_ready(server):
+    # In the master, after the app is loaded and before any worker forks: load and warm the
+    # preload models here so their memory is shared copy-on-write. CPU only: no CUDA context in
+    # a process that forks (a worker with a GPU moves the deep model there on first use).
+    if not server.cfg.preload_app:
+        return  # each worker loads the app itself and preloads in the background
+    app = server.app.wsgi()
+    if app.config.get("PRELOAD_MODELS", True):
+        from recsys.runtime import get_runtime
+
+        failed = get_runtime(app).preload(cpu_only=True)
+        if failed:
+            server.log.error("preload failed for %s; /readyz stays 503 until fixed", failed)
+        else:
+            server.log.info("preloaded models: %s", get_runtime(app).active_versions())
+    # Sever the master's DB connections so no worker inherits a live socket.
+    from recsys.store.db import get_engine
+
+    get_engine(app).dispose()
+
 
 def post_fork(server, worker):
     # Fork safety: each worker makes its own DB pool, Redis client and threads, and limits
     # BLAS/torch threads so workers do not oversubscribe the cores.
     from recsys.lifecycle import after_fork
-    from wsgi import app
 
-    after_fork(app)
+    # The app gunicorn loaded (wsgi:app, or whatever APP_MODULE was given), not a fresh import.
+    after_fork(server.app.wsgi())
+
+
+def child_exit(server, worker):
+    # A dead worker's live gauges (models loaded, memory, in flight) must not be reported.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _OWN_PROM_DIR:
+        shutil.rmtree(_OWN_PROM_DIR, ignore_errors=True)

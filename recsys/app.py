@@ -47,7 +47,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     errors.register_error_handlers(app)
     db.init_db(app)
 
-    from recsys.api import health
+    from recsys import metrics, runtime
+    from recsys.api import admin_models, health, ops
 
+    metrics.init_app(app)
+    runtime.init_app(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(admin_models.bp)
     return app

@@ -1,0 +1,210 @@
+"""Per-request deadlines and priorities.
+
+``run_with_deadline`` runs the strategies of one request in parallel in a per-process thread pool
+and returns whatever finished in time; a strategy that misses the deadline (or raises) is left
+out and counted in ``DEADLINE_MISSES`` so the request path can blend the rest and say
+``degraded`` rather than make the user wait. The pool is created lazily and re-created after a
+fork (a pool inherited from the gunicorn master has no live threads).
+
+Priorities come from the ``X-Priority`` header (``low`` | ``normal`` | ``high``). Under overload
+(more requests in flight in this worker than ``OVERLOAD_IN_FLIGHT``) ``admission()`` tells the
+request path to answer low-priority requests from the cache or popularity only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from recsys.errors import RecsysError
+from recsys.lifecycle import on_after_fork
+from recsys.metrics import DEADLINE_MISSES, IN_FLIGHT, REQUESTS_SHED, STRATEGY_LATENCY
+
+log = logging.getLogger(__name__)
+
+PRIORITIES = ("low", "normal", "high")
+PRIORITY_HEADER = "X-Priority"
+# Deadline multipliers: a low-priority request gives up sooner, a high-priority one waits longer.
+PRIORITY_DEADLINE_FACTOR = {"low": 0.5, "normal": 1.0, "high": 2.0}
+DEFAULT_POOL_SIZE = 8
+DEFAULT_OVERLOAD_IN_FLIGHT = 3
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_pid: int | None = None
+_pool_size = DEFAULT_POOL_SIZE
+_in_flight = 0
+
+
+def configure(pool_size: int) -> None:
+    """Set the pool size used the next time the pool is created (app start / after fork)."""
+    global _pool_size
+    _pool_size = max(1, int(pool_size))
+
+
+def get_executor() -> ThreadPoolExecutor:
+    """This process's strategy pool, created on first use and again after a fork."""
+    global _pool, _pool_pid
+    pid = os.getpid()
+    if _pool is None or _pool_pid != pid:
+        with _lock:
+            if _pool is None or _pool_pid != pid:
+                # The old pool (if inherited across fork) has no threads in this process; drop
+                # it without shutdown(), which would wait on threads that do not exist here.
+                _pool = ThreadPoolExecutor(_pool_size, thread_name_prefix="recsys-strategy")
+                _pool_pid = pid
+    return _pool
+
+
+@on_after_fork
+def reset_after_fork(_app=None) -> None:
+    """Forget the inherited pool and in-flight count (registered as a lifecycle hook)."""
+    global _pool, _pool_pid, _in_flight
+    with _lock:
+        _pool, _pool_pid, _in_flight = None, None, 0
+
+
+def _timed(name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+    def run():
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            STRATEGY_LATENCY.labels(name).observe(time.perf_counter() - t0)
+
+    return run
+
+
+def run_with_deadline(
+    tasks: Mapping[str, Callable[[], Any]], deadline_s: float | None
+) -> tuple[dict[str, Any], list[str]]:
+    """Run each task (no arguments) in parallel; keep those finished within ``deadline_s``.
+
+    ``deadline_s=None`` waits for every task (offline evaluation). This is the ``runner`` the
+    request path (``recsys.service.Recommender(runner=run_with_deadline)``) uses when serving.
+
+    Returns ``(results, missed)``: ``results[name]`` is the task's return value; ``missed`` lists
+    the names that missed the deadline or raised (logged), in the order given. Missed tasks are
+    cancelled if they have not started; a running one finishes in the background and its result
+    is discarded. A single task runs in the caller's thread (no pool hop) but still honours the
+    deadline after the fact: a late result is dropped, like in the parallel case, so behaviour
+    does not depend on how many strategies a route has.
+    """
+    results: dict[str, Any] = {}
+    missed: list[str] = []
+    if not tasks:
+        return results, missed
+    deadline_s = None if deadline_s is None else max(0.0, float(deadline_s))
+    if len(tasks) == 1:
+        ((name, fn),) = tasks.items()
+        t0 = time.perf_counter()
+        try:
+            value = _timed(name, fn)()
+        except Exception:
+            log.exception("strategy %s failed; dropped from the response", name)
+            DEADLINE_MISSES.labels(name).inc()
+            return results, [name]
+        if deadline_s is not None and time.perf_counter() - t0 > deadline_s:
+            log.warning("strategy %s missed the %.0f ms deadline", name, deadline_s * 1000)
+            DEADLINE_MISSES.labels(name).inc()
+            return results, [name]
+        return {name: value}, missed
+
+    pool = get_executor()
+    futures: dict[str, Future] = {name: pool.submit(_timed(name, fn)) for name, fn in tasks.items()}
+    wait(futures.values(), timeout=deadline_s)
+    for name, fut in futures.items():
+        if fut.done() and not fut.cancelled():
+            exc = fut.exception()
+            if exc is None:
+                results[name] = fut.result()
+                continue
+            log.error("strategy %s failed; dropped from the response", name, exc_info=exc)
+        else:
+            fut.cancel()
+            log.warning("strategy %s missed the %.0f ms deadline", name, (deadline_s or 0) * 1000)
+        DEADLINE_MISSES.labels(name).inc()
+        missed.append(name)
+    return results, missed
+
+
+# -- priorities and overload --------------------------------------------------------------------
+def request_started() -> None:
+    global _in_flight
+    with _lock:
+        _in_flight += 1
+    IN_FLIGHT.inc()
+
+
+def request_finished() -> None:
+    global _in_flight
+    with _lock:
+        _in_flight = max(0, _in_flight - 1)
+    IN_FLIGHT.dec()
+
+
+def in_flight() -> int:
+    """Requests being handled by this process now (including the caller's)."""
+    return _in_flight
+
+
+def parse_priority(value: str | None) -> str:
+    """``X-Priority`` header value -> ``low|normal|high`` (missing -> normal; bad -> 400)."""
+    if value is None or value == "":
+        return "normal"
+    p = value.strip().lower()
+    if p not in PRIORITIES:
+        raise RecsysError(
+            f"{PRIORITY_HEADER} must be one of {', '.join(PRIORITIES)}; got {value!r}"
+        )
+    return p
+
+
+@dataclass(frozen=True)
+class Admission:
+    """How the request path should treat one request.
+
+    ``priority``: low|normal|high. ``deadline_s``: the per-request deadline to give
+    ``run_with_deadline`` (scaled by priority). ``shed``: the worker is overloaded and this is a
+    low-priority request: answer from the cache if present, else from popularity only (the
+    response should say ``degraded``), and skip the personalised strategies.
+    """
+
+    priority: str
+    deadline_s: float
+    shed: bool
+
+
+def admission(
+    priority_header: str | None = None,
+    base_deadline_ms: float | None = None,
+    overload_in_flight: int | None = None,
+) -> Admission:
+    """Decide priority, deadline and shedding for the current request (call once per request).
+
+    Arguments default to the current Flask request's ``X-Priority`` header and the app config
+    (``DEADLINE_MS``, ``OVERLOAD_IN_FLIGHT``). A shed request is counted in ``REQUESTS_SHED``.
+    Raises ``RecsysError`` (400) for an invalid header value.
+    """
+    if priority_header is None or base_deadline_ms is None or overload_in_flight is None:
+        from flask import current_app, has_request_context, request
+
+        if priority_header is None and has_request_context():
+            priority_header = request.headers.get(PRIORITY_HEADER)
+        cfg = current_app.config
+        if base_deadline_ms is None:
+            base_deadline_ms = float(cfg.get("DEADLINE_MS", 250))
+        if overload_in_flight is None:
+            overload_in_flight = int(cfg.get("OVERLOAD_IN_FLIGHT", DEFAULT_OVERLOAD_IN_FLIGHT))
+    priority = parse_priority(priority_header)
+    deadline_s = base_deadline_ms / 1000.0 * PRIORITY_DEADLINE_FACTOR[priority]
+    shed = priority == "low" and in_flight() > overload_in_flight
+    if shed:
+        REQUESTS_SHED.labels(priority).inc()
+    return Admission(priority=priority, deadline_s=deadline_s, shed=shed)

@@ -1,0 +1,172 @@
+"""Prometheus metrics, correct across gunicorn workers.
+
+Under gunicorn, ``gunicorn.conf.py`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder
+*before* anything imports ``prometheus_client`` (the client picks its value class at import), so
+every worker writes its samples to its own mmap file there; ``/metrics`` then aggregates them
+with ``MultiProcessCollector`` and the ``child_exit`` hook calls ``mark_dead`` for dead
+workers. Without that variable (tests, ``flask run``) the default in-process registry is used.
+
+The metric objects below are imported by the other parts of the service (the request path calls
+``CACHE_HITS.inc()``, the micro-batcher reports through ``observe_batch``, ...). Label values are
+bounded sets (endpoint names, strategy names, cold/warm), never user or item ids.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Flask, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# Latency buckets in seconds: sub-millisecond cached answers up to slow cold starts.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+
+REQUEST_LATENCY = Histogram(
+    "recsys_request_latency_seconds",
+    "HTTP request latency by endpoint and route (cold/warm; 'none' where not a recommendation)",
+    ["endpoint", "route"],
+    buckets=LATENCY_BUCKETS,
+)
+REQUESTS = Counter(
+    "recsys_requests_total", "HTTP requests by endpoint and status code", ["endpoint", "status"]
+)
+STRATEGY_LATENCY = Histogram(
+    "recsys_strategy_latency_seconds",
+    "Time one strategy takes to score a request (inside the deadline pool)",
+    ["strategy"],
+    buckets=LATENCY_BUCKETS,
+)
+CACHE_HITS = Counter("recsys_cache_hits_total", "Recommendation cache hits")
+CACHE_MISSES = Counter("recsys_cache_misses_total", "Recommendation cache misses")
+BATCH_SIZE = Histogram(
+    "recsys_batch_size",
+    "Requests sharing one forward pass of the deep model (micro-batcher)",
+    buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128),
+)
+QUEUE_WAIT = Histogram(
+    "recsys_batch_queue_wait_seconds",
+    "Time a request waited in the micro-batcher queue before its batch ran",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+DEADLINE_MISSES = Counter(
+    "recsys_deadline_misses_total",
+    "Strategies dropped from a response because they missed the request deadline or failed",
+    ["strategy"],
+)
+REQUESTS_SHED = Counter(
+    "recsys_requests_shed_total",
+    "Requests answered from cache/popularity only because the worker was overloaded",
+    ["priority"],
+)
+MODEL_LOAD_SECONDS = Histogram(
+    "recsys_model_load_seconds",
+    "Time to load (checksum, read, warm up) one model version",
+    ["strategy"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+MODEL_LOAD_FAILURES = Counter(
+    "recsys_model_load_failures_total", "Model versions that failed to load", ["strategy"]
+)
+# Gauges are per process; "liveall" keeps one series per live worker (a pid label) and drops
+# series of dead workers, so the sharing across workers stays visible.
+MODELS_LOADED = Gauge(
+    "recsys_models_loaded", "Models held in memory by this process", multiprocess_mode="liveall"
+)
+MODEL_MEMORY_BYTES = Gauge(
+    "recsys_model_memory_bytes",
+    "Bytes of model arrays held by this process, per strategy",
+    ["strategy"],
+    multiprocess_mode="liveall",
+)
+IN_FLIGHT = Gauge(
+    "recsys_in_flight_requests",
+    "Requests being handled by this process now",
+    multiprocess_mode="livesum",
+)
+
+
+def observe_batch(size: int, queue_wait_s: float) -> None:
+    """Callback for the deep model's micro-batcher: one call per executed batch."""
+    BATCH_SIZE.observe(size)
+    QUEUE_WAIT.observe(max(0.0, queue_wait_s))
+
+
+def set_route(route: str) -> None:
+    """Record the cold/warm route of the current request for the latency histogram."""
+    g.recsys_route = route
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition: aggregated over every worker under gunicorn, else this process."""
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def mark_dead(pid: int) -> None:
+    """Called by gunicorn's ``child_exit`` so a dead worker's live gauges disappear."""
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+def init_app(app: Flask) -> None:
+    """Time every request (endpoint name, not the raw path, keeps label cardinality bounded)."""
+    from recsys import deadline
+
+    @app.before_request
+    def _start_timer():
+        g.recsys_t0 = time.perf_counter()
+        deadline.request_started()
+
+    @app.teardown_request
+    def _observe(_exc):
+        t0 = g.pop("recsys_t0", None)
+        if t0 is None:
+            return
+        deadline.request_finished()
+        endpoint = request.endpoint or "unmatched"
+        if endpoint == "ops.metrics":
+            return  # scrapes would otherwise dominate the histogram
+        REQUEST_LATENCY.labels(endpoint, g.get("recsys_route", "none")).observe(
+            time.perf_counter() - t0
+        )
+
+    @app.after_request
+    def _count(response):
+        REQUESTS.labels(request.endpoint or "unmatched", str(response.status_code)).inc()
+        return response

@@ -1,0 +1,317 @@
+"""The multi-model runtime on the real PostgreSQL store and model repository.
+
+Models are small real strategies (tests/runtime_support.py) saved through the repository, so
+checksums, manifests and activation history are the production code paths.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from features.interactions import History, user_batch
+from recsys.errors import ModelError
+from recsys.registry import get_repository
+from recsys.runtime import BatchedModel, get_runtime
+from recsys.store.db import session_scope
+from recsys.store.models import StrategySetting
+from tests import runtime_support as rs
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def make(make_app):
+    def _make(**config):
+        config.setdefault("ADMIN_TOKEN", TOKEN)
+        config.setdefault("CONFIG_POLL_SECONDS", 0.05)
+        app = make_app(**config)
+        get_repository(app).resolver = rs.resolver
+        return app
+
+    return _make
+
+
+def save(app, name="tiny", version=None, activate=False, **params) -> str:
+    return get_repository(app).save_version(
+        rs.fit(name, **params), rs.sample_data(), version=version, activate=activate
+    )
+
+
+def corrupt(app, name: str, version: str) -> None:
+    path = get_repository(app).get_version(name, version)["path"]
+    with open(os.path.join(path, "arrays.npz"), "r+b") as f:
+        f.seek(-5, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-5, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_lazy_load_on_first_use(make):
+    app = make()
+    save(app, version="v1", activate=True)
+    rt = get_runtime(app)
+    assert rt.active_versions() == {}  # nothing loaded until asked
+    lm = rt.get("tiny")
+    assert lm is not None and lm.version == "v1" and lm.nbytes > 0
+    assert rt.active_versions() == {"tiny": "v1"}
+    assert rt.get("tiny") is lm  # cached, not reloaded
+    assert rt.get("no_such_strategy") is None
+
+
+def test_preload_warms_before_ready(make):
+    app = make(PRELOAD_MODELS=True)
+    # Slow scoring makes the warm-up take visible time.
+    save(app, version="v1", activate=True, delay_s=0.4)
+    save(app, name="tiny_b", version="v1", activate=True)
+    with session_scope(app) as s:
+        s.add(StrategySetting(name="tiny_b", load_mode="lazy"))
+    client = app.test_client()
+    r = client.get("/readyz")
+    assert r.status_code == 503
+    body = r.get_json()
+    assert body["status"] == "loading"
+    assert [p["strategy"] for p in body["pending"]] == ["tiny"]  # lazy ones are not awaited
+    for _ in range(100):
+        r = client.get("/readyz")
+        if r.status_code == 200:
+            break
+        time.sleep(0.05)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["models"] == {"tiny": "v1"}
+    status = {row["strategy"]: row for row in get_runtime(app).status()}
+    assert status["tiny"]["warmed"] and status["tiny"]["state"] == "loaded"
+    assert status["tiny_b"]["state"] == "not_loaded" and status["tiny_b"]["load_mode"] == "lazy"
+
+
+def test_readyz_reports_a_broken_preload_model(make):
+    app = make(PRELOAD_MODELS=True)
+    save(app, version="v1", activate=True)
+    corrupt(app, "tiny", "v1")
+    rt = get_runtime(app)
+    assert rt.preload() == ["tiny"]
+    r = app.test_client().get("/readyz")
+    assert r.status_code == 503
+    (pending,) = r.get_json()["pending"]
+    assert pending["strategy"] == "tiny" and "checksum" in pending["error"]
+
+
+def test_lru_eviction_under_a_tiny_budget(make):
+    app = make()
+    for name in ("tiny_a", "tiny_b", "tiny_c"):
+        save(app, name=name, version="v1", activate=True, pad_items=10_000)
+    rt = get_runtime(app)
+    one = rt.get("tiny_a").nbytes
+    rt.budget_bytes = int(one * 2.5)  # room for two models
+    rt.get("tiny_b")
+    assert set(rt.active_versions()) == {"tiny_a", "tiny_b"}
+    rt.get("tiny_a")  # a is now the most recently used
+    time.sleep(0.01)
+    rt.get("tiny_c")
+    assert set(rt.active_versions()) == {"tiny_a", "tiny_c"}  # b was the idle one
+    states = {row["strategy"]: row["state"] for row in rt.status()}
+    assert states["tiny_b"] == "evicted"
+    assert rt.get("tiny_b") is not None  # reloads on use, evicting the LRU (a)
+    assert set(rt.active_versions()) == {"tiny_b", "tiny_c"}
+
+
+def test_hot_swap_with_corrupt_version_keeps_old(make):
+    app = make()
+    save(app, version="v1", activate=True)
+    save(app, version="v2")
+    corrupt(app, "tiny", "v2")
+    rt = get_runtime(app)
+    old = rt.get("tiny")
+    client = app.test_client()
+    r = client.post("/v1/admin/models/tiny/activate", json={"version": "v2"}, headers=AUTH)
+    assert r.status_code == 409
+    body = r.get_json()
+    assert body["name"] == "Model Error" and "checksum" in body["description"]
+    assert rt.get("tiny") is old  # old keeps serving
+    assert get_repository(app).active_versions()["tiny"] == "v1"  # SQL untouched
+    # A good version swaps in; a request that held the old model can still use it.
+    save(app, version="v3")
+    r = client.post("/v1/admin/models/tiny/activate", json={"version": "v3"}, headers=AUTH)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["previous_version"] == "v1"
+    assert rt.get("tiny").version == "v3"
+    assert get_repository(app).active_versions()["tiny"] == "v3"
+    batch = user_batch([_history([0, 1])], len(old.items))
+    assert old.model.recommend(batch, n=3)[0].shape == (1, 3)
+    # Unknown version: 404 JSON, nothing changes.
+    r = client.post("/v1/admin/models/tiny/activate", json={"version": "v9"}, headers=AUTH)
+    assert r.status_code == 404 and rt.get("tiny").version == "v3"
+    # Bad input: 4xx JSON.
+    r = client.post("/v1/admin/models/tiny/activate", json={"ver": "v3"}, headers=AUTH)
+    assert 400 <= r.status_code < 500 and r.get_json()["code"] == r.status_code
+
+
+def test_rollback_loads_previous_first(make):
+    app = make()
+    save(app, version="v1", activate=True)
+    save(app, version="v2")
+    rt = get_runtime(app)
+    rt.activate("tiny", "v2", actor="test")
+    assert rt.get("tiny").version == "v2"
+    client = app.test_client()
+    r = client.post("/v1/admin/models/tiny/rollback", headers=AUTH)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["version"] == "v1" and rt.get("tiny").version == "v1"
+    r = client.post("/v1/admin/models/tiny/rollback", headers=AUTH)
+    assert r.status_code == 409  # nothing before v1
+    # A rollback onto a corrupt version fails and keeps the current one.
+    rt.activate("tiny", "v2", actor="test")
+    corrupt(app, "tiny", "v1")
+    with pytest.raises(ModelError):
+        rt.rollback("tiny")
+    assert rt.get("tiny").version == "v2"
+    assert get_repository(app).active_versions()["tiny"] == "v2"
+
+
+def test_other_process_notices_activation(make):
+    a, b = make(), make()
+    save(a, version="v1", activate=True)
+    save(a, version="v2")
+    rt_a, rt_b = get_runtime(a), get_runtime(b)
+    assert rt_b.get("tiny").version == "v1"
+    rt_a.activate("tiny", "v2")
+    # b polls at most every CONFIG_POLL_SECONDS and swaps in the background.
+    deadline = time.monotonic() + 5
+    while rt_b.get("tiny").version != "v2" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert rt_b.get("tiny").version == "v2"
+
+
+def test_load_and_unload_endpoints(make):
+    app = make()
+    save(app, version="v1", activate=True)
+    client = app.test_client()
+    r = client.post("/v1/admin/models/tiny/load", json={}, headers=AUTH)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["state"] == "loaded" and r.get_json()["load_mode"] == "preload"
+    r = client.post("/v1/admin/models/tiny/unload", headers=AUTH)
+    assert r.status_code == 200
+    assert r.get_json()["state"] == "not_loaded" and r.get_json()["load_mode"] == "lazy"
+    assert "tiny" not in get_runtime(app).active_versions()
+    r = client.post("/v1/admin/models/nope/load", json={}, headers=AUTH)
+    assert r.status_code == 404
+    r = client.post("/v1/admin/models/tiny/load", json={"version": "v0"}, headers=AUTH)
+    assert r.status_code == 409
+    listing = client.get("/v1/admin/models", headers=AUTH).get_json()
+    assert [v["version"] for v in listing["versions"]] == ["v1"]
+    assert listing["runtime"][0]["strategy"] == "tiny"
+
+
+def test_admin_models_auth(make):
+    app = make()
+    client = app.test_client()
+    assert client.get("/v1/admin/models").status_code == 401
+    bad = {"Authorization": "Bearer wrong"}
+    assert client.post("/v1/admin/models/tiny/rollback", headers=bad).status_code == 401
+    off = make(ADMIN_TOKEN=None).test_client()
+    r = off.get("/v1/admin/models", headers=AUTH)
+    assert r.status_code == 403 and r.get_json()["code"] == 403
+
+
+def _history(items) -> History:
+    k = len(items)
+    return History(
+        item_idx=np.asarray(items),
+        event_type=np.full(k, 3, np.int8),
+        value=np.ones(k, np.float32),
+        ts=np.zeros(k, np.int64),
+    )
+
+
+def test_batched_model_shares_forward_passes():
+    inner = rs.fit("tiny", delay_s=0.01)
+    wrapped = BatchedModel(inner, max_batch=16, max_delay_ms=5)
+    n_items = len(inner.counts_)
+    batches = [user_batch([_history([i % n_items])], n_items) for i in range(32)]
+    out: dict[int, np.ndarray] = {}
+
+    def call(i):
+        out[i] = wrapped.score(batches[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(32):
+        np.testing.assert_allclose(out[i], inner.score(batches[i]))
+    stats = wrapped.batcher_stats()
+    assert stats["requests"] == 32 and stats["batches"] < 32  # some calls shared a pass
+    wrapped.close()
+    # Closed (swapped out): still answers, unbatched.
+    np.testing.assert_allclose(wrapped.score(batches[0]), inner.score(batches[0]))
+
+
+# -- deadlines and priorities ---------------------------------------------------------------------
+def test_run_with_deadline_drops_the_slow_task():
+    from recsys import deadline
+    from recsys.metrics import DEADLINE_MISSES
+
+    before = DEADLINE_MISSES.labels("slowpoke")._value.get()
+    results, missed = deadline.run_with_deadline(
+        {"fast": lambda: 1, "slowpoke": lambda: time.sleep(0.5) or 2, "boom": lambda: 1 / 0},
+        deadline_s=0.1,
+    )
+    assert results == {"fast": 1}
+    assert missed == ["slowpoke", "boom"]
+    assert DEADLINE_MISSES.labels("slowpoke")._value.get() == before + 1
+    # No deadline (offline evaluation): everything finishes.
+    results, missed = deadline.run_with_deadline({"a": lambda: time.sleep(0.05) or 3}, None)
+    assert results == {"a": 3} and missed == []
+
+
+def test_deadline_miss_makes_the_response_degraded():
+    from recsys import deadline
+    from recsys.registry import LoadedModel
+    from recsys.service import Recommender, RecRequest, ServingConfig, UserHistory
+
+    data = rs.sample_data()
+
+    def loaded(name, **params):
+        model = rs.TinyPop(**params).fit(data)
+        return LoadedModel(name, "v1", model, data.items, data.users, {}, "", 0)
+
+    models = {"popular": loaded("popular"), "ease": loaded("ease", delay_s=0.5)}
+    config = ServingConfig.from_dict(
+        {"routing": {"cold_threshold": 1, "warm_strategies": ["ease", "popular"]}}
+    )
+    rec = Recommender(models.get, config, runner=deadline.run_with_deadline)
+    history = UserHistory.from_items("u1", ["i1", "i2"], type="click")
+    t0 = time.perf_counter()
+    res = rec.recommend(history, RecRequest(n=5, deadline_s=0.1))
+    assert time.perf_counter() - t0 < 0.4  # did not wait for the slow strategy
+    assert res.route == "warm" and res.degraded and res.dropped == ["ease"]
+    assert len(res.items) == 5 and set(res.model_versions) == {"popular"}
+    res = rec.recommend(history, RecRequest(n=5, deadline_s=2.0))
+    assert not res.degraded and set(res.model_versions) == {"ease", "popular"}
+
+
+def test_admission_sheds_low_priority_under_overload():
+    from recsys import deadline
+    from recsys.errors import RecsysError
+
+    normal = deadline.admission("", base_deadline_ms=200, overload_in_flight=2)
+    assert normal == deadline.Admission("normal", 0.2, False)
+    assert deadline.admission("high", 200, 2).deadline_s == pytest.approx(0.4)
+    for _ in range(3):
+        deadline.request_started()
+    try:
+        assert deadline.admission("low", 200, 2).shed
+        assert not deadline.admission("normal", 200, 2).shed
+        assert not deadline.admission("low", 200, 5).shed
+    finally:
+        for _ in range(3):
+            deadline.request_finished()
+    assert not deadline.admission("LOW", 200, 2).shed
+    with pytest.raises(RecsysError):
+        deadline.parse_priority("urgent")
