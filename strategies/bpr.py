@@ -1,0 +1,151 @@
+"""Bayesian Personalized Ranking (Rendle et al. 2009) with ``implicit``'s BPR.
+
+Item factors are learnt by BPR; at request time a user is *folded in* against the fixed item
+factors (the item biases stay as learnt), so new events change the results without
+retraining. The fold-in is a regularised least-squares fit of the user's positives against all
+items (positives target 1 with weight 1, every other item target 0 with weight ``fold_in_w0``),
+followed by ``fold_in_steps`` full-gradient ascent steps on the user's BPR objective against
+every non-positive item, which keeps the folded-in vector close to what BPR itself would
+learn. Everything is deterministic (no sampling), so the same history gives the same scores.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from features.interactions import InteractionData
+from strategies._arrays import check_items, load_arrays, save_arrays, top_similar
+from strategies.base import Strategy, UserBatch
+
+
+class BPRStrategy(Strategy):
+    name = "bpr"
+
+    def __init__(
+        self,
+        factors: int = 64,
+        learning_rate: float = 0.01,
+        regularization: float = 0.01,
+        iterations: int = 60,
+        fold_in_reg: float = 5.0,
+        fold_in_w0: float = 0.01,
+        fold_in_steps: int = 0,
+        fold_in_lr: float = 0.5,
+        weights: dict[str, float] | None = None,
+        num_threads: int = 0,
+        random_state: int = 42,
+    ):
+        self.factors = factors
+        self.learning_rate = learning_rate
+        self.regularization = regularization
+        self.iterations = iterations
+        self.fold_in_reg = fold_in_reg
+        self.fold_in_w0 = fold_in_w0
+        self.fold_in_steps = fold_in_steps
+        self.fold_in_lr = fold_in_lr
+        self.weights = weights
+        self.num_threads = num_threads
+        self.random_state = random_state
+        self._params = {
+            "factors": factors,
+            "learning_rate": learning_rate,
+            "regularization": regularization,
+            "iterations": iterations,
+            "fold_in_reg": fold_in_reg,
+            "fold_in_w0": fold_in_w0,
+            "fold_in_steps": fold_in_steps,
+            "fold_in_lr": fold_in_lr,
+            "weights": weights,
+            "num_threads": num_threads,
+            "random_state": random_state,
+        }
+
+    def fit(self, data: InteractionData) -> Self:
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        x = sp.csr_matrix(data.matrix(self.weights), dtype=np.float32)
+        model = BayesianPersonalizedRanking(
+            factors=self.factors,
+            learning_rate=self.learning_rate,
+            regularization=self.regularization,
+            iterations=self.iterations,
+            num_threads=self.num_threads,
+            random_state=self.random_state,
+        )
+        with threadpool_limits(1, "blas"):
+            model.fit(x, show_progress=False)
+        # implicit appends the item bias as the last factor (users have a constant 1 there).
+        self._set(np.asarray(model.item_factors, dtype=np.float32))
+        # Kept for diagnostics only (training users' own BPR vectors); not saved.
+        self.train_user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
+        return self
+
+    def _set(self, item_factors: np.ndarray) -> None:
+        self.item_factors_ = item_factors
+        v = item_factors[:, :-1].astype(np.float64)
+        self._gram = v.T @ v
+
+    def user_factors(self, users: UserBatch) -> np.ndarray:
+        """Folded-in user vectors ``(b, factors)`` (without the constant bias coordinate)."""
+        v = self.item_factors_[:, :-1].astype(np.float64)
+        bias = self.item_factors_[:, -1].astype(np.float64)
+        f = v.shape[1]
+        m = sp.csr_matrix(users.matrix)
+        out = np.zeros((len(users), f), dtype=np.float64)
+        base = self.fold_in_w0 * self._gram + self.fold_in_reg * np.eye(f)
+        with threadpool_limits(1, "blas"):
+            for r in range(len(users)):
+                pos = m.indices[m.indptr[r] : m.indptr[r + 1]]
+                if len(pos) == 0:
+                    continue
+                vp = v[pos]
+                a = base + (1.0 - self.fold_in_w0) * (vp.T @ vp)
+                u = np.linalg.solve(a, vp.sum(axis=0))
+                if self.fold_in_steps:
+                    u = self._bpr_steps(u, pos, v, bias)
+                out[r] = u
+        return out.astype(np.float32)
+
+    def _bpr_steps(self, u: np.ndarray, pos: np.ndarray, v: np.ndarray, bias: np.ndarray):
+        """Full-gradient ascent on sum_{i in pos, j not in pos} log sigmoid(s_i - s_j)."""
+        neg = np.ones(len(v), dtype=bool)
+        neg[pos] = False
+        vn, bn = v[neg], bias[neg]
+        vp, bp = v[pos], bias[pos]
+        scale = 1.0 / (len(pos) * max(len(vn), 1))
+        for _ in range(self.fold_in_steps):
+            sp_ = vp @ u + bp
+            sn = vn @ u + bn
+            # d/dx log sigmoid(x) = sigmoid(-x); pairwise matrix (pos x neg).
+            g = 1.0 / (1.0 + np.exp(np.clip(sp_[:, None] - sn[None, :], -30, 30)))
+            grad = (g.sum(axis=1) @ vp - g.sum(axis=0) @ vn) * scale
+            u = u + self.fold_in_lr * (grad - self.regularization * u)
+        return u
+
+    def score(self, users: UserBatch) -> np.ndarray:
+        u = self.user_factors(users)
+        # Users without history get item-bias-only scores (BPR's popularity prior).
+        return (u @ self.item_factors_[:, :-1].T + self.item_factors_[:, -1]).astype(np.float32)
+
+    def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine similarity of item factors (bias excluded)."""
+        items = check_items(items, self.item_factors_.shape[0])
+        f = self.item_factors_[:, :-1]
+        norms = np.linalg.norm(f, axis=1)
+        norms[norms == 0] = 1.0
+        unit = f / norms[:, None]
+        return top_similar(unit[items] @ unit.T, items, n)
+
+    def save(self, path: str) -> None:
+        save_arrays(path, item_factors=self.item_factors_)
+        self._save_params(path)
+
+    @classmethod
+    def load(cls, path: str) -> Self:
+        model = cls(**cls._load_params(path)["params"])
+        model._set(load_arrays(path)["item_factors"].astype(np.float32))
+        return model

@@ -1,0 +1,104 @@
+"""Content-based cold-start model: TF-IDF of item title + description + categories.
+
+A user's profile is the weighted mean of the (L2-normalised) vectors of whatever history
+exists, even one item, with newer items weighing more (``recency_half_life`` in events). Scores
+are profile . item (cosine up to the profile's norm), so it serves users collaborative models
+know nothing about. Users with no history get all-zero scores; the caller blends with
+popularity. Only the sparse item matrix is saved (no vectoriser, no pickle).
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from features.interactions import InteractionData
+from features.text import item_texts, tfidf_matrix
+from strategies._arrays import check_items, csr_arrays, csr_from, load_arrays, save_arrays
+from strategies.base import Strategy, UserBatch, top_n
+
+
+class ContentStrategy(Strategy):
+    name = "content"
+    serves_cold = True
+
+    def __init__(
+        self,
+        recency_half_life: float | None = 10.0,
+        min_df: int = 2,
+        max_df: float = 0.5,
+        ngram_max: int = 1,
+        category_repeat: int = 2,
+        use_event_weights: bool = False,
+        weights: dict[str, float] | None = None,
+    ):
+        self.recency_half_life = recency_half_life
+        self.min_df = min_df
+        self.max_df = max_df
+        self.ngram_max = ngram_max
+        self.category_repeat = category_repeat
+        self.use_event_weights = use_event_weights
+        self.weights = weights
+        self._params = {
+            "recency_half_life": recency_half_life,
+            "min_df": min_df,
+            "max_df": max_df,
+            "ngram_max": ngram_max,
+            "category_repeat": category_repeat,
+            "use_event_weights": use_event_weights,
+            "weights": weights,
+        }
+
+    def fit(self, data: InteractionData) -> Self:
+        if data.item_meta is None:
+            raise ValueError("the content strategy needs item metadata (titles, categories)")
+        texts = item_texts(data.item_meta, self.category_repeat)
+        self.item_vectors_ = tfidf_matrix(
+            texts, min_df=self.min_df, max_df=self.max_df, ngram_max=self.ngram_max
+        )
+        return self
+
+    def profile_weights(self, users: UserBatch) -> sp.csr_matrix:
+        """(b, n_items) weights of each history item in the user's profile, rows summing to 1."""
+        m = sp.csr_matrix(users.matrix, dtype=np.float32, copy=True)
+        if not self.use_event_weights:
+            m.data[:] = 1.0
+        if self.recency_half_life and users.sequences:
+            for r, seq in enumerate(users.sequences[: m.shape[0]]):
+                lo, hi = m.indptr[r], m.indptr[r + 1]
+                if hi == lo or len(seq) == 0:
+                    continue
+                # Age of an item = events since its newest occurrence (0 = the latest event).
+                rev = np.asarray(seq, dtype=np.int64)[::-1]
+                uniq, first = np.unique(rev, return_index=True)
+                cols = m.indices[lo:hi]
+                at = np.searchsorted(uniq, cols).clip(max=len(uniq) - 1)
+                ages = np.where(uniq[at] == cols, first[at], len(rev)).astype(np.float64)
+                m.data[lo:hi] *= np.power(0.5, ages / self.recency_half_life).astype(np.float32)
+        totals = np.asarray(m.sum(axis=1)).ravel()
+        scale = np.divide(1.0, totals, out=np.zeros_like(totals), where=totals > 0)
+        return sp.csr_matrix(sp.diags(scale) @ m, dtype=np.float32)
+
+    def score(self, users: UserBatch) -> np.ndarray:
+        profile = self.profile_weights(users) @ self.item_vectors_
+        return np.asarray((profile @ self.item_vectors_.T).toarray(), dtype=np.float32)
+
+    def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine similarity of item text vectors (items sharing no term are not returned)."""
+        items = check_items(items, self.item_vectors_.shape[0])
+        scores = np.asarray((self.item_vectors_[items] @ self.item_vectors_.T).toarray())
+        scores[scores <= 0] = -np.inf
+        scores[np.arange(len(items)), items] = -np.inf
+        return top_n(scores.astype(np.float32), n)
+
+    def save(self, path: str) -> None:
+        save_arrays(path, **csr_arrays("item_vectors", self.item_vectors_))
+        self._save_params(path)
+
+    @classmethod
+    def load(cls, path: str) -> Self:
+        model = cls(**cls._load_params(path)["params"])
+        model.item_vectors_ = csr_from(load_arrays(path), "item_vectors")
+        return model

@@ -1,0 +1,109 @@
+"""EASE (Steck 2019, "Embarrassingly Shallow Autoencoders"): closed-form item-item model.
+
+B = I - P / diag(P) with P = (X^T X + l2 I)^-1 and diag(B) = 0; a user's scores are x_u B.
+Only the ``topk`` largest weights of each item's row are kept (sparse), which bounds the saved
+model and scoring cost; ``max_items`` bounds the dense fit (the most popular items are
+modelled, the rest only receive no scores).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from features.interactions import InteractionData
+from strategies._arrays import check_items, csr_arrays, csr_from, load_arrays, save_arrays
+from strategies.base import Strategy, UserBatch, top_n
+
+log = logging.getLogger(__name__)
+
+
+class EASEStrategy(Strategy):
+    name = "ease"
+
+    def __init__(
+        self,
+        l2: float = 500.0,
+        topk: int | None = 512,
+        binary: bool = True,
+        max_items: int = 20_000,
+        weights: dict[str, float] | None = None,
+    ):
+        self.l2 = l2
+        self.topk = topk
+        self.binary = binary
+        self.max_items = max_items
+        self.weights = weights
+        self._params = {
+            "l2": l2,
+            "topk": topk,
+            "binary": binary,
+            "max_items": max_items,
+            "weights": weights,
+        }
+
+    def _input(self, m: sp.csr_matrix) -> sp.csr_matrix:
+        m = sp.csr_matrix(m, dtype=np.float32)
+        if self.binary:
+            m = m.copy()
+            m.data[:] = 1.0
+        return m
+
+    def fit(self, data: InteractionData) -> Self:
+        x = self._input(data.matrix(self.weights))
+        n = data.n_items
+        counts = np.diff(x.tocsc().indptr)
+        if n > self.max_items:
+            keep = np.sort(np.argsort(-counts, kind="stable")[: self.max_items])
+            log.info("ease: modelling the %d most popular of %d items", len(keep), n)
+        else:
+            keep = np.arange(n)
+        xs = x[:, keep]
+        g = (xs.T @ xs).toarray().astype(np.float64)
+        g[np.diag_indices_from(g)] += self.l2
+        p = np.linalg.inv(g)
+        b = -p / np.diag(p)[None, :]
+        np.fill_diagonal(b, 0.0)
+        b = b.astype(np.float32)
+        if self.topk is not None and self.topk < b.shape[1]:
+            # Keep each source item's strongest outgoing weights, negative ones included
+            # (they push down items that co-occur less than popularity predicts).
+            cut = np.argpartition(-np.abs(b), self.topk - 1, axis=1)[:, : self.topk]
+            vals = np.take_along_axis(b, cut, axis=1)
+            rows = np.repeat(np.arange(b.shape[0]), self.topk)
+            bs = sp.csr_matrix((vals.ravel(), (rows, cut.ravel())), shape=b.shape)
+        else:
+            bs = sp.csr_matrix(b)
+        bs.eliminate_zeros()
+        # Back to the full catalogue's indices.
+        coo = bs.tocoo()
+        self.weights_ = sp.csr_matrix(
+            (coo.data, (keep[coo.row], keep[coo.col])), shape=(n, n), dtype=np.float32
+        )
+        return self
+
+    def score(self, users: UserBatch) -> np.ndarray:
+        x = self._input(users.matrix)
+        return np.asarray((x @ self.weights_).toarray(), dtype=np.float32)
+
+    def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Items with the largest weight from the query item ("bought this, also bought")."""
+        items = check_items(items, self.weights_.shape[0])
+        scores = self.weights_[items].toarray()
+        # Only items with a kept (nonzero) weight are neighbours; the diagonal is zero.
+        scores[scores == 0] = -np.inf
+        scores[np.arange(len(items)), items] = -np.inf
+        return top_n(scores, n)
+
+    def save(self, path: str) -> None:
+        save_arrays(path, **csr_arrays("weights", self.weights_))
+        self._save_params(path)
+
+    @classmethod
+    def load(cls, path: str) -> Self:
+        model = cls(**cls._load_params(path)["params"])
+        model.weights_ = csr_from(load_arrays(path), "weights")
+        return model

@@ -1,0 +1,184 @@
+"""The shared strategy contract, run against every strategy in the registry."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from features.interactions import History, InteractionData, ItemMeta, user_batch
+from strategies import STRATEGY_NAMES, get_strategy_class
+from strategies.base import Strategy, UserBatch
+
+# Small, fast hyperparameters: the contract is about behaviour, not quality.
+FAST = {
+    "als": {"factors": 8, "iterations": 3},
+    "bpr": {"factors": 8, "iterations": 5},
+    "ease": {"l2": 10.0, "topk": 6},
+    "deep": {"epochs": 1},
+}
+
+N_USERS, N_ITEMS = 40, 25
+
+
+def _available() -> list[str]:
+    names = []
+    for name in STRATEGY_NAMES:
+        try:
+            get_strategy_class(name)
+        except ValueError:
+            continue
+        names.append(name)
+    return names
+
+
+def _make(name: str) -> Strategy:
+    cls = get_strategy_class(name)
+    try:
+        return cls(**FAST.get(name, {}))
+    except TypeError:
+        return cls()
+
+
+@pytest.fixture(scope="module")
+def data() -> InteractionData:
+    rng = np.random.default_rng(3)
+    n = 400
+    # Two taste groups so collaborative models have something to learn.
+    u = rng.integers(0, N_USERS, n)
+    half = N_ITEMS // 2
+    i = np.where(u % 2 == 0, rng.integers(0, half, n), rng.integers(half, N_ITEMS, n))
+    kinds = rng.choice(["view", "click", "cart", "purchase"], n)
+    ts = 1_700_000_000 + np.sort(rng.integers(0, 90 * 86400, n))
+    meta = ItemMeta(
+        titles=[f"{'red' if j < half else 'blue'} widget {j}" for j in range(N_ITEMS)],
+        descriptions=[f"a {'round' if j % 3 else 'square'} thing" for j in range(N_ITEMS)],
+        categories=[["kitchen"] if j < half else ["garden"] for j in range(N_ITEMS)],
+        available=np.ones(N_ITEMS, dtype=bool),
+    )
+    return InteractionData.from_arrays(
+        [f"u{x}" for x in u],
+        [f"i{x}" for x in i],
+        event_types=kinds.tolist(),
+        timestamps=ts,
+        all_item_ids=[f"i{x}" for x in range(N_ITEMS)],
+        item_meta=meta,
+    )
+
+
+@pytest.fixture(scope="module", params=_available())
+def fitted(request, data):
+    model = _make(request.param)
+    assert model.fit(data) is model
+    return model
+
+
+def _batch(data: InteractionData, users: list[int]) -> UserBatch:
+    x = data.matrix()
+    seqs = data.sequences()
+    return UserBatch(
+        matrix=x[users], sequences=[seqs[u] for u in users], user_index=np.asarray(users)
+    )
+
+
+def test_registry_names_and_unknown_name():
+    assert {"popular", "content", "als", "bpr", "ease"} <= set(_available())
+    for name in _available():
+        assert get_strategy_class(name).name == name
+    with pytest.raises(ValueError, match="unknown strategy"):
+        get_strategy_class("nope")
+
+
+def test_score_and_recommend_shapes_and_padding(fitted, data):
+    batch = _batch(data, [0, 1, 2])
+    scores = fitted.score(batch)
+    assert scores.shape == (3, N_ITEMS)
+    ids, sc = fitted.recommend(batch, n=N_ITEMS + 5)
+    assert ids.shape == sc.shape == (3, N_ITEMS + 5)
+    assert ids.dtype.kind == "i"
+    assert (ids[:, N_ITEMS:] == -1).all() and np.isneginf(sc[:, N_ITEMS:]).all()
+    # Scores come back best first.
+    finite = np.where(np.isfinite(sc), sc, -np.inf)
+    assert (np.diff(finite[:, :N_ITEMS], axis=1) <= 1e-6).all()
+
+
+def test_exclusion_and_candidates_honoured(fitted, data):
+    batch = _batch(data, [0, 1])
+    seen = [data.matrix()[u].indices for u in (0, 1)]
+    ids, _ = fitted.recommend(batch, n=10, exclude=seen)
+    for row, ex in enumerate(seen):
+        assert not set(ids[row][ids[row] >= 0]) & set(ex.tolist())
+    cand = np.array([3, 7, 20])
+    ids, sc = fitted.recommend(batch, n=5, candidates=cand)
+    assert set(ids[ids >= 0].tolist()) <= set(cand.tolist())
+    assert (ids[:, 3:] == -1).all()
+
+
+def test_save_load_round_trip_gives_equal_scores(fitted, data, tmp_path):
+    fitted.save(str(tmp_path))
+    files = os.listdir(tmp_path)
+    assert "params.json" in files
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".joblib"))]
+    for f in files:
+        if f.endswith(".npz"):
+            # Every array must load without pickle (no object dtype).
+            with np.load(os.path.join(tmp_path, f), allow_pickle=False) as arrays:
+                for key in arrays.files:
+                    assert arrays[key].dtype != object
+    loaded = type(fitted).load(str(tmp_path))
+    batch = _batch(data, [0, 5, 9])
+    np.testing.assert_allclose(loaded.score(batch), fitted.score(batch), rtol=1e-5, atol=1e-5)
+    assert loaded.get_params() == fitted.get_params()
+
+
+def test_empty_history_and_unknown_user(fitted):
+    empty = UserBatch(
+        matrix=sp.csr_matrix((2, N_ITEMS), dtype=np.float32),
+        sequences=[np.zeros(0, np.int64)] * 2,
+        user_index=np.array([-1, -1]),
+    )
+    scores = fitted.score(empty)
+    assert scores.shape == (2, N_ITEMS)
+    assert not np.isnan(scores).any()
+    ids, _ = fitted.recommend(empty, n=5)
+    assert ids.shape == (2, 5)
+
+
+def test_fresh_history_changes_results_without_refit(fitted, data):
+    """A request-time history (user unknown at training) is scored from its events."""
+    if fitted.name == "popular":
+        pytest.skip("popularity is the same for everyone by design")
+    half = N_ITEMS // 2
+    hist = [
+        History(
+            item_idx=np.array(items),
+            event_type=np.full(len(items), 3, np.int8),
+            value=np.ones(len(items), np.float32),
+            ts=np.arange(len(items), dtype=np.int64)[::-1],
+        )
+        for items in ([0, 1, 2, 3], [half, half + 1, half + 2, half + 3])
+    ]
+    batch = user_batch(hist, N_ITEMS)
+    scores = fitted.score(batch)
+    assert not np.allclose(scores[0], scores[1])
+
+
+def test_similar_items_excludes_the_item_itself(fitted):
+    items = np.array([0, 4, N_ITEMS - 1])
+    try:
+        ids, sc = fitted.similar_items(items, n=5)
+    except NotImplementedError:
+        pytest.skip(f"{fitted.name} has no similar_items")
+    assert ids.shape == sc.shape == (3, 5)
+    for row, it in enumerate(items):
+        assert it not in ids[row]
+    with pytest.raises(IndexError):
+        fitted.similar_items(np.array([N_ITEMS + 10]), n=3)
+
+
+def test_serves_cold_flags():
+    assert get_strategy_class("popular").serves_cold
+    assert get_strategy_class("content").serves_cold
+    assert not get_strategy_class("ease").serves_cold
