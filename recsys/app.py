@@ -55,4 +55,21 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     app.register_blueprint(health.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(admin_models.bp)
+
+    from recsys import cache, catalog, settings
+    from recsys.api import admin, events, recommend
+    from recsys.api import catalog as catalog_api
+
+    settings.init_app(app)
+    catalog.init_app(app)
+    cache.init_app(app)
+    for module in (recommend, events, catalog_api, admin):
+        app.register_blueprint(module.bp)
+
+    from recsys import experiments
+    from recsys.api import experiments as experiments_api
+
+    # Variant resolver + exposure hook for the request path, and the experiments endpoints.
+    experiments.init_app(app)
+    app.register_blueprint(experiments_api.bp)
     return app

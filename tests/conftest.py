@@ -150,3 +150,25 @@ def client(app):
 @pytest.fixture
 def runner(app):
     return app.test_cli_runner()
+
+
+@pytest.fixture
+def served_app(make_app, redis_url, redis_prefix):
+    """A fully wired app on real PostgreSQL + Redis with a seeded catalogue, purchases and real
+    popular + EASE models registered and activated (H5's request-path/API tests)."""
+    from tests.servicekit import ADMIN_TOKEN, seed_store, train_and_register
+
+    app = make_app(
+        REDIS_URL=redis_url,
+        REDIS_PREFIX=redis_prefix,
+        ADMIN_TOKEN=ADMIN_TOKEN,
+        CONFIG_POLL_SECONDS=0.05,
+        DEADLINE_MS=5000,
+    )
+    seed_store(app.test_client())
+    app.extensions["recsys.model_versions"] = versions = train_and_register(app)
+    from recsys.runtime import get_runtime
+
+    for name in versions:  # preload, as a production worker would before serving
+        assert get_runtime(app).get(name) is not None
+    return app

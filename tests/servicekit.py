@@ -137,3 +137,46 @@ def fitted_models(data: InteractionData | None = None) -> dict[str, Loaded]:
 
 def empty_matrix(n: int) -> sp.csr_matrix:
     return sp.csr_matrix((1, n), dtype=np.float32)
+
+
+ADMIN_TOKEN = "test-admin-token"
+BASKETS = {
+    "u0": ["i0", "i1", "i2"],
+    "u1": ["i0", "i1", "i2", "i3"],
+    "u2": ["i0", "i1", "i4"],
+    "u3": ["i0", "i5", "i6"],
+    "u4": ["i0", "i3", "i7"],
+    "u5": ["i8", "i0", "i3"],
+    "u6": ["i2", "i4", "i6", "i8", "i1"],
+}
+
+
+def seed_store(client) -> None:
+    """Catalogue and purchases through the public API (so ingestion is exercised too)."""
+    for k, item in enumerate(ITEMS):
+        r = client.put(f"/v1/items/{item}", json={"title": f"Item {k}", "categories": CATS[k]})
+        assert r.status_code in (200, 201), r.get_json()
+    events = []
+    t = 1_700_000_000
+    for u, basket in BASKETS.items():
+        for it in basket:
+            events.append({"user_id": u, "item_id": it, "type": "purchase", "timestamp": t})
+            t += 60
+    r = client.post("/v1/events", json=events)
+    assert r.status_code == 201, r.get_json()
+
+
+def train_and_register(app) -> dict[str, str]:
+    """Fit real popular + EASE models on the store and activate them via the repository."""
+    from features.store import load_interactions
+    from recsys.registry import get_repository
+    from recsys.store import get_engine
+    from strategies.ease import EASEStrategy
+    from strategies.popular import PopularStrategy
+
+    data = load_interactions(get_engine(app))
+    repo = get_repository(app)
+    out = {}
+    for model in (PopularStrategy(half_life_days=None), EASEStrategy(l2=5.0, topk=None)):
+        out[model.name] = repo.save_version(model.fit(data), data, activate=True)
+    return out

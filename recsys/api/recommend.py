@@ -1,0 +1,263 @@
+"""Recommendations over HTTP: per user (cached), per guest session, similar items, popular.
+
+Every answer comes from ``recsys.service.Recommender`` (the same code offline evaluation runs)
+built per request from this process's configuration snapshot (``recsys.settings``), catalogue
+snapshot (``recsys.catalog``) and model runtime (``recsys.runtime``).
+
+Experiments hook in through ``app.extensions["recsys.variant_resolver"]``: a callable
+``(user_id) -> {"experiment": name, "variant": name, "overrides": {...}} | None``. When it
+returns an assignment, the variant's overrides are merged over the configuration, the cache key
+includes the variant (results are never mixed across variants), and the response carries
+``"experiment": {"name", "variant"}``. ``app.extensions["recsys.exposure_hook"]``, if set, is
+called with ``(user_id, assignment, response)`` after each answer (cached or not).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from apiflask import APIBlueprint
+from flask import current_app
+
+from recsys import metrics
+from recsys.cache import get_cache
+from recsys.catalog import Catalog, get_catalog_store
+from recsys.errors import NotFound
+from recsys.history import DEFAULT_MAX_EVENTS, load_history
+from recsys.schemas import (
+    MAX_EXCLUDE,
+    MAX_ID,
+    CountQuery,
+    RecOut,
+    RecQuery,
+    SessionIn,
+    SimilarQuery,
+)
+from recsys.service import Recommender, RecRequest, ServingConfig, UserHistory
+from recsys.settings import Versions, get_settings
+from recsys.store import session_scope
+
+log = logging.getLogger(__name__)
+
+bp = APIBlueprint("recommend", __name__, url_prefix="/v1", tag="Recommendations")
+
+POPULAR_ONLY = {"routing": {"cold_strategies": ["popular"], "warm_strategies": ["popular"]}}
+
+
+@dataclass
+class Serving:
+    """What one request serves with: config, versions, catalogue, models."""
+
+    config: ServingConfig
+    versions: Versions
+    catalog: Catalog
+    models: Any
+    model_versions: dict[str, str]
+    runner: Any
+
+    def recommender(self, overrides: dict | None = None) -> Recommender:
+        cfg = self.config.with_overrides(overrides) if overrides else self.config
+        return Recommender(self.models, cfg, self.catalog, runner=self.runner)
+
+
+def _runner(tasks, deadline_s):
+    from recsys.deadline import run_with_deadline
+    from recsys.service import sequential_runner
+
+    if deadline_s is None:
+        return sequential_runner(tasks, None)
+    return run_with_deadline(tasks, deadline_s)
+
+
+def serving(app=None) -> Serving:
+    from recsys.runtime import get_runtime
+
+    app = app or current_app._get_current_object()
+    settings = get_settings(app)
+    versions = settings.versions()
+    runtime = get_runtime(app)
+    return Serving(
+        config=settings.config(),
+        versions=versions,
+        catalog=get_catalog_store(app).current(versions.catalog),
+        models=runtime.get,
+        model_versions=dict(runtime.active_versions()),
+        runner=_runner,
+    )
+
+
+def _parse_exclude(raw: str | None) -> list[str]:
+    if not raw:
+        return []
+    out = [x.strip() for x in raw.split(",") if x.strip()]
+    if len(out) > MAX_EXCLUDE or any(len(x) > MAX_ID for x in out):
+        from apiflask import abort
+
+        abort(
+            422,
+            message="invalid query",
+            detail={"query": {"exclude": [f"at most {MAX_EXCLUDE} ids of <= {MAX_ID} chars"]}},
+        )
+    return out
+
+
+def _check_id(user_id: str, what: str = "user_id") -> None:
+    if not user_id.strip() or len(user_id) > MAX_ID:
+        from recsys.errors import RecsysError
+
+        raise RecsysError(f"{what} must be 1..{MAX_ID} characters")
+
+
+def recommend_user(
+    user_id: str, req: RecRequest, explain: bool = False, shed: bool = False
+) -> dict[str, Any]:
+    """The cached per-user answer (the body of GET /v1/users/<id>/recommendations)."""
+    app = current_app._get_current_object()
+    ctx = serving(app)
+    resolver = app.extensions.get("recsys.variant_resolver")
+    assignment = resolver(user_id) if resolver else None
+    overrides = assignment.get("overrides") if assignment else None
+    cache_context = {
+        "n": req.n,
+        "o": req.offset,
+        "c": req.category,
+        "x": sorted(req.exclude),
+        "e": explain,
+        "cfg": ctx.versions.config,
+        "cat": ctx.versions.catalog,
+        "ep": ctx.versions.epoch,
+        "m": ctx.model_versions,
+        "var": [assignment.get("experiment"), assignment.get("variant")] if assignment else None,
+    }
+    limit = int(app.config.get("HISTORY_MAX_EVENTS", DEFAULT_MAX_EVENTS))
+    cache = get_cache(app)
+
+    def compute() -> dict[str, Any]:
+        with session_scope(app) as s:
+            history = load_history(s, user_id, limit)
+        rec = ctx.recommender(overrides)
+        if shed:
+            rec = ctx.recommender({**(overrides or {}), **POPULAR_ONLY})
+        result = rec.recommend(history, req)
+        body = result.to_dict(explain=explain)
+        if shed:
+            body["degraded"] = True
+        return body
+
+    if shed:
+        # Overloaded and low priority: the cache if it has it, else popularity only.
+        body = cache.peek(user_id, cache_context)
+        cached = body is not None
+        if body is None:
+            body = compute()
+    else:
+        body, cached = cache.get_or_compute(
+            user_id, cache_context, compute, store_if=lambda b: not b["degraded"]
+        )
+    out = {"user_id": user_id, **body, "cached": cached}
+    if assignment:
+        out["experiment"] = {
+            "name": assignment.get("experiment"),
+            "variant": assignment.get("variant"),
+        }
+    hook = app.extensions.get("recsys.exposure_hook")
+    if hook and assignment:
+        try:
+            hook(user_id, assignment, out)
+        except Exception:  # exposure logging must never fail a recommendation
+            log.exception("exposure hook failed")
+    metrics.set_route(out["route"])
+    return out
+
+
+@bp.get("/users/<user_id>/recommendations")
+@bp.input(RecQuery, location="query", arg_name="q")
+@bp.output(RecOut)
+@bp.doc(
+    summary="Recommendations for a user",
+    description="Unknown users are cold users (popular items), not errors. Cached per user; "
+    "the cache is invalidated by the user's events and by admin or model changes. "
+    "`X-Priority: low|normal|high` sets the deadline and overload behaviour.",
+)
+def user_recommendations(user_id: str, q: dict):
+    from recsys.deadline import admission
+
+    _check_id(user_id)
+    adm = admission()
+    req = RecRequest(
+        n=q["n"],
+        offset=q["offset"],
+        category=q["category"],
+        exclude=_parse_exclude(q["exclude"]),
+        explain=q["explain"],
+        deadline_s=adm.deadline_s,
+        priority=adm.priority,
+    )
+    return recommend_user(user_id, req, explain=q["explain"], shed=adm.shed)
+
+
+@bp.post("/recommendations")
+@bp.input(SessionIn, arg_name="body")
+@bp.output(RecOut)
+@bp.doc(
+    summary="Recommendations for a guest session",
+    description="`items` are the guest's recent items (newest first); they are treated as "
+    "clicks and are not recommended back. Not cached.",
+)
+def session_recommendations(body: dict):
+    from recsys.deadline import admission
+
+    adm = admission()
+    ctx = serving()
+    history = UserHistory.from_items(None, body["items"], type="click")
+    req = RecRequest(
+        n=body["n"],
+        offset=body["offset"],
+        category=body["category"],
+        exclude=list(body["exclude"]) + list(body["items"]),
+        explain=body["explain"],
+        deadline_s=adm.deadline_s,
+        priority=adm.priority,
+    )
+    rec = ctx.recommender(POPULAR_ONLY if adm.shed else None)
+    result = rec.recommend(history, req)
+    metrics.set_route(result.route)
+    return {"user_id": None, **result.to_dict(explain=body["explain"]), "cached": False}
+
+
+@bp.get("/items/<item_id>/similar")
+@bp.input(SimilarQuery, location="query", arg_name="q")
+@bp.output(RecOut)
+@bp.doc(
+    summary="Items similar to an item",
+    description="404 for an item neither the catalogue nor any model knows. An item no model "
+    "knows yet (new) gets popular items of its category, marked degraded.",
+)
+def similar(item_id: str, q: dict):
+    _check_id(item_id, "item_id")
+    ctx = serving()
+    known = item_id in ctx.catalog
+    if not known:
+        for name in ctx.config.strategies:
+            lm = ctx.models(name) if name in ctx.model_versions else None
+            if lm is not None and item_id in lm.items:
+                known = True
+                break
+    if not known:
+        raise NotFound(f"unknown item {item_id!r}")
+    result = ctx.recommender().similar_items(item_id, n=q["n"])
+    metrics.set_route("similar")
+    return {"user_id": None, **result.to_dict(explain=True), "cached": False}
+
+
+@bp.get("/popular")
+@bp.input(CountQuery, location="query", arg_name="q")
+@bp.output(RecOut)
+@bp.doc(summary="Most popular available items, optionally within a category")
+def popular(q: dict):
+    ctx = serving()
+    result = ctx.recommender().popular(n=q["n"], category=q["category"], offset=q["offset"])
+    metrics.set_route("popular")
+    return {"user_id": None, **result.to_dict(), "cached": False}

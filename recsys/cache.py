@@ -1,0 +1,321 @@
+"""Per-user result cache: Redis when ``REDIS_URL`` is set, else a bounded in-process LRU.
+
+Keys (every one built by ``ResultCache.key`` under ``REDIS_PREFIX``)::
+
+    <prefix>:rec:<user>:<digest>   one cached response; <digest> hashes the request parameters,
+                                   the config, catalogue and epoch versions, the active model
+                                   versions and the experiment variant, so a toggle, a model
+                                   swap or an item update moves every user to fresh keys
+    <prefix>:uver:<user>           the user's history token: a random value re-set by
+                                   POST /v1/events after the SQL commit
+    <prefix>:rec:...:lock          short stampede lock (SET NX PX)
+
+A cached value stores the history token it was computed under, and a lookup reads the token
+and the value in one ``MGET``: if they differ the entry is stale (the user has had an event
+since) and is recomputed. The token is read *before* the history, so an event that lands
+while a result is being computed always makes that result stale. Tokens are random rather
+than counters so an evicted token can never come back with an old value.
+
+Only one worker computes a missing entry: the first takes the lock; the others poll for the
+value for up to ``CACHE_LOCK_WAIT_MS`` and then compute themselves (a slow lock holder never
+blocks anyone for long). When Redis is unreachable, requests are served uncached (logged once
+per outage, retried with exponential backoff), never failed; an invalidation that could not be
+written bumps the shared ``cache_epoch`` in SQL instead (see recsys.settings), so no entry from
+before the outage is served after it.
+
+Memory: every entry has a TTL (``CACHE_TTL``); run Redis with ``maxmemory`` and
+``maxmemory-policy allkeys-lru`` (README, "Caching") so it stays bounded under any load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import quote
+
+from flask import Flask, current_app
+
+from recsys.lifecycle import on_after_fork
+
+log = logging.getLogger(__name__)
+
+LOCK_TTL_MS = 2000
+LOCK_WAIT_MS = 300
+POLL_MS = 10
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+class LocalBackend:
+    """A bounded LRU with per-entry TTL, standing in for Redis in a single process."""
+
+    def __init__(self, max_entries: int = 10_000):
+        self.max_entries = max(1, int(max_entries))
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _get(self, key: str, now: float) -> bytes | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        expires, value = item
+        if expires <= now:
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return value
+
+    def mget(self, keys: list[str]) -> list[bytes | None]:
+        now = time.monotonic()
+        with self._lock:
+            return [self._get(k, now) for k in keys]
+
+    def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        with self._lock:
+            self._data[key] = (time.monotonic() + ttl_s, value)
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def set_many(self, items: dict[str, bytes], ttl_s: float) -> None:
+        for k, v in items.items():
+            self.set(k, v, ttl_s)
+
+    def set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if self._get(key, now) is not None:
+                return False
+        self.set(key, value, ttl_ms / 1000.0)
+        return True
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class RedisBackend:
+    def __init__(self, url: str, timeout_s: float = 0.25):
+        import redis
+
+        self.url = url
+        self.timeout_s = timeout_s
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+
+    def mget(self, keys: list[str]) -> list[bytes | None]:
+        return self.client.mget(keys)
+
+    def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        self.client.set(key, value, ex=max(1, int(ttl_s)))
+
+    def set_many(self, items: dict[str, bytes], ttl_s: float) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for k, v in items.items():
+            pipe.set(k, v, ex=max(1, int(ttl_s)))
+        pipe.execute()
+
+    def set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
+        return bool(self.client.set(key, value, nx=True, px=ttl_ms))
+
+    def delete(self, key: str) -> None:
+        self.client.delete(key)
+
+
+class ResultCache:
+    """The per-process cache front: versioned keys, stale checks, stampede lock, outage mode."""
+
+    def __init__(self, app: Flask):
+        cfg = app.config
+        self.prefix = str(cfg.get("REDIS_PREFIX") or "recsys")
+        self.ttl = float(cfg.get("CACHE_TTL", 300))
+        self.lock_wait_ms = float(cfg.get("CACHE_LOCK_WAIT_MS", LOCK_WAIT_MS))
+        self.url = cfg.get("REDIS_URL") or None
+        self.local_size = int(cfg.get("LOCAL_CACHE_SIZE", 10_000))
+        self._down_until = 0.0
+        self._backoff = BACKOFF_START_S
+        self._outage_logged = False
+        self._pid = os.getpid()
+        self.backend: LocalBackend | RedisBackend = self._make_backend()
+
+    def _make_backend(self):
+        if self.url:
+            return RedisBackend(self.url)
+        return LocalBackend(self.local_size)
+
+    @property
+    def shared(self) -> bool:
+        """True when the cache is shared between processes (Redis)."""
+        return isinstance(self.backend, RedisBackend)
+
+    def after_fork(self) -> None:
+        """A worker must not share the master's Redis sockets: new client, fresh state."""
+        self._pid = os.getpid()
+        self._down_until = 0.0
+        self._backoff = BACKOFF_START_S
+        self.backend = self._make_backend()
+
+    # -- keys -------------------------------------------------------------------------------
+    def key(self, *parts: str) -> str:
+        """The one place keys are built: ``<prefix>:<part>:...`` with parts URL-quoted."""
+        return ":".join([self.prefix, *(quote(str(p), safe="") for p in parts)])
+
+    def result_key(self, user_id: str, context: dict[str, Any]) -> str:
+        digest = hashlib.sha256(
+            json.dumps(context, sort_keys=True, default=str).encode()
+        ).hexdigest()[:24]
+        return self.key("rec", user_id, digest)
+
+    def token_key(self, user_id: str) -> str:
+        return self.key("uver", user_id)
+
+    # -- availability -----------------------------------------------------------------------
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, exc: Exception) -> None:
+        if not self._outage_logged:
+            log.warning("cache unavailable, serving uncached: %s", exc)
+            self._outage_logged = True
+        self._down_until = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
+
+    def _ok(self) -> None:
+        if self._outage_logged:
+            log.warning("cache reachable again")
+        self._outage_logged = False
+        self._backoff = BACKOFF_START_S
+
+    def _call(self, fn: Callable[[], Any], default: Any = None) -> tuple[bool, Any]:
+        if self._pid != os.getpid():
+            self.after_fork()
+        if not self.available:
+            return False, default
+        try:
+            out = fn()
+        except Exception as e:  # redis errors of every kind: the cache is optional
+            self._failed(e)
+            return False, default
+        self._ok()
+        return True, out
+
+    # -- the cache --------------------------------------------------------------------------
+    def get_or_compute(
+        self,
+        user_id: str,
+        context: dict[str, Any],
+        compute: Callable[[], dict[str, Any]],
+        store_if: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """(response, cached). ``compute`` runs on a miss; its result is stored unless
+        ``store_if(result)`` is false (degraded answers are not pinned for a whole TTL)."""
+        from recsys import metrics
+
+        rkey, tkey = self.result_key(user_id, context), self.token_key(user_id)
+        ok, vals = self._call(lambda: self.backend.mget([tkey, rkey]))
+        if not ok:
+            metrics.CACHE_MISSES.inc()
+            return compute(), False
+        token, raw = vals
+        hit = self._decode(raw, token)
+        if hit is not None:
+            metrics.CACHE_HITS.inc()
+            return hit, True
+        metrics.CACHE_MISSES.inc()
+        lock = rkey + ":lock"
+        got, acquired = self._call(
+            lambda: self.backend.set_nx(lock, uuid.uuid4().hex.encode(), LOCK_TTL_MS), False
+        )
+        if got and not acquired:
+            # Someone else is computing this entry: wait briefly for it.
+            deadline = time.monotonic() + self.lock_wait_ms / 1000.0
+            while time.monotonic() < deadline:
+                time.sleep(POLL_MS / 1000.0)
+                ok, vals = self._call(lambda: self.backend.mget([tkey, rkey]))
+                if not ok:
+                    break
+                hit = self._decode(vals[1], vals[0])
+                if hit is not None:
+                    return hit, True
+        value = compute()
+        if store_if is None or store_if(value):
+            body = json.dumps({"t": _text(token), "v": value}, separators=(",", ":")).encode()
+            self._call(lambda: self.backend.set(rkey, body, self.ttl))
+        if acquired:
+            self._call(lambda: self.backend.delete(lock))
+        return value, False
+
+    def peek(self, user_id: str, context: dict[str, Any]) -> dict[str, Any] | None:
+        """The cached response if present and fresh; never computes."""
+        rkey, tkey = self.result_key(user_id, context), self.token_key(user_id)
+        ok, vals = self._call(lambda: self.backend.mget([tkey, rkey]))
+        return self._decode(vals[1], vals[0]) if ok else None
+
+    @staticmethod
+    def _decode(raw: bytes | None, token: bytes | None) -> dict[str, Any] | None:
+        if raw is None:
+            return None
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            return None
+        if entry.get("t") != _text(token):
+            return None
+        return entry.get("v")
+
+    def invalidate_users(self, user_ids: Iterable[str]) -> bool:
+        """Give each user a new history token (their cached lists become stale).
+
+        Returns False when the cache could not be written (the caller bumps the cache epoch).
+        """
+        users = sorted({str(u) for u in user_ids})
+        if not users:
+            return True
+        items = {self.token_key(u): uuid.uuid4().hex.encode() for u in users}
+        # Tokens outlive the results they guard, so a result never meets an expired token.
+        ok, _ = self._call(lambda: self.backend.set_many(items, self.ttl * 2 + 60))
+        return ok
+
+    def ping(self) -> bool:
+        ok, out = self._call(lambda: self.backend.mget([self.key("ping")]))
+        return ok
+
+
+def _text(token: bytes | str | None) -> str | None:
+    if token is None:
+        return None
+    return token.decode() if isinstance(token, bytes) else str(token)
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["recsys.cache"] = ResultCache(app)
+
+
+def get_cache(app: Flask | None = None) -> ResultCache:
+    return (app or current_app).extensions["recsys.cache"]
+
+
+@on_after_fork
+def _after_fork(app: Flask) -> None:
+    cache = app.extensions.get("recsys.cache")
+    if cache is not None:
+        cache.after_fork()
+    settings = app.extensions.get("recsys.settings")
+    if settings is not None:
+        settings.reset()
+    catalog = app.extensions.get("recsys.catalog")
+    if catalog is not None:
+        catalog.reset()

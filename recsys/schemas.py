@@ -1,0 +1,207 @@
+"""Marshmallow schemas (through APIFlask) for input validation and the OpenAPI document."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+from apiflask import Schema
+from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, String
+from apiflask.validators import Length, OneOf, Range
+from marshmallow import ValidationError, validates_schema
+
+from recsys.store.models import EVENT_TYPES
+
+MAX_N = 100
+MAX_OFFSET = 1000
+MAX_ID = 128
+MAX_EXCLUDE = 500
+MAX_SESSION_ITEMS = 200
+
+
+class ExternalId(String):
+    """An external id: a non-empty string (integers are accepted and turned into strings)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        out = super()._deserialize(value, attr, data, **kwargs)
+        out = out.strip()
+        if not out:
+            raise ValidationError("must not be empty")
+        if len(out) > MAX_ID:
+            raise ValidationError(f"longer than {MAX_ID} characters")
+        return out
+
+
+def _finite(v: float) -> None:
+    if not math.isfinite(v):
+        raise ValidationError("must be a finite number")
+
+
+class Timestamp(Raw):
+    """ISO-8601 (``2026-01-31T12:00:00Z``) or unix seconds; stored as naive UTC."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool):
+            raise ValidationError("must be ISO-8601 or unix seconds")
+        if isinstance(value, int | float):
+            if not math.isfinite(value):
+                raise ValidationError("must be a finite number of unix seconds")
+            try:
+                ts = datetime.fromtimestamp(float(value), UTC)
+            except (OverflowError, OSError, ValueError) as e:
+                raise ValidationError("unix seconds out of range") from e
+        elif isinstance(value, str):
+            try:
+                ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            except ValueError as e:
+                raise ValidationError("not an ISO-8601 date-time") from e
+            if ts.tzinfo is None:
+                ts = ts.replace(tzinfo=UTC)
+        else:
+            raise ValidationError("must be ISO-8601 or unix seconds")
+        ts = ts.astimezone(UTC)
+        if ts.year < 1990 or ts > datetime.now(UTC) + timedelta(days=1):
+            raise ValidationError("timestamp out of range (1990 .. now + 1 day)")
+        return ts.replace(tzinfo=None)
+
+
+# -- recommendations ------------------------------------------------------------------------
+class RecQuery(Schema):
+    n = Integer(load_default=10, validate=Range(1, MAX_N))
+    offset = Integer(load_default=0, validate=Range(0, MAX_OFFSET))
+    category = String(load_default=None, validate=Length(1, MAX_ID))
+    exclude = String(
+        load_default=None,
+        metadata={"description": "comma-separated item ids never to return"},
+        validate=Length(max=20_000),
+    )
+    explain = Boolean(load_default=False)
+
+
+class SessionIn(Schema):
+    items = List(
+        ExternalId(),
+        required=True,
+        validate=Length(max=MAX_SESSION_ITEMS),
+        metadata={"description": "the guest's recent items, newest first"},
+    )
+    n = Integer(load_default=10, validate=Range(1, MAX_N))
+    offset = Integer(load_default=0, validate=Range(0, MAX_OFFSET))
+    category = String(load_default=None, validate=Length(1, MAX_ID))
+    exclude = List(ExternalId(), load_default=list, validate=Length(max=MAX_EXCLUDE))
+    explain = Boolean(load_default=False)
+
+
+class RecItemOut(Schema):
+    item_id = String()
+    score = Float()
+    sources = Dict(
+        keys=String(),
+        values=Float(),
+        metadata={"description": "per strategy contribution (with explain=true)"},
+    )
+
+
+class RecOut(Schema):
+    user_id = String(allow_none=True)
+    route = String(metadata={"description": "cold | warm (popular/similar for those lists)"})
+    items = List(Nested(RecItemOut))
+    cached = Boolean()
+    degraded = Boolean(metadata={"description": "a strategy was dropped (error or deadline)"})
+    model_versions = Dict(keys=String(), values=String())
+    experiment = Dict(metadata={"description": "experiment and variant, when one applies"})
+
+
+class CountQuery(Schema):
+    n = Integer(load_default=10, validate=Range(1, MAX_N))
+    offset = Integer(load_default=0, validate=Range(0, MAX_OFFSET))
+    category = String(load_default=None, validate=Length(1, MAX_ID))
+
+
+class SimilarQuery(Schema):
+    n = Integer(load_default=10, validate=Range(1, MAX_N))
+
+
+# -- events ---------------------------------------------------------------------------------
+class EventIn(Schema):
+    user_id = ExternalId(required=True)
+    item_id = ExternalId(required=True)
+    type = String(required=True, validate=OneOf(EVENT_TYPES))
+    value = Float(load_default=1.0, validate=_finite)
+    timestamp = Timestamp(load_default=None)
+    id = String(
+        load_default=None,
+        validate=Length(1, 190),
+        metadata={"description": "idempotency key: re-sending the same id inserts nothing"},
+    )
+
+
+class EventsOut(Schema):
+    received = Integer()
+    inserted = Integer()
+    duplicates = Integer()
+
+
+# -- catalogue ------------------------------------------------------------------------------
+class ItemIn(Schema):
+    title = String(validate=Length(max=512))
+    description = String(validate=Length(max=20_000))
+    categories = List(String(validate=Length(1, MAX_ID)), validate=Length(max=50))
+    price = Float(allow_none=True, validate=_finite)
+    available = Boolean()
+    attributes = Dict(keys=String())
+
+
+class ItemOut(Schema):
+    item_id = String()
+    title = String()
+    description = String()
+    categories = List(String())
+    price = Float(allow_none=True)
+    available = Boolean()
+    attributes = Dict()
+    created = Boolean()
+
+
+class UserIn(Schema):
+    attributes = Dict(keys=String(), load_default=dict)
+
+
+class UserOut(Schema):
+    user_id = String()
+    attributes = Dict()
+    created = Boolean()
+
+
+# -- admin ----------------------------------------------------------------------------------
+class StrategyPatch(Schema):
+    enabled = Boolean()
+    weight = Float(validate=[Range(min=0), _finite])
+
+
+class AuditQuery(Schema):
+    limit = Integer(load_default=50, validate=Range(1, 500))
+    offset = Integer(load_default=0, validate=Range(min=0))
+    action = String(load_default=None, validate=Length(1, 64))
+
+
+class RoutingPatch(Schema):
+    """Partial routing settings (see ServingConfig); unknown keys are refused."""
+
+    cold_threshold = Integer(validate=Range(0, 10_000))
+    cold_strategies = List(String())
+    warm_strategies = List(String())
+    blend = String(validate=OneOf(("weighted", "rrf")))
+    normalize = String(validate=OneOf(("minmax", "rank")))
+    rrf_k = Float(validate=Range(min=1))
+    max_per_category = Integer(allow_none=True, validate=Range(min=1))
+    exclude_seen = Boolean()
+    seen_types = List(String(validate=OneOf(EVENT_TYPES)))
+    candidates_per_strategy = Integer(validate=Range(1, 10_000))
+
+    @validates_schema
+    def _not_empty(self, data, **kwargs):
+        if not data:
+            raise ValidationError("give at least one routing setting")

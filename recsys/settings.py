@@ -1,0 +1,266 @@
+"""Admin-editable serving configuration, stored in SQL and shared by every worker and server.
+
+Storage:
+
+* ``strategy_settings`` rows: per strategy ``enabled`` and ``weight``. The row is shared with the
+  model runtime (which keeps ``load_mode`` there and may create rows with column defaults), so
+  only the fields an admin actually set count as overrides: their names are kept in
+  ``params["set"]``; the others take the shipped default (``recsys.service.DEFAULT_CONFIG``).
+* ``settings`` row ``routing``: the admin's routing overrides (same keys as the ``routing``
+  part of ``ServingConfig``).
+* ``settings`` rows ``config_version``, ``catalog_version``, ``cache_epoch``: shared integers
+  ``{"version": n, "reason": "..."}``. Every configuration change bumps ``config_version`` in
+  the same transaction; ``PUT /v1/items`` bumps ``catalog_version`` when availability or
+  categories change; ``cache_epoch`` is bumped when a per-user cache invalidation could not be
+  written (Redis down), so no pre-outage entry is ever served.
+
+Each process polls the three versions with one small query at most every
+``CONFIG_POLL_SECONDS`` (0.5 s by default) and reloads the configuration only when
+``config_version`` moved, so a change reaches every worker of every server within a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, current_app
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from recsys.service import DEFAULT_CONFIG, STRATEGY_NAMES, ServingConfig
+from recsys.store.models import Setting, StrategySetting
+
+log = logging.getLogger(__name__)
+
+CONFIG_VERSION = "config_version"
+CATALOG_VERSION = "catalog_version"
+CACHE_EPOCH = "cache_epoch"
+ROUTING = "routing"
+VERSION_KEYS = (CONFIG_VERSION, CATALOG_VERSION, CACHE_EPOCH)
+STRATEGY_FIELDS = ("enabled", "weight")
+
+
+@dataclass(frozen=True)
+class Versions:
+    config: int = 0
+    catalog: int = 0
+    epoch: int = 0
+
+
+def _insert_ignore(s: Session, model, values: dict, key: str) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING on PostgreSQL and SQLite (row creation races)."""
+    dialect = s.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    s.execute(insert(model).values(**values).on_conflict_do_nothing(index_elements=[key]))
+
+
+def bump(s: Session, key: str = CONFIG_VERSION, reason: str = "") -> int:
+    """Increment shared version ``key`` inside the caller's transaction; returns the new value.
+
+    The row is locked (``FOR UPDATE``) so concurrent changes serialise; the caller's commit
+    publishes the change and the bump together.
+    """
+    _insert_ignore(s, Setting, {"key": key, "value": {"version": 0}}, "key")
+    row = s.execute(select(Setting).where(Setting.key == key).with_for_update()).scalar_one()
+    version = int((row.value or {}).get("version", 0)) + 1
+    row.value = {"version": version, "reason": reason[:200]}
+    return version
+
+
+def lock_config(s: Session) -> None:
+    """Serialise configuration edits: lock the config_version row until the transaction ends."""
+    _insert_ignore(s, Setting, {"key": CONFIG_VERSION, "value": {"version": 0}}, "key")
+    s.execute(select(Setting).where(Setting.key == CONFIG_VERSION).with_for_update()).scalar_one()
+
+
+def read_overrides(s: Session) -> dict[str, Any]:
+    """The admin's overrides as a ServingConfig dict (only what an admin set)."""
+    strategies: dict[str, dict[str, Any]] = {}
+    for row in s.scalars(select(StrategySetting)):
+        if row.name not in STRATEGY_NAMES:
+            continue
+        set_fields = (row.params or {}).get("set") or []
+        over = {f: getattr(row, f) for f in STRATEGY_FIELDS if f in set_fields}
+        if over:
+            strategies[row.name] = over
+    routing_row = s.get(Setting, ROUTING)
+    routing = dict(routing_row.value) if routing_row and routing_row.value else {}
+    out: dict[str, Any] = {}
+    if strategies:
+        out["strategies"] = strategies
+    if routing:
+        out["routing"] = routing
+    return out
+
+
+class SettingsStore:
+    """Per-process view of the shared configuration (one per app, in ``app.extensions``)."""
+
+    def __init__(self, app: Flask):
+        self.app = app
+        self.poll_seconds = float(app.config.get("CONFIG_POLL_SECONDS", 0.5))
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget cached state (after fork, tests): the next call polls and reloads."""
+        self._versions: Versions | None = None
+        self._polled_at = 0.0
+        self._config: ServingConfig | None = None
+        self._config_version: int | None = None
+
+    def _session(self) -> Session:
+        return self.app.extensions["recsys.sessionmaker"]()
+
+    # -- reading ----------------------------------------------------------------------------
+    def versions(self, force: bool = False) -> Versions:
+        """Shared versions, re-read from SQL at most every ``poll_seconds``."""
+        now = time.monotonic()
+        if not force and self._versions is not None and now - self._polled_at < self.poll_seconds:
+            return self._versions
+        with self._lock:
+            if (
+                not force
+                and self._versions is not None
+                and time.monotonic() - self._polled_at < self.poll_seconds
+            ):
+                return self._versions
+            try:
+                with self._session() as s:
+                    rows = s.execute(
+                        select(Setting.key, Setting.value).where(Setting.key.in_(VERSION_KEYS))
+                    ).all()
+                vals = {k: int((v or {}).get("version", 0)) for k, v in rows}
+                self._versions = Versions(
+                    vals.get(CONFIG_VERSION, 0),
+                    vals.get(CATALOG_VERSION, 0),
+                    vals.get(CACHE_EPOCH, 0),
+                )
+            except Exception:
+                if self._versions is None:
+                    raise
+                # The store blinked: keep serving the last known configuration.
+                log.exception("polling the configuration version failed")
+            self._polled_at = time.monotonic()
+            return self._versions
+
+    def config(self) -> ServingConfig:
+        """The current merged configuration (defaults + admin overrides)."""
+        v = self.versions().config
+        if self._config is not None and self._config_version == v:
+            return self._config
+        with self._lock:
+            if self._config is None or self._config_version != v:
+                with self._session() as s:
+                    over = read_overrides(s)
+                try:
+                    cfg = ServingConfig.from_dict(over)
+                except ValueError:
+                    # Writes are validated, so this means a hand-edited row: do not go down.
+                    log.exception("stored configuration is invalid; using shipped defaults")
+                    cfg = ServingConfig.default()
+                self._config, self._config_version = cfg, v
+        return self._config
+
+    def overrides(self) -> dict[str, Any]:
+        with self._session() as s:
+            return read_overrides(s)
+
+    # -- writing ----------------------------------------------------------------------------
+    def bump_version(self, reason: str, key: str = CONFIG_VERSION) -> int:
+        """Bump a shared version in its own transaction (model activations, cache epochs)."""
+        with self._session() as s, s.begin():
+            v = bump(s, key, reason)
+        self._polled_at = 0.0  # this process sees its own change on the next call
+        return v
+
+    def update_strategies(
+        self, patch: Mapping[str, Mapping[str, Any]], actor: str
+    ) -> tuple[dict, dict]:
+        """Apply ``{"als": {"enabled": false, "weight": 0.5}, ...}``; validated, audited.
+
+        Returns (before, after) effective strategy settings. Raises ValueError when invalid.
+        """
+        from recsys import audit
+
+        if not isinstance(patch, Mapping) or not patch:
+            raise ValueError("body must be a non-empty object of strategy -> settings")
+        with self._session() as s, s.begin():
+            lock_config(s)
+            over = read_overrides(s)
+            before_cfg = ServingConfig.from_dict(over)
+            new_over = {"strategies": {**over.get("strategies", {})}}
+            for name, fields in patch.items():
+                if not isinstance(fields, Mapping):
+                    raise ValueError(f"strategies.{name} must be an object")
+                new_over["strategies"][name] = {**new_over["strategies"].get(name, {}), **fields}
+            if "routing" in over:
+                new_over["routing"] = over["routing"]
+            after_cfg = ServingConfig.from_dict(new_over)  # validates names and values
+            for name, fields in patch.items():
+                row = s.get(StrategySetting, name)
+                if row is None:
+                    _insert_ignore(s, StrategySetting, {"name": name, "params": {}}, "name")
+                    row = s.get(StrategySetting, name)
+                params = dict(row.params or {})
+                params["set"] = sorted(set(params.get("set") or []) | set(fields))
+                row.params = params
+                sc = after_cfg.strategies[name]
+                row.enabled, row.weight = sc.enabled, sc.weight
+            before = {k: before_cfg.to_dict()["strategies"][k] for k in patch}
+            after = {k: after_cfg.to_dict()["strategies"][k] for k in patch}
+            v = bump(s, CONFIG_VERSION, f"strategies changed by {actor}")
+            audit.record(s, actor, "strategies.update", ",".join(sorted(patch)), before, after)
+        self._polled_at = 0.0
+        log.info("strategies updated by %s (config version %d): %s", actor, v, after)
+        return before, after
+
+    def update_routing(self, patch: Mapping[str, Any], actor: str) -> tuple[dict, dict]:
+        """Apply a partial routing dict; validated, audited. Returns (before, after) routing."""
+        from recsys import audit
+
+        if not isinstance(patch, Mapping) or not patch:
+            raise ValueError("body must be a non-empty object of routing settings")
+        unknown = set(patch) - set(DEFAULT_CONFIG["routing"])
+        if unknown:
+            raise ValueError(f"unknown routing keys: {sorted(unknown)}")
+        with self._session() as s, s.begin():
+            lock_config(s)
+            over = read_overrides(s)
+            before_cfg = ServingConfig.from_dict(over)
+            routing = {**over.get("routing", {}), **patch}
+            after_cfg = ServingConfig.from_dict({**over, "routing": routing})
+            row = s.get(Setting, ROUTING)
+            if row is None:
+                s.add(Setting(key=ROUTING, value=routing))
+            else:
+                row.value = routing
+            before = {k: before_cfg.to_dict()["routing"][k] for k in patch}
+            after = {k: after_cfg.to_dict()["routing"][k] for k in patch}
+            v = bump(s, CONFIG_VERSION, f"routing changed by {actor}")
+            audit.record(s, actor, "routing.update", ",".join(sorted(patch)), before, after)
+        self._polled_at = 0.0
+        log.info("routing updated by %s (config version %d): %s", actor, v, after)
+        return before, after
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["recsys.settings"] = SettingsStore(app)
+
+
+def get_settings(app: Flask | None = None) -> SettingsStore:
+    return (app or current_app).extensions["recsys.settings"]
+
+
+def bump_version(reason: str, app: Flask | None = None) -> int:
+    """Bump the shared config version (e.g. after a model activation): caches keyed on it
+    are invalidated in every worker within ``CONFIG_POLL_SECONDS``."""
+    return get_settings(app).bump_version(reason)

@@ -1,0 +1,169 @@
+"""GET/POST recommendation endpoints on real PostgreSQL + Redis with real trained models."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.servicekit import ADMIN_TOKEN, CATS
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+def client(served_app):
+    return served_app.test_client()
+
+
+def ids(body):
+    return [i["item_id"] for i in body["items"]]
+
+
+def test_unknown_user_is_cold_and_gets_popular(client, served_app):
+    r = client.get("/v1/users/nobody/recommendations?n=3&explain=true")
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["user_id"] == "nobody" and body["route"] == "cold"
+    assert ids(body)[0] == "i0"  # bought by six of seven users
+    assert all(set(i["sources"]) == {"popular"} for i in body["items"])
+    versions = served_app.extensions["recsys.model_versions"]
+    assert body["model_versions"] == {"popular": versions["popular"]}
+    assert body["degraded"] is False and body["cached"] is False
+
+
+def test_warm_user_blends_ease_and_popular_and_excludes_purchases(client):
+    body = client.get("/v1/users/u6/recommendations?n=5&explain=true").get_json()
+    assert body["route"] == "warm"
+    assert set(body["model_versions"]) == {"ease", "popular"}
+    assert not set(ids(body)) & {"i2", "i4", "i6", "i8", "i1"}
+    assert any("ease" in i["sources"] for i in body["items"])
+    for it in body["items"]:
+        assert it["score"] == pytest.approx(sum(it["sources"].values()), abs=1e-5)
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_no_sources_without_explain(client):
+    body = client.get("/v1/users/u6/recommendations?n=2").get_json()
+    assert body["items"] and all("sources" not in i for i in body["items"])
+
+
+def test_filters_category_exclude_paging(client):
+    body = client.get("/v1/users/nobody/recommendations?n=10&category=music").get_json()
+    assert ids(body) and all(CATS[int(i[1:])] == ["music"] for i in ids(body))
+    body = client.get("/v1/users/nobody/recommendations?n=10&exclude=i0,i3").get_json()
+    assert not {"i0", "i3"} & set(ids(body))
+    full = ids(client.get("/v1/users/nobody/recommendations?n=6").get_json())
+    page2 = ids(client.get("/v1/users/nobody/recommendations?n=3&offset=3").get_json())
+    assert page2 == full[3:6]
+
+
+def test_unavailable_item_disappears_at_once(client):
+    assert "i0" in ids(client.get("/v1/users/nobody/recommendations?n=3").get_json())
+    r = client.put("/v1/items/i0", json={"available": False})
+    assert r.status_code == 200 and r.get_json()["available"] is False
+    body = client.get("/v1/users/nobody/recommendations?n=3").get_json()
+    assert "i0" not in ids(body) and body["cached"] is False
+    assert "i0" not in ids(client.get("/v1/popular?n=10").get_json())
+    assert "i0" not in ids(client.get("/v1/items/i1/similar?n=10").get_json())
+
+
+def test_cache_hit_then_invalidated_by_event(client):
+    first = client.get("/v1/users/u0/recommendations?n=3").get_json()
+    assert first["cached"] is False and first["route"] == "cold"
+    again = client.get("/v1/users/u0/recommendations?n=3").get_json()
+    assert again["cached"] is True and ids(again) == ids(first)
+    top = ids(first)[0]
+    # Buying the top item and two more: it is excluded now and u0 has become warm (5 items).
+    events = [
+        {"user_id": "u0", "item_id": top, "type": "purchase"},
+        {"user_id": "u0", "item_id": "i9", "type": "purchase"},
+        {"user_id": "u0", "item_id": "i5", "type": "purchase"},
+    ]
+    assert client.post("/v1/events", json=events).status_code == 201
+    after = client.get("/v1/users/u0/recommendations?n=3").get_json()
+    assert after["cached"] is False
+    assert top not in ids(after) and after["route"] == "warm"
+
+
+def test_cache_invalidated_by_admin_change(client):
+    client.get("/v1/users/u6/recommendations?n=3")
+    assert client.get("/v1/users/u6/recommendations?n=3").get_json()["cached"] is True
+    r = client.patch("/v1/admin/strategies", json={"ease": {"enabled": False}}, headers=AUTH)
+    assert r.status_code == 200, r.get_json()
+    body = client.get("/v1/users/u6/recommendations?n=3").get_json()
+    assert body["cached"] is False and set(body["model_versions"]) == {"popular"}
+
+
+def test_session_recommendations(client):
+    r = client.post("/v1/recommendations", json={"items": ["i2", "i4"], "n": 4, "explain": True})
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["user_id"] is None and body["route"] == "cold"
+    assert not {"i2", "i4"} & set(ids(body)) and len(body["items"]) == 4
+    r = client.post("/v1/recommendations", json={"items": ["i0", "i1", "i2", "i3", "i4"], "n": 4})
+    assert r.get_json()["route"] == "warm"
+
+
+def test_similar_and_popular(client):
+    body = client.get("/v1/items/i1/similar?n=3").get_json()
+    assert body["route"] == "similar" and ids(body) and "i1" not in ids(body)
+    assert "ease" in body["model_versions"]
+    assert client.get("/v1/items/nope/similar").status_code == 404
+    body = client.get("/v1/popular?n=3").get_json()
+    assert ids(body)[0] == "i0" and len(body["items"]) == 3
+    body = client.get("/v1/popular?n=10&category=books").get_json()
+    assert all(CATS[int(i[1:])] == ["books"] for i in ids(body))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/v1/users/u0/recommendations?n=0",
+        "/v1/users/u0/recommendations?n=101",
+        "/v1/users/u0/recommendations?n=abc",
+        "/v1/users/u0/recommendations?offset=-1",
+        "/v1/users/u0/recommendations?explain=maybe",
+        "/v1/users/" + "x" * 200 + "/recommendations",
+        "/v1/items/i1/similar?n=0",
+        "/v1/popular?n=1000",
+    ],
+)
+def test_bad_query_is_4xx_json(client, url):
+    r = client.get(url)
+    assert 400 <= r.status_code < 500
+    body = r.get_json()
+    assert body["code"] == r.status_code and body["name"] and body["description"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {},
+        {"items": "i1"},
+        {"items": [""]},
+        {"items": ["i1"], "n": 0},
+        {"items": ["i1"], "extra": 1},
+        [1, 2],
+    ],
+)
+def test_bad_session_body_is_4xx_json(client, payload):
+    r = client.post("/v1/recommendations", json=payload)
+    assert 400 <= r.status_code < 500 and r.get_json()["description"]
+
+
+def test_openapi_lists_endpoints(client):
+    paths = client.get("/openapi.json").get_json()["paths"]
+    for p in (
+        "/v1/users/{user_id}/recommendations",
+        "/v1/recommendations",
+        "/v1/items/{item_id}/similar",
+        "/v1/popular",
+        "/v1/events",
+        "/v1/items/{item_id}",
+        "/v1/users/{user_id}",
+        "/v1/admin/strategies",
+        "/v1/admin/routing",
+        "/v1/admin/audit",
+    ):
+        assert p in paths, p
