@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from flask import Flask
 
@@ -29,12 +30,14 @@ def limit_threads(n: int = 1) -> None:
         threadpool_limits(n)
     except Exception:  # pragma: no cover - threadpoolctl missing a backend is harmless
         log.debug("threadpoolctl could not limit threads", exc_info=True)
-    try:
-        import torch
-
-        torch.set_num_threads(n)
-    except Exception:  # pragma: no cover
-        log.debug("torch thread limit not applied", exc_info=True)
+    # Only if torch is already loaded (the deep model was preloaded): importing it here would
+    # cost every worker seconds of start-up, and a later import reads OMP_NUM_THREADS anyway.
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            torch.set_num_threads(n)
+        except Exception:  # pragma: no cover
+            log.debug("torch thread limit not applied", exc_info=True)
 
 
 def after_fork(app: Flask) -> None:

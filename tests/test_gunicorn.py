@@ -1,0 +1,199 @@
+"""The service under real gunicorn: preload in the master, workers answering, metrics aggregated
+across workers, and two servers sharing one PostgreSQL and Redis seeing each other's admin
+changes. Servers are subprocesses on 127.0.0.1 serving tests.runtime_support:app (the real app
+with the small test strategies registered in its repository).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from recsys.registry import get_repository
+from tests import runtime_support as rs
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKEN = "gunicorn-test-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(port, method, path, body=None, token=None, timeout=10.0):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    headers = {"Connection": "close"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None
+    if body is not None:
+        data = json.dumps(body)
+        headers["Content-Type"] = "application/json"
+    try:
+        conn.request(method, path, body=data, headers=headers)
+        r = conn.getresponse()
+        raw = r.read()
+    finally:
+        conn.close()
+    ctype = r.getheader("Content-Type", "")
+    return r.status, (json.loads(raw) if "json" in ctype else raw.decode())
+
+
+class Server:
+    def __init__(self, env: dict, workers: int, log_path: str):
+        self.port = _free_port()
+        self.log = open(log_path, "w")
+        cmd = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(workers),
+            "--threads",
+            "2",
+            "tests.runtime_support:app",
+        ]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=self.log)
+
+    def wait_ready(self, timeout: float = 60.0) -> dict:
+        end = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                break
+            try:
+                status, body = request(self.port, "GET", "/readyz", timeout=2)
+                last = (status, body)
+                if status == 200:
+                    return body
+            except OSError as e:
+                last = e
+            time.sleep(0.2)
+        self.stop()
+        with open(self.log.name) as f:
+            pytest.fail(f"server not ready: {last}\n{f.read()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def serve(make_app, pg_schema_url, redis_url, redis_prefix, tmp_path):
+    """Start servers on the test PostgreSQL (emptied, with tiny v1 active and v2 saved)."""
+    app = make_app(MODEL_DIR=str(tmp_path / "models"))
+    repo = get_repository(app)
+    repo.resolver = rs.resolver
+    repo.save_version(rs.fit("tiny"), rs.sample_data(), version="v1", activate=True)
+    repo.save_version(rs.fit("tiny"), rs.sample_data(), version="v2")
+    env = dict(os.environ)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update(
+        RECSYS_TEST_GUNICORN_APP="1",
+        RECSYS_DATABASE_URL=pg_schema_url,
+        RECSYS_REDIS_URL=redis_url,
+        RECSYS_REDIS_PREFIX=redis_prefix,
+        RECSYS_MODEL_DIR=str(tmp_path / "models"),
+        RECSYS_INSTANCE_PATH=str(tmp_path / "instance"),
+        RECSYS_ADMIN_TOKEN=TOKEN,
+        RECSYS_CONFIG_POLL_SECONDS="0.2",
+        RECSYS_PRELOAD_MODELS="true",
+    )
+    servers = []
+
+    def start(workers: int = 2) -> Server:
+        s = Server(env, workers, str(tmp_path / f"server{len(servers)}.log"))
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def _samples(text: str) -> list:
+    return [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+
+def test_preload_workers_and_aggregated_metrics(serve):
+    server = serve(workers=2)
+    body = server.wait_ready()
+    assert body["models"] == {"tiny": "v1"}
+    n = 40
+    pids = set()
+    for _ in range(n):
+        status, listing = request(server.port, "GET", "/v1/admin/models", token=TOKEN)
+        assert status == 200
+        (row,) = listing["runtime"]
+        assert row["state"] == "loaded" and row["warmed"] and row["loaded_version"] == "v1"
+        pids.add(row["pid"])
+    status, text = request(server.port, "GET", "/metrics")
+    assert status == 200
+    samples = _samples(text)
+    # Every request counted once, whichever worker answered: the collector sums the workers.
+    count = sum(
+        s.value
+        for s in samples
+        if s.name == "recsys_request_latency_seconds_count"
+        and s.labels["endpoint"] == "admin_models.list_models"
+    )
+    assert count == n
+    # Loaded once, in the master, before the fork: workers did not load it again.
+    loads = [s for s in samples if s.name == "recsys_model_load_seconds_count"]
+    assert sum(s.value for s in loads if s.labels["strategy"] == "tiny") == 1
+    # Per-process gauges: one series per live process (master + 2 workers).
+    gauge_pids = {s.labels["pid"] for s in samples if s.name == "recsys_models_loaded"}
+    assert len(gauge_pids) == 3 and pids <= {int(p) for p in gauge_pids}
+
+
+def test_two_servers_share_admin_changes(serve):
+    a, b = serve(workers=1), serve(workers=1)
+    a.wait_ready()
+    b.wait_ready()
+
+    def loaded_on(server):
+        _, listing = request(server.port, "GET", "/v1/admin/models", token=TOKEN)
+        return listing["runtime"][0]["loaded_version"]
+
+    assert loaded_on(b) == "v1"
+    status, body = request(
+        a.port, "POST", "/v1/admin/models/tiny/activate", {"version": "v2"}, TOKEN
+    )
+    assert status == 200, body
+    assert loaded_on(a) == "v2"
+    t0 = time.monotonic()
+    while loaded_on(b) != "v2" and time.monotonic() - t0 < 5:
+        time.sleep(0.05)
+    elapsed = time.monotonic() - t0
+    assert loaded_on(b) == "v2"
+    assert elapsed < 2.0, f"server B took {elapsed:.2f} s to notice"
+    # And back, through the other server.
+    status, body = request(b.port, "POST", "/v1/admin/models/tiny/rollback", token=TOKEN)
+    assert status == 200 and body["version"] == "v1"
+    t0 = time.monotonic()
+    while loaded_on(a) != "v1" and time.monotonic() - t0 < 5:
+        time.sleep(0.05)
+    assert loaded_on(a) == "v1"
