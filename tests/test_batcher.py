@@ -112,25 +112,38 @@ def test_wrong_number_of_results_is_an_error_not_a_mixup():
 
 
 def test_close_drains_queue_then_refuses():
-    def slow(xs: list[int]) -> list[int]:
-        time.sleep(0.02)
+    gate = threading.Event()
+    started: list[list[int]] = []
+
+    def gated(xs: list[int]) -> list[int]:
+        started.append(list(xs))
+        gate.wait(5)
         return xs
 
-    b = MicroBatcher(slow, max_batch=2, max_delay_ms=1, name="drain")
+    b = MicroBatcher(gated, max_batch=2, max_delay_ms=1, name="drain")
     box: list = []
     threads = [
         threading.Thread(target=lambda i=i: box.append(b.submit(i, timeout=5))) for i in range(6)
     ]
     for t in threads:
         t.start()
-    time.sleep(0.01)
-    b.close()
+    # Wait until every request is either inside the (blocked) first batch or queued behind it.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if started and len(started[0]) + b.stats()["queued"] == 6:
+            break
+        time.sleep(0.005)
+    closer = threading.Thread(target=b.close)
+    closer.start()
+    time.sleep(0.02)
+    with pytest.raises(BatcherClosed):
+        b.submit(7)
+    gate.set()
+    closer.join(5)
     for t in threads:
         t.join(5)
     assert sorted(box) == list(range(6))  # every queued request got its answer
     assert not b._thread.is_alive()
-    with pytest.raises(BatcherClosed):
-        b.submit(7)
 
 
 def test_observer_failure_does_not_break_serving():

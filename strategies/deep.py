@@ -1,0 +1,352 @@
+"""``deep``: a multinomial denoising autoencoder over the user's history (Mult-DAE, PyTorch).
+
+Why this model (numbers in README "## Deep model", from ``bench/deep_bench.py``): on the
+random per-item split that our headline benchmark uses (ml-100k, Recommenders protocol) the
+order of a user's events carries little signal (BENCHMARKS.md, sections D and E: a SASRec
+reaches only 0.26 nDCG@10 there), while models that read the whole bag of history items and
+are trained with a full-softmax (multinomial) loss over the catalogue are among the strongest
+(Liang et al. 2018, "Variational Autoencoders for Collaborative Filtering"). The model:
+
+    x   = L2-normalised history row (binary or weighted), dropout on the input while training
+    h   = tanh(W_k ... tanh(W_1 x))               (encoder: ``hidden`` sizes)
+    s   = W_out h + b                              (one logit per catalogue item)
+    loss = -sum_i x_i log softmax(s)_i              (multinomial likelihood)
+
+There is no user embedding table: a user is whatever their current history says, so fresh
+events change the scores without retraining, and unknown users are no special case.
+``similar_items`` uses the output layer's item vectors (cosine).
+
+Serving variants (``precision``): ``fp32``; ``int8`` = ``torch.ao.quantization.quantize_dynamic``
+on the Linear layers (CPU only: the quantized kernels are CPU kernels); ``fp16`` = half precision
+on CUDA. Weights are always saved as the fp32 ``state_dict`` (tensors only, loaded with
+``weights_only=True``); the variant is derived at load time in milliseconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import math
+import os
+import time
+import warnings
+from typing import Any, Self
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from features.interactions import InteractionData
+from strategies.base import Strategy, UserBatch
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "weights.pt"
+PRECISIONS = ("fp32", "int8", "fp16")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """The device chosen once per model: CUDA when present, else the CPU (or as asked)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class MultDAE(nn.Module):
+    """Encoder MLP over a normalised history row, decoder to one logit per item."""
+
+    def __init__(self, n_items: int, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        dims = (n_items, *hidden)
+        self.encoder = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)
+        )
+        self.decoder = nn.Linear(dims[-1], n_items)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: dense (b, n_items), already normalised."""
+        h = x
+        for layer in self.encoder:
+            h = torch.tanh(layer(h))
+        return self.decoder(h)
+
+    def forward_sparse(self, x: torch.Tensor) -> torch.Tensor:
+        """Same function for a sparse COO ``x``: the first layer as a sparse matmul.
+
+        Histories are ~1-3% dense, so training through ``torch.sparse.mm`` does a fraction of the
+        first layer's work (the bulk of the model's FLOPs for large catalogues).
+        """
+        first = self.encoder[0]
+        h = torch.tanh(torch.sparse.mm(x, first.weight.t()) + first.bias)
+        for layer in self.encoder[1:]:
+            h = torch.tanh(layer(h))
+        return self.decoder(h)
+
+
+class _Adam:
+    """Adam (Kingma & Ba), the same update as ``torch.optim.Adam``'s defaults.
+
+    Hand-written because constructing any ``torch.optim`` optimizer imports ``torch._dynamo``
+    (and sympy): 5-12 s of one-off import on our 2-core machine, longer than the whole fit.
+    """
+
+    def __init__(
+        self,
+        params: list[nn.Parameter],
+        lr: float,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = 0
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        bc1 = 1.0 - b1**self.t
+        bc2 = 1.0 - b2**self.t
+        for p, m, v in zip(self.params, self.m, self.v, strict=True):
+            if p.grad is None:
+                continue
+            g = p.grad
+            if self.weight_decay:
+                g = g.add(p, alpha=self.weight_decay)
+            m.mul_(b1).add_(g, alpha=1.0 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+            denom = (v.sqrt() / math.sqrt(bc2)).add_(self.eps)
+            p.addcdiv_(m, denom, value=-self.lr / bc1)
+
+
+def _normalise_rows(m: sp.csr_matrix) -> sp.csr_matrix:
+    """L2-normalise each row (zero rows stay zero)."""
+    m = m.astype(np.float32, copy=True)
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel()).astype(np.float32)
+    norms[norms == 0] = 1.0
+    m.data /= np.repeat(norms, np.diff(m.indptr))
+    return m
+
+
+def _state_dict_bytes(module: nn.Module) -> int:
+    """Serialized size of a module's state_dict (what a saved model would occupy)."""
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+class DeepStrategy(Strategy):
+    """Mult-DAE collaborative model for warm users; CUDA when available, else CPU.
+
+    Parameters: ``hidden`` encoder layer sizes; ``epochs``, ``batch_size``, ``lr``,
+    ``weight_decay`` (Adam); ``dropout`` on the input while training; ``binary`` turns history
+    weights into 0/1 before normalising (the input and target); ``seed``; ``device``
+    (``"auto"``, ``"cpu"``, ``"cuda"``); ``precision`` for serving (``fp32``/``int8``/``fp16``).
+    """
+
+    name = "deep"
+
+    def __init__(
+        self,
+        hidden: tuple[int, ...] | list[int] = (600,),
+        epochs: int = 60,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        dropout: float = 0.5,
+        binary: bool = True,
+        seed: int = 42,
+        device: str = "auto",
+        precision: str = "fp32",
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.hidden = tuple(int(h) for h in hidden)
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.dropout = dropout
+        self.binary = binary
+        self.seed = seed
+        self.device = device
+        self.precision = precision
+        self._params = {
+            "hidden": list(self.hidden),
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "dropout": dropout,
+            "binary": binary,
+            "seed": seed,
+            "device": device,
+            "precision": precision,
+        }
+
+    # -- training -------------------------------------------------------------------------------
+    def _inputs(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
+        m = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+        m.data[m.data < 0] = 0
+        m.eliminate_zeros()
+        if self.binary:
+            m.data[:] = 1.0
+        return m
+
+    def fit(self, data: InteractionData) -> Self:
+        started = time.perf_counter()
+        self.device_ = resolve_device(self.device)
+        self.n_items_ = data.n_items
+        gen = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+
+        x = self._inputs(data.matrix())
+        rows = np.flatnonzero(np.diff(x.indptr) > 0)
+        xn = _normalise_rows(x)
+        model = MultDAE(self.n_items_, self.hidden).to(self.device_)
+        opt = _Adam(list(model.parameters()), lr=self.lr, weight_decay=self.weight_decay)
+        model.train()
+        for epoch in range(self.epochs):
+            rng.shuffle(rows)
+            total = 0.0
+            for start in range(0, len(rows), self.batch_size):
+                idx = rows[start : start + self.batch_size]
+                xb, tb = self._batch_tensors(xn[idx], x[idx], gen)
+                logits = model.forward_sparse(xb)
+                # Multinomial log-likelihood of the (unnormalised) history under softmax(s).
+                loss = -(F.log_softmax(logits, dim=1) * tb).sum(dim=1).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            log.debug("deep epoch %d loss %.4f", epoch, total / max(len(rows), 1))
+        model.eval()
+        self.model_ = model
+        self._prepare_serving()
+        self.fit_seconds_ = time.perf_counter() - started
+        log.info(
+            "deep: fitted %d users x %d items in %.1fs on %s",
+            len(rows),
+            self.n_items_,
+            self.fit_seconds_,
+            self.device_,
+        )
+        return self
+
+    def _batch_tensors(
+        self, xn: sp.csr_matrix, target: sp.csr_matrix, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        coo = xn.tocoo()
+        vals = torch.from_numpy(coo.data)
+        if self.dropout > 0:
+            keep = torch.rand(vals.shape, generator=gen) >= self.dropout
+            vals = vals * keep / (1.0 - self.dropout)
+        ij = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+        xb = torch.sparse_coo_tensor(ij, vals, size=xn.shape, check_invariants=False).to(
+            self.device_
+        )
+        tb = torch.from_numpy(target.toarray()).to(self.device_)
+        return xb, tb
+
+    # -- serving --------------------------------------------------------------------------------
+    def _prepare_serving(self) -> None:
+        """Build the module that ``score`` runs, in the requested precision."""
+        prec = self.precision
+        if prec == "fp16" and self.device_.type != "cuda":
+            log.warning("deep: fp16 needs CUDA; serving fp32 on %s", self.device_)
+            prec = "fp32"
+        if prec == "int8":
+            # Dynamic int8 kernels exist for the CPU only, so the int8 variant always runs there.
+            cpu_model = copy.deepcopy(self.model_).to("cpu").eval()
+            with warnings.catch_warnings():
+                # torch >= 2.10 flags the torch.ao quantized-tensor API as deprecated in favour
+                # of torchao; it still works, and it needs no extra dependency.
+                warnings.simplefilter("ignore", UserWarning)
+                self.serving_ = torch.ao.quantization.quantize_dynamic(
+                    cpu_model, {nn.Linear}, dtype=torch.qint8
+                )
+            self.serving_device_ = torch.device("cpu")
+        elif prec == "fp16":
+            self.serving_ = copy.deepcopy(self.model_).half().eval()
+            self.serving_device_ = self.device_
+        else:
+            self.serving_ = self.model_
+            self.serving_device_ = self.device_
+        self.serving_precision_ = prec
+        self.serving_dtype_ = torch.float16 if prec == "fp16" else torch.float32
+
+    def quantized(self, precision: str = "int8") -> DeepStrategy:
+        """A copy of this fitted model serving in ``precision`` (shares the fp32 weights)."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        params = {**self.get_params(), "precision": precision}
+        other = type(self)(**params)
+        other.device_ = self.device_
+        other.n_items_ = self.n_items_
+        other.model_ = self.model_
+        other._prepare_serving()
+        return other
+
+    def serving_nbytes(self) -> int:
+        """Size of the serving module's state_dict in bytes (fp32, int8 or fp16)."""
+        return _state_dict_bytes(self.serving_)
+
+    def score(self, users: UserBatch) -> np.ndarray:
+        x = self._inputs(users.matrix)
+        if x.shape[1] != self.n_items_:
+            raise ValueError(f"deep: batch has {x.shape[1]} items, model has {self.n_items_}")
+        xn = _normalise_rows(x).toarray()
+        with torch.inference_mode():
+            t = torch.from_numpy(xn).to(self.serving_device_, dtype=self.serving_dtype_)
+            out = self.serving_(t)
+            return out.float().cpu().numpy().astype(np.float32, copy=False)
+
+    def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        from strategies.base import top_n
+
+        items = np.asarray(items, dtype=np.int64)
+        with torch.inference_mode():
+            emb = F.normalize(self.model_.decoder.weight.detach().float(), dim=1)
+            q = emb[torch.from_numpy(items).to(emb.device)]
+            sims = (q @ emb.t()).cpu().numpy().astype(np.float32)
+        sims[np.arange(len(items)), items] = -np.inf
+        return top_n(sims, n)
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        # Always the fp32 weights, on the CPU, tensors only: loadable with weights_only=True
+        # anywhere; the serving precision is re-derived on load.
+        state = {k: v.detach().to("cpu") for k, v in self.model_.state_dict().items()}
+        torch.save(state, os.path.join(path, WEIGHTS_FILE))
+        self._save_params(path, {"n_items": self.n_items_})
+
+    @classmethod
+    def load(cls, path: str, precision: str | None = None, device: str | None = None) -> Self:
+        """Read a saved model; ``precision``/``device`` override the saved parameters."""
+        meta = cls._load_params(path)
+        params: dict[str, Any] = dict(meta["params"])
+        if precision is not None:
+            params["precision"] = precision
+        if device is not None:
+            params["device"] = device
+        self = cls(**params)
+        self.device_ = resolve_device(self.device)
+        self.n_items_ = int(meta["n_items"])
+        state = torch.load(os.path.join(path, WEIGHTS_FILE), map_location="cpu", weights_only=True)
+        model = MultDAE(self.n_items_, self.hidden)
+        model.load_state_dict(state)
+        self.model_ = model.to(self.device_).eval()
+        self._prepare_serving()
+        return self
