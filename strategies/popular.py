@@ -23,7 +23,7 @@ class PopularStrategy(Strategy):
 
     def __init__(
         self,
-        half_life_days: float | None = 30.0,
+        half_life_days: float | None = 7.0,
         weights: dict[str, float] | None = None,
     ):
         self.half_life_days = half_life_days
