@@ -65,4 +65,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     cache.init_app(app)
     for module in (recommend, events, catalog_api, admin):
         app.register_blueprint(module.bp)
+
+    from recsys import experiments
+    from recsys.api import experiments as experiments_api
+
+    # Variant resolver + exposure hook for the request path, and the experiments endpoints.
+    experiments.init_app(app)
+    app.register_blueprint(experiments_api.bp)
     return app

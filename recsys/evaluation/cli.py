@@ -171,3 +171,64 @@ def _echo_summary(report: dict) -> None:
         if c["metric"] == report["main_metric"]:
             click.echo(c["verdict"])
     click.echo(f"total {report['timings']['total_with_load_s']:.1f}s")
+
+
+# -- online experiments (recsys.experiments) ------------------------------------------------------
+@main.group("experiments")
+def experiments_group() -> None:
+    """Online experiments: list them and report per-variant results."""
+
+
+@experiments_group.command("list")
+@with_appcontext
+def experiments_list() -> None:
+    """Every experiment with its variants and status."""
+    from recsys import experiments
+    from recsys.cli import echo_json
+    from recsys.store import session_scope
+
+    with session_scope() as s:
+        echo_json([e.to_dict() for e in experiments.list_all(s)])
+
+
+@experiments_group.command("report")
+@click.argument("name")
+@click.option(
+    "--window-hours",
+    type=float,
+    default=24.0,
+    show_default=True,
+    help="Attribution window after an exposure.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(),
+    default=None,
+    help="Also write report.json and summary.md into this folder.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of Markdown.")
+@with_appcontext
+def experiments_report(name: str, window_hours: float, out_dir: str | None, as_json: bool) -> None:
+    """Per variant: exposures, click-through and conversion with 95% intervals."""
+    import json
+
+    from recsys import experiments
+    from recsys.errors import NotFound
+    from recsys.store import session_scope
+
+    if window_hours <= 0:
+        raise click.UsageError("--window-hours must be > 0")
+    try:
+        with session_scope() as s:
+            rep = experiments.report(s, name, window_s=window_hours * 3600)
+    except NotFound as e:
+        raise click.ClickException(e.description) from e
+    md = experiments.report_markdown(rep)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "report.json"), "w") as f:
+            json.dump(rep, f, indent=2, default=str)
+        with open(os.path.join(out_dir, "summary.md"), "w") as f:
+            f.write(md)
+    click.echo(json.dumps(rep, indent=2, default=str) if as_json else md)

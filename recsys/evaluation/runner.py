@@ -86,6 +86,7 @@ def train_models(
     from strategies import get_strategy_class
 
     fitted: dict[str, Any] = {}
+    unavailable: dict[str, str] = {}
     times: dict[str, float] = {}
     per_config: dict[str, dict[str, Any]] = {}
     jobs = []
@@ -97,9 +98,20 @@ def train_models(
     n_models = len({j[2] for j in jobs})
     bar = progress(total=n_models, desc="train", unit="model") if progress else None
     for cfg_name, s, key, params in jobs:
+        if key in unavailable:
+            continue
         if key not in fitted:
+            try:
+                cls = get_strategy_class(s)
+            except ValueError as e:
+                # Same policy as the request path: a strategy with no model is skipped.
+                log.warning("strategy %s unavailable, evaluated without it: %s", s, e)
+                unavailable[key] = str(e)
+                if bar is not None:
+                    bar.update(1)
+                continue
             t0 = time.perf_counter()
-            model = get_strategy_class(s)(**params).fit(train)
+            model = cls(**params).fit(train)
             label = s if s not in times else f"{s}{params}"
             times[label] = time.perf_counter() - t0
             fitted[key] = LoadedModel(
@@ -259,6 +271,7 @@ def evaluate(
             **cfg.to_dict(),
             "serving_resolved": sc.to_dict(),
             "strategies_trained": sorted(loaded),
+            "strategies_unavailable": [x for x in _needed_strategies(sc) if x not in loaded],
             "metrics": overall["metrics"],
             "intervals": overall["intervals"],
             "segments": segments,
