@@ -78,3 +78,10 @@ def test_evaluate_recommendations_keys_and_means():
     assert means["hit_rate@2"] == pytest.approx(1.0)
     assert means["precision@2"] == pytest.approx(0.5)
     assert means["coverage@2"] == pytest.approx(0.4)
+
+
+def test_history_length_buckets_used_for_segments():
+    from features.history import length_bucket_labels, length_buckets
+
+    assert length_bucket_labels() == ["0", "1-4", "5-19", "20+"]
+    assert length_buckets(np.array([0, 1, 4, 5, 19, 20, 300])).tolist() == [0, 1, 1, 2, 2, 3, 3]
