@@ -34,6 +34,11 @@ class ExternalId(String):
         return out
 
 
+def StrictBool(**kw) -> Boolean:  # noqa: N802 - a field factory reads like a field
+    """JSON true/false only (marshmallow's default also takes "no", 0, "off"...)."""
+    return Boolean(truthy={True}, falsy={False}, **kw)
+
+
 def _finite(v: float) -> None:
     if not math.isfinite(v):
         raise ValidationError("must be a finite number")
@@ -91,7 +96,7 @@ class SessionIn(Schema):
     offset = Integer(load_default=0, validate=Range(0, MAX_OFFSET))
     category = String(load_default=None, validate=Length(1, MAX_ID))
     exclude = List(ExternalId(), load_default=list, validate=Length(max=MAX_EXCLUDE))
-    explain = Boolean(load_default=False)
+    explain = StrictBool(load_default=False)
 
 
 class RecItemOut(Schema):
@@ -150,7 +155,7 @@ class ItemIn(Schema):
     description = String(validate=Length(max=20_000))
     categories = List(String(validate=Length(1, MAX_ID)), validate=Length(max=50))
     price = Float(allow_none=True, validate=_finite)
-    available = Boolean()
+    available = StrictBool()
     attributes = Dict(keys=String())
 
 
@@ -177,7 +182,7 @@ class UserOut(Schema):
 
 # -- admin ----------------------------------------------------------------------------------
 class StrategyPatch(Schema):
-    enabled = Boolean()
+    enabled = StrictBool()
     weight = Float(validate=[Range(min=0), _finite])
 
 
@@ -197,7 +202,7 @@ class RoutingPatch(Schema):
     normalize = String(validate=OneOf(("minmax", "rank")))
     rrf_k = Float(validate=Range(min=1))
     max_per_category = Integer(allow_none=True, validate=Range(min=1))
-    exclude_seen = Boolean()
+    exclude_seen = StrictBool()
     seen_types = List(String(validate=OneOf(EVENT_TYPES)))
     candidates_per_strategy = Integer(validate=Range(1, 10_000))
 

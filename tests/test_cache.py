@@ -1,0 +1,182 @@
+"""The result cache on real Redis and in-process: keys, staleness, stampede, outages, bounds."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from flask import Flask
+
+from recsys.cache import LocalBackend, RedisBackend, ResultCache
+
+DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+
+
+def make_cache(**config) -> ResultCache:
+    app = Flask(__name__)
+    app.config.update(config)
+    return ResultCache(app)
+
+
+@pytest.fixture(params=["redis", "local"])
+def cache(request):
+    if request.param == "local":
+        return make_cache(REDIS_PREFIX="t", LOCAL_CACHE_SIZE=100)
+    redis_url = request.getfixturevalue("redis_url")
+    prefix = request.getfixturevalue("redis_prefix")
+    return make_cache(REDIS_URL=redis_url, REDIS_PREFIX=prefix, CACHE_TTL=60)
+
+
+class Counter:
+    def __init__(self, value=None, delay=0.0):
+        self.calls = 0
+        self.value = value
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def __call__(self):
+        with self.lock:
+            self.calls += 1
+            n = self.calls
+        time.sleep(self.delay)
+        return self.value if self.value is not None else {"n": n, "degraded": False}
+
+
+def test_keys_are_namespaced_and_quoted():
+    c = make_cache(REDIS_PREFIX="shop1")
+    assert c.key("rec", "a:b c") == "shop1:rec:a%3Ab%20c"
+    assert c.token_key("u") == "shop1:uver:u"
+    k1 = c.result_key("u", {"n": 10, "cfg": 1})
+    assert k1.startswith("shop1:rec:u:")
+    assert k1 == c.result_key("u", {"cfg": 1, "n": 10})  # order-insensitive
+    assert k1 != c.result_key("u", {"n": 10, "cfg": 2})
+
+
+def test_hit_after_miss_and_invalidation(cache):
+    compute = Counter()
+    v1, cached = cache.get_or_compute("u1", {"n": 1}, compute)
+    assert not cached and v1["n"] == 1
+    v2, cached = cache.get_or_compute("u1", {"n": 1}, compute)
+    assert cached and v2 == v1 and compute.calls == 1
+    # Another user, other parameters: separate entries.
+    assert not cache.get_or_compute("u2", {"n": 1}, compute)[1]
+    assert not cache.get_or_compute("u1", {"n": 2}, compute)[1]
+    assert cache.invalidate_users(["u1"])
+    v3, cached = cache.get_or_compute("u1", {"n": 1}, compute)
+    assert not cached and v3["n"] == 4
+    assert cache.get_or_compute("u2", {"n": 1}, compute)[1]  # u2 untouched
+
+
+def test_store_if_skips_degraded(cache):
+    compute = Counter(value={"degraded": True})
+    cache.get_or_compute("u", {}, compute, store_if=lambda b: not b["degraded"])
+    cache.get_or_compute("u", {}, compute, store_if=lambda b: not b["degraded"])
+    assert compute.calls == 2
+    assert cache.peek("u", {}) is None
+
+
+def test_event_during_compute_makes_result_stale(cache):
+    """The token is read before computing: an event landing meanwhile invalidates the entry."""
+
+    def compute():
+        cache.invalidate_users(["u"])  # an event committed while we computed
+        return {"v": 1}
+
+    cache.get_or_compute("u", {}, compute)
+    assert cache.peek("u", {}) is None
+
+
+@pytest.mark.redis
+def test_no_stampede_on_redis(redis_url, redis_prefix):
+    caches = [
+        make_cache(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, CACHE_LOCK_WAIT_MS=2000)
+        for _ in range(8)
+    ]  # eight "workers", each with its own client
+    compute = Counter(delay=0.3)
+    results = []
+    start = threading.Barrier(len(caches))
+
+    def worker(c):
+        start.wait()
+        results.append(c.get_or_compute("hot", {"n": 10}, compute))
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in caches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert compute.calls == 1
+    assert sum(1 for _, cached in results if cached) == 7
+    assert len({v["n"] for v, _ in results}) == 1
+
+
+@pytest.mark.redis
+def test_slow_lock_holder_does_not_block_others(redis_url, redis_prefix):
+    c = make_cache(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, CACHE_LOCK_WAIT_MS=50)
+    rkey = c.result_key("u", {})
+    assert c.backend.set_nx(rkey + ":lock", b"someone", 5000)  # a holder that never finishes
+    t0 = time.monotonic()
+    value, cached = c.get_or_compute("u", {}, Counter())
+    assert not cached and value["n"] == 1 and time.monotonic() - t0 < 1.0
+
+
+def test_redis_down_serves_uncached_with_backoff(caplog):
+    c = make_cache(REDIS_URL=DEAD_REDIS)
+    compute = Counter()
+    with caplog.at_level("WARNING", logger="recsys.cache"):
+        for _ in range(3):
+            value, cached = c.get_or_compute("u", {}, compute)
+            assert not cached and value["degraded"] is False
+    assert compute.calls == 3
+    assert sum("cache unavailable" in r.message for r in caplog.records) == 1  # logged once
+    assert not c.available  # backing off: later calls skip Redis until the backoff ends
+    assert c.invalidate_users(["u"]) is False
+
+
+def test_local_backend_is_bounded_lru_with_ttl():
+    b = LocalBackend(max_entries=3)
+    for k in "abc":
+        b.set(k, k.encode(), 60)
+    b.mget(["a"])  # a is now the most recently used
+    b.set("d", b"d", 60)
+    assert b.mget(["a", "b", "c", "d"]) == [b"a", None, b"c", b"d"]
+    b.set("e", b"e", 0.05)
+    time.sleep(0.08)
+    assert b.mget(["e"]) == [None] and len(b) <= 3
+    assert b.set_nx("lock", b"1", 1000) and not b.set_nx("lock", b"2", 1000)
+
+
+@pytest.mark.redis
+def test_after_fork_makes_a_new_client(redis_url, redis_prefix):
+    c = make_cache(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
+    old = c.backend
+    c.after_fork()
+    assert isinstance(c.backend, RedisBackend) and c.backend is not old
+    assert c.backend.client is not old.client
+
+
+@pytest.mark.redis
+def test_ttl_is_set_on_redis_entries(redis_url, redis_prefix):
+    import redis
+
+    c = make_cache(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, CACHE_TTL=30)
+    c.get_or_compute("u", {}, Counter())
+    c.invalidate_users(["u"])
+    r = redis.Redis.from_url(redis_url)
+    keys = list(r.scan_iter(f"{redis_prefix}:*"))
+    assert keys and all(0 < r.ttl(k) <= 120 for k in keys)
+
+
+@pytest.mark.postgres
+def test_api_with_redis_down_never_500s_and_bumps_epoch(make_app):
+    from recsys.settings import get_settings
+
+    app = make_app(REDIS_URL=DEAD_REDIS)
+    client = app.test_client()
+    r = client.get("/v1/users/u/recommendations")
+    assert r.status_code == 200 and r.get_json()["cached"] is False
+    epoch = get_settings(app).versions(force=True).epoch
+    r = client.post("/v1/events", json={"user_id": "u", "item_id": "i", "type": "view"})
+    assert r.status_code == 201
+    assert get_settings(app).versions(force=True).epoch == epoch + 1
