@@ -55,6 +55,7 @@ class Serving:
     catalog: Catalog
     models: Any
     model_versions: dict[str, str]
+    wanted_versions: dict[str, str]
     runner: Any
 
     def recommender(self, overrides: dict | None = None) -> Recommender:
@@ -78,12 +79,18 @@ def serving(app=None) -> Serving:
     settings = get_settings(app)
     versions = settings.versions()
     runtime = get_runtime(app)
+    # wanted_versions() also makes the runtime notice activations made elsewhere even when
+    # every request is a cache hit; the key carries both what is served and what is wanted,
+    # so lists computed by the old model during a background swap go stale when it completes.
+    wanted = runtime.wanted_versions()
+    loaded = dict(runtime.active_versions())
     return Serving(
         config=settings.config(),
         versions=versions,
         catalog=get_catalog_store(app).current(versions.catalog),
         models=runtime.get,
-        model_versions=dict(runtime.active_versions()),
+        model_versions=loaded,
+        wanted_versions=wanted,
         runner=_runner,
     )
 
@@ -129,6 +136,7 @@ def recommend_user(
         "cat": ctx.versions.catalog,
         "ep": ctx.versions.epoch,
         "m": ctx.model_versions,
+        "w": ctx.wanted_versions,
         "var": [assignment.get("experiment"), assignment.get("variant")] if assignment else None,
     }
     limit = int(app.config.get("HISTORY_MAX_EVENTS", DEFAULT_MAX_EVENTS))
