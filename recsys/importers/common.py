@@ -371,6 +371,7 @@ def _write_postgresql(conn: Connection, batch: ImportBatch, now: datetime) -> Wr
             "CREATE TEMP TABLE _imp_events (user_ext text, item_ext text, type text,"
             " value float8, ts timestamp, idem_key text) ON COMMIT DROP"
         )
+        t0 = time.perf_counter()
         bar = progress(total=len(batch.events), desc="copy events", unit=" rows")
         with cur.copy(
             "COPY _imp_events (user_ext, item_ext, type, value, ts, idem_key) FROM STDIN"
@@ -382,7 +383,7 @@ def _write_postgresql(conn: Connection, batch: ImportBatch, now: datetime) -> Wr
         bar.close()
         # Without statistics the planner guesses a tiny temp table and picks nested loops.
         cur.execute("ANALYZE _imp_events")
-        log.info("inserting %d staged events", len(batch.events))
+        t1 = time.perf_counter()
         cur.execute(
             "INSERT INTO events (user_id, item_id, type, value, ts, idem_key)"
             " SELECT u.id, i.id, s.type, s.value, s.ts, s.idem_key FROM _imp_events s"
@@ -391,6 +392,12 @@ def _write_postgresql(conn: Connection, batch: ImportBatch, now: datetime) -> Wr
             " ON CONFLICT (idem_key) DO NOTHING"
         )
         counts.events_new = cur.rowcount
+        log.info(
+            "events: COPY of %d rows %.1f s, INSERT ... SELECT %.1f s",
+            len(batch.events),
+            t1 - t0,
+            time.perf_counter() - t1,
+        )
     return counts
 
 
