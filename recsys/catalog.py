@@ -170,10 +170,10 @@ class CatalogStore:
 
     def reset(self) -> None:
         """Forget everything (after fork, or in tests) so the next call reloads fully."""
-        with self._lock:
-            self._catalog = Catalog()
-            self._loaded_version = None
-            self._watermark = None
+        self._lock = threading.Lock()  # an inherited lock may be held by a dead thread
+        self._catalog = Catalog()
+        self._loaded_version = None
+        self._watermark = None
 
 
 def init_app(app: Flask) -> None:

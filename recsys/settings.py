@@ -107,11 +107,12 @@ class SettingsStore:
     def __init__(self, app: Flask):
         self.app = app
         self.poll_seconds = float(app.config.get("CONFIG_POLL_SECONDS", 0.5))
-        self._lock = threading.Lock()
         self.reset()
 
     def reset(self) -> None:
         """Forget cached state (after fork, tests): the next call polls and reloads."""
+        # A lock inherited across fork may be held by a thread that does not exist here.
+        self._lock = threading.Lock()
         self._versions: Versions | None = None
         self._polled_at = 0.0
         self._config: ServingConfig | None = None

@@ -180,3 +180,19 @@ def test_api_with_redis_down_never_500s_and_bumps_epoch(make_app):
     r = client.post("/v1/events", json={"user_id": "u", "item_id": "i", "type": "view"})
     assert r.status_code == 201
     assert get_settings(app).versions(force=True).epoch == epoch + 1
+
+
+@pytest.mark.postgres
+def test_after_fork_hook_resets_cache_settings_and_catalog(make_app, redis_url, redis_prefix):
+    from recsys.cache import _after_fork, get_cache
+    from recsys.catalog import get_catalog_store
+    from recsys.settings import get_settings
+
+    app = make_app(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
+    settings, store, cache = get_settings(app), get_catalog_store(app), get_cache(app)
+    v = settings.versions()
+    store.current(v.catalog)
+    old_client, old_lock = cache.backend.client, settings._lock
+    _after_fork(app)
+    assert cache.backend.client is not old_client and settings._lock is not old_lock
+    assert settings._versions is None and store._loaded_version is None
