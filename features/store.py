@@ -8,6 +8,7 @@ go straight into numpy arrays; no ORM objects are created per event.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,8 @@ def _epoch_seconds(dialect: str):
     if dialect == "postgresql":
         return cast(func.extract("epoch", Event.ts), BigInteger)
     if dialect == "sqlite":
+        if sqlite3.sqlite_version_info >= (3, 38, 0):
+            return func.unixepoch(Event.ts)  # same result as strftime('%s'), ~2x faster
         return cast(func.strftime("%s", Event.ts), Integer)
     return None
 
@@ -108,9 +111,11 @@ def load_interactions(engine_or_session: Engine | Session) -> InteractionData:
     item_row_ids, items, meta = _catalog_from_rows(item_rows)
     n = len(ev_rows)
     if epoch is not None:
-        # All columns are numeric: one C-level conversion instead of a Python loop per column.
+        # All columns are numeric: one flat pass into a float64 buffer (np.array on a list of
+        # Row objects is ~50x slower, it goes through the generic sequence protocol per row).
         # float64 holds row ids and unix seconds exactly (both far below 2**53).
-        arr = np.array(ev_rows, dtype=np.float64).reshape(n, 5)
+        flat = np.fromiter((x for r in ev_rows for x in r), dtype=np.float64, count=5 * n)
+        arr = flat.reshape(n, 5)
         ts = arr[:, 4].astype(np.int64)
     else:  # pragma: no cover - other dialects: convert datetimes in Python
         arr = np.array([r[:4] for r in ev_rows], dtype=np.float64).reshape(n, 4)

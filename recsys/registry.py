@@ -567,6 +567,18 @@ class ModelRepository:
         )
         log.info("%s %s: %s -> %s (by %s)", kind, strategy, previous, target.version, actor)
 
+    def rollback_target(self, strategy: str) -> str | None:
+        """The version ``rollback(strategy)`` would activate now, or None (nothing to roll back
+        to). Lets the runtime load and warm it before the switch."""
+        with self.sessionmaker() as s:
+            history = s.scalars(
+                select(ModelActivation)
+                .where(ModelActivation.strategy == strategy)
+                .order_by(ModelActivation.id)
+            ).all()
+        stack = _activation_stack(list(history))
+        return stack[-2] if len(stack) >= 2 else None
+
     def activation_history(self, strategy: str) -> list[dict[str, Any]]:
         with self.sessionmaker() as s:
             rows = s.scalars(

@@ -249,9 +249,11 @@ def test_activate_and_rollback(app, repo, data):
     assert [v["version"] for v in repo.list_versions("counts") if v["active"]] == [c]
     assert repo.load_version("counts").version == c
 
+    assert repo.rollback_target("counts") == b
     assert repo.rollback("counts", actor="bob") == b
     assert repo.rollback("counts") == a  # twice steps two back, not back to c
     assert repo.active_versions() == {"counts": a}
+    assert repo.rollback_target("counts") is None
     with pytest.raises(ModelError, match="nothing to roll back to"):
         repo.rollback("counts")
     assert repo.activate("counts", c) == a
