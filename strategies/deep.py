@@ -159,7 +159,7 @@ class DeepStrategy(Strategy):
     def __init__(
         self,
         hidden: tuple[int, ...] | list[int] = (600,),
-        epochs: int = 60,
+        epochs: int = 40,
         batch_size: int = 128,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
