@@ -5,3 +5,15 @@
 ``datasets`` reads MovieLens 100K and the bundled Online Retail file straight into
 ``InteractionData`` (no SQL store needed, so benchmarks stay fast).
 """
+
+# The notebook API: ``from recsys.evaluation import evaluate``. Imported lazily so that reading
+# a dataset or a metric does not pull in the request path and every strategy.
+__all__ = ["evaluate"]
+
+
+def __getattr__(name: str):
+    if name == "evaluate":
+        from recsys.evaluation.runner import evaluate
+
+        return evaluate
+    raise AttributeError(f"module 'recsys.evaluation' has no attribute {name!r}")

@@ -153,15 +153,15 @@ def serving_config(cfg: EvalConfig):
         raise ConfigError(f"{cfg.name}: invalid serving override: {e}") from e
 
 
-def load_configs(specs: list[str]) -> list[EvalConfig]:
-    """Resolve every ``--config``; names must be unique (a suffix is added to repeats)."""
+def load_configs(specs: list[str | EvalConfig]) -> list[EvalConfig]:
+    """Resolve every ``--config``; a repeated name gets a suffix (``popular``, ``popular#2``)."""
     out: list[EvalConfig] = []
     seen: dict[str, int] = {}
     for spec in specs:
-        cfg = load_config(spec)
+        cfg = spec if isinstance(spec, EvalConfig) else load_config(spec)
         if cfg.name in seen:
             seen[cfg.name] += 1
-            cfg.name = f"{cfg.name}#{seen[cfg.name]}"
+            cfg = EvalConfig(**{**cfg.__dict__, "name": f"{cfg.name}#{seen[cfg.name]}"})
         else:
             seen[cfg.name] = 1
         out.append(cfg)

@@ -30,7 +30,7 @@ import scipy.sparse as sp
 from features.interactions import DISLIKE, InteractionData
 from recsys.evaluation import metrics as M
 from recsys.evaluation import splits, stats
-from recsys.evaluation.configs import EvalConfig, load_config, serving_config
+from recsys.evaluation.configs import EvalConfig, load_configs, serving_config
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +185,8 @@ def evaluate(
 
     if not configs:
         raise ValueError("give at least one configuration")
-    cfgs = [c if isinstance(c, EvalConfig) else load_config(c) for c in configs]
+    cfgs = load_configs(list(configs))
     names = [c.name for c in cfgs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"configuration names must be unique: {names}")
     if k < 1:
         raise ValueError("k must be >= 1")
     t_start = time.perf_counter()
