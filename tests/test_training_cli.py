@@ -237,3 +237,38 @@ def test_train_on_empty_store_is_a_clean_error(app):
     )
     r = app.test_cli_runner().invoke(main, args=["train", "counts"])
     assert r.exit_code == 1 and "no events to train on" in r.output
+
+
+def test_train_real_strategies_end_to_end(app):
+    """The production strategies through `recsys train`, then loaded back and queried."""
+    from features.interactions import History, user_batch
+    from recsys.registry import get_repository
+
+    fill_store(app)
+    runner = app.test_cli_runner()
+    r = runner.invoke(main, args=["train", "popular", "ease", "als", "--quiet", "--json"])
+    assert r.exit_code == 0, r.output
+    results = {x["strategy"]: x for x in json.loads(r.output)}
+    assert set(results) == {"popular", "ease", "als"}
+    repo = get_repository(app)
+    assert repo.active_versions() == {s: x["version"] for s, x in results.items()}
+    data = load_interactions(get_engine(app))
+    for name, res in results.items():
+        assert res["activated"] and res["metrics"]["eval_users"] > 0, res
+        assert 0 <= res["metrics"]["ndcg@10"] <= 1
+        loaded = repo.load_version(name)
+        assert loaded.version == res["version"] and loaded.nbytes > 0
+        assert loaded.items.ids.tolist() == data.items.ids.tolist()
+        # A user who bought only even items: recommendations exclude the seen item.
+        seen = loaded.items.index("sku-2")
+        hist = History(
+            item_idx=np.array([seen]),
+            event_type=np.array([3], np.int8),
+            value=np.ones(1, np.float32),
+            ts=np.zeros(1, np.int64),
+        )
+        batch = user_batch([hist], len(loaded.items))
+        ids, scores = loaded.model.recommend(batch, n=5, exclude=[np.array([seen])])
+        assert ids.shape == (1, 5) and seen not in ids[0] and np.isfinite(scores[0, 0])
+    r = runner.invoke(main, args=["models", "verify"])
+    assert r.exit_code == 0 and r.output.count("ok ") == 3
