@@ -309,7 +309,9 @@ def get_cache(app: Flask | None = None) -> ResultCache:
 
 
 @on_after_fork
-def _after_fork(app: Flask) -> None:
+def _after_fork(app: Flask | None) -> None:
+    if app is None:  # hooks may be run without an app (e.g. a bare process)
+        return
     cache = app.extensions.get("recsys.cache")
     if cache is not None:
         cache.after_fork()
