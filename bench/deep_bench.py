@@ -335,6 +335,9 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-delay-ms", type=float, default=2.0)
     ap.add_argument("--torch-threads", type=int, default=None)
+    ap.add_argument(
+        "--precision", default="fp32", choices=["fp32", "int8", "fp16"], help="for --part batching"
+    )
     args = ap.parse_args()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -362,6 +365,8 @@ def main() -> None:
         if args.part == "all" and name != "online-retail" and os.path.exists(RETAIL):
             part_fit(load_online_retail(), "online-retail", params)
     if args.part in ("all", "batching"):
+        if args.precision != "fp32":
+            model = model.quantized(args.precision)
         part_batching(model, data, args.threads, args.seconds, args.max_batch, args.max_delay_ms)
 
 
