@@ -778,7 +778,7 @@ def models_getter(app: Flask | None = None) -> Callable[[str], LoadedModel | Non
 
 
 @on_after_fork
-def _after_fork(app: Flask) -> None:
-    rt = app.extensions.get("recsys.runtime")
+def _after_fork(app: Flask | None) -> None:
+    rt = app.extensions.get("recsys.runtime") if app is not None else None
     if rt is not None:
         rt.after_fork()
