@@ -146,15 +146,23 @@ def test_online_retail_text_summary_accounts_for_every_line(runner):
     assert "e.g. line 19: malformed row" in result.output
 
 
-def test_if_empty_skips_when_store_has_events(app, runner):
+def test_if_empty_skips_when_store_has_events(app, runner, tmp_path):
     first = runner.invoke(main, args=["import", "online-retail", RETAIL, "--if-empty"])
     assert first.exit_code == 0, first.output
     assert stats(runner)["events"] == 10
-    # a different file: without --if-empty it would add 8 MovieLens ratings
-    second = runner.invoke(main, args=["import", "online-retail", RETAIL_GZ, "--if-empty"])
+    # the sample plus one more purchase line (line 22): importing it would add 1 event
+    longer = tmp_path / "longer.csv"
+    with open(RETAIL, encoding="utf-8") as f:
+        longer.write_text(
+            f.read() + "536399,71053,WHITE METAL LANTERN,1,2010-12-03 10:00:00,3.39,17850.0,UK\n"
+        )
+    second = runner.invoke(main, args=["import", "online-retail", str(longer), "--if-empty"])
     assert second.exit_code == 0
     assert "skipping the import" in second.output
     assert stats(runner)["events"] == 10
+    third = runner.invoke(main, args=["import", "online-retail", str(longer)])
+    assert third.exit_code == 0, third.output
+    assert stats(runner)["events"] == 11
 
 
 def test_non_product_codes_and_category_heuristic():
@@ -414,7 +422,7 @@ def _drop_failing_trigger(app) -> None:
 def check_rollback(app, runner, tmp_path) -> None:
     invoke_json(runner, "import", "online-retail", RETAIL)
     before = stats(runner)
-    # new users, new items, an updated item (A... none yet) and 3 events, the LAST of which the
+    # 2 new users, 2 new items, a new title for 85123A and 3 events, the LAST of which the
     # database refuses: users and items were already written in this transaction
     inter = tmp_path / "inter.csv"
     inter.write_text(
