@@ -97,8 +97,15 @@ def test_routing_blending_explain_and_filters(servers):
     r = a.get("/v1/users/stranger/recommendations", params={"n": 10})
     assert len(ids(r)) == 2 and {CATS[int(i[1:])][0] for i in ids(r)} == {"books", "music"}
     # Unavailable: gone at once on this server, and within a second on the other.
+    _, b = servers
+    assert "i0" in ids(b.get("/v1/users/stranger/recommendations", params={"n": 10}))
     assert a.put("/v1/items/i0", json={"available": False}).status_code == 200
     assert "i0" not in ids(a.get("/v1/popular", params={"n": 10}))
+    assert "i0" not in ids(a.get("/v1/users/stranger/recommendations", params={"n": 10}))
+    t0 = time.monotonic()
+    while "i0" in ids(b.get("/v1/users/stranger/recommendations", params={"n": 10})):
+        assert time.monotonic() - t0 < 1.0, "unavailable item still served by server B after 1 s"
+        time.sleep(0.05)
 
 
 def test_cache_hit_then_invalidation_by_event_and_admin(servers):
