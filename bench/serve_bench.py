@@ -1,0 +1,628 @@
+"""Serving benchmark: the real service under gunicorn with Redis, driven over HTTP on 127.0.0.1.
+
+    # once: a private database with Online Retail imported and every model trained
+    .venv/bin/python bench/serve_bench.py --prepare
+    # the benchmark (about 2-3 minutes): starts `recsys serve` (2 workers), measures, stops it
+    .venv/bin/python bench/serve_bench.py
+    # against a server you started yourself (no memory figures unless --server-pid is given)
+    .venv/bin/python bench/serve_bench.py --url http://127.0.0.1:8000
+
+Scenarios (each a bounded, self-stopping run of --duration seconds at --concurrency clients):
+/healthz (the floor), cached recommendations (warm users whose result is already cached),
+uncached recommendations (warm users; every request has a unique ``exclude`` value, so the cache
+key is new and the full request path runs), similar items, event ingestion one event per request
+and 100 per request. Then the deep model's micro-batching versus unbatched scoring at 16
+concurrent callers (in this process, on the served model version, one torch thread like a
+worker), and memory: RSS and PSS (``/proc/<pid>/smaps_rollup``) of the master and each worker
+with every model loaded. Prints a Markdown table for the README.
+
+The load generator is ``wrk`` when installed (C, so the client steals little CPU from the
+server on a small box); otherwise Python threads with keep-alive ``http.client`` connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+RECSYS = os.path.join(os.path.dirname(sys.executable), "recsys")
+
+GOALS = {
+    "cached_vs_healthz": 0.70,
+    "uncached_p99_ms": 30.0,
+    "batching_speedup": 3.0,
+    "total_pss_mb": 1024.0,
+}
+
+
+# -- set-up ------------------------------------------------------------------------------------
+def bench_env(args) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update(
+        RECSYS_DATABASE_URL=args.database_url,
+        RECSYS_REDIS_URL=args.redis_url,
+        RECSYS_REDIS_PREFIX=args.redis_prefix,
+        RECSYS_MODEL_DIR=args.model_dir,
+        RECSYS_INSTANCE_PATH=args.instance,
+        RECSYS_WORKERS=str(args.workers),
+        RECSYS_THREADS=str(args.threads),
+        RECSYS_PRELOAD_MODELS="true",
+        RECSYS_ADMIN_TOKEN=args.admin_token,
+    )
+    return env
+
+
+def prepare(args) -> None:
+    """Create the database if needed, migrate, import Online Retail, train every strategy."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    url = make_url(args.database_url)
+    if url.get_backend_name() == "postgresql":
+        admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            exists = c.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": url.database}
+            ).first()
+            if not exists:
+                c.execute(text(f'CREATE DATABASE "{url.database}"'))
+        admin.dispose()
+    env = bench_env(args)
+    for cmd in (
+        ["db", "upgrade"],
+        ["import", "online-retail", "--if-empty"],
+        ["train", "--if-missing", "--quiet"],
+        ["models", "list"],
+    ):
+        print("$ recsys", " ".join(cmd), flush=True)
+        subprocess.run([RECSYS, *cmd], env=env, cwd=ROOT, check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args, port: int) -> subprocess.Popen:
+    log = open(os.path.join(args.instance, "serve_bench.log"), "w")
+    # `recsys serve` execs gunicorn, so this pid is the gunicorn master.
+    return subprocess.Popen(
+        [RECSYS, "serve", "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
+        env=bench_env(args),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def get_json(base: str, path: str, token: str | None = None, timeout: float = 10) -> tuple:
+    u = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        conn.request("GET", path, headers=headers)
+        r = conn.getresponse()
+        body = r.read()
+    finally:
+        conn.close()
+    try:
+        return r.status, json.loads(body)
+    except ValueError:
+        return r.status, body.decode(errors="replace")
+
+
+def wait_ready(base: str, proc: subprocess.Popen | None, timeout: float) -> dict:
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}; see its log")
+        try:
+            status, body = get_json(base, "/readyz", timeout=2)
+            last = body
+            if status == 200:
+                return body
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.25)
+    raise SystemExit(f"server not ready after {timeout:.0f} s: {last}")
+
+
+def sample_ids(args, n_users: int, n_items: int, seed: int = 42) -> tuple[list[str], list[str]]:
+    """Warm users (enough history to be routed warm) and popular items, from the store."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(args.database_url)
+    with engine.connect() as c:
+        users = [
+            r[0]
+            for r in c.execute(
+                text(
+                    "SELECT u.external_id FROM users u JOIN events e ON e.user_id = u.id "
+                    "GROUP BY u.external_id HAVING COUNT(DISTINCT e.item_id) BETWEEN 10 AND 300"
+                )
+            )
+        ]
+        items = [
+            r[0]
+            for r in c.execute(
+                text(
+                    "SELECT i.external_id FROM items i JOIN events e ON e.item_id = i.id "
+                    "GROUP BY i.external_id ORDER BY COUNT(*) DESC LIMIT 2000"
+                )
+            )
+        ]
+    engine.dispose()
+    rng = random.Random(seed)
+    rng.shuffle(users)
+    rng.shuffle(items)
+    if not users or not items:
+        raise SystemExit("the store has no warm users or items: run with --prepare first")
+    return users[:n_users], items[:n_items]
+
+
+# -- load generation -----------------------------------------------------------------------------
+# A request spec: (method, path template, body template or None). "UNIQ" in either is replaced by a
+# value unique to the request (client id + counter), so keys and idempotency ids never repeat.
+Spec = tuple[str, str, str | None]
+
+WRK_LUA = r"""
+local specs = %(specs)s
+local counter = 0
+local me = 0
+local next_id = 0
+setup = function(thread)
+  next_id = next_id + 1
+  thread:set("client", next_id)
+end
+init = function(args)
+  me = client or 0
+end
+request = function()
+  counter = counter + 1
+  local s = specs[((counter + me * 7919) %% #specs) + 1]
+  local uniq = "%(run)s-" .. me .. "-" .. counter
+  local path = string.gsub(s[2], "UNIQ", uniq)
+  if s[3] ~= nil then
+    local body = string.gsub(s[3], "UNIQ", uniq)
+    return wrk.format(s[1], path, {["Content-Type"] = "application/json"}, body)
+  end
+  return wrk.format(s[1], path)
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRKJSON {\"requests\": %%d, \"duration_us\": %%d, \"p50\": %%d, \"p95\": %%d, " ..
+    "\"p99\": %%d, \"errors\": %%d, \"status_errors\": %%d}\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+def _lua_str(s: str | None) -> str:
+    return "nil" if s is None else json.dumps(s)  # JSON string escapes are valid Lua
+
+
+def run_wrk(base: str, specs: list[Spec], concurrency: int, duration: float, run_id: str) -> dict:
+    lua = WRK_LUA % {
+        "specs": "{"
+        + ",".join(f"{{{_lua_str(m)},{_lua_str(p)},{_lua_str(b)}}}" for m, p, b in specs)
+        + "}",
+        "run": run_id,
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(lua)
+        script = f.name
+    try:
+        threads = max(1, min(concurrency, 2))
+        out = subprocess.run(
+            [
+                "wrk",
+                f"-t{threads}",
+                f"-c{concurrency}",
+                f"-d{max(1, round(duration))}s",
+                "--timeout",
+                "5s",
+                "-s",
+                script,
+                base,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=duration + 30,
+        )
+    finally:
+        os.unlink(script)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed: {out.stdout[-500:]} {out.stderr[-500:]}")
+    r = json.loads(line[len("WRKJSON ") :])
+    secs = r["duration_us"] / 1e6
+    return {
+        "requests": r["requests"],
+        "rps": r["requests"] / secs if secs else 0.0,
+        "p50_ms": r["p50"] / 1000,
+        "p95_ms": r["p95"] / 1000,
+        "p99_ms": r["p99"] / 1000,
+        "errors": r["errors"] + r["status_errors"],
+    }
+
+
+def run_python(
+    base: str, specs: list[Spec], concurrency: int, duration: float, run_id: str
+) -> dict:
+    u = urllib.parse.urlsplit(base)
+    stop_at = time.monotonic() + duration
+    lat: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=5)
+        counter = 0
+        while time.monotonic() < stop_at:
+            counter += 1
+            m, p, b = specs[(counter + k * 7919) % len(specs)]
+            uniq = f"{run_id}-{k}-{counter}"
+            p = p.replace("UNIQ", uniq)
+            headers = {}
+            body = None
+            if b is not None:
+                body = b.replace("UNIQ", uniq)
+                headers["Content-Type"] = "application/json"
+            t0 = time.perf_counter()
+            try:
+                conn.request(m, p, body=body, headers=headers)
+                r = conn.getresponse()
+                r.read()
+                if r.status >= 400:
+                    errors[k] += 1
+            except (OSError, http.client.HTTPException):
+                errors[k] += 1
+                conn.close()
+                conn = http.client.HTTPConnection(u.hostname, u.port, timeout=5)
+                continue
+            lat[k].append(time.perf_counter() - t0)
+        conn.close()
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    secs = time.monotonic() - t0
+    all_lat = sorted(x for xs in lat for x in xs)
+
+    def pct(q: float) -> float:
+        return all_lat[min(len(all_lat) - 1, int(q * len(all_lat)))] * 1000 if all_lat else 0.0
+
+    return {
+        "requests": len(all_lat),
+        "rps": len(all_lat) / secs,
+        "p50_ms": pct(0.50),
+        "p95_ms": pct(0.95),
+        "p99_ms": pct(0.99),
+        "errors": sum(errors),
+    }
+
+
+# -- the deep model's micro-batching -------------------------------------------------------------
+def deep_batching(args, users: list[str], concurrency: int = 16, duration: float = 5.0) -> dict:
+    """Throughput of the served deep model at 16 concurrent single-user calls, batched or not."""
+    os.environ.update(bench_env(args))
+    import numpy as np
+    import torch
+    from sqlalchemy import select
+
+    from features.interactions import EVENT_CODE, History, user_batch
+    from recsys import create_app
+    from recsys.registry import get_repository
+    from recsys.runtime import BatchedModel
+    from recsys.store.db import session_scope
+    from recsys.store.models import Event, Item, User
+
+    torch.set_num_threads(1)  # as in a gunicorn worker
+    app = create_app()
+    try:
+        lm = get_repository(app).load_version("deep")
+    except Exception as e:  # noqa: BLE001 - report, do not fake
+        return {"error": f"no deep model: {e}"}
+    batches = []
+    with session_scope(app) as s:
+        for uid in users[:64]:
+            rows = s.execute(
+                select(Item.external_id, Event.type, Event.value)
+                .join(Item, Item.id == Event.item_id)
+                .join(User, User.id == Event.user_id)
+                .where(User.external_id == uid)
+                .order_by(Event.ts.desc())
+                .limit(200)
+            ).all()
+            h = History(
+                item_idx=lm.items.indices([r[0] for r in rows]),
+                event_type=np.array([EVENT_CODE[r[1]] for r in rows], np.int8),
+                value=np.array([r[2] for r in rows], np.float32),
+                ts=np.zeros(len(rows), np.int64),
+            )
+            batches.append(user_batch([h], len(lm.items)))
+
+    def drive(score) -> float:
+        stop_at = time.monotonic() + duration
+        counts = [0] * concurrency
+
+        def worker(k: int) -> None:
+            i = k
+            while time.monotonic() < stop_at:
+                score(batches[i % len(batches)])
+                counts[k] += 1
+                i += concurrency
+
+        t0 = time.monotonic()
+        ts = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return sum(counts) / (time.monotonic() - t0)
+
+    inner = lm.model
+    inner.score(batches[0])  # warm
+    unbatched = drive(inner.score)
+    wrapped = BatchedModel(
+        inner, int(app.config["BATCH_MAX_SIZE"]), float(app.config["BATCH_MAX_DELAY_MS"])
+    )
+    wrapped.score(batches[0])
+    batched = drive(wrapped.score)
+    stats = wrapped.batcher_stats()
+    wrapped.close()
+    return {
+        "items": len(lm.items),
+        "version": lm.version,
+        "unbatched_rps": unbatched,
+        "batched_rps": batched,
+        "speedup": batched / unbatched if unbatched else 0.0,
+        "mean_batch": stats["mean_batch_size"],
+        "max_batch": int(app.config["BATCH_MAX_SIZE"]),
+        "max_delay_ms": float(app.config["BATCH_MAX_DELAY_MS"]),
+    }
+
+
+# -- memory ------------------------------------------------------------------------------------
+def smaps(pid: int) -> dict[str, int]:
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] in ("Rss:", "Pss:"):
+                out[parts[0][:-1].lower()] = int(parts[1]) * 1024
+    return out
+
+
+def server_memory(master: int) -> list[dict]:
+    with open(f"/proc/{master}/task/{master}/children") as f:
+        workers = [int(p) for p in f.read().split()]
+    rows = [{"process": f"master {master}", **smaps(master)}]
+    rows += [{"process": f"worker {w}", **smaps(w)} for w in workers]
+    return rows
+
+
+# -- main --------------------------------------------------------------------------------------
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = os.getloadavg()
+    return f"{cpu}, {os.cpu_count()} cores, load average {load[0]:.1f} at start"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/bench_serve"
+    )
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    p.add_argument("--redis-prefix", default="recsys-bench")
+    p.add_argument("--instance", default=os.path.join(ROOT, "instance", "bench"))
+    p.add_argument("--model-dir", default=None, help="default: <instance>/models")
+    p.add_argument("--prepare", action="store_true", help="create/import/train, then exit")
+    p.add_argument("--url", default=None, help="benchmark a running server instead")
+    p.add_argument("--server-pid", type=int, default=None, help="its gunicorn master (memory)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=4)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per scenario")
+    p.add_argument("--tool", choices=("auto", "wrk", "python"), default="auto")
+    p.add_argument("--admin-token", default="bench-admin-token")
+    args = p.parse_args(argv)
+    args.model_dir = args.model_dir or os.path.join(args.instance, "models")
+    os.makedirs(args.instance, exist_ok=True)
+    if args.prepare:
+        prepare(args)
+        return 0
+
+    tool = args.tool
+    if tool == "auto":
+        tool = "wrk" if shutil.which("wrk") else "python"
+    drive = run_wrk if tool == "wrk" else run_python
+    started = time.monotonic()
+    where = machine()
+    proc = None
+    base = args.url
+    master = args.server_pid
+    if base is None:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        proc = start_server(args, port)
+        master = proc.pid
+    try:
+        t0 = time.monotonic()
+        ready = wait_ready(base, proc, timeout=300)
+        print(f"server ready in {time.monotonic() - t0:.1f} s with models {ready['models']}")
+        users, items = sample_ids(args, n_users=200, n_items=500)
+        run_id = f"{int(time.time())}"
+        rec = "/v1/users/{u}/recommendations?n=10"
+        cached_users = users[:50]
+        scenarios: list[tuple[str, list[Spec]]] = [
+            ("/healthz (floor)", [("GET", "/healthz", None)]),
+            ("recommendations, cached", [("GET", rec.format(u=u), None) for u in cached_users]),
+            (
+                "recommendations, uncached (warm users)",
+                [("GET", rec.format(u=u) + "&exclude=bench-UNIQ", None) for u in users],
+            ),
+            ("similar items", [("GET", f"/v1/items/{i}/similar?n=10", None) for i in items]),
+            (
+                "events, 1 per request",
+                [
+                    (
+                        "POST",
+                        "/v1/events",
+                        json.dumps(
+                            {
+                                "id": "bench-UNIQ",
+                                "user_id": f"bench-user-{k}",
+                                "item_id": i,
+                                "type": "view",
+                            }
+                        ),
+                    )
+                    for k, i in enumerate(items[:50])
+                ],
+            ),
+            (
+                "events, 100 per request",
+                [
+                    (
+                        "POST",
+                        "/v1/events",
+                        json.dumps(
+                            [
+                                {
+                                    "id": f"bench-UNIQ-{j}",
+                                    "user_id": f"bench-user-{j % 37}",
+                                    "item_id": items[(k * 100 + j) % len(items)],
+                                    "type": "click",
+                                }
+                                for j in range(100)
+                            ]
+                        ),
+                    )
+                    for k in range(5)
+                ],
+            ),
+        ]
+        # Fill the cache for the cached scenario (and check the endpoint answers at all).
+        for u in cached_users:
+            status, body = get_json(base, rec.format(u=u))
+            if status != 200:
+                print(f"warning: {rec.format(u=u)} -> {status} {str(body)[:200]}")
+                break
+        results = []
+        for name, specs in scenarios:
+            r = drive(base, specs, args.concurrency, args.duration, run_id)
+            results.append((name, r))
+            print(
+                f"{name:42s} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f}  p95 {r['p95_ms']:6.2f}"
+                f"  p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}",
+                flush=True,
+            )
+        mem = server_memory(master) if master else []
+        status, listing = get_json(base, "/v1/admin/models", token=args.admin_token)
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    deep = deep_batching(args, users)
+
+    # -- report -----------------------------------------------------------------------------------
+    by = dict(results)
+    health = by["/healthz (floor)"]["rps"]
+    cached = by["recommendations, cached"]["rps"]
+    unc_p99 = by["recommendations, uncached (warm users)"]["p99_ms"]
+    total_pss = sum(m.get("pss", 0) for m in mem) / 2**20
+    total_rss = sum(m.get("rss", 0) for m in mem) / 2**20
+    print()
+    print(
+        f"Machine: {where}. Server: `recsys serve` (gunicorn, {args.workers} workers x "
+        f"{args.threads} threads, preload_app), PostgreSQL + Redis on the same host; load: "
+        f"{tool}, {args.concurrency} connections, {args.duration:.0f} s per row. "
+        f"Command: `.venv/bin/python bench/serve_bench.py`."
+    )
+    print()
+    print("| scenario | req/s | p50 ms | p95 ms | p99 ms | errors |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in results:
+        extra = ""
+        if name.startswith("events, 100"):
+            extra = f" ({r['rps'] * 100:.0f} events/s)"
+        print(
+            f"| {name}{extra} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} | {r['errors']} |"
+        )
+    print()
+    if "error" in deep:
+        print(f"Deep model batching: not measured ({deep['error']}).")
+    else:
+        print(
+            f"Deep model ({deep['items']} items, version {deep['version']}), 16 concurrent "
+            f"single-user calls, 1 torch thread: unbatched {deep['unbatched_rps']:.0f}/s, "
+            f"micro-batched (max {deep['max_batch']}, {deep['max_delay_ms']} ms) "
+            f"{deep['batched_rps']:.0f}/s = **{deep['speedup']:.1f}x** "
+            f"(mean batch {deep['mean_batch']:.1f})."
+        )
+    print()
+    if mem:
+        loaded = []
+        if status == 200:
+            loaded = sorted(
+                f"{r['strategy']} {r['nbytes'] / 2**20:.1f} MiB"
+                for r in listing["runtime"]
+                if r["state"] == "loaded"
+            )
+        print(f"Memory with models loaded ({', '.join(loaded) or 'see /v1/admin/models'}):")
+        print()
+        print("| process | RSS MiB | PSS MiB |")
+        print("|---|---:|---:|")
+        for m in mem:
+            print(f"| {m['process']} | {m['rss'] / 2**20:.0f} | {m['pss'] / 2**20:.0f} |")
+        print(f"| **total** | {total_rss:.0f} (double-counts shared pages) | **{total_pss:.0f}** |")
+        print()
+    print("Goals:")
+    ratio = cached / health if health else 0.0
+    print(f"- cached recs / healthz throughput: {ratio:.0%} (goal >= 70%)")
+    print(f"- uncached warm-user p99: {unc_p99:.1f} ms (goal < 30 ms)")
+    if "speedup" in deep:
+        print(f"- deep batching: {deep['speedup']:.1f}x (goal >= 3x)")
+    if mem:
+        print(
+            f"- total PSS, {args.workers} workers + master: {total_pss:.0f} MiB (goal < 1024 MiB)"
+        )
+    print(f"(bench took {time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
