@@ -28,6 +28,7 @@ One ``ModelRuntime`` per process (``get_runtime(app)``) sits on top of the model
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -85,6 +86,8 @@ class BatchedModel(Strategy):
         max_delay_ms: float,
         path: str | None = None,
         timeout_s: float = 30.0,
+        cuda_in_worker: bool = False,
+        reload: Callable[[], Strategy] | None = None,
     ) -> None:
         from recsys.batcher import MicroBatcher
 
@@ -93,6 +96,10 @@ class BatchedModel(Strategy):
         self.serves_cold = inner.serves_cold
         self.path = path
         self.timeout_s = timeout_s
+        # Loaded on the CPU only because it was loaded in the gunicorn master: move it to CUDA
+        # (if a worker has one) on first use.
+        self.cuda_in_worker = cuda_in_worker
+        self.reload = reload  # verified load with the saved device setting (CUDA if present)
         self._device_pid: int | None = None
         self._batcher = MicroBatcher(
             self._score_many,
@@ -142,15 +149,12 @@ class BatchedModel(Strategy):
             return
         self._device_pid = pid
         try:
-            if getattr(self.inner, "device", "auto") != "auto" or self.path is None:
-                return
-            dev = getattr(self.inner, "device_", None)
-            if dev is None or getattr(dev, "type", "cpu") != "cpu":
+            if not self.cuda_in_worker or self.reload is None:
                 return
             import torch
 
             if torch.cuda.is_available():
-                self.inner = type(self.inner).load(self.path, device="cuda")
+                self.inner = self.reload()
                 log.info("%s: moved to CUDA in worker %d", self.name, pid)
         except Exception:  # noqa: BLE001 - the CPU copy still serves
             log.exception("%s: could not move to CUDA; serving on the CPU", self.name)
@@ -177,6 +181,15 @@ class BatchedModel(Strategy):
     @classmethod
     def load(cls, path: str):  # pragma: no cover
         raise TypeError("load the inner strategy, then wrap it")
+
+
+def _wants_gpu(path: str) -> bool:
+    """Whether a saved model asked for CUDA-when-available (its ``device`` parameter)."""
+    try:
+        with open(os.path.join(path, "params.json")) as f:
+            return json.load(f).get("params", {}).get("device", "auto") in ("auto", "cuda")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class _CpuOnly:
@@ -310,6 +323,8 @@ class ModelRuntime:
                     self.batch_max_size,
                     self.batch_max_delay_ms,
                     path=loaded.path,
+                    cuda_in_worker=self._cpu_only and _wants_gpu(loaded.path),
+                    reload=lambda: self.repository.load_version(strategy, version).model,
                 ),
             )
         seconds = time.perf_counter() - t0

@@ -315,3 +315,16 @@ def test_admission_sheds_low_priority_under_overload():
     assert not deadline.admission("LOW", 200, 2).shed
     with pytest.raises(RecsysError):
         deadline.parse_priority("urgent")
+
+
+def test_batched_strategies_are_served_through_the_batcher(make):
+    app = make()
+    save(app, version="v1", activate=True)
+    rt = get_runtime(app)
+    rt.batched = ("tiny",)  # production: ("deep",)
+    lm = rt.get("tiny")
+    assert isinstance(lm.model, BatchedModel) and lm.model.name == "tiny"
+    ids, _ = lm.model.recommend(user_batch([_history([1, 2])], len(lm.items)), n=4)
+    assert ids.shape == (1, 4)
+    assert lm.model.batcher_stats()["requests"] >= 1
+    assert {row["strategy"]: row["batched"] for row in rt.status()} == {"tiny": True}
