@@ -89,7 +89,9 @@ def test_clearly_worse_configuration_is_flagged(synthetic_report):
 
 
 def test_same_configuration_twice_is_no_difference(synthetic_report):
-    aa = [c for c in synthetic_report["comparisons"] if c["b"] == "popular#2"]
+    aa = [
+        c for c in synthetic_report["comparisons"] if (c["a"], c["b"]) == ("popular", "popular#2")
+    ]
     assert len(aa) == 8  # six ranking metrics, novelty and coverage
     for c in aa:
         assert not c["significant"], c["verdict"]

@@ -93,7 +93,11 @@ def load_dataset(path: str | None):
     "--fraction", type=float, default=None, help="Time split: newest share to test (default 0.2)."
 )
 @click.option("--resamples", type=click.IntRange(100, 100000), default=2000, show_default=True)
-@click.option("--all-pairs", is_flag=True, help="Compare every pair, not just each vs the first.")
+@click.option(
+    "--baseline-only",
+    is_flag=True,
+    help="Compare each configuration with the first only (default: every pair).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @with_appcontext
 def evaluate_command(
@@ -107,7 +111,7 @@ def evaluate_command(
     cutoff: str | None,
     fraction: float | None,
     resamples: int,
-    all_pairs: bool,
+    baseline_only: bool,
     no_progress: bool,
 ) -> None:
     """Compare serving configurations offline and write a report folder.
@@ -147,7 +151,7 @@ def evaluate_command(
             cutoff=cutoff,
             fraction=fraction,
             resamples=resamples,
-            all_pairs=all_pairs,
+            all_pairs=not baseline_only,
             progress=_tqdm_factory(not no_progress),
         )
     except ValueError as e:

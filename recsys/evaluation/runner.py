@@ -172,7 +172,7 @@ def evaluate(
     cutoff: str | None = None,
     fraction: float | None = None,
     resamples: int = stats.DEFAULT_RESAMPLES,
-    all_pairs: bool = False,
+    all_pairs: bool = True,
     progress: Callable | None = None,
     dataset_name: str | None = None,
 ) -> dict[str, Any]:
@@ -190,6 +190,7 @@ def evaluate(
     if k < 1:
         raise ValueError("k must be >= 1")
     t_start = time.perf_counter()
+    cpu_start = time.process_time()
     timings: dict[str, Any] = {}
 
     t0 = time.perf_counter()
@@ -284,6 +285,8 @@ def evaluate(
     )
     timings["recommend_s"] = rec_times
     timings["total_s"] = time.perf_counter() - t_start
+    # CPU seconds of this process (all threads): comparable across runs on a shared machine.
+    timings["cpu_s"] = time.process_time() - cpu_start
     return {
         "dataset": {
             "name": dataset_name or data.info.get("dataset", "data"),
@@ -321,7 +324,7 @@ def compare_configs(
     seed: int,
     all_pairs: bool = False,
 ) -> list[dict[str, Any]]:
-    """Paired tests of each configuration against the first (or of every pair)."""
+    """Paired tests of every pair (B after A in the given order), or of each against the first."""
     if all_pairs:
         pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     else:
