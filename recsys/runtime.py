@@ -44,6 +44,7 @@ from sqlalchemy import select
 
 from features.interactions import EVENT_CODE, History, user_batch
 from recsys import metrics
+from recsys.deadline import run_with_deadline  # noqa: F401  (INTERFACES.md names it here too)
 from recsys.errors import ModelError
 from recsys.lifecycle import on_after_fork
 from recsys.registry import LoadedModel, ModelRepository, get_repository
