@@ -12,6 +12,8 @@ import math
 import os
 from typing import Any
 
+from recsys.evaluation.stats import format_p
+
 HEADLINE = ("ndcg", "precision", "recall", "map", "hit_rate", "mrr")
 
 
@@ -95,7 +97,7 @@ def summary_markdown(report: dict[str, Any], plots: list[str] | None = None) -> 
             word = ("better" if c["diff"] > 0 else "worse") if c["significant"] else "no sig. diff."
             lines.append(
                 f"| {c['b']} vs {c['a']} | {c['metric']} | {c['diff']:+.4f} | "
-                f"[{_num(c['ci_low'])}, {_num(c['ci_high'])}] | {_num(c['p_value'], 3)} | "
+                f"[{_num(c['ci_low'])}, {_num(c['ci_high'])}] | {format_p(c['p_value'])} | "
                 f"{word} |"
             )
         lines += ["", "### Verdicts", ""]
