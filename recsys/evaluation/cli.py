@@ -59,13 +59,80 @@ def load_dataset(path: str | None):
                 retail = os.path.join(path, name)
     if os.path.isfile(retail) and "retail" in os.path.basename(retail).lower():
         return datasets.load_online_retail(retail)
-    loader = getattr(datasets, "load_any", None)
-    if loader is None:
-        raise click.UsageError(
-            f"--data {path}: not MovieLens 100K or Online Retail, and no generic reader is "
-            "available; import it into the store (recsys import ...) and omit --data"
-        )
-    return loader(path)
+    return _load_with_importers(path)
+
+
+def _find(folder: str, *names: str) -> str | None:
+    for name in names:
+        for ext in ("", ".gz"):
+            p = os.path.join(folder, name + ext)
+            if os.path.isfile(p):
+                return p
+    return None
+
+
+def _load_with_importers(path: str):
+    """Other formats through the importers' parsers (no store involved): a modern MovieLens
+    folder (ratings.csv + movies.csv) or a generic CSV folder (interactions.csv, optional
+    items.csv and users.csv, in the ``recsys import csv`` format)."""
+    from recsys.importers import csv_import, movielens
+    from recsys.importers.common import SourceError
+
+    try:
+        if os.path.isdir(path) and _find(path, "ratings.csv") and _find(path, "movies.csv"):
+            _report, batch = movielens.parse(path)
+        elif os.path.isdir(path) and _find(path, "interactions.csv", "events.csv"):
+            _report, batch = csv_import.parse(
+                _find(path, "interactions.csv", "events.csv"),
+                items=_find(path, "items.csv"),
+                users=_find(path, "users.csv"),
+            )
+        elif os.path.isfile(path) and path.endswith((".csv", ".csv.gz")):
+            _report, batch = csv_import.parse(path)
+        else:
+            raise click.UsageError(
+                f"--data {path}: not a format the importers read (MovieLens folder, Online "
+                "Retail file, CSV folder with interactions.csv, or a CSV interactions file)"
+            )
+    except SourceError as e:
+        raise click.UsageError(f"--data {path}: {e}") from e
+    data = batch_to_data(batch)
+    data.info["dataset"] = os.path.basename(os.path.normpath(path))
+    return data
+
+
+def batch_to_data(batch):
+    """An importer's ImportBatch as InteractionData, events in source order."""
+    import datetime as dt
+
+    import numpy as np
+
+    from features.interactions import InteractionData, ItemMeta
+
+    if not batch.events:
+        raise click.UsageError("the data has no interactions")
+
+    # Importers hand out naive UTC datetimes; .timestamp() on a naive one would assume local time.
+    def unix(t):
+        return int((t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp())
+
+    users, items, types, values, ts = zip(
+        *((e[0], e[1], e[2], e[3], unix(e[4])) for e in batch.events), strict=True
+    )
+    all_items = list(dict.fromkeys([*batch.items, *items]))
+    rows = [batch.items.get(i) for i in all_items]
+    meta = ItemMeta(
+        titles=[r.title if r else "" for r in rows],
+        descriptions=[r.description if r else "" for r in rows],
+        categories=[list(r.categories) if r else [] for r in rows],
+        available=np.array([r.available if r else True for r in rows], dtype=bool),
+        price=np.array(
+            [r.price if r and r.price is not None else np.nan for r in rows], dtype=np.float64
+        ),
+    )
+    return InteractionData.from_arrays(
+        users, items, list(types), values, ts, all_item_ids=all_items, item_meta=meta
+    )
 
 
 @main.command("evaluate")
