@@ -243,3 +243,34 @@ def test_cli_on_a_generic_csv_folder(sqlite_app, tmp_path):
         rep = json.loads((out / "report.json").read_text())
         assert rep["split"]["name"] == split and rep["split"]["n_test_users"] > 0
         assert rep["dataset"]["n_events"] == len(data)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_cli_on_the_current_store(served_app, tmp_path):
+    """Without --data the evaluation reads the SQL store (features.store.load_interactions)."""
+    from recsys.cli import main
+
+    out = tmp_path / "store"
+    r = served_app.test_cli_runner().invoke(
+        main,
+        [
+            "evaluate",
+            "--split",
+            "leave-last-out",
+            "--config",
+            "popular",
+            "--config",
+            "ease",
+            "--out",
+            str(out),
+            "--resamples",
+            "200",
+            "--no-progress",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    # servicekit's store: 7 users with 3-5 purchases each; leave-last-out tests all of them.
+    assert rep["dataset"]["n_users"] == 7 and rep["split"]["n_test_users"] == 7
+    assert set(rep["configs"]) == {"popular", "ease"}
