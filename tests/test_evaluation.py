@@ -274,3 +274,19 @@ def test_cli_on_the_current_store(served_app, tmp_path):
     # servicekit's store: 7 users with 3-5 purchases each; leave-last-out tests all of them.
     assert rep["dataset"]["n_users"] == 7 and rep["split"]["n_test_users"] == 7
     assert set(rep["configs"]) == {"popular", "ease"}
+
+
+def test_relevant_new_drops_repeat_purchases():
+    # Each user buys a, b early, then a again (a repeat) and one new item late.
+    users, items, ts = [], [], []
+    for u in range(60):
+        for t, it in enumerate(["a", "b", "a", f"n{u % 7}"]):
+            users.append(f"u{u}")
+            items.append(it)
+            ts.append(1_000 * t + u)
+    data = InteractionData.from_arrays(users, items, "purchase", timestamps=ts)
+    kw = dict(split="time", k=5, resamples=100, fraction=0.5)
+    every = evaluate(["popular"], data, relevant="all", **kw)
+    new = evaluate(["popular"], data, relevant="new", **kw)
+    assert every["split"]["n_relevant"] == 120  # "a" again and the new item, per user
+    assert new["split"]["n_relevant"] == 60  # the new item only

@@ -165,6 +165,13 @@ def batch_to_data(batch):
     is_flag=True,
     help="Compare each configuration with the first only (default: every pair).",
 )
+@click.option(
+    "--relevant",
+    type=click.Choice(["all", "new"]),
+    default="all",
+    show_default=True,
+    help="Which test events count: all, or only items new to the user (discovery).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @with_appcontext
 def evaluate_command(
@@ -179,6 +186,7 @@ def evaluate_command(
     fraction: float | None,
     resamples: int,
     baseline_only: bool,
+    relevant: str,
     no_progress: bool,
 ) -> None:
     """Compare serving configurations offline and write a report folder.
@@ -219,6 +227,7 @@ def evaluate_command(
             fraction=fraction,
             resamples=resamples,
             all_pairs=not baseline_only,
+            relevant=relevant,
             progress=_tqdm_factory(not no_progress),
         )
     except ValueError as e:

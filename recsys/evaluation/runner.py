@@ -175,9 +175,12 @@ def evaluate(
     all_pairs: bool = True,
     progress: Callable | None = None,
     dataset_name: str | None = None,
+    relevant: str = "all",
 ) -> dict[str, Any]:
     """Evaluate ``configs`` (EvalConfig objects or ``--config`` strings) on ``data``.
 
+    ``relevant``: "all" (every positive test event counts, the Recommenders protocol) or "new"
+    (only items absent from the user's training events: discovery).
     ``progress``: a tqdm-like factory (``progress(total=, desc=, unit=)``) for progress bars.
     Returns the report dict (see the module docstring and ``report.write_report``).
     """
@@ -206,8 +209,16 @@ def evaluate(
         shape=(data.n_users, data.n_items),
     )
     relevant_all.sum_duplicates()
+    if relevant == "new":
+        # Discovery protocol: an item the user already had in training is not a success to
+        # recommend again (repeat purchases would otherwise reward "buy it again" lists).
+        seen = train.matrix(binary=True)
+        relevant_all = relevant_all - relevant_all.multiply(seen > 0)
+        relevant_all.eliminate_zeros()
+    elif relevant != "all":
+        raise ValueError("relevant must be 'all' or 'new'")
     test_users = np.flatnonzero(np.diff(relevant_all.indptr) > 0)
-    relevant = relevant_all[test_users]
+    relevant_m = relevant_all[test_users]
     train_len = np.bincount(train.user_idx, minlength=data.n_users)[test_users]
     hist_bucket = _segment_of_history(train_len)
     item_users = np.diff(train.matrix(binary=True).tocsc().indptr)
@@ -247,7 +258,7 @@ def evaluate(
         if bar is not None:
             bar.close()
         means, per_user = M.evaluate_recommendations(
-            rec_ids, relevant, k=k, item_users=item_users, n_train_users=n_train_users
+            rec_ids, relevant_m, k=k, item_users=item_users, n_train_users=n_train_users
         )
         per_user_all[cfg.name] = per_user
         lists_all[cfg.name] = rec_ids
@@ -303,6 +314,8 @@ def evaluate(
             "n_train": len(train),
             "n_test": len(test),
             "n_test_users": len(test_users),
+            "relevant": relevant,
+            "n_relevant": int(relevant_m.nnz),
         },
         "k": k,
         "seed": seed,
