@@ -1,7 +1,8 @@
 """Implicit-feedback matrix factorisation (Hu, Koren, Volinsky 2008) with ``implicit``'s ALS.
 
 At request time a user's vector is recomputed from their current history against the fixed
-item factors (implicit's ``recalculate_user``, an exact least-squares solve), so new events
+item factors (the exact least-squares solve implicit's ``recalculate_user`` does, done here in
+numpy with ``YtY`` precomputed at load: one k x k solve per user, microseconds), so new events
 change the results without retraining. Confidence of a cell is ``alpha * weight`` (``binary``:
 every positive cell weighs 1). Note the regularisation is not scaled by counts as in Spark, so
 it needs to be much larger than Spark's (10-15 on ml-100k, see BENCHMARKS.md section F).
@@ -88,15 +89,34 @@ class ALSStrategy(Strategy):
         model.item_factors = item_factors
         self.model_ = model
         self.item_factors_ = item_factors
+        # Request-time solve state, computed once (not per request): YtY + reg * I in float64.
+        y = item_factors.astype(np.float64)
+        self._y64 = y
+        self._base = y.T @ y + self.regularization * np.eye(y.shape[1])
 
     def user_factors(self, users: UserBatch) -> np.ndarray:
-        """Least-squares user vectors from the batch's current histories."""
+        """Least-squares user vectors from the batch's current histories.
+
+        Per user (implicit's equations): ``A = YtY + reg I + sum_i (|c_i| - 1) y_i y_i^T`` and
+        ``b = sum_{c_i > 0} c_i y_i`` over the user's stored cells, ``c = alpha * weight``;
+        ``x = A^-1 b``. No BLAS thread limit here: a k x k solve is too small to thread, and
+        ``threadpool_limits`` itself costs about a millisecond per call.
+        """
         x = _input(users.matrix, self.binary)
-        if len(users) == 0:
-            return np.zeros((0, self.item_factors_.shape[1]), np.float32)
-        with threadpool_limits(1, "blas"):
-            u = self.model_.recalculate_user(np.arange(len(users)), x)
-        return np.atleast_2d(np.asarray(u, dtype=np.float32))
+        k = self.item_factors_.shape[1]
+        out = np.zeros((len(users), k), np.float32)
+        y, base = self._y64, self._base
+        for r in range(len(users)):
+            lo, hi = x.indptr[r], x.indptr[r + 1]
+            if hi == lo:
+                continue  # b = 0, so x = 0 (as implicit returns)
+            cols = x.indices[lo:hi]
+            c = self.alpha * x.data[lo:hi].astype(np.float64)
+            yp = y[cols]
+            a = base + (yp.T * (np.abs(c) - 1.0)) @ yp
+            b = np.where(c > 0, c, 0.0) @ yp
+            out[r] = np.linalg.solve(a, b)
+        return out
 
     def score(self, users: UserBatch) -> np.ndarray:
         return self.user_factors(users) @ self.item_factors_.T

@@ -86,28 +86,35 @@ class BPRStrategy(Strategy):
 
     def _set(self, item_factors: np.ndarray) -> None:
         self.item_factors_ = item_factors
+        # Everything a request needs that does not depend on the user, computed once here
+        # rather than per request (the float64 copy alone is n_items x factors).
         v = item_factors[:, :-1].astype(np.float64)
+        self._v64 = v
+        self._bias64 = item_factors[:, -1].astype(np.float64)
         self._gram = v.T @ v
+        self._base = self.fold_in_w0 * self._gram + self.fold_in_reg * np.eye(v.shape[1])
+        self._v32 = np.ascontiguousarray(item_factors[:, :-1])
+        self._bias32 = np.ascontiguousarray(item_factors[:, -1])
 
     def user_factors(self, users: UserBatch) -> np.ndarray:
-        """Folded-in user vectors ``(b, factors)`` (without the constant bias coordinate)."""
-        v = self.item_factors_[:, :-1].astype(np.float64)
-        bias = self.item_factors_[:, -1].astype(np.float64)
-        f = v.shape[1]
+        """Folded-in user vectors ``(b, factors)`` (without the constant bias coordinate).
+
+        One k x k solve per user against the precomputed Gram matrix; no BLAS thread limit
+        (too small to thread; ``threadpool_limits`` costs about a millisecond per call).
+        """
+        v, bias, base = self._v64, self._bias64, self._base
         m = sp.csr_matrix(users.matrix)
-        out = np.zeros((len(users), f), dtype=np.float64)
-        base = self.fold_in_w0 * self._gram + self.fold_in_reg * np.eye(f)
-        with threadpool_limits(1, "blas"):
-            for r in range(len(users)):
-                pos = m.indices[m.indptr[r] : m.indptr[r + 1]]
-                if len(pos) == 0:
-                    continue
-                vp = v[pos]
-                a = base + (1.0 - self.fold_in_w0) * (vp.T @ vp)
-                u = np.linalg.solve(a, vp.sum(axis=0))
-                if self.fold_in_steps:
-                    u = self._bpr_steps(u, pos, v, bias)
-                out[r] = u
+        out = np.zeros((len(users), v.shape[1]), dtype=np.float64)
+        for r in range(len(users)):
+            pos = m.indices[m.indptr[r] : m.indptr[r + 1]]
+            if len(pos) == 0:
+                continue
+            vp = v[pos]
+            a = base + (1.0 - self.fold_in_w0) * (vp.T @ vp)
+            u = np.linalg.solve(a, vp.sum(axis=0))
+            if self.fold_in_steps:
+                u = self._bpr_steps(u, pos, v, bias)
+            out[r] = u
         return out.astype(np.float32)
 
     def _bpr_steps(self, u: np.ndarray, pos: np.ndarray, v: np.ndarray, bias: np.ndarray):
@@ -129,7 +136,7 @@ class BPRStrategy(Strategy):
     def score(self, users: UserBatch) -> np.ndarray:
         u = self.user_factors(users)
         # Users without history get item-bias-only scores (BPR's popularity prior).
-        return (u @ self.item_factors_[:, :-1].T + self.item_factors_[:, -1]).astype(np.float32)
+        return (u @ self._v32.T + self._bias32).astype(np.float32)
 
     def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Cosine similarity of item factors (bias excluded)."""
