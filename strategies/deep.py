@@ -167,7 +167,8 @@ def _state_dict_bytes(module: nn.Module) -> int:
 class DeepStrategy(Strategy):
     """Mult-DAE collaborative model for warm users; CUDA when available, else CPU.
 
-    Parameters: ``hidden`` encoder layer sizes; ``epochs``, ``batch_size``, ``lr``,
+    Parameters: ``hidden`` encoder layer sizes; ``epochs`` (at most; see ``max_steps``, a
+    budget of gradient steps), ``batch_size``, ``lr``,
     ``weight_decay`` (Adam); ``dropout`` on the input while training; ``binary`` turns history
     weights into 0/1 before normalising (the input and target); ``seed``; ``device``
     (``"auto"``, ``"cpu"``, ``"cuda"``); ``precision`` for serving (``fp32``/``int8``/``fp16``).
@@ -179,6 +180,7 @@ class DeepStrategy(Strategy):
         self,
         hidden: tuple[int, ...] | list[int] = (600,),
         epochs: int = 40,
+        max_steps: int | None = 400,
         batch_size: int = 128,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -192,6 +194,7 @@ class DeepStrategy(Strategy):
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.hidden = tuple(int(h) for h in hidden)
         self.epochs = epochs
+        self.max_steps = max_steps
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
@@ -203,6 +206,7 @@ class DeepStrategy(Strategy):
         self._params = {
             "hidden": list(self.hidden),
             "epochs": epochs,
+            "max_steps": max_steps,
             "batch_size": batch_size,
             "lr": lr,
             "weight_decay": weight_decay,
@@ -268,7 +272,9 @@ class DeepStrategy(Strategy):
         opt = _Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         model.train()
         self.steps_ = 0
-        for epoch in range(self.epochs):
+        per_epoch = math.ceil(len(rows) / self.batch_size)
+        epochs = self._epochs_for(per_epoch)
+        for epoch in range(epochs):
             rng.shuffle(rows)
             total = 0.0
             for start in range(0, len(rows), self.batch_size):
@@ -296,6 +302,18 @@ class DeepStrategy(Strategy):
         model.eval()
         self.n_train_users_ = len(rows)
         return model
+
+    def _epochs_for(self, steps_per_epoch: int) -> int:
+        """``epochs``, cut to fit ``max_steps`` gradient steps, but never under one epoch.
+
+        A budget of steps rather than of epochs: a dataset with 4x the users gives 4x the
+        steps per epoch, and on the Online Retail holdout 10 epochs (330 steps) beat 40
+        (nDCG@10 0.080 vs 0.070, README "## Deep model") while ml-100k's tuned 40 epochs are
+        320 steps; so fit time stays bounded as the user count grows.
+        """
+        if not self.max_steps or steps_per_epoch <= 0:
+            return self.epochs
+        return max(1, min(self.epochs, self.max_steps // steps_per_epoch))
 
     def _batch_tensors(
         self, xn: sp.csr_matrix, target: sp.csr_matrix, gen: torch.Generator

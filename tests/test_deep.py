@@ -154,3 +154,62 @@ def test_cuda_path_matches_cpu(tmp_path):
     top16, _ = half.recommend(b, n=10, exclude=[r.indices for r in b.matrix])
     overlap = np.mean([len(set(a) & set(c)) / 10 for a, c in zip(ids, top16, strict=True)])
     assert overlap >= 0.8
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adam_matches_the_textbook_update(fused, weight_decay):
+    from strategies.deep import _Adam
+
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen)]
+    grads = [[torch.randn(t.shape, generator=gen) for t in init] for _ in range(5)]
+    params = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = _Adam(params, lr=1e-2, weight_decay=weight_decay)
+    opt.fused = opt.fused and fused  # False exercises the torch._foreach_* fallback
+    ref = [t.clone() for t in init]
+    m = [torch.zeros_like(t) for t in init]
+    v = [torch.zeros_like(t) for t in init]
+    for t, gs in enumerate(grads, 1):
+        for p, g in zip(params, gs, strict=True):
+            p.grad = g.clone()
+        opt.step()
+        for r, g, mm, vv in zip(ref, gs, m, v, strict=True):
+            g = g + weight_decay * r
+            mm.mul_(0.9).add_(0.1 * g)
+            vv.mul_(0.999).add_(0.001 * g * g)
+            r -= 1e-2 * (mm / (1 - 0.9**t)) / ((vv / (1 - 0.999**t)).sqrt() + 1e-8)
+    for p, r in zip(params, ref, strict=True):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-5, atol=1e-6)
+
+
+def test_max_steps_caps_the_epochs_but_keeps_one():
+    data, _ = _group_data(n_users=300)  # 300 users / batch 64 = 5 steps per epoch
+    capped = DeepStrategy(**{**FAST, "epochs": 6, "max_steps": 12}, device="cpu").fit(data)
+    assert capped.steps_ == 10  # 2 whole epochs fit in 12 steps
+    tiny = DeepStrategy(**{**FAST, "epochs": 6, "max_steps": 1}, device="cpu").fit(data)
+    assert tiny.steps_ == 5  # at least one pass over every user
+    free = DeepStrategy(**{**FAST, "epochs": 3, "max_steps": None}, device="cpu").fit(data)
+    assert free.steps_ == 15
+
+
+def test_fit_uses_every_core_and_restores_the_thread_count(monkeypatch):
+    import strategies.deep as deep
+
+    seen = []
+    train = deep.DeepStrategy._train
+
+    def spy(self, data):
+        seen.append(torch.get_num_threads())
+        return train(self, data)
+
+    monkeypatch.setattr(deep.DeepStrategy, "_train", spy)
+    monkeypatch.setattr(deep, "_usable_cores", lambda: 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a gunicorn worker limits it
+    try:
+        data, _ = _group_data(n_users=64)
+        DeepStrategy(**{**FAST, "epochs": 1}, device="cpu").fit(data)
+        assert seen == [2] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
