@@ -205,8 +205,8 @@ def part_accuracy(data, name: str, params: dict, validate: bool = False) -> Deep
     t0 = time.perf_counter()
     model = DeepStrategy(**params).fit(train)
     print(
-        f"fit {time.perf_counter() - t0:.1f}s on {model.device_} ({train.n_users} users x "
-        f"{train.n_items} items, {len(train)} events)"
+        f"fit {time.perf_counter() - t0:.1f}s on {model.device_}, {model.steps_} steps "
+        f"({train.n_users} users x {train.n_items} items, {len(train)} events)"
     )
     xtr = train.matrix()
     b1 = UserBatch(matrix=xtr[[0]])
@@ -250,7 +250,8 @@ def part_fit(data, name: str, params: dict) -> DeepStrategy:
     model = DeepStrategy(**params).fit(data)
     print(
         f"\n== fit: {name}: {data.n_users} users x {data.n_items} items, {len(data)} events: "
-        f"{time.perf_counter() - t0:.1f}s on {model.device_}"
+        f"{time.perf_counter() - t0:.1f}s on {model.device_}, {model.steps_} steps "
+        f"(torch threads during fit: all {os.cpu_count()} cores)"
     )
     return model
 
@@ -324,6 +325,7 @@ def main() -> None:
         "--part", default="all", choices=["all", "accuracy", "lastout", "fit", "batching"]
     )
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--max-steps", type=int, default=None, help="0 = no step budget")
     ap.add_argument("--hidden", type=str, default=None, help="e.g. 600 or 600,200")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--dropout", type=float, default=None)
@@ -345,6 +347,8 @@ def main() -> None:
     for key in ("epochs", "lr", "dropout", "batch_size", "weight_decay"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
+    if args.max_steps is not None:
+        params["max_steps"] = args.max_steps or None
     if args.hidden:
         params["hidden"] = [int(h) for h in args.hidden.split(",")]
     print(machine())
