@@ -10,7 +10,8 @@ Keys (every one built by ``ResultCache.key`` under ``REDIS_PREFIX``)::
                                    POST /v1/events after the SQL commit
     <prefix>:rec:...:lock          short stampede lock (SET NX PX)
 
-A cached value stores the history token it was computed under, and a lookup reads the token
+A cached value stores the history token it was computed under (``ENTRY_TAG + token + "\\n" +
+payload``, the payload being the serialised HTTP response), and a lookup reads the token
 and the value in one ``MGET``: if they differ the entry is stale (the user has had an event
 since) and is recomputed. The token is read *before* the history, so an event that lands
 while a result is being computed always makes that result stale. Tokens are random rather
@@ -33,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -52,6 +54,8 @@ LOCK_WAIT_MS = 300
 POLL_MS = 10
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
+# First bytes of every cache entry (format version): entries of another format are misses.
+ENTRY_TAG = b"r2:"
 
 
 class LocalBackend:
@@ -106,6 +110,14 @@ class LocalBackend:
 
 
 class RedisBackend:
+    """redis-py, with one raw connection per thread for the hot ``MGET``.
+
+    The client API checks a pooled connection out (a lock and a ``can_read`` poll syscall) and
+    back in, and wraps every command in retry machinery; for the one read of a cache hit this
+    was about two thirds of its Redis client CPU, so each thread keeps its own connection and
+    speaks to it directly. Writes and pipelines use the pooled client.
+    """
+
     def __init__(self, url: str, timeout_s: float = 0.25):
         import redis
 
@@ -114,9 +126,21 @@ class RedisBackend:
         self.client = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
+        self._local = threading.local()
 
     def mget(self, keys: list[str]) -> list[bytes | None]:
-        return self.client.mget(keys)
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # Connects lazily on the first command, with the client's URL, db and timeouts.
+            conn = self._local.conn = self.client.connection_pool.make_connection()
+        try:
+            conn.send_command("MGET", *keys)
+            return conn.read_response()
+        except BaseException:
+            # A half-read reply would poison the next call: drop the connection (the next
+            # call reconnects; the caller backs off on errors).
+            conn.disconnect()
+            raise
 
     def set(self, key: str, value: bytes, ttl_s: float) -> None:
         self.client.set(key, value, ex=max(1, int(ttl_s)))
@@ -170,7 +194,7 @@ class ResultCache:
     # -- keys -------------------------------------------------------------------------------
     def key(self, *parts: str) -> str:
         """The one place keys are built: ``<prefix>:<part>:...`` with parts URL-quoted."""
-        return ":".join([self.prefix, *(quote(str(p), safe="") for p in parts)])
+        return ":".join([self.prefix, *(_quote(str(p)) for p in parts)])
 
     def result_key(self, user_id: str, context: dict[str, Any]) -> str:
         digest = hashlib.sha256(
@@ -213,24 +237,26 @@ class ResultCache:
         return True, out
 
     # -- the cache --------------------------------------------------------------------------
-    def get_or_compute(
+    # An entry is ``ENTRY_TAG + token + b"\n" + payload``: the history token it was computed
+    # under, then opaque bytes (the HTTP layer stores the serialised response, so a hit is one
+    # MGET and a byte copy, no JSON decoding). Entries of any other shape read as misses.
+    def get_or_compute_raw(
         self,
         user_id: str,
         context: dict[str, Any],
-        compute: Callable[[], dict[str, Any]],
-        store_if: Callable[[dict[str, Any]], bool] | None = None,
-    ) -> tuple[dict[str, Any], bool]:
-        """(response, cached). ``compute`` runs on a miss; its result is stored unless
-        ``store_if(result)`` is false (degraded answers are not pinned for a whole TTL)."""
+        compute: Callable[[], tuple[bytes, bool]],
+    ) -> tuple[bytes, bool]:
+        """(payload, cached). On a miss ``compute() -> (payload, store)`` runs and the payload
+        is stored when ``store`` is true (degraded answers are not pinned for a whole TTL)."""
         from recsys import metrics
 
         rkey, tkey = self.result_key(user_id, context), self.token_key(user_id)
         ok, vals = self._call(lambda: self.backend.mget([tkey, rkey]))
         if not ok:
             metrics.CACHE_MISSES.inc()
-            return compute(), False
+            return compute()[0], False
         token, raw = vals
-        hit = self._decode(raw, token)
+        hit = self._payload(raw, token)
         if hit is not None:
             metrics.CACHE_HITS.inc()
             return hit, True
@@ -247,34 +273,55 @@ class ResultCache:
                 ok, vals = self._call(lambda: self.backend.mget([tkey, rkey]))
                 if not ok:
                     break
-                hit = self._decode(vals[1], vals[0])
+                hit = self._payload(vals[1], vals[0])
                 if hit is not None:
                     return hit, True
-        value = compute()
-        if store_if is None or store_if(value):
-            body = json.dumps({"t": _text(token), "v": value}, separators=(",", ":")).encode()
-            self._call(lambda: self.backend.set(rkey, body, self.ttl))
+        payload, store = compute()
+        if store:
+            entry = b"".join((ENTRY_TAG, _bytes(token), b"\n", payload))
+            self._call(lambda: self.backend.set(rkey, entry, self.ttl))
         if acquired:
             self._call(lambda: self.backend.delete(lock))
-        return value, False
+        return payload, False
 
-    def peek(self, user_id: str, context: dict[str, Any]) -> dict[str, Any] | None:
-        """The cached response if present and fresh; never computes."""
+    def peek_raw(self, user_id: str, context: dict[str, Any]) -> bytes | None:
+        """The cached payload if present and fresh; never computes."""
         rkey, tkey = self.result_key(user_id, context), self.token_key(user_id)
         ok, vals = self._call(lambda: self.backend.mget([tkey, rkey]))
-        return self._decode(vals[1], vals[0]) if ok else None
+        return self._payload(vals[1], vals[0]) if ok else None
+
+    def get_or_compute(
+        self,
+        user_id: str,
+        context: dict[str, Any],
+        compute: Callable[[], dict[str, Any]],
+        store_if: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """``get_or_compute_raw`` for JSON-able dicts: (value, cached)."""
+        computed: list[dict[str, Any]] = []
+
+        def raw() -> tuple[bytes, bool]:
+            value = compute()
+            computed.append(value)
+            body = json.dumps(value, separators=(",", ":")).encode()
+            return body, store_if is None or bool(store_if(value))
+
+        payload, cached = self.get_or_compute_raw(user_id, context, raw)
+        return (json.loads(payload), True) if cached else (computed[0], False)
+
+    def peek(self, user_id: str, context: dict[str, Any]) -> dict[str, Any] | None:
+        """The cached dict if present and fresh; never computes."""
+        raw = self.peek_raw(user_id, context)
+        return None if raw is None else json.loads(raw)
 
     @staticmethod
-    def _decode(raw: bytes | None, token: bytes | None) -> dict[str, Any] | None:
-        if raw is None:
+    def _payload(raw: bytes | None, token: bytes | None) -> bytes | None:
+        if raw is None or not raw.startswith(ENTRY_TAG):
             return None
-        try:
-            entry = json.loads(raw)
-        except ValueError:
-            return None
-        if entry.get("t") != _text(token):
-            return None
-        return entry.get("v")
+        head, sep, payload = raw.partition(b"\n")
+        if not sep or head[len(ENTRY_TAG) :] != _bytes(token):
+            return None  # the user has had an event since (or a foreign/old entry)
+        return payload
 
     def invalidate_users(self, user_ids: Iterable[str]) -> bool:
         """Give each user a new history token (their cached lists become stale).
@@ -294,10 +341,19 @@ class ResultCache:
         return ok
 
 
-def _text(token: bytes | str | None) -> str | None:
+_SAFE_PART = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def _quote(part: str) -> str:
+    # quote() is slow for the common case of an id with nothing to escape.
+    return part if _SAFE_PART.fullmatch(part) else quote(part, safe="")
+
+
+def _bytes(token: bytes | str | None) -> bytes:
+    """A history token as stored in an entry (no token yet: empty; tokens are never empty)."""
     if token is None:
-        return None
-    return token.decode() if isinstance(token, bytes) else str(token)
+        return b""
+    return token if isinstance(token, bytes) else str(token).encode()
 
 
 def init_app(app: Flask) -> None:

@@ -127,7 +127,13 @@ class SettingsStore:
         now = time.monotonic()
         if not force and self._versions is not None and now - self._polled_at < self.poll_seconds:
             return self._versions
-        with self._lock:
+        # One thread polls; the others keep serving the versions they have rather than queue
+        # behind the query. Waits only with nothing to serve yet, or after this process wrote
+        # a change (_polled_at reset), so it always sees its own writes.
+        wait = force or self._versions is None or self._polled_at == 0.0
+        if not self._lock.acquire(blocking=wait):
+            return self._versions
+        try:
             if (
                 not force
                 and self._versions is not None
@@ -152,6 +158,8 @@ class SettingsStore:
                 log.exception("polling the configuration version failed")
             self._polled_at = time.monotonic()
             return self._versions
+        finally:
+            self._lock.release()
 
     def config(self) -> ServingConfig:
         """The current merged configuration (defaults + admin overrides)."""
