@@ -105,6 +105,13 @@ class LocalBackend:
         with self._lock:
             self._data.pop(key, None)
 
+    def store(self, key: str, value: bytes | None, ttl_s: float, unlock: str | None) -> None:
+        """Set ``key`` (unless ``value`` is None) and delete ``unlock`` (unless None)."""
+        if value is not None:
+            self.set(key, value, ttl_s)
+        if unlock is not None:
+            self.delete(unlock)
+
     def __len__(self) -> int:
         return len(self._data)
 
@@ -156,6 +163,15 @@ class RedisBackend:
 
     def delete(self, key: str) -> None:
         self.client.delete(key)
+
+    def store(self, key: str, value: bytes | None, ttl_s: float, unlock: str | None) -> None:
+        """Set ``key`` (unless ``value`` is None) and delete ``unlock`` (unless None)."""
+        pipe = self.client.pipeline(transaction=False)
+        if value is not None:
+            pipe.set(key, value, ex=max(1, int(ttl_s)))
+        if unlock is not None:
+            pipe.delete(unlock)
+        pipe.execute()
 
 
 class ResultCache:
@@ -277,11 +293,12 @@ class ResultCache:
                 if hit is not None:
                     return hit, True
         payload, store = compute()
-        if store:
-            entry = b"".join((ENTRY_TAG, _bytes(token), b"\n", payload))
-            self._call(lambda: self.backend.set(rkey, entry, self.ttl))
-        if acquired:
-            self._call(lambda: self.backend.delete(lock))
+        entry = b"".join((ENTRY_TAG, _bytes(token), b"\n", payload)) if store else None
+        if entry is not None or acquired:
+            # Store and unlock in one round trip.
+            self._call(
+                lambda: self.backend.store(rkey, entry, self.ttl, lock if acquired else None)
+            )
         return payload, False
 
     def peek_raw(self, user_id: str, context: dict[str, Any]) -> bytes | None:

@@ -1,7 +1,8 @@
 """History lookup: a user's newest events from the SQL store (the first stage of every request).
 
-One indexed query (``ix_events_user_ts``: user_id, ts), newest first, bounded to the last
-``HISTORY_MAX_EVENTS`` events so a heavy user cannot make a request slow.
+One indexed query (the user by ``external_id``, then ``ix_events_user_ts``: user_id, ts),
+newest first, bounded to the last ``HISTORY_MAX_EVENTS`` events so a heavy user cannot make a
+request slow.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ def _unix(ts) -> int:
 
 def load_history(s: Session, user_id: str, limit: int = DEFAULT_MAX_EVENTS) -> UserHistory:
     """The user's last ``limit`` events, newest first. Unknown users get an empty history."""
-    uid = s.scalar(select(User.id).where(User.external_id == str(user_id)))
     h = UserHistory(str(user_id))
-    if uid is None:
-        return h
+    # One round trip: the user's row id is resolved in the same statement (unique index on
+    # users.external_id), then ix_events_user_ts walks the newest events.
     rows = s.execute(
         select(Item.external_id, Event.type, Event.value, Event.ts)
+        .join(User, User.id == Event.user_id)
         .join(Item, Item.id == Event.item_id)
-        .where(Event.user_id == uid)
+        .where(User.external_id == str(user_id))
         .order_by(Event.ts.desc(), Event.id.desc())
         .limit(limit)
     ).all()

@@ -30,9 +30,12 @@ nothing could serve at all.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
+import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -290,6 +293,8 @@ class UserHistory:
         return {i for i, t in zip(self.items, self.types, strict=True) if t in types}
 
     def item_idx(self, idmap) -> np.ndarray:
+        # Models trained on the same catalogue hold equal but distinct IdMaps: map once.
+        idmap = canonical_idmap(idmap)
         for m, idx in self._mapped:
             if m is idmap:
                 return idx
@@ -305,6 +310,42 @@ class UserHistory:
             value=np.asarray(self.values, dtype=np.float32),
             ts=np.asarray(self.ts, dtype=np.int64),
         )
+
+
+_canonical_lock = threading.Lock()
+_canonical_of: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_canonical_by_print: dict[tuple[int, str], weakref.ref] = {}
+
+
+def canonical_idmap(idmap):
+    """One representative per distinct IdMap content (identity if the map is unhashable).
+
+    Every strategy of a request maps the user's history to its model's item indices; models
+    trained on the same data have equal maps, so the mapping (and the user batch built from
+    it) is computed once per request instead of once per strategy.
+    """
+    try:
+        got = _canonical_of.get(idmap)
+    except TypeError:  # not weak-referenceable: no sharing
+        return idmap
+    if got is not None:
+        return got
+    ids = getattr(idmap, "ids", None)
+    if ids is None:
+        return idmap
+    with _canonical_lock:
+        got = _canonical_of.get(idmap)
+        if got is not None:
+            return got
+        digest = hashlib.blake2b("\x00".join(str(x) for x in ids).encode(), digest_size=16)
+        fp = (len(ids), digest.hexdigest())
+        ref = _canonical_by_print.get(fp)
+        canon = ref() if ref is not None else None
+        if canon is None or not np.array_equal(np.asarray(canon.ids), np.asarray(ids)):
+            canon = idmap
+            _canonical_by_print[fp] = weakref.ref(idmap)
+        _canonical_of[idmap] = canon
+        return canon
 
 
 @dataclass
@@ -413,10 +454,13 @@ class Recommender:
         loaded,
         histories: Sequence[UserHistory],
         requests: Sequence[RecRequest],
+        shared: dict | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Per user, the strategy's top candidates as (external item id, raw score), best first.
 
-        One batched ``recommend`` call per distinct category among the requests.
+        One batched ``recommend`` call per distinct category among the requests. ``shared``
+        (one dict per ``recommend_batch`` call) lets strategies with equal item maps reuse
+        one user matrix; it is made read-only, so a strategy can never alter another's input.
         """
         items = loaded.items
         n_items = len(items)
@@ -427,12 +471,20 @@ class Recommender:
             groups.setdefault(req.category, []).append(i)
         for category, rows in groups.items():
             hs = [histories[i] for i in rows]
-            batch = user_batch(
-                [h.as_history(items) for h in hs],
-                n_items,
-                self.event_weights,
+            user_index = users_map.indices([h.user_id or "" for h in hs]) if users_map else None
+            key = (id(canonical_idmap(items)), n_items, tuple(id(h) for h in hs))
+            base = shared.get(key) if shared is not None else None
+            if base is None:
+                base = user_batch([h.as_history(items) for h in hs], n_items, self.event_weights)
+                if shared is not None:
+                    for arr in (base.matrix.data, base.matrix.indices, base.matrix.indptr):
+                        arr.flags.writeable = False
+                    shared[key] = base
+            batch = type(base)(
+                matrix=base.matrix,
+                sequences=base.sequences,
                 user_index=(
-                    users_map.indices([h.user_id or "" for h in hs]) if users_map else None
+                    user_index if user_index is not None else np.full(len(hs), -1, np.int64)
                 ),
             )
             exclude = []
@@ -451,13 +503,10 @@ class Recommender:
             ext = items.ids
             for r, i in enumerate(rows):
                 keep = ids[r] >= 0
-                out[i] = list(
-                    zip(
-                        (str(x) for x in ext[ids[r][keep]]),
-                        scores[r][keep].astype(float).tolist(),
-                        strict=True,
-                    )
-                )
+                names = np.asarray(ext[ids[r][keep]]).tolist()
+                if names and type(names[0]) is not str:
+                    names = [str(x) for x in names]
+                out[i] = list(zip(names, scores[r][keep].astype(float).tolist(), strict=True))
         return out
 
     # -- stage: blend -----------------------------------------------------------------------
@@ -475,7 +524,7 @@ class Recommender:
                 totals[item] = totals.get(item, 0.0) + contrib
                 sources.setdefault(item, {})[name] = contrib
         # Ties broken by item id so results are deterministic across processes.
-        ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+        ranked = sorted(totals.items(), key=_blend_order)
         return [RecItem(item, score, sources[item]) for item, score in ranked]
 
     def _contributions(self, cands: list[tuple[str, float]], w: float) -> list[float]:
@@ -498,29 +547,37 @@ class Recommender:
     def apply_rules(
         self, items: list[RecItem], history: UserHistory, request: RecRequest
     ) -> list[RecItem]:
+        keep = self._rule_filter(history, request)
+        return [it for it in items if keep(it.item_id)]
+
+    def _rule_filter(self, history: UserHistory, request: RecRequest) -> Callable[[str], bool]:
+        """The business rules as a predicate over item ids, called in rank order (the
+        per-category cap counts the items it has let through)."""
         excluded = history.excluded_items(self.config) | {str(x) for x in request.exclude}
         cat = self.catalog
         cap = self.config.max_per_category
+        category = request.category
         per_cat: dict[str | None, int] = {}
-        out = []
-        for it in items:
-            if it.item_id in excluded:
-                continue
+
+        def keep(item_id: str) -> bool:
+            if item_id in excluded:
+                return False
             if cat is not None:
-                if not cat.is_available(it.item_id):
-                    continue
-                if request.category and not cat.in_category(it.item_id, request.category):
-                    continue
-            elif request.category:
-                continue  # no catalogue: nothing is known to be in the category
+                if not cat.is_available(item_id):
+                    return False
+                if category and not cat.in_category(item_id, category):
+                    return False
+            elif category:
+                return False  # no catalogue: nothing is known to be in the category
             if cap is not None:
-                pc = cat.primary_category(it.item_id) if cat is not None else None
+                pc = cat.primary_category(item_id) if cat is not None else None
                 if pc is not None:
                     if per_cat.get(pc, 0) >= cap:
-                        continue
+                        return False
                     per_cat[pc] = per_cat.get(pc, 0) + 1
-            out.append(it)
-        return out
+            return True
+
+        return keep
 
     # -- stage: page ------------------------------------------------------------------------
     @staticmethod
@@ -563,9 +620,15 @@ class Recommender:
                 if s in loaded:
                     users_of.setdefault(s, []).append(i)
 
+        shared: dict = {}
+
         def task(name: str, rows: list[int]):
             return lambda: self.candidates(
-                name, loaded[name], [histories[i] for i in rows], [requests[i] for i in rows]
+                name,
+                loaded[name],
+                [histories[i] for i in rows],
+                [requests[i] for i in rows],
+                shared,
             )
 
         tasks = {name: task(name, rows) for name, rows in users_of.items()}
@@ -579,21 +642,53 @@ class Recommender:
             for name in wanted[i]:
                 if name in results:
                     per[name] = results[name][users_of[name].index(i)]
-            ranked = self.apply_rules(self.blend(per), h, req)
+            page, total = self._ranked_page(per, h, req)
             used = [s for s in wanted[i] if s in loaded]
             user_dropped = [s for s in used if s in dropped]
             out.append(
                 RecResult(
-                    items=self.page(ranked, req),
+                    items=page,
                     route=routes[i],
                     degraded=bool(user_dropped) or fallback[i] or not per,
                     model_versions={s: str(loaded[s].version) for s in used if s not in dropped},
                     skipped=[s for s in self.strategies_for(routes[i], h) if s in skipped_all],
                     dropped=user_dropped,
-                    total=len(ranked),
+                    total=total,
                 )
             )
         return out
+
+    def _ranked_page(
+        self, per: Mapping[str, list[tuple[str, float]]], history: UserHistory, request: RecRequest
+    ) -> tuple[list[RecItem], int]:
+        """``page(apply_rules(blend(per)))`` and the count before paging, the same result
+        without building an item object for every candidate (only for the page)."""
+        totals: dict[str, float] = {}
+        sources: dict[str, dict[str, float]] = {}
+        for name, cands in per.items():
+            if not cands:
+                continue
+            contribs = self._contributions(cands, self.config.weight(name))
+            get = totals.get
+            for (item, _), contrib in zip(cands, contribs, strict=True):
+                totals[item] = get(item, 0.0) + contrib
+                src = sources.get(item)
+                if src is None:
+                    sources[item] = {name: contrib}
+                else:
+                    src[name] = contrib
+        ranked = sorted(totals.items(), key=_blend_order)
+        keep = self._rule_filter(history, request)
+        lo, hi = request.offset, request.offset + request.n
+        page: list[RecItem] = []
+        total = 0
+        for item, score in ranked:
+            if not keep(item):
+                continue
+            if lo <= total < hi:
+                page.append(RecItem(item, score, sources[item]))
+            total += 1
+        return page, total
 
     def _run(self, tasks, deadline):
         """Run strategy tasks; a task that raises is dropped (logged), never fails the call."""
@@ -689,6 +784,10 @@ class Recommender:
 
 
 _FAILED = object()
+
+
+def _blend_order(kv: tuple[str, float]) -> tuple[float, str]:
+    return (-kv[1], kv[0])
 
 
 def histories_from_data(data, users: Sequence[int] | None = None) -> list[UserHistory]:
