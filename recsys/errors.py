@@ -22,6 +22,8 @@ class RecsysError(Exception):
         self.description = description
         if code is not None:
             self.code = code
+            if self.name == RecsysError.name:  # e.g. 422 should not be named "Bad Request"
+                self.name = HTTP_STATUS_NAMES.get(code, self.name)
 
 
 class NotFound(RecsysError):

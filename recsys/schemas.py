@@ -19,7 +19,47 @@ MAX_EXCLUDE = 500
 MAX_SESSION_ITEMS = 200
 
 
-class ExternalId(String):
+def check_text(value: str) -> str | None:
+    """Why ``value`` cannot be stored as text, or None. PostgreSQL text refuses NUL, and a lone
+    surrogate (valid in JSON's ``\\ud800``, not in UTF-8) cannot be encoded at all."""
+    if "\x00" in value:
+        return "must not contain NUL (\\u0000) characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode (no lone surrogates)"
+    return None
+
+
+class Text(String):
+    """A string that can be stored in SQL (see check_text)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        out = super()._deserialize(value, attr, data, **kwargs)
+        why = check_text(out)
+        if why:
+            raise ValidationError(why)
+        return out
+
+
+def _json_safe(value, depth: int = 0) -> None:
+    """Free-form attributes are stored as JSON: finite numbers, storable strings, bounded depth."""
+    if depth > 20:
+        raise ValidationError("nested too deeply")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValidationError("numbers must be finite")
+    if isinstance(value, str) and check_text(value):
+        raise ValidationError(check_text(value))
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _json_safe(k, depth + 1)
+            _json_safe(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _json_safe(v, depth + 1)
+
+
+class ExternalId(Text):
     """An external id: a non-empty string (integers are accepted and turned into strings)."""
 
     def _deserialize(self, value, attr, data, **kwargs):
@@ -76,8 +116,8 @@ class Timestamp(Raw):
 class RecQuery(Schema):
     n = Integer(load_default=10, validate=Range(1, MAX_N))
     offset = Integer(load_default=0, validate=Range(0, MAX_OFFSET))
-    category = String(load_default=None, validate=Length(1, MAX_ID))
-    exclude = String(
+    category = Text(load_default=None, validate=Length(1, MAX_ID))
+    exclude = Text(
         load_default=None,
         metadata={"description": "comma-separated item ids never to return"},
         validate=Length(max=20_000),
@@ -94,7 +134,7 @@ class SessionIn(Schema):
     )
     n = Integer(load_default=10, validate=Range(1, MAX_N))
     offset = Integer(load_default=0, validate=Range(0, MAX_OFFSET))
-    category = String(load_default=None, validate=Length(1, MAX_ID))
+    category = Text(load_default=None, validate=Length(1, MAX_ID))
     exclude = List(ExternalId(), load_default=list, validate=Length(max=MAX_EXCLUDE))
     explain = StrictBool(load_default=False)
 
@@ -122,7 +162,7 @@ class RecOut(Schema):
 class CountQuery(Schema):
     n = Integer(load_default=10, validate=Range(1, MAX_N))
     offset = Integer(load_default=0, validate=Range(0, MAX_OFFSET))
-    category = String(load_default=None, validate=Length(1, MAX_ID))
+    category = Text(load_default=None, validate=Length(1, MAX_ID))
 
 
 class SimilarQuery(Schema):
@@ -134,9 +174,10 @@ class EventIn(Schema):
     user_id = ExternalId(required=True)
     item_id = ExternalId(required=True)
     type = String(required=True, validate=OneOf(EVENT_TYPES))
-    value = Float(load_default=1.0, validate=_finite)
+    # Bounded so that weights derived from it stay finite in float32 model maths.
+    value = Float(load_default=1.0, validate=[_finite, Range(-1e9, 1e9)])
     timestamp = Timestamp(load_default=None)
-    id = String(
+    id = Text(
         load_default=None,
         validate=Length(1, 190),
         metadata={"description": "idempotency key: re-sending the same id inserts nothing"},
@@ -151,12 +192,12 @@ class EventsOut(Schema):
 
 # -- catalogue ------------------------------------------------------------------------------
 class ItemIn(Schema):
-    title = String(validate=Length(max=512))
-    description = String(validate=Length(max=20_000))
-    categories = List(String(validate=Length(1, MAX_ID)), validate=Length(max=50))
+    title = Text(validate=Length(max=512))
+    description = Text(validate=Length(max=20_000))
+    categories = List(Text(validate=Length(1, MAX_ID)), validate=Length(max=50))
     price = Float(allow_none=True, validate=_finite)
     available = StrictBool()
-    attributes = Dict(keys=String())
+    attributes = Dict(keys=String(), validate=_json_safe)
 
 
 class ItemOut(Schema):
@@ -171,7 +212,7 @@ class ItemOut(Schema):
 
 
 class UserIn(Schema):
-    attributes = Dict(keys=String(), load_default=dict)
+    attributes = Dict(keys=String(), load_default=dict, validate=_json_safe)
 
 
 class UserOut(Schema):
@@ -183,13 +224,14 @@ class UserOut(Schema):
 # -- admin ----------------------------------------------------------------------------------
 class StrategyPatch(Schema):
     enabled = StrictBool()
-    weight = Float(validate=[Range(min=0), _finite])
+    # Bounded: a huge weight would overflow the blended scores to infinity.
+    weight = Float(validate=[Range(0, 1000), _finite])
 
 
 class AuditQuery(Schema):
     limit = Integer(load_default=50, validate=Range(1, 500))
-    offset = Integer(load_default=0, validate=Range(min=0))
-    action = String(load_default=None, validate=Length(1, 64))
+    offset = Integer(load_default=0, validate=Range(0, 1_000_000_000))  # SQL bigint bound
+    action = Text(load_default=None, validate=Length(1, 64))
 
 
 class RoutingPatch(Schema):

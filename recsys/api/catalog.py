@@ -12,7 +12,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from recsys.api.events import ensure_ids
-from recsys.schemas import MAX_ID, ItemIn, ItemOut, UserIn, UserOut
+from recsys.schemas import MAX_ID, ItemIn, ItemOut, UserIn, UserOut, check_text
 from recsys.settings import CATALOG_VERSION, bump, get_settings
 from recsys.store import session_scope
 from recsys.store.models import Item, User
@@ -27,6 +27,8 @@ def _check(external_id: str, what: str) -> None:
 
     if not external_id.strip() or len(external_id) > MAX_ID:
         raise RecsysError(f"{what} must be 1..{MAX_ID} characters")
+    if why := check_text(external_id):  # %00 in the URL would reach SQL
+        raise RecsysError(f"{what} {why}")
 
 
 def _item_out(item: Item, created: bool) -> dict:

@@ -7,12 +7,15 @@ exposure and attribution rules.
 
 from __future__ import annotations
 
+import math
+
 from apiflask import APIBlueprint
 from flask import current_app, g, request
 
 from recsys import audit, experiments
 from recsys.auth import check_admin
 from recsys.errors import NotFound, RecsysError
+from recsys.schemas import check_text
 from recsys.store import session_scope
 
 bp = APIBlueprint("experiments", __name__, url_prefix="/v1", tag="Experiments")
@@ -22,6 +25,22 @@ MAX_ID = 128
 
 def _actor() -> str:
     return g.get("admin_actor", "admin")
+
+
+def _json_numbers(value):
+    """NaN/inf (e.g. an interval with no exposures yet) as null: JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_numbers(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_numbers(v) for v in value]
+    return value
+
+
+def _check_name(name: str) -> None:
+    if why := check_text(name):  # %00 in the URL would reach SQL
+        raise RecsysError(f"experiment name {why}")
 
 
 def _body() -> dict:
@@ -66,6 +85,7 @@ def list_experiments():
 @bp.doc(summary="One experiment")
 def get_experiment(name: str):
     check_admin()
+    _check_name(name)
     with session_scope() as s:
         view = experiments.get(s, name)
     if view is None:
@@ -77,6 +97,7 @@ def get_experiment(name: str):
 @bp.doc(summary="Stop an experiment: its users go back to the normal configuration")
 def stop_experiment(name: str):
     check_admin()
+    _check_name(name)
     app = current_app._get_current_object()
     with session_scope() as s:
         before = experiments.get(s, name)
@@ -97,10 +118,14 @@ def stop_experiment(name: str):
 @bp.doc(summary="Per-variant exposures, click-through and conversion with 95% intervals")
 def experiment_report(name: str):
     check_admin()
+    _check_name(name)
     hours = request.args.get("window_hours", type=float)
-    window = hours * 3600 if hours and hours > 0 else experiments.DEFAULT_WINDOW_S
+    # Bounded (10 years): timedelta overflows on huge or infinite windows.
+    if hours is not None and not 0 < hours <= 87_600:
+        raise RecsysError("window_hours must be a number in (0, 87600]", code=422)
+    window = hours * 3600 if hours else experiments.DEFAULT_WINDOW_S
     with session_scope() as s:
-        return experiments.report(s, name, window_s=window)
+        return _json_numbers(experiments.report(s, name, window_s=window))
 
 
 @bp.get("/users/<user_id>/experiments")

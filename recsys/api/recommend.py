@@ -35,6 +35,7 @@ from recsys.schemas import (
     RecQuery,
     SessionIn,
     SimilarQuery,
+    check_text,
 )
 from recsys.service import Recommender, RecRequest, ServingConfig, UserHistory
 from recsys.settings import Versions, get_settings
@@ -116,6 +117,10 @@ def _check_id(user_id: str, what: str = "user_id") -> None:
         from recsys.errors import RecsysError
 
         raise RecsysError(f"{what} must be 1..{MAX_ID} characters")
+    if why := check_text(user_id):  # %00 in the URL would reach SQL
+        from recsys.errors import RecsysError
+
+        raise RecsysError(f"{what} {why}")
 
 
 # (versions, served models, wanted models) -> their canonical JSON, for the cache key: the
