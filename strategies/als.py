@@ -89,6 +89,7 @@ class ALSStrategy(Strategy):
         model.item_factors = item_factors
         self.model_ = model
         self.item_factors_ = item_factors
+        self._unit = None
         # Request-time solve state, computed once (not per request): YtY + reg * I in float64.
         y = item_factors.astype(np.float64)
         self._y64 = y
@@ -124,10 +125,12 @@ class ALSStrategy(Strategy):
     def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Cosine similarity of item factors."""
         items = check_items(items, self.item_factors_.shape[0])
-        f = self.item_factors_
-        norms = np.linalg.norm(f, axis=1)
-        norms[norms == 0] = 1.0
-        unit = f / norms[:, None]
+        unit = self._unit
+        if unit is None:  # normalised once per model, not per query
+            f = self.item_factors_
+            norms = np.linalg.norm(f, axis=1)
+            norms[norms == 0] = 1.0
+            unit = self._unit = f / norms[:, None]
         return top_similar(unit[items] @ unit.T, items, n)
 
     def save(self, path: str) -> None:

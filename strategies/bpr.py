@@ -86,6 +86,7 @@ class BPRStrategy(Strategy):
 
     def _set(self, item_factors: np.ndarray) -> None:
         self.item_factors_ = item_factors
+        self._unit = None
         # Everything a request needs that does not depend on the user, computed once here
         # rather than per request (the float64 copy alone is n_items x factors).
         v = item_factors[:, :-1].astype(np.float64)
@@ -141,10 +142,12 @@ class BPRStrategy(Strategy):
     def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Cosine similarity of item factors (bias excluded)."""
         items = check_items(items, self.item_factors_.shape[0])
-        f = self.item_factors_[:, :-1]
-        norms = np.linalg.norm(f, axis=1)
-        norms[norms == 0] = 1.0
-        unit = f / norms[:, None]
+        unit = self._unit
+        if unit is None:  # normalised once per model, not per query
+            f = self.item_factors_[:, :-1]
+            norms = np.linalg.norm(f, axis=1)
+            norms[norms == 0] = 1.0
+            unit = self._unit = f / norms[:, None]
         return top_similar(unit[items] @ unit.T, items, n)
 
     def save(self, path: str) -> None:

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +28,7 @@ from flask import Response, current_app
 from recsys import metrics
 from recsys.cache import get_cache
 from recsys.catalog import Catalog, get_catalog_store
-from recsys.errors import NotFound
+from recsys.errors import DB_UNAVAILABLE, NotFound
 from recsys.history import DEFAULT_MAX_EVENTS, load_history
 from recsys.schemas import (
     MAX_EXCLUDE,
@@ -71,7 +74,49 @@ def _runner(tasks, deadline_s):
 
     if deadline_s is None:
         return sequential_runner(tasks, None)
+    if not current_app.config.get("STRATEGY_PARALLEL", False):
+        return _inline_runner(tasks, deadline_s)
     return run_with_deadline(tasks, deadline_s)
+
+
+def _inline_runner(tasks, deadline_s: float):
+    """The strategies one after another in the request thread, under the same deadline rules
+    as ``run_with_deadline`` (a task that would start, or that finished, after the deadline is
+    dropped and counted as missed), without the hop through the thread pool.
+
+    The default (``STRATEGY_PARALLEL`` false): under load every core is already busy with other
+    requests, so running one request's strategies in parallel only adds thread hand-offs and
+    GIL contention (measured in README, "Serving benchmark"). A running strategy cannot be
+    abandoned here, so turn parallel mode on where cores are idle and one strategy may hang.
+    """
+    from recsys.metrics import DEADLINE_MISSES, STRATEGY_LATENCY
+
+    results: dict[str, Any] = {}
+    missed: list[str] = []
+    start = time.perf_counter()
+    for name, fn in tasks.items():
+        t0 = time.perf_counter()
+        if t0 - start > deadline_s:
+            log.warning("strategy %s not started: %.0f ms deadline passed", name, deadline_s * 1e3)
+        else:
+            try:
+                value = fn()
+            except Exception:
+                log.exception("strategy %s failed; dropped from the response", name)
+                value = _MISSED
+            t1 = time.perf_counter()
+            STRATEGY_LATENCY.labels(name).observe(t1 - t0)
+            if value is not _MISSED and t1 - start <= deadline_s:
+                results[name] = value
+                continue
+            if value is not _MISSED:
+                log.warning("strategy %s missed the %.0f ms deadline", name, deadline_s * 1e3)
+        DEADLINE_MISSES.labels(name).inc()
+        missed.append(name)
+    return results, missed
+
+
+_MISSED = object()
 
 
 def serving(app=None) -> Serving:
@@ -191,14 +236,21 @@ def recommend_user(
     cache = get_cache(app)
 
     def compute() -> tuple[bytes, bool]:
-        with session_scope(app) as s:
-            history = load_history(s, user_id, limit)
+        store_down = False
+        try:
+            with session_scope(app) as s:
+                history = load_history(s, user_id, limit)
+        except DB_UNAVAILABLE as e:
+            # No history without the SQL store: popular items beat an error page for a
+            # shop's frontend; marked degraded, so never cached.
+            log.warning("history lookup failed, serving popularity: %s", str(e).splitlines()[0])
+            history, store_down = UserHistory.from_items(user_id, [], type="click"), True
         rec = ctx.recommender(overrides)
-        if shed:
+        if shed or store_down:
             rec = ctx.recommender({**(overrides or {}), **POPULAR_ONLY})
         result = rec.recommend(history, req)
         out = {"user_id": user_id, **result.to_dict(explain=explain), "cached": False}
-        if shed:
+        if shed or store_down:
             out["degraded"] = True
         if assignment:
             out["experiment"] = {
@@ -293,19 +345,63 @@ def session_recommendations(body: dict):
 )
 def similar(item_id: str, q: dict):
     _check_id(item_id, "item_id")
-    ctx = serving()
-    known = item_id in ctx.catalog
-    if not known:
-        for name in ctx.config.strategies:
-            lm = ctx.models(name) if name in ctx.model_versions else None
-            if lm is not None and item_id in lm.items:
-                known = True
-                break
-    if not known:
-        raise NotFound(f"unknown item {item_id!r}")
-    result = ctx.recommender().similar_items(item_id, n=q["n"])
+    app = current_app._get_current_object()
+    ctx = serving(app)
+    # Lists depend only on the item, n and what is served (config, catalogue, models): the
+    # serialised answer is kept per process under that key, so a repeat is a dict lookup.
+    key = (item_id, q["n"], _snapshot(ctx))
+    cache = _similar_cache(app)
+    body = cache.get(key)
+    if body is None:
+        known = item_id in ctx.catalog
+        if not known:
+            for name in ctx.config.strategies:
+                lm = ctx.models(name) if name in ctx.model_versions else None
+                if lm is not None and item_id in lm.items:
+                    known = True
+                    break
+        if not known:
+            raise NotFound(f"unknown item {item_id!r}")
+        result = ctx.recommender().similar_items(item_id, n=q["n"])
+        body = _render({"user_id": None, **result.to_dict(explain=True), "cached": False})
+        if not result.dropped:  # a strategy failed: do not keep the partial list
+            cache.put(key, body)
     metrics.set_route("similar")
-    return {"user_id": None, **result.to_dict(explain=True), "cached": False}
+    return Response(body, mimetype=app.json.mimetype)
+
+
+class _LRU:
+    """A small thread-safe LRU of serialised answers (per process)."""
+
+    def __init__(self, size: int):
+        self.size = max(0, int(size))
+        self._data: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key, value) -> None:
+        if not self.size:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+
+def _similar_cache(app) -> _LRU:
+    cache = app.extensions.get("recsys.similar_cache")
+    if cache is None:
+        cache = app.extensions.setdefault(
+            "recsys.similar_cache", _LRU(app.config.get("SIMILAR_CACHE_SIZE", 20_000))
+        )
+    return cache
 
 
 @bp.get("/popular")
