@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES as HTTP_STATUS_NAMES
 
@@ -43,6 +44,11 @@ class ModelError(RecsysError):
     name = "Model Error"
 
 
+# The SQL store cannot be reached (down, connection cut, pool exhausted, statement timeout):
+# answered 503 + Retry-After, never acknowledged as done.
+DB_UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
 def error_body(code: int, name: str, description: str) -> dict:
     return {"code": code, "name": name, "description": description}
 
@@ -59,6 +65,19 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(RecsysError)
     def _recsys_error(e: RecsysError):
         return jsonify(error_body(e.code, e.name, e.description)), e.code
+
+    def _db_unavailable(e: Exception):
+        log.warning("database unavailable: %s", str(e).splitlines()[0])
+        body = error_body(
+            503,
+            "Service Unavailable",
+            "the database is unreachable; nothing was done, retry later "
+            "(events with an id are safe to re-send)",
+        )
+        return jsonify(body), 503, {"Retry-After": "5"}
+
+    for cls in DB_UNAVAILABLE:
+        app.register_error_handler(cls, _db_unavailable)
 
     @app.errorhandler(Exception)
     def _unhandled(e: Exception):
