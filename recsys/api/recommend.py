@@ -74,7 +74,7 @@ def _runner(tasks, deadline_s):
 
     if deadline_s is None:
         return sequential_runner(tasks, None)
-    if not current_app.config.get("STRATEGY_PARALLEL", False):
+    if not current_app.config.get("STRATEGY_PARALLEL", True):
         return _inline_runner(tasks, deadline_s)
     return run_with_deadline(tasks, deadline_s)
 
@@ -84,10 +84,9 @@ def _inline_runner(tasks, deadline_s: float):
     as ``run_with_deadline`` (a task that would start, or that finished, after the deadline is
     dropped and counted as missed), without the hop through the thread pool.
 
-    The default (``STRATEGY_PARALLEL`` false): under load every core is already busy with other
-    requests, so running one request's strategies in parallel only adds thread hand-offs and
-    GIL contention (measured in README, "Serving benchmark"). A running strategy cannot be
-    abandoned here, so turn parallel mode on where cores are idle and one strategy may hang.
+    Used when ``STRATEGY_PARALLEL`` is false. It saves the pool hand-offs, but a running
+    strategy cannot be abandoned at the deadline; on the 2-core benchmark box neither mode was
+    consistently faster under load (README, "Serving benchmark"), so parallel stays the default.
     """
     from recsys.metrics import DEADLINE_MISSES, STRATEGY_LATENCY
 
