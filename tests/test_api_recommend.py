@@ -167,3 +167,49 @@ def test_openapi_lists_endpoints(client):
         "/v1/admin/audit",
     ):
         assert p in paths, p
+
+
+def test_cached_answer_is_the_computed_one_with_the_flag_set(client):
+    first = client.get("/v1/users/u7/recommendations?n=4&explain=true")
+    second = client.get("/v1/users/u7/recommendations?n=4&explain=true")
+    a, b = first.get_json(), second.get_json()
+    assert a["cached"] is False and b["cached"] is True
+    assert {**a, "cached": True} == b
+    assert second.mimetype == "application/json"
+
+
+def test_similar_answer_is_kept_until_an_admin_change(client):
+    first = client.get("/v1/items/i1/similar?n=3").get_json()
+    again = client.get("/v1/items/i1/similar?n=3").get_json()
+    assert again == first and "ease" in first["model_versions"]
+    r = client.patch("/v1/admin/strategies", json={"ease": {"enabled": False}}, headers=AUTH)
+    assert r.status_code == 200, r.get_json()
+    after = client.get("/v1/items/i1/similar?n=3").get_json()
+    assert "ease" not in after["model_versions"]
+
+
+def test_inline_strategy_runner_keeps_deadline_rules():
+    import time
+
+    from recsys.api.recommend import _inline_runner
+
+    def boom():
+        raise RuntimeError("broken strategy")
+
+    tasks = {"a": lambda: 1, "bad": boom, "slow": lambda: time.sleep(0.15) or 2, "late": lambda: 3}
+    results, missed = _inline_runner(tasks, 0.1)
+    # "slow" finished after the deadline and "late" would start after it: both dropped.
+    assert results == {"a": 1} and missed == ["bad", "slow", "late"]
+    assert _inline_runner({"a": lambda: 1, "b": lambda: 2}, 1.0) == ({"a": 1, "b": 2}, [])
+
+
+def test_inline_mode_serves_the_same_lists(served_app, client):
+    url = "/v1/users/u8/recommendations?n=5&exclude=x-{}"
+    pooled = client.get(url.format(1)).get_json()
+    served_app.config["STRATEGY_PARALLEL"] = False
+    try:
+        inline = client.get(url.format(2)).get_json()
+    finally:
+        served_app.config["STRATEGY_PARALLEL"] = True
+    assert not inline["cached"] and not inline["degraded"]
+    assert inline["items"] == pooled["items"]

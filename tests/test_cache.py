@@ -196,3 +196,23 @@ def test_after_fork_hook_resets_cache_settings_and_catalog(make_app, redis_url, 
     _after_fork(app)
     assert cache.backend.client is not old_client and settings._lock is not old_lock
     assert settings._versions is None and store._loaded_version is None
+
+
+def test_raw_payload_round_trip_and_foreign_entries_are_misses(cache):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return b'{"cached":false}', True
+
+    assert cache.get_or_compute_raw("r", {"n": 1}, compute) == (b'{"cached":false}', False)
+    assert cache.get_or_compute_raw("r", {"n": 1}, compute) == (b'{"cached":false}', True)
+    assert cache.peek_raw("r", {"n": 1}) == b'{"cached":false}'
+    # An entry in another format (e.g. written by an older release) is never served.
+    cache.backend.set(cache.result_key("r", {"n": 2}), b'{"t":null,"v":{}}', 60)
+    assert cache.peek_raw("r", {"n": 2}) is None
+    assert cache.get_or_compute_raw("r", {"n": 2}, compute)[1] is False
+    assert len(calls) == 2
+    # Not stored when compute says so (degraded answers).
+    cache.get_or_compute_raw("r", {"n": 3}, lambda: (b"x", False))
+    assert cache.peek_raw("r", {"n": 3}) is None

@@ -307,3 +307,16 @@ def test_similar_for_item_no_model_knows_falls_back_to_category_popular():
     cat = cat.updated([("new-book", True, ("books",))], 1)
     res = rec(cat=cat).similar_items("new-book", n=3)
     assert res.degraded and ids(res) and all(int(i[1:]) % 2 == 0 for i in ids(res))
+
+
+def test_equal_item_maps_share_one_history_mapping():
+    from features.idmap import IdMap
+    from recsys.service import UserHistory, canonical_idmap
+
+    a, b, other = IdMap(["x", "y", "z"]), IdMap(["x", "y", "z"]), IdMap(["z", "y", "x"])
+    assert canonical_idmap(a) is canonical_idmap(b) is a
+    assert canonical_idmap(other) is other
+    h = UserHistory.from_items("u", ["z", "x", "nope"])
+    assert h.item_idx(b).tolist() == [2, 0, -1]
+    assert h.item_idx(a) is h.item_idx(b)
+    assert h.item_idx(other).tolist() == [0, 2, -1]
