@@ -56,3 +56,10 @@ def check_items(items: np.ndarray, n_items: int) -> np.ndarray:
     if bad.any():
         raise IndexError(f"item indices out of range [0, {n_items}): {items[bad][:5].tolist()}")
     return items
+
+
+def unit_rows(f: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows left as zeros): cosine similarity by dot product."""
+    norms = np.linalg.norm(f, axis=1)
+    norms[norms == 0] = 1.0
+    return f / norms[:, None]

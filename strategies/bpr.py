@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from features.interactions import InteractionData
-from strategies._arrays import check_items, load_arrays, save_arrays, top_similar
+from strategies._arrays import check_items, load_arrays, save_arrays, top_similar, unit_rows
 from strategies.base import Strategy, UserBatch
 
 
@@ -144,10 +144,7 @@ class BPRStrategy(Strategy):
         items = check_items(items, self.item_factors_.shape[0])
         unit = self._unit
         if unit is None:  # normalised once per model, not per query
-            f = self.item_factors_[:, :-1]
-            norms = np.linalg.norm(f, axis=1)
-            norms[norms == 0] = 1.0
-            unit = self._unit = f / norms[:, None]
+            unit = self._unit = unit_rows(self.item_factors_[:, :-1])
         return top_similar(unit[items] @ unit.T, items, n)
 
     def save(self, path: str) -> None:
