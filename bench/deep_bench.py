@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from features.interactions import InteractionData  # noqa: E402
 from recsys.batcher import MicroBatcher  # noqa: E402
+from recsys.config import DEFAULTS  # noqa: E402
 from strategies.base import UserBatch  # noqa: E402
 from strategies.deep import DeepStrategy  # noqa: E402
 
@@ -257,14 +258,21 @@ def part_fit(data, name: str, params: dict) -> DeepStrategy:
 
 
 def part_batching(
-    model: DeepStrategy, data, threads: int, seconds: float, max_batch: int, delay_ms: float
+    model: DeepStrategy,
+    data,
+    threads: int,
+    seconds: float,
+    max_batch: int,
+    delay_ms: float,
+    concurrency: int = 1,
 ) -> None:
     """16 client threads each scoring one user at a time: through the batcher vs a locked model."""
     x = data.matrix()
     n_users = x.shape[0]
     print(
         f"\n== batching: {threads} client threads, one user per request, {seconds:.0f}s each, "
-        f"max_batch {max_batch}, max_delay {delay_ms} ms, precision {model.serving_precision_}"
+        f"max_batch {max_batch}, max_delay {delay_ms} ms, precision {model.serving_precision_}, "
+        f"batch runner threads 1 and {concurrency}"
     )
 
     def score_many(rows: list[int]) -> list[np.ndarray]:
@@ -279,14 +287,18 @@ def part_batching(
         with lock:
             return model.score(UserBatch(matrix=x[[u]]))[0]
 
-    sizes: list[int] = []
-    batcher = MicroBatcher(
-        score_many,
-        max_batch=max_batch,
-        max_delay_ms=delay_ms,
-        name="bench",
-        observer=lambda n, w: sizes.append(n),
-    )
+    sizes: dict[int, list[int]] = {}
+
+    def batcher(runners: int) -> MicroBatcher:
+        sizes[runners] = []
+        return MicroBatcher(
+            score_many,
+            max_batch=max_batch,
+            max_delay_ms=delay_ms,
+            name="bench",
+            observer=lambda n, w: sizes[runners].append(n),
+            concurrency=runners,
+        )
 
     def run(call) -> float:
         stop = time.perf_counter() + seconds
@@ -308,12 +320,16 @@ def part_batching(
 
     run(unbatched)  # warm-up
     rps_un = run(unbatched)
-    rps_b = run(lambda u: batcher.submit(u, timeout=5.0))
-    batcher.close()
-    print(
-        f"unbatched: {rps_un:,.0f} req/s | micro-batched: {rps_b:,.0f} req/s | "
-        f"ratio {rps_b / rps_un:.1f}x | mean batch {np.mean(sizes):.1f}, max {max(sizes)}"
-    )
+    print(f"unbatched: {rps_un:,.0f} req/s")
+    for runners in sorted({1, concurrency}):
+        b = batcher(runners)
+        rps_b = run(lambda u, b=b: b.submit(u, timeout=5.0))
+        b.close()
+        print(
+            f"micro-batched, {runners} runner thread(s): {rps_b:,.0f} req/s | "
+            f"ratio {rps_b / rps_un:.1f}x | mean batch {np.mean(sizes[runners]):.1f}, "
+            f"max {max(sizes[runners])}"
+        )
 
 
 def main() -> None:
@@ -336,6 +352,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-delay-ms", type=float, default=2.0)
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULTS["BATCH_CONCURRENCY"],
+        help="batch runner threads (RECSYS_BATCH_CONCURRENCY); 1 is also measured",
+    )
     ap.add_argument("--torch-threads", type=int, default=None)
     ap.add_argument(
         "--precision", default="fp32", choices=["fp32", "int8", "fp16"], help="for --part batching"
@@ -371,7 +393,15 @@ def main() -> None:
     if args.part in ("all", "batching"):
         if args.precision != "fp32":
             model = model.quantized(args.precision)
-        part_batching(model, data, args.threads, args.seconds, args.max_batch, args.max_delay_ms)
+        part_batching(
+            model,
+            data,
+            args.threads,
+            args.seconds,
+            args.max_batch,
+            args.max_delay_ms,
+            args.concurrency,
+        )
 
 
 if __name__ == "__main__":

@@ -389,8 +389,12 @@ def deep_batching(args, users: list[str], concurrency: int = 16, duration: float
     inner = lm.model
     inner.score(batches[0])  # warm
     unbatched, unbatched_cpu = drive(inner.score)
+    # As the runtime builds it (recsys.runtime.get_runtime): the configured batcher settings.
     wrapped = BatchedModel(
-        inner, int(app.config["BATCH_MAX_SIZE"]), float(app.config["BATCH_MAX_DELAY_MS"])
+        inner,
+        int(app.config["BATCH_MAX_SIZE"]),
+        float(app.config["BATCH_MAX_DELAY_MS"]),
+        concurrency=int(app.config["BATCH_CONCURRENCY"]),
     )
     wrapped.score(batches[0])
     batched, batched_cpu = drive(wrapped.score)
@@ -407,6 +411,7 @@ def deep_batching(args, users: list[str], concurrency: int = 16, duration: float
         "mean_batch": stats["mean_batch_size"],
         "max_batch": int(app.config["BATCH_MAX_SIZE"]),
         "max_delay_ms": float(app.config["BATCH_MAX_DELAY_MS"]),
+        "concurrency": int(app.config["BATCH_CONCURRENCY"]),
     }
 
 
@@ -601,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"Deep model ({deep['items']} items, version {deep['version']}), 16 concurrent "
             f"single-user calls, 1 torch thread: unbatched {deep['unbatched_rps']:.0f}/s, "
-            f"micro-batched (max {deep['max_batch']}, {deep['max_delay_ms']} ms) "
+            f"micro-batched (max {deep['max_batch']}, {deep['max_delay_ms']} ms, "
+            f"{deep['concurrency']} batch runner thread(s)) "
             f"{deep['batched_rps']:.0f}/s = **{deep['speedup']:.1f}x** "
             f"(mean batch {deep['mean_batch']:.1f}); CPU time per call "
             f"{deep['unbatched_cpu_ms']:.2f} ms unbatched vs {deep['batched_cpu_ms']:.2f} ms "

@@ -2,12 +2,22 @@
 
 A model forward pass costs nearly the same for 1 user as for 32, so when many request threads
 each want one user scored, collecting them for a millisecond or two and scoring them together
-multiplies throughput. ``MicroBatcher`` runs one background thread per process that waits for
-the first request, keeps collecting until ``max_batch`` requests are queued or ``max_delay_ms``
-has passed since the first one arrived, then calls ``fn(list_of_inputs)`` once and hands each
-caller its own result (or the exception ``fn`` raised).
+multiplies throughput. ``MicroBatcher`` runs background runner threads (``concurrency``, one by
+default) per process. A runner waits for the first request, keeps collecting until
+``max_batch`` requests are queued or ``max_delay_ms`` has passed since the first one arrived,
+then calls ``fn(list_of_inputs)`` once and hands each caller its own result (or the exception
+``fn`` raised).
 
-Fork safety: the thread is started lazily on the first ``submit`` in a process, and a process
+With ``concurrency > 1`` only one runner collects at a time (batches are formed in arrival
+order) while the others run their batches: when ``fn`` releases the GIL (a torch forward pass
+does) the next batch is collected and computed on another core while the previous one is still
+in its forward pass. Two rules keep the cores busy: a collector waits for company only while
+every other runner is busy (with one idle, waiting would leave a core idle), and the queued
+requests are shared among the idle runners (16 queued, 2 idle: two batches of 8 at once rather
+than one of 16 on one core). ``max_delay_ms`` still bounds every wait. ``fn`` and the observer
+must be safe to call from several threads at once.
+
+Fork safety: the threads are started lazily on the first ``submit`` in a process, and a process
 that finds itself forked (different pid) or receives the after-fork hook starts from a clean
 state, so gunicorn's ``preload_app`` master never owns a thread that its workers would inherit
 half-dead.
@@ -79,7 +89,8 @@ class MicroBatcher(Generic[X, Y]):
     """Collect concurrent ``submit(x)`` calls into ``fn([x1, x2, ...]) -> [y1, y2, ...]``.
 
     ``fn`` must return one result per input, in order. ``max_batch`` caps the list length;
-    ``max_delay_ms`` caps how long the first request of a batch waits for company.
+    ``max_delay_ms`` caps how long the first request of a batch waits for company;
+    ``concurrency`` is how many batches may be in ``fn`` at once (one runner thread each).
     """
 
     def __init__(
@@ -89,13 +100,17 @@ class MicroBatcher(Generic[X, Y]):
         max_delay_ms: float = 2.0,
         name: str = "batcher",
         observer: Observer | None = None,
+        concurrency: int = 1,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if max_delay_ms < 0:
             raise ValueError("max_delay_ms must be >= 0")
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
         self.fn = fn
         self.max_batch = int(max_batch)
+        self.concurrency = int(concurrency)
         self.max_delay_s = float(max_delay_ms) / 1000.0
         self.name = name
         self.observer = observer
@@ -109,7 +124,14 @@ class MicroBatcher(Generic[X, Y]):
         self._pid = os.getpid()
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Pending] = deque()
-        self._thread: threading.Thread | None = None
+        # Held by the one runner that is collecting the next batch; the others are in fn or
+        # waiting for their turn to collect.
+        self._collect_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._busy = 0  # runners inside fn
+        # Set when a collector left part of the queue for an idle runner: that runner takes it
+        # at once instead of opening a new wait for company.
+        self._flush = False
         self._stopping = False
         self.batches = 0
         self.requests = 0
@@ -117,6 +139,11 @@ class MicroBatcher(Generic[X, Y]):
         self.errors = 0
         self.batch_sizes: Counter[int] = Counter()
         self.queue_wait_total_s = 0.0
+
+    @property
+    def _thread(self) -> threading.Thread | None:
+        """The first runner thread (None before the first ``submit`` in this process)."""
+        return self._threads[0] if self._threads else None
 
     def _reset_after_fork(self) -> None:
         """In a forked child: the parent's thread and locks do not exist here; start clean."""
@@ -138,6 +165,7 @@ class MicroBatcher(Generic[X, Y]):
                 if self.batches
                 else 0.0,
                 "queued": len(self._queue),
+                "concurrency": self.concurrency,
             }
 
     # -- client side --------------------------------------------------------------------------
@@ -155,8 +183,10 @@ class MicroBatcher(Generic[X, Y]):
             if self._closed:
                 raise BatcherClosed(f"micro-batcher {self.name!r} is closed")
             self._queue.append(p)
-            if self._thread is None or not self._thread.is_alive():
-                self._start_thread()
+            if len(self._threads) < self.concurrency or not all(
+                t.is_alive() for t in self._threads
+            ):
+                self._start_threads()
             self._cond.notify()
         if not p.done.wait(timeout):
             with self._cond:
@@ -175,14 +205,19 @@ class MicroBatcher(Generic[X, Y]):
         return p.result
 
     def close(self, timeout: float | None = 5.0) -> None:
-        """Refuse new requests, finish the queued ones, stop the thread."""
+        """Refuse new requests, finish the queued ones, stop the threads.
+
+        ``timeout`` bounds the whole wait, not each thread's.
+        """
         with self._cond:
             self._closed = True
             self._stopping = True
-            thread = self._thread
+            threads = list(self._threads)
             self._cond.notify_all()
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> MicroBatcher[X, Y]:
         return self
@@ -191,31 +226,52 @@ class MicroBatcher(Generic[X, Y]):
         self.close()
 
     # -- worker side --------------------------------------------------------------------------
-    def _start_thread(self) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name=f"microbatch-{self.name}", daemon=True
-        )
-        self._thread.start()
+    def _start_threads(self) -> None:
+        """Top up the runner threads to ``concurrency`` (caller holds ``_cond``)."""
+        alive = [t for t in self._threads if t.is_alive()]
+        while len(alive) < self.concurrency:
+            suffix = f"-{len(alive)}" if self.concurrency > 1 else ""
+            t = threading.Thread(
+                target=self._run, name=f"microbatch-{self.name}{suffix}", daemon=True
+            )
+            t.start()
+            alive.append(t)
+        self._threads = alive
 
     def _take_batch(self) -> list[_Pending] | None:
         """Block for the next batch; None when stopping with an empty queue."""
-        with self._cond:
+        # One collector at a time: two runners waiting for company on the same queue would
+        # split it into two half-full batches instead of one full one.
+        with self._collect_lock, self._cond:
             while not self._queue:
                 if self._stopping:
                     return None
                 self._cond.wait()
             # Wait for company until the first request has waited max_delay, unless full.
             deadline = self._queue[0].enqueued + self.max_delay_s
-            while len(self._queue) < self.max_batch and not self._stopping:
+            while len(self._queue) < self.max_batch and not self._stopping and not self._flush:
+                # Waiting for company only pays while every other runner is busy: with one idle
+                # (a free core) the requests go now, and the next batch collects meanwhile.
+                if self._busy < self.concurrency - 1:
+                    break
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
+            # Share the queue among the idle runners (this one included): with 2 cores, two
+            # batches of 8 in flight at once beat one of 16 on one core while the other idles,
+            # since a forward pass costs about the same for 8 users as for 16. One runner
+            # (concurrency=1) always takes up to max_batch, as before.
+            idle = self.concurrency - self._busy
+            take = min(self.max_batch, -(-len(self._queue) // idle))
             batch = []
-            while self._queue and len(batch) < self.max_batch:
+            while self._queue and len(batch) < take:
                 p = self._queue.popleft()
                 if not p.abandoned:
                     batch.append(p)
+            self._flush = bool(self._queue) and idle > 1
+            if batch:
+                self._busy += 1
             return batch
 
     def _run(self) -> None:
@@ -250,6 +306,9 @@ class MicroBatcher(Generic[X, Y]):
                 self.errors += int(failed)
                 self.batch_sizes[len(batch)] += 1
                 self.queue_wait_total_s += wait
+                self._busy -= 1
+                # A collector waiting for company may now have an idle runner to hand off to.
+                self._cond.notify()
             if self.observer is not None:
                 try:
                     self.observer(len(batch), wait)

@@ -32,6 +32,8 @@ DEFAULTS: dict[str, object] = {
     # Micro-batching of the deep model.
     "BATCH_MAX_SIZE": 32,
     "BATCH_MAX_DELAY_MS": 2.0,
+    # Batches of the deep model in a forward pass at once per worker (runner threads).
+    "BATCH_CONCURRENCY": 2,
     # Largest list accepted by POST /v1/events.
     "EVENTS_MAX_BATCH": 1000,
     # Load active models when the app starts (True) or on first use (False).

@@ -20,9 +20,11 @@ One ``ModelRuntime`` per process (``get_runtime(app)``) sits on top of the model
   at most every ``CONFIG_POLL_SECONDS`` (triggered by requests, the poll is one small query; a
   swap it finds is loaded in a background thread so no request waits for it).
 * **Micro-batching.** The deep strategy is wrapped so ``score`` goes through
-  ``recsys.batcher.MicroBatcher`` (``BATCH_MAX_SIZE``, ``BATCH_MAX_DELAY_MS``): concurrent
-  requests share one forward pass. The gunicorn master loads it on the CPU (no CUDA in a process
-  that forks); a worker with CUDA reloads it there on first use.
+  ``recsys.batcher.MicroBatcher`` (``BATCH_MAX_SIZE``, ``BATCH_MAX_DELAY_MS``,
+  ``BATCH_CONCURRENCY``): concurrent requests share one forward pass, and up to
+  ``BATCH_CONCURRENCY`` batches are in their forward pass at once. The gunicorn master loads
+  it on the CPU (no CUDA in a process that forks); a worker with CUDA reloads it there on first
+  use.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class BatchedModel(Strategy):
         timeout_s: float = 30.0,
         cuda_in_worker: bool = False,
         reload: Callable[[], Strategy] | None = None,
+        concurrency: int = 1,
     ) -> None:
         from recsys.batcher import MicroBatcher
 
@@ -108,6 +111,9 @@ class BatchedModel(Strategy):
             max_delay_ms=max_delay_ms,
             name=inner.name,
             observer=metrics.observe_batch,
+            # Batches in a forward pass at once: torch releases the GIL, so with 2 the next
+            # batch runs on the other core instead of waiting (1 torch thread per worker).
+            concurrency=concurrency,
         )
 
     # Attributes not defined here (learned arrays, params) are the inner model's.
@@ -219,6 +225,7 @@ class ModelRuntime:
         batch_max_size: int = 32,
         batch_max_delay_ms: float = 2.0,
         batched: tuple[str, ...] = BATCHED_STRATEGIES,
+        batch_concurrency: int = 1,
         warmup: bool = True,
     ) -> None:
         self.repository = repository
@@ -228,6 +235,7 @@ class ModelRuntime:
         self.batch_max_size = int(batch_max_size)
         self.batch_max_delay_ms = float(batch_max_delay_ms)
         self.batched = tuple(batched)
+        self.batch_concurrency = int(batch_concurrency)
         self.warmup = warmup
         self._models: dict[str, _Slot] = {}
         self._active: dict[str, str] = {}
@@ -326,6 +334,7 @@ class ModelRuntime:
                     path=loaded.path,
                     cuda_in_worker=self._cpu_only and _wants_gpu(loaded.path),
                     reload=lambda: self.repository.load_version(strategy, version).model,
+                    concurrency=self.batch_concurrency,
                 ),
             )
         seconds = time.perf_counter() - t0
@@ -783,6 +792,7 @@ def get_runtime(app: Flask | None = None) -> ModelRuntime:
             poll_seconds=float(cfg.get("CONFIG_POLL_SECONDS", 0.5)),
             batch_max_size=int(cfg.get("BATCH_MAX_SIZE", 32)),
             batch_max_delay_ms=float(cfg.get("BATCH_MAX_DELAY_MS", 2.0)),
+            batch_concurrency=int(cfg.get("BATCH_CONCURRENCY", 2)),
         )
         app.extensions["recsys.runtime"] = rt
     return rt

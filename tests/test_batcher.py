@@ -27,7 +27,8 @@ def _run_threads(n: int, target) -> list:
     return list(zip(out, errors, strict=True))
 
 
-def test_concurrent_submits_share_batches_and_results_reach_their_callers():
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_concurrent_submits_share_batches_and_results_reach_their_callers(concurrency):
     calls: list[list[int]] = []
     observed: list[tuple[int, float]] = []
 
@@ -42,6 +43,7 @@ def test_concurrent_submits_share_batches_and_results_reach_their_callers():
         max_delay_ms=5,
         name="t",
         observer=lambda n, w: observed.append((n, w)),
+        concurrency=concurrency,
     )
     results = _run_threads(16, lambda i: b.submit(i, timeout=5))
     b.close()
@@ -89,12 +91,13 @@ def test_timeout_raises_and_skips_abandoned_request():
     assert b.stats()["timeouts"] == 1
 
 
-def test_exception_in_fn_reaches_every_caller_of_the_batch():
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_exception_in_fn_reaches_every_caller_of_the_batch(concurrency):
     def boom(xs: list[int]) -> list[int]:
         time.sleep(0.01)
         raise ValueError("model exploded")
 
-    b = MicroBatcher(boom, max_batch=16, max_delay_ms=20, name="boom")
+    b = MicroBatcher(boom, max_batch=16, max_delay_ms=20, name="boom", concurrency=concurrency)
     results = _run_threads(6, lambda i: b.submit(i, timeout=5))
     assert all(isinstance(e, ValueError) and "exploded" in str(e) for _, e in results)
     # The batcher keeps working after a failed batch.
@@ -111,7 +114,8 @@ def test_wrong_number_of_results_is_an_error_not_a_mixup():
     b.close()
 
 
-def test_close_drains_queue_then_refuses():
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_close_drains_queue_then_refuses(concurrency):
     gate = threading.Event()
     started: list[list[int]] = []
 
@@ -120,17 +124,17 @@ def test_close_drains_queue_then_refuses():
         gate.wait(5)
         return xs
 
-    b = MicroBatcher(gated, max_batch=2, max_delay_ms=1, name="drain")
+    b = MicroBatcher(gated, max_batch=2, max_delay_ms=1, name="drain", concurrency=concurrency)
     box: list = []
     threads = [
         threading.Thread(target=lambda i=i: box.append(b.submit(i, timeout=5))) for i in range(6)
     ]
     for t in threads:
         t.start()
-    # Wait until every request is either inside the (blocked) first batch or queued behind it.
+    # Wait until every request is either inside a (blocked) running batch or queued behind it.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if started and len(started[0]) + b.stats()["queued"] == 6:
+        if len(started) == concurrency and sum(map(len, started)) + b.stats()["queued"] == 6:
             break
         time.sleep(0.005)
     closer = threading.Thread(target=b.close)
@@ -143,7 +147,8 @@ def test_close_drains_queue_then_refuses():
     for t in threads:
         t.join(5)
     assert sorted(box) == list(range(6))  # every queued request got its answer
-    assert not b._thread.is_alive()
+    assert len(b._threads) == concurrency
+    assert not any(t.is_alive() for t in b._threads)
 
 
 def test_observer_failure_does_not_break_serving():
@@ -190,3 +195,134 @@ def test_works_in_a_forked_child():
     os.waitpid(pid, 0)
     b.close()
     assert got == b"1"
+
+
+def _overlap_probe(concurrency: int) -> tuple[int, list]:
+    """Eight single-request batches through a slow fn; (most batches in fn at once, results)."""
+    lock = threading.Lock()
+    active = [0, 0]  # now, most
+
+    def slow(xs: list[int]) -> list[int]:
+        with lock:
+            active[0] += 1
+            active[1] = max(active[1], active[0])
+        time.sleep(0.03)  # a forward pass with the GIL released
+        with lock:
+            active[0] -= 1
+        return [x * 3 for x in xs]
+
+    b = MicroBatcher(slow, max_batch=1, max_delay_ms=0, name="overlap", concurrency=concurrency)
+    results = _run_threads(8, lambda i: b.submit(i, timeout=5))
+    b.close()
+    return active[1], results
+
+
+def test_concurrency_2_runs_two_batches_at_once():
+    gate = threading.Barrier(2, timeout=5)
+    seen: list[list[int]] = []
+
+    def rendezvous(xs: list[int]) -> list[int]:
+        seen.append(list(xs))
+        # Only returns if a second batch reaches fn while this one is still inside it.
+        gate.wait()
+        return [-x for x in xs]
+
+    b = MicroBatcher(rendezvous, max_batch=1, max_delay_ms=0, name="pair", concurrency=2)
+    results = _run_threads(2, lambda i: b.submit(i, timeout=5))
+    b.close()
+    assert [r for r, _ in results] == [0, -1] and [e for _, e in results] == [None, None]
+    assert sorted(seen) == [[0], [1]]
+    assert b.stats()["batches"] == 2 and b.stats()["concurrency"] == 2
+
+    most, results = _overlap_probe(2)
+    assert most == 2
+    assert [r for r, _ in results] == [i * 3 for i in range(8)]
+
+
+def test_concurrency_1_runs_one_batch_at_a_time():
+    most, results = _overlap_probe(1)
+    assert most == 1
+    assert [r for r, _ in results] == [i * 3 for i in range(8)]
+
+
+def test_concurrency_must_be_positive():
+    with pytest.raises(ValueError, match="concurrency"):
+        MicroBatcher(lambda xs: xs, concurrency=0)
+
+
+def test_concurrent_runners_skip_abandoned_requests():
+    gate = threading.Event()
+    seen: list[list[str]] = []
+
+    def blocked(xs: list[str]) -> list[str]:
+        seen.append(list(xs))
+        gate.wait(5)
+        return xs
+
+    b = MicroBatcher(blocked, max_batch=1, max_delay_ms=0, name="busy", concurrency=2)
+    firsts = [threading.Thread(target=lambda s=s: b.submit(s, timeout=5)) for s in ("a", "b")]
+    for t in firsts:
+        t.start()
+        time.sleep(0.05)  # both runners are now inside fn; "late" has to queue behind them
+    with pytest.raises(TimeoutError):
+        b.submit("late", timeout=0.05)
+    gate.set()
+    for t in firsts:
+        t.join(5)
+    b.close()
+    assert sorted(seen) == [["a"], ["b"]]  # the abandoned request was never computed
+    assert b.stats()["timeouts"] == 1
+
+
+def test_after_fork_reset_restarts_every_runner():
+    from recsys import lifecycle
+
+    b = MicroBatcher(lambda xs: xs, max_batch=4, max_delay_ms=0, name="fork2", concurrency=2)
+    assert b._threads == []  # lazy: nothing to inherit in a forked worker
+    assert b.submit(1, timeout=5) == 1
+    assert len(b._threads) == 2 and all(t.is_alive() for t in b._threads)
+    b._pid = -1
+    for hook in lifecycle._after_fork_hooks:
+        hook(None)
+    assert b._threads == [] and b.stats()["requests"] == 0
+    assert b.submit(2, timeout=5) == 2
+    assert len(b._threads) == 2
+    b.close()
+
+
+def test_concurrency_2_does_not_wait_for_company_while_a_runner_is_idle():
+    b = MicroBatcher(lambda xs: xs, max_batch=64, max_delay_ms=400, name="idle", concurrency=2)
+    t0 = time.monotonic()
+    assert b.submit("a", timeout=2) == "a"
+    elapsed = time.monotonic() - t0
+    b.close()
+    # With one runner (test_max_delay_bounds_wait_for_a_lone_request) it would wait 400 ms.
+    assert elapsed < 0.2
+
+
+def test_concurrency_2_shares_a_queue_among_idle_runners():
+    gate = threading.Event()
+    batches: list[list[int]] = []
+
+    def gated(xs: list[int]) -> list[int]:
+        batches.append(list(xs))
+        if xs == [0]:
+            gate.wait(5)  # hold one runner so the other collects the rest, waiting for company
+        else:
+            time.sleep(0.05)  # a forward pass: both shares are in flight together
+        return xs
+
+    b = MicroBatcher(gated, max_batch=64, max_delay_ms=300, name="share", concurrency=2)
+    first = threading.Thread(target=lambda: b.submit(0, timeout=5))
+    first.start()
+    time.sleep(0.05)  # 0 is inside fn: the other runner waits for company
+    rest = threading.Thread(target=lambda: _run_threads(8, lambda i: b.submit(i + 1, timeout=5)))
+    rest.start()
+    time.sleep(0.1)  # the 8 are queued, the collector still waiting (300 ms)
+    gate.set()  # runner 0 frees up: two idle runners share the 8
+    rest.join(5)
+    first.join(5)
+    b.close()
+    assert batches[0] == [0]
+    assert sorted(len(x) for x in batches[1:]) == [4, 4]
+    assert sorted(i for x in batches[1:] for i in x) == list(range(1, 9))
