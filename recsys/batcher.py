@@ -240,8 +240,8 @@ class MicroBatcher(Generic[X, Y]):
 
     def _take_batch(self) -> list[_Pending] | None:
         """Block for the next batch; None when stopping with an empty queue."""
-        # One collector at a time: two runners waiting for company on the same queue would
-        # split it into two half-full batches instead of one full one.
+        # One collector at a time: runners racing for the same queue would cut it into batches
+        # by chance; here one place decides, in arrival order, how the queue is shared.
         with self._collect_lock, self._cond:
             while not self._queue:
                 if self._stopping:
