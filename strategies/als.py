@@ -51,16 +51,6 @@ class ALSStrategy(Strategy):
         self.weights = weights
         self.num_threads = num_threads
         self.random_state = random_state
-        self._params = {
-            "factors": factors,
-            "regularization": regularization,
-            "alpha": alpha,
-            "iterations": iterations,
-            "binary": binary,
-            "weights": weights,
-            "num_threads": num_threads,
-            "random_state": random_state,
-        }
 
     def _model(self):
         from implicit.cpu.als import AlternatingLeastSquares

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from abc import ABC, abstractmethod
@@ -92,8 +93,17 @@ class Strategy(ABC):
 
     # -- persistence ------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
-        """Hyperparameters as given to ``__init__`` (JSON-serialisable)."""
-        return dict(self.__dict__.get("_params", {}))
+        """Hyperparameters as given to ``__init__`` (JSON-serialisable).
+
+        As in scikit-learn, every ``__init__`` keyword is stored unchanged as an attribute of
+        the same name, so the parameters are read back from the signature, not kept twice.
+        """
+        names = [
+            p.name
+            for p in inspect.signature(type(self).__init__).parameters.values()
+            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+        return {name: _jsonable(getattr(self, name)) for name in names}
 
     @abstractmethod
     def save(self, path: str) -> None:
@@ -114,6 +124,15 @@ class Strategy(ABC):
     def _load_params(path: str) -> dict[str, Any]:
         with open(os.path.join(path, PARAMS_FILE)) as f:
             return json.load(f)
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples become lists, as JSON would make them, so saved and live params compare equal."""
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
 
 
 def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

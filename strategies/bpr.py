@@ -50,19 +50,6 @@ class BPRStrategy(Strategy):
         self.weights = weights
         self.num_threads = num_threads
         self.random_state = random_state
-        self._params = {
-            "factors": factors,
-            "learning_rate": learning_rate,
-            "regularization": regularization,
-            "iterations": iterations,
-            "fold_in_reg": fold_in_reg,
-            "fold_in_w0": fold_in_w0,
-            "fold_in_steps": fold_in_steps,
-            "fold_in_lr": fold_in_lr,
-            "weights": weights,
-            "num_threads": num_threads,
-            "random_state": random_state,
-        }
 
     def fit(self, data: InteractionData) -> Self:
         from implicit.cpu.bpr import BayesianPersonalizedRanking

@@ -41,15 +41,6 @@ class ContentStrategy(Strategy):
         self.category_repeat = category_repeat
         self.use_event_weights = use_event_weights
         self.weights = weights
-        self._params = {
-            "recency_half_life": recency_half_life,
-            "min_df": min_df,
-            "max_df": max_df,
-            "ngram_max": ngram_max,
-            "category_repeat": category_repeat,
-            "use_event_weights": use_event_weights,
-            "weights": weights,
-        }
 
     def fit(self, data: InteractionData) -> Self:
         if data.item_meta is None:

@@ -203,19 +203,6 @@ class DeepStrategy(Strategy):
         self.seed = seed
         self.device = device
         self.precision = precision
-        self._params = {
-            "hidden": list(self.hidden),
-            "epochs": epochs,
-            "max_steps": max_steps,
-            "batch_size": batch_size,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "dropout": dropout,
-            "binary": binary,
-            "seed": seed,
-            "device": device,
-            "precision": precision,
-        }
 
     # -- training -------------------------------------------------------------------------------
     def _inputs(self, matrix: sp.csr_matrix) -> sp.csr_matrix:

@@ -37,13 +37,6 @@ class EASEStrategy(Strategy):
         self.binary = binary
         self.max_items = max_items
         self.weights = weights
-        self._params = {
-            "l2": l2,
-            "topk": topk,
-            "binary": binary,
-            "max_items": max_items,
-            "weights": weights,
-        }
 
     def _input(self, m: sp.csr_matrix) -> sp.csr_matrix:
         m = sp.csr_matrix(m, dtype=np.float32)

@@ -28,7 +28,6 @@ class PopularStrategy(Strategy):
     ):
         self.half_life_days = half_life_days
         self.weights = weights
-        self._params = {"half_life_days": half_life_days, "weights": weights}
 
     def fit(self, data: InteractionData) -> Self:
         w = data.weights(self.weights)
