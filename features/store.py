@@ -42,10 +42,9 @@ def _epoch_seconds(dialect: str):
     return None
 
 
-def load_catalog(engine_or_session: Engine | Session) -> tuple[IdMap, ItemMeta]:
-    """Every item in the store, ordered by row id: the item IdMap and aligned ItemMeta."""
-    engine = _engine(engine_or_session)
-    stmt = select(
+def _catalog_stmt():
+    """The item columns both loaders read, in row-id order (the item IdMap's order)."""
+    return select(
         Item.id,
         Item.external_id,
         Item.title,
@@ -54,6 +53,12 @@ def load_catalog(engine_or_session: Engine | Session) -> tuple[IdMap, ItemMeta]:
         Item.available,
         Item.price,
     ).order_by(Item.id)
+
+
+def load_catalog(engine_or_session: Engine | Session) -> tuple[IdMap, ItemMeta]:
+    """Every item in the store, ordered by row id: the item IdMap and aligned ItemMeta."""
+    engine = _engine(engine_or_session)
+    stmt = _catalog_stmt()
     with engine.connect() as conn:
         rows = conn.execute(stmt).all()
     _, ids, meta = _catalog_from_rows(rows)
@@ -94,15 +99,7 @@ def load_interactions(engine_or_session: Engine | Session) -> InteractionData:
     ev_stmt = select(Event.user_id, Event.item_id, type_code, Event.value, ts_col).order_by(
         Event.id
     )
-    item_stmt = select(
-        Item.id,
-        Item.external_id,
-        Item.title,
-        Item.description,
-        Item.categories,
-        Item.available,
-        Item.price,
-    ).order_by(Item.id)
+    item_stmt = _catalog_stmt()
     with engine.connect() as conn:
         item_rows = conn.execute(item_stmt).all()
         ev_rows = conn.execute(ev_stmt).all()
