@@ -53,4 +53,5 @@ def test_events_history_index_exists(tmp_path):
     engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
     migrate.upgrade(engine)
     idx = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("events")}
-    assert idx["ix_events_user_ts"] == ["user_id", "ts"]
+    assert idx["ix_events_user_ts_id"] == ["user_id", "ts", "id"]
+    assert "ix_events_user_ts" not in idx

@@ -42,7 +42,7 @@ from recsys.schemas import (
 )
 from recsys.service import Recommender, RecRequest, ServingConfig, UserHistory
 from recsys.settings import Versions, get_settings
-from recsys.store import session_scope
+from recsys.store.db import read_connection
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +237,8 @@ def recommend_user(
     def compute() -> tuple[bytes, bool]:
         store_down = False
         try:
-            with session_scope(app) as s:
-                history = load_history(s, user_id, limit)
+            with read_connection(app) as conn:
+                history = load_history(conn, user_id, limit)
         except DB_UNAVAILABLE as e:
             # No history without the SQL store: popular items beat an error page for a
             # shop's frontend; marked degraded, so never cached.

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 MAX_ID_LEN = 128
 MAX_TITLE_LEN = 512
 SAMPLES_PER_REASON = 3
+# Bulk imports of at least this many events refresh PostgreSQL's planner statistics.
+ANALYZE_AFTER_ROWS = 10_000
 CHUNK = 20_000
 
 
@@ -392,6 +394,11 @@ def _write_postgresql(conn: Connection, batch: ImportBatch, now: datetime) -> Wr
             " ON CONFLICT (idem_key) DO NOTHING"
         )
         counts.events_new = cur.rowcount
+        if counts.events_new >= ANALYZE_AFTER_ROWS:
+            # Fresh planner statistics now rather than whenever autovacuum gets to it: with the
+            # pre-import estimates (an empty items table, say) the history query picked a hash
+            # join over the whole catalogue.
+            cur.execute("ANALYZE users, items, events")
         log.info(
             "events: COPY of %d rows %.1f s, INSERT ... SELECT %.1f s",
             len(batch.events),

@@ -81,7 +81,7 @@ class Event(Base):
             name="event_type",
         ),
         # "This user's history, newest first" is the hot query of every request.
-        Index("ix_events_user_ts", "user_id", "ts"),
+        Index("ix_events_user_ts_id", "user_id", "ts", "id"),
         Index("ix_events_item_id", "item_id"),
         Index("ix_events_ts", "ts"),
     )
