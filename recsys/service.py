@@ -364,7 +364,6 @@ class RecResult:
     # Strategies with no loaded model (skipped) and those dropped by error/deadline.
     skipped: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
-    total: int = 0  # items available before paging
 
     def to_dict(self, explain: bool = False) -> dict[str, Any]:
         items = []
@@ -455,7 +454,7 @@ class Recommender:
         histories: Sequence[UserHistory],
         requests: Sequence[RecRequest],
         shared: dict | None = None,
-    ) -> list[list[tuple[str, float]]]:
+    ) -> list[Candidates]:
         """Per user, the strategy's top candidates as (external item id, raw score), best first.
 
         One batched ``recommend`` call per distinct category among the requests. ``shared``
@@ -465,7 +464,7 @@ class Recommender:
         items = loaded.items
         n_items = len(items)
         users_map = getattr(loaded, "users", None)
-        out: list[list[tuple[str, float]]] = [[] for _ in histories]
+        out: list[Candidates] = [Candidates([], np.zeros(0)) for _ in histories]
         groups: dict[str | None, list[int]] = {}
         for i, req in enumerate(requests):
             groups.setdefault(req.category, []).append(i)
@@ -506,42 +505,64 @@ class Recommender:
                 names = np.asarray(ext[ids[r][keep]]).tolist()
                 if names and type(names[0]) is not str:
                     names = [str(x) for x in names]
-                out[i] = list(zip(names, scores[r][keep].astype(float).tolist(), strict=True))
+                out[i] = Candidates(names, scores[r][keep].astype(np.float64))
         return out
 
     # -- stage: blend -----------------------------------------------------------------------
     def blend(self, per_strategy: Mapping[str, list[tuple[str, float]]]) -> list[RecItem]:
         """Fuse one user's candidate lists into one ranked list with per-item sources."""
-        totals: dict[str, float] = {}
-        sources: dict[str, dict[str, float]] = {}
+        fused = self._fuse(per_strategy)
+        return [fused.item(r) for r in range(len(fused))]
+
+    def _fuse(self, per_strategy: Mapping[str, list[tuple[str, float]]]) -> _Fused:
+        """Weighted score fusion (or RRF) of the candidate lists, ranked by total contribution,
+        ties broken by item id so results are deterministic across processes.
+
+        Vectorised: the ~1,000 (item, score) pairs of a warm request become one array of item
+        ids; ``np.unique`` numbers the distinct items in id order, ``np.bincount`` sums their
+        contributions (in strategy order, as a running sum would) and one ``lexsort`` ranks
+        them. Per-item sources are only materialised for the items a caller asks for.
+        """
+        names: list[str] = []
+        ids: list[str] = []
+        contribs: list[np.ndarray] = []
         for name, cands in per_strategy.items():
             if not cands:
                 continue
-            w = self.config.weight(name)
-            for item, contrib in zip(
-                (c[0] for c in cands), self._contributions(cands, w), strict=True
-            ):
-                totals[item] = totals.get(item, 0.0) + contrib
-                sources.setdefault(item, {})[name] = contrib
-        # Ties broken by item id so results are deterministic across processes.
-        ranked = sorted(totals.items(), key=_blend_order)
-        return [RecItem(item, score, sources[item]) for item, score in ranked]
+            cands = Candidates.of(cands)
+            names.append(name)
+            ids.extend(cands.ids)
+            contribs.append(self._contributions(cands, self.config.weight(name)))
+        if not ids:
+            return _Fused.empty()
+        uniq, inverse = np.unique(np.array(ids), return_inverse=True)
+        flat = np.concatenate(contribs)
+        totals = np.bincount(inverse, weights=flat, minlength=len(uniq))
+        # The contribution of each strategy to each distinct item (NaN: not a candidate there).
+        per = np.full((len(names), len(uniq)), np.nan)
+        start = 0
+        for row, c in enumerate(contribs):
+            per[row, inverse[start : start + len(c)]] = c
+            start += len(c)
+        order = np.lexsort((np.arange(len(uniq)), -totals))
+        return _Fused(names, uniq[order].tolist(), totals[order].tolist(), per[:, order])
 
-    def _contributions(self, cands: list[tuple[str, float]], w: float) -> list[float]:
+    def _contributions(self, cands: Candidates, w: float) -> np.ndarray:
         n = len(cands)
         if self.config.blend == "rrf":
-            k = self.config.rrf_k
-            return [w / (k + r + 1) for r in range(n)]
+            return w / (self.config.rrf_k + np.arange(1, n + 1, dtype=np.float64))
         if self.config.normalize == "rank":
-            return [w * (1.0 - r / n) for r in range(n)]
-        scores = [s for _, s in cands]
-        finite = [s for s in scores if math.isfinite(s)]
-        if not finite:
-            return [0.0] * n
-        lo, hi = min(finite), max(finite)
+            return w * (1.0 - np.arange(n, dtype=np.float64) / n)
+        scores = cands.scores
+        finite = np.isfinite(scores)
+        if not finite.any():
+            return np.zeros(n)
+        lo, hi = scores[finite].min(), scores[finite].max()
         if hi - lo <= 1e-12:
-            return [w] * n
-        return [w * (s - lo) / (hi - lo) if math.isfinite(s) else 0.0 for s in scores]
+            return np.full(n, float(w))
+        out = w * (scores - lo) / (hi - lo)
+        out[~finite] = 0.0
+        return out
 
     # -- stage: business rules ------------------------------------------------------------
     def apply_rules(
@@ -642,7 +663,7 @@ class Recommender:
             for name in wanted[i]:
                 if name in results:
                     per[name] = results[name][users_of[name].index(i)]
-            page, total = self._ranked_page(per, h, req)
+            page = self._ranked_page(per, h, req)
             used = [s for s in wanted[i] if s in loaded]
             user_dropped = [s for s in used if s in dropped]
             out.append(
@@ -653,42 +674,29 @@ class Recommender:
                     model_versions={s: str(loaded[s].version) for s in used if s not in dropped},
                     skipped=[s for s in self.strategies_for(routes[i], h) if s in skipped_all],
                     dropped=user_dropped,
-                    total=total,
                 )
             )
         return out
 
     def _ranked_page(
         self, per: Mapping[str, list[tuple[str, float]]], history: UserHistory, request: RecRequest
-    ) -> tuple[list[RecItem], int]:
-        """``page(apply_rules(blend(per)))`` and the count before paging, the same result
-        without building an item object for every candidate (only for the page)."""
-        totals: dict[str, float] = {}
-        sources: dict[str, dict[str, float]] = {}
-        for name, cands in per.items():
-            if not cands:
-                continue
-            contribs = self._contributions(cands, self.config.weight(name))
-            get = totals.get
-            for (item, _), contrib in zip(cands, contribs, strict=True):
-                totals[item] = get(item, 0.0) + contrib
-                src = sources.get(item)
-                if src is None:
-                    sources[item] = {name: contrib}
-                else:
-                    src[name] = contrib
-        ranked = sorted(totals.items(), key=_blend_order)
+    ) -> list[RecItem]:
+        """``page(apply_rules(blend(per)))`` without building an item object for every
+        candidate, and without running the rules past the end of the page."""
+        fused = self._fuse(per)
         keep = self._rule_filter(history, request)
         lo, hi = request.offset, request.offset + request.n
         page: list[RecItem] = []
-        total = 0
-        for item, score in ranked:
+        passed = 0
+        for rank, item in enumerate(fused.ids):
+            if passed >= hi:
+                break
             if not keep(item):
                 continue
-            if lo <= total < hi:
-                page.append(RecItem(item, score, sources[item]))
-            total += 1
-        return page, total
+            if passed >= lo:
+                page.append(fused.item(rank))
+            passed += 1
+        return page
 
     def _run(self, tasks, deadline):
         """Run strategy tasks; a task that raises is dropped (logged), never fails the call."""
@@ -722,7 +730,6 @@ class Recommender:
             items=self.page(ranked, req),
             route="popular",
             model_versions={"popular": str(lm.version)},
-            total=len(ranked),
         )
 
     def similar_items(self, item_id: str, n: int = 10) -> RecResult:
@@ -752,12 +759,8 @@ class Recommender:
                 dropped.append(name)
                 continue
             keep = ids[0] >= 0
-            per[name] = list(
-                zip(
-                    (str(x) for x in lm.items.ids[ids[0][keep]]),
-                    scores[0][keep].astype(float).tolist(),
-                    strict=True,
-                )
+            per[name] = Candidates(
+                [str(x) for x in lm.items.ids[ids[0][keep]]], scores[0][keep].astype(np.float64)
             )
             versions[name] = str(lm.version)
         req = RecRequest(n=n, exclude=[item_id])
@@ -779,15 +782,71 @@ class Recommender:
             degraded=bool(dropped),
             model_versions=versions,
             dropped=dropped,
-            total=len(ranked),
         )
 
 
 _FAILED = object()
 
 
-def _blend_order(kv: tuple[str, float]) -> tuple[float, str]:
-    return (-kv[1], kv[0])
+class Candidates(Sequence):
+    """One strategy's candidates for one user, best first: a sequence of (item id, score)
+    pairs, stored as the id list and a float64 score array so blending needs no per-pair
+    Python work."""
+
+    __slots__ = ("ids", "scores")
+
+    def __init__(self, ids: list[str], scores: np.ndarray):
+        if len(ids) != len(scores):
+            raise ValueError("ids and scores must have the same length")
+        self.ids = ids
+        self.scores = np.asarray(scores, dtype=np.float64)
+
+    @classmethod
+    def of(cls, pairs: Sequence[tuple[str, float]]) -> Candidates:
+        if isinstance(pairs, Candidates):
+            return pairs
+        return cls([p[0] for p in pairs], np.array([p[1] for p in pairs], dtype=np.float64))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return list(zip(self.ids[i], self.scores[i].tolist(), strict=True))
+        return (self.ids[i], float(self.scores[i]))
+
+    def __iter__(self):
+        return iter(zip(self.ids, self.scores.tolist(), strict=True))
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Candidates({list(self)!r})"
+
+
+class _Fused:
+    """Blended candidates in rank order: ``ids[r]``, ``totals[r]``, and the contribution of
+    each strategy in ``names`` to rank ``r`` (``per[:, r]``, NaN where it did not propose it)."""
+
+    __slots__ = ("ids", "names", "per", "totals")
+
+    def __init__(self, names: list[str], ids: list[str], totals: list[float], per: np.ndarray):
+        self.names, self.ids, self.totals, self.per = names, ids, totals, per
+
+    @classmethod
+    def empty(cls) -> _Fused:
+        return cls([], [], [], np.zeros((0, 0)))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def item(self, rank: int) -> RecItem:
+        col = self.per[:, rank].tolist()
+        sources = {n: c for n, c in zip(self.names, col, strict=True) if c == c}  # not NaN
+        return RecItem(self.ids[rank], self.totals[rank], sources)
 
 
 def histories_from_data(data, users: Sequence[int] | None = None) -> list[UserHistory]:
