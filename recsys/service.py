@@ -286,11 +286,23 @@ class UserHistory:
     def positive_items(self) -> set[str]:
         return {i for i, t in zip(self.items, self.types, strict=True) if t != "dislike"}
 
-    def excluded_items(self, config: ServingConfig) -> set[str]:
-        """Items never to recommend to this user: dislikes, and seen items per the config."""
+    @staticmethod
+    def _excluded_types(config: ServingConfig) -> frozenset[str]:
         types = set(config.seen_types) if config.exclude_seen else set()
         types.add("dislike")
+        return frozenset(types)
+
+    def excluded_items(self, config: ServingConfig) -> set[str]:
+        """Items never to recommend to this user: dislikes, and seen items per the config."""
+        types = self._excluded_types(config)
         return {i for i, t in zip(self.items, self.types, strict=True) if t in types}
+
+    def excluded_idx(self, config: ServingConfig, idmap) -> np.ndarray:
+        """``excluded_items`` as indices of ``idmap`` (-1 for items it does not know), from the
+        history's cached mapping: every strategy of a request asks, so no string lookups."""
+        types = self._excluded_types(config)
+        mask = np.fromiter((t in types for t in self.types), dtype=bool, count=len(self.types))
+        return self.item_idx(idmap)[mask]
 
     def item_idx(self, idmap) -> np.ndarray:
         # Models trained on the same catalogue hold equal but distinct IdMaps: map once.
@@ -488,8 +500,9 @@ class Recommender:
             )
             exclude = []
             for i, h in zip(rows, hs, strict=True):
-                ex = h.excluded_items(self.config) | set(requests[i].exclude)
-                idx = items.indices(ex) if ex else np.zeros(0, np.int64)
+                idx = h.excluded_idx(self.config, items)
+                if requests[i].exclude:
+                    idx = np.concatenate([idx, items.indices(requests[i].exclude)])
                 exclude.append(idx[idx >= 0])
             allowed = self.catalog.allowed(items, category) if self.catalog else None
             want = max(
