@@ -42,6 +42,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from recsys.evaluation.stats import wilson_interval
+from recsys.polling import BackgroundPoll
 from recsys.store.models import Event, Experiment, Exposure, Item, User, utcnow
 
 log = logging.getLogger(__name__)
@@ -232,21 +233,30 @@ class ExperimentCache:
         self._lock = threading.Lock()
         self._loaded_at = -math.inf
         self._experiments: list[ExperimentView] = []
+        self._poller = BackgroundPoll("experiments", self._refresh)
 
     def experiments(self) -> list[ExperimentView]:
         now = time.monotonic()
         if now - self._loaded_at >= self.ttl_s:
-            with self._lock:
-                if now - self._loaded_at >= self.ttl_s:
-                    from recsys.store import session_scope
-
-                    try:
-                        with session_scope(self.app) as s:
-                            self._experiments = list_all(s)
-                    except Exception:  # keep serving with the last known experiments
-                        log.exception("could not refresh experiments")
-                    self._loaded_at = now
+            if self._loaded_at == -math.inf or self.ttl_s <= 0:
+                self._refresh()  # nothing loaded yet, or invalidated here: read it now
+            else:
+                self._poller.trigger()  # serve what we have; refresh in the background
         return self._experiments
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._loaded_at < self.ttl_s:
+                return
+            from recsys.store import session_scope
+
+            try:
+                with session_scope(self.app) as s:
+                    self._experiments = list_all(s)
+            except Exception:  # keep serving with the last known experiments
+                log.exception("could not refresh experiments")
+            self._loaded_at = now
 
     def invalidate(self) -> None:
         self._loaded_at = -math.inf

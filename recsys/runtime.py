@@ -49,6 +49,7 @@ from recsys import metrics
 from recsys.deadline import run_with_deadline  # noqa: F401  (INTERFACES.md names it here too)
 from recsys.errors import ModelError
 from recsys.lifecycle import on_after_fork
+from recsys.polling import BackgroundPoll
 from recsys.registry import LoadedModel, ModelRepository, get_repository
 from recsys.store.models import Event, Item, StrategySetting
 from strategies.base import Strategy, UserBatch
@@ -244,6 +245,7 @@ class ModelRuntime:
         self._evicted: set[str] = set()
         self._polled = False
         self._last_poll = 0.0
+        self._poller = BackgroundPoll("models", self._refresh_now)
         self._to_drop: list[str] = []
         self._cpu_only = False
         self._init_locks()
@@ -670,6 +672,13 @@ class ModelRuntime:
             self.after_fork()
         if self._polled and time.monotonic() - self._last_poll < self.poll_seconds:
             return
+        if self._polled and self.poll_seconds > 0:
+            # Serve what is loaded; poll in the background (recsys.polling).
+            self._poller.trigger()
+            return
+        self._refresh_now()
+
+    def _refresh_now(self) -> None:
         if not self._poll_lock.acquire(blocking=not self._polled):
             return  # another thread is polling right now; serve what we have
         try:

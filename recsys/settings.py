@@ -32,6 +32,7 @@ from flask import Flask, current_app
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from recsys.polling import BackgroundPoll
 from recsys.service import DEFAULT_CONFIG, STRATEGY_NAMES, ServingConfig
 from recsys.store.models import Setting, StrategySetting
 
@@ -117,6 +118,7 @@ class SettingsStore:
         self._polled_at = 0.0
         self._config: ServingConfig | None = None
         self._config_version: int | None = None
+        self._poller = BackgroundPoll("settings", self._poll)
 
     def _session(self) -> Session:
         return self.app.extensions["recsys.sessionmaker"]()
@@ -127,13 +129,17 @@ class SettingsStore:
         now = time.monotonic()
         if not force and self._versions is not None and now - self._polled_at < self.poll_seconds:
             return self._versions
-        # One thread polls; the others keep serving the versions they have rather than queue
-        # behind the query. Waits only with nothing to serve yet, or after this process wrote
-        # a change (_polled_at reset), so it always sees its own writes.
+        # Requests keep serving the versions they have while a background thread polls
+        # (recsys.polling). Inline only with nothing to serve yet, after this process wrote a
+        # change (_polled_at reset: it must see its own writes), or when polling every call.
         wait = force or self._versions is None or self._polled_at == 0.0
-        if not self._lock.acquire(blocking=wait):
+        if not wait and self.poll_seconds > 0:
+            self._poller.trigger()
             return self._versions
-        try:
+        return self._poll(force)
+
+    def _poll(self, force: bool = False) -> Versions:
+        with self._lock:
             if (
                 not force
                 and self._versions is not None
@@ -158,8 +164,6 @@ class SettingsStore:
                 log.exception("polling the configuration version failed")
             self._polled_at = time.monotonic()
             return self._versions
-        finally:
-            self._lock.release()
 
     def config(self) -> ServingConfig:
         """The current merged configuration (defaults + admin overrides)."""
