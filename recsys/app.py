@@ -72,4 +72,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     # Variant resolver + exposure hook for the request path, and the experiments endpoints.
     experiments.init_app(app)
     app.register_blueprint(experiments_api.bp)
+
+    from recsys import fastpath
+
+    # Cache hits of GET /v1/users/<id>/recommendations answered in front of Flask
+    # (FAST_CACHE_PATH); last, so the route it serves is registered and checked.
+    fastpath.init_app(app)
     return app

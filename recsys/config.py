@@ -40,6 +40,10 @@ DEFAULTS: dict[str, object] = {
     "PRELOAD_MODELS": True,
     # Seconds between checks of the shared configuration version in SQL.
     "CONFIG_POLL_SECONDS": 0.5,
+    # Answer cache hits of GET /v1/users/<id>/recommendations in WSGI middleware in front of
+    # Flask (recsys.fastpath): plain valid queries only, anything else goes through Flask.
+    # Read per request, so it can be switched off at run time.
+    "FAST_CACHE_PATH": True,
 }
 
 

@@ -141,11 +141,20 @@ def serving(app=None) -> Serving:
     )
 
 
-def _parse_exclude(raw: str | None) -> list[str]:
+def split_exclude(raw: str | None) -> list[str] | None:
+    """The item ids of an ``exclude`` query value (comma-separated, blanks dropped), or None
+    when there are more than ``MAX_EXCLUDE`` or one is longer than ``MAX_ID``."""
     if not raw:
         return []
     out = [x.strip() for x in raw.split(",") if x.strip()]
     if len(out) > MAX_EXCLUDE or any(len(x) > MAX_ID for x in out):
+        return None
+    return out
+
+
+def _parse_exclude(raw: str | None) -> list[str]:
+    out = split_exclude(raw)
+    if out is None:
         from apiflask import abort
 
         abort(
@@ -156,15 +165,20 @@ def _parse_exclude(raw: str | None) -> list[str]:
     return out
 
 
+def id_problem(value: str, what: str = "user_id") -> str | None:
+    """Why ``value`` is not an acceptable id in a URL, or None."""
+    if not value.strip() or len(value) > MAX_ID:
+        return f"{what} must be 1..{MAX_ID} characters"
+    if why := check_text(value):  # %00 in the URL would reach SQL
+        return f"{what} {why}"
+    return None
+
+
 def _check_id(user_id: str, what: str = "user_id") -> None:
-    if not user_id.strip() or len(user_id) > MAX_ID:
+    if why := id_problem(user_id, what):
         from recsys.errors import RecsysError
 
-        raise RecsysError(f"{what} must be 1..{MAX_ID} characters")
-    if why := check_text(user_id):  # %00 in the URL would reach SQL
-        from recsys.errors import RecsysError
-
-        raise RecsysError(f"{what} {why}")
+        raise RecsysError(why)
 
 
 # (versions, served models, wanted models) -> their canonical JSON, for the cache key: the
@@ -208,6 +222,29 @@ def _mark_cached(body: bytes) -> bytes:
     return body.replace(_NOT_CACHED, _CACHED, 1)
 
 
+def user_cache_context(
+    ctx: Serving,
+    n: int,
+    offset: int,
+    category: str | None,
+    exclude: list[str],
+    explain: bool,
+    assignment: dict | None,
+) -> dict[str, Any]:
+    """What a per-user list depends on besides the user's history (``ResultCache`` keys on
+    this and the user; the history token guards the rest). The one place this is built: the
+    Flask view and the WSGI fast path for hits (``recsys.fastpath``) must agree on it."""
+    return {
+        "n": n,
+        "o": offset,
+        "c": category,
+        "x": sorted(exclude),
+        "e": explain,
+        "s": _snapshot(ctx),
+        "var": [assignment.get("experiment"), assignment.get("variant")] if assignment else None,
+    }
+
+
 def recommend_user(
     user_id: str, req: RecRequest, explain: bool = False, shed: bool = False
 ) -> Response:
@@ -215,22 +252,17 @@ def recommend_user(
 
     The cache holds the serialised response (``route`` + newline + JSON body with
     ``"cached": false``), so a hit is one Redis round trip plus a byte replace: no JSON
-    decoding or encoding, no SQL.
+    decoding or encoding, no SQL. Hits of plain requests never get here: ``recsys.fastpath``
+    answers them in front of Flask with the same bytes.
     """
     app = current_app._get_current_object()
     ctx = serving(app)
     resolver = app.extensions.get("recsys.variant_resolver")
     assignment = resolver(user_id) if resolver else None
     overrides = assignment.get("overrides") if assignment else None
-    cache_context = {
-        "n": req.n,
-        "o": req.offset,
-        "c": req.category,
-        "x": sorted(req.exclude),
-        "e": explain,
-        "s": _snapshot(ctx),
-        "var": [assignment.get("experiment"), assignment.get("variant")] if assignment else None,
-    }
+    cache_context = user_cache_context(
+        ctx, req.n, req.offset, req.category, req.exclude, explain, assignment
+    )
     limit = int(app.config.get("HISTORY_MAX_EVENTS", DEFAULT_MAX_EVENTS))
     cache = get_cache(app)
 

@@ -1,0 +1,239 @@
+"""Cache hits of ``GET /v1/users/<id>/recommendations`` answered below Flask (WSGI middleware).
+
+A cached per-user list is one Redis ``MGET`` and a byte patch (``recsys.api.recommend``), yet
+through Flask a hit also pays for routing, webargs/marshmallow query validation, the request
+context and the before/after/teardown hooks: about twice the worker CPU of ``/healthz``. This
+middleware answers only what it is sure about, and hands everything else to Flask untouched:
+
+* ``GET`` of exactly ``/v1/users/<id>/recommendations`` (one path segment, decoded as werkzeug
+  decodes ``PATH_INFO``; the id checked like the view checks it);
+* a query string of only ``RecQuery``'s keys, each at most once, in a plain form whose value is
+  certain (ints as ASCII digits, ``explain`` as ``true|false|1|0``, strings through the schema's
+  own field), read with the same ``parse_qsl`` call as werkzeug;
+* no ``X-Priority`` header other than empty or ``normal``;
+* the user in no running experiment (the view records exposures);
+* a fresh entry in the cache under the same key the view builds (``user_cache_context``).
+
+Anything else (a miss, the cache down, any doubt or any exception) falls through to Flask, which
+validates, answers errors and computes: the fast path never answers anything but a 200 hit. A
+hit sends the bytes and headers the view would send and records the same metrics (cache hit,
+request count and latency under the view's endpoint name, the in-flight count that overload
+shedding reads). A miss counts nothing here (``peek_raw`` does not count): the view's lookup
+counts it, so every request is one hit or one miss. ``FAST_CACHE_PATH = False`` turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from flask import Flask
+from marshmallow import ValidationError
+
+from recsys import deadline, metrics
+from recsys.api.recommend import (
+    _mark_cached,
+    id_problem,
+    serving,
+    split_exclude,
+    user_cache_context,
+)
+from recsys.cache import get_cache
+from recsys.schemas import RecQuery
+
+log = logging.getLogger(__name__)
+
+ENDPOINT = "recommend.user_recommendations"
+RULE = "/v1/users/<user_id>/recommendations"
+# The rule's one ``<user_id>`` segment as werkzeug's default converter matches it ([^/]+).
+_PATH = re.compile(r"/v1/users/([^/]+)/recommendations")
+_DIGITS = re.compile(r"[0-9]{1,9}")
+LOG_EVERY_S = 60.0
+
+_FIELDS = RecQuery().fields
+# The query keys this module knows how to read (and ``user_cache_context`` keys on): a new
+# RecQuery field disables the fast path (init_app) until it is taught here.
+_INTS = ("n", "offset")
+_STRINGS = ("category", "exclude")
+_BOOL = "explain"
+# The explain spellings taken here, mapped as the schema's Boolean maps them.
+_BOOLS = {
+    s: s in _FIELDS["explain"].truthy
+    for s in ("true", "false", "1", "0")
+    if s in _FIELDS["explain"].truthy or s in _FIELDS["explain"].falsy
+}
+_DEFAULTS = {
+    name: field.load_default() if callable(field.load_default) else field.load_default
+    for name, field in _FIELDS.items()
+}
+_PRIORITY_OK = (None, "", "normal")
+
+StartResponse = Callable[..., Any]
+
+
+def parse_query(qs: str) -> dict[str, Any] | None:
+    """``QUERY_STRING`` -> RecQuery's values, or None when not certain to be valid."""
+    out = dict(_DEFAULTS)
+    if not qs:
+        return out
+    if not qs.isascii():
+        return None  # werkzeug decodes raw non-ASCII bytes its own way: let it
+    try:
+        pairs = parse_qsl(qs, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        return None  # werkzeug keeps invalid bytes percent-encoded: let it
+    seen = set()
+    for key, value in pairs:
+        if key in seen or key not in _FIELDS:
+            return None
+        seen.add(key)
+        if key in _INTS:
+            if not _DIGITS.fullmatch(value):
+                return None
+            num = int(value)
+            try:
+                for validate in _FIELDS[key].validators:
+                    validate(num)
+            except ValidationError:
+                return None
+            out[key] = num
+        elif key in _STRINGS:
+            try:
+                out[key] = _FIELDS[key].deserialize(value)
+            except ValidationError:
+                return None
+        else:  # _BOOL
+            flag = _BOOLS.get(value)
+            if flag is None:
+                return None
+            out[key] = flag
+    return out
+
+
+def path_user(path_info: str) -> str | None:
+    """The user id of a ``/v1/users/<id>/recommendations`` PATH_INFO, or None."""
+    m = _PATH.fullmatch(path_info)
+    if m is None:
+        return None
+    raw = m.group(1)
+    # PATH_INFO is latin-1-decoded bytes (PEP 3333); werkzeug re-decodes it as UTF-8
+    # (errors replaced: an id with invalid UTF-8 is left to it).
+    if raw.isascii():
+        user_id = raw
+    else:
+        try:
+            user_id = raw.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            return None
+    return None if id_problem(user_id) else user_id
+
+
+class FastCachePath:
+    """WSGI middleware in front of ``app.wsgi_app``; see the module docstring."""
+
+    def __init__(self, app: Flask, wsgi_app: Callable[[dict, StartResponse], Iterable[bytes]]):
+        self.app = app
+        self.wsgi_app = wsgi_app
+        self.mimetype = app.json.mimetype
+        self._logged_at = -LOG_EVERY_S
+        self._latency: dict[str, Any] = {}
+
+    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        if (
+            environ.get("REQUEST_METHOD") == "GET"
+            and environ.get("PATH_INFO", "").endswith("/recommendations")
+            and self.app.config.get("FAST_CACHE_PATH", True)
+        ):
+            body = self.hit(environ)
+            if body is not None:
+                start_response(
+                    "200 OK",
+                    [("Content-Type", self.mimetype), ("Content-Length", str(len(body)))],
+                )
+                return [body]
+        return self.wsgi_app(environ, start_response)
+
+    def hit(self, environ: dict) -> bytes | None:
+        """The response body of a certain cache hit, else None (Flask answers)."""
+        t0 = time.perf_counter()
+        deadline.request_started()
+        try:
+            return self._hit(environ, t0)
+        except Exception:
+            # Never an error from here: Flask serves the request (and reports what fails).
+            now = time.monotonic()
+            if now - self._logged_at >= LOG_EVERY_S:
+                self._logged_at = now
+                log.exception("cache fast path failed; served through Flask")
+            return None
+        finally:
+            deadline.request_finished()
+
+    def _hit(self, environ: dict, t0: float) -> bytes | None:
+        app = self.app
+        if environ.get("HTTP_X_PRIORITY") not in _PRIORITY_OK:
+            return None
+        if app.config.get("TRUSTED_HOSTS") is not None:
+            return None  # Flask checks the Host header against it
+        user_id = path_user(environ.get("PATH_INFO", ""))
+        if user_id is None:
+            return None
+        q = parse_query(environ.get("QUERY_STRING", ""))
+        if q is None:
+            return None
+        exclude = split_exclude(q["exclude"])
+        if exclude is None:
+            return None
+        resolver = app.extensions.get("recsys.variant_resolver")
+        if resolver is not None and resolver(user_id) is not None:
+            return None  # in an experiment: the view records the exposure
+        context = user_cache_context(
+            serving(app), q["n"], q["offset"], q["category"], exclude, q["explain"], None
+        )
+        payload = get_cache(app).peek_raw(user_id, context)
+        if payload is None:
+            return None
+        route, _, body = payload.partition(b"\n")
+        body = _mark_cached(body)
+        latency = self._latency.get(route)
+        if latency is None:
+            latency = self._latency[route] = metrics.REQUEST_LATENCY.labels(
+                ENDPOINT, route.decode()
+            )
+        metrics.CACHE_HITS.inc()
+        metrics.REQUESTS.labels(ENDPOINT, "200").inc()
+        latency.observe(time.perf_counter() - t0)
+        return body
+
+
+def _schema_as_expected() -> bool:
+    from marshmallow import fields
+
+    return (
+        set(_FIELDS) == {*_INTS, *_STRINGS, _BOOL}
+        and all(type(_FIELDS[k]) is fields.Integer for k in _INTS)
+        and all(isinstance(_FIELDS[k], fields.String) for k in _STRINGS)
+        and isinstance(_FIELDS[_BOOL], fields.Boolean)
+    )
+
+
+def init_app(app: Flask) -> None:
+    """Wrap ``app.wsgi_app`` (after the blueprints are registered: the rule is checked)."""
+    rules = [(r.rule, r.methods) for r in app.url_map.iter_rules() if r.endpoint == ENDPOINT]
+    if (
+        len(rules) != 1
+        or rules[0][0] != RULE
+        or "GET" not in (rules[0][1] or ())
+        or app.url_map.host_matching
+        or app.subdomain_matching
+    ):
+        log.warning("cache fast path not installed: %s is not routed as expected", ENDPOINT)
+        return
+    if not _schema_as_expected():
+        log.warning("cache fast path not installed: RecQuery has fields it does not know")
+        return
+    app.wsgi_app = FastCachePath(app, app.wsgi_app)  # type: ignore[method-assign]
