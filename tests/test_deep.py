@@ -9,7 +9,7 @@ import torch
 
 from features.interactions import InteractionData
 from strategies.base import UserBatch
-from strategies.deep import WEIGHTS_FILE, DeepStrategy
+from strategies.deep import WEIGHTS_FILE, DeepStrategy, MultDAE, _normalise_rows
 
 N_GROUPS, GROUP_SIZE = 10, 20
 N_ITEMS = N_GROUPS * GROUP_SIZE
@@ -72,6 +72,173 @@ def test_empty_history_scores_are_finite(fitted):
     assert s.shape == (2, N_ITEMS) and np.isfinite(s).all()
 
 
+def _random_histories(n_rows: int, seed: int, weighted: bool = False) -> sp.csr_matrix:
+    """Random histories, row 1 empty, row 2 every item; weighted: some entries <= 0."""
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((n_rows, N_ITEMS)) < 0.05).astype(np.float32)
+    if weighted:
+        dense *= rng.uniform(-0.5, 3.0, dense.shape).astype(np.float32)
+    dense[1] = 0.0
+    dense[2] = rng.uniform(0.1, 2.0, N_ITEMS) if weighted else 1.0
+    m = sp.csr_matrix(dense)
+    if weighted:  # explicit zeros and negatives, as a decayed/returned history may hold
+        m.data[::7] = 0.0
+    return m
+
+
+def _dense_forward(model: DeepStrategy, matrix: sp.csr_matrix) -> np.ndarray:
+    """The reference: the dense normalised input through the fp32 module (the old path)."""
+    x = _normalise_rows(model._inputs(matrix)).toarray()
+    with torch.inference_mode():
+        return model.model_(torch.from_numpy(x).to(model.device_)).float().cpu().numpy()
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_sparse_rows_are_the_normalised_inputs(binary):
+    m = DeepStrategy(binary=binary)
+    matrix = _random_histories(40, seed=1, weighted=True)
+    ref = _normalise_rows(m._inputs(matrix))
+    indices, indptr, values = m._serving_rows(matrix)
+    np.testing.assert_array_equal(indptr, ref.indptr)
+    np.testing.assert_array_equal(indices, ref.indices)
+    assert values.dtype == np.float32 and np.diff(indptr)[1] == 0
+    if binary:  # 1 / sqrt(count), bit for bit
+        np.testing.assert_array_equal(values, ref.data)
+    else:  # the squares are summed in float64 here, in float32 there
+        np.testing.assert_allclose(values, ref.data, rtol=1e-6)
+    # The caller's matrix is left as it was (no clamping in place).
+    assert (matrix.data <= 0).any()
+    # A CSR with duplicate entries takes _normalise_rows itself.
+    dup = sp.csr_matrix(
+        (np.array([1.0, 2.0, 3.0], np.float32), np.array([4, 4, 9]), np.array([0, 3])),
+        shape=(1, N_ITEMS),
+    )
+    assert not dup.has_canonical_format
+    ref = _normalise_rows(m._inputs(dup))
+    indices, indptr, values = m._serving_rows(dup)
+    np.testing.assert_array_equal(values, ref.data)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sparse_serving_equals_the_dense_forward(fitted, weighted):
+    model, _, _ = fitted
+    m = model.quantized("fp32") if not weighted else _with_params(model, binary=False)
+    for seed in range(3):
+        matrix = _random_histories(33, seed=seed, weighted=weighted)
+        got, ref = m.score(UserBatch(matrix=matrix)), _dense_forward(m, matrix)
+        assert got.shape == (33, N_ITEMS) and got.dtype == np.float32
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    # The empty row scores decoder(tanh(b_1)), as a zero input does in the dense path.
+    first = m.model_.encoder[0]
+    with torch.inference_mode():
+        empty = m.model_.decoder(torch.tanh(first.bias)).numpy()
+    np.testing.assert_allclose(got[1], empty, rtol=1e-6, atol=1e-6)
+    # Other sparse layouts and index dtypes, and a batch of no users.
+    np.testing.assert_allclose(m.score(UserBatch(matrix=matrix.tocoo())), got, rtol=1e-6, atol=1e-6)
+    m64 = matrix.copy()
+    m64.indices, m64.indptr = m64.indices.astype(np.int64), m64.indptr.astype(np.int64)
+    np.testing.assert_allclose(m.score(UserBatch(matrix=m64)), got, rtol=1e-6, atol=1e-6)
+    none = m.score(UserBatch(matrix=sp.csr_matrix((0, N_ITEMS), dtype=np.float32)))
+    assert none.shape == (0, N_ITEMS)
+    with pytest.raises(ValueError, match="items"):
+        m.score(UserBatch(matrix=sp.csr_matrix((1, N_ITEMS + 1), dtype=np.float32)))
+
+
+def _with_params(model: DeepStrategy, **params) -> DeepStrategy:
+    """The fitted weights of ``model`` under other (serving) parameters."""
+    other = DeepStrategy(**{**model.get_params(), **params})
+    other.device_, other.n_items_, other.model_ = model.device_, model.n_items_, model.model_
+    other._prepare_serving()
+    return other
+
+
+def test_int8_serving_equals_the_dense_forward_within_quantization_error(fitted):
+    model, _, _ = fitted
+    q = model.quantized("int8")
+    matrix = _random_histories(33, seed=5)
+    got = q.score(UserBatch(matrix=matrix))
+    # Exactly the dense first layer (fp32), then the same int8 decoder: float tolerance.
+    x = torch.from_numpy(_normalise_rows(q._inputs(matrix)).toarray())
+    with torch.inference_mode():
+        ref = q.serving_.decoder(torch.tanh(model.model_.encoder[0](x))).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    # Against the fp32 dense forward: within int8 quantization error of the decoder.
+    fp32 = _dense_forward(model, matrix)
+    scale = np.abs(fp32).max()
+    assert np.abs(got - fp32).max() < 0.02 * scale
+    corr = [np.corrcoef(a, b)[0, 1] for a, b in zip(got, fp32, strict=True)]
+    assert min(corr) > 0.999
+
+
+def test_deeper_encoders_serve_sparsely_too():
+    data, _ = _group_data(n_users=120)
+    model = DeepStrategy(**{**FAST, "hidden": (32, 16), "epochs": 2}, device="cpu").fit(data)
+    matrix = _random_histories(20, seed=9)
+    dense = _dense_forward(model, matrix)
+    np.testing.assert_allclose(model.score(UserBatch(matrix=matrix)), dense, rtol=1e-5, atol=1e-5)
+    q = model.quantized("int8")
+    # Every Linear after the embedding bag is quantized, the deeper encoder layer included.
+    kinds = {type(m).__module__ for m in (q.serving_.encoder[0], q.serving_.decoder)}
+    assert all("quantized" in k for k in kinds), kinds
+    assert np.abs(q.score(UserBatch(matrix=matrix)) - dense).max() < 0.02 * np.abs(dense).max()
+
+
+def test_serving_shares_the_first_layer_with_the_model(fitted, tmp_path):
+    model, data, _ = fitted
+    first = model.model_.encoder[0]
+    table = model.serving_.table
+    assert table.shape == (N_ITEMS, first.out_features) and table.is_contiguous()
+    # One copy of W_1: the Linear layer reads the table through a transposed view, and the
+    # fp32 serving path holds nothing the model does not (its state_dict is the model's).
+    assert first.weight.data_ptr() == table.data_ptr()
+    assert model.quantized("int8").serving_.table.data_ptr() == table.data_ptr()
+    assert model.serving_.decoder is model.model_.decoder
+    n_params = sum(p.numel() for p in model.model_.parameters())
+    assert 4 * n_params < model.serving_nbytes() < 4 * n_params + 10_000
+    # The file on disk is the plain fp32 state_dict, as before: a MultDAE loads it, and a file
+    # written from contiguous weights (older models) loads into the sparse serving path.
+    model.save(str(tmp_path))
+    state = torch.load(tmp_path / WEIGHTS_FILE, weights_only=True)
+    assert state["encoder.0.weight"].shape == (first.out_features, N_ITEMS)
+    plain = MultDAE(N_ITEMS, model.hidden)
+    plain.load_state_dict(state)
+    b = _batch(data, np.arange(20))
+    torch.save({k: v.contiguous() for k, v in state.items()}, tmp_path / WEIGHTS_FILE)
+    old = DeepStrategy.load(str(tmp_path), device="cpu")
+    np.testing.assert_array_equal(old.score(b), model.score(b))
+    np.testing.assert_allclose(old.score(b), _dense_forward(model, b.matrix), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_recommend_excludes_and_filters_on_the_sparse_path(fitted, precision):
+    model, data, _ = fitted
+    m = model.quantized(precision)
+    b = _batch(data, np.arange(30))
+    exclude = [r.indices for r in b.matrix]
+    candidates = np.arange(0, N_ITEMS, 3)
+    ids, scores = m.recommend(b, n=15, exclude=exclude, candidates=candidates)
+    assert ids.shape == (30, 15) and (ids >= 0).all()
+    for row, ex in zip(ids, exclude, strict=True):
+        assert not np.isin(row, ex).any() and np.isin(row, candidates).all()
+        assert len(set(row.tolist())) == 15
+    assert (np.diff(scores, axis=1) <= 0).all()
+    # The same top items as the dense forward's scores with the same masks (fp32).
+    if precision == "fp32":
+        dense = _dense_forward(m, b.matrix)
+        mask = np.ones(N_ITEMS, bool)
+        mask[candidates] = False
+        dense[:, mask] = -np.inf
+        for r, ex in enumerate(exclude):
+            dense[r, ex] = -np.inf
+        top = np.argsort(-dense, axis=1, kind="stable")[:, :15]
+        np.testing.assert_array_equal(np.sort(ids, axis=1), np.sort(top, axis=1))
+    # Fewer allowed items than asked for: padding, never an excluded item.
+    one = _batch(data, [0])
+    ids, scores = m.recommend(one, n=5, exclude=[np.array([7])], candidates=np.array([3, 7, 11]))
+    assert ids[0].tolist()[2:] == [-1, -1, -1] and set(ids[0, :2].tolist()) == {3, 11}
+    assert np.isneginf(scores[0, 2:]).all() and np.isfinite(scores[0, :2]).all()
+
+
 def test_similar_items_come_from_the_same_group(fitted):
     model, _, _ = fitted
     q = np.array([0, 45, 199])
@@ -101,7 +268,11 @@ def test_int8_variant_is_smaller_and_ranks_like_fp32(fitted, tmp_path):
     model, data, _ = fitted
     q = model.quantized("int8")
     assert q.serving_precision_ == "int8" and q.serving_device_.type == "cpu"
-    assert q.serving_nbytes() < 0.5 * model.serving_nbytes()
+    # The first layer stays the fp32 embedding-bag table (a gather); the decoder is int8:
+    # its weights shrink from 4 to 1 byte each.
+    decoder_fp32 = 4 * model.model_.decoder.weight.numel()
+    table_fp32 = 4 * model.model_.encoder[0].weight.numel()
+    assert table_fp32 < q.serving_nbytes() < model.serving_nbytes() - 0.7 * decoder_fp32
     b = _batch(data, np.arange(100))
     ex = [r.indices for r in b.matrix]
     top32, _ = model.recommend(b, n=10, exclude=ex)
@@ -154,6 +325,16 @@ def test_cuda_path_matches_cpu(tmp_path):
     top16, _ = half.recommend(b, n=10, exclude=[r.indices for r in b.matrix])
     overlap = np.mean([len(set(a) & set(c)) / 10 for a, c in zip(ids, top16, strict=True)])
     assert overlap >= 0.8
+    # The sparse (embedding-bag) path on the GPU, fp32 and fp16, against the dense forward.
+    matrix = _random_histories(33, seed=3)
+    dense = _dense_forward(model, matrix)
+    assert model.serving_.table.device.type == "cuda"
+    np.testing.assert_allclose(model.score(UserBatch(matrix=matrix)), dense, rtol=1e-4, atol=1e-4)
+    assert half.serving_.table.dtype == torch.float16
+    np.testing.assert_allclose(half.score(UserBatch(matrix=matrix)), dense, rtol=2e-2, atol=2e-2)
+    q = model.quantized("int8")  # CPU kernels, from the CUDA model's weights
+    assert q.serving_device_.type == "cpu" and q.serving_.table.device.type == "cpu"
+    assert np.abs(q.score(UserBatch(matrix=matrix)) - dense).max() < 0.02 * np.abs(dense).max()
 
 
 @pytest.mark.parametrize("fused", [True, False])
