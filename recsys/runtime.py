@@ -75,6 +75,23 @@ class _Slot:
     last_used: float = field(default_factory=time.monotonic)
 
 
+def _stack_csr(mats: list) -> sp.csr_matrix:
+    """``sp.vstack(mats, format="csr")`` for CSR matrices of equal width, by concatenating
+    their arrays: ~70 us for a batch of 16 one-row matrices instead of ~330 us, which was more
+    than the deep model's first layer costs for the whole batch."""
+    width = mats[0].shape[1]
+    if any(type(m) is not sp.csr_matrix or m.shape[1] != width for m in mats):
+        return sp.vstack(mats, format="csr")
+    indptr, offset = [np.zeros(1, np.int64)], 0
+    for m in mats:
+        indptr.append(m.indptr[1:] + offset)
+        offset += int(m.indptr[-1])
+    indices = np.concatenate([m.indices[: m.indptr[-1]] for m in mats])
+    data = np.concatenate([m.data[: m.indptr[-1]] for m in mats])
+    shape = (sum(m.shape[0] for m in mats), width)
+    return sp.csr_matrix((data, indices, np.concatenate(indptr)), shape=shape)
+
+
 class BatchedModel(Strategy):
     """A strategy whose ``score`` goes through a ``MicroBatcher``; the rest is the inner model's.
 
@@ -137,7 +154,7 @@ class BatchedModel(Strategy):
         if len(batches) == 1:
             return [self.inner.score(batches[0])]
         merged = UserBatch(
-            matrix=sp.vstack([b.matrix for b in batches], format="csr"),
+            matrix=_stack_csr([b.matrix for b in batches]),
             sequences=[s for b in batches for s in (b.sequences or [None] * len(b))],
             user_index=np.concatenate(
                 [b.user_index if b.user_index is not None else np.full(len(b), -1) for b in batches]

@@ -328,3 +328,26 @@ def test_batched_strategies_are_served_through_the_batcher(make):
     assert ids.shape == (1, 4)
     assert lm.model.batcher_stats()["requests"] >= 1
     assert {row["strategy"]: row["batched"] for row in rt.status()} == {"tiny": True}
+
+
+def test_stack_csr_equals_scipy_vstack():
+    import scipy.sparse as sp
+
+    from recsys.runtime import _stack_csr
+
+    mats = [
+        sp.random(1, 50, density=0.1, format="csr", dtype=np.float32, random_state=i)
+        for i in range(5)
+    ]
+    mats.append(sp.csr_matrix((1, 50), dtype=np.float32))  # an empty history
+    mats.append(sp.random(3, 50, density=0.2, format="csr", dtype=np.float32, random_state=9))
+    got, want = _stack_csr(mats), sp.vstack(mats, format="csr")
+    assert got.shape == want.shape == (9, 50)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got.toarray(), want.toarray())
+    np.testing.assert_array_equal(got.indptr, want.indptr)
+    # Anything but same-width csr_matrix goes through scipy itself.
+    coo = sp.random(2, 50, density=0.1, format="coo", dtype=np.float32, random_state=3)
+    np.testing.assert_array_equal(
+        _stack_csr([mats[0], coo]).toarray(), sp.vstack([mats[0], coo]).toarray()
+    )
