@@ -40,7 +40,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from flask import Flask, current_app
@@ -174,6 +174,18 @@ class RedisBackend:
         pipe.execute()
 
 
+class Peek(NamedTuple):
+    """One lookup's raw reads: the entry's key, the user's history token and the entry."""
+
+    key: str
+    token: bytes | None
+    raw: bytes | None
+
+    @property
+    def payload(self) -> bytes | None:
+        return ResultCache._payload(self.raw, self.token)
+
+
 class ResultCache:
     """The per-process cache front: versioned keys, stale checks, stampede lock, outage mode."""
 
@@ -261,13 +273,20 @@ class ResultCache:
         user_id: str,
         context: dict[str, Any],
         compute: Callable[[], tuple[bytes, bool]],
+        peeked: Peek | None = None,
     ) -> tuple[bytes, bool]:
         """(payload, cached). On a miss ``compute() -> (payload, store)`` runs and the payload
-        is stored when ``store`` is true (degraded answers are not pinned for a whole TTL)."""
+        is stored when ``store`` is true (degraded answers are not pinned for a whole TTL).
+
+        ``peeked``: what ``peek`` read for this request a moment ago (the fast path's miss);
+        used instead of a second ``MGET`` when it is for the same key."""
         from recsys import metrics
 
         rkey, tkey = self.result_key(user_id, context), self.token_key(user_id)
-        ok, vals = self._call(lambda: self.backend.mget([tkey, rkey]))
+        if peeked is not None and peeked.key == rkey:
+            ok, vals = True, [peeked.token, peeked.raw]
+        else:
+            ok, vals = self._call(lambda: self.backend.mget([tkey, rkey]))
         if not ok:
             metrics.CACHE_MISSES.inc()
             return compute()[0], False
@@ -301,11 +320,18 @@ class ResultCache:
             )
         return payload, False
 
-    def peek_raw(self, user_id: str, context: dict[str, Any]) -> bytes | None:
-        """The cached payload if present and fresh; never computes."""
+    def peek(self, user_id: str, context: dict[str, Any]) -> Peek | None:
+        """One ``MGET`` of the user's token and the entry: what it read (None when the cache is
+        unavailable); ``.payload`` is the cached payload if present and fresh. Counts nothing
+        and never computes."""
         rkey, tkey = self.result_key(user_id, context), self.token_key(user_id)
         ok, vals = self._call(lambda: self.backend.mget([tkey, rkey]))
-        return self._payload(vals[1], vals[0]) if ok else None
+        return Peek(rkey, vals[0], vals[1]) if ok else None
+
+    def peek_raw(self, user_id: str, context: dict[str, Any]) -> bytes | None:
+        """The cached payload if present and fresh; never computes."""
+        p = self.peek(user_id, context)
+        return None if p is None else p.payload
 
     def get_or_compute(
         self,
@@ -326,7 +352,7 @@ class ResultCache:
         payload, cached = self.get_or_compute_raw(user_id, context, raw)
         return (json.loads(payload), True) if cached else (computed[0], False)
 
-    def peek(self, user_id: str, context: dict[str, Any]) -> dict[str, Any] | None:
+    def peek_dict(self, user_id: str, context: dict[str, Any]) -> dict[str, Any] | None:
         """The cached dict if present and fresh; never computes."""
         raw = self.peek_raw(user_id, context)
         return None if raw is None else json.loads(raw)

@@ -18,8 +18,9 @@ Anything else (a miss, the cache down, any doubt or any exception) falls through
 validates, answers errors and computes: the fast path never answers anything but a 200 hit. A
 hit sends the bytes and headers the view would send and records the same metrics (cache hit,
 request count and latency under the view's endpoint name, the in-flight count that overload
-shedding reads). A miss counts nothing here (``peek_raw`` does not count): the view's lookup
-counts it, so every request is one hit or one miss. ``FAST_CACHE_PATH = False`` turns it off.
+shedding reads). A miss counts nothing here (``peek`` does not count): the view's lookup
+counts it, so every request is one hit or one miss; the view reuses this lookup (the environ's
+``PEEK_ENVIRON_KEY``) instead of reading Redis again. ``FAST_CACHE_PATH = False`` turns it off.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from marshmallow import ValidationError
 
 from recsys import deadline, metrics
 from recsys.api.recommend import (
+    PEEK_ENVIRON_KEY,
     _mark_cached,
     id_problem,
     serving,
@@ -194,8 +196,13 @@ class FastCachePath:
         context = user_cache_context(
             serving(app), q["n"], q["offset"], q["category"], exclude, q["explain"], None
         )
-        payload = get_cache(app).peek_raw(user_id, context)
+        peeked = get_cache(app).peek(user_id, context)
+        if peeked is None:
+            return None  # cache unavailable
+        payload = peeked.payload
         if payload is None:
+            # A miss: the view computes the list; hand it this read so it need not repeat it.
+            environ[PEEK_ENVIRON_KEY] = peeked
             return None
         route, _, body = payload.partition(b"\n")
         body = _mark_cached(body)

@@ -73,7 +73,7 @@ def test_store_if_skips_degraded(cache):
     cache.get_or_compute("u", {}, compute, store_if=lambda b: not b["degraded"])
     cache.get_or_compute("u", {}, compute, store_if=lambda b: not b["degraded"])
     assert compute.calls == 2
-    assert cache.peek("u", {}) is None
+    assert cache.peek_dict("u", {}) is None
 
 
 def test_event_during_compute_makes_result_stale(cache):
@@ -84,7 +84,7 @@ def test_event_during_compute_makes_result_stale(cache):
         return {"v": 1}
 
     cache.get_or_compute("u", {}, compute)
-    assert cache.peek("u", {}) is None
+    assert cache.peek_dict("u", {}) is None
 
 
 @pytest.mark.redis

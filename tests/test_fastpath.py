@@ -355,6 +355,27 @@ def test_a_miss_through_the_fast_path_counts_one_miss(client, flask_calls):
     assert len(flask_calls) == 3 and deadline.in_flight() == 0
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_a_miss_reads_redis_once(served_app, client, flask_calls, monkeypatch):
+    """The view reuses the fast path's lookup of a miss instead of a second MGET."""
+    from recsys.cache import get_cache
+
+    backend = get_cache(served_app).backend
+    real, reads = backend.mget, []
+
+    def counting(keys):
+        reads.append(list(keys))
+        return real(keys)
+
+    monkeypatch.setattr(backend, "mget", counting)
+    body = client.get("/v1/users/u1/recommendations?n=4&exclude=once").get_json()
+    assert body["cached"] is False and len(flask_calls) == 1
+    assert len(reads) == 1  # the peek; the view did not read again
+    body = client.get("/v1/users/u1/recommendations?n=4&exclude=once").get_json()
+    assert body["cached"] is True and len(reads) == 2 and len(flask_calls) == 1
+
+
 # -- failures -----------------------------------------------------------------------------------
 @pytest.mark.postgres
 @pytest.mark.redis
@@ -370,7 +391,7 @@ def test_an_exception_falls_through_and_is_logged_once(
     def broken(*a, **kw):
         raise RuntimeError("peek broke")
 
-    monkeypatch.setattr(cache, "peek_raw", broken)
+    monkeypatch.setattr(cache, "peek", broken)
     with caplog.at_level(logging.WARNING, logger=fastpath.__name__):
         for _ in range(3):
             r = client.get(url)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apiflask import APIBlueprint
-from flask import Response, current_app
+from flask import Response, current_app, has_request_context, request
 
 from recsys import metrics
 from recsys.cache import get_cache
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 bp = APIBlueprint("recommend", __name__, url_prefix="/v1", tag="Recommendations")
 
+# Where the cache fast path (recsys.fastpath) leaves its lookup of a miss for the view.
+PEEK_ENVIRON_KEY = "recsys.cache_peek"
 POPULAR_ONLY = {"routing": {"cold_strategies": ["popular"], "warm_strategies": ["popular"]}}
 
 
@@ -297,7 +299,8 @@ def recommend_user(
         if payload is None:
             payload = compute()[0]
     else:
-        payload, cached = cache.get_or_compute_raw(user_id, cache_context, compute)
+        peeked = request.environ.get(PEEK_ENVIRON_KEY) if has_request_context() else None
+        payload, cached = cache.get_or_compute_raw(user_id, cache_context, compute, peeked)
     route, _, body = payload.partition(b"\n")
     if cached:
         body = _mark_cached(body)
