@@ -49,16 +49,33 @@ class BatcherClosed(RuntimeError):
 
 
 class _Pending:
-    __slots__ = ("x", "enqueued", "done", "result", "error", "abandoned")
+    """One queued request. Its result is signalled by releasing a lock the caller blocks on:
+    a bare lock costs a fraction of a ``threading.Event`` (a Condition and a fresh waiter lock
+    per wait), and a batch signals every one of its requests."""
+
+    __slots__ = ("x", "enqueued", "_signal", "finished", "result", "error", "abandoned")
 
     def __init__(self, x: Any) -> None:
         self.x = x
         self.enqueued = time.monotonic()
-        self.done = threading.Event()
+        self._signal = threading.Lock()
+        self._signal.acquire()
+        self.finished = False
         self.result: Any = None
         self.error: BaseException | None = None
         # Set by a caller that timed out: the worker skips it instead of computing for nobody.
         self.abandoned = False
+
+    def set(self) -> None:
+        """Called once, by the runner, after ``result``/``error`` are in place."""
+        self.finished = True
+        self._signal.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        if timeout is None:
+            self._signal.acquire()
+            return True
+        return self._signal.acquire(timeout=max(0.0, timeout)) or self.finished
 
 
 _live: weakref.WeakSet[MicroBatcher] = weakref.WeakSet()
@@ -187,12 +204,16 @@ class MicroBatcher(Generic[X, Y]):
                 t.is_alive() for t in self._threads
             ):
                 self._start_threads()
-            self._cond.notify()
-        if not p.done.wait(timeout):
+            # Wake the collector only when it has something new to decide: the first request
+            # (it waits for a non-empty queue) or a full batch. In between it is waiting for
+            # company with a timeout, and waking it for every arrival cost a thread switch each.
+            if len(self._queue) == 1 or len(self._queue) >= self.max_batch:
+                self._cond.notify()
+        if not p.wait(timeout):
             with self._cond:
                 # The result may have landed between the wait and the lock; a late result is
                 # still a result, so hand it over rather than dropping finished work.
-                late = p.done.is_set()
+                late = p.finished
                 if not late:
                     p.abandoned = True
                     self.timeouts += 1
@@ -299,7 +320,7 @@ class MicroBatcher(Generic[X, Y]):
                     p.error = e
                 failed = True
             for p in batch:
-                p.done.set()
+                p.set()
             with self._cond:
                 self.batches += 1
                 self.requests += len(batch)
