@@ -27,6 +27,11 @@ DEFAULTS: dict[str, object] = {
     "LOCAL_CACHE_SIZE": 10_000,
     # Default per-request deadline in milliseconds.
     "DEADLINE_MS": 250,
+    # Run a request's strategies in parallel in a per-process thread pool (True) or one after
+    # another in the request thread (False). Measured under gunicorn on 2 cores (README,
+    # "Model runtime"): the pool's hand-offs cost more CPU than the overlap saves, so False.
+    # True lets a deadline abandon a strategy that is still running.
+    "STRATEGY_PARALLEL": False,
     # Per-process memory budget for loaded models, in MiB.
     "MODEL_MEMORY_BUDGET_MB": 768,
     # Micro-batching of the deep model.

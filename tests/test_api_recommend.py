@@ -205,11 +205,12 @@ def test_inline_strategy_runner_keeps_deadline_rules():
 
 def test_inline_mode_serves_the_same_lists(served_app, client):
     url = "/v1/users/u8/recommendations?n=5&exclude=x-{}"
-    pooled = client.get(url.format(1)).get_json()
-    served_app.config["STRATEGY_PARALLEL"] = False
+    assert served_app.config["STRATEGY_PARALLEL"] is False  # the default
+    inline = client.get(url.format(1)).get_json()
+    served_app.config["STRATEGY_PARALLEL"] = True
     try:
-        inline = client.get(url.format(2)).get_json()
+        pooled = client.get(url.format(2)).get_json()
     finally:
-        served_app.config["STRATEGY_PARALLEL"] = True
-    assert not inline["cached"] and not inline["degraded"]
+        served_app.config["STRATEGY_PARALLEL"] = False
+    assert not inline["cached"] and not inline["degraded"] and not pooled["cached"]
     assert inline["items"] == pooled["items"]
