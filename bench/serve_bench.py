@@ -397,6 +397,7 @@ def deep_batching(args, users: list[str], concurrency: int = 16, duration: float
         int(app.config["BATCH_MAX_SIZE"]),
         float(app.config["BATCH_MAX_DELAY_MS"]),
         concurrency=int(app.config["BATCH_CONCURRENCY"]),
+        inline_when_idle=bool(app.config["BATCH_INLINE_WHEN_IDLE"]),
     )
     wrapped.score(batches[0])
     batched, batched_cpu = drive(wrapped.score)

@@ -118,6 +118,7 @@ class MicroBatcher(Generic[X, Y]):
         name: str = "batcher",
         observer: Observer | None = None,
         concurrency: int = 1,
+        inline_when_idle: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -131,6 +132,9 @@ class MicroBatcher(Generic[X, Y]):
         self.max_delay_s = float(max_delay_ms) / 1000.0
         self.name = name
         self.observer = observer
+        # Nothing queued and no batch running: run fn([x]) in the caller's thread now (a batch
+        # of one either way) instead of handing it to a runner thread and back.
+        self.inline_when_idle = bool(inline_when_idle)
         self._closed = False
         self._init_state()
         _live.add(self)
@@ -196,6 +200,17 @@ class MicroBatcher(Generic[X, Y]):
         if self._pid != os.getpid():
             self._reset_after_fork()
         p = _Pending(x)
+        with self._cond:
+            if self._closed:
+                raise BatcherClosed(f"micro-batcher {self.name!r} is closed")
+            inline = self.inline_when_idle and self._busy == 0 and not self._queue
+            if inline:
+                self._busy += 1  # counts as a running batch: arrivals meanwhile queue up
+        if inline:
+            self._execute([p])
+            if p.error is not None:
+                raise p.error
+            return p.result
         with self._cond:
             if self._closed:
                 raise BatcherClosed(f"micro-batcher {self.name!r} is closed")
@@ -302,36 +317,40 @@ class MicroBatcher(Generic[X, Y]):
                 return
             if not batch:
                 continue
-            started = time.monotonic()
-            wait = started - batch[0].enqueued
-            try:
-                results = self.fn([p.x for p in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(
-                        f"micro-batcher {self.name!r}: fn returned {len(results)} results "
-                        f"for {len(batch)} inputs"
-                    )
-                for p, r in zip(batch, results, strict=True):
-                    p.result = r
-                failed = False
-            except BaseException as e:  # noqa: BLE001 - every caller must hear about it
-                log.warning("micro-batcher %s: batch of %d failed: %s", self.name, len(batch), e)
-                for p in batch:
-                    p.error = e
-                failed = True
+            self._execute(batch)
+
+    def _execute(self, batch: list[_Pending]) -> None:
+        """Run one batch (the caller counted it in ``_busy``), hand out the results."""
+        started = time.monotonic()
+        wait = started - batch[0].enqueued
+        try:
+            results = self.fn([p.x for p in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(
+                    f"micro-batcher {self.name!r}: fn returned {len(results)} results "
+                    f"for {len(batch)} inputs"
+                )
+            for p, r in zip(batch, results, strict=True):
+                p.result = r
+            failed = False
+        except BaseException as e:  # noqa: BLE001 - every caller must hear about it
+            log.warning("micro-batcher %s: batch of %d failed: %s", self.name, len(batch), e)
             for p in batch:
-                p.set()
-            with self._cond:
-                self.batches += 1
-                self.requests += len(batch)
-                self.errors += int(failed)
-                self.batch_sizes[len(batch)] += 1
-                self.queue_wait_total_s += wait
-                self._busy -= 1
-                # A collector waiting for company may now have an idle runner to hand off to.
-                self._cond.notify()
-            if self.observer is not None:
-                try:
-                    self.observer(len(batch), wait)
-                except Exception:  # noqa: BLE001 - metrics must never break serving
-                    log.exception("micro-batcher %s: observer failed", self.name)
+                p.error = e
+            failed = True
+        for p in batch:
+            p.set()
+        with self._cond:
+            self.batches += 1
+            self.requests += len(batch)
+            self.errors += int(failed)
+            self.batch_sizes[len(batch)] += 1
+            self.queue_wait_total_s += wait
+            self._busy -= 1
+            # A collector waiting for company may now have an idle runner to hand off to.
+            self._cond.notify()
+        if self.observer is not None:
+            try:
+                self.observer(len(batch), wait)
+            except Exception:  # noqa: BLE001 - metrics must never break serving
+                log.exception("micro-batcher %s: observer failed", self.name)

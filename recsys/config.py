@@ -39,6 +39,9 @@ DEFAULTS: dict[str, object] = {
     "BATCH_MAX_DELAY_MS": 2.0,
     # Batches of the deep model in a forward pass at once per worker (runner threads).
     "BATCH_CONCURRENCY": 2,
+    # A deep-model request that finds the batcher idle (nothing queued or running) is scored
+    # in its own thread instead of being handed to a runner thread and back.
+    "BATCH_INLINE_WHEN_IDLE": True,
     # Largest list accepted by POST /v1/events.
     "EVENTS_MAX_BATCH": 1000,
     # Load active models when the app starts (True) or on first use (False).

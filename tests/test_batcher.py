@@ -326,3 +326,48 @@ def test_concurrency_2_shares_a_queue_among_idle_runners():
     assert batches[0] == [0]
     assert sorted(len(x) for x in batches[1:]) == [4, 4]
     assert sorted(i for x in batches[1:] for i in x) == list(range(1, 9))
+
+
+def test_inline_when_idle_runs_a_lone_request_in_the_callers_thread():
+    ran_on: list[str] = []
+
+    def fn(xs):
+        ran_on.append(threading.current_thread().name)
+        return [x + 1 for x in xs]
+
+    b = MicroBatcher(fn, max_batch=8, max_delay_ms=50, inline_when_idle=True)
+    t0 = time.monotonic()
+    assert b.submit(1) == 2 and b.submit(2) == 3
+    assert time.monotonic() - t0 < 0.05  # no wait for company
+    assert ran_on == [threading.current_thread().name] * 2
+    assert b._threads == []  # no runner was needed
+    st = b.stats()
+    assert st["batches"] == 2 and st["requests"] == 2 and st["batch_sizes"] == {1: 2}
+    with pytest.raises(ZeroDivisionError):
+        MicroBatcher(lambda xs: [1 / 0 for _ in xs], inline_when_idle=True).submit(0)
+    b.close()
+
+
+def test_inline_when_idle_still_batches_requests_that_arrive_meanwhile():
+    entered, release = threading.Event(), threading.Event()
+    seen: list[list[int]] = []
+
+    def fn(xs):
+        seen.append(list(xs))
+        if xs == [0]:
+            entered.set()
+            release.wait(5)
+        return [x * 10 for x in xs]
+
+    b = MicroBatcher(fn, max_batch=8, max_delay_ms=200, inline_when_idle=True)
+    first = threading.Thread(target=lambda: b.submit(0))
+    first.start()
+    assert entered.wait(5)  # the lone first request runs inline and holds the "core"
+    threading.Timer(0.1, release.set).start()
+    results = _run_threads(5, lambda i: b.submit(i + 1))
+    first.join(5)
+    assert [r for r, _ in results] == [10, 20, 30, 40, 50]
+    assert seen[0] == [0]
+    assert sorted(x for batch in seen[1:] for x in batch) == [1, 2, 3, 4, 5]
+    assert len(seen) < 6  # the five queued behind the running one shared batches
+    b.close()
