@@ -465,6 +465,32 @@ def server_memory(master: int) -> list[dict]:
     return rows
 
 
+def worker_cpu(master: int | None) -> dict[int, float]:
+    """CPU seconds (user + system) so far of each gunicorn worker (empty without a master)."""
+    if not master:
+        return {}
+    try:
+        with open(f"/proc/{master}/task/{master}/children") as f:
+            workers = [int(p) for p in f.read().split()]
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for w in workers:
+            with open(f"/proc/{w}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[w] = (int(fields[11]) + int(fields[12])) / tick
+        return out
+    except OSError:
+        return {}
+
+
+def cpu_split(before: dict[int, float], after: dict[int, float]) -> str:
+    """How the scenario's worker CPU was shared, e.g. "62/38": keep-alive connections stay
+    with the worker that accepted them, so a few clients may all land on one worker."""
+    used = [max(0.0, after[w] - before.get(w, 0.0)) for w in sorted(after)]
+    total = sum(used)
+    return "/".join(f"{100 * u / total:.0f}" for u in used) if total > 0 else "-"
+
+
 # -- main --------------------------------------------------------------------------------------
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
@@ -597,11 +623,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, specs in scenarios:
             m = re.search(r"uncached, (\d+) client", name)
             conc = int(m.group(1)) if m else args.concurrency
+            cpu0 = worker_cpu(master)
             r = drive(base, specs, conc, args.duration, run_id)
+            r["split"] = cpu_split(cpu0, worker_cpu(master))
             results.append((name, r))
             print(
                 f"{name:42s} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f}  p95 {r['p95_ms']:6.2f}"
-                f"  p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}",
+                f"  p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}  worker CPU {r['split']} %",
                 flush=True,
             )
         mem = server_memory(master) if master else []
@@ -634,15 +662,15 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `.venv/bin/python bench/serve_bench.py`."
     )
     print()
-    print("| scenario | req/s | p50 ms | p95 ms | p99 ms | errors |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| scenario | req/s | p50 ms | p95 ms | p99 ms | errors | worker CPU split % |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for name, r in results:
         extra = ""
         if name.startswith("events, 100"):
             extra = f" ({r['rps'] * 100:.0f} events/s)"
         print(
             f"| {name}{extra} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {r['errors']} |"
+            f"{r['p99_ms']:.2f} | {r['errors']} | {r.get('split', '-')} |"
         )
     print()
     if "error" in deep:
