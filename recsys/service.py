@@ -791,9 +791,8 @@ class Recommender:
                 model_versions=res.model_versions,
                 dropped=dropped,
             )
-        ranked = self.apply_rules(self.blend(per), UserHistory(None), req)
         return RecResult(
-            items=self.page(ranked, req),
+            items=self._ranked_page(per, UserHistory(None), req),
             route="similar",
             degraded=bool(dropped),
             model_versions=versions,
