@@ -294,11 +294,15 @@ class MicroBatcher(Generic[X, Y]):
                 if left <= 0:
                     break
                 self._cond.wait(left)
+            # At most ``concurrency`` batches in fn at once: a request run inline in its
+            # caller's thread (inline_when_idle) holds a slot too, so wait for one to free.
+            while self._busy >= self.concurrency and not self._stopping:
+                self._cond.wait()
             # Share the queue among the idle runners (this one included): with 2 cores, two
             # batches of 8 in flight at once beat one of 16 on one core while the other idles,
             # since a forward pass costs about the same for 8 users as for 16. One runner
             # (concurrency=1) always takes up to max_batch, as before.
-            idle = self.concurrency - self._busy
+            idle = max(1, self.concurrency - self._busy)
             take = min(self.max_batch, -(-len(self._queue) // idle))
             batch = []
             while self._queue and len(batch) < take:

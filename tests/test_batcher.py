@@ -371,3 +371,41 @@ def test_inline_when_idle_still_batches_requests_that_arrive_meanwhile():
     assert sorted(x for batch in seen[1:] for x in batch) == [1, 2, 3, 4, 5]
     assert len(seen) < 6  # the five queued behind the running one shared batches
     b.close()
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_inline_run_holds_a_slot_and_runners_survive(concurrency):
+    """A request running inline counts against ``concurrency``: with every slot taken the
+    collector waits for one (it used to divide by zero and lose its runner thread)."""
+    entered, release = threading.Event(), threading.Event()
+    running, peak = [0], [0]
+    lock = threading.Lock()
+
+    def fn(xs):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        if xs == [0]:
+            entered.set()
+            release.wait(5)
+        else:
+            time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return [x + 100 for x in xs]
+
+    b = MicroBatcher(
+        fn, max_batch=4, max_delay_ms=1, concurrency=concurrency, inline_when_idle=True
+    )
+    first = threading.Thread(target=lambda: b.submit(0))
+    first.start()
+    assert entered.wait(5)
+    threading.Timer(0.2, release.set).start()
+    results = _run_threads(12, lambda i: b.submit(i + 1, timeout=5))
+    first.join(5)
+    assert [e for _, e in results] == [None] * 12
+    assert [r for r, _ in results] == [i + 101 for i in range(12)]
+    assert peak[0] <= concurrency
+    assert all(t.is_alive() for t in b._threads)
+    assert b.stats()["timeouts"] == 0
+    b.close()
