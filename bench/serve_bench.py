@@ -513,6 +513,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instance", default=os.path.join(ROOT, "instance", "bench"))
     p.add_argument("--model-dir", default=None, help="default: <instance>/models")
     p.add_argument("--prepare", action="store_true", help="create/import/train, then exit")
+    p.add_argument(
+        "--deep-only",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the deep model's batching measurement, N times (no server)",
+    )
     p.add_argument("--url", default=None, help="benchmark a running server instead")
     p.add_argument("--server-pid", type=int, default=None, help="its gunicorn master (memory)")
     p.add_argument("--workers", type=int, default=2)
@@ -534,6 +541,28 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.instance, exist_ok=True)
     if args.prepare:
         prepare(args)
+        return 0
+    if args.deep_only:
+        # The deep model's batching alone, several times: on a shared VM one run says little.
+        users, _ = sample_ids(args, n_users=200, n_items=10)
+        ratios = []
+        for k in range(args.deep_only):
+            d = deep_batching(args, users)
+            if "error" in d:
+                print(f"Deep model batching: not measured ({d['error']}).")
+                return 1
+            ratios.append(d["speedup"])
+            print(
+                f"run {k + 1}: unbatched {d['unbatched_rps']:.0f}/s, batched "
+                f"{d['batched_rps']:.0f}/s = {d['speedup']:.1f}x (mean batch {d['mean_batch']:.1f};"
+                f" CPU per call {d['unbatched_cpu_ms']:.2f} vs {d['batched_cpu_ms']:.2f} ms)",
+                flush=True,
+            )
+        ratios.sort()
+        print(
+            f"deep batching over {len(ratios)} runs: median {ratios[len(ratios) // 2]:.1f}x, "
+            f"range {ratios[0]:.1f}-{ratios[-1]:.1f}x (goal >= 3x)"
+        )
         return 0
 
     tool = args.tool
