@@ -521,7 +521,12 @@ class Recommender:
                 names = np.asarray(ext[ids[r][keep]]).tolist()
                 if names and type(names[0]) is not str:
                     names = [str(x) for x in names]
-                out[i] = Candidates(names, scores[r][keep].astype(np.float64))
+                out[i] = Candidates(
+                    names,
+                    scores[r][keep].astype(np.float64),
+                    idx=ids[r][keep],
+                    idmap=canonical_idmap(items),
+                )
         return out
 
     # -- stage: blend -----------------------------------------------------------------------
@@ -540,28 +545,45 @@ class Recommender:
         them. Per-item sources are only materialised for the items a caller asks for.
         """
         names: list[str] = []
-        ids: list[str] = []
+        lists: list[Candidates] = []
         contribs: list[np.ndarray] = []
         for name, cands in per_strategy.items():
             if not cands:
                 continue
             cands = Candidates.of(cands)
             names.append(name)
-            ids.extend(cands.ids)
+            lists.append(cands)
             contribs.append(self._contributions(cands, self.config.weight(name)))
-        if not ids:
+        if not lists:
             return _Fused.empty()
-        uniq, inverse = np.unique(np.array(ids), return_inverse=True)
+        idmap = lists[0].idmap
+        if idmap is not None and all(c.idmap is idmap for c in lists):
+            # One catalogue (the usual case): number the items by their index in it, and break
+            # ties by each index's place in id order, precomputed per IdMap (same order as
+            # the strings would give, without sorting strings per request).
+            str_ids, id_rank = _id_order(idmap)
+            uniq_idx, inverse = np.unique(
+                np.concatenate([c.idx for c in lists]), return_inverse=True
+            )
+            tiebreak = id_rank[uniq_idx]
+            uniq = None
+        else:
+            uniq, inverse = np.unique(
+                np.array([i for c in lists for i in c.ids]), return_inverse=True
+            )
+            tiebreak = np.arange(len(uniq))
+        n_uniq = len(tiebreak)
         flat = np.concatenate(contribs)
-        totals = np.bincount(inverse, weights=flat, minlength=len(uniq))
+        totals = np.bincount(inverse, weights=flat, minlength=n_uniq)
         # The contribution of each strategy to each distinct item (NaN: not a candidate there).
-        per = np.full((len(names), len(uniq)), np.nan)
+        per = np.full((len(names), n_uniq), np.nan)
         start = 0
         for row, c in enumerate(contribs):
             per[row, inverse[start : start + len(c)]] = c
             start += len(c)
-        order = np.lexsort((np.arange(len(uniq)), -totals))
-        return _Fused(names, uniq[order].tolist(), totals[order].tolist(), per[:, order])
+        order = np.lexsort((tiebreak, -totals))
+        ranked = str_ids[uniq_idx[order]].tolist() if uniq is None else uniq[order].tolist()
+        return _Fused(names, ranked, totals[order].tolist(), per[:, order])
 
     def _contributions(self, cands: Candidates, w: float) -> np.ndarray:
         n = len(cands)
@@ -803,18 +825,41 @@ class Recommender:
 _FAILED = object()
 
 
+_id_order_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _id_order(idmap) -> tuple[np.ndarray, np.ndarray]:
+    """(ids as an object array of str, each index's rank in string order) for an IdMap,
+    computed once per map."""
+    got = _id_order_cache.get(idmap)
+    if got is None:
+        strs = [str(x) for x in idmap.ids]
+        as_obj = np.array(strs, dtype=object)
+        rank = np.empty(len(strs), dtype=np.int64)
+        rank[np.argsort(np.array(strs, dtype=str), kind="stable")] = np.arange(len(strs))
+        got = (as_obj, rank)
+        _id_order_cache[idmap] = got
+    return got
+
+
 class Candidates(Sequence):
     """One strategy's candidates for one user, best first: a sequence of (item id, score)
     pairs, stored as the id list and a float64 score array so blending needs no per-pair
     Python work."""
 
-    __slots__ = ("ids", "scores")
+    __slots__ = ("ids", "idmap", "idx", "scores")
 
-    def __init__(self, ids: list[str], scores: np.ndarray):
-        if len(ids) != len(scores):
-            raise ValueError("ids and scores must have the same length")
+    def __init__(
+        self, ids: list[str], scores: np.ndarray, idx: np.ndarray | None = None, idmap=None
+    ):
+        if len(ids) != len(scores) or (idx is not None and len(idx) != len(ids)):
+            raise ValueError("ids, scores (and idx) must have the same length")
         self.ids = ids
         self.scores = np.asarray(scores, dtype=np.float64)
+        # Optional: the same items as indices of ``idmap`` (a canonical IdMap), so candidates
+        # of strategies sharing a catalogue can be fused on integers.
+        self.idx = idx if idmap is not None else None
+        self.idmap = idmap if idx is not None else None
 
     @classmethod
     def of(cls, pairs: Sequence[tuple[str, float]]) -> Candidates:

@@ -243,6 +243,32 @@ def test_vectorised_blend_equals_the_plain_running_sum(seed):
     assert len({t for _, t, _ in want}) < len(want)  # the case has ties to break
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_fusion_on_item_indices_equals_fusion_on_ids(seed):
+    """Candidates that carry indices of one shared IdMap are fused on integers; the order
+    (ties by id string), totals and sources must be those of the string path."""
+    from features.idmap import IdMap
+    from recsys.service import Candidates
+
+    rng = np.random.default_rng(seed)
+    # Ids whose string order differs from their index order ("i10" < "i2").
+    idmap = IdMap([f"i{k}" for k in rng.permutation(300)])
+    r = rec(overrides={"strategies": {"ease": {"weight": 1.5}, "popular": {"weight": 0.3}}})
+    with_idx, plain = {}, {}
+    for name in ("ease", "popular"):
+        idx = rng.choice(300, size=150, replace=False)
+        scores = np.round(rng.normal(size=150), 1)
+        order = np.argsort(-scores, kind="stable")
+        idx, scores = idx[order], scores[order]
+        names = [idmap.ids[i] for i in idx]
+        with_idx[name] = Candidates(names, scores, idx=idx, idmap=idmap)
+        plain[name] = list(zip(names, scores.tolist(), strict=True))
+    got = [(i.item_id, i.score, i.sources) for i in r.blend(with_idx)]
+    want = [(i.item_id, i.score, i.sources) for i in r.blend(plain)]
+    assert got == want
+    assert len({t for _, t, _ in want}) < len(want)  # ties were broken
+
+
 # -- business rules -------------------------------------------------------------------------
 def ids(res):
     return [i.item_id for i in res.items]
