@@ -141,6 +141,23 @@ def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(n, m)
     if k <= 0:
         return np.full((b, n), -1, dtype=np.int64), np.full((b, n), -np.inf, dtype=np.float32)
+    if b == 1:
+        # One user (every uncached request): plain 1-D indexing, without take_along_axis's
+        # index-building overhead three times over. Same result as the general path.
+        row = scores[0]
+        part1 = np.argpartition(-row, k - 1)[:k]
+        ps = row[part1]
+        order1 = np.argsort(-ps, kind="stable")
+        ids = part1[order1].astype(np.int64)[None, :]
+        sc = ps[order1].astype(np.float32)[None, :]
+        bad = ~np.isfinite(sc)
+        if bad.any():
+            ids[bad] = -1
+            sc[bad] = -np.inf
+        if k < n:
+            ids = np.pad(ids, ((0, 0), (0, n - k)), constant_values=-1)
+            sc = np.pad(sc, ((0, 0), (0, n - k)), constant_values=-np.inf)
+        return ids, sc
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1, kind="stable")

@@ -182,3 +182,21 @@ def test_serves_cold_flags():
     assert get_strategy_class("popular").serves_cold
     assert get_strategy_class("content").serves_cold
     assert not get_strategy_class("ease").serves_cold
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_top_n_of_one_row_equals_that_row_in_a_batch(seed):
+    """top_n has a one-row fast path (every uncached request); it must agree with the
+    batched path row for row, ties, -inf and n larger than the catalogue included."""
+    from strategies.base import top_n
+
+    rng = np.random.default_rng(seed)
+    for _ in range(50):
+        m, n = int(rng.integers(1, 300)), int(rng.integers(1, 400))
+        rows = np.round(rng.normal(size=(2, m)), 1).astype(np.float32)
+        rows[0, rng.integers(0, m, int(rng.integers(0, m)))] = -np.inf
+        ids1, sc1 = top_n(rows[:1].copy(), n)
+        ids2, sc2 = top_n(rows.copy(), n)
+        np.testing.assert_array_equal(ids1[0], ids2[0])
+        np.testing.assert_array_equal(sc1[0], sc2[0])
+        assert ids1.shape == (1, n) and ids1.dtype == np.int64 and sc1.dtype == np.float32
