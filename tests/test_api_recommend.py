@@ -214,3 +214,26 @@ def test_inline_mode_serves_the_same_lists(served_app, client):
         served_app.config["STRATEGY_PARALLEL"] = False
     assert not inline["cached"] and not inline["degraded"] and not pooled["cached"]
     assert inline["items"] == pooled["items"]
+
+
+def test_lists_are_exactly_what_the_recout_schema_would_emit(client, served_app):
+    """The per-user and similar-items bodies skip the marshmallow dump (recommend._render);
+    real answers must be fixed points of RecOut's dump: nothing outside the schema, JSON
+    types only."""
+    from recsys.schemas import RecOut
+
+    schema = RecOut()
+    urls = [
+        "/v1/users/u6/recommendations?n=5&explain=true",
+        "/v1/users/u6/recommendations?n=3",
+        "/v1/users/nobody/recommendations?n=4&category=music",
+        "/v1/users/u8/recommendations?n=2&offset=1&exclude=i0",
+        "/v1/items/i1/similar?n=4",
+    ]
+    for url in urls:
+        r = client.get(url)
+        assert r.status_code == 200, (url, r.get_json())
+        body = r.get_json()
+        assert schema.dump(body) == body, url
+        again = client.get(url).get_json()  # the cached form too
+        assert schema.dump(again) == again, url

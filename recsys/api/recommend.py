@@ -209,14 +209,18 @@ def _snapshot(ctx: Serving) -> str:
     return text
 
 
-_REC_OUT = RecOut()
 _NOT_CACHED = b'"cached":false'
 _CACHED = b'"cached":true'
 
 
 def _render(out: dict[str, Any]) -> bytes:
-    """The response body exactly as ``@bp.output(RecOut)`` would serialise ``out``."""
-    return current_app.json.response(_REC_OUT.dump(out)).get_data()
+    """The response body as ``@bp.output(RecOut)`` would serialise ``out``.
+
+    ``out`` is built from ``RecResult.to_dict`` with exactly RecOut's fields and JSON types,
+    for which the schema's dump is the identity (tests/test_api_recommend.py checks real
+    answers against it), so it goes straight to Flask's JSON provider: ~50 instead of
+    ~200 us per list."""
+    return current_app.json.response(out).get_data()
 
 
 def _mark_cached(body: bytes) -> bytes:
