@@ -337,14 +337,15 @@ def deep_batching(args, users: list[str], concurrency: int = 16, duration: float
     from features.interactions import EVENT_CODE, History, user_batch
     from recsys import create_app
     from recsys.registry import get_repository
-    from recsys.runtime import BatchedModel
+    from recsys.runtime import BatchedModel, get_runtime
     from recsys.store.db import session_scope
     from recsys.store.models import Event, Item, User
 
     torch.set_num_threads(1)  # as in a gunicorn worker
     app = create_app()
     try:
-        lm = get_repository(app).load_version("deep")
+        # As a worker serves it: the runtime's CPU variant (DEEP_CPU_PRECISION) of the version.
+        lm = get_runtime(app).serving_variant(get_repository(app).load_version("deep"))
     except Exception as e:  # noqa: BLE001 - report, do not fake
         return {"error": f"no deep model: {e}"}
     batches = []
@@ -406,6 +407,7 @@ def deep_batching(args, users: list[str], concurrency: int = 16, duration: float
     return {
         "items": len(lm.items),
         "version": lm.version,
+        "precision": getattr(inner, "serving_precision_", "?"),
         "unbatched_rps": unbatched,
         "batched_rps": batched,
         "speedup": batched / unbatched if unbatched else 0.0,
@@ -706,7 +708,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Deep model batching: not measured ({deep['error']}).")
     else:
         print(
-            f"Deep model ({deep['items']} items, version {deep['version']}), 16 concurrent "
+            f"Deep model ({deep['items']} items, version {deep['version']}, serving "
+            f"{deep['precision']}), 16 concurrent "
             f"single-user calls, 1 torch thread: unbatched {deep['unbatched_rps']:.0f}/s, "
             f"micro-batched (max {deep['max_batch']}, {deep['max_delay_ms']} ms, "
             f"{deep['concurrency']} batch runner thread(s)) "

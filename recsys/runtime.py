@@ -50,7 +50,7 @@ from recsys.deadline import run_with_deadline  # noqa: F401  (INTERFACES.md name
 from recsys.errors import ModelError
 from recsys.lifecycle import on_after_fork
 from recsys.polling import BackgroundPoll
-from recsys.registry import LoadedModel, ModelRepository, get_repository
+from recsys.registry import LoadedModel, ModelRepository, get_repository, model_nbytes
 from recsys.store.models import Event, Item, StrategySetting
 from strategies.base import Strategy, UserBatch
 
@@ -251,6 +251,7 @@ class ModelRuntime:
         batch_concurrency: int = 1,
         batch_inline_when_idle: bool = False,
         warmup: bool = True,
+        cpu_precision: str | None = None,
     ) -> None:
         self.repository = repository
         self.budget_bytes = int(budget_bytes)
@@ -261,6 +262,7 @@ class ModelRuntime:
         self.batched = tuple(batched)
         self.batch_concurrency = int(batch_concurrency)
         self.batch_inline_when_idle = bool(batch_inline_when_idle)
+        self.cpu_precision = cpu_precision or None
         self.warmup = warmup
         self._models: dict[str, _Slot] = {}
         self._active: dict[str, str] = {}
@@ -328,6 +330,23 @@ class ModelRuntime:
             self._install(strategy, new)
             return new
 
+    def serving_variant(self, loaded: LoadedModel) -> LoadedModel:
+        """A model that serves on the CPU in ``cpu_precision`` (the deep model: int8 by
+        default, ``DEEP_CPU_PRECISION``), derived from the verified fp32 weights at load. On
+        CUDA, or for models without precisions, the loaded model as it is."""
+        want, model = self.cpu_precision, loaded.model
+        device = getattr(model, "serving_device_", None)
+        if (
+            not want
+            or not hasattr(model, "quantized")
+            or device is None
+            or device.type != "cpu"
+            or getattr(model, "serving_precision_", None) == want
+        ):
+            return loaded
+        variant = model.quantized(want)
+        return dataclasses.replace(loaded, model=variant, nbytes=model_nbytes(variant))
+
     def _load(self, strategy: str, version: str) -> _Slot:
         """Verify, load and warm one version (not yet serving). Raises ModelError."""
         t0 = time.perf_counter()
@@ -336,7 +355,7 @@ class ModelRuntime:
             inner = repo.resolver
             repo = dataclasses.replace(repo, resolver=lambda name: _CpuOnly(inner(name)))
         try:
-            loaded = repo.load_version(strategy, version)
+            loaded = self.serving_variant(repo.load_version(strategy, version))
             warmed = self._warm_up(loaded)
         except ModelError as e:
             self._errors[strategy] = (version, e.description, time.monotonic())
@@ -828,6 +847,7 @@ def get_runtime(app: Flask | None = None) -> ModelRuntime:
             batch_max_delay_ms=float(cfg.get("BATCH_MAX_DELAY_MS", 2.0)),
             batch_concurrency=int(cfg.get("BATCH_CONCURRENCY", 2)),
             batch_inline_when_idle=bool(cfg.get("BATCH_INLINE_WHEN_IDLE", True)),
+            cpu_precision=str(cfg.get("DEEP_CPU_PRECISION") or "") or None,
         )
         app.extensions["recsys.runtime"] = rt
     return rt

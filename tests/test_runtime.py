@@ -351,3 +351,34 @@ def test_stack_csr_equals_scipy_vstack():
     np.testing.assert_array_equal(
         _stack_csr([mats[0], coo]).toarray(), sp.vstack([mats[0], coo]).toarray()
     )
+
+
+@pytest.mark.parametrize("setting, want", [(None, "int8"), ("fp32", "fp32"), ("", "fp32")])
+def test_deep_serves_in_the_cpu_precision_setting(make_app, setting, want):
+    """The runtime derives the CPU serving variant of the deep model at load
+    (DEEP_CPU_PRECISION, default int8); the stored version stays the fp32 weights."""
+    from strategies.deep import DeepStrategy
+
+    config = {} if setting is None else {"DEEP_CPU_PRECISION": setting}
+    app = make_app(**config)
+    data = rs.sample_data()
+    model = DeepStrategy(hidden=(16,), epochs=2, max_steps=None, device="cpu").fit(data)
+    repo = get_repository(app)
+    version = repo.save_version(model, data, activate=True)
+    served = get_runtime(app).get("deep")
+    inner = served.model.inner if isinstance(served.model, BatchedModel) else served.model
+    assert served.version == version
+    assert inner.serving_precision_ == want
+    assert repo.load_version("deep", version).model.serving_precision_ == "fp32"  # as saved
+    batch = user_batch(
+        [
+            History(
+                np.array([0, 1]),
+                np.array([3, 3], np.int8),
+                np.ones(2, np.float32),
+                np.zeros(2, np.int64),
+            )
+        ],
+        len(served.items),
+    )
+    np.testing.assert_allclose(inner.score(batch), model.score(batch), atol=0.05)
