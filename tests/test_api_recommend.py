@@ -191,7 +191,7 @@ def test_similar_answer_is_kept_until_an_admin_change(client):
 def test_inline_strategy_runner_keeps_deadline_rules():
     import time
 
-    from recsys.api.recommend import _inline_runner
+    from recsys.deadline import run_inline as _inline_runner
 
     def boom():
         raise RuntimeError("broken strategy")

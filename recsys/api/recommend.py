@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -71,54 +70,13 @@ class Serving:
 
 
 def _runner(tasks, deadline_s):
-    from recsys.deadline import run_with_deadline
-    from recsys.service import sequential_runner
+    """Strategies in the request thread (``recsys.deadline.run_inline``, the default) or in
+    the deadline pool (``STRATEGY_PARALLEL``)."""
+    from recsys.deadline import run_inline, run_with_deadline
 
-    if deadline_s is None:
-        return sequential_runner(tasks, None)
-    if not current_app.config.get("STRATEGY_PARALLEL", False):
-        return _inline_runner(tasks, deadline_s)
-    return run_with_deadline(tasks, deadline_s)
-
-
-def _inline_runner(tasks, deadline_s: float):
-    """The strategies one after another in the request thread, under the same deadline rules
-    as ``run_with_deadline`` (a task that would start, or that finished, after the deadline is
-    dropped and counted as missed), without the hop through the thread pool.
-
-    Used when ``STRATEGY_PARALLEL`` is false (the default). It saves the pool hand-offs, but
-    a running strategy cannot be abandoned at the deadline. Under gunicorn on the 2-core
-    benchmark box, 8 uncached clients, the pool cost 8.8-13.7 ms of worker CPU per request
-    against 7.5-8.8 ms inline (README, "Model runtime").
-    """
-    from recsys.metrics import DEADLINE_MISSES, STRATEGY_LATENCY
-
-    results: dict[str, Any] = {}
-    missed: list[str] = []
-    start = time.perf_counter()
-    for name, fn in tasks.items():
-        t0 = time.perf_counter()
-        if t0 - start > deadline_s:
-            log.warning("strategy %s not started: %.0f ms deadline passed", name, deadline_s * 1e3)
-        else:
-            try:
-                value = fn()
-            except Exception:
-                log.exception("strategy %s failed; dropped from the response", name)
-                value = _MISSED
-            t1 = time.perf_counter()
-            STRATEGY_LATENCY.labels(name).observe(t1 - t0)
-            if value is not _MISSED and t1 - start <= deadline_s:
-                results[name] = value
-                continue
-            if value is not _MISSED:
-                log.warning("strategy %s missed the %.0f ms deadline", name, deadline_s * 1e3)
-        DEADLINE_MISSES.labels(name).inc()
-        missed.append(name)
-    return results, missed
-
-
-_MISSED = object()
+    if deadline_s is not None and current_app.config.get("STRATEGY_PARALLEL", False):
+        return run_with_deadline(tasks, deadline_s)
+    return run_inline(tasks, deadline_s)
 
 
 def serving(app=None) -> Serving:
