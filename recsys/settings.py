@@ -202,7 +202,6 @@ class SettingsStore:
 
         Returns (before, after) effective strategy settings. Raises ValueError when invalid.
         """
-        from recsys import audit
 
         if not isinstance(patch, Mapping) or not patch:
             raise ValueError("body must be a non-empty object of strategy -> settings")
@@ -228,17 +227,12 @@ class SettingsStore:
                 row.params = params
                 sc = after_cfg.strategies[name]
                 row.enabled, row.weight = sc.enabled, sc.weight
-            before = {k: before_cfg.to_dict()["strategies"][k] for k in patch}
-            after = {k: after_cfg.to_dict()["strategies"][k] for k in patch}
-            v = bump(s, CONFIG_VERSION, f"strategies changed by {actor}")
-            audit.record(s, actor, "strategies.update", ",".join(sorted(patch)), before, after)
-        self._polled_at = 0.0
-        log.info("strategies updated by %s (config version %d): %s", actor, v, after)
+            before, after = self._record(s, "strategies", patch, before_cfg, after_cfg, actor)
+        self._polled_at = 0.0  # this process sees its own change on the next call
         return before, after
 
     def update_routing(self, patch: Mapping[str, Any], actor: str) -> tuple[dict, dict]:
         """Apply a partial routing dict; validated, audited. Returns (before, after) routing."""
-        from recsys import audit
 
         if not isinstance(patch, Mapping) or not patch:
             raise ValueError("body must be a non-empty object of routing settings")
@@ -256,12 +250,29 @@ class SettingsStore:
                 s.add(Setting(key=ROUTING, value=routing))
             else:
                 row.value = routing
-            before = {k: before_cfg.to_dict()["routing"][k] for k in patch}
-            after = {k: after_cfg.to_dict()["routing"][k] for k in patch}
-            v = bump(s, CONFIG_VERSION, f"routing changed by {actor}")
-            audit.record(s, actor, "routing.update", ",".join(sorted(patch)), before, after)
-        self._polled_at = 0.0
-        log.info("routing updated by %s (config version %d): %s", actor, v, after)
+            before, after = self._record(s, "routing", patch, before_cfg, after_cfg, actor)
+        self._polled_at = 0.0  # this process sees its own change on the next call
+        return before, after
+
+    @staticmethod
+    def _record(
+        s: Session,
+        section: str,
+        patch: Mapping[str, Any],
+        before_cfg: ServingConfig,
+        after_cfg: ServingConfig,
+        actor: str,
+    ) -> tuple[dict, dict]:
+        """In the change's transaction: the patched keys of ``section`` before and after, a
+        new config version and the audit row (who, what, before, after)."""
+        from recsys import audit
+
+        old, new = before_cfg.to_dict()[section], after_cfg.to_dict()[section]
+        before = {k: old[k] for k in patch}
+        after = {k: new[k] for k in patch}
+        v = bump(s, CONFIG_VERSION, f"{section} changed by {actor}")
+        audit.record(s, actor, f"{section}.update", ",".join(sorted(patch)), before, after)
+        log.info("%s updated by %s (config version %d): %s", section, actor, v, after)
         return before, after
 
 
