@@ -51,6 +51,7 @@ INTERACTION_COLUMNS = ("user_id", "item_id", "event", "value", "timestamp")
 ITEM_COLUMNS = ("item_id", "title", "description", "categories", "price", "available")
 TRUE = {"1", "true", "t", "yes", "y"}
 FALSE = {"0", "false", "f", "no", "n"}
+BOOLS = TRUE | FALSE
 
 
 def _reader(f: Any, path: str, required: str) -> tuple[Any, list[str]]:
@@ -87,6 +88,35 @@ def _json_object(s: str) -> dict[str, Any]:
     return obj
 
 
+def _new_id(
+    row: dict[str, str], column: str, first_line: dict[str, int], lc: LineCount, n: int
+) -> str | None:
+    """The row's id in ``column``, or None (line skipped) when bad or already seen."""
+    ident = check_id(row[column])
+    if ident is None:
+        lc.skip(n, f"missing or too long {column}")
+        return None
+    if ident in first_line:
+        lc.skip(n, f"duplicate {column}", f"first on line {first_line[ident]}")
+        return None
+    return ident
+
+
+def _attributes(
+    row: dict[str, str], extra: list[str], lc: LineCount, n: int
+) -> dict[str, Any] | None:
+    """The ``attributes`` JSON plus the extra columns, or None (line skipped) for bad JSON."""
+    attrs: dict[str, Any] = {}
+    if row.get("attributes", "").strip():
+        try:
+            attrs = _json_object(row["attributes"])
+        except ValueError:
+            lc.skip(n, "bad attributes JSON", repr(row["attributes"][:60]))
+            return None
+    attrs.update({k: row[k] for k in extra if row[k] != ""})
+    return attrs
+
+
 def parse(
     interactions: str, items: str | None = None, users: str | None = None
 ) -> tuple[ImportReport, ImportBatch]:
@@ -111,12 +141,8 @@ def _items(path: str, lc: LineCount, batch: ImportBatch) -> None:
         extra = [n for n in names if n not in ITEM_COLUMNS and n != "attributes"]
         first_line: dict[str, int] = {}
         for n, row in _rows(reader, names, lc, "read items"):
-            item = check_id(row["item_id"])
+            item = _new_id(row, "item_id", first_line, lc, n)
             if item is None:
-                lc.skip(n, "missing or too long item_id")
-                continue
-            if item in first_line:
-                lc.skip(n, "duplicate item_id", f"first on line {first_line[item]}")
                 continue
             price: float | None = None
             if row.get("price", "").strip():
@@ -128,18 +154,13 @@ def _items(path: str, lc: LineCount, batch: ImportBatch) -> None:
             available = True
             raw_avail = row.get("available", "").strip().lower()
             if raw_avail:
-                if raw_avail not in TRUE | FALSE:
+                if raw_avail not in BOOLS:
                     lc.skip(n, "bad available flag", repr(row["available"]))
                     continue
                 available = raw_avail in TRUE
-            attrs: dict[str, Any] = {}
-            if row.get("attributes", "").strip():
-                try:
-                    attrs = _json_object(row["attributes"])
-                except ValueError:
-                    lc.skip(n, "bad attributes JSON", repr(row["attributes"][:60]))
-                    continue
-            attrs.update({k: row[k] for k in extra if row[k] != ""})
+            attrs = _attributes(row, extra, lc, n)
+            if attrs is None:
+                continue
             cats = [c.strip() for c in row.get("categories", "").split("|") if c.strip()]
             first_line[item] = n
             batch.items[item] = ItemRow(
@@ -158,21 +179,12 @@ def _users(path: str, lc: LineCount, batch: ImportBatch) -> None:
         extra = [n for n in names if n not in ("user_id", "attributes")]
         first_line: dict[str, int] = {}
         for n, row in _rows(reader, names, lc, "read users"):
-            user = check_id(row["user_id"])
+            user = _new_id(row, "user_id", first_line, lc, n)
             if user is None:
-                lc.skip(n, "missing or too long user_id")
                 continue
-            if user in first_line:
-                lc.skip(n, "duplicate user_id", f"first on line {first_line[user]}")
+            attrs = _attributes(row, extra, lc, n)
+            if attrs is None:
                 continue
-            attrs: dict[str, Any] = {}
-            if row.get("attributes", "").strip():
-                try:
-                    attrs = _json_object(row["attributes"])
-                except ValueError:
-                    lc.skip(n, "bad attributes JSON", repr(row["attributes"][:60]))
-                    continue
-            attrs.update({k: row[k] for k in extra if row[k] != ""})
             first_line[user] = n
             batch.users[user] = attrs
 
