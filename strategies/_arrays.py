@@ -63,3 +63,27 @@ def unit_rows(f: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(f, axis=1)
     norms[norms == 0] = 1.0
     return f / norms[:, None]
+
+
+class ItemFactors:
+    """For strategies that keep one ``item_factors_`` array (ALS, BPR): cosine similar items
+    over ``_similarity_factors()`` (normalised once per model, not per query) and saving the
+    array beside the parameters. Mix in before ``Strategy``; ``_set`` must reset ``_unit``."""
+
+    item_factors_: np.ndarray
+    _unit: np.ndarray | None = None
+
+    def _similarity_factors(self) -> np.ndarray:
+        return self.item_factors_
+
+    def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine similarity of item factors."""
+        items = check_items(items, self.item_factors_.shape[0])
+        unit = self._unit
+        if unit is None:
+            unit = self._unit = unit_rows(self._similarity_factors())
+        return top_similar(unit[items] @ unit.T, items, n)
+
+    def save(self, path: str) -> None:
+        save_arrays(path, item_factors=self.item_factors_)
+        self._save_params(path)

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from features.interactions import InteractionData
-from strategies._arrays import check_items, load_arrays, save_arrays, top_similar, unit_rows
+from strategies._arrays import ItemFactors, load_arrays
 from strategies.base import Strategy, UserBatch
 
 
@@ -29,7 +29,7 @@ def _input(m: sp.csr_matrix, binary: bool) -> sp.csr_matrix:
     return m
 
 
-class ALSStrategy(Strategy):
+class ALSStrategy(ItemFactors, Strategy):
     name = "als"
 
     def __init__(
@@ -111,18 +111,6 @@ class ALSStrategy(Strategy):
 
     def score(self, users: UserBatch) -> np.ndarray:
         return self.user_factors(users) @ self.item_factors_.T
-
-    def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine similarity of item factors."""
-        items = check_items(items, self.item_factors_.shape[0])
-        unit = self._unit
-        if unit is None:  # normalised once per model, not per query
-            unit = self._unit = unit_rows(self.item_factors_)
-        return top_similar(unit[items] @ unit.T, items, n)
-
-    def save(self, path: str) -> None:
-        save_arrays(path, item_factors=self.item_factors_)
-        self._save_params(path)
 
     @classmethod
     def load(cls, path: str) -> Self:

@@ -18,11 +18,11 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from features.interactions import InteractionData
-from strategies._arrays import check_items, load_arrays, save_arrays, top_similar, unit_rows
+from strategies._arrays import ItemFactors, load_arrays
 from strategies.base import Strategy, UserBatch
 
 
-class BPRStrategy(Strategy):
+class BPRStrategy(ItemFactors, Strategy):
     name = "bpr"
 
     def __init__(
@@ -126,17 +126,8 @@ class BPRStrategy(Strategy):
         # Users without history get item-bias-only scores (BPR's popularity prior).
         return (u @ self._v32.T + self._bias32).astype(np.float32)
 
-    def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine similarity of item factors (bias excluded)."""
-        items = check_items(items, self.item_factors_.shape[0])
-        unit = self._unit
-        if unit is None:  # normalised once per model, not per query
-            unit = self._unit = unit_rows(self.item_factors_[:, :-1])
-        return top_similar(unit[items] @ unit.T, items, n)
-
-    def save(self, path: str) -> None:
-        save_arrays(path, item_factors=self.item_factors_)
-        self._save_params(path)
+    def _similarity_factors(self) -> np.ndarray:
+        return self.item_factors_[:, :-1]  # cosine of item factors, bias excluded
 
     @classmethod
     def load(cls, path: str) -> Self:
