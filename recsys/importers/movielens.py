@@ -17,11 +17,13 @@ from __future__ import annotations
 import csv
 import os
 import time
+from collections.abc import Iterable, Iterator
 
 from recsys.importers.common import (
     ImportBatch,
     ImportReport,
     ItemRow,
+    LineCount,
     SourceError,
     check_id,
     open_text,
@@ -87,6 +89,16 @@ def _add_rating(batch: ImportBatch, lc, n: int, user: str, item: str, rating: st
         batch.users[u] = None
 
 
+def _split_lines(lines: Iterable[str], lc: LineCount, sep: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each non-blank line, counted as read."""
+    for n, line in enumerate(lines, 1):
+        line = line.rstrip("\r\n")
+        if not line:
+            continue
+        lc.read += 1
+        yield n, line.split(sep)
+
+
 def _classic(folder: str, report: ImportReport, batch: ImportBatch) -> None:
     genres: dict[int, str] = {}
     genre_path = os.path.join(folder, "u.genre")
@@ -99,12 +111,7 @@ def _classic(folder: str, report: ImportReport, batch: ImportBatch) -> None:
 
     lc = report.file("u.item")
     with open_text(os.path.join(folder, "u.item"), "latin-1") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            lc.read += 1
-            parts = line.split("|")
+        for n, parts in _split_lines(f, lc, "|"):
             item = check_id(parts[0])
             if item is None or len(parts) < 5:
                 lc.skip(n, "malformed row", f"{len(parts)} fields")
@@ -118,12 +125,7 @@ def _classic(folder: str, report: ImportReport, batch: ImportBatch) -> None:
     if os.path.exists(user_path):
         lc = report.file("u.user")
         with open_text(user_path, "latin-1") as f:
-            for n, line in enumerate(f, 1):
-                line = line.rstrip("\r\n")
-                if not line:
-                    continue
-                lc.read += 1
-                parts = line.split("|")
+            for n, parts in _split_lines(f, lc, "|"):
                 user = check_id(parts[0])
                 if user is None or len(parts) != 5:
                     lc.skip(n, "malformed row", f"{len(parts)} fields")
@@ -140,12 +142,7 @@ def _classic(folder: str, report: ImportReport, batch: ImportBatch) -> None:
 
     lc = report.file("u.data")
     with open_text(os.path.join(folder, "u.data")) as f:
-        for n, line in enumerate(progress(f, desc="read u.data", unit=" lines"), 1):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            lc.read += 1
-            parts = line.split("\t")
+        for n, parts in _split_lines(progress(f, desc="read u.data", unit=" lines"), lc, "\t"):
             if len(parts) != 4:
                 lc.skip(n, "malformed row", f"{len(parts)} fields, expected 4")
                 continue
