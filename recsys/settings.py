@@ -55,12 +55,11 @@ class Versions:
 
 def _insert_ignore(s: Session, model, values: dict, key: str) -> None:
     """INSERT ... ON CONFLICT DO NOTHING on PostgreSQL and SQLite (row creation races)."""
-    dialect = s.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    s.execute(insert(model).values(**values).on_conflict_do_nothing(index_elements=[key]))
+    from recsys.store.db import dialect_insert
+
+    s.execute(
+        dialect_insert(s, model).values(**values).on_conflict_do_nothing(index_elements=[key])
+    )
 
 
 def bump(s: Session, key: str = CONFIG_VERSION, reason: str = "") -> int:

@@ -27,6 +27,7 @@ from recsys.cache import get_cache
 from recsys.schemas import EventIn, EventsOut
 from recsys.settings import CACHE_EPOCH, get_settings
 from recsys.store import session_scope
+from recsys.store.db import dialect_insert
 from recsys.store.models import Event, Item, User, utcnow
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,6 @@ log = logging.getLogger(__name__)
 bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
 
 _schema = EventIn()
-
-
-def _insert(s: Session, model):
-    if s.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(model)
 
 
 def ensure_ids(s: Session, model, external_ids: set[str], **defaults: Any) -> dict[str, int]:
@@ -59,7 +52,9 @@ def ensure_ids(s: Session, model, external_ids: set[str], **defaults: Any) -> di
             {"external_id": x, "created_at": now, "updated_at": now, **defaults} for x in missing
         ]
         s.execute(
-            _insert(s, model).values(rows).on_conflict_do_nothing(index_elements=["external_id"])
+            dialect_insert(s, model)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["external_id"])
         )
         found.update(
             s.execute(
@@ -96,7 +91,7 @@ def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
             }
             for e in events
         ]
-        stmt = _insert(s, Event).values(rows)
+        stmt = dialect_insert(s, Event).values(rows)
         stmt = stmt.on_conflict_do_nothing(index_elements=["idem_key"]).returning(Event.id)
         inserted = len(s.execute(stmt).all())
     # Durable now. Invalidate after the commit so no reader can cache the pre-event history

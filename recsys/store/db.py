@@ -74,3 +74,13 @@ def read_connection(app: Flask | None = None) -> Iterator[Connection]:
     engine = (app or current_app).extensions["recsys.read_engine"]
     with engine.connect() as conn:
         yield conn
+
+
+def dialect_insert(s: Session, model):
+    """``INSERT`` for ``model`` in the session's dialect (PostgreSQL or SQLite), so callers can
+    add ``on_conflict_do_nothing`` / ``returning``, which the generic insert lacks."""
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(model)
