@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -128,6 +129,16 @@ def _cutoff_iso(test: InteractionData) -> str | None:
     return datetime.fromtimestamp(int(test.ts.min()), UTC).isoformat()
 
 
+@contextmanager
+def _step(bar: tqdm, timings: dict[str, float], key: str, desc: str) -> Iterator[None]:
+    """Show ``desc``, time the block into ``timings[key]``, then advance the bar."""
+    bar.set_description(desc)
+    t0 = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t0
+    bar.update()
+
+
 def train_strategies(
     data: InteractionData,
     repo: ModelRepository,
@@ -162,15 +173,10 @@ def train_strategies(
             metrics: dict[str, Any] = {}
             if split is not None:
                 train, test = split
-                bar.set_description(f"{name}: fit on {len(train)} events")
-                t0 = time.perf_counter()
-                model = cls(**kwargs).fit(train)
-                timings["holdout_fit"] = time.perf_counter() - t0
-                bar.update()
-                bar.set_description(f"{name}: evaluate")
-                t0 = time.perf_counter()
-                metrics = holdout_metrics(model, train, test)
-                timings["evaluate"] = time.perf_counter() - t0
+                with _step(bar, timings, "holdout_fit", f"{name}: fit on {len(train)} events"):
+                    model = cls(**kwargs).fit(train)
+                with _step(bar, timings, "evaluate", f"{name}: evaluate"):
+                    metrics = holdout_metrics(model, train, test)
                 if metrics:
                     metrics["holdout"] = {
                         "protocol": "time",
@@ -180,17 +186,10 @@ def train_strategies(
                         "test_events": len(test),
                     }
                 del model
-                bar.update()
-            bar.set_description(f"{name}: fit on all {len(data)} events")
-            t0 = time.perf_counter()
-            model = cls(**kwargs).fit(data)
-            timings["fit"] = time.perf_counter() - t0
-            bar.update()
-            bar.set_description(f"{name}: save")
-            t0 = time.perf_counter()
-            version = repo.save_version(model, data, metrics)
-            timings["save"] = time.perf_counter() - t0
-            bar.update()
+            with _step(bar, timings, "fit", f"{name}: fit on all {len(data)} events"):
+                model = cls(**kwargs).fit(data)
+            with _step(bar, timings, "save", f"{name}: save"):
+                version = repo.save_version(model, data, metrics)
             result = TrainResult(
                 strategy=name,
                 version=version,
