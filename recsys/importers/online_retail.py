@@ -223,9 +223,10 @@ def parse(path: str) -> tuple[ImportReport, ImportBatch]:
             except ValueError:
                 price = 0.0
             if price > 0:
-                seen = prices[code].get(price)
+                code_prices = prices[code]
+                seen = code_prices.get(price)
                 if seen is None:
-                    prices[code][price] = [1, n]
+                    code_prices[price] = [1, n]
                 else:
                     seen[0] += 1
                     seen[1] = n
@@ -236,7 +237,8 @@ def parse(path: str) -> tuple[ImportReport, ImportBatch]:
     for _, code, *_rest in events:
         if code in batch.items:
             continue
-        title = descriptions[code].most_common(1)[0][0] if descriptions[code] else code
+        descs = descriptions.get(code)
+        title = descs.most_common(1)[0][0] if descs else code
         by_price = prices.get(code)
         price = max(by_price.items(), key=lambda kv: tuple(kv[1]))[0] if by_price else None
         if is_non_product(code):
