@@ -11,7 +11,9 @@ import shutil
 import tempfile
 
 bind = os.environ.get("RECSYS_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("RECSYS_WORKERS", "2"))
+# Without Redis the result cache is in-process, so one worker by default (a second worker
+# would have to run uncached: see post_fork); with Redis, two.
+workers = int(os.environ.get("RECSYS_WORKERS") or (2 if os.environ.get("RECSYS_REDIS_URL") else 1))
 threads = int(os.environ.get("RECSYS_THREADS", "4"))
 worker_class = "gthread"
 # Load the app (and its models) once in the master so workers share that memory copy-on-write.
@@ -75,7 +77,15 @@ def post_fork(server, worker):
     from recsys.lifecycle import after_fork
 
     # The app gunicorn loaded (wsgi:app, or whatever APP_MODULE was given), not a fresh import.
-    after_fork(server.app.wsgi())
+    app = server.app.wsgi()
+    after_fork(app)
+    # An in-process result cache per worker cannot be invalidated by an event another worker
+    # handled: with several workers and no Redis, serve uncached rather than stale.
+    from recsys.cache import get_cache
+
+    cache = get_cache(app)
+    if server.cfg.workers > 1 and not cache.shared:
+        cache.disable(f"{server.cfg.workers} workers share no cache (set RECSYS_REDIS_URL)")
 
 
 def child_exit(server, worker):

@@ -200,6 +200,8 @@ class ResultCache:
         self._backoff = BACKOFF_START_S
         self._outage_logged = False
         self._pid = os.getpid()
+        # Why this process must not cache at all (None: it may). See ``disable``.
+        self.disabled: str | None = None
         self.backend: LocalBackend | RedisBackend = self._make_backend()
 
     def _make_backend(self):
@@ -236,7 +238,16 @@ class ResultCache:
     # -- availability -----------------------------------------------------------------------
     @property
     def available(self) -> bool:
-        return time.monotonic() >= self._down_until
+        return self.disabled is None and time.monotonic() >= self._down_until
+
+    def disable(self, reason: str) -> None:
+        """Serve everything uncached from now on in this process (logged once).
+
+        For an in-process cache under several gunicorn workers: each worker would keep its own
+        copy, and an event handled by one worker could not make another's copy stale."""
+        if self.disabled is None:
+            log.warning("result cache off in this process: %s", reason)
+        self.disabled = reason
 
     def _failed(self, exc: Exception) -> None:
         if not self._outage_logged:
@@ -372,8 +383,8 @@ class ResultCache:
         Returns False when the cache could not be written (the caller bumps the cache epoch).
         """
         users = sorted({str(u) for u in user_ids})
-        if not users:
-            return True
+        if not users or self.disabled is not None:
+            return True  # nothing cached here, so nothing can be stale
         items = {self.token_key(u): uuid.uuid4().hex.encode() for u in users}
         # Tokens outlive the results they guard, so a result never meets an expired token.
         ok, _ = self._call(lambda: self.backend.set_many(items, self.ttl * 2 + 60))

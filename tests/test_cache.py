@@ -216,3 +216,16 @@ def test_raw_payload_round_trip_and_foreign_entries_are_misses(cache):
     # Not stored when compute says so (degraded answers).
     cache.get_or_compute_raw("r", {"n": 3}, lambda: (b"x", False))
     assert cache.peek_raw("r", {"n": 3}) is None
+
+
+def test_disabled_cache_computes_every_time_and_has_nothing_to_invalidate(cache):
+    compute = Counter(value={"n": 1})
+    cache.get_or_compute("u", {"n": 1}, compute)
+    assert cache.get_or_compute("u", {"n": 1}, compute)[1] is True
+    cache.disable("test")
+    assert not cache.available
+    for _ in range(2):
+        assert cache.get_or_compute("u", {"n": 1}, compute)[1] is False
+    assert compute.calls == 3
+    assert cache.peek_raw("u", {"n": 1}) is None
+    assert cache.invalidate_users(["u"]) is True  # no epoch bump needed: nothing is cached

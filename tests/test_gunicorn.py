@@ -124,8 +124,9 @@ def serve(make_app, pg_schema_url, redis_url, redis_prefix, tmp_path):
     )
     servers = []
 
-    def start(workers: int = 2) -> Server:
-        s = Server(env, workers, str(tmp_path / f"server{len(servers)}.log"))
+    def start(workers: int = 2, redis: bool = True) -> Server:
+        server_env = env if redis else {k: v for k, v in env.items() if k != "RECSYS_REDIS_URL"}
+        s = Server(server_env, workers, str(tmp_path / f"server{len(servers)}.log"))
         servers.append(s)
         return s
 
@@ -197,3 +198,25 @@ def test_two_servers_share_admin_changes(serve):
     while loaded_on(a) != "v1" and time.monotonic() - t0 < 5:
         time.sleep(0.05)
     assert loaded_on(a) == "v1"
+
+
+def test_several_workers_without_redis_serve_uncached_not_stale(serve, tmp_path):
+    """Without Redis each worker would hold its own in-process cache, which an event handled
+    by another worker cannot invalidate: so with several workers every list is computed."""
+    server = serve(workers=2, redis=False)
+    server.wait_ready()
+    pids = {
+        request(server.port, "GET", "/v1/admin/models", token=TOKEN)[1]["runtime"][0]["pid"]
+        for _ in range(20)
+    }
+    assert len(pids) == 2  # both workers answer
+    url = "/v1/users/walker/recommendations?n=3"
+    bodies = [request(server.port, "GET", url)[1] for _ in range(8)]
+    assert all(b["cached"] is False for b in bodies)
+    event = {"user_id": "walker", "item_id": "i1", "type": "purchase"}
+    assert request(server.port, "POST", "/v1/events", event)[0] == 201
+    bodies = [request(server.port, "GET", url)[1] for _ in range(8)]
+    assert all(b["cached"] is False for b in bodies)
+    server.log.flush()
+    log = (tmp_path / "server0.log").read_text()
+    assert log.count("result cache off in this process") == 2  # once per worker
