@@ -15,7 +15,9 @@ bind = os.environ.get("RECSYS_BIND", "127.0.0.1:8000")
 # would have to run uncached: see post_fork); with Redis, two.
 workers = int(os.environ.get("RECSYS_WORKERS") or (2 if os.environ.get("RECSYS_REDIS_URL") else 1))
 threads = int(os.environ.get("RECSYS_THREADS", "4"))
-worker_class = "gthread"
+# gunicorn's gthread worker plus a rule that spreads accepted (keep-alive) connections evenly over
+# the workers; RECSYS_BALANCE_ACCEPT=false gives plain gthread. See recsys/gworker.py.
+worker_class = "recsys.gworker.BalancedThreadWorker"
 # Load the app (and its models) once in the master so workers share that memory copy-on-write.
 preload_app = True
 timeout = 60

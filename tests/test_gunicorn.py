@@ -205,11 +205,15 @@ def test_several_workers_without_redis_serve_uncached_not_stale(serve, tmp_path)
     by another worker cannot invalidate: so with several workers every list is computed."""
     server = serve(workers=2, redis=False)
     server.wait_ready()
-    pids = {
-        request(server.port, "GET", "/v1/admin/models", token=TOKEN)[1]["runtime"][0]["pid"]
-        for _ in range(20)
-    }
-    assert len(pids) == 2  # both workers answer
+    # Both workers answer (the second may still be booting when the first says ready).
+    pids: set = set()
+    end = time.monotonic() + 30
+    while len(pids) < 2 and time.monotonic() < end:
+        pids.add(
+            request(server.port, "GET", "/v1/admin/models", token=TOKEN)[1]["runtime"][0]["pid"]
+        )
+        time.sleep(0.02)
+    assert len(pids) == 2
     url = "/v1/users/walker/recommendations?n=3"
     bodies = [request(server.port, "GET", url)[1] for _ in range(8)]
     assert all(b["cached"] is False for b in bodies)

@@ -1,0 +1,246 @@
+"""recsys.gworker.BalancedThreadWorker: keep-alive connections spread evenly over gunicorn workers.
+
+The server tests run real gunicorn (2 workers) on a three-line WSGI app that answers with its
+worker's pid, so they need neither a database nor models.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from recsys import gworker
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PID_APP = """
+import os
+def app(environ, start_response):
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(sock: socket.socket) -> int:
+    """One keep-alive GET / on an open connection; the answering worker's pid."""
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, "connection closed"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(
+            line.split(b":", 1)[1]
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+    )
+    while len(body) < length:
+        body += sock.recv(4096)
+    return int(body)
+
+
+class PidServer:
+    def __init__(self, tmp_path, worker_class: str, workers: int = 2, env: dict | None = None):
+        (tmp_path / "pidapp.py").write_text(PID_APP)
+        (tmp_path / "empty.conf.py").write_text("")  # not the project's gunicorn.conf.py
+        self.port = _free_port()
+        self.log = open(tmp_path / "gunicorn.log", "w")
+        cmd = [
+            sys.executable, "-m", "gunicorn",
+            "-c", str(tmp_path / "empty.conf.py"),
+            "--chdir", str(tmp_path),
+            "--bind", f"127.0.0.1:{self.port}",
+            "--workers", str(workers),
+            "--threads", "4",
+            "--keep-alive", "30",
+            "--worker-class", worker_class,
+            "pidapp:app",
+        ]  # fmt: skip
+        full_env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self.log, stderr=self.log)
+        self.workers = workers
+
+    def worker_pids(self) -> set[int]:
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True
+        ).stdout
+        return {int(p) for p in out.split()}
+
+    def wait_workers(self, timeout: float = 30.0) -> set[int]:
+        """Every worker answering (new connections until each pid has been seen)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            pids = self.worker_pids()
+            if len(pids) == self.workers:
+                seen = set()
+                for _ in range(200):
+                    try:
+                        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                            seen.add(_get(s))
+                    except OSError:
+                        time.sleep(0.05)
+                    if seen >= pids:
+                        return pids
+            time.sleep(0.1)
+        self.stop()
+        pytest.fail("gunicorn workers did not all answer:\n" + open(self.log.name).read()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def pid_server(tmp_path):
+    servers = []
+
+    def start(worker_class="recsys.gworker.BalancedThreadWorker", **kw) -> PidServer:
+        s = PidServer(tmp_path, worker_class, **kw)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def _burst(port: int, n: int) -> tuple[list[socket.socket], collections.Counter]:
+    """Open n connections at once, then one request on each: connections per worker pid."""
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
+    return socks, collections.Counter(_get(s) for s in socks)
+
+
+def test_keepalive_connections_are_spread_evenly(pid_server):
+    srv = pid_server()
+    pids = srv.wait_workers()
+    time.sleep(0.3)  # the probes' connections are closed by now
+    for _round in range(3):
+        socks, per_worker = _burst(srv.port, 8)
+        try:
+            assert set(per_worker) == pids, per_worker  # both workers serve
+            assert max(per_worker.values()) - min(per_worker.values()) <= 1, per_worker
+            # Keep-alive: every later request on a connection stays with its worker.
+            again = collections.Counter(_get(s) for s in socks for _ in range(3))
+            assert again == collections.Counter({p: 3 * c for p, c in per_worker.items()})
+        finally:
+            for s in socks:
+                s.close()
+        time.sleep(0.3)  # closed connections leave the counts before the next burst
+
+
+def test_more_connections_than_threads_are_all_served(pid_server):
+    # 2 workers x 4 threads and 24 open keep-alive connections: nobody waits forever for a
+    # worker to take it, and the spread stays even.
+    srv = pid_server()
+    srv.wait_workers()
+    time.sleep(0.3)
+    socks, per_worker = _burst(srv.port, 24)
+    try:
+        assert sum(per_worker.values()) == 24
+        assert max(per_worker.values()) - min(per_worker.values()) <= 1, per_worker
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_killed_worker_does_not_stop_the_others_accepting(pid_server):
+    srv = pid_server()
+    pids = srv.wait_workers()
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)  # no chance to release its slot
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        now = srv.worker_pids()
+        if victim not in now and len(now) == 2:
+            break
+        time.sleep(0.1)
+    pids = srv.wait_workers()
+    assert victim not in pids
+    time.sleep(0.3)
+    socks, per_worker = _burst(srv.port, 6)
+    try:
+        assert set(per_worker) == pids and sorted(per_worker.values()) == [3, 3], per_worker
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_switch_off_gives_plain_gthread(pid_server):
+    srv = pid_server(env={"RECSYS_BALANCE_ACCEPT": "false"})
+    pids = srv.wait_workers()
+    socks, per_worker = _burst(srv.port, 8)
+    try:
+        assert sum(per_worker.values()) == 8 and set(per_worker) <= pids
+    finally:
+        for s in socks:
+            s.close()
+
+
+# -- the shared slot table, in this process -----------------------------------------------------
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+@pytest.fixture
+def slots():
+    saved = list(gworker._PIDS), list(gworker._CONNS)
+    for i in range(gworker.MAX_WORKERS):
+        gworker._PIDS[i] = gworker._CONNS[i] = 0
+    yield
+    gworker._PIDS[:], gworker._CONNS[:] = saved
+
+
+def test_slots_claim_release_and_dead_holders(slots):
+    me = os.getpid()
+    dead = _dead_pid()
+    a = gworker.claim_slot(me)
+    assert gworker.fewest_elsewhere(a) is None  # alone: always accepts
+    b = gworker.claim_slot(dead)
+    assert a != b
+    gworker._CONNS[a], gworker._CONNS[b] = 5, 1
+    # The dead holder's low count must not hold this worker back, and its slot is freed.
+    assert gworker.fewest_elsewhere(a) is None
+    assert gworker._PIDS[b] == 0
+    # A live sibling (this test's parent shell stands in) with fewer connections does.
+    sibling = gworker.claim_slot(os.getppid())
+    gworker._CONNS[sibling] = 2
+    assert gworker.fewest_elsewhere(a) == 2
+    gworker.release_slot(sibling, os.getppid())
+    assert gworker.fewest_elsewhere(a) is None
+    # A slot whose holder died is reused.
+    c = gworker.claim_slot(_dead_pid())
+    d = gworker.claim_slot(me)  # the same pid again gets its own slot back
+    assert d == a and c != a
+
+
+def test_balance_switch(monkeypatch):
+    monkeypatch.delenv("RECSYS_BALANCE_ACCEPT", raising=False)
+    assert gworker.balance_enabled()
+    for off in ("false", "0", "off", "No"):
+        monkeypatch.setenv("RECSYS_BALANCE_ACCEPT", off)
+        assert not gworker.balance_enabled()
