@@ -485,6 +485,27 @@ def worker_cpu(master: int | None) -> dict[int, float]:
         return {}
 
 
+def service_cpu() -> dict[str, float]:
+    """CPU seconds so far of every PostgreSQL and Redis server process on this host (they share
+    the box with the server, so their cost per request is part of the picture)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"postgres": 0.0, "redis": 0.0}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                head, tail = f.read().rsplit(")", 1)
+        except OSError:
+            continue
+        comm = head.split("(", 1)[1]
+        kind = "postgres" if comm.startswith("postgres") else "redis" if "redis" in comm else None
+        if kind:
+            fields = tail.split()
+            out[kind] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def cpu_split(before: dict[int, float], after: dict[int, float]) -> str:
     """How the scenario's worker CPU was shared, e.g. "62/38": keep-alive connections stay
     with the worker that accepted them, so a few clients may all land on one worker."""
@@ -654,13 +675,25 @@ def main(argv: list[str] | None = None) -> int:
         for name, specs in scenarios:
             m = re.search(r"uncached, (\d+) client", name)
             conc = int(m.group(1)) if m else args.concurrency
-            cpu0 = worker_cpu(master)
+            cpu0, svc0 = worker_cpu(master), service_cpu()
             r = drive(base, specs, conc, args.duration, run_id)
-            r["split"] = cpu_split(cpu0, worker_cpu(master))
+            cpu1, svc1 = worker_cpu(master), service_cpu()
+            r["split"] = cpu_split(cpu0, cpu1)
+            # CPU milliseconds per request: gunicorn workers / PostgreSQL / Redis.
+            n = max(r["requests"], 1)
+            r["cpu_ms"] = "/".join(
+                f"{1000 * v / n:.2f}"
+                for v in (
+                    sum(max(0.0, cpu1[w] - cpu0.get(w, 0.0)) for w in cpu1),
+                    svc1["postgres"] - svc0["postgres"],
+                    svc1["redis"] - svc0["redis"],
+                )
+            )
             results.append((name, r))
             print(
                 f"{name:42s} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f}  p95 {r['p95_ms']:6.2f}"
-                f"  p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}  worker CPU {r['split']} %",
+                f"  p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}  worker CPU {r['split']} %"
+                f"  CPU ms/req (workers/pg/redis) {r['cpu_ms']}",
                 flush=True,
             )
         mem = server_memory(master) if master else []
@@ -693,15 +726,18 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `.venv/bin/python bench/serve_bench.py`."
     )
     print()
-    print("| scenario | req/s | p50 ms | p95 ms | p99 ms | errors | worker CPU split % |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print(
+        "| scenario | req/s | p50 ms | p95 ms | p99 ms | errors | worker CPU split % "
+        "| CPU ms per request: workers / PostgreSQL / Redis |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|---|")
     for name, r in results:
         extra = ""
         if name.startswith("events, 100"):
             extra = f" ({r['rps'] * 100:.0f} events/s)"
         print(
             f"| {name}{extra} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {r['errors']} | {r.get('split', '-')} |"
+            f"{r['p99_ms']:.2f} | {r['errors']} | {r.get('split', '-')} | {r.get('cpu_ms', '-')} |"
         )
     print()
     if "error" in deep:

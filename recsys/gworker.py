@@ -39,6 +39,8 @@ RECHECK_S = 0.01
 _PIDS = multiprocessing.RawArray("q", MAX_WORKERS)
 _CONNS = multiprocessing.RawArray("q", MAX_WORKERS)
 _SLOTS_LOCK = multiprocessing.Lock()
+# One past the highest slot ever claimed: scans stop there instead of at MAX_WORKERS.
+_HIGH = multiprocessing.RawValue("q", 0)
 
 
 def _alive(pid: int) -> bool:
@@ -59,6 +61,7 @@ def claim_slot(pid: int) -> int | None:
             if holder == 0 or holder == pid or not _alive(holder):
                 _PIDS[i] = pid
                 _CONNS[i] = 0
+                _HIGH.value = max(_HIGH.value, i + 1)
                 return i
     return None
 
@@ -73,7 +76,7 @@ def release_slot(slot: int, pid: int) -> None:
 def fewest_elsewhere(slot: int) -> int | None:
     """The smallest connection count among the other live workers (None: no other worker)."""
     best = None
-    for i in range(MAX_WORKERS):
+    for i in range(_HIGH.value):
         pid = _PIDS[i]
         if i == slot or pid == 0:
             continue

@@ -208,11 +208,13 @@ def _dead_pid() -> int:
 
 @pytest.fixture
 def slots():
-    saved = list(gworker._PIDS), list(gworker._CONNS)
+    saved = list(gworker._PIDS), list(gworker._CONNS), gworker._HIGH.value
     for i in range(gworker.MAX_WORKERS):
         gworker._PIDS[i] = gworker._CONNS[i] = 0
+    gworker._HIGH.value = 0
     yield
-    gworker._PIDS[:], gworker._CONNS[:] = saved
+    gworker._PIDS[:], gworker._CONNS[:] = saved[0], saved[1]
+    gworker._HIGH.value = saved[2]
 
 
 def test_slots_claim_release_and_dead_holders(slots):
