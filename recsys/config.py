@@ -32,6 +32,13 @@ DEFAULTS: dict[str, object] = {
     # "Model runtime"): the pool's hand-offs cost more CPU than the overlap saves, so False.
     # True lets a deadline abandon a strategy that is still running.
     "STRATEGY_PARALLEL": False,
+    # Requests of one worker process that score (strategies, blend, rules) at once; the others
+    # wait their turn (high priority first) for at most their deadline, then get popularity,
+    # marked degraded. 0: no limit. The history lookup and the cache write are outside the
+    # turn. None (auto): 1 when CUDA is absent, 0 with a GPU, where scoring waits on the
+    # device without the GIL and concurrent requests should meet in the deep model's
+    # micro-batcher. Measured under gunicorn on 2 cores (README, "Serving benchmark").
+    "SCORING_SLOTS": None,
     # Per-process memory budget for loaded models, in MiB.
     "MODEL_MEMORY_BUDGET_MB": 768,
     # Micro-batching of the deep model.

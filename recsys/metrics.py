@@ -73,6 +73,16 @@ QUEUE_WAIT = Histogram(
     "Time a request waited in the micro-batcher queue before its batch ran",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
 )
+SCORING_WAIT = Histogram(
+    "recsys_scoring_wait_seconds",
+    "Time a request waited for a scoring turn in its worker (SCORING_SLOTS)",
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+SCORING_TIMEOUTS = Counter(
+    "recsys_scoring_timeouts_total",
+    "Requests answered from popularity because no scoring turn came within their deadline",
+    ["priority"],
+)
 DEADLINE_MISSES = Counter(
     "recsys_deadline_misses_total",
     "Strategies dropped from a response because they missed the request deadline or failed",

@@ -237,3 +237,63 @@ def test_lists_are_exactly_what_the_recout_schema_would_emit(client, served_app)
         assert schema.dump(body) == body, url
         again = client.get(url).get_json()  # the cached form too
         assert schema.dump(again) == again, url
+
+
+def test_no_scoring_turn_within_the_deadline_gives_degraded_popularity(served_app, client):
+    """SCORING_SLOTS=1: while another request holds this worker's only scoring turn, a request
+    waits at most its deadline, then gets popularity, marked degraded and not cached; the
+    wait metric and the timeout counter see it."""
+    from prometheus_client import REGISTRY
+
+    from recsys.deadline import scoring_gate
+
+    served_app.config.update(SCORING_SLOTS=1, DEADLINE_MS=60)
+    url = "/v1/users/u6/recommendations?n=3&explain=true"
+    before = REGISTRY.get_sample_value("recsys_scoring_timeouts_total", {"priority": "normal"})
+    gate = scoring_gate(1)
+    assert gate.acquire()
+    try:
+        body = client.get(url).get_json()
+    finally:
+        gate.release()
+    assert body["route"] == "warm" and body["degraded"] is True and body["cached"] is False
+    assert all(set(i["sources"]) == {"popular"} for i in body["items"])
+    after = REGISTRY.get_sample_value("recsys_scoring_timeouts_total", {"priority": "normal"})
+    assert after == (before or 0) + 1
+    # The turn is free again: the full blend, cached as usual (the degraded answer was not).
+    body = client.get(url).get_json()
+    assert body["degraded"] is False and body["cached"] is False
+    assert any("ease" in i["sources"] for i in body["items"])
+    assert client.get(url).get_json()["cached"] is True
+    # Guest sessions take turns too.
+    assert gate.acquire()
+    try:
+        r = client.post("/v1/recommendations", json={"items": ["i1"], "n": 3})
+    finally:
+        gate.release()
+    assert r.status_code == 200 and r.get_json()["degraded"] is True
+
+
+def test_wait_for_a_turn_is_taken_off_the_deadline(served_app, client, monkeypatch):
+    """A request that waited for its turn gives its strategies only what is left of the
+    deadline (it would otherwise answer late with a full list)."""
+    import threading
+
+    from recsys import service
+    from recsys.deadline import scoring_gate
+
+    served_app.config.update(SCORING_SLOTS=1, DEADLINE_MS=400)
+    seen = []
+    real = service.Recommender.recommend
+
+    def spy(self, history, request=None):
+        seen.append(request.deadline_s)
+        return real(self, history, request)
+
+    monkeypatch.setattr(service.Recommender, "recommend", spy)
+    gate = scoring_gate(1)
+    assert gate.acquire()
+    threading.Timer(0.15, gate.release).start()
+    body = client.get("/v1/users/u6/recommendations?n=3&exclude=wait-test").get_json()
+    assert body["degraded"] is False
+    assert len(seen) == 1 and 0.15 < seen[0] < 0.3  # 400 ms less the (up to) 150 ms wait

@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from apiflask import APIBlueprint
@@ -39,7 +39,7 @@ from recsys.schemas import (
     SimilarQuery,
     check_text,
 )
-from recsys.service import Recommender, RecRequest, ServingConfig, UserHistory
+from recsys.service import Recommender, RecRequest, RecResult, ServingConfig, UserHistory
 from recsys.settings import Versions, get_settings
 from recsys.store.db import read_connection
 
@@ -100,6 +100,48 @@ def serving(app=None) -> Serving:
         wanted_versions=wanted,
         runner=_runner,
     )
+
+
+_auto_slots: int | None = None
+
+
+def _scoring_slots(configured) -> int:
+    """``SCORING_SLOTS``, or for None: 1 on a CPU-only host, 0 (no limit) where CUDA is."""
+    global _auto_slots
+    if configured is not None:
+        return int(configured)
+    if _auto_slots is None:
+        import torch
+
+        _auto_slots = 0 if torch.cuda.is_available() else 1
+    return _auto_slots
+
+
+def recommend_in_turn(
+    ctx: Serving,
+    overrides: dict | None,
+    history: UserHistory,
+    req: RecRequest,
+    popular_only: bool = False,
+) -> tuple[RecResult, bool]:
+    """``Recommender.recommend`` in one of this worker's scoring turns (``SCORING_SLOTS``,
+    ``recsys.deadline.ScoringGate``), with the time spent waiting taken off the request's
+    deadline. ``(result, fell_back)``: when no turn comes within the deadline (or
+    ``popular_only``: shed, or the SQL store down), popularity only, computed without a turn (it is
+    cheap), and the caller marks the answer degraded."""
+    from recsys.deadline import scoring_gate
+
+    if not popular_only:
+        rec = ctx.recommender(overrides)
+        gate = scoring_gate(_scoring_slots(current_app.config.get("SCORING_SLOTS")))
+        with gate.turn(req.priority, req.deadline_s) as waited:
+            if waited is not None:
+                if req.deadline_s is not None and waited > 0:
+                    req = replace(req, deadline_s=max(0.0, req.deadline_s - waited))
+                return rec.recommend(history, req), False
+        log.warning("no scoring turn within the %.0f ms deadline: popularity", req.deadline_s * 1e3)
+    rec = ctx.recommender({**(overrides or {}), **POPULAR_ONLY})
+    return rec.recommend(history, req), not popular_only
 
 
 def split_exclude(raw: str | None) -> list[str] | None:
@@ -241,12 +283,9 @@ def recommend_user(
             # shop's frontend; marked degraded, so never cached.
             log.warning("history lookup failed, serving popularity: %s", str(e).splitlines()[0])
             history, store_down = UserHistory.from_items(user_id, [], type="click"), True
-        rec = ctx.recommender(overrides)
-        if shed or store_down:
-            rec = ctx.recommender({**(overrides or {}), **POPULAR_ONLY})
-        result = rec.recommend(history, req)
+        result, fell_back = recommend_in_turn(ctx, overrides, history, req, shed or store_down)
         out = {"user_id": user_id, **result.to_dict(explain=explain), "cached": False}
-        if shed or store_down:
+        if shed or store_down or fell_back:
             out["degraded"] = True
         if assignment:
             out["experiment"] = {
@@ -326,10 +365,12 @@ def session_recommendations(body: dict):
         deadline_s=adm.deadline_s,
         priority=adm.priority,
     )
-    rec = ctx.recommender(POPULAR_ONLY if adm.shed else None)
-    result = rec.recommend(history, req)
+    result, fell_back = recommend_in_turn(ctx, None, history, req, adm.shed)
     metrics.set_route(result.route)
-    return {"user_id": None, **result.to_dict(explain=body["explain"]), "cached": False}
+    out = {"user_id": None, **result.to_dict(explain=body["explain"]), "cached": False}
+    if adm.shed or fell_back:
+        out["degraded"] = True
+    return out
 
 
 @bp.get("/items/<item_id>/similar")
