@@ -128,3 +128,38 @@ def test_no_more_than_slots_score_at_once(slots):
     for t in threads:
         t.join(20)
     assert peak == slots
+
+
+def test_timeouts_racing_hand_overs_leave_a_consistent_gate():
+    # Short timeouts under contention: some waiters give up while slots are being handed
+    # over. Whoever got a turn releases it; in the end no slot is leaked or double-counted.
+    gate = ScoringGate(2)
+    active = peak = 0
+    got = gave_up = 0
+    lock = threading.Lock()
+
+    def work():
+        nonlocal active, peak, got, gave_up
+        for i in range(200):
+            if gate.acquire("high" if i % 3 == 0 else "normal", 0.0005):
+                with lock:
+                    got += 1
+                    active += 1
+                    peak = max(peak, active)
+                time.sleep(0.0002)
+                with lock:
+                    active -= 1
+                gate.release()
+            else:
+                with lock:
+                    gave_up += 1
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert got + gave_up == 1600 and got > 0
+    assert peak <= 2
+    assert gate._busy == 0 and gate._queue == []
+    assert gate.acquire() and gate.acquire() and not gate.acquire("normal", 0.01)
