@@ -21,13 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from sqlalchemy import select
 
+from tests.procs import free_port
 from tests.servicekit import ADMIN_TOKEN, seed_store, train_and_register
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Relay:
@@ -125,7 +120,7 @@ def private_redis():
     exe = shutil.which("redis-server")
     if not exe:
         pytest.skip("redis-server not installed")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,

@@ -9,8 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from recsys.registry import get_repository
 from tests import runtime_support as rs
+from tests.procs import free_port, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "gunicorn-test-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(port, method, path, body=None, token=None, timeout=10.0):
@@ -54,7 +47,7 @@ def request(port, method, path, body=None, token=None, timeout=10.0):
 
 class Server:
     def __init__(self, env: dict, workers: int, log_path: str):
-        self.port = _free_port()
+        self.port = free_port()
         self.log = open(log_path, "w")
         cmd = [
             sys.executable,
@@ -91,14 +84,7 @@ class Server:
             pytest.fail(f"server not ready: {last}\n{f.read()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        stop_process(self.proc, self.log)
 
 
 @pytest.fixture

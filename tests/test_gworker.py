@@ -17,6 +17,7 @@ import time
 import pytest
 
 from recsys import gworker
+from tests.procs import free_port, stop_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,12 +28,6 @@ def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(sock: socket.socket) -> int:
@@ -60,7 +55,7 @@ class PidServer:
     def __init__(self, tmp_path, worker_class: str, workers: int = 2, env: dict | None = None):
         (tmp_path / "pidapp.py").write_text(PID_APP)
         (tmp_path / "empty.conf.py").write_text("")  # not the project's gunicorn.conf.py
-        self.port = _free_port()
+        self.port = free_port()
         self.log = open(tmp_path / "gunicorn.log", "w")
         cmd = [
             sys.executable, "-m", "gunicorn",
@@ -103,14 +98,7 @@ class PidServer:
         pytest.fail("gunicorn workers did not all answer:\n" + open(self.log.name).read()[-3000:])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        stop_process(self.proc, self.log)
 
 
 @pytest.fixture
