@@ -77,10 +77,11 @@ def get_executor() -> ThreadPoolExecutor:
 
 @on_after_fork
 def reset_after_fork(_app=None) -> None:
-    """Forget the inherited pool and in-flight count (registered as a lifecycle hook)."""
-    global _pool, _pool_pid, _in_flight
+    """Forget the inherited pool, scoring gate and in-flight count (a lifecycle hook)."""
+    global _pool, _pool_pid, _in_flight, _gate, _gate_key
     with _lock:
         _pool, _pool_pid, _in_flight = None, None, 0
+        _gate, _gate_key = None, None
 
 
 def _timed(name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -329,18 +330,21 @@ class ScoringGate:
             self.release()
 
 
-_gates: dict[int, tuple[int, ScoringGate]] = {}
+_gate: ScoringGate | None = None
+_gate_key: tuple[int, int] | None = None  # (pid, slots) it was made for
 
 
-def scoring_gate(slots: int) -> ScoringGate:
-    """This process's gate (made after a fork in the worker that uses it)."""
-    pid = os.getpid()
-    got = _gates.get(pid)
-    if got is None or got[0] != slots:
+def scoring_gate(slots: int | None) -> ScoringGate:
+    """This process's gate, made on first use (and again after a fork, or for another setting).
+    ``slots`` None: 1 where the deep model would run on the CPU, 0 (no limit) with CUDA."""
+    global _gate, _gate_key
+    if slots is None:
+        from strategies.deep import resolve_device
+
+        slots = 1 if resolve_device().type == "cpu" else 0
+    key = (os.getpid(), int(slots))
+    if _gate_key != key:
         with _lock:
-            got = _gates.get(pid)
-            if got is None or got[0] != slots:
-                got = (slots, ScoringGate(slots))
-                _gates.clear()  # a gate inherited from the parent process is never used
-                _gates[pid] = got
-    return got[1]
+            if _gate_key != key:
+                _gate, _gate_key = ScoringGate(key[1]), key
+    return _gate

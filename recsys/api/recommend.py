@@ -102,21 +102,6 @@ def serving(app=None) -> Serving:
     )
 
 
-_auto_slots: int | None = None
-
-
-def _scoring_slots(configured) -> int:
-    """``SCORING_SLOTS``, or for None: 1 on a CPU-only host, 0 (no limit) where CUDA is."""
-    global _auto_slots
-    if configured is not None:
-        return int(configured)
-    if _auto_slots is None:
-        import torch
-
-        _auto_slots = 0 if torch.cuda.is_available() else 1
-    return _auto_slots
-
-
 def recommend_in_turn(
     ctx: Serving,
     overrides: dict | None,
@@ -133,7 +118,7 @@ def recommend_in_turn(
 
     if not popular_only:
         rec = ctx.recommender(overrides)
-        gate = scoring_gate(_scoring_slots(current_app.config.get("SCORING_SLOTS")))
+        gate = scoring_gate(current_app.config.get("SCORING_SLOTS"))
         with gate.turn(req.priority, req.deadline_s) as waited:
             if waited is not None:
                 if req.deadline_s is not None and waited > 0:
