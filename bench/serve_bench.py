@@ -467,6 +467,14 @@ def server_memory(master: int) -> list[dict]:
     return rows
 
 
+def proc_cpu(pid: int | str) -> tuple[str, float]:
+    """(command name, CPU seconds so far: user + system) of a process, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        head, tail = f.read().rsplit(")", 1)
+    fields = tail.split()
+    return head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def worker_cpu(master: int | None) -> dict[int, float]:
     """CPU seconds (user + system) so far of each gunicorn worker (empty without a master)."""
     if not master:
@@ -474,13 +482,7 @@ def worker_cpu(master: int | None) -> dict[int, float]:
     try:
         with open(f"/proc/{master}/task/{master}/children") as f:
             workers = [int(p) for p in f.read().split()]
-        tick = os.sysconf("SC_CLK_TCK")
-        out = {}
-        for w in workers:
-            with open(f"/proc/{w}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            out[w] = (int(fields[11]) + int(fields[12])) / tick
-        return out
+        return {w: proc_cpu(w)[1] for w in workers}
     except OSError:
         return {}
 
@@ -488,21 +490,17 @@ def worker_cpu(master: int | None) -> dict[int, float]:
 def service_cpu() -> dict[str, float]:
     """CPU seconds so far of every PostgreSQL and Redis server process on this host (they share
     the box with the server, so their cost per request is part of the picture)."""
-    tick = os.sysconf("SC_CLK_TCK")
     out = {"postgres": 0.0, "redis": 0.0}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                head, tail = f.read().rsplit(")", 1)
+            comm, seconds = proc_cpu(pid)
         except OSError:
             continue
-        comm = head.split("(", 1)[1]
         kind = "postgres" if comm.startswith("postgres") else "redis" if "redis" in comm else None
         if kind:
-            fields = tail.split()
-            out[kind] += (int(fields[11]) + int(fields[12])) / tick
+            out[kind] += seconds
     return out
 
 
