@@ -83,10 +83,7 @@ def fewest_elsewhere(slot: int) -> int | None:
         n = _CONNS[i]
         if best is None or n < best:
             if not _alive(pid):  # died without releasing (SIGKILL): free it
-                with _SLOTS_LOCK:
-                    if _PIDS[i] == pid:
-                        _PIDS[i] = 0
-                        _CONNS[i] = 0
+                release_slot(i, pid)
                 continue
             best = n
     return best
