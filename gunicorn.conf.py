@@ -62,9 +62,9 @@ def when_ready(server):
         else:
             server.log.info("preloaded models: %s", get_runtime(app).active_versions())
     # Sever the master's DB connections so no worker inherits a live socket.
-    from recsys.store.db import get_engine
+    from recsys.store.db import dispose_engines
 
-    get_engine(app).dispose()
+    dispose_engines(app)
     # Move everything loaded so far (app, libraries, models: ~270k objects) into the
     # interpreter's permanent generation. Workers' cyclic GC then never walks them: a full
     # collection over them took ~200 ms in a worker (a p99 spike for whichever request it hit)

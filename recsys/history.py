@@ -2,48 +2,66 @@
 
 One statement: the user's row id by ``external_id`` (unique index), then the newest
 ``HISTORY_MAX_EVENTS`` events by a backward scan of ``ix_events_user_ts_id`` (user_id, ts, id),
-which reads them already in ``ts DESC, id DESC`` order and stops at the limit; only those rows
-are joined to their items. So a heavy user costs the limit, not their whole history (migration
-0003 has the figures).
+which reads them already in ``ts DESC, id DESC`` order and stops at the limit (migration 0003
+has the figures). So a heavy user costs the limit, not their whole history.
+
+The statement reads only ``events``: item row ids, not their external ids, and times as Unix
+seconds computed by the database. The item ids are turned into external ids by ``ItemIds``, a
+per-process map filled from ``items`` on first sight of an id (ids are never reused: items are
+never deleted, only marked unavailable). Joining ``items`` for every request cost PostgreSQL
+more than the rest of the statement; converting each row's ``datetime`` in Python cost the
+worker more than reading it.
+
+It runs on the DB-API connection of its own pool (``recsys.store.db.get_hot_engine``: autocommit,
+no pre-ping) rather than through a SQLAlchemy ``Connection``, whose per-execute machinery cost
+about as much CPU as the read itself. A pooled connection found dead (the database restarted)
+is dropped with the rest of that pool and the read is retried once on a new connection; any
+other failure, or a second one, is raised as SQLAlchemy's exception for it (``OperationalError``
+and the like: ``recsys.errors.DB_UNAVAILABLE``), as a ``Connection`` would raise it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+import threading
+from collections.abc import Iterable
 
-from sqlalchemy import Connection, Integer, bindparam, select
-from sqlalchemy.orm import Session
+from sqlalchemy import BigInteger, Engine, Integer, bindparam, select
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from recsys.service import UserHistory
-from recsys.store.models import Event, Item, User
+from recsys.store.models import Event, User
 
 DEFAULT_MAX_EVENTS = 500
-_EPOCH = datetime(1970, 1, 1)
+# Entries of the per-process item id -> external id map; past it the map starts over.
+ITEM_IDS_MAX = 2_000_000
 
 
-def _unix(ts) -> int:
-    """Naive UTC timestamp (as stored) -> Unix seconds."""
-    if ts is None:
-        return 0
-    if ts.tzinfo is not None:
-        ts = ts.replace(tzinfo=None) - ts.utcoffset()
-    return int((ts - _EPOCH).total_seconds())
+class unix_seconds(FunctionElement):
+    """A naive UTC ``DateTime`` column (as stored) as whole Unix seconds, truncated."""
+
+    type = BigInteger()
+    inherit_cache = True
+
+
+@compiles(unix_seconds)
+def _unix_seconds_default(element, compiler, **kw):  # SQLite, the embedded default
+    return f"CAST(STRFTIME('%s', {compiler.process(element.clauses, **kw)}) AS INTEGER)"
+
+
+@compiles(unix_seconds, "postgresql")
+def _unix_seconds_pg(element, compiler, **kw):
+    return f"CAST(TRUNC(EXTRACT(EPOCH FROM {compiler.process(element.clauses, **kw)})) AS BIGINT)"
 
 
 def _history_stmt():
     uid = select(User.id).where(User.external_id == bindparam("user_id")).scalar_subquery()
-    newest = (
-        select(Event.id, Event.item_id, Event.type, Event.value, Event.ts)
+    return (
+        select(Event.item_id, Event.type, Event.value, unix_seconds(Event.ts))
         .where(Event.user_id == uid)
         .order_by(Event.ts.desc(), Event.id.desc())
         .limit(bindparam("limit", type_=Integer))
-        .subquery()
-    )
-    return (
-        select(Item.external_id, newest.c.type, newest.c.value, newest.c.ts)
-        .join(newest, Item.id == newest.c.item_id)
-        .order_by(newest.c.ts.desc(), newest.c.id.desc())
     )
 
 
@@ -51,27 +69,137 @@ def _history_stmt():
 HISTORY_STMT = _history_stmt()
 
 
-def load_history(
-    conn: Connection | Session, user_id: str, limit: int = DEFAULT_MAX_EVENTS
-) -> UserHistory:
-    """The user's last ``limit`` events, newest first. Unknown users get an empty history.
+class _Compiled:
+    """A statement as DB-API SQL text for one dialect, and how to pass its parameters."""
 
-    ``conn``: a Session or a Connection; the request path uses ``store.read_connection``
-    (autocommit, so the read costs no BEGIN/COMMIT round trips).
-    """
-    user_id = str(user_id)
-    h = UserHistory(user_id)
-    rows = conn.execute(HISTORY_STMT, {"user_id": user_id, "limit": int(limit)}).all()
-    items, types, values, stamps = h.items, h.types, h.values, h.ts
-    for item, type_, value, ts in rows:
-        items.append(item)
-        types.append(type_)
-        values.append(float(value if value is not None else 1.0))
-        stamps.append(_unix(ts))
-    return h
+    def __init__(self, stmt, engine: Engine):
+        compiled = stmt.compile(dialect=engine.dialect)
+        self.sql = str(compiled)
+        self.positional = compiled.positional
+        self.names = list(compiled.positiontup or ()) if compiled.positional else []
+        # Parameters the dialect added with their own values (SQLite's LIMIT ? OFFSET ?).
+        self.defaults = {k: v for k, v in compiled.params.items() if v is not None}
+
+    def params(self, values: dict):
+        if self.defaults:
+            values = {**self.defaults, **values}
+        return tuple(values[n] for n in self.names) if self.positional else values
+
+
+class ItemIds:
+    """Item row id -> external id, per process, filled from ``items`` as ids are first seen."""
+
+    def __init__(self, limit: int = ITEM_IDS_MAX):
+        self.limit = limit
+        self._ext: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._ext)
+
+    def external(self, ids: list[int], cursor) -> list[str]:
+        """The external ids of ``ids`` (row ids from ``events``), reading unknown ones with
+        ``cursor`` (one statement for all of them)."""
+        ext = self._ext
+        try:
+            return [ext[i] for i in ids]
+        except KeyError:
+            pass
+        missing = sorted({int(i) for i in ids if i not in ext})
+        # Integers straight from the database, re-checked as int: safe to inline, and one
+        # statement text per count instead of an expanding parameter.
+        cursor.execute(
+            f"SELECT id, external_id FROM items WHERE id IN ({','.join(map(str, missing))})"
+        )
+        found = {int(i): str(e) for i, e in cursor.fetchall()}
+        with self._lock:
+            if len(ext) + len(found) > self.limit:
+                ext.clear()
+            ext.update(found)
+        # An event's item always exists (foreign key, items never deleted).
+        return [ext.get(i) or found[i] for i in ids]
+
+
+class HistoryReader:
+    """Reads histories over ``engine``'s pool (the hot engine; see the module docstring)."""
+
+    def __init__(self, engine: Engine, item_ids: ItemIds | None = None):
+        self.engine = engine
+        self.stmt = _Compiled(HISTORY_STMT, engine)
+        self.item_ids = item_ids or ItemIds()
+
+    def load(self, user_id: str, limit: int = DEFAULT_MAX_EVENTS) -> UserHistory:
+        """The user's last ``limit`` events, newest first. Unknown users get an empty history."""
+        user_id = str(user_id)
+        params = self.stmt.params({"user_id": user_id, "limit": int(limit)})
+        try:
+            return self._load(user_id, params)
+        except sa_exc.DBAPIError as e:
+            if not e.connection_invalidated:
+                raise
+        # The pooled connection was dead (the database restarted or cut it): every other idle
+        # one of this pool is from before as well. Start the pool over and try once more.
+        self.engine.dispose()
+        return self._load(user_id, params)
+
+    def _load(self, user_id: str, params) -> UserHistory:
+        engine = self.engine
+        dbapi = engine.dialect.loaded_dbapi
+        try:
+            conn = engine.raw_connection()
+        except dbapi.Error as e:  # cannot connect: raised as a Connection would raise it
+            raise sa_exc.DBAPIError.instance(None, None, e, dbapi.Error) from e
+        try:
+            cursor = conn.cursor()
+            try:
+                cursor.execute(self.stmt.sql, params)
+                rows = cursor.fetchall()
+                items = self.item_ids.external([r[0] for r in rows], cursor) if rows else []
+            finally:
+                cursor.close()
+        except dbapi.Error as e:
+            dead = engine.dialect.is_disconnect(e, conn.dbapi_connection, None)
+            if dead:
+                conn.invalidate(e)
+            conn.close()
+            raise sa_exc.DBAPIError.instance(
+                self.stmt.sql, params, e, dbapi.Error, connection_invalidated=dead
+            ) from e
+        conn.close()
+        return _history(user_id, rows, items)
+
+
+def _history(user_id: str, rows: list, items: list[str]) -> UserHistory:
+    n = len(rows)
+    if not n:
+        return UserHistory(user_id)
+    _, types, values, stamps = zip(*rows, strict=True)
+    return UserHistory(
+        user_id,
+        items,
+        list(types),
+        [1.0 if v is None else float(v) for v in values],
+        [0 if t is None else int(t) for t in stamps],
+    )
+
+
+def get_history_reader(app) -> HistoryReader:
+    reader = app.extensions.get("recsys.history_reader")
+    if reader is None:
+        from recsys.store.db import get_hot_engine
+
+        reader = app.extensions.setdefault(
+            "recsys.history_reader", HistoryReader(get_hot_engine(app))
+        )
+    return reader
+
+
+def load_history(app, user_id: str, limit: int = DEFAULT_MAX_EVENTS) -> UserHistory:
+    """The user's last ``limit`` events, newest first (``HistoryReader.load`` of ``app``)."""
+    return get_history_reader(app).load(user_id, limit)
 
 
 def load_histories(
-    s: Session, user_ids: Sequence[str], limit: int = DEFAULT_MAX_EVENTS
+    app, user_ids: Iterable[str], limit: int = DEFAULT_MAX_EVENTS
 ) -> list[UserHistory]:
-    return [load_history(s, u, limit) for u in user_ids]
+    return [load_history(app, u, limit) for u in user_ids]

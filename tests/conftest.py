@@ -114,10 +114,10 @@ def make_app(pg_schema_url, tmp_path):
         return app
 
     yield _make
-    from recsys.store import get_engine
+    from recsys.store.db import dispose_engines
 
     for app in created:
-        get_engine(app).dispose()
+        dispose_engines(app)
 
 
 @pytest.fixture

@@ -41,7 +41,6 @@ from recsys.schemas import (
 )
 from recsys.service import Recommender, RecRequest, RecResult, ServingConfig, UserHistory
 from recsys.settings import Versions, get_settings
-from recsys.store.db import read_connection
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +260,7 @@ def recommend_user(
     def compute() -> tuple[bytes, bool]:
         store_down = False
         try:
-            with read_connection(app) as conn:
-                history = load_history(conn, user_id, limit)
+            history = load_history(app, user_id, limit)
         except DB_UNAVAILABLE as e:
             # No history without the SQL store: popular items beat an error page for a
             # shop's frontend; marked degraded, so never cached.

@@ -11,16 +11,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from flask import Flask, current_app
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pre_ping: bool = True, **kw) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kw)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
@@ -31,14 +31,20 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(url, pool_pre_ping=pre_ping, pool_size=5, max_overflow=10, **kw)
 
 
 def init_db(app: Flask) -> None:
-    engine = make_engine(app.config["DATABASE_URL"])
+    url = app.config["DATABASE_URL"]
+    engine = make_engine(url)
     app.extensions["recsys.engine"] = engine
-    # Same pool; connections checked out through it run in autocommit (read_connection).
-    app.extensions["recsys.read_engine"] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    # The request path's history read (recsys.history) has a pool of its own: autocommit from
+    # the start (a Session would wrap the one SELECT in BEGIN ... COMMIT, two more round
+    # trips), no pre-ping (one more round trip on every checkout, for a read that is retried
+    # on a fresh connection when the pooled one turns out dead), nothing to reset on return.
+    app.extensions["recsys.hot_engine"] = make_engine(
+        url, pre_ping=False, isolation_level="AUTOCOMMIT", pool_reset_on_return=None
+    )
     app.extensions["recsys.sessionmaker"] = sessionmaker(engine, expire_on_commit=False)
 
 
@@ -59,21 +65,20 @@ def session_scope(app: Flask | None = None) -> Iterator[Session]:
             raise
 
 
+def get_hot_engine(app: Flask | None = None) -> Engine:
+    """The engine of the request path's history read (see ``init_db``)."""
+    return (app or current_app).extensions["recsys.hot_engine"]
+
+
+def dispose_engines(app: Flask, close: bool = True) -> None:
+    """Drop both pools' connections (``close=False``: forget them without closing: a forked
+    child must not touch its parent's sockets)."""
+    get_engine(app).dispose(close=close)
+    get_hot_engine(app).dispose(close=close)
+
+
 def dispose_after_fork(app: Flask) -> None:
-    get_engine(app).dispose(close=False)
-
-
-@contextmanager
-def read_connection(app: Flask | None = None) -> Iterator[Connection]:
-    """A pooled connection in autocommit mode for single-statement reads on the hot path.
-
-    A Session would wrap the one SELECT in BEGIN ... COMMIT: two more round trips to the
-    database than the read itself (plus the pool's pre-ping), which on the request path cost
-    more than the query.
-    """
-    engine = (app or current_app).extensions["recsys.read_engine"]
-    with engine.connect() as conn:
-        yield conn
+    dispose_engines(app, close=False)
 
 
 def dialect_insert(s: Session, model):
