@@ -117,12 +117,13 @@ class LocalBackend:
 
 
 class RedisBackend:
-    """redis-py, with one raw connection per thread for the hot ``MGET``.
+    """redis-py, with one raw connection per thread for the request path's commands.
 
     The client API checks a pooled connection out (a lock and a ``can_read`` poll syscall) and
     back in, and wraps every command in retry machinery; for the one read of a cache hit this
     was about two thirds of its Redis client CPU, so each thread keeps its own connection and
-    speaks to it directly. Writes and pipelines use the pooled client.
+    speaks to it directly: the ``MGET`` of every lookup, and a miss's stampede lock and its
+    store-and-unlock. Other writes (invalidation) use the pooled client.
     """
 
     def __init__(self, url: str, timeout_s: float = 0.25):
@@ -135,19 +136,30 @@ class RedisBackend:
         )
         self._local = threading.local()
 
-    def mget(self, keys: list[str]) -> list[bytes | None]:
+    def _conn(self):
         conn = getattr(self._local, "conn", None)
         if conn is None:
             # Connects lazily on the first command, with the client's URL, db and timeouts.
             conn = self._local.conn = self.client.connection_pool.make_connection()
+        return conn
+
+    def _run(self, *commands: tuple) -> list:
+        """``commands`` on this thread's own connection in one round trip: their replies."""
+        conn = self._conn()
         try:
-            conn.send_command("MGET", *keys)
-            return conn.read_response()
+            if len(commands) == 1:
+                conn.send_command(*commands[0])
+                return [conn.read_response()]
+            conn.send_packed_command(conn.pack_commands(commands))
+            return [conn.read_response() for _ in commands]
         except BaseException:
             # A half-read reply would poison the next call: drop the connection (the next
             # call reconnects; the caller backs off on errors).
             conn.disconnect()
             raise
+
+    def mget(self, keys: list[str]) -> list[bytes | None]:
+        return self._run(("MGET", *keys))[0]
 
     def set(self, key: str, value: bytes, ttl_s: float) -> None:
         self.client.set(key, value, ex=max(1, int(ttl_s)))
@@ -159,19 +171,20 @@ class RedisBackend:
         pipe.execute()
 
     def set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
-        return bool(self.client.set(key, value, nx=True, px=ttl_ms))
+        return self._run(("SET", key, value, "NX", "PX", int(ttl_ms)))[0] is not None
 
     def delete(self, key: str) -> None:
         self.client.delete(key)
 
     def store(self, key: str, value: bytes | None, ttl_s: float, unlock: str | None) -> None:
         """Set ``key`` (unless ``value`` is None) and delete ``unlock`` (unless None)."""
-        pipe = self.client.pipeline(transaction=False)
+        commands: list[tuple] = []
         if value is not None:
-            pipe.set(key, value, ex=max(1, int(ttl_s)))
+            commands.append(("SET", key, value, "EX", max(1, int(ttl_s))))
         if unlock is not None:
-            pipe.delete(unlock)
-        pipe.execute()
+            commands.append(("DEL", unlock))
+        if commands:
+            self._run(*commands)
 
 
 class Peek(NamedTuple):
