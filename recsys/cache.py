@@ -335,7 +335,12 @@ class ResultCache:
                 hit = self._payload(vals[1], vals[0])
                 if hit is not None:
                     return hit, True
-        payload, store = compute()
+        try:
+            payload, store = compute()
+        except BaseException:
+            if acquired:  # let the next request compute at once instead of waiting for us
+                self._call(lambda: self.backend.store(rkey, None, self.ttl, lock))
+            raise
         entry = b"".join((ENTRY_TAG, _bytes(token), b"\n", payload)) if store else None
         if entry is not None or acquired:
             # Store and unlock in one round trip.

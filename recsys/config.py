@@ -64,6 +64,9 @@ DEFAULTS: dict[str, object] = {
     # Flask (recsys.fastpath): plain valid queries only, anything else goes through Flask.
     # Read per request, so it can be switched off at run time.
     "FAST_CACHE_PATH": True,
+    # ... and compute that middleware's misses there too (the same function the view calls),
+    # instead of handing them to Flask. Read per request; needs FAST_CACHE_PATH.
+    "FAST_MISS_PATH": True,
 }
 
 

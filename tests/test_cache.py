@@ -121,6 +121,24 @@ def test_slow_lock_holder_does_not_block_others(redis_url, redis_prefix):
     assert not cached and value["n"] == 1 and time.monotonic() - t0 < 1.0
 
 
+@pytest.mark.redis
+def test_a_failed_compute_releases_the_lock(redis_url, redis_prefix):
+    """Whoever computes next does so at once instead of waiting out the lock."""
+    c = make_cache(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, CACHE_LOCK_WAIT_MS=2000)
+    lock = c.result_key("u", {}) + ":lock"
+
+    def broken():
+        assert c.backend.mget([lock]) != [None]  # held while computing
+        raise RuntimeError("compute broke")
+
+    with pytest.raises(RuntimeError, match="compute broke"):
+        c.get_or_compute("u", {}, broken)
+    assert c.backend.mget([lock]) == [None]
+    t0 = time.monotonic()
+    value, cached = c.get_or_compute("u", {}, Counter())
+    assert not cached and value["n"] == 1 and time.monotonic() - t0 < 1.0
+
+
 def test_redis_down_serves_uncached_with_backoff(caplog):
     c = make_cache(REDIS_URL=DEAD_REDIS)
     compute = Counter()

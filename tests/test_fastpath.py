@@ -1,4 +1,5 @@
-"""The WSGI fast path for cache hits (recsys.fastpath) on real PostgreSQL + Redis.
+"""The WSGI fast path (recsys.fastpath) on real PostgreSQL + Redis: cache hits, and misses of
+plain requests computed below Flask.
 
 Every comparison is against the same app with ``FAST_CACHE_PATH`` switched off (the flag is read
 per request), and "served by the fast path" is observed by counting the calls that reach the
@@ -8,6 +9,7 @@ wrapped Flask app.
 from __future__ import annotations
 
 import logging
+import time
 from urllib.parse import quote
 
 import pytest
@@ -78,11 +80,22 @@ def _ids(body) -> list[str]:
         ("caf\u00e9 \u00fc", "n=2"),  # percent-encoded UTF-8 in the path
     ],
 )
-def test_hit_is_byte_identical_to_the_flask_answer(served_app, client, flask_calls, user, query):
+def test_answers_are_byte_identical_to_the_flask_answers(
+    served_app, client, flask_calls, user, query
+):
+    from recsys.cache import get_cache
+
     url = f"/v1/users/{quote(user, safe='')}/recommendations" + (f"?{query}" if query else "")
-    first = client.get(url)  # a miss: computed by Flask and stored
+    first = client.get(url)  # a miss: computed by the fast path and stored
     assert first.status_code == 200 and first.get_json()["cached"] is False
-    assert len(flask_calls) == 1
+    assert len(flask_calls) == 0, "the miss went through Flask"
+    # The same miss again (the user's token renewed), this time computed by the view.
+    assert get_cache(served_app).invalidate_users([user])
+    slow_miss = _get(served_app, client, url, fast=False)
+    assert len(flask_calls) == 1 and slow_miss.get_json()["cached"] is False
+    assert slow_miss.get_data() == first.get_data()
+    assert slow_miss.headers.to_wsgi_list() == first.headers.to_wsgi_list()
+    # Hits.
     slow = _get(served_app, client, url, fast=False)
     assert len(flask_calls) == 2
     fast = client.get(url)
@@ -102,10 +115,14 @@ def test_normal_priority_is_served_and_anything_else_falls_through(client, flask
     for value in ("", "normal"):
         r = client.get(url, headers={"X-Priority": value})
         assert r.get_json()["cached"] is True
-    assert len(flask_calls) == 1
+    assert len(flask_calls) == 0
     for value in ("high", "LOW", " normal"):
         r = client.get(url, headers={"X-Priority": value})
         assert r.status_code == 200 and r.get_json()["cached"] is True
+    assert len(flask_calls) == 3
+    # Misses with a priority are Flask's too (the view decides their deadline and shedding).
+    r = client.get(url + "&exclude=prio", headers={"X-Priority": "high"})
+    assert r.status_code == 200 and r.get_json()["cached"] is False
     assert len(flask_calls) == 4
 
 
@@ -259,7 +276,7 @@ def test_event_makes_the_next_answer_fresh(client, flask_calls):
     url = "/v1/users/u0/recommendations?n=3"
     first = client.get(url).get_json()
     assert client.get(url).get_json()["cached"] is True
-    assert len(flask_calls) == 1
+    assert len(flask_calls) == 0
     top = _ids(first)[0]
     events = [
         {"user_id": "u0", "item_id": top, "type": "purchase"},
@@ -270,7 +287,7 @@ def test_event_makes_the_next_answer_fresh(client, flask_calls):
     after = client.get(url).get_json()
     assert after["cached"] is False and top not in _ids(after) and after["route"] == "warm"
     assert client.get(url).get_json() == {**after, "cached": True}
-    assert flask_calls.count("/v1/users/u0/recommendations") == 2
+    assert flask_calls.count("/v1/users/u0/recommendations") == 0
 
 
 @pytest.mark.postgres
@@ -279,12 +296,12 @@ def test_admin_change_makes_the_next_answer_fresh(client, flask_calls):
     url = "/v1/users/u6/recommendations?n=3"
     client.get(url)
     assert client.get(url).get_json()["cached"] is True
-    assert len(flask_calls) == 1
+    assert len(flask_calls) == 0
     r = client.patch("/v1/admin/strategies", json={"ease": {"enabled": False}}, headers=AUTH)
     assert r.status_code == 200, r.get_json()
     body = client.get(url).get_json()
     assert body["cached"] is False and set(body["model_versions"]) == {"popular"}
-    assert flask_calls.count("/v1/users/u6/recommendations") == 2
+    assert flask_calls.count("/v1/users/u6/recommendations") == 0
 
 
 @pytest.mark.postgres
@@ -332,7 +349,7 @@ def test_metrics_count_each_fast_hit_once(served_app, client, flask_calls):
     n = 7
     for _ in range(n):
         assert client.get(url).get_json()["cached"] is True
-    assert len(flask_calls) == 1
+    assert len(flask_calls) == 0
     assert _sample("recsys_cache_hits_total") == hits0 + n
     assert _sample("recsys_cache_misses_total") == misses0 + 1
     assert _sample("recsys_requests_total", endpoint=ENDPOINT, status="200") == ok0 + n + 1
@@ -352,13 +369,14 @@ def test_a_miss_through_the_fast_path_counts_one_miss(client, flask_calls):
         assert body["cached"] is False
     assert _sample("recsys_cache_misses_total") == misses0 + 3
     assert _sample("recsys_cache_hits_total") == hits0
-    assert len(flask_calls) == 3 and deadline.in_flight() == 0
+    assert len(flask_calls) == 0 and deadline.in_flight() == 0
 
 
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_a_miss_reads_redis_once(served_app, client, flask_calls, monkeypatch):
-    """The view reuses the fast path's lookup of a miss instead of a second MGET."""
+    """A miss reuses the fast path's lookup instead of a second MGET, whether the fast path
+    computes it or (``FAST_MISS_PATH`` off) the view does."""
     from recsys.cache import get_cache
 
     backend = get_cache(served_app).backend
@@ -370,10 +388,14 @@ def test_a_miss_reads_redis_once(served_app, client, flask_calls, monkeypatch):
 
     monkeypatch.setattr(backend, "mget", counting)
     body = client.get("/v1/users/u1/recommendations?n=4&exclude=once").get_json()
-    assert body["cached"] is False and len(flask_calls) == 1
-    assert len(reads) == 1  # the peek; the view did not read again
+    assert body["cached"] is False and len(flask_calls) == 0
+    assert len(reads) == 1  # the peek, reused
     body = client.get("/v1/users/u1/recommendations?n=4&exclude=once").get_json()
-    assert body["cached"] is True and len(reads) == 2 and len(flask_calls) == 1
+    assert body["cached"] is True and len(reads) == 2 and len(flask_calls) == 0
+    served_app.config["FAST_MISS_PATH"] = False
+    body = client.get("/v1/users/u1/recommendations?n=4&exclude=twice").get_json()
+    assert body["cached"] is False and len(flask_calls) == 1
+    assert len(reads) == 3  # the peek; the view did not read again
 
 
 # -- failures -----------------------------------------------------------------------------------
@@ -396,10 +418,45 @@ def test_an_exception_falls_through_and_is_logged_once(
         for _ in range(3):
             r = client.get(url)
             assert r.status_code == 200 and r.get_json()["cached"] is True
-    assert len(flask_calls) == 4
+    assert len(flask_calls) == 3
     assert [r.getMessage() for r in caplog.records if r.name == fastpath.__name__] == [
         "cache fast path failed; served through Flask"
     ]
+    assert deadline.in_flight() == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_a_failing_miss_falls_through_to_flask(
+    served_app, client, flask_calls, monkeypatch, caplog
+):
+    """An exception while the fast path computes a miss: Flask serves the request, computing
+    at once (the stampede lock was released, not left to expire)."""
+    from recsys.api import recommend
+    from recsys.cache import get_cache
+
+    real, calls = recommend.load_history, []
+
+    def once_broken(*a, **kw):
+        calls.append(a)
+        if len(calls) == 1:
+            raise RuntimeError("history broke")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(recommend, "load_history", once_broken)
+    get_cache(served_app).lock_wait_ms = 5000
+    url = "/v1/users/u6/recommendations?n=3&exclude=fails-once"
+    with caplog.at_level(logging.WARNING, logger=fastpath.__name__):
+        t0 = time.monotonic()
+        r = client.get(url)
+        took = time.monotonic() - t0
+    assert r.status_code == 200 and r.get_json()["cached"] is False and r.get_json()["items"]
+    assert len(calls) == 2 and len(flask_calls) == 1
+    assert took < 2.0, "Flask waited for a lock nobody holds"
+    assert [r.getMessage() for r in caplog.records if r.name == fastpath.__name__] == [
+        "cache fast path failed; served through Flask"
+    ]
+    assert client.get(url).get_json()["cached"] is True and len(flask_calls) == 1
     assert deadline.in_flight() == 0
 
 
@@ -411,7 +468,7 @@ def test_redis_down_falls_through(make_app, private_redis):  # noqa: F811
     calls = _spy(app)
     first = client.get("/v1/users/u0/recommendations?n=3").get_json()
     assert client.get("/v1/users/u0/recommendations?n=3").get_json()["cached"] is True
-    assert len(calls) == 1
+    assert len(calls) == 0
     proc.kill()
     proc.wait()
     for _ in range(2):
@@ -419,7 +476,7 @@ def test_redis_down_falls_through(make_app, private_redis):  # noqa: F811
         assert r.status_code == 200
         body = r.get_json()
         assert body["cached"] is False and body["items"] == first["items"]
-    assert len(calls) == 3
+    assert len(calls) == 2
 
 
 @pytest.mark.postgres

@@ -236,17 +236,18 @@ def user_cache_context(
     }
 
 
-def recommend_user(
-    user_id: str, req: RecRequest, explain: bool = False, shed: bool = False
-) -> Response:
-    """The cached per-user answer (GET /v1/users/<id>/recommendations), serialised.
+def user_payload(
+    app, user_id: str, req: RecRequest, explain: bool = False, shed: bool = False, peeked=None
+) -> tuple[str, bytes, bool, dict | None]:
+    """The per-user answer: ``(route, body, cached, assignment)``, in an app context but
+    without a request (the Flask view and the WSGI fast path, ``recsys.fastpath``, both call
+    this). ``peeked``: the fast path's lookup of this request's cache entry (a miss), reused
+    instead of a second read.
 
     The cache holds the serialised response (``route`` + newline + JSON body with
     ``"cached": false``), so a hit is one Redis round trip plus a byte replace: no JSON
-    decoding or encoding, no SQL. Hits of plain requests never get here: ``recsys.fastpath``
-    answers them in front of Flask with the same bytes.
+    decoding or encoding, no SQL.
     """
-    app = current_app._get_current_object()
     ctx = serving(app)
     resolver = app.extensions.get("recsys.variant_resolver")
     assignment = resolver(user_id) if resolver else None
@@ -284,18 +285,29 @@ def recommend_user(
         if payload is None:
             payload = compute()[0]
     else:
-        peeked = request.environ.get(PEEK_ENVIRON_KEY) if has_request_context() else None
         payload, cached = cache.get_or_compute_raw(user_id, cache_context, compute, peeked)
     route, _, body = payload.partition(b"\n")
     if cached:
         body = _mark_cached(body)
+    return route.decode(), body, cached, assignment
+
+
+def recommend_user(
+    user_id: str, req: RecRequest, explain: bool = False, shed: bool = False
+) -> Response:
+    """The cached per-user answer (GET /v1/users/<id>/recommendations) as a Flask response.
+    Plain requests never get here: ``recsys.fastpath`` answers them in front of Flask with
+    the same bytes (``user_payload``)."""
+    app = current_app._get_current_object()
+    peeked = request.environ.get(PEEK_ENVIRON_KEY) if has_request_context() else None
+    route, body, _, assignment = user_payload(app, user_id, req, explain, shed, peeked)
     hook = app.extensions.get("recsys.exposure_hook")
     if hook and assignment:
         try:
             hook(user_id, assignment, json.loads(body))
         except Exception:  # exposure logging must never fail a recommendation
             log.exception("exposure hook failed")
-    metrics.set_route(route.decode())
+    metrics.set_route(route)
     return Response(body, mimetype=app.json.mimetype)
 
 
