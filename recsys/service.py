@@ -276,6 +276,10 @@ class UserHistory:
     ts: list[int] = field(default_factory=list)
     # Cached (idmap, item indices) pairs so evaluation does not re-map for every model.
     _mapped: list = field(default_factory=list, repr=False, compare=False)
+    # Derived sets and masks, each asked for by several stages of one request: key -> (number
+    # of events it was computed from, value). A history is not changed once built; the count
+    # guards against one that is.
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_items(cls, user_id: str | None, items: Sequence[str], type: str = "click"):
@@ -286,8 +290,20 @@ class UserHistory:
     def __len__(self) -> int:
         return len(self.items)
 
-    def positive_items(self) -> set[str]:
-        return {i for i, t in zip(self.items, self.types, strict=True) if t != "dislike"}
+    def _memoised(self, key, compute):
+        n = len(self.types)
+        got = self._memo.get(key)
+        if got is None or got[0] != n:
+            got = self._memo[key] = (n, compute())
+        return got[1]
+
+    def positive_items(self) -> frozenset[str]:
+        return self._memoised(
+            "positive",
+            lambda: frozenset(
+                i for i, t in zip(self.items, self.types, strict=True) if t != "dislike"
+            ),
+        )
 
     @staticmethod
     def _excluded_types(config: ServingConfig) -> frozenset[str]:
@@ -295,17 +311,30 @@ class UserHistory:
         types.add("dislike")
         return frozenset(types)
 
-    def excluded_items(self, config: ServingConfig) -> set[str]:
+    def _type_mask(self, types: frozenset[str]) -> np.ndarray:
+        """Which events are of one of ``types`` (read-only: shared by the callers)."""
+
+        def compute() -> np.ndarray:
+            mask = np.fromiter((t in types for t in self.types), dtype=bool, count=len(self.types))
+            mask.flags.writeable = False
+            return mask
+
+        return self._memoised(("mask", types), compute)
+
+    def excluded_items(self, config: ServingConfig) -> frozenset[str]:
         """Items never to recommend to this user: dislikes, and seen items per the config."""
         types = self._excluded_types(config)
-        return {i for i, t in zip(self.items, self.types, strict=True) if t in types}
+
+        def compute() -> frozenset[str]:
+            mask = self._type_mask(types)
+            return frozenset(i for i, m in zip(self.items, mask.tolist(), strict=True) if m)
+
+        return self._memoised(("excluded", types), compute)
 
     def excluded_idx(self, config: ServingConfig, idmap) -> np.ndarray:
         """``excluded_items`` as indices of ``idmap`` (-1 for items it does not know), from the
         history's cached mapping: every strategy of a request asks, so no string lookups."""
-        types = self._excluded_types(config)
-        mask = np.fromiter((t in types for t in self.types), dtype=bool, count=len(self.types))
-        return self.item_idx(idmap)[mask]
+        return self.item_idx(idmap)[self._type_mask(self._excluded_types(config))]
 
     def item_idx(self, idmap) -> np.ndarray:
         # Models trained on the same catalogue hold equal but distinct IdMaps: map once.
