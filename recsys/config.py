@@ -39,6 +39,10 @@ DEFAULTS: dict[str, object] = {
     # device without the GIL and concurrent requests should meet in the deep model's
     # micro-batcher. Measured under gunicorn on 2 cores (README, "Serving benchmark").
     "SCORING_SLOTS": None,
+    # With SCORING_SLOTS, the request that gets a turn also scores up to this many requests in
+    # all that wait for one and would be scored alike, in one pass of every model (1: each
+    # request alone). Measured under gunicorn on 2 cores (README, "Serving benchmark").
+    "SCORING_BATCH_MAX": 8,
     # Per-process memory budget for loaded models, in MiB.
     "MODEL_MEMORY_BUDGET_MB": 768,
     # Micro-batching of the deep model.

@@ -34,6 +34,7 @@ from recsys.metrics import (
     DEADLINE_MISSES,
     IN_FLIGHT,
     REQUESTS_SHED,
+    SCORING_BATCH,
     SCORING_TIMEOUTS,
     SCORING_WAIT,
     STRATEGY_LATENCY,
@@ -254,6 +255,24 @@ def admission(
 
 # -- scoring turns ----------------------------------------------------------------------------
 _RANK = {"high": 0, "normal": 1, "low": 2}
+_WAITING, _TAKEN, _DONE = "waiting", "taken", "done"
+
+
+class _Job:
+    """One ``ScoringGate.combine`` caller's work, while it waits."""
+
+    __slots__ = ("key", "job", "t0", "ticket", "state", "result", "error", "waited")
+
+    def __init__(self, key: Any, job: Any, t0: float):
+        self.key, self.job, self.t0 = key, job, t0
+        self.ticket: tuple[int, int] = (0, 0)
+        self.state = _WAITING
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.waited = 0.0
+
+    def __lt__(self, other: _Job) -> bool:
+        return self.ticket < other.ticket
 
 
 class ScoringGate:
@@ -276,13 +295,14 @@ class ScoringGate:
         self._cond = threading.Condition()
         self._busy = 0
         self._queue: list[tuple[int, int]] = []  # heap of (priority rank, arrival)
+        self._jobs: list[_Job] = []  # combine()'s waiters (few: one per waiting thread)
         self._arrival = itertools.count()
 
     def acquire(self, priority: str = "normal", timeout_s: float | None = None) -> bool:
         if not self.slots:
             return True
         with self._cond:
-            if self._busy < self.slots and not self._queue:
+            if self._busy < self.slots and not self._queue and not self._jobs:
                 self._busy += 1
                 return True
             ticket = (_RANK.get(priority, 1), next(self._arrival))
@@ -308,8 +328,98 @@ class ScoringGate:
             return
         with self._cond:
             self._busy -= 1
-            if self._queue:
+            if self._queue or self._jobs:
                 self._cond.notify_all()
+
+    def combine(
+        self,
+        key: Any,
+        job: Any,
+        run_batch: Callable[[list[tuple[Any, float]]], list[Any]],
+        priority: str = "normal",
+        timeout_s: float | None = None,
+        max_batch: int = 8,
+    ) -> tuple[bool, Any, float]:
+        """Score ``job`` in a turn, together with compatible waiters: ``(scored, result,
+        waited)``; ``scored`` is False when no turn came within ``timeout_s``.
+
+        The caller that gets a turn takes, besides its own job, up to ``max_batch - 1`` jobs of
+        the same ``key`` still waiting (in turn order: priority, then arrival), and runs
+        ``run_batch([(job, seconds waited), ...])`` once for all of them: one pass of every
+        model over several users costs much less per user than one pass each (the deep
+        model's weights and the Python around each strategy are paid once). Each taken
+        waiter gets its own result (or the batch's error) without a turn of its own, however
+        long the batch takes: its deadline is in the batch's. A waiter not taken gives up at
+        its timeout. Without a slot limit there is no queue and nothing to combine.
+        """
+        t0 = time.perf_counter()
+        if not self.slots:
+            return True, run_batch([(job, 0.0)])[0], 0.0
+        mine = _Job(key, job, t0)
+        with self._cond:
+            if self._busy < self.slots and not self._jobs and not self._queue:
+                self._busy += 1
+            else:
+                mine.ticket = (_RANK.get(priority, 1), next(self._arrival))
+                self._jobs.append(mine)
+                end = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
+                while True:
+                    if mine.state is _DONE:
+                        return self._outcome(mine)
+                    if mine.state is _WAITING:
+                        if self._busy < self.slots and min(self._jobs) is mine:
+                            self._jobs.remove(mine)
+                            self._busy += 1
+                            break
+                        remaining = None if end is None else end - time.monotonic()
+                        if remaining is not None and remaining <= 0:
+                            self._jobs.remove(mine)
+                            self._cond.notify_all()  # the head may have changed
+                            waited = time.perf_counter() - t0
+                            SCORING_WAIT.observe(waited)
+                            SCORING_TIMEOUTS.labels(priority).inc()
+                            return False, None, waited
+                        self._cond.wait(remaining)
+                    else:  # taken: scored by the holder of a turn, which always finishes
+                        self._cond.wait()
+            batch = [mine]
+            if max_batch > 1:
+                for other in sorted(self._jobs):
+                    if len(batch) >= max_batch:
+                        break
+                    if other.key == key:
+                        other.state = _TAKEN
+                        batch.append(other)
+                if len(batch) > 1:
+                    self._jobs = [j for j in self._jobs if j.state is _WAITING]
+        start = time.perf_counter()
+        for j in batch:
+            j.waited = start - j.t0
+            SCORING_WAIT.observe(j.waited)
+        SCORING_BATCH.observe(len(batch))
+        try:
+            results = run_batch([(j.job, j.waited) for j in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"run_batch gave {len(results)} results for {len(batch)} jobs")
+        except BaseException as e:
+            with self._cond:
+                for j in batch[1:]:
+                    j.error, j.state = e, _DONE
+                self._busy -= 1
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            for j, result in zip(batch[1:], results[1:], strict=True):
+                j.result, j.state = result, _DONE
+            self._busy -= 1
+            self._cond.notify_all()
+        return True, results[0], mine.waited
+
+    @staticmethod
+    def _outcome(job: _Job) -> tuple[bool, Any, float]:
+        if job.error is not None:
+            raise RuntimeError("scoring failed in a combined turn") from job.error
+        return True, job.result, job.waited
 
     @contextmanager
     def turn(self, priority: str = "normal", timeout_s: float | None = None):

@@ -78,6 +78,11 @@ SCORING_WAIT = Histogram(
     "Time a request waited for a scoring turn in its worker (SCORING_SLOTS)",
     buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
+SCORING_BATCH = Histogram(
+    "recsys_scoring_batch_size",
+    "Requests scored together in one scoring turn (the turn's holder takes compatible waiters)",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
+)
 SCORING_TIMEOUTS = Counter(
     "recsys_scoring_timeouts_total",
     "Requests answered from popularity because no scoring turn came within their deadline",

@@ -34,6 +34,7 @@ Weights are always saved as the fp32 ``state_dict`` (tensors only, loaded with
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import logging
 import math
@@ -94,13 +95,19 @@ class _SparseServing(nn.Module):
     """
 
     def __init__(
-        self, table: torch.Tensor, bias: torch.Tensor, encoder: nn.ModuleList, decoder: nn.Module
+        self,
+        table: torch.Tensor,
+        bias: torch.Tensor,
+        encoder: nn.ModuleList,
+        decoder: nn.Module,
+        pin_range: bool = False,
     ) -> None:
         super().__init__()
         self.register_buffer("table", table)
         self.register_buffer("bias", bias)
         self.encoder = encoder
         self.decoder = decoder
+        self.pin_range = pin_range
 
     def forward(
         self, indices: torch.Tensor, offsets: torch.Tensor, weights: torch.Tensor
@@ -109,9 +116,27 @@ class _SparseServing(nn.Module):
             indices, self.table, offsets, mode="sum", per_sample_weights=weights
         ).add_(self.bias)
         h = torch.tanh_(h)
+        if self.pin_range:
+            # Dynamically quantized (int8) layers quantize their input with the minimum and
+            # maximum of the whole batch, so one user's scores would depend on who else is in
+            # the batch (and a request scored alone would differ from the same user in a batch
+            # or in offline evaluation). Every layer's input here is a tanh output, inside
+            # [-1, 1]: one extra row holding 1 and -1 pins the range to exactly that for any
+            # batch, and each row comes out the same alone or with others.
+            for layer in self.encoder:
+                h = torch.tanh_(layer(torch.cat([h, _pin_row(h.shape[1])]))[:-1])
+            return self.decoder(torch.cat([h, _pin_row(h.shape[1])]))[:-1]
         for layer in self.encoder:
             h = torch.tanh_(layer(h))
         return self.decoder(h)
+
+
+@functools.cache
+def _pin_row(width: int) -> torch.Tensor:
+    """A (1, width) row of zeros with 1 first and -1 last (see ``_SparseServing.forward``)."""
+    row = torch.zeros(1, width)
+    row[0, 0], row[0, -1] = 1.0, -1.0
+    return row
 
 
 class _Adam:
@@ -418,7 +443,7 @@ class DeepStrategy(Strategy):
             self.serving_device_ = self.device_
         else:
             self.serving_device_ = self.device_
-        self.serving_ = _SparseServing(table, bias, rest, decoder).eval()
+        self.serving_ = _SparseServing(table, bias, rest, decoder, pin_range=prec == "int8").eval()
         self.serving_precision_ = prec
         self.serving_dtype_ = torch.float16 if prec == "fp16" else torch.float32
 

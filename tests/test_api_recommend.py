@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.servicekit import ADMIN_TOKEN, CATS
@@ -284,16 +286,66 @@ def test_wait_for_a_turn_is_taken_off_the_deadline(served_app, client, monkeypat
 
     served_app.config.update(SCORING_SLOTS=1, DEADLINE_MS=400)
     seen = []
-    real = service.Recommender.recommend
+    real = service.Recommender.recommend_batch
 
-    def spy(self, history, request=None):
-        seen.append(request.deadline_s)
-        return real(self, history, request)
+    def spy(self, histories, requests=None):
+        seen.extend(r.deadline_s for r in requests)
+        return real(self, histories, requests)
 
-    monkeypatch.setattr(service.Recommender, "recommend", spy)
+    monkeypatch.setattr(service.Recommender, "recommend_batch", spy)
     gate = scoring_gate(1)
     assert gate.acquire()
     threading.Timer(0.15, gate.release).start()
     body = client.get("/v1/users/u6/recommendations?n=3&exclude=wait-test").get_json()
     assert body["degraded"] is False
     assert len(seen) == 1 and 0.15 < seen[0] < 0.3  # 400 ms less the (up to) 150 ms wait
+
+
+def test_waiting_requests_are_scored_together_and_answered_as_alone(served_app):
+    """Requests that queue for the scoring turn are scored in one batch by the next holder of
+    the turn, and each gets exactly the bytes it gets when scored alone."""
+    import threading
+    import time
+
+    from prometheus_client import REGISTRY
+
+    from recsys.cache import get_cache
+    from recsys.deadline import scoring_gate
+
+    served_app.config.update(SCORING_SLOTS=1, DEADLINE_MS=5000)
+    users = ["u6", "u1", "u3", "nobody"]  # warm, then cold ones (u1, u3: short histories)
+    urls = [f"/v1/users/{u}/recommendations?n=4&explain=true" for u in users]
+    batches0 = REGISTRY.get_sample_value("recsys_scoring_batch_size_count") or 0.0
+    sum0 = REGISTRY.get_sample_value("recsys_scoring_batch_size_sum") or 0.0
+    gate = scoring_gate(1)
+    together: dict[str, bytes] = {}
+
+    def get(url):
+        r = served_app.test_client().get(url)
+        assert r.status_code == 200
+        together[url] = r.get_data()
+
+    assert gate.acquire()
+    threads = [threading.Thread(target=get, args=(u,)) for u in urls]
+    try:
+        for t in threads:
+            t.start()
+        end = time.monotonic() + 10
+        while len(gate._jobs) < len(urls) and time.monotonic() < end:
+            time.sleep(0.01)
+        assert len(gate._jobs) == len(urls), "the requests did not all queue"
+    finally:
+        gate.release()
+    for t in threads:
+        t.join(10)
+    # One batch of four (the holder of the turn took the other three).
+    assert REGISTRY.get_sample_value("recsys_scoring_batch_size_count") == batches0 + 1
+    assert REGISTRY.get_sample_value("recsys_scoring_batch_size_sum") == sum0 + 4
+    assert get_cache(served_app).invalidate_users(users)
+    client = served_app.test_client()
+    for url in urls:
+        alone = client.get(url)
+        assert alone.get_json()["cached"] is False
+        assert alone.get_data() == together[url], url
+    assert json.loads(together[urls[0]])["route"] == "warm"
+    assert json.loads(together[urls[-1]])["route"] == "cold"

@@ -9,7 +9,7 @@ import torch
 
 from features.interactions import InteractionData
 from strategies.base import UserBatch
-from strategies.deep import WEIGHTS_FILE, DeepStrategy, MultDAE, _normalise_rows
+from strategies.deep import WEIGHTS_FILE, DeepStrategy, MultDAE, _normalise_rows, _pin_row
 
 N_GROUPS, GROUP_SIZE = 10, 20
 N_ITEMS = N_GROUPS * GROUP_SIZE
@@ -157,10 +157,12 @@ def test_int8_serving_equals_the_dense_forward_within_quantization_error(fitted)
     q = model.quantized("int8")
     matrix = _random_histories(33, seed=5)
     got = q.score(UserBatch(matrix=matrix))
-    # Exactly the dense first layer (fp32), then the same int8 decoder: float tolerance.
+    # Exactly the dense first layer (fp32), then the same int8 decoder with its input range
+    # pinned to [-1, 1] (one extra row): float tolerance.
     x = torch.from_numpy(_normalise_rows(q._inputs(matrix)).toarray())
     with torch.inference_mode():
-        ref = q.serving_.decoder(torch.tanh(model.model_.encoder[0](x))).numpy()
+        h = torch.tanh(model.model_.encoder[0](x))
+        ref = q.serving_.decoder(torch.cat([h, _pin_row(h.shape[1])]))[:-1].numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
     # Against the fp32 dense forward: within int8 quantization error of the decoder.
     fp32 = _dense_forward(model, matrix)
@@ -168,6 +170,26 @@ def test_int8_serving_equals_the_dense_forward_within_quantization_error(fitted)
     assert np.abs(got - fp32).max() < 0.02 * scale
     corr = [np.corrcoef(a, b)[0, 1] for a, b in zip(got, fp32, strict=True)]
     assert min(corr) > 0.999
+
+
+@pytest.mark.parametrize("hidden", [(64,), (32, 16)])
+def test_int8_scores_of_a_user_do_not_depend_on_the_batch(fitted, hidden):
+    """Dynamic int8 layers quantize with the batch's range; the serving module pins it to
+    tanh's [-1, 1], so a user scored alone, in a batch or in offline evaluation gets the same
+    scores to the bit (requests scored together in one turn rely on it)."""
+    model = fitted[0]
+    if hidden != FAST["hidden"]:
+        data, _ = _group_data(n_users=120)
+        model = DeepStrategy(**{**FAST, "hidden": hidden, "epochs": 2}, device="cpu").fit(data)
+    q = model.quantized("int8")
+    matrix = _random_histories(12, seed=11)
+    together = q.score(UserBatch(matrix=matrix))
+    alone = np.vstack([q.score(UserBatch(matrix=matrix[[i]])) for i in range(12)])
+    np.testing.assert_array_equal(together, alone)
+    # Without the pin, the same batch gives other numbers for some users (what it fixes).
+    q.serving_.pin_range = False
+    unpinned = np.vstack([q.score(UserBatch(matrix=matrix[[i]])) for i in range(12)])
+    assert not np.array_equal(q.score(UserBatch(matrix=matrix)), unpinned)
 
 
 def test_deeper_encoders_serve_sparsely_too():
@@ -180,7 +202,10 @@ def test_deeper_encoders_serve_sparsely_too():
     # Every Linear after the embedding bag is quantized, the deeper encoder layer included.
     kinds = {type(m).__module__ for m in (q.serving_.encoder[0], q.serving_.decoder)}
     assert all("quantized" in k for k in kinds), kinds
-    assert np.abs(q.score(UserBatch(matrix=matrix)) - dense).max() < 0.02 * np.abs(dense).max()
+    # Within int8 quantization error of the input range pinned to tanh's [-1, 1]: coarser for
+    # this two-epoch toy model, whose activations stay small, than for a trained one (ml-100k
+    # nDCG@10: fp32 0.4781, int8 0.4785; bench/deep_bench.py --part accuracy).
+    assert np.abs(q.score(UserBatch(matrix=matrix)) - dense).max() < 0.05 * np.abs(dense).max()
 
 
 def test_serving_shares_the_first_layer_with_the_model(fitted, tmp_path):
@@ -334,7 +359,10 @@ def test_cuda_path_matches_cpu(tmp_path):
     np.testing.assert_allclose(half.score(UserBatch(matrix=matrix)), dense, rtol=2e-2, atol=2e-2)
     q = model.quantized("int8")  # CPU kernels, from the CUDA model's weights
     assert q.serving_device_.type == "cpu" and q.serving_.table.device.type == "cpu"
-    assert np.abs(q.score(UserBatch(matrix=matrix)) - dense).max() < 0.02 * np.abs(dense).max()
+    # Within int8 quantization error of the input range pinned to tanh's [-1, 1]: coarser for
+    # this two-epoch toy model, whose activations stay small, than for a trained one (ml-100k
+    # nDCG@10: fp32 0.4781, int8 0.4785; bench/deep_bench.py --part accuracy).
+    assert np.abs(q.score(UserBatch(matrix=matrix)) - dense).max() < 0.05 * np.abs(dense).max()
 
 
 @pytest.mark.parametrize("fused", [True, False])

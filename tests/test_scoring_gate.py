@@ -163,3 +163,122 @@ def test_timeouts_racing_hand_overs_leave_a_consistent_gate():
     assert peak <= 2
     assert gate._busy == 0 and gate._queue == []
     assert gate.acquire() and gate.acquire() and not gate.acquire("normal", 0.01)
+
+
+# -- combined turns -------------------------------------------------------------------------------
+class _Batches:
+    """A ``run_batch`` that records each batch and answers every job with (job, batch number)."""
+
+    def __init__(self, fail: bool = False):
+        self.batches: list[list] = []
+        self.fail = fail
+
+    def __call__(self, jobs):
+        self.batches.append([job for job, _ in jobs])
+        if self.fail:
+            raise ValueError("scoring broke")
+        return [(job, len(self.batches)) for job, _ in jobs]
+
+
+def _combiner(gate, key, job, run, out, priority="normal", timeout=5.0, max_batch=8):
+    def go():
+        try:
+            out[job] = gate.combine(key, job, run, priority, timeout, max_batch)
+        except Exception as e:  # noqa: BLE001 - recorded for the assertion
+            out[job] = e
+
+    t = threading.Thread(target=go)
+    t.start()
+    return t
+
+
+def _jobs_queued(gate, n, timeout=5.0):
+    end = time.monotonic() + timeout
+    while len(gate._jobs) < n:
+        assert time.monotonic() < end, "jobs did not queue"
+        time.sleep(0.005)
+
+
+def test_the_next_turn_scores_every_compatible_waiter_in_one_batch():
+    gate, run, out = ScoringGate(1), _Batches(), {}
+    assert gate.acquire()
+    threads = []
+    for i, (key, job) in enumerate([("a", "j1"), ("b", "j2"), ("a", "j3"), ("a", "j4")]):
+        threads.append(_combiner(gate, key, job, run, out))
+        _jobs_queued(gate, i + 1)
+    gate.release()
+    for t in threads:
+        t.join(5)
+    # j1 got the turn and took j3 and j4 (same key, arrival order); j2 ("b") went alone.
+    assert run.batches == [["j1", "j3", "j4"], ["j2"]]
+    for job, batch in (("j1", 1), ("j3", 1), ("j4", 1), ("j2", 2)):
+        scored, result, waited = out[job]
+        assert scored and result == (job, batch) and waited > 0
+    assert gate._busy == 0 and gate._jobs == []
+
+
+def test_the_holder_takes_high_priority_first_and_at_most_max_batch():
+    gate, run, out = ScoringGate(1), _Batches(), {}
+    assert gate.acquire()
+    threads = []
+    for i, (job, priority) in enumerate([("l1", "low"), ("n1", "normal"), ("h1", "high")]):
+        threads.append(_combiner(gate, "k", job, run, out, priority, max_batch=2))
+        _jobs_queued(gate, i + 1)
+    gate.release()
+    for t in threads:
+        t.join(5)
+    assert run.batches == [["h1", "n1"], ["l1"]]
+
+
+def test_a_waiter_nobody_takes_gives_up_at_its_timeout():
+    gate, run, out = ScoringGate(1), _Batches(), {}
+    assert gate.acquire()
+    t = _combiner(gate, "k", "late", run, out, timeout=0.05)
+    t.join(5)
+    scored, result, waited = out["late"]
+    assert not scored and result is None and waited >= 0.05
+    assert gate._jobs == [] and run.batches == []
+    gate.release()
+    assert gate.combine("k", "next", run) == (True, ("next", 1), pytest.approx(0, abs=0.05))
+
+
+def test_a_taken_waiter_gets_its_result_even_past_its_timeout():
+    gate, out = ScoringGate(1), {}
+
+    def slow(jobs):
+        time.sleep(0.3)  # longer than the waiter's own timeout
+        return [job for job, _ in jobs]
+
+    assert gate.acquire()
+    holder = _combiner(gate, "k", "h", slow, out)  # first in line: it gets the next turn
+    _jobs_queued(gate, 1)
+    waiter = _combiner(gate, "k", "w", slow, out, timeout=0.2)
+    _jobs_queued(gate, 2)
+    gate.release()  # "h" takes "w" along; the batch outlasts "w"'s own timeout
+    holder.join(5)
+    waiter.join(5)
+    assert out["h"][:2] == (True, "h") and out["w"][:2] == (True, "w")
+    assert out["w"][2] < 0.2  # it waited for the turn less than its timeout: then it was taken
+
+
+def test_a_failed_batch_fails_every_job_in_it_and_frees_the_turn():
+    gate, run, out = ScoringGate(1), _Batches(fail=True), {}
+    assert gate.acquire()
+    threads = [_combiner(gate, "k", j, run, out) for j in ("j1",)]
+    _jobs_queued(gate, 1)
+    threads.append(_combiner(gate, "k", "j2", run, out))
+    _jobs_queued(gate, 2)
+    gate.release()
+    for t in threads:
+        t.join(5)
+    assert run.batches == [["j1", "j2"]]
+    assert isinstance(out["j1"], ValueError)
+    assert isinstance(out["j2"], RuntimeError) and isinstance(out["j2"].__cause__, ValueError)
+    assert gate._busy == 0 and gate.acquire()
+    gate.release()
+
+
+def test_without_a_slot_limit_nothing_waits_or_combines():
+    gate, run = ScoringGate(0), _Batches()
+    assert gate.combine("k", "a", run) == (True, ("a", 1), 0.0)
+    assert run.batches == [["a"]]

@@ -109,20 +109,51 @@ def recommend_in_turn(
     popular_only: bool = False,
 ) -> tuple[RecResult, bool]:
     """``Recommender.recommend`` in one of this worker's scoring turns (``SCORING_SLOTS``,
-    ``recsys.deadline.ScoringGate``), with the time spent waiting taken off the request's
-    deadline. ``(result, fell_back)``: when no turn comes within the deadline (or
+    ``recsys.deadline.ScoringGate.combine``), with the time spent waiting taken off the
+    request's deadline. ``(result, fell_back)``: when no turn comes within the deadline (or
     ``popular_only``: shed, or the SQL store down), popularity only, computed without a turn (it is
-    cheap), and the caller marks the answer degraded."""
+    cheap), and the caller marks the answer degraded.
+
+    Whoever gets a turn also scores the requests waiting for one that would be scored exactly
+    alike (``SCORING_BATCH_MAX`` in all): the same configuration, catalogue and models, the same
+    priority and the same number of candidates per strategy. They go through
+    ``Recommender.recommend_batch`` together, the path offline evaluation takes, and each gets
+    the answer it would have got alone (the blend, rules and page are per user; the int8 deep
+    model pins its quantisation range, see ``strategies.deep``)."""
     from recsys.deadline import scoring_gate
 
     if not popular_only:
+        cfg = current_app.config
         rec = ctx.recommender(overrides)
-        gate = scoring_gate(current_app.config.get("SCORING_SLOTS"))
-        with gate.turn(req.priority, req.deadline_s) as waited:
-            if waited is not None:
-                if req.deadline_s is not None and waited > 0:
-                    req = replace(req, deadline_s=max(0.0, req.deadline_s - waited))
-                return rec.recommend(history, req), False
+        gate = scoring_gate(cfg.get("SCORING_SLOTS"))
+        runtime = getattr(ctx.models, "__self__", ctx.models)
+        key = (
+            id(rec.config),
+            id(ctx.catalog),
+            id(runtime),
+            req.priority,
+            max(rec.config.candidates_per_strategy, req.n + req.offset),
+        )
+
+        def run_batch(jobs: list[tuple[tuple[UserHistory, RecRequest], float]]) -> list:
+            histories, requests = [], []
+            for (h, r), waited in jobs:
+                if r.deadline_s is not None and waited > 0:
+                    r = replace(r, deadline_s=max(0.0, r.deadline_s - waited))
+                histories.append(h)
+                requests.append(r)
+            return rec.recommend_batch(histories, requests)
+
+        scored, result, _ = gate.combine(
+            key,
+            (history, req),
+            run_batch,
+            req.priority,
+            req.deadline_s,
+            int(cfg.get("SCORING_BATCH_MAX", 8)),
+        )
+        if scored:
+            return result, False
         log.warning("no scoring turn within the %.0f ms deadline: popularity", req.deadline_s * 1e3)
     rec = ctx.recommender({**(overrides or {}), **POPULAR_ONLY})
     return rec.recommend(history, req), not popular_only
