@@ -11,20 +11,25 @@ import pytest
 from recsys.deadline import ScoringGate, scoring_gate
 
 
+def _started(fn) -> threading.Thread:
+    t = threading.Thread(target=fn)
+    t.start()
+    return t
+
+
 def _waiter(gate, priority, order, timeout=5.0):
     def run():
         if gate.acquire(priority, timeout):
             order.append(priority)
             gate.release()
 
-    t = threading.Thread(target=run)
-    t.start()
-    return t
+    return _started(run)
 
 
-def _queued(gate, n, timeout=5.0):
+def _queued(gate, n, timeout=5.0, queue="_queue"):
+    """Wait until ``n`` callers wait in the gate (``acquire``'s queue, or ``combine``'s)."""
     end = time.monotonic() + timeout
-    while len(gate._queue) < n:
+    while len(getattr(gate, queue)) < n:
         assert time.monotonic() < end, "waiters did not queue"
         time.sleep(0.005)
 
@@ -187,16 +192,11 @@ def _combiner(gate, key, job, run, out, priority="normal", timeout=5.0, max_batc
         except Exception as e:  # noqa: BLE001 - recorded for the assertion
             out[job] = e
 
-    t = threading.Thread(target=go)
-    t.start()
-    return t
+    return _started(go)
 
 
-def _jobs_queued(gate, n, timeout=5.0):
-    end = time.monotonic() + timeout
-    while len(gate._jobs) < n:
-        assert time.monotonic() < end, "jobs did not queue"
-        time.sleep(0.005)
+def _jobs_queued(gate, n):
+    _queued(gate, n, queue="_jobs")
 
 
 def test_the_next_turn_scores_every_compatible_waiter_in_one_batch():
