@@ -288,6 +288,8 @@ class ScoringGate:
 
     Waiters are served high priority first, then in arrival order; one that gets no turn within
     its timeout (its request's deadline) gets ``None`` and the caller answers degraded.
+    ``combine`` (what the request path uses) also lets the holder of a turn score the
+    compatible waiters with it; ``acquire``/``release`` and ``turn`` take a plain turn.
     """
 
     def __init__(self, slots: int):
