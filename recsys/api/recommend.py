@@ -327,8 +327,9 @@ def recommend_user(
     user_id: str, req: RecRequest, explain: bool = False, shed: bool = False
 ) -> Response:
     """The cached per-user answer (GET /v1/users/<id>/recommendations) as a Flask response.
-    Plain requests never get here: ``recsys.fastpath`` answers them in front of Flask with
-    the same bytes (``user_payload``)."""
+    Plain requests get here only when ``recsys.fastpath`` hands them on (the cache unreachable,
+    ``FAST_MISS_PATH`` off for a miss, an error there): it answers the rest in front of Flask
+    with the same bytes (``user_payload``)."""
     app = current_app._get_current_object()
     peeked = request.environ.get(PEEK_ENVIRON_KEY) if has_request_context() else None
     route, body, _, assignment = user_payload(app, user_id, req, explain, shed, peeked)
