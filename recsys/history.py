@@ -161,11 +161,11 @@ class HistoryReader:
             dead = engine.dialect.is_disconnect(e, conn.dbapi_connection, None)
             if dead:
                 conn.invalidate(e)
-            conn.close()
             raise sa_exc.DBAPIError.instance(
                 self.stmt.sql, params, e, dbapi.Error, connection_invalidated=dead
             ) from e
-        conn.close()
+        finally:
+            conn.close()  # back to the pool (or, invalidated, discarded)
         return _history(user_id, rows, items)
 
 
