@@ -1,7 +1,9 @@
 """Engine and session helpers.
 
-One engine per process, kept in ``app.extensions``. After a fork (gunicorn ``post_fork``) the
-pool is re-created with ``dispose(close=False)`` so children never share the parent's sockets.
+Two engines per process, kept in ``app.extensions``: the main one (sessions, writes, admin;
+pre-pinged pool) and the request path's history read (``get_hot_engine``: autocommit, no
+pre-ping). After a fork (gunicorn ``post_fork``) both pools are re-created with
+``dispose(close=False)`` so children never share the parent's sockets.
 """
 
 from __future__ import annotations
