@@ -23,7 +23,6 @@ and the like: ``recsys.errors.DB_UNAVAILABLE``), as a ``Connection`` would raise
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
 
 from sqlalchemy import BigInteger, Engine, Integer, bindparam, select
 from sqlalchemy import exc as sa_exc
@@ -197,9 +196,3 @@ def get_history_reader(app) -> HistoryReader:
 def load_history(app, user_id: str, limit: int = DEFAULT_MAX_EVENTS) -> UserHistory:
     """The user's last ``limit`` events, newest first (``HistoryReader.load`` of ``app``)."""
     return get_history_reader(app).load(user_id, limit)
-
-
-def load_histories(
-    app, user_ids: Iterable[str], limit: int = DEFAULT_MAX_EVENTS
-) -> list[UserHistory]:
-    return [load_history(app, u, limit) for u in user_ids]

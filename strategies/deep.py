@@ -116,19 +116,20 @@ class _SparseServing(nn.Module):
             indices, self.table, offsets, mode="sum", per_sample_weights=weights
         ).add_(self.bias)
         h = torch.tanh_(h)
-        if self.pin_range:
-            # Dynamically quantized (int8) layers quantize their input with the minimum and
-            # maximum of the whole batch, so one user's scores would depend on who else is in
-            # the batch (and a request scored alone would differ from the same user in a batch
-            # or in offline evaluation). Every layer's input here is a tanh output, inside
-            # [-1, 1]: one extra row holding 1 and -1 pins the range to exactly that for any
-            # batch, and each row comes out the same alone or with others.
-            for layer in self.encoder:
-                h = torch.tanh_(layer(torch.cat([h, _pin_row(h.shape[1])]))[:-1])
-            return self.decoder(torch.cat([h, _pin_row(h.shape[1])]))[:-1]
         for layer in self.encoder:
-            h = torch.tanh_(layer(h))
-        return self.decoder(h)
+            h = torch.tanh_(self._layer(layer, h))
+        return self._layer(self.decoder, h)
+
+    def _layer(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        if not self.pin_range:
+            return layer(h)
+        # Dynamically quantized (int8) layers quantize their input with the minimum and maximum
+        # of the whole batch, so one user's scores would depend on who else is in the batch
+        # (and a request scored alone would differ from the same user in a batch or in offline
+        # evaluation). Every layer's input here is a tanh output, inside [-1, 1]: one extra row
+        # holding 1 and -1 pins the range to exactly that for any batch, and each row comes out
+        # the same alone or with others.
+        return layer(torch.cat([h, _pin_row(h.shape[1])]))[:-1]
 
 
 @functools.cache
