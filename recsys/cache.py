@@ -188,11 +188,14 @@ class RedisBackend:
 
 
 class Peek(NamedTuple):
-    """One lookup's raw reads: the entry's key, the user's history token and the entry."""
+    """One lookup's raw reads: the entry's key, the user's history token and the entry, and
+    the user and context the key was built from."""
 
     key: str
     token: bytes | None
     raw: bytes | None
+    user_id: str
+    context: dict[str, Any]
 
     @property
     def payload(self) -> bytes | None:
@@ -303,13 +306,15 @@ class ResultCache:
         is stored when ``store`` is true (degraded answers are not pinned for a whole TTL).
 
         ``peeked``: what ``peek`` read for this request a moment ago (the fast path's miss);
-        used instead of a second ``MGET`` when it is for the same key."""
+        used, key included, instead of a second ``MGET`` when it is for the same user and an
+        equal context."""
         from recsys import metrics
 
-        rkey, tkey = self.result_key(user_id, context), self.token_key(user_id)
-        if peeked is not None and peeked.key == rkey:
-            ok, vals = True, [peeked.token, peeked.raw]
+        tkey = self.token_key(user_id)
+        if peeked is not None and peeked.user_id == user_id and peeked.context == context:
+            rkey, ok, vals = peeked.key, True, [peeked.token, peeked.raw]
         else:
+            rkey = self.result_key(user_id, context)
             ok, vals = self._call(lambda: self.backend.mget([tkey, rkey]))
         if not ok:
             metrics.CACHE_MISSES.inc()
@@ -355,7 +360,7 @@ class ResultCache:
         and never computes."""
         rkey, tkey = self.result_key(user_id, context), self.token_key(user_id)
         ok, vals = self._call(lambda: self.backend.mget([tkey, rkey]))
-        return Peek(rkey, vals[0], vals[1]) if ok else None
+        return Peek(rkey, vals[0], vals[1], user_id, context) if ok else None
 
     def peek_raw(self, user_id: str, context: dict[str, Any]) -> bytes | None:
         """The cached payload if present and fresh; never computes."""

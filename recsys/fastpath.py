@@ -201,8 +201,9 @@ class FastCachePath:
         resolver = app.extensions.get("recsys.variant_resolver")
         if resolver is not None and resolver(user_id) is not None:
             return None  # in an experiment: the view records the exposure
+        ctx = serving(app)
         context = user_cache_context(
-            serving(app), q["n"], q["offset"], q["category"], exclude, q["explain"], None
+            ctx, q["n"], q["offset"], q["category"], exclude, q["explain"], None
         )
         peeked = get_cache(app).peek(user_id, context)
         if peeked is None:
@@ -215,24 +216,22 @@ class FastCachePath:
             route = route.decode()
         elif app.config.get("FAST_MISS_PATH", True):
             # A miss: computed here, exactly as the view computes it (``user_payload``,
-            # reusing this read), without Flask's routing, validation and hooks.
-            cfg = app.config
-            adm = deadline.admission(
-                "normal",
-                float(cfg.get("DEADLINE_MS", 250)),
-                int(cfg.get("OVERLOAD_IN_FLIGHT", deadline.DEFAULT_OVERLOAD_IN_FLIGHT)),
-            )
-            req = RecRequest(
-                n=q["n"],
-                offset=q["offset"],
-                category=q["category"],
-                exclude=exclude,
-                explain=q["explain"],
-                deadline_s=adm.deadline_s,
-                priority=adm.priority,
-            )
+            # reusing this read and its snapshot), without Flask's routing, validation and
+            # hooks.
             with app.app_context():
-                route, body, _, _ = user_payload(app, user_id, req, q["explain"], adm.shed, peeked)
+                adm = deadline.admission("normal")
+                req = RecRequest(
+                    n=q["n"],
+                    offset=q["offset"],
+                    category=q["category"],
+                    exclude=exclude,
+                    explain=q["explain"],
+                    deadline_s=adm.deadline_s,
+                    priority=adm.priority,
+                )
+                route, body, _, _ = user_payload(
+                    app, user_id, req, q["explain"], adm.shed, peeked, ctx
+                )
         else:
             # The view computes the list; hand it this read so it need not repeat it.
             environ[PEEK_ENVIRON_KEY] = peeked

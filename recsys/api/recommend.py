@@ -268,18 +268,25 @@ def user_cache_context(
 
 
 def user_payload(
-    app, user_id: str, req: RecRequest, explain: bool = False, shed: bool = False, peeked=None
+    app,
+    user_id: str,
+    req: RecRequest,
+    explain: bool = False,
+    shed: bool = False,
+    peeked=None,
+    ctx: Serving | None = None,
 ) -> tuple[str, bytes, bool, dict | None]:
     """The per-user answer: ``(route, body, cached, assignment)``, in an app context but
     without a request (the Flask view and the WSGI fast path, ``recsys.fastpath``, both call
     this). ``peeked``: the fast path's lookup of this request's cache entry (a miss), reused
-    instead of a second read.
+    instead of a second read; ``ctx``: the snapshot that lookup was keyed on (default: the
+    current one).
 
     The cache holds the serialised response (``route`` + newline + JSON body with
     ``"cached": false``), so a hit is one Redis round trip plus a byte replace: no JSON
     decoding or encoding, no SQL.
     """
-    ctx = serving(app)
+    ctx = ctx or serving(app)
     resolver = app.extensions.get("recsys.variant_resolver")
     assignment = resolver(user_id) if resolver else None
     overrides = assignment.get("overrides") if assignment else None
