@@ -221,6 +221,9 @@ def user_batch(
     rows, cols = np.divmod(uniq, max(n_items, 1))
     indptr = np.searchsorted(rows, np.arange(b + 1))
     m = sp.csr_matrix((data, cols, indptr), shape=(b, n_items), dtype=np.float32)
+    # Sorted unique keys: each row's columns are increasing with no repeats. Said here, scipy
+    # need not scan the arrays to find out (the deep model asks, per request).
+    m.has_canonical_format = True
     if user_index is None:
         user_index = np.full(b, -1, dtype=np.int64)
     return UserBatch(matrix=m, sequences=seqs, user_index=user_index)

@@ -206,24 +206,23 @@ class MicroBatcher(Generic[X, Y]):
             inline = self.inline_when_idle and self._busy == 0 and not self._queue
             if inline:
                 self._busy += 1  # counts as a running batch: arrivals meanwhile queue up
+            else:
+                self._queue.append(p)
+                if len(self._threads) < self.concurrency or not all(
+                    t.is_alive() for t in self._threads
+                ):
+                    self._start_threads()
+                # Wake the collector only when it has something new to decide: the first
+                # request (it waits for a non-empty queue) or a full batch. In between it is
+                # waiting for company with a timeout, and waking it for every arrival cost a
+                # thread switch each.
+                if len(self._queue) == 1 or len(self._queue) >= self.max_batch:
+                    self._cond.notify()
         if inline:
             self._execute([p])
             if p.error is not None:
                 raise p.error
             return p.result
-        with self._cond:
-            if self._closed:
-                raise BatcherClosed(f"micro-batcher {self.name!r} is closed")
-            self._queue.append(p)
-            if len(self._threads) < self.concurrency or not all(
-                t.is_alive() for t in self._threads
-            ):
-                self._start_threads()
-            # Wake the collector only when it has something new to decide: the first request
-            # (it waits for a non-empty queue) or a full batch. In between it is waiting for
-            # company with a timeout, and waking it for every arrival cost a thread switch each.
-            if len(self._queue) == 1 or len(self._queue) >= self.max_batch:
-                self._cond.notify()
         if not p.wait(timeout):
             with self._cond:
                 # The result may have landed between the wait and the lock; a late result is

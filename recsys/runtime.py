@@ -89,7 +89,11 @@ def _stack_csr(mats: list) -> sp.csr_matrix:
     indices = np.concatenate([m.indices[: m.indptr[-1]] for m in mats])
     data = np.concatenate([m.data[: m.indptr[-1]] for m in mats])
     shape = (sum(m.shape[0] for m in mats), width)
-    return sp.csr_matrix((data, indices, np.concatenate(indptr)), shape=shape)
+    out = sp.csr_matrix((data, indices, np.concatenate(indptr)), shape=shape)
+    # Rows are copied whole, so the stack is canonical when every part is known to be.
+    if all(m.__dict__.get("_has_canonical_format", False) for m in mats):
+        out.has_canonical_format = True
+    return out
 
 
 class BatchedModel(Strategy):

@@ -346,6 +346,11 @@ def test_stack_csr_equals_scipy_vstack():
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(got.toarray(), want.toarray())
     np.testing.assert_array_equal(got.indptr, want.indptr)
+    # The canonical flag is passed on only when every part is known to be canonical.
+    assert "_has_canonical_format" not in got.__dict__
+    for m in mats:
+        m.has_canonical_format = True
+    assert _stack_csr(mats).__dict__.get("_has_canonical_format") is True
     # Anything but same-width csr_matrix goes through scipy itself.
     coo = sp.random(2, 50, density=0.1, format="coo", dtype=np.float32, random_state=3)
     np.testing.assert_array_equal(

@@ -185,6 +185,34 @@ def test_serves_cold_flags():
 
 
 @pytest.mark.parametrize("seed", range(4))
+def test_user_batch_is_canonical_as_it_says(seed):
+    """user_batch marks its matrix canonical (sorted, no repeats) without scipy checking;
+    the arrays must really be so, repeated and unknown items in the histories included."""
+    from scipy.sparse._sparsetools import csr_has_canonical_format
+
+    rng = np.random.default_rng(seed)
+    hists = []
+    for _ in range(int(rng.integers(1, 6))):
+        k = int(rng.integers(0, 30))
+        hists.append(
+            History(
+                item_idx=rng.integers(-1, N_ITEMS + 2, k),
+                event_type=rng.integers(0, 4, k).astype(np.int8),
+                value=rng.uniform(0.5, 3, k).astype(np.float32),
+                ts=np.arange(k, dtype=np.int64)[::-1],
+            )
+        )
+    m = user_batch(hists, N_ITEMS).matrix
+    assert m.__dict__.get("_has_canonical_format") is True
+    assert csr_has_canonical_format(m.shape[0], m.indptr, m.indices)
+    plain = m.copy()
+    plain.__dict__.pop("_has_canonical_format", None)
+    plain.sum_duplicates()
+    np.testing.assert_array_equal(plain.indices, m.indices)
+    np.testing.assert_allclose(plain.data, m.data)
+
+
+@pytest.mark.parametrize("seed", range(4))
 def test_top_n_of_one_row_equals_that_row_in_a_batch(seed):
     """top_n has a one-row fast path (every uncached request); it must agree with the
     batched path row for row, ties, -inf and n larger than the catalogue included."""
