@@ -16,7 +16,6 @@ wait their turn, high priority first, then in arrival order, for at most their d
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import os
@@ -289,48 +288,62 @@ class ScoringGate:
     Waiters are served high priority first, then in arrival order; one that gets no turn within
     its timeout (its request's deadline) gets ``None`` and the caller answers degraded.
     ``combine`` (what the request path uses) also lets the holder of a turn score the
-    compatible waiters with it; ``acquire``/``release`` and ``turn`` take a plain turn.
+    compatible waiters with it; ``acquire``/``release`` and ``turn`` take a plain turn. Both
+    wait in the same queue.
     """
 
     def __init__(self, slots: int):
         self.slots = max(0, int(slots))
         self._cond = threading.Condition()
         self._busy = 0
-        self._queue: list[tuple[int, int]] = []  # heap of (priority rank, arrival)
-        self._jobs: list[_Job] = []  # combine()'s waiters (few: one per waiting thread)
+        # Waiters for a turn, of ``acquire`` and ``combine`` alike (few: one per waiting
+        # thread); the next turn goes to the smallest ticket (priority rank, arrival).
+        self._jobs: list[_Job] = []
         self._arrival = itertools.count()
+
+    def _enter(self, mine: _Job, priority: str, timeout_s: float | None) -> str:
+        """Take a slot for ``mine``, waiting in turn order if there is none (caller holds
+        ``_cond``): ``_TAKEN`` when it holds a slot now, ``_DONE`` when another holder scored
+        it in a combined turn, ``_WAITING`` when ``timeout_s`` passed first (no longer
+        queued)."""
+        if self._busy < self.slots and not self._jobs:
+            self._busy += 1
+            return _TAKEN
+        mine.ticket = (_RANK.get(priority, 1), next(self._arrival))
+        self._jobs.append(mine)
+        end = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
+        while True:
+            if mine.state is _DONE:
+                return _DONE
+            if mine.state is _WAITING:
+                if self._busy < self.slots and min(self._jobs) is mine:
+                    self._jobs.remove(mine)
+                    self._busy += 1
+                    if self._jobs and self._busy < self.slots:
+                        self._cond.notify_all()  # another slot is free for the next in line
+                    return _TAKEN
+                remaining = None if end is None else end - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    self._jobs.remove(mine)
+                    self._cond.notify_all()  # the head may have changed
+                    return _WAITING
+                self._cond.wait(remaining)
+            else:  # taken: scored by the holder of a turn, which always finishes
+                self._cond.wait()
 
     def acquire(self, priority: str = "normal", timeout_s: float | None = None) -> bool:
         if not self.slots:
             return True
         with self._cond:
-            if self._busy < self.slots and not self._queue and not self._jobs:
-                self._busy += 1
-                return True
-            ticket = (_RANK.get(priority, 1), next(self._arrival))
-            heapq.heappush(self._queue, ticket)
-            end = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
-            while True:
-                if self._busy < self.slots and self._queue[0] == ticket:
-                    heapq.heappop(self._queue)
-                    self._busy += 1
-                    if self._queue and self._busy < self.slots:
-                        self._cond.notify_all()  # another slot is free for the next in line
-                    return True
-                remaining = None if end is None else end - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    self._queue.remove(ticket)
-                    heapq.heapify(self._queue)
-                    self._cond.notify_all()  # the head may have changed
-                    return False
-                self._cond.wait(remaining)
+            # A key of its own: never taken into another holder's combined turn.
+            return self._enter(_Job(object(), None, 0.0), priority, timeout_s) is _TAKEN
 
     def release(self) -> None:
         if not self.slots:
             return
         with self._cond:
             self._busy -= 1
-            if self._queue or self._jobs:
+            if self._jobs:
                 self._cond.notify_all()
 
     def combine(
@@ -359,31 +372,14 @@ class ScoringGate:
             return True, run_batch([(job, 0.0)])[0], 0.0
         mine = _Job(key, job, t0)
         with self._cond:
-            if self._busy < self.slots and not self._jobs and not self._queue:
-                self._busy += 1
-            else:
-                mine.ticket = (_RANK.get(priority, 1), next(self._arrival))
-                self._jobs.append(mine)
-                end = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
-                while True:
-                    if mine.state is _DONE:
-                        return self._outcome(mine)
-                    if mine.state is _WAITING:
-                        if self._busy < self.slots and min(self._jobs) is mine:
-                            self._jobs.remove(mine)
-                            self._busy += 1
-                            break
-                        remaining = None if end is None else end - time.monotonic()
-                        if remaining is not None and remaining <= 0:
-                            self._jobs.remove(mine)
-                            self._cond.notify_all()  # the head may have changed
-                            waited = time.perf_counter() - t0
-                            SCORING_WAIT.observe(waited)
-                            SCORING_TIMEOUTS.labels(priority).inc()
-                            return False, None, waited
-                        self._cond.wait(remaining)
-                    else:  # taken: scored by the holder of a turn, which always finishes
-                        self._cond.wait()
+            got = self._enter(mine, priority, timeout_s)
+            if got is _DONE:
+                return self._outcome(mine)
+            if got is _WAITING:
+                waited = time.perf_counter() - t0
+                SCORING_WAIT.observe(waited)
+                SCORING_TIMEOUTS.labels(priority).inc()
+                return False, None, waited
             batch = [mine]
             if max_batch > 1:
                 for other in sorted(self._jobs):

@@ -26,8 +26,8 @@ def _waiter(gate, priority, order, timeout=5.0):
     return _started(run)
 
 
-def _queued(gate, n, timeout=5.0, queue="_queue"):
-    """Wait until ``n`` callers wait in the gate (``acquire``'s queue, or ``combine``'s)."""
+def _queued(gate, n, timeout=5.0, queue="_jobs"):
+    """Wait until ``n`` callers wait in the gate (``acquire`` and ``combine`` share a queue)."""
     end = time.monotonic() + timeout
     while len(getattr(gate, queue)) < n:
         assert time.monotonic() < end, "waiters did not queue"
@@ -47,7 +47,7 @@ def test_one_slot_serialises_and_serves_high_priority_first():
     for t in threads:
         t.join(5)
     assert order == ["high", "normal", "normal", "low", "low"]
-    assert gate._busy == 0 and gate._queue == []
+    assert gate._busy == 0 and gate._jobs == []
 
 
 def test_two_slots_let_two_in_and_queue_the_third():
@@ -70,7 +70,7 @@ def test_a_waiter_gives_up_at_its_timeout_and_leaves_the_queue():
     t0 = time.monotonic()
     assert gate.acquire("normal", 0.05) is False
     assert 0.04 < time.monotonic() - t0 < 1.0
-    assert gate._queue == []
+    assert gate._jobs == []
     # Behind a waiter that gave up, the next one still gets the slot on release.
     order: list[str] = []
     t = _waiter(gate, "low", order)
@@ -166,7 +166,7 @@ def test_timeouts_racing_hand_overs_leave_a_consistent_gate():
         t.join(30)
     assert got + gave_up == 1600 and got > 0
     assert peak <= 2
-    assert gate._busy == 0 and gate._queue == []
+    assert gate._busy == 0 and gate._jobs == []
     assert gate.acquire() and gate.acquire() and not gate.acquire("normal", 0.01)
 
 
@@ -282,3 +282,32 @@ def test_without_a_slot_limit_nothing_waits_or_combines():
     gate, run = ScoringGate(0), _Batches()
     assert gate.combine("k", "a", run) == (True, ("a", 1), 0.0)
     assert run.batches == [["a"]]
+
+
+def test_plain_turns_and_combined_turns_wait_in_one_queue():
+    """``acquire`` and ``combine`` callers are served in one arrival order, and a plain turn is
+    never taken into a combined one."""
+    gate, out = ScoringGate(1), {}
+    order: list = []
+
+    def run(jobs):
+        order.append([job for job, _ in jobs])
+        return list(range(len(jobs)))
+
+    def plain():
+        if gate.acquire("normal", 5):
+            order.append("plain")
+            gate.release()
+
+    assert gate.acquire()
+    threads = [_started(plain)]
+    _jobs_queued(gate, 1)
+    for i, job in enumerate(("c1", "c2")):
+        threads.append(_combiner(gate, "k", job, run, out))
+        _jobs_queued(gate, i + 2)
+    gate.release()
+    for t in threads:
+        t.join(5)
+    # The plain waiter came first and got a turn of its own; then c1 took c2 (same key).
+    assert order == ["plain", ["c1", "c2"]]
+    assert gate._busy == 0 and gate._jobs == []
