@@ -49,10 +49,10 @@ from recsys.api.recommend import (
     split_exclude,
     user_cache_context,
     user_payload,
+    user_request,
 )
 from recsys.cache import get_cache
 from recsys.schemas import RecQuery
-from recsys.service import RecRequest
 
 log = logging.getLogger(__name__)
 
@@ -218,19 +218,18 @@ class FastCachePath:
             # A miss: computed here, exactly as the view computes it (``user_payload``,
             # reusing this read and its snapshot), without Flask's routing, validation and
             # hooks.
+            # The user is in no experiment (checked above): no second resolution.
             with app.app_context():
                 adm = deadline.admission("normal")
-                req = RecRequest(
-                    n=q["n"],
-                    offset=q["offset"],
-                    category=q["category"],
-                    exclude=exclude,
-                    explain=q["explain"],
-                    deadline_s=adm.deadline_s,
-                    priority=adm.priority,
-                )
                 route, body, _, _ = user_payload(
-                    app, user_id, req, q["explain"], adm.shed, peeked, ctx
+                    app,
+                    user_id,
+                    user_request(q, exclude, adm),
+                    q["explain"],
+                    adm.shed,
+                    peeked,
+                    ctx,
+                    assignment=None,
                 )
         else:
             # The view computes the list; hand it this read so it need not repeat it.

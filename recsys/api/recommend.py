@@ -267,6 +267,25 @@ def user_cache_context(
     }
 
 
+def user_request(q: dict[str, Any], exclude: list[str], adm) -> RecRequest:
+    """The ``RecRequest`` of a valid recommendations query (``RecQuery``'s fields, ``exclude``
+    already split) under ``adm``, the request's ``recsys.deadline.admission``: the view's and
+    the fast path's."""
+    return RecRequest(
+        n=q["n"],
+        offset=q["offset"],
+        category=q["category"],
+        exclude=exclude,
+        explain=q["explain"],
+        deadline_s=adm.deadline_s,
+        priority=adm.priority,
+    )
+
+
+# ``user_payload``'s default ``assignment``: resolve it there.
+_RESOLVE = object()
+
+
 def user_payload(
     app,
     user_id: str,
@@ -275,20 +294,23 @@ def user_payload(
     shed: bool = False,
     peeked=None,
     ctx: Serving | None = None,
+    assignment: dict | None | object = _RESOLVE,
 ) -> tuple[str, bytes, bool, dict | None]:
     """The per-user answer: ``(route, body, cached, assignment)``, in an app context but
     without a request (the Flask view and the WSGI fast path, ``recsys.fastpath``, both call
     this). ``peeked``: the fast path's lookup of this request's cache entry (a miss), reused
     instead of a second read; ``ctx``: the snapshot that lookup was keyed on (default: the
-    current one).
+    current one); ``assignment``: the user's experiment assignment when the caller has already
+    resolved it (default: resolved here).
 
     The cache holds the serialised response (``route`` + newline + JSON body with
     ``"cached": false``), so a hit is one Redis round trip plus a byte replace: no JSON
     decoding or encoding, no SQL.
     """
     ctx = ctx or serving(app)
-    resolver = app.extensions.get("recsys.variant_resolver")
-    assignment = resolver(user_id) if resolver else None
+    if assignment is _RESOLVE:
+        resolver = app.extensions.get("recsys.variant_resolver")
+        assignment = resolver(user_id) if resolver else None
     overrides = assignment.get("overrides") if assignment else None
     cache_context = user_cache_context(
         ctx, req.n, req.offset, req.category, req.exclude, explain, assignment
@@ -364,15 +386,7 @@ def user_recommendations(user_id: str, q: dict):
 
     _check_id(user_id)
     adm = admission()
-    req = RecRequest(
-        n=q["n"],
-        offset=q["offset"],
-        category=q["category"],
-        exclude=_parse_exclude(q["exclude"]),
-        explain=q["explain"],
-        deadline_s=adm.deadline_s,
-        priority=adm.priority,
-    )
+    req = user_request(q, _parse_exclude(q["exclude"]), adm)
     return recommend_user(user_id, req, explain=q["explain"], shed=adm.shed)
 
 
