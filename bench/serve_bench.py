@@ -417,11 +417,8 @@ def deep_batching(
         batched.append(drive(wrapped.score))
     stats = wrapped.batcher_stats()
     wrapped.close()
-    ratios = sorted(b[0] / u[0] for u, b in zip(plain, batched, strict=True) if u[0])
-
-    def median(values):
-        return statistics.median(values) if values else 0.0
-
+    ratios = sorted(b[0] / u[0] for u, b in zip(plain, batched, strict=True))
+    median = statistics.median
     return {
         "items": len(lm.items),
         "version": lm.version,
@@ -430,7 +427,7 @@ def deep_batching(
         "unbatched_rps": median([u[0] for u in plain]),
         "batched_rps": median([b[0] for b in batched]),
         "speedup": median(ratios),
-        "speedup_range": (ratios[0], ratios[-1]) if ratios else (0.0, 0.0),
+        "speedup_range": (ratios[0], ratios[-1]),
         "unbatched_cpu_ms": median([u[1] for u in plain]),
         "batched_cpu_ms": median([b[1] for b in batched]),
         "mean_batch": stats["mean_batch_size"],
