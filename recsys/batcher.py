@@ -11,11 +11,18 @@ then calls ``fn(list_of_inputs)`` once and hands each caller its own result (or 
 With ``concurrency > 1`` only one runner collects at a time (batches are formed in arrival
 order) while the others run their batches: when ``fn`` releases the GIL (a torch forward pass
 does) the next batch is collected and computed on another core while the previous one is still
-in its forward pass. Two rules keep the cores busy: a collector waits for company only while
-every other runner is busy (with one idle, waiting would leave a core idle), and the queued
-requests are shared among the idle runners (16 queued, 2 idle: two batches of 8 at once rather
-than one of 16 on one core). ``max_delay_ms`` still bounds every wait. ``fn`` and the observer
-must be safe to call from several threads at once.
+in its forward pass. A collector with another runner idle goes at once (waiting would leave a
+core idle), unless callers whose batch has just finished are still on their way out of
+``submit``: a thread scoring one user after another comes straight back, and waiting those
+microseconds for it keeps 16 such callers in batches of ~16 instead of fragments (measured with
+``bench/serve_bench.py --deep-only 3``: 3.7-3.8x instead of 2.9-3.0x the unbatched throughput
+on 2 cores, 2026-11-30). Under gunicorn on the CPU the scoring gate (``recsys.deadline``)
+lets one request per worker score at a time, so there the deep model's calls mostly run inline
+(``inline_when_idle``) and the rule changes nothing: alternating the server with and without
+it four times at 8 uncached clients gave the same throughput and CPU per request (README,
+"Serving benchmark"). A collector takes the whole queue, up to ``max_batch``.
+``max_delay_ms`` bounds every wait.
+``fn`` and the observer must be safe to call from several threads at once.
 
 Fork safety: the threads are started lazily on the first ``submit`` in a process, and a process
 that finds itself forked (different pid) or receives the after-fork hook starts from a clean
@@ -150,6 +157,8 @@ class MicroBatcher(Generic[X, Y]):
         self._collect_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._busy = 0  # runners inside fn
+        self._inside = 0  # callers inside submit
+        self._running = 0  # requests in batches inside fn
         # Set when a collector left part of the queue for an idle runner: that runner takes it
         # at once instead of opening a new wait for company.
         self._flush = False
@@ -203,8 +212,12 @@ class MicroBatcher(Generic[X, Y]):
         with self._cond:
             if self._closed:
                 raise BatcherClosed(f"micro-batcher {self.name!r} is closed")
-            inline = self.inline_when_idle and self._busy == 0 and not self._queue
+            self._inside += 1
+            # Alone: nothing queued, no batch running, and no caller of a batch that just
+            # finished still on its way out (it may be back in a moment, to share a batch).
+            inline = self.inline_when_idle and self._inside == 1 and self._busy == 0
             if inline:
+                self._running += 1
                 self._busy += 1  # counts as a running batch: arrivals meanwhile queue up
             else:
                 self._queue.append(p)
@@ -218,6 +231,16 @@ class MicroBatcher(Generic[X, Y]):
                 # thread switch each.
                 if len(self._queue) == 1 or len(self._queue) >= self.max_batch:
                     self._cond.notify()
+        try:
+            return self._await(p, inline, timeout)
+        finally:
+            with self._cond:
+                self._inside -= 1
+                # The last caller out of a finished batch: a collector waiting for it goes.
+                if self._queue and self._in_transit() <= 0:
+                    self._cond.notify()
+
+    def _await(self, p: _Pending, inline: bool, timeout: float | None) -> Y:
         if inline:
             self._execute([p])
             if p.error is not None:
@@ -285,9 +308,12 @@ class MicroBatcher(Generic[X, Y]):
             # Wait for company until the first request has waited max_delay, unless full.
             deadline = self._queue[0].enqueued + self.max_delay_s
             while len(self._queue) < self.max_batch and not self._stopping and not self._flush:
-                # Waiting for company only pays while every other runner is busy: with one idle
-                # (a free core) the requests go now, and the next batch collects meanwhile.
-                if self._busy < self.concurrency - 1:
+                # Waiting for company pays while every other runner is busy (no core is left
+                # idle by it) or while callers whose batch just finished are still on their
+                # way out of ``submit``: a caller scoring one user after another is back within
+                # microseconds, and a batch that goes without it leaves it to a batch of one.
+                # Otherwise (a free runner, nobody on the way) the requests go now.
+                if self._busy < self.concurrency - 1 and self._in_transit() <= 0:
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -297,21 +323,27 @@ class MicroBatcher(Generic[X, Y]):
             # caller's thread (inline_when_idle) holds a slot too, so wait for one to free.
             while self._busy >= self.concurrency and not self._stopping:
                 self._cond.wait()
-            # Share the queue among the idle runners (this one included): with 2 cores, two
-            # batches of 8 in flight at once beat one of 16 on one core while the other idles,
-            # since a forward pass costs about the same for 8 users as for 16. One runner
-            # (concurrency=1) always takes up to max_batch, as before.
-            idle = max(1, self.concurrency - self._busy)
-            take = min(self.max_batch, -(-len(self._queue) // idle))
+            # The whole queue, up to max_batch. (Sharing it among idle runners, two batches of
+            # 8 at once instead of one of 16, measured slower on 2 cores with the wait above:
+            # 3.2-3.4x against 3.9x the unbatched throughput at 16 callers; waking and
+            # resubmitting 16 threads cost more than the second core gained, 2026-11-30.)
             batch = []
-            while self._queue and len(batch) < take:
+            while self._queue and len(batch) < self.max_batch:
                 p = self._queue.popleft()
                 if not p.abandoned:
                     batch.append(p)
-            self._flush = bool(self._queue) and idle > 1
+            # Left over (more than max_batch queued) with another runner idle: it takes the
+            # rest at once instead of opening a new wait for company.
+            self._flush = bool(self._queue) and self._busy + 1 < self.concurrency
             if batch:
                 self._busy += 1
+                self._running += len(batch)
             return batch
+
+    def _in_transit(self) -> int:
+        """Callers inside ``submit`` that are neither queued nor in a running batch: those
+        whose batch has finished and who have not left yet (caller holds ``_cond``)."""
+        return self._inside - self._running - len(self._queue)
 
     def _run(self) -> None:
         while True:
@@ -350,6 +382,7 @@ class MicroBatcher(Generic[X, Y]):
             self.batch_sizes[len(batch)] += 1
             self.queue_wait_total_s += wait
             self._busy -= 1
+            self._running -= len(batch)
             # A collector waiting for company may now have an idle runner to hand off to.
             self._cond.notify()
         if self.observer is not None:

@@ -300,7 +300,7 @@ def test_concurrency_2_does_not_wait_for_company_while_a_runner_is_idle():
     assert elapsed < 0.2
 
 
-def test_concurrency_2_shares_a_queue_among_idle_runners():
+def test_concurrency_2_takes_the_whole_queue_in_one_batch():
     gate = threading.Event()
     batches: list[list[int]] = []
 
@@ -308,24 +308,69 @@ def test_concurrency_2_shares_a_queue_among_idle_runners():
         batches.append(list(xs))
         if xs == [0]:
             gate.wait(5)  # hold one runner so the other collects the rest, waiting for company
-        else:
-            time.sleep(0.05)  # a forward pass: both shares are in flight together
         return xs
 
-    b = MicroBatcher(gated, max_batch=64, max_delay_ms=300, name="share", concurrency=2)
+    b = MicroBatcher(gated, max_batch=64, max_delay_ms=300, name="whole", concurrency=2)
     first = threading.Thread(target=lambda: b.submit(0, timeout=5))
     first.start()
     time.sleep(0.05)  # 0 is inside fn: the other runner waits for company
     rest = threading.Thread(target=lambda: _run_threads(8, lambda i: b.submit(i + 1, timeout=5)))
     rest.start()
     time.sleep(0.1)  # the 8 are queued, the collector still waiting (300 ms)
-    gate.set()  # runner 0 frees up: two idle runners share the 8
+    gate.set()  # runner 0 frees up: the 8 go together, not shared out in two batches of 4
     rest.join(5)
     first.join(5)
     b.close()
     assert batches[0] == [0]
-    assert sorted(len(x) for x in batches[1:]) == [4, 4]
-    assert sorted(i for x in batches[1:] for i in x) == list(range(1, 9))
+    assert len(batches) == 2 and sorted(batches[1]) == list(range(1, 9))
+
+
+def test_concurrency_2_waits_for_callers_on_their_way_back():
+    """Eight threads each scoring one item after another: when a batch finishes, the next one
+    waits for its callers to come back (they are still inside submit) instead of going with
+    the first and leaving the rest to fragments. Sharing work between both runners made their
+    batches ~4 long here; waiting makes them ~8."""
+    sizes: list[int] = []
+
+    def fn(xs: list[int]) -> list[int]:
+        sizes.append(len(xs))
+        time.sleep(0.002)  # a forward pass, without the GIL
+        return [x * 2 for x in xs]
+
+    b = MicroBatcher(fn, max_batch=64, max_delay_ms=200, name="loop", concurrency=2)
+
+    def caller(i: int) -> list[int]:
+        return [b.submit(i * 100 + k, timeout=5) for k in range(40)]
+
+    results = _run_threads(8, caller)
+    b.close()
+    assert [e for _, e in results] == [None] * 8
+    assert [r for r, _ in results] == [[(i * 100 + k) * 2 for k in range(40)] for i in range(8)]
+    # 320 requests; a handful of batches are partial (the start, the end, a caller slow to
+    # come back under load), so the mean is compared, not every batch.
+    assert sum(sizes) == 320
+    assert 320 / len(sizes) >= 6, sizes
+
+
+def test_inline_only_for_a_caller_alone_in_the_batcher():
+    """A caller arriving while another is still leaving a finished batch is queued, not run
+    inline: the leaver may be about to submit again."""
+    seen_threads: list[str] = []
+
+    def fn(xs: list[int]) -> list[int]:
+        seen_threads.append(threading.current_thread().name)
+        return xs
+
+    b = MicroBatcher(fn, max_batch=8, max_delay_ms=50, inline_when_idle=True, concurrency=2)
+    assert b.submit(1, timeout=5) == 1
+    assert seen_threads == [threading.current_thread().name]  # alone: inline
+    with b._cond:
+        b._inside += 1  # another caller is on its way out of submit
+    assert b.submit(2, timeout=5) == 2
+    assert seen_threads[-1].startswith("microbatch-")  # queued for a runner
+    with b._cond:
+        b._inside -= 1
+    b.close()
 
 
 def test_inline_when_idle_runs_a_lone_request_in_the_callers_thread():
