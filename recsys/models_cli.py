@@ -67,6 +67,13 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     metavar="STRATEGY.NAME=VALUE",
     help="Override a hyperparameter (VALUE parsed as JSON), e.g. --param als.factors=128.",
 )
+@click.option(
+    "--tune",
+    is_flag=True,
+    help="Then tune the serving profile (recsys tune) and activate it if its guard passes; "
+    "with --if-missing only when no profile is active.",
+)
+@click.option("--tune-budget", default="5m", show_default=True, help="Search time for --tune.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @with_appcontext
@@ -77,6 +84,8 @@ def train(
     gate: bool,
     holdout: float,
     params: tuple[str, ...],
+    tune: bool,
+    tune_budget: str,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -84,9 +93,10 @@ def train(
 
     Each strategy is fitted on the oldest events and scored on the newest (--holdout), then
     fitted on all events; the version is saved with those holdout metrics and activated unless
-    --no-activate (or --gate refuses it).
+    --no-activate (or --gate refuses it). --tune then searches the serving profile.
     """
     from features.store import load_interactions
+    from recsys.registry import PROFILE_KIND
     from recsys.store import get_engine
     from recsys.training import GATE_METRIC, train_strategies
     from strategies import available_strategies
@@ -109,13 +119,23 @@ def train(
                 f"{name} has no parameter(s) {', '.join(unknown)}; it takes: "
                 + ", ".join(p for p in accepted if p != "self")
             )
+    tune_opts = None
+    if tune:
+        from recsys.tuning.cli import tune_options
+
+        tune_opts = tune_options(
+            tune_budget, "ndcg@10", 0.2, "time", 4, None, None, None, None, None, 42,
+            progress=not quiet and not as_json,
+        )  # fmt: skip
+        if if_missing and repo.active_version(PROFILE_KIND):
+            tune_opts = None
     if if_missing:
         active = repo.active_versions()
         for name in [n for n in names if n in active]:
             if not as_json:
                 click.echo(f"{name}: active version {active[name]} exists, skipped")
         names = [n for n in names if n not in active]
-    if not names:
+    if not names and tune_opts is None:
         if as_json:
             echo_json([])
         elif not if_missing:
@@ -162,10 +182,26 @@ def train(
             progress=not quiet and not as_json,
             on_result=report,
         )
-    except ModelError as e:
-        raise click.ClickException(e.description) from None
+        tuned = None
+        if tune_opts is not None:
+            from recsys.tuning.cli import echo_outcome, tune_store
+
+            if not as_json:
+                click.echo(f"tuning the serving profile ({tune_budget} budget)")
+            tuned = tune_store(
+                data,
+                repo,
+                tune_opts,
+                activate=not no_activate,
+                echo=None if as_json else click.echo,
+            )
+            if not as_json:
+                echo_outcome(tuned)
+    except (ModelError, ValueError) as e:
+        raise click.ClickException(getattr(e, "description", str(e))) from None
     if as_json:
-        echo_json([r.to_dict() for r in results])
+        out = [r.to_dict() for r in results]
+        echo_json({"models": out, "profile": tuned} if tune else out)
 
 
 @main.group("models")
@@ -214,12 +250,17 @@ def models_list(strategy: str | None, as_json: bool) -> None:
 @with_appcontext
 def models_activate(strategy: str, version: str, gate: bool, actor: str) -> None:
     """Make VERSION the active version of STRATEGY (checksums verified first)."""
+    from recsys.registry import PROFILE_KIND
     from recsys.training import GATE_METRIC
+    from recsys.tuning.profile import activate_profile
 
     try:
-        previous = _repo().activate(
-            strategy, version, actor=actor, gate_metric=GATE_METRIC if gate else None
-        )
+        if strategy == PROFILE_KIND:  # a serving profile: its models, then the profile
+            previous = activate_profile(_repo(), version, actor=actor)
+        else:
+            previous = _repo().activate(
+                strategy, version, actor=actor, gate_metric=GATE_METRIC if gate else None
+            )
     except ModelError as e:
         raise click.ClickException(e.description) from None
     if previous == version:
@@ -234,10 +275,16 @@ def models_activate(strategy: str, version: str, gate: bool, actor: str) -> None
 @with_appcontext
 def models_rollback(strategy: str, actor: str) -> None:
     """Re-activate the version that was active before the current one."""
+    from recsys.registry import PROFILE_KIND
+    from recsys.tuning.profile import rollback_profile
+
     repo = _repo()
     try:
         current = repo.active_version(strategy)
-        version = repo.rollback(strategy, actor=actor)
+        if strategy == PROFILE_KIND:
+            version = rollback_profile(repo, actor=actor)
+        else:
+            version = repo.rollback(strategy, actor=actor)
     except ModelError as e:
         raise click.ClickException(e.description) from None
     click.echo(f"{strategy}: rolled back {current} -> {version}")

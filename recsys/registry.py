@@ -52,6 +52,8 @@ USERS_FILE = "users.npz"
 SNAPSHOT_FILE = "snapshot.json"
 METRICS_FILE = "metrics.json"
 MANIFEST_FORMAT = 1
+# Serving profiles (recsys.tuning.profile) live in the repository beside the models.
+PROFILE_KIND = "profile"
 # Names a strategy or version may have: they become directory names.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CHUNK = 1 << 20
@@ -189,7 +191,7 @@ class ModelRepository:
     def save_version(
         self,
         model: Strategy,
-        data: InteractionData,
+        data: InteractionData | None,
         metrics: dict[str, Any] | None = None,
         version: str | None = None,
         activate: bool = False,
@@ -199,6 +201,8 @@ class ModelRepository:
 
         The directory is claimed atomically (``mkdir``), written completely, and only then
         recorded in SQL, so a crash leaves at most an unrecorded directory that is never loaded.
+        ``data`` (the training data: id maps and counts) is None for artifacts that are not
+        fitted models (serving profiles, ``recsys.tuning.profile``).
         """
         strategy = model.name
         _check_name("strategy", strategy)
@@ -213,12 +217,14 @@ class ModelRepository:
             clash = reserved.intersection(_list_files(path))
             if clash:
                 raise ModelError(f"{strategy}.save() wrote reserved file(s) {sorted(clash)}")
-            np.savez(os.path.join(path, ITEMS_FILE), ids=data.items.to_array())
-            np.savez(os.path.join(path, USERS_FILE), ids=data.users.to_array())
-            snapshot = dict(data.info) if data.info else {}
-            snapshot.setdefault("users", int(data.n_users))
-            snapshot.setdefault("items", int(data.n_items))
-            snapshot.setdefault("events", int(len(data)))
+            snapshot: dict[str, Any] = {}
+            if data is not None:
+                np.savez(os.path.join(path, ITEMS_FILE), ids=data.items.to_array())
+                np.savez(os.path.join(path, USERS_FILE), ids=data.users.to_array())
+                snapshot = dict(data.info) if data.info else {}
+                snapshot.setdefault("users", int(data.n_users))
+                snapshot.setdefault("items", int(data.n_items))
+                snapshot.setdefault("events", int(len(data)))
             _write_json(os.path.join(path, SNAPSHOT_FILE), snapshot)
             metrics = dict(metrics or {})
             _write_json(os.path.join(path, METRICS_FILE), metrics)
@@ -329,14 +335,19 @@ class ModelRepository:
     def get_version(self, strategy: str, version: str) -> dict[str, Any]:
         return self._describe(self._require_row(strategy, version))
 
-    def active_versions(self) -> dict[str, str]:
+    def active_versions(self, models_only: bool = False) -> dict[str, str]:
+        """``{strategy: active version}``; ``models_only`` leaves out serving profiles (a kind
+        of artifact the runtime does not load as a model)."""
         with self.sessionmaker() as s:
             rows = s.execute(
                 select(ModelVersion.strategy, ModelVersion.version).where(
                     ModelVersion.is_active.is_(True)
                 )
             ).all()
-        return {strategy: version for strategy, version in rows}
+        out = {strategy: version for strategy, version in rows}
+        if models_only:
+            out.pop(PROFILE_KIND, None)
+        return out
 
     def active_version(self, strategy: str) -> str | None:
         return self.active_versions().get(strategy)

@@ -753,7 +753,7 @@ class ModelRuntime:
 
     def _poll(self) -> bool:
         """Read active versions and load modes; True if this process must load/drop something."""
-        active = self.repository.active_versions()
+        active = self.repository.active_versions(models_only=True)
         with self.repository.sessionmaker() as s:
             rows = s.execute(select(StrategySetting.name, StrategySetting.load_mode)).all()
         modes = {name: mode for name, mode in rows}

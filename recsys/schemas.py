@@ -151,12 +151,21 @@ class RecItemOut(Schema):
 
 class RecOut(Schema):
     user_id = String(allow_none=True)
-    route = String(metadata={"description": "cold | warm (popular/similar for those lists)"})
+    route = String(
+        metadata={
+            "description": "cold | warm, or the learned route's name when a serving profile is "
+            "active (popular/similar for those lists)"
+        }
+    )
     items = List(Nested(RecItemOut))
     cached = Boolean()
     degraded = Boolean(metadata={"description": "a strategy was dropped (error or deadline)"})
     model_versions = Dict(keys=String(), values=String())
     experiment = Dict(metadata={"description": "experiment and variant, when one applies"})
+    profile = String(
+        allow_none=True,
+        metadata={"description": "with explain=true: the serving profile version in force"},
+    )
 
 
 class CountQuery(Schema):
@@ -247,6 +256,9 @@ class RoutingPatch(Schema):
     exclude_seen = StrictBool()
     seen_types = List(String(validate=OneOf(EVENT_TYPES)))
     candidates_per_strategy = Integer(validate=Range(1, 10_000))
+    # Learned routes (normally set by a serving profile, recsys.tuning); null: cold/warm.
+    # Checked in full by ServingConfig (names, bounds, weights).
+    routes = List(Dict(), allow_none=True, validate=Length(1, 8))
 
     @validates_schema
     def _not_empty(self, data, **kwargs):

@@ -33,6 +33,7 @@ import copy
 import hashlib
 import logging
 import math
+import re
 import threading
 import time
 import weakref
@@ -76,8 +77,15 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "exclude_seen": True,
         "seen_types": ["purchase", "rating"],
         "candidates_per_strategy": 200,
+        # Learned routes (a serving profile, recsys.tuning): when set, they replace the
+        # cold/warm pair above. See ``Route``.
+        "routes": None,
     },
+    # The serving profile these settings came from (its version), for ``explain``.
+    "profile": None,
 }
+MAX_ROUTES = 8
+_ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,31}$")
 
 
 # -- configuration --------------------------------------------------------------------------
@@ -85,6 +93,73 @@ DEFAULT_CONFIG: dict[str, Any] = {
 class StrategyConfig:
     enabled: bool = True
     weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Route:
+    """One learned route: users whose history (distinct positive items) is at most
+    ``max_history`` (``None``: any length) and above the previous route's bound.
+
+    ``weights``: the strategies this route blends and their weights (0 or absent: not called);
+    each is multiplied by the strategy's global weight, so an operator can still turn one
+    strategy down or off everywhere. ``blend``: this route's fusion method (default: the
+    global ``routing.blend``)."""
+
+    name: str
+    max_history: int | None
+    weights: Mapping[str, float]
+    blend: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "max_history": self.max_history,
+            "weights": dict(self.weights),
+            "blend": self.blend,
+        }
+
+
+def _parse_routes(raw: Any) -> tuple[Route, ...]:
+    """Validate ``routing.routes`` (None: no learned routes)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list | tuple) or not 1 <= len(raw) <= MAX_ROUTES:
+        raise ValueError(f"routing.routes must be null or a list of 1..{MAX_ROUTES} routes")
+    out: list[Route] = []
+    for i, r in enumerate(raw):
+        where = f"routing.routes[{i}]"
+        if not isinstance(r, Mapping):
+            raise ValueError(f"{where} must be an object")
+        bad = set(r) - {"name", "max_history", "weights", "blend"}
+        if bad:
+            raise ValueError(f"{where}: unknown keys {sorted(bad)}")
+        name = r.get("name")
+        if not isinstance(name, str) or not _ROUTE_NAME.match(name):
+            raise ValueError(f"{where}.name must be 1-32 letters, digits or _.+- characters")
+        if name in {x.name for x in out}:
+            raise ValueError(f"{where}.name {name!r} is used twice")
+        mh = r.get("max_history")
+        last = i == len(raw) - 1
+        if last and mh is not None:
+            raise ValueError(f"{where}.max_history must be null: the last route takes the rest")
+        if not last:
+            if not _is_int(mh) or mh < 0:
+                raise ValueError(f"{where}.max_history must be an integer >= 0")
+            if out and mh <= out[-1].max_history:
+                raise ValueError("routing.routes must have increasing max_history")
+        weights = r.get("weights")
+        if not isinstance(weights, Mapping):
+            raise ValueError(f"{where}.weights must be an object")
+        for s, w in weights.items():
+            if s not in STRATEGY_NAMES:
+                raise ValueError(f"{where}.weights: unknown strategy {s!r}")
+            if not _is_num(w) or not 0 <= w <= 1000:
+                raise ValueError(f"{where}.weights.{s} must be a number in 0..1000")
+        blend = r.get("blend")
+        if blend is not None and blend not in BLEND_METHODS:
+            raise ValueError(f"{where}.blend must be one of {BLEND_METHODS} or null")
+        out.append(Route(name, mh, {s: float(w) for s, w in weights.items()}, blend))
+    return tuple(out)
 
 
 def _deep_merge(base: dict, over: Mapping) -> dict:
@@ -136,6 +211,8 @@ class ServingConfig:
     exclude_seen: bool = True
     seen_types: tuple[str, ...] = ("purchase", "rating")
     candidates_per_strategy: int = 200
+    routes: tuple[Route, ...] = ()
+    profile: str | None = None
 
     @classmethod
     def default(cls) -> ServingConfig:
@@ -148,7 +225,7 @@ class ServingConfig:
             data = {}
         if not isinstance(data, Mapping):
             raise ValueError("config must be an object")
-        unknown = set(data) - {"strategies", "routing"}
+        unknown = set(data) - {"strategies", "routing", "profile"}
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         merged = _deep_merge(DEFAULT_CONFIG, data)
@@ -200,6 +277,9 @@ class ServingConfig:
         cps = r["candidates_per_strategy"]
         if not _is_int(cps) or not 1 <= cps <= 10_000:
             raise ValueError("routing.candidates_per_strategy must be an integer in 1..10000")
+        profile = merged.get("profile")
+        if profile is not None and not isinstance(profile, str):
+            raise ValueError("profile must be null or a version string")
         return cls(
             strategies=parsed,
             cold_threshold=r["cold_threshold"],
@@ -212,6 +292,8 @@ class ServingConfig:
             exclude_seen=r["exclude_seen"],
             seen_types=tuple(st),
             candidates_per_strategy=cps,
+            routes=_parse_routes(r["routes"]),
+            profile=profile,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -231,7 +313,9 @@ class ServingConfig:
                 "exclude_seen": self.exclude_seen,
                 "seen_types": list(self.seen_types),
                 "candidates_per_strategy": self.candidates_per_strategy,
+                "routes": [r.to_dict() for r in self.routes] if self.routes else None,
             },
+            "profile": self.profile,
         }
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> ServingConfig:
@@ -248,9 +332,41 @@ class ServingConfig:
         sc = self.strategies.get(strategy)
         return bool(sc and sc.enabled)
 
+    def route_for(self, n_history: int) -> str:
+        """The route of a user with ``n_history`` distinct positive items."""
+        if self.routes:
+            for r in self.routes:
+                if r.max_history is None or n_history <= r.max_history:
+                    return r.name
+        return "warm" if n_history >= self.cold_threshold else "cold"
+
+    def _route(self, route: str | None) -> Route | None:
+        if route is None or not self.routes:
+            return None
+        return next((r for r in self.routes if r.name == route), None)
+
     def route_strategies(self, route: str) -> list[str]:
-        names = self.cold_strategies if route == "cold" else self.warm_strategies
+        learned = self._route(route)
+        if learned is not None:
+            names = [s for s, w in learned.weights.items() if w > 0]
+        else:
+            names = self.cold_strategies if route == "cold" else self.warm_strategies
         return [s for s in names if self.enabled(s)]
+
+    def route_weight(self, route: str | None, strategy: str) -> float:
+        """A strategy's blend weight on ``route``: the route's own weight (learned routes)
+        times the strategy's global weight."""
+        learned = self._route(route)
+        if learned is not None:
+            return learned.weights.get(strategy, 0.0) * self.weight(strategy)
+        return self.weight(strategy)
+
+    def route_blend(self, route: str | None) -> str:
+        learned = self._route(route)
+        return learned.blend if learned is not None and learned.blend else self.blend
+
+    def route_names(self) -> list[str]:
+        return [r.name for r in self.routes] if self.routes else list(ROUTES)
 
 
 # -- request / history / result -------------------------------------------------------------
@@ -408,6 +524,8 @@ class RecResult:
     # Strategies with no loaded model (skipped) and those dropped by error/deadline.
     skipped: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    # The serving profile whose routes and weights produced the answer (None: none active).
+    profile: str | None = None
 
     def to_dict(self, explain: bool = False) -> dict[str, Any]:
         items = []
@@ -416,12 +534,15 @@ class RecResult:
             if explain:
                 d["sources"] = {k: round(float(v), 6) for k, v in it.sources.items()}
             items.append(d)
-        return {
+        out = {
             "route": self.route,
             "items": items,
             "degraded": self.degraded,
             "model_versions": dict(self.model_versions),
         }
+        if explain:
+            out["profile"] = self.profile
+        return out
 
 
 class CatalogView(Protocol):
@@ -474,13 +595,16 @@ class Recommender:
 
     # -- stage: route -----------------------------------------------------------------------
     def route(self, history: UserHistory) -> str:
-        return "warm" if len(history.positive_items()) >= self.config.cold_threshold else "cold"
+        """The user's route: a learned route of the config (``ServingConfig.routes``), else
+        "cold" below ``cold_threshold`` distinct positive items and "warm" from there."""
+        return self.config.route_for(len(history.positive_items()))
 
     def strategies_for(self, route: str, history: UserHistory) -> list[str]:
         names = self.config.route_strategies(route)
         if not history.positive_items():
-            # Nothing to be similar to: content has no signal, popularity carries the user.
-            names = [s for s in names if s != "content"]
+            # Nothing to be similar to: a strategy that cannot score an empty history (it
+            # declares so, ``Strategy.scores_empty_history``) is never asked to.
+            names = [s for s in names if _scores_empty_history(s)]
         return names
 
     # -- stage: candidates ------------------------------------------------------------------
@@ -559,12 +683,16 @@ class Recommender:
         return out
 
     # -- stage: blend -----------------------------------------------------------------------
-    def blend(self, per_strategy: Mapping[str, list[tuple[str, float]]]) -> list[RecItem]:
+    def blend(
+        self, per_strategy: Mapping[str, list[tuple[str, float]]], route: str | None = None
+    ) -> list[RecItem]:
         """Fuse one user's candidate lists into one ranked list with per-item sources."""
-        fused = self._fuse(per_strategy)
+        fused = self._fuse(per_strategy, route)
         return [fused.item(r) for r in range(len(fused))]
 
-    def _fuse(self, per_strategy: Mapping[str, list[tuple[str, float]]]) -> _Fused:
+    def _fuse(
+        self, per_strategy: Mapping[str, list[tuple[str, float]]], route: str | None = None
+    ) -> _Fused:
         """Weighted score fusion (or RRF) of the candidate lists, ranked by total contribution,
         ties broken by item id so results are deterministic across processes.
 
@@ -576,13 +704,15 @@ class Recommender:
         names: list[str] = []
         lists: list[Candidates] = []
         contribs: list[np.ndarray] = []
+        blend = self.config.route_blend(route)
         for name, cands in per_strategy.items():
             if not cands:
                 continue
             cands = Candidates.of(cands)
             names.append(name)
             lists.append(cands)
-            contribs.append(self._contributions(cands, self.config.weight(name)))
+            w = self.config.route_weight(route, name)
+            contribs.append(self._contributions(cands, w, blend))
         if not lists:
             return _Fused.empty()
         idmap = lists[0].idmap
@@ -614,9 +744,9 @@ class Recommender:
         ranked = str_ids[uniq_idx[order]].tolist() if uniq is None else uniq[order].tolist()
         return _Fused(names, ranked, totals[order].tolist(), per[:, order])
 
-    def _contributions(self, cands: Candidates, w: float) -> np.ndarray:
+    def _contributions(self, cands: Candidates, w: float, blend: str) -> np.ndarray:
         n = len(cands)
-        if self.config.blend == "rrf":
+        if blend == "rrf":
             return w / (self.config.rrf_k + np.arange(1, n + 1, dtype=np.float64))
         if self.config.normalize == "rank":
             return w * (1.0 - np.arange(n, dtype=np.float64) / n)
@@ -730,7 +860,8 @@ class Recommender:
             for name in wanted[i]:
                 if name in results:
                     per[name] = results[name][users_of[name].index(i)]
-            page = self._ranked_page(per, h, req)
+            # A fallback list is ranked on its own (route weights are for the route's models).
+            page = self._ranked_page(per, h, req, None if fallback[i] else routes[i])
             used = [s for s in wanted[i] if s in loaded]
             user_dropped = [s for s in used if s in dropped]
             out.append(
@@ -741,16 +872,21 @@ class Recommender:
                     model_versions={s: str(loaded[s].version) for s in used if s not in dropped},
                     skipped=[s for s in self.strategies_for(routes[i], h) if s in skipped_all],
                     dropped=user_dropped,
+                    profile=self.config.profile,
                 )
             )
         return out
 
     def _ranked_page(
-        self, per: Mapping[str, list[tuple[str, float]]], history: UserHistory, request: RecRequest
+        self,
+        per: Mapping[str, list[tuple[str, float]]],
+        history: UserHistory,
+        request: RecRequest,
+        route: str | None = None,
     ) -> list[RecItem]:
-        """``page(apply_rules(blend(per)))`` without building an item object for every
+        """``page(apply_rules(blend(per, route)))`` without building an item object for every
         candidate, and without running the rules past the end of the page."""
-        fused = self._fuse(per)
+        fused = self._fuse(per, route)
         keep = self._rule_filter(history, request)
         lo, hi = request.offset, request.offset + request.n
         page: list[RecItem] = []
@@ -852,6 +988,14 @@ class Recommender:
 
 
 _FAILED = object()
+
+
+def _scores_empty_history(name: str) -> bool:
+    """Whether strategy ``name`` declares it can score a user with no history (an unknown
+    name, e.g. a test's own strategy, is assumed able: the request path stays as it was)."""
+    from strategies import scores_empty_history
+
+    return scores_empty_history(name)
 
 
 _id_order_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

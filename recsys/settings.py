@@ -117,6 +117,8 @@ class SettingsStore:
         self._polled_at = 0.0
         self._config: ServingConfig | None = None
         self._config_version: int | None = None
+        # (profile version, its serving overrides): the last active profile that loaded.
+        self._profile: tuple[str, dict[str, Any]] | None = None
         self._poller = BackgroundPoll("settings", self._poll)
 
     def _session(self) -> Session:
@@ -165,7 +167,8 @@ class SettingsStore:
             return self._versions
 
     def config(self) -> ServingConfig:
-        """The current merged configuration (defaults + admin overrides)."""
+        """The current merged configuration: defaults <- active serving profile <- admin
+        overrides. Re-read only when ``config_version`` moves (profile activations bump it)."""
         v = self.versions().config
         if self._config is not None and self._config_version == v:
             return self._config
@@ -173,20 +176,56 @@ class SettingsStore:
             if self._config is None or self._config_version != v:
                 with self._session() as s:
                     over = read_overrides(s)
+                base = ServingConfig.default()
+                profile = self._profile_overrides()
                 try:
-                    cfg = ServingConfig.from_dict(over)
+                    base = base.with_overrides(profile)
+                except ValueError:
+                    log.exception("active serving profile does not validate; not applied")
+                try:
+                    cfg = base.with_overrides(over)
                 except ValueError:
                     # Writes are validated, so this means a hand-edited row: do not go down.
                     log.exception("stored configuration is invalid; using shipped defaults")
-                    cfg = ServingConfig.default()
+                    cfg = base
                 self._config, self._config_version = cfg, v
         return self._config
+
+    def _profile_overrides(self) -> dict[str, Any]:
+        """The active serving profile's overrides (``recsys.tuning.profile``), verified against
+        its checksums. A profile that fails to load is logged and the last one that loaded in
+        this process keeps serving (none: the shipped defaults)."""
+        from recsys.registry import PROFILE_KIND, get_repository
+        from recsys.tuning.profile import load_profile
+
+        repo = get_repository(self.app)
+        try:
+            version = repo.active_version(PROFILE_KIND)
+        except Exception:
+            log.exception("reading the active serving profile failed")
+            return self._profile[1] if self._profile else {}
+        if version is None:
+            self._profile = None
+            return {}
+        if self._profile is not None and self._profile[0] == version:
+            return self._profile[1]
+        try:
+            over = load_profile(repo, version).serving_overrides()
+        except Exception as e:  # noqa: BLE001 - a bad artifact must not take serving down
+            log.error("serving profile %s refused: %s", version, getattr(e, "description", e))
+            return self._profile[1] if self._profile else {}
+        self._profile = (version, over)
+        return over
 
     def overrides(self) -> dict[str, Any]:
         with self._session() as s:
             return read_overrides(s)
 
     # -- writing ----------------------------------------------------------------------------
+    def changed(self) -> None:
+        """This process wrote a change elsewhere (a profile activation): re-read on next use."""
+        self._polled_at = 0.0
+
     def bump_version(self, reason: str, key: str = CONFIG_VERSION) -> int:
         """Bump a shared version in its own transaction (model activations, cache epochs)."""
         with self._session() as s, s.begin():

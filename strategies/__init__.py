@@ -6,6 +6,7 @@ the deep strategy is actually used.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from typing import TYPE_CHECKING
@@ -57,3 +58,13 @@ def available_strategies() -> list[str]:
             continue
         names.append(name)
     return names
+
+
+@functools.cache
+def scores_empty_history(name: str) -> bool:
+    """``Strategy.scores_empty_history`` of strategy ``name`` (True for a name this package
+    does not know, e.g. a test's own strategy, or one that cannot be imported here)."""
+    try:
+        return bool(get_strategy_class(name).scores_empty_history)
+    except ValueError:
+        return True

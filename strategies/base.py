@@ -53,6 +53,10 @@ class Strategy(ABC):
     name: ClassVar[str] = "base"
     # Whether the strategy can serve users with no (or almost no) history.
     serves_cold: ClassVar[bool] = False
+    # Whether ``score`` gives a meaningful ranking for a user with an empty history (a prior
+    # such as popularity or an item bias). The router never sends an empty history to a
+    # strategy that says False: its scores would be arbitrary (all zeros, say).
+    scores_empty_history: ClassVar[bool] = False
 
     # -- training -------------------------------------------------------------------------
     @abstractmethod

@@ -24,6 +24,8 @@ from strategies.base import Strategy, UserBatch
 
 class BPRStrategy(ItemFactors, Strategy):
     name = "bpr"
+    # An empty history folds in to a zero vector: item biases alone, BPR's popularity prior.
+    scores_empty_history = True
 
     def __init__(
         self,

@@ -261,6 +261,8 @@ class DeepStrategy(Strategy):
     """
 
     name = "deep"
+    # An empty input row decodes to the model's learned prior over items.
+    scores_empty_history = True
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ from strategies.base import Strategy, UserBatch
 
 class PopularStrategy(Strategy):
     name = "popular"
+    scores_empty_history = True
     serves_cold = True
 
     def __init__(

@@ -332,8 +332,10 @@ def test_paging_is_consistent():
 def test_explain_sources_in_dict():
     res = rec().recommend(hist("x", "i0", "i2"), RecRequest(n=2, explain=True))
     d = res.to_dict(explain=True)
-    assert set(d) == {"route", "items", "degraded", "model_versions"}
+    assert set(d) == {"route", "items", "degraded", "model_versions", "profile"}
+    assert d["profile"] is None  # no serving profile in this config
     assert "sources" in d["items"][0] and "sources" not in res.to_dict()["items"][0]
+    assert "profile" not in res.to_dict()
 
 
 # -- batch fast path ------------------------------------------------------------------------

@@ -14,10 +14,11 @@ from apiflask.validators import Length, Regexp
 
 from recsys.auth import check_admin
 from recsys.errors import RecsysError
-from recsys.registry import get_repository
+from recsys.registry import PROFILE_KIND, get_repository
 from recsys.runtime import get_runtime
 from recsys.store.db import session_scope
 from recsys.store.models import AuditLog
+from recsys.tuning.profile import activate_profile, rollback_profile
 
 bp = APIBlueprint("admin_models", __name__, url_prefix="/v1/admin/models", tag="Admin")
 
@@ -79,7 +80,12 @@ def activate(strategy: str, body: dict):
     from flask import g
 
     _check_strategy(strategy)
-    out = get_runtime().activate(strategy, body["version"], actor=g.get("admin_actor", "admin"))
+    actor = g.get("admin_actor", "admin")
+    if strategy == PROFILE_KIND:
+        # A serving profile: its models first, then the profile and config_version together.
+        previous = activate_profile(get_repository(), body["version"], actor=actor)
+        return _profile_switched(body["version"], previous)
+    out = get_runtime().activate(strategy, body["version"], actor=actor)
     return {**out, "models": get_runtime().status()}
 
 
@@ -89,8 +95,43 @@ def rollback(strategy: str):
     from flask import g
 
     _check_strategy(strategy)
-    out = get_runtime().rollback(strategy, actor=g.get("admin_actor", "admin"))
+    actor = g.get("admin_actor", "admin")
+    if strategy == PROFILE_KIND:
+        repo = get_repository()
+        previous = repo.active_version(PROFILE_KIND)
+        version = rollback_profile(repo, actor=actor)
+        return _profile_switched(version, previous)
+    out = get_runtime().rollback(strategy, actor=actor)
     return {**out, "models": get_runtime().status()}
+
+
+def _profile_switched(version: str, previous: str | None) -> dict:
+    """After a profile switch: this process re-reads its configuration and models now (the
+    others within CONFIG_POLL_SECONDS), so the answer to the next request already uses it."""
+    from recsys.settings import get_settings
+
+    get_settings().changed()
+    rt = get_runtime()
+    rt.refresh()
+    out = {"strategy": PROFILE_KIND, "version": version, "previous_version": previous}
+    return {**out, "models": rt.status()}
+
+
+@bp.get("/profile/active")
+@bp.doc(
+    summary="The active serving profile (routes, weights, hyperparameters, validation, guard)",
+    description="Profiles are written by `recsys tune`; activate or roll one back with "
+    "`POST /v1/admin/models/profile/activate` and `/rollback` like a model version.",
+)
+def active_serving_profile():
+    from recsys.tuning.profile import active_profile
+
+    profile = active_profile(get_repository())
+    if profile is None:
+        raise RecsysError("no serving profile is active (recsys tune makes one)", 404)
+    out = profile.to_dict()
+    out.pop("trace", None)  # the search trace is long: GET .../versions lists it
+    return out
 
 
 @bp.post("/<strategy>/load")

@@ -172,6 +172,12 @@ def batch_to_data(batch):
     show_default=True,
     help="Which test events count: all, or only items new to the user (discovery).",
 )
+@click.option(
+    "--tune-budget",
+    default="5m",
+    show_default=True,
+    help="Search time for a 'tuned' configuration (e.g. 90s, 5m).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @with_appcontext
 def evaluate_command(
@@ -187,6 +193,7 @@ def evaluate_command(
     resamples: int,
     baseline_only: bool,
     relevant: str,
+    tune_budget: str,
     no_progress: bool,
 ) -> None:
     """Compare serving configurations offline and write a report folder.
@@ -198,9 +205,14 @@ def evaluate_command(
     from recsys.evaluation.configs import ConfigError, load_configs
     from recsys.evaluation.report import write_report
     from recsys.evaluation.runner import evaluate
+    from recsys.tuning.search import parse_budget
 
     if split != "time" and (cutoff or fraction):
         raise click.UsageError("--cutoff/--fraction only apply to --split time")
+    try:
+        budget_s = parse_budget(tune_budget)
+    except ValueError as e:
+        raise click.UsageError(f"--tune-budget: {e}") from e
     try:
         configs = load_configs(list(config_specs))
     except ConfigError as e:
@@ -229,6 +241,7 @@ def evaluate_command(
             all_pairs=not baseline_only,
             relevant=relevant,
             progress=_tqdm_factory(not no_progress),
+            tune_budget=budget_s,
         )
     except ValueError as e:
         raise click.ClickException(str(e)) from e
@@ -250,6 +263,14 @@ def _echo_summary(report: dict) -> None:
     for c in report["comparisons"]:
         if c["metric"] == report["main_metric"]:
             click.echo(c["verdict"])
+    for name, c in report["configs"].items():
+        if "profile" in c:
+            from recsys.tuning.profile import ServingProfile
+
+            p = ServingProfile.from_dict(c["profile"])
+            click.echo(f"{name}: profile chosen on the training part (guard {p.guard['verdict']}):")
+            click.echo(p.summary())
+            click.echo(f"  params: {p.params}")
     click.echo(f"total {report['timings']['total_with_load_s']:.1f}s")
 
 

@@ -5,6 +5,8 @@ A configuration is a name, a serving override (exactly the dict shape that
 their variants) and optional model hyperparameters per strategy. ``--config`` accepts:
 
 * ``default``: the service's shipped default (``ServingConfig()``: router + blend out of the box);
+* ``tuned``: what ``recsys tune`` would choose, searched on the training part only (a validation
+  slice cut from it the way the test part was cut), then evaluated like any configuration;
 * a strategy name (``popular``, ``content``, ``als``, ``bpr``, ``ease``, ``deep``): that strategy
   alone serves every user, cold and warm;
 * a path to a ``.toml`` or ``.json`` file::
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_NAME = "default"
+TUNED_NAME = "tuned"
 _ALLOWED_KEYS = {"name", "description", "serving", "params"}
 
 
@@ -50,10 +53,14 @@ class EvalConfig:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
     source: str = ""
+    # Searched on the training part (recsys.tuning) before training: serving and params are
+    # filled in from the resulting profile.
+    tune: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "tune": self.tune,
             "description": self.description,
             "source": self.source,
             "serving": self.serving,
@@ -81,6 +88,13 @@ def load_config(spec: str) -> EvalConfig:
         return EvalConfig(
             name=DEFAULT_NAME, description="shipped default (router + blend)", source=spec
         )
+    if spec == TUNED_NAME:
+        return EvalConfig(
+            name=TUNED_NAME,
+            description="self-tuned on the training part (recsys tune)",
+            source=spec,
+            tune=True,
+        )
     if spec in STRATEGY_NAMES:
         return EvalConfig(
             name=spec,
@@ -90,7 +104,7 @@ def load_config(spec: str) -> EvalConfig:
         )
     if not os.path.isfile(spec):
         raise ConfigError(
-            f"--config {spec!r} is neither a file, 'default', nor a strategy name "
+            f"--config {spec!r} is neither a file, 'default', 'tuned', nor a strategy name "
             f"({', '.join(STRATEGY_NAMES)})"
         )
     ext = os.path.splitext(spec)[1].lower()

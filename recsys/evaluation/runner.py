@@ -66,7 +66,7 @@ def _param_key(name: str, params: dict[str, Any]) -> str:
 def _needed_strategies(config) -> list[str]:
     """Strategies a ServingConfig may call: enabled ones on either route."""
     names: list[str] = []
-    for route in ("cold", "warm"):
+    for route in config.route_names():
         for s in config.route_strategies(route):
             if s not in names:
                 names.append(s)
@@ -176,9 +176,13 @@ def evaluate(
     progress: Callable | None = None,
     dataset_name: str | None = None,
     relevant: str = "all",
+    tune_budget: float = 300.0,
+    tune_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``configs`` (EvalConfig objects or ``--config`` strings) on ``data``.
 
+    ``tune_budget``: seconds of search for each ``tuned`` configuration (``recsys.tuning``),
+    which sees the training part only; ``tune_options``: further ``TuneOptions`` fields.
     ``relevant``: "all" (every positive test event counts, the Recommenders protocol) or "new"
     (only items absent from the user's training events: discovery).
     ``progress``: a tqdm-like factory (``progress(total=, desc=, unit=)``) for progress bars.
@@ -224,6 +228,23 @@ def evaluate(
     item_users = np.diff(train.matrix(binary=True).tocsc().indptr)
     n_train_users = int(np.count_nonzero(np.bincount(train.user_idx, minlength=data.n_users)))
 
+    profiles: dict[str, Any] = {}
+    for cfg in cfgs:
+        if cfg.tune:
+            t0 = time.perf_counter()
+            profile = tune_config(
+                cfg,
+                train,
+                split,
+                seed,
+                ratio,
+                fraction,
+                tune_budget,
+                progress is not None,
+                **(tune_options or {}),
+            )
+            profiles[cfg.name] = profile
+            timings.setdefault("tune_s", {})[cfg.name] = time.perf_counter() - t0
     models, train_times = train_models(cfgs, train, progress=progress)
     timings["train_s"] = train_times
 
@@ -266,7 +287,7 @@ def evaluate(
         overall = _summaries(per_user, everyone, resamples, seed)
         overall["metrics"][f"coverage@{k}"] = means[f"coverage@{k}"]
         segments: dict[str, dict[str, Any]] = {"route": {}, "history": {}}
-        for route in ("cold", "warm"):
+        for route in dict.fromkeys([*sc.route_names(), *routes.tolist()]):
             mask = routes == route
             if mask.any():
                 seg = _summaries(per_user, mask, resamples, seed, with_intervals=False)
@@ -277,8 +298,13 @@ def evaluate(
                 seg = _summaries(per_user, mask, min(resamples, 500), seed)
                 seg["metrics"][f"coverage@{k}"] = M.coverage(rec_ids[mask], data.n_items, k)
                 segments["history"][name] = {"n_users": int(mask.sum()), **seg}
+        if cfg.name in profiles:
+            extra = {"profile": profiles[cfg.name].to_dict()}
+        else:
+            extra = {}
         report_configs[cfg.name] = {
             **cfg.to_dict(),
+            **extra,
             "serving_resolved": sc.to_dict(),
             "strategies_trained": sorted(loaded),
             "strategies_unavailable": [x for x in _needed_strategies(sc) if x not in loaded],
@@ -325,6 +351,40 @@ def evaluate(
         "comparisons": comparisons,
         "timings": timings,
     }
+
+
+def tune_config(
+    cfg: EvalConfig,
+    train: InteractionData,
+    split: str,
+    seed: int,
+    ratio: float,
+    fraction: float | None,
+    budget_s: float,
+    progress: bool,
+    **options: Any,
+):
+    """Fill a ``tuned`` configuration in from a search on ``train`` alone: the validation slice
+    is cut from it the way ``split`` cut the test part (time: its newest share; leave-last-out:
+    each user's last training event; random splits: a random share). Returns the profile."""
+    from recsys.tuning.search import TuneOptions, tune
+
+    share = (fraction or 0.2) if split == "time" else 1.0 - ratio
+    opts = TuneOptions(
+        budget_s=budget_s,
+        validation=split,
+        fraction=share,
+        seed=seed,
+        progress=progress,
+        **options,
+    )
+    profile = tune(train, opts)
+    cfg.serving = profile.serving_overrides()
+    cfg.serving["profile"] = cfg.name
+    cfg.params = {s: dict(p) for s, p in profile.params.items()}
+    cfg.description = f"self-tuned on the training part ({budget_s:.0f} s budget)"
+    log.info("tuned profile for %s:\n%s", cfg.name, profile.summary())
+    return profile
 
 
 def compare_configs(

@@ -1,0 +1,881 @@
+"""The search behind ``recsys tune``: routes, blend weights and hyperparameters from the data.
+
+Nothing here is tuned to one dataset; every choice is measured on a validation slice cut from
+the data it is given, the way the caller's test is cut (``time``: the newest events;
+``leave-last-out``: each user's last event; ``random-user``/``stratified-item``: a seeded random
+share). The search runs in three stages within one time budget:
+
+1. **Strategy hyperparameters.** One Optuna study (TPE sampler, seeded) per strategy: each
+   trial fits the strategy on the validation slice's training part and scores it alone on the
+   validation users it can serve (``Strategy.scores_empty_history``). The class defaults are the
+   first trial, so a tuned strategy is never worse on validation than the shipped one. Cheap
+   strategies run more trials; the budget left by one passes on to the next.
+2. **Routes and blend.** With each strategy's best model, every validation user's candidate
+   lists are computed once (``Recommender.candidates``). Users are put into fine history bins
+   (quantiles of their history length; an empty history is always its own bin), and for every
+   run of adjacent bins an Optuna study searches blend weights and the fusion method
+   (weighted / RRF), evaluated through the request path's own blend, rules and page
+   (``Recommender.strategies_for`` and ``_ranked_page``) with median pruning after half of the
+   users. Each run is searched twice, on two halves of its users, and each half's winner is
+   scored on the other half (cross-fitting): the route keeps the blend only if that honest
+   figure is at least the best single strategy's there, else it serves that single strategy
+   (the per-route guard). Dynamic programming then picks the cut points (at most
+   ``max_routes`` routes) that maximise the cross-fitted total.
+3. **Guard.** The chosen profile and every single strategy (and popularity) are run through the
+   full ``Recommender.recommend_batch`` path with the real models on the validation users. The
+   profile passes if its mean is at least the best single configuration's and popularity's and
+   a paired test (``recsys.evaluation.stats.compare``) finds it not significantly worse;
+   otherwise the best single configuration is what the result recommends serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from features.interactions import DISLIKE, InteractionData
+
+log = logging.getLogger(__name__)
+
+OBJECTIVE_METRICS = ("ndcg", "recall", "hit_rate", "precision", "map", "mrr")
+VALIDATIONS = ("time", "leave-last-out", "random-user", "stratified-item")
+# Weights under this are "off": the route does not call the strategy at all.
+MIN_WEIGHT = 0.05
+_BATCH = 256
+
+
+@dataclass
+class TuneOptions:
+    """What ``tune`` searches and how long (see the module docstring)."""
+
+    objective: str = "ndcg@10"
+    budget_s: float = 300.0
+    # Trials per study at most (None: the budget decides, up to a per-study ceiling).
+    max_trials: int | None = None
+    validation: str = "time"
+    fraction: float = 0.2  # validation share (time: newest events; random: share of events)
+    seed: int = 42
+    strategies: Sequence[str] | None = None  # None: every strategy that imports and fits
+    max_routes: int = 4
+    n_bins: int = 6
+    min_bin_users: int = 25
+    # Coverage-constrained objective: each route's lists should cover at least this share
+    # of the catalogue; shortfall is subtracted from the objective.
+    min_coverage: float | None = None
+    tune_params: bool = True  # False: class defaults, only routes and weights are searched
+    # Routes given instead of searched (``recsys tune --routes``): only evaluated and guarded.
+    routes: list[dict[str, Any]] | None = None
+    storage: str | None = None  # an Optuna storage URL to keep the studies for inspection
+    # Level of the paired test a departure from a default must pass (a tuned hyperparameter
+    # over the shipped one, a route's own strategy or blend over the overall best strategy).
+    alpha: float = 0.1
+    progress: bool = False
+
+    def metric(self) -> tuple[str, int]:
+        m = re.fullmatch(r"([a-z_]+)@(\d+)", self.objective)
+        if not m or m.group(1) not in OBJECTIVE_METRICS or int(m.group(2)) < 1:
+            raise ValueError(
+                f"objective must be METRIC@K with METRIC one of {', '.join(OBJECTIVE_METRICS)}"
+                f" (got {self.objective!r})"
+            )
+        return m.group(1), int(m.group(2))
+
+    def check(self) -> TuneOptions:
+        self.metric()
+        if self.validation not in VALIDATIONS:
+            raise ValueError(f"validation must be one of {', '.join(VALIDATIONS)}")
+        if not 0.0 < self.fraction < 1.0:
+            raise ValueError("the validation fraction must be between 0 and 1")
+        if self.budget_s <= 0:
+            raise ValueError("the budget must be > 0 seconds")
+        if not 1 <= self.max_routes <= 8:
+            raise ValueError("max_routes must be in 1..8")
+        return self
+
+
+def parse_budget(text: str | float) -> float:
+    """``"5m"``, ``"90s"``, ``"1h"``, ``"300"`` -> seconds."""
+    if isinstance(text, int | float):
+        return float(text)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not m:
+        raise ValueError(f"a budget is a number with an optional s/m/h unit, got {text!r}")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+# -- hyperparameter spaces ---------------------------------------------------------------------
+# Each maps an Optuna trial to the strategy's __init__ kwargs; DEFAULTS are the trial values
+# that reproduce the class defaults (enqueued first). Ranges are wide and, where a parameter
+# has a natural scale in the data (popularity's half-life: the data's time span), relative to it.
+
+
+@dataclass
+class DataStats:
+    span_days: float
+    n_users: int
+    n_items: int
+
+    @classmethod
+    def of(cls, data: InteractionData) -> DataStats:
+        span = float(data.ts.max() - data.ts.min()) / 86400.0 if len(data) else 1.0
+        return cls(max(span, 1.0 / 24), data.n_users, data.n_items)
+
+    def half_life_range(self) -> tuple[float, float]:
+        return max(self.span_days / 2000.0, 1.0 / 24), max(self.span_days * 2.0, 1.0)
+
+
+def _space(name: str, trial, stats: DataStats) -> dict[str, Any]:
+    if name == "popular":
+        if trial.suggest_categorical("decay", [True, False]):
+            lo, hi = stats.half_life_range()
+            return {"half_life_days": trial.suggest_float("half_life_days", lo, hi, log=True)}
+        return {"half_life_days": None}
+    if name == "als":
+        return {
+            "factors": trial.suggest_categorical("factors", [16, 32, 64, 128]),
+            "regularization": trial.suggest_float("regularization", 0.01, 100.0, log=True),
+            "alpha": trial.suggest_float("alpha", 0.1, 100.0, log=True),
+            "binary": trial.suggest_categorical("binary", [True, False]),
+        }
+    if name == "bpr":
+        return {
+            "factors": trial.suggest_categorical("factors", [32, 64, 128]),
+            "learning_rate": trial.suggest_float("learning_rate", 0.003, 0.1, log=True),
+            "regularization": trial.suggest_float("regularization", 1e-4, 0.1, log=True),
+            "iterations": trial.suggest_int("iterations", 20, 200, step=20),
+        }
+    if name == "ease":
+        return {"l2": trial.suggest_float("l2", 1.0, 20000.0, log=True)}
+    if name == "content":
+        return {
+            "category_repeat": trial.suggest_int("category_repeat", 0, 3),
+            "ngram_max": trial.suggest_int("ngram_max", 1, 2),
+            "recency_half_life": trial.suggest_float("recency_half_life", 1.0, 200.0, log=True),
+        }
+    if name == "deep":
+        return {
+            "hidden": [int(trial.suggest_categorical("hidden", ["200", "600"]))],
+            "dropout": trial.suggest_float("dropout", 0.2, 0.8),
+            "lr": trial.suggest_float("lr", 3e-4, 3e-3, log=True),
+            "max_steps": trial.suggest_int("max_steps", 100, 800, step=50),
+        }
+    return {}  # a strategy with no declared space: its defaults only
+
+
+def _defaults(name: str, stats: DataStats) -> list[dict[str, Any]]:
+    """Trial values reproducing the shipped defaults (and for popularity, no decay too)."""
+    if name == "popular":
+        lo, hi = stats.half_life_range()
+        return [{"decay": True, "half_life_days": min(max(7.0, lo), hi)}, {"decay": False}]
+    return {
+        "als": [{"factors": 32, "regularization": 15.0, "alpha": 1.0, "binary": True}],
+        "bpr": [{"factors": 64, "learning_rate": 0.01, "regularization": 0.01, "iterations": 60}],
+        "ease": [{"l2": 500.0}],
+        "content": [{"category_repeat": 2, "ngram_max": 1, "recency_half_life": 10.0}],
+        "deep": [{"hidden": "600", "dropout": 0.5, "lr": 1e-3, "max_steps": 400}],
+    }.get(name, [{}])
+
+
+# -- the validation slice ------------------------------------------------------------------------
+def validation_split(
+    data: InteractionData, mode: str, fraction: float = 0.2, seed: int = 42
+) -> tuple[InteractionData, InteractionData]:
+    """Cut the validation slice from ``data`` the way a test part is cut (see module doc)."""
+    from recsys.evaluation.runner import split_data
+
+    if mode == "time":
+        return split_data(data, "time", fraction=fraction)
+    return split_data(data, mode, seed=seed, ratio=1.0 - fraction)
+
+
+class Validation:
+    """Validation users, their histories (the slice's training events) and relevant items."""
+
+    def __init__(self, train: InteractionData, val: InteractionData, k: int, metric: str):
+        from recsys.service import histories_from_data
+
+        self.train, self.k, self.metric = train, k, metric
+        pos = val.event_type != DISLIKE
+        rel = sp.csr_matrix(
+            (np.ones(int(pos.sum()), np.float32), (val.user_idx[pos], val.item_idx[pos])),
+            shape=(train.n_users, train.n_items),
+        )
+        rel.sum_duplicates()
+        self.users = np.flatnonzero(np.diff(rel.indptr) > 0)
+        self.relevant = rel[self.users]
+        self.histories = histories_from_data(train, self.users)
+        self.hist_len = np.array([len(h.positive_items()) for h in self.histories], np.int64)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def values(self, rec_ids: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Per-user objective values of ``rec_ids`` (rows of the validation users ``rows``)."""
+        from recsys.evaluation.metrics import ranking_metrics
+
+        rel = self.relevant if rows is None else self.relevant[rows]
+        return ranking_metrics(rec_ids, rel, self.k)[self.metric]
+
+
+def _loaded(name: str, model, data: InteractionData):
+    from recsys.registry import LoadedModel
+
+    return LoadedModel(name, "tune", model, data.items, data.users, {}, "", 0)
+
+
+# -- the search ----------------------------------------------------------------------------------
+@dataclass
+class _Clock:
+    """The budget, and a progress bar over it (seconds)."""
+
+    budget_s: float
+    progress: bool
+    start: float = field(default_factory=time.perf_counter)
+    bar: Any = None
+
+    def __post_init__(self) -> None:
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=round(self.budget_s), unit="s", desc="tune", dynamic_ncols=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> float:
+        return max(self.budget_s - self.elapsed(), 0.0)
+
+    def tick(self, desc: str | None = None) -> None:
+        if self.bar is not None:
+            if desc:
+                self.bar.set_description(desc[:40])
+            self.bar.n = min(round(self.elapsed()), self.bar.total)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.n = self.bar.total
+            self.bar.close()
+
+
+class Tuner:
+    """One tuning run over ``data`` (see ``tune``)."""
+
+    # Stage shares of the budget: hyperparameters, routes and weights (the guard takes the rest).
+    SHARE_PARAMS = 0.6
+    SHARE_ROUTES = 0.3
+    MAX_TRIALS_PARAMS = 30
+    MAX_TRIALS_ROUTES = 40
+
+    def __init__(self, data: InteractionData, options: TuneOptions):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.data = data
+        self.opt = options.check()
+        self.metric, self.k = options.metric()
+        self.clock = _Clock(options.budget_s, options.progress)
+        self.stats = DataStats.of(data)
+        self.trace: dict[str, Any] = {"params": {}, "routes": {}}
+        self.study_prefix = datetime.now(UTC).strftime("tune-%Y%m%dT%H%M%SZ")
+
+    # -- stage 0: the slice ------------------------------------------------------------------
+    def _prepare(self) -> None:
+        train, val = validation_split(
+            self.data, self.opt.validation, self.opt.fraction, self.opt.seed
+        )
+        if len(train) == 0 or len(val) == 0:
+            raise ValueError("the validation split left an empty training or validation part")
+        self.val = Validation(train, val, self.k, self.metric)
+        if len(self.val) == 0:
+            raise ValueError("no validation user has a positive event to predict")
+        self.train = train
+        log.info(
+            "tune: %d validation users (%s slice, %d training events)",
+            len(self.val),
+            self.opt.validation,
+            len(train),
+        )
+
+    def _strategies(self) -> list[str]:
+        from strategies import STRATEGY_NAMES, get_strategy_class
+
+        names = list(self.opt.strategies or STRATEGY_NAMES)
+        out = []
+        for name in names:
+            try:
+                get_strategy_class(name)
+            except ValueError as e:
+                log.warning("tune: %s unavailable: %s", name, e)
+                continue
+            if name == "content" and self.data.item_meta is None:
+                continue
+            out.append(name)
+        if "popular" not in out:
+            out.append("popular")  # the request path's fallback is always there
+        return out
+
+    def _study(self, name: str, pruner=None):
+        import optuna
+
+        return optuna.create_study(
+            direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=self.opt.seed, multivariate=True),
+            pruner=pruner,
+            storage=self.opt.storage,
+            study_name=f"{self.study_prefix}:{name}" if self.opt.storage else None,
+        )
+
+    # -- stage 1: hyperparameters ------------------------------------------------------------
+    def _candidates(self, name: str, model) -> list:
+        """Per validation user, the strategy's candidates as the request path computes them."""
+        from recsys.service import Recommender, RecRequest
+
+        rec = Recommender(models=lambda _n: None)
+        lm = _loaded(name, model, self.train)
+        hs = self.val.histories
+        out: list = []
+        for start in range(0, len(hs), _BATCH):
+            chunk = hs[start : start + _BATCH]
+            out.extend(rec.candidates(name, lm, chunk, [RecRequest(n=self.k)] * len(chunk)))
+        return out
+
+    def _served_by(self, name: str) -> np.ndarray:
+        from strategies import scores_empty_history
+
+        if scores_empty_history(name):
+            return np.ones(len(self.val), dtype=bool)
+        return self.val.hist_len > 0
+
+    def _alone(self, name: str, cands: list) -> np.ndarray:
+        """Per-user values of the strategy's own top k (NaN where it cannot serve)."""
+        rec_ids = np.full((len(cands), self.k), -1, dtype=np.int64)
+        for row, c in enumerate(cands):
+            top = c.idx[: self.k] if c.idx is not None else self.train.items.indices(c.ids)
+            rec_ids[row, : len(top)] = top[: self.k]
+        v = self.val.values(rec_ids)
+        v[~self._served_by(name)] = np.nan
+        return v
+
+    def _fit(self, name: str, params: dict[str, Any]):
+        from strategies import get_strategy_class
+
+        return get_strategy_class(name)(**params).fit(self.train)
+
+    def _tune_params(self, names: list[str]) -> None:
+        import optuna
+
+        self.params: dict[str, dict[str, Any]] = {}
+        self.cands: dict[str, list] = {}
+        self.models: dict[str, Any] = {}
+        budget_end = self.clock.elapsed() + self.clock.left() * self.SHARE_PARAMS
+        # Defaults first for every strategy (the baseline, and each strategy's cost).
+        studies, cost = {}, {}
+        for name in names:
+            self.clock.tick(f"{name}: defaults")
+            study = self._study(name)
+            best: dict[str, Any] = {}
+            first: dict[str, Any] = {}
+
+            def objective(trial, name=name, best=best, first=first):
+                params = _space(name, trial, self.stats) if self.opt.tune_params else {}
+                t0 = time.perf_counter()
+                try:
+                    model = self._fit(name, params)
+                except Exception as e:  # a bad corner of the space must not end the run
+                    log.warning("tune: %s%s failed: %s", name, params, e)
+                    raise optuna.TrialPruned() from e
+                cands = self._candidates(name, model)
+                values = self._alone(name, cands)
+                value = float(np.nanmean(values))
+                trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
+                trial.set_user_attr("kwargs", params)
+                entry = dict(value=value, params=params, cands=cands, model=model, values=values)
+                if not first:
+                    first.update(entry)  # the shipped defaults
+                if not best or value > best["value"]:
+                    best.update(entry)
+                self.clock.tick(f"{name}: trial {trial.number}")
+                return value
+
+            defaults = _defaults(name, self.stats) if self.opt.tune_params else [{}]
+            for d in defaults:
+                study.enqueue_trial(d, skip_if_exists=True)
+            t0 = time.perf_counter()
+            study.optimize(objective, n_trials=len(defaults))
+            cost[name] = (time.perf_counter() - t0) / len(defaults)
+            studies[name] = (study, objective, best, first)
+        if self.opt.tune_params:
+            # Then the search, cheapest strategy first: each gets an equal share of what is
+            # left, and what a cheap one does not use passes on to the dearer ones.
+            order = sorted(names, key=lambda n: cost[n])
+            cap = self.opt.max_trials or self.MAX_TRIALS_PARAMS
+            for i, name in enumerate(order):
+                study, objective, _, _ = studies[name]
+                share = (budget_end - self.clock.elapsed()) / (len(order) - i)
+                n = min(cap - len(study.trials), int(share / max(cost[name], 1e-3)))
+                if n > 0 and share > 0:
+                    study.optimize(objective, n_trials=n, timeout=share)
+        for name in names:
+            study, _, best, first = studies[name]
+            if not best:
+                log.warning("tune: %s never fitted; left out", name)
+                continue
+            trace = _study_trace(study)
+            if best is not first and first:
+                # Tuned hyperparameters replace the shipped ones only when significantly
+                # better on validation; a lucky trial on a small slice is not evidence.
+                verdict, better = self._beats(first["values"], best["values"], "defaults", "tuned")
+                trace["vs_defaults"] = verdict
+                if not better:
+                    best = first
+            trace["chosen"] = best["params"]
+            self.params[name] = best["params"]
+            self.cands[name] = best["cands"]
+            self.models[name] = _loaded(name, best["model"], self.train)
+            self.trace["params"][name] = trace
+
+    # -- stage 2: routes -------------------------------------------------------------------------
+    def _config(self, weights: dict[str, float], blend: str):
+        from recsys.service import ServingConfig
+
+        names = list(self.cands)
+        return ServingConfig.default().with_overrides(
+            {
+                "strategies": {s: {"enabled": True, "weight": 1.0} for s in names},
+                "routing": {
+                    "routes": [{"name": "r", "max_history": None, "weights": weights}],
+                    "blend": blend,
+                },
+            }
+        )
+
+    def _lists(self, weights: dict[str, float], blend: str, rows: np.ndarray) -> np.ndarray:
+        """Top-k of the validation users ``rows`` under one route's weights, through the
+        request path's strategy choice, blend, rules and page (``Recommender``)."""
+        from recsys.service import Recommender, RecRequest
+
+        rec = Recommender(models=lambda _n: None, config=self._config(weights, blend))
+        req = RecRequest(n=self.k)
+        out = np.full((len(rows), self.k), -1, dtype=np.int64)
+        items = self.train.items
+        for j, u in enumerate(rows.tolist()):
+            h = self.val.histories[u]
+            names = [s for s in rec.strategies_for("r", h) if s in self.cands]
+            route: str | None = "r"
+            if not names:  # the request path's fallback: popularity, ranked on its own
+                names, route = ["popular"], None
+            per = {s: self.cands[s][u] for s in names}
+            page = rec._ranked_page(per, h, req, route)
+            if page:
+                out[j, : len(page)] = items.indices([it.item_id for it in page])
+        return out
+
+    def _route_value(self, weights, blend, rows) -> tuple[np.ndarray, float]:
+        lists = self._lists(weights, blend, rows)
+        v = self.val.values(lists, rows)
+        mean = float(np.nanmean(v)) if v.size else 0.0
+        if self.opt.min_coverage:
+            cov = len(np.unique(lists[lists >= 0])) / max(self.train.n_items, 1)
+            mean -= max(0.0, self.opt.min_coverage - cov)
+        return v, mean
+
+    def _search_weights(self, label: str, rows: np.ndarray, n_trials: int, timeout: float):
+        """One study over weights and fusion for the users ``rows``; returns (weights, blend)."""
+        import optuna
+
+        names = list(self.cands)
+        study = self._study(
+            label, optuna.pruners.MedianPruner(n_startup_trials=len(names) + 4, n_warmup_steps=0)
+        )
+        for s in names:  # every single strategy, then an even blend, are tried first
+            study.enqueue_trial({**{f"w_{x}": float(x == s) for x in names}, "blend": "weighted"})
+        study.enqueue_trial({**{f"w_{x}": 1.0 for x in names}, "blend": "weighted"})
+        half = rows[: max(len(rows) // 2, 1)]
+        rest = rows[len(half) :]
+
+        def objective(trial):
+            w = {s: trial.suggest_float(f"w_{s}", 0.0, 1.0) for s in names}
+            blend = trial.suggest_categorical("blend", ["weighted", "rrf"])
+            w = _normalise(w)
+            if not w:
+                return 0.0
+            v1, _ = self._route_value(w, blend, half)
+            trial.report(float(np.nanmean(v1)) if v1.size else 0.0, 0)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+            v2, _ = self._route_value(w, blend, rest) if len(rest) else (np.zeros(0), 0.0)
+            v = np.concatenate([v1, v2])
+            value = float(np.nanmean(v)) if v.size else 0.0
+            if self.opt.min_coverage:
+                value = self._route_value(w, blend, rows)[1]
+            return value
+
+        # The enqueued trials (each strategy alone, an even blend) always run: they are what
+        # the searched ones are measured against. The rest run while the budget lasts.
+        study.optimize(objective, n_trials=len(names) + 1)
+        if n_trials > len(names) + 1 and timeout > 0:
+            study.optimize(objective, n_trials=n_trials - len(names) - 1, timeout=timeout)
+        done = [t for t in study.trials if t.value is not None]
+        best = max(done, key=lambda t: t.value)
+        p = best.params
+        weights = _normalise({s: p[f"w_{s}"] for s in names})
+        return weights, p["blend"], study
+
+    def _bins(self) -> list[tuple[int, int | None]]:
+        """Fine history bins ``(lo, hi)`` (inclusive; hi None = no bound) over the validation
+        users: an empty history alone, then quantiles of the rest, each with enough users."""
+        n = self.val.hist_len
+        min_users = min(self.opt.min_bin_users, max(len(n) // 4, 1))
+        edges: list[int] = []  # inclusive upper bounds
+        if (n == 0).sum() >= min_users and (n > 0).any():
+            edges.append(0)
+        pos = np.sort(n[n > 0])
+        parts = max(self.opt.n_bins - len(edges), 1)
+        for q in np.linspace(0, 1, parts + 1)[1:-1]:
+            if len(pos):
+                edges.append(int(np.quantile(pos, q, method="lower")))
+        edges = sorted(set(edges))
+        bins, lo = [], 0
+        for e in edges:
+            if ((n >= lo) & (n <= e)).sum() >= min_users and (n > e).sum() >= min_users:
+                bins.append((lo, e))
+                lo = e + 1
+        bins.append((lo, None))
+        return bins
+
+    def _search_routes(self) -> tuple[list[dict[str, Any]], np.ndarray, dict[str, Any]]:
+        """Routes (profile dicts), the cross-fitted per-user values, and a trace."""
+        bins = self._bins()
+        n = self.val.hist_len
+        rng = np.random.default_rng(self.opt.seed)
+        fold = rng.integers(0, 2, size=len(self.val))
+        in_bin = [((n >= lo) & ((n <= hi) if hi is not None else True)) for lo, hi in bins]
+        singles = {s: self._single_values(s) for s in self.cands}
+        means = {s: float(np.nanmean(v)) for s, v in singles.items()}
+        self.champion = max(means, key=lambda s: means[s])
+        segments = [(i, j) for i in range(len(bins)) for j in range(i, len(bins))]
+        total_cost = sum(int(np.sum(np.any(in_bin[i : j + 1], axis=0))) for i, j in segments)
+        end = self.clock.elapsed() + self.clock.left() * self.SHARE_ROUTES / (
+            self.SHARE_ROUTES + (1 - self.SHARE_PARAMS - self.SHARE_ROUTES)
+        )
+        cap = self.opt.max_trials or self.MAX_TRIALS_ROUTES
+        seg_result: dict[tuple[int, int], dict[str, Any]] = {}
+        for i, j in segments:
+            rows = np.flatnonzero(np.any(in_bin[i : j + 1], axis=0))
+            share = (end - self.clock.elapsed()) * len(rows) / max(total_cost, 1)
+            total_cost -= len(rows)
+            label = _bin_label(bins[i][0], bins[j][1])
+            self.clock.tick(f"routes: history {label}")
+            seg_result[(i, j)] = self._segment(label, rows, fold, singles, cap, share / 2)
+        # Cut points: the partition of the bins into at most max_routes runs with the best
+        # cross-fitted total (ties: fewer routes).
+        best: dict[tuple[int, int], tuple[float, list]] = {(0, 0): (0.0, [])}
+        for r in range(1, self.opt.max_routes + 1):
+            for j in range(1, len(bins) + 1):
+                for i in range(j):
+                    prev = best.get((i, r - 1))
+                    if prev is None:
+                        continue
+                    total = prev[0] + seg_result[(i, j - 1)]["total"]
+                    cur = best.get((j, r))
+                    if cur is None or total > cur[0] + 1e-12:
+                        best[(j, r)] = (total, [*prev[1], (i, j - 1)])
+        finals = [best.get((len(bins), r)) for r in range(1, self.opt.max_routes + 1)]
+        finals = [f for f in finals if f is not None]
+        chosen = finals[0]
+        for f in finals[1:]:
+            if f[0] > chosen[0] + 1e-9 * max(len(self.val), 1):
+                chosen = f
+        routes, values = [], np.full(len(self.val), np.nan)
+        lo = 0
+        for i, j in chosen[1]:
+            seg = seg_result[(i, j)]
+            hi = None if j == len(bins) - 1 else _cut(n[in_bin[j]].max(), n[in_bin[j + 1]].min())
+            routes.append(
+                {
+                    "name": "h" + _bin_label(lo, hi),
+                    "max_history": hi,
+                    "weights": seg["weights"],
+                    "blend": seg["blend"],
+                }
+            )
+            values[seg["rows"]] = seg["values"]
+            lo = (hi or 0) + 1
+        trace = {
+            "bins": [_bin_label(lo, hi) for lo, hi in bins],
+            "segments": {
+                _bin_label(bins[i][0], bins[j][1]): {
+                    k: v for k, v in seg.items() if k not in ("rows", "values", "weights_oos")
+                }
+                for (i, j), seg in seg_result.items()
+            },
+        }
+        return routes, values, trace
+
+    def _single_values(self, name: str) -> np.ndarray:
+        """Per-user values of ``name`` alone (popularity where it cannot serve, as served)."""
+        return self.val.values(self._lists({name: 1.0}, "weighted", np.arange(len(self.val))))
+
+    def _segment(self, label, rows, fold, singles, cap, timeout) -> dict[str, Any]:
+        """Cross-fitted blend search on one run of bins, then the per-route choice.
+
+        The champion is the single strategy best over *all* validation users (the estimate
+        with the least noise). A challenger, this run's best single strategy or its blend
+        (scored out of fold), replaces it only where it is significantly better on the
+        run's users (``_beats``): small buckets do not get to chase noise."""
+        oos = np.full(len(rows), np.nan)
+        found = []
+        for f in (0, 1):
+            fit_rows, held = rows[fold[rows] == f], rows[fold[rows] != f]
+            if len(fit_rows) == 0 or len(held) == 0:
+                continue
+            w, blend, study = self._search_weights(f"{label}/fold{f}", fit_rows, cap, timeout)
+            found.append((w, blend, _study_trace(study, keep_trials=False)))
+            oos[fold[rows] != f] = self._route_value(w, blend, held)[0]
+        single_means = {s: float(np.nanmean(v[rows])) for s, v in singles.items()}
+        champion = self.champion
+        options: dict[str, tuple[np.ndarray, dict[str, float], str]] = {
+            s: (singles[s][rows], {s: 1.0}, "weighted") for s in singles
+        }
+        result: dict[str, Any] = {
+            "users": int(len(rows)),
+            "singles": {s: round(m, 6) for s, m in single_means.items()},
+            "champion": champion,
+            "folds": [{"weights": w, "blend": b, "study": t} for w, b, t in found],
+        }
+        if found and np.isfinite(oos).all():
+            # The blend the route would serve: the fold winner scoring best on all its users.
+            scored = [(self._route_value(w, b, rows)[1], w, b) for w, b, _ in found]
+            _, w, b = max(scored, key=lambda x: x[0])
+            options["blend"] = (oos, w, b)
+            result["blend_oos"] = round(float(np.nanmean(oos)), 6)
+        best = max(options, key=lambda o: float(np.nanmean(options[o][0])))
+        choice = champion
+        if best != champion:
+            verdict, better = self._beats(options[champion][0], options[best][0], champion, best)
+            result["challenger"] = {"name": best, "verdict": verdict}
+            if better:
+                choice = best
+        values, weights, blend = options[choice]
+        result.update(
+            choice=choice,
+            weights=weights,
+            blend=blend,
+            values=values,
+            total=float(np.nansum(values)),
+            rows=rows,
+        )
+        return result
+
+    def _beats(self, base: np.ndarray, new: np.ndarray, a: str, b: str) -> tuple[str, bool]:
+        """Is ``new`` significantly better than ``base`` (paired over the same users, at the
+        gate's level ``alpha``)? The rule every departure from a default must pass."""
+        from recsys.evaluation import stats
+
+        both = np.isfinite(base) & np.isfinite(new)
+        if both.sum() < 2:
+            return "too few users to compare", False
+        c = stats.compare(
+            base[both], new[both], self.opt.objective, a, b, resamples=1000, alpha=self.opt.alpha
+        )
+        return c.verdict, bool(c.significant and c.diff > 0)
+
+    # -- stage 3: the guard through the full request path ------------------------------------------
+    def _served(self, overrides: dict[str, Any], models: dict[str, Any]) -> np.ndarray:
+        from recsys.service import Recommender, RecRequest, ServingConfig
+
+        cfg = ServingConfig.default().with_overrides(overrides)
+        rec = Recommender(models=models.get, config=cfg)
+        hs = self.val.histories
+        out = np.full((len(hs), self.k), -1, dtype=np.int64)
+        for start in range(0, len(hs), _BATCH):
+            chunk = hs[start : start + _BATCH]
+            res = rec.recommend_batch(chunk, [RecRequest(n=self.k)] * len(chunk))
+            for row, r in enumerate(res, start=start):
+                ids = [it.item_id for it in r.items][: self.k]
+                out[row, : len(ids)] = self.train.items.indices(ids)
+        return self.val.values(out)
+
+    def _guard(self, profile_over, models) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        from recsys.evaluation import stats
+        from recsys.evaluation.configs import single_strategy_overrides
+
+        values = {"profile": self._served(profile_over, models)}
+        for s in self.cands:
+            values[s] = self._served(single_strategy_overrides(s), models)
+        means = {k: float(np.nanmean(v)) for k, v in values.items()}
+        singles = [s for s in self.cands]
+        best = max(singles, key=lambda s: means[s])
+        checks = []
+        passed = True
+        for base in dict.fromkeys([best, "popular"]):
+            c = stats.compare(
+                values[base], values["profile"], self.opt.objective, base, "profile", seed=0
+            )
+            ok = means["profile"] >= means[base] - 1e-12 and not (c.significant and c.diff < 0)
+            passed &= ok
+            checks.append({"baseline": base, "ok": ok, "verdict": c.verdict, "diff": c.diff})
+        guard = {
+            "verdict": "passed" if passed else "failed",
+            "best_single": best,
+            "means": {k: round(v, 6) for k, v in means.items()},
+            "checks": checks,
+            "reason": (
+                f"profile {means['profile']:.4f} >= best single {best} {means[best]:.4f} "
+                f"and popular {means['popular']:.4f} on validation"
+                if passed
+                else "profile is worse than "
+                + ", ".join(c["baseline"] for c in checks if not c["ok"])
+                + f" on validation ({means['profile']:.4f} vs best single {best} "
+                f"{means[best]:.4f})"
+            ),
+        }
+        return guard, values
+
+    def _route_metrics(self, routes, values) -> dict[str, Any]:
+        n = self.val.hist_len
+        out, lo = {}, 0
+        for r in routes:
+            hi = r["max_history"]
+            mask = (n >= lo) & ((n <= hi) if hi is not None else True)
+            v = values[mask]
+            out[r["name"]] = {
+                "users": int(mask.sum()),
+                self.opt.objective: round(float(np.nanmean(v)), 6) if v.size else None,
+            }
+            lo = (hi or 0) + 1
+        return out
+
+    # -- the whole run -----------------------------------------------------------------------------
+    def run(self):
+        from recsys.tuning.profile import ServingProfile
+
+        try:
+            self._prepare()
+            names = self._strategies()
+            self._tune_params(names)
+            if self.opt.routes is not None:
+                routes = [dict(r) for r in self.opt.routes]
+                cross = None
+                self.trace["routes"] = {"given": True}
+            else:
+                routes, cross, self.trace["routes"] = self._search_routes()
+            used = {s for r in routes for s, w in r["weights"].items() if w > 0} | {"popular"}
+            params = {s: self.params[s] for s in sorted(used) if s in self.params}
+            draft = ServingProfile(routes=routes, params=params, objective=self.opt.objective)
+            draft.check()
+            self.clock.tick("guard")
+            guard, values = self._guard(draft.serving_overrides(), self.models)
+            if guard["verdict"] != "passed":
+                best = guard["best_single"]
+                log.warning("tune: guard failed (%s); falling back to %s", guard["reason"], best)
+                guard["fallback"] = best
+                routes = single_routes(best)
+                params = {s: self.params[s] for s in {best, "popular"} if s in self.params}
+            validation = {
+                "slice": self.opt.validation,
+                "fraction": self.opt.fraction,
+                "users": int(len(self.val)),
+                "train_events": int(len(self.train)),
+                "overall": {self.opt.objective: guard["means"]["profile"]},
+                "routes": self._route_metrics(routes, values["profile"]),
+                "baselines": {s: guard["means"][s] for s in self.cands},
+            }
+            if cross is not None:
+                validation["cross_fitted"] = round(float(np.nanmean(cross)), 6)
+            return ServingProfile(
+                routes=routes,
+                params=params,
+                objective=self.opt.objective,
+                validation=validation,
+                guard=guard,
+                trace={**self.trace, "seconds": round(self.clock.elapsed(), 1)},
+                data={
+                    "events": int(len(self.data)),
+                    "users": int(self.data.n_users),
+                    "items": int(self.data.n_items),
+                    "span_days": round(self.stats.span_days, 2),
+                },
+                created_at=datetime.now(UTC).isoformat(),
+            ).check()
+        finally:
+            self.clock.close()
+
+
+def single_routes(name: str) -> list[dict[str, Any]]:
+    """Routes serving ``name`` alone (popularity for empty histories if ``name`` cannot score
+    them, as the request path would fall back anyway, but without marking answers degraded)."""
+    from strategies import scores_empty_history
+
+    if scores_empty_history(name):
+        return [{"name": "all", "max_history": None, "weights": {name: 1.0}, "blend": None}]
+    return [
+        {"name": "h0", "max_history": 0, "weights": {"popular": 1.0}, "blend": None},
+        {"name": "h1+", "max_history": None, "weights": {name: 1.0}, "blend": None},
+    ]
+
+
+def _normalise(w: dict[str, float]) -> dict[str, float]:
+    """Weights under MIN_WEIGHT off, the rest scaled so the largest is 1 (fusion is scale-free)."""
+    w = {s: float(v) for s, v in w.items() if v >= MIN_WEIGHT}
+    top = max(w.values(), default=0.0)
+    return {s: round(v / top, 4) for s, v in w.items()} if top > 0 else {}
+
+
+def _cut(left_max: int, right_min: int) -> int:
+    """Where a route boundary goes between two bins: the geometric middle of the gap between
+    the longest history on the left and the shortest on the right (history lengths grow by
+    ratios; users seen at serving time have longer histories than in the validation slice)."""
+    left_max, right_min = int(left_max), int(right_min)
+    if right_min - left_max <= 1:
+        return left_max
+    return min(max(left_max, int(math.sqrt(max(left_max, 1) * right_min))), right_min - 1)
+
+
+def _bin_label(lo: int, hi: int | None) -> str:
+    if hi is None:
+        return f"{lo}+"
+    return f"{lo}" if hi == lo else f"{lo}-{hi}"
+
+
+def _study_trace(study, keep_trials: bool = True) -> dict[str, Any]:
+    import optuna
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    out: dict[str, Any] = {
+        "trials": len(study.trials),
+        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+    }
+    if done:
+        best = max(done, key=lambda t: t.value)
+        out["best_value"] = round(float(best.value), 6)
+        out["best_params"] = best.user_attrs.get("kwargs", best.params)
+        out["first_value"] = round(float(done[0].value), 6)
+    if keep_trials:
+        out["history"] = [
+            {
+                "n": t.number,
+                "value": None if t.value is None else round(float(t.value), 6),
+                "params": t.user_attrs.get("kwargs", t.params),
+                "seconds": t.user_attrs.get("seconds"),
+                "state": t.state.name.lower(),
+            }
+            for t in study.trials
+        ]
+    return out
+
+
+def tune(data: InteractionData, options: TuneOptions | None = None):
+    """Search a serving profile for ``data`` (see the module docstring); returns an unsaved
+    ``recsys.tuning.profile.ServingProfile`` whose ``guard`` says whether it passed."""
+    return Tuner(data, options or TuneOptions()).run()

@@ -1,0 +1,391 @@
+"""Self-tuning (recsys.tuning): the search finds per-bucket winners, the guard falls back,
+profiles are checksummed, activated atomically, rolled back, and served."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from features.interactions import InteractionData
+from recsys.service import Recommender, RecRequest, ServingConfig, UserHistory
+from recsys.tuning.search import TuneOptions, single_routes, tune
+
+STRATEGIES = ["popular", "ease"]
+
+
+def two_bucket_data(seed: int = 0) -> tuple[InteractionData, float]:
+    """Light users (one past item) go on to buy popular items; heavy users (eleven past items,
+    eight from one cluster) go on to buy the two cluster items they lack. So popularity is
+    clearly best for short histories and item-item collaborative filtering for long ones.
+    Returns the data and the share of events in the "future" window (the validation slice)."""
+    rng = np.random.default_rng(seed)
+    popular = list(range(10))
+    clusters = [list(range(10 + 10 * c, 20 + 10 * c)) for c in range(11)]
+    users, items, ts = [], [], []
+    future = 0
+
+    def add(u, i, t):
+        users.append(f"u{u}")
+        items.append(f"i{i}")
+        ts.append(t)
+
+    for u in range(400):  # light
+        add(u, int(rng.choice(clusters[u % 11])), int(rng.integers(0, 1000)))
+        for i in rng.choice(popular, 2, replace=False, p=np.linspace(2, 1, 10) / 15):
+            add(u, int(i), int(rng.integers(2000, 3000)))
+            future += 1
+    for u in range(400, 600):  # heavy
+        cl = rng.permutation(clusters[u % 11])
+        for i in cl[:8]:
+            add(u, int(i), int(rng.integers(0, 1000)))
+        for i in rng.choice(popular, 3, replace=False):
+            add(u, int(i), int(rng.integers(0, 1000)))
+        for i in cl[8:]:
+            add(u, int(i), int(rng.integers(2000, 3000)))
+            future += 1
+    data = InteractionData.from_arrays(users, items, "purchase", timestamps=ts)
+    return data, future / len(users)
+
+
+def _opts(**kw) -> TuneOptions:
+    base = dict(
+        budget_s=600.0, max_trials=8, fraction=0.0, strategies=STRATEGIES, tune_params=False
+    )
+    base.update(kw)
+    return TuneOptions(**base)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return two_bucket_data()
+
+
+@pytest.fixture(scope="module")
+def tuned(synthetic):
+    data, share = synthetic
+    return tune(data, _opts(fraction=share))
+
+
+def _top(route: dict) -> str:
+    return max(route["weights"], key=lambda s: route["weights"][s])
+
+
+def test_tuner_finds_each_buckets_winner(tuned):
+    cfg = ServingConfig.default().with_overrides(tuned.serving_overrides())
+    short, long_ = cfg.route_for(1), cfg.route_for(11)
+    assert short != long_, tuned.routes  # a cut point between the two groups was learned
+    by_name = {r["name"]: r for r in tuned.routes}
+    assert _top(by_name[short]) == "popular"
+    assert _top(by_name[long_]) == "ease"
+    assert (
+        by_name[long_]["weights"].get("popular", 0)
+        < by_name[long_]["weights"][_top(by_name[long_])]
+    )
+    assert tuned.guard["verdict"] == "passed"
+    # The profile is at least as good as every single strategy on the validation slice.
+    means = tuned.guard["means"]
+    assert all(means["profile"] >= means[s] for s in STRATEGIES)
+    assert means["profile"] > max(means[s] for s in STRATEGIES) + 0.05  # and clearly better
+    # The trace can be inspected: per-bucket studies with their trials.
+    assert tuned.trace["routes"]["segments"]
+    assert all("singles" in seg for seg in tuned.trace["routes"]["segments"].values())
+
+
+def test_guard_falls_back_when_the_blend_is_worse(synthetic):
+    data, share = synthetic
+    # Given routes (not searched) that send each group to the strategy that fails it.
+    bad = [
+        {"name": "short", "max_history": 3, "weights": {"ease": 1.0}},
+        {"name": "long", "max_history": None, "weights": {"popular": 1.0}},
+    ]
+    profile = tune(data, _opts(fraction=share, routes=bad))
+    assert profile.guard["verdict"] == "failed"
+    assert profile.guard["fallback"] == profile.guard["best_single"]
+    assert profile.routes == single_routes(profile.guard["best_single"])
+    assert "worse than" in profile.guard["reason"]
+
+
+def test_strategy_hyperparameters_are_searched_from_the_defaults(synthetic):
+    data, share = synthetic
+    profile = tune(data, _opts(fraction=share, tune_params=True, max_trials=3))
+    trace = profile.trace["params"]["ease"]
+    assert trace["trials"] >= 2
+    first = trace["history"][0]
+    assert first["params"] == {"l2": 500.0}  # the shipped default is trial 0
+    assert trace["best_value"] >= trace["first_value"]
+    assert set(profile.params) <= set(STRATEGIES)
+
+
+def test_empty_histories_never_reach_a_strategy_that_cannot_score_them():
+    cfg = ServingConfig.default().with_overrides(
+        {
+            "routing": {
+                "routes": [{"name": "all", "max_history": None, "weights": {"ease": 1.0}}],
+            }
+        }
+    )
+    rec = Recommender(models=lambda _n: None, config=cfg)
+    assert rec.strategies_for("all", UserHistory("new")) == []
+    assert rec.strategies_for("all", UserHistory.from_items("u", ["i1"])) == ["ease"]
+    bpr = cfg.with_overrides({"routing": {"routes": [{"name": "a", "weights": {"bpr": 1.0}}]}})
+    # BPR declares it can (item biases): it is asked.
+    assert Recommender(models=lambda _n: None, config=bpr).strategies_for(
+        "a", UserHistory("new")
+    ) == ["bpr"]
+
+
+def test_served_routes_and_fallback_through_the_request_path():
+    from tests.servicekit import fitted_models
+
+    models = fitted_models()
+    cfg = ServingConfig.default().with_overrides(
+        {
+            "routing": {
+                "routes": [
+                    {"name": "h0-1", "max_history": 1, "weights": {"popular": 1.0}},
+                    {"name": "h2+", "max_history": None, "weights": {"ease": 1.0}},
+                ]
+            },
+            "profile": "20261204T000000Z",
+        }
+    )
+    rec = Recommender(models=models.get, config=cfg)
+    short = rec.recommend(UserHistory.from_items("a", ["i5"], "purchase"), RecRequest(n=3))
+    long_ = rec.recommend(UserHistory.from_items("b", ["i0", "i2"], "purchase"), RecRequest(n=3))
+    assert short.route == "h0-1" and long_.route == "h2+"
+    assert long_.items[0].item_id == "i1"  # co-occurrence with i0 + i2
+    assert set(long_.items[0].sources) == {"ease"}
+    assert long_.to_dict(explain=True)["profile"] == "20261204T000000Z"
+    # An empty history on the EASE-only route falls back to popularity, ranked on its own.
+    cfg2 = cfg.with_overrides({"routing": {"routes": [{"name": "x", "weights": {"ease": 1.0}}]}})
+    empty = Recommender(models=models.get, config=cfg2).recommend(UserHistory("new"))
+    assert empty.degraded and empty.items[0].item_id == "i0"  # the most popular item
+
+
+@pytest.mark.parametrize(
+    "routes, message",
+    [
+        ([{"name": "a", "max_history": 3, "weights": {}}], "must be null"),
+        ([{"name": "a", "max_history": None, "weights": {"nope": 1}}], "unknown strategy"),
+        (
+            [
+                {"name": "a", "max_history": 3, "weights": {}},
+                {"name": "a", "max_history": None, "weights": {}},
+            ],
+            "used twice",
+        ),
+        (
+            [
+                {"name": "a", "max_history": 3, "weights": {}},
+                {"name": "b", "max_history": 2, "weights": {}},
+                {"name": "c", "max_history": None, "weights": {}},
+            ],
+            "increasing",
+        ),
+        ([{"name": "a b", "max_history": None, "weights": {}}], "name"),
+        ([{"name": "a", "max_history": None, "weights": {"ease": -1}}], "0..1000"),
+    ],
+)
+def test_bad_routes_are_refused_with_the_reason(routes, message):
+    with pytest.raises(ValueError, match=message):
+        ServingConfig.default().with_overrides({"routing": {"routes": routes}})
+
+
+# -- the repository side: store, tamper, activate, roll back, serve ---------------------------
+def _store_profile(app, routes, models=None):
+    from recsys.registry import get_repository
+    from recsys.tuning.profile import ServingProfile, save_profile
+
+    profile = ServingProfile(
+        routes=routes,
+        params={},
+        validation={"overall": {"ndcg@10": 0.5}},
+        guard={"verdict": "passed", "reason": "test"},
+        models=models or {},
+    )
+    with app.app_context():
+        return save_profile(get_repository(app), profile)
+
+
+@pytest.mark.postgres
+def test_tampered_profile_is_refused_and_the_old_one_keeps_serving(make_app):
+    from recsys.errors import ModelError
+    from recsys.registry import PROFILE_KIND, get_repository
+    from recsys.settings import get_settings
+    from recsys.tuning.profile import activate_profile, load_profile
+
+    app = make_app()
+    good = _store_profile(app, single_routes("popular"))
+    bad = _store_profile(app, single_routes("ease"))
+    repo = get_repository(app)
+    with app.app_context():
+        activate_profile(repo, good)
+        path = os.path.join(repo.version_path(PROFILE_KIND, bad), "profile.json")
+        with open(path) as f:
+            raw = json.load(f)
+        raw["routes"][0]["weights"] = {"als": 1.0}  # a quiet edit of the weights
+        with open(path, "w") as f:
+            json.dump(raw, f)
+        with pytest.raises(ModelError, match="modified"):
+            load_profile(repo, bad)
+        with pytest.raises(ModelError, match="modified"):
+            activate_profile(repo, bad)
+        assert repo.active_version(PROFILE_KIND) == good
+        cfg = get_settings(app).config()
+        assert cfg.profile == good and [r.name for r in cfg.routes] == ["all"]
+
+
+@pytest.mark.postgres
+def test_profile_activation_bumps_config_and_rolls_back(make_app):
+    from recsys.registry import PROFILE_KIND, get_repository
+    from recsys.settings import get_settings
+    from recsys.tuning.profile import activate_profile, deactivate_profile, rollback_profile
+
+    app = make_app(CONFIG_POLL_SECONDS=0)
+    first = _store_profile(app, single_routes("popular"))
+    second = _store_profile(app, single_routes("ease"))
+    repo = get_repository(app)
+    with app.app_context():
+        settings = get_settings(app)
+        v0 = settings.versions(force=True).config
+        assert settings.config().routes == ()  # no profile: cold/warm
+        activate_profile(repo, first)
+        v1 = settings.versions(force=True).config
+        assert v1 > v0 and settings.config().profile == first
+        activate_profile(repo, second)
+        assert settings.config().profile == second
+        assert [r.name for r in settings.config().routes] == ["h0", "h1+"]
+        assert rollback_profile(repo) == first
+        assert settings.config().profile == first
+        assert repo.active_version(PROFILE_KIND) == first
+        # The runtime never tries to load a profile as a model.
+        assert PROFILE_KIND not in repo.active_versions(models_only=True)
+        assert deactivate_profile(repo) == first
+        assert settings.config().routes == () and settings.config().profile is None
+
+
+@pytest.mark.postgres
+def test_admin_overrides_still_apply_on_top_of_a_profile(make_app):
+    from recsys.registry import get_repository
+    from recsys.settings import get_settings
+    from recsys.tuning.profile import activate_profile
+
+    app = make_app(CONFIG_POLL_SECONDS=0)
+    routes = [{"name": "all", "max_history": None, "weights": {"ease": 1.0, "popular": 0.5}}]
+    version = _store_profile(app, routes)
+    with app.app_context():
+        activate_profile(get_repository(app), version)
+        settings = get_settings(app)
+        settings.update_strategies({"popular": {"weight": 0.5}}, actor="test")
+        cfg = settings.config()
+        assert cfg.route_weight("all", "popular") == pytest.approx(0.25)
+        settings.update_strategies({"ease": {"enabled": False}}, actor="test")
+        assert get_settings(app).config().route_strategies("all") == ["popular"]
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_served_api_names_the_profile_and_its_route(served_app):
+    from recsys.registry import get_repository
+    from recsys.tuning.profile import activate_profile, rollback_profile
+    from tests.servicekit import ADMIN_TOKEN
+
+    client = served_app.test_client()
+    before = client.get("/v1/users/u0/recommendations?explain=true").get_json()
+    assert before["route"] in ("cold", "warm") and before["profile"] is None
+    routes = [
+        {"name": "short", "max_history": 2, "weights": {"popular": 1.0}},
+        {"name": "long", "max_history": None, "weights": {"ease": 1.0}},
+    ]
+    v1 = _store_profile(served_app, routes)
+    hdr = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    r = client.post("/v1/admin/models/profile/activate", json={"version": v1}, headers=hdr)
+    assert r.status_code == 200, r.get_json()
+    after = client.get("/v1/users/u0/recommendations?explain=true").get_json()
+    assert after["cached"] is False  # the activation made the cached list stale
+    assert after["route"] == "long" and after["profile"] == v1  # u0 bought 3 items
+    assert all(set(it["sources"]) == {"ease"} for it in after["items"])
+    active = client.get("/v1/admin/models/profile/active", headers=hdr).get_json()
+    assert active["version"] == v1 and active["routes"][1]["name"] == "long"
+    with served_app.app_context():
+        v2 = _store_profile(served_app, single_routes("popular"))
+        activate_profile(get_repository(served_app), v2)
+        assert rollback_profile(get_repository(served_app)) == v1
+    r = client.post("/v1/admin/models/profile/rollback", headers=hdr)
+    assert r.status_code == 409  # nothing before v1
+
+
+@pytest.mark.postgres
+def test_recsys_tune_cli_activates_and_a_failed_retune_keeps_the_profile(make_app, tmp_path):
+    from recsys.cli import main
+    from recsys.registry import PROFILE_KIND, get_repository
+
+    app = make_app()
+    client = app.test_client()
+    data, _ = two_bucket_data()
+    users = data.users.ids[data.user_idx]
+    items = data.items.ids[data.item_idx]
+    t0 = 1_700_000_000
+    events = [
+        {"user_id": str(u), "item_id": str(i), "type": "purchase", "timestamp": t0 + 60 * int(t)}
+        for u, i, t in zip(users, items, data.ts, strict=True)
+    ]
+    for start in range(0, len(events), 1000):
+        r = client.post("/v1/events", json=events[start : start + 1000])
+        assert r.status_code == 201, r.get_json()
+    runner = app.test_cli_runner()
+    res = runner.invoke(
+        main,
+        args=["tune", "--budget", "60s", "--trials", "2", "--strategies", "popular,ease",
+              "--tune-holdout", "0.32", "--quiet"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    repo = get_repository(app)
+    with app.app_context():
+        version = repo.active_version(PROFILE_KIND)
+        assert version is not None and f"profile {version}: active" in res.output
+        listed = runner.invoke(main, args=["models", "list", "profile"])
+        assert version in listed.output
+        shown = runner.invoke(main, args=["profile", "show", "--json"])
+        assert json.loads(shown.output)["version"] == version
+        # A re-tune whose guard fails (routes that serve everyone badly) leaves it active.
+        bad = tmp_path / "bad.json"
+        inverted = [
+            {"name": "short", "max_history": 3, "weights": {"ease": 1.0}},
+            {"name": "long", "max_history": None, "weights": {"popular": 1.0}},
+        ]
+        bad.write_text(json.dumps(inverted))
+        res2 = runner.invoke(
+            main,
+            args=["tune", "--budget", "30s", "--trials", "1", "--strategies", "popular,ease",
+                  "--routes", str(bad), "--quiet"]
+        )  # fmt: skip
+        assert res2.exit_code == 0, res2.output
+        assert repo.active_version(PROFILE_KIND) == version
+        assert "stays active" in res2.output
+    bad_budget = runner.invoke(main, args=["tune", "--budget", "soon"])
+    assert bad_budget.exit_code == 2 and "budget" in bad_budget.output
+
+
+def test_evaluate_tuned_sees_the_training_part_only(synthetic):
+    from recsys.evaluation.runner import evaluate
+
+    data, _ = synthetic
+    report = evaluate(
+        ["popular", "ease", "tuned"],
+        data,
+        split="time",
+        k=10,
+        resamples=200,
+        tune_budget=60.0,
+        tune_options={"strategies": STRATEGIES, "max_trials": 4},
+    )
+    tuned = report["configs"]["tuned"]
+    # The search saw the training part only, its validation slice cut as the test was.
+    assert tuned["profile"]["data"]["events"] == report["split"]["n_train"]
+    assert tuned["profile"]["validation"]["slice"] == "time"
+    best_single = max(report["configs"][s]["metrics"]["ndcg@10"] for s in ("popular", "ease"))
+    assert tuned["metrics"]["ndcg@10"] >= best_single
