@@ -3,6 +3,8 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 PORT    ?= 8000
+# Self-tuning search time on a fresh store (`recsys tune` later refines with a larger budget).
+TUNE_BUDGET ?= 60s
 export RECSYS_TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 export RECSYS_TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
 
@@ -21,7 +23,7 @@ install: $(BIN)/recsys
 run: install
 	$(BIN)/recsys db upgrade
 	$(BIN)/recsys import online-retail --if-empty
-	$(BIN)/recsys train --if-missing
+	$(BIN)/recsys train --if-missing --tune --tune-budget $(TUNE_BUDGET)
 	$(BIN)/recsys serve --bind 127.0.0.1:$(PORT)
 
 services:

@@ -90,8 +90,8 @@ def test_tuner_finds_each_buckets_winner(tuned):
     assert all(means["profile"] >= means[s] for s in STRATEGIES)
     assert means["profile"] > max(means[s] for s in STRATEGIES) + 0.05  # and clearly better
     # The trace can be inspected: per-bucket studies with their trials.
-    assert tuned.trace["routes"]["segments"]
-    assert all("singles" in seg for seg in tuned.trace["routes"]["segments"].values())
+    per_bin = tuned.trace["routes"]["per_bin"]
+    assert len(per_bin) >= 2 and all("means" in b and "choice" in b for b in per_bin.values())
 
 
 def test_guard_falls_back_when_the_blend_is_worse(synthetic):

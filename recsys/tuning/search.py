@@ -274,7 +274,7 @@ class Tuner:
     SHARE_PARAMS = 0.6
     SHARE_ROUTES = 0.3
     MAX_TRIALS_PARAMS = 30
-    MAX_TRIALS_ROUTES = 40
+    MAX_TRIALS_ROUTES = 80
 
     def __init__(self, data: InteractionData, options: TuneOptions):
         import optuna
@@ -489,17 +489,30 @@ class Tuner:
             mean -= max(0.0, self.opt.min_coverage - cov)
         return v, mean
 
-    def _search_weights(self, label: str, rows: np.ndarray, n_trials: int, timeout: float):
-        """One study over weights and fusion for the users ``rows``; returns (weights, blend)."""
+    def _search_weights(
+        self,
+        label: str,
+        rows: np.ndarray,
+        n_trials: int,
+        timeout: float,
+        priors: Sequence[dict[str, float]] = (),
+    ):
+        """One study over weights and fusion for the users ``rows``; returns
+        ``(weights, blend, study)``. Each strategy alone, an even blend and ``priors`` (blends
+        of the strongest strategies, the shipped default's) are the first trials."""
         import optuna
 
         names = list(self.cands)
+        starts = [{x: float(x == s) for x in names} for s in names]
+        starts += [{s: 1.0 for s in names}, *priors]
         study = self._study(
-            label, optuna.pruners.MedianPruner(n_startup_trials=len(names) + 4, n_warmup_steps=0)
+            label, optuna.pruners.MedianPruner(n_startup_trials=len(starts) + 4, n_warmup_steps=0)
         )
-        for s in names:  # every single strategy, then an even blend, are tried first
-            study.enqueue_trial({**{f"w_{x}": float(x == s) for x in names}, "blend": "weighted"})
-        study.enqueue_trial({**{f"w_{x}": 1.0 for x in names}, "blend": "weighted"})
+        for w in starts:
+            study.enqueue_trial(
+                {**{f"w_{x}": float(w.get(x, 0.0)) for x in names}, "blend": "weighted"},
+                skip_if_exists=True,
+            )
         half = rows[: max(len(rows) // 2, 1)]
         rest = rows[len(half) :]
 
@@ -520,11 +533,11 @@ class Tuner:
                 value = self._route_value(w, blend, rows)[1]
             return value
 
-        # The enqueued trials (each strategy alone, an even blend) always run: they are what
-        # the searched ones are measured against. The rest run while the budget lasts.
-        study.optimize(objective, n_trials=len(names) + 1)
-        if n_trials > len(names) + 1 and timeout > 0:
-            study.optimize(objective, n_trials=n_trials - len(names) - 1, timeout=timeout)
+        # The first trials always run: they are what the searched ones are measured against.
+        # The rest run while the budget lasts.
+        study.optimize(objective, n_trials=len(starts))
+        if n_trials > len(starts) and timeout > 0:
+            study.optimize(objective, n_trials=n_trials - len(starts), timeout=timeout)
         done = [t for t in study.trials if t.value is not None]
         best = max(done, key=lambda t: t.value)
         p = best.params
@@ -553,129 +566,156 @@ class Tuner:
         bins.append((lo, None))
         return bins
 
-    def _search_routes(self) -> tuple[list[dict[str, Any]], np.ndarray, dict[str, Any]]:
-        """Routes (profile dicts), the cross-fitted per-user values, and a trace."""
-        bins = self._bins()
-        n = self.val.hist_len
-        rng = np.random.default_rng(self.opt.seed)
-        fold = rng.integers(0, 2, size=len(self.val))
-        in_bin = [((n >= lo) & ((n <= hi) if hi is not None else True)) for lo, hi in bins]
-        singles = {s: self._single_values(s) for s in self.cands}
-        means = {s: float(np.nanmean(v)) for s, v in singles.items()}
-        self.champion = max(means, key=lambda s: means[s])
-        segments = [(i, j) for i in range(len(bins)) for j in range(i, len(bins))]
-        total_cost = sum(int(np.sum(np.any(in_bin[i : j + 1], axis=0))) for i, j in segments)
-        end = self.clock.elapsed() + self.clock.left() * self.SHARE_ROUTES / (
-            self.SHARE_ROUTES + (1 - self.SHARE_PARAMS - self.SHARE_ROUTES)
-        )
-        cap = self.opt.max_trials or self.MAX_TRIALS_ROUTES
-        seg_result: dict[tuple[int, int], dict[str, Any]] = {}
-        for i, j in segments:
-            rows = np.flatnonzero(np.any(in_bin[i : j + 1], axis=0))
-            share = (end - self.clock.elapsed()) * len(rows) / max(total_cost, 1)
-            total_cost -= len(rows)
-            label = _bin_label(bins[i][0], bins[j][1])
-            self.clock.tick(f"routes: history {label}")
-            seg_result[(i, j)] = self._segment(label, rows, fold, singles, cap, share / 2)
-        # Cut points: the partition of the bins into at most max_routes runs with the best
-        # cross-fitted total (ties: fewer routes).
-        best: dict[tuple[int, int], tuple[float, list]] = {(0, 0): (0.0, [])}
-        for r in range(1, self.opt.max_routes + 1):
-            for j in range(1, len(bins) + 1):
-                for i in range(j):
-                    prev = best.get((i, r - 1))
-                    if prev is None:
-                        continue
-                    total = prev[0] + seg_result[(i, j - 1)]["total"]
-                    cur = best.get((j, r))
-                    if cur is None or total > cur[0] + 1e-12:
-                        best[(j, r)] = (total, [*prev[1], (i, j - 1)])
-        finals = [best.get((len(bins), r)) for r in range(1, self.opt.max_routes + 1)]
-        finals = [f for f in finals if f is not None]
-        chosen = finals[0]
-        for f in finals[1:]:
-            if f[0] > chosen[0] + 1e-9 * max(len(self.val), 1):
-                chosen = f
-        routes, values = [], np.full(len(self.val), np.nan)
-        lo = 0
-        for i, j in chosen[1]:
-            seg = seg_result[(i, j)]
-            hi = None if j == len(bins) - 1 else _cut(n[in_bin[j]].max(), n[in_bin[j + 1]].min())
-            routes.append(
-                {
-                    "name": "h" + _bin_label(lo, hi),
-                    "max_history": hi,
-                    "weights": seg["weights"],
-                    "blend": seg["blend"],
-                }
-            )
-            values[seg["rows"]] = seg["values"]
-            lo = (hi or 0) + 1
-        trace = {
-            "bins": [_bin_label(lo, hi) for lo, hi in bins],
-            "segments": {
-                _bin_label(bins[i][0], bins[j][1]): {
-                    k: v for k, v in seg.items() if k not in ("rows", "values", "weights_oos")
-                }
-                for (i, j), seg in seg_result.items()
-            },
-        }
-        return routes, values, trace
+    def _priors(self, singles: dict[str, np.ndarray]) -> list[dict[str, float]]:
+        """Starting blends: the two and three strongest strategies evenly, and the shipped
+        default's warm weights (what an operator would try first)."""
+        from recsys.service import DEFAULT_CONFIG
 
-    def _single_values(self, name: str) -> np.ndarray:
-        """Per-user values of ``name`` alone (popularity where it cannot serve, as served)."""
-        return self.val.values(self._lists({name: 1.0}, "weighted", np.arange(len(self.val))))
+        ranked = sorted(singles, key=lambda s: -float(np.nanmean(singles[s])))
+        out = [{s: 1.0 for s in ranked[:2]}, {s: 1.0 for s in ranked[:3]}]
+        shipped = DEFAULT_CONFIG["strategies"]
+        warm = DEFAULT_CONFIG["routing"]["warm_strategies"]
+        out.append({s: shipped[s]["weight"] for s in warm if s in self.cands})
+        return out
 
-    def _segment(self, label, rows, fold, singles, cap, timeout) -> dict[str, Any]:
-        """Cross-fitted blend search on one run of bins, then the per-route choice.
-
-        The champion is the single strategy best over *all* validation users (the estimate
-        with the least noise). A challenger, this run's best single strategy or its blend
-        (scored out of fold), replaces it only where it is significantly better on the
-        run's users (``_beats``): small buckets do not get to chase noise."""
+    def _crossfit(self, label, rows, fold, cap, timeout, priors) -> dict[str, Any]:
+        """Search blend weights on each half of ``rows`` and score each half's winner on the
+        other half: honest (out-of-fold) per-user values. The blend served is the winner that
+        scores best on all of ``rows``."""
         oos = np.full(len(rows), np.nan)
         found = []
         for f in (0, 1):
             fit_rows, held = rows[fold[rows] == f], rows[fold[rows] != f]
             if len(fit_rows) == 0 or len(held) == 0:
                 continue
-            w, blend, study = self._search_weights(f"{label}/fold{f}", fit_rows, cap, timeout)
+            w, blend, study = self._search_weights(
+                f"{label}/fold{f}", fit_rows, cap, timeout, priors
+            )
             found.append((w, blend, _study_trace(study, keep_trials=False)))
             oos[fold[rows] != f] = self._route_value(w, blend, held)[0]
-        single_means = {s: float(np.nanmean(v[rows])) for s, v in singles.items()}
-        champion = self.champion
+        if len(found) < 2 or not np.isfinite(oos).all():
+            return {}
+        scored = [(self._route_value(w, b, rows)[1], w, b) for w, b, _ in found]
+        _, w, b = max(scored, key=lambda x: x[0])
+        return {
+            "weights": w,
+            "blend": b,
+            "values": oos,
+            "folds": [{"weights": fw, "blend": fb, "study": t} for fw, fb, t in found],
+        }
+
+    def _search_routes(self) -> tuple[list[dict[str, Any]], np.ndarray, dict[str, Any]]:
+        """Routes (profile dicts), their honest per-user values, and a trace.
+
+        1. The champion: a blend searched over all validation users (cross-fitted) if its
+           out-of-fold mean reaches the best single strategy's, else that strategy.
+        2. Per fine history bin, a challenger (the bin's best single strategy, or a blend
+           searched on the bin's users, cross-fitted) replaces the champion only where it is
+           significantly better on the bin's users (``_beats``).
+        3. Adjacent bins with the same choice make one route; beyond ``max_routes``, the
+           bins whose own choice gains least over their neighbour's are merged into it."""
+        bins = self._bins()
+        n = self.val.hist_len
+        every = np.arange(len(self.val))
+        fold = np.random.default_rng(self.opt.seed).integers(0, 2, size=len(self.val))
+        singles = {s: self._single_values(s) for s in self.cands}
+        means = {s: float(np.nanmean(v)) for s, v in singles.items()}
+        best_single = max(means, key=lambda s: means[s])
+        priors = self._priors(singles)
+        cap = self.opt.max_trials or self.MAX_TRIALS_ROUTES
+        share = self.clock.left() * self.SHARE_ROUTES / (1 - self.SHARE_PARAMS)
+        # Half of the time for the overall blend, half for the bins (by their users).
+        self.clock.tick("routes: all users")
+        overall = self._crossfit("all", every, fold, cap, share / 4, priors)
         options: dict[str, tuple[np.ndarray, dict[str, float], str]] = {
-            s: (singles[s][rows], {s: 1.0}, "weighted") for s in singles
+            s: (singles[s], {s: 1.0}, "weighted") for s in singles
         }
-        result: dict[str, Any] = {
-            "users": int(len(rows)),
-            "singles": {s: round(m, 6) for s, m in single_means.items()},
+        champion = best_single
+        if overall:
+            options["blend"] = (overall["values"], overall["weights"], overall["blend"])
+            if float(np.nanmean(overall["values"])) >= means[best_single]:
+                champion = "blend"
+        trace: dict[str, Any] = {
+            "bins": [_bin_label(lo, hi) for lo, hi in bins],
+            "singles": {s: round(m, 6) for s, m in means.items()},
             "champion": champion,
-            "folds": [{"weights": w, "blend": b, "study": t} for w, b, t in found],
+            "overall": {k: v for k, v in overall.items() if k != "values"},
+            "per_bin": {},
         }
-        if found and np.isfinite(oos).all():
-            # The blend the route would serve: the fold winner scoring best on all its users.
-            scored = [(self._route_value(w, b, rows)[1], w, b) for w, b, _ in found]
-            _, w, b = max(scored, key=lambda x: x[0])
-            options["blend"] = (oos, w, b)
-            result["blend_oos"] = round(float(np.nanmean(oos)), 6)
-        best = max(options, key=lambda o: float(np.nanmean(options[o][0])))
-        choice = champion
-        if best != champion:
-            verdict, better = self._beats(options[champion][0], options[best][0], champion, best)
-            result["challenger"] = {"name": best, "verdict": verdict}
-            if better:
-                choice = best
-        values, weights, blend = options[choice]
-        result.update(
-            choice=choice,
-            weights=weights,
-            blend=blend,
-            values=values,
-            total=float(np.nansum(values)),
-            rows=rows,
-        )
-        return result
+        if overall:
+            trace["overall"]["oos"] = round(float(np.nanmean(overall["values"])), 6)
+        per_bin = []
+        for lo, hi in bins:
+            rows = np.flatnonzero((n >= lo) & ((n <= hi) if hi is not None else True))
+            label = _bin_label(lo, hi)
+            self.clock.tick(f"routes: history {label}")
+            opts = {k: (v[rows], w, b) for k, (v, w, b) in options.items()}
+            found = {}
+            if len(bins) > 1:
+                found = self._crossfit(
+                    label, rows, fold, cap, share / 4 * len(rows) / len(every), priors
+                )
+            if found:
+                opts["bin blend"] = (found["values"], found["weights"], found["blend"])
+            bin_means = {k: float(np.nanmean(v)) for k, (v, _, _) in opts.items()}
+            best = max(bin_means, key=lambda k: bin_means[k])
+            choice, verdict = champion, None
+            if best != champion:
+                verdict, better = self._beats(opts[champion][0], opts[best][0], champion, best)
+                if better:
+                    choice = best
+            per_bin.append({"rows": rows, "choice": choice, "option": opts[choice]})
+            trace["per_bin"][label] = {
+                "users": int(len(rows)),
+                "means": {k: round(v, 6) for k, v in bin_means.items()},
+                "challenger": best if best != champion else None,
+                "verdict": verdict,
+                "choice": choice,
+                "folds": found.get("folds"),
+            }
+        # Merge runs of equal choices; then, while there are too many, the cheapest merge.
+        runs = []
+        for i, b in enumerate(per_bin):
+            key = (tuple(sorted(b["option"][1].items())), b["option"][2])
+            if runs and runs[-1]["key"] == key:
+                runs[-1]["bins"].append(i)
+            else:
+                runs.append({"key": key, "bins": [i], "option": b["option"]})
+        while len(runs) > self.opt.max_routes:
+            costs = []
+            for r in range(len(runs)):
+                for nb in (r - 1, r + 1):
+                    if 0 <= nb < len(runs):
+                        rows = np.concatenate([per_bin[i]["rows"] for i in runs[r]["bins"]])
+                        own = np.nansum(self._route_value(*runs[r]["option"][1:], rows)[0])
+                        other = np.nansum(self._route_value(*runs[nb]["option"][1:], rows)[0])
+                        costs.append((own - other, r, nb))
+            _, r, nb = min(costs)
+            runs[nb]["bins"] = sorted(runs[nb]["bins"] + runs[r]["bins"])
+            del runs[r]
+        routes, values, lo = [], np.full(len(self.val), np.nan), 0
+        for k, run in enumerate(runs):
+            last = run["bins"][-1]
+            hi = None
+            if k < len(runs) - 1:
+                hi = _cut(n[per_bin[last]["rows"]].max(), n[per_bin[last + 1]["rows"]].min())
+            _, weights, blend = run["option"]
+            routes.append(
+                {"name": "h" + _bin_label(lo, hi), "max_history": hi, "weights": weights,
+                 "blend": blend}
+            )  # fmt: skip
+            for i in run["bins"]:
+                b = per_bin[i]
+                if b["option"][1] == weights and b["option"][2] == blend:
+                    values[b["rows"]] = b["option"][0]
+                else:  # merged into a neighbour's choice: score that choice here
+                    values[b["rows"]] = self._route_value(weights, blend, b["rows"])[0]
+            lo = (hi or 0) + 1
+        return routes, values, trace
+
+    def _single_values(self, name: str) -> np.ndarray:
+        """Per-user values of ``name`` alone (popularity where it cannot serve, as served)."""
+        return self.val.values(self._lists({name: 1.0}, "weighted", np.arange(len(self.val))))
 
     def _beats(self, base: np.ndarray, new: np.ndarray, a: str, b: str) -> tuple[str, bool]:
         """Is ``new`` significantly better than ``base`` (paired over the same users, at the
