@@ -10,7 +10,7 @@ from typing import Any
 
 from apiflask import APIFlask
 
-from recsys.config import DEFAULTS, instance_defaults
+from recsys.config import DEFAULTS, STRING_KEYS, instance_defaults
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     app.config["DOCS_PATH"] = "/docs"
     app.config.update(DEFAULTS)
     app.config.from_prefixed_env("RECSYS", loads=_json_loads_or_str)
+    for key in STRING_KEYS:  # secrets and URLs are strings: "0" and "true" stay as given
+        if (raw := os.environ.get(f"RECSYS_{key}")) is not None:
+            app.config[key] = raw
     if test_config:
         app.config.update(test_config)
     for key, value in instance_defaults(app.instance_path).items():

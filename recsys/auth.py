@@ -42,6 +42,16 @@ def check_admin() -> str:
     return actor
 
 
+def is_admin() -> bool:
+    """Whether the request carries the admin token (never raises: for answers that show more
+    to an admin, such as /readyz's reasons)."""
+    try:
+        check_admin()
+    except RecsysError:
+        return False
+    return True
+
+
 def require_admin(fn: Callable[..., Any]) -> Callable[..., Any]:
     """View decorator: admin token required."""
 

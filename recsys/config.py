@@ -3,7 +3,9 @@
 Every key can be overridden from the environment with the ``RECSYS_`` prefix
 (``RECSYS_DATABASE_URL`` sets ``DATABASE_URL``) or by the mapping given to ``create_app``.
 Values read from the environment are parsed as JSON when they look like JSON, so
-``RECSYS_CACHE_TTL=60`` is an int. The README documents each key.
+``RECSYS_CACHE_TTL=60`` is an int, except the keys in ``STRING_KEYS`` (secrets and URLs), which
+are always taken as the exact string given: ``RECSYS_ADMIN_TOKEN=0`` is the token ``"0"``, not a
+falsy number that would disable admin. The README documents each key.
 """
 
 from __future__ import annotations
@@ -71,7 +73,36 @@ DEFAULTS: dict[str, object] = {
     # ... and compute that middleware's misses there too (the same function the view calls),
     # instead of handing them to Flask. Read per request; needs FAST_CACHE_PATH.
     "FAST_MISS_PATH": True,
+    # -- hardening (README, "Reliability") ------------------------------------------------------
+    # Largest request body in bytes (Content-Length or streamed/chunked), refused with 413
+    # before it is read.
+    "MAX_BODY_BYTES": 1 << 20,
+    # API keys for writes (and, with API_KEYS_FOR_READS, reads): "key=scope,scope;key2=scope"
+    # or, from create_app, a mapping {key: [scopes]}. Scopes: events:write, catalog:write, read.
+    # None: writes are open (development only; see README).
+    "API_KEYS": None,
+    # Reads (recommendations, similar, popular) need a key with the "read" scope too.
+    "API_KEYS_FOR_READS": False,
+    # Unknown item ids in events create available stub items (True) or refuse the batch (422).
+    "EVENTS_CREATE_ITEMS": True,
+    # Most new items one POST /v1/events may create (more: the batch is refused, 422).
+    "EVENTS_MAX_NEW_ITEMS": 100,
+    # SQL timeouts. Connecting (libpq connect_timeout), each statement (server-side
+    # statement_timeout, and client-side: a socket silent that long is cut, so a database that
+    # hangs rather than refuses cannot hold a thread), lock waits, and waiting for a pooled
+    # connection.
+    "DB_CONNECT_TIMEOUT_S": 2.0,
+    "DB_STATEMENT_TIMEOUT_MS": 3000,
+    "DB_LOCK_TIMEOUT_MS": 2000,
+    "DB_POOL_TIMEOUT_S": 2.0,
+    # Circuit breaker over the SQL store: after DB_BREAKER_FAILURES consecutive connection
+    # failures or timeouts, SQL is not tried for DB_BREAKER_RESET_S; then one request probes.
+    "DB_BREAKER_FAILURES": 1,
+    "DB_BREAKER_RESET_S": 5.0,
 }
+
+# Taken from the environment as plain strings, never parsed as JSON (see the module docstring).
+STRING_KEYS = ("ADMIN_TOKEN", "API_KEYS", "DATABASE_URL", "REDIS_URL", "REDIS_PREFIX")
 
 
 def instance_defaults(instance_path: str) -> dict[str, str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from flask import Flask, jsonify
 from sqlalchemy import exc as sa_exc
@@ -44,9 +46,55 @@ class ModelError(RecsysError):
     name = "Model Error"
 
 
-# The SQL store cannot be reached (down, connection cut, pool exhausted, statement timeout):
-# answered 503 + Retry-After, never acknowledged as done.
-DB_UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+class DatabaseUnavailable(Exception):
+    """The SQL store is not tried (circuit open, ``recsys.store.guard``) or did not answer in
+    time (socket cut by the watchdog)."""
+
+    def __init__(self, description: str = "", retry_after: int = 5):
+        super().__init__(description or "the database is unavailable (circuit open)")
+        self.retry_after = int(retry_after)
+
+
+# The SQL store cannot be reached (down, hung, connection cut, pool exhausted, statement
+# timeout): answered 503 + Retry-After, never acknowledged as done.
+DB_UNAVAILABLE = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    DatabaseUnavailable,
+)
+
+
+class RateLimitedLog:
+    """At most one line per ``every_s`` for a recurring condition (an outage refuses every
+    request; one line each would flood the log): the first at once, later ones with the count
+    of lines left out since."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 10.0, clock=time.monotonic):
+        self.logger = logger
+        self.every_s = every_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._last = -float("inf")
+        self._suppressed = 0
+
+    def warning(self, msg: str, *args) -> bool:
+        """Log ``msg % args`` unless one was logged within ``every_s``; True if logged."""
+        with self._lock:
+            now = self.clock()
+            if now - self._last < self.every_s:
+                self._suppressed += 1
+                return False
+            self._last, left_out = now, self._suppressed
+            self._suppressed = 0
+        if left_out:
+            msg += " (%d more like this in the last %.0f s)"
+            args = (*args, left_out, self.every_s)
+        self.logger.warning(msg, *args)
+        return True
+
+
+_db_log = RateLimitedLog(log)
 
 
 def error_body(code: int, name: str, description: str) -> dict:
@@ -67,14 +115,15 @@ def register_error_handlers(app: Flask) -> None:
         return jsonify(error_body(e.code, e.name, e.description)), e.code
 
     def _db_unavailable(e: Exception):
-        log.warning("database unavailable: %s", str(e).splitlines()[0])
+        _db_log.warning("database unavailable: %s", (str(e).splitlines() or [""])[0][:300])
         body = error_body(
             503,
             "Service Unavailable",
-            "the database is unreachable; nothing was done, retry later "
+            "the database is unreachable; nothing was acknowledged, retry later "
             "(events with an id are safe to re-send)",
         )
-        return jsonify(body), 503, {"Retry-After": "5"}
+        retry_after = getattr(e, "retry_after", 5)
+        return jsonify(body), 503, {"Retry-After": str(retry_after)}
 
     for cls in DB_UNAVAILABLE:
         app.register_error_handler(cls, _db_unavailable)

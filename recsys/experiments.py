@@ -41,11 +41,13 @@ from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from recsys.errors import DB_UNAVAILABLE, RateLimitedLog
 from recsys.evaluation.stats import wilson_interval
 from recsys.polling import BackgroundPoll
 from recsys.store.models import Event, Experiment, Exposure, Item, User, utcnow
 
 log = logging.getLogger(__name__)
+_poll_log = RateLimitedLog(log, every_s=60.0)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 CLICK_TYPES = ("click",)
@@ -254,6 +256,8 @@ class ExperimentCache:
             try:
                 with session_scope(self.app) as s:
                     self._experiments = list_all(s)
+            except DB_UNAVAILABLE as e:  # an outage: one line now and then, no traceback
+                _poll_log.warning("could not refresh experiments: %s", e)
             except Exception:  # keep serving with the last known experiments
                 log.exception("could not refresh experiments")
             self._loaded_at = now

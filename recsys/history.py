@@ -18,6 +18,11 @@ about as much CPU as the read itself. A pooled connection found dead (the databa
 is dropped with the rest of that pool and the read is retried once on a new connection; any
 other failure, or a second one, is raised as SQLAlchemy's exception for it (``OperationalError``
 and the like: ``recsys.errors.DB_UNAVAILABLE``), as a ``Connection`` would raise it.
+
+The read is bounded (``recsys.store.guard``): by ``timeout_s`` (the request's deadline) or the
+statement timeout, whichever is shorter. A database that does not answer within it has the
+socket cut and the read raises ``DatabaseUnavailable`` (no retry: it would wait again) and
+opens the circuit breaker; while the breaker is open no read is attempted.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
+from recsys.errors import DatabaseUnavailable
 from recsys.service import UserHistory
+from recsys.store.guard import DbGuard, socket_fd
 from recsys.store.models import Event, User
 
 DEFAULT_MAX_EVENTS = 500
@@ -122,32 +129,47 @@ class ItemIds:
 class HistoryReader:
     """Reads histories over ``engine``'s pool (the hot engine; see the module docstring)."""
 
-    def __init__(self, engine: Engine, item_ids: ItemIds | None = None):
+    def __init__(
+        self, engine: Engine, item_ids: ItemIds | None = None, guard: DbGuard | None = None
+    ):
         self.engine = engine
         self.stmt = _Compiled(HISTORY_STMT, engine)
         self.item_ids = item_ids or ItemIds()
+        self.guard = guard
 
-    def load(self, user_id: str, limit: int = DEFAULT_MAX_EVENTS) -> UserHistory:
-        """The user's last ``limit`` events, newest first. Unknown users get an empty history."""
+    def load(
+        self, user_id: str, limit: int = DEFAULT_MAX_EVENTS, timeout_s: float | None = None
+    ) -> UserHistory:
+        """The user's last ``limit`` events, newest first. Unknown users get an empty history.
+        ``timeout_s``: give up (``DatabaseUnavailable``) after that long (see the module)."""
         user_id = str(user_id)
         params = self.stmt.params({"user_id": user_id, "limit": int(limit)})
+        if self.guard is not None:
+            limit_s = self.guard.statement_timeout_s
+            timeout_s = limit_s if timeout_s is None else min(timeout_s, limit_s)
         try:
-            return self._load(user_id, params)
+            return self._load(user_id, params, timeout_s)
         except sa_exc.DBAPIError as e:
             if not e.connection_invalidated:
                 raise
         # The pooled connection was dead (the database restarted or cut it): every other idle
         # one of this pool is from before as well. Start the pool over and try once more.
         self.engine.dispose()
-        return self._load(user_id, params)
+        return self._load(user_id, params, timeout_s)
 
-    def _load(self, user_id: str, params) -> UserHistory:
+    def _load(self, user_id: str, params, timeout_s: float | None) -> UserHistory:
         engine = self.engine
         dbapi = engine.dialect.loaded_dbapi
         try:
             conn = engine.raw_connection()
         except dbapi.Error as e:  # cannot connect: raised as a Connection would raise it
             raise sa_exc.DBAPIError.instance(None, None, e, dbapi.Error) from e
+        guard = self.guard
+        watch = None
+        if guard is not None and timeout_s is not None:
+            fd = socket_fd(conn.dbapi_connection)
+            if fd is not None:
+                watch = guard.watchdog.watch(fd, timeout_s)
         try:
             cursor = conn.cursor()
             try:
@@ -157,6 +179,14 @@ class HistoryReader:
             finally:
                 cursor.close()
         except dbapi.Error as e:
+            if watch is not None and guard.watchdog.release(watch):
+                watch = None
+                conn.invalidate(e)
+                guard.breaker.failure("history read timed out")
+                raise DatabaseUnavailable(
+                    f"no answer within {timeout_s * 1000:.0f} ms",
+                    retry_after=guard.breaker.retry_after(),
+                ) from e
             dead = engine.dialect.is_disconnect(e, conn.dbapi_connection, None)
             if dead:
                 conn.invalidate(e)
@@ -164,7 +194,11 @@ class HistoryReader:
                 self.stmt.sql, params, e, dbapi.Error, connection_invalidated=dead
             ) from e
         finally:
+            if watch is not None and guard.watchdog.release(watch):
+                conn.invalidate()  # answered as it was cut: never reuse the socket
             conn.close()  # back to the pool (or, invalidated, discarded)
+        if guard is not None:
+            guard.breaker.success()
         return _history(user_id, rows, items)
 
 
@@ -185,14 +219,16 @@ def _history(user_id: str, rows: list, items: list[str]) -> UserHistory:
 def get_history_reader(app) -> HistoryReader:
     reader = app.extensions.get("recsys.history_reader")
     if reader is None:
-        from recsys.store.db import get_hot_engine
+        from recsys.store.db import get_guard, get_hot_engine
 
         reader = app.extensions.setdefault(
-            "recsys.history_reader", HistoryReader(get_hot_engine(app))
+            "recsys.history_reader", HistoryReader(get_hot_engine(app), guard=get_guard(app))
         )
     return reader
 
 
-def load_history(app, user_id: str, limit: int = DEFAULT_MAX_EVENTS) -> UserHistory:
+def load_history(
+    app, user_id: str, limit: int = DEFAULT_MAX_EVENTS, timeout_s: float | None = None
+) -> UserHistory:
     """The user's last ``limit`` events, newest first (``HistoryReader.load`` of ``app``)."""
-    return get_history_reader(app).load(user_id, limit)
+    return get_history_reader(app).load(user_id, limit, timeout_s)

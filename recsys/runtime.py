@@ -47,7 +47,7 @@ from sqlalchemy import select
 from features.interactions import EVENT_CODE, History, user_batch
 from recsys import metrics
 from recsys.deadline import run_with_deadline  # noqa: F401  (INTERFACES.md names it here too)
-from recsys.errors import ModelError
+from recsys.errors import DB_UNAVAILABLE, ModelError, RateLimitedLog
 from recsys.lifecycle import on_after_fork
 from recsys.polling import BackgroundPoll
 from recsys.registry import LoadedModel, ModelRepository, get_repository, model_nbytes
@@ -55,6 +55,7 @@ from recsys.store.models import Event, Item, StrategySetting
 from strategies.base import Strategy, UserBatch
 
 log = logging.getLogger(__name__)
+_poll_log = RateLimitedLog(log, every_s=60.0)
 
 LOAD_MODES = ("preload", "lazy")
 DEFAULT_LOAD_MODE = "preload"
@@ -733,6 +734,10 @@ class ModelRuntime:
             if self._polled and time.monotonic() - self._last_poll < self.poll_seconds:
                 return
             changed = self._poll()
+        except DB_UNAVAILABLE as e:  # an outage: one line now and then, no traceback
+            _poll_log.warning("polling active model versions failed: %s", e)
+            self._last_poll = time.monotonic()
+            return
         except Exception:  # noqa: BLE001 - a store hiccup must not fail requests
             log.exception("polling active model versions failed")
             self._last_poll = time.monotonic()

@@ -3,7 +3,9 @@
 * Redis: a private ``redis-server`` on a free port, killed mid-test.
 * PostgreSQL: the app reaches the real database through a TCP relay in this process; closing
   the relay (listener and every live connection) is an outage as the app sees it, and the
-  database itself stays up for the assertions.
+  database itself stays up for the assertions. Freezing the relay (it keeps every connection
+  open and accepts new ones, but forwards nothing) is a database that hangs rather than
+  refuses, as a SIGSTOPped server or a dropped network path looks to the app.
 * A corrupt model file: covered by tests/test_runtime.py (hot swap with a tampered version keeps
   the old one; /readyz names a broken preload model); here, a worker that meets a corrupt
   *active* version at start still answers.
@@ -26,7 +28,9 @@ from tests.servicekit import ADMIN_TOKEN, seed_store, train_and_register
 
 
 class Relay:
-    """A TCP relay 127.0.0.1:port -> target; ``down()`` refuses and cuts every connection."""
+    """A TCP relay 127.0.0.1:port -> target; ``down()`` refuses and cuts every connection;
+    ``freeze()`` stops forwarding (connections stay open, new ones are accepted) until
+    ``thaw()``."""
 
     def __init__(self, host: str, port: int):
         self.target = (host, port)
@@ -34,7 +38,15 @@ class Relay:
         self.port = self.listener.getsockname()[1]
         self.conns: list[socket.socket] = []
         self.lock = threading.Lock()
+        self.flowing = threading.Event()
+        self.flowing.set()
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self):
+        self.flowing.clear()
+
+    def thaw(self):
+        self.flowing.set()
 
     def _accept(self):
         while True:
@@ -48,10 +60,10 @@ class Relay:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src, dst):
+    def _pipe(self, src, dst):
         try:
             while data := src.recv(65536):
+                self.flowing.wait()  # frozen: hold what was read, forward nothing
                 dst.sendall(data)
         except OSError:
             pass
@@ -215,3 +227,173 @@ def test_postgres_down(make_app, pg_schema_url, redis_url, redis_prefix):
 
     with session_scope(probe) as s:
         assert s.scalar(select(Item.available).where(Item.external_id == "i1")) is True
+
+
+def _stored_event_keys(app) -> set[str]:
+    from recsys.store import session_scope
+    from recsys.store.models import Event
+
+    with session_scope(app) as s:
+        return {k for (k,) in s.execute(select(Event.idem_key)) if k}
+
+
+class _Load:
+    """Clients in threads, each repeating: an event with an id, a cached read, /healthz, an
+    uncached read. Records every answer; an event counts as acknowledged on a 2xx only."""
+
+    def __init__(self, app, threads: int = 3):
+        self.app = app
+        self.stop = threading.Event()
+        self.started = threading.Barrier(threads + 1)
+        self.acked: set[str] = set()
+        self.answers: list[tuple[str, int, bool]] = []  # (kind, status, degraded)
+        self.lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(threads)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, k: int):
+        client = self.app.test_client()
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            key = f"load-{k}-{n}"
+            r = client.post(
+                "/v1/events",
+                json={"user_id": f"load{k}", "item_id": "i1", "type": "view", "id": key},
+            )
+            answers = [("event", r.status_code, False)]
+            if r.status_code in (200, 201):
+                with self.lock:
+                    self.acked.add(f"api:{key}")
+            for kind, url in (
+                ("cached", "/v1/users/u0/recommendations"),
+                ("healthz", "/healthz"),
+                ("uncached", f"/v1/users/new-{k}-{n}/recommendations"),
+            ):
+                r = client.get(url)
+                body = r.get_json() or {}
+                answers.append((kind, r.status_code, bool(body.get("degraded"))))
+            with self.lock:
+                self.answers += answers
+            if n == 1:
+                self.started.wait()
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+            assert not t.is_alive(), "a client is still waiting on the server"
+
+
+@pytest.mark.postgres
+def test_database_hangs_mid_load(make_app, pg_schema_url, redis_url, redis_prefix):
+    """PostgreSQL stops answering (the relay forwards nothing) while clients post events and
+    read: /healthz and cached lists answer as usual, uncached lists answer degraded within
+    the request deadline, writes are refused with 503 + Retry-After without waiting once the
+    breaker is open, the database costs one probe per breaker period rather than a timeout
+    per request, everything recovers after, and no acknowledged event is lost."""
+    from recsys.store.db import get_breaker, get_watchdog
+
+    parts = urlsplit(pg_schema_url)
+    relay = Relay(parts.hostname or "127.0.0.1", parts.port or 5432)
+    stmt_ms, deadline_ms = 3000, 500
+    app = _warm_app(
+        make_app,
+        DATABASE_URL=_via(pg_schema_url, relay.port),
+        REDIS_URL=redis_url,
+        REDIS_PREFIX=redis_prefix,
+        DB_STATEMENT_TIMEOUT_MS=stmt_ms,
+        DB_BREAKER_RESET_S=0.5,
+    )
+    app.config["DEADLINE_MS"] = deadline_ms
+    # Anything that waited on the frozen socket would take at least this long (the cut).
+    sql_wait_s = stmt_ms / 1000 + 1.0
+    client = app.test_client()
+    cached = client.get("/v1/users/u0/recommendations").get_json()
+    assert client.get("/v1/users/u0/recommendations").get_json()["cached"] is True
+    breaker, watchdog = get_breaker(app), get_watchdog(app)
+
+    load = _Load(app)
+    load.started.wait()  # every client has been through one round: the load is running
+    relay.freeze()
+
+    # /healthz and a cached list never touch SQL.
+    for url in ("/healthz", "/v1/users/u0/recommendations"):
+        t0 = time.monotonic()
+        r = client.get(url)
+        assert r.status_code == 200 and time.monotonic() - t0 < sql_wait_s, url
+    assert r.get_json()["cached"] is True and r.get_json()["items"] == cached["items"]
+
+    # An uncached list: the history read is cut at the request deadline, popularity answers.
+    t0 = time.monotonic()
+    r = client.get("/v1/users/hang-probe/recommendations")
+    took = time.monotonic() - t0
+    body = r.get_json()
+    assert r.status_code == 200 and body["degraded"] is True and body["cached"] is False
+    assert body["items"] and took < sql_wait_s, took
+    assert breaker.state != "closed"  # that read (or a client's) opened the circuit
+
+    # Writes while the circuit is open: refused at once (no socket waited on), 503 JSON.
+    cuts, refused = watchdog.cuts, breaker.refused
+    t0 = time.monotonic()
+    r = client.post("/v1/events", json={"user_id": "u9", "item_id": "i1", "type": "view"})
+    took = time.monotonic() - t0
+    assert _is_json_error(r, 503) and int(r.headers["Retry-After"]) >= 1
+    assert breaker.refused > refused and took < sql_wait_s
+    assert _is_json_error(client.put("/v1/items/i1", json={"title": "x"}), 503)
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.get_json()["database"] == "unavailable"
+
+    # Many more requests while frozen cost at most the probes (one per breaker period) and
+    # what was in flight when the database froze, not one timeout each.
+    with load.lock:
+        seen = len(load.answers)
+    probes = breaker.probes
+    for k in range(20):
+        assert client.get(f"/v1/users/frozen-{k}/recommendations").get_json()["degraded"]
+        assert (
+            client.post(
+                "/v1/events", json={"user_id": "u9", "item_id": "i1", "type": "view"}
+            ).status_code
+            == 503
+        )
+    in_flight_bound = len(load.threads) + 4  # clients + background pollers + this thread
+    assert watchdog.cuts - cuts <= in_flight_bound + (breaker.probes - probes)
+
+    relay.thaw()
+    # Recovery: within a few breaker periods a probe succeeds and the circuit closes.
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        r = client.post("/v1/events", json={"user_id": "u8", "item_id": "i2", "type": "view"})
+        if r.status_code == 201:
+            break
+        time.sleep(0.05)
+    assert r.status_code == 201, r.get_data(as_text=True)
+    assert breaker.state == "closed"
+    assert client.get("/readyz").status_code == 200
+    body = client.get("/v1/users/u6/recommendations").get_json()
+    assert body["degraded"] is False and "ease" in body["model_versions"]
+    with load.lock:
+        after = len(load.answers)
+    while True:  # the clients get through a round after recovery too
+        with load.lock:
+            if len(load.answers) >= after + 4 * len(load.threads):
+                break
+        time.sleep(0.05)
+    load.finish()
+
+    kinds = {}
+    for kind, status, degraded in load.answers:
+        kinds.setdefault(kind, []).append((status, degraded))
+    # Reads always answered; writes answered 2xx or 503, never anything else.
+    assert all(s == 200 for k in ("cached", "healthz", "uncached") for s, _ in kinds[k])
+    assert not any(d for _, d in kinds["cached"])
+    assert {s for s, _ in kinds["event"]} <= {200, 201, 503}
+    assert seen >= len(load.threads) * 4
+    # Every acknowledged event is stored (through a fresh app on the database directly).
+    stored = _stored_event_keys(make_app())
+    assert load.acked and load.acked <= stored, sorted(load.acked - stored)[:10]
+    relay.down()

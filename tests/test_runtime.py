@@ -97,6 +97,10 @@ def test_readyz_reports_a_broken_preload_model(make):
     assert rt.preload() == ["tiny"]
     r = app.test_client().get("/readyz")
     assert r.status_code == 503
+    # The model is named to anyone; why it failed (paths, checksums) only to an admin.
+    assert r.get_json()["pending"] == [{"strategy": "tiny", "version": "v1"}]
+    r = app.test_client().get("/readyz", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 503
     (pending,) = r.get_json()["pending"]
     assert pending["strategy"] == "tiny" and "checksum" in pending["error"]
 

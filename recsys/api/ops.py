@@ -9,6 +9,8 @@ from flask import Response
 from sqlalchemy import text
 
 from recsys import metrics
+from recsys.auth import is_admin
+from recsys.errors import RateLimitedLog
 from recsys.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -16,36 +18,50 @@ log = logging.getLogger(__name__)
 bp = APIBlueprint("ops", __name__, tag="Operations")
 
 
+_readiness_log = RateLimitedLog(log)
+
+
 def _database_error() -> str | None:
-    """Why the SQL store cannot be reached, or None (one ``SELECT 1``)."""
+    """Why the SQL store cannot be reached, or None (one ``SELECT 1``, bounded like every
+    statement; nothing at all while the circuit breaker is open)."""
     from recsys.store import get_engine
 
     try:
         with get_engine().connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as e:  # any failure means "not ready", with the reason
-        log.warning("readiness: database unreachable: %s", str(e).splitlines()[0])
-        return str(e).splitlines()[0][:300]
+        why = (str(e).splitlines() or [type(e).__name__])[0][:300]
+        _readiness_log.warning("readiness: database unreachable: %s", why)
+        return why
     return None
 
 
 @bp.get("/readyz")
 @bp.doc(
     summary="Readiness: the database answers and every preload model is loaded and warmed",
-    description="200 when ready; 503 with the pending models (and any load error), or with "
-    "`database` saying why the SQL store cannot be reached, otherwise.",
+    description="200 when ready; 503 with the pending models, or with `database: "
+    '"unavailable"`, otherwise. The reasons (load errors, the driver\'s message naming the '
+    "database host) only with the admin token (`Authorization: Bearer`).",
 )
 def readyz():
     db_error = _database_error()
     rt = get_runtime()
     ready = rt.ready()
+    details = is_admin()
+    pending = [] if ready else rt.pending()
     body = {
         "status": "ready" if ready else "loading",
-        "pending": [] if ready else rt.pending(),
+        "pending": pending
+        if details
+        else [{k: p[k] for k in ("strategy", "version")} for p in pending],
         "models": rt.active_versions(),
     }
     if db_error:
-        body.update(status="database unavailable", database=db_error)
+        body.update(status="database unavailable", database=db_error if details else "unavailable")
+    if details:
+        from recsys.store.db import get_breaker
+
+        body["breaker"] = get_breaker().stats()
     return body, 200 if ready and not db_error else 503
 
 

@@ -27,7 +27,7 @@ from flask import Response, current_app, has_request_context, request
 from recsys import metrics
 from recsys.cache import get_cache
 from recsys.catalog import Catalog, get_catalog_store
-from recsys.errors import DB_UNAVAILABLE, NotFound
+from recsys.errors import DB_UNAVAILABLE, NotFound, RateLimitedLog
 from recsys.history import DEFAULT_MAX_EVENTS, load_history
 from recsys.schemas import (
     MAX_EXCLUDE,
@@ -43,6 +43,8 @@ from recsys.service import Recommender, RecRequest, RecResult, ServingConfig, Us
 from recsys.settings import Versions, get_settings
 
 log = logging.getLogger(__name__)
+# During an outage every uncached request fails its history read: one line per 10 s, not each.
+_history_log = RateLimitedLog(log)
 
 bp = APIBlueprint("recommend", __name__, url_prefix="/v1", tag="Recommendations")
 
@@ -157,6 +159,13 @@ def recommend_in_turn(
         log.warning("no scoring turn within the %.0f ms deadline: popularity", req.deadline_s * 1e3)
     rec = ctx.recommender({**(overrides or {}), **POPULAR_ONLY})
     return rec.recommend(history, req), not popular_only
+
+
+def unloadable(ctx: Serving, result: RecResult) -> bool:
+    """Whether a strategy the answer skipped has an active version that this process could
+    not load (a corrupt or missing file): the list lacks a model it should have, so it is
+    degraded (and not cached), unlike a strategy that simply has no active version."""
+    return any(name in ctx.wanted_versions for name in result.skipped)
 
 
 def split_exclude(raw: str | None) -> list[str] | None:
@@ -321,15 +330,18 @@ def user_payload(
     def compute() -> tuple[bytes, bool]:
         store_down = False
         try:
-            history = load_history(app, user_id, limit)
+            # Within the request's deadline: a database that hangs gets that long, no more.
+            history = load_history(app, user_id, limit, req.deadline_s)
         except DB_UNAVAILABLE as e:
             # No history without the SQL store: popular items beat an error page for a
             # shop's frontend; marked degraded, so never cached.
-            log.warning("history lookup failed, serving popularity: %s", str(e).splitlines()[0])
+            _history_log.warning(
+                "history lookup failed, serving popularity: %s", (str(e).splitlines() or [""])[0]
+            )
             history, store_down = UserHistory.from_items(user_id, [], type="click"), True
         result, fell_back = recommend_in_turn(ctx, overrides, history, req, shed or store_down)
         out = {"user_id": user_id, **result.to_dict(explain=explain), "cached": False}
-        if shed or store_down or fell_back:
+        if shed or store_down or fell_back or unloadable(ctx, result):
             out["degraded"] = True
         if assignment:
             out["experiment"] = {
@@ -416,7 +428,7 @@ def session_recommendations(body: dict):
     result, fell_back = recommend_in_turn(ctx, None, history, req, adm.shed)
     metrics.set_route(result.route)
     out = {"user_id": None, **result.to_dict(explain=body["explain"]), "cached": False}
-    if adm.shed or fell_back:
+    if adm.shed or fell_back or unloadable(ctx, result):
         out["degraded"] = True
     return out
 

@@ -4,6 +4,10 @@ Two engines per process, kept in ``app.extensions``: the main one (sessions, wri
 pre-pinged pool) and the request path's history read (``get_hot_engine``: autocommit, no
 pre-ping). After a fork (gunicorn ``post_fork``) both pools are re-created with
 ``dispose(close=False)`` so children never share the parent's sockets.
+
+Both are bounded (``recsys.store.guard``): connect, statement and lock timeouts, a pool
+checkout timeout, a watchdog that cuts a socket the database leaves silent, and one circuit
+breaker per process shared by both engines.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from flask import Flask, current_app
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from recsys.store.guard import Breaker, DbGuard, SocketWatchdog
 
-def make_engine(url: str, pre_ping: bool = True, **kw) -> Engine:
+
+def make_engine(url: str, pre_ping: bool = True, guard: DbGuard | None = None, **kw) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -33,19 +39,37 @@ def make_engine(url: str, pre_ping: bool = True, **kw) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=pre_ping, pool_size=5, max_overflow=10, **kw)
+    if guard is None:
+        return create_engine(url, pool_pre_ping=pre_ping, pool_size=5, max_overflow=10, **kw)
+    # Guarded (recsys.store.guard): its own pre-ping, which the watchdog can bound.
+    engine = create_engine(
+        url,
+        pool_pre_ping=False,
+        pool_size=5,
+        max_overflow=10,
+        pool_timeout=guard.pool_timeout_s,
+        connect_args=guard.postgres_connect_args() if url.startswith("postgresql") else {},
+        **kw,
+    )
+    guard.apply(engine, pre_ping)
+    return engine
 
 
 def init_db(app: Flask) -> None:
     url = app.config["DATABASE_URL"]
-    engine = make_engine(url)
+    app.extensions["recsys.db_guard"] = guard = DbGuard.from_config(app.config)
+    engine = make_engine(url, guard=guard)
     app.extensions["recsys.engine"] = engine
     # The request path's history read (recsys.history) has a pool of its own: autocommit from
     # the start (a Session would wrap the one SELECT in BEGIN ... COMMIT, two more round
     # trips), no pre-ping (one more round trip on every checkout, for a read that is retried
     # on a fresh connection when the pooled one turns out dead), nothing to reset on return.
     app.extensions["recsys.hot_engine"] = make_engine(
-        url, pre_ping=False, isolation_level="AUTOCOMMIT", pool_reset_on_return=None
+        url,
+        pre_ping=False,
+        guard=guard,
+        isolation_level="AUTOCOMMIT",
+        pool_reset_on_return=None,
     )
     app.extensions["recsys.sessionmaker"] = sessionmaker(engine, expire_on_commit=False)
 
@@ -81,6 +105,20 @@ def dispose_engines(app: Flask, close: bool = True) -> None:
 
 def dispose_after_fork(app: Flask) -> None:
     dispose_engines(app, close=False)
+    get_breaker(app).reset()
+
+
+def get_guard(app: Flask | None = None) -> DbGuard:
+    """This process's bounds on the SQL store (``recsys.store.guard``)."""
+    return (app or current_app).extensions["recsys.db_guard"]
+
+
+def get_breaker(app: Flask | None = None) -> Breaker:
+    return get_guard(app).breaker
+
+
+def get_watchdog(app: Flask | None = None) -> SocketWatchdog:
+    return get_guard(app).watchdog
 
 
 def dialect_insert(s: Session, model):
