@@ -81,4 +81,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     # Cache hits of GET /v1/users/<id>/recommendations answered in front of Flask
     # (FAST_CACHE_PATH); last, so the route it serves is registered and checked.
     fastpath.init_app(app)
+
+    from recsys import limits
+
+    # Body size and JSON shape limits; outermost, so nothing reads an oversized body.
+    limits.init_app(app)
     return app

@@ -48,6 +48,11 @@ def _json_safe(value, depth: int = 0) -> None:
         raise ValidationError("nested too deeply")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValidationError("numbers must be finite")
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:  # beyond float range: no JSON reader outside Python could take it back
+            float(value)
+        except OverflowError:
+            raise ValidationError("numbers must be within the range of a 64-bit float") from None
     if isinstance(value, str) and check_text(value):
         raise ValidationError(check_text(value))
     if isinstance(value, dict):
@@ -91,9 +96,9 @@ class Timestamp(Raw):
         if isinstance(value, bool):
             raise ValidationError("must be ISO-8601 or unix seconds")
         if isinstance(value, int | float):
-            if not math.isfinite(value):
-                raise ValidationError("must be a finite number of unix seconds")
-            try:
+            try:  # an integer beyond float range overflows in isfinite() and float()
+                if not math.isfinite(value):
+                    raise ValidationError("must be a finite number of unix seconds")
                 ts = datetime.fromtimestamp(float(value), UTC)
             except (OverflowError, OSError, ValueError) as e:
                 raise ValidationError("unix seconds out of range") from e

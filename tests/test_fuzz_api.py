@@ -85,6 +85,103 @@ def test_no_server_error_on_any_operation(served_app):
     assert not failures, "server errors:\n" + "\n".join(failures)
 
 
+# -- hostile JSON values ---------------------------------------------------------------------
+# Valid JSON that Python's parser or number conversions crash on rather than reject: each was
+# a 500 somewhere (timestamps, floats, the parser itself) before recsys.limits and the schemas
+# handled it. Random generation almost never produces them, so every body field of every
+# operation gets each one in place of its value, and every body is also sent nested deeply.
+HOSTILE = {
+    "int-beyond-float": "1" + "0" * 400,
+    "negative-int-beyond-float": "-1" + "0" * 400,
+    "int-over-4300-digits": "9" * 5000,
+    "float-overflow": "1e999",
+    "deep-list": "[" * 100_000 + "]" * 100_000,
+    "deep-object": '{"a":' * 100_000 + "1" + "}" * 100_000,
+}
+_SLOT = "\x01hostile\x01"
+
+
+def _leaf_paths(value, path=()):
+    """Paths to every value in a JSON document (containers included), root excluded."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return
+    for k, v in items:
+        yield (*path, k)
+        yield from _leaf_paths(v, (*path, k))
+
+
+def _with_hostile(body, path, raw: str) -> str:
+    import copy
+    import json
+
+    doc = copy.deepcopy(body)
+    target = doc
+    for k in path[:-1]:
+        target = target[k]
+    target[path[-1]] = _SLOT
+    return json.dumps(doc).replace(json.dumps(_SLOT), raw)
+
+
+def _example(operation) -> tuple[str, object] | None:
+    """One valid (schemathesis-generated) JSON body of ``operation`` and its URL, or None."""
+    found: list = []
+
+    @settings(
+        max_examples=5,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE))
+    def collect(case):
+        if not found and isinstance(case.body, dict | list) and case.body:
+            found.append((case.formatted_path, case.body))
+
+    try:
+        collect()
+    except Unsatisfiable:
+        pass
+    return found[0] if found else None
+
+
+@pytest.mark.slow
+def test_hostile_json_values_are_4xx_on_every_operation(served_app):
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", served_app)
+    client = served_app.test_client()
+    failures, tried, operations = [], 0, set()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        method = operation.method.upper()
+        example = _example(operation) if method in ("POST", "PUT", "PATCH") else None
+        if example is None:
+            continue
+        operations.add(operation.label)
+        url, body = example
+        texts = {f"{name} (whole body)": raw for name, raw in HOSTILE.items()}
+        # The body as it is, and inside a list (POST /v1/events takes both).
+        for shape, doc in (("", body), ("[0].", [body])):
+            for path in _leaf_paths(doc):
+                for name, raw in HOSTILE.items():
+                    where = shape + ".".join(map(str, path))
+                    texts[f"{name} at {where}"] = _with_hostile(doc, path, raw)
+        for what, text in texts.items():
+            tried += 1
+            r = _raw(client, method, url, text)
+            body_out = r.get_json(silent=True) or {}
+            if not (
+                400 <= r.status_code < 500 and {"code", "name", "description"} <= set(body_out)
+            ):
+                failures.append(f"{operation.label} {what}: {r.status_code} {r.data[:120]!r}")
+    assert {"POST /v1/events", "PUT /v1/items/{item_id}"} <= operations and tried > 100
+    assert not failures, "\n".join(failures[:30])
+
+
 # -- what fuzzing found, pinned ------------------------------------------------------------
 NUL = "a\u0000b"
 SURROGATE = '"a\\ud800b"'  # raw JSON text: Python's json module accepts a lone surrogate
@@ -191,3 +288,33 @@ def test_experiment_report_is_valid_json_without_exposures(served_app):
     for hours in ("1e308", "nan", "-1", "0"):
         r = client.get(f"/v1/admin/experiments/e1/report?window_hours={hours}", headers=AUTH)
         assert r.status_code == 422 and r.get_json()["name"] == "Unprocessable Entity"
+
+
+@pytest.mark.parametrize(
+    "method,url,text,code",
+    [
+        # OverflowError in the timestamp field (an int beyond float range).
+        (
+            "POST",
+            "/v1/events",
+            '{"user_id": "u", "item_id": "i1", "type": "view", "timestamp": 1%s}' % ("0" * 400),
+            422,
+        ),
+        # Python's 4,300-digit limit on int conversion, raised inside the JSON parser.
+        (
+            "POST",
+            "/v1/events",
+            '{"user_id": "u", "item_id": "i1", "type": "view", "value": %s}' % ("9" * 5000),
+            400,
+        ),
+        ("PUT", "/v1/items/i1", '{"price": %s}' % ("9" * 5000), 400),
+        # RecursionError in the JSON parser.
+        ("POST", "/v1/events", "[" * 100_000 + "]" * 100_000, 400),
+        ("POST", "/v1/recommendations", '{"items": ' + "[" * 100_000 + "]" * 100_000 + "}", 400),
+    ],
+    ids=["timestamp-overflow", "int-4301-digits", "price-4301-digits", "deep", "deep-inside"],
+)
+def test_the_three_json_500s_are_4xx(served_app, method, url, text, code):
+    r = _raw(served_app.test_client(), method, url, text)
+    assert r.status_code == code, r.get_data(as_text=True)[:300]
+    assert {"code", "name", "description"} <= set(r.get_json())
