@@ -49,6 +49,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
 
     errors.register_error_handlers(app)
     db.init_db(app)
+    from recsys import auth
+
+    auth.init_app(app)
 
     from recsys import metrics, runtime
     from recsys.api import admin_models, health, ops

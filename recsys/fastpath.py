@@ -51,6 +51,7 @@ from recsys.api.recommend import (
     user_payload,
     user_request,
 )
+from recsys.auth import given_key, key_allows, keys_required
 from recsys.cache import get_cache
 from recsys.schemas import RecQuery
 
@@ -189,6 +190,10 @@ class FastCachePath:
             return None
         if app.config.get("TRUSTED_HOSTS") is not None:
             return None  # Flask checks the Host header against it
+        if keys_required(app, "read") and not key_allows(
+            app, given_key(environ.get("HTTP_X_API_KEY"), environ.get("HTTP_AUTHORIZATION")), "read"
+        ):
+            return None  # Flask answers 401/403
         user_id = path_user(environ.get("PATH_INFO", ""))
         if user_id is None:
             return None

@@ -12,6 +12,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from recsys.api.events import ensure_ids
+from recsys.auth import require_scope
 from recsys.schemas import MAX_ID, ItemIn, ItemOut, UserIn, UserOut, check_text
 from recsys.settings import CATALOG_VERSION, bump, get_settings
 from recsys.store import session_scope
@@ -45,6 +46,7 @@ def _item_out(item: Item, created: bool) -> dict:
 
 
 @bp.put("/items/<item_id>")
+@require_scope("catalog:write")
 @bp.input(ItemIn, arg_name="body")
 @bp.output(ItemOut)
 @bp.doc(
@@ -86,6 +88,7 @@ def put_item(item_id: str, body: dict):
 
 
 @bp.put("/users/<user_id>")
+@require_scope("catalog:write")
 @bp.input(UserIn, arg_name="body")
 @bp.output(UserOut)
 @bp.doc(summary="Create or update a user's attributes", responses={201: "created"})

@@ -15,6 +15,7 @@ vectors) without retraining.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from apiflask import APIBlueprint, abort
@@ -23,7 +24,9 @@ from marshmallow import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from recsys.auth import require_scope
 from recsys.cache import get_cache
+from recsys.errors import RecsysError
 from recsys.schemas import EventIn, EventsOut
 from recsys.settings import CACHE_EPOCH, get_settings
 from recsys.store import session_scope
@@ -37,8 +40,16 @@ bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
 _schema = EventIn()
 
 
-def ensure_ids(s: Session, model, external_ids: set[str], **defaults: Any) -> dict[str, int]:
-    """external id -> row id, creating missing rows (concurrency-safe: ON CONFLICT DO NOTHING)."""
+def ensure_ids(
+    s: Session,
+    model,
+    external_ids: set[str],
+    refuse: Callable[[list[str]], None] | None = None,
+    **defaults: Any,
+) -> dict[str, int]:
+    """external id -> row id, creating missing rows (concurrency-safe: ON CONFLICT DO NOTHING).
+    ``refuse(missing)``, when given, is called with the ids about to be created and may raise
+    instead."""
     if not external_ids:
         return {}
     wanted = sorted(external_ids)
@@ -46,6 +57,8 @@ def ensure_ids(s: Session, model, external_ids: set[str], **defaults: Any) -> di
         s.execute(select(model.external_id, model.id).where(model.external_id.in_(wanted))).all()
     )
     missing = [x for x in wanted if x not in found]
+    if missing and refuse is not None:
+        refuse(missing)
     if missing:
         now = utcnow()
         rows = [
@@ -64,6 +77,33 @@ def ensure_ids(s: Session, model, external_ids: set[str], **defaults: Any) -> di
     return found
 
 
+def _new_items_policy(app, events: list[dict[str, Any]]) -> Callable[[list[str]], None]:
+    """What to do with item ids of ``events`` the catalogue does not know (EVENTS_CREATE_ITEMS,
+    EVENTS_MAX_NEW_ITEMS): refuse the batch (422) or let them be created, up to the limit."""
+    create = bool(app.config.get("EVENTS_CREATE_ITEMS", True))
+    limit = int(app.config.get("EVENTS_MAX_NEW_ITEMS", 100))
+
+    def refuse(missing: list[str]) -> None:
+        unknown = set(missing)
+        where = [i for i, e in enumerate(events) if e["item_id"] in unknown][:10]
+        sample = ", ".join(repr(x) for x in missing[:5])
+        if not create:
+            raise RecsysError(
+                f"unknown item(s) {sample} (at index {', '.join(map(str, where))}); this server "
+                "does not create items from events (EVENTS_CREATE_ITEMS=false): add them with "
+                "PUT /v1/items/<id> first; nothing was stored",
+                422,
+            )
+        if len(missing) > limit:
+            raise RecsysError(
+                f"{len(missing)} unknown items in one request (at most {limit} may be created "
+                f"from events: EVENTS_MAX_NEW_ITEMS), e.g. {sample}; nothing was stored",
+                422,
+            )
+
+    return refuse
+
+
 def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
     """Store validated events in one transaction; returns counts. Invalidates caches after."""
     app = current_app._get_current_object()
@@ -73,6 +113,7 @@ def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
             s,
             Item,
             {e["item_id"] for e in events},
+            refuse=_new_items_policy(app, events),
             title="",
             description="",
             categories=[],
@@ -104,6 +145,7 @@ def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
 
 
 @bp.post("/events")
+@require_scope("events:write")
 @bp.input(EventIn, arg_name="_doc", validation=False)
 @bp.output(EventsOut, status_code=201)
 @bp.doc(
@@ -111,8 +153,10 @@ def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
     description="Body: one event object, or a JSON list of up to EVENTS_MAX_BATCH (default "
     "1000) of them. `type` is one of view, click, cart, purchase, rating, dislike; `timestamp` "
     "is ISO-8601 or unix seconds (default: now); `id` is an idempotency key. 201 when "
-    "something was inserted, 200 when every event was a duplicate. Unknown users and items are "
-    "created (items as available stubs). Any invalid event rejects the whole list (422).",
+    "something was inserted, 200 when every event was a duplicate. Unknown users are created; "
+    "unknown items as available stubs, at most EVENTS_MAX_NEW_ITEMS (100) per request, or "
+    "never with EVENTS_CREATE_ITEMS=false (422). Any invalid event rejects the whole list "
+    "(422). With RECSYS_API_KEYS set: a key with scope events:write (X-API-Key).",
     responses={200: "every event was already stored (duplicates)"},
 )
 def post_events(_doc=None):

@@ -25,6 +25,7 @@ from apiflask import APIBlueprint
 from flask import Response, current_app, has_request_context, request
 
 from recsys import metrics
+from recsys.auth import require_scope
 from recsys.cache import get_cache
 from recsys.catalog import Catalog, get_catalog_store
 from recsys.errors import DB_UNAVAILABLE, NotFound, RateLimitedLog
@@ -385,6 +386,7 @@ def recommend_user(
 
 
 @bp.get("/users/<user_id>/recommendations")
+@require_scope("read")
 @bp.input(RecQuery, location="query", arg_name="q")
 @bp.output(RecOut)
 @bp.doc(
@@ -403,6 +405,7 @@ def user_recommendations(user_id: str, q: dict):
 
 
 @bp.post("/recommendations")
+@require_scope("read")
 @bp.input(SessionIn, arg_name="body")
 @bp.output(RecOut)
 @bp.doc(
@@ -434,6 +437,7 @@ def session_recommendations(body: dict):
 
 
 @bp.get("/items/<item_id>/similar")
+@require_scope("read")
 @bp.input(SimilarQuery, location="query", arg_name="q")
 @bp.output(RecOut)
 @bp.doc(
@@ -503,6 +507,7 @@ def _similar_cache(app) -> _LRU:
 
 
 @bp.get("/popular")
+@require_scope("read")
 @bp.input(CountQuery, location="query", arg_name="q")
 @bp.output(RecOut)
 @bp.doc(summary="Most popular available items, optionally within a category")
