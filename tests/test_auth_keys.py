@@ -187,8 +187,8 @@ def test_admin_token_from_the_environment_is_a_string(monkeypatch, pg_schema_url
     )
     assert app.config["ADMIN_TOKEN"] == token and app.config["DEADLINE_MS"] == 100
     client = app.test_client()
-    assert client.get(
-        "/v1/admin/strategies", headers={"Authorization": f"Bearer {token.strip()}"}
-    ).status_code in (200, 401)
+    if token == token.strip():  # a header value cannot carry the spaces around it
+        ok = client.get("/v1/admin/strategies", headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200
     r = client.get("/v1/admin/strategies", headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 401  # admin is enabled ("0" is a token, not "off")
