@@ -21,10 +21,12 @@ the rule off (plain ``gthread``); with one worker it never applies.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
 
+from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 
 log = logging.getLogger(__name__)
@@ -98,10 +100,62 @@ def balance_enabled() -> bool:
     }
 
 
+class _CapturedErrorPage:
+    """Stands in for the client socket while gunicorn writes its own (HTML) error page, so that
+    the page can be sent as JSON instead; see ``BalancedThreadWorker.handle_error``."""
+
+    def __init__(self):
+        self.data = b""
+
+    def gettimeout(self):
+        return 0.0
+
+    def setblocking(self, flag):
+        pass
+
+    def sendall(self, data):
+        self.data += data
+
+    send = sendall
+
+
+def json_error_page(page: bytes) -> bytes | None:
+    """gunicorn's HTML error response as our JSON error shape (recsys.errors), or None."""
+    head, _, _ = page.partition(b"\r\n")
+    parts = head.decode("latin-1").split(" ", 2)
+    if len(parts) < 3 or not parts[1].isdigit():
+        return None
+    code, reason = int(parts[1]), parts[2]
+    description = {
+        414: "request line too long (URL and query); see gunicorn's limit_request_line",
+        431: "request headers too many or too large; see gunicorn's limit_request_fields",
+    }.get(code, f"{reason}: the server could not read this request")
+    body = json.dumps({"code": code, "name": reason, "description": description}).encode()
+    return (
+        f"HTTP/1.1 {code} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode("latin-1") + body
+
+
 class BalancedThreadWorker(ThreadWorker):
     """``gthread`` that accepts only while it is among the least loaded workers (see module)."""
 
     _slot: int | None = None
+
+    def handle_error(self, req, client, addr, exc):
+        # gunicorn answers what it refuses itself (a request line over limit_request_line:
+        # 414, too many or too large headers: 431, malformed requests: 400) with an HTML page.
+        # Let it decide and log as usual, then send the same status in the API's JSON shape.
+        captured = _CapturedErrorPage()
+        super().handle_error(req, captured, addr, exc)
+        page = json_error_page(captured.data) if captured.data else None
+        try:
+            if page is not None:
+                util.write_nonblock(client, page)
+            elif captured.data:
+                util.write_nonblock(client, captured.data)
+        except Exception:  # noqa: BLE001 - as gunicorn: the client may be gone
+            self.log.debug("Failed to send error message.")
 
     def _balancing(self) -> bool:
         return self._slot is not None

@@ -334,6 +334,7 @@ def test_database_hangs_mid_load(make_app, pg_schema_url, redis_url, redis_prefi
     body = r.get_json()
     assert r.status_code == 200 and body["degraded"] is True and body["cached"] is False
     assert body["items"] and took < sql_wait_s, took
+    figures = {"uncached_degraded_s": round(took, 3)}
     assert breaker.state != "closed"  # that read (or a client's) opened the circuit
 
     # Writes while the circuit is open: refused at once (no socket waited on), 503 JSON.
@@ -343,6 +344,7 @@ def test_database_hangs_mid_load(make_app, pg_schema_url, redis_url, redis_prefi
     took = time.monotonic() - t0
     assert _is_json_error(r, 503) and int(r.headers["Retry-After"]) >= 1
     assert breaker.refused > refused and took < sql_wait_s
+    figures["write_503_s"] = round(took, 4)
     assert _is_json_error(client.put("/v1/items/i1", json={"title": "x"}), 503)
     r = client.get("/readyz")
     assert r.status_code == 503 and r.get_json()["database"] == "unavailable"
@@ -362,6 +364,7 @@ def test_database_hangs_mid_load(make_app, pg_schema_url, redis_url, redis_prefi
         )
     in_flight_bound = len(load.threads) + 4  # clients + background pollers + this thread
     assert watchdog.cuts - cuts <= in_flight_bound + (breaker.probes - probes)
+    figures.update(frozen_requests=40, socket_cuts=watchdog.cuts, probes=breaker.probes)
 
     relay.thaw()
     # Recovery: within a few breaker periods a probe succeeds and the circuit closes.
@@ -396,4 +399,6 @@ def test_database_hangs_mid_load(make_app, pg_schema_url, redis_url, redis_prefi
     # Every acknowledged event is stored (through a fresh app on the database directly).
     stored = _stored_event_keys(make_app())
     assert load.acked and load.acked <= stored, sorted(load.acked - stored)[:10]
+    figures.update(acked_events=len(load.acked), lost=len(load.acked - stored))
+    print("\n", figures)
     relay.down()

@@ -210,3 +210,102 @@ def test_several_workers_without_redis_serve_uncached_not_stale(serve, tmp_path)
     server.log.flush()
     log = (tmp_path / "server0.log").read_text()
     assert log.count("result cache off in this process") == 2  # once per worker
+
+
+# -- request bodies over the limit -------------------------------------------------------------
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _workers(server) -> set[int]:
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(server.proc.pid)], capture_output=True, text=True
+    ).stdout
+    return {int(p) for p in out.split()}
+
+
+def _upload(port: int, total: int, chunked: bool, sent: list) -> int:
+    """POST /v1/events with a ``total``-byte body streamed from a generator (never held in
+    memory), stopping as soon as the server answers; the status code."""
+    import select
+    import socket
+
+    def body():
+        block = b"[" + b"1," * 32767 + b"1"  # 64 KiB of JSON-looking bytes, reused
+        left = total
+        while left > 0:
+            yield block[: min(len(block), left)]
+            left -= len(block)
+
+    head = "POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+    head += "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {total}\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall((head + "\r\n").encode())
+        n = 0
+        try:
+            for block in body():
+                if select.select([s], [], [], 0)[0]:
+                    break  # answered before the end of the body
+                s.sendall(b"%x\r\n%s\r\n" % (len(block), block) if chunked else block)
+                n += len(block)
+        except OSError:
+            pass  # the server closed its side: read what it said
+        sent.append(n)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split()[1]) if data else 0
+
+
+def test_huge_bodies_are_413_and_workers_stay_small(serve):
+    """Four concurrent 300 MB posts (two with Content-Length, two chunked): each is refused
+    with 413 after at most the limit is read, and no worker grows by 50 MB or more."""
+    import threading
+
+    server = serve(workers=2)
+    server.wait_ready()
+    event = {"user_id": "big", "item_id": "i1", "type": "view"}
+    for _ in range(20):  # warm both workers up on the paths the big posts take
+        assert request(server.port, "POST", "/v1/events", event)[0] == 201
+        assert request(server.port, "GET", "/v1/users/big/recommendations")[0] == 200
+    workers = _workers(server)
+    assert len(workers) == 2
+    before = {pid: _rss_kib(pid) for pid in workers}
+    peak = dict(before)
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            for pid in workers:
+                peak[pid] = max(peak[pid], _rss_kib(pid))
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    statuses, sent = [], []
+    uploads = [
+        threading.Thread(
+            target=lambda c=chunked: statuses.append(_upload(server.port, 300 << 20, c, sent))
+        )
+        for chunked in (False, False, True, True)
+    ]
+    for t in uploads:
+        t.start()
+    for t in uploads:
+        t.join(120)
+    done.set()
+    sampler.join()
+    assert statuses == [413] * 4, statuses
+    assert max(sent) < 300 << 20  # every upload was answered before it was finished
+    growth_mib = {pid: (peak[pid] - before[pid]) / 1024 for pid in workers}
+    print(f"\nRSS before {before} KiB, peak growth {growth_mib} MiB, body bytes sent {sent}")
+    assert max(growth_mib.values()) < 50, growth_mib
+    # Still serving normally.
+    assert request(server.port, "POST", "/v1/events", event)[0] == 201

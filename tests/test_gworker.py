@@ -234,3 +234,44 @@ def test_balance_switch(monkeypatch):
     for off in ("false", "0", "off", "No"):
         monkeypatch.setenv("RECSYS_BALANCE_ACCEPT", off)
         assert not gworker.balance_enabled()
+
+
+# -- gunicorn's own error pages -------------------------------------------------------------------
+def _raw_response(port: int, request: bytes) -> tuple[int, dict, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    "request_bytes,code",
+    [
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: t\r\n" + b"X-H: v\r\n" * 200 + b"\r\n", 431),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"v" * 9000 + b"\r\n\r\n", 431),
+        (b"NOT A REQUEST\r\n\r\n", 400),
+    ],
+    ids=["uri-too-long", "too-many-headers", "header-too-large", "malformed"],
+)
+def test_gunicorns_own_errors_are_json(pid_server, request_bytes, code):
+    import json
+
+    srv = pid_server()
+    srv.wait_workers()
+    status, headers, body = _raw_response(srv.port, request_bytes)
+    assert status == code and headers["content-type"] == "application/json"
+    doc = json.loads(body)
+    assert doc["code"] == code and doc["name"] and doc["description"]
+    assert int(headers["content-length"]) == len(body)
+
+
+def test_error_page_translation():
+    page = gworker.json_error_page(b"HTTP/1.1 414 URI Too Long\r\nConnection: close\r\n\r\n<h1>")
+    assert page.startswith(b"HTTP/1.1 414 URI Too Long\r\n") and b'"code": 414' in page
+    assert gworker.json_error_page(b"garbage") is None

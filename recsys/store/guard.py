@@ -93,8 +93,7 @@ class SocketWatchdog:
         self._thread: threading.Thread | None = None
 
     def _ensure_thread(self) -> None:
-        if self._pid != os.getpid():  # forked: the parent's thread does not exist here
-            self._reset()
+        # Called holding self._cond (after the fork check in watch()).
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="recsys-sql-watchdog")
             self._thread.daemon = True
@@ -102,6 +101,8 @@ class SocketWatchdog:
 
     def watch(self, fd: int, timeout_s: float) -> Watch:
         w = Watch(fd, self.clock() + max(0.0, timeout_s))
+        if self._pid != os.getpid():  # forked: the parent's thread and lock are not ours
+            self._reset()
         with self._cond:
             self._ensure_thread()
             heapq.heappush(self._heap, (w.deadline, next(self._seq), w))
