@@ -402,3 +402,29 @@ def test_database_hangs_mid_load(make_app, pg_schema_url, redis_url, redis_prefi
     figures.update(acked_events=len(load.acked), lost=len(load.acked - stored))
     print("\n", figures)
     relay.down()
+
+
+@pytest.mark.postgres
+def test_an_active_model_that_fails_to_load_degrades_and_is_not_cached(
+    make_app, redis_url, redis_prefix
+):
+    import glob
+    import os
+
+    from recsys.registry import get_repository
+    from recsys.runtime import get_runtime
+
+    app = _warm_app(make_app, REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
+    client = app.test_client()
+    assert client.get("/v1/users/u6/recommendations").get_json()["degraded"] is False
+    version = get_runtime(app).active_versions()["ease"]
+    get_runtime(app).unload("ease")  # dropped from memory: the next use loads it again
+    path = get_repository(app).get_version("ease", version)["path"]
+    for name in glob.glob(os.path.join(path, "*.npz")):
+        with open(name, "r+b") as f:  # tampered on disk: the checksum refuses it
+            f.seek(-5, os.SEEK_END)
+            f.write(b"\xff\xff\xff\xff\xff")
+    for _ in range(2):
+        body = client.get("/v1/users/u6/recommendations?n=4").get_json()
+        assert body["degraded"] is True and body["cached"] is False
+        assert "ease" not in body["model_versions"] and body["items"]
