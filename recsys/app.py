@@ -79,14 +79,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     experiments.init_app(app)
     app.register_blueprint(experiments_api.bp)
 
-    from recsys import fastpath
+    from recsys import fastpath, limits
 
-    # Cache hits of GET /v1/users/<id>/recommendations answered in front of Flask
-    # (FAST_CACHE_PATH); last, so the route it serves is registered and checked.
-    fastpath.init_app(app)
-
-    from recsys import limits
-
-    # Body size and JSON shape limits; outermost, so nothing reads an oversized body.
+    # Body size and JSON shape limits, in front of Flask; then the cache hits of GET
+    # /v1/users/<id>/recommendations answered in front of both (FAST_CACHE_PATH: plain GETs
+    # only, it never reads a body); last, so the route it serves is registered and checked.
     limits.init_app(app)
+    fastpath.init_app(app)
     return app

@@ -1,9 +1,10 @@
 """Limits on what a request may send: body size and JSON shape.
 
 * Body size (``MAX_BODY_BYTES``, default 1 MiB): a declared ``Content-Length`` over the limit is
-  refused by WSGI middleware in front of everything else (Flask, the cache fast path), before a
-  byte of the body is read. A streamed (chunked) body has no length to check up front: its
-  input stream is capped, and reading past the limit raises 413 (werkzeug's own
+  refused by WSGI middleware in front of Flask, before a byte of the body is read (the cache
+  fast path in front of it answers plain GETs and never reads a body). A streamed (chunked)
+  body has no length to check up front: its input stream is capped, and reading past the
+  limit raises 413 (werkzeug's own
   ``MAX_CONTENT_LENGTH`` would silently cut such a body at the limit instead). Both answer 413
   in the error shape of ``recsys.errors``. (Before this, four 300 MB posts took
   two workers to 3+ GB of memory: the whole body was read to parse it.)
@@ -132,8 +133,7 @@ def _check_json_body() -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Install the body limit (outermost middleware: call after every other wrapper) and the
-    JSON parse."""
+    """Install the body limit (WSGI middleware around ``app.wsgi_app``) and the JSON check."""
     app.config.setdefault("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
     app.before_request(_check_json_body)
     app.wsgi_app = BodyLimit(app, app.wsgi_app)  # type: ignore[method-assign]
