@@ -91,6 +91,7 @@ class SocketWatchdog:
         self._heap: list[tuple[float, int, Watch]] = []
         self._pid = os.getpid()
         self._thread: threading.Thread | None = None
+        self._sleep_until = -float("inf")  # awake (or starting): it looks at the heap itself
 
     def _ensure_thread(self) -> None:
         # Called holding self._cond (after the fork check in watch()).
@@ -106,7 +107,9 @@ class SocketWatchdog:
         with self._cond:
             self._ensure_thread()
             heapq.heappush(self._heap, (w.deadline, next(self._seq), w))
-            if self._heap[0][2] is w:
+            # Wake the thread only if it sleeps past this deadline: under load most watches
+            # end long before it wakes, and it then drops them all in one pass.
+            if w.deadline < self._sleep_until:
                 self._cond.notify()
         return w
 
@@ -137,14 +140,17 @@ class SocketWatchdog:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._heap or self._heap[0][2].done:
-                    if self._heap and self._heap[0][2].done:
-                        heapq.heappop(self._heap)  # released in time: forget it
-                        continue
+                while self._heap and self._heap[0][2].done:
+                    heapq.heappop(self._heap)  # released in time: forget it
+                if not self._heap:
+                    self._sleep_until = float("inf")
                     self._cond.wait()
+                    continue
                 wait = self._heap[0][0] - self.clock()
                 if wait > 0:
+                    self._sleep_until = self._heap[0][0]
                     self._cond.wait(wait)
+                    self._sleep_until = -float("inf")  # awake: watches need no notify
                     continue
                 _, _, w = heapq.heappop(self._heap)
             with w.lock:
