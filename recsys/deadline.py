@@ -331,6 +331,11 @@ class ScoringGate:
             else:  # taken: scored by the holder of a turn, which always finishes
                 self._cond.wait()
 
+    def stats(self) -> dict[str, int]:
+        """Turns in use and callers waiting for one (for tests and diagnostics)."""
+        with self._cond:
+            return {"slots": self.slots, "busy": self._busy, "waiting": len(self._jobs)}
+
     def acquire(self, priority: str = "normal", timeout_s: float | None = None) -> bool:
         if not self.slots:
             return True

@@ -298,6 +298,8 @@ class Tuner:
         self.val = Validation(train, val, self.k, self.metric)
         if len(self.val) == 0:
             raise ValueError("no validation user has a positive event to predict")
+        # Two halves of the validation users, for every cross-fitted estimate.
+        self.fold = np.random.default_rng(self.opt.seed).integers(0, 2, size=len(self.val))
         self.train = train
         log.info(
             "tune: %d validation users (%s slice, %d training events)",
@@ -385,8 +387,9 @@ class Tuner:
             study = self._study(name)
             best: dict[str, Any] = {}
             first: dict[str, Any] = {}
+            every: list[np.ndarray] = []  # each trial's per-user values
 
-            def objective(trial, name=name, best=best, first=first):
+            def objective(trial, name=name, best=best, first=first, every=every):
                 params = _space(name, trial, self.stats) if self.opt.tune_params else {}
                 t0 = time.perf_counter()
                 try:
@@ -400,6 +403,7 @@ class Tuner:
                 trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
                 trial.set_user_attr("kwargs", params)
                 entry = dict(value=value, params=params, cands=cands, model=model, values=values)
+                every.append(values)
                 if not first:
                     first.update(entry)  # the shipped defaults
                 if not best or value > best["value"]:
@@ -413,28 +417,31 @@ class Tuner:
             t0 = time.perf_counter()
             study.optimize(objective, n_trials=len(defaults))
             cost[name] = (time.perf_counter() - t0) / len(defaults)
-            studies[name] = (study, objective, best, first)
+            studies[name] = (study, objective, best, first, every)
         if self.opt.tune_params:
             # Then the search, cheapest strategy first: each gets an equal share of what is
             # left, and what a cheap one does not use passes on to the dearer ones.
             order = sorted(names, key=lambda n: cost[n])
             cap = self.opt.max_trials or self.MAX_TRIALS_PARAMS
             for i, name in enumerate(order):
-                study, objective, _, _ = studies[name]
+                study, objective, _, _, _ = studies[name]
                 share = (budget_end - self.clock.elapsed()) / (len(order) - i)
                 n = min(cap - len(study.trials), int(share / max(cost[name], 1e-3)))
                 if n > 0 and share > 0:
                     study.optimize(objective, n_trials=n, timeout=share)
         for name in names:
-            study, _, best, first = studies[name]
+            study, _, best, first, every = studies[name]
             if not best:
                 log.warning("tune: %s never fitted; left out", name)
                 continue
             trace = _study_trace(study)
             if best is not first and first:
-                # Tuned hyperparameters replace the shipped ones only when significantly
-                # better on validation; a lucky trial on a small slice is not evidence.
-                verdict, better = self._beats(first["values"], best["values"], "defaults", "tuned")
+                # Tuned hyperparameters replace the shipped ones only when the *search* is
+                # significantly better than the defaults out of fold: the trial picked on one
+                # half of the users is scored on the other half (and back). A lucky trial on
+                # a small slice, picked and scored on the same users, is not evidence.
+                oos = self._crossfit_pick(every)
+                verdict, better = self._beats(first["values"], oos, "defaults", "tuned")
                 trace["vs_defaults"] = verdict
                 if not better:
                     best = first
@@ -443,6 +450,18 @@ class Tuner:
             self.cands[name] = best["cands"]
             self.models[name] = _loaded(name, best["model"], self.train)
             self.trace["params"][name] = trace
+
+    def _crossfit_pick(self, values: list[np.ndarray]) -> np.ndarray:
+        """Per-user values of "pick the best of ``values`` on one fold, score it on the
+        other", both ways: an honest figure for a selection among many candidates."""
+        out = np.full(len(self.val), np.nan)
+        for f in (0, 1):
+            mine = self.fold == f
+            if not mine.any() or mine.all():
+                return values[int(np.argmax([np.nanmean(v) for v in values]))]
+            means = [np.nanmean(v[mine]) if np.isfinite(v[mine]).any() else -1.0 for v in values]
+            out[~mine] = values[int(np.argmax(means))][~mine]
+        return out
 
     # -- stage 2: routes -------------------------------------------------------------------------
     def _config(self, weights: dict[str, float], blend: str):
@@ -617,7 +636,7 @@ class Tuner:
         bins = self._bins()
         n = self.val.hist_len
         every = np.arange(len(self.val))
-        fold = np.random.default_rng(self.opt.seed).integers(0, 2, size=len(self.val))
+        fold = self.fold
         singles = {s: self._single_values(s) for s in self.cands}
         means = {s: float(np.nanmean(v)) for s, v in singles.items()}
         best_single = max(means, key=lambda s: means[s])
