@@ -323,7 +323,7 @@ def test_recsys_tune_cli_activates_and_a_failed_retune_keeps_the_profile(make_ap
     from recsys.cli import main
     from recsys.registry import PROFILE_KIND, get_repository
 
-    app = make_app()
+    app = make_app(EVENTS_MAX_NEW_ITEMS=1000)  # the items come with the first events
     client = app.test_client()
     data, _ = two_bucket_data()
     users = data.users.ids[data.user_idx]
@@ -366,6 +366,13 @@ def test_recsys_tune_cli_activates_and_a_failed_retune_keeps_the_profile(make_ap
         assert res2.exit_code == 0, res2.output
         assert repo.active_version(PROFILE_KIND) == version
         assert "stays active" in res2.output
+    trained = runner.invoke(
+        main,
+        args=["train", "popular", "ease", "--holdout", "0", "--tune", "--tune-budget", "10s",
+              "--quiet"],
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    assert "tuning the serving profile" in trained.output and "profile 2" in trained.output
     bad_budget = runner.invoke(main, args=["tune", "--budget", "soon"])
     assert bad_budget.exit_code == 2 and "budget" in bad_budget.output
 
