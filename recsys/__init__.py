@@ -1,6 +1,20 @@
-"""recsys: a recommendation-serving service."""
+"""recsys: a recommendation-serving service.
 
-from recsys.app import create_app
+``create_app`` is imported on first use, so the model-side modules (``recsys.batcher``,
+``recsys.config``) import without the web stack (a GPU box that only runs the deep model).
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["create_app"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "create_app":
+        from recsys.app import create_app
+
+        return create_app
+    raise AttributeError(f"module 'recsys' has no attribute {name!r}")
