@@ -5,16 +5,27 @@ A ``Catalog`` is an immutable snapshot tagged with a ``version``. In the service
 ``catalog_version`` (a ``settings`` row, bumped by ``PUT /v1/items`` when availability or
 categories change) moves, reading only rows updated since its last refresh. Evaluation builds a
 snapshot from an ``ItemMeta`` with ``Catalog.from_meta``.
+
+The snapshot also carries what a storefront shows of each item (title, price, image, categories,
+attributes). It is refreshed when the shared ``items_version`` moves (bumped by every item
+edit) without touching ``catalog_version``, so a title or price edit reaches the next answer
+without invalidating any cached list: lists are cached as ids and scores, and
+``Catalog.render_items`` adds the item fields to the serialised body at response time, from
+per-item JSON fragments built once per snapshot.
 """
 
 from __future__ import annotations
 
+import bisect
+import json
 import logging
+import re
 import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 from flask import Flask, current_app
@@ -26,20 +37,53 @@ log = logging.getLogger(__name__)
 # servers (updated_at is written by whichever server handled the PUT) cannot hide an update.
 _REFRESH_MARGIN = timedelta(seconds=120)
 
+# What a list can carry of each item (``fields=``), in the order they are rendered.
+ITEM_FIELDS = ("title", "price", "image_url", "categories", "attributes")
+DEFAULT_ITEM_FIELDS = ("title", "price", "image_url")
+# An item object of a serialised list opens with its id (keys are sorted, and the item's other
+# keys sort after it). A quote inside a JSON string is always escaped, so this only matches
+# the structure, never text inside an id.
+_ITEM_OPEN = re.compile(rb'\{"item_id":("(?:[^"\\]|\\.)*")')
+_NO_DATA: dict[str, Any] = {}
+
+
+def parse_fields(raw: str | None) -> tuple[str, ...] | None:
+    """``fields=`` as a tuple in ``ITEM_FIELDS`` order (None: the default set; ``""``: none);
+    raises ValueError naming an unknown field."""
+    if raw is None:
+        return DEFAULT_ITEM_FIELDS
+    wanted = {f.strip() for f in raw.split(",") if f.strip()}
+    unknown = wanted - set(ITEM_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"unknown field(s) {', '.join(sorted(unknown))}; choose among {', '.join(ITEM_FIELDS)}"
+        )
+    return tuple(f for f in ITEM_FIELDS if f in wanted)
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
 
 class Catalog:
-    """External item id -> (available, categories). Unknown items count as available."""
+    """External item id -> (available, categories), plus each item's display data (``data``:
+    id -> {title, price, image_url, attributes}). Unknown items count as available."""
 
     def __init__(
         self,
         items: Mapping[str, tuple[bool, tuple[str, ...]]] | None = None,
         version: int = 0,
+        data: Mapping[str, Mapping[str, Any]] | None = None,
     ):
         self._items: dict[str, tuple[bool, tuple[str, ...]]] = dict(items or {})
         self.version = version
+        self._data: dict[str, Mapping[str, Any]] = dict(data or {})
         self._cat_index: dict[str, set[str]] | None = None
         self._allowed_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        # fields -> JSON-encoded item id -> the bytes spliced after it (render_items).
+        self._fragments: dict[tuple[str, ...], dict[bytes, bytes]] = {}
+        self._sorted_ids: list[str] | None = None
 
     @classmethod
     def from_meta(cls, items, meta, version: int = 0) -> Catalog:
@@ -113,12 +157,103 @@ class Catalog:
             per_map[key] = result
         return result
 
-    def updated(self, rows: Iterable[tuple[str, bool, tuple[str, ...]]], version: int) -> Catalog:
-        """A new snapshot with ``rows`` replaced."""
+    # -- display data ----------------------------------------------------------------------
+    def item(self, item_id: str) -> dict[str, Any] | None:
+        """The item as ``GET /v1/items`` lists it, or None when the catalogue lacks it."""
+        row = self._items.get(item_id)
+        if row is None:
+            return None
+        data = self._data.get(item_id, _NO_DATA)
+        return {
+            "item_id": item_id,
+            "title": data.get("title", ""),
+            "price": data.get("price"),
+            "image_url": data.get("image_url"),
+            "categories": list(row[1]),
+            "attributes": dict(data.get("attributes") or {}),
+            "available": row[0],
+        }
+
+    def _fragment(self, item_id: str, fields: tuple[str, ...]) -> bytes:
+        data = self._data.get(item_id, _NO_DATA)
+        parts = []
+        for f in fields:
+            if f == "categories":
+                value: Any = list(self.categories(item_id))
+            elif f == "attributes":
+                value = data.get("attributes") or {}
+            else:
+                value = data.get(f)
+            parts.append(b'"' + f.encode() + b'":' + _json(value))
+        return b"," + b",".join(parts)
+
+    def render_items(self, body: bytes, fields: tuple[str, ...]) -> bytes:
+        """``body`` (a serialised list answer) with ``fields`` of each item added to the item's
+        object: null (or empty) for an item the catalogue lacks. One regex pass and a dict
+        lookup per item; each item's fragment is encoded once per snapshot and field set."""
+        if not fields:
+            return body
+        memo = self._fragments.get(fields)
+        if memo is None:
+            memo = self._fragments.setdefault(fields, {})
+
+        def splice(m: re.Match) -> bytes:
+            raw = m.group(1)
+            frag = memo.get(raw)
+            if frag is None:
+                frag = memo[raw] = self._fragment(json.loads(raw), fields)
+            return m.group(0) + frag
+
+        return _ITEM_OPEN.sub(splice, body)
+
+    def page(
+        self,
+        after: str | None,
+        limit: int,
+        category: str | None = None,
+        available: bool | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to ``limit`` items in id order after ``after``, filtered; and the id to continue
+        after (None at the end)."""
+        if self._sorted_ids is None:
+            self._sorted_ids = sorted(self._items)
+        ids = self._sorted_ids
+        members = self._category_index().get(category.casefold(), set()) if category else None
+        start = bisect.bisect_right(ids, after) if after is not None else 0
+        out: list[dict[str, Any]] = []
+        for i in range(start, len(ids)):
+            item_id = ids[i]
+            if members is not None and item_id not in members:
+                continue
+            if available is not None and self._items[item_id][0] != available:
+                continue
+            if len(out) == limit:
+                return out, out[-1]["item_id"]
+            out.append(self.item(item_id))  # type: ignore[arg-type]
+        return out, None
+
+    def updated(
+        self,
+        rows: Iterable[tuple[str, bool, tuple[str, ...]]],
+        version: int,
+        data: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> Catalog:
+        """A new snapshot with ``rows`` (and their ``data``) replaced."""
         items = dict(self._items)
+        same = True
         for ext, avail, cats in rows:
+            same = same and items.get(ext) == (avail, cats)
             items[ext] = (avail, cats)
-        return Catalog(items, version)
+        merged = self._data
+        if data:
+            merged = {**self._data, **data}
+        out = Catalog(items, version, merged)
+        if same:
+            # Only display data moved: what may be recommended is unchanged, and so are the
+            # derived filters (shared, not rebuilt).
+            out._cat_index = self._category_index()
+            out._allowed_cache = self._allowed_cache
+        return out
 
 
 def _row(item) -> tuple[str, bool, tuple[str, ...]]:
@@ -126,6 +261,15 @@ def _row(item) -> tuple[str, bool, tuple[str, ...]]:
     if isinstance(cats, str):
         cats = [cats]
     return (item.external_id, bool(item.available), tuple(str(c) for c in cats))
+
+
+def _data(item) -> dict[str, Any]:
+    return {
+        "title": item.title or "",
+        "price": item.price,
+        "image_url": item.image_url,
+        "attributes": item.attributes or {},
+    }
 
 
 class CatalogStore:
@@ -139,32 +283,45 @@ class CatalogStore:
         self._lock = threading.Lock()
         self._loaded_at = 0.0
 
-    def current(self, version: int) -> Catalog:
-        """The snapshot for shared catalogue ``version`` (refreshing from SQL if behind)."""
-        if version == self._loaded_version:
+    def current(self, version: int, items_version: int = 0) -> Catalog:
+        """The snapshot for shared catalogue ``version`` and item data ``items_version``
+        (refreshing from SQL if behind)."""
+        key = (version, items_version)
+        if key == self._loaded_version:
             return self._catalog
         with self._lock:
-            if version != self._loaded_version:
-                self._refresh(version)
+            if key != self._loaded_version:
+                self._refresh(key)
         return self._catalog
 
-    def _refresh(self, version: int) -> None:
+    def _refresh(self, key: tuple[int, int]) -> None:
         from recsys.store import Item, session_scope
         from recsys.store.models import utcnow
 
         started = utcnow()
         with session_scope(self.app) as s:
-            q = select(Item.external_id, Item.available, Item.categories)
+            q = select(
+                Item.external_id,
+                Item.available,
+                Item.categories,
+                Item.title,
+                Item.price,
+                Item.image_url,
+                Item.attributes,
+            )
             full = self._watermark is None
             if not full:
                 q = q.where(Item.updated_at >= self._watermark - _REFRESH_MARGIN)
-            rows = [_row(r) for r in s.execute(q)]
+            result = list(s.execute(q))
+        rows = [_row(r) for r in result]
+        data = {r.external_id: _data(r) for r in result}
+        version = key[0]
         if full:
-            self._catalog = Catalog({e: (a, c) for e, a, c in rows}, version)
+            self._catalog = Catalog({e: (a, c) for e, a, c in rows}, version, data)
         else:
-            self._catalog = self._catalog.updated(rows, version)
+            self._catalog = self._catalog.updated(rows, version, data)
         self._watermark = started
-        self._loaded_version = version
+        self._loaded_version = key
         self._loaded_at = time.monotonic()
         log.debug("catalog at version %s (%d rows read, full=%s)", version, len(rows), full)
 

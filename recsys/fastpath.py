@@ -53,7 +53,7 @@ from recsys.api.recommend import (
 )
 from recsys.auth import given_key, key_allows, keys_required
 from recsys.cache import get_cache
-from recsys.schemas import RecQuery
+from recsys.schemas import RecQuery, item_fields
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ _FIELDS = RecQuery().fields
 # The query keys this module knows how to read (and ``user_cache_context`` keys on): a new
 # RecQuery field disables the fast path (init_app) until it is taught here.
 _INTS = ("n", "offset")
-_STRINGS = ("category", "exclude")
+_STRINGS = ("category", "exclude", "fields")
 _BOOL = "explain"
 # The explain spellings taken here, mapped as the schema's Boolean maps them.
 _BOOLS = {
@@ -240,6 +240,8 @@ class FastCachePath:
             # The view computes the list; hand it this read so it need not repeat it.
             environ[PEEK_ENVIRON_KEY] = peeked
             return None
+        # Item data is rendered after the cache, from the snapshot the lookup was keyed on.
+        body = ctx.catalog.render_items(body, item_fields(q["fields"]))
         latency = self._latency.get(route)
         if latency is None:
             latency = self._latency[route] = metrics.REQUEST_LATENCY.labels(ENDPOINT, route)

@@ -10,6 +10,7 @@ from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, St
 from apiflask.validators import Length, OneOf, Range
 from marshmallow import ValidationError, validates_schema
 
+from recsys.catalog import DEFAULT_ITEM_FIELDS, ITEM_FIELDS, parse_fields
 from recsys.store.models import EVENT_TYPES
 
 MAX_N = 100
@@ -118,6 +119,40 @@ class Timestamp(Raw):
 
 
 # -- recommendations ------------------------------------------------------------------------
+class ItemFields(String):
+    """``fields=title,price``: the item data each list item carries (a tuple in
+    ``ITEM_FIELDS`` order; absent: None, i.e. the default set; empty: none)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        out = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return parse_fields(out)
+        except ValueError as e:
+            raise ValidationError(str(e)) from e
+
+
+def item_fields(value: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """A deserialised ``fields`` value (a query's tuple or a body's list) in ``ITEM_FIELDS``
+    order; the default set when it was not given."""
+    if value is None:
+        return DEFAULT_ITEM_FIELDS
+    if isinstance(value, tuple):
+        return value
+    return tuple(f for f in ITEM_FIELDS if f in value)
+
+
+def _fields_param() -> ItemFields:
+    return ItemFields(
+        load_default=None,
+        validate=Length(max=200),
+        metadata={
+            "description": "comma-separated item data to include with each item, among "
+            f"{', '.join(ITEM_FIELDS)}; default {','.join(DEFAULT_ITEM_FIELDS)}; "
+            "empty for ids and scores only"
+        },
+    )
+
+
 class RecQuery(Schema):
     n = Integer(load_default=10, validate=Range(1, MAX_N))
     offset = Integer(load_default=0, validate=Range(0, MAX_OFFSET))
@@ -127,7 +162,11 @@ class RecQuery(Schema):
         metadata={"description": "comma-separated item ids never to return"},
         validate=Length(max=20_000),
     )
-    explain = Boolean(load_default=False)
+    explain = Boolean(
+        load_default=False,
+        metadata={"description": "add each item's per-strategy `sources`"},
+    )
+    fields = _fields_param()
 
 
 class SessionIn(Schema):
@@ -142,6 +181,14 @@ class SessionIn(Schema):
     category = Text(load_default=None, validate=Length(1, MAX_ID))
     exclude = List(ExternalId(), load_default=list, validate=Length(max=MAX_EXCLUDE))
     explain = StrictBool(load_default=False)
+    fields = List(
+        String(validate=OneOf(ITEM_FIELDS)),
+        load_default=None,
+        metadata={
+            "description": "item data to include with each item (default: "
+            f"{', '.join(DEFAULT_ITEM_FIELDS)})"
+        },
+    )
 
 
 class RecItemOut(Schema):
@@ -152,6 +199,12 @@ class RecItemOut(Schema):
         values=Float(),
         metadata={"description": "per strategy contribution (with explain=true)"},
     )
+    # Item data, as chosen by ``fields=`` (null for an item the catalogue lacks).
+    title = String(allow_none=True)
+    price = Float(allow_none=True)
+    image_url = String(allow_none=True)
+    categories = List(String())
+    attributes = Dict()
 
 
 class RecOut(Schema):
@@ -177,10 +230,14 @@ class CountQuery(Schema):
     n = Integer(load_default=10, validate=Range(1, MAX_N))
     offset = Integer(load_default=0, validate=Range(0, MAX_OFFSET))
     category = Text(load_default=None, validate=Length(1, MAX_ID))
+    explain = Boolean(load_default=False)
+    fields = _fields_param()
 
 
 class SimilarQuery(Schema):
     n = Integer(load_default=10, validate=Range(1, MAX_N))
+    explain = Boolean(load_default=False)
+    fields = _fields_param()
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -210,6 +267,7 @@ class ItemIn(Schema):
     description = Text(validate=Length(max=20_000))
     categories = List(Text(validate=Length(1, MAX_ID)), validate=Length(max=50))
     price = Float(allow_none=True, validate=_finite)
+    image_url = Text(allow_none=True, validate=Length(max=2048))
     available = StrictBool()
     attributes = Dict(keys=String(), validate=_json_safe)
 
@@ -220,9 +278,62 @@ class ItemOut(Schema):
     description = String()
     categories = List(String())
     price = Float(allow_none=True)
+    image_url = String(allow_none=True)
     available = Boolean()
     attributes = Dict()
     created = Boolean()
+
+
+class ItemListQuery(Schema):
+    limit = Integer(load_default=50, validate=Range(1, 500))
+    cursor = Text(
+        load_default=None,
+        validate=Length(1, 400),
+        metadata={"description": "`next_cursor` of the previous page"},
+    )
+    category = Text(load_default=None, validate=Length(1, MAX_ID))
+    available = Boolean(load_default=None, allow_none=True)
+
+
+class ItemListEntry(Schema):
+    item_id = String()
+    title = String()
+    price = Float(allow_none=True)
+    image_url = String(allow_none=True)
+    categories = List(String())
+    attributes = Dict()
+    available = Boolean()
+
+
+class ItemListOut(Schema):
+    items = List(Nested(ItemListEntry))
+    next_cursor = String(
+        allow_none=True, metadata={"description": "pass as `cursor` for the next page; null: end"}
+    )
+
+
+class UserListQuery(Schema):
+    limit = Integer(load_default=50, validate=Range(1, 500))
+    cursor = Text(load_default=None, validate=Length(1, 400))
+
+
+class UserEntry(Schema):
+    user_id = String()
+    attributes = Dict()
+    events = Integer(metadata={"description": "events recorded for the user"})
+    created_at = String()
+    updated_at = String()
+
+
+class UserListOut(Schema):
+    users = List(Nested(UserEntry))
+    next_cursor = String(allow_none=True)
+
+
+class UserDeletedOut(Schema):
+    user_id = String()
+    deleted = Boolean()
+    events_deleted = Integer()
 
 
 class UserIn(Schema):

@@ -11,8 +11,9 @@ Storage:
 * ``settings`` rows ``config_version``, ``catalog_version``, ``cache_epoch``: shared integers
   ``{"version": n, "reason": "..."}``. Every configuration change bumps ``config_version`` in
   the same transaction; ``PUT /v1/items`` bumps ``catalog_version`` when availability or
-  categories change; ``cache_epoch`` is bumped when a per-user cache invalidation could not be
-  written (Redis down), so no pre-outage entry is ever served.
+  categories change (and ``items_version`` on every edit); ``cache_epoch`` is bumped when a
+  per-user cache invalidation could not be written (Redis down), so no pre-outage entry is
+  ever served.
 
 Each process polls the three versions with one small query at most every
 ``CONFIG_POLL_SECONDS`` (0.5 s by default) and reloads the configuration only when
@@ -41,8 +42,11 @@ log = logging.getLogger(__name__)
 CONFIG_VERSION = "config_version"
 CATALOG_VERSION = "catalog_version"
 CACHE_EPOCH = "cache_epoch"
+# Bumped by every item edit (display data included): refreshes catalogue snapshots, but is not
+# part of any cache key, so a title or price edit invalidates no cached list.
+ITEMS_VERSION = "items_version"
 ROUTING = "routing"
-VERSION_KEYS = (CONFIG_VERSION, CATALOG_VERSION, CACHE_EPOCH)
+VERSION_KEYS = (CONFIG_VERSION, CATALOG_VERSION, CACHE_EPOCH, ITEMS_VERSION)
 STRATEGY_FIELDS = ("enabled", "weight")
 
 
@@ -51,6 +55,7 @@ class Versions:
     config: int = 0
     catalog: int = 0
     epoch: int = 0
+    items: int = 0
 
 
 def _insert_ignore(s: Session, model, values: dict, key: str) -> None:
@@ -157,6 +162,7 @@ class SettingsStore:
                     vals.get(CONFIG_VERSION, 0),
                     vals.get(CATALOG_VERSION, 0),
                     vals.get(CACHE_EPOCH, 0),
+                    vals.get(ITEMS_VERSION, 0),
                 )
             except Exception:
                 if self._versions is None:

@@ -39,6 +39,7 @@ from recsys.schemas import (
     SessionIn,
     SimilarQuery,
     check_text,
+    item_fields,
 )
 from recsys.service import Recommender, RecRequest, RecResult, ServingConfig, UserHistory
 from recsys.settings import Versions, get_settings
@@ -96,7 +97,7 @@ def serving(app=None) -> Serving:
     return Serving(
         config=settings.config(),
         versions=versions,
-        catalog=get_catalog_store(app).current(versions.catalog),
+        catalog=get_catalog_store(app).current(versions.catalog, versions.items),
         models=runtime.get,
         model_versions=loaded,
         wanted_versions=wanted,
@@ -366,15 +367,22 @@ def user_payload(
 
 
 def recommend_user(
-    user_id: str, req: RecRequest, explain: bool = False, shed: bool = False
+    user_id: str,
+    req: RecRequest,
+    explain: bool = False,
+    shed: bool = False,
+    fields: tuple[str, ...] = (),
 ) -> Response:
-    """The cached per-user answer (GET /v1/users/<id>/recommendations) as a Flask response.
-    Plain requests get here only when ``recsys.fastpath`` hands them on (the cache unreachable,
-    ``FAST_MISS_PATH`` off for a miss, an error there): it answers the rest in front of Flask
-    with the same bytes (``user_payload``)."""
+    """The cached per-user answer (GET /v1/users/<id>/recommendations) as a Flask response,
+    with item ``fields`` rendered after the cache. Plain requests get here only when
+    ``recsys.fastpath`` hands them on (the cache unreachable, ``FAST_MISS_PATH`` off for a
+    miss, an error there): it answers the rest in front of Flask with the same bytes
+    (``user_payload``)."""
     app = current_app._get_current_object()
     peeked = request.environ.get(PEEK_ENVIRON_KEY) if has_request_context() else None
-    route, body, _, assignment = user_payload(app, user_id, req, explain, shed, peeked)
+    ctx = serving(app)
+    route, body, _, assignment = user_payload(app, user_id, req, explain, shed, peeked, ctx)
+    body = ctx.catalog.render_items(body, fields)
     hook = app.extensions.get("recsys.exposure_hook")
     if hook and assignment:
         try:
@@ -401,7 +409,9 @@ def user_recommendations(user_id: str, q: dict):
     _check_id(user_id)
     adm = admission()
     req = user_request(q, _parse_exclude(q["exclude"]), adm)
-    return recommend_user(user_id, req, explain=q["explain"], shed=adm.shed)
+    return recommend_user(
+        user_id, req, explain=q["explain"], shed=adm.shed, fields=item_fields(q["fields"])
+    )
 
 
 @bp.post("/recommendations")
@@ -433,7 +443,12 @@ def session_recommendations(body: dict):
     out = {"user_id": None, **result.to_dict(explain=body["explain"]), "cached": False}
     if adm.shed or fell_back or unloadable(ctx, result):
         out["degraded"] = True
-    return out
+    return _list_response(ctx, _render(out), item_fields(body["fields"]))
+
+
+def _list_response(ctx: Serving, body: bytes, fields: tuple[str, ...]) -> Response:
+    """A list answer with the chosen item data rendered from ``ctx``'s catalogue snapshot."""
+    return Response(ctx.catalog.render_items(body, fields), mimetype=current_app.json.mimetype)
 
 
 @bp.get("/items/<item_id>/similar")
@@ -451,7 +466,7 @@ def similar(item_id: str, q: dict):
     ctx = serving(app)
     # Lists depend only on the item, n and what is served (config, catalogue, models): the
     # serialised answer is kept per process under that key, so a repeat is a dict lookup.
-    key = (item_id, q["n"], _snapshot(ctx))
+    key = (item_id, q["n"], q["explain"], _snapshot(ctx))
     cache = _similar_cache(app)
     body = cache.get(key)
     if body is None:
@@ -465,11 +480,12 @@ def similar(item_id: str, q: dict):
         if not known:
             raise NotFound(f"unknown item {item_id!r}")
         result = ctx.recommender().similar_items(item_id, n=q["n"])
-        body = _render({"user_id": None, **result.to_dict(explain=True), "cached": False})
+        out = {"user_id": None, **result.to_dict(explain=q["explain"]), "cached": False}
+        body = _render(out)
         if not result.dropped:  # a strategy failed: do not keep the partial list
             cache.put(key, body)
     metrics.set_route("similar")
-    return Response(body, mimetype=app.json.mimetype)
+    return _list_response(ctx, body, item_fields(q["fields"]))
 
 
 class _LRU:
@@ -515,4 +531,5 @@ def popular(q: dict):
     ctx = serving()
     result = ctx.recommender().popular(n=q["n"], category=q["category"], offset=q["offset"])
     metrics.set_route("popular")
-    return {"user_id": None, **result.to_dict(), "cached": False}
+    out = {"user_id": None, **result.to_dict(explain=q["explain"]), "cached": False}
+    return _list_response(ctx, _render(out), item_fields(q["fields"]))

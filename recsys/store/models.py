@@ -67,6 +67,7 @@ class Item(Base):
     # A list of category names; the first is the primary category.
     categories: Mapped[list[Any]] = mapped_column(default=list)
     price: Mapped[float | None] = mapped_column(Float, nullable=True)
+    image_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     available: Mapped[bool] = mapped_column(Boolean, default=True)
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
