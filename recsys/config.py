@@ -19,6 +19,8 @@ DEFAULTS: dict[str, object] = {
     "REDIS_URL": None,
     # Where model versions live. None means <instance>/models.
     "MODEL_DIR": None,
+    # Origins a browser may call the API from (a JSON list; ["*"] for any). None: no CORS.
+    "CORS_ORIGINS": None,
     # Bearer token for /v1/admin. None disables admin entirely (it is never open).
     "ADMIN_TOKEN": None,
     # Namespace for every Redis key, so several deployments can share one Redis.

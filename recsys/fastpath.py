@@ -53,6 +53,7 @@ from recsys.api.recommend import (
 )
 from recsys.auth import given_key, key_allows, keys_required
 from recsys.cache import get_cache
+from recsys.cors import fast_cors
 from recsys.schemas import RecQuery, item_fields
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class FastCachePath:
         self.app = app
         self.wsgi_app = wsgi_app
         self.mimetype = app.json.mimetype
+        self.cors = fast_cors(app)
         self._logged_at = -LOG_EVERY_S
         self._latency: dict[str, Any] = {}
 
@@ -160,10 +162,10 @@ class FastCachePath:
         ):
             body = self.hit(environ)
             if body is not None:
-                start_response(
-                    "200 OK",
-                    [("Content-Type", self.mimetype), ("Content-Length", str(len(body)))],
-                )
+                headers = [("Content-Type", self.mimetype), ("Content-Length", str(len(body)))]
+                if self.cors is not None:
+                    headers += self.cors(environ.get("HTTP_ORIGIN"))
+                start_response("200 OK", headers)
                 return [body]
         return self.wsgi_app(environ, start_response)
 
