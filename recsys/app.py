@@ -79,9 +79,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     experiments.init_app(app)
     app.register_blueprint(experiments_api.bp)
 
-    from recsys import cors, fastpath, limits
+    from recsys import cors, fastpath, limits, openapi
 
     cors.init_app(app)
+    openapi.init_app(app)
 
     # Body size and JSON shape limits, in front of Flask; then the cache hits of GET
     # /v1/users/<id>/recommendations answered in front of both (FAST_CACHE_PATH: plain GETs

@@ -1,12 +1,20 @@
-"""One JSON error shape for the whole API: ``{"code", "name", "description"}``."""
+"""One JSON error shape for the whole API: ``{"code", "name", "description"}`` (+ ``detail``
+for validation errors: location -> field -> messages).
+
+Not RFC 9457 ``application/problem+json``: its ``detail`` member is a string, where ours is the
+structured map clients already read to show which field is wrong; the keys stay as they are.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 
-from flask import Flask, jsonify
+from apiflask import Schema
+from apiflask.fields import Dict, Integer, String
+from flask import Flask, jsonify, request
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES as HTTP_STATUS_NAMES
@@ -97,15 +105,47 @@ class RateLimitedLog:
 _db_log = RateLimitedLog(log)
 
 
+class ErrorOut(Schema):
+    """The body of every error (the OpenAPI document's HTTP and validation error schema)."""
+
+    code = Integer(required=True, metadata={"description": "the HTTP status"})
+    name = String(required=True, metadata={"description": "the status' name"})
+    description = String(required=True, metadata={"description": "what went wrong"})
+    detail = Dict(
+        metadata={"description": "validation errors: location (json, query) -> field -> messages"}
+    )
+
+
 def error_body(code: int, name: str, description: str) -> dict:
     return {"code": code, "name": name, "description": description}
 
 
+def malformed_json() -> str | None:
+    """Why the request's body is not JSON (with line and column), or None when it parses or
+    there is none. Only called on the error path (a 400), so a valid body is parsed once."""
+    data = request.get_data(cache=True)
+    if not data:
+        return None
+    try:
+        json.loads(data)
+    except UnicodeDecodeError:
+        return "malformed JSON body: not UTF-8"
+    except json.JSONDecodeError as e:
+        return f"malformed JSON body: {e.msg} at line {e.lineno}, column {e.colno}"
+    return None
+
+
 def register_error_handlers(app: Flask) -> None:
     # APIFlask routes every HTTPException and validation error through this processor.
+    app.config["HTTP_ERROR_SCHEMA"] = ErrorOut
+    app.config["VALIDATION_ERROR_SCHEMA"] = ErrorOut
+
     @app.error_processor
     def _apiflask_error(e):
-        body = error_body(e.status_code, HTTP_STATUS_NAMES.get(e.status_code, "Error"), e.message)
+        message = e.message
+        if e.status_code == 400 and request and (why := malformed_json()):
+            message = why
+        body = error_body(e.status_code, HTTP_STATUS_NAMES.get(e.status_code, "Error"), message)
         if e.detail:
             body["detail"] = e.detail
         return body, e.status_code, e.headers

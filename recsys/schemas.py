@@ -325,6 +325,10 @@ class UserEntry(Schema):
     updated_at = String()
 
 
+class UserDetailOut(UserEntry):
+    """``GET /v1/users/<id>`` (its own name: apispec keeps one component per schema use)."""
+
+
 class UserListOut(Schema):
     users = List(Nested(UserEntry))
     next_cursor = String(allow_none=True)

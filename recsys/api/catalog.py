@@ -28,7 +28,7 @@ from recsys.schemas import (
     ItemListQuery,
     ItemOut,
     UserDeletedOut,
-    UserEntry,
+    UserDetailOut,
     UserIn,
     UserListOut,
     UserListQuery,
@@ -213,7 +213,7 @@ def _user_entry(user: User, events: int) -> dict:
 
 
 @bp.get("/users/<user_id>")
-@bp.output(UserEntry)
+@bp.output(UserDetailOut)
 @bp.doc(summary="One user", responses={404: "unknown user"})
 def get_user(user_id: str):
     _check(user_id, "user_id")
