@@ -89,4 +89,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     # only, it never reads a body); last, so the route it serves is registered and checked.
     limits.init_app(app)
     fastpath.init_app(app)
+
+    from recsys import logs
+
+    # Outermost: request ids and the access log cover the fast path too.
+    logs.init_app(app)
     return app

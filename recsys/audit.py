@@ -6,12 +6,15 @@ and its audit row commit (or roll back) together.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from recsys.store.models import AuditLog, utcnow
+
+log = logging.getLogger(__name__)
 
 
 def record(
@@ -31,6 +34,13 @@ def record(
             after=after,
             at=utcnow(),
         )
+    )
+    log.info(
+        "admin change %s %s by %s",
+        action,
+        target,
+        actor,
+        extra={"actor": actor, "action": action, "target": target, "after": after},
     )
 
 

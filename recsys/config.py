@@ -21,6 +21,13 @@ DEFAULTS: dict[str, object] = {
     "MODEL_DIR": None,
     # Origins a browser may call the API from (a JSON list; ["*"] for any). None: no CORS.
     "CORS_ORIGINS": None,
+    # Logging: level, and "json" (one JSON object a line, python-json-logger) or "text". Every
+    # line carries the request's id (X-Request-ID).
+    "LOG_LEVEL": "INFO",
+    "LOG_FORMAT": "json",
+    # One access-log line per request (method, path, status, latency, endpoint, route, cached,
+    # degraded) on the "recsys.access" logger.
+    "ACCESS_LOG": True,
     # Bearer token for /v1/admin. None disables admin entirely (it is never open).
     "ADMIN_TOKEN": None,
     # Namespace for every Redis key, so several deployments can share one Redis.

@@ -42,6 +42,7 @@ from marshmallow import ValidationError
 
 from recsys import deadline, metrics
 from recsys.api.recommend import (
+    _DEGRADED,
     PEEK_ENVIRON_KEY,
     _mark_cached,
     id_problem,
@@ -54,6 +55,7 @@ from recsys.api.recommend import (
 from recsys.auth import given_key, key_allows, keys_required
 from recsys.cache import get_cache
 from recsys.cors import fast_cors
+from recsys.logs import note
 from recsys.schemas import RecQuery, item_fields
 
 log = logging.getLogger(__name__)
@@ -244,6 +246,13 @@ class FastCachePath:
             return None
         # Item data is rendered after the cache, from the snapshot the lookup was keyed on.
         body = ctx.catalog.render_items(body, item_fields(q["fields"]))
+        note(
+            environ,
+            endpoint=RULE,
+            route=route,
+            cached=payload is not None,
+            degraded=_DEGRADED in body,
+        )
         latency = self._latency.get(route)
         if latency is None:
             latency = self._latency[route] = metrics.REQUEST_LATENCY.labels(ENDPOINT, route)

@@ -392,7 +392,12 @@ class ModelRuntime:
         metrics.MODEL_LOAD_SECONDS.labels(strategy).observe(seconds)
         self._errors.pop(strategy, None)
         log.info(
-            "loaded %s/%s (%.1f MiB) in %.2f s", strategy, version, loaded.nbytes / 2**20, seconds
+            "loaded %s/%s (%.1f MiB) in %.2f s",
+            strategy,
+            version,
+            loaded.nbytes / 2**20,
+            seconds,
+            extra={"strategy": strategy, "version": version, "load_seconds": round(seconds, 4)},
         )
         return _Slot(loaded=loaded, load_seconds=seconds, warmed=warmed)
 

@@ -31,7 +31,11 @@ def flask_calls(served_app):
 
 
 def _spy(app) -> list[str]:
-    mw = app.wsgi_app
+    from recsys.logs import RequestContext
+
+    outer = app.wsgi_app
+    assert isinstance(outer, RequestContext)  # request ids and the access log, in front
+    mw = outer.wsgi_app
     assert isinstance(mw, FastCachePath)
     inner, calls = mw.wsgi_app, []
 
@@ -45,7 +49,10 @@ def _spy(app) -> list[str]:
 
 @pytest.fixture
 def client(served_app):
-    return served_app.test_client()
+    client = served_app.test_client()
+    # One request id for every call, so the two paths' headers compare equal.
+    client.environ_base["HTTP_X_REQUEST_ID"] = "fastpath-test"
+    return client
 
 
 def _get(app, client, url, fast: bool, **kw):

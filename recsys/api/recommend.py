@@ -30,6 +30,7 @@ from recsys.cache import get_cache
 from recsys.catalog import Catalog, get_catalog_store
 from recsys.errors import DB_UNAVAILABLE, NotFound, RateLimitedLog
 from recsys.history import DEFAULT_MAX_EVENTS, load_history
+from recsys.logs import note
 from recsys.schemas import (
     MAX_EXCLUDE,
     MAX_ID,
@@ -236,6 +237,7 @@ def _snapshot(ctx: Serving) -> str:
 
 
 _NOT_CACHED = b'"cached":false'
+_DEGRADED = b'"degraded":true'
 _CACHED = b'"cached":true'
 
 
@@ -381,8 +383,9 @@ def recommend_user(
     app = current_app._get_current_object()
     peeked = request.environ.get(PEEK_ENVIRON_KEY) if has_request_context() else None
     ctx = serving(app)
-    route, body, _, assignment = user_payload(app, user_id, req, explain, shed, peeked, ctx)
+    route, body, cached, assignment = user_payload(app, user_id, req, explain, shed, peeked, ctx)
     body = ctx.catalog.render_items(body, fields)
+    note_access(cached=cached, degraded=_DEGRADED in body)
     hook = app.extensions.get("recsys.exposure_hook")
     if hook and assignment:
         try:
@@ -446,9 +449,18 @@ def session_recommendations(body: dict):
     return _list_response(ctx, _render(out), item_fields(body["fields"]))
 
 
-def _list_response(ctx: Serving, body: bytes, fields: tuple[str, ...]) -> Response:
+def _list_response(
+    ctx: Serving, body: bytes, fields: tuple[str, ...], cached: bool = False
+) -> Response:
     """A list answer with the chosen item data rendered from ``ctx``'s catalogue snapshot."""
+    note_access(cached=cached, degraded=_DEGRADED in body)
     return Response(ctx.catalog.render_items(body, fields), mimetype=current_app.json.mimetype)
+
+
+def note_access(**fields: Any) -> None:
+    """What the access-log line of this request says besides method, path and status."""
+    if has_request_context():
+        note(request.environ, **fields)
 
 
 @bp.get("/items/<item_id>/similar")
@@ -469,6 +481,7 @@ def similar(item_id: str, q: dict):
     key = (item_id, q["n"], q["explain"], _snapshot(ctx))
     cache = _similar_cache(app)
     body = cache.get(key)
+    cached = body is not None
     if body is None:
         known = item_id in ctx.catalog
         if not known:
@@ -485,7 +498,7 @@ def similar(item_id: str, q: dict):
         if not result.dropped:  # a strategy failed: do not keep the partial list
             cache.put(key, body)
     metrics.set_route("similar")
-    return _list_response(ctx, body, item_fields(q["fields"]))
+    return _list_response(ctx, body, item_fields(q["fields"]), cached)
 
 
 class _LRU:

@@ -1,0 +1,136 @@
+"""Request ids and structured logs.
+
+``RequestContext`` is the outermost WSGI layer (in front of the cache fast path and Flask): it
+takes the client's ``X-Request-ID`` (printable ASCII, at most 128 characters) or makes one,
+echoes it on the response, keeps it in a context variable that every log record of the request
+carries (``request_id``), and writes at most one access-log line per request (method, path,
+status, latency, endpoint, route, cached, degraded: what the fast path or the view noted in
+``environ[ACCESS_KEY]``).
+
+``configure`` sets up the process's logging once: JSON lines through python-json-logger
+(``LOG_FORMAT=json``, the default) or plain text, at ``LOG_LEVEL``. Tests (``TESTING``) keep
+pytest's logging as it is.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("recsys.access")
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+REQUEST_ID_KEY = "recsys.request_id"
+ACCESS_KEY = "recsys.access"
+_VALID_ID = re.compile(r"[\x21-\x7e]{1,128}")
+_CONFIGURED = "_recsys_handler"
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request's id on every record (``-`` outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get()
+        return True
+
+
+def configure(level: str = "INFO", fmt: str = "json", stream=None) -> logging.Handler:
+    """Route the root logger to one handler on ``stream`` (stderr) in ``fmt``; idempotent (a
+    second call replaces the handler it installed)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, _CONFIGURED, False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    setattr(handler, _CONFIGURED, True)
+    handler.addFilter(RequestIdFilter())
+    if fmt == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
+        )
+    root.addHandler(handler)
+    root.setLevel(str(level).upper())
+    return handler
+
+
+def note(environ: dict, **fields: Any) -> None:
+    """Add ``fields`` (route, cached, degraded ...) to this request's access-log line."""
+    access = environ.get(ACCESS_KEY)
+    if access is not None:
+        access.update(fields)
+
+
+StartResponse = Callable[..., Any]
+
+
+class RequestContext:
+    """WSGI middleware: request id in and out, one access-log line; see the module docstring."""
+
+    def __init__(self, app: Flask, wsgi_app: Callable[[dict, StartResponse], Iterable[bytes]]):
+        self.app = app
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        t0 = time.perf_counter()
+        rid = environ.get("HTTP_X_REQUEST_ID")
+        if rid is None or not _VALID_ID.fullmatch(rid):
+            rid = uuid.uuid4().hex
+        token = REQUEST_ID.set(rid)
+        environ[REQUEST_ID_KEY] = rid
+        access: dict[str, Any] = {}
+        environ[ACCESS_KEY] = access
+        header = ("X-Request-ID", rid)
+
+        def start(status: str, headers: list, exc_info=None):
+            headers.append(header)
+            access["status"] = int(status[:3])
+            return start_response(status, headers, exc_info)
+
+        try:
+            return self.wsgi_app(environ, start)
+        finally:
+            if self.app.config.get("ACCESS_LOG", True) and access_log.isEnabledFor(logging.INFO):
+                access["method"] = environ.get("REQUEST_METHOD")
+                access["path"] = environ.get("PATH_INFO")
+                access["latency_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+                access_log.info("request", extra=access)
+            REQUEST_ID.reset(token)
+
+
+def init_app(app: Flask) -> None:
+    """Logging setup (outside tests) and the Flask side of the access log: the endpoint's rule
+    and the recommendation route of each request. Call last: ``RequestContext`` wraps
+    everything else."""
+    if not app.config.get("TESTING") and app.config.get("LOG_CONFIGURE", True):
+        configure(app.config.get("LOG_LEVEL", "INFO"), app.config.get("LOG_FORMAT", "json"))
+
+    @app.after_request
+    def _note(response):
+        from flask import g, request
+
+        fields: dict[str, Any] = {"endpoint": request.url_rule.rule if request.url_rule else None}
+        route = g.get("recsys_route")
+        if route is not None:
+            fields["route"] = route
+        note(request.environ, **fields)
+        return response
+
+    app.wsgi_app = RequestContext(app, app.wsgi_app)  # type: ignore[method-assign]
