@@ -55,7 +55,8 @@ from recsys.api.recommend import (
 from recsys.auth import given_key, key_allows, keys_required
 from recsys.cache import get_cache
 from recsys.cors import fast_cors
-from recsys.logs import note
+from recsys.httpcache import list_headers, not_modified
+from recsys.logs import note, stage
 from recsys.schemas import RecQuery, item_fields
 
 log = logging.getLogger(__name__)
@@ -164,9 +165,13 @@ class FastCachePath:
         ):
             body = self.hit(environ)
             if body is not None:
-                headers = [("Content-Type", self.mimetype), ("Content-Length", str(len(body)))]
+                tag, headers = list_headers(body, self.app.config.get("CACHE_TTL", 300))
                 if self.cors is not None:
                     headers += self.cors(environ.get("HTTP_ORIGIN"))
+                if not_modified(environ.get("HTTP_IF_NONE_MATCH"), tag):
+                    start_response("304 Not Modified", headers)
+                    return []
+                headers += [("Content-Type", self.mimetype), ("Content-Length", str(len(body)))]
                 start_response("200 OK", headers)
                 return [body]
         return self.wsgi_app(environ, start_response)
@@ -214,7 +219,9 @@ class FastCachePath:
         context = user_cache_context(
             ctx, q["n"], q["offset"], q["category"], exclude, q["explain"], None
         )
+        t_cache = time.perf_counter()
         peeked = get_cache(app).peek(user_id, context)
+        stage("cache", time.perf_counter() - t_cache)
         if peeked is None:
             return None  # cache unavailable
         payload = peeked.payload
@@ -245,7 +252,9 @@ class FastCachePath:
             environ[PEEK_ENVIRON_KEY] = peeked
             return None
         # Item data is rendered after the cache, from the snapshot the lookup was keyed on.
+        t_render = time.perf_counter()
         body = ctx.catalog.render_items(body, item_fields(q["fields"]))
+        stage("render", time.perf_counter() - t_render)
         note(
             environ,
             endpoint=RULE,

@@ -7,6 +7,9 @@ carries (``request_id``), and writes at most one access-log line per request (me
 status, latency, endpoint, route, cached, degraded: what the fast path or the view noted in
 ``environ[ACCESS_KEY]``).
 
+It also sends ``Server-Timing``: the stages the request recorded with ``stage`` (cache lookup,
+history, scoring, item rendering) and the total up to the response's start.
+
 ``configure`` sets up the process's logging once: JSON lines through python-json-logger
 (``LOG_FORMAT=json``, the default) or plain text, at ``LOG_LEVEL``. Tests (``TESTING``) keep
 pytest's logging as it is.
@@ -29,6 +32,10 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("recsys.access")
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# (stage, seconds) of the current request, for its Server-Timing header.
+STAGES: contextvars.ContextVar[list[tuple[str, float]] | None] = contextvars.ContextVar(
+    "stages", default=None
+)
 REQUEST_ID_KEY = "recsys.request_id"
 ACCESS_KEY = "recsys.access"
 _VALID_ID = re.compile(r"[\x21-\x7e]{1,128}")
@@ -71,6 +78,19 @@ def configure(level: str = "INFO", fmt: str = "json", stream=None) -> logging.Ha
     return handler
 
 
+def stage(name: str, seconds: float) -> None:
+    """Record a stage time of the current request (sent in ``Server-Timing``)."""
+    stages = STAGES.get()
+    if stages is not None:
+        stages.append((name, seconds))
+
+
+def server_timing(stages: list[tuple[str, float]], total_s: float) -> str:
+    parts = [f"{name};dur={seconds * 1e3:.2f}" for name, seconds in stages]
+    parts.append(f"total;dur={total_s * 1e3:.2f}")
+    return ", ".join(parts)
+
+
 def note(environ: dict, **fields: Any) -> None:
     """Add ``fields`` (route, cached, degraded ...) to this request's access-log line."""
     access = environ.get(ACCESS_KEY)
@@ -94,6 +114,8 @@ class RequestContext:
         if rid is None or not _VALID_ID.fullmatch(rid):
             rid = uuid.uuid4().hex
         token = REQUEST_ID.set(rid)
+        stages: list[tuple[str, float]] = []
+        stages_token = STAGES.set(stages)
         environ[REQUEST_ID_KEY] = rid
         access: dict[str, Any] = {}
         environ[ACCESS_KEY] = access
@@ -101,6 +123,7 @@ class RequestContext:
 
         def start(status: str, headers: list, exc_info=None):
             headers.append(header)
+            headers.append(("Server-Timing", server_timing(stages, time.perf_counter() - t0)))
             access["status"] = int(status[:3])
             return start_response(status, headers, exc_info)
 
@@ -113,6 +136,7 @@ class RequestContext:
                 access["latency_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
                 access_log.info("request", extra=access)
             REQUEST_ID.reset(token)
+            STAGES.reset(stages_token)
 
 
 def init_app(app: Flask) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any
@@ -30,7 +31,8 @@ from recsys.cache import get_cache
 from recsys.catalog import Catalog, get_catalog_store
 from recsys.errors import DB_UNAVAILABLE, NotFound, RateLimitedLog
 from recsys.history import DEFAULT_MAX_EVENTS, load_history
-from recsys.logs import note
+from recsys.httpcache import list_headers, not_modified
+from recsys.logs import note, stage
 from recsys.schemas import (
     MAX_EXCLUDE,
     MAX_ID,
@@ -333,6 +335,7 @@ def user_payload(
 
     def compute() -> tuple[bytes, bool]:
         store_down = False
+        t0 = time.perf_counter()
         try:
             # Within the request's deadline: a database that hangs gets that long, no more.
             history = load_history(app, user_id, limit, req.deadline_s)
@@ -343,7 +346,10 @@ def user_payload(
                 "history lookup failed, serving popularity: %s", (str(e).splitlines() or [""])[0]
             )
             history, store_down = UserHistory.from_items(user_id, [], type="click"), True
+        t1 = time.perf_counter()
+        stage("history", t1 - t0)
         result, fell_back = recommend_in_turn(ctx, overrides, history, req, shed or store_down)
+        stage("score", time.perf_counter() - t1)
         out = {"user_id": user_id, **result.to_dict(explain=explain), "cached": False}
         if shed or store_down or fell_back or unloadable(ctx, result):
             out["degraded"] = True
@@ -384,7 +390,9 @@ def recommend_user(
     peeked = request.environ.get(PEEK_ENVIRON_KEY) if has_request_context() else None
     ctx = serving(app)
     route, body, cached, assignment = user_payload(app, user_id, req, explain, shed, peeked, ctx)
+    t0 = time.perf_counter()
     body = ctx.catalog.render_items(body, fields)
+    stage("render", time.perf_counter() - t0)
     note_access(cached=cached, degraded=_DEGRADED in body)
     hook = app.extensions.get("recsys.exposure_hook")
     if hook and assignment:
@@ -393,7 +401,18 @@ def recommend_user(
         except Exception:  # exposure logging must never fail a recommendation
             log.exception("exposure hook failed")
     metrics.set_route(route)
-    return Response(body, mimetype=app.json.mimetype)
+    return list_answer(body)
+
+
+def list_answer(body: bytes, conditional: bool = True) -> Response:
+    """A list's response: with ``ETag`` and ``Cache-Control`` (``recsys.httpcache``), 304 when
+    the request's ``If-None-Match`` names it; exactly what the fast path sends."""
+    app = current_app
+    tag, headers = list_headers(body, app.config.get("CACHE_TTL", 300))
+    if conditional and has_request_context():
+        if not_modified(request.headers.get("If-None-Match"), tag):
+            return Response(status=304, headers=headers)
+    return Response(body, headers=headers, mimetype=app.json.mimetype)
 
 
 @bp.get("/users/<user_id>/recommendations")
@@ -454,7 +473,10 @@ def _list_response(
 ) -> Response:
     """A list answer with the chosen item data rendered from ``ctx``'s catalogue snapshot."""
     note_access(cached=cached, degraded=_DEGRADED in body)
-    return Response(ctx.catalog.render_items(body, fields), mimetype=current_app.json.mimetype)
+    t0 = time.perf_counter()
+    body = ctx.catalog.render_items(body, fields)
+    stage("render", time.perf_counter() - t0)
+    return list_answer(body, conditional=request.method == "GET")
 
 
 def note_access(**fields: Any) -> None:
