@@ -28,6 +28,7 @@ run: install
 
 services:
 	./scripts/ensure_services.sh
+	./scripts/ensure_browser.sh
 
 test: install services
 	$(BIN)/pytest -q

@@ -4,6 +4,8 @@
     .venv/bin/python bench/serve_bench.py --prepare
     # the benchmark (about 2-3 minutes): starts `recsys serve` (2 workers), measures, stops it
     .venv/bin/python bench/serve_bench.py
+    # only /healthz against cached lists with and without item data, 3 alternating rounds
+    .venv/bin/python bench/serve_bench.py --cached-only 3
     # against a server you started yourself (no memory figures unless --server-pid is given)
     .venv/bin/python bench/serve_bench.py --url http://127.0.0.1:8000
 
@@ -541,6 +543,34 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, load average {load[0]:.1f} at start"
 
 
+def cached_only(base: str, args, drive, urls: list[str], run_id: str) -> int:
+    """/healthz against cached lists with the default item fields (title, price, image_url)
+    and with none (``fields=``), in alternating rounds: the cost of rendering item data."""
+    for url in urls:  # fill the cache
+        get_json(base, url)
+    kinds = {
+        "/healthz": [("GET", "/healthz", None)],
+        "cached, default fields": [("GET", u, None) for u in urls],
+        "cached, fields=": [("GET", u + "&fields=", None) for u in urls],
+    }
+    got: dict[str, list[float]] = {k: [] for k in kinds}
+    for rnd in range(args.cached_only):
+        for name, specs in kinds.items():
+            r = drive(base, specs, args.concurrency, args.duration, run_id)
+            got[name].append(r["rps"])
+            print(f"round {rnd + 1} {name:24s} {r['rps']:8.0f} req/s  errors {r['errors']}")
+    med = {k: statistics.median(v) for k, v in got.items()}
+    print()
+    print(
+        f"medians of {args.cached_only} alternating rounds, {args.concurrency} connections, "
+        f"{args.duration:.0f} s each: /healthz {med['/healthz']:.0f} req/s, cached lists with "
+        f"item fields {med['cached, default fields']:.0f} req/s "
+        f"(**{med['cached, default fields'] / med['/healthz']:.0%}** of /healthz), without "
+        f"{med['cached, fields=']:.0f} req/s ({med['cached, fields='] / med['/healthz']:.0%})"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
@@ -557,6 +587,13 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         metavar="N",
         help="only the deep model's batching measurement, N times (no server)",
+    )
+    p.add_argument(
+        "--cached-only",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only /healthz vs cached lists with and without item fields, N alternating rounds",
     )
     p.add_argument("--url", default=None, help="benchmark a running server instead")
     p.add_argument("--server-pid", type=int, default=None, help="its gunicorn master (memory)")
@@ -628,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
         uncached_clients = sorted({int(c) for c in args.uncached_clients.split(",") if c.strip()})
         rec = "/v1/users/{u}/recommendations?n=10"
         cached_users = users[:50]
+        if args.cached_only:
+            return cached_only(base, args, drive, [rec.format(u=u) for u in cached_users], run_id)
         scenarios: list[tuple[str, list[Spec]]] = [
             ("/healthz (floor)", [("GET", "/healthz", None)]),
             ("recommendations, cached", [("GET", rec.format(u=u), None) for u in cached_users]),
