@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["create_app"]
-__version__ = "0.1.0"
+from recsys.version import __version__
+
+__all__ = ["create_app", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 from apiflask import APIFlask
 
 from recsys.config import DEFAULTS, STRING_KEYS, instance_defaults
+from recsys.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     app = APIFlask(
         __name__,
         title="recsys",
-        version="0.1.0",
+        version=__version__,
         instance_path=os.environ.get("RECSYS_INSTANCE_PATH") or None,
         instance_relative_config=True,
     )

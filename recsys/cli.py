@@ -14,11 +14,37 @@ from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
 from recsys.app import create_app
+from recsys.version import __version__
 
 
-@click.group(cls=FlaskGroup, create_app=create_app, add_default_commands=False)
+class RecsysGroup(FlaskGroup):
+    """Flask's CLI group (app context for every command) without Flask's own options:
+    ``--app``/``--env-file``/``--debug`` locate and configure *an* app, ours is fixed, and is
+    configured with ``RECSYS_*`` environment variables."""
+
+    def __init__(self, **kw):
+        super().__init__(add_version_option=False, set_debug_flag=False, **kw)
+        self.params = [p for p in self.params if p.name not in ("env_file", "app", "debug")]
+
+
+@click.group(cls=RecsysGroup, create_app=create_app, add_default_commands=False)
+@click.version_option(__version__, "--version", "-V", prog_name="recsys")
 def main() -> None:
-    """recsys: recommendation-serving service."""
+    """recsys: a recommendation-serving service.
+
+    Answers "recommended for you", "similar items" and "popular" over HTTP from your events
+    and catalogue, with models trained from them (popularity, content, EASE, ALS, BPR, a
+    sequence model). Typical use:
+
+    \b
+      recsys db upgrade                   create or migrate the SQL store
+      recsys import online-retail         load data (or: import csv ...)
+      recsys train                        train and activate every model
+      recsys serve --bind 0.0.0.0:8000    serve the HTTP API (gunicorn)
+
+    Configured with RECSYS_* environment variables (RECSYS_DATABASE_URL, RECSYS_REDIS_URL,
+    ...; see the README). The API is documented at /docs once serving.
+    """
 
 
 @main.group("db")

@@ -10,9 +10,9 @@ status, latency, endpoint, route, cached, degraded: what the fast path or the vi
 It also sends ``Server-Timing``: the stages the request recorded with ``stage`` (cache lookup,
 history, scoring, item rendering) and the total up to the response's start.
 
-``configure`` sets up the process's logging once: JSON lines through python-json-logger
-(``LOG_FORMAT=json``, the default) or plain text, at ``LOG_LEVEL``. Tests (``TESTING``) keep
-pytest's logging as it is.
+``configure`` sets up the process's logging: JSON lines through python-json-logger
+(``LOG_FORMAT=json``, the default) or plain text, at ``LOG_LEVEL``. The served app does it
+(``wsgi.py``); the CLI and tests keep Python's defaults.
 """
 
 from __future__ import annotations
@@ -139,12 +139,15 @@ class RequestContext:
             STAGES.reset(stages_token)
 
 
+def configure_for(app: Flask) -> logging.Handler:
+    """``configure`` with the app's ``LOG_LEVEL`` and ``LOG_FORMAT`` (the served app,
+    ``wsgi.py``)."""
+    return configure(app.config.get("LOG_LEVEL", "INFO"), app.config.get("LOG_FORMAT", "json"))
+
+
 def init_app(app: Flask) -> None:
-    """Logging setup (outside tests) and the Flask side of the access log: the endpoint's rule
-    and the recommendation route of each request. Call last: ``RequestContext`` wraps
-    everything else."""
-    if not app.config.get("TESTING") and app.config.get("LOG_CONFIGURE", True):
-        configure(app.config.get("LOG_LEVEL", "INFO"), app.config.get("LOG_FORMAT", "json"))
+    """The Flask side of the access log: the endpoint's rule and the recommendation route of
+    each request. Call last: ``RequestContext`` wraps everything else."""
 
     @app.after_request
     def _note(response):

@@ -164,7 +164,13 @@ def train_strategies(
     steps = ("holdout fit", "evaluate", "fit", "save") if holdout > 0 else ("fit", "save")
     split = holdout_split(data, holdout) if holdout > 0 else None
     results: list[TrainResult] = []
-    bar = tqdm(total=len(names) * len(steps), disable=not progress, unit="step", dynamic_ncols=True)
+    # disable=None: no bar (and no carriage returns) when stderr is not a terminal, e.g. a log.
+    bar = tqdm(
+        total=len(names) * len(steps),
+        disable=None if progress else True,
+        unit="step",
+        dynamic_ncols=True,
+    )
     try:
         for name in names:
             cls = classes[name]

@@ -132,6 +132,13 @@ def _list_json(runner):
     return json.loads(r.output)
 
 
+def test_progress_bar_writes_no_carriage_returns_when_not_a_terminal(store_app):
+    runner = store_app.test_cli_runner()
+    r = runner.invoke(main, args=["train", "counts"])  # no --quiet: the bar is wanted ...
+    assert r.exit_code == 0, r.output
+    assert "\r" not in r.output  # ... but stderr is no terminal, so tqdm draws nothing
+
+
 def test_train_cli_end_to_end(store_app):
     runner = store_app.test_cli_runner()
     r = runner.invoke(main, args=["train", "counts", "--quiet"])

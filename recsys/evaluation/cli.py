@@ -26,7 +26,10 @@ def _tqdm_factory(enabled: bool):
     from tqdm import tqdm
 
     def make(total: int, desc: str, unit: str):
-        return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+        # disable=None: no bar (no carriage returns) when stderr is not a terminal.
+        return tqdm(
+            total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=None
+        )
 
     return make
 

@@ -1,0 +1,41 @@
+"""The ``recsys`` command's top level: its own help and a single-sourced version."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from recsys import __version__
+from recsys.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_version_is_the_packages():
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert __version__ == version("recsys") == declared
+    r = CliRunner().invoke(main, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"recsys, version {declared}"
+
+
+def test_help_describes_recsys_not_flask():
+    r = CliRunner().invoke(main, ["--help"])
+    assert r.exit_code == 0
+    assert "recommendation-serving service" in r.output and "recsys serve" in r.output
+    assert "--env-file" not in r.output and "Flask" not in r.output
+    for command in ("db", "import", "train", "serve", "models", "evaluate"):
+        assert f"  {command} " in r.output
+
+
+def test_openapi_version_is_the_packages(sqlite_app):
+    spec = sqlite_app.test_client().get("/openapi.json").get_json()
+    assert spec["info"]["version"] == __version__
+
+
+def test_license_and_changelog_ship():
+    assert "Apache License" in (ROOT / "LICENSE").read_text()
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert f"## {__version__}" in changelog or "## Unreleased" in changelog
