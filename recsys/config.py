@@ -48,11 +48,11 @@ DEFAULTS: dict[str, object] = {
     # marked degraded. 0: no limit. The history lookup and the cache write are outside the
     # turn. None (auto): 1 when CUDA is absent, 0 with a GPU, where scoring waits on the
     # device without the GIL and concurrent requests should meet in the deep model's
-    # micro-batcher. Measured under gunicorn on 2 cores (README, "Serving benchmark").
+    # micro-batcher. Measured under gunicorn on 2 cores (docs/benchmarks.md, "Serving benchmark").
     "SCORING_SLOTS": None,
     # With SCORING_SLOTS, the request that gets a turn also scores up to this many requests in
     # all that wait for one and would be scored alike, in one pass of every model (1: each
-    # request alone). Measured under gunicorn on 2 cores (README, "Serving benchmark").
+    # request alone). Measured under gunicorn on 2 cores (docs/benchmarks.md, "Serving benchmark").
     "SCORING_BATCH_MAX": 8,
     # Per-process memory budget for loaded models, in MiB.
     "MODEL_MEMORY_BUDGET_MB": 768,
