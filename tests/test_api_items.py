@@ -165,13 +165,18 @@ def test_users_get_list_delete(served_app, client):
 
 def test_render_items_splices_fragments_only_at_item_objects():
     odd = 'x"{"item_id":"y'
+    slash = "back\\slash\\"
     cat = Catalog(
-        {"a": (True, ("c1",)), odd: (True, ())},
+        {"a": (True, ("c1",)), odd: (True, ()), slash: (True, ("s",))},
         data={"a": {"title": "Ä", "price": 2.0, "image_url": None, "attributes": {}}},
     )
     body = json.dumps(
         {
-            "items": [{"item_id": "a", "score": 1.0}, {"item_id": odd, "score": 0.5}],
+            "items": [
+                {"item_id": "a", "score": 1.0},
+                {"item_id": odd, "score": 0.5},
+                {"item_id": slash, "score": 0.2},
+            ],
             "user_id": '{"item_id":"a"',
             "z": [{"item_id": "unknown", "score": 0}],
         },
@@ -193,6 +198,7 @@ def test_render_items_splices_fragments_only_at_item_objects():
         "price": None,
         "categories": [],
     }
+    assert out["items"][2]["categories"] == ["s"] and out["items"][2]["item_id"] == slash
     assert out["user_id"] == '{"item_id":"a"'
     assert out["z"][0]["title"] is None
     assert cat.render_items(body, ()) == body
