@@ -920,14 +920,18 @@ class Recommender:
 
     # -- other questions --------------------------------------------------------------------
     def popular(self, n: int = 10, category: str | None = None, offset: int = 0) -> RecResult:
-        """Most popular available items (optionally in a category)."""
+        """Most popular available items (optionally in a category). Scores are relative
+        popularity in 0..1: the model's score over the most popular candidate's (the raw
+        scores are weighted event counts, whose scale means nothing to a client)."""
         req = RecRequest(n=n, offset=offset, category=category)
         lm = self._loaded("popular")
         if lm is None:
             return RecResult(items=[], route="popular", degraded=True, skipped=["popular"])
         empty = UserHistory(None)
         cands = self.candidates("popular", lm, [empty], [req])[0]
-        ranked = [RecItem(i, s, {"popular": s}) for i, s in cands]
+        top = max((float(s) for _, s in cands), default=0.0)
+        scale = 1.0 / top if top > 0 else 1.0
+        ranked = [RecItem(i, s * scale, {"popular": s * scale}) for i, s in cands]
         ranked = self.apply_rules(ranked, empty, req)
         return RecResult(
             items=self.page(ranked, req),

@@ -59,6 +59,16 @@ def test_sources_only_with_explain(client, url):
     assert all(it["sources"] for it in body["items"])
 
 
+def test_popular_scores_are_relative_popularity(client):
+    body = client.get("/v1/popular?n=5&explain=true").get_json()
+    scores = [it["score"] for it in body["items"]]
+    assert scores[0] == 1.0 and all(0 < s <= 1 for s in scores)
+    assert scores == sorted(scores, reverse=True)
+    assert all(it["sources"] == {"popular": it["score"]} for it in body["items"])
+    page2 = client.get("/v1/popular?n=2&offset=2").get_json()["items"]
+    assert [it["score"] for it in page2] == scores[2:4]  # relative to the top, not the page
+
+
 def test_session_list_carries_item_fields(client):
     r = client.post("/v1/recommendations", json={"items": ["i0"], "n": 2, "fields": ["price"]})
     assert r.status_code == 200
