@@ -97,6 +97,13 @@ class ModelModeOut(Schema):
     loaded_version = String(allow_none=True)
 
 
+class ServingProfileOut(Schema):
+    format = String()
+    routes = List(Dict(), metadata={"description": "[{max_history, weights, blend?, ...}]"})
+    blend = String()
+    params = Dict(metadata={"description": "strategy hyperparameters"})
+
+
 class ExperimentOut(Schema):
     name = String()
     variants = List(Dict(), metadata={"description": "[{name, weight, config}]"})
@@ -139,6 +146,7 @@ ADMIN_RESPONSES: dict[tuple[str, str], type[Schema]] = {
     ("/v1/admin/models/{strategy}/rollback", "post"): ModelChangeOut,
     ("/v1/admin/models/{strategy}/load", "post"): ModelModeOut,
     ("/v1/admin/models/{strategy}/unload", "post"): ModelModeOut,
+    ("/v1/admin/models/profile/active", "get"): ServingProfileOut,
     ("/v1/admin/experiments", "get"): ExperimentsOut,
     ("/v1/admin/experiments", "post"): ExperimentOut,
     ("/v1/admin/experiments/{name}", "get"): ExperimentOut,

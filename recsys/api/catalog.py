@@ -116,6 +116,15 @@ def put_item(item_id: str, body: dict):
     return out, 201 if created else 200
 
 
+def _existing(s, model, external_id: str, lock: bool = False):
+    """The ``Item`` or ``User`` row with ``external_id`` (locked for update), or 404."""
+    q = select(model).where(model.external_id == external_id)
+    row = s.scalar(q.with_for_update() if lock else q)
+    if row is None:
+        raise NotFound(f"unknown {model.__name__.lower()} {external_id!r}")
+    return row
+
+
 def encode_cursor(last_id: str | None) -> str | None:
     return base64.urlsafe_b64encode(last_id.encode()).decode() if last_id is not None else None
 
@@ -153,10 +162,7 @@ def list_items(q: dict):
 def get_item(item_id: str):
     _check(item_id, "item_id")
     with session_scope() as s:
-        item = s.scalar(select(Item).where(Item.external_id == item_id))
-        if item is None:
-            raise NotFound(f"unknown item {item_id!r}")
-        return _item_out(item, False)
+        return _item_out(_existing(s, Item, item_id), False)
 
 
 @bp.delete("/items/<item_id>")
@@ -172,9 +178,7 @@ def delete_item(item_id: str):
     _check(item_id, "item_id")
     app = current_app._get_current_object()
     with session_scope(app) as s:
-        item = s.scalar(select(Item).where(Item.external_id == item_id).with_for_update())
-        if item is None:
-            raise NotFound(f"unknown item {item_id!r}")
+        item = _existing(s, Item, item_id, lock=True)
         if item.available:
             item.available = False
             bump(s, CATALOG_VERSION, f"item {item_id} retired")
@@ -218,9 +222,7 @@ def _user_entry(user: User, events: int) -> dict:
 def get_user(user_id: str):
     _check(user_id, "user_id")
     with session_scope() as s:
-        user = s.scalar(select(User).where(User.external_id == user_id))
-        if user is None:
-            raise NotFound(f"unknown user {user_id!r}")
+        user = _existing(s, User, user_id)
         events = s.scalar(select(func.count()).where(Event.user_id == user.id)) or 0
         return _user_entry(user, events)
 
@@ -263,9 +265,7 @@ def delete_user(user_id: str):
     _check(user_id, "user_id")
     app = current_app._get_current_object()
     with session_scope(app) as s:
-        user = s.scalar(select(User).where(User.external_id == user_id).with_for_update())
-        if user is None:
-            raise NotFound(f"unknown user {user_id!r}")
+        user = _existing(s, User, user_id, lock=True)
         events = s.execute(delete(Event).where(Event.user_id == user.id)).rowcount
         s.delete(user)
     if not get_cache(app).invalidate_users([user_id]):
