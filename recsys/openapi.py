@@ -265,6 +265,9 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
             if path.startswith("/v1/admin"):
                 errors["401"] = "missing or wrong admin token"
                 errors["403"] = "admin is disabled (no RECSYS_ADMIN_TOKEN)"
+            elif path.startswith("/v1/"):
+                errors["401"] = "an API key is required here (RECSYS_API_KEYS) or invalid"
+                errors["403"] = "the API key lacks the scope this operation needs"
             if path.startswith("/v1/"):
                 errors["503"] = "the database is unreachable (Retry-After)"
             for status, why in errors.items():

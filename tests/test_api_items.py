@@ -212,3 +212,26 @@ def test_render_items_splices_fragments_only_at_item_objects():
     assert out["user_id"] == '{"item_id":"a"'
     assert out["z"][0]["title"] is None
     assert cat.render_items(body, ()) == body
+
+
+@pytest.mark.parametrize(
+    "method, url, scope",
+    [
+        ("get", "/v1/items", "read"),
+        ("get", "/v1/items/i1", "read"),
+        ("delete", "/v1/items/i1", "catalog:write"),
+        ("get", "/v1/users", "catalog:write"),
+        ("get", "/v1/users/u1", "catalog:write"),
+        ("delete", "/v1/users/u1", "catalog:write"),
+    ],
+)
+def test_item_and_user_endpoints_need_their_scope(make_app, method, url, scope):
+    app = make_app(API_KEYS="k-read=read;k-cat=catalog:write", API_KEYS_FOR_READS=True)
+    client = app.test_client()
+    client.put("/v1/items/i1", json={"title": "x"}, headers={"X-API-Key": "k-cat"})
+    client.put("/v1/users/u1", json={"attributes": {}}, headers={"X-API-Key": "k-cat"})
+    assert getattr(client, method)(url).status_code == 401
+    other = "k-cat" if scope == "read" else "k-read"
+    assert getattr(client, method)(url, headers={"X-API-Key": other}).status_code == 403
+    right = "k-read" if scope == "read" else "k-cat"
+    assert getattr(client, method)(url, headers={"X-API-Key": right}).status_code == 200

@@ -6,6 +6,9 @@ fresh cache keys within ``CONFIG_POLL_SECONDS``; the answering worker sees it at
 item edit bumps ``items_version``, which refreshes the snapshot's display data (titles,
 prices, images) without touching any cache key. The item list is read from that snapshot, not
 SQL.
+
+With API keys configured (``recsys.auth``), items are read with ``read`` and changed with
+``catalog:write``; users, personal data, are read and erased with ``catalog:write`` only.
 """
 
 from __future__ import annotations
@@ -139,6 +142,7 @@ def decode_cursor(cursor: str | None) -> str | None:
 
 
 @bp.get("/items")
+@require_scope("read")
 @bp.input(ItemListQuery, location="query", arg_name="q")
 @bp.output(ItemListOut)
 @bp.doc(
@@ -157,6 +161,7 @@ def list_items(q: dict):
 
 
 @bp.get("/items/<item_id>")
+@require_scope("read")
 @bp.output(ItemOut)
 @bp.doc(summary="One item", responses={404: "unknown item"})
 def get_item(item_id: str):
@@ -166,6 +171,7 @@ def get_item(item_id: str):
 
 
 @bp.delete("/items/<item_id>")
+@require_scope("catalog:write")
 @bp.output(ItemOut)
 @bp.doc(
     summary="Retire an item",
@@ -217,6 +223,7 @@ def _user_entry(user: User, events: int) -> dict:
 
 
 @bp.get("/users/<user_id>")
+@require_scope("catalog:write")
 @bp.output(UserDetailOut)
 @bp.doc(summary="One user", responses={404: "unknown user"})
 def get_user(user_id: str):
@@ -228,6 +235,7 @@ def get_user(user_id: str):
 
 
 @bp.get("/users")
+@require_scope("catalog:write")
 @bp.input(UserListQuery, location="query", arg_name="q")
 @bp.output(UserListOut)
 @bp.doc(summary="List users (cursor pagination)", description="Users in id order.")
@@ -253,6 +261,7 @@ def list_users(q: dict):
 
 
 @bp.delete("/users/<user_id>")
+@require_scope("catalog:write")
 @bp.output(UserDeletedOut)
 @bp.doc(
     summary="Erase a user",
