@@ -132,6 +132,8 @@ def malformed_json() -> str | None:
         return "malformed JSON body: not UTF-8"
     except json.JSONDecodeError as e:
         return f"malformed JSON body: {e.msg} at line {e.lineno}, column {e.colno}"
+    except (ValueError, RecursionError):
+        return None  # valid JSON Python refuses (huge integers, deep nesting): said elsewhere
     return None
 
 
