@@ -41,17 +41,18 @@ def tune_store(
     say(f"searched in {tune_s:.0f}s; guard {profile.guard['verdict']}: {profile.guard['reason']}")
     say(profile.summary())
     t1 = time.perf_counter()
+    reuse = {s: v for s in profile.strategies() if (v := _fitted_alike(repo, s, profile, data))}
     results = train_strategies(
         data,
         repo,
-        profile.strategies(),
+        [s for s in profile.strategies() if s not in reuse],
         params=profile.params,
         holdout=0.0,
         activate=False,
         actor=actor,
         progress=options.progress,
     )
-    profile.models = {r.strategy: r.version for r in results}
+    profile.models = {**reuse, **{r.strategy: r.version for r in results}}
     refit_s = time.perf_counter() - t1
     version = save_profile(repo, profile, actor=actor)
     active = repo.active_version(PROFILE_KIND)
@@ -84,6 +85,29 @@ def tune_store(
         "validation": profile.validation,
         "seconds": {"search": round(tune_s, 1), "refit": round(refit_s, 1)},
     }
+
+
+def _fitted_alike(repo, strategy: str, profile, data) -> str | None:
+    """The active version of ``strategy`` if it was fitted with the profile's parameters on
+    these very events (``recsys train --tune`` has just trained it): no need to fit it again."""
+    from strategies import get_strategy_class
+
+    version = repo.active_version(strategy)
+    if version is None:
+        return None
+    row = repo.get_version(strategy, version)
+    try:
+        wanted = get_strategy_class(strategy)(**profile.params.get(strategy, {})).get_params()
+    except (ValueError, TypeError):
+        return None
+    stored = row["params"].get("params", row["params"])
+    snap, info = row["data_snapshot"], data.info or {}
+    same_data = (
+        snap.get("events") == len(data)
+        and snap.get("ts_max") == info.get("ts_max")
+        and snap.get("ts_min") == info.get("ts_min")
+    )
+    return version if same_data and stored == wanted else None
 
 
 def tune_options(
