@@ -60,7 +60,7 @@ _poll_log = RateLimitedLog(log, every_s=60.0)
 LOAD_MODES = ("preload", "lazy")
 DEFAULT_LOAD_MODE = "preload"
 # Strategies whose scoring goes through the micro-batcher.
-BATCHED_STRATEGIES = ("deep",)
+BATCHED_STRATEGIES = ("deep", "sequence")
 WARMUP_USERS = 8
 WARMUP_EVENTS = 400
 # After a failed lazy load, wait this long before trying the same version again, so a broken
@@ -166,6 +166,7 @@ class BatchedModel(Strategy):
         merged = UserBatch(
             matrix=_stack_csr([b.matrix for b in batches]),
             sequences=[s for b in batches for s in (b.sequences or [None] * len(b))],
+            types=[t for b in batches for t in (b.types or [None] * len(b))],
             user_index=np.concatenate(
                 [b.user_index if b.user_index is not None else np.full(len(b), -1) for b in batches]
             ),

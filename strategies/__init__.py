@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STRATEGY_NAMES = ("popular", "content", "als", "bpr", "ease", "deep")
+STRATEGY_NAMES = ("popular", "content", "als", "bpr", "ease", "deep", "sequence")
 
 # name -> (module, class)
 _CLASSES = {
@@ -26,6 +26,7 @@ _CLASSES = {
     "bpr": ("strategies.bpr", "BPRStrategy"),
     "ease": ("strategies.ease", "EASEStrategy"),
     "deep": ("strategies.deep", "DeepStrategy"),
+    "sequence": ("strategies.sequence", "SequenceStrategy"),
 }
 
 
