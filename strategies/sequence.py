@@ -128,9 +128,7 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, dim)
         self.type_emb = nn.Embedding(n_types + 1, dim, padding_idx=0) if n_types else None
-        self.blocks = nn.ModuleList(
-            _Block(dim, n_heads, ffn_dim, dropout) for _ in range(n_blocks)
-        )
+        self.blocks = nn.ModuleList(_Block(dim, n_heads, ffn_dim, dropout) for _ in range(n_blocks))
         self.norm = nn.LayerNorm(dim)
         self.dropout = dropout
         nn.init.normal_(self.item_emb.weight, std=dim**-0.5)
@@ -210,8 +208,8 @@ class SequenceStrategy(Strategy):
         loss: str = "auto",
         n_negatives: int = 256,
         epochs: int = 30,
-        max_steps: int | None = 2000,
-        max_seconds: float | None = 240.0,
+        max_steps: int | None = 600,
+        max_seconds: float | None = 600.0,
         batch_size: int = 128,
         lr: float = 1e-3,
         weight_decay: float = 0.0,

@@ -203,3 +203,63 @@ def test_cuda_path_matches_cpu(tmp_path):
     cpu = SequenceStrategy.load(str(tmp_path), device="cpu")
     batch = _batch([3, 4, 5], [10, 11], [])
     np.testing.assert_allclose(cpu.score(batch), model.score(batch), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_a_new_event_changes_the_next_http_answer_without_retraining(make_app, redis_url):
+    """Through the HTTP API, on real PostgreSQL + Redis: the user's last events come from the
+    history read, a new event moves the next answer at once, and a guest session (no user) is
+    scored by the same model."""
+    from features.store import load_interactions
+    from recsys.registry import get_repository
+    from recsys.runtime import get_runtime
+    from recsys.store import get_engine
+    from tests.servicekit import ADMIN_TOKEN
+
+    # A deadline no busy machine reaches: the test is about answers, not latency.
+    app = make_app(REDIS_URL=redis_url, ADMIN_TOKEN=ADMIN_TOKEN, DEADLINE_MS=60_000)
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    train = _cycle_data()
+    events = [
+        {
+            "user_id": str(train.users.ids[u]),
+            "item_id": str(train.items.ids[i]),
+            "type": ["view", "click", "cart", "purchase"][min(int(t), 3)],
+            "timestamp": int(ts),
+        }
+        for u, i, t, ts in zip(
+            train.user_idx, train.item_idx, train.event_type, train.ts, strict=True
+        )
+    ]
+    for start in range(0, len(events), 500):
+        r = client.post("/v1/events", json=events[start : start + 500])
+        assert r.status_code == 201, r.get_json()
+    with app.app_context():
+        data = load_interactions(get_engine(app))
+        model = SequenceStrategy(**FAST, device="cpu").fit(data)
+        get_repository(app).save_version(model, data, activate=True)
+        # Loaded now, as a worker preloads it (not left to the background poll).
+        assert get_runtime(app).get("sequence") is not None
+    route = {"cold_strategies": ["sequence"], "warm_strategies": ["sequence"]}
+    r = client.patch("/v1/admin/routing", json=route, headers=auth)
+    assert r.status_code == 200, r.get_json()
+
+    def top(user: str) -> str:
+        body = client.get(f"/v1/users/{user}/recommendations?n=1&explain=true").get_json()
+        assert set(body["model_versions"]) == {"sequence"}, body
+        return body["items"][0]["item_id"]
+
+    t = 1_700_100_000  # after every training event (not in the future: that is refused)
+    for k, item in enumerate(["i3", "i4", "i5"]):
+        ev = {"user_id": "guest-1", "item_id": item, "type": "purchase", "timestamp": t + k}
+        assert client.post("/v1/events", json=[ev]).status_code == 201
+    assert top("guest-1") == "i6"
+    ev = {"user_id": "guest-1", "item_id": "i6", "type": "purchase", "timestamp": t + 10}
+    assert client.post("/v1/events", json=[ev]).status_code == 201
+    assert top("guest-1") == "i7"  # the cached i6 answer was invalidated and recomputed
+    # A guest session (newest first), no user: the same model, the same order sense.
+    r = client.post("/v1/recommendations", json={"items": ["i12", "i11", "i10"], "n": 1})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["items"][0]["item_id"] == "i13"
