@@ -211,10 +211,8 @@ def test_a_new_event_changes_the_next_http_answer_without_retraining(make_app, r
     """Through the HTTP API, on real PostgreSQL + Redis: the user's last events come from the
     history read, a new event moves the next answer at once, and a guest session (no user) is
     scored by the same model."""
-    from features.store import load_interactions
-    from recsys.registry import get_repository
+    from recsys.cli import main
     from recsys.runtime import get_runtime
-    from recsys.store import get_engine
     from tests.servicekit import ADMIN_TOKEN
 
     # A deadline no busy machine reaches: the test is about answers, not latency.
@@ -236,12 +234,15 @@ def test_a_new_event_changes_the_next_http_answer_without_retraining(make_app, r
     for start in range(0, len(events), 500):
         r = client.post("/v1/events", json=events[start : start + 500])
         assert r.status_code == 201, r.get_json()
+    # Trained by `recsys train`, as an operator would.
+    params = [a for k, v in FAST.items() for a in ("--param", f"sequence.{k}={json.dumps(v)}")]
+    r = app.test_cli_runner().invoke(main, args=["train", "sequence", *params, "--quiet", "--json"])
+    assert r.exit_code == 0, r.output
+    (result,) = json.loads(r.output)
+    assert result["strategy"] == "sequence" and result["activated"], result
     with app.app_context():
-        data = load_interactions(get_engine(app))
-        model = SequenceStrategy(**FAST, device="cpu").fit(data)
-        get_repository(app).save_version(model, data, activate=True)
         # Loaded now, as a worker preloads it (not left to the background poll).
-        assert get_runtime(app).get("sequence") is not None
+        assert get_runtime(app).get("sequence").version == result["version"]
     route = {"cold_strategies": ["sequence"], "warm_strategies": ["sequence"]}
     r = client.patch("/v1/admin/routing", json=route, headers=auth)
     assert r.status_code == 200, r.get_json()
