@@ -74,7 +74,8 @@ def bench_env(args) -> dict[str, str]:
 
 
 def prepare(args) -> None:
-    """Create the database if needed, migrate, import Online Retail, train every strategy."""
+    """Create the database if needed, migrate, import Online Retail, train every strategy
+    (the opt-in sequence model included)."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -93,6 +94,8 @@ def prepare(args) -> None:
         ["db", "upgrade"],
         ["import", "online-retail", "--if-empty"],
         ["train", "--if-missing", "--quiet"],
+        # Opt-in strategies (not trained by a bare `recsys train`), for --warm-strategies.
+        ["train", "sequence", "--if-missing", "--quiet"],
         ["models", "list"],
     ):
         print("$ recsys", " ".join(cmd), flush=True)
