@@ -252,7 +252,7 @@ def part_accuracy(data, name: str, params: dict, validate: bool = False) -> Deep
     return model
 
 
-def part_last_out(data, name: str, params: dict) -> None:
+def part_last_out(data, name: str, params: dict):
     """BENCHMARKS.md section E: each user's newest event held out, HR@10 over unseen items,
     per serving precision (fp32, int8 on the CPU, fp16 on CUDA), with the time of one call."""
     from recsys.evaluation.splits import leave_last_out
@@ -277,6 +277,7 @@ def part_last_out(data, name: str, params: dict) -> None:
             f"{evaluated['ndcg']:.4f} | {time_score(m, b1, 200):.2f} | "
             f"{time_score(m, b32, 50):.2f} |"
         )
+    return model, train
 
 
 def part_fit(data, name: str, params: dict) -> DeepStrategy:
@@ -370,7 +371,10 @@ def main() -> None:
         "--dataset", default="auto", choices=["auto", "ml100k", "synthetic", "online-retail"]
     )
     ap.add_argument(
-        "--part", default="all", choices=["all", "accuracy", "lastout", "fit", "batching"]
+        "--part",
+        default="all",
+        choices=["all", "accuracy", "lastout", "fit", "batching", "serving"],
+        help="serving: lastout, then batching with that model (one fit)",
     )
     ap.add_argument("--model", default="deep", choices=sorted(MODELS))
     ap.add_argument("--epochs", type=int, default=None)
@@ -421,6 +425,15 @@ def main() -> None:
         model = part_accuracy(data, name, params, args.validate)
     if args.part in ("all", "lastout") and name != "synthetic":
         part_last_out(data, name, params)
+    if args.part == "serving":
+        model, train = part_last_out(data, name, params)
+        for prec in ["fp32"] if args.precision == "fp32" else ["fp32", args.precision]:
+            m = model if prec == "fp32" else model.quantized(prec)
+            part_batching(
+                m, train, args.threads, args.seconds, args.max_batch, args.max_delay_ms,
+                args.concurrency,
+            )  # fmt: skip
+        return
     if args.part in ("all", "fit") or args.part == "batching":
         model = part_fit(data, name, params)
         if args.part == "all" and name != "online-retail" and os.path.exists(RETAIL):

@@ -339,11 +339,14 @@ class ModelRuntime:
     def serving_variant(self, loaded: LoadedModel) -> LoadedModel:
         """A model that serves on the CPU in ``cpu_precision`` (the deep model: int8 by
         default, ``DEEP_CPU_PRECISION``), derived from the verified fp32 weights at load. On
-        CUDA, or for models without precisions, the loaded model as it is."""
+        CUDA, or for models without precisions, the loaded model as it is. The sequence model
+        serves as trained (fp32 unless trained with ``precision``): int8 kept its accuracy but
+        doubled the time of a one-user call on the CPU (docs/sequence.md)."""
         want, model = self.cpu_precision, loaded.model
         device = getattr(model, "serving_device_", None)
         if (
             not want
+            or loaded.strategy != "deep"
             or not hasattr(model, "quantized")
             or device is None
             or device.type != "cpu"

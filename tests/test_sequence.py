@@ -242,7 +242,11 @@ def test_a_new_event_changes_the_next_http_answer_without_retraining(make_app, r
     assert result["strategy"] == "sequence" and result["activated"], result
     with app.app_context():
         # Loaded now, as a worker preloads it (not left to the background poll).
-        assert get_runtime(app).get("sequence").version == result["version"]
+        served = get_runtime(app).get("sequence")
+        assert served.version == result["version"]
+        # Served as trained: the runtime's int8 CPU default is the deep model's only.
+        assert app.config["DEEP_CPU_PRECISION"] == "int8"
+        assert served.model.serving_precision_ == "fp32"
     route = {"cold_strategies": ["sequence"], "warm_strategies": ["sequence"]}
     r = client.patch("/v1/admin/routing", json=route, headers=auth)
     assert r.status_code == 200, r.get_json()
