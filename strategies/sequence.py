@@ -39,10 +39,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 import warnings
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
 import torch
@@ -50,18 +49,21 @@ from torch import nn
 from torch.nn import functional as F
 
 from features.interactions import DISLIKE, EVENT_TYPES, InteractionData
-from strategies.base import Strategy, UserBatch, top_n
-from strategies.deep import (
+from strategies.base import Strategy, UserBatch
+from strategies.deep import (  # noqa: F401  (WEIGHTS_FILE: the file name, as in deep)
     PRECISIONS,
+    WEIGHTS_FILE,
     _Adam,
     _state_dict_bytes,
     _usable_cores,
+    cosine_similar_items,
+    load_torch,
     resolve_device,
+    save_torch,
 )
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "weights.pt"
 LOSSES = ("auto", "softmax", "sampled")
 # Up to this many items the full softmax is cheap enough (ml-100k 1,682, Online Retail 3,665).
 FULL_SOFTMAX_MAX_ITEMS = 50_000
@@ -526,44 +528,21 @@ class SequenceStrategy(Strategy):
 
     def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Cosine similarity of the (shared input/output) item embeddings."""
-        items = np.asarray(items, dtype=np.int64)
-        with torch.inference_mode():
-            weight = self.model_.item_emb.weight
-            cached = getattr(self, "_unit_emb", None)
-            if cached is None or cached[0] is not weight:
-                cached = (weight, F.normalize(weight.detach()[1:].float(), dim=1))
-                self._unit_emb = cached
-            emb = cached[1]
-            q = emb[torch.from_numpy(items).to(emb.device)]
-            sims = (q @ emb.t()).cpu().numpy().astype(np.float32)
-        sims[np.arange(len(items)), items] = -np.inf
-        return top_n(sims, n)
+        return cosine_similar_items(self, self.model_.item_emb.weight, items, n, first_row=1)
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
-        state = {k: v.detach().to("cpu") for k, v in self.model_.state_dict().items()}
-        torch.save(state, os.path.join(path, WEIGHTS_FILE))
         bounds = [[i, name, b] for (i, name), b in sorted(self.int8_bounds_.items())]
-        self._save_params(
-            path, {"n_items": self.n_items_, "n_types": self.n_types_, "int8_bounds": bounds}
-        )
+        extra = {"n_items": self.n_items_, "n_types": self.n_types_, "int8_bounds": bounds}
+        save_torch(self, path, extra)
 
     @classmethod
     def load(cls, path: str, precision: str | None = None, device: str | None = None) -> Self:
         """Read a saved model; ``precision``/``device`` override the saved parameters."""
-        meta = cls._load_params(path)
-        params: dict[str, Any] = dict(meta["params"])
-        if precision is not None:
-            params["precision"] = precision
-        if device is not None:
-            params["device"] = device
-        self = cls(**params)
-        self.device_ = resolve_device(self.device)
+        self, meta, state = load_torch(cls, path, precision, device)
         self.n_items_ = int(meta["n_items"])
         self.n_types_ = int(meta["n_types"])
         self.int8_bounds_ = {(int(i), str(n)): float(b) for i, n, b in meta["int8_bounds"]}
-        state = torch.load(os.path.join(path, WEIGHTS_FILE), map_location="cpu", weights_only=True)
         model = self._new_model()
         model.load_state_dict(state)
         self.model_ = model.to(self.device_).eval()
