@@ -1,5 +1,8 @@
 """Deep model benchmark: accuracy, fp32 vs int8/fp16 size and speed, micro-batching throughput.
 
+``--model sequence`` runs the same parts for the sequence-aware model (strategies.sequence):
+    .venv/bin/python bench/deep_bench.py --model sequence --part batching
+
     .venv/bin/python bench/deep_bench.py                     # everything, ml-100k if present
     .venv/bin/python bench/deep_bench.py --part accuracy      # nDCG etc. per precision only
     .venv/bin/python bench/deep_bench.py --part batching      # 16 threads, batched vs not
@@ -34,6 +37,11 @@ from recsys.batcher import MicroBatcher  # noqa: E402
 from recsys.config import DEFAULTS  # noqa: E402
 from strategies.base import UserBatch  # noqa: E402
 from strategies.deep import DeepStrategy  # noqa: E402
+from strategies.sequence import SequenceStrategy  # noqa: E402
+
+MODELS = {"deep": DeepStrategy, "sequence": SequenceStrategy}
+# The model class the parts fit (--model).
+Model = DeepStrategy
 
 ML100K = os.path.join(ROOT, "..", "shared", "datasets", "ml-100k", "u.data")
 RETAIL = os.path.join(ROOT, "data", "online_retail.csv.gz")
@@ -162,6 +170,20 @@ def metrics(recs: np.ndarray, xte, users: np.ndarray) -> dict:
         return _local_metrics(recs, [xte[i].indices for i in users])
 
 
+def user_rows(data: InteractionData, rows) -> UserBatch:
+    """Users ``rows`` of ``data`` as a batch: matrix rows and ordered sequences (the sequence
+    model reads the order; the deep model the matrix)."""
+    cache = data.info.setdefault("_bench", {})
+    if "matrix" not in cache:
+        cache["matrix"], cache["sequences"] = data.matrix(), data.sequences()
+    rows = np.asarray(rows)
+    return UserBatch(
+        matrix=cache["matrix"][rows],
+        sequences=[cache["sequences"][u] for u in rows],
+        user_index=rows,
+    )
+
+
 def evaluate(model, train: InteractionData, test: InteractionData) -> dict:
     """Top-10 over all items, train items removed, every test event relevant."""
     xtr = train.matrix()
@@ -170,7 +192,7 @@ def evaluate(model, train: InteractionData, test: InteractionData) -> dict:
     recs = []
     for s in range(0, len(users), 256):
         u = users[s : s + 256]
-        batch = UserBatch(matrix=xtr[u], user_index=u)
+        batch = user_rows(train, u)
         exclude = [xtr[i].indices for i in u]
         ids, _ = model.recommend(batch, n=K, exclude=exclude)
         recs.append(ids)
@@ -204,14 +226,13 @@ def part_accuracy(data, name: str, params: dict, validate: bool = False) -> Deep
         how += ", VALIDATION (train re-split, seed 1)"
     print(f"\n== accuracy: {name}, 75/25 stratified per item, seed 42, split: {how}")
     t0 = time.perf_counter()
-    model = DeepStrategy(**params).fit(train)
+    model = Model(**params).fit(train)
     print(
         f"fit {time.perf_counter() - t0:.1f}s on {model.device_}, {model.steps_} steps "
         f"({train.n_users} users x {train.n_items} items, {len(train)} events)"
     )
-    xtr = train.matrix()
-    b1 = UserBatch(matrix=xtr[[0]])
-    b32 = UserBatch(matrix=xtr[np.arange(32)])
+    b1 = user_rows(train, [0])
+    b32 = user_rows(train, np.arange(32))
     variants = ["fp32", "int8"] + (["fp16"] if torch.cuda.is_available() else [])
     print(
         "| precision | device | state_dict bytes | ms/batch of 1 | ms/batch of 32 | "
@@ -231,24 +252,37 @@ def part_accuracy(data, name: str, params: dict, validate: bool = False) -> Deep
     return model
 
 
-def part_last_out(data, name: str, params: dict) -> None:
-    """BENCHMARKS.md section E: each user's newest event held out, HR@10 over unseen items."""
+def part_last_out(data, name: str, params: dict):
+    """BENCHMARKS.md section E: each user's newest event held out, HR@10 over unseen items,
+    per serving precision (fp32, int8 on the CPU, fp16 on CUDA), with the time of one call."""
     from recsys.evaluation.splits import leave_last_out
 
     train, test = leave_last_out(data)
-    model = DeepStrategy(**params).fit(train)
-    evaluated = evaluate(model, train, test)
-    # One relevant item per user: recall@10 is the hit rate.
+    t0 = time.perf_counter()
+    model = Model(**params).fit(train)
     print(
-        f"\n== leave-last-out: {name}: HR@10 {evaluated['recall']:.4f} "
-        f"(nDCG@10 {evaluated['ndcg']:.4f}); BENCHMARKS.md E: SASRec 0.121, EASE 0.051, "
-        "most popular 0.042"
+        f"\n== leave-last-out: {name}: fit {time.perf_counter() - t0:.1f}s, {model.steps_} steps; "
+        "BENCHMARKS.md E: SASRec 0.121, EASE 0.051, most popular 0.042"
     )
+    print("| precision | device | HR@10 | nDCG@10 | ms/batch of 1 | ms/batch of 32 |")
+    print("|---|---|---|---|---|---|")
+    b1 = user_rows(train, [0])
+    b32 = user_rows(train, np.arange(32))
+    for prec in ["fp32", "int8"] + (["fp16"] if torch.cuda.is_available() else []):
+        m = model if prec == "fp32" else model.quantized(prec)
+        evaluated = evaluate(m, train, test)
+        # One relevant item per user: recall@10 is the hit rate.
+        print(
+            f"| {prec} | {m.serving_device_} | {evaluated['recall']:.4f} | "
+            f"{evaluated['ndcg']:.4f} | {time_score(m, b1, 200):.2f} | "
+            f"{time_score(m, b32, 50):.2f} |"
+        )
+    return model, train
 
 
 def part_fit(data, name: str, params: dict) -> DeepStrategy:
     t0 = time.perf_counter()
-    model = DeepStrategy(**params).fit(data)
+    model = Model(**params).fit(data)
     print(
         f"\n== fit: {name}: {data.n_users} users x {data.n_items} items, {len(data)} events: "
         f"{time.perf_counter() - t0:.1f}s on {model.device_}, {model.steps_} steps "
@@ -267,8 +301,7 @@ def part_batching(
     concurrency: int = 1,
 ) -> None:
     """16 client threads each scoring one user at a time: through the batcher vs a locked model."""
-    x = data.matrix()
-    n_users = x.shape[0]
+    n_users = data.n_users
     print(
         f"\n== batching: {threads} client threads, one user per request, {seconds:.0f}s each, "
         f"max_batch {max_batch}, max_delay {delay_ms} ms, precision {model.serving_precision_}, "
@@ -276,7 +309,7 @@ def part_batching(
     )
 
     def score_many(rows: list[int]) -> list[np.ndarray]:
-        s = model.score(UserBatch(matrix=x[rows]))
+        s = model.score(user_rows(data, rows))
         return [s[i] for i in range(len(rows))]
 
     lock = threading.Lock()
@@ -285,7 +318,7 @@ def part_batching(
         # One model instance serves every thread: torch runs one forward at a time per model
         # in our runtime, as it would under a single-model lock.
         with lock:
-            return model.score(UserBatch(matrix=x[[u]]))[0]
+            return model.score(user_rows(data, [u]))[0]
 
     sizes: dict[int, list[int]] = {}
 
@@ -338,8 +371,12 @@ def main() -> None:
         "--dataset", default="auto", choices=["auto", "ml100k", "synthetic", "online-retail"]
     )
     ap.add_argument(
-        "--part", default="all", choices=["all", "accuracy", "lastout", "fit", "batching"]
+        "--part",
+        default="all",
+        choices=["all", "accuracy", "lastout", "fit", "batching", "serving"],
+        help="serving: lastout, then batching with that model (one fit)",
     )
+    ap.add_argument("--model", default="deep", choices=sorted(MODELS))
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--max-steps", type=int, default=None, help="0 = no step budget")
     ap.add_argument("--hidden", type=str, default=None, help="e.g. 600 or 600,200")
@@ -363,6 +400,8 @@ def main() -> None:
         "--precision", default="fp32", choices=["fp32", "int8", "fp16"], help="for --part batching"
     )
     args = ap.parse_args()
+    global Model
+    Model = MODELS[args.model]
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     params: dict = {}
@@ -371,7 +410,7 @@ def main() -> None:
             params[key] = getattr(args, key)
     if args.max_steps is not None:
         params["max_steps"] = args.max_steps or None
-    if args.hidden:
+    if args.hidden and args.model == "deep":
         params["hidden"] = [int(h) for h in args.hidden.split(",")]
     print(machine())
     name = (
@@ -380,12 +419,21 @@ def main() -> None:
         else ("ml100k" if os.path.exists(ML100K) else "synthetic")
     )
     data = load(name)
-    print(f"dataset: {name}, params: {params or 'defaults'}")
+    print(f"model: {args.model}, dataset: {name}, params: {params or 'defaults'}")
     model = None
     if args.part in ("all", "accuracy"):
         model = part_accuracy(data, name, params, args.validate)
     if args.part in ("all", "lastout") and name != "synthetic":
         part_last_out(data, name, params)
+    if args.part == "serving":
+        model, train = part_last_out(data, name, params)
+        for prec in ["fp32"] if args.precision == "fp32" else ["fp32", args.precision]:
+            m = model if prec == "fp32" else model.quantized(prec)
+            part_batching(
+                m, train, args.threads, args.seconds, args.max_batch, args.max_delay_ms,
+                args.concurrency,
+            )  # fmt: skip
+        return
     if args.part in ("all", "fit") or args.part == "batching":
         model = part_fit(data, name, params)
         if args.part == "all" and name != "online-retail" and os.path.exists(RETAIL):

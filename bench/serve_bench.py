@@ -74,7 +74,8 @@ def bench_env(args) -> dict[str, str]:
 
 
 def prepare(args) -> None:
-    """Create the database if needed, migrate, import Online Retail, train every strategy."""
+    """Create the database if needed, migrate, import Online Retail, train every strategy
+    (the opt-in sequence model included)."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -93,6 +94,8 @@ def prepare(args) -> None:
         ["db", "upgrade"],
         ["import", "online-retail", "--if-empty"],
         ["train", "--if-missing", "--quiet"],
+        # Opt-in strategies (not trained by a bare `recsys train`), for --warm-strategies.
+        ["train", "sequence", "--if-missing", "--quiet"],
         ["models", "list"],
     ):
         print("$ recsys", " ".join(cmd), flush=True)
@@ -131,6 +134,40 @@ def get_json(base: str, path: str, token: str | None = None, timeout: float = 10
         return r.status, json.loads(body)
     except ValueError:
         return r.status, body.decode(errors="replace")
+
+
+def patch_json(base: str, path: str, body: dict, token: str) -> tuple[int, dict]:
+    u = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    try:
+        conn.request(
+            "PATCH",
+            path,
+            body=json.dumps(body),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def set_warm_strategies(base: str, args) -> dict | None:
+    """``--warm-strategies``: route warm users through them for this run; returns the routing
+    change that restores the previous value (None when nothing was changed)."""
+    if not args.warm_strategies:
+        return None
+    want = [s.strip() for s in args.warm_strategies.split(",") if s.strip()]
+    _, before = get_json(base, "/v1/admin/routing", token=args.admin_token)
+    status, body = patch_json(
+        base, "/v1/admin/routing", {"warm_strategies": want}, args.admin_token
+    )
+    if status != 200:
+        raise SystemExit(f"--warm-strategies {want}: {status} {body}")
+    # Every worker picks the change up at its next settings poll (CONFIG_POLL_SECONDS).
+    time.sleep(2.0)
+    print(f"warm route for this run: {want}")
+    return {"warm_strategies": before["routing"]["warm_strategies"]}
 
 
 def wait_ready(base: str, proc: subprocess.Popen | None, timeout: float) -> dict:
@@ -334,9 +371,15 @@ def run_python(
 
 # -- the deep model's micro-batching -------------------------------------------------------------
 def deep_batching(
-    args, users: list[str], concurrency: int = 16, duration: float = 3.0, rounds: int = 3
+    args,
+    users: list[str],
+    concurrency: int = 16,
+    duration: float = 3.0,
+    rounds: int = 3,
+    strategy: str = "deep",
 ) -> dict:
-    """Throughput of the served deep model at 16 concurrent single-user calls, batched or not.
+    """Throughput of the served deep model (or ``strategy``, e.g. ``sequence``, another batched
+    one) at 16 concurrent single-user calls, batched or not.
 
     Unbatched and batched runs alternate ``rounds`` times (``duration`` seconds each) and the
     figures are the medians, with the range of the per-round ratios: on a shared VM one pair
@@ -358,9 +401,9 @@ def deep_batching(
     app = create_app()
     try:
         # As a worker serves it: the runtime's CPU variant (DEEP_CPU_PRECISION) of the version.
-        lm = get_runtime(app).serving_variant(get_repository(app).load_version("deep"))
+        lm = get_runtime(app).serving_variant(get_repository(app).load_version(strategy))
     except Exception as e:  # noqa: BLE001 - report, do not fake
-        return {"error": f"no deep model: {e}"}
+        return {"error": f"no {strategy} model: {e}"}
     batches = []
     with session_scope(app) as s:
         for uid in users[:64]:
@@ -369,7 +412,7 @@ def deep_batching(
                 .join(Item, Item.id == Event.item_id)
                 .join(User, User.id == Event.user_id)
                 .where(User.external_id == uid)
-                .order_by(Event.ts.desc())
+                .order_by(Event.ts.desc(), Event.id.desc())
                 .limit(200)
             ).all()
             h = History(
@@ -611,6 +654,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--tool", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument("--admin-token", default="bench-admin-token")
+    p.add_argument(
+        "--warm-strategies",
+        default=None,
+        help="routing.warm_strategies during the run, e.g. ease,deep,sequence,popular "
+        "(set through the admin API, restored afterwards)",
+    )
+    p.add_argument(
+        "--batching-strategy",
+        default="deep",
+        help="the batched model whose micro-batching is measured (deep or sequence)",
+    )
     args = p.parse_args(argv)
     args.model_dir = args.model_dir or os.path.join(args.instance, "models")
     os.makedirs(args.instance, exist_ok=True)
@@ -622,9 +676,9 @@ def main(argv: list[str] | None = None) -> int:
         users, _ = sample_ids(args, n_users=200, n_items=10)
         ratios = []
         for k in range(args.deep_only):
-            d = deep_batching(args, users)
+            d = deep_batching(args, users, strategy=args.batching_strategy)
             if "error" in d:
-                print(f"Deep model batching: not measured ({d['error']}).")
+                print(f"{args.batching_strategy} batching: not measured ({d['error']}).")
                 return 1
             ratios.append(d["speedup"])
             lo, hi = d["speedup_range"]
@@ -637,7 +691,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         ratios.sort()
         print(
-            f"deep batching over {len(ratios)} runs: median {ratios[len(ratios) // 2]:.1f}x, "
+            f"{args.batching_strategy} batching over {len(ratios)} runs: "
+            f"median {ratios[len(ratios) // 2]:.1f}x, "
             f"range {ratios[0]:.1f}-{ratios[-1]:.1f}x (goal >= 3x)"
         )
         return 0
@@ -660,6 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         ready = wait_ready(base, proc, timeout=300)
         print(f"server ready in {time.monotonic() - t0:.1f} s with models {ready['models']}")
+        routing_before = set_warm_strategies(base, args)
         users, items = sample_ids(args, n_users=200, n_items=500)
         run_id = f"{int(time.time())}"
         uncached_clients = sorted({int(c) for c in args.uncached_clients.split(",") if c.strip()})
@@ -754,6 +810,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         mem = server_memory(master) if master else []
         status, listing = get_json(base, "/v1/admin/models", token=args.admin_token)
+        if routing_before is not None:
+            patch_json(base, "/v1/admin/routing", routing_before, args.admin_token)
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
@@ -761,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    deep = deep_batching(args, users)
+    deep = deep_batching(args, users, strategy=args.batching_strategy)
 
     # -- report -----------------------------------------------------------------------------------
     by = dict(results)

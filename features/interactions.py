@@ -202,7 +202,7 @@ def user_batch(
     """
     from strategies.base import UserBatch
 
-    keys, vals, seqs = [], [], []
+    keys, vals, seqs, types = [], [], [], []
     for r, h in enumerate(histories):
         known = (h.item_idx >= 0) & (h.item_idx < n_items)
         w = event_weights(h.event_type[known], h.value[known], weights)
@@ -212,6 +212,7 @@ def user_batch(
         vals.append(w[pos])
         # Sequences are oldest first; the store hands us newest first.
         seqs.append(cols[::-1])
+        types.append(h.event_type[known][pos][::-1])
     b = len(histories)
     key = np.concatenate(keys) if keys else np.zeros(0, np.int64)
     uniq, inverse = np.unique(key, return_inverse=True)
@@ -226,4 +227,4 @@ def user_batch(
     m.has_canonical_format = True
     if user_index is None:
         user_index = np.full(b, -1, dtype=np.int64)
-    return UserBatch(matrix=m, sequences=seqs, user_index=user_index)
+    return UserBatch(matrix=m, sequences=seqs, types=types, user_index=user_index)

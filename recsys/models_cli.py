@@ -89,7 +89,8 @@ def train(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Train STRATEGIES (default: every available one) from the store and save new versions.
+    """Train STRATEGIES (default: every available one but the opt-in `sequence`) from the store
+    and save new versions.
 
     Each strategy is fitted on the oldest events and scored on the newest (--holdout), then
     fitted on all events; the version is saved with those holdout metrics and activated unless
@@ -99,11 +100,13 @@ def train(
     from recsys.registry import PROFILE_KIND
     from recsys.store import get_engine
     from recsys.training import GATE_METRIC, train_strategies
-    from strategies import available_strategies
+    from strategies import OPT_IN, available_strategies
 
     repo = _repo()
     overrides = _parse_params(params)
-    names = list(dict.fromkeys(strategies)) or available_strategies()
+    names = list(dict.fromkeys(strategies)) or [
+        n for n in available_strategies() if n not in OPT_IN
+    ]
     for name in names:
         try:
             repo.resolver(name)

@@ -60,7 +60,7 @@ _poll_log = RateLimitedLog(log, every_s=60.0)
 LOAD_MODES = ("preload", "lazy")
 DEFAULT_LOAD_MODE = "preload"
 # Strategies whose scoring goes through the micro-batcher.
-BATCHED_STRATEGIES = ("deep",)
+BATCHED_STRATEGIES = ("deep", "sequence")
 WARMUP_USERS = 8
 WARMUP_EVENTS = 400
 # After a failed lazy load, wait this long before trying the same version again, so a broken
@@ -166,6 +166,7 @@ class BatchedModel(Strategy):
         merged = UserBatch(
             matrix=_stack_csr([b.matrix for b in batches]),
             sequences=[s for b in batches for s in (b.sequences or [None] * len(b))],
+            types=[t for b in batches for t in (b.types or [None] * len(b))],
             user_index=np.concatenate(
                 [b.user_index if b.user_index is not None else np.full(len(b), -1) for b in batches]
             ),
@@ -338,11 +339,14 @@ class ModelRuntime:
     def serving_variant(self, loaded: LoadedModel) -> LoadedModel:
         """A model that serves on the CPU in ``cpu_precision`` (the deep model: int8 by
         default, ``DEEP_CPU_PRECISION``), derived from the verified fp32 weights at load. On
-        CUDA, or for models without precisions, the loaded model as it is."""
+        CUDA, or for models without precisions, the loaded model as it is. The sequence model
+        serves as trained (fp32 unless trained with ``precision``): int8 kept its accuracy but
+        doubled the time of a one-user call on the CPU (docs/sequence.md)."""
         want, model = self.cpu_precision, loaded.model
         device = getattr(model, "serving_device_", None)
         if (
             not want
+            or loaded.strategy != "deep"
             or not hasattr(model, "quantized")
             or device is None
             or device.type != "cpu"

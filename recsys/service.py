@@ -47,7 +47,7 @@ from features.interactions import DEFAULT_WEIGHTS, EVENT_CODE, EVENT_TYPES, Hist
 
 log = logging.getLogger(__name__)
 
-STRATEGY_NAMES = ("popular", "content", "als", "bpr", "ease", "deep")
+STRATEGY_NAMES = ("popular", "content", "als", "bpr", "ease", "deep", "sequence")
 BLEND_METHODS = ("weighted", "rrf")
 NORMALIZATIONS = ("minmax", "rank")
 ROUTES = ("cold", "warm")
@@ -62,6 +62,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "bpr": {"enabled": True, "weight": 0.5},
         "ease": {"enabled": True, "weight": 1.0},
         "deep": {"enabled": True, "weight": 1.0},
+        # Trained and served when a route names it; in no route by default (docs/sequence.md).
+        "sequence": {"enabled": True, "weight": 1.0},
     },
     "routing": {
         "cold_threshold": 5,
@@ -1092,7 +1094,9 @@ def histories_from_data(data, users: Sequence[int] | None = None) -> list[UserHi
     The item indices are pre-mapped for ``data.items``, so models trained on ``data`` (sharing
     its IdMap) do not re-map external ids.
     """
-    order = np.lexsort((-data.ts, data.user_idx))
+    # Newest first, ties in time newest-inserted first: the store's history read
+    # (ORDER BY ts DESC, id DESC), so sequential models see the same order offline and online.
+    order = np.lexsort((-np.arange(len(data)), -data.ts, data.user_idx))
     u = data.user_idx[order]
     bounds = np.searchsorted(u, np.arange(data.n_users + 1))
     ext = data.items.ids

@@ -40,6 +40,9 @@ class UserBatch:
     matrix: sp.csr_matrix
     # Per user: item indices in time order, oldest first (for sequential models).
     sequences: list[np.ndarray] = field(default_factory=list)
+    # Per user: the event type code (features.interactions.EVENT_TYPES) of each sequence item,
+    # where known (sequential models may read it; empty when the caller has no types).
+    types: list[np.ndarray] = field(default_factory=list)
     # Per user: training-time user index, or -1 for users unknown at training time.
     user_index: np.ndarray | None = None
 

@@ -18,6 +18,7 @@ FAST = {
     "bpr": {"factors": 8, "iterations": 5},
     "ease": {"l2": 10.0, "topk": 6},
     "deep": {"epochs": 1},
+    "sequence": {"epochs": 2, "dim": 16, "max_len": 8, "device": "cpu"},
 }
 
 N_USERS, N_ITEMS = 40, 25

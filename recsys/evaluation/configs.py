@@ -7,8 +7,8 @@ their variants) and optional model hyperparameters per strategy. ``--config`` ac
 * ``default``: the service's shipped default (``ServingConfig()``: router + blend out of the box);
 * ``tuned``: what ``recsys tune`` would choose, searched on the training part only (a validation
   slice cut from it the way the test part was cut), then evaluated like any configuration;
-* a strategy name (``popular``, ``content``, ``als``, ``bpr``, ``ease``, ``deep``): that strategy
-  alone serves every user, cold and warm;
+* a strategy name (``popular``, ``content``, ``als``, ``bpr``, ``ease``, ``deep``,
+  ``sequence``): that strategy alone serves every user, cold and warm;
 * a path to a ``.toml`` or ``.json`` file::
 
       name = "ease-rrf"                  # optional; the file name without extension otherwise

@@ -309,9 +309,10 @@ class Tuner:
         )
 
     def _strategies(self) -> list[str]:
-        from strategies import STRATEGY_NAMES, get_strategy_class
+        from strategies import OPT_IN, STRATEGY_NAMES, get_strategy_class
 
-        names = list(self.opt.strategies or STRATEGY_NAMES)
+        # Opt-in strategies (minutes of CPU to fit) are searched only when named.
+        names = list(self.opt.strategies or [n for n in STRATEGY_NAMES if n not in OPT_IN])
         out = []
         for name in names:
             try:
