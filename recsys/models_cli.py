@@ -126,10 +126,7 @@ def train(
     if tune:
         from recsys.tuning.cli import tune_options
 
-        tune_opts = tune_options(
-            tune_budget, "ndcg@10", 0.2, "time", 4, None, None, None, None, None, 42,
-            progress=not quiet and not as_json,
-        )  # fmt: skip
+        tune_opts = tune_options(tune_budget, progress=not quiet and not as_json)
         if if_missing and repo.active_version(PROFILE_KIND):
             tune_opts = None
     if if_missing:

@@ -112,17 +112,17 @@ def _fitted_alike(repo, strategy: str, profile, data) -> str | None:
 
 def tune_options(
     budget: str,
-    objective: str,
-    holdout: float,
-    validation: str,
-    max_routes: int,
-    strategies: str | None,
-    trials: int | None,
-    min_coverage: float | None,
-    routes_file: str | None,
-    storage: str | None,
-    seed: int,
     progress: bool,
+    objective: str = "ndcg@10",
+    tune_holdout: float = 0.2,
+    validation: str = "time",
+    max_routes: int = 4,
+    strategies: str | None = None,
+    trials: int | None = None,
+    min_coverage: float | None = None,
+    routes_file: str | None = None,
+    storage: str | None = None,
+    seed: int = 42,
 ):
     """Build ``TuneOptions`` from CLI values, turning bad ones into usage errors."""
     from recsys.tuning.search import TuneOptions, parse_budget
@@ -141,7 +141,7 @@ def tune_options(
             budget_s=parse_budget(budget),
             max_trials=trials,
             validation=validation,
-            fraction=holdout,
+            fraction=tune_holdout,
             seed=seed,
             strategies=[s.strip() for s in strategies.split(",")] if strategies else None,
             max_routes=max_routes,
@@ -240,21 +240,7 @@ def echo_outcome(out: dict[str, Any]) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @with_appcontext
 def tune_command(
-    budget: str,
-    objective: str,
-    tune_holdout: float,
-    validation: str,
-    max_routes: int,
-    strategies: str | None,
-    trials: int | None,
-    min_coverage: float | None,
-    routes_file: str | None,
-    storage: str | None,
-    seed: int,
-    no_activate: bool,
-    if_missing: bool,
-    as_json: bool,
-    quiet: bool,
+    budget: str, no_activate: bool, if_missing: bool, as_json: bool, quiet: bool, **search: Any
 ) -> None:
     """Tune the serving profile on the store's events and activate it if its guard passes.
 
@@ -272,20 +258,7 @@ def tune_command(
     if if_missing and repo.active_version(PROFILE_KIND):
         click.echo(f"profile {repo.active_version(PROFILE_KIND)} is active; skipped")
         return
-    opts = tune_options(
-        budget,
-        objective,
-        tune_holdout,
-        validation,
-        max_routes,
-        strategies,
-        trials,
-        min_coverage,
-        routes_file,
-        storage,
-        seed,
-        progress=not quiet and not as_json,
-    )
+    opts = tune_options(budget, progress=not quiet and not as_json, **search)
     data = load_interactions(get_engine())
     if len(data) == 0:
         raise click.ClickException("the store has no events; import some first (recsys import)")
