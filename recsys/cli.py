@@ -27,7 +27,28 @@ class RecsysGroup(FlaskGroup):
         self.params = [p for p in self.params if p.name not in ("env_file", "app", "debug")]
 
 
-@click.group(cls=RecsysGroup, create_app=create_app, add_default_commands=False)
+def create_cli_app():
+    """The app the CLI commands run in: ``create_app`` with the SQL statement and lock timeouts
+    of batch work (``RECSYS_CLI_DB_STATEMENT_TIMEOUT_MS`` / ``_LOCK_``, default 0: none). The
+    request-path timeouts (``RECSYS_DB_STATEMENT_TIMEOUT_MS``, 3 s) would cancel a bulk import's
+    INSERT ... SELECT or a training read of every event. ``recsys serve`` runs ``wsgi:app``,
+    which keeps the request-path ones."""
+    from recsys.app import _json_loads_or_str
+    from recsys.config import DEFAULTS
+
+    def setting(key: str) -> int:
+        raw = os.environ.get(f"RECSYS_{key}")
+        return int(_json_loads_or_str(raw)) if raw else int(DEFAULTS[key])
+
+    return create_app(
+        {
+            "DB_STATEMENT_TIMEOUT_MS": setting("CLI_DB_STATEMENT_TIMEOUT_MS"),
+            "DB_LOCK_TIMEOUT_MS": setting("CLI_DB_LOCK_TIMEOUT_MS"),
+        }
+    )
+
+
+@click.group(cls=RecsysGroup, create_app=create_cli_app, add_default_commands=False)
 @click.version_option(__version__, "--version", "-V", prog_name="recsys")
 def main() -> None:
     """recsys: a recommendation-serving service.

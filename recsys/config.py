@@ -106,6 +106,10 @@ DEFAULTS: dict[str, object] = {
     "DB_POOL_TIMEOUT_S": 2.0,
     # Circuit breaker over the SQL store: after DB_BREAKER_FAILURES consecutive connection
     # failures or timeouts, SQL is not tried for DB_BREAKER_RESET_S; then one request probes.
+    # The CLI (imports, training, tuning, evaluation: long batch statements) uses these instead
+    # of the request-path timeouts above; 0 means no limit.
+    "CLI_DB_STATEMENT_TIMEOUT_MS": 0,
+    "CLI_DB_LOCK_TIMEOUT_MS": 0,
     "DB_BREAKER_FAILURES": 1,
     "DB_BREAKER_RESET_S": 5.0,
 }

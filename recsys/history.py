@@ -144,7 +144,7 @@ class HistoryReader:
         ``timeout_s``: give up (``DatabaseUnavailable``) after that long (see the module)."""
         user_id = str(user_id)
         params = self.stmt.params({"user_id": user_id, "limit": int(limit)})
-        if self.guard is not None:
+        if self.guard is not None and self.guard.statement_timeout_s > 0:
             limit_s = self.guard.statement_timeout_s
             timeout_s = limit_s if timeout_s is None else min(timeout_s, limit_s)
         try:

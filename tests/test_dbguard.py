@@ -141,3 +141,31 @@ def test_rate_limited_log_counts_what_it_left_out(caplog):
         "refused a",
         "refused c (99 more like this in the last 10 s)",
     ]
+
+
+@pytest.mark.postgres
+def test_cli_batch_work_is_not_bound_by_the_request_timeouts(pg_schema_url, monkeypatch, tmp_path):
+    """A bulk import's INSERT ... SELECT or a training read can take longer than a request may:
+    the CLI's app runs without the statement timeout (RECSYS_CLI_DB_STATEMENT_TIMEOUT_MS, 0),
+    the served app keeps it."""
+    from sqlalchemy import text
+
+    from recsys import create_app
+    from recsys.cli import create_cli_app
+    from recsys.store import get_engine
+    from recsys.store.db import dispose_engines
+
+    monkeypatch.setenv("RECSYS_DATABASE_URL", pg_schema_url)
+    monkeypatch.setenv("RECSYS_MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("RECSYS_DB_STATEMENT_TIMEOUT_MS", "200")
+    cli_app, served = create_cli_app(), create_app()
+    try:
+        assert cli_app.extensions["recsys.db_guard"].statement_timeout_ms == 0
+        with get_engine(cli_app).connect() as conn:
+            conn.execute(text("SELECT pg_sleep(0.5)"))  # 2.5x the request timeout: fine here
+        with pytest.raises(Exception, match="timeout|did not answer"):
+            with get_engine(served).connect() as conn:
+                conn.execute(text("SELECT pg_sleep(0.5)"))
+    finally:
+        dispose_engines(cli_app)
+        dispose_engines(served)

@@ -279,7 +279,8 @@ def guard_engine(
 ) -> None:
     """Wire the watchdog and the breaker into ``engine`` (see the module docstring)."""
     dbapi = engine.dialect.loaded_dbapi
-    limit_s = statement_timeout_s + GRACE_S
+    # No statement timeout (0: batch work from the CLI): no client-side cut either.
+    limit_s = statement_timeout_s + GRACE_S if statement_timeout_s > 0 else None
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect, conn_rec, cargs, cparams):
@@ -300,7 +301,8 @@ def guard_engine(
         breaker.check()  # open while this connection sat in the pool: do not use it
         if not pre_ping:
             return
-        with watchdog.armed(socket_fd(dbapi_conn), limit_s) as w:
+        fd = socket_fd(dbapi_conn) if limit_s is not None else None
+        with watchdog.armed(fd, limit_s or 0.0) as w:
             try:
                 cur = dbapi_conn.cursor()
                 try:
@@ -318,6 +320,8 @@ def guard_engine(
 
     @event.listens_for(engine, "before_cursor_execute")
     def _before(conn, cursor, statement, parameters, context, executemany):
+        if limit_s is None:
+            return
         fd = socket_fd(conn.connection.dbapi_connection)
         if fd is not None:
             conn.info[_WATCH_KEY] = watchdog.watch(fd, limit_s)
@@ -377,16 +381,19 @@ class DbGuard:
 
     def postgres_connect_args(self) -> dict[str, Any]:
         """libpq parameters for the timeouts (connect, statement, lock, TCP)."""
-        return {
+        args: dict[str, Any] = {
             # libpq counts whole seconds (psycopg: at least 2).
             "connect_timeout": max(1, round(self.connect_timeout_s)),
+            # 0 means no limit, for PostgreSQL as here.
             "options": (
                 f"-c statement_timeout={self.statement_timeout_ms} "
                 f"-c lock_timeout={self.lock_timeout_ms}"
             ),
-            # A peer that stops acknowledging (a cut network path) drops the connection.
-            "tcp_user_timeout": self.statement_timeout_ms + int(GRACE_S * 1000),
         }
+        if self.statement_timeout_ms > 0:
+            # A peer that stops acknowledging (a cut network path) drops the connection.
+            args["tcp_user_timeout"] = self.statement_timeout_ms + int(GRACE_S * 1000)
+        return args
 
     def apply(self, engine: Engine, pre_ping: bool) -> None:
         guard_engine(engine, self.watchdog, self.breaker, self.statement_timeout_s, pre_ping)
