@@ -246,7 +246,10 @@ class _Clock:
         if self.progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=round(self.budget_s), unit="s", desc="tune", dynamic_ncols=True)
+            # disable=None: no bar (no carriage returns) when stderr is not a terminal.
+            self.bar = tqdm(
+                total=round(self.budget_s), unit="s", desc="tune", dynamic_ncols=True, disable=None
+            )
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -255,14 +258,14 @@ class _Clock:
         return max(self.budget_s - self.elapsed(), 0.0)
 
     def tick(self, desc: str | None = None) -> None:
-        if self.bar is not None:
+        if self.bar is not None and not self.bar.disable:
             if desc:
                 self.bar.set_description(desc[:40])
             self.bar.n = min(round(self.elapsed()), self.bar.total)
             self.bar.refresh()
 
     def close(self) -> None:
-        if self.bar is not None:
+        if self.bar is not None and not self.bar.disable:
             self.bar.n = self.bar.total
             self.bar.close()
 
