@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -52,10 +53,10 @@ def get_strategy_class(name: str) -> type[Strategy]:
     return getattr(module, class_name)
 
 
-def available_strategies() -> list[str]:
-    """Names in ``STRATEGY_NAMES`` whose module imports here (e.g. ``deep`` may be absent)."""
+def available_strategies(candidates: Sequence[str] = STRATEGY_NAMES) -> list[str]:
+    """Names in ``candidates`` whose module imports here (e.g. ``deep`` may be absent)."""
     names = []
-    for name in STRATEGY_NAMES:
+    for name in candidates:
         try:
             get_strategy_class(name)
         except ValueError as e:

@@ -312,20 +312,15 @@ class Tuner:
         )
 
     def _strategies(self) -> list[str]:
-        from strategies import OPT_IN, STRATEGY_NAMES, get_strategy_class
+        from strategies import OPT_IN, STRATEGY_NAMES, available_strategies
 
         # Opt-in strategies (minutes of CPU to fit) are searched only when named.
         names = list(self.opt.strategies or [n for n in STRATEGY_NAMES if n not in OPT_IN])
-        out = []
-        for name in names:
-            try:
-                get_strategy_class(name)
-            except ValueError as e:
-                log.warning("tune: %s unavailable: %s", name, e)
-                continue
-            if name == "content" and self.data.item_meta is None:
-                continue
-            out.append(name)
+        out = [
+            name
+            for name in available_strategies(names)
+            if name != "content" or self.data.item_meta is not None
+        ]
         if "popular" not in out:
             out.append("popular")  # the request path's fallback is always there
         return out
