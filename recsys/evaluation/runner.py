@@ -39,6 +39,17 @@ HISTORY_BUCKETS = (("0", 0, 0), ("1-4", 1, 4), ("5-19", 5, 19), ("20+", 20, None
 BATCH = 256
 
 
+def relevant_matrix(test: InteractionData, n_users: int, n_items: int) -> sp.csr_matrix:
+    """``(n_users, n_items)`` CSR of every positive event of ``test`` (what counts as a hit)."""
+    pos = test.event_type != DISLIKE
+    rel = sp.csr_matrix(
+        (np.ones(int(pos.sum()), np.float32), (test.user_idx[pos], test.item_idx[pos])),
+        shape=(n_users, n_items),
+    )
+    rel.sum_duplicates()
+    return rel
+
+
 def split_data(
     data: InteractionData,
     split: str,
@@ -207,12 +218,7 @@ def evaluate(
         raise ValueError(f"the {split} split left an empty train or test part")
 
     # Relevant items: every positive test event (Recommenders: every test rating counts).
-    pos = test.event_type != DISLIKE
-    relevant_all = sp.csr_matrix(
-        (np.ones(int(pos.sum()), np.float32), (test.user_idx[pos], test.item_idx[pos])),
-        shape=(data.n_users, data.n_items),
-    )
-    relevant_all.sum_duplicates()
+    relevant_all = relevant_matrix(test, data.n_users, data.n_items)
     if relevant == "new":
         # Discovery protocol: an item the user already had in training is not a success to
         # recommend again (repeat purchases would otherwise reward "buy it again" lists).

@@ -159,9 +159,9 @@ def list_profiles(repo) -> list[dict[str, Any]]:
     return repo.list_versions(PROFILE_KIND)
 
 
-def _activate_models(repo, profile: ServingProfile, actor: str) -> None:
+def _activate_models(repo, profile: ServingProfile, actor: str, verify: bool = True) -> None:
     for strategy, version in sorted(profile.models.items()):
-        repo.activate(strategy, version, actor=actor)
+        repo.activate(strategy, version, actor=actor, verify=verify)
 
 
 def activate_profile(repo, version: str, actor: str = "cli", reason: str = "") -> str | None:
@@ -171,9 +171,11 @@ def activate_profile(repo, version: str, actor: str = "cli", reason: str = "") -
     model version that is missing or corrupt.
     """
     profile = load_profile(repo, version)
+    # Every model is verified before any is activated (so a corrupt one changes nothing),
+    # and not verified a second time by the activation itself.
     for strategy, mv in profile.models.items():
         repo.verify_version(strategy, mv)
-    _activate_models(repo, profile, actor)
+    _activate_models(repo, profile, actor, verify=False)
     return _switch(repo, version, actor, "activate", reason)
 
 

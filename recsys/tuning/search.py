@@ -40,9 +40,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
-from features.interactions import DISLIKE, InteractionData
+from features.interactions import InteractionData
 
 log = logging.getLogger(__name__)
 
@@ -201,15 +200,11 @@ class Validation:
     """Validation users, their histories (the slice's training events) and relevant items."""
 
     def __init__(self, train: InteractionData, val: InteractionData, k: int, metric: str):
+        from recsys.evaluation.runner import relevant_matrix
         from recsys.service import histories_from_data
 
         self.train, self.k, self.metric = train, k, metric
-        pos = val.event_type != DISLIKE
-        rel = sp.csr_matrix(
-            (np.ones(int(pos.sum()), np.float32), (val.user_idx[pos], val.item_idx[pos])),
-            shape=(train.n_users, train.n_items),
-        )
-        rel.sum_duplicates()
+        rel = relevant_matrix(val, train.n_users, train.n_items)
         self.users = np.flatnonzero(np.diff(rel.indptr) > 0)
         self.relevant = rel[self.users]
         self.histories = histories_from_data(train, self.users)
