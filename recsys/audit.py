@@ -44,13 +44,32 @@ def record(
     )
 
 
-def page(s: Session, limit: int = 50, offset: int = 0, action: str | None = None) -> dict[str, Any]:
-    """Newest first: ``{"total", "limit", "offset", "entries": [...]}``."""
+def page(
+    s: Session,
+    limit: int = 50,
+    offset: int = 0,
+    action: str | None = None,
+    actor: str | None = None,
+    target: str | None = None,
+) -> dict[str, Any]:
+    """Newest first: ``{"total", "limit", "offset", "entries": [...]}``. ``action``: exact, or
+    a prefix ending in ``.`` (``"model."``); ``actor``: exact; ``target``: a substring."""
     q = select(AuditLog)
     count = select(func.count()).select_from(AuditLog)
+    conds = []
     if action:
-        q = q.where(AuditLog.action == action)
-        count = count.where(AuditLog.action == action)
+        conds.append(
+            AuditLog.action.startswith(action, autoescape=True)
+            if action.endswith(".")
+            else AuditLog.action == action
+        )
+    if actor:
+        conds.append(AuditLog.actor == actor)
+    if target:
+        conds.append(AuditLog.target.contains(target, autoescape=True))
+    if conds:
+        q = q.where(*conds)
+        count = count.where(*conds)
     rows = s.scalars(q.order_by(AuditLog.id.desc()).limit(limit).offset(offset)).all()
     return {
         "total": s.scalar(count) or 0,

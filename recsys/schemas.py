@@ -361,6 +361,8 @@ class AuditQuery(Schema):
     limit = Integer(load_default=50, validate=Range(1, 500))
     offset = Integer(load_default=0, validate=Range(0, 1_000_000_000))  # SQL bigint bound
     action = Text(load_default=None, validate=Length(1, 64))
+    actor = Text(load_default=None, validate=Length(1, 128))
+    target = Text(load_default=None, validate=Length(1, 256))
 
 
 class RoutingPatch(Schema):

@@ -298,6 +298,80 @@ class SettingsStore:
         self._polled_at = 0.0  # this process sees its own change on the next call
         return before, after
 
+    def reset_strategy(self, name: str, fields: list[str] | None, actor: str) -> tuple[dict, dict]:
+        """Drop the admin's override of ``fields`` (None: all) of strategy ``name``, so they
+        take the serving profile's or the shipped value again; validated, audited. Returns
+        (before, after) effective settings of the reset fields. Raises ValueError."""
+        if name not in STRATEGY_NAMES:
+            raise ValueError(f"unknown strategy {name!r}; expected one of {list(STRATEGY_NAMES)}")
+        fields = list(fields or STRATEGY_FIELDS)
+        if bad := sorted(set(fields) - set(STRATEGY_FIELDS)):
+            raise ValueError(f"unknown fields {bad}; expected some of {list(STRATEGY_FIELDS)}")
+        with self._session() as s, s.begin():
+            lock_config(s)
+            over = read_overrides(s)
+            before_cfg = self._effective(over)
+            row = s.get(StrategySetting, name)
+            if row is not None:
+                params = dict(row.params or {})
+                params["set"] = sorted(set(params.get("set") or []) - set(fields))
+                row.params = params
+            strategies = {k: dict(v) for k, v in over.get("strategies", {}).items()}
+            for f in fields:
+                strategies.get(name, {}).pop(f, None)
+            after_cfg = self._effective({**over, "strategies": strategies})
+            old = before_cfg.to_dict()["strategies"][name]
+            new = after_cfg.to_dict()["strategies"][name]
+            before = {name: {f: old[f] for f in fields}}
+            after = {name: {f: new[f] for f in fields}}
+            self._log_change(
+                s, "strategies.reset", f"{name}:{','.join(fields)}", before, after, actor
+            )
+        self._polled_at = 0.0
+        return before, after
+
+    def reset_routing(self, keys: list[str], actor: str) -> tuple[dict, dict]:
+        """Drop the admin's routing overrides ``keys`` (back to the profile's or shipped value);
+        validated, audited. Returns (before, after) effective values. Raises ValueError."""
+        if not keys:
+            raise ValueError("name at least one routing key")
+        if bad := sorted(set(keys) - set(DEFAULT_CONFIG["routing"])):
+            raise ValueError(f"unknown routing keys: {bad}")
+        with self._session() as s, s.begin():
+            lock_config(s)
+            over = read_overrides(s)
+            before_cfg = self._effective(over)
+            routing = {k: v for k, v in over.get("routing", {}).items() if k not in keys}
+            after_cfg = self._effective({**over, "routing": routing})  # validates what is left
+            row = s.get(Setting, ROUTING)
+            if row is not None:
+                row.value = routing
+            old, new = before_cfg.to_dict()["routing"], after_cfg.to_dict()["routing"]
+            before = {k: old[k] for k in keys}
+            after = {k: new[k] for k in keys}
+            self._log_change(s, "routing.reset", ",".join(sorted(keys)), before, after, actor)
+        self._polled_at = 0.0
+        return before, after
+
+    def _effective(self, over: Mapping[str, Any]) -> ServingConfig:
+        """Shipped defaults <- active serving profile <- ``over`` (what ``config`` serves)."""
+        base = ServingConfig.default()
+        try:
+            base = base.with_overrides(self._profile_overrides())
+        except ValueError:
+            pass
+        return base.with_overrides(over)
+
+    @staticmethod
+    def _log_change(
+        s: Session, action: str, target: str, before: dict, after: dict, actor: str
+    ) -> None:
+        from recsys import audit
+
+        v = bump(s, CONFIG_VERSION, f"{action} by {actor}")
+        audit.record(s, actor, action, target, before, after)
+        log.info("%s %s by %s (config version %d): %s", action, target, actor, v, after)
+
     @staticmethod
     def _record(
         s: Session,

@@ -162,3 +162,51 @@ def test_change_reaches_another_worker_within_a_second(make_app):
     while sb.config().cold_threshold != 1:
         assert time.monotonic() - t0 < 1.0, "change did not reach the other app within 1 s"
         time.sleep(0.02)
+
+
+def test_reset_strategy_override_to_default(app, client):
+    r = client.patch(
+        "/v1/admin/strategies", json={"als": {"weight": 0.25, "enabled": False}}, headers=AUTH
+    )
+    assert r.status_code == 200
+    r = client.delete("/v1/admin/strategies/als?field=weight", headers=AUTH)
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["before"] == {"als": {"weight": 0.25}} and body["after"] == {"als": {"weight": 1.0}}
+    assert body["strategies"]["als"] == {"enabled": False, "weight": 1.0, "overridden": ["enabled"]}
+    r = client.delete("/v1/admin/strategies/als", headers=AUTH)
+    assert r.get_json()["strategies"]["als"] == {"enabled": True, "weight": 1.0, "overridden": []}
+    entries = client.get("/v1/admin/audit?action=strategies.reset", headers=AUTH).get_json()
+    assert [e["target"] for e in entries["entries"]] == ["als:enabled,weight", "als:weight"]
+
+
+def test_reset_rejects_bad_names(client):
+    r = client.delete("/v1/admin/strategies/nope", headers=AUTH)
+    assert r.status_code == 404 and "unknown strategy" in r.get_json()["description"]
+    r = client.delete("/v1/admin/strategies/als?field=colour", headers=AUTH)
+    assert r.status_code == 422
+    r = client.delete("/v1/admin/routing/nope", headers=AUTH)
+    assert r.status_code == 422
+    assert client.delete("/v1/admin/strategies/als").status_code == 401
+
+
+def test_reset_routing_key(client):
+    client.patch("/v1/admin/routing", json={"cold_threshold": 2, "blend": "rrf"}, headers=AUTH)
+    r = client.delete("/v1/admin/routing/blend", headers=AUTH)
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["before"] == {"blend": "rrf"} and body["after"] == {"blend": "weighted"}
+    assert body["routing"]["cold_threshold"] == 2 and body["overridden"] == ["cold_threshold"]
+
+
+def test_audit_filters(client):
+    client.patch("/v1/admin/strategies", json={"bpr": {"weight": 0.2}}, headers=AUTH)
+    client.patch(
+        "/v1/admin/routing", json={"cold_threshold": 3}, headers={**AUTH, "X-Actor": "alice"}
+    )
+    got = client.get("/v1/admin/audit?actor=alice", headers=AUTH).get_json()
+    assert [e["action"] for e in got["entries"]] == ["routing.update"] and got["total"] == 1
+    got = client.get("/v1/admin/audit?target=bp", headers=AUTH).get_json()
+    assert [e["target"] for e in got["entries"]] == ["bpr"]
+    got = client.get("/v1/admin/audit?action=strategies.", headers=AUTH).get_json()
+    assert [e["action"] for e in got["entries"]] == ["strategies.update"]

@@ -92,6 +92,25 @@ def patch_strategies(_doc=None):
     return {"before": before, "after": after, **_strategies_view()}
 
 
+@bp.delete("/strategies/<name>")
+@bp.doc(
+    summary="Reset a strategy to its default: drop the admin's override (all fields, or "
+    "?field=weight / ?field=enabled)",
+    description="The strategy takes the active serving profile's value again, else the shipped "
+    "default. Audited; takes effect in every worker within a second.",
+)
+def reset_strategy(name: str):
+    from flask import request
+
+    try:
+        before, after = get_settings().reset_strategy(
+            name, request.args.getlist("field") or None, _actor()
+        )
+    except ValueError as e:
+        abort(404 if name not in STRATEGY_NAMES else 422, message=str(e))
+    return {"before": before, "after": after, **_strategies_view()}
+
+
 def _routing_view() -> dict:
     settings = get_settings()
     settings.versions(force=True)
@@ -123,9 +142,32 @@ def patch_routing(body: dict):
     return {"before": before, "after": after, **_routing_view()}
 
 
+@bp.delete("/routing/<key>")
+@bp.doc(
+    summary="Reset one routing setting to its default (drop the admin's override)",
+    description="The key takes the active serving profile's value again, else the shipped "
+    "default. Audited; takes effect in every worker within a second.",
+)
+def reset_routing(key: str):
+    try:
+        before, after = get_settings().reset_routing([key], _actor())
+    except ValueError as e:
+        abort(422, message=str(e))
+    return {"before": before, "after": after, **_routing_view()}
+
+
 @bp.get("/audit")
 @bp.input(AuditQuery, location="query", arg_name="q")
-@bp.doc(summary="The audit log, newest first (paged with limit/offset, filter by action)")
+@bp.doc(
+    summary="The audit log, newest first (paged with limit/offset; filter by action, actor, target)"
+)
 def get_audit(q: dict):
     with session_scope() as s:
-        return audit.page(s, limit=q["limit"], offset=q["offset"], action=q["action"])
+        return audit.page(
+            s,
+            limit=q["limit"],
+            offset=q["offset"],
+            action=q["action"],
+            actor=q["actor"],
+            target=q["target"],
+        )
