@@ -80,6 +80,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     experiments.init_app(app)
     app.register_blueprint(experiments_api.bp)
 
+    from recsys import console
+
+    console.init_app(app)  # the operator console at /admin/
+
     from recsys import cors, fastpath, limits, openapi
 
     cors.init_app(app)

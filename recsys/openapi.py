@@ -97,6 +97,20 @@ class ModelModeOut(Schema):
     loaded_version = String(allow_none=True)
 
 
+class ModelStrategyOut(Schema):
+    strategy = String()
+    active_version = String(allow_none=True)
+    rollback_target = String(allow_none=True)
+    versions = List(Dict(), metadata={"description": "stored versions of this strategy"})
+    runtime = Dict(allow_none=True, metadata={"description": "what this process holds"})
+    stats = Dict(
+        metadata={
+            "description": "loads, load_failures, load_seconds_mean, scored, "
+            "latency_ms {p50, p95, p99}, deadline_misses (since start, every worker)"
+        }
+    )
+
+
 class ServingProfileOut(Schema):
     format = String()
     routes = List(Dict(), metadata={"description": "[{max_history, weights, blend?, ...}]"})
@@ -140,8 +154,11 @@ ADMIN_RESPONSES: dict[tuple[str, str], type[Schema]] = {
     ("/v1/admin/strategies", "patch"): StrategiesOut,
     ("/v1/admin/routing", "get"): RoutingOut,
     ("/v1/admin/routing", "patch"): RoutingOut,
+    ("/v1/admin/strategies/{name}", "delete"): StrategiesOut,
+    ("/v1/admin/routing/{key}", "delete"): RoutingOut,
     ("/v1/admin/audit", "get"): AuditOut,
     ("/v1/admin/models", "get"): ModelsOut,
+    ("/v1/admin/models/{strategy}", "get"): ModelStrategyOut,
     ("/v1/admin/models/{strategy}/activate", "post"): ModelChangeOut,
     ("/v1/admin/models/{strategy}/rollback", "post"): ModelChangeOut,
     ("/v1/admin/models/{strategy}/load", "post"): ModelModeOut,

@@ -12,12 +12,12 @@ from apiflask import APIBlueprint, Schema
 from apiflask.fields import String
 from apiflask.validators import Length, Regexp
 
+from recsys import audit, modelstats
 from recsys.auth import check_admin
-from recsys.errors import RecsysError
+from recsys.errors import ModelError, RecsysError
 from recsys.registry import PROFILE_KIND, get_repository
 from recsys.runtime import get_runtime
 from recsys.store.db import session_scope
-from recsys.store.models import AuditLog
 from recsys.tuning.profile import activate_profile, rollback_profile
 
 bp = APIBlueprint("admin_models", __name__, url_prefix="/v1/admin/models", tag="Admin")
@@ -46,19 +46,66 @@ def _check_strategy(strategy: str) -> None:
         raise RecsysError(f"invalid strategy name {strategy!r}")
 
 
+def _require_known(strategy: str) -> None:
+    """404 for a strategy with no stored version, before the runtime sees the name (it would
+    otherwise keep an error entry and a metric label for it)."""
+    _check_strategy(strategy)
+    if strategy not in get_repository().strategies():
+        raise ModelError(f"unknown strategy {strategy!r}: it has no stored versions", 404)
+
+
 def _audit(action: str, target: str, before: dict | None, after: dict | None) -> None:
     from flask import g
 
     with session_scope() as s:
-        s.add(
-            AuditLog(
-                actor=g.get("admin_actor", "admin"),
-                action=action,
-                target=target,
-                before=before,
-                after=after,
-            )
-        )
+        audit.record(s, g.get("admin_actor", "admin"), action, target, before, after)
+
+
+# The operations, shared by the views below and the operator console (recsys.console).
+def activate_version(strategy: str, version: str, actor: str) -> dict:
+    """Activate ``version`` (a model, or a serving profile when ``strategy`` is "profile")."""
+    _require_known(strategy)
+    if strategy == PROFILE_KIND:
+        # A serving profile: its models first, then the profile and config_version together.
+        previous = activate_profile(get_repository(), version, actor=actor)
+        return _profile_switched(version, previous)
+    get_repository().get_version(strategy, version)  # 404 for an unknown version, first
+    out = get_runtime().activate(strategy, version, actor=actor)
+    return {**out, "models": get_runtime().status()}
+
+
+def rollback_version(strategy: str, actor: str) -> dict:
+    _require_known(strategy)
+    if strategy == PROFILE_KIND:
+        repo = get_repository()
+        previous = repo.active_version(PROFILE_KIND)
+        version = rollback_profile(repo, actor=actor)
+        return _profile_switched(version, previous)
+    out = get_runtime().rollback(strategy, actor=actor)
+    return {**out, "models": get_runtime().status()}
+
+
+def load_model(strategy: str, version: str | None, actor: str) -> dict:
+    _require_known(strategy)
+    rt = get_runtime()
+    before = rt.describe(strategy) if strategy in rt.wanted_versions() else None
+    row = rt.load(strategy, version)
+    _audit("model.load", strategy, _mode(before), _mode(row))
+    return row
+
+
+def unload_model(strategy: str, actor: str) -> dict:
+    _require_known(strategy)
+    rt = get_runtime()
+    before = rt.describe(strategy) if strategy in rt.wanted_versions() else None
+    row = rt.unload(strategy)
+    _audit("model.unload", strategy, _mode(before), _mode(row))
+    return row
+
+
+def model_stats(strategy: str) -> dict:
+    """Loads, load failures, load time, scoring latency of ``strategy`` (recsys.modelstats)."""
+    return modelstats.stats_by_strategy().get(strategy, modelstats.EMPTY)
 
 
 @bp.get("")
@@ -73,20 +120,33 @@ def list_models():
     }
 
 
+@bp.get("/<strategy>")
+@bp.doc(
+    summary="One strategy: its versions, what this process holds, rollback target, and stats",
+    description="`stats`: loads, load failures and mean load time, scoring calls, scoring "
+    "latency percentiles (ms) and deadline misses since start (every worker under gunicorn).",
+)
+def get_strategy(strategy: str):
+    _require_known(strategy)
+    repo = get_repository()
+    rt = get_runtime()
+    return {
+        "strategy": strategy,
+        "active_version": repo.active_version(strategy),
+        "rollback_target": repo.rollback_target(strategy),
+        "versions": repo.list_versions(strategy),
+        "runtime": next((r for r in rt.status() if r["strategy"] == strategy), None),
+        "stats": model_stats(strategy),
+    }
+
+
 @bp.post("/<strategy>/activate")
 @bp.input(VersionIn, arg_name="body")
 @bp.doc(summary="Activate a version: load and warm it beside the old one, then swap")
 def activate(strategy: str, body: dict):
     from flask import g
 
-    _check_strategy(strategy)
-    actor = g.get("admin_actor", "admin")
-    if strategy == PROFILE_KIND:
-        # A serving profile: its models first, then the profile and config_version together.
-        previous = activate_profile(get_repository(), body["version"], actor=actor)
-        return _profile_switched(body["version"], previous)
-    out = get_runtime().activate(strategy, body["version"], actor=actor)
-    return {**out, "models": get_runtime().status()}
+    return activate_version(strategy, body["version"], g.get("admin_actor", "admin"))
 
 
 @bp.post("/<strategy>/rollback")
@@ -94,15 +154,7 @@ def activate(strategy: str, body: dict):
 def rollback(strategy: str):
     from flask import g
 
-    _check_strategy(strategy)
-    actor = g.get("admin_actor", "admin")
-    if strategy == PROFILE_KIND:
-        repo = get_repository()
-        previous = repo.active_version(PROFILE_KIND)
-        version = rollback_profile(repo, actor=actor)
-        return _profile_switched(version, previous)
-    out = get_runtime().rollback(strategy, actor=actor)
-    return {**out, "models": get_runtime().status()}
+    return rollback_version(strategy, g.get("admin_actor", "admin"))
 
 
 def _profile_switched(version: str, previous: str | None) -> dict:
@@ -138,23 +190,17 @@ def active_serving_profile():
 @bp.input(OptionalVersionIn, arg_name="body")
 @bp.doc(summary="Load the active version now and keep it preloaded in every worker")
 def load(strategy: str, body: dict):
-    _check_strategy(strategy)
-    rt = get_runtime()
-    before = rt.describe(strategy) if strategy in rt.wanted_versions() else None
-    row = rt.load(strategy, body.get("version"))
-    _audit("model.load", strategy, _mode(before), _mode(row))
-    return row
+    from flask import g
+
+    return load_model(strategy, body.get("version"), g.get("admin_actor", "admin"))
 
 
 @bp.post("/<strategy>/unload")
 @bp.doc(summary="Free the model's memory in every worker; it reloads lazily on next use")
 def unload(strategy: str):
-    _check_strategy(strategy)
-    rt = get_runtime()
-    before = rt.describe(strategy) if strategy in rt.wanted_versions() else None
-    row = rt.unload(strategy)
-    _audit("model.unload", strategy, _mode(before), _mode(row))
-    return row
+    from flask import g
+
+    return unload_model(strategy, g.get("admin_actor", "admin"))
 
 
 def _mode(row: dict | None) -> dict | None:
