@@ -1,7 +1,9 @@
 """The admin audit log: who changed what, from what, to what, and when (``audit_log`` table).
 
 Changes are recorded inside the same transaction as the change itself, so an audited change
-and its audit row commit (or roll back) together.
+and its audit row commit (or roll back) together. Every audit row, whichever code wrote it
+(settings, model activations, profiles, experiments), is also written to the application log
+(logger ``recsys.audit``) once its transaction commits: a session hook, not each caller.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from recsys.store.models import AuditLog, utcnow
@@ -35,13 +37,7 @@ def record(
             at=utcnow(),
         )
     )
-    log.info(
-        "admin change %s %s by %s",
-        action,
-        target,
-        actor,
-        extra={"actor": actor, "action": action, "target": target, "after": after},
-    )
+    # Logged once committed, by the session hook below (as every other audit row).
 
 
 def page(
@@ -88,3 +84,38 @@ def page(
             for r in rows
         ],
     }
+
+
+_PENDING = "recsys.audit.pending"
+
+
+@event.listens_for(Session, "after_flush")
+def _collect(session: Session, _flush_context) -> None:
+    rows = [o for o in session.new if isinstance(o, AuditLog)]
+    if rows:
+        session.info.setdefault(_PENDING, []).extend(
+            (r.actor, r.action, r.target, r.before, r.after) for r in rows
+        )
+
+
+@event.listens_for(Session, "after_commit")
+def _log_committed(session: Session) -> None:
+    for actor, action, target, before, after in session.info.pop(_PENDING, ()):
+        log.info(
+            "admin change %s %s by %s",
+            action,
+            target,
+            actor,
+            extra={
+                "actor": actor,
+                "action": action,
+                "target": target,
+                "before": before,
+                "after": after,
+            },
+        )
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget(session: Session) -> None:
+    session.info.pop(_PENDING, None)

@@ -107,6 +107,24 @@ MODEL_LOAD_SECONDS = Histogram(
 MODEL_LOAD_FAILURES = Counter(
     "recsys_model_load_failures_total", "Model versions that failed to load", ["strategy"]
 )
+DEGRADED_REASONS = (
+    "shed",  # overloaded: answered from cache/popularity only
+    "store_unavailable",  # SQL down: no history, popularity
+    "scoring_timeout",  # no scoring turn within the deadline: popularity
+    "model_unavailable",  # the route's model is not loaded: popularity
+    "strategy_dropped",  # a strategy raised or missed the deadline and was left out
+)
+DEGRADED = Counter(
+    "recsys_degraded_answers_total",
+    "Recommendation answers marked degraded, by their first reason (one count per answer)",
+    ["reason"],
+)
+EVENT_TYPES = ("view", "click", "cart", "purchase", "rating", "dislike")
+EVENTS_INGESTED = Counter(
+    "recsys_events_ingested_total",
+    "Events stored by POST /v1/events, by type (duplicates of a stored event not counted)",
+    ["type"],
+)
 # Gauges are per process; "liveall" keeps one series per live worker (a pid label) and drops
 # series of dead workers, so the sharing across workers stays visible.
 MODELS_LOADED = Gauge(
@@ -131,6 +149,42 @@ def observe_batch(size: int, queue_wait_s: float) -> None:
     QUEUE_WAIT.observe(max(0.0, queue_wait_s))
 
 
+def note_degraded(
+    shed: bool = False,
+    store_unavailable: bool = False,
+    scoring_timeout: bool = False,
+    model_unavailable: bool = False,
+    strategy_dropped: bool = False,
+) -> bool:
+    """Count one degraded answer under its first reason; returns whether it is degraded."""
+    flags = (shed, store_unavailable, scoring_timeout, model_unavailable, strategy_dropped)
+    for reason, flag in zip(DEGRADED_REASONS, flags, strict=True):
+        if flag:
+            DEGRADED.labels(reason).inc()
+            return True
+    return False
+
+
+def _zero_labels() -> None:
+    """Every labelled counter with a bounded label set starts at 0, so a dashboard's rate()
+    and an alert see the series before the first event rather than "no data"."""
+    for reason in DEGRADED_REASONS:
+        DEGRADED.labels(reason)
+    for etype in EVENT_TYPES:
+        EVENTS_INGESTED.labels(etype)
+    for priority in ("high", "normal", "low"):
+        REQUESTS_SHED.labels(priority)
+        SCORING_TIMEOUTS.labels(priority)
+    from recsys.service import STRATEGY_NAMES
+
+    for strategy in STRATEGY_NAMES:
+        DEADLINE_MISSES.labels(strategy)
+        MODEL_LOAD_FAILURES.labels(strategy)
+
+
+_zero_labels()
+
+
 def set_route(route: str) -> None:
     """Record the cold/warm route of the current request for the latency histogram."""
     g.recsys_route = route
@@ -140,15 +194,24 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-def exposition() -> tuple[bytes, str]:
-    """The text exposition: aggregated over every worker under gunicorn, else this process."""
+def exposition(*collectors) -> tuple[bytes, str]:
+    """The text exposition: aggregated over every worker under gunicorn, else this process;
+    plus ``collectors`` (metrics computed at scrape time, e.g. the active model versions).
+    Process metrics (``process_*``): the default registry's for this process, or under
+    gunicorn every worker's and the master's, labelled by pid (recsys.procmetrics)."""
+    extra = CollectorRegistry()
+    for collector in collectors:
+        extra.register(collector)
     if multiprocess_dir():
         from prometheus_client import multiprocess
 
+        from recsys.procmetrics import ServerProcessCollector
+
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        registry.register(ServerProcessCollector())
+        return generate_latest(registry) + generate_latest(extra), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY) + generate_latest(extra), CONTENT_TYPE_LATEST
 
 
 def mark_dead(pid: int) -> None:

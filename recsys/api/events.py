@@ -15,6 +15,7 @@ vectors) without retraining.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from marshmallow import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from recsys import metrics
 from recsys.auth import require_scope
 from recsys.cache import get_cache
 from recsys.errors import RecsysError
@@ -133,8 +135,11 @@ def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
             for e in events
         ]
         stmt = dialect_insert(s, Event).values(rows)
-        stmt = stmt.on_conflict_do_nothing(index_elements=["idem_key"]).returning(Event.id)
-        inserted = len(s.execute(stmt).all())
+        stmt = stmt.on_conflict_do_nothing(index_elements=["idem_key"]).returning(Event.type)
+        stored = s.execute(stmt).scalars().all()
+        inserted = len(stored)
+    for etype, n in Counter(stored).items():
+        metrics.EVENTS_INGESTED.labels(etype).inc(n)
     # Durable now. Invalidate after the commit so no reader can cache the pre-event history
     # under the new token.
     if not get_cache(app).invalidate_users({e["user_id"] for e in events}):

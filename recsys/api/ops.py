@@ -68,5 +68,36 @@ def readyz():
 @bp.get("/metrics", endpoint="metrics")  # recsys.metrics skips timing "ops.metrics"
 @bp.doc(summary="Prometheus metrics (aggregated over every gunicorn worker)")
 def metrics_view():
-    data, content_type = metrics.exposition()
+    data, content_type = metrics.exposition(ScrapeCollector())
     return Response(data, content_type=content_type)
+
+
+class ScrapeCollector:
+    """Metrics computed when scraped, the same in every worker of every server:
+
+    * ``recsys_ready``: 1 when ``/readyz`` would answer 200 (the database answers and every
+      preload model is loaded), else 0.
+    * ``recsys_model_active_info{strategy, version} 1``: the active version of each strategy
+      (serving profiles included, as strategy "profile"), read from SQL.
+    """
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+
+        from recsys.registry import get_repository
+
+        ready = get_runtime().ready() and _database_error() is None
+        yield GaugeMetricFamily(
+            "recsys_ready", "1 when /readyz answers 200 (database up, models loaded)", int(ready)
+        )
+        family = InfoMetricFamily(
+            "recsys_model_active", "Active model version per strategy", labels=["strategy"]
+        )
+        try:
+            active = get_repository().active_versions()
+        except Exception as e:  # a scrape must still answer with the store down
+            _readiness_log.warning("metrics: active versions unavailable: %s", e)
+            active = {}
+        for strategy, version in sorted(active.items()):
+            family.add_metric([strategy], {"version": version})
+        yield family

@@ -351,7 +351,9 @@ def user_payload(
         result, fell_back = recommend_in_turn(ctx, overrides, history, req, shed or store_down)
         stage("score", time.perf_counter() - t1)
         out = {"user_id": user_id, **result.to_dict(explain=explain), "cached": False}
-        if shed or store_down or fell_back or unloadable(ctx, result):
+        if metrics.note_degraded(
+            shed, store_down, fell_back, unloadable(ctx, result), out["degraded"]
+        ):
             out["degraded"] = True
         if assignment:
             out["experiment"] = {
@@ -463,7 +465,7 @@ def session_recommendations(body: dict):
     result, fell_back = recommend_in_turn(ctx, None, history, req, adm.shed)
     metrics.set_route(result.route)
     out = {"user_id": None, **result.to_dict(explain=body["explain"]), "cached": False}
-    if adm.shed or fell_back or unloadable(ctx, result):
+    if metrics.note_degraded(adm.shed, False, fell_back, unloadable(ctx, result), out["degraded"]):
         out["degraded"] = True
     return _list_response(ctx, _render(out), item_fields(body["fields"]))
 
