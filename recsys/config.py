@@ -54,6 +54,10 @@ DEFAULTS: dict[str, object] = {
     # all that wait for one and would be scored alike, in one pass of every model (1: each
     # request alone). Measured under gunicorn on 2 cores (docs/benchmarks.md, "Serving benchmark").
     "SCORING_BATCH_MAX": 8,
+    # Retention: versions kept per strategy after each `recsys train` (newest first; the
+    # active version, the rollback target and the serving profile's models always stay).
+    # None: keep every version. Also the default of `recsys models prune --keep`.
+    "MODEL_KEEP_VERSIONS": None,
     # Per-process memory budget for loaded models, in MiB.
     "MODEL_MEMORY_BUDGET_MB": 768,
     # Micro-batching of the deep model.

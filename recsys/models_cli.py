@@ -197,6 +197,14 @@ def train(
             )
             if not as_json:
                 echo_outcome(tuned)
+        retention = current_app.config.get("MODEL_KEEP_VERSIONS")
+        if retention and results:
+            from recsys.retention import prune
+
+            for r in results:  # MODEL_KEEP_VERSIONS: the retention setting
+                for v in prune(repo, int(retention), r.strategy, actor="train"):
+                    if not as_json:
+                        click.echo(f"pruned {v['strategy']}/{v['version']} (retention)")
     except (ModelError, ValueError) as e:
         raise click.ClickException(getattr(e, "description", str(e))) from None
     if as_json:
@@ -206,7 +214,7 @@ def train(
 
 @main.group("models")
 def models_group() -> None:
-    """Model versions: list, activate, roll back, verify."""
+    """Model versions: list, activate, roll back, verify, prune."""
 
 
 def _models_overview(repo, strategy: str | None) -> dict[str, Any]:
@@ -320,3 +328,42 @@ def models_verify(strategy: str | None, version: str | None) -> None:
             click.echo(f"ok     {s}/{v} ({len(manifest['files'])} files)")
     if failed:
         raise click.ClickException(f"{failed} of {len(targets)} version(s) failed verification")
+
+
+@models_group.command("prune")
+@click.argument("strategy", required=False)
+@click.option(
+    "--keep",
+    type=click.IntRange(1),
+    default=None,
+    help="Versions to keep per strategy, newest first (default: MODEL_KEEP_VERSIONS).",
+)
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+@click.option("--actor", default="cli", show_default=True, help="Recorded in the audit log.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_appcontext
+def models_prune(
+    strategy: str | None, keep: int | None, dry_run: bool, actor: str, as_json: bool
+) -> None:
+    """Delete old versions (files and SQL rows), keeping the KEEP newest of each strategy.
+
+    The active version, the rollback target and the models of the active serving profile (and
+    of its rollback target) are never deleted, whatever KEEP says."""
+    from recsys.retention import prune
+
+    keep = keep or current_app.config.get("MODEL_KEEP_VERSIONS")
+    if not keep:
+        raise click.UsageError("give --keep N (or set RECSYS_MODEL_KEEP_VERSIONS)")
+    try:
+        victims = prune(_repo(), int(keep), strategy, dry_run=dry_run, actor=actor)
+    except (ModelError, ValueError) as e:
+        raise click.ClickException(getattr(e, "description", str(e))) from None
+    if as_json:
+        keys = ("strategy", "version", "created_at", "bytes")
+        echo_json({"dry_run": dry_run, "pruned": [{k: v[k] for k in keys} for v in victims]})
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for v in victims:
+        click.echo(f"{verb} {v['strategy']}/{v['version']} ({v['bytes'] / 2**20:.1f} MiB)")
+    total = sum(v["bytes"] for v in victims) / 2**20
+    click.echo(f"{verb} {len(victims)} version(s), {total:.1f} MiB")

@@ -1,0 +1,99 @@
+"""``recsys models prune`` and the MODEL_KEEP_VERSIONS retention setting (real PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from features.store import load_interactions
+from recsys.cli import main
+from recsys.registry import ModelRepository
+from recsys.store import get_engine, session_scope
+from recsys.store.models import AuditLog
+from tests.test_registry import CountStrategy, resolver
+from tests.test_training_cli import fill_store
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def repo_app(app):
+    fill_store(app, n_events=120)
+    repo = ModelRepository(
+        app.config["MODEL_DIR"], app.extensions["recsys.sessionmaker"], resolver=resolver
+    )
+    app.extensions["recsys.models"] = repo
+    return app
+
+
+def _versions(app, n: int, activate: bool = True) -> list[str]:
+    repo = app.extensions["recsys.models"]
+    data = load_interactions(get_engine(app))
+    return [repo.save_version(CountStrategy().fit(data), data, activate=activate) for _ in range(n)]
+
+
+def _stored(app) -> list[str]:
+    return [v["version"] for v in app.extensions["recsys.models"].list_versions("counts")]
+
+
+def test_prune_keeps_newest_active_and_rollback_target(repo_app):
+    repo = repo_app.extensions["recsys.models"]
+    v = _versions(repo_app, 5)  # v[4] active, v[3] the rollback target
+    assert repo.rollback("counts") == v[3]  # now v[3] active, v[2] the rollback target
+    paths = {x["version"]: x["path"] for x in repo.list_versions("counts")}
+    runner = repo_app.test_cli_runner()
+
+    r = runner.invoke(main, args=["models", "prune", "--keep", "1", "--dry-run", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["dry_run"] is True and [p["version"] for p in out["pruned"]] == [v[1], v[0]]
+    assert _stored(repo_app) == sorted(v)  # nothing deleted
+
+    r = runner.invoke(main, args=["models", "prune", "--keep", "1", "--actor", "ops"])
+    assert r.exit_code == 0, r.output
+    assert "deleted 2 version(s)" in r.output
+    assert _stored(repo_app) == sorted([v[2], v[3], v[4]])  # newest, active, rollback target
+    assert not os.path.exists(paths[v[0]]) and not os.path.exists(paths[v[1]])
+    assert all(os.path.isdir(paths[x]) for x in v[2:])
+    assert repo.active_version("counts") == v[3]
+    assert repo.rollback("counts") == v[2]  # the target still works
+    with session_scope(repo_app) as s:
+        row = s.query(AuditLog).filter_by(action="model.prune").one()
+        assert (row.actor, row.target, row.before) == ("ops", "counts", {"versions": [v[1], v[0]]})
+
+    # After that rollback v[3] is neither newest, active nor the rollback target (v[1], gone:
+    # a further rollback says so): it goes; then nothing more.
+    r = runner.invoke(main, args=["models", "prune", "--keep", "1"])
+    assert r.exit_code == 0 and f"deleted counts/{v[3]}" in r.output
+    assert _stored(repo_app) == sorted([v[2], v[4]])
+    r = runner.invoke(main, args=["models", "prune", "--keep", "1"])
+    assert r.exit_code == 0 and "deleted 0 version(s)" in r.output
+
+
+def test_prune_needs_a_keep(repo_app):
+    runner = repo_app.test_cli_runner()
+    r = runner.invoke(main, args=["models", "prune"])
+    assert r.exit_code == 2 and "--keep" in r.output
+    r = runner.invoke(main, args=["models", "prune", "--keep", "0"])
+    assert r.exit_code == 2
+    repo_app.config["MODEL_KEEP_VERSIONS"] = 3  # the setting is the default
+    _versions(repo_app, 4)
+    r = runner.invoke(main, args=["models", "prune", "--dry-run"])
+    assert r.exit_code == 0 and "would delete 1 version(s)" in r.output
+
+
+def test_retention_setting_prunes_after_training(repo_app):
+    repo_app.config["MODEL_KEEP_VERSIONS"] = 2
+    runner = repo_app.test_cli_runner()
+    for _ in range(4):
+        r = runner.invoke(main, args=["train", "counts", "--quiet"])
+        assert r.exit_code == 0, r.output
+    assert "pruned counts/" in r.output
+    repo = repo_app.extensions["recsys.models"]
+    stored = sorted(repo.list_versions("counts"), key=lambda x: x["created_at"])
+    # The two newest: the newest is active, the one before it is the rollback target.
+    assert len(stored) == 2
+    assert repo.active_version("counts") == stored[1]["version"]
+    assert repo.rollback_target("counts") == stored[0]["version"]
