@@ -125,7 +125,8 @@
       const opts = {
         width: el.clientWidth || 380, height: 160,
         legend: { show: true }, cursor: { show: true },
-        scales: { x: { time: true } },
+        // A fixed window of the last POINTS samples, so one or two points do not stretch it.
+        scales: { x: { time: true, range: (u, min, max) => [max - (POINTS * INTERVAL_MS) / 1000, max + 1] } },
         series: [{}, ...names.map((n, i) => ({ label: n, stroke: palette[i % palette.length], width: 1.5, spanGaps: false }))],
         axes: [{}, { size: 50 }],
       };
@@ -150,7 +151,7 @@
     const hits = b.cache_hits - a.cache_hits, misses = b.cache_misses - a.cache_misses;
     push("chart-cache", ["hit ratio"], t, [hits + misses > 0 ? hits / (hits + misses) : null]);
     const reasons = Object.keys(b.degraded).sort();
-    push("chart-degraded", ["shed", ...reasons], t,
+    push("chart-degraded", ["shed requests", ...reasons], t,
       [(b.shed - a.shed) / dt, ...reasons.map((r) => (b.degraded[r] - (a.degraded[r] || 0)) / dt)]);
     const missed = Object.keys(b.deadline_misses).sort();
     push("chart-misses", missed.length ? missed : ["all"], t, missed.length
@@ -174,6 +175,8 @@
     const snap = await r.json();
     if (prev) draw(prev, snap);
     prev = snap;
+    const charts = $("charts");
+    charts.dataset.samples = String(Number(charts.dataset.samples || 0) + 1);
   }
 
   function startLive() {

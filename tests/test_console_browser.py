@@ -1,0 +1,171 @@
+"""The operator console in a real browser (headless Chromium through Selenium, as
+tests/test_browser.py): sign in, toggle a strategy and watch a user's list change in the
+preview, roll a model back and activate it again, find all of it in the audit view, and see
+the Live charts draw from the service's own /metrics.
+
+Only condition waits (WebDriverWait), no sleeps. Screenshots go to RECSYS_SCREENSHOT_DIR or the
+test's temporary folder (scripts/console_screenshots.py takes the documented ones against a
+server with the bundled data).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.servicekit import ADMIN_TOKEN, train_and_register
+from tests.test_browser import _serve_app, _wait, browser, shots  # noqa: F401 - fixtures
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
+
+
+def _by():
+    from selenium.webdriver.common.by import By
+
+    return By
+
+
+def _login(driver, base: str, actor: str = "ops-browser") -> None:
+    By = _by()
+    driver.get(f"{base}/admin/")
+    _wait(driver, lambda d: d.find_element(By.ID, "login-form").is_displayed())
+    driver.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
+    driver.find_element(By.ID, "actor").send_keys(actor)
+    driver.find_element(By.ID, "login-submit").click()
+    _wait(driver, lambda d: d.find_elements(By.ID, "strategies-table"))
+    assert f"signed in as {actor}" in driver.find_element(By.ID, "who").text
+
+
+def _list(driver, box: str) -> list[str]:
+    By = _by()
+    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, f"#{box} ol.reclist li code")]
+
+
+def _accept_confirm(driver) -> None:
+    from selenium.webdriver.support import expected_conditions as EC
+
+    _wait(driver, EC.alert_is_present()).accept()
+
+
+def test_wrong_token_is_refused_and_the_form_stays(browser, served_app):  # noqa: F811
+    By = _by()
+    api = _serve_app(served_app)
+    try:
+        browser.get(f"http://127.0.0.1:{api.port}/admin/models")
+        _wait(browser, lambda d: d.find_element(By.ID, "login-form").is_displayed())
+        browser.find_element(By.ID, "token").send_keys("not-the-token")
+        browser.find_element(By.ID, "login-submit").click()
+        _wait(browser, lambda d: d.find_element(By.ID, "login-error").is_displayed())
+        assert "invalid admin token" in browser.find_element(By.ID, "login-error").text
+        assert not browser.find_element(By.ID, "screen").is_displayed()
+    finally:
+        api.close()
+
+
+def test_toggle_preview_models_and_audit(browser, served_app, shots):  # noqa: F811
+    By = _by()
+    first = served_app.extensions["recsys.model_versions"]["ease"]
+    second = train_and_register(served_app)["ease"]  # active now; rollback goes to `first`
+    api = _serve_app(served_app)
+    base = f"http://127.0.0.1:{api.port}"
+    try:
+        _login(browser, base)
+        row = browser.find_element(By.ID, "strategy-ease")
+        assert row.get_attribute("data-enabled") == "yes"
+
+        # Toggle ease off with u6 (a warm user) in the preview: the list changes.
+        browser.find_element(By.ID, "preview-user").send_keys("u6")
+        browser.find_element(By.ID, "toggle-ease").click()
+        _wait(browser, lambda d: d.find_elements(By.ID, "preview"))
+        heading = browser.find_element(By.CSS_SELECTOR, "#preview h2").text
+        before, after = _list(browser, "preview-before"), _list(browser, "preview-after")
+        assert "list changed" in heading and before and after and before != after
+        assert browser.find_element(By.ID, "strategy-ease").get_attribute("data-enabled") == "no"
+        # The preview is the public answer: the API now serves the "after" list.
+        public = served_app.test_client().get("/v1/users/u6/recommendations?n=10").get_json()
+        assert [it["item_id"] for it in public["items"]] == after
+        browser.save_screenshot(os.path.join(shots, "console-strategies.png"))
+
+        # Models: roll ease back (confirm dialog), then activate the newer version again.
+        browser.find_element(By.ID, "nav-models").click()
+        _wait(browser, lambda d: d.find_elements(By.ID, "rollback-ease"))
+        browser.find_element(By.ID, "rollback-ease").click()
+        _accept_confirm(browser)
+        _wait(browser, lambda d: d.find_elements(By.ID, "action-done"))
+        assert "rolled back" in browser.find_element(By.ID, "action-done").text
+        active = browser.find_element(By.CSS_SELECTOR, "#model-ease tr.active")
+        assert active.get_attribute("id") == f"version-ease-{first}"
+        browser.find_element(By.ID, f"activate-ease-{second}").click()
+        _wait(
+            browser,
+            lambda d: (
+                "activated" in d.find_element(By.ID, "action-done").text
+                if d.find_elements(By.ID, "action-done")
+                else False
+            ),
+        )
+        active = browser.find_element(By.CSS_SELECTOR, "#model-ease tr.active")
+        assert active.get_attribute("id") == f"version-ease-{second}"
+        browser.save_screenshot(os.path.join(shots, "console-models.png"))
+
+        # Audit: all three changes, by the name given at sign-in; then filtered to models.
+        browser.find_element(By.ID, "nav-audit").click()
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.audit-row"))
+        rows = browser.find_elements(By.CSS_SELECTOR, "tr.audit-row")
+        mine = [r.get_attribute("data-action") for r in rows if "ops-browser" in r.text]
+        assert mine[:3] == ["model.activate", "model.rollback", "strategies.update"], mine
+        browser.find_element(By.ID, "audit-action").send_keys("model.")
+        browser.find_element(By.CSS_SELECTOR, "#audit-filters button").click()
+        js = "return [...document.querySelectorAll('tr.audit-row')].map(r => r.dataset.action)"
+
+        def filtered(d):
+            actions = d.execute_script(js)
+            return actions and all(a.startswith("model.") for a in actions)
+
+        _wait(browser, filtered)
+        browser.save_screenshot(os.path.join(shots, "console-audit.png"))
+    finally:
+        api.close()
+
+
+def test_live_charts_draw_from_real_metrics(browser, served_app, shots):  # noqa: F811
+    By = _by()
+    api = _serve_app(served_app)
+    base = f"http://127.0.0.1:{api.port}"
+    try:
+        _login(browser, base)
+        browser.find_element(By.ID, "nav-live").click()
+        _wait(
+            browser,
+            lambda d: int(d.find_element(By.ID, "charts").get_attribute("data-samples") or 0) >= 1,
+        )
+        # Real traffic between two samples, through the served HTTP stack.
+        import urllib.request
+
+        for k in range(12):
+            with urllib.request.urlopen(f"{base}/v1/users/u{k % 7}/recommendations?n=3") as r:
+                assert r.status == 200
+
+        def drawn(d):
+            last = d.find_element(By.ID, "chart-rate").get_attribute("data-last")
+            return last and json.loads(last)[0] > 0
+
+        _wait(browser, drawn, 60)
+        rate = json.loads(browser.find_element(By.ID, "chart-rate").get_attribute("data-last"))
+        assert rate[0] > 0 and rate[1] == 0  # requests/s, and no 5xx
+        p50, p95, p99 = json.loads(
+            browser.find_element(By.ID, "chart-latency").get_attribute("data-last")
+        )
+        assert 0 < p50 <= p95 <= p99
+        (hit_ratio,) = json.loads(
+            browser.find_element(By.ID, "chart-cache").get_attribute("data-last")
+        )
+        assert 0 < hit_ratio < 1  # 12 requests over 7 users: misses and hits
+        for chart in ("rate", "latency", "cache", "degraded", "misses", "strategy"):
+            canvas = browser.find_elements(By.CSS_SELECTOR, f"#chart-{chart} canvas")
+            assert canvas and canvas[0].size["width"] > 100, chart
+        browser.save_screenshot(os.path.join(shots, "console-live.png"))
+    finally:
+        api.close()
