@@ -154,6 +154,10 @@ def test_preload_workers_and_aggregated_metrics(serve):
     # Per-process gauges: one series per live process (master + 2 workers).
     gauge_pids = {s.labels["pid"] for s in samples if s.name == "recsys_models_loaded"}
     assert len(gauge_pids) == 3 and pids <= {int(p) for p in gauge_pids}
+    # Process metrics of the whole server (master + workers), whichever worker answered.
+    rss = {s.labels["pid"]: s.value for s in samples if s.name == "process_resident_memory_bytes"}
+    assert set(rss) == gauge_pids and all(v > 10 * 2**20 for v in rss.values())
+    assert ("recsys_ready", 1.0) in {(s.name, s.value) for s in samples}
 
 
 def test_two_servers_share_admin_changes(serve):
