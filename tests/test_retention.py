@@ -97,3 +97,22 @@ def test_retention_setting_prunes_after_training(repo_app):
     assert len(stored) == 2
     assert repo.active_version("counts") == stored[1]["version"]
     assert repo.rollback_target("counts") == stored[0]["version"]
+
+
+def test_prune_keeps_the_models_of_the_active_serving_profile(repo_app):
+    from recsys.registry import PROFILE_KIND
+    from recsys.tuning.profile import ServingProfile, save_profile
+
+    repo = repo_app.extensions["recsys.models"]
+    v = _versions(repo_app, 4)  # v[3] active, v[2] the rollback target
+    profile = ServingProfile(
+        routes=[{"name": "all", "max_history": None, "weights": {"popular": 1.0}}],
+        models={"counts": v[0]},  # pins an old version
+    )
+    with repo_app.app_context():
+        pv = save_profile(repo, profile)
+    repo.activate(PROFILE_KIND, pv)  # the profile row only: counts keeps v[3] active
+    r = repo_app.test_cli_runner().invoke(main, args=["models", "prune", "counts", "--keep", "1"])
+    assert r.exit_code == 0, r.output
+    assert _stored(repo_app) == sorted([v[0], v[2], v[3]])  # only v[1] went
+    assert repo.active_version(PROFILE_KIND) == pv
