@@ -34,6 +34,9 @@ import re
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -291,9 +294,26 @@ def get_experiments(app: Flask) -> ExperimentCache:
     return app.extensions["recsys.experiments"]
 
 
+# Set while the operator console previews a user's list (recsys.console): an operator looking
+# at a list is not the user being shown it, so no exposure is recorded.
+_NO_EXPOSURES: ContextVar[bool] = ContextVar("recsys_no_exposures", default=False)
+
+
+@contextmanager
+def no_exposures() -> Iterator[None]:
+    token = _NO_EXPOSURES.set(True)
+    try:
+        yield
+    finally:
+        _NO_EXPOSURES.reset(token)
+
+
 def record_exposure(app: Flask, user_id: str, assignment: dict, response: dict) -> None:
     """One Exposure row per list served to an enrolled user (cache hits included)."""
     from recsys.store import session_scope
+
+    if _NO_EXPOSURES.get():
+        return
 
     items = [it["item_id"] for it in response.get("items", [])]
     if not items:

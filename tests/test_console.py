@@ -229,3 +229,25 @@ def test_quantile_matches_prometheus_interpolation():
     )
     snap = snapshot(text, now=5.0)
     assert snap["requests"] == 8 and snap["errors"] == 1 and snap["degraded"] == {"shed": 2}
+
+
+def test_previews_are_not_experiment_exposures(client):
+    from recsys.experiments import get_experiments
+
+    variants = [{"name": n, "weight": 0.5, "config": {}} for n in ("a", "b")]
+    definition = {"name": "all-in", "variants": variants}
+    r = client.post(
+        "/admin/ui/experiments", data={"definition": json.dumps(definition)}, headers=AUTH
+    )
+    assert 'id="action-done"' in r.text
+    get_experiments(client.application).invalidate()
+    r = client.get("/admin/ui/user?user_id=u6", headers=AUTH)
+    assert "all-in" in r.text  # the inspector shows the assignment ...
+    r = client.post("/admin/ui/preview", data={"preview_user": "u6"}, headers=AUTH)
+    assert 'id="preview"' in r.text
+    report = client.get("/v1/admin/experiments/all-in/report", headers=AUTH).get_json()
+    exposures = sum(v["exposures"] for v in report["variants"].values())
+    assert exposures == 0  # ... but neither view was an exposure
+    assert client.get("/v1/users/u6/recommendations").get_json()["experiment"]["name"] == "all-in"
+    report = client.get("/v1/admin/experiments/all-in/report", headers=AUTH).get_json()
+    assert sum(v["exposures"] for v in report["variants"].values()) == 1  # the user's own is

@@ -100,13 +100,17 @@ def whoami():
 # Strategies & routing ---------------------------------------------------------------------
 def _user_list(user_id: str) -> dict[str, Any]:
     """What ``user_id`` is served now: the real request path (cache, experiments, deadline)
-    through this app's WSGI stack, so the preview is exactly the public answer."""
+    through this app's WSGI stack, so the preview is exactly the public answer. Not an
+    exposure of an experiment: the operator is not the user."""
+    from recsys.experiments import no_exposures
+
     client = current_app.test_client()
-    r = client.get(
-        f"/v1/users/{quote(user_id, safe='')}/recommendations",
-        query_string={"n": PREVIEW_N, "explain": "true"},
-        headers={"X-Request-ID": f"console-preview-{g.get('request_id', '')}"[:64]},
-    )
+    with no_exposures():
+        r = client.get(
+            f"/v1/users/{quote(user_id, safe='')}/recommendations",
+            query_string={"n": PREVIEW_N, "explain": "true"},
+            headers={"X-Request-ID": f"console-preview-{g.get('request_id', '')}"[:64]},
+        )
     body = r.get_json(silent=True) or {}
     if r.status_code != 200:
         return {"error": body.get("description") or f"HTTP {r.status_code}"}
