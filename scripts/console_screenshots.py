@@ -7,17 +7,19 @@ headless Chromium against a running server.
         --token secret --demo-changes            # in another
 
 It first sends some recommendation traffic (so Live has something to draw). With
-``--demo-changes`` it also makes visible changes on that server, all audited and all undone at
-the end except the audit rows and the events: it sets a strategy weight (then resets it to
-its default), creates an experiment ``console-demo``, sends click events for some of the lists
-its users were shown (so the report has numbers), and stops it. Use it on a development
-server, not in production. Needs Debian's chromium and chromium-driver
+``--demo-changes`` it also makes visible changes on that server, all audited: it sets a
+strategy weight (then resets it to its default), rolls a model back and activates its version
+again, creates two experiments (``console-demo-*``,
+with click events sent for some of the lists its users were shown, so the report has numbers,
+and ``console-next-*``, starting tomorrow, so it has none) and stops both at the end. Use it on
+a development server, not in production. Needs Debian's chromium and chromium-driver
 (scripts/ensure_browser.sh) and selenium (in the dev extras).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import random
@@ -125,7 +127,7 @@ def main() -> None:
     def click(element_id: str) -> None:
         driver.find_element(By.ID, element_id).click()
 
-    created = False
+    created: list[str] = []
     try:
         driver.get(f"{base}/admin/")
         wait(lambda d: d.find_element(By.ID, "login-form").is_displayed())
@@ -164,39 +166,53 @@ def main() -> None:
         shot("users")
 
         if args.demo_changes:
-            _demo_experiment(base, args.token, users)
-            created = True
+            created = _demo_experiment(base, args.token, users)
         driver.get(f"{base}/admin/experiments")
         wait(lambda d: d.find_elements(By.ID, "experiment-form"))
         shot("experiments")
 
+        if args.demo_changes:
+            _demo_rollback(base, args.token)
         driver.get(f"{base}/admin/audit")
         wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#audit-table tbody tr"))
         shot("audit")
     finally:
         traffic.stop.set()
         driver.quit()
-        if created:
-            _http("POST", f"{base}/v1/admin/experiments/console-demo/stop", args.token)
+        for name in created:
+            _http("POST", f"{base}/v1/admin/experiments/{name}/stop", args.token)
 
 
-def _demo_experiment(base: str, token: str, users: list[str]) -> None:
-    """A running experiment with exposures and some clicks on what its users were shown."""
-    existing = _http("GET", f"{base}/v1/admin/experiments", token)["experiments"]
-    if not any(e["name"] == "console-demo" for e in existing):
-        _http(
-            "POST",
-            f"{base}/v1/admin/experiments",
-            token,
-            {
-                "name": "console-demo",
-                "variants": [
-                    {"name": "control", "weight": 0.45, "config": {}},
-                    {"name": "rrf", "weight": 0.45, "config": {"routing": {"blend": "rrf"}}},
-                    {"name": "idle", "weight": 0.1, "config": {}},
-                ],
-            },
-        )
+def _demo_experiment(base: str, token: str, users: list[str]) -> list[str]:
+    """A running experiment with exposures and some clicks on what its users were shown, and
+    one that starts tomorrow; returns their names (stopped at the end)."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%m%d-%H%M%S")
+    demo, later = f"console-demo-{stamp}", f"console-next-{stamp}"
+    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+    definitions = [
+        {
+            "name": demo,
+            "variants": [
+                {"name": "control", "weight": 0.45, "config": {}},
+                {"name": "rrf", "weight": 0.45, "config": {"routing": {"blend": "rrf"}}},
+                {"name": "idle", "weight": 0.1, "config": {}},
+            ],
+        },
+        {  # starts tomorrow: no exposures yet, so its rows say "not enough data"
+            "name": later,
+            "start_at": tomorrow,
+            "variants": [
+                {"name": "control", "weight": 0.5, "config": {}},
+                {
+                    "name": "no-bpr",
+                    "weight": 0.5,
+                    "config": {"strategies": {"bpr": {"enabled": False}}},
+                },
+            ],
+        },
+    ]
+    for definition in definitions:
+        _http("POST", f"{base}/v1/admin/experiments", token, definition)
     rng = random.Random(11)
     events = []
     for user in users[:120]:
@@ -209,6 +225,20 @@ def _demo_experiment(base: str, token: str, users: list[str]) -> None:
             events.append({"user_id": user, "item_id": item, "type": "click"})
     if events:
         _http("POST", f"{base}/v1/events", None, events)
+    return [demo, later]
+
+
+def _demo_rollback(base: str, token: str) -> None:
+    """Roll one strategy that has a rollback target back, then re-activate its version."""
+    for v in _http("GET", f"{base}/v1/admin/models", token)["versions"]:
+        if not v["active"] or v["strategy"] == "profile":
+            continue
+        strategy, version = v["strategy"], v["version"]
+        if _http("GET", f"{base}/v1/admin/models/{strategy}", token)["rollback_target"]:
+            _http("POST", f"{base}/v1/admin/models/{strategy}/rollback", token)
+            body = {"version": version}
+            _http("POST", f"{base}/v1/admin/models/{strategy}/activate", token, body)
+            return
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@
   const sum = (o) => Object.values(o || {}).reduce((x, y) => x + y, 0);
   const ms = (s) => (s === null ? null : s * 1000);
 
-  function push(id, names, t, values) {
+  function push(id, names, t, values, ratio = false) {
     const el = $(id);
     if (!el) return;
     let s = series[id];
@@ -124,11 +124,17 @@
       el.innerHTML = "";
       const opts = {
         width: el.clientWidth || 380, height: 160,
-        legend: { show: true }, cursor: { show: true },
+        legend: { show: true, live: false }, cursor: { show: false },
         // A fixed window of the last POINTS samples, so one or two points do not stretch it.
-        scales: { x: { time: true, range: (u, min, max) => [max - (POINTS * INTERVAL_MS) / 1000, max + 1] } },
+        scales: {
+          x: { time: true, range: (u, min, max) => [max - (POINTS * INTERVAL_MS) / 1000, max + 1] },
+          y: ratio ? { range: [0, 1] } : { range: (u, min, max) => [0, Math.max(max || 0, 1) * 1.1] },
+        },
         series: [{}, ...names.map((n, i) => ({ label: n, stroke: palette[i % palette.length], width: 1.5, spanGaps: false }))],
-        axes: [{}, { size: 50 }],
+        axes: [
+          { space: 70, values: (u, ticks) => ticks.map((v) => new Date(v * 1000).toLocaleTimeString([], { hour12: false })) },
+          { size: 50 },
+        ],
       };
       charts[id] = new uPlot(opts, data, el);
       charts[id]._names = names.join();
@@ -149,7 +155,7 @@
     push("chart-latency", ["p50", "p95", "p99"], t,
       [0.5, 0.95, 0.99].map((q) => ms(quantile(lat.le, lat.counts, q))));
     const hits = b.cache_hits - a.cache_hits, misses = b.cache_misses - a.cache_misses;
-    push("chart-cache", ["hit ratio"], t, [hits + misses > 0 ? hits / (hits + misses) : null]);
+    push("chart-cache", ["hit ratio"], t, [hits + misses > 0 ? hits / (hits + misses) : null], true);
     const reasons = Object.keys(b.degraded).sort();
     push("chart-degraded", ["shed requests", ...reasons], t,
       [(b.shed - a.shed) / dt, ...reasons.map((r) => (b.degraded[r] - (a.degraded[r] || 0)) / dt)]);
