@@ -104,8 +104,11 @@ def _user_list(user_id: str) -> dict[str, Any]:
     exposure of an experiment: the operator is not the user."""
     from recsys.experiments import no_exposures
 
-    client = current_app.test_client()
-    with no_exposures():
+    app = current_app._get_current_object()
+    client = app.test_client()
+    # A fresh app context: the inner request would otherwise share this request's ``g``
+    # (Flask reuses the current app context), and its teardown would consume our timing state.
+    with no_exposures(), app.app_context():
         r = client.get(
             f"/v1/users/{quote(user_id, safe='')}/recommendations",
             query_string={"n": PREVIEW_N, "explain": "true"},
