@@ -255,3 +255,21 @@ def test_previews_are_not_experiment_exposures(client):
     assert client.get("/v1/users/u6/recommendations").get_json()["experiment"]["name"] == "all-in"
     report = client.get("/v1/admin/experiments/all-in/report", headers=AUTH).get_json()
     assert sum(v["exposures"] for v in report["variants"].values()) == 1  # the user's own is
+
+
+def test_models_screen_switches_serving_profiles(served_app, client):
+    from recsys.registry import PROFILE_KIND, get_repository
+    from tests.test_tuning import _store_profile, single_routes
+
+    first = _store_profile(served_app, single_routes("popular"))
+    second = _store_profile(served_app, single_routes("ease"))
+    r = client.post("/admin/ui/models/profile/activate", data={"version": first}, headers=AUTH)
+    assert 'id="action-done"' in r.text and 'id="model-profile"' in r.text
+    assert 'id="load-profile"' not in r.text  # profiles are not loaded like models
+    r = client.post("/admin/ui/models/profile/activate", data={"version": second}, headers=AUTH)
+    assert get_repository(served_app).active_version(PROFILE_KIND) == second
+    r = client.post("/admin/ui/models/profile/rollback", headers=AUTH)
+    assert 'id="action-done"' in r.text
+    assert get_repository(served_app).active_version(PROFILE_KIND) == first
+    r = client.get("/admin/ui/strategies", headers=AUTH)
+    assert f'id="profile-version">{first}<' in r.text  # the Strategies screen shows it

@@ -273,8 +273,6 @@ def _models_screen(**extra: Any) -> str:
     status = {row["strategy"]: row for row in rt.status()}
     groups: dict[str, list[dict[str, Any]]] = {}
     for v in repo.list_versions():
-        if v["strategy"] == PROFILE_KIND:
-            continue
         row = status.get(v["strategy"], {})
         v = {
             **v,
@@ -283,7 +281,8 @@ def _models_screen(**extra: Any) -> str:
         }
         groups.setdefault(v["strategy"], []).append(v)
     strategies = []
-    for name, versions in sorted(groups.items()):
+    # Serving profiles (recsys tune) last: activating one activates the model versions it pins.
+    for name, versions in sorted(groups.items(), key=lambda kv: (kv[0] == PROFILE_KIND, kv[0])):
         versions.sort(key=lambda v: v["version"], reverse=True)
         strategies.append(
             {
@@ -292,6 +291,7 @@ def _models_screen(**extra: Any) -> str:
                 "runtime": status.get(name),
                 "rollback_target": repo.rollback_target(name),
                 "stats": model_stats(name),
+                "profile": name == PROFILE_KIND,
             }
         )
     return _fragment("models", strategies=strategies, ready=rt.ready(), **extra)
