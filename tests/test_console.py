@@ -273,3 +273,21 @@ def test_models_screen_switches_serving_profiles(served_app, client):
     assert get_repository(served_app).active_version(PROFILE_KIND) == first
     r = client.get("/admin/ui/strategies", headers=AUTH)
     assert f'id="profile-version">{first}<' in r.text  # the Strategies screen shows it
+
+
+def test_preview_needs_no_api_key_when_reads_need_one(make_app, served_app):
+    cfg = {k: served_app.config[k] for k in ("REDIS_URL", "REDIS_PREFIX", "MODEL_DIR")}
+    app = make_app(
+        **cfg,
+        ADMIN_TOKEN=ADMIN_TOKEN,
+        API_KEYS="reader=read",
+        API_KEYS_FOR_READS=True,
+        DEADLINE_MS=5000,
+    )
+    client = app.test_client()
+    assert client.get("/v1/users/u6/recommendations").status_code == 401
+    # Not through a header either: only the service itself sets the internal marker.
+    headers = {"recsys.internal_read": "true", "X-Recsys-Internal-Read": "true"}
+    assert client.get("/v1/users/u6/recommendations", headers=headers).status_code == 401
+    r = client.post("/admin/ui/preview", data={"preview_user": "u6"}, headers=AUTH)
+    assert 'id="preview"' in r.text and "route <b" in r.text and "error" not in r.text

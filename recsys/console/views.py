@@ -20,7 +20,7 @@ from flask import Response, current_app, g, render_template, request
 from sqlalchemy import select
 
 from recsys import audit
-from recsys.auth import check_admin
+from recsys.auth import INTERNAL_READ, check_admin
 from recsys.errors import RecsysError
 from recsys.settings import STRATEGY_FIELDS, get_settings
 from recsys.store import session_scope
@@ -112,6 +112,7 @@ def _user_list(user_id: str) -> dict[str, Any]:
         r = client.get(
             f"/v1/users/{quote(user_id, safe='')}/recommendations",
             query_string={"n": PREVIEW_N, "explain": "true"},
+            environ_base={INTERNAL_READ: True},  # no API key needed: this is the admin
             headers={"X-Request-ID": f"console-preview-{g.get('request_id', '')}"[:64]},
         )
     body = r.get_json(silent=True) or {}
