@@ -79,8 +79,8 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     type=click.Choice(["inprocess", "spark"]),
     default="inprocess",
     show_default=True,
-    help="spark: fit ALS on Apache Spark from the events table over JDBC (PostgreSQL store; "
-    "needs the spark extra and Java); saved as an ordinary version.",
+    help="spark: fit ALS (or aggregate popularity) on Apache Spark from the events table over "
+    "JDBC (PostgreSQL store; needs the spark extra and Java); saved as an ordinary version.",
 )
 @click.option(
     "--master",

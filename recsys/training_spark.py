@@ -37,11 +37,12 @@ from recsys.training import DEFAULT_HOLDOUT, MAX_EVAL_USERS, TrainResult, holdou
 
 log = logging.getLogger(__name__)
 
-# Strategies the Spark engine trains. The others stay single-machine (docs/scale.md): EASE
+# Strategies the Spark engine trains (ALS: pyspark.ml; popularity: a Spark SQL aggregation).
+# The others stay single-machine (docs/scale.md): EASE
 # inverts an items x items matrix (bounded by the catalogue, not by users or events, and a dense
 # inverse does not distribute), content works per item on text, BPR/deep/sequence are sampled
 # stochastic-gradient models whose training loops live in implicit and torch.
-SPARK_STRATEGIES = ("als",)
+SPARK_STRATEGIES = ("als", "popular")
 
 
 def _iso(ts: int | None) -> str | None:
@@ -195,17 +196,35 @@ def train_spark(
     log.info("spark: %d events, %d users, %d items read in %.1fs", info["events"],
              len(users), len(items), read_s)  # fmt: skip
     cutoff = time_cutoff(events, holdout) if holdout > 0 else None
+    meta: list = []
+
+    def fit_extra(name: str) -> dict[str, Any]:
+        if name != "popular":
+            return {}
+        if not meta:  # the catalogue's categories (per-category lists), catalogue-sized
+            from features.store import load_catalog
+            from recsys.store.db import make_engine
+
+            engine = make_engine(database_url)
+            try:
+                meta.append(load_catalog(engine)[1])
+            finally:
+                engine.dispose()
+        return {"item_meta": meta[0]}
+
     results = []
     try:
         for name in names:
             cls = repo.resolver(name)
-            kwargs = {**params.get(name, {}), "engine": "spark"}
+            kwargs = dict(params.get(name, {}))
+            if name == "als":
+                kwargs["engine"] = "spark"
             timings: dict[str, float] = {"read": read_s}
             metrics: dict[str, Any] = {}
             if cutoff is not None:
                 t = time.perf_counter()
                 train_ev = events.where(events.ts < cutoff)
-                model = cls(**kwargs).fit_spark(train_ev, item_rows)
+                model = cls(**kwargs).fit_spark(train_ev, item_rows, **fit_extra(name))
                 timings["holdout_fit"] = time.perf_counter() - t
                 t = time.perf_counter()
                 train, test = _eval_sample(events, cutoff, item_rows, items)
@@ -222,12 +241,13 @@ def train_spark(
                     }
                 del model
             t = time.perf_counter()
-            model = cls(**kwargs).fit_spark(events, item_rows)
+            model = cls(**kwargs).fit_spark(events, item_rows, **fit_extra(name))
             timings["fit"] = time.perf_counter() - t
+            fitted = getattr(model, "spark_", {})
             metrics["training"] = {
                 "engine": "spark",
                 "master": spark.sparkContext.master,
-                **{k: v for k, v in model.spark_.items() if k in ("regParam", "alpha")},
+                **{k: v for k, v in fitted.items() if k in ("regParam", "alpha")},
             }
             t = time.perf_counter()
             version = repo.save_version(model, _empty(users, items, info), metrics, actor=actor)

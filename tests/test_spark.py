@@ -177,11 +177,42 @@ def test_train_engine_spark_writes_an_ordinary_als_version(spark, make_app, tmp_
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("half_life_days", [None, 7.0])
+def test_popularity_aggregated_in_spark_equals_the_in_process_fit(
+    spark, make_app, tmp_path, half_life_days
+):
+    from features.store import load_interactions
+    from recsys.registry import get_repository
+    from recsys.store import get_engine
+    from strategies.popular import PopularStrategy
+
+    app = _seeded(make_app, tmp_path)
+    # Spread the events over days, and add a view and a dislike, so decay and weights matter.
+    client = app.test_client()
+    extra = [
+        {"user_id": "u9", "item_id": "i3", "type": "view", "timestamp": 1_700_900_000},
+        {"user_id": "u9", "item_id": "i4", "type": "dislike", "timestamp": 1_701_000_000},
+    ]
+    assert client.post("/v1/events", json=extra).status_code == 201
+    r = app.test_cli_runner().invoke(
+        main,
+        args=["train", "popular", "--engine", "spark", "--holdout", "0", "--json",
+              "--param", f"popular.half_life_days={json.dumps(half_life_days)}"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    loaded = get_repository(app).load_version("popular")
+    want = PopularStrategy(half_life_days=half_life_days).fit(load_interactions(get_engine(app)))
+    np.testing.assert_allclose(loaded.model.popularity_, want.popularity_, rtol=1e-5)
+    np.testing.assert_array_equal(loaded.model.item_categories_, want.item_categories_)
+    assert want.popularity_.any()
+
+
+@pytest.mark.postgres
 def test_train_engine_spark_refuses_clearly(make_app, tmp_path, sqlite_app):
     app = _seeded(make_app, tmp_path)
     runner = app.test_cli_runner()
     r = runner.invoke(main, args=["train", "ease", "--engine", "spark"])
-    assert r.exit_code == 2 and "trains als only, not ease" in r.output
+    assert r.exit_code == 2 and "trains als, popular only, not ease" in r.output
     r = runner.invoke(main, args=["train", "als", "--master", "local[2]"])
     assert r.exit_code == 2 and "--engine spark only" in r.output
     r = runner.invoke(main, args=["train", "als", "--engine", "spark", "--tune"])
