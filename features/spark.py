@@ -33,8 +33,9 @@ _session = None
 _session_master: str | None = None
 
 
-class SparkUnavailable(RuntimeError):
-    """pyspark, Java or the JDBC driver is missing, or the store is not PostgreSQL."""
+class SparkUnavailable(ValueError):
+    """pyspark, Java or the JDBC driver is missing, or the store is not PostgreSQL. A
+    ValueError so the CLI commands (train, evaluate) report it as a message, not a trace."""
 
 
 def require_pyspark() -> None:

@@ -262,7 +262,6 @@ class RedisClusterBackend:
                         # The cache is optional: one failed try means "serve uncached" (the
                         # caller backs off), not seconds of retries inside a request.
                         retry=Retry(NoBackoff(), 0),
-                        cluster_error_retry_attempts=1,
                         **self._opts,
                     )
         return self._client
