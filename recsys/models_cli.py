@@ -112,7 +112,7 @@ def train(
     Each strategy is fitted on the oldest events and scored on the newest (--holdout), then
     fitted on all events; the version is saved with those holdout metrics and activated unless
     --no-activate (or --gate refuses it). --tune then searches the serving profile.
-    --engine spark fits ALS on Spark instead (`recsys train als --engine spark`).
+    --engine spark fits ALS (or aggregates popularity) on Spark: `recsys train als --engine spark`.
     """
     from features.store import load_interactions
     from recsys.registry import PROFILE_KIND
