@@ -299,3 +299,30 @@ def test_a_spark_trained_version_is_activated_on_a_running_server(
         assert status == 200 and out["version"] == inprocess
     finally:
         stop_process(server, log)
+
+
+def test_recsys_evaluate_compares_spark_als_with_in_process_als(spark, sqlite_app, tmp_path):
+    """The shipped examples/configs/als-spark.toml through `recsys evaluate`, next to `als`:
+    both learn the synthetic taste clusters far better than chance, about equally well."""
+    from tests.test_evaluation import clustered_data
+
+    data = clustered_data(seed=3)
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    with open(folder / "interactions.csv", "w") as f:
+        f.write("user_id,item_id,event,timestamp\n")
+        for u, i, t in zip(data.user_idx, data.item_idx, data.ts, strict=True):
+            f.write(f"{data.users.ids[u]},{data.items.ids[i]},purchase,{t}\n")
+    out = tmp_path / "report"
+    r = sqlite_app.test_cli_runner().invoke(
+        main,
+        ["evaluate", "--data", str(folder), "--config", "als", "--config",
+         os.path.join(ROOT, "examples", "configs", "als-spark.toml"), "--out", str(out),
+         "--resamples", "200", "--no-progress"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    ndcg = {name: c["metrics"]["ndcg@10"] for name, c in rep["configs"].items()}
+    # Chance: 10 of 160 items; a user's held-out items are in their 20-item cluster.
+    assert ndcg["als"] > 0.2 and ndcg["als-spark"] > 0.2
+    assert abs(ndcg["als-spark"] - ndcg["als"]) < 0.1, ndcg
