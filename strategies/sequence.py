@@ -223,7 +223,7 @@ class SequenceStrategy(Strategy):
         max_steps: int | None = None,
         max_seconds: float | None = 600.0,
         early_stopping: float | None = 0.1,
-        patience: int = 5,
+        patience: int = 10,
         batch_size: int = 128,
         lr: float = 2e-3,
         weight_decay: float = 0.0,

@@ -205,6 +205,15 @@ def test_cuda_path_matches_cpu(tmp_path):
     np.testing.assert_allclose(cpu.score(batch), model.score(batch), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_early_stopping_scores_held_out_users_on_the_gpu():
+    params = {**FAST, "epochs": 60, "patience": 3, "device": "cuda"}
+    model = SequenceStrategy(**params).fit(_cycle_data(400, seed=1))
+    assert model.holdout_users_ == 100 and model.serving_device_.type == "cuda"
+    assert model.epochs_ - model.best_epoch_ == 3
+    assert model.holdout_curve_[model.best_epoch_ - 1] == max(model.holdout_curve_)
+
+
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_a_new_event_changes_the_next_http_answer_without_retraining(make_app, redis_url):

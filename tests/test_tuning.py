@@ -436,9 +436,9 @@ def test_auto_folds_stop_at_enough_targets_and_time_slices_move_back():
     from recsys.tuning.search import validation_folds
 
     data = _sequences()
-    assert len(validation_folds(data, "leave-last-out", min_targets=30)) == 1
-    assert len(validation_folds(data, "leave-last-out", min_targets=60)) == 2
-    assert len(validation_folds(data, "leave-last-out", min_targets=10_000)) == 3
+    assert len(validation_folds(data, "leave-last-out", min_rows=30)) == 1
+    assert len(validation_folds(data, "leave-last-out", min_rows=60)) == 2
+    assert len(validation_folds(data, "leave-last-out", min_rows=10_000)) == 3
     (t0, v0), (t1, v1) = validation_folds(data, "time", fraction=0.2, folds=2)
     assert v1.ts.max() < v0.ts.min()  # the second slice is older than the first
     assert t1.ts.max() < v1.ts.min()

@@ -192,7 +192,7 @@ def _tune_flags(fn):
             type=click.IntRange(1, MAX_FOLDS),
             default=None,
             help="Validation folds, each cut like the first from the older rest "
-            "(default: enough for 2000 validation targets).",
+            "(default: enough for 2000 validation users, summed over the folds).",
         ),
         click.option("--max-routes", type=click.IntRange(1, 8), default=4, show_default=True),
         click.option(

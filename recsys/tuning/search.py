@@ -64,9 +64,9 @@ class TuneOptions:
     validation: str = "time"
     fraction: float = 0.2  # validation share (time: newest events; random: share of events)
     # Validation folds: the slice is cut again from the rest, older (see ``validation_folds``).
-    # None: as many as it takes to reach ``min_targets`` validation targets (at most 3).
+    # None: as many as it takes to reach ``min_rows`` validation rows (at most 3).
     folds: int | None = None
-    min_targets: int = 2000
+    min_rows: int = 2000
     seed: int = 42
     strategies: Sequence[str] | None = None  # None: every strategy that imports and fits
     max_routes: int = 4
@@ -209,16 +209,18 @@ def validation_folds(
     fraction: float = 0.2,
     seed: int = 42,
     folds: int | None = None,
-    min_targets: int = 2000,
+    min_rows: int = 2000,
 ) -> list[tuple[InteractionData, InteractionData]]:
     """One or more ``(train, validation)`` cuts of ``data``, each made the way the test is cut.
 
     The first is ``validation_split``. A further fold cuts the same way again from the previous
     fold's training part (``time``: the next older slice; ``leave-last-out``: each user's
     second-to-last event, and so on), or with another seed for the random splits. One slice can
-    be too small to tell strategies apart (leave-last-out has one target per user: 943 on
-    ml-100k, where two strategies' nDCG@10 differ by less than its noise); ``folds=None`` adds
-    folds until the validation targets reach ``min_targets`` (at most ``MAX_FOLDS``)."""
+    be too small to tell strategies apart: the unit of every comparison is a validation user
+    (a row), and leave-last-out has one target per user (943 on ml-100k, where two strategies'
+    nDCG@10 differ by less than its noise), a time slice only the users active in it (228 on
+    ml-100k). ``folds=None`` adds folds until the rows (users with a target, summed over the
+    folds) reach ``min_rows``, at most ``MAX_FOLDS``."""
     out: list[tuple[InteractionData, InteractionData]] = []
     src = data
     limit = folds or MAX_FOLDS
@@ -231,7 +233,7 @@ def validation_folds(
             break
         out.append((train, val))
         src = train
-        if folds is None and sum(len(v) for _, v in out) >= min_targets:
+        if folds is None and sum(len(np.unique(v.user_idx)) for _, v in out) >= min_rows:
             break
     return out
 
@@ -371,7 +373,7 @@ class Tuner:
             self.opt.fraction,
             self.opt.seed,
             self.opt.folds,
-            self.opt.min_targets,
+            self.opt.min_rows,
         )
         if not folds:
             raise ValueError("the validation split left an empty training or validation part")
@@ -713,7 +715,8 @@ class Tuner:
         """Routes (profile dicts), their honest per-user values, and a trace.
 
         1. The champion: a blend searched over all validation users (cross-fitted) if its
-           out-of-fold mean reaches the best single strategy's, else that strategy.
+           out-of-fold values are significantly better than the best single strategy's,
+           else that strategy.
         2. Per fine history bin, a challenger (the bin's best single strategy, or a blend
            searched on the bin's users, cross-fitted) replaces the champion only where it is
            significantly better on the bin's users (``_beats``).
@@ -735,15 +738,21 @@ class Tuner:
         options: dict[str, tuple[np.ndarray, dict[str, float], str]] = {
             s: (singles[s], {s: 1.0}, "weighted") for s in singles
         }
-        champion = best_single
+        champion, champion_verdict = best_single, None
         if overall:
             options["blend"] = (overall["values"], overall["weights"], overall["blend"])
-            if float(np.nanmean(overall["values"])) >= means[best_single]:
+            # The blend, like every departure from a default, must be significantly better
+            # (out of fold) than the best single strategy to become the champion.
+            champion_verdict, better = self._beats(
+                singles[best_single], overall["values"], best_single, "blend"
+            )
+            if better:
                 champion = "blend"
         trace: dict[str, Any] = {
             "bins": [_bin_label(lo, hi) for lo, hi in bins],
             "singles": {s: round(m, 6) for s, m in means.items()},
             "champion": champion,
+            "champion_verdict": champion_verdict,
             "overall": {k: v for k, v in overall.items() if k != "values"},
             "per_bin": {},
         }
