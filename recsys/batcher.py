@@ -170,11 +170,6 @@ class MicroBatcher(Generic[X, Y]):
         self.batch_sizes: Counter[int] = Counter()
         self.queue_wait_total_s = 0.0
 
-    @property
-    def _thread(self) -> threading.Thread | None:
-        """The first runner thread (None before the first ``submit`` in this process)."""
-        return self._threads[0] if self._threads else None
-
     def _reset_after_fork(self) -> None:
         """In a forked child: the parent's thread and locks do not exist here; start clean."""
         if self._pid != os.getpid():
@@ -196,6 +191,10 @@ class MicroBatcher(Generic[X, Y]):
                 else 0.0,
                 "queued": len(self._queue),
                 "concurrency": self.concurrency,
+                # Runner threads alive in this process (0 until the first queued request).
+                "runners": sum(t.is_alive() for t in self._threads),
+                "busy": self._busy,
+                "closed": self._closed,
             }
 
     # -- client side --------------------------------------------------------------------------
