@@ -16,7 +16,7 @@ core idle), unless callers whose batch has just finished are still on their way 
 ``submit``: a thread scoring one user after another comes straight back, and waiting those
 microseconds for it keeps 16 such callers in batches of ~16 instead of fragments (measured with
 ``bench/serve_bench.py --deep-only 3``: 3.7-3.8x instead of 2.9-3.0x the unbatched throughput
-on 2 cores, 2026-11-30). Under gunicorn on the CPU the scoring gate (``recsys.deadline``)
+on 2 cores, 2026-11-30). Under gunicorn on the CPU the scoring gate (``recsys.serving.gate``)
 lets one request per worker score at a time, so there the deep model's calls mostly run inline
 (``inline_when_idle``) and the rule changes nothing: alternating the server with and without
 it four times at 8 uncached clients gave the same throughput and CPU per request (README,

@@ -46,7 +46,6 @@ from sqlalchemy import select
 
 from features.interactions import EVENT_CODE, History, user_batch
 from recsys import metrics
-from recsys.deadline import run_with_deadline  # noqa: F401  (INTERFACES.md names it here too)
 from recsys.errors import DB_UNAVAILABLE, ModelError, RateLimitedLog
 from recsys.lifecycle import on_after_fork
 from recsys.polling import BackgroundPoll
@@ -844,9 +843,9 @@ class ModelRuntime:
 
 def init_app(app: Flask) -> None:
     """Create the runtime lazily (``get_runtime``); nothing is loaded here."""
-    from recsys import deadline
+    from recsys import runners
 
-    deadline.configure(int(app.config.get("DEADLINE_POOL_SIZE", deadline.DEFAULT_POOL_SIZE)))
+    runners.configure(int(app.config.get("DEADLINE_POOL_SIZE", runners.DEFAULT_POOL_SIZE)))
     app.extensions.setdefault("recsys.runtime", None)
 
 
@@ -871,9 +870,14 @@ def get_runtime(app: Flask | None = None) -> ModelRuntime:
     return rt
 
 
-def models_getter(app: Flask | None = None) -> Callable[[str], LoadedModel | None]:
-    """``strategy -> LoadedModel | None`` for the request path (``Recommender(models=...)``)."""
-    return get_runtime(app).get
+def scoring_slots(configured: int | None) -> int:
+    """``SCORING_SLOTS``: as configured, else 1 where the deep model would run on the CPU and
+    0 (no limit) with CUDA (the device the strategy itself would choose)."""
+    if configured is not None:
+        return int(configured)
+    from strategies.deep import resolve_device
+
+    return 1 if resolve_device().type == "cpu" else 0
 
 
 @on_after_fork

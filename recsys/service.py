@@ -1,20 +1,21 @@
-"""The one request path: history -> route -> candidates per strategy -> blend -> rules -> page.
+"""The scoring core: route -> candidates per strategy -> blend -> rules -> page.
 
-HTTP (recsys.api.recommend) and offline evaluation (recsys.evaluation) both call
-``Recommender``; there is no second implementation of routing, blending or business rules.
+The request path (``recsys.serving.pipeline``, which adds the snapshot, the cache, the history
+read, the scoring turn and rendering around it) and offline evaluation (recsys.evaluation) both
+call ``Recommender``; there is no second implementation of routing, blending or business rules.
 
-Stages, each a separate method so they can be tested and reasoned about alone:
+Stages (``recommend_batch`` reports each one's time to ``on_stage``):
 
 * ``route(history)``: "cold" when the user has fewer than ``cold_threshold`` distinct positive
-  items, else "warm".
+  items, else "warm" (or a learned route of the configuration).
 * ``candidates``: every enabled strategy of the route scores its users in one batched
   ``recommend`` call (per category group), over-fetching ``candidates_per_strategy`` items so
   the business rules still leave ``n``. Strategies never filter beyond what they are handed.
 * ``blend``: weighted fusion of per-strategy normalised scores ("weighted") or reciprocal-rank
   fusion ("rrf"); ``sources`` records each strategy's contribution per item.
-* ``apply_rules``: exclude seen items, request ``exclude``, category, unavailable items, at most
-  ``max_per_category`` items per primary category.
-* ``page``: ``offset`` / ``n``.
+* rules and page (``_page_of``): exclude seen items, request ``exclude``, category, unavailable
+  items, at most ``max_per_category`` items per primary category, in rank order, stopping at
+  the end of the page (``offset`` / ``n``).
 
 Models come from a callable ``models(strategy) -> LoadedModel | None`` (recsys.registry's
 LoadedModel, or any object with ``.model``, ``.items`` and ``.version``), so the same code runs
@@ -44,6 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from features.interactions import DEFAULT_WEIGHTS, EVENT_CODE, EVENT_TYPES, History, user_batch
+from recsys.runners import Runner, run_inline
 
 log = logging.getLogger(__name__)
 
@@ -558,25 +560,6 @@ class CatalogView(Protocol):
     def primary_category(self, item_id: str) -> str | None: ...
 
 
-# Runs named tasks under a deadline: (results, missed). The model runtime provides a parallel
-# one; this sequential default drops tasks that would start after the deadline.
-Runner = Callable[[dict[str, Callable[[], Any]], float | None], tuple[dict[str, Any], list[str]]]
-
-
-def sequential_runner(
-    tasks: dict[str, Callable[[], Any]], deadline_s: float | None
-) -> tuple[dict[str, Any], list[str]]:
-    start = time.monotonic()
-    results: dict[str, Any] = {}
-    missed: list[str] = []
-    for name, fn in tasks.items():
-        if deadline_s is not None and time.monotonic() - start > deadline_s:
-            missed.append(name)
-            continue
-        results[name] = fn()
-    return results, missed
-
-
 # -- the recommender ------------------------------------------------------------------------
 class Recommender:
     """The request path. Cheap to build: one per request (config snapshot) is fine."""
@@ -588,12 +571,15 @@ class Recommender:
         catalog: CatalogView | None = None,
         runner: Runner | None = None,
         event_weights: dict[str, float] | None = None,
+        on_stage: Callable[[str, float], None] | None = None,
     ):
         self.models = models
         self.config = config or ServingConfig.default()
         self.catalog = catalog
-        self.runner = runner or sequential_runner
+        self.runner = runner or run_inline
         self.event_weights = event_weights or DEFAULT_WEIGHTS
+        # Told each stage's time (route, candidates, blend, rules) of every recommend_batch.
+        self.on_stage = on_stage
 
     # -- stage: route -----------------------------------------------------------------------
     def route(self, history: UserHistory) -> str:
@@ -764,12 +750,6 @@ class Recommender:
         return out
 
     # -- stage: business rules ------------------------------------------------------------
-    def apply_rules(
-        self, items: list[RecItem], history: UserHistory, request: RecRequest
-    ) -> list[RecItem]:
-        keep = self._rule_filter(history, request)
-        return [it for it in items if keep(it.item_id)]
-
     def _rule_filter(self, history: UserHistory, request: RecRequest) -> Callable[[str], bool]:
         """The business rules as a predicate over item ids, called in rank order (the
         per-category cap counts the items it has let through)."""
@@ -799,11 +779,6 @@ class Recommender:
 
         return keep
 
-    # -- stage: page ------------------------------------------------------------------------
-    @staticmethod
-    def page(items: list[RecItem], request: RecRequest) -> list[RecItem]:
-        return items[request.offset : request.offset + request.n]
-
     # -- the whole path ---------------------------------------------------------------------
     def recommend(self, history: UserHistory, request: RecRequest | None = None) -> RecResult:
         return self.recommend_batch([history], [request or RecRequest()])[0]
@@ -816,6 +791,8 @@ class Recommender:
             requests = [RecRequest()] * len(histories)
         if len(requests) != len(histories):
             raise ValueError("histories and requests must have the same length")
+        clock = time.perf_counter
+        t0 = clock()
         routes = [self.route(h) for h in histories]
         wanted = [self.strategies_for(r, h) for r, h in zip(routes, histories, strict=True)]
 
@@ -853,17 +830,25 @@ class Recommender:
 
         tasks = {name: task(name, rows) for name, rows in users_of.items()}
         deadline = min((r.deadline_s for r in requests if r.deadline_s is not None), default=None)
+        t1 = clock()
         results, missed = self._run(tasks, deadline)
         dropped = set(missed) | (set(tasks) - set(results))
+        t2 = clock()
 
         out = []
+        blend_s = rules_s = 0.0
         for i, (h, req) in enumerate(zip(histories, requests, strict=True)):
             per: dict[str, list[tuple[str, float]]] = {}
             for name in wanted[i]:
                 if name in results:
                     per[name] = results[name][users_of[name].index(i)]
             # A fallback list is ranked on its own (route weights are for the route's models).
-            page = self._ranked_page(per, h, req, None if fallback[i] else routes[i])
+            ta = clock()
+            fused = self._fuse(per, None if fallback[i] else routes[i])
+            tb = clock()
+            page = self._page_of(fused, h, req)
+            blend_s += tb - ta
+            rules_s += clock() - tb
             used = [s for s in wanted[i] if s in loaded]
             user_dropped = [s for s in used if s in dropped]
             out.append(
@@ -877,18 +862,17 @@ class Recommender:
                     profile=self.config.profile,
                 )
             )
+        if self.on_stage is not None:
+            self.on_stage("route", t1 - t0)
+            self.on_stage("candidates", t2 - t1)
+            self.on_stage("blend", blend_s)
+            self.on_stage("rules", rules_s)
         return out
 
-    def _ranked_page(
-        self,
-        per: Mapping[str, list[tuple[str, float]]],
-        history: UserHistory,
-        request: RecRequest,
-        route: str | None = None,
-    ) -> list[RecItem]:
-        """``page(apply_rules(blend(per, route)))`` without building an item object for every
-        candidate, and without running the rules past the end of the page."""
-        fused = self._fuse(per, route)
+    def _page_of(self, fused: _Fused, history: UserHistory, request: RecRequest) -> list[RecItem]:
+        """Stages rules and page: the page of ``fused`` that passes the business rules, without
+        building an item object for every candidate, and without running the rules past the
+        end of the page."""
         keep = self._rule_filter(history, request)
         lo, hi = request.offset, request.offset + request.n
         page: list[RecItem] = []
@@ -934,9 +918,10 @@ class Recommender:
         top = max((float(s) for _, s in cands), default=0.0)
         scale = 1.0 / top if top > 0 else 1.0
         ranked = [RecItem(i, s * scale, {"popular": s * scale}) for i, s in cands]
-        ranked = self.apply_rules(ranked, empty, req)
+        keep = self._rule_filter(empty, req)
+        ranked = [it for it in ranked if keep(it.item_id)]
         return RecResult(
-            items=self.page(ranked, req),
+            items=ranked[req.offset : req.offset + req.n],
             route="popular",
             model_versions={"popular": str(lm.version)},
         )
@@ -985,7 +970,7 @@ class Recommender:
                 dropped=dropped,
             )
         return RecResult(
-            items=self._ranked_page(per, UserHistory(None), req),
+            items=self._page_of(self._fuse(per), UserHistory(None), req),
             route="similar",
             degraded=bool(dropped),
             model_versions=versions,

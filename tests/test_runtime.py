@@ -258,24 +258,28 @@ def test_batched_model_shares_forward_passes():
 
 # -- deadlines and priorities ---------------------------------------------------------------------
 def test_run_with_deadline_drops_the_slow_task():
-    from recsys import deadline
+    from recsys import runners
     from recsys.metrics import DEADLINE_MISSES
 
+    release = threading.Event()  # the slow task finishes only after the call returned
     before = DEADLINE_MISSES.labels("slowpoke")._value.get()
-    results, missed = deadline.run_with_deadline(
-        {"fast": lambda: 1, "slowpoke": lambda: time.sleep(0.5) or 2, "boom": lambda: 1 / 0},
-        deadline_s=0.1,
-    )
+    try:
+        results, missed = runners.run_with_deadline(
+            {"fast": lambda: 1, "slowpoke": lambda: release.wait(30) and 2, "boom": lambda: 1 / 0},
+            deadline_s=1.0,
+        )
+    finally:
+        release.set()
     assert results == {"fast": 1}
     assert missed == ["slowpoke", "boom"]
     assert DEADLINE_MISSES.labels("slowpoke")._value.get() == before + 1
     # No deadline (offline evaluation): everything finishes.
-    results, missed = deadline.run_with_deadline({"a": lambda: time.sleep(0.05) or 3}, None)
+    results, missed = runners.run_with_deadline({"a": lambda: time.sleep(0.05) or 3}, None)
     assert results == {"a": 3} and missed == []
 
 
 def test_deadline_miss_makes_the_response_degraded():
-    from recsys import deadline
+    from recsys import runners
     from recsys.registry import LoadedModel
     from recsys.service import Recommender, RecRequest, ServingConfig, UserHistory
 
@@ -289,36 +293,35 @@ def test_deadline_miss_makes_the_response_degraded():
     config = ServingConfig.from_dict(
         {"routing": {"cold_threshold": 1, "warm_strategies": ["ease", "popular"]}}
     )
-    rec = Recommender(models.get, config, runner=deadline.run_with_deadline)
+    rec = Recommender(models.get, config, runner=runners.run_with_deadline)
     history = UserHistory.from_items("u1", ["i1", "i2"], type="click")
-    t0 = time.perf_counter()
-    res = rec.recommend(history, RecRequest(n=5, deadline_s=0.1))
-    assert time.perf_counter() - t0 < 0.4  # did not wait for the slow strategy
-    assert res.route == "warm" and res.degraded and res.dropped == ["ease"]
-    assert len(res.items) == 5 and set(res.model_versions) == {"popular"}
-    res = rec.recommend(history, RecRequest(n=5, deadline_s=2.0))
+    # The slow strategy (0.5 s) is dropped, whatever the machine's load did to the fast one.
+    res = rec.recommend(history, RecRequest(n=5, deadline_s=0.25))
+    assert res.route == "warm" and res.degraded and "ease" in res.dropped
+    assert "ease" not in res.model_versions
+    res = rec.recommend(history, RecRequest(n=5, deadline_s=30.0))
     assert not res.degraded and set(res.model_versions) == {"ease", "popular"}
 
 
 def test_admission_sheds_low_priority_under_overload():
-    from recsys import deadline
     from recsys.errors import RecsysError
+    from recsys.serving import admission
 
-    normal = deadline.admission("", base_deadline_ms=200, overload_in_flight=2)
-    assert normal == deadline.Admission("normal", 0.2, False)
-    assert deadline.admission("high", 200, 2).deadline_s == pytest.approx(0.4)
+    normal = admission.admission("", base_deadline_ms=200, overload_in_flight=2)
+    assert normal == admission.Admission("normal", 0.2, False)
+    assert admission.admission("high", 200, 2).deadline_s == pytest.approx(0.4)
     for _ in range(3):
-        deadline.request_started()
+        admission.request_started()
     try:
-        assert deadline.admission("low", 200, 2).shed
-        assert not deadline.admission("normal", 200, 2).shed
-        assert not deadline.admission("low", 200, 5).shed
+        assert admission.admission("low", 200, 2).shed
+        assert not admission.admission("normal", 200, 2).shed
+        assert not admission.admission("low", 200, 5).shed
     finally:
         for _ in range(3):
-            deadline.request_finished()
-    assert not deadline.admission("LOW", 200, 2).shed
+            admission.request_finished()
+    assert not admission.admission("LOW", 200, 2).shed
     with pytest.raises(RecsysError):
-        deadline.parse_priority("urgent")
+        admission.parse_priority("urgent")
 
 
 def test_batched_strategies_are_served_through_the_batcher(make):

@@ -1,4 +1,4 @@
-"""recsys.deadline.ScoringGate: at most N scorers per process, high priority first, then
+"""recsys.serving.gate.ScoringGate: at most N scorers per process, high priority first, then
 arrival order, and a bounded wait."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from recsys.deadline import ScoringGate, scoring_gate
+from recsys.serving.gate import ScoringGate, scoring_gate
 from tests.waiting import wait_until
 
 

@@ -151,10 +151,10 @@ def decode_cursor(cursor: str | None) -> str | None:
     "optionally in a `category` and by availability. Follow `next_cursor` until it is null.",
 )
 def list_items(q: dict):
-    from recsys.api.recommend import serving
+    from recsys.serving.pipeline import get_pipeline
 
-    ctx = serving()
-    items, last = ctx.catalog.page(
+    snap = get_pipeline(current_app).snapshot()
+    items, last = snap.catalog.page(
         decode_cursor(q["cursor"]), q["limit"], q["category"], q["available"]
     )
     return {"items": items, "next_cursor": encode_cursor(last)}
