@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 from flask import current_app
-from flask.cli import with_appcontext
+from flask.cli import AppGroup, with_appcontext
 
-from recsys.cli import echo_json, main
+from recsys.cliutil import echo_json
 from recsys.errors import ModelError
 
 
@@ -44,7 +44,8 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return out
 
 
-@main.command("train")
+@click.command("train")
+@with_appcontext
 @click.argument("strategies", nargs=-1)
 @click.option("--if-missing", is_flag=True, help="Only train strategies with no active version.")
 @click.option("--no-activate", is_flag=True, help="Save new versions without activating them.")
@@ -96,7 +97,7 @@ def train(
     fitted on all events; the version is saved with those holdout metrics and activated unless
     --no-activate (or --gate refuses it). --tune then searches the serving profile.
     """
-    from features.store import load_interactions
+    from recsys.store.training_data import load_interactions
     from recsys.registry import PROFILE_KIND
     from recsys.store import get_engine
     from recsys.training import GATE_METRIC, train_strategies
@@ -204,7 +205,7 @@ def train(
         echo_json({"models": out, "profile": tuned} if tune else out)
 
 
-@main.group("models")
+@click.group("models", cls=AppGroup)
 def models_group() -> None:
     """Model versions: list, activate, roll back, verify."""
 
@@ -320,3 +321,7 @@ def models_verify(strategy: str | None, version: str | None) -> None:
             click.echo(f"ok     {s}/{v} ({len(manifest['files'])} files)")
     if failed:
         raise click.ClickException(f"{failed} of {len(targets)} version(s) failed verification")
+
+
+# Registered on the ``recsys`` group by ``recsys.cli``.
+COMMANDS = (train, models_group)

@@ -21,33 +21,13 @@ import inspect
 import json
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 import numpy as np
-import scipy.sparse as sp
 
-from features.interactions import InteractionData
+from features.interactions import InteractionData, UserBatch
 
 PARAMS_FILE = "params.json"
-
-
-@dataclass
-class UserBatch:
-    """b users to score, described by their histories at request time."""
-
-    # (b, n_items) CSR of weighted interactions (features.interactions weights, decay applied).
-    matrix: sp.csr_matrix
-    # Per user: item indices in time order, oldest first (for sequential models).
-    sequences: list[np.ndarray] = field(default_factory=list)
-    # Per user: the event type code (features.interactions.EVENT_TYPES) of each sequence item,
-    # where known (sequential models may read it; empty when the caller has no types).
-    types: list[np.ndarray] = field(default_factory=list)
-    # Per user: training-time user index, or -1 for users unknown at training time.
-    user_index: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return self.matrix.shape[0]
 
 
 class Strategy(ABC):

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from features.store import load_catalog, load_interactions
+from recsys.store.training_data import load_catalog, load_interactions
 from recsys.cli import main
 from recsys.registry import ModelRepository
 from recsys.store import Event, Item, User, get_engine, session_scope

@@ -38,9 +38,10 @@ from recsys.schemas import (
     UserOut,
     check_text,
 )
-from recsys.settings import CACHE_EPOCH, CATALOG_VERSION, ITEMS_VERSION, bump, get_settings
+from recsys.settings import get_settings
 from recsys.store import session_scope
 from recsys.store.models import Event, Item, User
+from recsys.store.versions import CACHE_EPOCH, CATALOG_VERSION, ITEMS_VERSION, bump
 
 bp = APIBlueprint("catalog", __name__, url_prefix="/v1", tag="Catalogue")
 

@@ -28,10 +28,11 @@ from recsys.auth import require_scope
 from recsys.cache import get_cache
 from recsys.errors import RecsysError
 from recsys.schemas import EventIn, EventsOut
-from recsys.settings import CACHE_EPOCH, get_settings
+from recsys.settings import get_settings
 from recsys.store import session_scope
 from recsys.store.db import dialect_insert
 from recsys.store.models import Event, Item, User, utcnow
+from recsys.store.versions import CACHE_EPOCH
 
 log = logging.getLogger(__name__)
 

@@ -25,49 +25,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
-from features.interactions import DISLIKE, InteractionData
+from features.interactions import InteractionData
 from recsys.evaluation import metrics as M
-from recsys.evaluation import splits, stats
+from recsys.evaluation import stats
 from recsys.evaluation.configs import EvalConfig, load_configs, serving_config
+from recsys.evaluation.splits import relevant_matrix, split_data
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("time", "random-user", "stratified-item", "leave-last-out")
 HISTORY_BUCKETS = (("0", 0, 0), ("1-4", 1, 4), ("5-19", 5, 19), ("20+", 20, None))
 BATCH = 256
-
-
-def relevant_matrix(test: InteractionData, n_users: int, n_items: int) -> sp.csr_matrix:
-    """``(n_users, n_items)`` CSR of every positive event of ``test`` (what counts as a hit)."""
-    pos = test.event_type != DISLIKE
-    rel = sp.csr_matrix(
-        (np.ones(int(pos.sum()), np.float32), (test.user_idx[pos], test.item_idx[pos])),
-        shape=(n_users, n_items),
-    )
-    rel.sum_duplicates()
-    return rel
-
-
-def split_data(
-    data: InteractionData,
-    split: str,
-    seed: int = 42,
-    ratio: float = 0.75,
-    cutoff: str | None = None,
-    fraction: float | None = None,
-) -> tuple[InteractionData, InteractionData]:
-    """One of ``SPLITS``; ``ratio`` is the training share of the random splits."""
-    if split == "stratified-item":
-        return splits.stratified_item_split(data, ratio=ratio, seed=seed)
-    if split == "random-user":
-        return splits.random_user_split(data, ratio=ratio, seed=seed)
-    if split == "time":
-        return splits.time_split(data, cutoff=cutoff, fraction=fraction)
-    if split == "leave-last-out":
-        return splits.leave_last_out(data)
-    raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
 
 
 def _param_key(name: str, params: dict[str, Any]) -> str:

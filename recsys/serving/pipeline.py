@@ -58,7 +58,8 @@ from recsys.metrics import STAGE_LATENCY
 from recsys.runners import run_inline, run_with_deadline
 from recsys.service import Recommender, RecRequest, RecResult, ServingConfig, UserHistory
 from recsys.serving.gate import scoring_gate
-from recsys.settings import SettingsStore, Versions
+from recsys.settings import SettingsStore
+from recsys.store.versions import Versions
 
 log = logging.getLogger(__name__)
 # During an outage every uncached request fails its history read: one line per 10 s, not each.

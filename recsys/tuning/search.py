@@ -189,7 +189,7 @@ def validation_split(
     data: InteractionData, mode: str, fraction: float = 0.2, seed: int = 42
 ) -> tuple[InteractionData, InteractionData]:
     """Cut the validation slice from ``data`` the way a test part is cut (see module doc)."""
-    from recsys.evaluation.runner import split_data
+    from recsys.evaluation.splits import split_data
 
     if mode == "time":
         return split_data(data, "time", fraction=fraction)
@@ -200,7 +200,7 @@ class Validation:
     """Validation users, their histories (the slice's training events) and relevant items."""
 
     def __init__(self, train: InteractionData, val: InteractionData, k: int, metric: str):
-        from recsys.evaluation.runner import relevant_matrix
+        from recsys.evaluation.splits import relevant_matrix
         from recsys.service import histories_from_data
 
         self.train, self.k, self.metric = train, k, metric
