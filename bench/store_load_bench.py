@@ -13,8 +13,8 @@ import platform
 import statistics
 import time
 
-from recsys.store.training_data import load_interactions
 from recsys.store.db import make_engine
+from recsys.store.training_data import load_interactions
 
 
 def main() -> None:

@@ -97,9 +97,9 @@ def train(
     fitted on all events; the version is saved with those holdout metrics and activated unless
     --no-activate (or --gate refuses it). --tune then searches the serving profile.
     """
-    from recsys.store.training_data import load_interactions
     from recsys.registry import PROFILE_KIND
     from recsys.store import get_engine
+    from recsys.store.training_data import load_interactions
     from recsys.training import GATE_METRIC, train_strategies
     from strategies import OPT_IN, available_strategies
 

@@ -44,8 +44,8 @@ def load_dataset(path: str | None):
     from recsys.evaluation import datasets
 
     if path is None:
-        from recsys.store.training_data import load_interactions
         from recsys.store import get_engine
+        from recsys.store.training_data import load_interactions
 
         data = load_interactions(get_engine())
         data.info.setdefault("dataset", "store")

@@ -251,9 +251,9 @@ def tune_command(
     events, stores the profile in the model repository and activates it when it is at least
     as good as the best single strategy and popularity on the validation slice.
     """
-    from recsys.store.training_data import load_interactions
     from recsys.registry import PROFILE_KIND, get_repository
     from recsys.store import get_engine
+    from recsys.store.training_data import load_interactions
 
     repo = get_repository(current_app)
     if if_missing and repo.active_version(PROFILE_KIND):
