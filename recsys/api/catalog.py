@@ -20,7 +20,7 @@ from apiflask import APIBlueprint
 from flask import current_app
 from sqlalchemy import delete, func, select
 
-from recsys.api.events import ensure_ids
+from recsys.api.events import blank_item, ensure_ids
 from recsys.auth import require_scope
 from recsys.cache import get_cache
 from recsys.errors import NotFound, RecsysError
@@ -94,16 +94,7 @@ def put_item(item_id: str, body: dict):
         item = s.scalar(select(Item).where(Item.external_id == item_id).with_for_update())
         created = item is None
         if created:
-            ensure_ids(
-                s,
-                Item,
-                {item_id},
-                title="",
-                description="",
-                categories=[],
-                available=True,
-                attributes={},
-            )
+            ensure_ids(s, Item, {item_id}, **blank_item())
             item = s.scalar(select(Item).where(Item.external_id == item_id).with_for_update())
         before = (bool(item.available), list(item.categories or []))
         for field in ITEM_FIELDS:

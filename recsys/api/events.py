@@ -41,6 +41,11 @@ bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
 _schema = EventIn()
 
 
+def blank_item() -> dict[str, Any]:
+    """The columns of an item created because an event or an edit named an unknown id."""
+    return {"title": "", "description": "", "categories": [], "available": True, "attributes": {}}
+
+
 def ensure_ids(
     s: Session,
     model,
@@ -115,11 +120,7 @@ def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
             Item,
             {e["item_id"] for e in events},
             refuse=_new_items_policy(app, events),
-            title="",
-            description="",
-            categories=[],
-            available=True,
-            attributes={},
+            **blank_item(),
         )
         now = utcnow()
         rows = [

@@ -208,7 +208,7 @@ def evaluate_command(
     from recsys.evaluation.configs import ConfigError, load_configs
     from recsys.evaluation.report import write_report
     from recsys.evaluation.runner import evaluate
-    from recsys.tuning.search import parse_budget
+    from recsys.tuning.search import parse_budget, tune_config
 
     if split != "time" and (cutoff or fraction):
         raise click.UsageError("--cutoff/--fraction only apply to --split time")
@@ -245,6 +245,7 @@ def evaluate_command(
             relevant=relevant,
             progress=_tqdm_factory(not no_progress),
             tune_budget=budget_s,
+            tuner=tune_config,
         )
     except ValueError as e:
         raise click.ClickException(str(e)) from e

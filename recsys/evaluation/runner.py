@@ -157,11 +157,14 @@ def evaluate(
     relevant: str = "all",
     tune_budget: float = 300.0,
     tune_options: dict[str, Any] | None = None,
+    tuner: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``configs`` (EvalConfig objects or ``--config`` strings) on ``data``.
 
-    ``tune_budget``: seconds of search for each ``tuned`` configuration (``recsys.tuning``),
-    which sees the training part only; ``tune_options``: further ``TuneOptions`` fields.
+    ``tune_budget``: seconds of search for each ``tuned`` configuration, which sees the
+    training part only; ``tune_options``: further ``TuneOptions`` fields; ``tuner``: what fills
+    a tuned configuration in (``recsys.tuning.search.tune_config``; evaluation does not import
+    the tuner, which itself evaluates with this package's splits and metrics).
     ``relevant``: "all" (every positive test event counts, the Recommenders protocol) or "new"
     (only items absent from the user's training events: discovery).
     ``progress``: a tqdm-like factory (``progress(total=, desc=, unit=)``) for progress bars.
@@ -203,10 +206,12 @@ def evaluate(
     n_train_users = int(np.count_nonzero(np.bincount(train.user_idx, minlength=data.n_users)))
 
     profiles: dict[str, Any] = {}
+    if tuner is None and any(cfg.tune for cfg in cfgs):
+        raise ValueError("a tuned configuration needs tuner= (recsys.tuning.search.tune_config)")
     for cfg in cfgs:
         if cfg.tune:
             t0 = time.perf_counter()
-            profile = tune_config(
+            profile = tuner(
                 cfg,
                 train,
                 split,
@@ -325,40 +330,6 @@ def evaluate(
         "comparisons": comparisons,
         "timings": timings,
     }
-
-
-def tune_config(
-    cfg: EvalConfig,
-    train: InteractionData,
-    split: str,
-    seed: int,
-    ratio: float,
-    fraction: float | None,
-    budget_s: float,
-    progress: bool,
-    **options: Any,
-):
-    """Fill a ``tuned`` configuration in from a search on ``train`` alone: the validation slice
-    is cut from it the way ``split`` cut the test part (time: its newest share; leave-last-out:
-    each user's last training event; random splits: a random share). Returns the profile."""
-    from recsys.tuning.search import TuneOptions, tune
-
-    share = (fraction or 0.2) if split == "time" else 1.0 - ratio
-    opts = TuneOptions(
-        budget_s=budget_s,
-        validation=split,
-        fraction=share,
-        seed=seed,
-        progress=progress,
-        **options,
-    )
-    profile = tune(train, opts)
-    cfg.serving = profile.serving_overrides()
-    cfg.serving["profile"] = cfg.name
-    cfg.params = {s: dict(p) for s, p in profile.params.items()}
-    cfg.description = f"self-tuned on the training part ({budget_s:.0f} s budget)"
-    log.info("tuned profile for %s:\n%s", cfg.name, profile.summary())
-    return profile
 
 
 def compare_configs(

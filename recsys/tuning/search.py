@@ -932,3 +932,35 @@ def tune(data: InteractionData, options: TuneOptions | None = None):
     """Search a serving profile for ``data`` (see the module docstring); returns an unsaved
     ``recsys.tuning.profile.ServingProfile`` whose ``guard`` says whether it passed."""
     return Tuner(data, options or TuneOptions()).run()
+
+
+def tune_config(
+    cfg: Any,
+    train: InteractionData,
+    split: str,
+    seed: int,
+    ratio: float,
+    fraction: float | None,
+    budget_s: float,
+    progress: bool,
+    **options: Any,
+):
+    """Fill a ``tuned`` configuration in from a search on ``train`` alone: the validation slice
+    is cut from it the way ``split`` cut the test part (time: its newest share; leave-last-out:
+    each user's last training event; random splits: a random share). Returns the profile."""
+    share = (fraction or 0.2) if split == "time" else 1.0 - ratio
+    opts = TuneOptions(
+        budget_s=budget_s,
+        validation=split,
+        fraction=share,
+        seed=seed,
+        progress=progress,
+        **options,
+    )
+    profile = tune(train, opts)
+    cfg.serving = profile.serving_overrides()
+    cfg.serving["profile"] = cfg.name
+    cfg.params = {s: dict(p) for s, p in profile.params.items()}
+    cfg.description = f"self-tuned on the training part ({budget_s:.0f} s budget)"
+    log.info("tuned profile for %s:\n%s", cfg.name, profile.summary())
+    return profile
