@@ -58,8 +58,6 @@ _poll_log = RateLimitedLog(log, every_s=60.0)
 
 LOAD_MODES = ("preload", "lazy")
 DEFAULT_LOAD_MODE = "preload"
-# Strategies whose scoring goes through the micro-batcher.
-BATCHED_STRATEGIES = ("deep", "sequence")
 WARMUP_USERS = 8
 WARMUP_EVENTS = 400
 # After a failed lazy load, wait this long before trying the same version again, so a broken
@@ -252,7 +250,6 @@ class ModelRuntime:
         poll_seconds: float = 0.5,
         batch_max_size: int = 32,
         batch_max_delay_ms: float = 2.0,
-        batched: tuple[str, ...] = BATCHED_STRATEGIES,
         batch_concurrency: int = 1,
         batch_inline_when_idle: bool = False,
         warmup: bool = True,
@@ -264,7 +261,6 @@ class ModelRuntime:
         self.poll_seconds = float(poll_seconds)
         self.batch_max_size = int(batch_max_size)
         self.batch_max_delay_ms = float(batch_max_delay_ms)
-        self.batched = tuple(batched)
         self.batch_concurrency = int(batch_concurrency)
         self.batch_inline_when_idle = bool(batch_inline_when_idle)
         self.cpu_precision = cpu_precision or None
@@ -345,8 +341,7 @@ class ModelRuntime:
         device = getattr(model, "serving_device_", None)
         if (
             not want
-            or loaded.strategy != "deep"
-            or not hasattr(model, "quantized")
+            or want not in type(model).precisions
             or device is None
             or device.type != "cpu"
             or getattr(model, "serving_precision_", None) == want
@@ -377,7 +372,7 @@ class ModelRuntime:
             metrics.MODEL_LOAD_FAILURES.labels(strategy).inc()
             log.exception("warm-up of %s/%s failed", strategy, version)
             raise ModelError(msg) from e
-        if strategy in self.batched:
+        if type(loaded.model).batched:  # the strategy's capability (strategies.base)
             loaded = dataclasses.replace(
                 loaded,
                 model=BatchedModel(

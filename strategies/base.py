@@ -40,6 +40,15 @@ class Strategy(ABC):
     # such as popularity or an item bias). The router never sends an empty history to a
     # strategy that says False: its scores would be arbitrary (all zeros, say).
     scores_empty_history: ClassVar[bool] = False
+    # Capabilities the serving runtime reads instead of checking names or attributes:
+    # ``batched``: a ``score`` call costs about as much for one user as for many (a forward
+    # pass), so concurrent requests are merged by a micro-batcher (``recsys.runtime``).
+    batched: ClassVar[bool] = False
+    # Devices ``fit``/``score`` can run on (``device`` parameter where more than the CPU).
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    # Precisions a fitted model can be served in on the CPU through ``quantized(precision)``
+    # (the runtime derives the ``DEEP_CPU_PRECISION`` variant at load); empty: served as fitted.
+    precisions: ClassVar[tuple[str, ...]] = ()
 
     # -- training -------------------------------------------------------------------------
     @abstractmethod

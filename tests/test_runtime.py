@@ -324,11 +324,12 @@ def test_admission_sheds_low_priority_under_overload():
         admission.parse_priority("urgent")
 
 
-def test_batched_strategies_are_served_through_the_batcher(make):
+def test_batched_strategies_are_served_through_the_batcher(make, monkeypatch):
+    # A strategy that declares the capability (as deep and sequence do) is micro-batched.
+    monkeypatch.setattr(rs.TinyPop, "batched", True)
     app = make()
     save(app, version="v1", activate=True)
     rt = get_runtime(app)
-    rt.batched = ("tiny",)  # production: ("deep",)
     lm = rt.get("tiny")
     assert isinstance(lm.model, BatchedModel) and lm.model.name == "tiny"
     ids, _ = lm.model.recommend(user_batch([_history([1, 2])], len(lm.items)), n=4)

@@ -308,3 +308,29 @@ def test_scores_empty_history_is_declared_truthfully(trained):
     scores = trained.score(empty)
     if type(trained).scores_empty_history:
         assert np.isfinite(scores).any()
+
+
+@pytest.mark.parametrize("name", _available())
+def test_capabilities_are_declared_consistently(name):
+    """What the runtime reads from the class (``batched``, ``devices``, ``precisions``,
+    ``scores_empty_history``) is declared with the right types and backed by the API it
+    implies: a device choice is a ``device`` parameter, a serving precision is ``quantized``."""
+    cls = get_strategy_class(name)
+    assert isinstance(cls.batched, bool) and isinstance(cls.scores_empty_history, bool)
+    assert "cpu" in cls.devices and set(cls.devices) <= {"cpu", "cuda"}
+    params = _make(name).get_params()
+    assert ("device" in params) == ("cuda" in cls.devices)
+    for precision in cls.precisions:
+        assert callable(getattr(cls, "quantized", None)), precision
+
+
+def test_precision_variants_score_like_the_fitted_model(trained, data):
+    """Each declared serving precision gives (nearly) the fitted model's ranking."""
+    cls = type(trained)
+    for precision in cls.precisions:
+        variant = trained.quantized(precision)
+        a, b = _scores(variant, data), _scores(trained, data)
+        assert a.shape == b.shape and np.isfinite(a).all()
+        top_a, top_b = np.argsort(-a, axis=1)[:, :5], np.argsort(-b, axis=1)[:, :5]
+        overlap = np.mean([len(set(x) & set(y)) / 5 for x, y in zip(top_a, top_b, strict=True)])
+        assert overlap >= 0.6, (precision, overlap)
