@@ -392,8 +392,9 @@ def deep_batching(
 
     from features.interactions import EVENT_CODE, History, user_batch
     from recsys import create_app
+    from recsys.batched_model import BatchedModel
     from recsys.registry import get_repository
-    from recsys.runtime import BatchedModel, get_runtime
+    from recsys.runtime import get_runtime
     from recsys.store.db import session_scope
     from recsys.store.models import Event, Item, User
 

@@ -35,23 +35,20 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 from flask import Flask, current_app
-from sqlalchemy import select
 
 from features.interactions import EVENT_CODE, History, user_batch
 from recsys import metrics
+from recsys.batched_model import BatchedModel
 from recsys.errors import DB_UNAVAILABLE, ModelError, RateLimitedLog
 from recsys.lifecycle import on_after_fork
 from recsys.polling import BackgroundPoll
 from recsys.registry import LoadedModel, ModelRepository, get_repository, model_nbytes
-from recsys.store.models import Event, Item, StrategySetting
-from strategies.base import Strategy, UserBatch
+from strategies.base import Strategy
 
 log = logging.getLogger(__name__)
 _poll_log = RateLimitedLog(log, every_s=60.0)
@@ -71,149 +68,6 @@ class _Slot:
     load_seconds: float
     warmed: bool
     last_used: float = field(default_factory=time.monotonic)
-
-
-def _stack_csr(mats: list) -> sp.csr_matrix:
-    """``sp.vstack(mats, format="csr")`` for CSR matrices of equal width, by concatenating
-    their arrays: ~70 us for a batch of 16 one-row matrices instead of ~330 us, which was more
-    than the deep model's first layer costs for the whole batch."""
-    width = mats[0].shape[1]
-    if any(type(m) is not sp.csr_matrix or m.shape[1] != width for m in mats):
-        return sp.vstack(mats, format="csr")
-    indptr, offset = [np.zeros(1, np.int64)], 0
-    for m in mats:
-        indptr.append(m.indptr[1:] + offset)
-        offset += int(m.indptr[-1])
-    indices = np.concatenate([m.indices[: m.indptr[-1]] for m in mats])
-    data = np.concatenate([m.data[: m.indptr[-1]] for m in mats])
-    shape = (sum(m.shape[0] for m in mats), width)
-    out = sp.csr_matrix((data, indices, np.concatenate(indptr)), shape=shape)
-    # Rows are copied whole, so the stack is canonical when every part is known to be.
-    if all(m.__dict__.get("_has_canonical_format", False) for m in mats):
-        out.has_canonical_format = True
-    return out
-
-
-class BatchedModel(Strategy):
-    """A strategy whose ``score`` goes through a ``MicroBatcher``; the rest is the inner model's.
-
-    Concurrent ``score`` calls (one user each, from different request threads) are merged into
-    one ``UserBatch``, scored once, and split again. ``recommend`` (from the base class) calls
-    ``score``, so callers need not know about batching.
-    """
-
-    def __init__(
-        self,
-        inner: Strategy,
-        max_batch: int,
-        max_delay_ms: float,
-        path: str | None = None,
-        timeout_s: float = 30.0,
-        cuda_in_worker: bool = False,
-        reload: Callable[[], Strategy] | None = None,
-        concurrency: int = 1,
-        inline_when_idle: bool = False,
-    ) -> None:
-        from recsys.batcher import MicroBatcher
-
-        self.inner = inner
-        self.name = inner.name
-        self.serves_cold = inner.serves_cold
-        self.path = path
-        self.timeout_s = timeout_s
-        # Loaded on the CPU only because it was loaded in the gunicorn master: move it to CUDA
-        # (if a worker has one) on first use.
-        self.cuda_in_worker = cuda_in_worker
-        self.reload = reload  # verified load with the saved device setting (CUDA if present)
-        self._device_pid: int | None = None
-        self._batcher = MicroBatcher(
-            self._score_many,
-            max_batch=max_batch,
-            max_delay_ms=max_delay_ms,
-            name=inner.name,
-            observer=metrics.observe_batch,
-            # Batches in a forward pass at once: torch releases the GIL, so with 2 the next
-            # batch runs on the other core instead of waiting (1 torch thread per worker).
-            concurrency=concurrency,
-            # A lone request (nothing queued, nothing running) runs in its own thread: at
-            # low load there is no one to batch with, and the hand-off to a runner and back
-            # cost ~0.3 ms of an uncached request.
-            inline_when_idle=inline_when_idle,
-        )
-
-    # Attributes not defined here (learned arrays, params) are the inner model's.
-    def __getattr__(self, attr: str) -> Any:
-        if attr == "inner":  # not set yet (during __init__ or unpickling): avoid recursion
-            raise AttributeError(attr)
-        return getattr(self.inner, attr)
-
-    def score(self, users: UserBatch) -> np.ndarray:
-        from recsys.batcher import BatcherClosed
-
-        try:
-            return self._batcher.submit(users, timeout=self.timeout_s)
-        except BatcherClosed:
-            # Swapped out while this request held it: finish unbatched rather than fail.
-            return self.inner.score(users)
-
-    def _score_many(self, batches: list[UserBatch]) -> list[np.ndarray]:
-        self._ensure_device()
-        if len(batches) == 1:
-            return [self.inner.score(batches[0])]
-        merged = UserBatch(
-            matrix=_stack_csr([b.matrix for b in batches]),
-            sequences=[s for b in batches for s in (b.sequences or [None] * len(b))],
-            types=[t for b in batches for t in (b.types or [None] * len(b))],
-            user_index=np.concatenate(
-                [b.user_index if b.user_index is not None else np.full(len(b), -1) for b in batches]
-            ),
-        )
-        scores = self.inner.score(merged)
-        out, start = [], 0
-        for b in batches:
-            out.append(scores[start : start + len(b)])
-            start += len(b)
-        return out
-
-    def _ensure_device(self) -> None:
-        """In a worker with CUDA, reload the (CPU-loaded in the master) model onto the GPU once."""
-        pid = os.getpid()
-        if self._device_pid == pid:
-            return
-        self._device_pid = pid
-        try:
-            if not self.cuda_in_worker or self.reload is None:
-                return
-            import torch
-
-            if torch.cuda.is_available():
-                self.inner = self.reload()
-                log.info("%s: moved to CUDA in worker %d", self.name, pid)
-        except Exception:  # noqa: BLE001 - the CPU copy still serves
-            log.exception("%s: could not move to CUDA; serving on the CPU", self.name)
-
-    def close(self) -> None:
-        self._batcher.close()
-
-    def batcher_stats(self) -> dict[str, Any]:
-        return self._batcher.stats()
-
-    # The Strategy contract; a served model is never trained or saved through the wrapper.
-    def fit(self, data):  # pragma: no cover - not used at serve time
-        raise TypeError("BatchedModel wraps a fitted model; fit the inner model")
-
-    def similar_items(self, items: np.ndarray, n: int = 10):
-        return self.inner.similar_items(items, n)
-
-    def get_params(self) -> dict[str, Any]:
-        return self.inner.get_params()
-
-    def save(self, path: str) -> None:  # pragma: no cover
-        self.inner.save(path)
-
-    @classmethod
-    def load(cls, path: str):  # pragma: no cover
-        raise TypeError("load the inner strategy, then wrap it")
 
 
 def _wants_gpu(path: str) -> bool:
@@ -463,13 +317,7 @@ class ModelRuntime:
     def _warmup_histories(self, loaded: LoadedModel) -> list[History]:
         by_user: dict[int, list[tuple[str, str, float, Any]]] = {}
         try:
-            with self.repository.sessionmaker() as s:
-                rows = s.execute(
-                    select(Event.user_id, Item.external_id, Event.type, Event.value, Event.ts)
-                    .join(Item, Item.id == Event.item_id)
-                    .order_by(Event.id.desc())
-                    .limit(WARMUP_EVENTS)
-                ).all()
+            rows = self.repository.recent_events(WARMUP_EVENTS)
         except Exception:  # noqa: BLE001 - no store (e.g. schema missing) -> synthetic warm-up
             log.debug("warm-up: could not read histories", exc_info=True)
             rows = []
@@ -709,12 +557,7 @@ class ModelRuntime:
         self._publish()
 
     def _set_mode(self, strategy: str, mode: str) -> None:
-        with self.repository.sessionmaker() as s, s.begin():
-            row = s.get(StrategySetting, strategy)
-            if row is None:
-                s.add(StrategySetting(name=strategy, load_mode=mode))
-            else:
-                row.load_mode = mode
+        self.repository.set_load_mode(strategy, mode)
         with self._lock:
             self._modes[strategy] = mode
 
@@ -762,9 +605,7 @@ class ModelRuntime:
     def _poll(self) -> bool:
         """Read active versions and load modes; True if this process must load/drop something."""
         active = self.repository.active_versions(models_only=True)
-        with self.repository.sessionmaker() as s:
-            rows = s.execute(select(StrategySetting.name, StrategySetting.load_mode)).all()
-        modes = {name: mode for name, mode in rows}
+        modes = self.repository.load_modes()
         with self._lock:
             old_modes = self._modes
             self._active, self._modes = active, modes

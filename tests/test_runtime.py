@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from features.interactions import History, user_batch
+from recsys.batched_model import BatchedModel
 from recsys.errors import ModelError
 from recsys.registry import get_repository
-from recsys.runtime import BatchedModel, get_runtime
+from recsys.runtime import get_runtime
 from recsys.store.db import session_scope
 from recsys.store.models import StrategySetting
 from tests import runtime_support as rs
@@ -341,7 +342,7 @@ def test_batched_strategies_are_served_through_the_batcher(make, monkeypatch):
 def test_stack_csr_equals_scipy_vstack():
     import scipy.sparse as sp
 
-    from recsys.runtime import _stack_csr
+    from recsys.batched_model import stack_csr
 
     mats = [
         sp.random(1, 50, density=0.1, format="csr", dtype=np.float32, random_state=i)
@@ -349,7 +350,7 @@ def test_stack_csr_equals_scipy_vstack():
     ]
     mats.append(sp.csr_matrix((1, 50), dtype=np.float32))  # an empty history
     mats.append(sp.random(3, 50, density=0.2, format="csr", dtype=np.float32, random_state=9))
-    got, want = _stack_csr(mats), sp.vstack(mats, format="csr")
+    got, want = stack_csr(mats), sp.vstack(mats, format="csr")
     assert got.shape == want.shape == (9, 50)
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(got.toarray(), want.toarray())
@@ -358,11 +359,11 @@ def test_stack_csr_equals_scipy_vstack():
     assert "_has_canonical_format" not in got.__dict__
     for m in mats:
         m.has_canonical_format = True
-    assert _stack_csr(mats).__dict__.get("_has_canonical_format") is True
+    assert stack_csr(mats).__dict__.get("_has_canonical_format") is True
     # Anything but same-width csr_matrix goes through scipy itself.
     coo = sp.random(2, 50, density=0.1, format="coo", dtype=np.float32, random_state=3)
     np.testing.assert_array_equal(
-        _stack_csr([mats[0], coo]).toarray(), sp.vstack([mats[0], coo]).toarray()
+        stack_csr([mats[0], coo]).toarray(), sp.vstack([mats[0], coo]).toarray()
     )
 
 

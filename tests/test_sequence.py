@@ -173,7 +173,7 @@ def test_served_through_the_micro_batcher(fitted):
     """Concurrent single-user calls are merged into one forward pass; each gets its own row."""
     import threading
 
-    from recsys.runtime import BatchedModel
+    from recsys.batched_model import BatchedModel
 
     assert type(fitted).batched  # the runtime micro-batches it
     wrapped = BatchedModel(fitted, max_batch=8, max_delay_ms=50.0)

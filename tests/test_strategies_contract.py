@@ -2,7 +2,7 @@
 
 As scikit-learn's ``parametrize_with_checks``: every registered strategy runs every check, none
 is dropped because it fails to import or rejects its parameters (either is a failure here), and
-the serving adapter (``recsys.runtime.BatchedModel``, micro-batched scoring) runs the same
+the serving adapter (``recsys.batched_model.BatchedModel``, micro-batched scoring) runs the same
 scoring checks as the model it wraps.
 """
 
@@ -45,7 +45,7 @@ def _make(name: str) -> Strategy:
 
 def _batched(model: Strategy) -> Strategy:
     """``model`` behind the serving adapter: ``score`` through a micro-batcher."""
-    from recsys.runtime import BatchedModel
+    from recsys.batched_model import BatchedModel
 
     return BatchedModel(model, max_batch=8, max_delay_ms=1.0)
 
