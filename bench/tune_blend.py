@@ -31,12 +31,12 @@ from recsys.evaluation.datasets import load_movielens_100k  # noqa: E402
 from recsys.evaluation.runner import train_models  # noqa: E402
 from recsys.evaluation.splits import split_data  # noqa: E402
 from recsys.service import (  # noqa: E402
-    STRATEGY_NAMES,
     Recommender,
     RecRequest,
     ServingConfig,
     histories_from_data,
 )
+from strategies import STRATEGY_NAMES  # noqa: E402
 
 
 def ndcg(recommender, histories, users, relevant, items, k=10) -> float:

@@ -101,13 +101,11 @@ def train(
     from recsys.store import get_engine
     from recsys.store.training_data import load_interactions
     from recsys.training import GATE_METRIC, train_strategies
-    from strategies import OPT_IN, available_strategies
+    from strategies import available_strategies, opt_in
 
     repo = _repo()
     overrides = _parse_params(params)
-    names = list(dict.fromkeys(strategies)) or [
-        n for n in available_strategies() if n not in OPT_IN
-    ]
+    names = list(dict.fromkeys(strategies)) or [n for n in available_strategies() if not opt_in(n)]
     for name in names:
         try:
             repo.resolver(name)

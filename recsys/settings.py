@@ -33,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from recsys.polling import BackgroundPoll
-from recsys.service import DEFAULT_CONFIG, STRATEGY_NAMES, ServingConfig
+from recsys.service import DEFAULT_CONFIG, ServingConfig
 from recsys.store.models import Setting, StrategySetting
 from recsys.store.versions import (
     CACHE_EPOCH,
@@ -46,6 +46,7 @@ from recsys.store.versions import (
     insert_ignore,
     lock_config,
 )
+from strategies import STRATEGY_NAMES
 
 log = logging.getLogger(__name__)
 

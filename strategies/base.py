@@ -49,6 +49,9 @@ class Strategy(ABC):
     # Precisions a fitted model can be served in on the CPU through ``quantized(precision)``
     # (the runtime derives the ``DEEP_CPU_PRECISION`` variant at load); empty: served as fitted.
     precisions: ClassVar[tuple[str, ...]] = ()
+    # Trained (``recsys train``) and tuned only when named: no route uses it by default and
+    # its CPU fit takes minutes, which ``make run`` would otherwise pay on every fresh machine.
+    opt_in: ClassVar[bool] = False
 
     # -- training -------------------------------------------------------------------------
     @abstractmethod

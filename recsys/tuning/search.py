@@ -307,10 +307,10 @@ class Tuner:
         )
 
     def _strategies(self) -> list[str]:
-        from strategies import OPT_IN, STRATEGY_NAMES, available_strategies
+        from strategies import STRATEGY_NAMES, available_strategies, opt_in
 
         # Opt-in strategies (minutes of CPU to fit) are searched only when named.
-        names = list(self.opt.strategies or [n for n in STRATEGY_NAMES if n not in OPT_IN])
+        names = list(self.opt.strategies or [n for n in STRATEGY_NAMES if not opt_in(n)])
         out = [
             name
             for name in available_strategies(names)
