@@ -858,6 +858,17 @@ class Recommender:
             self.on_stage("rules", rules_s)
         return out
 
+    def ranked_page(
+        self,
+        per: Mapping[str, list[tuple[str, float]]],
+        history: UserHistory,
+        request: RecRequest,
+        route: str | None = None,
+    ) -> list[RecItem]:
+        """Stages blend, rules and page of one user's candidate lists (what
+        ``recommend_batch`` does per user; the tuner ranks its trials through it)."""
+        return self._page_of(self._fuse(per, route), history, request)
+
     def _page_of(self, fused: _Fused, history: UserHistory, request: RecRequest) -> list[RecItem]:
         """Stages rules and page: the page of ``fused`` that passes the business rules, without
         building an item object for every candidate, and without running the rules past the
@@ -959,7 +970,7 @@ class Recommender:
                 dropped=dropped,
             )
         return RecResult(
-            items=self._page_of(self._fuse(per), UserHistory(None), req),
+            items=self.ranked_page(per, UserHistory(None), req),
             route="similar",
             degraded=bool(dropped),
             model_versions=versions,

@@ -280,6 +280,9 @@ class RecommendationPipeline:
 
         def compute() -> tuple[bytes, bool]:
             timing["computing"] = time.perf_counter()
+            if ask.peeked is None and not ask.shed:
+                # The cache's read (and lock) before computing: a miss.
+                record_stage("cache_lookup", timing["computing"] - t0)
             history, store_down = self._history(ask)
             result, fell_back = self.score(
                 snap,
@@ -306,14 +309,11 @@ class RecommendationPipeline:
                 ask.user_id, context, compute, ask.peeked
             )
             end = time.perf_counter()
-            if "computing" in timing:
-                # The cache's read before computing, and its write (and unlock) after.
-                if ask.peeked is None:
-                    record_stage("cache_lookup", timing["computing"] - t0)
-                if "computed" in timing:
-                    record_stage("cache_store", end - timing["computed"])
-            elif ask.peeked is None:
-                record_stage("cache_lookup", end - t0)
+            if "computed" in timing:
+                # The cache's write (and unlock) after computing.
+                record_stage("cache_store", end - timing["computed"])
+            elif "computing" not in timing and ask.peeked is None:
+                record_stage("cache_lookup", end - t0)  # a hit
         route, _, body = payload.partition(b"\n")
         if cached:
             body = mark_cached(body)

@@ -15,7 +15,7 @@ share). The search runs in three stages within one time budget:
    (quantiles of their history length; an empty history is always its own bin), and for every
    run of adjacent bins an Optuna study searches blend weights and the fusion method
    (weighted / RRF), evaluated through the request path's own blend, rules and page
-   (``Recommender.strategies_for`` and ``_ranked_page``) with median pruning after half of the
+   (``Recommender.strategies_for`` and ``ranked_page``) with median pruning after half of the
    users. Each run is searched twice, on two halves of its users, and each half's winner is
    scored on the other half (cross-fitting): the route keeps the blend only if that honest
    figure is at least the best single strategy's there, else it serves that single strategy
@@ -488,7 +488,7 @@ class Tuner:
             if not names:  # the request path's fallback: popularity, ranked on its own
                 names, route = ["popular"], None
             per = {s: self.cands[s][u] for s in names}
-            page = rec._ranked_page(per, h, req, route)
+            page = rec.ranked_page(per, h, req, route)
             if page:
                 out[j, : len(page)] = items.indices([it.item_id for it in page])
         return out
