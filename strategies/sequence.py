@@ -23,6 +23,13 @@ the catalogue (``loss="softmax"``) or a sampled softmax over ``n_negatives`` sha
 negatives (``"sampled"``; ``"auto"`` picks the full softmax up to ``FULL_SOFTMAX_MAX_ITEMS``
 items). The budget is ``epochs``, cut by ``max_steps`` gradient steps and ``max_seconds``.
 
+How long to train is chosen on the data it is given, not fixed in advance: with
+``early_stopping`` (a share of the users, 10 % by default, between ``HOLDOUT_USERS`` bounds),
+those users' newest events are held out of training, the model is scored on them after every
+epoch (full-rank nDCG of the held-out item, seen items excluded, as served), training stops
+once ``patience`` epochs pass without a new best, and the best epoch's weights are kept. With
+too few users to hold out (under ``2 * HOLDOUT_USERS[0]``), ``epochs`` alone decides.
+
 There is no user embedding table: a user is their current sequence, so a new event changes the
 next answer at once, and a guest session is scored exactly like a known user.
 
@@ -71,6 +78,8 @@ FULL_SOFTMAX_MAX_ITEMS = 50_000
 SMALL_JOB_TOKENS = 200_000
 # Training sequences used to calibrate the int8 input ranges.
 CALIBRATION_SEQUENCES = 512
+# Bounds on the users whose newest event is held out to choose the number of epochs.
+HOLDOUT_USERS = (100, 2000)
 # The Linear layers of a block (what int8 quantises).
 LINEAR_LAYERS = ("qkv", "out", "ffn1", "ffn2")
 
@@ -190,7 +199,8 @@ class SequenceStrategy(Strategy):
     ``n_blocks``, ``n_heads``, ``ffn_dim`` (``None``: ``dim``); ``dropout``; ``use_types`` adds an
     event-type embedding when the training data has more than one event type; ``loss``
     (``auto``/``softmax``/``sampled``) and ``n_negatives`` for the sampled one; ``epochs`` at
-    most, cut by ``max_steps`` and ``max_seconds``; ``batch_size``, ``lr``, ``weight_decay``
+    most, cut by ``max_steps`` and ``max_seconds``; ``early_stopping`` (share of users held out
+    to pick the epoch, None: off) and ``patience``; ``batch_size``, ``lr``, ``weight_decay``
     (Adam); ``seed``; ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``); ``precision`` for serving
     (``fp32``/``int8``/``fp16``); ``n_threads`` for training (``None``: see
     ``_training_threads``).
@@ -216,9 +226,11 @@ class SequenceStrategy(Strategy):
         use_types: bool = True,
         loss: str = "auto",
         n_negatives: int = 256,
-        epochs: int = 20,
-        max_steps: int | None = 800,
+        epochs: int = 200,
+        max_steps: int | None = None,
         max_seconds: float | None = 600.0,
+        early_stopping: float | None = 0.1,
+        patience: int = 10,
         batch_size: int = 128,
         lr: float = 2e-3,
         weight_decay: float = 0.0,
@@ -245,6 +257,8 @@ class SequenceStrategy(Strategy):
         self.epochs = epochs
         self.max_steps = max_steps
         self.max_seconds = max_seconds
+        self.early_stopping = early_stopping
+        self.patience = patience
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
@@ -325,10 +339,58 @@ class SequenceStrategy(Strategy):
             out_t[r, width - len(b) :] = b
         return out_i, out_t
 
+    def _holdout(self, seqs: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        """Users whose newest event is held out to pick the epoch (empty: no early stopping)."""
+        if not self.early_stopping:
+            return np.zeros(0, np.int64)
+        lo, hi = HOLDOUT_USERS
+        eligible = np.flatnonzero(np.array([len(s) >= 3 for s in seqs], bool))
+        if len(eligible) < 2 * lo:
+            return np.zeros(0, np.int64)
+        n = int(np.clip(round(len(eligible) * self.early_stopping), lo, hi))
+        return np.sort(rng.choice(eligible, size=n, replace=False))
+
+    def _holdout_scorer(self, seqs, types, users: np.ndarray):
+        """``score(model) -> float``: mean full-rank nDCG of each held-out user's newest item
+        given the rest of their sequence, their other items excluded (as served)."""
+        dev = self.device_
+        inputs = [seqs[u][:-1] for u in users]
+        in_types = [types[u][:-1] for u in users]
+        targets = torch.tensor([int(seqs[u][-1]) for u in users], dtype=torch.long)
+
+        def score(model: SASRec) -> float:
+            gains = []
+            with torch.inference_mode():
+                for start in range(0, len(users), 256):
+                    sl = slice(start, start + 256)
+                    tok, typ = self._tokens(inputs[sl], in_types[sl])
+                    tok = tok.to(dev)
+                    typ = typ.to(dev) if typ is not None else None
+                    s = (model.encode(tok, typ)[:, -1] @ model.item_table().t()).float()
+                    tgt = targets[sl].to(dev)
+                    own = s.gather(1, tgt[:, None])
+                    for r, seq in enumerate(inputs[sl]):  # seen items are never recommended
+                        s[r, torch.as_tensor(seq, device=dev)] = float("-inf")
+                    rank = (s > own).sum(1).float()
+                    gains.append((1.0 / torch.log2(rank + 2.0)).cpu())
+            return float(torch.cat(gains).mean())
+
+        return score
+
     def _train(self, seqs: list[np.ndarray], types: list[np.ndarray], started: float) -> SASRec:
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
+        held = self._holdout(seqs, rng)
+        check = None
+        if len(held):
+            check = self._holdout_scorer(seqs, types, held)
+            seqs, types = list(seqs), list(types)
+            for u in held:
+                seqs[u], types[u] = seqs[u][:-1], types[u][:-1]
+        self.holdout_users_ = len(held)
+        self.holdout_curve_: list[float] = []
+        best_score, best_state, self.best_epoch_ = -1.0, None, 0
         tok, typ = self._samples(seqs, types)
         self.n_train_sequences_ = len(tok)
         self.loss_ = self.loss
@@ -373,10 +435,30 @@ class SequenceStrategy(Strategy):
                 hook(epoch + 1, self)
                 model.train()
                 started += time.perf_counter() - t_hook
+            if check is not None:
+                model.eval()
+                value = check(model)
+                model.train()
+                self.holdout_curve_.append(round(value, 5))
+                if value > best_score:
+                    best_score, self.best_epoch_ = value, epoch + 1
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                elif epoch + 1 - self.best_epoch_ >= self.patience:
+                    log.info(
+                        "sequence: held-out nDCG peaked at epoch %d (%.4f); stopped at %d",
+                        self.best_epoch_,
+                        best_score,
+                        epoch + 1,
+                    )
+                    break
             if self.max_seconds and time.perf_counter() - started > self.max_seconds:
                 log.info("sequence: time budget reached after %d epochs", epoch + 1)
                 break
         self.epochs_ = epoch + 1 if per_epoch else 0
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        else:
+            self.best_epoch_ = self.epochs_
         model.eval()
         return model
 

@@ -205,6 +205,15 @@ def test_cuda_path_matches_cpu(tmp_path):
     np.testing.assert_allclose(cpu.score(batch), model.score(batch), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_early_stopping_scores_held_out_users_on_the_gpu():
+    params = {**FAST, "epochs": 60, "patience": 3, "device": "cuda"}
+    model = SequenceStrategy(**params).fit(_cycle_data(400, seed=1))
+    assert model.holdout_users_ == 100 and model.serving_device_.type == "cuda"
+    assert model.epochs_ - model.best_epoch_ == 3
+    assert model.holdout_curve_[model.best_epoch_ - 1] == max(model.holdout_curve_)
+
+
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_a_new_event_changes_the_next_http_answer_without_retraining(make_app, redis_url):
@@ -268,3 +277,23 @@ def test_a_new_event_changes_the_next_http_answer_without_retraining(make_app, r
     r = client.post("/v1/recommendations", json={"items": ["i12", "i11", "i10"], "n": 1})
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["items"][0]["item_id"] == "i13"
+
+
+def test_early_stopping_picks_the_epoch_on_held_out_users():
+    data = _cycle_data(400, seed=1)
+    params = {**FAST, "epochs": 60, "patience": 3, "device": "cpu"}
+    model = SequenceStrategy(**params).fit(data)
+    assert model.holdout_users_ == 100  # 10 % of 400, within the bounds
+    curve = model.holdout_curve_
+    assert len(curve) == model.epochs_
+    assert curve[model.best_epoch_ - 1] == max(curve)
+    # The order is easy to learn: held-out nDCG plateaus, and training stops `patience`
+    # epochs after its best instead of running all 60.
+    assert model.epochs_ < 60 and model.epochs_ - model.best_epoch_ == 3
+    ids, _ = model.recommend(_batch([3, 4, 5], [10, 11]), n=3)
+    assert 6 in ids[0] and 12 in ids[1]
+    # Off, or too few users to hold out: the epoch budget alone decides.
+    off = SequenceStrategy(**{**params, "epochs": 4, "early_stopping": None}).fit(data)
+    assert off.holdout_users_ == 0 and off.epochs_ == 4 and off.holdout_curve_ == []
+    few = SequenceStrategy(**{**params, "epochs": 4}).fit(_cycle_data(120))
+    assert few.holdout_users_ == 0 and few.epochs_ == 4

@@ -398,3 +398,64 @@ def test_evaluate_tuned_sees_the_training_part_only(synthetic):
     assert tuned["profile"]["validation"]["slice"] == "time"
     best_single = max(report["configs"][s]["metrics"]["ndcg@10"] for s in ("popular", "ease"))
     assert tuned["metrics"]["ndcg@10"] >= best_single
+
+
+def _sequences(n_users: int = 30, length: int = 6) -> InteractionData:
+    """Each user rates ``length`` distinct items at times 0..length-1 (one event per step)."""
+    users, items, ts = [], [], []
+    for u in range(n_users):
+        for t in range(length):
+            users.append(f"u{u}")
+            items.append(f"i{(u + 3 * t) % 40}")
+            ts.append(t)
+    return InteractionData.from_arrays(users, items, "purchase", timestamps=ts)
+
+
+def test_leave_last_out_folds_are_cut_again_from_the_older_rest():
+    from recsys.tuning.search import Validation, validation_folds
+
+    data = _sequences()
+    folds = validation_folds(data, "leave-last-out", folds=3)
+    assert len(folds) == 3
+    for f, (train, val) in enumerate(folds):
+        # Fold f holds out each user's (f+1)-th newest event and trains on the older ones.
+        assert len(val) == 30
+        assert set(val.ts.tolist()) == {5 - f}
+        assert train.ts.max() == 4 - f
+    v = Validation(folds, k=5, metric="ndcg")
+    assert len(v) == 90 and v.n_folds == 3
+    assert [len(h.items) for h in v.histories[:1] + v.histories[30:31] + v.histories[60:61]] == [
+        5,
+        4,
+        3,
+    ]
+    # Paired tests run per user: three rows of one user become one unit.
+    a, b = v.paired(np.arange(90, dtype=float), np.zeros(90))
+    assert len(a) == 30 and a[0] == pytest.approx((0 + 30 + 60) / 3)
+
+
+def test_auto_folds_stop_at_enough_targets_and_time_slices_move_back():
+    from recsys.tuning.search import validation_folds
+
+    data = _sequences()
+    assert len(validation_folds(data, "leave-last-out", min_rows=30)) == 1
+    assert len(validation_folds(data, "leave-last-out", min_rows=60)) == 2
+    assert len(validation_folds(data, "leave-last-out", min_rows=10_000)) == 3
+    (t0, v0), (t1, v1) = validation_folds(data, "time", fraction=0.2, folds=2)
+    assert v1.ts.max() < v0.ts.min()  # the second slice is older than the first
+    assert t1.ts.max() < v1.ts.min()
+
+
+def test_tuner_scores_every_fold_with_its_own_models():
+    from recsys.tuning.search import Tuner
+
+    data = _sequences(n_users=60, length=8)
+    tuner = Tuner(data, _opts(validation="leave-last-out", fraction=0.2, folds=2, max_trials=2))
+    profile = tuner.run()
+    v = profile.validation
+    assert v["folds"] == 2 and v["rows"] == 120 and v["users"] == 60
+    assert set(profile.guard["means"]) >= {"profile", "popular", "ease"}
+    # Each fold's popularity model counted that fold's training part only: fold 1 lacks the
+    # events at time 6 (its own targets), which fold 0 trained on.
+    pop = [m.model.popularity_ for m in tuner.models["popular"]]
+    assert pop[0].sum() > pop[1].sum()

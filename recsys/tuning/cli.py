@@ -123,6 +123,7 @@ def tune_options(
     routes_file: str | None = None,
     storage: str | None = None,
     seed: int = 42,
+    folds: int | None = None,
 ):
     """Build ``TuneOptions`` from CLI values, turning bad ones into usage errors."""
     from recsys.tuning.search import TuneOptions, parse_budget
@@ -142,6 +143,7 @@ def tune_options(
             max_trials=trials,
             validation=validation,
             fraction=tune_holdout,
+            folds=folds,
             seed=seed,
             strategies=[s.strip() for s in strategies.split(",")] if strategies else None,
             max_routes=max_routes,
@@ -161,7 +163,7 @@ def tune_options(
 
 def _tune_flags(fn):
     """The search options shared by ``recsys tune`` and ``recsys train --tune``."""
-    from recsys.tuning.search import VALIDATIONS
+    from recsys.tuning.search import MAX_FOLDS, VALIDATIONS
 
     opts = [
         click.option(
@@ -184,6 +186,13 @@ def _tune_flags(fn):
             default="time",
             show_default=True,
             help="How the validation slice is cut (as your test would be).",
+        ),
+        click.option(
+            "--folds",
+            type=click.IntRange(1, MAX_FOLDS),
+            default=None,
+            help="Validation folds, each cut like the first from the older rest "
+            "(default: enough for 2000 validation users, summed over the folds).",
         ),
         click.option("--max-routes", type=click.IntRange(1, 8), default=4, show_default=True),
         click.option(
@@ -222,7 +231,7 @@ def echo_outcome(out: dict[str, Any]) -> None:
     click.echo(f"profile {out['version']}: {state}" + (f" ({out['note']})" if out["note"] else ""))
     v = out["validation"]
     click.echo(
-        f"validation ({v['slice']}, {v['users']} users): "
+        f"validation ({v['slice']}, {v['users']} users, {v.get('folds', 1)} fold(s)): "
         + ", ".join(f"{k} {val:.4f}" for k, val in v["overall"].items())
         + "; single strategies: "
         + ", ".join(f"{k} {val:.4f}" for k, val in v["baselines"].items())
