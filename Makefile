@@ -29,6 +29,7 @@ run: install
 services:
 	./scripts/ensure_services.sh
 	./scripts/ensure_browser.sh
+	./scripts/ensure_spark.sh
 
 test: install services
 	$(BIN)/pytest -q

@@ -2,13 +2,19 @@
 
 Keys (every one built by ``ResultCache.key`` under ``REDIS_PREFIX``)::
 
-    <prefix>:rec:<user>:<digest>   one cached response; <digest> hashes the request parameters,
-                                   the config, catalogue and epoch versions, the active model
-                                   versions and the experiment variant, so a toggle, a model
-                                   swap or an item update moves every user to fresh keys
-    <prefix>:uver:<user>           the user's history token: a random value re-set by
-                                   POST /v1/events after the SQL commit
-    <prefix>:rec:...:lock          short stampede lock (SET NX PX)
+    <prefix>:rec:{<user>}:<digest>   one cached response; <digest> hashes the request
+                                     parameters, the config, catalogue and epoch versions, the
+                                     active model versions and the experiment variant, so a
+                                     toggle, a model swap or an item update moves every user to
+                                     fresh keys
+    <prefix>:uver:{<user>}           the user's history token: a random value re-set by
+                                     POST /v1/events after the SQL commit
+    <prefix>:rec:...:lock            short stampede lock (SET NX PX)
+
+``{<user>}`` is a Redis Cluster hash tag: every key of one user hashes to one slot, so the
+lookup's ``MGET`` of token and entry and the store-and-unlock of a miss are single-slot commands
+on a cluster (``redis+cluster://`` URLs, ``RedisClusterBackend``). No command ever spans two
+users; invalidating many users is a non-transactional pipeline the cluster client splits by node.
 
 A cached value stores the history token it was computed under (``ENTRY_TAG + token + "\\n" +
 payload``, the payload being the serialised HTTP response), and a lookup reads the token
@@ -41,7 +47,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from flask import Flask, current_app
 
@@ -187,6 +193,117 @@ class RedisBackend:
             self._run(*commands)
 
 
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
+
+
+def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """``redis+cluster://[user:password@]host:port[,host:port...][/0]``: the startup nodes and
+    client options (``rediss+cluster://`` for TLS). Raises ValueError with the reason."""
+    parts = urlsplit(url)
+    if parts.scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a Redis Cluster URL (redis+cluster://host:port,...): {url!r}")
+    creds, _, hosts = parts.netloc.rpartition("@")
+    nodes = []
+    for hp in filter(None, hosts.split(",")):
+        host, sep, port = hp.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"Redis Cluster node {hp!r} is not host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    if not nodes:
+        raise ValueError(f"Redis Cluster URL names no node: {url!r}")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError("Redis Cluster has only database 0; drop the /N from the URL")
+    opts: dict[str, Any] = {"ssl": CLUSTER_SCHEMES[parts.scheme]}
+    if creds:
+        user, sep, password = creds.partition(":")
+        if sep:
+            if user:
+                opts["username"] = unquote(user)
+            opts["password"] = unquote(password)
+        else:
+            opts["password"] = unquote(user)
+    return nodes, opts
+
+
+def is_cluster_url(url: str | None) -> bool:
+    return bool(url) and urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
+class RedisClusterBackend:
+    """redis-py's ``RedisCluster``: commands go to the node owning their keys' slot.
+
+    Every multi-key command here names keys of one user, which share a hash tag and so a slot:
+    ``MGET`` of token and entry, and ``SET`` + ``DEL`` of a miss's store-and-unlock, sent as a
+    two-command pipeline to that one node (one round trip, as on a single Redis). The client is
+    made on first use: its constructor asks a node for the slot map, and a cluster that is down
+    when a worker starts must mean uncached answers, not a worker that cannot start.
+    """
+
+    def __init__(self, url: str, timeout_s: float = 0.25):
+        self.url = url
+        self.timeout_s = timeout_s
+        self.nodes, self._opts = cluster_nodes(url)
+        self._client = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self):
+        if self._client is None:
+            from redis.backoff import NoBackoff
+            from redis.cluster import ClusterNode, RedisCluster
+            from redis.retry import Retry
+
+            with self._lock:
+                if self._client is None:
+                    self._client = RedisCluster(
+                        startup_nodes=[ClusterNode(h, p) for h, p in self.nodes],
+                        socket_timeout=self.timeout_s,
+                        socket_connect_timeout=self.timeout_s,
+                        # The cache is optional: one failed try means "serve uncached" (the
+                        # caller backs off), not seconds of retries inside a request.
+                        retry=Retry(NoBackoff(), 0),
+                        **self._opts,
+                    )
+        return self._client
+
+    def mget(self, keys: list[str]) -> list[bytes | None]:
+        if len(keys) == 1:
+            return [self.client.get(keys[0])]
+        return self.client.mget(keys)  # one slot (one user's keys): refused otherwise
+
+    def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        self.client.set(key, value, ex=max(1, int(ttl_s)))
+
+    def set_many(self, items: dict[str, bytes], ttl_s: float) -> None:
+        # Keys of many users, so many slots: the cluster pipeline groups them by node.
+        pipe = self.client.pipeline(transaction=False)
+        for k, v in items.items():
+            pipe.set(k, v, ex=max(1, int(ttl_s)))
+        pipe.execute()
+
+    def set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
+        return self.client.set(key, value, nx=True, px=int(ttl_ms)) is not None
+
+    def delete(self, key: str) -> None:
+        self.client.delete(key)
+
+    def store(self, key: str, value: bytes | None, ttl_s: float, unlock: str | None) -> None:
+        """Set ``key`` (unless ``value`` is None) and delete ``unlock`` (unless None)."""
+        if value is not None and unlock is not None:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(key, value, ex=max(1, int(ttl_s)))
+            pipe.delete(unlock)
+            pipe.execute()
+        elif value is not None:
+            self.set(key, value, ttl_s)
+        elif unlock is not None:
+            self.delete(unlock)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
 class Peek(NamedTuple):
     """One lookup's raw reads: the entry's key, the user's history token and the entry, and
     the user and context the key was built from."""
@@ -218,17 +335,22 @@ class ResultCache:
         self._pid = os.getpid()
         # Why this process must not cache at all (None: it may). See ``disable``.
         self.disabled: str | None = None
-        self.backend: LocalBackend | RedisBackend = self._make_backend()
+        if "{" in self.prefix or "}" in self.prefix:
+            # A brace in the prefix would become the keys' hash tag on a cluster.
+            raise ValueError(f"REDIS_PREFIX must not contain braces: {self.prefix!r}")
+        self.backend: LocalBackend | RedisBackend | RedisClusterBackend = self._make_backend()
 
     def _make_backend(self):
+        if is_cluster_url(self.url):
+            return RedisClusterBackend(self.url)
         if self.url:
             return RedisBackend(self.url)
         return LocalBackend(self.local_size)
 
     @property
     def shared(self) -> bool:
-        """True when the cache is shared between processes (Redis)."""
-        return isinstance(self.backend, RedisBackend)
+        """True when the cache is shared between processes (Redis or Redis Cluster)."""
+        return not isinstance(self.backend, LocalBackend)
 
     def after_fork(self) -> None:
         """A worker must not share the master's Redis sockets: new client, fresh state."""
@@ -242,14 +364,26 @@ class ResultCache:
         """The one place keys are built: ``<prefix>:<part>:...`` with parts URL-quoted."""
         return ":".join([self.prefix, *(_quote(str(p)) for p in parts)])
 
+    def user_key(self, kind: str, user_id: str, *rest: str) -> str:
+        """``<prefix>:<kind>:{<user>}:<rest>...``: the braces are the user's hash tag, so on a
+        Redis Cluster all of one user's keys live in one slot (quoting never leaves a brace in
+        an id, and an empty id is spelt ``%``, which quoting never produces)."""
+        return (
+            self.key(kind)
+            + ":{"
+            + (_quote(str(user_id)) or "%")
+            + "}"
+            + "".join(":" + _quote(str(p)) for p in rest)
+        )
+
     def result_key(self, user_id: str, context: dict[str, Any]) -> str:
         digest = hashlib.sha256(
             json.dumps(context, sort_keys=True, default=str).encode()
         ).hexdigest()[:24]
-        return self.key("rec", user_id, digest)
+        return self.user_key("rec", user_id, digest)
 
     def token_key(self, user_id: str) -> str:
-        return self.key("uver", user_id)
+        return self.user_key("uver", user_id)
 
     # -- availability -----------------------------------------------------------------------
     @property

@@ -75,6 +75,21 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     "with --if-missing only when no profile is active.",
 )
 @click.option("--tune-budget", default="5m", show_default=True, help="Search time for --tune.")
+@click.option(
+    "--engine",
+    type=click.Choice(["inprocess", "spark"]),
+    default="inprocess",
+    show_default=True,
+    help="spark: fit ALS (or aggregate popularity) on Apache Spark from the events table over "
+    "JDBC (PostgreSQL store; needs the spark extra and Java); saved as an ordinary version.",
+)
+@click.option(
+    "--master",
+    default=None,
+    metavar="URL",
+    help="Spark master for --engine spark: local[N] or spark://host:7077 "
+    "(default RECSYS_SPARK_MASTER or local[2]).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @with_appcontext
@@ -87,6 +102,8 @@ def train(
     params: tuple[str, ...],
     tune: bool,
     tune_budget: str,
+    engine: str,
+    master: str | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -96,6 +113,7 @@ def train(
     Each strategy is fitted on the oldest events and scored on the newest (--holdout), then
     fitted on all events; the version is saved with those holdout metrics and activated unless
     --no-activate (or --gate refuses it). --tune then searches the serving profile.
+    --engine spark fits ALS (or aggregates popularity) on Spark: `recsys train als --engine spark`.
     """
     from recsys.registry import PROFILE_KIND
     from recsys.store import get_engine
@@ -105,6 +123,20 @@ def train(
 
     repo = _repo()
     overrides = _parse_params(params)
+    if master and engine != "spark":
+        raise click.UsageError("--master applies to --engine spark only")
+    if engine == "spark":
+        from recsys.training_spark import SPARK_STRATEGIES
+
+        if tune:
+            raise click.UsageError("--tune needs the in-process engine (it replays requests)")
+        unsupported = [n for n in strategies if n not in SPARK_STRATEGIES]
+        if not strategies or unsupported:
+            raise click.UsageError(
+                f"--engine spark trains {', '.join(SPARK_STRATEGIES)} only"
+                + (f", not {', '.join(unsupported)}" if unsupported else "; name it")
+                + " (the others stay single-machine, docs/scale.md)"
+            )
     names = list(dict.fromkeys(strategies)) or [n for n in available_strategies() if not opt_in(n)]
     for name in names:
         try:
@@ -140,6 +172,9 @@ def train(
         elif not if_missing:
             raise click.UsageError("no strategy to train")
         return
+    if engine == "spark":
+        _train_on_spark(names, overrides, holdout, no_activate, gate, master, as_json, repo)
+        return
     t0 = time.perf_counter()
     data = load_interactions(get_engine())
     load_s = time.perf_counter() - t0
@@ -155,19 +190,8 @@ def train(
         )
 
     def report(r) -> None:
-        if as_json:
-            return
-        click.echo(
-            f"{r.strategy}: version {r.version} -> {r.path}\n"
-            f"  holdout: {_fmt_metrics(r.metrics)}\n"
-            f"  fit {r.fit_seconds:.1f}s (holdout fit + eval {r.holdout_seconds:.1f}s)"
-        )
-        if r.activated:
-            click.echo(f"  active (was {r.previous or 'none'})")
-        elif r.note:
-            click.echo(f"  not activated: {r.note}")
-        else:
-            click.echo("  not activated (--no-activate)")
+        if not as_json:
+            _echo_result(r)
 
     try:
         results = train_strategies(
@@ -201,6 +225,53 @@ def train(
     if as_json:
         out = [r.to_dict() for r in results]
         echo_json({"models": out, "profile": tuned} if tune else out)
+
+
+def _echo_result(r) -> None:
+    click.echo(
+        f"{r.strategy}: version {r.version} -> {r.path}\n"
+        f"  holdout: {_fmt_metrics(r.metrics)}\n"
+        f"  fit {r.fit_seconds:.1f}s (holdout fit + eval {r.holdout_seconds:.1f}s)"
+    )
+    if r.activated:
+        click.echo(f"  active (was {r.previous or 'none'})")
+    elif r.note:
+        click.echo(f"  not activated: {r.note}")
+    else:
+        click.echo("  not activated (--no-activate)")
+
+
+def _train_on_spark(names, overrides, holdout, no_activate, gate, master, as_json, repo) -> None:
+    """``recsys train als --engine spark``: recsys.training_spark, reported as ``train``."""
+    from features.spark import SparkUnavailable
+    from recsys.training import GATE_METRIC
+    from recsys.training_spark import train_spark
+
+    url = str(current_app.config.get("DATABASE_URL") or "")
+    t0 = time.perf_counter()
+    try:
+        results = train_spark(
+            url,
+            repo,
+            names,
+            params=overrides,
+            holdout=holdout,
+            activate=not no_activate,
+            gate_metric=GATE_METRIC if gate else None,
+            master=master,
+            on_result=None if as_json else _echo_result,
+        )
+    except SparkUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    except (ModelError, ValueError) as e:
+        raise click.ClickException(getattr(e, "description", str(e))) from None
+    if as_json:
+        echo_json([{**r.to_dict(), "timings": r.timings} for r in results])
+    else:
+        read_s = results[0].timings.get("read", 0.0) if results else 0.0
+        click.echo(
+            f"spark: total {time.perf_counter() - t0:.1f}s (JDBC read + snapshot {read_s:.1f}s)"
+        )
 
 
 @click.group("models", cls=AppGroup)

@@ -6,11 +6,21 @@ numpy with ``YtY`` precomputed at load: one k x k solve per user, microseconds),
 change the results without retraining. Confidence of a cell is ``alpha * weight`` (``binary``:
 every positive cell weighs 1). Note the regularisation is not scaled by counts as in Spark, so
 it needs to be much larger than Spark's (10-15 on ml-100k, see BENCHMARKS.md section F).
+
+``engine="spark"`` fits the same model with ``pyspark.ml.recommendation.ALS(implicitPrefs=True)``
+(``fit_spark``; ``recsys train als --engine spark`` feeds it the events table over JDBC). Only
+the fit differs: the saved arrays, serving and evaluation are the same. Spark scales each
+solve's regularisation by its number of cells (ALS-WR) and its confidence is ``1 + alpha * r``
+where implicit's is ``alpha * r``, so ``spark_params`` maps ours: ``regParam = regularization /
+(cells per user + cells per item)``, ``alpha - 1`` for binary input (the same confidence),
+``alpha`` otherwise; ``spark_reg_param`` overrides the regParam.
+Measured effect of the mapping: docs/scale.md.
 """
 
 from __future__ import annotations
 
-from typing import Self
+import logging
+from typing import Any, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,6 +29,8 @@ from threadpoolctl import threadpool_limits
 from features.interactions import InteractionData
 from strategies._arrays import ItemFactors, load_arrays
 from strategies.base import Strategy, UserBatch
+
+log = logging.getLogger(__name__)
 
 
 def _input(m: sp.csr_matrix, binary: bool) -> sp.csr_matrix:
@@ -42,6 +54,8 @@ class ALSStrategy(ItemFactors, Strategy):
         weights: dict[str, float] | None = None,
         num_threads: int = 0,
         random_state: int = 42,
+        engine: str = "implicit",
+        spark_reg_param: float | None = None,
     ):
         self.factors = factors
         self.regularization = regularization
@@ -51,6 +65,8 @@ class ALSStrategy(ItemFactors, Strategy):
         self.weights = weights
         self.num_threads = num_threads
         self.random_state = random_state
+        self.engine = engine
+        self.spark_reg_param = spark_reg_param
 
     def _model(self):
         from implicit.cpu.als import AlternatingLeastSquares
@@ -67,12 +83,32 @@ class ALSStrategy(ItemFactors, Strategy):
             )
 
     def fit(self, data: InteractionData) -> Self:
+        if self.engine == "spark":
+            from features.spark import events_from_data, get_session
+
+            items = np.arange(data.n_items, dtype=np.int64)
+            return self.fit_spark(events_from_data(get_session(), data), items)
+        if self.engine != "implicit":
+            raise ValueError(f"ALS engine must be 'implicit' or 'spark', not {self.engine!r}")
         x = _input(data.matrix(self.weights), self.binary)
         model = self._model()
         # implicit parallelises itself; BLAS threads on top of that oversubscribe the cores.
         with threadpool_limits(1, "blas"):
             model.fit(x, show_progress=False)
         self._set(model, np.asarray(model.item_factors, dtype=np.float32))
+        return self
+
+    def fit_spark(self, events, item_row_ids: np.ndarray) -> Self:
+        """Fit with Spark's ALS on an event frame (``features.spark``: user_id, item_id, type,
+        value, ts), ids being integers below 2**31. ``item_row_ids`` (sorted) are the item
+        ids in IdMap order: row j of ``item_factors_`` belongs to ``item_row_ids[j]``; items
+        without events keep a zero vector, as implicit leaves them. ``spark_`` records what
+        Spark fitted (its regParam and alpha, cell and user counts)."""
+        from features.spark import weighted_cells
+
+        cells = weighted_cells(events, self.weights, self.binary)
+        factors, self.spark_ = _spark_item_factors(cells, self, np.asarray(item_row_ids))
+        self._set(self._model(), factors)
         return self
 
     def _set(self, model, item_factors: np.ndarray) -> None:
@@ -117,3 +153,77 @@ class ALSStrategy(ItemFactors, Strategy):
         model = cls(**cls._load_params(path)["params"])
         model._set(model._model(), load_arrays(path)["item_factors"].astype(np.float32))
         return model
+
+
+_INT_MAX = 2**31 - 1
+
+
+def spark_params(model: ALSStrategy, n_cells: int, n_users: int, n_items: int) -> dict[str, float]:
+    """Spark's ``regParam`` and ``alpha`` for an ``ALSStrategy``'s implicit-scale ones.
+
+    ``regParam = regularization / (cells per user + cells per item)`` (users and items with any
+    cell): Spark's penalty on a cell's user and item vectors grows with their counts, and this
+    divides implicit's constant by the counts an average cell sits between. An empirical
+    choice: on ml-100k it lands in Spark's flat optimum (0.05-0.15), where one side's mean alone
+    over-regularises (docs/scale.md, "ALS on Spark")."""
+    if model.spark_reg_param is not None:
+        reg = float(model.spark_reg_param)
+    else:
+        per_cell = n_cells / max(n_users, 1) + n_cells / max(n_items, 1)
+        reg = float(model.regularization) / max(per_cell, 1.0)
+    alpha = max(float(model.alpha) - 1.0, 0.0) if model.binary else float(model.alpha)
+    return {"regParam": reg, "alpha": alpha}
+
+
+def _spark_item_factors(
+    cells, model: ALSStrategy, item_row_ids: np.ndarray
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Spark ALS on ``cells`` (user_id, item_id, w) with ``model``'s hyperparameters: the
+    ``(len(item_row_ids), factors)`` float32 item factors and what was fitted."""
+    from pyspark.ml.recommendation import ALS
+    from pyspark.sql import functions as F
+
+    cells = cells.cache()
+    stats = cells.agg(
+        F.count(F.lit(1)).alias("cells"),
+        F.countDistinct("item_id").alias("items"),
+        F.countDistinct("user_id").alias("users"),
+        F.max("user_id").alias("max_user"),
+        F.max("item_id").alias("max_item"),
+    ).collect()[0]
+    k = int(model.factors)
+    out = np.zeros((len(item_row_ids), k), np.float32)
+    info: dict[str, Any] = {"cells": int(stats["cells"]), "users": int(stats["users"])}
+    if not stats["cells"]:
+        cells.unpersist()
+        return out, info
+    if max(stats["max_user"], stats["max_item"]) > _INT_MAX:
+        raise ValueError("Spark ALS needs user and item row ids below 2**31")
+    params = spark_params(model, int(stats["cells"]), int(stats["users"]), int(stats["items"]))
+    info.update(params)
+    als = ALS(
+        rank=k,
+        maxIter=int(model.iterations),
+        regParam=params["regParam"],
+        alpha=params["alpha"],
+        implicitPrefs=True,
+        userCol="user_id",
+        itemCol="item_id",
+        ratingCol="w",
+        seed=int(model.random_state),
+        coldStartStrategy="drop",
+    )
+    data = cells.select(
+        F.col("user_id").cast("int"), F.col("item_id").cast("int"), F.col("w").cast("float")
+    )
+    fitted = als.fit(data)
+    rows = fitted.itemFactors.collect()
+    cells.unpersist()
+    ids = np.fromiter((r["id"] for r in rows), dtype=np.int64, count=len(rows))
+    pos = np.searchsorted(item_row_ids, ids)
+    ok = (pos < len(item_row_ids)) & (item_row_ids[np.minimum(pos, len(item_row_ids) - 1)] == ids)
+    if not ok.all():
+        log.warning("%d item factors for items not in the catalogue dropped", int((~ok).sum()))
+    feats = np.asarray([r["features"] for r in rows], dtype=np.float32).reshape(len(rows), k)
+    out[pos[ok]] = feats[ok]
+    return out, info

@@ -49,6 +49,47 @@ class PopularStrategy(Strategy):
         self.item_categories_ = _category_codes(data)
         return self
 
+    def fit_spark(self, events, item_row_ids: np.ndarray, item_meta=None) -> Self:
+        """The same popularity as ``fit``, aggregated by Spark SQL from an event frame
+        (``features.spark``: user_id, item_id, type, value, ts); ``item_row_ids`` (sorted) give
+        the item IdMap's order, ``item_meta`` its categories."""
+        from pyspark.sql import functions as F
+
+        from features.spark import weight_sql
+
+        w = F.expr(weight_sql(self.weights))
+        pairs = (
+            events.where(w > 0)
+            .groupBy("user_id", "item_id")
+            .agg(F.max("ts").alias("ts"))  # each user counts once per item, at its newest event
+        )
+        newest = pairs.agg(F.max("ts")).collect()[0][0] if self.half_life_days else None
+        if newest is not None:
+            age_days = F.greatest(F.lit(int(newest)) - F.col("ts"), F.lit(0)) / 86400.0
+            strength = F.pow(F.lit(0.5), age_days / float(self.half_life_days))
+        else:
+            strength = F.lit(1.0)
+        rows = (
+            pairs.select("item_id", strength.alias("s"))
+            .groupBy("item_id")
+            .agg(F.sum("s").alias("pop"))
+            .collect()
+        )
+        item_row_ids = np.asarray(item_row_ids, dtype=np.int64)
+        pop = np.zeros(len(item_row_ids), np.float64)
+        ids = np.fromiter((r["item_id"] for r in rows), dtype=np.int64, count=len(rows))
+        pos = np.searchsorted(item_row_ids, ids)
+        ok = pos < len(item_row_ids)
+        ok[ok] = item_row_ids[pos[ok]] == ids[ok]
+        pop[pos[ok]] = [r["pop"] for r, keep in zip(rows, ok, strict=True) if keep]
+        self.popularity_ = pop.astype(np.float32)
+        n = len(item_row_ids)
+        if item_meta is None:
+            self.item_categories_ = np.full(n, -1, dtype=np.int32)
+        else:
+            self.item_categories_ = _category_codes_of(item_meta, n)
+        return self
+
     def score(self, users: UserBatch) -> np.ndarray:
         return np.broadcast_to(self.popularity_, (len(users), len(self.popularity_))).copy()
 
@@ -82,9 +123,12 @@ class PopularStrategy(Strategy):
 
 def _category_codes(data: InteractionData) -> np.ndarray:
     """Per item: the index of its first category in sorted category order, -1 without one."""
-    meta = data.item_meta
+    return _category_codes_of(data.item_meta, data.n_items)
+
+
+def _category_codes_of(meta, n_items: int) -> np.ndarray:
     if meta is None:
-        return np.full(data.n_items, -1, dtype=np.int32)
+        return np.full(n_items, -1, dtype=np.int32)
     names = sorted({cats[0] for cats in meta.categories if cats})
     pos = {c: j for j, c in enumerate(names)}
     return np.asarray([pos[cats[0]] if cats else -1 for cats in meta.categories], dtype=np.int32)

@@ -172,3 +172,16 @@ def served_app(make_app, redis_url, redis_prefix):
     for name in versions:  # preload, as a production worker would before serving
         assert get_runtime(app).get(name) is not None
     return app
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real three-node Redis Cluster on loopback for the whole session (tests that kill a
+    node start their own, see tests/rediscluster.py)."""
+    from tests.rediscluster import LocalCluster
+
+    cluster = LocalCluster(str(tmp_path_factory.mktemp("redis-cluster")))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

@@ -46,9 +46,11 @@ class Counter:
 def test_keys_are_namespaced_and_quoted():
     c = make_cache(REDIS_PREFIX="shop1")
     assert c.key("rec", "a:b c") == "shop1:rec:a%3Ab%20c"
-    assert c.token_key("u") == "shop1:uver:u"
+    # {user}: the hash tag that keeps one user's keys in one Redis Cluster slot.
+    assert c.token_key("u") == "shop1:uver:{u}"
+    assert c.token_key("a{b}") == "shop1:uver:{a%7Bb%7D}"
     k1 = c.result_key("u", {"n": 10, "cfg": 1})
-    assert k1.startswith("shop1:rec:u:")
+    assert k1.startswith("shop1:rec:{u}:")
     assert k1 == c.result_key("u", {"cfg": 1, "n": 10})  # order-insensitive
     assert k1 != c.result_key("u", {"n": 10, "cfg": 2})
 

@@ -137,7 +137,7 @@ def test_rate_limited_log_counts_what_it_left_out(caplog):
             assert not rl.warning("refused %s", "b")
         clock.now += 10.0
         assert rl.warning("refused %s", "c")
-    # Only this logger's records: a watchdog thread of an earlier test may still log meanwhile.
+    # Only this logger's records: a watchdog thread of an earlier test may still log a cut.
     assert [r.getMessage() for r in caplog.records if r.name == "t.rl"] == [
         "refused a",
         "refused c (99 more like this in the last 10 s)",
