@@ -7,7 +7,8 @@ data never gathered into this process:
 * events come from PostgreSQL over JDBC (``features.spark.read_events``), weighted and summed
   per cell in Spark SQL, and ALS is fitted by ``pyspark.ml`` (``ALSStrategy.fit_spark``);
 * only id lists and factors come back: the item IdMap (the catalogue ordered by row id, as
-  ``features.store.load_interactions`` builds it), the user IdMap (users with events ordered by
+  ``recsys.store.training_data.load_interactions`` builds it), the user IdMap (users with
+  events ordered by
   row id, likewise) and the item factors, O(items + users);
 * the version is written by ``ModelRepository.save_version`` like any other (same files,
   checksums and SQL row), so serving, hot swap, rollback and evaluation need nothing new.
@@ -81,7 +82,8 @@ def _snapshot(events, n_users: int, n_items: int) -> dict[str, Any]:
 
 
 def _id_maps(spark, jdbc, events) -> tuple[np.ndarray, IdMap, IdMap]:
-    """(item row ids, item IdMap, user IdMap), as ``features.store.load_interactions``."""
+    """(item row ids, item IdMap, user IdMap), as
+    ``recsys.store.training_data.load_interactions``."""
 
     from features.spark import jdbc_query
 
@@ -202,8 +204,8 @@ def train_spark(
         if name != "popular":
             return {}
         if not meta:  # the catalogue's categories (per-category lists), catalogue-sized
-            from features.store import load_catalog
             from recsys.store.db import make_engine
+            from recsys.store.training_data import load_catalog
 
             engine = make_engine(database_url)
             try:

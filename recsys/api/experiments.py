@@ -12,7 +12,7 @@ import math
 from apiflask import APIBlueprint
 from flask import current_app, g, request
 
-from recsys import audit, experiments
+from recsys import audit, experiments, experiments_report
 from recsys.auth import check_admin
 from recsys.errors import NotFound, RecsysError
 from recsys.schemas import check_text
@@ -125,7 +125,7 @@ def experiment_report(name: str):
         raise RecsysError("window_hours must be a number in (0, 87600]", code=422)
     window = hours * 3600 if hours else experiments.DEFAULT_WINDOW_S
     with session_scope() as s:
-        return _json_numbers(experiments.report(s, name, window_s=window))
+        return _json_numbers(experiments_report.report(s, name, window_s=window))
 
 
 @bp.get("/users/<user_id>/experiments")
