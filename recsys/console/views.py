@@ -402,14 +402,14 @@ def user():
 
 # Experiments ----------------------------------------------------------------------------------
 def _experiments_screen(**extra: Any) -> str:
-    from recsys import experiments
+    from recsys import experiments, experiments_report
 
     with session_scope() as s:
         rows = experiments.list_all(s)
         reports = {}
         for e in rows:
             try:
-                reports[e.name] = experiments.report(s, e.name)
+                reports[e.name] = experiments_report.report(s, e.name)
             except Exception as err:  # noqa: BLE001 - one broken report must not hide the rest
                 log.exception("experiment report %s failed", e.name)
                 reports[e.name] = {"error": str(err)}
