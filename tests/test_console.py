@@ -232,8 +232,8 @@ def test_quantile_matches_prometheus_interpolation():
 
 
 def test_previews_are_not_experiment_exposures(client):
-    from recsys.serving import admission
     from recsys.experiments import get_experiments
+    from recsys.serving import admission
 
     variants = [{"name": n, "weight": 0.5, "config": {}} for n in ("a", "b")]
     definition = {"name": "all-in", "variants": variants}
