@@ -34,7 +34,13 @@ from features.idmap import IdMap
 from features.interactions import EVENT_CODE, EVENT_TYPES, InteractionData
 from recsys.errors import ModelError
 from recsys.registry import ModelRepository
-from recsys.training import DEFAULT_HOLDOUT, MAX_EVAL_USERS, TrainResult, holdout_metrics
+from recsys.training import (
+    DEFAULT_HOLDOUT,
+    MAX_EVAL_USERS,
+    TrainResult,
+    holdout_metrics,
+    version_result,
+)
 
 log = logging.getLogger(__name__)
 
@@ -254,24 +260,9 @@ def train_spark(
             t = time.perf_counter()
             version = repo.save_version(model, _empty(users, items, info), metrics, actor=actor)
             timings["save"] = time.perf_counter() - t
-            result = TrainResult(
-                strategy=name,
-                version=version,
-                path=repo.version_path(name, version),
-                metrics=metrics,
-                fit_seconds=timings["fit"],
-                holdout_seconds=timings.get("holdout_fit", 0.0) + timings.get("evaluate", 0.0),
-                timings=timings,
+            result = version_result(
+                repo, name, version, metrics, timings, activate, actor, gate_metric
             )
-            if activate:
-                try:
-                    result.previous = repo.activate(
-                        name, version, actor=actor, gate_metric=gate_metric
-                    )
-                    result.activated = True
-                except ModelError as e:
-                    result.note = e.description
-                    log.warning("%s", e.description)
             log.info("trained %s on spark, version %s in %.1fs", name, version, timings["fit"])
             results.append(result)
             if on_result is not None:

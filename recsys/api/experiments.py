@@ -62,15 +62,32 @@ def _body() -> dict:
 def create_experiment():
     check_admin()
     body = _body()
-    app = current_app._get_current_object()
     try:
-        with session_scope() as s:
-            view = experiments.create(s, body)
-            audit.record(s, _actor(), "experiment.create", view.name, None, view.to_dict())
+        view = create_audited(body, _actor())
     except experiments.ExperimentError as e:
         raise RecsysError(str(e), code=422) from e
-    experiments.get_experiments(app).invalidate()
     return view.to_dict(), 201
+
+
+def create_audited(body, actor: str):
+    """Create an experiment, audit it and make every worker see it (the API and the console)."""
+    with session_scope() as s:
+        view = experiments.create(s, body)
+        audit.record(s, actor, "experiment.create", view.name, None, view.to_dict())
+    experiments.get_experiments(current_app._get_current_object()).invalidate()
+    return view
+
+
+def stop_audited(name: str, actor: str):
+    """Stop an experiment, audit it (before/after) and make every worker see it."""
+    with session_scope() as s:
+        before = experiments.get(s, name)
+        view = experiments.stop(s, name)
+        audit.record(
+            s, actor, "experiment.stop", name, before.to_dict() if before else None, view.to_dict()
+        )
+    experiments.get_experiments(current_app._get_current_object()).invalidate()
+    return view
 
 
 @bp.get("/admin/experiments")
@@ -98,20 +115,7 @@ def get_experiment(name: str):
 def stop_experiment(name: str):
     check_admin()
     _check_name(name)
-    app = current_app._get_current_object()
-    with session_scope() as s:
-        before = experiments.get(s, name)
-        view = experiments.stop(s, name)
-        audit.record(
-            s,
-            _actor(),
-            "experiment.stop",
-            name,
-            before.to_dict() if before else None,
-            view.to_dict(),
-        )
-    experiments.get_experiments(app).invalidate()
-    return view.to_dict()
+    return stop_audited(name, _actor()).to_dict()
 
 
 @bp.get("/admin/experiments/<name>/report")
