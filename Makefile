@@ -34,9 +34,12 @@ services:
 test: install services
 	$(BIN)/pytest -q
 
+# Import layering and cycles (pyproject.toml [tool.importlinter]); copied blocks (pylint).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/pylint --disable=all --enable=duplicate-code recsys strategies features
 
 format: install
 	$(BIN)/ruff format .

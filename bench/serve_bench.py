@@ -120,6 +120,41 @@ def start_server(args, port: int) -> subprocess.Popen:
     )
 
 
+def stage_totals(base: str) -> dict[str, tuple[float, float]]:
+    """``{stage: (seconds, count)}`` of ``recsys_stage_seconds`` (recsys.serving.pipeline) summed
+    over the workers; empty for a server without the histogram."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    u = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    out: dict[str, list[float]] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name != "recsys_stage_seconds":
+            continue
+        for sample in fam.samples:
+            stage = sample.labels.get("stage")
+            if sample.name.endswith("_sum"):
+                out.setdefault(stage, [0.0, 0.0])[0] += sample.value
+            elif sample.name.endswith("_count"):
+                out.setdefault(stage, [0.0, 0.0])[1] += sample.value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def stage_breakdown(before: dict, after: dict, requests: int) -> str:
+    """Mean milliseconds per request of each stage between two ``stage_totals``."""
+    parts = []
+    for stage, (secs, _count) in after.items():
+        d = secs - before.get(stage, (0.0, 0.0))[0]
+        if d > 0:
+            parts.append(f"{stage} {1000 * d / max(requests, 1):.2f}")
+    return ", ".join(parts)
+
+
 def get_json(base: str, path: str, token: str | None = None, timeout: float = 10) -> tuple:
     u = urllib.parse.urlsplit(base)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
@@ -392,8 +427,9 @@ def deep_batching(
 
     from features.interactions import EVENT_CODE, History, user_batch
     from recsys import create_app
+    from recsys.batched_model import BatchedModel
     from recsys.registry import get_repository
-    from recsys.runtime import BatchedModel, get_runtime
+    from recsys.runtime import get_runtime
     from recsys.store.db import session_scope
     from recsys.store.models import Event, Item, User
 
@@ -788,8 +824,11 @@ def main(argv: list[str] | None = None) -> int:
             m = re.search(r"uncached, (\d+) client", name)
             conc = int(m.group(1)) if m else args.concurrency
             cpu0, svc0 = worker_cpu(master), service_cpu()
+            st0 = stage_totals(base) if m else {}
             r = drive(base, specs, conc, args.duration, run_id)
             cpu1, svc1 = worker_cpu(master), service_cpu()
+            if m:
+                r["stages"] = stage_breakdown(st0, stage_totals(base), r["requests"])
             r["split"] = cpu_split(cpu0, cpu1)
             # CPU milliseconds per request: gunicorn workers / PostgreSQL / Redis.
             n = max(r["requests"], 1)
@@ -808,6 +847,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"  CPU ms/req (workers/pg/redis) {r['cpu_ms']}",
                 flush=True,
             )
+            if r.get("stages"):
+                print(f"    stages, mean ms per request: {r['stages']}", flush=True)
         mem = server_memory(master) if master else []
         status, listing = get_json(base, "/v1/admin/models", token=args.admin_token)
         if routing_before is not None:

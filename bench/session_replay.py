@@ -38,7 +38,8 @@ from recsys.evaluation.configs import (  # noqa: E402
     serving_config,
     single_strategy_overrides,
 )
-from recsys.evaluation.runner import split_data, train_models  # noqa: E402
+from recsys.evaluation.runner import train_models  # noqa: E402
+from recsys.evaluation.splits import split_data  # noqa: E402
 from recsys.schemas import MAX_SESSION_ITEMS  # noqa: E402
 from recsys.service import DEFAULT_CONFIG, Recommender, RecRequest, UserHistory  # noqa: E402
 

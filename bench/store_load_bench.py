@@ -1,4 +1,4 @@
-"""Time ``features.store.load_interactions`` (the first step of ``recsys train``).
+"""Time ``recsys.store.training_data.load_interactions`` (the first step of ``recsys train``).
 
     .venv/bin/python bench/store_load_bench.py sqlite:///instance/recsys.db [--repeat 3]
 
@@ -13,8 +13,8 @@ import platform
 import statistics
 import time
 
-from features.store import load_interactions
 from recsys.store.db import make_engine
+from recsys.store.training_data import load_interactions
 
 
 def main() -> None:

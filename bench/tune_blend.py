@@ -28,14 +28,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from recsys.evaluation import metrics as M  # noqa: E402
 from recsys.evaluation.configs import EvalConfig  # noqa: E402
 from recsys.evaluation.datasets import load_movielens_100k  # noqa: E402
-from recsys.evaluation.runner import split_data, train_models  # noqa: E402
+from recsys.evaluation.runner import train_models  # noqa: E402
+from recsys.evaluation.splits import split_data  # noqa: E402
 from recsys.service import (  # noqa: E402
-    STRATEGY_NAMES,
     Recommender,
     RecRequest,
     ServingConfig,
     histories_from_data,
 )
+from strategies import STRATEGY_NAMES  # noqa: E402
 
 
 def ndcg(recommender, histories, users, relevant, items, k=10) -> float:

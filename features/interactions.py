@@ -187,21 +187,37 @@ class History:
     ts: np.ndarray  # int64
 
 
+@dataclass
+class UserBatch:
+    """b users to score, described by their histories at request time."""
+
+    # (b, n_items) CSR of weighted interactions (features.interactions weights, decay applied).
+    matrix: sp.csr_matrix
+    # Per user: item indices in time order, oldest first (for sequential models).
+    sequences: list[np.ndarray] = field(default_factory=list)
+    # Per user: the event type code (features.interactions.EVENT_TYPES) of each sequence item,
+    # where known (sequential models may read it; empty when the caller has no types).
+    types: list[np.ndarray] = field(default_factory=list)
+    # Per user: training-time user index, or -1 for users unknown at training time.
+    user_index: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.matrix.shape[0]
+
+
 def user_batch(
     histories: Sequence[History],
     n_items: int,
     weights: dict[str, float] | None = None,
     user_index: np.ndarray | None = None,
 ):
-    """Turn request-time histories into a ``strategies.base.UserBatch`` for one model.
+    """Turn request-time histories into a ``UserBatch`` for one model.
 
     The CSR matrix is built from its own arrays: each (row, item) pair is one int64 key, and
     ``np.unique`` sorts the keys and numbers them so ``np.bincount`` sums repeated items (in
     float64, then float32). Going through scipy's COO conversion and ``sum_duplicates`` cost
     about twice the CPU for the one-user batch of every uncached request.
     """
-    from strategies.base import UserBatch
-
     keys, vals, seqs, types = [], [], [], []
     for r, h in enumerate(histories):
         known = (h.item_idx >= 0) & (h.item_idx < n_items)

@@ -1,6 +1,7 @@
 """Training data in Apache Spark: the events table over JDBC, weighted in Spark SQL.
 
-The Spark counterpart of ``features.store`` + ``InteractionData.matrix``: ``read_events`` reads
+The Spark counterpart of ``recsys.store.training_data`` + ``InteractionData.matrix``:
+``read_events`` reads
 the events table straight from PostgreSQL (a JDBC read split by ``events.id`` ranges; the
 Python process never holds the event table), ``weighted_cells`` weights and sums them per
 user-item cell in Spark SQL with the same weight table as the in-process path

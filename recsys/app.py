@@ -54,10 +54,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
 
     auth.init_app(app)
 
-    from recsys import metrics, runtime
+    from recsys import runtime
     from recsys.api import admin_models, health, ops
+    from recsys.serving import admission
 
-    metrics.init_app(app)
+    admission.init_app(app)
     runtime.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(ops.bp)
@@ -83,6 +84,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     from recsys import console
 
     console.init_app(app)  # the operator console at /admin/
+
+    from recsys.serving import pipeline
+
+    # The request path of the recommendation endpoints, over the stores set up above.
+    pipeline.init_app(app)
 
     from recsys import cors, fastpath, limits, openapi
 

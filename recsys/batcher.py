@@ -16,7 +16,7 @@ core idle), unless callers whose batch has just finished are still on their way 
 ``submit``: a thread scoring one user after another comes straight back, and waiting those
 microseconds for it keeps 16 such callers in batches of ~16 instead of fragments (measured with
 ``bench/serve_bench.py --deep-only 3``: 3.7-3.8x instead of 2.9-3.0x the unbatched throughput
-on 2 cores, 2026-11-30). Under gunicorn on the CPU the scoring gate (``recsys.deadline``)
+on 2 cores, 2026-11-30). Under gunicorn on the CPU the scoring gate (``recsys.serving.gate``)
 lets one request per worker score at a time, so there the deep model's calls mostly run inline
 (``inline_when_idle``) and the rule changes nothing: alternating the server with and without
 it four times at 8 uncached clients gave the same throughput and CPU per request (README,
@@ -170,11 +170,6 @@ class MicroBatcher(Generic[X, Y]):
         self.batch_sizes: Counter[int] = Counter()
         self.queue_wait_total_s = 0.0
 
-    @property
-    def _thread(self) -> threading.Thread | None:
-        """The first runner thread (None before the first ``submit`` in this process)."""
-        return self._threads[0] if self._threads else None
-
     def _reset_after_fork(self) -> None:
         """In a forked child: the parent's thread and locks do not exist here; start clean."""
         if self._pid != os.getpid():
@@ -196,6 +191,10 @@ class MicroBatcher(Generic[X, Y]):
                 else 0.0,
                 "queued": len(self._queue),
                 "concurrency": self.concurrency,
+                # Runner threads alive in this process (0 until the first queued request).
+                "runners": sum(t.is_alive() for t in self._threads),
+                "busy": self._busy,
+                "closed": self._closed,
             }
 
     # -- client side --------------------------------------------------------------------------

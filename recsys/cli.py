@@ -5,12 +5,10 @@ Subcommands live with the code they drive and are registered here.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import click
-from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
 from recsys.app import create_app
@@ -112,14 +110,17 @@ def serve(gunicorn_args: tuple[str, ...]) -> None:
     os.execv(sys.executable, argv)
 
 
-def echo_json(obj: object) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
-
-
 def register_commands() -> None:
-    """Attach subcommands defined in other modules (kept import-light for --help)."""
-    from recsys import commands  # noqa: F401  (registers on import)
+    """Attach the subcommands defined in other modules. They do not import this module (they
+    define plain click commands and groups), so there is no import circle through it."""
+    from recsys import models_cli
+    from recsys.evaluation import cli as evaluation_cli
+    from recsys.importers import cli as importers_cli
+    from recsys.tuning import cli as tuning_cli
+
+    for module in (models_cli, evaluation_cli, importers_cli, tuning_cli):
+        for command in module.COMMANDS:
+            main.add_command(command)
 
 
 register_commands()
-_ = current_app  # re-exported for command modules

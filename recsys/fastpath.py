@@ -1,6 +1,6 @@
 """Plain ``GET /v1/users/<id>/recommendations`` answered below Flask (WSGI middleware).
 
-A cached per-user list is one Redis ``MGET`` and a byte patch (``recsys.api.recommend``), yet
+A cached per-user list is one Redis ``MGET`` and a byte patch (``recsys.serving.pipeline``), yet
 through Flask a hit also pays for routing, webargs/marshmallow query validation, the request
 context and the before/after/teardown hooks: about twice the worker CPU of ``/healthz``. A miss
 pays the same on top of computing the list (8-14 % of a miss's CPU: ``bench/inproc_ab.py``).
@@ -16,9 +16,10 @@ untouched:
 * the user in no running experiment (the view records exposures);
 * the cache reachable.
 
-A fresh entry in the cache (under the same key the view builds, ``user_cache_context``) is sent
-as it is. A miss is computed here by ``recsys.api.recommend.user_payload``, the function the view
-calls, with the deadline ``admission`` gives a normal-priority request, reusing this lookup
+A fresh entry in the cache (under the same key the view builds,
+``RecommendationPipeline.cache_context``) is sent as it is. A miss is computed here by
+``RecommendationPipeline.user_list`` (``recsys.serving.pipeline``), what the view calls, with the
+deadline ``admission`` gives a normal-priority request, reusing this lookup
 (``FAST_MISS_PATH = False`` leaves misses to the view, which then reuses it through the environ's
 ``PEEK_ENVIRON_KEY``). Anything else (any doubt, or any exception, even halfway through a miss)
 falls through to Flask, which validates, answers errors and computes: the fast path never
@@ -40,24 +41,21 @@ from urllib.parse import parse_qsl
 from flask import Flask
 from marshmallow import ValidationError
 
-from recsys import deadline, metrics
-from recsys.api.recommend import (
-    _DEGRADED,
-    PEEK_ENVIRON_KEY,
-    _mark_cached,
-    id_problem,
-    serving,
-    split_exclude,
-    user_cache_context,
-    user_payload,
-    user_request,
-)
+from recsys import metrics
 from recsys.auth import given_key, key_allows, keys_required
-from recsys.cache import get_cache
 from recsys.cors import fast_cors
 from recsys.httpcache import list_headers, not_modified
-from recsys.logs import note, stage
-from recsys.schemas import RecQuery, item_fields
+from recsys.logs import note
+from recsys.schemas import RecQuery, id_problem, item_fields, split_exclude
+from recsys.serving import admission
+from recsys.serving.pipeline import (
+    PEEK_ENVIRON_KEY,
+    UserAsk,
+    get_pipeline,
+    is_degraded,
+    mark_cached,
+    user_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +153,6 @@ class FastCachePath:
         self.mimetype = app.json.mimetype
         self.cors = fast_cors(app)
         self._logged_at = -LOG_EVERY_S
-        self._latency: dict[str, Any] = {}
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         if (
@@ -180,7 +177,7 @@ class FastCachePath:
         """The response body of a certain plain request (cached or computed), else None
         (Flask answers)."""
         t0 = time.perf_counter()
-        deadline.request_started()
+        admission.request_started()
         try:
             return self._hit(environ, t0)
         except Exception:
@@ -191,7 +188,7 @@ class FastCachePath:
                 log.exception("cache fast path failed; served through Flask")
             return None
         finally:
-            deadline.request_finished()
+            admission.request_finished()
 
     def _hit(self, environ: dict, t0: float) -> bytes | None:
         app = self.app
@@ -212,61 +209,53 @@ class FastCachePath:
         exclude = split_exclude(q["exclude"])
         if exclude is None:
             return None
-        resolver = app.extensions.get("recsys.variant_resolver")
-        if resolver is not None and resolver(user_id) is not None:
+        pipeline = get_pipeline(app)
+        if pipeline.resolve_assignment(user_id) is not None:
             return None  # in an experiment: the view records the exposure
-        ctx = serving(app)
-        context = user_cache_context(
-            ctx, q["n"], q["offset"], q["category"], exclude, q["explain"], None
+        snap = pipeline.snapshot()
+        context = pipeline.cache_context(
+            snap, q["n"], q["offset"], q["category"], exclude, q["explain"], None
         )
-        t_cache = time.perf_counter()
-        peeked = get_cache(app).peek(user_id, context)
-        stage("cache", time.perf_counter() - t_cache)
+        peeked = pipeline.lookup(user_id, context)
         if peeked is None:
             return None  # cache unavailable
         payload = peeked.payload
         if payload is not None:
             route, _, body = payload.partition(b"\n")
-            body = _mark_cached(body)
+            body = mark_cached(body)
             metrics.CACHE_HITS.inc()
             route = route.decode()
         elif app.config.get("FAST_MISS_PATH", True):
-            # A miss: computed here, exactly as the view computes it (``user_payload``,
-            # reusing this read and its snapshot), without Flask's routing, validation and
-            # hooks.
-            # The user is in no experiment (checked above): no second resolution.
+            # A miss: computed here by the pipeline, as for the view (reusing this lookup and
+            # its snapshot), without Flask's routing, validation and hooks. The user is in no
+            # experiment (checked above): no second resolution.
             with app.app_context():
-                adm = deadline.admission("normal")
-                route, body, _, _ = user_payload(
-                    app,
-                    user_id,
-                    user_request(q, exclude, adm),
-                    q["explain"],
-                    adm.shed,
-                    peeked,
-                    ctx,
-                    assignment=None,
+                adm = admission.admission("normal")
+                answer = pipeline.user_list(
+                    UserAsk(
+                        user_id=user_id,
+                        req=user_request(q, exclude, adm),
+                        explain=q["explain"],
+                        shed=adm.shed,
+                        assignment=None,
+                        peeked=peeked,
+                        snapshot=snap,
+                    )
                 )
+                route, body = answer.route, answer.body
         else:
             # The view computes the list; hand it this read so it need not repeat it.
             environ[PEEK_ENVIRON_KEY] = peeked
             return None
-        # Item data is rendered after the cache, from the snapshot the lookup was keyed on.
-        t_render = time.perf_counter()
-        body = ctx.catalog.render_items(body, item_fields(q["fields"]))
-        stage("render", time.perf_counter() - t_render)
+        body = pipeline.fields(snap, body, item_fields(q["fields"]))
         note(
             environ,
             endpoint=RULE,
             route=route,
             cached=payload is not None,
-            degraded=_DEGRADED in body,
+            degraded=is_degraded(body),
         )
-        latency = self._latency.get(route)
-        if latency is None:
-            latency = self._latency[route] = metrics.REQUEST_LATENCY.labels(ENDPOINT, route)
-        metrics.REQUESTS.labels(ENDPOINT, "200").inc()
-        latency.observe(time.perf_counter() - t0)
+        admission.observe_request(ENDPOINT, route, "200", time.perf_counter() - t0)
         return body
 
 

@@ -20,6 +20,12 @@ def on_after_fork(fn):
     return fn
 
 
+def run_after_fork_hooks(app: Flask | None = None) -> None:
+    """Run the registered hooks (``after_fork`` does, after the store's own reset)."""
+    for hook in list(_after_fork_hooks):
+        hook(app)
+
+
 def limit_threads(n: int = 1) -> None:
     """BLAS and torch use one thread per worker: gunicorn already gives us parallelism."""
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -45,5 +51,4 @@ def after_fork(app: Flask) -> None:
 
     dispose_after_fork(app)
     limit_threads(int(app.config.get("WORKER_THREADS_BLAS", 1)))
-    for hook in _after_fork_hooks:
-        hook(app)
+    run_after_fork_hooks(app)

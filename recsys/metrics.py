@@ -6,7 +6,8 @@ every worker writes its samples to its own mmap file there; ``/metrics`` then ag
 with ``MultiProcessCollector`` and the ``child_exit`` hook calls ``mark_dead`` for dead
 workers. Without that variable (tests, ``flask run``) the default in-process registry is used.
 
-The metric objects below are imported by the other parts of the service (the request path calls
+This module imports nothing of ours: every layer may report through it. The metric objects below
+are imported by the other parts of the service (the request path calls
 ``CACHE_HITS.inc()``, the micro-batcher reports through ``observe_batch``, ...). Label values are
 bounded sets (endpoint names, strategy names, cold/warm), never user or item ids.
 """
@@ -14,9 +15,8 @@ bounded sets (endpoint names, strategy names, cold/warm), never user or item ids
 from __future__ import annotations
 
 import os
-import time
 
-from flask import Flask, g, request
+from flask import g
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -136,6 +136,14 @@ MODEL_MEMORY_BYTES = Gauge(
     ["strategy"],
     multiprocess_mode="liveall",
 )
+STAGE_LATENCY = Histogram(
+    "recsys_stage_seconds",
+    "Time one stage of the recommendation pipeline took (recsys.serving.pipeline): snapshot, "
+    "cache_lookup, history, turn_wait, route, candidates, blend, rules, render, cache_store, "
+    "fields",
+    ["stage"],
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
 IN_FLIGHT = Gauge(
     "recsys_in_flight_requests",
     "Requests being handled by this process now",
@@ -175,7 +183,7 @@ def _zero_labels() -> None:
     for priority in ("high", "normal", "low"):
         REQUESTS_SHED.labels(priority)
         SCORING_TIMEOUTS.labels(priority)
-    from recsys.service import STRATEGY_NAMES
+    from strategies import STRATEGY_NAMES
 
     for strategy in STRATEGY_NAMES:
         DEADLINE_MISSES.labels(strategy)
@@ -220,31 +228,3 @@ def mark_dead(pid: int) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)
-
-
-def init_app(app: Flask) -> None:
-    """Time every request (endpoint name, not the raw path, keeps label cardinality bounded)."""
-    from recsys import deadline
-
-    @app.before_request
-    def _start_timer():
-        g.recsys_t0 = time.perf_counter()
-        deadline.request_started()
-
-    @app.teardown_request
-    def _observe(_exc):
-        t0 = g.pop("recsys_t0", None)
-        if t0 is None:
-            return
-        deadline.request_finished()
-        endpoint = request.endpoint or "unmatched"
-        if endpoint == "ops.metrics":
-            return  # scrapes would otherwise dominate the histogram
-        REQUEST_LATENCY.labels(endpoint, g.get("recsys_route", "none")).observe(
-            time.perf_counter() - t0
-        )
-
-    @app.after_request
-    def _count(response):
-        REQUESTS.labels(request.endpoint or "unmatched", str(response.status_code)).inc()
-        return response

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 from flask import current_app
-from flask.cli import with_appcontext
+from flask.cli import AppGroup, with_appcontext
 
-from recsys.cli import echo_json, main
+from recsys.cliutil import echo_json
 from recsys.errors import ModelError
 
 
@@ -44,7 +44,8 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return out
 
 
-@main.command("train")
+@click.command("train")
+@with_appcontext
 @click.argument("strategies", nargs=-1)
 @click.option("--if-missing", is_flag=True, help="Only train strategies with no active version.")
 @click.option("--no-activate", is_flag=True, help="Save new versions without activating them.")
@@ -114,11 +115,11 @@ def train(
     --no-activate (or --gate refuses it). --tune then searches the serving profile.
     --engine spark fits ALS (or aggregates popularity) on Spark: `recsys train als --engine spark`.
     """
-    from features.store import load_interactions
     from recsys.registry import PROFILE_KIND
     from recsys.store import get_engine
+    from recsys.store.training_data import load_interactions
     from recsys.training import GATE_METRIC, train_strategies
-    from strategies import OPT_IN, available_strategies
+    from strategies import available_strategies, opt_in
 
     repo = _repo()
     overrides = _parse_params(params)
@@ -136,9 +137,7 @@ def train(
                 + (f", not {', '.join(unsupported)}" if unsupported else "; name it")
                 + " (the others stay single-machine, docs/scale.md)"
             )
-    names = list(dict.fromkeys(strategies)) or [
-        n for n in available_strategies() if n not in OPT_IN
-    ]
+    names = list(dict.fromkeys(strategies)) or [n for n in available_strategies() if not opt_in(n)]
     for name in names:
         try:
             repo.resolver(name)
@@ -283,7 +282,7 @@ def _train_on_spark(names, overrides, holdout, no_activate, gate, master, as_jso
         )
 
 
-@main.group("models")
+@click.group("models", cls=AppGroup)
 def models_group() -> None:
     """Model versions: list, activate, roll back, verify, prune."""
 
@@ -438,3 +437,7 @@ def models_prune(
         click.echo(f"{verb} {v['strategy']}/{v['version']} ({v['bytes'] / 2**20:.1f} MiB)")
     total = sum(v["bytes"] for v in victims) / 2**20
     click.echo(f"{verb} {len(victims)} version(s), {total:.1f} MiB")
+
+
+# Registered on the ``recsys`` group by ``recsys.cli``.
+COMMANDS = (train, models_group)

@@ -41,7 +41,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from features.idmap import IdMap
 from features.interactions import InteractionData
 from recsys.errors import ModelError
-from recsys.store.models import AuditLog, ModelActivation, ModelVersion, utcnow
+from recsys.store.models import (
+    AuditLog,
+    Event,
+    Item,
+    ModelActivation,
+    ModelVersion,
+    StrategySetting,
+    utcnow,
+)
 from strategies.base import PARAMS_FILE, Strategy
 
 log = logging.getLogger(__name__)
@@ -334,6 +342,35 @@ class ModelRepository:
 
     def get_version(self, strategy: str, version: str) -> dict[str, Any]:
         return self._describe(self._require_row(strategy, version))
+
+    # -- what the runtime reads and writes besides versions ---------------------------------
+    def load_modes(self) -> dict[str, str]:
+        """``{strategy: "preload" | "lazy"}`` as an admin set them (absent: the default)."""
+        with self.sessionmaker() as s:
+            rows = s.execute(select(StrategySetting.name, StrategySetting.load_mode)).all()
+        return {name: mode for name, mode in rows}
+
+    def set_load_mode(self, strategy: str, mode: str) -> None:
+        with self.sessionmaker() as s, s.begin():
+            row = s.get(StrategySetting, strategy)
+            if row is None:
+                s.add(StrategySetting(name=strategy, load_mode=mode))
+            else:
+                row.load_mode = mode
+
+    def recent_events(self, limit: int) -> list[tuple[Any, str, str, float | None, Any]]:
+        """The newest ``limit`` events as ``(user row id, item id, type, value, ts)``, newest
+        first: real histories to warm a freshly loaded model up with."""
+        with self.sessionmaker() as s:
+            return [
+                tuple(r)
+                for r in s.execute(
+                    select(Event.user_id, Item.external_id, Event.type, Event.value, Event.ts)
+                    .join(Item, Item.id == Event.item_id)
+                    .order_by(Event.id.desc())
+                    .limit(limit)
+                ).all()
+            ]
 
     def active_versions(self, models_only: bool = False) -> dict[str, str]:
         """``{strategy: active version}``; ``models_only`` leaves out serving profiles (a kind

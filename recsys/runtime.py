@@ -35,32 +35,26 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 from flask import Flask, current_app
-from sqlalchemy import select
 
 from features.interactions import EVENT_CODE, History, user_batch
 from recsys import metrics
-from recsys.deadline import run_with_deadline  # noqa: F401  (INTERFACES.md names it here too)
+from recsys.batched_model import BatchedModel
 from recsys.errors import DB_UNAVAILABLE, ModelError, RateLimitedLog
 from recsys.lifecycle import on_after_fork
 from recsys.polling import BackgroundPoll
 from recsys.registry import LoadedModel, ModelRepository, get_repository, model_nbytes
-from recsys.store.models import Event, Item, StrategySetting
-from strategies.base import Strategy, UserBatch
+from strategies.base import Strategy
 
 log = logging.getLogger(__name__)
 _poll_log = RateLimitedLog(log, every_s=60.0)
 
 LOAD_MODES = ("preload", "lazy")
 DEFAULT_LOAD_MODE = "preload"
-# Strategies whose scoring goes through the micro-batcher.
-BATCHED_STRATEGIES = ("deep", "sequence")
 WARMUP_USERS = 8
 WARMUP_EVENTS = 400
 # After a failed lazy load, wait this long before trying the same version again, so a broken
@@ -74,149 +68,6 @@ class _Slot:
     load_seconds: float
     warmed: bool
     last_used: float = field(default_factory=time.monotonic)
-
-
-def _stack_csr(mats: list) -> sp.csr_matrix:
-    """``sp.vstack(mats, format="csr")`` for CSR matrices of equal width, by concatenating
-    their arrays: ~70 us for a batch of 16 one-row matrices instead of ~330 us, which was more
-    than the deep model's first layer costs for the whole batch."""
-    width = mats[0].shape[1]
-    if any(type(m) is not sp.csr_matrix or m.shape[1] != width for m in mats):
-        return sp.vstack(mats, format="csr")
-    indptr, offset = [np.zeros(1, np.int64)], 0
-    for m in mats:
-        indptr.append(m.indptr[1:] + offset)
-        offset += int(m.indptr[-1])
-    indices = np.concatenate([m.indices[: m.indptr[-1]] for m in mats])
-    data = np.concatenate([m.data[: m.indptr[-1]] for m in mats])
-    shape = (sum(m.shape[0] for m in mats), width)
-    out = sp.csr_matrix((data, indices, np.concatenate(indptr)), shape=shape)
-    # Rows are copied whole, so the stack is canonical when every part is known to be.
-    if all(m.__dict__.get("_has_canonical_format", False) for m in mats):
-        out.has_canonical_format = True
-    return out
-
-
-class BatchedModel(Strategy):
-    """A strategy whose ``score`` goes through a ``MicroBatcher``; the rest is the inner model's.
-
-    Concurrent ``score`` calls (one user each, from different request threads) are merged into
-    one ``UserBatch``, scored once, and split again. ``recommend`` (from the base class) calls
-    ``score``, so callers need not know about batching.
-    """
-
-    def __init__(
-        self,
-        inner: Strategy,
-        max_batch: int,
-        max_delay_ms: float,
-        path: str | None = None,
-        timeout_s: float = 30.0,
-        cuda_in_worker: bool = False,
-        reload: Callable[[], Strategy] | None = None,
-        concurrency: int = 1,
-        inline_when_idle: bool = False,
-    ) -> None:
-        from recsys.batcher import MicroBatcher
-
-        self.inner = inner
-        self.name = inner.name
-        self.serves_cold = inner.serves_cold
-        self.path = path
-        self.timeout_s = timeout_s
-        # Loaded on the CPU only because it was loaded in the gunicorn master: move it to CUDA
-        # (if a worker has one) on first use.
-        self.cuda_in_worker = cuda_in_worker
-        self.reload = reload  # verified load with the saved device setting (CUDA if present)
-        self._device_pid: int | None = None
-        self._batcher = MicroBatcher(
-            self._score_many,
-            max_batch=max_batch,
-            max_delay_ms=max_delay_ms,
-            name=inner.name,
-            observer=metrics.observe_batch,
-            # Batches in a forward pass at once: torch releases the GIL, so with 2 the next
-            # batch runs on the other core instead of waiting (1 torch thread per worker).
-            concurrency=concurrency,
-            # A lone request (nothing queued, nothing running) runs in its own thread: at
-            # low load there is no one to batch with, and the hand-off to a runner and back
-            # cost ~0.3 ms of an uncached request.
-            inline_when_idle=inline_when_idle,
-        )
-
-    # Attributes not defined here (learned arrays, params) are the inner model's.
-    def __getattr__(self, attr: str) -> Any:
-        if attr == "inner":  # not set yet (during __init__ or unpickling): avoid recursion
-            raise AttributeError(attr)
-        return getattr(self.inner, attr)
-
-    def score(self, users: UserBatch) -> np.ndarray:
-        from recsys.batcher import BatcherClosed
-
-        try:
-            return self._batcher.submit(users, timeout=self.timeout_s)
-        except BatcherClosed:
-            # Swapped out while this request held it: finish unbatched rather than fail.
-            return self.inner.score(users)
-
-    def _score_many(self, batches: list[UserBatch]) -> list[np.ndarray]:
-        self._ensure_device()
-        if len(batches) == 1:
-            return [self.inner.score(batches[0])]
-        merged = UserBatch(
-            matrix=_stack_csr([b.matrix for b in batches]),
-            sequences=[s for b in batches for s in (b.sequences or [None] * len(b))],
-            types=[t for b in batches for t in (b.types or [None] * len(b))],
-            user_index=np.concatenate(
-                [b.user_index if b.user_index is not None else np.full(len(b), -1) for b in batches]
-            ),
-        )
-        scores = self.inner.score(merged)
-        out, start = [], 0
-        for b in batches:
-            out.append(scores[start : start + len(b)])
-            start += len(b)
-        return out
-
-    def _ensure_device(self) -> None:
-        """In a worker with CUDA, reload the (CPU-loaded in the master) model onto the GPU once."""
-        pid = os.getpid()
-        if self._device_pid == pid:
-            return
-        self._device_pid = pid
-        try:
-            if not self.cuda_in_worker or self.reload is None:
-                return
-            import torch
-
-            if torch.cuda.is_available():
-                self.inner = self.reload()
-                log.info("%s: moved to CUDA in worker %d", self.name, pid)
-        except Exception:  # noqa: BLE001 - the CPU copy still serves
-            log.exception("%s: could not move to CUDA; serving on the CPU", self.name)
-
-    def close(self) -> None:
-        self._batcher.close()
-
-    def batcher_stats(self) -> dict[str, Any]:
-        return self._batcher.stats()
-
-    # The Strategy contract; a served model is never trained or saved through the wrapper.
-    def fit(self, data):  # pragma: no cover - not used at serve time
-        raise TypeError("BatchedModel wraps a fitted model; fit the inner model")
-
-    def similar_items(self, items: np.ndarray, n: int = 10):
-        return self.inner.similar_items(items, n)
-
-    def get_params(self) -> dict[str, Any]:
-        return self.inner.get_params()
-
-    def save(self, path: str) -> None:  # pragma: no cover
-        self.inner.save(path)
-
-    @classmethod
-    def load(cls, path: str):  # pragma: no cover
-        raise TypeError("load the inner strategy, then wrap it")
 
 
 def _wants_gpu(path: str) -> bool:
@@ -253,7 +104,6 @@ class ModelRuntime:
         poll_seconds: float = 0.5,
         batch_max_size: int = 32,
         batch_max_delay_ms: float = 2.0,
-        batched: tuple[str, ...] = BATCHED_STRATEGIES,
         batch_concurrency: int = 1,
         batch_inline_when_idle: bool = False,
         warmup: bool = True,
@@ -265,7 +115,6 @@ class ModelRuntime:
         self.poll_seconds = float(poll_seconds)
         self.batch_max_size = int(batch_max_size)
         self.batch_max_delay_ms = float(batch_max_delay_ms)
-        self.batched = tuple(batched)
         self.batch_concurrency = int(batch_concurrency)
         self.batch_inline_when_idle = bool(batch_inline_when_idle)
         self.cpu_precision = cpu_precision or None
@@ -346,8 +195,7 @@ class ModelRuntime:
         device = getattr(model, "serving_device_", None)
         if (
             not want
-            or loaded.strategy != "deep"
-            or not hasattr(model, "quantized")
+            or want not in type(model).precisions
             or device is None
             or device.type != "cpu"
             or getattr(model, "serving_precision_", None) == want
@@ -378,7 +226,7 @@ class ModelRuntime:
             metrics.MODEL_LOAD_FAILURES.labels(strategy).inc()
             log.exception("warm-up of %s/%s failed", strategy, version)
             raise ModelError(msg) from e
-        if strategy in self.batched:
+        if type(loaded.model).batched:  # the strategy's capability (strategies.base)
             loaded = dataclasses.replace(
                 loaded,
                 model=BatchedModel(
@@ -469,13 +317,7 @@ class ModelRuntime:
     def _warmup_histories(self, loaded: LoadedModel) -> list[History]:
         by_user: dict[int, list[tuple[str, str, float, Any]]] = {}
         try:
-            with self.repository.sessionmaker() as s:
-                rows = s.execute(
-                    select(Event.user_id, Item.external_id, Event.type, Event.value, Event.ts)
-                    .join(Item, Item.id == Event.item_id)
-                    .order_by(Event.id.desc())
-                    .limit(WARMUP_EVENTS)
-                ).all()
+            rows = self.repository.recent_events(WARMUP_EVENTS)
         except Exception:  # noqa: BLE001 - no store (e.g. schema missing) -> synthetic warm-up
             log.debug("warm-up: could not read histories", exc_info=True)
             rows = []
@@ -715,12 +557,7 @@ class ModelRuntime:
         self._publish()
 
     def _set_mode(self, strategy: str, mode: str) -> None:
-        with self.repository.sessionmaker() as s, s.begin():
-            row = s.get(StrategySetting, strategy)
-            if row is None:
-                s.add(StrategySetting(name=strategy, load_mode=mode))
-            else:
-                row.load_mode = mode
+        self.repository.set_load_mode(strategy, mode)
         with self._lock:
             self._modes[strategy] = mode
 
@@ -768,9 +605,7 @@ class ModelRuntime:
     def _poll(self) -> bool:
         """Read active versions and load modes; True if this process must load/drop something."""
         active = self.repository.active_versions(models_only=True)
-        with self.repository.sessionmaker() as s:
-            rows = s.execute(select(StrategySetting.name, StrategySetting.load_mode)).all()
-        modes = {name: mode for name, mode in rows}
+        modes = self.repository.load_modes()
         with self._lock:
             old_modes = self._modes
             self._active, self._modes = active, modes
@@ -844,9 +679,9 @@ class ModelRuntime:
 
 def init_app(app: Flask) -> None:
     """Create the runtime lazily (``get_runtime``); nothing is loaded here."""
-    from recsys import deadline
+    from recsys import runners
 
-    deadline.configure(int(app.config.get("DEADLINE_POOL_SIZE", deadline.DEFAULT_POOL_SIZE)))
+    runners.configure(int(app.config.get("DEADLINE_POOL_SIZE", runners.DEFAULT_POOL_SIZE)))
     app.extensions.setdefault("recsys.runtime", None)
 
 
@@ -871,9 +706,14 @@ def get_runtime(app: Flask | None = None) -> ModelRuntime:
     return rt
 
 
-def models_getter(app: Flask | None = None) -> Callable[[str], LoadedModel | None]:
-    """``strategy -> LoadedModel | None`` for the request path (``Recommender(models=...)``)."""
-    return get_runtime(app).get
+def scoring_slots(configured: int | None) -> int:
+    """``SCORING_SLOTS``: as configured, else 1 where the deep model would run on the CPU and
+    0 (no limit) with CUDA (the device the strategy itself would choose)."""
+    if configured is not None:
+        return int(configured)
+    from strategies.deep import resolve_device
+
+    return 1 if resolve_device().type == "cpu" else 0
 
 
 @on_after_fork

@@ -32,6 +32,27 @@ def check_text(value: str) -> str | None:
     return None
 
 
+def id_problem(value: str, what: str = "user_id") -> str | None:
+    """Why ``value`` is not an acceptable id in a URL, or None (the views and the WSGI fast
+    path check path ids with this)."""
+    if not value.strip() or len(value) > MAX_ID:
+        return f"{what} must be 1..{MAX_ID} characters"
+    if why := check_text(value):  # %00 in the URL would reach SQL
+        return f"{what} {why}"
+    return None
+
+
+def split_exclude(raw: str | None) -> list[str] | None:
+    """The item ids of an ``exclude`` query value (comma-separated, blanks dropped), or None
+    when there are more than ``MAX_EXCLUDE`` or one is longer than ``MAX_ID``."""
+    if not raw:
+        return []
+    out = [x.strip() for x in raw.split(",") if x.strip()]
+    if len(out) > MAX_EXCLUDE or any(len(x) > MAX_ID for x in out):
+        return None
+    return out
+
+
 class Text(String):
     """A string that can be stored in SQL (see check_text)."""
 

@@ -1,20 +1,21 @@
-"""The one request path: history -> route -> candidates per strategy -> blend -> rules -> page.
+"""The scoring core: route -> candidates per strategy -> blend -> rules -> page.
 
-HTTP (recsys.api.recommend) and offline evaluation (recsys.evaluation) both call
-``Recommender``; there is no second implementation of routing, blending or business rules.
+The request path (``recsys.serving.pipeline``, which adds the snapshot, the cache, the history
+read, the scoring turn and rendering around it) and offline evaluation (recsys.evaluation) both
+call ``Recommender``; there is no second implementation of routing, blending or business rules.
 
-Stages, each a separate method so they can be tested and reasoned about alone:
+Stages (``recommend_batch`` reports each one's time to ``on_stage``):
 
 * ``route(history)``: "cold" when the user has fewer than ``cold_threshold`` distinct positive
-  items, else "warm".
+  items, else "warm" (or a learned route of the configuration).
 * ``candidates``: every enabled strategy of the route scores its users in one batched
   ``recommend`` call (per category group), over-fetching ``candidates_per_strategy`` items so
   the business rules still leave ``n``. Strategies never filter beyond what they are handed.
 * ``blend``: weighted fusion of per-strategy normalised scores ("weighted") or reciprocal-rank
   fusion ("rrf"); ``sources`` records each strategy's contribution per item.
-* ``apply_rules``: exclude seen items, request ``exclude``, category, unavailable items, at most
-  ``max_per_category`` items per primary category.
-* ``page``: ``offset`` / ``n``.
+* rules and page (``_page_of``): exclude seen items, request ``exclude``, category, unavailable
+  items, at most ``max_per_category`` items per primary category, in rank order, stopping at
+  the end of the page (``offset`` / ``n``).
 
 Models come from a callable ``models(strategy) -> LoadedModel | None`` (recsys.registry's
 LoadedModel, or any object with ``.model``, ``.items`` and ``.version``), so the same code runs
@@ -44,45 +45,80 @@ from typing import Any, Protocol
 import numpy as np
 
 from features.interactions import DEFAULT_WEIGHTS, EVENT_CODE, EVENT_TYPES, History, user_batch
+from recsys.runners import Runner, run_inline
+from strategies import STRATEGY_NAMES
 
 log = logging.getLogger(__name__)
 
-STRATEGY_NAMES = ("popular", "content", "als", "bpr", "ease", "deep", "sequence")
 BLEND_METHODS = ("weighted", "rrf")
 NORMALIZATIONS = ("minmax", "rank")
 ROUTES = ("cold", "warm")
 
-# Shipped defaults. Admin settings (recsys.settings) and experiment variants are overrides of
-# exactly this shape, merged with ServingConfig.with_overrides.
+# Blend weights shipped for strategies that do not weigh 1.0; every strategy of strategies/ is
+# enabled by default, and is called only where a route names it.
+SHIPPED_WEIGHTS = {"popular": 0.3, "bpr": 0.5}
+
+
+def _strategy_list(v: Any) -> bool:
+    return isinstance(v, list | tuple) and all(s in STRATEGY_NAMES for s in v)
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """One ``routing`` setting: its shipped default, the check a value must pass and how the
+    rule reads in the error (``routing.<key> must be <rule>``), and the conversion into
+    ``ServingConfig``'s field. The one place each default is written."""
+
+    default: Any
+    ok: Callable[[Any], bool]
+    rule: str
+    convert: Callable[[Any], Any] = lambda v: v
+
+
+# The routing settings, in the order they are checked (the first bad one is reported).
+ROUTING: dict[str, _Setting] = {
+    # Distinct positive items below which a user is cold.
+    "cold_threshold": _Setting(5, lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "cold_strategies": _Setting(
+        ["content", "popular"], _strategy_list, f"a list of {STRATEGY_NAMES}", tuple
+    ),
+    # ALS and BPR are trained and can be switched in live; without them the blend scored
+    # higher on both ml-100k and Online Retail (README, "Evaluation and experiments") and an
+    # uncached request costs ~1.5 ms less CPU.
+    "warm_strategies": _Setting(
+        ["ease", "deep", "popular"], _strategy_list, f"a list of {STRATEGY_NAMES}", tuple
+    ),
+    "blend": _Setting("weighted", lambda v: v in BLEND_METHODS, f"one of {BLEND_METHODS}"),
+    # Per-strategy score scaling for "weighted".
+    "normalize": _Setting("minmax", lambda v: v in NORMALIZATIONS, f"one of {NORMALIZATIONS}"),
+    "rrf_k": _Setting(60, lambda v: _is_num(v) and v > 0, "a number > 0"),
+    # Diversity cap per primary category.
+    "max_per_category": _Setting(
+        None, lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"
+    ),
+    # Drop items the user already has (``seen_types``); dislikes are always dropped.
+    "exclude_seen": _Setting(True, lambda v: isinstance(v, bool), "true or false"),
+    "seen_types": _Setting(
+        ["purchase", "rating"],
+        lambda v: isinstance(v, list | tuple) and all(t in EVENT_TYPES for t in v),
+        f"a list of {EVENT_TYPES}",
+        tuple,
+    ),
+    "candidates_per_strategy": _Setting(
+        200, lambda v: _is_int(v) and 1 <= v <= 10_000, "an integer in 1..10000"
+    ),
+    # Learned routes (a serving profile, recsys.tuning): when set, they replace the cold/warm
+    # pair above. See ``Route``; checked by ``_parse_routes``.
+    "routes": _Setting(None, lambda v: True, "", lambda v: _parse_routes(v)),
+}
+
+# Shipped defaults, derived from the declarations above. Admin settings (recsys.settings) and
+# experiment variants are overrides of exactly this shape, merged with with_overrides.
 DEFAULT_CONFIG: dict[str, Any] = {
     "strategies": {
-        "popular": {"enabled": True, "weight": 0.3},
-        "content": {"enabled": True, "weight": 1.0},
-        "als": {"enabled": True, "weight": 1.0},
-        "bpr": {"enabled": True, "weight": 0.5},
-        "ease": {"enabled": True, "weight": 1.0},
-        "deep": {"enabled": True, "weight": 1.0},
-        # Trained and served when a route names it; in no route by default (docs/sequence.md).
-        "sequence": {"enabled": True, "weight": 1.0},
+        name: {"enabled": True, "weight": SHIPPED_WEIGHTS.get(name, 1.0)} for name in STRATEGY_NAMES
     },
-    "routing": {
-        "cold_threshold": 5,
-        "cold_strategies": ["content", "popular"],
-        # ALS and BPR are trained and can be switched in live; without them the blend scored
-        # higher on both ml-100k and Online Retail (README, "Evaluation and experiments") and
-        # an uncached request costs ~1.5 ms less CPU.
-        "warm_strategies": ["ease", "deep", "popular"],
-        "blend": "weighted",
-        "normalize": "minmax",
-        "rrf_k": 60,
-        "max_per_category": None,
-        "exclude_seen": True,
-        "seen_types": ["purchase", "rating"],
-        "candidates_per_strategy": 200,
-        # Learned routes (a serving profile, recsys.tuning): when set, they replace the
-        # cold/warm pair above. See ``Route``.
-        "routes": None,
-    },
+    "routing": {key: copy.deepcopy(setting.default) for key, setting in ROUTING.items()},
     # The serving profile these settings came from (its version), for ``explain``.
     "profile": None,
 }
@@ -184,37 +220,29 @@ def _is_num(v: Any) -> bool:
 
 @dataclass(frozen=True)
 class ServingConfig:
-    """What the request path does. The dict shape (``to_dict`` / ``from_dict``)::
+    """What the request path does. The dict shape (``to_dict`` / ``from_dict``) is
+    ``{"strategies": {name: {"enabled": bool, "weight": number >= 0}},  # any of STRATEGY_NAMES
+    "routing": {...ROUTING...}, "profile": null | version}``; the routing keys, their defaults
+    and rules are declared once, in ``ROUTING``.
 
-        {"strategies": {"als": {"enabled": true, "weight": 1.0}, ...},   # any of STRATEGY_NAMES
-         "routing": {"cold_threshold": 5,            # distinct positive items below which cold
-                     "cold_strategies": ["content", "popular"],
-                     "warm_strategies": ["ease", "deep", "popular"],
-                     "blend": "weighted" | "rrf",
-                     "normalize": "minmax" | "rank", # per-strategy score scaling for "weighted"
-                     "rrf_k": 60,
-                     "max_per_category": null | int, # diversity cap per primary category
-                     "exclude_seen": true,           # drop items the user already has
-                     "seen_types": ["purchase", "rating"],  # which events count as "has"
-                     "candidates_per_strategy": 200}}
-
-    Missing keys take the shipped defaults (``DEFAULT_CONFIG``); unknown keys or bad values
-    raise ``ValueError`` with a message naming the key. Dislikes are always excluded.
+    Built by ``from_dict`` (``default()``: the shipped defaults): missing keys take the
+    defaults (``DEFAULT_CONFIG``); unknown keys or bad values raise ``ValueError`` with a
+    message naming the key.
     """
 
     strategies: Mapping[str, StrategyConfig]
-    cold_threshold: int = 5
-    cold_strategies: tuple[str, ...] = ("content", "popular")
-    warm_strategies: tuple[str, ...] = ("ease", "deep", "popular")
-    blend: str = "weighted"
-    normalize: str = "minmax"
-    rrf_k: int = 60
-    max_per_category: int | None = None
-    exclude_seen: bool = True
-    seen_types: tuple[str, ...] = ("purchase", "rating")
-    candidates_per_strategy: int = 200
-    routes: tuple[Route, ...] = ()
-    profile: str | None = None
+    cold_threshold: int
+    cold_strategies: tuple[str, ...]
+    warm_strategies: tuple[str, ...]
+    blend: str
+    normalize: str
+    rrf_k: int
+    max_per_category: int | None
+    exclude_seen: bool
+    seen_types: tuple[str, ...]
+    candidates_per_strategy: int
+    routes: tuple[Route, ...]
+    profile: str | None
 
     @classmethod
     def default(cls) -> ServingConfig:
@@ -253,50 +281,18 @@ class ServingConfig:
         r = merged["routing"]
         if not isinstance(r, Mapping):
             raise ValueError("routing must be an object")
-        bad = set(r) - set(DEFAULT_CONFIG["routing"])
+        bad = set(r) - set(ROUTING)
         if bad:
             raise ValueError(f"routing: unknown keys {sorted(bad)}")
-        if not _is_int(r["cold_threshold"]) or r["cold_threshold"] < 0:
-            raise ValueError("routing.cold_threshold must be an integer >= 0")
-        for key in ("cold_strategies", "warm_strategies"):
-            v = r[key]
-            if not isinstance(v, list | tuple) or not all(s in STRATEGY_NAMES for s in v):
-                raise ValueError(f"routing.{key} must be a list of {STRATEGY_NAMES}")
-        if r["blend"] not in BLEND_METHODS:
-            raise ValueError(f"routing.blend must be one of {BLEND_METHODS}")
-        if r["normalize"] not in NORMALIZATIONS:
-            raise ValueError(f"routing.normalize must be one of {NORMALIZATIONS}")
-        if not _is_num(r["rrf_k"]) or r["rrf_k"] <= 0:
-            raise ValueError("routing.rrf_k must be a number > 0")
-        mpc = r["max_per_category"]
-        if mpc is not None and (not _is_int(mpc) or mpc < 1):
-            raise ValueError("routing.max_per_category must be null or an integer >= 1")
-        if not isinstance(r["exclude_seen"], bool):
-            raise ValueError("routing.exclude_seen must be true or false")
-        st = r["seen_types"]
-        if not isinstance(st, list | tuple) or not all(t in EVENT_TYPES for t in st):
-            raise ValueError(f"routing.seen_types must be a list of {EVENT_TYPES}")
-        cps = r["candidates_per_strategy"]
-        if not _is_int(cps) or not 1 <= cps <= 10_000:
-            raise ValueError("routing.candidates_per_strategy must be an integer in 1..10000")
+        routing = {}
+        for key, setting in ROUTING.items():
+            if not setting.ok(r[key]):
+                raise ValueError(f"routing.{key} must be {setting.rule}")
+            routing[key] = setting.convert(r[key])
         profile = merged.get("profile")
         if profile is not None and not isinstance(profile, str):
             raise ValueError("profile must be null or a version string")
-        return cls(
-            strategies=parsed,
-            cold_threshold=r["cold_threshold"],
-            cold_strategies=tuple(r["cold_strategies"]),
-            warm_strategies=tuple(r["warm_strategies"]),
-            blend=r["blend"],
-            normalize=r["normalize"],
-            rrf_k=r["rrf_k"],
-            max_per_category=mpc,
-            exclude_seen=r["exclude_seen"],
-            seen_types=tuple(st),
-            candidates_per_strategy=cps,
-            routes=_parse_routes(r["routes"]),
-            profile=profile,
-        )
+        return cls(strategies=parsed, profile=profile, **routing)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -305,17 +301,12 @@ class ServingConfig:
                 for name, sc in self.strategies.items()
             },
             "routing": {
-                "cold_threshold": self.cold_threshold,
-                "cold_strategies": list(self.cold_strategies),
-                "warm_strategies": list(self.warm_strategies),
-                "blend": self.blend,
-                "normalize": self.normalize,
-                "rrf_k": self.rrf_k,
-                "max_per_category": self.max_per_category,
-                "exclude_seen": self.exclude_seen,
-                "seen_types": list(self.seen_types),
-                "candidates_per_strategy": self.candidates_per_strategy,
-                "routes": [r.to_dict() for r in self.routes] if self.routes else None,
+                key: (
+                    ([x.to_dict() for x in self.routes] if self.routes else None)
+                    if key == "routes"
+                    else (list(v) if isinstance(v := getattr(self, key), tuple) else v)
+                )
+                for key in ROUTING
             },
             "profile": self.profile,
         }
@@ -558,25 +549,6 @@ class CatalogView(Protocol):
     def primary_category(self, item_id: str) -> str | None: ...
 
 
-# Runs named tasks under a deadline: (results, missed). The model runtime provides a parallel
-# one; this sequential default drops tasks that would start after the deadline.
-Runner = Callable[[dict[str, Callable[[], Any]], float | None], tuple[dict[str, Any], list[str]]]
-
-
-def sequential_runner(
-    tasks: dict[str, Callable[[], Any]], deadline_s: float | None
-) -> tuple[dict[str, Any], list[str]]:
-    start = time.monotonic()
-    results: dict[str, Any] = {}
-    missed: list[str] = []
-    for name, fn in tasks.items():
-        if deadline_s is not None and time.monotonic() - start > deadline_s:
-            missed.append(name)
-            continue
-        results[name] = fn()
-    return results, missed
-
-
 # -- the recommender ------------------------------------------------------------------------
 class Recommender:
     """The request path. Cheap to build: one per request (config snapshot) is fine."""
@@ -588,12 +560,15 @@ class Recommender:
         catalog: CatalogView | None = None,
         runner: Runner | None = None,
         event_weights: dict[str, float] | None = None,
+        on_stage: Callable[[str, float], None] | None = None,
     ):
         self.models = models
         self.config = config or ServingConfig.default()
         self.catalog = catalog
-        self.runner = runner or sequential_runner
+        self.runner = runner or run_inline
         self.event_weights = event_weights or DEFAULT_WEIGHTS
+        # Told each stage's time (route, candidates, blend, rules) of every recommend_batch.
+        self.on_stage = on_stage
 
     # -- stage: route -----------------------------------------------------------------------
     def route(self, history: UserHistory) -> str:
@@ -764,12 +739,6 @@ class Recommender:
         return out
 
     # -- stage: business rules ------------------------------------------------------------
-    def apply_rules(
-        self, items: list[RecItem], history: UserHistory, request: RecRequest
-    ) -> list[RecItem]:
-        keep = self._rule_filter(history, request)
-        return [it for it in items if keep(it.item_id)]
-
     def _rule_filter(self, history: UserHistory, request: RecRequest) -> Callable[[str], bool]:
         """The business rules as a predicate over item ids, called in rank order (the
         per-category cap counts the items it has let through)."""
@@ -799,11 +768,6 @@ class Recommender:
 
         return keep
 
-    # -- stage: page ------------------------------------------------------------------------
-    @staticmethod
-    def page(items: list[RecItem], request: RecRequest) -> list[RecItem]:
-        return items[request.offset : request.offset + request.n]
-
     # -- the whole path ---------------------------------------------------------------------
     def recommend(self, history: UserHistory, request: RecRequest | None = None) -> RecResult:
         return self.recommend_batch([history], [request or RecRequest()])[0]
@@ -816,6 +780,8 @@ class Recommender:
             requests = [RecRequest()] * len(histories)
         if len(requests) != len(histories):
             raise ValueError("histories and requests must have the same length")
+        clock = time.perf_counter
+        t0 = clock()
         routes = [self.route(h) for h in histories]
         wanted = [self.strategies_for(r, h) for r, h in zip(routes, histories, strict=True)]
 
@@ -853,17 +819,25 @@ class Recommender:
 
         tasks = {name: task(name, rows) for name, rows in users_of.items()}
         deadline = min((r.deadline_s for r in requests if r.deadline_s is not None), default=None)
+        t1 = clock()
         results, missed = self._run(tasks, deadline)
         dropped = set(missed) | (set(tasks) - set(results))
+        t2 = clock()
 
         out = []
+        blend_s = rules_s = 0.0
         for i, (h, req) in enumerate(zip(histories, requests, strict=True)):
             per: dict[str, list[tuple[str, float]]] = {}
             for name in wanted[i]:
                 if name in results:
                     per[name] = results[name][users_of[name].index(i)]
             # A fallback list is ranked on its own (route weights are for the route's models).
-            page = self._ranked_page(per, h, req, None if fallback[i] else routes[i])
+            ta = clock()
+            fused = self._fuse(per, None if fallback[i] else routes[i])
+            tb = clock()
+            page = self._page_of(fused, h, req)
+            blend_s += tb - ta
+            rules_s += clock() - tb
             used = [s for s in wanted[i] if s in loaded]
             user_dropped = [s for s in used if s in dropped]
             out.append(
@@ -877,18 +851,28 @@ class Recommender:
                     profile=self.config.profile,
                 )
             )
+        if self.on_stage is not None:
+            self.on_stage("route", t1 - t0)
+            self.on_stage("candidates", t2 - t1)
+            self.on_stage("blend", blend_s)
+            self.on_stage("rules", rules_s)
         return out
 
-    def _ranked_page(
+    def ranked_page(
         self,
         per: Mapping[str, list[tuple[str, float]]],
         history: UserHistory,
         request: RecRequest,
         route: str | None = None,
     ) -> list[RecItem]:
-        """``page(apply_rules(blend(per, route)))`` without building an item object for every
-        candidate, and without running the rules past the end of the page."""
-        fused = self._fuse(per, route)
+        """Stages blend, rules and page of one user's candidate lists (what
+        ``recommend_batch`` does per user; the tuner ranks its trials through it)."""
+        return self._page_of(self._fuse(per, route), history, request)
+
+    def _page_of(self, fused: _Fused, history: UserHistory, request: RecRequest) -> list[RecItem]:
+        """Stages rules and page: the page of ``fused`` that passes the business rules, without
+        building an item object for every candidate, and without running the rules past the
+        end of the page."""
         keep = self._rule_filter(history, request)
         lo, hi = request.offset, request.offset + request.n
         page: list[RecItem] = []
@@ -934,9 +918,10 @@ class Recommender:
         top = max((float(s) for _, s in cands), default=0.0)
         scale = 1.0 / top if top > 0 else 1.0
         ranked = [RecItem(i, s * scale, {"popular": s * scale}) for i, s in cands]
-        ranked = self.apply_rules(ranked, empty, req)
+        keep = self._rule_filter(empty, req)
+        ranked = [it for it in ranked if keep(it.item_id)]
         return RecResult(
-            items=self.page(ranked, req),
+            items=ranked[req.offset : req.offset + req.n],
             route="popular",
             model_versions={"popular": str(lm.version)},
         )
@@ -985,7 +970,7 @@ class Recommender:
                 dropped=dropped,
             )
         return RecResult(
-            items=self._ranked_page(per, UserHistory(None), req),
+            items=self.ranked_page(per, UserHistory(None), req),
             route="similar",
             degraded=bool(dropped),
             model_versions=versions,

@@ -26,7 +26,6 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, current_app
@@ -34,56 +33,25 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from recsys.polling import BackgroundPoll
-from recsys.service import DEFAULT_CONFIG, STRATEGY_NAMES, ServingConfig
+from recsys.service import DEFAULT_CONFIG, ServingConfig
 from recsys.store.models import Setting, StrategySetting
+from recsys.store.versions import (
+    CACHE_EPOCH,
+    CATALOG_VERSION,
+    CONFIG_VERSION,
+    ITEMS_VERSION,
+    VERSION_KEYS,
+    Versions,
+    bump,
+    insert_ignore,
+    lock_config,
+)
+from strategies import STRATEGY_NAMES
 
 log = logging.getLogger(__name__)
 
-CONFIG_VERSION = "config_version"
-CATALOG_VERSION = "catalog_version"
-CACHE_EPOCH = "cache_epoch"
-# Bumped by every item edit (display data included): refreshes catalogue snapshots, but is not
-# part of any cache key, so a title or price edit invalidates no cached list.
-ITEMS_VERSION = "items_version"
 ROUTING = "routing"
-VERSION_KEYS = (CONFIG_VERSION, CATALOG_VERSION, CACHE_EPOCH, ITEMS_VERSION)
 STRATEGY_FIELDS = ("enabled", "weight")
-
-
-@dataclass(frozen=True)
-class Versions:
-    config: int = 0
-    catalog: int = 0
-    epoch: int = 0
-    items: int = 0
-
-
-def _insert_ignore(s: Session, model, values: dict, key: str) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING on PostgreSQL and SQLite (row creation races)."""
-    from recsys.store.db import dialect_insert
-
-    s.execute(
-        dialect_insert(s, model).values(**values).on_conflict_do_nothing(index_elements=[key])
-    )
-
-
-def bump(s: Session, key: str = CONFIG_VERSION, reason: str = "") -> int:
-    """Increment shared version ``key`` inside the caller's transaction; returns the new value.
-
-    The row is locked (``FOR UPDATE``) so concurrent changes serialise; the caller's commit
-    publishes the change and the bump together.
-    """
-    _insert_ignore(s, Setting, {"key": key, "value": {"version": 0}}, "key")
-    row = s.execute(select(Setting).where(Setting.key == key).with_for_update()).scalar_one()
-    version = int((row.value or {}).get("version", 0)) + 1
-    row.value = {"version": version, "reason": reason[:200]}
-    return version
-
-
-def lock_config(s: Session) -> None:
-    """Serialise configuration edits: lock the config_version row until the transaction ends."""
-    _insert_ignore(s, Setting, {"key": CONFIG_VERSION, "value": {"version": 0}}, "key")
-    s.execute(select(Setting).where(Setting.key == CONFIG_VERSION).with_for_update()).scalar_one()
 
 
 def read_overrides(s: Session) -> dict[str, Any]:
@@ -264,7 +232,7 @@ class SettingsStore:
             for name, fields in patch.items():
                 row = s.get(StrategySetting, name)
                 if row is None:
-                    _insert_ignore(s, StrategySetting, {"name": name, "params": {}}, "name")
+                    insert_ignore(s, StrategySetting, {"name": name, "params": {}}, "name")
                     row = s.get(StrategySetting, name)
                 params = dict(row.params or {})
                 params["set"] = sorted(set(params.get("set") or []) | set(fields))

@@ -196,24 +196,9 @@ def train_strategies(
                 model = cls(**kwargs).fit(data)
             with _step(bar, timings, "save", f"{name}: save"):
                 version = repo.save_version(model, data, metrics)
-            result = TrainResult(
-                strategy=name,
-                version=version,
-                path=repo.version_path(name, version),
-                metrics=metrics,
-                fit_seconds=timings["fit"],
-                holdout_seconds=timings.get("holdout_fit", 0.0) + timings.get("evaluate", 0.0),
-                timings=timings,
+            result = version_result(
+                repo, name, version, metrics, timings, activate, actor, gate_metric
             )
-            if activate:
-                try:
-                    result.previous = repo.activate(
-                        name, version, actor=actor, gate_metric=gate_metric
-                    )
-                    result.activated = True
-                except ModelError as e:
-                    result.note = e.description
-                    log.warning("%s", e.description)
             log.info("trained %s version %s in %.1fs: %s", name, version, timings["fit"], metrics)
             results.append(result)
             if on_result is not None:
@@ -221,3 +206,24 @@ def train_strategies(
     finally:
         bar.close()
     return results
+
+
+def version_result(repo, name, version, metrics, timings, activate, actor, gate_metric):
+    """The ``TrainResult`` of a saved version, activated (behind the gate) when asked."""
+    result = TrainResult(
+        strategy=name,
+        version=version,
+        path=repo.version_path(name, version),
+        metrics=metrics,
+        fit_seconds=timings["fit"],
+        holdout_seconds=timings.get("holdout_fit", 0.0) + timings.get("evaluate", 0.0),
+        timings=timings,
+    )
+    if activate:
+        try:
+            result.previous = repo.activate(name, version, actor=actor, gate_metric=gate_metric)
+            result.activated = True
+        except ModelError as e:
+            result.note = e.description
+            log.warning("%s", e.description)
+    return result

@@ -7,7 +7,8 @@ data never gathered into this process:
 * events come from PostgreSQL over JDBC (``features.spark.read_events``), weighted and summed
   per cell in Spark SQL, and ALS is fitted by ``pyspark.ml`` (``ALSStrategy.fit_spark``);
 * only id lists and factors come back: the item IdMap (the catalogue ordered by row id, as
-  ``features.store.load_interactions`` builds it), the user IdMap (users with events ordered by
+  ``recsys.store.training_data.load_interactions`` builds it), the user IdMap (users with
+  events ordered by
   row id, likewise) and the item factors, O(items + users);
 * the version is written by ``ModelRepository.save_version`` like any other (same files,
   checksums and SQL row), so serving, hot swap, rollback and evaluation need nothing new.
@@ -33,7 +34,13 @@ from features.idmap import IdMap
 from features.interactions import EVENT_CODE, EVENT_TYPES, InteractionData
 from recsys.errors import ModelError
 from recsys.registry import ModelRepository
-from recsys.training import DEFAULT_HOLDOUT, MAX_EVAL_USERS, TrainResult, holdout_metrics
+from recsys.training import (
+    DEFAULT_HOLDOUT,
+    MAX_EVAL_USERS,
+    TrainResult,
+    holdout_metrics,
+    version_result,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +88,8 @@ def _snapshot(events, n_users: int, n_items: int) -> dict[str, Any]:
 
 
 def _id_maps(spark, jdbc, events) -> tuple[np.ndarray, IdMap, IdMap]:
-    """(item row ids, item IdMap, user IdMap), as ``features.store.load_interactions``."""
+    """(item row ids, item IdMap, user IdMap), as
+    ``recsys.store.training_data.load_interactions``."""
 
     from features.spark import jdbc_query
 
@@ -202,8 +210,8 @@ def train_spark(
         if name != "popular":
             return {}
         if not meta:  # the catalogue's categories (per-category lists), catalogue-sized
-            from features.store import load_catalog
             from recsys.store.db import make_engine
+            from recsys.store.training_data import load_catalog
 
             engine = make_engine(database_url)
             try:
@@ -252,24 +260,9 @@ def train_spark(
             t = time.perf_counter()
             version = repo.save_version(model, _empty(users, items, info), metrics, actor=actor)
             timings["save"] = time.perf_counter() - t
-            result = TrainResult(
-                strategy=name,
-                version=version,
-                path=repo.version_path(name, version),
-                metrics=metrics,
-                fit_seconds=timings["fit"],
-                holdout_seconds=timings.get("holdout_fit", 0.0) + timings.get("evaluate", 0.0),
-                timings=timings,
+            result = version_result(
+                repo, name, version, metrics, timings, activate, actor, gate_metric
             )
-            if activate:
-                try:
-                    result.previous = repo.activate(
-                        name, version, actor=actor, gate_metric=gate_metric
-                    )
-                    result.activated = True
-                except ModelError as e:
-                    result.note = e.description
-                    log.warning("%s", e.description)
             log.info("trained %s on spark, version %s in %.1fs", name, version, timings["fit"])
             results.append(result)
             if on_result is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import pkgutil
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -17,22 +18,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STRATEGY_NAMES = ("popular", "content", "als", "bpr", "ease", "deep", "sequence")
-# Trained by `recsys train` only when named: no route uses them by default and their CPU fit
-# takes minutes (the sequence model: ~6 min on Online Retail on the 2-core VM), which `make run`
-# would otherwise pay on every fresh machine.
-OPT_IN = ("sequence",)
 
-# name -> (module, class)
-_CLASSES = {
-    "popular": ("strategies.popular", "PopularStrategy"),
-    "content": ("strategies.content", "ContentStrategy"),
-    "als": ("strategies.als", "ALSStrategy"),
-    "bpr": ("strategies.bpr", "BPRStrategy"),
-    "ease": ("strategies.ease", "EASEStrategy"),
-    "deep": ("strategies.deep", "DeepStrategy"),
-    "sequence": ("strategies.sequence", "SequenceStrategy"),
-}
+def _discover() -> tuple[str, ...]:
+    """The strategy modules of this package, by file name (``popular.py`` -> ``"popular"``),
+    found without importing them: adding a strategy is adding its module (and its class's
+    ``name`` equal to the file name); nothing is listed anywhere else."""
+    return tuple(
+        sorted(
+            m.name
+            for m in pkgutil.iter_modules(__path__)
+            if not m.ispkg and not m.name.startswith("_") and m.name != "base"
+        )
+    )
+
+
+STRATEGY_NAMES = _discover()
 
 
 def get_strategy_class(name: str) -> type[Strategy]:
@@ -40,17 +40,27 @@ def get_strategy_class(name: str) -> type[Strategy]:
 
     Raises ValueError for an unknown name or a strategy whose module cannot be imported.
     """
-    try:
-        module_name, class_name = _CLASSES[name]
-    except KeyError:
+    if name not in STRATEGY_NAMES:
         raise ValueError(
             f"unknown strategy {name!r}; known strategies: {', '.join(STRATEGY_NAMES)}"
-        ) from None
+        )
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(f"{__name__}.{name}")
     except ImportError as e:
         raise ValueError(f"strategy {name!r} is not available: {e}") from e
-    return getattr(module, class_name)
+    from strategies.base import Strategy
+
+    found = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, Strategy)
+        and obj.__module__ == module.__name__
+        and obj.name == name
+    ]
+    if len(found) != 1:
+        raise ValueError(f"strategies/{name}.py must define one Strategy class named {name!r}")
+    return found[0]
 
 
 def available_strategies(candidates: Sequence[str] = STRATEGY_NAMES) -> list[str]:
@@ -64,6 +74,15 @@ def available_strategies(candidates: Sequence[str] = STRATEGY_NAMES) -> list[str
             continue
         names.append(name)
     return names
+
+
+@functools.cache
+def opt_in(name: str) -> bool:
+    """``Strategy.opt_in`` of strategy ``name``: trained and tuned only when named."""
+    try:
+        return bool(get_strategy_class(name).opt_in)
+    except ValueError:
+        return False
 
 
 @functools.cache

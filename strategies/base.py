@@ -21,33 +21,13 @@ import inspect
 import json
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 import numpy as np
-import scipy.sparse as sp
 
-from features.interactions import InteractionData
+from features.interactions import InteractionData, UserBatch
 
 PARAMS_FILE = "params.json"
-
-
-@dataclass
-class UserBatch:
-    """b users to score, described by their histories at request time."""
-
-    # (b, n_items) CSR of weighted interactions (features.interactions weights, decay applied).
-    matrix: sp.csr_matrix
-    # Per user: item indices in time order, oldest first (for sequential models).
-    sequences: list[np.ndarray] = field(default_factory=list)
-    # Per user: the event type code (features.interactions.EVENT_TYPES) of each sequence item,
-    # where known (sequential models may read it; empty when the caller has no types).
-    types: list[np.ndarray] = field(default_factory=list)
-    # Per user: training-time user index, or -1 for users unknown at training time.
-    user_index: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return self.matrix.shape[0]
 
 
 class Strategy(ABC):
@@ -60,6 +40,18 @@ class Strategy(ABC):
     # such as popularity or an item bias). The router never sends an empty history to a
     # strategy that says False: its scores would be arbitrary (all zeros, say).
     scores_empty_history: ClassVar[bool] = False
+    # Capabilities the serving runtime reads instead of checking names or attributes:
+    # ``batched``: a ``score`` call costs about as much for one user as for many (a forward
+    # pass), so concurrent requests are merged by a micro-batcher (``recsys.runtime``).
+    batched: ClassVar[bool] = False
+    # Devices ``fit``/``score`` can run on (``device`` parameter where more than the CPU).
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    # Precisions a fitted model can be served in on the CPU through ``quantized(precision)``
+    # (the runtime derives the ``DEEP_CPU_PRECISION`` variant at load); empty: served as fitted.
+    precisions: ClassVar[tuple[str, ...]] = ()
+    # Trained (``recsys train``) and tuned only when named: no route uses it by default and
+    # its CPU fit takes minutes, which ``make run`` would otherwise pay on every fresh machine.
+    opt_in: ClassVar[bool] = False
 
     # -- training -------------------------------------------------------------------------
     @abstractmethod

@@ -263,6 +263,9 @@ class DeepStrategy(Strategy):
     name = "deep"
     # An empty input row decodes to the model's learned prior over items.
     scores_empty_history = True
+    batched = True
+    devices = ("cpu", "cuda")
+    precisions = PRECISIONS
 
     def __init__(
         self,

@@ -168,9 +168,9 @@ def seed_store(client) -> None:
 
 def train_and_register(app) -> dict[str, str]:
     """Fit real popular + EASE models on the store and activate them via the repository."""
-    from features.store import load_interactions
     from recsys.registry import get_repository
     from recsys.store import get_engine
+    from recsys.store.training_data import load_interactions
     from strategies.ease import EASEStrategy
     from strategies.popular import PopularStrategy
 

@@ -63,7 +63,7 @@ def test_strategy_view_has_versions_and_stats(served_app):
 
 
 def test_degraded_answers_counted_by_reason(served_app):
-    from recsys.deadline import scoring_gate
+    from recsys.serving.gate import scoring_gate
 
     client = served_app.test_client()
     served_app.config.update(SCORING_SLOTS=1, DEADLINE_MS=60)

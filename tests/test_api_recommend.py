@@ -193,7 +193,7 @@ def test_similar_answer_is_kept_until_an_admin_change(client):
 def test_inline_strategy_runner_keeps_deadline_rules():
     import time
 
-    from recsys.deadline import run_inline as _inline_runner
+    from recsys.runners import run_inline as _inline_runner
 
     def boom():
         raise RuntimeError("broken strategy")
@@ -247,7 +247,7 @@ def test_no_scoring_turn_within_the_deadline_gives_degraded_popularity(served_ap
     wait metric and the timeout counter see it."""
     from prometheus_client import REGISTRY
 
-    from recsys.deadline import scoring_gate
+    from recsys.serving.gate import scoring_gate
 
     served_app.config.update(SCORING_SLOTS=1, DEADLINE_MS=60)
     url = "/v1/users/u6/recommendations?n=3&explain=true"
@@ -282,7 +282,7 @@ def test_wait_for_a_turn_is_taken_off_the_deadline(served_app, client, monkeypat
     import threading
 
     from recsys import service
-    from recsys.deadline import scoring_gate
+    from recsys.serving.gate import scoring_gate
 
     served_app.config.update(SCORING_SLOTS=1, DEADLINE_MS=10_000)
     seen = []
@@ -325,7 +325,7 @@ def test_waiting_requests_are_scored_together_and_answered_as_alone(served_app):
     from prometheus_client import REGISTRY
 
     from recsys.cache import get_cache
-    from recsys.deadline import scoring_gate
+    from recsys.serving.gate import scoring_gate
 
     served_app.config.update(SCORING_SLOTS=1, DEADLINE_MS=5000)
     users = ["u6", "u1", "u3", "nobody"]  # warm, then cold ones (u1, u3: short histories)

@@ -7,6 +7,11 @@ import time
 import pytest
 
 from recsys.batcher import BatcherClosed, MicroBatcher
+from tests.waiting import wait_until
+
+# A max_delay no test run reaches: a request that waited for company this long would hit its
+# submit timeout instead (a failure, never a slow pass).
+FOREVER_MS = 600_000
 
 
 def _run_threads(n: int, target) -> list:
@@ -31,10 +36,11 @@ def _run_threads(n: int, target) -> list:
 def test_concurrent_submits_share_batches_and_results_reach_their_callers(concurrency):
     calls: list[list[int]] = []
     observed: list[tuple[int, float]] = []
+    everyone_in = threading.Event()
 
     def slow_square(xs: list[int]) -> list[int]:
         calls.append(list(xs))
-        time.sleep(0.02)  # a forward pass: later arrivals queue up meanwhile
+        everyone_in.wait(10)  # a forward pass: later arrivals queue up meanwhile
         return [x * x for x in xs]
 
     b = MicroBatcher(
@@ -45,7 +51,16 @@ def test_concurrent_submits_share_batches_and_results_reach_their_callers(concur
         observer=lambda n, w: observed.append((n, w)),
         concurrency=concurrency,
     )
-    results = _run_threads(16, lambda i: b.submit(i, timeout=5))
+    box: list = []
+    clients = threading.Thread(
+        target=lambda: box.extend(_run_threads(16, lambda i: b.submit(i, timeout=30)))
+    )
+    clients.start()
+    # Each runner is inside fn with its first batch; every other request is queued.
+    wait_until(lambda: sum(map(len, calls)) + b.stats()["queued"] == 16, "all 16 submitted")
+    everyone_in.set()
+    clients.join(30)
+    results = box
     b.close()
     assert [e for _, e in results] == [None] * 16
     assert [r for r, _ in results] == [i * i for i in range(16)]
@@ -61,27 +76,31 @@ def test_concurrent_submits_share_batches_and_results_reach_their_callers(concur
 
 def test_max_delay_bounds_wait_for_a_lone_request():
     b = MicroBatcher(lambda xs: xs, max_batch=64, max_delay_ms=20, name="lone")
-    t0 = time.monotonic()
-    assert b.submit("a", timeout=2) == "a"
-    elapsed = time.monotonic() - t0
+    # Nobody else submits: only max_delay ends the wait for company (no timeout given: a
+    # batcher that waited forever would hang here, and pytest's guard would report it).
+    assert b.submit("a") == "a"
     b.close()
-    # It waited for company, but not much longer than max_delay.
-    assert 0.015 <= elapsed < 0.5
+    st = b.stats()
+    # It waited for company for max_delay (the collector leaves only once the oldest request
+    # has waited that long), then went alone.
+    assert st["batch_sizes"] == {1: 1}
+    assert st["mean_queue_wait_s"] >= 0.02
 
 
 def test_timeout_raises_and_skips_abandoned_request():
     seen: list[list[str]] = []
-    gate = threading.Event()
+    gate, inside = threading.Event(), threading.Event()
 
     def blocked(xs: list[str]) -> list[str]:
         seen.append(list(xs))
-        gate.wait(5)
+        inside.set()
+        gate.wait(10)
         return xs
 
     b = MicroBatcher(blocked, max_batch=1, max_delay_ms=0, name="slow")
-    first = threading.Thread(target=lambda: b.submit("first", timeout=5))
+    first = threading.Thread(target=lambda: b.submit("first", timeout=10))
     first.start()
-    time.sleep(0.05)  # "first" is now inside fn; "late" has to queue behind it
+    assert inside.wait(10)  # "first" is now inside fn; "late" has to queue behind it
     with pytest.raises(TimeoutError):
         b.submit("late", timeout=0.05)
     gate.set()
@@ -132,14 +151,13 @@ def test_close_drains_queue_then_refuses(concurrency):
     for t in threads:
         t.start()
     # Wait until every request is either inside a (blocked) running batch or queued behind it.
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if len(started) == concurrency and sum(map(len, started)) + b.stats()["queued"] == 6:
-            break
-        time.sleep(0.005)
-    closer = threading.Thread(target=b.close)
+    wait_until(
+        lambda: len(started) == concurrency and sum(map(len, started)) + b.stats()["queued"] == 6,
+        "requests running or queued",
+    )
+    closer = threading.Thread(target=lambda: b.close(timeout=30))
     closer.start()
-    time.sleep(0.02)
+    wait_until(lambda: b.stats()["closed"], "close started")
     with pytest.raises(BatcherClosed):
         b.submit(7)
     gate.set()
@@ -147,8 +165,7 @@ def test_close_drains_queue_then_refuses(concurrency):
     for t in threads:
         t.join(5)
     assert sorted(box) == list(range(6))  # every queued request got its answer
-    assert len(b._threads) == concurrency
-    assert not any(t.is_alive() for t in b._threads)
+    assert b.stats()["runners"] == 0  # close stopped every runner
 
 
 def test_observer_failure_does_not_break_serving():
@@ -161,40 +178,54 @@ def test_observer_failure_does_not_break_serving():
     b.close()
 
 
-def test_thread_is_lazy_and_after_fork_hook_resets_state():
-    from recsys import lifecycle
-
-    b = MicroBatcher(lambda xs: xs, max_batch=4, max_delay_ms=0, name="fork")
-    assert b._thread is None  # nothing started at construction (gunicorn master stays clean)
-    b.submit(1, timeout=5)
-    assert b._thread is not None and b._thread.is_alive()
-    # Pretend we are a forked child: a different pid, the parent's thread not ours.
-    b._pid = -1
-    for hook in lifecycle._after_fork_hooks:
-        hook(None)
-    assert b._thread is None and b.stats()["requests"] == 0
-    assert b.submit(2, timeout=5) == 2
-    b.close()
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_works_in_a_forked_child():
-    b = MicroBatcher(lambda xs: [x * 10 for x in xs], max_batch=4, max_delay_ms=0, name="child")
-    assert b.submit(1, timeout=5) == 10  # parent thread running
+def _in_forked_child(check) -> bool:
+    """Run ``check()`` in a forked child; whether it returned true there."""
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: no hook run, the pid check alone must recover
+    if pid == 0:
         try:
-            ok = b.submit(2, timeout=2) == 20
+            ok = bool(check())
         except BaseException:  # noqa: BLE001
             ok = False
         os.write(w, b"1" if ok else b"0")
         os._exit(0)
     os.close(w)
     got = os.read(r, 1)
+    os.close(r)
     os.waitpid(pid, 0)
+    return got == b"1"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_runners_are_lazy_and_after_fork_hook_resets_state(concurrency):
+    from recsys import lifecycle
+
+    b = MicroBatcher(
+        lambda xs: xs, max_batch=4, max_delay_ms=0, name="fork", concurrency=concurrency
+    )
+    # Nothing started at construction: gunicorn's master has no thread a worker inherits.
+    assert b.stats()["runners"] == 0
+    assert b.submit(1, timeout=10) == 1
+    assert b.stats()["runners"] == concurrency
+
+    def child() -> bool:
+        # What gunicorn's post_fork runs: the parent's runners and counters are not ours.
+        lifecycle.run_after_fork_hooks(None)
+        fresh = b.stats()["runners"] == 0 and b.stats()["requests"] == 0
+        return fresh and b.submit(2, timeout=10) == 2 and b.stats()["runners"] == concurrency
+
+    assert _in_forked_child(child)
     b.close()
-    assert got == b"1"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_works_in_a_forked_child():
+    b = MicroBatcher(lambda xs: [x * 10 for x in xs], max_batch=4, max_delay_ms=0, name="child")
+    assert b.submit(1, timeout=10) == 10  # parent thread running
+    # Child: no hook run, the pid check alone must recover.
+    assert _in_forked_child(lambda: b.submit(2, timeout=10) == 20)
+    b.close()
 
 
 def _overlap_probe(concurrency: int) -> tuple[int, list]:
@@ -206,7 +237,7 @@ def _overlap_probe(concurrency: int) -> tuple[int, list]:
         with lock:
             active[0] += 1
             active[1] = max(active[1], active[0])
-        time.sleep(0.03)  # a forward pass with the GIL released
+        time.sleep(0.005)  # a forward pass with the GIL released (no time is asserted)
         with lock:
             active[0] -= 1
         return [x * 3 for x in xs]
@@ -234,8 +265,9 @@ def test_concurrency_2_runs_two_batches_at_once():
     assert sorted(seen) == [[0], [1]]
     assert b.stats()["batches"] == 2 and b.stats()["concurrency"] == 2
 
+    # Never more than two at once, every caller its own result.
     most, results = _overlap_probe(2)
-    assert most == 2
+    assert 1 <= most <= 2
     assert [r for r, _ in results] == [i * 3 for i in range(8)]
 
 
@@ -256,14 +288,15 @@ def test_concurrent_runners_skip_abandoned_requests():
 
     def blocked(xs: list[str]) -> list[str]:
         seen.append(list(xs))
-        gate.wait(5)
+        gate.wait(10)
         return xs
 
     b = MicroBatcher(blocked, max_batch=1, max_delay_ms=0, name="busy", concurrency=2)
-    firsts = [threading.Thread(target=lambda s=s: b.submit(s, timeout=5)) for s in ("a", "b")]
+    firsts = [threading.Thread(target=lambda s=s: b.submit(s, timeout=10)) for s in ("a", "b")]
     for t in firsts:
         t.start()
-        time.sleep(0.05)  # both runners are now inside fn; "late" has to queue behind them
+    # Both runners are now inside fn; "late" has to queue behind them.
+    wait_until(lambda: len(seen) == 2 and b.stats()["busy"] == 2, "both runners busy")
     with pytest.raises(TimeoutError):
         b.submit("late", timeout=0.05)
     gate.set()
@@ -274,52 +307,38 @@ def test_concurrent_runners_skip_abandoned_requests():
     assert b.stats()["timeouts"] == 1
 
 
-def test_after_fork_reset_restarts_every_runner():
-    from recsys import lifecycle
-
-    b = MicroBatcher(lambda xs: xs, max_batch=4, max_delay_ms=0, name="fork2", concurrency=2)
-    assert b._threads == []  # lazy: nothing to inherit in a forked worker
-    assert b.submit(1, timeout=5) == 1
-    assert len(b._threads) == 2 and all(t.is_alive() for t in b._threads)
-    b._pid = -1
-    for hook in lifecycle._after_fork_hooks:
-        hook(None)
-    assert b._threads == [] and b.stats()["requests"] == 0
-    assert b.submit(2, timeout=5) == 2
-    assert len(b._threads) == 2
-    b.close()
-
-
 def test_concurrency_2_does_not_wait_for_company_while_a_runner_is_idle():
-    b = MicroBatcher(lambda xs: xs, max_batch=64, max_delay_ms=400, name="idle", concurrency=2)
-    t0 = time.monotonic()
-    assert b.submit("a", timeout=2) == "a"
-    elapsed = time.monotonic() - t0
+    b = MicroBatcher(
+        lambda xs: xs, max_batch=64, max_delay_ms=FOREVER_MS, name="idle", concurrency=2
+    )
+    # With one runner (test_max_delay_bounds_wait_for_a_lone_request) it would wait for
+    # company for max_delay, and this submit would time out.
+    assert b.submit("a", timeout=30) == "a"
     b.close()
-    # With one runner (test_max_delay_bounds_wait_for_a_lone_request) it would wait 400 ms.
-    assert elapsed < 0.2
+    assert b.stats()["batch_sizes"] == {1: 1} and b.stats()["timeouts"] == 0
 
 
 def test_concurrency_2_takes_the_whole_queue_in_one_batch():
-    gate = threading.Event()
+    gate, inside = threading.Event(), threading.Event()
     batches: list[list[int]] = []
 
     def gated(xs: list[int]) -> list[int]:
         batches.append(list(xs))
         if xs == [0]:
-            gate.wait(5)  # hold one runner so the other collects the rest, waiting for company
+            inside.set()
+            gate.wait(30)  # hold one runner so the other collects the rest, waiting for company
         return xs
 
-    b = MicroBatcher(gated, max_batch=64, max_delay_ms=300, name="whole", concurrency=2)
-    first = threading.Thread(target=lambda: b.submit(0, timeout=5))
+    b = MicroBatcher(gated, max_batch=64, max_delay_ms=FOREVER_MS, name="whole", concurrency=2)
+    first = threading.Thread(target=lambda: b.submit(0, timeout=30))
     first.start()
-    time.sleep(0.05)  # 0 is inside fn: the other runner waits for company
-    rest = threading.Thread(target=lambda: _run_threads(8, lambda i: b.submit(i + 1, timeout=5)))
+    assert inside.wait(30)  # 0 is inside fn: the other runner waits for company
+    rest = threading.Thread(target=lambda: _run_threads(8, lambda i: b.submit(i + 1, timeout=30)))
     rest.start()
-    time.sleep(0.1)  # the 8 are queued, the collector still waiting (300 ms)
+    wait_until(lambda: b.stats()["queued"] == 8, "the 8 queued")  # the collector still waits
     gate.set()  # runner 0 frees up: the 8 go together, not shared out in two batches of 4
-    rest.join(5)
-    first.join(5)
+    rest.join(30)
+    first.join(30)
     b.close()
     assert batches[0] == [0]
     assert len(batches) == 2 and sorted(batches[1]) == list(range(1, 9))
@@ -380,12 +399,11 @@ def test_inline_when_idle_runs_a_lone_request_in_the_callers_thread():
         ran_on.append(threading.current_thread().name)
         return [x + 1 for x in xs]
 
-    b = MicroBatcher(fn, max_batch=8, max_delay_ms=50, inline_when_idle=True)
-    t0 = time.monotonic()
-    assert b.submit(1) == 2 and b.submit(2) == 3
-    assert time.monotonic() - t0 < 0.05  # no wait for company
+    # A request that waited for company (max_delay) would time out.
+    b = MicroBatcher(fn, max_batch=8, max_delay_ms=FOREVER_MS, inline_when_idle=True)
+    assert b.submit(1, timeout=30) == 2 and b.submit(2, timeout=30) == 3
     assert ran_on == [threading.current_thread().name] * 2
-    assert b._threads == []  # no runner was needed
+    assert b.stats()["runners"] == 0  # no runner was needed
     st = b.stats()
     assert st["batches"] == 2 and st["requests"] == 2 and st["batch_sizes"] == {1: 2}
     with pytest.raises(ZeroDivisionError):
@@ -408,13 +426,20 @@ def test_inline_when_idle_still_batches_requests_that_arrive_meanwhile():
     first = threading.Thread(target=lambda: b.submit(0))
     first.start()
     assert entered.wait(5)  # the lone first request runs inline and holds the "core"
-    threading.Timer(0.1, release.set).start()
-    results = _run_threads(5, lambda i: b.submit(i + 1))
-    first.join(5)
+    clients = threading.Thread(
+        target=lambda: box.extend(_run_threads(5, lambda i: b.submit(i + 1, timeout=30)))
+    )
+    box: list = []
+    clients.start()
+    wait_until(lambda: b.stats()["queued"] == 5, "the five queued behind the inline run")
+    release.set()
+    clients.join(30)
+    first.join(30)
+    results = box
     assert [r for r, _ in results] == [10, 20, 30, 40, 50]
     assert seen[0] == [0]
     assert sorted(x for batch in seen[1:] for x in batch) == [1, 2, 3, 4, 5]
-    assert len(seen) < 6  # the five queued behind the running one shared batches
+    assert len(seen) == 2  # the five queued behind the running one shared one batch
     b.close()
 
 
@@ -445,12 +470,21 @@ def test_inline_run_holds_a_slot_and_runners_survive(concurrency):
     first = threading.Thread(target=lambda: b.submit(0))
     first.start()
     assert entered.wait(5)
-    threading.Timer(0.2, release.set).start()
-    results = _run_threads(12, lambda i: b.submit(i + 1, timeout=5))
-    first.join(5)
+    box: list = []
+    clients = threading.Thread(
+        target=lambda: box.extend(_run_threads(12, lambda i: b.submit(i + 1, timeout=30)))
+    )
+    clients.start()
+    # While the inline run holds its slot, the 12 are answered by the other runner
+    # (concurrency 2) or wait in the queue (1): no more than ``concurrency`` in fn at once.
+    wait_until(lambda: b.stats()["requests"] + b.stats()["queued"] == 12, "the 12 served or queued")
+    release.set()
+    clients.join(30)
+    first.join(30)
+    results = box
     assert [e for _, e in results] == [None] * 12
     assert [r for r, _ in results] == [i + 101 for i in range(12)]
     assert peak[0] <= concurrency
-    assert all(t.is_alive() for t in b._threads)
+    assert b.stats()["runners"] == concurrency  # no runner died
     assert b.stats()["timeouts"] == 0
     b.close()

@@ -232,8 +232,8 @@ def test_quantile_matches_prometheus_interpolation():
 
 
 def test_previews_are_not_experiment_exposures(client):
-    from recsys import deadline
     from recsys.experiments import get_experiments
+    from recsys.serving import admission
 
     variants = [{"name": n, "weight": 0.5, "config": {}} for n in ("a", "b")]
     definition = {"name": "all-in", "variants": variants}
@@ -251,7 +251,7 @@ def test_previews_are_not_experiment_exposures(client):
     assert exposures == 0  # ... but neither view was an exposure
     # The preview's inner request (served by the Flask view for an enrolled user) had its own
     # request state: both finished, nothing is left counted in flight.
-    assert deadline.in_flight() == 0
+    assert admission.in_flight() == 0
     assert client.get("/v1/users/u6/recommendations").get_json()["experiment"]["name"] == "all-in"
     report = client.get("/v1/admin/experiments/all-in/report", headers=AUTH).get_json()
     assert sum(v["exposures"] for v in report["variants"].values()) == 1  # the user's own is

@@ -248,7 +248,8 @@ def test_cli_on_a_generic_csv_folder(sqlite_app, tmp_path):
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_cli_on_the_current_store(served_app, tmp_path):
-    """Without --data the evaluation reads the SQL store (features.store.load_interactions)."""
+    """Without --data the evaluation reads the SQL store
+    (recsys.store.training_data.load_interactions)."""
     from recsys.cli import main
 
     out = tmp_path / "store"

@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from tests.procs import free_port
 from tests.servicekit import ADMIN_TOKEN, seed_store, train_and_register
+from tests.waiting import wait_until
 
 
 class Relay:
@@ -367,25 +368,25 @@ def test_database_hangs_mid_load(make_app, pg_schema_url, redis_url, redis_prefi
     figures.update(frozen_requests=40, socket_cuts=watchdog.cuts, probes=breaker.probes)
 
     relay.thaw()
+
     # Recovery: within a few breaker periods a probe succeeds and the circuit closes.
-    end = time.monotonic() + 60
-    while time.monotonic() < end:
+    def event_accepted() -> bool:
         r = client.post("/v1/events", json={"user_id": "u8", "item_id": "i2", "type": "view"})
-        if r.status_code == 201:
-            break
-        time.sleep(0.05)
-    assert r.status_code == 201, r.get_data(as_text=True)
+        return r.status_code == 201
+
+    wait_until(event_accepted, "an event accepted after the thaw", timeout=120)
     assert breaker.state == "closed"
     assert client.get("/readyz").status_code == 200
     body = client.get("/v1/users/u6/recommendations").get_json()
     assert body["degraded"] is False and "ease" in body["model_versions"]
     with load.lock:
         after = len(load.answers)
-    while True:  # the clients get through a round after recovery too
+
+    def clients_got_through() -> bool:  # a round each after recovery too
         with load.lock:
-            if len(load.answers) >= after + 4 * len(load.threads):
-                break
-        time.sleep(0.05)
+            return len(load.answers) >= after + 4 * len(load.threads)
+
+    wait_until(clients_got_through, "the clients answered after recovery", timeout=120)
     load.finish()
 
     kinds = {}

@@ -16,9 +16,9 @@ import pytest
 import scipy.sparse as sp
 
 from features.interactions import InteractionData
-from features.store import snapshot_info
 from recsys.errors import ModelError
 from recsys.registry import MANIFEST, ModelRepository, get_repository
+from recsys.store.training_data import snapshot_info
 from strategies.base import Strategy, UserBatch
 
 pytestmark = pytest.mark.postgres

@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-from features.store import load_interactions
 from recsys.cli import main
 from recsys.registry import ModelRepository
 from recsys.store import get_engine, session_scope
 from recsys.store.models import AuditLog
+from recsys.store.training_data import load_interactions
 from tests.test_registry import CountStrategy, resolver
 from tests.test_training_cli import fill_store
 

@@ -145,9 +145,9 @@ def _seeded(make_app, tmp_path):
 
 @pytest.mark.postgres
 def test_train_engine_spark_writes_an_ordinary_als_version(spark, make_app, tmp_path):
-    from features.store import load_interactions
     from recsys.registry import get_repository
     from recsys.store import get_engine
+    from recsys.store.training_data import load_interactions
 
     app = _seeded(make_app, tmp_path)
     runner = app.test_cli_runner()
@@ -181,9 +181,9 @@ def test_train_engine_spark_writes_an_ordinary_als_version(spark, make_app, tmp_
 def test_popularity_aggregated_in_spark_equals_the_in_process_fit(
     spark, make_app, tmp_path, half_life_days
 ):
-    from features.store import load_interactions
     from recsys.registry import get_repository
     from recsys.store import get_engine
+    from recsys.store.training_data import load_interactions
     from strategies.popular import PopularStrategy
 
     app = _seeded(make_app, tmp_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from recsys import proportions
 from recsys.evaluation import stats
 
 
@@ -81,8 +82,8 @@ def test_coverage_comparison_over_lists():
 
 
 def test_wilson_interval_known_values():
-    lo, hi = stats.wilson_interval(10, 100)
+    lo, hi = proportions.wilson_interval(10, 100)
     # Reference values of the Wilson score interval for 10/100.
     assert lo == pytest.approx(0.0552, abs=1e-3)
     assert hi == pytest.approx(0.1744, abs=1e-3)
-    assert all(np.isnan(stats.wilson_interval(0, 0)))
+    assert all(np.isnan(proportions.wilson_interval(0, 0)))

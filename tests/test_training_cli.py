@@ -9,10 +9,10 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from features.store import load_catalog, load_interactions
 from recsys.cli import main
 from recsys.registry import ModelRepository
 from recsys.store import Event, Item, User, get_engine, session_scope
+from recsys.store.training_data import load_catalog, load_interactions
 from recsys.training import holdout_metrics, holdout_split
 from tests.test_registry import CountStrategy, resolver
 

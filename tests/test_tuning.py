@@ -379,6 +379,7 @@ def test_recsys_tune_cli_activates_and_a_failed_retune_keeps_the_profile(make_ap
 
 def test_evaluate_tuned_sees_the_training_part_only(synthetic):
     from recsys.evaluation.runner import evaluate
+    from recsys.tuning.search import tune_config
 
     data, _ = synthetic
     report = evaluate(
@@ -389,6 +390,7 @@ def test_evaluate_tuned_sees_the_training_part_only(synthetic):
         resamples=200,
         tune_budget=60.0,
         tune_options={"strategies": STRATEGIES, "max_trials": 4},
+        tuner=tune_config,
     )
     tuned = report["configs"]["tuned"]
     # The search saw the training part only, its validation slice cut as the test was.

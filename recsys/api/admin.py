@@ -16,9 +16,9 @@ from marshmallow import ValidationError
 from recsys import audit
 from recsys.auth import check_admin
 from recsys.schemas import AuditQuery, RoutingPatch, StrategyPatch
-from recsys.service import STRATEGY_NAMES
 from recsys.settings import get_settings
 from recsys.store import session_scope
+from strategies import STRATEGY_NAMES
 
 bp = APIBlueprint("admin", __name__, url_prefix="/v1/admin", tag="Admin")
 

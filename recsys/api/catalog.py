@@ -20,7 +20,7 @@ from apiflask import APIBlueprint
 from flask import current_app
 from sqlalchemy import delete, func, select
 
-from recsys.api.events import ensure_ids
+from recsys.api.events import blank_item, ensure_ids
 from recsys.auth import require_scope
 from recsys.cache import get_cache
 from recsys.errors import NotFound, RecsysError
@@ -38,9 +38,10 @@ from recsys.schemas import (
     UserOut,
     check_text,
 )
-from recsys.settings import CACHE_EPOCH, CATALOG_VERSION, ITEMS_VERSION, bump, get_settings
+from recsys.settings import get_settings
 from recsys.store import session_scope
 from recsys.store.models import Event, Item, User
+from recsys.store.versions import CACHE_EPOCH, CATALOG_VERSION, ITEMS_VERSION, bump
 
 bp = APIBlueprint("catalog", __name__, url_prefix="/v1", tag="Catalogue")
 
@@ -93,16 +94,7 @@ def put_item(item_id: str, body: dict):
         item = s.scalar(select(Item).where(Item.external_id == item_id).with_for_update())
         created = item is None
         if created:
-            ensure_ids(
-                s,
-                Item,
-                {item_id},
-                title="",
-                description="",
-                categories=[],
-                available=True,
-                attributes={},
-            )
+            ensure_ids(s, Item, {item_id}, **blank_item())
             item = s.scalar(select(Item).where(Item.external_id == item_id).with_for_update())
         before = (bool(item.available), list(item.categories or []))
         for field in ITEM_FIELDS:
@@ -151,10 +143,10 @@ def decode_cursor(cursor: str | None) -> str | None:
     "optionally in a `category` and by availability. Follow `next_cursor` until it is null.",
 )
 def list_items(q: dict):
-    from recsys.api.recommend import serving
+    from recsys.serving.pipeline import get_pipeline
 
-    ctx = serving()
-    items, last = ctx.catalog.page(
+    snap = get_pipeline(current_app).snapshot()
+    items, last = snap.catalog.page(
         decode_cursor(q["cursor"]), q["limit"], q["category"], q["available"]
     )
     return {"items": items, "next_cursor": encode_cursor(last)}

@@ -30,16 +30,22 @@ from recsys.auth import require_scope
 from recsys.cache import get_cache
 from recsys.errors import RecsysError
 from recsys.schemas import EventIn, EventsOut
-from recsys.settings import CACHE_EPOCH, get_settings
+from recsys.settings import get_settings
 from recsys.store import session_scope
 from recsys.store.db import dialect_insert
 from recsys.store.models import Event, Item, User, utcnow
+from recsys.store.versions import CACHE_EPOCH
 
 log = logging.getLogger(__name__)
 
 bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
 
 _schema = EventIn()
+
+
+def blank_item() -> dict[str, Any]:
+    """The columns of an item created because an event or an edit named an unknown id."""
+    return {"title": "", "description": "", "categories": [], "available": True, "attributes": {}}
 
 
 def ensure_ids(
@@ -116,11 +122,7 @@ def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
             Item,
             {e["item_id"] for e in events},
             refuse=_new_items_policy(app, events),
-            title="",
-            description="",
-            categories=[],
-            available=True,
-            attributes={},
+            **blank_item(),
         )
         now = utcnow()
         rows = [

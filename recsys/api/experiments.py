@@ -12,7 +12,7 @@ import math
 from apiflask import APIBlueprint
 from flask import current_app, g, request
 
-from recsys import audit, experiments
+from recsys import audit, experiments, experiments_report
 from recsys.auth import check_admin
 from recsys.errors import NotFound, RecsysError
 from recsys.schemas import check_text
@@ -62,15 +62,32 @@ def _body() -> dict:
 def create_experiment():
     check_admin()
     body = _body()
-    app = current_app._get_current_object()
     try:
-        with session_scope() as s:
-            view = experiments.create(s, body)
-            audit.record(s, _actor(), "experiment.create", view.name, None, view.to_dict())
+        view = create_audited(body, _actor())
     except experiments.ExperimentError as e:
         raise RecsysError(str(e), code=422) from e
-    experiments.get_experiments(app).invalidate()
     return view.to_dict(), 201
+
+
+def create_audited(body, actor: str):
+    """Create an experiment, audit it and make every worker see it (the API and the console)."""
+    with session_scope() as s:
+        view = experiments.create(s, body)
+        audit.record(s, actor, "experiment.create", view.name, None, view.to_dict())
+    experiments.get_experiments(current_app._get_current_object()).invalidate()
+    return view
+
+
+def stop_audited(name: str, actor: str):
+    """Stop an experiment, audit it (before/after) and make every worker see it."""
+    with session_scope() as s:
+        before = experiments.get(s, name)
+        view = experiments.stop(s, name)
+        audit.record(
+            s, actor, "experiment.stop", name, before.to_dict() if before else None, view.to_dict()
+        )
+    experiments.get_experiments(current_app._get_current_object()).invalidate()
+    return view
 
 
 @bp.get("/admin/experiments")
@@ -98,20 +115,7 @@ def get_experiment(name: str):
 def stop_experiment(name: str):
     check_admin()
     _check_name(name)
-    app = current_app._get_current_object()
-    with session_scope() as s:
-        before = experiments.get(s, name)
-        view = experiments.stop(s, name)
-        audit.record(
-            s,
-            _actor(),
-            "experiment.stop",
-            name,
-            before.to_dict() if before else None,
-            view.to_dict(),
-        )
-    experiments.get_experiments(app).invalidate()
-    return view.to_dict()
+    return stop_audited(name, _actor()).to_dict()
 
 
 @bp.get("/admin/experiments/<name>/report")
@@ -125,7 +129,7 @@ def experiment_report(name: str):
         raise RecsysError("window_hours must be a number in (0, 87600]", code=422)
     window = hours * 3600 if hours else experiments.DEFAULT_WINDOW_S
     with session_scope() as s:
-        return _json_numbers(experiments.report(s, name, window_s=window))
+        return _json_numbers(experiments_report.report(s, name, window_s=window))
 
 
 @bp.get("/users/<user_id>/experiments")

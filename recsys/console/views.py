@@ -252,16 +252,11 @@ def preview():
 
 # Models ---------------------------------------------------------------------------------------
 def _dir_bytes(path: str) -> int | None:
+    from recsys.retention import _dir_bytes as dir_bytes
+
     if not path or not os.path.isdir(path):
         return None
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
-    return total
+    return dir_bytes(path)
 
 
 def _models_screen(**extra: Any) -> str:
@@ -402,14 +397,14 @@ def user():
 
 # Experiments ----------------------------------------------------------------------------------
 def _experiments_screen(**extra: Any) -> str:
-    from recsys import experiments
+    from recsys import experiments, experiments_report
 
     with session_scope() as s:
         rows = experiments.list_all(s)
         reports = {}
         for e in rows:
             try:
-                reports[e.name] = experiments.report(s, e.name)
+                reports[e.name] = experiments_report.report(s, e.name)
             except Exception as err:  # noqa: BLE001 - one broken report must not hide the rest
                 log.exception("experiment report %s failed", e.name)
                 reports[e.name] = {"error": str(err)}
@@ -447,35 +442,24 @@ def experiment_create():
         body = json.loads(raw)
     except ValueError as e:
         return _experiments_screen(error=f"the definition is not valid JSON: {e}", definition=raw)
+    from recsys.api.experiments import create_audited
+
     try:
-        with session_scope() as s:
-            view = experiments.create(s, body)
-            audit.record(s, _actor(), "experiment.create", view.name, None, view.to_dict())
+        view = create_audited(body, _actor())
     except experiments.ExperimentError as e:
         return _experiments_screen(error=str(e), definition=raw)
-    experiments.get_experiments(current_app._get_current_object()).invalidate()
     return _experiments_screen(done=f"experiment {view.name} created")
 
 
 @ui.post("/experiments/<name>/stop")
 def experiment_stop(name: str):
     from recsys import experiments
+    from recsys.api.experiments import stop_audited
 
     try:
-        with session_scope() as s:
-            before = experiments.get(s, name)
-            view = experiments.stop(s, name)
-            audit.record(
-                s,
-                _actor(),
-                "experiment.stop",
-                name,
-                before.to_dict() if before else None,
-                view.to_dict(),
-            )
+        stop_audited(name, _actor())
     except (RecsysError, experiments.ExperimentError) as e:
         return _experiments_screen(error=getattr(e, "description", None) or str(e))
-    experiments.get_experiments(current_app._get_current_object()).invalidate()
     return _experiments_screen(done=f"experiment {name} stopped")
 
 

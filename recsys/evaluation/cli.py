@@ -12,10 +12,9 @@ import os
 import time
 
 import click
-from flask.cli import with_appcontext
+from flask.cli import AppGroup, with_appcontext
 
-from recsys.cli import main
-from recsys.evaluation.runner import SPLITS
+from recsys.evaluation.splits import SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +44,8 @@ def load_dataset(path: str | None):
     from recsys.evaluation import datasets
 
     if path is None:
-        from features.store import load_interactions
         from recsys.store import get_engine
+        from recsys.store.training_data import load_interactions
 
         data = load_interactions(get_engine())
         data.info.setdefault("dataset", "store")
@@ -138,7 +137,8 @@ def batch_to_data(batch):
     )
 
 
-@main.command("evaluate")
+@click.command("evaluate")
+@with_appcontext
 @click.option(
     "--data",
     "data_path",
@@ -208,7 +208,7 @@ def evaluate_command(
     from recsys.evaluation.configs import ConfigError, load_configs
     from recsys.evaluation.report import write_report
     from recsys.evaluation.runner import evaluate
-    from recsys.tuning.search import parse_budget
+    from recsys.tuning.search import parse_budget, tune_config
 
     if split != "time" and (cutoff or fraction):
         raise click.UsageError("--cutoff/--fraction only apply to --split time")
@@ -245,6 +245,7 @@ def evaluate_command(
             relevant=relevant,
             progress=_tqdm_factory(not no_progress),
             tune_budget=budget_s,
+            tuner=tune_config,
         )
     except ValueError as e:
         raise click.ClickException(str(e)) from e
@@ -278,7 +279,7 @@ def _echo_summary(report: dict) -> None:
 
 
 # -- online experiments (recsys.experiments) ------------------------------------------------------
-@main.group("experiments")
+@click.group("experiments", cls=AppGroup)
 def experiments_group() -> None:
     """Online experiments: list them and report per-variant results."""
 
@@ -288,7 +289,7 @@ def experiments_group() -> None:
 def experiments_list() -> None:
     """Every experiment with its variants and status."""
     from recsys import experiments
-    from recsys.cli import echo_json
+    from recsys.cliutil import echo_json
     from recsys.store import session_scope
 
     with session_scope() as s:
@@ -317,7 +318,7 @@ def experiments_report(name: str, window_hours: float, out_dir: str | None, as_j
     """Per variant: exposures, click-through and conversion with 95% intervals."""
     import json
 
-    from recsys import experiments
+    from recsys import experiments_report
     from recsys.errors import NotFound
     from recsys.store import session_scope
 
@@ -325,10 +326,10 @@ def experiments_report(name: str, window_hours: float, out_dir: str | None, as_j
         raise click.UsageError("--window-hours must be > 0")
     try:
         with session_scope() as s:
-            rep = experiments.report(s, name, window_s=window_hours * 3600)
+            rep = experiments_report.report(s, name, window_s=window_hours * 3600)
     except NotFound as e:
         raise click.ClickException(e.description) from e
-    md = experiments.report_markdown(rep)
+    md = experiments_report.report_markdown(rep)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "report.json"), "w") as f:
@@ -336,3 +337,7 @@ def experiments_report(name: str, window_hours: float, out_dir: str | None, as_j
         with open(os.path.join(out_dir, "summary.md"), "w") as f:
             f.write(md)
     click.echo(json.dumps(rep, indent=2, default=str) if as_json else md)
+
+
+# Registered on the ``recsys`` group by ``recsys.cli``.
+COMMANDS = (evaluate_command, experiments_group)

@@ -70,7 +70,7 @@ class EvalConfig:
 
 def single_strategy_overrides(name: str) -> dict[str, Any]:
     """Serving override under which ``name`` alone serves every user (cold and warm)."""
-    from recsys.service import STRATEGY_NAMES as SERVED
+    from strategies import STRATEGY_NAMES as SERVED
 
     strategies = {s: {"enabled": s == name} for s in SERVED}
     strategies[name] = {"enabled": True, "weight": 1.0}

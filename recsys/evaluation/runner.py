@@ -25,49 +25,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
-from features.interactions import DISLIKE, InteractionData
+from features.interactions import InteractionData
 from recsys.evaluation import metrics as M
-from recsys.evaluation import splits, stats
+from recsys.evaluation import stats
 from recsys.evaluation.configs import EvalConfig, load_configs, serving_config
+from recsys.evaluation.splits import relevant_matrix, split_data
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("time", "random-user", "stratified-item", "leave-last-out")
 HISTORY_BUCKETS = (("0", 0, 0), ("1-4", 1, 4), ("5-19", 5, 19), ("20+", 20, None))
 BATCH = 256
-
-
-def relevant_matrix(test: InteractionData, n_users: int, n_items: int) -> sp.csr_matrix:
-    """``(n_users, n_items)`` CSR of every positive event of ``test`` (what counts as a hit)."""
-    pos = test.event_type != DISLIKE
-    rel = sp.csr_matrix(
-        (np.ones(int(pos.sum()), np.float32), (test.user_idx[pos], test.item_idx[pos])),
-        shape=(n_users, n_items),
-    )
-    rel.sum_duplicates()
-    return rel
-
-
-def split_data(
-    data: InteractionData,
-    split: str,
-    seed: int = 42,
-    ratio: float = 0.75,
-    cutoff: str | None = None,
-    fraction: float | None = None,
-) -> tuple[InteractionData, InteractionData]:
-    """One of ``SPLITS``; ``ratio`` is the training share of the random splits."""
-    if split == "stratified-item":
-        return splits.stratified_item_split(data, ratio=ratio, seed=seed)
-    if split == "random-user":
-        return splits.random_user_split(data, ratio=ratio, seed=seed)
-    if split == "time":
-        return splits.time_split(data, cutoff=cutoff, fraction=fraction)
-    if split == "leave-last-out":
-        return splits.leave_last_out(data)
-    raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
 
 
 def _param_key(name: str, params: dict[str, Any]) -> str:
@@ -189,11 +157,14 @@ def evaluate(
     relevant: str = "all",
     tune_budget: float = 300.0,
     tune_options: dict[str, Any] | None = None,
+    tuner: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``configs`` (EvalConfig objects or ``--config`` strings) on ``data``.
 
-    ``tune_budget``: seconds of search for each ``tuned`` configuration (``recsys.tuning``),
-    which sees the training part only; ``tune_options``: further ``TuneOptions`` fields.
+    ``tune_budget``: seconds of search for each ``tuned`` configuration, which sees the
+    training part only; ``tune_options``: further ``TuneOptions`` fields; ``tuner``: what fills
+    a tuned configuration in (``recsys.tuning.search.tune_config``; evaluation does not import
+    the tuner, which itself evaluates with this package's splits and metrics).
     ``relevant``: "all" (every positive test event counts, the Recommenders protocol) or "new"
     (only items absent from the user's training events: discovery).
     ``progress``: a tqdm-like factory (``progress(total=, desc=, unit=)``) for progress bars.
@@ -235,10 +206,12 @@ def evaluate(
     n_train_users = int(np.count_nonzero(np.bincount(train.user_idx, minlength=data.n_users)))
 
     profiles: dict[str, Any] = {}
+    if tuner is None and any(cfg.tune for cfg in cfgs):
+        raise ValueError("a tuned configuration needs tuner= (recsys.tuning.search.tune_config)")
     for cfg in cfgs:
         if cfg.tune:
             t0 = time.perf_counter()
-            profile = tune_config(
+            profile = tuner(
                 cfg,
                 train,
                 split,
@@ -357,40 +330,6 @@ def evaluate(
         "comparisons": comparisons,
         "timings": timings,
     }
-
-
-def tune_config(
-    cfg: EvalConfig,
-    train: InteractionData,
-    split: str,
-    seed: int,
-    ratio: float,
-    fraction: float | None,
-    budget_s: float,
-    progress: bool,
-    **options: Any,
-):
-    """Fill a ``tuned`` configuration in from a search on ``train`` alone: the validation slice
-    is cut from it the way ``split`` cut the test part (time: its newest share; leave-last-out:
-    each user's last training event; random splits: a random share). Returns the profile."""
-    from recsys.tuning.search import TuneOptions, tune
-
-    share = (fraction or 0.2) if split == "time" else 1.0 - ratio
-    opts = TuneOptions(
-        budget_s=budget_s,
-        validation=split,
-        fraction=share,
-        seed=seed,
-        progress=progress,
-        **options,
-    )
-    profile = tune(train, opts)
-    cfg.serving = profile.serving_overrides()
-    cfg.serving["profile"] = cfg.name
-    cfg.params = {s: dict(p) for s, p in profile.params.items()}
-    cfg.description = f"self-tuned on the training part ({budget_s:.0f} s budget)"
-    log.info("tuned profile for %s:\n%s", cfg.name, profile.summary())
-    return profile
 
 
 def compare_configs(

@@ -14,8 +14,9 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
+import scipy.sparse as sp
 
-from features.interactions import InteractionData
+from features.interactions import DISLIKE, InteractionData
 
 Split = tuple[InteractionData, InteractionData]
 
@@ -147,3 +148,37 @@ def leave_last_out(data: InteractionData, n: int = 1) -> Split:
     test = np.zeros(m, dtype=bool)
     test[order] = test_sorted
     return data.subset(~test), data.subset(test)
+
+
+SPLITS = ("time", "random-user", "stratified-item", "leave-last-out")
+
+
+def relevant_matrix(test: InteractionData, n_users: int, n_items: int) -> sp.csr_matrix:
+    """``(n_users, n_items)`` CSR of every positive event of ``test`` (what counts as a hit)."""
+    pos = test.event_type != DISLIKE
+    rel = sp.csr_matrix(
+        (np.ones(int(pos.sum()), np.float32), (test.user_idx[pos], test.item_idx[pos])),
+        shape=(n_users, n_items),
+    )
+    rel.sum_duplicates()
+    return rel
+
+
+def split_data(
+    data: InteractionData,
+    split: str,
+    seed: int = 42,
+    ratio: float = 0.75,
+    cutoff: str | None = None,
+    fraction: float | None = None,
+) -> tuple[InteractionData, InteractionData]:
+    """One of ``SPLITS``; ``ratio`` is the training share of the random splits."""
+    if split == "stratified-item":
+        return stratified_item_split(data, ratio=ratio, seed=seed)
+    if split == "random-user":
+        return random_user_split(data, ratio=ratio, seed=seed)
+    if split == "time":
+        return time_split(data, cutoff=cutoff, fraction=fraction)
+    if split == "leave-last-out":
+        return leave_last_out(data)
+    raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")

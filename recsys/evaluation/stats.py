@@ -257,14 +257,3 @@ def mean_ci(
         return float("nan"), float("nan"), float("nan")
     lo, hi, _ = bootstrap_ci(values, resamples=resamples, seed=seed)
     return float(values.mean()), lo, hi
-
-
-def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a proportion (click-through, conversion)."""
-    if trials <= 0:
-        return float("nan"), float("nan")
-    p = successes / trials
-    denom = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denom
-    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))

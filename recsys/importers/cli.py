@@ -7,10 +7,9 @@ import sqlite3
 from collections.abc import Callable
 
 import click
-from flask.cli import with_appcontext
+from flask.cli import AppGroup, with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
-from recsys.cli import main
 from recsys.importers.common import ImportBatch, ImportReport, SourceError, run_import
 
 try:  # the raw psycopg cursor used for COPY raises psycopg's own errors
@@ -50,7 +49,7 @@ def _import(parse: Callable[[], tuple[ImportReport, ImportBatch]], as_json: bool
             click.echo(line)
 
 
-@main.group("import")
+@click.group("import", cls=AppGroup)
 def import_group() -> None:
     """Bulk-import interactions, items and users (idempotent: re-importing adds nothing)."""
 
@@ -114,7 +113,8 @@ def import_csv(interactions: str, items: str | None, users: str | None, as_json:
     _import(lambda: csv_import.parse(interactions, items, users), as_json)
 
 
-@main.command("stats")
+@click.command("stats")
+@with_appcontext
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @with_appcontext
 def stats(as_json: bool) -> None:
@@ -143,3 +143,7 @@ def stats(as_json: bool) -> None:
             click.echo(f"  {typ:<8}{n:>10,}")
     if s["time_range"]:
         click.echo(f"time range  {s['time_range'][0]} .. {s['time_range'][1]}")
+
+
+# Registered on the ``recsys`` group by ``recsys.cli``.
+COMMANDS = (import_group, stats)

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 from flask import current_app
-from flask.cli import with_appcontext
+from flask.cli import AppGroup, with_appcontext
 
-from recsys.cli import echo_json, main
+from recsys.cliutil import echo_json
 from recsys.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,8 @@ def echo_outcome(out: dict[str, Any]) -> None:
     click.echo(f"time: search {out['seconds']['search']}s, refit {out['seconds']['refit']}s")
 
 
-@main.command("tune")
+@click.command("tune")
+@with_appcontext
 @click.option("--budget", default="5m", show_default=True, help="Search time (90s, 5m, 1h).")
 @_tune_flags
 @click.option("--no-activate", is_flag=True, help="Store the profile without activating it.")
@@ -259,9 +260,9 @@ def tune_command(
     events, stores the profile in the model repository and activates it when it is at least
     as good as the best single strategy and popularity on the validation slice.
     """
-    from features.store import load_interactions
     from recsys.registry import PROFILE_KIND, get_repository
     from recsys.store import get_engine
+    from recsys.store.training_data import load_interactions
 
     repo = get_repository(current_app)
     if if_missing and repo.active_version(PROFILE_KIND):
@@ -283,7 +284,7 @@ def tune_command(
         echo_outcome(out)
 
 
-@main.group("profile")
+@click.group("profile", cls=AppGroup)
 def profile_group() -> None:
     """Serving profiles (what recsys tune chose): show, switch off. Activate and roll back
     with ``recsys models activate profile VERSION`` / ``recsys models rollback profile``."""
@@ -327,3 +328,7 @@ def profile_off(actor: str) -> None:
 
     previous = deactivate_profile(get_repository(current_app), actor=actor)
     click.echo(f"profile {previous} switched off" if previous else "no profile was active")
+
+
+# Registered on the ``recsys`` group by ``recsys.cli``.
+COMMANDS = (tune_command, profile_group)

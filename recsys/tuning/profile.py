@@ -192,8 +192,8 @@ def rollback_profile(repo, actor: str = "cli") -> str:
 
 def deactivate_profile(repo, actor: str = "cli") -> str | None:
     """Serve without a profile (the shipped cold/warm defaults); returns the one switched off."""
-    from recsys.settings import bump
     from recsys.store.models import AuditLog, ModelVersion
+    from recsys.store.versions import bump
 
     with repo.sessionmaker() as s, s.begin():
         rows = s.scalars(
@@ -220,7 +220,7 @@ def deactivate_profile(repo, actor: str = "cli") -> str | None:
 
 def _switch(repo, version: str, actor: str, kind: str, reason: str = "") -> str | None:
     """Flip the active profile row and bump ``config_version`` in one transaction."""
-    from recsys.settings import bump
+    from recsys.store.versions import bump
 
     with repo.sessionmaker() as s, s.begin():
         rows = repo._lock_strategy(s, PROFILE_KIND)

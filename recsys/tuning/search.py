@@ -15,7 +15,7 @@ share). The search runs in three stages within one time budget:
    (quantiles of their history length; an empty history is always its own bin), and for every
    run of adjacent bins an Optuna study searches blend weights and the fusion method
    (weighted / RRF), evaluated through the request path's own blend, rules and page
-   (``Recommender.strategies_for`` and ``_ranked_page``) with median pruning after half of the
+   (``Recommender.strategies_for`` and ``ranked_page``) with median pruning after half of the
    users. Each run is searched twice, on two halves of its users, and each half's winner is
    scored on the other half (cross-fitting): the route keeps the blend only if that honest
    figure is at least the best single strategy's there, else it serves that single strategy
@@ -196,7 +196,7 @@ def validation_split(
     data: InteractionData, mode: str, fraction: float = 0.2, seed: int = 42
 ) -> tuple[InteractionData, InteractionData]:
     """Cut the validation slice from ``data`` the way a test part is cut (see module doc)."""
-    from recsys.evaluation.runner import split_data
+    from recsys.evaluation.splits import split_data
 
     if mode == "time":
         return split_data(data, "time", fraction=fraction)
@@ -251,7 +251,7 @@ class Validation:
     ):
         import scipy.sparse as sp
 
-        from recsys.evaluation.runner import relevant_matrix
+        from recsys.evaluation.splits import relevant_matrix
         from recsys.service import histories_from_data
 
         self.trains = [t for t, _ in folds]
@@ -394,10 +394,10 @@ class Tuner:
         )
 
     def _strategies(self) -> list[str]:
-        from strategies import OPT_IN, STRATEGY_NAMES, available_strategies
+        from strategies import STRATEGY_NAMES, available_strategies, opt_in
 
         # Opt-in strategies (minutes of CPU to fit) are searched only when named.
-        names = list(self.opt.strategies or [n for n in STRATEGY_NAMES if n not in OPT_IN])
+        names = list(self.opt.strategies or [n for n in STRATEGY_NAMES if not opt_in(n)])
         out = [
             name
             for name in available_strategies(names)
@@ -582,7 +582,7 @@ class Tuner:
             if not names:  # the request path's fallback: popularity, ranked on its own
                 names, route = ["popular"], None
             per = {s: self.cands[s][u] for s in names}
-            page = rec._ranked_page(per, h, req, route)
+            page = rec.ranked_page(per, h, req, route)
             if page:
                 out[j, : len(page)] = items.indices([it.item_id for it in page])
         return out
@@ -1042,3 +1042,35 @@ def tune(data: InteractionData, options: TuneOptions | None = None):
     """Search a serving profile for ``data`` (see the module docstring); returns an unsaved
     ``recsys.tuning.profile.ServingProfile`` whose ``guard`` says whether it passed."""
     return Tuner(data, options or TuneOptions()).run()
+
+
+def tune_config(
+    cfg: Any,
+    train: InteractionData,
+    split: str,
+    seed: int,
+    ratio: float,
+    fraction: float | None,
+    budget_s: float,
+    progress: bool,
+    **options: Any,
+):
+    """Fill a ``tuned`` configuration in from a search on ``train`` alone: the validation slice
+    is cut from it the way ``split`` cut the test part (time: its newest share; leave-last-out:
+    each user's last training event; random splits: a random share). Returns the profile."""
+    share = (fraction or 0.2) if split == "time" else 1.0 - ratio
+    opts = TuneOptions(
+        budget_s=budget_s,
+        validation=split,
+        fraction=share,
+        seed=seed,
+        progress=progress,
+        **options,
+    )
+    profile = tune(train, opts)
+    cfg.serving = profile.serving_overrides()
+    cfg.serving["profile"] = cfg.name
+    cfg.params = {s: dict(p) for s, p in profile.params.items()}
+    cfg.description = f"self-tuned on the training part ({budget_s:.0f} s budget)"
+    log.info("tuned profile for %s:\n%s", cfg.name, profile.summary())
+    return profile

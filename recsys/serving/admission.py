@@ -1,0 +1,159 @@
+"""Admission: priority, deadline and overload shedding of one request, and the in-flight
+count they read.
+
+Priorities come from the ``X-Priority`` header (``low`` | ``normal`` | ``high``). Under overload
+(more requests in flight in this worker than ``OVERLOAD_IN_FLIGHT``) ``admission()`` tells the
+request path to answer low-priority requests from the cache or popularity only.
+
+The in-flight count and the per-request metrics (count, latency by endpoint and route) are
+kept here and only here: the Flask hooks (``init_app``) and the WSGI fast path
+(``recsys.fastpath``) both call ``request_started`` / ``request_finished``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from flask import Flask, g, request
+
+from recsys.errors import RecsysError
+from recsys.lifecycle import on_after_fork
+from recsys.metrics import IN_FLIGHT, REQUEST_LATENCY, REQUESTS, REQUESTS_SHED
+
+PRIORITIES = ("low", "normal", "high")
+PRIORITY_HEADER = "X-Priority"
+# Deadline multipliers: a low-priority request gives up sooner, a high-priority one waits longer.
+PRIORITY_DEADLINE_FACTOR = {"low": 0.5, "normal": 1.0, "high": 2.0}
+DEFAULT_OVERLOAD_IN_FLIGHT = 3
+
+_lock = threading.Lock()
+_in_flight = 0
+
+
+@on_after_fork
+def reset_after_fork(_app=None) -> None:
+    """Forget the in-flight count inherited from the master (a lifecycle hook)."""
+    global _in_flight
+    with _lock:
+        _in_flight = 0
+
+
+# -- priorities and overload --------------------------------------------------------------------
+def request_started() -> None:
+    global _in_flight
+    with _lock:
+        _in_flight += 1
+    IN_FLIGHT.inc()
+
+
+def request_finished() -> None:
+    global _in_flight
+    with _lock:
+        _in_flight = max(0, _in_flight - 1)
+    IN_FLIGHT.dec()
+
+
+def in_flight() -> int:
+    """Requests being handled by this process now (including the caller's)."""
+    return _in_flight
+
+
+def parse_priority(value: str | None) -> str:
+    """``X-Priority`` header value -> ``low|normal|high`` (missing -> normal; bad -> 400)."""
+    if value is None or value == "":
+        return "normal"
+    p = value.strip().lower()
+    if p not in PRIORITIES:
+        raise RecsysError(
+            f"{PRIORITY_HEADER} must be one of {', '.join(PRIORITIES)}; got {value!r}"
+        )
+    return p
+
+
+@dataclass(frozen=True)
+class Admission:
+    """How the request path should treat one request.
+
+    ``priority``: low|normal|high. ``deadline_s``: the per-request deadline to give
+    ``run_with_deadline`` (scaled by priority). ``shed``: the worker is overloaded and this is a
+    low-priority request: answer from the cache if present, else from popularity only (the
+    response should say ``degraded``), and skip the personalised strategies.
+    """
+
+    priority: str
+    deadline_s: float
+    shed: bool
+
+
+def admission(
+    priority_header: str | None = None,
+    base_deadline_ms: float | None = None,
+    overload_in_flight: int | None = None,
+) -> Admission:
+    """Decide priority, deadline and shedding for the current request (call once per request).
+
+    Arguments default to the current Flask request's ``X-Priority`` header and the app config
+    (``DEADLINE_MS``, ``OVERLOAD_IN_FLIGHT``). A shed request is counted in ``REQUESTS_SHED``.
+    Raises ``RecsysError`` (400) for an invalid header value.
+    """
+    if priority_header is None or base_deadline_ms is None or overload_in_flight is None:
+        from flask import current_app, has_request_context
+
+        if priority_header is None and has_request_context():
+            priority_header = request.headers.get(PRIORITY_HEADER)
+        cfg = current_app.config
+        if base_deadline_ms is None:
+            base_deadline_ms = float(cfg.get("DEADLINE_MS", 250))
+        if overload_in_flight is None:
+            overload_in_flight = int(cfg.get("OVERLOAD_IN_FLIGHT", DEFAULT_OVERLOAD_IN_FLIGHT))
+    priority = parse_priority(priority_header)
+    deadline_s = base_deadline_ms / 1000.0 * PRIORITY_DEADLINE_FACTOR[priority]
+    shed = priority == "low" and in_flight() > overload_in_flight
+    if shed:
+        REQUESTS_SHED.labels(priority).inc()
+    return Admission(priority=priority, deadline_s=deadline_s, shed=shed)
+
+
+# -- per-request accounting ------------------------------------------------------------------------
+_latency_children: dict[tuple[str, str], object] = {}
+
+
+def observe_request(endpoint: str, route: str, status: str, seconds: float | None) -> None:
+    """Count one answered request and, unless ``seconds`` is None, its latency."""
+    REQUESTS.labels(endpoint, status).inc()
+    if seconds is None:
+        return
+    child = _latency_children.get((endpoint, route))
+    if child is None:
+        child = _latency_children[(endpoint, route)] = REQUEST_LATENCY.labels(endpoint, route)
+    child.observe(seconds)  # type: ignore[attr-defined]
+
+
+def init_app(app: Flask) -> None:
+    """Time and count every Flask request (the endpoint name, not the raw path, keeps label
+    cardinality bounded) and keep the in-flight count."""
+
+    @app.before_request
+    def _start_timer():
+        g.recsys_t0 = time.perf_counter()
+        request_started()
+
+    @app.teardown_request
+    def _observe(_exc):
+        t0 = g.pop("recsys_t0", None)
+        if t0 is None:
+            return
+        request_finished()
+        endpoint = request.endpoint or "unmatched"
+        if endpoint == "ops.metrics":
+            return  # scrapes would otherwise dominate the histogram
+        REQUEST_LATENCY.labels(endpoint, g.get("recsys_route", "none")).observe(
+            time.perf_counter() - t0
+        )
+
+    @app.after_request
+    def _count(response):
+        REQUESTS.labels(request.endpoint or "unmatched", str(response.status_code)).inc()
+        return response
