@@ -122,7 +122,23 @@ class LocalBackend:
         return len(self._data)
 
 
-class RedisBackend:
+class _RedisWrites:
+    """Writes shared by the plain and the cluster backend (``self.client`` is either)."""
+
+    client: Any
+
+    def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        self.client.set(key, value, ex=max(1, int(ttl_s)))
+
+    def set_many(self, items: dict[str, bytes], ttl_s: float) -> None:
+        # Non-transactional: a cluster client groups the keys (many slots) by node.
+        pipe = self.client.pipeline(transaction=False)
+        for k, v in items.items():
+            pipe.set(k, v, ex=max(1, int(ttl_s)))
+        pipe.execute()
+
+
+class RedisBackend(_RedisWrites):
     """redis-py, with one raw connection per thread for the request path's commands.
 
     The client API checks a pooled connection out (a lock and a ``can_read`` poll syscall) and
@@ -166,15 +182,6 @@ class RedisBackend:
 
     def mget(self, keys: list[str]) -> list[bytes | None]:
         return self._run(("MGET", *keys))[0]
-
-    def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        self.client.set(key, value, ex=max(1, int(ttl_s)))
-
-    def set_many(self, items: dict[str, bytes], ttl_s: float) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for k, v in items.items():
-            pipe.set(k, v, ex=max(1, int(ttl_s)))
-        pipe.execute()
 
     def set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
         return self._run(("SET", key, value, "NX", "PX", int(ttl_ms)))[0] is not None
@@ -229,7 +236,7 @@ def is_cluster_url(url: str | None) -> bool:
     return bool(url) and urlsplit(url).scheme in CLUSTER_SCHEMES
 
 
-class RedisClusterBackend:
+class RedisClusterBackend(_RedisWrites):
     """redis-py's ``RedisCluster``: commands go to the node owning their keys' slot.
 
     Every multi-key command here names keys of one user, which share a hash tag and so a slot:
@@ -270,16 +277,6 @@ class RedisClusterBackend:
         if len(keys) == 1:
             return [self.client.get(keys[0])]
         return self.client.mget(keys)  # one slot (one user's keys): refused otherwise
-
-    def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        self.client.set(key, value, ex=max(1, int(ttl_s)))
-
-    def set_many(self, items: dict[str, bytes], ttl_s: float) -> None:
-        # Keys of many users, so many slots: the cluster pipeline groups them by node.
-        pipe = self.client.pipeline(transaction=False)
-        for k, v in items.items():
-            pipe.set(k, v, ex=max(1, int(ttl_s)))
-        pipe.execute()
 
     def set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
         return self.client.set(key, value, nx=True, px=int(ttl_ms)) is not None
