@@ -29,16 +29,20 @@ class BackgroundPoll:
         self.name = name
         self.fn = fn
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._running = False
         self._pid = os.getpid()
+        self.runs = 0  # refreshes finished (failed ones included)
 
     def trigger(self) -> bool:
         """Start a refresh unless one is running. True if this call started one."""
+        pid = os.getpid()
+        if self._pid != pid:
+            # Forked: the thread that set _running (or held the lock) lives in the parent only.
+            self._lock = threading.Lock()
+            self._idle = threading.Condition(self._lock)
+            self._pid, self._running = pid, False
         with self._lock:
-            pid = os.getpid()
-            if self._pid != pid:
-                # Forked: the thread that set _running lives in the parent only.
-                self._pid, self._running = pid, False
             if self._running:
                 return False
             self._running = True
@@ -47,8 +51,18 @@ class BackgroundPoll:
         except RuntimeError:  # interpreter shutting down: nothing to refresh for
             with self._lock:
                 self._running = False
+                self._idle.notify_all()
             return False
         return True
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no refresh is running (an event, not a poll). False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._running, timeout)
 
     def _run(self) -> None:
         try:
@@ -58,3 +72,5 @@ class BackgroundPoll:
         finally:
             with self._lock:
                 self._running = False
+                self.runs += 1
+                self._idle.notify_all()

@@ -35,6 +35,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +120,7 @@ class ModelRuntime:
         self.batch_inline_when_idle = bool(batch_inline_when_idle)
         self.cpu_precision = cpu_precision or None
         self.warmup = warmup
+        self.clock: Callable[[], float] = time.monotonic  # idle times, polls, retries (tests)
         self._models: dict[str, _Slot] = {}
         self._active: dict[str, str] = {}
         self._modes: dict[str, str] = {}
@@ -152,13 +154,13 @@ class ModelRuntime:
         self._maybe_refresh()
         slot = self._models.get(strategy)
         if slot is not None:
-            slot.last_used = time.monotonic()
+            slot.last_used = self.clock()
             return slot.loaded
         version = self._active.get(strategy)
         if version is None:
             return None
         err = self._errors.get(strategy)
-        if err and err[0] == version and time.monotonic() - err[2] < RETRY_FAILED_S:
+        if err and err[0] == version and self.clock() - err[2] < RETRY_FAILED_S:
             return None
         try:
             return self._ensure_loaded(strategy, version).loaded
@@ -215,14 +217,14 @@ class ModelRuntime:
             loaded = self.serving_variant(repo.load_version(strategy, version))
             warmed = self._warm_up(loaded)
         except ModelError as e:
-            self._errors[strategy] = (version, e.description, time.monotonic())
+            self._errors[strategy] = (version, e.description, self.clock())
             metrics.MODEL_LOAD_FAILURES.labels(strategy).inc()
             raise
         except Exception as e:
             # The repository wraps load errors; anything else (warm-up crashed) is still a
             # version we must not serve.
             msg = f"{strategy}/{version}: warm-up failed: {type(e).__name__}: {e}"
-            self._errors[strategy] = (version, msg, time.monotonic())
+            self._errors[strategy] = (version, msg, self.clock())
             metrics.MODEL_LOAD_FAILURES.labels(strategy).inc()
             log.exception("warm-up of %s/%s failed", strategy, version)
             raise ModelError(msg) from e
@@ -251,7 +253,7 @@ class ModelRuntime:
             seconds,
             extra={"strategy": strategy, "version": version, "load_seconds": round(seconds, 4)},
         )
-        return _Slot(loaded=loaded, load_seconds=seconds, warmed=warmed)
+        return _Slot(loaded=loaded, load_seconds=seconds, warmed=warmed, last_used=self.clock())
 
     def _install(self, strategy: str, slot: _Slot) -> None:
         """Swap ``slot`` in (one dict assignment under the lock), then enforce the budget."""
@@ -362,7 +364,7 @@ class ModelRuntime:
                 if self._modes.get(strategy, DEFAULT_LOAD_MODE) != "preload":
                     continue
                 err = self._errors.get(strategy)
-                if err and err[0] == version and time.monotonic() - err[2] < RETRY_FAILED_S:
+                if err and err[0] == version and self.clock() - err[2] < RETRY_FAILED_S:
                     failed.append(strategy)
                     continue
                 try:
@@ -431,7 +433,7 @@ class ModelRuntime:
     def status(self) -> list[dict[str, Any]]:
         """One row per strategy known here: active version, loaded version, memory, state."""
         self._maybe_refresh()
-        now = time.monotonic()
+        now = self.clock()
         rows = []
         pending = {p["strategy"] for p in self.pending()}
         for name in sorted(set(self._active) | set(self._models) | set(self._errors)):
@@ -565,7 +567,7 @@ class ModelRuntime:
     def _maybe_refresh(self) -> None:
         if self._pid != os.getpid():
             self.after_fork()
-        if self._polled and time.monotonic() - self._last_poll < self.poll_seconds:
+        if self._polled and self.clock() - self._last_poll < self.poll_seconds:
             return
         if self._polled and self.poll_seconds > 0:
             # Serve what is loaded; poll in the background (recsys.polling).
@@ -577,16 +579,16 @@ class ModelRuntime:
         if not self._poll_lock.acquire(blocking=not self._polled):
             return  # another thread is polling right now; serve what we have
         try:
-            if self._polled and time.monotonic() - self._last_poll < self.poll_seconds:
+            if self._polled and self.clock() - self._last_poll < self.poll_seconds:
                 return
             changed = self._poll()
         except DB_UNAVAILABLE as e:  # an outage: one line now and then, no traceback
             _poll_log.warning("polling active model versions failed: %s", e)
-            self._last_poll = time.monotonic()
+            self._last_poll = self.clock()
             return
         except Exception:  # noqa: BLE001 - a store hiccup must not fail requests
             log.exception("polling active model versions failed")
-            self._last_poll = time.monotonic()
+            self._last_poll = self.clock()
             return
         finally:
             self._poll_lock.release()
@@ -610,7 +612,7 @@ class ModelRuntime:
             old_modes = self._modes
             self._active, self._modes = active, modes
             self._polled = True
-            self._last_poll = time.monotonic()
+            self._last_poll = self.clock()
             # Unload: no longer active, or an admin switched it from preload to lazy (unload).
             self._to_drop = [
                 name
@@ -627,7 +629,7 @@ class ModelRuntime:
             )
         # Preload models this process still lacks (a worker whose master did not preload, or a
         # version that failed earlier and is due for a retry).
-        now = time.monotonic()
+        now = self.clock()
         missing = any(
             "error" not in p or now - self._errors[p["strategy"]][2] >= RETRY_FAILED_S
             for p in self._pending()
@@ -653,7 +655,7 @@ class ModelRuntime:
             if not wanted:
                 continue
             err = self._errors.get(name)
-            if err and err[0] == version and time.monotonic() - err[2] < RETRY_FAILED_S:
+            if err and err[0] == version and self.clock() - err[2] < RETRY_FAILED_S:
                 continue
             try:
                 self._ensure_loaded(name, version)

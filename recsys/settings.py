@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask, current_app
@@ -80,6 +80,7 @@ class SettingsStore:
     def __init__(self, app: Flask):
         self.app = app
         self.poll_seconds = float(app.config.get("CONFIG_POLL_SECONDS", 0.5))
+        self.clock: Callable[[], float] = time.monotonic  # injectable (tests)
         self.reset()
 
     def reset(self) -> None:
@@ -92,7 +93,7 @@ class SettingsStore:
         self._config_version: int | None = None
         # (profile version, its serving overrides): the last active profile that loaded.
         self._profile: tuple[str, dict[str, Any]] | None = None
-        self._poller = BackgroundPoll("settings", self._poll)
+        self.poller = BackgroundPoll("settings", self._poll)
 
     def _session(self) -> Session:
         return self.app.extensions["recsys.sessionmaker"]()
@@ -100,7 +101,7 @@ class SettingsStore:
     # -- reading ----------------------------------------------------------------------------
     def versions(self, force: bool = False) -> Versions:
         """Shared versions, re-read from SQL at most every ``poll_seconds``."""
-        now = time.monotonic()
+        now = self.clock()
         if not force and self._versions is not None and now - self._polled_at < self.poll_seconds:
             return self._versions
         # Requests keep serving the versions they have while a background thread polls
@@ -108,7 +109,7 @@ class SettingsStore:
         # change (_polled_at reset: it must see its own writes), or when polling every call.
         wait = force or self._versions is None or self._polled_at == 0.0
         if not wait and self.poll_seconds > 0:
-            self._poller.trigger()
+            self.poller.trigger()
             return self._versions
         return self._poll(force)
 
@@ -117,7 +118,7 @@ class SettingsStore:
             if (
                 not force
                 and self._versions is not None
-                and time.monotonic() - self._polled_at < self.poll_seconds
+                and self.clock() - self._polled_at < self.poll_seconds
             ):
                 return self._versions
             try:
@@ -137,7 +138,7 @@ class SettingsStore:
                     raise
                 # The store blinked: keep serving the last known configuration.
                 log.exception("polling the configuration version failed")
-            self._polled_at = time.monotonic()
+            self._polled_at = self.clock()
             return self._versions
 
     def config(self) -> ServingConfig:

@@ -12,6 +12,7 @@ these classes registered in its model repository (configured from RECSYS_* varia
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -19,15 +20,19 @@ import numpy as np
 from features.interactions import InteractionData
 from strategies.base import Strategy, UserBatch
 
+# Opened by a test to let a ``gated`` model's scoring (its warm-up) finish.
+SCORE_GATE = threading.Event()
+
 
 class TinyPop(Strategy):
     name = "tiny"
     serves_cold = True
 
-    def __init__(self, delay_s: float = 0.0, pad_items: int = 0):
-        self._params = {"delay_s": delay_s, "pad_items": pad_items}
+    def __init__(self, delay_s: float = 0.0, pad_items: int = 0, gated: bool = False):
+        self._params = {"delay_s": delay_s, "pad_items": pad_items, "gated": gated}
         self.delay_s = delay_s
         self.pad_items = pad_items
+        self.gated = gated
 
     def fit(self, data: InteractionData) -> TinyPop:
         counts = np.bincount(data.item_idx, minlength=data.n_items).astype(np.float32)
@@ -37,6 +42,8 @@ class TinyPop(Strategy):
         return self
 
     def score(self, users: UserBatch) -> np.ndarray:
+        if self.gated:  # scoring waits until the test opens SCORE_GATE (in-process tests)
+            SCORE_GATE.wait(60)
         if self.delay_s:
             time.sleep(self.delay_s)
         out = np.tile(self.counts_, (len(users), 1))

@@ -191,15 +191,21 @@ def test_similar_answer_is_kept_until_an_admin_change(client):
 
 
 def test_inline_strategy_runner_keeps_deadline_rules():
-    import time
-
     from recsys.runners import run_inline as _inline_runner
+    from tests.clocks import ManualClock
+
+    clock = ManualClock()
 
     def boom():
+        clock.advance(0.01)
         raise RuntimeError("broken strategy")
 
-    tasks = {"a": lambda: 1, "bad": boom, "slow": lambda: time.sleep(0.15) or 2, "late": lambda: 3}
-    results, missed = _inline_runner(tasks, 0.1)
+    def slow():
+        clock.advance(0.15)  # takes 150 ms of the 100 ms deadline
+        return 2
+
+    tasks = {"a": lambda: 1, "bad": boom, "slow": slow, "late": lambda: 3}
+    results, missed = _inline_runner(tasks, 0.1, clock=clock)
     # "slow" finished after the deadline and "late" would start after it: both dropped.
     assert results == {"a": 1} and missed == ["bad", "slow", "late"]
     assert _inline_runner({"a": lambda: 1, "b": lambda: 2}, 1.0) == ({"a": 1, "b": 2}, [])

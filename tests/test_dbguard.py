@@ -11,18 +11,11 @@ import pytest
 
 from recsys.errors import DatabaseUnavailable, RateLimitedLog
 from recsys.store.guard import Breaker, SocketWatchdog
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clocks import ManualClock
 
 
 def test_breaker_opens_refuses_and_lets_exactly_one_probe():
-    clock = Clock()
+    clock = ManualClock()
     b = Breaker(failures=2, reset_s=5.0, probe_lease_s=30.0, clock=clock)
     assert b.allow() and b.state == "closed"
     b.failure("x")
@@ -51,7 +44,7 @@ def test_breaker_opens_refuses_and_lets_exactly_one_probe():
 
 
 def test_a_probe_that_never_reports_is_replaced_after_its_lease():
-    clock = Clock()
+    clock = ManualClock()
     b = Breaker(failures=1, reset_s=1.0, probe_lease_s=10.0, clock=clock)
     b.failure()
     clock.now += 1.0
@@ -63,7 +56,7 @@ def test_a_probe_that_never_reports_is_replaced_after_its_lease():
 
 
 def test_breaker_allows_one_probe_among_racing_threads():
-    clock = Clock()
+    clock = ManualClock()
     b = Breaker(failures=1, reset_s=1.0, clock=clock)
     b.failure()
     clock.now += 2.0
@@ -84,7 +77,7 @@ def test_breaker_allows_one_probe_among_racing_threads():
 
 def test_watchdog_cuts_a_silent_socket_and_wakes_the_reader():
     a, b = socket.socketpair()
-    clock = Clock()
+    clock = ManualClock()
     dog = SocketWatchdog(clock=clock)
     try:
         w = dog.watch(a.fileno(), 1.0)
@@ -104,7 +97,7 @@ def test_watchdog_cuts_a_silent_socket_and_wakes_the_reader():
 
 def test_watchdog_never_touches_a_released_socket():
     a, b = socket.socketpair()
-    clock = Clock()
+    clock = ManualClock()
     dog = SocketWatchdog(clock=clock)
     try:
         with dog.armed(a.fileno(), 1.0) as w:
@@ -129,7 +122,7 @@ def test_watchdog_never_touches_a_released_socket():
 
 
 def test_rate_limited_log_counts_what_it_left_out(caplog):
-    clock = Clock()
+    clock = ManualClock()
     rl = RateLimitedLog(logging.getLogger("t.rl"), every_s=10.0, clock=clock)
     with caplog.at_level(logging.WARNING, logger="t.rl"):
         assert rl.warning("refused %s", "a")

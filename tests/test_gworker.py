@@ -12,12 +12,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from recsys import gworker
 from tests.procs import free_port, stop_process
+from tests.waiting import HANG_GUARD_S, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,24 +78,46 @@ class PidServer:
         ).stdout
         return {int(p) for p in out.split()}
 
-    def wait_workers(self, timeout: float = 30.0) -> set[int]:
+    def wait_workers(self, timeout: float = HANG_GUARD_S) -> set[int]:
         """Every worker answering (new connections until each pid has been seen)."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
+        seen: set[int] = set()
+
+        def all_answered() -> bool:
             pids = self.worker_pids()
-            if len(pids) == self.workers:
-                seen = set()
-                for _ in range(200):
-                    try:
-                        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-                            seen.add(_get(s))
-                    except OSError:
-                        time.sleep(0.05)
-                    if seen >= pids:
-                        return pids
-            time.sleep(0.1)
-        self.stop()
-        pytest.fail("gunicorn workers did not all answer:\n" + open(self.log.name).read()[-3000:])
+            if len(pids) != self.workers:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                    seen.add(_get(s))
+            except OSError:
+                return False
+            return seen >= pids
+
+        try:
+            wait_until(all_answered, "every gunicorn worker answering", timeout)
+        except AssertionError:
+            self.stop()
+            log = open(self.log.name).read()[-3000:]
+            pytest.fail("gunicorn workers did not all answer:\n" + log)
+        self.wait_connections_closed()
+        return self.worker_pids()
+
+    def open_connections(self) -> int:
+        """Server-side TCP connections on the port the workers still hold open (ESTABLISHED,
+        CLOSE_WAIT, SYN_RECV), from /proc/net/tcp: 0 once every closed connection has been
+        handled and closed by its worker (and taken off its count)."""
+        n = 0
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                if port == self.port and fields[3] in ("01", "03", "08"):
+                    n += 1
+        return n
+
+    def wait_connections_closed(self) -> None:
+        wait_until(lambda: self.open_connections() == 0, "workers closing finished connections")
 
     def stop(self) -> None:
         stop_process(self.proc, self.log)
@@ -123,8 +145,7 @@ def _burst(port: int, n: int) -> tuple[list[socket.socket], collections.Counter]
 
 def test_keepalive_connections_are_spread_evenly(pid_server):
     srv = pid_server()
-    pids = srv.wait_workers()
-    time.sleep(0.3)  # the probes' connections are closed by now
+    pids = srv.wait_workers()  # and the probes' connections are closed
     for _round in range(3):
         socks, per_worker = _burst(srv.port, 8)
         try:
@@ -136,7 +157,7 @@ def test_keepalive_connections_are_spread_evenly(pid_server):
         finally:
             for s in socks:
                 s.close()
-        time.sleep(0.3)  # closed connections leave the counts before the next burst
+        srv.wait_connections_closed()  # closed connections leave the counts before the next
 
 
 def test_more_connections_than_threads_are_all_served(pid_server):
@@ -144,7 +165,6 @@ def test_more_connections_than_threads_are_all_served(pid_server):
     # worker to take it, and the spread stays even.
     srv = pid_server()
     srv.wait_workers()
-    time.sleep(0.3)
     socks, per_worker = _burst(srv.port, 24)
     try:
         assert sum(per_worker.values()) == 24
@@ -159,15 +179,11 @@ def test_a_killed_worker_does_not_stop_the_others_accepting(pid_server):
     pids = srv.wait_workers()
     victim = min(pids)
     os.kill(victim, signal.SIGKILL)  # no chance to release its slot
-    end = time.monotonic() + 30
-    while time.monotonic() < end:
-        now = srv.worker_pids()
-        if victim not in now and len(now) == 2:
-            break
-        time.sleep(0.1)
+    wait_until(
+        lambda: victim not in (now := srv.worker_pids()) and len(now) == 2, "a new worker forked"
+    )
     pids = srv.wait_workers()
     assert victim not in pids
-    time.sleep(0.3)
     socks, per_worker = _burst(srv.port, 6)
     try:
         assert set(per_worker) == pids and sorted(per_worker.values()) == [3, 3], per_worker

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from sqlalchemy import event
 
 from recsys.polling import BackgroundPoll
 from recsys.settings import get_settings
 from recsys.store import get_engine
+from tests.clocks import ManualClock
 
 
 def test_one_refresh_at_a_time_and_failures_do_not_stick():
@@ -26,10 +26,8 @@ def test_one_refresh_at_a_time_and_failures_do_not_stick():
     assert started.wait(5)
     assert poll.trigger() is False  # one already running
     release.set()
-    deadline = time.monotonic() + 5
-    while poll._running:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    assert poll.wait_idle(5)
+    assert poll.runs == 1 and not poll.running
     assert calls == ["recsys-poll-t"]  # ran in its own thread, once
 
     def boom():
@@ -37,45 +35,46 @@ def test_one_refresh_at_a_time_and_failures_do_not_stick():
 
     failing = BackgroundPoll("f", boom)
     assert failing.trigger() is True
-    deadline = time.monotonic() + 5
-    while failing._running:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    assert failing.wait_idle(5) and failing.runs == 1
     assert failing.trigger() is True  # a failed refresh does not block the next one
+    assert failing.wait_idle(5) and failing.runs == 2
 
 
 def test_stale_versions_are_refreshed_off_the_request_thread(make_app):
     a = make_app(CONFIG_POLL_SECONDS=0.1)
     b = make_app(CONFIG_POLL_SECONDS=0.1)
     sb = get_settings(b)
+    sb.clock = clock = ManualClock()
     before = sb.versions()  # first read: inline
 
     queries_on = []
     me = threading.get_ident()
+    in_poll, release = threading.Event(), threading.Event()
 
     def record(conn, cursor, statement, *args):
         if "settings" in statement:
             queries_on.append(threading.get_ident())
             if threading.get_ident() != me:
-                # A slow store: the poll cannot land before the request's call returns, even
-                # when the test thread is descheduled on a busy machine.
-                time.sleep(0.3)
+                # A store that does not answer until the test says so: if the request waited
+                # for the poll, the call below would not return before release is set.
+                in_poll.set()
+                release.wait(10)
 
     engine = get_engine(b)
     event.listen(engine, "before_cursor_execute", record)
     try:
         get_settings(a).bump_version("test")  # a change made by another server
-        time.sleep(0.15)  # b's view is now stale
-        t0 = time.monotonic()
-        assert sb.versions() == before  # served at once, without waiting for the query
-        assert time.monotonic() - t0 < 0.25
-        deadline = time.monotonic() + 3
-        while sb.versions().config == before.config:
-            assert time.monotonic() < deadline, "the background poll never landed"
-            time.sleep(0.02)
+        clock.advance(0.15)  # past the poll interval: b's view is now stale
+        assert sb.versions() == before  # served what it had; the poll runs elsewhere
+        assert in_poll.wait(10), "no background poll started"
+        assert sb.versions() == before  # still the old view while the poll is out
+        assert not release.is_set()
+        release.set()
+        assert sb.poller.wait_idle(10), "the background poll never finished"
         assert sb.versions().config == before.config + 1
         assert queries_on and me not in queries_on  # every poll ran in a poller thread
     finally:
+        release.set()
         event.remove(engine, "before_cursor_execute", record)
 
 

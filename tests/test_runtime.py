@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -21,6 +20,8 @@ from recsys.runtime import get_runtime
 from recsys.store.db import session_scope
 from recsys.store.models import StrategySetting
 from tests import runtime_support as rs
+from tests.clocks import ManualClock
+from tests.waiting import wait_until
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -67,8 +68,9 @@ def test_lazy_load_on_first_use(make):
 
 def test_preload_warms_before_ready(make):
     app = make(PRELOAD_MODELS=True)
-    # Slow scoring makes the warm-up take visible time.
-    save(app, version="v1", activate=True, delay_s=0.4)
+    # Scoring waits for the test: the warm-up is still running when /readyz is asked.
+    rs.SCORE_GATE.clear()
+    save(app, version="v1", activate=True, gated=True)
     save(app, name="tiny_b", version="v1", activate=True)
     with session_scope(app) as s:
         s.add(StrategySetting(name="tiny_b", load_mode="lazy"))
@@ -78,11 +80,9 @@ def test_preload_warms_before_ready(make):
     body = r.get_json()
     assert body["status"] == "loading"
     assert [p["strategy"] for p in body["pending"]] == ["tiny"]  # lazy ones are not awaited
-    for _ in range(100):
-        r = client.get("/readyz")
-        if r.status_code == 200:
-            break
-        time.sleep(0.05)
+    rs.SCORE_GATE.set()
+    wait_until(lambda: client.get("/readyz").status_code == 200, "/readyz ready after warm-up")
+    r = client.get("/readyz")
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["models"] == {"tiny": "v1"}
     status = {row["strategy"]: row for row in get_runtime(app).status()}
@@ -111,12 +111,15 @@ def test_lru_eviction_under_a_tiny_budget(make):
     for name in ("tiny_a", "tiny_b", "tiny_c"):
         save(app, name=name, version="v1", activate=True, pad_items=10_000)
     rt = get_runtime(app)
+    rt.clock = clock = ManualClock()
     one = rt.get("tiny_a").nbytes
     rt.budget_bytes = int(one * 2.5)  # room for two models
+    clock.advance(1)
     rt.get("tiny_b")
     assert set(rt.active_versions()) == {"tiny_a", "tiny_b"}
+    clock.advance(1)
     rt.get("tiny_a")  # a is now the most recently used
-    time.sleep(0.01)
+    clock.advance(1)
     rt.get("tiny_c")
     assert set(rt.active_versions()) == {"tiny_a", "tiny_c"}  # b was the idle one
     states = {row["strategy"]: row["state"] for row in rt.status()}
@@ -186,10 +189,7 @@ def test_other_process_notices_activation(make):
     assert rt_b.get("tiny").version == "v1"
     rt_a.activate("tiny", "v2")
     # b polls at most every CONFIG_POLL_SECONDS and swaps in the background.
-    deadline = time.monotonic() + 5
-    while rt_b.get("tiny").version != "v2" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert rt_b.get("tiny").version == "v2"
+    wait_until(lambda: rt_b.get("tiny").version == "v2", "b swapping to v2")
 
 
 def test_load_and_unload_endpoints(make):
@@ -275,8 +275,8 @@ def test_run_with_deadline_drops_the_slow_task():
     assert missed == ["slowpoke", "boom"]
     assert DEADLINE_MISSES.labels("slowpoke")._value.get() == before + 1
     # No deadline (offline evaluation): everything finishes.
-    results, missed = runners.run_with_deadline({"a": lambda: time.sleep(0.05) or 3}, None)
-    assert results == {"a": 3} and missed == []
+    results, missed = runners.run_with_deadline({"a": lambda: 3, "b": lambda: 4}, None)
+    assert results == {"a": 3, "b": 4} and missed == []
 
 
 def test_deadline_miss_makes_the_response_degraded():

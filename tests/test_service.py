@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import time
+import functools
 
 import numpy as np
 import pytest
 
 from recsys.catalog import Catalog
+from recsys.runners import run_inline
 from recsys.service import (
     DEFAULT_CONFIG,
     Recommender,
@@ -16,6 +17,7 @@ from recsys.service import (
     UserHistory,
     histories_from_data,
 )
+from tests.clocks import ManualClock
 from tests.servicekit import CATS, ITEMS, Broken, Loaded, fitted_models, tiny_data
 
 ONLY_EASE_POP = {
@@ -142,15 +144,21 @@ def test_failing_strategy_is_dropped_and_degraded():
 
 
 def test_strategy_past_deadline_is_dropped():
+    clock = ManualClock()
+
     class Slow(Broken):
         def score(self, users):
-            time.sleep(0.05)
+            clock.advance(0.05)  # 50 ms of a 10 ms deadline
             return np.zeros((len(users), 10), np.float32)
 
     models = fitted_models()
     models["ease"] = Loaded("ease", "slow", Slow(), models["ease"].items, None)
     # Popular runs after ease in the warm route and finds the deadline gone.
-    r = rec(models, {"routing": {"warm_strategies": ["ease", "popular"]}})
+    r = rec(
+        models,
+        {"routing": {"warm_strategies": ["ease", "popular"]}},
+        runner=functools.partial(run_inline, clock=clock),
+    )
     res = r.recommend(hist("x", "i0", "i2"), RecRequest(n=3, deadline_s=0.01))
     assert res.degraded and "popular" in res.dropped
 

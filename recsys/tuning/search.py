@@ -838,7 +838,11 @@ class Tuner:
     ) -> tuple[str, bool]:
         """Is ``new`` significantly better than ``base`` (paired over the same users, at the
         gate's level ``alpha``)? The rule every departure from a default must pass. The
-        arrays hold values of the validation rows ``rows`` (all rows if None)."""
+        arrays hold values of the validation rows ``rows`` (all rows if None).
+
+        With several folds, ``new`` must also be at least as good on the newest fold alone
+        (the slice closest to what will be served): a gain that only the older folds show is
+        drift, not something to bet the default on."""
         from recsys.evaluation import stats
 
         base_u, new_u = self.val.paired(base, new, rows)
@@ -847,7 +851,16 @@ class Tuner:
         c = stats.compare(
             base_u, new_u, self.opt.objective, a, b, resamples=1000, alpha=self.opt.alpha
         )
-        return c.verdict, bool(c.significant and c.diff > 0)
+        better = bool(c.significant and c.diff > 0)
+        if better and self.val.n_folds > 1:
+            newest = (self.val.fold_of if rows is None else self.val.fold_of[rows]) == 0
+            ok = newest & np.isfinite(base) & np.isfinite(new)
+            if ok.any() and new[ok].mean() < base[ok].mean():
+                return (
+                    f"{c.verdict}, but not on the newest fold "
+                    f"({new[ok].mean():.4f} vs {base[ok].mean():.4f})"
+                ), False
+        return c.verdict, better
 
     # -- stage 3: the guard through the full request path ------------------------------------------
     def _served(self, overrides: dict[str, Any], models: dict[str, list]) -> np.ndarray:
