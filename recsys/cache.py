@@ -67,8 +67,9 @@ ENTRY_TAG = b"r2:"
 class LocalBackend:
     """A bounded LRU with per-entry TTL, standing in for Redis in a single process."""
 
-    def __init__(self, max_entries: int = 10_000):
+    def __init__(self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic):
         self.max_entries = max(1, int(max_entries))
+        self.clock = clock
         self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -84,13 +85,13 @@ class LocalBackend:
         return value
 
     def mget(self, keys: list[str]) -> list[bytes | None]:
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             return [self._get(k, now) for k in keys]
 
     def set(self, key: str, value: bytes, ttl_s: float) -> None:
         with self._lock:
-            self._data[key] = (time.monotonic() + ttl_s, value)
+            self._data[key] = (self.clock() + ttl_s, value)
             self._data.move_to_end(key)
             while len(self._data) > self.max_entries:
                 self._data.popitem(last=False)
@@ -100,7 +101,7 @@ class LocalBackend:
             self.set(k, v, ttl_s)
 
     def set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             if self._get(key, now) is not None:
                 return False
@@ -324,6 +325,7 @@ class ResultCache:
         self.prefix = str(cfg.get("REDIS_PREFIX") or "recsys")
         self.ttl = float(cfg.get("CACHE_TTL", 300))
         self.lock_wait_ms = float(cfg.get("CACHE_LOCK_WAIT_MS", LOCK_WAIT_MS))
+        self.lock_polls = 0  # times a request looked again while another held the entry's lock
         self.url = cfg.get("REDIS_URL") or None
         self.local_size = int(cfg.get("LOCAL_CACHE_SIZE", 10_000))
         self._down_until = 0.0
@@ -465,6 +467,7 @@ class ResultCache:
             deadline = time.monotonic() + self.lock_wait_ms / 1000.0
             while time.monotonic() < deadline:
                 time.sleep(POLL_MS / 1000.0)
+                self.lock_polls += 1
                 ok, vals = self._call(lambda: self.backend.mget([tkey, rkey]))
                 if not ok:
                     break

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.servicekit import ADMIN_TOKEN, CATS
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -326,7 +327,6 @@ def test_waiting_requests_are_scored_together_and_answered_as_alone(served_app):
     """Requests that queue for the scoring turn are scored in one batch by the next holder of
     the turn, and each gets exactly the bytes it gets when scored alone."""
     import threading
-    import time
 
     from prometheus_client import REGISTRY
 
@@ -351,10 +351,7 @@ def test_waiting_requests_are_scored_together_and_answered_as_alone(served_app):
     try:
         for t in threads:
             t.start()
-        end = time.monotonic() + 10
-        while len(gate._jobs) < len(urls) and time.monotonic() < end:
-            time.sleep(0.01)
-        assert len(gate._jobs) == len(urls), "the requests did not all queue"
+        wait_until(lambda: gate.stats()["waiting"] == len(urls), "the requests all queueing")
     finally:
         gate.release()
     for t in threads:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from sqlalchemy import select
 
+from tests.clocks import ManualClock
 from tests.procs import free_port
 from tests.servicekit import ADMIN_TOKEN, seed_store, train_and_register
 from tests.waiting import wait_until
@@ -141,12 +143,14 @@ def private_redis():
     import redis
 
     client = redis.Redis(port=port)
-    for _ in range(100):
+
+    def answers() -> bool:
         try:
-            client.ping()
-            break
+            return bool(client.ping())
         except redis.ConnectionError:
-            time.sleep(0.05)
+            return False
+
+    wait_until(answers, "the private redis-server answering")
     yield proc, f"redis://127.0.0.1:{port}/0"
     proc.kill()
     proc.wait()
@@ -196,7 +200,14 @@ def test_postgres_down(make_app, pg_schema_url, redis_url, redis_prefix):
     assert client.get("/readyz").status_code == 200
 
     relay.down()
-    time.sleep(0.1)  # past CONFIG_POLL_SECONDS: the next request polls the (dead) store
+    # Past CONFIG_POLL_SECONDS (clocks moved, not waited for): the next request polls the
+    # (dead) store.
+    from recsys.runtime import get_runtime
+    from recsys.settings import get_settings
+
+    clock = ManualClock(time.monotonic())
+    get_settings(app).clock = get_runtime(app).clock = clock
+    clock.advance(60)
     assert client.get("/healthz").status_code == 200
     r = client.get("/readyz")
     assert r.status_code == 503 and "database" in r.get_json()
@@ -289,6 +300,27 @@ class _Load:
             assert not t.is_alive(), "a client is still waiting on the server"
 
 
+@contextlib.contextmanager
+def _statements_here(app):
+    """SQL statements sent from this thread inside the block (a list, filled as they go)."""
+    from sqlalchemy import event
+
+    from recsys.store import get_engine
+
+    me, seen = threading.get_ident(), []
+
+    def record(conn, cursor, statement, *args):
+        if threading.get_ident() == me:
+            seen.append(statement)
+
+    engine = get_engine(app)
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
 @pytest.mark.postgres
 def test_database_hangs_mid_load(make_app, pg_schema_url, redis_url, redis_prefix):
     """PostgreSQL stops answering (the relay forwards nothing) while clients post events and
@@ -310,8 +342,6 @@ def test_database_hangs_mid_load(make_app, pg_schema_url, redis_url, redis_prefi
         DB_BREAKER_RESET_S=0.5,
     )
     app.config["DEADLINE_MS"] = deadline_ms
-    # Anything that waited on the frozen socket would take at least this long (the cut).
-    sql_wait_s = stmt_ms / 1000 + 1.0
     client = app.test_client()
     cached = client.get("/v1/users/u0/recommendations").get_json()
     assert client.get("/v1/users/u0/recommendations").get_json()["cached"] is True
@@ -321,30 +351,33 @@ def test_database_hangs_mid_load(make_app, pg_schema_url, redis_url, redis_prefi
     load.started.wait()  # every client has been through one round: the load is running
     relay.freeze()
 
-    # /healthz and a cached list never touch SQL.
+    # /healthz and a cached list never touch SQL (no statement from the request's thread).
     for url in ("/healthz", "/v1/users/u0/recommendations"):
-        t0 = time.monotonic()
-        r = client.get(url)
-        assert r.status_code == 200 and time.monotonic() - t0 < sql_wait_s, url
+        with _statements_here(app) as statements:
+            r = client.get(url)
+        assert r.status_code == 200 and statements == [], (url, statements)
     assert r.get_json()["cached"] is True and r.get_json()["items"] == cached["items"]
 
-    # An uncached list: the history read is cut at the request deadline, popularity answers.
+    # An uncached list: the history read is cut at the request deadline (the watchdog) or not
+    # sent at all (the breaker), never left to the statement timeout; popularity answers.
+    cuts, refused = watchdog.cuts, breaker.refused
     t0 = time.monotonic()
     r = client.get("/v1/users/hang-probe/recommendations")
     took = time.monotonic() - t0
     body = r.get_json()
     assert r.status_code == 200 and body["degraded"] is True and body["cached"] is False
-    assert body["items"] and took < sql_wait_s, took
-    figures = {"uncached_degraded_s": round(took, 3)}
+    assert body["items"] and (watchdog.cuts > cuts or breaker.refused > refused)
+    figures = {"uncached_degraded_s": round(took, 3)}  # reported, not asserted (load varies)
     assert breaker.state != "closed"  # that read (or a client's) opened the circuit
 
-    # Writes while the circuit is open: refused at once (no socket waited on), 503 JSON.
+    # Writes while the circuit is open: refused without sending a statement, 503 JSON.
     cuts, refused = watchdog.cuts, breaker.refused
     t0 = time.monotonic()
-    r = client.post("/v1/events", json={"user_id": "u9", "item_id": "i1", "type": "view"})
+    with _statements_here(app) as statements:
+        r = client.post("/v1/events", json={"user_id": "u9", "item_id": "i1", "type": "view"})
     took = time.monotonic() - t0
     assert _is_json_error(r, 503) and int(r.headers["Retry-After"]) >= 1
-    assert breaker.refused > refused and took < sql_wait_s
+    assert breaker.refused > refused and statements == []
     figures["write_503_s"] = round(took, 4)
     assert _is_json_error(client.put("/v1/items/i1", json={"title": "x"}), 503)
     r = client.get("/readyz")
