@@ -459,3 +459,24 @@ def test_tuner_scores_every_fold_with_its_own_models():
     # events at time 6 (its own targets), which fold 0 trained on.
     pop = [m.model.popularity_ for m in tuner.models["popular"]]
     assert pop[0].sum() > pop[1].sum()
+
+
+def test_a_gain_the_newest_fold_does_not_show_is_not_taken():
+    """A departure must be significantly better overall *and* at least as good on the newest
+    fold (the slice nearest to serving): a gain only the older folds show is drift."""
+    from recsys.tuning.search import Tuner
+
+    data = _sequences(n_users=60, length=8)
+    tuner = Tuner(data, _opts(validation="leave-last-out", fraction=0.2, folds=2))
+    tuner._prepare()
+    newest = tuner.val.fold_of == 0
+    base = np.full(len(tuner.val), 0.5)
+    drifted = np.where(newest, 0.45, 1.0)  # much better on the older fold, worse on the newest
+    verdict, better = tuner._beats(base, drifted, "base", "new")
+    assert not better and "newest fold" in verdict
+    steady = np.where(newest, 0.55, 1.0)  # better on both
+    verdict, better = tuner._beats(base, steady, "base", "new")
+    assert better, verdict
+    # Restricted to some rows, the newest-fold check looks at those rows only.
+    rows = np.flatnonzero(~newest)
+    assert tuner._beats(base[rows], drifted[rows], "base", "new", rows)[1]
