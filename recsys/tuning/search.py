@@ -741,13 +741,18 @@ class Tuner:
         champion, champion_verdict = best_single, None
         if overall:
             options["blend"] = (overall["values"], overall["weights"], overall["blend"])
-            # The blend, like every departure from a default, must be significantly better
-            # (out of fold) than the best single strategy to become the champion.
+            # The overall blend is the champion when it is significantly better than the best
+            # single strategy, or, as an ensemble of models the data cannot tell apart, when
+            # its honest (cross-fitted) figure is at least the single's overall and on the
+            # newest fold: averaging tied models lowers the variance of what is served.
             champion_verdict, better = self._beats(
                 singles[best_single], overall["values"], best_single, "blend"
             )
             if better:
                 champion = "blend"
+            elif self._not_behind(singles[best_single], overall["values"]):
+                champion = "blend"
+                champion_verdict += "; blend kept: not behind out of fold, overall and newest"
         trace: dict[str, Any] = {
             "bins": [_bin_label(lo, hi) for lo, hi in bins],
             "singles": {s: round(m, 6) for s, m in means.items()},
@@ -861,6 +866,15 @@ class Tuner:
                     f"({new[ok].mean():.4f} vs {base[ok].mean():.4f})"
                 ), False
         return c.verdict, better
+
+    def _not_behind(self, base: np.ndarray, new: np.ndarray) -> bool:
+        """``new``'s mean is at least ``base``'s over all validation rows and over the newest
+        fold's (rows where both are defined)."""
+        ok = np.isfinite(base) & np.isfinite(new)
+        if not ok.any() or new[ok].mean() < base[ok].mean():
+            return False
+        newest = ok & (self.val.fold_of == 0)
+        return not newest.any() or new[newest].mean() >= base[newest].mean()
 
     # -- stage 3: the guard through the full request path ------------------------------------------
     def _served(self, overrides: dict[str, Any], models: dict[str, list]) -> np.ndarray:
