@@ -66,7 +66,7 @@ class Server:
         ]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=self.log)
 
-    def wait_ready(self, timeout: float = 60.0) -> dict:
+    def wait_ready(self, timeout: float = 120.0) -> dict:  # a hang guard, not a window
         end = time.monotonic() + timeout
         last = None
         while time.monotonic() < end:
