@@ -36,7 +36,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -68,7 +68,7 @@ class _Slot:
     loaded: LoadedModel  # as served (the deep model wrapped in BatchedModel)
     load_seconds: float
     warmed: bool
-    last_used: float = field(default_factory=time.monotonic)
+    last_used: float  # the runtime's clock
 
 
 def _wants_gpu(path: str) -> bool:

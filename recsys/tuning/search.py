@@ -857,15 +857,23 @@ class Tuner:
             base_u, new_u, self.opt.objective, a, b, resamples=1000, alpha=self.opt.alpha
         )
         better = bool(c.significant and c.diff > 0)
-        if better and self.val.n_folds > 1:
-            newest = (self.val.fold_of if rows is None else self.val.fold_of[rows]) == 0
-            ok = newest & np.isfinite(base) & np.isfinite(new)
-            if ok.any() and new[ok].mean() < base[ok].mean():
-                return (
-                    f"{c.verdict}, but not on the newest fold "
-                    f"({new[ok].mean():.4f} vs {base[ok].mean():.4f})"
-                ), False
+        newest = self._newest_means(base, new, rows)
+        if better and newest is not None and newest[1] < newest[0]:
+            return (
+                f"{c.verdict}, but not on the newest fold ({newest[1]:.4f} vs {newest[0]:.4f})"
+            ), False
         return c.verdict, better
+
+    def _newest_means(
+        self, base: np.ndarray, new: np.ndarray, rows: np.ndarray | None = None
+    ) -> tuple[float, float] | None:
+        """Means of ``base`` and ``new`` over the newest fold's rows (of ``rows``) where both
+        are defined; None with a single fold or no such row."""
+        if self.val.n_folds < 2:
+            return None
+        fold_of = self.val.fold_of if rows is None else self.val.fold_of[rows]
+        ok = (fold_of == 0) & np.isfinite(base) & np.isfinite(new)
+        return (float(base[ok].mean()), float(new[ok].mean())) if ok.any() else None
 
     def _not_behind(self, base: np.ndarray, new: np.ndarray) -> bool:
         """``new``'s mean is at least ``base``'s over all validation rows and over the newest
@@ -873,8 +881,8 @@ class Tuner:
         ok = np.isfinite(base) & np.isfinite(new)
         if not ok.any() or new[ok].mean() < base[ok].mean():
             return False
-        newest = ok & (self.val.fold_of == 0)
-        return not newest.any() or new[newest].mean() >= base[newest].mean()
+        newest = self._newest_means(base, new)
+        return newest is None or newest[1] >= newest[0]
 
     # -- stage 3: the guard through the full request path ------------------------------------------
     def _served(self, overrides: dict[str, Any], models: dict[str, list]) -> np.ndarray:
