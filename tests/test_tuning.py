@@ -11,12 +11,12 @@ import pytest
 
 from features.interactions import InteractionData
 from recsys.service import Recommender, RecRequest, ServingConfig, UserHistory
-from recsys.tuning.search import TuneOptions, single_routes, tune
+from recsys.tuning.search import TuneOptions, serve_newcomers, single_routes, tune
 
 STRATEGIES = ["popular", "ease"]
 
 
-def two_bucket_data(seed: int = 0) -> tuple[InteractionData, float]:
+def two_bucket_data(seed: int = 0, newcomers: int = 0) -> tuple[InteractionData, float]:
     """Light users (one past item) go on to buy popular items; heavy users (eleven past items,
     eight from one cluster) go on to buy the two cluster items they lack. So popularity is
     clearly best for short histories and item-item collaborative filtering for long ones.
@@ -44,6 +44,10 @@ def two_bucket_data(seed: int = 0) -> tuple[InteractionData, float]:
         for i in rng.choice(popular, 3, replace=False):
             add(u, int(i), int(rng.integers(0, 1000)))
         for i in cl[8:]:
+            add(u, int(i), int(rng.integers(2000, 3000)))
+            future += 1
+    for u in range(600, 600 + newcomers):  # every event in the future: an empty history
+        for i in rng.choice(popular, 2, replace=False):
             add(u, int(i), int(rng.integers(2000, 3000)))
             future += 1
     data = InteractionData.from_arrays(users, items, "purchase", timestamps=ts)
@@ -480,3 +484,40 @@ def test_a_gain_the_newest_fold_does_not_show_is_not_taken():
     # Restricted to some rows, the newest-fold check looks at those rows only.
     rows = np.flatnonzero(~newest)
     assert tuner._beats(base[rows], drifted[rows], "base", "new", rows)[1]
+
+
+def test_a_bin_of_empty_histories_searches_only_strategies_that_can_score_them():
+    # Newcomers (every event in the validation window) arrive with an empty history.
+    data, share = two_bucket_data(newcomers=300)
+    profile = tune(data, _opts(fraction=share, strategies=["popular", "ease", "bpr"]))
+    per_bin = profile.trace["routes"]["per_bin"]
+    assert "0" in per_bin, per_bin.keys()  # the newcomers make a bin of their own
+    folds = per_bin["0"]["folds"]
+    assert folds, per_bin["0"]
+    for f in folds:
+        # EASE cannot score an empty history: its weight is not searched there.
+        assert set(f["weights"]) <= {"popular", "bpr"}, f
+        assert not any("ease" in k for k in f["study"]["best_params"]), f
+    for route in profile.routes:
+        if route["max_history"] == 0:
+            assert set(route["weights"]) <= {"popular", "bpr"}, route
+
+
+def test_routes_never_leave_new_shoppers_to_the_degraded_fallback():
+    ease_only = [{"name": "all", "max_history": None, "weights": {"ease": 1.0}, "blend": None}]
+    routes = serve_newcomers(ease_only)
+    assert routes == single_routes("ease")
+    cfg = ServingConfig.default().with_overrides({"routing": {"routes": routes}})
+    rec = Recommender(models=lambda _n: None, config=cfg)
+    assert rec.strategies_for(cfg.route_for(0), UserHistory("new")) == ["popular"]
+    assert rec.strategies_for(cfg.route_for(3), UserHistory.from_items("u", ["i1"])) == ["ease"]
+    # A route of empty histories keeps (renormalised) only the weights that can be used there.
+    mixed = [
+        {"name": "h0", "max_history": 0, "weights": {"ease": 1.0, "bpr": 0.5}, "blend": "rrf"},
+        {"name": "h1+", "max_history": None, "weights": {"ease": 1.0}, "blend": None},
+    ]
+    assert serve_newcomers(mixed)[0]["weights"] == {"bpr": 1.0}
+    assert serve_newcomers(mixed)[1:] == mixed[1:]
+    # A first route that can already score them is left alone.
+    fine = [{"name": "all", "max_history": None, "weights": {"ease": 1.0, "popular": 0.2}}]
+    assert serve_newcomers(fine) == fine

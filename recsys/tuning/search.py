@@ -435,6 +435,10 @@ class Tuner:
                 out.extend(rec.candidates(name, lm, chunk, [RecRequest(n=self.k)] * len(chunk)))
         return out
 
+    def _serving(self, rows: np.ndarray) -> list[str]:
+        """The candidate strategies that can serve every validation user in ``rows``."""
+        return [s for s in self.cands if self._served_by(s)[rows].all()]
+
     def _served_by(self, name: str) -> np.ndarray:
         from strategies import scores_empty_history
 
@@ -603,13 +607,15 @@ class Tuner:
         n_trials: int,
         timeout: float,
         priors: Sequence[dict[str, float]] = (),
+        names: Sequence[str] | None = None,
     ):
         """One study over weights and fusion for the users ``rows``; returns
         ``(weights, blend, study)``. Each strategy alone, an even blend and ``priors`` (blends
-        of the strongest strategies, the shipped default's) are the first trials."""
+        of the strongest strategies, the shipped default's) are the first trials. ``names``:
+        the strategies searched (default: every candidate)."""
         import optuna
 
-        names = list(self.cands)
+        names = list(self.cands) if names is None else list(names)
         starts = [{x: float(x == s) for x in names} for s in names]
         starts += [{s: 1.0 for s in names}, *priors]
         study = self._study(
@@ -685,10 +691,10 @@ class Tuner:
         out.append({s: shipped[s]["weight"] for s in warm if s in self.cands})
         return out
 
-    def _crossfit(self, label, rows, fold, cap, timeout, priors) -> dict[str, Any]:
+    def _crossfit(self, label, rows, fold, cap, timeout, priors, names=None) -> dict[str, Any]:
         """Search blend weights on each half of ``rows`` and score each half's winner on the
         other half: honest (out-of-fold) per-user values. The blend served is the winner that
-        scores best on all of ``rows``."""
+        scores best on all of ``rows``. ``names``: the strategies searched (default: all)."""
         oos = np.full(len(rows), np.nan)
         found = []
         for f in (0, 1):
@@ -696,7 +702,7 @@ class Tuner:
             if len(fit_rows) == 0 or len(held) == 0:
                 continue
             w, blend, study = self._search_weights(
-                f"{label}/fold{f}", fit_rows, cap, timeout, priors
+                f"{label}/fold{f}", fit_rows, cap, timeout, priors, names
             )
             found.append((w, blend, _study_trace(study, keep_trials=False)))
             oos[fold[rows] != f] = self._route_value(w, blend, held)[0]
@@ -770,9 +776,13 @@ class Tuner:
             self.clock.tick(f"routes: history {label}")
             opts = {k: (v[rows], w, b) for k, (v, w, b) in options.items()}
             found = {}
-            if len(bins) > 1:
+            # A bin of empty histories only: the strategies that cannot score one would be
+            # dropped by the request path anyway, so their weights are not searched (fewer
+            # dimensions for the same trials, and no meaningless weight in the profile).
+            names = self._serving(rows) if hi == 0 else None
+            if len(bins) > 1 and (names is None or names):
                 found = self._crossfit(
-                    label, rows, fold, cap, share / 4 * len(rows) / len(every), priors
+                    label, rows, fold, cap, share / 4 * len(rows) / len(every), priors, names
                 )
             if found:
                 opts["bin blend"] = (found["values"], found["weights"], found["blend"])
@@ -832,7 +842,7 @@ class Tuner:
                 else:  # merged into a neighbour's choice: score that choice here
                     values[b["rows"]] = self._route_value(weights, blend, b["rows"])[0]
             lo = (hi or 0) + 1
-        return routes, values, trace
+        return serve_newcomers(routes), values, trace
 
     def _single_values(self, name: str) -> np.ndarray:
         """Per-user values of ``name`` alone (popularity where it cannot serve, as served)."""
@@ -1038,6 +1048,29 @@ def _cut(left_max: int, right_min: int) -> int:
     if right_min - left_max <= 1:
         return left_max
     return min(max(left_max, int(math.sqrt(max(left_max, 1) * right_min))), right_min - 1)
+
+
+def serve_newcomers(routes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``routes`` with empty histories (every new shopper, whether or not validation had any)
+    sent only to strategies that can score them. Where the first route has none, those
+    users get popularity through a route of their own: what the request path would fall back
+    to (and what validation scored for them), but not marked degraded. The first route keeps
+    the weights of its strategies that can (its others are never asked for such users)."""
+    from strategies import scores_empty_history
+
+    first = routes[0]
+    able = {s: w for s, w in first["weights"].items() if scores_empty_history(s)}
+    if first["max_history"] == 0:
+        weights = _normalise(able) or {"popular": 1.0}
+        return [{**first, "weights": weights}, *routes[1:]]
+    if able:
+        return routes
+    hi = first["max_history"]
+    return [
+        {"name": "h0", "max_history": 0, "weights": {"popular": 1.0}, "blend": None},
+        {**first, "name": "h" + _bin_label(1, hi)},
+        *routes[1:],
+    ]
 
 
 def _bin_label(lo: int, hi: int | None) -> str:
