@@ -812,7 +812,16 @@ class Tuner:
                 runs[-1]["bins"].append(i)
             else:
                 runs.append({"key": key, "bins": [i], "option": b["option"]})
-        while len(runs) > self.opt.max_routes:
+
+        def newcomer_route(runs) -> int:
+            """1 if ``serve_newcomers`` may add a route for empty histories before these."""
+            from strategies import scores_empty_history
+
+            return 0 if any(scores_empty_history(s) for s in runs[0]["option"][1]) else 1
+
+        # That added route counts towards max_routes (the profile's hard limit is
+        # MAX_ROUTES); only with max_routes 1 can it make two.
+        while len(runs) > 1 and len(runs) + newcomer_route(runs) > self.opt.max_routes:
             costs = []
             for r in range(len(runs)):
                 for nb in (r - 1, r + 1):
