@@ -25,6 +25,8 @@ import time
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one BLAS thread, as in a gunicorn worker
 sys.path.insert(0, os.getcwd())  # the tree it is run from, not the installed one
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
+from uncached_cpu import heavy_users  # noqa: E402
 
 
 def environ(path: str, query: str = "") -> dict:
@@ -70,25 +72,10 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--users", type=int, default=50)
     args = p.parse_args()
-    from sqlalchemy import text
-
     from recsys import create_app
 
     app = create_app()
-    with app.app_context():
-        from recsys.store import get_engine
-
-        with get_engine().connect() as c:
-            users = [
-                r[0]
-                for r in c.execute(
-                    text(
-                        "SELECT external_id FROM users u WHERE (SELECT count(*) FROM events e"
-                        " WHERE e.user_id = u.id) > 20 ORDER BY id LIMIT :n"
-                    ),
-                    {"n": args.users},
-                )
-            ]
+    users = heavy_users(app, args.users)
     if not users:
         print("needs a store with users of more than 20 events")
         return 1

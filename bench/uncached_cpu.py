@@ -23,28 +23,33 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 sys.path.insert(0, os.getcwd())  # the tree it is run from, not the installed one
 
 
+def heavy_users(app, limit: int) -> list[str]:
+    """Up to ``limit`` users of the store with more than 20 events (warm users), by id."""
+    from sqlalchemy import text
+
+    from recsys.store import get_engine
+
+    with app.app_context(), get_engine().connect() as c:
+        return [
+            r[0]
+            for r in c.execute(
+                text(
+                    "SELECT external_id FROM users u WHERE (SELECT count(*) FROM events e"
+                    " WHERE e.user_id = u.id) > 20 ORDER BY id LIMIT :n"
+                ),
+                {"n": limit},
+            )
+        ]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--requests", type=int, default=300)
     args = p.parse_args()
-    from sqlalchemy import text
-
     from recsys import create_app
 
     app = create_app()
-    with app.app_context():
-        from recsys.store import get_engine
-
-        with get_engine().connect() as c:
-            users = [
-                r[0]
-                for r in c.execute(
-                    text(
-                        "SELECT external_id FROM users u WHERE (SELECT count(*) FROM events e"
-                        " WHERE e.user_id = u.id) > 20 ORDER BY id LIMIT 400"
-                    )
-                )
-            ]
+    users = heavy_users(app, 400)
     if len(users) < 40:
         print("needs a store with at least 40 users of more than 20 events")
         return 1
