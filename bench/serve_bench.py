@@ -73,22 +73,30 @@ def bench_env(args) -> dict[str, str]:
     return env
 
 
-def prepare(args) -> None:
-    """Create the database if needed, migrate, import Online Retail, train every strategy
-    (the opt-in sequence model included)."""
+def ensure_database(database_url: str) -> None:
+    """Create the PostgreSQL database of ``database_url`` when it does not exist (through the
+    server's ``postgres`` database); other backends are left alone. Also used by
+    scripts/stress_tests.sh for its lanes."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    url = make_url(args.database_url)
-    if url.get_backend_name() == "postgresql":
-        admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            exists = c.execute(
-                text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": url.database}
-            ).first()
-            if not exists:
-                c.execute(text(f'CREATE DATABASE "{url.database}"'))
-        admin.dispose()
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        return
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        exists = c.execute(
+            text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": url.database}
+        ).first()
+        if not exists:
+            c.execute(text(f'CREATE DATABASE "{url.database}"'))
+    admin.dispose()
+
+
+def prepare(args) -> None:
+    """Create the database if needed, migrate, import Online Retail, train every strategy
+    (the opt-in sequence model included)."""
+    ensure_database(args.database_url)
     env = bench_env(args)
     for cmd in (
         ["db", "upgrade"],

@@ -20,6 +20,7 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-20}
 shift || true
 OUT_DIR=${OUT_DIR:-$(mktemp -d -t recsys-stress-XXXX)}
+mkdir -p "$OUT_DIR"
 PY=${PY:-.venv/bin/python}
 NCPU=$(nproc)
 LANES=${LANES:-1}
@@ -48,18 +49,9 @@ lane_env() { # lane number -> exports RECSYS_TEST_DATABASE_URL / RECSYS_TEST_RED
     export RECSYS_TEST_DATABASE_URL=$PG_BASE RECSYS_TEST_REDIS_URL=$REDIS_BASE
     return
   fi
-  local db="recsys_stress_$lane"
-  "$PY" - "$PG_BASE" "$db" <<'PYEOF'
-import sys
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-url, name = make_url(sys.argv[1]), sys.argv[2]
-engine = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-with engine.connect() as c:
-    if not c.execute(text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": name}).first():
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-PYEOF
-  export RECSYS_TEST_DATABASE_URL="${PG_BASE%/*}/$db"
+  export RECSYS_TEST_DATABASE_URL="${PG_BASE%/*}/recsys_stress_$lane"
+  "$PY" -c 'import sys; sys.path.insert(0, "bench"); from serve_bench import ensure_database
+ensure_database(sys.argv[1])' "$RECSYS_TEST_DATABASE_URL"
   export RECSYS_TEST_REDIS_URL="${REDIS_BASE%/*}/$((STRESS_REDIS_BASE + lane))"
 }
 

@@ -435,10 +435,6 @@ class Tuner:
                 out.extend(rec.candidates(name, lm, chunk, [RecRequest(n=self.k)] * len(chunk)))
         return out
 
-    def _serving(self, rows: np.ndarray) -> list[str]:
-        """The candidate strategies that can serve every validation user in ``rows``."""
-        return [s for s in self.cands if self._served_by(s)[rows].all()]
-
     def _served_by(self, name: str) -> np.ndarray:
         from strategies import scores_empty_history
 
@@ -728,6 +724,8 @@ class Tuner:
            significantly better on the bin's users (``_beats``).
         3. Adjacent bins with the same choice make one route; beyond ``max_routes``, the
            bins whose own choice gains least over their neighbour's are merged into it."""
+        from strategies import scores_empty_history
+
         bins = self._bins()
         n = self.val.hist_len
         every = np.arange(len(self.val))
@@ -779,7 +777,7 @@ class Tuner:
             # A bin of empty histories only: the strategies that cannot score one would be
             # dropped by the request path anyway, so their weights are not searched (fewer
             # dimensions for the same trials, and no meaningless weight in the profile).
-            names = self._serving(rows) if hi == 0 else None
+            names = [s for s in self.cands if scores_empty_history(s)] if hi == 0 else None
             if len(bins) > 1 and (names is None or names):
                 found = self._crossfit(
                     label, rows, fold, cap, share / 4 * len(rows) / len(every), priors, names
@@ -815,8 +813,6 @@ class Tuner:
 
         def newcomer_route(runs) -> int:
             """1 if ``serve_newcomers`` may add a route for empty histories before these."""
-            from strategies import scores_empty_history
-
             return 0 if any(scores_empty_history(s) for s in runs[0]["option"][1]) else 1
 
         # That added route counts towards max_routes (the profile's hard limit is
@@ -1032,14 +1028,9 @@ class Tuner:
 def single_routes(name: str) -> list[dict[str, Any]]:
     """Routes serving ``name`` alone (popularity for empty histories if ``name`` cannot score
     them, as the request path would fall back anyway, but without marking answers degraded)."""
-    from strategies import scores_empty_history
-
-    if scores_empty_history(name):
-        return [{"name": "all", "max_history": None, "weights": {name: 1.0}, "blend": None}]
-    return [
-        {"name": "h0", "max_history": 0, "weights": {"popular": 1.0}, "blend": None},
-        {"name": "h1+", "max_history": None, "weights": {name: 1.0}, "blend": None},
-    ]
+    return serve_newcomers(
+        [{"name": "all", "max_history": None, "weights": {name: 1.0}, "blend": None}]
+    )
 
 
 def _normalise(w: dict[str, float]) -> dict[str, float]:
