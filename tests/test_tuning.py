@@ -476,14 +476,40 @@ def test_a_gain_the_newest_fold_does_not_show_is_not_taken():
     newest = tuner.val.fold_of == 0
     base = np.full(len(tuner.val), 0.5)
     drifted = np.where(newest, 0.45, 1.0)  # much better on the older fold, worse on the newest
-    verdict, better = tuner._beats(base, drifted, "base", "new")
+    verdict, better, _ = tuner._beats(base, drifted, "base", "new")
     assert not better and "newest fold" in verdict
     steady = np.where(newest, 0.55, 1.0)  # better on both
-    verdict, better = tuner._beats(base, steady, "base", "new")
+    verdict, better, _ = tuner._beats(base, steady, "base", "new")
     assert better, verdict
     # Restricted to some rows, the newest-fold check looks at those rows only.
     rows = np.flatnonzero(~newest)
     assert tuner._beats(base[rows], drifted[rows], "base", "new", rows)[1]
+
+
+def test_a_tied_ensemble_is_vetoed_only_by_a_significant_loss_on_the_newest_fold():
+    """The ensemble kept for a tie (``_not_behind``): at least as good overall, and not
+    *significantly* worse on the newest fold; a point-estimate dip there is noise."""
+    from recsys.tuning.search import Tuner
+
+    data = _sequences(n_users=60, length=8)
+    tuner = Tuner(data, _opts(validation="leave-last-out", fraction=0.2, folds=2))
+    tuner._prepare()
+    newest = tuner.val.fold_of == 0
+    rng = np.random.default_rng(3)
+    base = rng.random(len(tuner.val))
+    noise = rng.normal(0.0, 0.2, len(tuner.val))
+    # Tied: the same on average; on the newest fold a little behind, within its noise.
+    for f in (newest, ~newest):
+        noise[f] -= noise[f].mean()
+    dip = base + noise + np.where(newest, -0.01, 0.01)
+    assert dip[newest].mean() < base[newest].mean() and dip.mean() >= base.mean()
+    assert tuner._not_behind(base, dip)
+    # Far ahead on the older fold, clearly behind on the newest: drift, vetoed.
+    drift = base + np.where(newest, -0.3, 0.4)
+    assert drift.mean() > base.mean()
+    assert not tuner._not_behind(base, drift)
+    # Behind overall: never kept.
+    assert not tuner._not_behind(base, base - 0.01)
 
 
 def test_a_bin_of_empty_histories_searches_only_strategies_that_can_score_them():

@@ -19,11 +19,14 @@ same two resampling schemes to the per-user recommendation lists and recomputes 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import numpy as np
 import scipy.sparse as sp
+
+K = TypeVar("K")
 
 DEFAULT_RESAMPLES = 2000
 # Resamples processed per vectorised chunk: bounds memory at chunk * n_users floats.
@@ -123,6 +126,19 @@ def _decide(diff: float, lo: float, hi: float, p: float, alpha: float) -> bool:
     if any(np.isnan(x) for x in (diff, lo, hi, p)):
         return False
     return bool(p < alpha and (lo > 0 or hi < 0))
+
+
+def holm(pvalues: Mapping[K, float], alpha: float) -> set[K]:
+    """The hypotheses Holm's step-down procedure rejects at family-wise level ``alpha``: in
+    order of p-value, the i-th smallest (0-based) of m is rejected while ``p < alpha / (m - i)``;
+    the first that is not stops it."""
+    m = len(pvalues)
+    out: set[K] = set()
+    for i, (key, p) in enumerate(sorted(pvalues.items(), key=lambda kv: kv[1])):
+        if not p < alpha / (m - i):
+            break
+        out.add(key)
+    return out
 
 
 def compare(

@@ -527,7 +527,7 @@ class Tuner:
                 # half of the users is scored on the other half (and back). A lucky trial on
                 # a small slice, picked and scored on the same users, is not evidence.
                 oos = self._crossfit_pick(every)
-                verdict, better = self._beats(first["values"], oos, "defaults", "tuned")
+                verdict, better, _ = self._beats(first["values"], oos, "defaults", "tuned")
                 trace["vs_defaults"] = verdict
                 if not better:
                     best = first
@@ -724,6 +724,7 @@ class Tuner:
            significantly better on the bin's users (``_beats``).
         3. Adjacent bins with the same choice make one route; beyond ``max_routes``, the
            bins whose own choice gains least over their neighbour's are merged into it."""
+        from recsys.evaluation import stats
         from strategies import scores_empty_history
 
         bins = self._bins()
@@ -747,16 +748,20 @@ class Tuner:
             options["blend"] = (overall["values"], overall["weights"], overall["blend"])
             # The overall blend is the champion when it is significantly better than the best
             # single strategy, or, as an ensemble of models the data cannot tell apart, when
-            # its honest (cross-fitted) figure is at least the single's overall and on the
-            # newest fold: averaging tied models lowers the variance of what is served.
-            champion_verdict, better = self._beats(
+            # its honest (cross-fitted) figure is at least the single's overall and not
+            # significantly behind on the newest fold: averaging tied models lowers the
+            # variance of what is served.
+            champion_verdict, better, _ = self._beats(
                 singles[best_single], overall["values"], best_single, "blend"
             )
             if better:
                 champion = "blend"
             elif self._not_behind(singles[best_single], overall["values"]):
                 champion = "blend"
-                champion_verdict += "; blend kept: not behind out of fold, overall and newest"
+                champion_verdict += (
+                    "; blend kept: not behind out of fold overall, and not significantly "
+                    "behind on the newest fold"
+                )
         trace: dict[str, Any] = {
             "bins": [_bin_label(lo, hi) for lo, hi in bins],
             "singles": {s: round(m, 6) for s, m in means.items()},
@@ -786,22 +791,36 @@ class Tuner:
                 opts["bin blend"] = (found["values"], found["weights"], found["blend"])
             bin_means = {k: float(np.nanmean(v)) for k, (v, _, _) in opts.items()}
             best = max(bin_means, key=lambda k: bin_means[k])
-            choice, verdict = champion, None
+            test = None
             if best != champion:
-                verdict, better = self._beats(
-                    opts[champion][0], opts[best][0], champion, best, rows
-                )
-                if better:
-                    choice = best
-            per_bin.append({"rows": rows, "choice": choice, "option": opts[choice]})
+                test = self._beats(opts[champion][0], opts[best][0], champion, best, rows)
+            per_bin.append({"rows": rows, "opts": opts, "best": best, "test": test})
             trace["per_bin"][label] = {
                 "users": int(len(rows)),
                 "means": {k: round(v, 6) for k, v in bin_means.items()},
                 "challenger": best if best != champion else None,
-                "verdict": verdict,
-                "choice": choice,
+                "verdict": test[0] if test else None,
+                "choice": champion,
                 "folds": found.get("folds"),
             }
+        # A challenger takes its bin only if it survives Holm's step-down over every bin's
+        # test: with six bins tested at alpha each, one would pass by chance every other run,
+        # and a route cut on that is noise served to real users. Holm keeps the chance of any
+        # false departure within alpha (family-wise), and is never weaker than Bonferroni.
+        tested = {i: b["test"][2] for i, b in enumerate(per_bin) if b["test"]}
+        held = stats.holm(tested, self.opt.alpha)
+        for i, b in enumerate(per_bin):
+            label = list(trace["per_bin"])[i]
+            choice = champion
+            if b["test"] and b["test"][1]:
+                if i in held:
+                    choice = b["best"]
+                else:
+                    trace["per_bin"][label]["verdict"] += (
+                        f"; not significant after Holm's correction over {len(tested)} bins"
+                    )
+            b["choice"], b["option"] = choice, b["opts"][choice]
+            trace["per_bin"][label]["choice"] = choice
         # Merge runs of equal choices; then, while there are too many, the cheapest merge.
         runs = []
         for i, b in enumerate(per_bin):
@@ -855,10 +874,11 @@ class Tuner:
 
     def _beats(
         self, base: np.ndarray, new: np.ndarray, a: str, b: str, rows: np.ndarray | None = None
-    ) -> tuple[str, bool]:
+    ) -> tuple[str, bool, float]:
         """Is ``new`` significantly better than ``base`` (paired over the same users, at the
         gate's level ``alpha``)? The rule every departure from a default must pass. The
-        arrays hold values of the validation rows ``rows`` (all rows if None).
+        arrays hold values of the validation rows ``rows`` (all rows if None). Returns the
+        verdict line, the decision and the test's p-value (for a correction over several).
 
         With several folds, ``new`` must also be at least as good on the newest fold alone
         (the slice closest to what will be served): a gain that only the older folds show is
@@ -867,7 +887,7 @@ class Tuner:
 
         base_u, new_u = self.val.paired(base, new, rows)
         if len(base_u) < 2:
-            return "too few users to compare", False
+            return "too few users to compare", False, 1.0
         c = stats.compare(
             base_u, new_u, self.opt.objective, a, b, resamples=1000, alpha=self.opt.alpha
         )
@@ -875,9 +895,11 @@ class Tuner:
         newest = self._newest_means(base, new, rows)
         if better and newest is not None and newest[1] < newest[0]:
             return (
-                f"{c.verdict}, but not on the newest fold ({newest[1]:.4f} vs {newest[0]:.4f})"
-            ), False
-        return c.verdict, better
+                (f"{c.verdict}, but not on the newest fold ({newest[1]:.4f} vs {newest[0]:.4f})"),
+                False,
+                c.p_value,
+            )
+        return c.verdict, better, c.p_value
 
     def _newest_means(
         self, base: np.ndarray, new: np.ndarray, rows: np.ndarray | None = None
@@ -891,13 +913,26 @@ class Tuner:
         return (float(base[ok].mean()), float(new[ok].mean())) if ok.any() else None
 
     def _not_behind(self, base: np.ndarray, new: np.ndarray) -> bool:
-        """``new``'s mean is at least ``base``'s over all validation rows and over the newest
-        fold's (rows where both are defined)."""
+        """``new``'s mean is at least ``base``'s over all validation rows (where both are
+        defined), and ``new`` is not significantly worse on the newest fold's rows.
+
+        For a tie the point estimate on one fold is a coin flip, not evidence: the newest
+        fold holds a third of the rows or fewer, and two tied configurations trade places
+        between folds. It vetoes the ensemble only when the newest slice shows a real loss
+        (drift), at the gate's level."""
+        from recsys.evaluation import stats
+
         ok = np.isfinite(base) & np.isfinite(new)
         if not ok.any() or new[ok].mean() < base[ok].mean():
             return False
-        newest = self._newest_means(base, new)
-        return newest is None or newest[1] >= newest[0]
+        if self.val.n_folds < 2:
+            return True
+        rows = self.val.rows_of(0)
+        base_u, new_u = self.val.paired(base[rows], new[rows], rows)
+        if len(base_u) < 2:
+            return True
+        c = stats.compare(base_u, new_u, self.opt.objective, resamples=1000, alpha=self.opt.alpha)
+        return not (c.significant and c.diff < 0)
 
     # -- stage 3: the guard through the full request path ------------------------------------------
     def _served(self, overrides: dict[str, Any], models: dict[str, list]) -> np.ndarray:
