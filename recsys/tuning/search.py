@@ -721,7 +721,8 @@ class Tuner:
            else that strategy.
         2. Per fine history bin, a challenger (the bin's best single strategy, or a blend
            searched on the bin's users, cross-fitted) replaces the champion only where it is
-           significantly better on the bin's users (``_beats``).
+           significantly better on the bin's users (``_beats``), after Holm's correction
+           over all the bins tested.
         3. Adjacent bins with the same choice make one route; beyond ``max_routes``, the
            bins whose own choice gains least over their neighbour's are merged into it."""
         from recsys.evaluation import stats
@@ -794,7 +795,7 @@ class Tuner:
             test = None
             if best != champion:
                 test = self._beats(opts[champion][0], opts[best][0], champion, best, rows)
-            per_bin.append({"rows": rows, "opts": opts, "best": best, "test": test})
+            per_bin.append({"label": label, "rows": rows, "opts": opts, "best": best, "test": test})
             trace["per_bin"][label] = {
                 "users": int(len(rows)),
                 "means": {k: round(v, 6) for k, v in bin_means.items()},
@@ -810,7 +811,7 @@ class Tuner:
         tested = {i: b["test"][2] for i, b in enumerate(per_bin) if b["test"]}
         held = stats.holm(tested, self.opt.alpha)
         for i, b in enumerate(per_bin):
-            label = list(trace["per_bin"])[i]
+            label = b["label"]
             choice = champion
             if b["test"] and b["test"][1]:
                 if i in held:
@@ -883,23 +884,29 @@ class Tuner:
         With several folds, ``new`` must also be at least as good on the newest fold alone
         (the slice closest to what will be served): a gain that only the older folds show is
         drift, not something to bet the default on."""
+        c = self._paired_test(base, new, a, b, rows)
+        if c is None:
+            return "too few users to compare", False, 1.0
+        better = bool(c.significant and c.diff > 0)
+        newest = self._newest_means(base, new, rows)
+        if better and newest is not None and newest[1] < newest[0]:
+            verdict = (
+                f"{c.verdict}, but not on the newest fold ({newest[1]:.4f} vs {newest[0]:.4f})"
+            )
+            return verdict, False, c.p_value
+        return c.verdict, better, c.p_value
+
+    def _paired_test(self, base, new, a="A", b="B", rows=None):
+        """The gate's paired test of ``new`` against ``base`` (values of the validation rows
+        ``rows``, all if None), one user one unit; None with fewer than two users."""
         from recsys.evaluation import stats
 
         base_u, new_u = self.val.paired(base, new, rows)
         if len(base_u) < 2:
-            return "too few users to compare", False, 1.0
-        c = stats.compare(
+            return None
+        return stats.compare(
             base_u, new_u, self.opt.objective, a, b, resamples=1000, alpha=self.opt.alpha
         )
-        better = bool(c.significant and c.diff > 0)
-        newest = self._newest_means(base, new, rows)
-        if better and newest is not None and newest[1] < newest[0]:
-            return (
-                (f"{c.verdict}, but not on the newest fold ({newest[1]:.4f} vs {newest[0]:.4f})"),
-                False,
-                c.p_value,
-            )
-        return c.verdict, better, c.p_value
 
     def _newest_means(
         self, base: np.ndarray, new: np.ndarray, rows: np.ndarray | None = None
@@ -920,19 +927,14 @@ class Tuner:
         fold holds a third of the rows or fewer, and two tied configurations trade places
         between folds. It vetoes the ensemble only when the newest slice shows a real loss
         (drift), at the gate's level."""
-        from recsys.evaluation import stats
-
         ok = np.isfinite(base) & np.isfinite(new)
         if not ok.any() or new[ok].mean() < base[ok].mean():
             return False
         if self.val.n_folds < 2:
             return True
         rows = self.val.rows_of(0)
-        base_u, new_u = self.val.paired(base[rows], new[rows], rows)
-        if len(base_u) < 2:
-            return True
-        c = stats.compare(base_u, new_u, self.opt.objective, resamples=1000, alpha=self.opt.alpha)
-        return not (c.significant and c.diff < 0)
+        c = self._paired_test(base[rows], new[rows], rows=rows)
+        return c is None or not (c.significant and c.diff < 0)
 
     # -- stage 3: the guard through the full request path ------------------------------------------
     def _served(self, overrides: dict[str, Any], models: dict[str, list]) -> np.ndarray:
