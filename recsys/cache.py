@@ -52,6 +52,7 @@ from urllib.parse import quote, unquote, urlsplit
 from flask import Flask, current_app
 
 from recsys.lifecycle import on_after_fork
+from recsys.nearcache import NearCache, messages
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ class LocalBackend:
             while len(self._data) > self.max_entries:
                 self._data.popitem(last=False)
 
-    def set_many(self, items: dict[str, bytes], ttl_s: float) -> None:
+    def set_many(self, items: dict[str, bytes], ttl_s: float, publish: object = None) -> None:
+        # ``publish`` (near-cache invalidations) never applies in one process.
         for k, v in items.items():
             self.set(k, v, ttl_s)
 
@@ -131,11 +133,18 @@ class _RedisWrites:
     def set(self, key: str, value: bytes, ttl_s: float) -> None:
         self.client.set(key, value, ex=max(1, int(ttl_s)))
 
-    def set_many(self, items: dict[str, bytes], ttl_s: float) -> None:
+    def set_many(
+        self, items: dict[str, bytes], ttl_s: float, publish: tuple[str, list[bytes]] | None = None
+    ) -> None:
+        """Set every key; then, in the same round trip, publish each message of
+        ``publish = (channel, messages)`` (the near caches' invalidations)."""
         # Non-transactional: a cluster client groups the keys (many slots) by node.
         pipe = self.client.pipeline(transaction=False)
         for k, v in items.items():
             pipe.set(k, v, ex=max(1, int(ttl_s)))
+        if publish is not None:
+            for message in publish[1]:
+                pipe.publish(publish[0], message)
         pipe.execute()
 
 
@@ -311,6 +320,8 @@ class Peek(NamedTuple):
     raw: bytes | None
     user_id: str
     context: dict[str, Any]
+    # The near cache's ticket for storing what this read found or led to (None: no near cache).
+    ticket: int | None = None
 
     @property
     def payload(self) -> bytes | None:
@@ -328,6 +339,9 @@ class ResultCache:
         self.lock_polls = 0  # times a request looked again while another held the entry's lock
         self.url = cfg.get("REDIS_URL") or None
         self.local_size = int(cfg.get("LOCAL_CACHE_SIZE", 10_000))
+        # The per-process copy of hits (recsys.nearcache): seconds, never beyond CACHE_TTL.
+        self.near_ttl = min(float(cfg.get("NEAR_CACHE_TTL") or 0), self.ttl)
+        self.near_size = int(cfg.get("NEAR_CACHE_SIZE", 10_000))
         self._down_until = 0.0
         self._backoff = BACKOFF_START_S
         self._outage_logged = False
@@ -338,6 +352,7 @@ class ResultCache:
             # A brace in the prefix would become the keys' hash tag on a cluster.
             raise ValueError(f"REDIS_PREFIX must not contain braces: {self.prefix!r}")
         self.backend: LocalBackend | RedisBackend | RedisClusterBackend = self._make_backend()
+        self.near = self._make_near()
 
     def _make_backend(self):
         if is_cluster_url(self.url):
@@ -345,6 +360,22 @@ class ResultCache:
         if self.url:
             return RedisBackend(self.url)
         return LocalBackend(self.local_size)
+
+    @property
+    def near_channel(self) -> str | None:
+        """The pub/sub channel of near-cache invalidations (None: the near cache is off)."""
+        if self.near_ttl <= 0 or not isinstance(self.backend, RedisBackend):
+            return None
+        return self.key("near")
+
+    def _make_near(self) -> NearCache | None:
+        if self.near_ttl > 0 and not isinstance(self.backend, RedisBackend):
+            log.warning("NEAR_CACHE_TTL ignored: the near cache needs one Redis server (redis://)")
+        channel = self.near_channel
+        if channel is None:
+            return None
+        pool = self.backend.client.connection_pool
+        return NearCache(pool.make_connection, channel, self.near_ttl, self.near_size)
 
     @property
     def shared(self) -> bool:
@@ -356,7 +387,9 @@ class ResultCache:
         self._pid = os.getpid()
         self._down_until = 0.0
         self._backoff = BACKOFF_START_S
+        # The parent's sockets are left alone (closing them would cut the parent's too).
         self.backend = self._make_backend()
+        self.near = self._make_near()
 
     # -- keys -------------------------------------------------------------------------------
     def key(self, *parts: str) -> str:
@@ -444,15 +477,12 @@ class ResultCache:
         from recsys import metrics
 
         tkey = self.token_key(user_id)
-        if peeked is not None and peeked.user_id == user_id and peeked.context == context:
-            rkey, ok, vals = peeked.key, True, [peeked.token, peeked.raw]
-        else:
-            rkey = self.result_key(user_id, context)
-            ok, vals = self._call(lambda: self.backend.mget([tkey, rkey]))
-        if not ok:
+        if peeked is None or peeked.user_id != user_id or peeked.context != context:
+            peeked = self._read(user_id, context)
+        if peeked is None:
             metrics.CACHE_MISSES.inc()
             return compute()[0], False
-        token, raw = vals
+        rkey, token, raw = peeked.key, peeked.token, peeked.raw
         hit = self._payload(raw, token)
         if hit is not None:
             metrics.CACHE_HITS.inc()
@@ -483,18 +513,38 @@ class ResultCache:
         entry = b"".join((ENTRY_TAG, _bytes(token), b"\n", payload)) if store else None
         if entry is not None or acquired:
             # Store and unlock in one round trip.
-            self._call(
+            stored, _ = self._call(
                 lambda: self.backend.store(rkey, entry, self.ttl, lock if acquired else None)
             )
+            if stored and entry is not None and self.near is not None:
+                self.near.put(peeked.ticket, user_id, rkey, token, entry)
         return payload, False
 
     def peek(self, user_id: str, context: dict[str, Any]) -> Peek | None:
         """One ``MGET`` of the user's token and the entry: what it read (None when the cache is
         unavailable); ``.payload`` is the cached payload if present and fresh. Counts nothing
         and never computes."""
-        rkey, tkey = self.result_key(user_id, context), self.token_key(user_id)
+        return self._read(user_id, context)
+
+    def _read(self, user_id: str, context: dict[str, Any]) -> Peek | None:
+        """The user's token and the entry: from the near cache when it holds them, else one
+        ``MGET`` (a fresh hit is then kept in the near cache). None: the cache is unavailable."""
+        if self._pid != os.getpid():
+            self.after_fork()
+        rkey = self.result_key(user_id, context)
+        near, ticket = self.near, None
+        if near is not None and self.available:
+            got, ticket = near.get(user_id, rkey)
+            if got is not None:
+                return Peek(rkey, got[0], got[1], user_id, context, ticket)
+        tkey = self.token_key(user_id)
         ok, vals = self._call(lambda: self.backend.mget([tkey, rkey]))
-        return Peek(rkey, vals[0], vals[1], user_id, context) if ok else None
+        if not ok:
+            return None
+        token, raw = vals
+        if ticket is not None and self._payload(raw, token) is not None:
+            near.put(ticket, user_id, rkey, token, raw)  # type: ignore[union-attr]
+        return Peek(rkey, token, raw, user_id, context, ticket)
 
     def peek_raw(self, user_id: str, context: dict[str, Any]) -> bytes | None:
         """The cached payload if present and fresh; never computes."""
@@ -543,8 +593,12 @@ class ResultCache:
         if not users or self.disabled is not None:
             return True  # nothing cached here, so nothing can be stale
         items = {self.token_key(u): uuid.uuid4().hex.encode() for u in users}
+        channel = self.near_channel
+        publish = (channel, messages(users)) if channel is not None else None
         # Tokens outlive the results they guard, so a result never meets an expired token.
-        ok, _ = self._call(lambda: self.backend.set_many(items, self.ttl * 2 + 60))
+        ok, _ = self._call(lambda: self.backend.set_many(items, self.ttl * 2 + 60, publish))
+        if self.near is not None:
+            self.near.drop(users)
         return ok
 
     def ping(self) -> bool:
