@@ -5,7 +5,9 @@ and no load generator.
 ``bench/serve_bench.py`` measures the served ratio "cached / healthz throughput" under gunicorn
 and wrk, where the server's HTTP parsing and the client share the two cores; this isolates what
 the application adds on a cache hit, so a change to the hit path shows up even on a busy machine
-(``time.process_time``). Run it from each source tree to compare versions::
+(``time.process_time``), plus the Redis server's CPU over the same requests (``INFO cpu``; run it
+on an otherwise idle Redis). Run it from each source tree to compare versions, or with
+``RECSYS_NEAR_CACHE_TTL=30`` against ``0`` to see what the near cache saves::
 
     RECSYS_DATABASE_URL=... RECSYS_REDIS_URL=... RECSYS_MODEL_DIR=... \\
         .venv/bin/python bench/cached_cpu.py --requests 20000 --rounds 3
@@ -59,11 +61,22 @@ def call(app, env: dict) -> tuple[str, bytes]:
     return got[0], body
 
 
-def cpu_per_request(app, envs: list[dict], n: int) -> float:
-    c0 = time.process_time()
+def redis_cpu(client) -> float:
+    """Seconds of CPU the Redis server has used (user + system; every client's, so run this
+    on an otherwise idle Redis)."""
+    if client is None:
+        return 0.0
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def cpu_per_request(app, envs: list[dict], n: int, redis_client=None) -> tuple[float, float]:
+    """(this process's, the Redis server's) CPU seconds per request."""
+    r0, c0 = redis_cpu(redis_client), time.process_time()
     for k in range(n):
         call(app, envs[k % len(envs)])
-    return (time.process_time() - c0) / n
+    c1, r1 = time.process_time(), redis_cpu(redis_client)
+    return (c1 - c0) / n, (r1 - r0) / n
 
 
 def main() -> int:
@@ -75,6 +88,12 @@ def main() -> int:
     from recsys import create_app
 
     app = create_app()
+    url = app.config.get("REDIS_URL")
+    redis_client = None
+    if url:
+        import redis
+
+        redis_client = redis.Redis.from_url(url)
     users = heavy_users(app, args.users)
     if not users:
         print("needs a store with users of more than 20 events")
@@ -98,18 +117,30 @@ def main() -> int:
             print(f"{name}: not served from the cache (is Redis configured?)")
             return 1
     got: dict[str, list[float]] = {k: [] for k in scenarios}
+    server: dict[str, list[float]] = {k: [] for k in scenarios}
     for rnd in range(args.rounds):
         for name, envs in scenarios.items():
-            ms = 1e3 * cpu_per_request(app, envs, args.requests)
-            got[name].append(ms)
-            print(f"round {rnd + 1} {name:24s} {ms * 1e3:7.1f} us CPU per request")
+            app_s, redis_s = cpu_per_request(app, envs, args.requests, redis_client)
+            got[name].append(app_s * 1e6)
+            server[name].append(redis_s * 1e6)
+            print(
+                f"round {rnd + 1} {name:24s} {app_s * 1e6:7.1f} us CPU per request here, "
+                f"{redis_s * 1e6:5.1f} us in Redis"
+            )
     med = {k: statistics.median(v) for k, v in got.items()}
+    red = {k: statistics.median(v) for k, v in server.items()}
     h = med["/healthz"]
+    parts = []
+    for name in ("cached, default fields", "cached, fields="):
+        total = med[name] + red[name]
+        parts.append(
+            f"{name} {med[name]:.1f} us + Redis {red[name]:.1f} us = {total:.1f} us "
+            f"(+{total - h:.1f} over /healthz)"
+        )
+    near = app.config.get("NEAR_CACHE_TTL") or 0
     print(
-        f"medians of {args.rounds} rounds, {args.requests} requests each: /healthz "
-        f"{h * 1e3:.1f} us, cached with item fields {med['cached, default fields'] * 1e3:.1f} us "
-        f"(+{(med['cached, default fields'] - h) * 1e3:.1f}), without "
-        f"{med['cached, fields='] * 1e3:.1f} us (+{(med['cached, fields='] - h) * 1e3:.1f})"
+        f"medians of {args.rounds} rounds, {args.requests} requests each "
+        f"(NEAR_CACHE_TTL={near}): /healthz {h:.1f} us; " + "; ".join(parts)
     )
     return 0
 

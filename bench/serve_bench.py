@@ -69,6 +69,7 @@ def bench_env(args) -> dict[str, str]:
         RECSYS_THREADS=str(args.threads),
         RECSYS_PRELOAD_MODELS="true",
         RECSYS_ADMIN_TOKEN=args.admin_token,
+        RECSYS_NEAR_CACHE_TTL=str(args.near_cache_ttl),
     )
     return env
 
@@ -669,6 +670,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-dir", default=None, help="default: <instance>/models")
     p.add_argument("--prepare", action="store_true", help="create/import/train, then exit")
     p.add_argument(
+        "--near-cache-ttl",
+        type=float,
+        default=0.0,
+        help="the server's NEAR_CACHE_TTL (seconds; 0, the default: off)",
+    )
+    p.add_argument(
         "--deep-only",
         type=int,
         default=0,
@@ -758,7 +765,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.monotonic()
         ready = wait_ready(base, proc, timeout=300)
-        print(f"server ready in {time.monotonic() - t0:.1f} s with models {ready['models']}")
+        print(
+            f"server ready in {time.monotonic() - t0:.1f} s with models {ready['models']}; "
+            f"NEAR_CACHE_TTL={args.near_cache_ttl:g}"
+        )
         routing_before = set_warm_strategies(base, args)
         users, items = sample_ids(args, n_users=200, n_items=500)
         run_id = f"{int(time.time())}"

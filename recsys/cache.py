@@ -536,6 +536,9 @@ class ResultCache:
         if near is not None and self.available:
             got, ticket = near.get(user_id, rkey)
             if got is not None:
+                from recsys import metrics
+
+                metrics.CACHE_NEAR_HITS.inc()
                 return Peek(rkey, got[0], got[1], user_id, context, ticket)
         tkey = self.token_key(user_id)
         ok, vals = self._call(lambda: self.backend.mget([tkey, rkey]))

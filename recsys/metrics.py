@@ -63,6 +63,10 @@ STRATEGY_LATENCY = Histogram(
 )
 CACHE_HITS = Counter("recsys_cache_hits_total", "Recommendation cache hits")
 CACHE_MISSES = Counter("recsys_cache_misses_total", "Recommendation cache misses")
+CACHE_NEAR_HITS = Counter(
+    "recsys_cache_near_hits_total",
+    "Cache hits answered from the worker's near cache, without Redis (NEAR_CACHE_TTL)",
+)
 BATCH_SIZE = Histogram(
     "recsys_batch_size",
     "Requests sharing one forward pass of the deep model (micro-batcher)",

@@ -21,8 +21,8 @@ How the copy stays fresh:
   event to anyone. So a request made after the event was acknowledged normally finds the
   invalidation already waiting on the socket. It does not find it when the message is still
   on its way: Redis was descheduled between the two writes, or a network put the subscriber
-  further away than the publisher. Then the request gets the old list, for that delay (about a
-  millisecond). That residual window is why the near cache is off by default. Without it,
+  further away than the publisher. Then the request gets the old list, for as long as the message
+  is late. That residual window is why the near cache is off by default. Without it,
   every hit reads the token from Redis.
 * A copy read before an invalidation arrived is not stored after it: ``get`` hands out the
   number of invalidations seen so far (a ticket), and ``put`` stores only when no invalidation
@@ -35,8 +35,12 @@ How the copy stays fresh:
   epoch, the experiment variant) is part of the entry's key, in memory as in Redis.
 
 Keys written into Redis by anything other than ``invalidate_users`` are not seen until the
-local TTL ends. ``recsys import`` writes SQL only, and its users wait for ``CACHE_TTL``
-either way.
+local TTL ends. A Redis that becomes unreachable *without* the subscription breaking (a network
+partition that drops packets silently) leaves the copies in service until the worker notices
+something: its own Redis call fails (the cache then counts as down and no copy is served
+through the back-off), or the ``cache_epoch`` that a failed invalidation bumps in SQL reaches it
+(``CONFIG_POLL_SECONDS``), or the TTL ends. ``recsys import`` writes SQL only, and its users
+wait for ``CACHE_TTL`` either way.
 """
 
 from __future__ import annotations
