@@ -320,8 +320,6 @@ class Peek(NamedTuple):
     raw: bytes | None
     user_id: str
     context: dict[str, Any]
-    # The near cache's ticket for storing what this read found or led to (None: no near cache).
-    ticket: int | None = None
 
     @property
     def payload(self) -> bytes | None:
@@ -513,11 +511,11 @@ class ResultCache:
         entry = b"".join((ENTRY_TAG, _bytes(token), b"\n", payload)) if store else None
         if entry is not None or acquired:
             # Store and unlock in one round trip.
-            stored, _ = self._call(
+            # Not copied into the near cache: a list is kept there from its first read out of
+            # Redis, so one-off lists (a unique exclude, a deep page) never take its room.
+            self._call(
                 lambda: self.backend.store(rkey, entry, self.ttl, lock if acquired else None)
             )
-            if stored and entry is not None and self.near is not None:
-                self.near.put(peeked.ticket, user_id, rkey, token, entry)
         return payload, False
 
     def peek(self, user_id: str, context: dict[str, Any]) -> Peek | None:
@@ -539,7 +537,7 @@ class ResultCache:
                 from recsys import metrics
 
                 metrics.CACHE_NEAR_HITS.inc()
-                return Peek(rkey, got[0], got[1], user_id, context, ticket)
+                return Peek(rkey, got[0], got[1], user_id, context)
         tkey = self.token_key(user_id)
         ok, vals = self._call(lambda: self.backend.mget([tkey, rkey]))
         if not ok:
@@ -547,7 +545,7 @@ class ResultCache:
         token, raw = vals
         if ticket is not None and self._payload(raw, token) is not None:
             near.put(ticket, user_id, rkey, token, raw)  # type: ignore[union-attr]
-        return Peek(rkey, token, raw, user_id, context, ticket)
+        return Peek(rkey, token, raw, user_id, context)
 
     def peek_raw(self, user_id: str, context: dict[str, Any]) -> bytes | None:
         """The cached payload if present and fresh; never computes."""

@@ -3,10 +3,11 @@
 Opt-in (``NEAR_CACHE_TTL`` > 0 seconds; only with a single Redis server, ``REDIS_URL=redis://``).
 Without it every cache hit costs one Redis round trip, the ``MGET`` of the user's history token
 and the entry (``recsys.cache``): on a small box the client's send/receive and Redis's own CPU
-are the largest part of a hit. With it, each process keeps the entries it has read or written
+are the largest part of a hit. With it, each process keeps the entries it has read from Redis
 for up to ``NEAR_CACHE_TTL`` seconds (never longer than ``CACHE_TTL``; at most
 ``NEAR_CACHE_SIZE`` of them, least recently used dropped first) and answers a repeat request
-from memory.
+from memory. A list this process computed is kept from its first read out of Redis, so one-off
+lists (a unique ``exclude``, a deep page) never take room.
 
 How the copy stays fresh:
 
@@ -124,7 +125,8 @@ class NearCache:
         if ticket is None:
             return False
         with self._lock:
-            self._sync()
+            # No _sync here: an invalidation still unread is read by the next get, before
+            # anything is served, and drops this entry then.
             if not self._ready or ticket != self._seq:
                 return False
             self._remove(key)

@@ -55,13 +55,14 @@ def test_off_by_default_and_without_a_single_redis(redis_url, redis_prefix):
 def test_a_repeat_read_is_served_from_memory(two, redis_url):
     a, b = two
     assert a.get_or_compute_raw("u", CTX, compute(b"list-1")) == (b"list-1", False)
+    assert a.near.stats()["stores"] == 0  # computed lists are kept from their first read
+    assert a.peek("u", CTX).payload == b"list-1"  # from Redis, now kept by a
     assert b.peek("u", CTX).payload == b"list-1"  # from Redis, now kept by b
     assert b.near.stats()["stores"] == 1 and b.near.stats()["hits"] == 0
     # Gone from Redis, still answered: the second read did not go there.
     redis.Redis.from_url(redis_url).delete(b.result_key("u", CTX))
     assert b.peek("u", CTX).payload == b"list-1"
     assert b.near.stats()["hits"] == 1
-    # The writer kept what it computed, too.
     assert a.peek("u", CTX).payload == b"list-1" and a.near.stats()["hits"] == 1
 
 
@@ -76,7 +77,7 @@ def test_an_event_on_one_process_drops_the_others_copy_before_it_is_acknowledged
     assert b.peek("v", CTX).payload == b"v-list"  # other users keep their copies
     assert b.near.stats()["invalidations"] == 1
     # a dropped its own copy at once; the next list is computed and copied again.
-    assert a.peek("u", CTX).payload is None
+    assert a.peek("u", CTX).payload is None and a.near.stats()["entries"] == 0
     assert a.get_or_compute_raw("u", CTX, compute(b"new")) == (b"new", False)
     assert b.peek("u", CTX).payload == b"new"
 
@@ -99,8 +100,21 @@ def test_a_read_that_an_invalidation_overtook_is_not_kept(two):
     assert got is None and ticket is not None
     token, raw = redis.Redis.from_url(b.url).mget(b.token_key("u"), b.result_key("u", CTX))
     a.invalidate_users(["u"])  # lands between b's read and b's store
+    b.near.get("v", "other")  # another request of b's reads the invalidation first
     assert not b.near.put(ticket, "u", b.result_key("u", CTX), token, raw)
     assert b.near.stats()["entries"] == 0
+
+
+def test_a_read_stored_before_its_invalidation_was_read_is_never_served(two):
+    a, b = two
+    a.get_or_compute_raw("u", CTX, compute(b"old"))
+    key = b.result_key("u", CTX)
+    got, ticket = b.near.get("u", key)
+    token, raw = redis.Redis.from_url(b.url).mget(b.token_key("u"), key)
+    a.invalidate_users(["u"])  # on b's socket, not read yet
+    assert b.near.put(ticket, "u", key, token, raw)  # put does not read the socket
+    assert b.near.get("u", key)[0] is None  # the next lookup reads it first
+    assert b.peek("u", CTX).payload is None
 
 
 def test_a_lost_subscription_drops_every_copy_until_resubscribed(redis_url, redis_prefix):
