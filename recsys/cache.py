@@ -519,9 +519,9 @@ class ResultCache:
         return payload, False
 
     def peek(self, user_id: str, context: dict[str, Any]) -> Peek | None:
-        """One ``MGET`` of the user's token and the entry: what it read (None when the cache is
-        unavailable); ``.payload`` is the cached payload if present and fresh. Counts nothing
-        and never computes."""
+        """The user's token and the entry (one ``MGET``, or the near cache): what it read (None
+        when the cache is unavailable); ``.payload`` is the cached payload if present and
+        fresh. Counts nothing and never computes."""
         return self._read(user_id, context)
 
     def _read(self, user_id: str, context: dict[str, Any]) -> Peek | None:
