@@ -159,6 +159,39 @@ def test_cli_bad_input_is_a_clean_usage_error(sqlite_app, tmp_path):
         ],
     )
     assert r.exit_code == 2 and "no such file" in r.output
+    # A misspelt strategy must not silently shrink the tuner's search.
+    r = runner.invoke(
+        main,
+        ["evaluate", "--config", "tuned", "--tune-strategies", "popular,esae", "--out",
+         str(tmp_path)],
+    )  # fmt: skip
+    assert r.exit_code == 2 and "unknown strategies 'esae'" in r.output and "known" in r.output
+
+
+def test_cli_tune_strategies_limit_what_a_tuned_configuration_searches(sqlite_app, tmp_path):
+    """--tune-strategies reaches the tuner: the profile searches and serves those alone (this
+    is how an analyst lets the search weigh an opt-in strategy such as sequence)."""
+    from recsys.cli import main
+
+    data = clustered_data(seed=2)
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    with open(folder / "interactions.csv", "w") as f:
+        f.write("user_id,item_id,event,timestamp\n")
+        for u, i, t in zip(data.user_idx, data.item_idx, data.ts, strict=True):
+            f.write(f"{data.users.ids[u]},{data.items.ids[i]},purchase,{t}\n")
+    out = tmp_path / "report"
+    r = sqlite_app.test_cli_runner().invoke(
+        main,
+        ["evaluate", "--data", str(folder), "--split", "time", "--config", "tuned", "--config",
+         "popular", "--tune-strategies", "ease, popular", "--tune-budget", "20s", "--out",
+         str(out), "--resamples", "200", "--no-progress"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    profile = json.loads((out / "report.json").read_text())["configs"]["tuned"]["profile"]
+    assert set(profile["trace"]["params"]) == {"ease", "popular"}
+    served = {s for route in profile["routes"] for s in route["weights"]}
+    assert served and served <= {"ease", "popular"}
 
 
 @pytest.mark.ml100k

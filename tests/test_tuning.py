@@ -379,6 +379,8 @@ def test_recsys_tune_cli_activates_and_a_failed_retune_keeps_the_profile(make_ap
     assert "tuning the serving profile" in trained.output and "profile 2" in trained.output
     bad_budget = runner.invoke(main, args=["tune", "--budget", "soon"])
     assert bad_budget.exit_code == 2 and "budget" in bad_budget.output
+    typo = runner.invoke(main, args=["tune", "--strategies", "popular,als,esae"])
+    assert typo.exit_code == 2 and "unknown strategies 'esae'" in typo.output
 
 
 def test_evaluate_tuned_sees_the_training_part_only(synthetic):

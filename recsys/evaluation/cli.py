@@ -181,6 +181,12 @@ def batch_to_data(batch):
     show_default=True,
     help="Search time for a 'tuned' configuration (e.g. 90s, 5m).",
 )
+@click.option(
+    "--tune-strategies",
+    default=None,
+    help="Comma-separated strategies a 'tuned' configuration may use (default: all but the "
+    "opt-in ones; name sequence here to let the search weigh it).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @with_appcontext
 def evaluate_command(
@@ -197,6 +203,7 @@ def evaluate_command(
     baseline_only: bool,
     relevant: str,
     tune_budget: str,
+    tune_strategies: str | None,
     no_progress: bool,
 ) -> None:
     """Compare serving configurations offline and write a report folder.
@@ -208,7 +215,7 @@ def evaluate_command(
     from recsys.evaluation.configs import ConfigError, load_configs
     from recsys.evaluation.report import write_report
     from recsys.evaluation.runner import evaluate
-    from recsys.tuning.search import parse_budget, tune_config
+    from recsys.tuning.search import parse_budget, parse_strategies, tune_config
 
     if split != "time" and (cutoff or fraction):
         raise click.UsageError("--cutoff/--fraction only apply to --split time")
@@ -216,6 +223,10 @@ def evaluate_command(
         budget_s = parse_budget(tune_budget)
     except ValueError as e:
         raise click.UsageError(f"--tune-budget: {e}") from e
+    try:
+        strategies = parse_strategies(tune_strategies)
+    except ValueError as e:
+        raise click.UsageError(f"--tune-strategies: {e}") from e
     try:
         configs = load_configs(list(config_specs))
     except ConfigError as e:
@@ -245,6 +256,7 @@ def evaluate_command(
             relevant=relevant,
             progress=_tqdm_factory(not no_progress),
             tune_budget=budget_s,
+            tune_options={"strategies": strategies} if strategies else None,
             tuner=tune_config,
         )
     except ValueError as e:

@@ -126,7 +126,7 @@ def tune_options(
     folds: int | None = None,
 ):
     """Build ``TuneOptions`` from CLI values, turning bad ones into usage errors."""
-    from recsys.tuning.search import TuneOptions, parse_budget
+    from recsys.tuning.search import TuneOptions, parse_budget, parse_strategies
 
     routes = None
     if routes_file:
@@ -145,7 +145,7 @@ def tune_options(
             fraction=tune_holdout,
             folds=folds,
             seed=seed,
-            strategies=[s.strip() for s in strategies.split(",")] if strategies else None,
+            strategies=parse_strategies(strategies),
             max_routes=max_routes,
             min_coverage=min_coverage,
             routes=routes,
@@ -196,7 +196,10 @@ def _tune_flags(fn):
         ),
         click.option("--max-routes", type=click.IntRange(1, 8), default=4, show_default=True),
         click.option(
-            "--strategies", default=None, help="Comma-separated strategies to consider (all)."
+            "--strategies",
+            default=None,
+            help="Comma-separated strategies to consider (default: all but the opt-in ones, "
+            "such as sequence, which are searched only when named).",
         ),
         click.option(
             "--trials", type=click.IntRange(1), default=None, help="Trials per study at most."

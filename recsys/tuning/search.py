@@ -105,6 +105,8 @@ class TuneOptions:
             raise ValueError("max_routes must be in 1..8")
         if self.folds is not None and not 1 <= self.folds <= MAX_FOLDS:
             raise ValueError(f"folds must be in 1..{MAX_FOLDS}")
+        if self.strategies is not None:
+            check_strategy_names(self.strategies)
         return self
 
 
@@ -116,6 +118,27 @@ def parse_budget(text: str | float) -> float:
     if not m:
         raise ValueError(f"a budget is a number with an optional s/m/h unit, got {text!r}")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def parse_strategies(text: str | None) -> list[str] | None:
+    """``"popular,ease,sequence"`` -> the names (None for none given). Unknown names are a
+    ``ValueError`` naming the known ones: a typo must not silently shrink the search."""
+    if text is None or not str(text).strip():
+        return None
+    names = [s.strip() for s in str(text).split(",") if s.strip()]
+    check_strategy_names(names)
+    return names
+
+
+def check_strategy_names(names: Sequence[str]) -> None:
+    from strategies import STRATEGY_NAMES
+
+    unknown = [s for s in names if s not in STRATEGY_NAMES]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown strategies {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"known strategies: {', '.join(STRATEGY_NAMES)}"
+        )
 
 
 # -- hyperparameter spaces ---------------------------------------------------------------------
