@@ -123,6 +123,20 @@ def test_strategy_hyperparameters_are_searched_from_the_defaults(synthetic):
     assert set(profile.params) <= set(STRATEGIES)
 
 
+def test_a_strategy_without_a_declared_space_is_fitted_once(synthetic, monkeypatch):
+    """A strategy the tuner has no space for (the opt-in sequence model, minutes per fit) is
+    scored with its defaults once: further trials would only repeat that fit."""
+    from recsys.tuning import search
+
+    monkeypatch.setattr(search, "SEARCHED", ("popular",))
+    data, share = synthetic
+    profile = tune(data, _opts(fraction=share, tune_params=True, max_trials=3))
+    trace = profile.trace["params"]
+    assert trace["ease"]["trials"] == 1
+    assert trace["ease"]["history"][0]["params"] == {"l2": 500.0}
+    assert trace["popular"]["trials"] >= 3  # the searched one still is
+
+
 def test_empty_histories_never_reach_a_strategy_that_cannot_score_them():
     cfg = ServingConfig.default().with_overrides(
         {

@@ -162,6 +162,11 @@ class DataStats:
         return max(self.span_days / 2000.0, 1.0 / 24), max(self.span_days * 2.0, 1.0)
 
 
+# The strategies ``_space`` declares a space for. Any other (e.g. the opt-in sequence model,
+# minutes per fit) is fitted once with its defaults: further trials would repeat that fit.
+SEARCHED = ("popular", "als", "bpr", "ease", "content", "deep")
+
+
 def _space(name: str, trial, stats: DataStats) -> dict[str, Any]:
     if name == "popular":
         if trial.suggest_categorical("decay", [True, False]):
@@ -530,7 +535,7 @@ class Tuner:
         if self.opt.tune_params:
             # Then the search, cheapest strategy first: each gets an equal share of what is
             # left, and what a cheap one does not use passes on to the dearer ones.
-            order = sorted(names, key=lambda n: cost[n])
+            order = sorted((n for n in names if n in SEARCHED), key=lambda n: cost[n])
             cap = self.opt.max_trials or self.MAX_TRIALS_PARAMS
             for i, name in enumerate(order):
                 study, objective, _, _, _ = studies[name]
