@@ -131,9 +131,14 @@ def _serve_page(content: dict) -> _Server:
 
 
 def _wait(driver, condition, timeout=30):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(condition)
+    # htmx may swap an element out between finding it and reading it (seen once in 20 runs
+    # under stress-ng): that is "not yet", so the condition is polled again.
+    return WebDriverWait(
+        driver, timeout, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(condition)
 
 
 def test_storefront_on_another_origin_renders_recommendations(browser, make_app, served_app, shots):
