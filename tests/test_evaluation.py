@@ -168,18 +168,23 @@ def test_cli_bad_input_is_a_clean_usage_error(sqlite_app, tmp_path):
     assert r.exit_code == 2 and "unknown strategies 'esae'" in r.output and "known" in r.output
 
 
+def csv_folder(data: InteractionData, folder):
+    """``data`` as a folder in the importers' generic CSV format (``--data`` accepts it)."""
+    folder.mkdir()
+    with open(folder / "interactions.csv", "w") as f:
+        f.write("user_id,item_id,event,timestamp\n")
+        for u, i, t in zip(data.user_idx, data.item_idx, data.ts, strict=True):
+            f.write(f"{data.users.ids[u]},{data.items.ids[i]},purchase,{t}\n")
+    return folder
+
+
 def test_cli_tune_strategies_limit_what_a_tuned_configuration_searches(sqlite_app, tmp_path):
     """--tune-strategies reaches the tuner: the profile searches and serves those alone (this
     is how an analyst lets the search weigh an opt-in strategy such as sequence)."""
     from recsys.cli import main
 
     data = clustered_data(seed=2)
-    folder = tmp_path / "shop"
-    folder.mkdir()
-    with open(folder / "interactions.csv", "w") as f:
-        f.write("user_id,item_id,event,timestamp\n")
-        for u, i, t in zip(data.user_idx, data.item_idx, data.ts, strict=True):
-            f.write(f"{data.users.ids[u]},{data.items.ids[i]},purchase,{t}\n")
+    folder = csv_folder(data, tmp_path / "shop")
     out = tmp_path / "report"
     r = sqlite_app.test_cli_runner().invoke(
         main,
@@ -245,12 +250,7 @@ def test_cli_on_a_generic_csv_folder(sqlite_app, tmp_path):
     from recsys.cli import main
 
     data = clustered_data(seed=1)
-    folder = tmp_path / "shop"
-    folder.mkdir()
-    with open(folder / "interactions.csv", "w") as f:
-        f.write("user_id,item_id,event,timestamp\n")
-        for u, i, t in zip(data.user_idx, data.item_idx, data.ts, strict=True):
-            f.write(f"{data.users.ids[u]},{data.items.ids[i]},purchase,{t}\n")
+    folder = csv_folder(data, tmp_path / "shop")
     for split in ("time", "random-user", "stratified-item", "leave-last-out"):
         out = tmp_path / split
         r = sqlite_app.test_cli_runner().invoke(

@@ -304,15 +304,10 @@ def test_a_spark_trained_version_is_activated_on_a_running_server(
 def test_recsys_evaluate_compares_spark_als_with_in_process_als(spark, sqlite_app, tmp_path):
     """The shipped examples/configs/als-spark.toml through `recsys evaluate`, next to `als`:
     both learn the synthetic taste clusters far better than chance, about equally well."""
-    from tests.test_evaluation import clustered_data
+    from tests.test_evaluation import clustered_data, csv_folder
 
     data = clustered_data(seed=3)
-    folder = tmp_path / "shop"
-    folder.mkdir()
-    with open(folder / "interactions.csv", "w") as f:
-        f.write("user_id,item_id,event,timestamp\n")
-        for u, i, t in zip(data.user_idx, data.item_idx, data.ts, strict=True):
-            f.write(f"{data.users.ids[u]},{data.items.ids[i]},purchase,{t}\n")
+    folder = csv_folder(data, tmp_path / "shop")
     out = tmp_path / "report"
     r = sqlite_app.test_cli_runner().invoke(
         main,
