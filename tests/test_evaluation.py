@@ -166,6 +166,13 @@ def test_cli_bad_input_is_a_clean_usage_error(sqlite_app, tmp_path):
          str(tmp_path)],
     )  # fmt: skip
     assert r.exit_code == 2 and "unknown strategies 'esae'" in r.output and "known" in r.output
+    # ... and must not be silently ignored when no configuration is tuned.
+    r = runner.invoke(
+        main,
+        ["evaluate", "--config", "ease", "--tune-strategies", "ease,sequence", "--out",
+         str(tmp_path)],
+    )  # fmt: skip
+    assert r.exit_code == 2 and "only with --config tuned" in r.output
 
 
 def csv_folder(data: InteractionData, folder):

@@ -231,6 +231,8 @@ def evaluate_command(
         configs = load_configs(list(config_specs))
     except ConfigError as e:
         raise click.UsageError(str(e)) from e
+    if strategies and not any(cfg.tune for cfg in configs):
+        raise click.UsageError("--tune-strategies applies only with --config tuned")
     t0 = time.perf_counter()
     try:
         data = load_dataset(data_path)
