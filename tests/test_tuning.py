@@ -11,7 +11,7 @@ import pytest
 
 from features.interactions import InteractionData
 from recsys.service import Recommender, RecRequest, ServingConfig, UserHistory
-from recsys.tuning.search import TuneOptions, serve_newcomers, single_routes, tune
+from recsys.tuning.search import SPACES, TuneOptions, serve_newcomers, single_routes, tune
 
 STRATEGIES = ["popular", "ease"]
 
@@ -563,3 +563,26 @@ def test_routes_never_leave_new_shoppers_to_the_degraded_fallback():
     # A first route that can already score them is left alone.
     fine = [{"name": "all", "max_history": None, "weights": {"ease": 1.0, "popular": 0.2}}]
     assert serve_newcomers(fine) == fine
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_each_space_starts_from_the_strategy_class_defaults(name):
+    """Trial 0 of every searched strategy is its shipped default: the space applied to the
+    enqueued default values gives exactly the class's own ``__init__`` defaults (a space whose
+    defaults drifted from the class would make the tuner's baseline something never served)."""
+    import inspect
+
+    import optuna
+
+    from recsys.tuning.search import DataStats
+    from strategies import get_strategy_class
+
+    space, defaults = SPACES[name]
+    stats = DataStats(span_days=365.0, n_users=1000, n_items=500)
+    init = inspect.signature(get_strategy_class(name).__init__).parameters
+    kwargs = space(optuna.trial.FixedTrial(defaults(stats)[0]), stats)
+    assert kwargs, "a declared space must set at least one parameter"
+    for key, value in kwargs.items():
+        assert key in init, f"{name}: {key!r} is not an __init__ parameter"
+        default = init[key].default
+        assert (list(default) if isinstance(default, tuple) else default) == value, key
