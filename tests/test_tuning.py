@@ -135,6 +135,8 @@ def test_a_strategy_without_a_declared_space_is_fitted_once(synthetic, monkeypat
     assert trace["ease"]["trials"] == 1
     assert trace["ease"]["history"][0]["params"] == {"l2": 500.0}
     assert trace["popular"]["trials"] >= 3  # the searched one still is
+    # ... and only a search is judged against the defaults (one trial has nothing to judge)
+    assert "vs_defaults" in trace["popular"] and "vs_defaults" not in trace["ease"]
 
 
 def test_empty_histories_never_reach_a_strategy_that_cannot_score_them():

@@ -585,7 +585,7 @@ class Tuner:
                 log.warning("tune: %s never fitted; left out", name)
                 continue
             trace = _study_trace(study)
-            if best is not first and first:
+            if len(every) > 1 and first:  # a search was made (one trial: nothing to judge)
                 # Tuned hyperparameters replace the shipped ones only when the *search* is
                 # significantly better than the defaults out of fold: the trial picked on one
                 # half of the users is scored on the other half (and back). A lucky trial on
