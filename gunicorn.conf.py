@@ -17,7 +17,7 @@ workers = int(os.environ.get("RECSYS_WORKERS") or (2 if os.environ.get("RECSYS_R
 threads = int(os.environ.get("RECSYS_THREADS", "4"))
 # gunicorn's gthread worker plus a rule that spreads accepted (keep-alive) connections evenly over
 # the workers; RECSYS_BALANCE_ACCEPT=false gives plain gthread. See recsys/gworker.py.
-worker_class = "recsys.gworker.BalancedThreadWorker"
+worker_class = "recsys.ops.gworker.BalancedThreadWorker"
 # Load the app (and its models) once in the master so workers share that memory copy-on-write.
 preload_app = True
 timeout = 60
@@ -34,7 +34,7 @@ os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
 # Prometheus multiprocess mode: each worker writes its samples to mmap files in this folder and
 # /metrics aggregates them. prometheus_client picks its storage at import, so this must happen
-# before the app (and recsys.metrics) is loaded. A fresh folder per server start; an externally
+# before the app (and recsys.ops.metrics) is loaded. A fresh folder per server start; an externally
 # given folder is emptied, as prometheus_client requires.
 _OWN_PROM_DIR = None
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -54,7 +54,7 @@ def when_ready(server):
         return  # each worker loads the app itself and preloads in the background
     app = server.app.wsgi()
     if app.config.get("PRELOAD_MODELS", True):
-        from recsys.runtime import get_runtime
+        from recsys.models.runtime import get_runtime
 
         failed = get_runtime(app).preload(cpu_only=True)
         if failed:
@@ -76,14 +76,14 @@ def when_ready(server):
 def post_fork(server, worker):
     # Fork safety: each worker makes its own DB pool, Redis client and threads, and limits
     # BLAS/torch threads so workers do not oversubscribe the cores.
-    from recsys.lifecycle import after_fork
+    from recsys.ops.lifecycle import after_fork
 
     # The app gunicorn loaded (wsgi:app, or whatever APP_MODULE was given), not a fresh import.
     app = server.app.wsgi()
     after_fork(app)
     # An in-process result cache per worker cannot be invalidated by an event another worker
     # handled: with several workers and no Redis, serve uncached rather than stale.
-    from recsys.cache import get_cache
+    from recsys.serving.cache import get_cache
 
     cache = get_cache(app)
     if server.cfg.workers > 1 and not cache.shared:

@@ -1,7 +1,7 @@
 """The only module-level app: ``gunicorn -c gunicorn.conf.py wsgi:app``."""
 
 from recsys import create_app
-from recsys.logs import configure_for
+from recsys.ops.logs import configure_for
 
 app = create_app()
 # Serving logs: JSON lines (or text) at RECSYS_LOG_LEVEL; the CLI keeps Python's defaults.

@@ -11,7 +11,7 @@
 
 Accuracy uses the Recommenders protocol of ../shared/datasets/BENCHMARKS.md (ml-100k, 75/25
 split stratified per item, seed 42, top-10 over all items, seen removed, every test rating
-relevant). The split and metrics come from ``recsys.evaluation`` when that package provides
+relevant). The split and metrics come from ``recsys.offline.evaluation`` when that package provides
 them; until then a local implementation of the same definitions below is used (printed).
 """
 
@@ -33,8 +33,8 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 from features.interactions import InteractionData  # noqa: E402
-from recsys.batcher import MicroBatcher  # noqa: E402
 from recsys.config import DEFAULTS  # noqa: E402
+from recsys.models.batcher import MicroBatcher  # noqa: E402
 from strategies.base import UserBatch  # noqa: E402
 from strategies.deep import DeepStrategy  # noqa: E402
 from strategies.sequence import SequenceStrategy  # noqa: E402
@@ -109,7 +109,7 @@ def load(name: str) -> InteractionData:
     return synthetic()
 
 
-# -- protocol (local fallback for recsys.evaluation) ----------------------------------------
+# -- protocol (local fallback for recsys.offline.evaluation) -------------------------
 def _local_stratified_item_split(data: InteractionData, ratio: float = 0.75, seed: int = 42):
     """Recommenders' python_stratified_split(filter_by="item", seed): per item, a random order
     (np.random.seed(seed); rand per row), first round(ratio * count) rows to train."""
@@ -152,16 +152,17 @@ def _local_metrics(recs: np.ndarray, test_rows: list[np.ndarray], k: int = K) ->
 
 def split(data: InteractionData, seed: int = 42):
     try:
-        from recsys.evaluation.splits import stratified_item_split
+        from recsys.offline.evaluation.splits import stratified_item_split
 
-        return stratified_item_split(data, ratio=0.75, seed=seed), "recsys.evaluation.splits"
+        split = stratified_item_split(data, ratio=0.75, seed=seed)
+        return split, "recsys.offline.evaluation.splits"
     except ImportError:
         return _local_stratified_item_split(data, seed=seed), "local (bench/deep_bench.py)"
 
 
 def metrics(recs: np.ndarray, xte, users: np.ndarray) -> dict:
     try:
-        from recsys.evaluation.metrics import ranking_metrics, summarize
+        from recsys.offline.evaluation.metrics import ranking_metrics, summarize
 
         per = ranking_metrics(recs, xte[users], K)
         means = summarize(per)
@@ -255,7 +256,7 @@ def part_accuracy(data, name: str, params: dict, validate: bool = False) -> Deep
 def part_last_out(data, name: str, params: dict):
     """BENCHMARKS.md section E: each user's newest event held out, HR@10 over unseen items,
     per serving precision (fp32, int8 on the CPU, fp16 on CUDA), with the time of one call."""
-    from recsys.evaluation.splits import leave_last_out
+    from recsys.offline.evaluation.splits import leave_last_out
 
     train, test = leave_last_out(data)
     t0 = time.perf_counter()

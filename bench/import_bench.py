@@ -22,8 +22,8 @@ from sqlalchemy import create_engine, text
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from recsys.importers import online_retail  # noqa: E402
-from recsys.importers.common import run_import  # noqa: E402
+from recsys.offline.importers import online_retail  # noqa: E402
+from recsys.offline.importers.common import run_import  # noqa: E402
 from recsys.store import migrate  # noqa: E402
 from recsys.store.db import make_engine  # noqa: E402
 

@@ -6,8 +6,8 @@
    walks the catalogue in steps of one, so the next item is known);
 2. saves it and loads it on the CPU: the scores must match the CUDA ones within 1e-3, and the
    fp16 variant must rank like fp32;
-3. runs 16 client threads, one user per call, through ``recsys.batched_model.BatchedModel`` (the
-   runtime's micro-batcher wrapper) with the CUDA model and without batching, and prints a
+3. runs 16 client threads, one user per call, through ``recsys.models.batched_model.BatchedModel``
+   (the runtime's micro-batcher wrapper) with the CUDA model and without batching, and prints a
    short table: calls/s, mean batch size, and the ratio.
 
 Exits 1 (with the reason) if a check fails, 0 otherwise; without CUDA it says so and exits 0.
@@ -88,8 +88,8 @@ def main() -> int:
     if device == "cuda" and not torch.cuda.is_available():
         print("no CUDA here: nothing to check")
         return 0
-    from recsys.batched_model import BatchedModel
     from recsys.config import DEFAULTS
+    from recsys.models.batched_model import BatchedModel
 
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     print(f"device: {name}, torch {torch.__version__}")

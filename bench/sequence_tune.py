@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recsys.evaluation import metrics as M  # noqa: E402
-from recsys.evaluation.cli import load_dataset  # noqa: E402
-from recsys.evaluation.splits import split_data  # noqa: E402
+from recsys.cli.evaluate import load_dataset  # noqa: E402
+from recsys.offline.evaluation import metrics as M  # noqa: E402
+from recsys.offline.evaluation.splits import split_data  # noqa: E402
 from strategies.base import UserBatch  # noqa: E402
 from strategies.sequence import SequenceStrategy, _ordered_sequences  # noqa: E402
 

@@ -436,9 +436,9 @@ def deep_batching(
 
     from features.interactions import EVENT_CODE, History, user_batch
     from recsys import create_app
-    from recsys.batched_model import BatchedModel
-    from recsys.registry import get_repository
-    from recsys.runtime import get_runtime
+    from recsys.models.batched_model import BatchedModel
+    from recsys.models.repository import get_repository
+    from recsys.models.runtime import get_runtime
     from recsys.store.db import session_scope
     from recsys.store.models import Event, Item, User
 
@@ -492,7 +492,7 @@ def deep_batching(
 
     inner = lm.model
     inner.score(batches[0])  # warm
-    # As the runtime builds it (recsys.runtime.get_runtime): the configured batcher settings.
+    # As the runtime builds it (recsys.models.runtime.get_runtime): the configured batcher settings.
     wrapped = BatchedModel(
         inner,
         int(app.config["BATCH_MAX_SIZE"]),

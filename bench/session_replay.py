@@ -5,7 +5,7 @@ time (``--fraction`` newest to test, as ``recsys evaluate --split time``); model
 the older part only. Each held-out invoice with at least two distinct items becomes one guest
 request: all but its last item (newest first, as ``POST /v1/recommendations`` takes them; the
 API treats them as clicks and never recommends them back), and the last item is the target.
-HR@10 (and MRR@10) per configuration, through ``recsys.service.Recommender`` exactly as the
+HR@10 (and MRR@10) per configuration, through ``recsys.core.recommender.Recommender`` exactly as the
 session endpoint calls it:
 
 * ``default``: the shipped configuration (the current session path: short sessions are cold,
@@ -32,16 +32,12 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from recsys.evaluation.cli import load_dataset  # noqa: E402
-from recsys.evaluation.configs import (  # noqa: E402
-    EvalConfig,
-    serving_config,
-    single_strategy_overrides,
-)
-from recsys.evaluation.runner import train_models  # noqa: E402
-from recsys.evaluation.splits import split_data  # noqa: E402
-from recsys.schemas import MAX_SESSION_ITEMS  # noqa: E402
-from recsys.service import DEFAULT_CONFIG, Recommender, RecRequest, UserHistory  # noqa: E402
+from recsys.cli.evaluate import load_dataset  # noqa: E402
+from recsys.core.recommender import DEFAULT_CONFIG, Recommender, RecRequest, UserHistory  # noqa: E402
+from recsys.offline.evaluation.configs import EvalConfig, serving_config, single_strategy_overrides  # noqa: E402
+from recsys.offline.evaluation.runner import train_models  # noqa: E402
+from recsys.offline.evaluation.splits import split_data  # noqa: E402
+from recsys.web.schemas import MAX_SESSION_ITEMS  # noqa: E402
 
 
 def sessions(test, limit: int, seed: int) -> list[list[str]]:

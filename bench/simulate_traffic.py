@@ -31,8 +31,8 @@ import requests
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recsys.evaluation.datasets import load_online_retail  # noqa: E402
-from recsys.evaluation.splits import time_split  # noqa: E402
+from recsys.offline.evaluation.datasets import load_online_retail  # noqa: E402
+from recsys.offline.evaluation.splits import time_split  # noqa: E402
 
 VARIANTS = [
     {"name": "control", "weight": 0.5, "config": {}},
@@ -56,7 +56,7 @@ def write_train_file(path: str | None, fraction: float, out: str) -> None:
     import gzip
     import io
 
-    from recsys.evaluation.datasets import RETAIL_FILE
+    from recsys.offline.evaluation.datasets import RETAIL_FILE
 
     data = load_online_retail(path)
     cut = _cutoff(data, fraction)

@@ -35,12 +35,8 @@ sys.path.insert(0, ROOT)
 
 from features.history import history_lengths, length_bucket_labels, length_buckets  # noqa: E402
 from features.interactions import InteractionData  # noqa: E402
-from recsys.evaluation import metrics, splits  # noqa: E402
-from recsys.evaluation.datasets import (  # noqa: E402
-    ML100K_DIR,
-    load_movielens_100k,
-    load_online_retail,
-)
+from recsys.offline.evaluation import metrics, splits  # noqa: E402
+from recsys.offline.evaluation.datasets import ML100K_DIR, load_movielens_100k, load_online_retail  # noqa: E402
 from strategies import available_strategies, get_strategy_class  # noqa: E402
 from strategies.base import UserBatch  # noqa: E402
 

@@ -3,8 +3,8 @@
 Protocol: split ml-100k as the benchmark does (75/25 stratified per item, seed 42), then split
 the *training* part again the same way (seed 43) into fit / validation. Every strategy is fitted
 once on "fit"; each candidate ServingConfig is scored on "validation" through
-``recsys.service.Recommender.recommend_batch`` (the request path). The best candidates are then
-confirmed on the real test part by ``recsys evaluate`` (see README, "Evaluation and
+``recsys.core.recommender.Recommender.recommend_batch`` (the request path). The best candidates are
+then confirmed on the real test part by ``recsys evaluate`` (see README, "Evaluation and
 experiments").
 
     .venv/bin/python bench/tune_blend.py [--data ../shared/datasets/ml-100k] [--skip deep]
@@ -25,17 +25,17 @@ import scipy.sparse as sp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recsys.evaluation import metrics as M  # noqa: E402
-from recsys.evaluation.configs import EvalConfig  # noqa: E402
-from recsys.evaluation.datasets import load_movielens_100k  # noqa: E402
-from recsys.evaluation.runner import train_models  # noqa: E402
-from recsys.evaluation.splits import split_data  # noqa: E402
-from recsys.service import (  # noqa: E402
+from recsys.core.recommender import (  # noqa: E402
     Recommender,
     RecRequest,
     ServingConfig,
     histories_from_data,
 )
+from recsys.offline.evaluation import metrics as M  # noqa: E402
+from recsys.offline.evaluation.configs import EvalConfig  # noqa: E402
+from recsys.offline.evaluation.datasets import load_movielens_100k  # noqa: E402
+from recsys.offline.evaluation.runner import train_models  # noqa: E402
+from recsys.offline.evaluation.splits import split_data  # noqa: E402
 from strategies import STRATEGY_NAMES  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """recsys: a recommendation-serving service.
 
-``create_app`` is imported on first use, so the model-side modules (``recsys.batcher``,
+``create_app`` is imported on first use, so the model-side modules (``recsys.models.batcher``,
 ``recsys.config``) import without the web stack (a GPU box that only runs the deep model).
 """
 

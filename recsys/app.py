@@ -45,18 +45,18 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
             app.config[key] = value
     os.makedirs(app.instance_path, exist_ok=True)
 
-    from recsys import errors
     from recsys.store import db
+    from recsys.web import errors
 
     errors.register_error_handlers(app)
     db.init_db(app)
-    from recsys import auth
+    from recsys.web import auth
 
     auth.init_app(app)
 
-    from recsys import runtime
-    from recsys.api import admin_models, health, ops
+    from recsys.models import runtime
     from recsys.serving import admission
+    from recsys.web.api import admin_models, health, ops
 
     admission.init_app(app)
     runtime.init_app(app)
@@ -64,9 +64,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(admin_models.bp)
 
-    from recsys import cache, catalog, settings
-    from recsys.api import admin, events, recommend
-    from recsys.api import catalog as catalog_api
+    from recsys.serving import cache, catalog
+    from recsys.serving import settings_store as settings
+    from recsys.web.api import admin, events, recommend
+    from recsys.web.api import catalog as catalog_api
 
     settings.init_app(app)
     catalog.init_app(app)
@@ -74,14 +75,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     for module in (recommend, events, catalog_api, admin):
         app.register_blueprint(module.bp)
 
-    from recsys import experiments
-    from recsys.api import experiments as experiments_api
+    from recsys.serving import experiments
+    from recsys.web.api import experiments as experiments_api
 
     # Variant resolver + exposure hook for the request path, and the experiments endpoints.
     experiments.init_app(app)
     app.register_blueprint(experiments_api.bp)
 
-    from recsys import console
+    from recsys.web import console
 
     console.init_app(app)  # the operator console at /admin/
 
@@ -90,7 +91,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     # The request path of the recommendation endpoints, over the stores set up above.
     pipeline.init_app(app)
 
-    from recsys import cors, fastpath, limits, openapi
+    from recsys.web import cors, fastpath, limits, openapi
 
     cors.init_app(app)
     openapi.init_app(app)
@@ -101,7 +102,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     limits.init_app(app)
     fastpath.init_app(app)
 
-    from recsys import logs
+    from recsys.ops import logs
 
     # Outermost: request ids and the access log cover the fast path too.
     logs.init_app(app)

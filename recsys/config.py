@@ -87,7 +87,7 @@ DEFAULTS: dict[str, object] = {
     # Seconds between checks of the shared configuration version in SQL.
     "CONFIG_POLL_SECONDS": 0.5,
     # Answer cache hits of GET /v1/users/<id>/recommendations in WSGI middleware in front of
-    # Flask (recsys.fastpath): plain valid queries only, anything else goes through Flask.
+    # Flask (recsys.web.fastpath): plain valid queries only, anything else goes through Flask.
     # Read per request, so it can be switched off at run time.
     "FAST_CACHE_PATH": True,
     # ... and compute that middleware's misses there too (the same function the view calls),

@@ -150,7 +150,7 @@ def main() -> None:
         )
         from flask.cli import ScriptInfo
 
-        from recsys.cli import main as recsys_cli
+        from recsys.cli.main import main as recsys_cli
 
         runner = app.test_cli_runner()
         info = ScriptInfo(create_app=lambda: app)

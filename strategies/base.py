@@ -12,7 +12,7 @@
   the history has not changed since training.
 * Persistence: ``save(dir)`` writes JSON (params) and ``.npz`` (arrays; loaded with
   ``allow_pickle=False``) or torch ``state_dict`` files (loaded with ``weights_only=True``).
-  Never pickle. The model repository (recsys.registry) adds the manifest and checksums.
+  Never pickle. The model repository (recsys.models.repository) adds the manifest and checksums.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Strategy(ABC):
     scores_empty_history: ClassVar[bool] = False
     # Capabilities the serving runtime reads instead of checking names or attributes:
     # ``batched``: a ``score`` call costs about as much for one user as for many (a forward
-    # pass), so concurrent requests are merged by a micro-batcher (``recsys.runtime``).
+    # pass), so concurrent requests are merged by a micro-batcher (``recsys.models.runtime``).
     batched: ClassVar[bool] = False
     # Devices ``fit``/``score`` can run on (``device`` parameter where more than the CPU).
     devices: ClassVar[tuple[str, ...]] = ("cpu",)

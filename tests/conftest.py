@@ -167,7 +167,7 @@ def served_app(make_app, redis_url, redis_prefix):
     )
     seed_store(app.test_client())
     app.extensions["recsys.model_versions"] = versions = train_and_register(app)
-    from recsys.runtime import get_runtime
+    from recsys.models.runtime import get_runtime
 
     for name in versions:  # preload, as a production worker would before serving
         assert get_runtime(app).get(name) is not None

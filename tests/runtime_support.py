@@ -105,7 +105,7 @@ def fit(name: str = "tiny", **params) -> TinyPop:
 
 def _make_app():
     from recsys import create_app
-    from recsys.registry import get_repository
+    from recsys.models.repository import get_repository
 
     application = create_app()
     get_repository(application).resolver = resolver

@@ -83,7 +83,7 @@ class Broken(Cooc):
 
 @dataclass
 class Loaded:
-    """A LoadedModel-shaped object (recsys.registry.LoadedModel has the same fields)."""
+    """A LoadedModel-shaped object (recsys.models.repository.LoadedModel has the same fields)."""
 
     strategy: str
     version: str
@@ -168,7 +168,7 @@ def seed_store(client) -> None:
 
 def train_and_register(app) -> dict[str, str]:
     """Fit real popular + EASE models on the store and activate them via the repository."""
-    from recsys.registry import get_repository
+    from recsys.models.repository import get_repository
     from recsys.store import get_engine
     from recsys.store.training_data import load_interactions
     from strategies.ease import EASEStrategy

@@ -151,7 +151,7 @@ def test_change_reaches_another_worker_within_one_poll_interval(make_app):
     other's clock is moved by hand (one poll interval), not waited for."""
     a = make_app(ADMIN_TOKEN=ADMIN_TOKEN, CONFIG_POLL_SECONDS=0.5)
     b = make_app(ADMIN_TOKEN=ADMIN_TOKEN, CONFIG_POLL_SECONDS=0.5)
-    from recsys.settings import get_settings
+    from recsys.serving.settings_store import get_settings
     from tests.clocks import ManualClock
 
     sb = get_settings(b)

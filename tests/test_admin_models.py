@@ -21,7 +21,7 @@ def _metric_labels(client, name: str) -> set[str]:
 
 @pytest.mark.parametrize("action", ["activate", "rollback", "load", "unload"])
 def test_unknown_strategy_is_404_and_leaves_no_phantom(served_app, action):
-    from recsys.runtime import get_runtime
+    from recsys.models.runtime import get_runtime
 
     client = served_app.test_client()
     r = client.post(f"/v1/admin/models/ghost/{action}", json={"version": "v1"}, headers=AUTH)
@@ -35,7 +35,7 @@ def test_unknown_strategy_is_404_and_leaves_no_phantom(served_app, action):
 
 
 def test_unknown_version_is_404_and_counts_no_load_failure(served_app):
-    from recsys.runtime import get_runtime
+    from recsys.models.runtime import get_runtime
 
     client = served_app.test_client()
     before = REGISTRY.get_sample_value("recsys_model_load_failures_total", {"strategy": "ease"})
@@ -104,16 +104,16 @@ def test_every_admin_change_reaches_the_application_log(served_app, caplog):
 
     client = served_app.test_client()
     train_and_register(served_app)  # a second ease version to roll back from
-    caplog.set_level(logging.INFO, logger="recsys.audit")
+    caplog.set_level(logging.INFO, logger="recsys.ops.audit")
     headers = {**AUTH, "X-Actor": "erin"}
     assert client.post("/v1/admin/models/ease/rollback", headers=headers).status_code == 200
     assert client.post("/v1/admin/models/ease/unload", headers=headers).status_code == 200
     assert client.delete("/v1/admin/routing/blend", headers=headers).status_code == 200
-    got = [(r.action, r.target, r.actor) for r in caplog.records if r.name == "recsys.audit"]
+    got = [(r.action, r.target, r.actor) for r in caplog.records if r.name == "recsys.ops.audit"]
     assert ("model.rollback", "ease", "erin") in got
     assert ("model.unload", "ease", "erin") in got
     assert ("routing.reset", "blend", "erin") in got
     # A refused change is not logged as made.
     caplog.clear()
     assert client.post("/v1/admin/models/ghost/rollback", headers=headers).status_code == 404
-    assert not [r for r in caplog.records if r.name == "recsys.audit"]
+    assert not [r for r in caplog.records if r.name == "recsys.ops.audit"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recsys.settings import get_settings
+from recsys.serving.settings_store import get_settings
 
 pytestmark = [pytest.mark.postgres]
 
@@ -38,7 +38,7 @@ def test_catalog_version_moves_only_for_availability_or_categories(app, client):
     assert s.versions(force=True).catalog == v + 1
     client.put("/v1/items/a", json={"categories": ["x"]})
     assert s.versions(force=True).catalog == v + 2
-    from recsys.catalog import get_catalog_store
+    from recsys.serving.catalog import get_catalog_store
 
     cat = get_catalog_store(app).current(v + 2)
     assert not cat.is_available("a") and cat.categories("a") == ("x",)

@@ -116,7 +116,7 @@ def test_not_json_is_400(client):
 
 
 def test_events_change_the_users_history_token(app, client):
-    from recsys.cache import get_cache
+    from recsys.serving.cache import get_cache
 
     cache = get_cache(app)
     key = cache.token_key("u9")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from recsys.catalog import Catalog, parse_fields
+from recsys.serving.catalog import Catalog, parse_fields
 from tests.servicekit import CATS, ITEMS
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]

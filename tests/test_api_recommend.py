@@ -192,7 +192,7 @@ def test_similar_answer_is_kept_until_an_admin_change(client):
 
 
 def test_inline_strategy_runner_keeps_deadline_rules():
-    from recsys.runners import run_inline as _inline_runner
+    from recsys.core.runners import run_inline as _inline_runner
     from tests.clocks import ManualClock
 
     clock = ManualClock()
@@ -229,7 +229,7 @@ def test_lists_are_exactly_what_the_recout_schema_would_emit(client, served_app)
     """The per-user and similar-items bodies skip the marshmallow dump (recommend._render);
     real answers must be fixed points of RecOut's dump: nothing outside the schema, JSON
     types only."""
-    from recsys.schemas import RecOut
+    from recsys.web.schemas import RecOut
 
     schema = RecOut()
     urls = [
@@ -288,7 +288,7 @@ def test_wait_for_a_turn_is_taken_off_the_deadline(served_app, client, monkeypat
     deadline (it would otherwise answer late with a full list)."""
     import threading
 
-    from recsys import service
+    from recsys.core import recommender as service
     from recsys.serving.gate import scoring_gate
 
     served_app.config.update(SCORING_SLOTS=1, DEADLINE_MS=10_000)
@@ -330,7 +330,7 @@ def test_waiting_requests_are_scored_together_and_answered_as_alone(served_app):
 
     from prometheus_client import REGISTRY
 
-    from recsys.cache import get_cache
+    from recsys.serving.cache import get_cache
     from recsys.serving.gate import scoring_gate
 
     served_app.config.update(SCORING_SLOTS=1, DEADLINE_MS=5000)

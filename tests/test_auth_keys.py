@@ -1,4 +1,4 @@
-"""API keys with scopes (recsys.auth), the items-from-events policy, and secrets taken from
+"""API keys with scopes (recsys.web.auth), the items-from-events policy, and secrets taken from
 the environment as strings."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from recsys.auth import parse_api_keys
+from recsys.web.auth import parse_api_keys
 
 KEYS = (
     "k-events=events:write;k-catalog=catalog:write;k-read=read;"

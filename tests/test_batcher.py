@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from recsys.batcher import BatcherClosed, MicroBatcher
+from recsys.models.batcher import BatcherClosed, MicroBatcher
 from tests.waiting import wait_until
 
 # A max_delay no test run reaches: a request that waited for company this long would hit its
@@ -199,7 +199,7 @@ def _in_forked_child(check) -> bool:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @pytest.mark.parametrize("concurrency", [1, 2])
 def test_runners_are_lazy_and_after_fork_hook_resets_state(concurrency):
-    from recsys import lifecycle
+    from recsys.ops import lifecycle
 
     b = MicroBatcher(
         lambda xs: xs, max_batch=4, max_delay_ms=0, name="fork", concurrency=concurrency

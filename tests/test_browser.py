@@ -144,7 +144,7 @@ def _wait(driver, condition, timeout=30):
 def test_storefront_on_another_origin_renders_recommendations(browser, make_app, served_app, shots):
     from selenium.webdriver.common.by import By
 
-    from recsys.runtime import get_runtime
+    from recsys.models.runtime import get_runtime
 
     content = {"html": ""}
     page = _serve_page(content)

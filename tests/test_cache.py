@@ -8,7 +8,7 @@ import time
 import pytest
 from flask import Flask
 
-from recsys.cache import LocalBackend, RedisBackend, ResultCache
+from recsys.serving.cache import LocalBackend, RedisBackend, ResultCache
 from tests.clocks import ManualClock
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -145,7 +145,7 @@ def test_a_failed_compute_releases_the_lock(redis_url, redis_prefix):
 def test_redis_down_serves_uncached_with_backoff(caplog):
     c = make_cache(REDIS_URL=DEAD_REDIS)
     compute = Counter()
-    with caplog.at_level("WARNING", logger="recsys.cache"):
+    with caplog.at_level("WARNING", logger="recsys.serving.cache"):
         for _ in range(3):
             value, cached = c.get_or_compute("u", {}, compute)
             assert not cached and value["degraded"] is False
@@ -193,7 +193,7 @@ def test_ttl_is_set_on_redis_entries(redis_url, redis_prefix):
 
 @pytest.mark.postgres
 def test_api_with_redis_down_never_500s_and_bumps_epoch(make_app):
-    from recsys.settings import get_settings
+    from recsys.serving.settings_store import get_settings
 
     app = make_app(REDIS_URL=DEAD_REDIS)
     client = app.test_client()
@@ -207,9 +207,9 @@ def test_api_with_redis_down_never_500s_and_bumps_epoch(make_app):
 
 @pytest.mark.postgres
 def test_after_fork_hook_resets_cache_settings_and_catalog(make_app, redis_url, redis_prefix):
-    from recsys.cache import _after_fork, get_cache
-    from recsys.catalog import get_catalog_store
-    from recsys.settings import get_settings
+    from recsys.serving.cache import _after_fork, get_cache
+    from recsys.serving.catalog import get_catalog_store
+    from recsys.serving.settings_store import get_settings
 
     app = make_app(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
     settings, store, cache = get_settings(app), get_catalog_store(app), get_cache(app)

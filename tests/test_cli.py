@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from recsys import __version__
-from recsys.cli import main
+from recsys.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""The operator console (recsys.console): pages, token, fragments and actions over HTTP.
+"""The operator console (recsys.web.console): pages, token, fragments and actions over HTTP.
 
 The browser-level checks (login, toggling with the preview, activate/rollback, live charts)
 are in tests/test_browser.py; these cover the server side of every screen.
@@ -114,7 +114,7 @@ def test_routing_change_and_reset(client):
 
 
 def test_models_screen_activate_rollback_and_errors(served_app, client):
-    from recsys.registry import get_repository
+    from recsys.models.repository import get_repository
     from tests.servicekit import train_and_register
 
     first = served_app.extensions["recsys.model_versions"]["ease"]
@@ -200,7 +200,7 @@ def test_audit_screen_filters(client):
 
 
 def test_live_snapshot_reads_the_services_metrics(client):
-    from recsys.console.live import quantile
+    from recsys.web.console.live import quantile
 
     for _ in range(3):
         assert client.get("/v1/users/u6/recommendations").status_code == 200
@@ -213,7 +213,7 @@ def test_live_snapshot_reads_the_services_metrics(client):
 
 
 def test_quantile_matches_prometheus_interpolation():
-    from recsys.console.live import quantile, snapshot
+    from recsys.web.console.live import quantile, snapshot
 
     assert quantile([0.1, 0.2, None], [0, 0, 0], 0.5) is None
     assert quantile([0.1, 0.2, None], [10, 20, 20], 0.5) == pytest.approx(0.1)
@@ -232,8 +232,8 @@ def test_quantile_matches_prometheus_interpolation():
 
 
 def test_previews_are_not_experiment_exposures(client):
-    from recsys.experiments import get_experiments
     from recsys.serving import admission
+    from recsys.serving.experiments import get_experiments
 
     variants = [{"name": n, "weight": 0.5, "config": {}} for n in ("a", "b")]
     definition = {"name": "all-in", "variants": variants}
@@ -258,7 +258,7 @@ def test_previews_are_not_experiment_exposures(client):
 
 
 def test_models_screen_switches_serving_profiles(served_app, client):
-    from recsys.registry import PROFILE_KIND, get_repository
+    from recsys.models.repository import PROFILE_KIND, get_repository
     from tests.test_tuning import _store_profile, single_routes
 
     first = _store_profile(served_app, single_routes("popular"))

@@ -26,7 +26,7 @@ def test_cors_is_off_by_default(served_app):
 @pytest.fixture
 def cors_app(make_app, served_app):
     """A second app on the same seeded store, cache and models, with CORS on."""
-    from recsys.runtime import get_runtime
+    from recsys.models.runtime import get_runtime
 
     cfg = {k: served_app.config[k] for k in ("REDIS_URL", "REDIS_PREFIX", "MODEL_DIR")}
     app = make_app(**cfg, CORS_ORIGINS=[SHOP, "https://other.example"], DEADLINE_MS=5000)

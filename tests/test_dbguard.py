@@ -145,7 +145,7 @@ def test_cli_batch_work_is_not_bound_by_the_request_timeouts(pg_schema_url, monk
     from sqlalchemy import text
 
     from recsys import create_app
-    from recsys.cli import create_cli_app
+    from recsys.cli.main import create_cli_app
     from recsys.store import get_engine
     from recsys.store.db import dispose_engines
 

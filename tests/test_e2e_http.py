@@ -50,7 +50,7 @@ def servers(served_app, make_app, redis_url, redis_prefix):
         CONFIG_POLL_SECONDS=0.05,
         DEADLINE_MS=5000,
     )
-    from recsys.runtime import get_runtime
+    from recsys.models.runtime import get_runtime
 
     for name in served_app.extensions["recsys.model_versions"]:
         assert get_runtime(second).get(name) is not None

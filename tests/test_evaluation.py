@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from features.interactions import InteractionData
-from recsys.evaluation import evaluate
-from recsys.evaluation.configs import ConfigError, config_from_dict, load_config
-from recsys.evaluation.report import write_report
+from recsys.offline.evaluation import evaluate
+from recsys.offline.evaluation.configs import ConfigError, config_from_dict, load_config
+from recsys.offline.evaluation.report import write_report
 
 ML100K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "ml-100k")
 
@@ -141,7 +141,7 @@ def test_config_files_and_names(tmp_path):
 
 
 def test_cli_bad_input_is_a_clean_usage_error(sqlite_app, tmp_path):
-    from recsys.cli import main
+    from recsys.cli.main import main
 
     runner = sqlite_app.test_cli_runner()
     r = runner.invoke(main, ["evaluate", "--config", "nope", "--out", str(tmp_path)])
@@ -188,7 +188,7 @@ def csv_folder(data: InteractionData, folder):
 def test_cli_tune_strategies_limit_what_a_tuned_configuration_searches(sqlite_app, tmp_path):
     """--tune-strategies reaches the tuner: the profile searches and serves those alone (this
     is how an analyst lets the search weigh an opt-in strategy such as sequence)."""
-    from recsys.cli import main
+    from recsys.cli.main import main
 
     data = clustered_data(seed=2)
     folder = csv_folder(data, tmp_path / "shop")
@@ -211,7 +211,7 @@ def test_cli_tune_strategies_limit_what_a_tuned_configuration_searches(sqlite_ap
 def test_ml100k_popularity_row_and_ease_through_the_cli(sqlite_app, tmp_path):
     if not os.path.exists(os.path.join(ML100K, "u.data")):
         pytest.skip("MovieLens 100K not present at ../shared/datasets/ml-100k")
-    from recsys.cli import main
+    from recsys.cli.main import main
 
     # Recommenders' baseline counts ratings with no time decay; 0 turns our decay off.
     cfg = tmp_path / "popular-count.toml"
@@ -254,7 +254,7 @@ def test_ml100k_popularity_row_and_ease_through_the_cli(sqlite_app, tmp_path):
 
 def test_cli_on_a_generic_csv_folder(sqlite_app, tmp_path):
     """--data accepts the importers' generic CSV format; every split runs end to end."""
-    from recsys.cli import main
+    from recsys.cli.main import main
 
     data = clustered_data(seed=1)
     folder = csv_folder(data, tmp_path / "shop")
@@ -290,7 +290,7 @@ def test_cli_on_a_generic_csv_folder(sqlite_app, tmp_path):
 def test_cli_on_the_current_store(served_app, tmp_path):
     """Without --data the evaluation reads the SQL store
     (recsys.store.training_data.load_interactions)."""
-    from recsys.cli import main
+    from recsys.cli.main import main
 
     out = tmp_path / "store"
     r = served_app.test_cli_runner().invoke(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys import experiments as ex
+from recsys.serving import experiments as ex
 
 AUTH = {"Authorization": "Bearer test-admin-token"}
 POPULAR_ONLY = {"routing": {"cold_strategies": ["popular"], "warm_strategies": ["popular"]}}
@@ -172,7 +172,7 @@ def test_variants_serve_their_config_and_exposures_are_attributed(client, served
         assert lo <= v["click_through"] <= hi
 
     # The CLI prints the same report.
-    from recsys.cli import main
+    from recsys.cli.main import main
 
     result = served_app.test_cli_runner().invoke(main, ["experiments", "report", "ab1"])
     assert result.exit_code == 0, result.output

@@ -1,4 +1,4 @@
-"""The WSGI fast path (recsys.fastpath) on real PostgreSQL + Redis: cache hits, and misses of
+"""The WSGI fast path (recsys.web.fastpath) on real PostgreSQL + Redis: cache hits, and misses of
 plain requests computed below Flask.
 
 Every comparison is against the same app with ``FAST_CACHE_PATH`` switched off (the flag is read
@@ -14,10 +14,10 @@ from urllib.parse import quote
 import pytest
 from prometheus_client import REGISTRY
 
-from recsys import fastpath
-from recsys.fastpath import ENDPOINT, FastCachePath, parse_query, path_user
-from recsys.schemas import RecQuery
 from recsys.serving import admission
+from recsys.web import fastpath
+from recsys.web.fastpath import ENDPOINT, FastCachePath, parse_query, path_user
+from recsys.web.schemas import RecQuery
 from tests.servicekit import ADMIN_TOKEN
 from tests.test_faults import _warm_app, private_redis  # noqa: F401 - a fixture
 
@@ -31,7 +31,7 @@ def flask_calls(served_app):
 
 
 def _spy(app) -> list[str]:
-    from recsys.logs import RequestContext
+    from recsys.ops.logs import RequestContext
 
     outer = app.wsgi_app
     assert isinstance(outer, RequestContext)  # request ids and the access log, in front
@@ -95,7 +95,7 @@ def _ids(body) -> list[str]:
 def test_answers_are_byte_identical_to_the_flask_answers(
     served_app, client, flask_calls, user, query
 ):
-    from recsys.cache import get_cache
+    from recsys.serving.cache import get_cache
 
     url = f"/v1/users/{quote(user, safe='')}/recommendations" + (f"?{query}" if query else "")
     first = client.get(url)  # a miss: computed by the fast path and stored
@@ -389,7 +389,7 @@ def test_a_miss_through_the_fast_path_counts_one_miss(client, flask_calls):
 def test_a_miss_reads_redis_once(served_app, client, flask_calls, monkeypatch):
     """A miss reuses the fast path's lookup instead of a second MGET, whether the fast path
     computes it or (``FAST_MISS_PATH`` off) the view does."""
-    from recsys.cache import get_cache
+    from recsys.serving.cache import get_cache
 
     backend = get_cache(served_app).backend
     real, reads = backend.mget, []
@@ -416,7 +416,7 @@ def test_a_miss_reads_redis_once(served_app, client, flask_calls, monkeypatch):
 def test_an_exception_falls_through_and_is_logged_once(
     served_app, client, flask_calls, monkeypatch, caplog
 ):
-    from recsys.cache import get_cache
+    from recsys.serving.cache import get_cache
 
     url = "/v1/users/u6/recommendations?n=3"
     client.get(url)
@@ -444,7 +444,7 @@ def test_a_failing_miss_falls_through_to_flask(
 ):
     """An exception while the fast path computes a miss: Flask serves the request, computing
     at once (the stampede lock was released, not left to expire)."""
-    from recsys.cache import get_cache
+    from recsys.serving.cache import get_cache
     from recsys.serving.pipeline import get_pipeline
 
     pipeline = get_pipeline(served_app)

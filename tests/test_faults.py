@@ -103,7 +103,7 @@ def _warm_app(make_app, **config):
     app = make_app(ADMIN_TOKEN=ADMIN_TOKEN, CONFIG_POLL_SECONDS=0.05, DEADLINE_MS=5000, **config)
     seed_store(app.test_client())
     versions = train_and_register(app)
-    from recsys.runtime import get_runtime
+    from recsys.models.runtime import get_runtime
 
     for name in versions:
         assert get_runtime(app).get(name) is not None
@@ -202,8 +202,8 @@ def test_postgres_down(make_app, pg_schema_url, redis_url, redis_prefix):
     relay.down()
     # Past CONFIG_POLL_SECONDS (clocks moved, not waited for): the next request polls the
     # (dead) store.
-    from recsys.runtime import get_runtime
-    from recsys.settings import get_settings
+    from recsys.models.runtime import get_runtime
+    from recsys.serving.settings_store import get_settings
 
     clock = ManualClock(time.monotonic())
     get_settings(app).clock = get_runtime(app).clock = clock
@@ -445,8 +445,8 @@ def test_an_active_model_that_fails_to_load_degrades_and_is_not_cached(
     import glob
     import os
 
-    from recsys.registry import get_repository
-    from recsys.runtime import get_runtime
+    from recsys.models.repository import get_repository
+    from recsys.models.runtime import get_runtime
 
     app = _warm_app(make_app, REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
     client = app.test_client()

@@ -87,7 +87,7 @@ def test_no_server_error_on_any_operation(served_app):
 
 # -- hostile JSON values ---------------------------------------------------------------------
 # Valid JSON that Python's parser or number conversions crash on rather than reject: each was
-# a 500 somewhere (timestamps, floats, the parser itself) before recsys.limits and the schemas
+# a 500 somewhere (timestamps, floats, the parser itself) before recsys.web.limits and the schemas
 # handled it. Random generation almost never produces them, so every body field of every
 # operation gets each one in place of its value, and every body is also sent nested deeply.
 HOSTILE = {

@@ -16,7 +16,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from recsys.registry import get_repository
+from recsys.models.repository import get_repository
 from tests import runtime_support as rs
 from tests.procs import free_port, stop_process
 from tests.waiting import wait_until

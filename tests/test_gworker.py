@@ -1,4 +1,5 @@
-"""recsys.gworker.BalancedThreadWorker: keep-alive connections spread evenly over gunicorn workers.
+"""recsys.ops.gworker.BalancedThreadWorker: keep-alive connections spread evenly over gunicorn
+workers.
 
 The server tests run real gunicorn (2 workers) on a three-line WSGI app that answers with its
 worker's pid, so they need neither a database nor models.
@@ -15,7 +16,7 @@ import sys
 
 import pytest
 
-from recsys import gworker
+from recsys.ops import gworker
 from tests.procs import free_port, stop_process
 from tests.waiting import HANG_GUARD_S, wait_until
 
@@ -127,7 +128,7 @@ class PidServer:
 def pid_server(tmp_path):
     servers = []
 
-    def start(worker_class="recsys.gworker.BalancedThreadWorker", **kw) -> PidServer:
+    def start(worker_class="recsys.ops.gworker.BalancedThreadWorker", **kw) -> PidServer:
         s = PidServer(tmp_path, worker_class, **kw)
         servers.append(s)
         return s

@@ -1,11 +1,11 @@
-"""The request path's history read (recsys.history) on real PostgreSQL and on SQLite."""
+"""The request path's history read (recsys.serving.history) on real PostgreSQL and on SQLite."""
 
 from __future__ import annotations
 
 import pytest
 from sqlalchemy import text
 
-from recsys.history import get_history_reader, load_history
+from recsys.serving.history import get_history_reader, load_history
 from recsys.store import get_engine
 
 T0 = 1_700_000_000
@@ -89,7 +89,7 @@ def test_history_survives_its_pooled_connections_being_cut(app):
 
 @pytest.mark.postgres
 def test_history_read_failure_is_sqlalchemys_error(make_app):
-    """An unreachable store raises what ``recsys.errors.DB_UNAVAILABLE`` catches (the view
+    """An unreachable store raises what ``recsys.web.errors.DB_UNAVAILABLE`` catches (the view
     then answers from popularity), not the driver's own exception."""
     from recsys.errors import DB_UNAVAILABLE
 

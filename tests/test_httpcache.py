@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from recsys.httpcache import etag, list_headers, not_modified
+from recsys.web.httpcache import etag, list_headers, not_modified
 
 URL = "/v1/users/u6/recommendations?n=3"
 

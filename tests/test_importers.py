@@ -11,8 +11,8 @@ from datetime import datetime
 import pytest
 from sqlalchemy import text
 
-from recsys.cli import main
-from recsys.importers.online_retail import head_noun_category, is_non_product
+from recsys.cli.main import main
+from recsys.offline.importers.online_retail import head_noun_category, is_non_product
 from recsys.store import get_engine
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")

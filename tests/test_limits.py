@@ -1,4 +1,4 @@
-"""Request body limit (recsys.limits) through WSGI; the memory check with real gunicorn and
+"""Request body limit (recsys.web.limits) through WSGI; the memory check with real gunicorn and
 300 MB bodies is in tests/test_gunicorn.py."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from recsys import logs
+from recsys.ops import logs
 from tests.servicekit import ADMIN_TOKEN
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -75,7 +75,7 @@ def test_every_line_of_a_request_carries_its_id(served_app, lines):
     r = client.patch("/v1/admin/routing", json={"cold_threshold": 4}, headers=auth)
     assert r.status_code == 200
     records = [x for x in lines() if x["request_id"] == "adm-7"]
-    change = [x for x in records if x["logger"] == "recsys.audit"]
+    change = [x for x in records if x["logger"] == "recsys.ops.audit"]
     assert change and change[0]["actor"] == "ann" and change[0]["action"]
     assert len(_access(records)) == 1
     outside = [x for x in lines() if x["request_id"] == "-"]

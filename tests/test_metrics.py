@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recsys.evaluation import metrics
+from recsys.offline.evaluation import metrics
 
 
 def _rel(rows: list[list[int]], n_items: int = 10) -> sp.csr_matrix:

@@ -8,8 +8,8 @@ import pytest
 import redis
 from flask import Flask
 
-from recsys.cache import ResultCache
-from recsys.nearcache import PUBLISH_MAX_USERS, NearCache
+from recsys.serving.cache import ResultCache
+from recsys.serving.nearcache import PUBLISH_MAX_USERS, NearCache
 from tests.clocks import ManualClock
 
 pytestmark = pytest.mark.redis
@@ -165,8 +165,8 @@ def test_copies_expire_and_are_bounded(redis_url, redis_prefix):
 def two_apps(make_app, redis_url, redis_prefix):
     """Two fully wired apps on one PostgreSQL and one Redis (two workers of one deployment),
     with the near cache on."""
-    from recsys.cache import get_cache
-    from recsys.runtime import get_runtime
+    from recsys.models.runtime import get_runtime
+    from recsys.serving.cache import get_cache
     from tests.servicekit import seed_store, train_and_register
 
     config = {
@@ -190,7 +190,7 @@ def two_apps(make_app, redis_url, redis_prefix):
 
 
 def test_an_event_through_one_worker_is_seen_by_the_other(two_apps):
-    from recsys.cache import get_cache
+    from recsys.serving.cache import get_cache
 
     first, second = (app.test_client() for app in two_apps)
     url = "/v1/users/u0/recommendations?n=3"

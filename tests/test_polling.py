@@ -6,8 +6,8 @@ import threading
 
 from sqlalchemy import event
 
-from recsys.polling import BackgroundPoll
-from recsys.settings import get_settings
+from recsys.ops.polling import BackgroundPoll
+from recsys.serving.settings_store import get_settings
 from recsys.store import get_engine
 from tests.clocks import ManualClock
 

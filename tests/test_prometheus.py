@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from recsys import metrics
+from recsys.ops import metrics
 
 
 def _samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -51,8 +51,8 @@ def test_exposition_after_traffic(client):
 
 
 def test_route_label_and_model_gauges(make_app):
-    from recsys.registry import get_repository
-    from recsys.runtime import get_runtime
+    from recsys.models.repository import get_repository
+    from recsys.models.runtime import get_runtime
     from tests import runtime_support as rs
 
     app = make_app()

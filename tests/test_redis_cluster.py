@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from flask import Flask
 
-from recsys.cache import RedisClusterBackend, ResultCache, cluster_nodes, is_cluster_url
+from recsys.serving.cache import RedisClusterBackend, ResultCache, cluster_nodes, is_cluster_url
 
 pytestmark = pytest.mark.redis
 
@@ -22,7 +22,7 @@ def make_cache(url: str, **config) -> ResultCache:
 
 def serving_app(make_app, url: str, prefix: str):
     """A wired app on the real store with real popular + EASE models, preloaded."""
-    from recsys.runtime import get_runtime
+    from recsys.models.runtime import get_runtime
     from tests.servicekit import seed_store, train_and_register
 
     app = make_app(REDIS_URL=url, REDIS_PREFIX=prefix, DEADLINE_MS=5000)

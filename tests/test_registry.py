@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 from features.interactions import InteractionData
 from recsys.errors import ModelError
-from recsys.registry import MANIFEST, ModelRepository, get_repository
+from recsys.models.repository import MANIFEST, ModelRepository, get_repository
 from recsys.store.training_data import snapshot_info
 from strategies.base import Strategy, UserBatch
 

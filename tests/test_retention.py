@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from recsys.cli import main
-from recsys.registry import ModelRepository
+from recsys.cli.main import main
+from recsys.models.repository import ModelRepository
 from recsys.store import get_engine, session_scope
 from recsys.store.models import AuditLog
 from recsys.store.training_data import load_interactions
@@ -100,8 +100,8 @@ def test_retention_setting_prunes_after_training(repo_app):
 
 
 def test_prune_keeps_the_models_of_the_active_serving_profile(repo_app):
-    from recsys.registry import PROFILE_KIND
-    from recsys.tuning.profile import ServingProfile, save_profile
+    from recsys.models.profile import ServingProfile, save_profile
+    from recsys.models.repository import PROFILE_KIND
 
     repo = repo_app.extensions["recsys.models"]
     v = _versions(repo_app, 4)  # v[3] active, v[2] the rollback target

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from features.interactions import History, user_batch
-from recsys.batched_model import BatchedModel
 from recsys.errors import ModelError
-from recsys.registry import get_repository
-from recsys.runtime import get_runtime
+from recsys.models.batched_model import BatchedModel
+from recsys.models.repository import get_repository
+from recsys.models.runtime import get_runtime
 from recsys.store.db import session_scope
 from recsys.store.models import StrategySetting
 from tests import runtime_support as rs
@@ -259,7 +259,7 @@ def test_batched_model_shares_forward_passes():
 
 # -- deadlines and priorities ---------------------------------------------------------------------
 def test_run_with_deadline_drops_the_slow_task():
-    from recsys import runners
+    from recsys.core import runners
 
     release = threading.Event()  # the slow task finishes only after the call returned
 
@@ -286,9 +286,9 @@ def test_run_with_deadline_drops_the_slow_task():
 
 
 def test_deadline_miss_makes_the_response_degraded():
-    from recsys import runners
-    from recsys.registry import LoadedModel
-    from recsys.service import Recommender, RecRequest, ServingConfig, UserHistory
+    from recsys.core import runners
+    from recsys.core.recommender import Recommender, RecRequest, ServingConfig, UserHistory
+    from recsys.models.repository import LoadedModel
 
     data = rs.sample_data()
 
@@ -348,7 +348,7 @@ def test_batched_strategies_are_served_through_the_batcher(make, monkeypatch):
 def test_stack_csr_equals_scipy_vstack():
     import scipy.sparse as sp
 
-    from recsys.batched_model import stack_csr
+    from recsys.models.batched_model import stack_csr
 
     mats = [
         sp.random(1, 50, density=0.1, format="csr", dtype=np.float32, random_state=i)

@@ -173,7 +173,7 @@ def test_served_through_the_micro_batcher(fitted):
     """Concurrent single-user calls are merged into one forward pass; each gets its own row."""
     import threading
 
-    from recsys.batched_model import BatchedModel
+    from recsys.models.batched_model import BatchedModel
 
     assert type(fitted).batched  # the runtime micro-batches it
     wrapped = BatchedModel(fitted, max_batch=8, max_delay_ms=50.0)
@@ -220,8 +220,8 @@ def test_a_new_event_changes_the_next_http_answer_without_retraining(make_app, r
     """Through the HTTP API, on real PostgreSQL + Redis: the user's last events come from the
     history read, a new event moves the next answer at once, and a guest session (no user) is
     scored by the same model."""
-    from recsys.cli import main
-    from recsys.runtime import get_runtime
+    from recsys.cli.main import main
+    from recsys.models.runtime import get_runtime
     from tests.servicekit import ADMIN_TOKEN
 
     # A deadline no busy machine reaches: the test is about answers, not latency.

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from features.interactions import InteractionData
-from recsys.cli import main
+from recsys.cli.main import main
 
 pytestmark = pytest.mark.spark
 
@@ -145,7 +145,7 @@ def _seeded(make_app, tmp_path):
 
 @pytest.mark.postgres
 def test_train_engine_spark_writes_an_ordinary_als_version(spark, make_app, tmp_path):
-    from recsys.registry import get_repository
+    from recsys.models.repository import get_repository
     from recsys.store import get_engine
     from recsys.store.training_data import load_interactions
 
@@ -181,7 +181,7 @@ def test_train_engine_spark_writes_an_ordinary_als_version(spark, make_app, tmp_
 def test_popularity_aggregated_in_spark_equals_the_in_process_fit(
     spark, make_app, tmp_path, half_life_days
 ):
-    from recsys.registry import get_repository
+    from recsys.models.repository import get_repository
     from recsys.store import get_engine
     from recsys.store.training_data import load_interactions
     from strategies.popular import PopularStrategy
@@ -239,7 +239,7 @@ def _get(port: int, path: str, token=None, body: dict | None = None, method: str
 def test_a_spark_trained_version_is_activated_on_a_running_server(
     spark, make_app, pg_schema_url, redis_url, redis_prefix, tmp_path
 ):
-    from recsys.registry import get_repository
+    from recsys.models.repository import get_repository
     from tests.procs import free_port, stop_process
 
     app = _seeded(make_app, tmp_path)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from features.interactions import InteractionData
-from recsys.evaluation import splits
+from recsys.offline.evaluation import splits
 
 
 def _data(n_users=30, n_items=12, n=600, seed=0) -> InteractionData:
@@ -107,8 +107,8 @@ ML100K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets
 @pytest.mark.skipif(not os.path.exists(os.path.join(ML100K, "u.data")), reason="ml-100k absent")
 def test_ml100k_popularity_reproduces_published_baseline():
     """Most-popular on Recommenders' random split lands within 0.01 of the published 0.248."""
-    from recsys.evaluation import metrics
-    from recsys.evaluation.datasets import load_movielens_100k
+    from recsys.offline.evaluation import metrics
+    from recsys.offline.evaluation.datasets import load_movielens_100k
     from strategies.base import top_n
 
     d = load_movielens_100k(ML100K)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys import proportions
-from recsys.evaluation import stats
+from recsys.offline.evaluation import stats
+from recsys.serving import proportions
 
 
 def test_identical_values_are_no_difference():

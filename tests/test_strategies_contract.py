@@ -2,8 +2,8 @@
 
 As scikit-learn's ``parametrize_with_checks``: every registered strategy runs every check, none
 is dropped because it fails to import or rejects its parameters (either is a failure here), and
-the serving adapter (``recsys.batched_model.BatchedModel``, micro-batched scoring) runs the same
-scoring checks as the model it wraps.
+the serving adapter (``recsys.models.batched_model.BatchedModel``, micro-batched scoring) runs the
+same scoring checks as the model it wraps.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _make(name: str) -> Strategy:
 
 def _batched(model: Strategy) -> Strategy:
     """``model`` behind the serving adapter: ``score`` through a micro-batcher."""
-    from recsys.batched_model import BatchedModel
+    from recsys.models.batched_model import BatchedModel
 
     return BatchedModel(model, max_batch=8, max_delay_ms=1.0)
 

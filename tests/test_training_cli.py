@@ -9,11 +9,11 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from recsys.cli import main
-from recsys.registry import ModelRepository
+from recsys.cli.main import main
+from recsys.models.repository import ModelRepository
+from recsys.offline.training import holdout_metrics, holdout_split
 from recsys.store import Event, Item, User, get_engine, session_scope
 from recsys.store.training_data import load_catalog, load_interactions
-from recsys.training import holdout_metrics, holdout_split
 from tests.test_registry import CountStrategy, resolver
 
 pytestmark = pytest.mark.postgres
@@ -249,7 +249,7 @@ def test_train_on_empty_store_is_a_clean_error(app):
 def test_train_real_strategies_end_to_end(app):
     """The production strategies through `recsys train`, then loaded back and queried."""
     from features.interactions import History, user_batch
-    from recsys.registry import get_repository
+    from recsys.models.repository import get_repository
 
     fill_store(app)
     runner = app.test_cli_runner()

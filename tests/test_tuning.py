@@ -1,4 +1,4 @@
-"""Self-tuning (recsys.tuning): the search finds per-bucket winners, the guard falls back,
+"""Self-tuning (recsys.offline.tuning): the search finds per-bucket winners, the guard falls back,
 profiles are checksummed, activated atomically, rolled back, and served."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from features.interactions import InteractionData
-from recsys.service import Recommender, RecRequest, ServingConfig, UserHistory
-from recsys.tuning.search import SPACES, TuneOptions, serve_newcomers, single_routes, tune
+from recsys.core.recommender import Recommender, RecRequest, ServingConfig, UserHistory
+from recsys.offline.tuning.search import SPACES, TuneOptions, serve_newcomers, single_routes, tune
 
 STRATEGIES = ["popular", "ease"]
 
@@ -126,7 +126,7 @@ def test_strategy_hyperparameters_are_searched_from_the_defaults(synthetic):
 def test_a_strategy_without_a_declared_space_is_fitted_once(synthetic, monkeypatch):
     """A strategy the tuner has no space for (the opt-in sequence model, minutes per fit) is
     scored with its defaults once: further trials would only repeat that fit."""
-    from recsys.tuning import search
+    from recsys.offline.tuning import search
 
     monkeypatch.setattr(search, "SEARCHED", ("popular",))
     data, share = synthetic
@@ -216,8 +216,8 @@ def test_bad_routes_are_refused_with_the_reason(routes, message):
 
 # -- the repository side: store, tamper, activate, roll back, serve ---------------------------
 def _store_profile(app, routes, models=None):
-    from recsys.registry import get_repository
-    from recsys.tuning.profile import ServingProfile, save_profile
+    from recsys.models.profile import ServingProfile, save_profile
+    from recsys.models.repository import get_repository
 
     profile = ServingProfile(
         routes=routes,
@@ -233,9 +233,9 @@ def _store_profile(app, routes, models=None):
 @pytest.mark.postgres
 def test_tampered_profile_is_refused_and_the_old_one_keeps_serving(make_app):
     from recsys.errors import ModelError
-    from recsys.registry import PROFILE_KIND, get_repository
-    from recsys.settings import get_settings
-    from recsys.tuning.profile import activate_profile, load_profile
+    from recsys.models.profile import activate_profile, load_profile
+    from recsys.models.repository import PROFILE_KIND, get_repository
+    from recsys.serving.settings_store import get_settings
 
     app = make_app()
     good = _store_profile(app, single_routes("popular"))
@@ -260,9 +260,9 @@ def test_tampered_profile_is_refused_and_the_old_one_keeps_serving(make_app):
 
 @pytest.mark.postgres
 def test_profile_activation_bumps_config_and_rolls_back(make_app):
-    from recsys.registry import PROFILE_KIND, get_repository
-    from recsys.settings import get_settings
-    from recsys.tuning.profile import activate_profile, deactivate_profile, rollback_profile
+    from recsys.models.profile import activate_profile, deactivate_profile, rollback_profile
+    from recsys.models.repository import PROFILE_KIND, get_repository
+    from recsys.serving.settings_store import get_settings
 
     app = make_app(CONFIG_POLL_SECONDS=0)
     first = _store_profile(app, single_routes("popular"))
@@ -289,9 +289,9 @@ def test_profile_activation_bumps_config_and_rolls_back(make_app):
 
 @pytest.mark.postgres
 def test_admin_overrides_still_apply_on_top_of_a_profile(make_app):
-    from recsys.registry import get_repository
-    from recsys.settings import get_settings
-    from recsys.tuning.profile import activate_profile
+    from recsys.models.profile import activate_profile
+    from recsys.models.repository import get_repository
+    from recsys.serving.settings_store import get_settings
 
     app = make_app(CONFIG_POLL_SECONDS=0)
     routes = [{"name": "all", "max_history": None, "weights": {"ease": 1.0, "popular": 0.5}}]
@@ -309,8 +309,8 @@ def test_admin_overrides_still_apply_on_top_of_a_profile(make_app):
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_served_api_names_the_profile_and_its_route(served_app):
-    from recsys.registry import get_repository
-    from recsys.tuning.profile import activate_profile, rollback_profile
+    from recsys.models.profile import activate_profile, rollback_profile
+    from recsys.models.repository import get_repository
     from tests.servicekit import ADMIN_TOKEN
 
     client = served_app.test_client()
@@ -340,8 +340,8 @@ def test_served_api_names_the_profile_and_its_route(served_app):
 
 @pytest.mark.postgres
 def test_recsys_tune_cli_activates_and_a_failed_retune_keeps_the_profile(make_app, tmp_path):
-    from recsys.cli import main
-    from recsys.registry import PROFILE_KIND, get_repository
+    from recsys.cli.main import main
+    from recsys.models.repository import PROFILE_KIND, get_repository
 
     app = make_app(EVENTS_MAX_NEW_ITEMS=1000)  # the items come with the first events
     client = app.test_client()
@@ -400,8 +400,8 @@ def test_recsys_tune_cli_activates_and_a_failed_retune_keeps_the_profile(make_ap
 
 
 def test_evaluate_tuned_sees_the_training_part_only(synthetic):
-    from recsys.evaluation.runner import evaluate
-    from recsys.tuning.search import tune_config
+    from recsys.offline.evaluation.runner import evaluate
+    from recsys.offline.tuning.search import tune_config
 
     data, _ = synthetic
     report = evaluate(
@@ -434,7 +434,7 @@ def _sequences(n_users: int = 30, length: int = 6) -> InteractionData:
 
 
 def test_leave_last_out_folds_are_cut_again_from_the_older_rest():
-    from recsys.tuning.search import Validation, validation_folds
+    from recsys.offline.tuning.search import Validation, validation_folds
 
     data = _sequences()
     folds = validation_folds(data, "leave-last-out", folds=3)
@@ -457,7 +457,7 @@ def test_leave_last_out_folds_are_cut_again_from_the_older_rest():
 
 
 def test_auto_folds_stop_at_enough_targets_and_time_slices_move_back():
-    from recsys.tuning.search import validation_folds
+    from recsys.offline.tuning.search import validation_folds
 
     data = _sequences()
     assert len(validation_folds(data, "leave-last-out", min_rows=30)) == 1
@@ -469,7 +469,7 @@ def test_auto_folds_stop_at_enough_targets_and_time_slices_move_back():
 
 
 def test_tuner_scores_every_fold_with_its_own_models():
-    from recsys.tuning.search import Tuner
+    from recsys.offline.tuning.search import Tuner
 
     data = _sequences(n_users=60, length=8)
     tuner = Tuner(data, _opts(validation="leave-last-out", fraction=0.2, folds=2, max_trials=2))
@@ -486,7 +486,7 @@ def test_tuner_scores_every_fold_with_its_own_models():
 def test_a_gain_the_newest_fold_does_not_show_is_not_taken():
     """A departure must be significantly better overall *and* at least as good on the newest
     fold (the slice nearest to serving): a gain only the older folds show is drift."""
-    from recsys.tuning.search import Tuner
+    from recsys.offline.tuning.search import Tuner
 
     data = _sequences(n_users=60, length=8)
     tuner = Tuner(data, _opts(validation="leave-last-out", fraction=0.2, folds=2))
@@ -507,7 +507,7 @@ def test_a_gain_the_newest_fold_does_not_show_is_not_taken():
 def test_a_tied_ensemble_is_vetoed_only_by_a_significant_loss_on_the_newest_fold():
     """The ensemble kept for a tie (``_not_behind``): at least as good overall, and not
     *significantly* worse on the newest fold; a point-estimate dip there is noise."""
-    from recsys.tuning.search import Tuner
+    from recsys.offline.tuning.search import Tuner
 
     data = _sequences(n_users=60, length=8)
     tuner = Tuner(data, _opts(validation="leave-last-out", fraction=0.2, folds=2))
@@ -576,7 +576,7 @@ def test_each_space_starts_from_the_strategy_class_defaults(name):
 
     import optuna
 
-    from recsys.tuning.search import DataStats
+    from recsys.offline.tuning.search import DataStats
     from strategies import get_strategy_class
 
     space, defaults = SPACES[name]

@@ -7,7 +7,7 @@ request path to answer low-priority requests from the cache or popularity only.
 
 The in-flight count and the per-request metrics (count, latency by endpoint and route) are
 kept here and only here: the Flask hooks (``init_app``) and the WSGI fast path
-(``recsys.fastpath``) both call ``request_started`` / ``request_finished``.
+(``recsys.web.fastpath``) both call ``request_started`` / ``request_finished``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from flask import Flask, g, request
 
 from recsys.errors import RecsysError
-from recsys.lifecycle import on_after_fork
-from recsys.metrics import IN_FLIGHT, REQUEST_LATENCY, REQUESTS, REQUESTS_SHED
+from recsys.ops.lifecycle import on_after_fork
+from recsys.ops.metrics import IN_FLIGHT, REQUEST_LATENCY, REQUESTS, REQUESTS_SHED
 
 PRIORITIES = ("low", "normal", "high")
 PRIORITY_HEADER = "X-Priority"

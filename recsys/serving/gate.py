@@ -14,8 +14,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
 
-from recsys.lifecycle import on_after_fork
-from recsys.metrics import SCORING_BATCH, SCORING_TIMEOUTS, SCORING_WAIT
+from recsys.ops.lifecycle import on_after_fork
+from recsys.ops.metrics import SCORING_BATCH, SCORING_TIMEOUTS, SCORING_WAIT
 
 _lock = threading.Lock()
 
@@ -223,7 +223,7 @@ def reset_after_fork(_app=None) -> None:
 
 def scoring_gate(slots: int) -> ScoringGate:
     """This process's gate, made on first use (and again after a fork, or for another setting).
-    ``SCORING_SLOTS`` unset is resolved by the caller (``recsys.runtime.scoring_slots``)."""
+    ``SCORING_SLOTS`` unset is resolved by the caller (``recsys.models.runtime.scoring_slots``)."""
     global _gate, _gate_key
     key = (os.getpid(), int(slots))
     if _gate_key != key:

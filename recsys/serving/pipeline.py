@@ -1,8 +1,8 @@
 """The request path of every recommendation endpoint, as named stages over one context.
 
 Read top to bottom, ``RecommendationPipeline.user_list`` is what
-``GET /v1/users/<id>/recommendations`` does, whether Flask's view (``recsys.api.recommend``) or
-the WSGI fast path (``recsys.fastpath``) received it; both only parse and answer:
+``GET /v1/users/<id>/recommendations`` does, whether Flask's view (``recsys.web.api.recommend``) or
+the WSGI fast path (``recsys.web.fastpath``) received it; both only parse and answer:
 
 ==============  =================================================================================
 stage           what it does
@@ -10,14 +10,14 @@ stage           what it does
 snapshot        this process's configuration, catalogue, loaded and wanted model versions
                 (``Snapshot``); the cache key and every later stage use this one snapshot
 cache_lookup    one ``MGET`` of the user's history token and the cached answer
-                (``recsys.cache.ResultCache``); a fresh entry ends the path (cached = true)
+                (``recsys.serving.cache.ResultCache``); a fresh entry ends the path (cached = true)
 history         the user's last events from SQL within the request deadline
-                (``recsys.history``); the SQL store down: an empty history, degraded
+                (``recsys.serving.history``); the SQL store down: an empty history, degraded
 turn_wait       waiting for one of this worker's scoring turns (``recsys.serving.gate``);
                 none within the deadline: popularity only, degraded
 route           cold/warm (or a learned route) and its strategies (``Recommender.route``)
 candidates      each strategy's top candidates (``Recommender.candidates``, the loaded models
-                of ``recsys.runtime``, under the deadline through ``recsys.runners``)
+                of ``recsys.models.runtime``, under the deadline through ``recsys.core.runners``)
 blend           weighted score fusion (or RRF) of the candidate lists
 rules           business rules (seen, unavailable, category, per-category cap) in rank order,
                 stopping at the end of the page (so ``page`` costs nothing of its own)
@@ -49,23 +49,23 @@ from typing import Any
 
 from flask import Flask
 
-from recsys.cache import LocalBackend, Peek, ResultCache
-from recsys.catalog import Catalog, CatalogStore
+from recsys.core.recommender import Recommender, RecRequest, RecResult, ServingConfig, UserHistory
+from recsys.core.runners import run_inline, run_with_deadline
 from recsys.errors import DB_UNAVAILABLE, NotFound, RateLimitedLog
-from recsys.history import DEFAULT_MAX_EVENTS, get_history_reader
-from recsys.logs import stage as server_timing_stage
-from recsys.metrics import STAGE_LATENCY, note_degraded
-from recsys.runners import run_inline, run_with_deadline
-from recsys.service import Recommender, RecRequest, RecResult, ServingConfig, UserHistory
+from recsys.ops.logs import stage as server_timing_stage
+from recsys.ops.metrics import STAGE_LATENCY, note_degraded
+from recsys.serving.cache import LocalBackend, Peek, ResultCache
+from recsys.serving.catalog import Catalog, CatalogStore
 from recsys.serving.gate import scoring_gate
-from recsys.settings import SettingsStore
+from recsys.serving.history import DEFAULT_MAX_EVENTS, get_history_reader
+from recsys.serving.settings_store import SettingsStore
 from recsys.store.versions import Versions
 
 log = logging.getLogger(__name__)
 # During an outage every uncached request fails its history read: one line per 10 s, not each.
 _history_log = RateLimitedLog(log)
 
-# Where the WSGI fast path (recsys.fastpath) leaves its lookup of a miss for the view.
+# Where the WSGI fast path (recsys.web.fastpath) leaves its lookup of a miss for the view.
 PEEK_ENVIRON_KEY = "recsys.cache_peek"
 POPULAR_ONLY = {"routing": {"cold_strategies": ["popular"], "warm_strategies": ["popular"]}}
 EXTENSION = "recsys.pipeline"
@@ -264,7 +264,7 @@ class RecommendationPipeline:
 
     # -- the per-user list --------------------------------------------------------------------
     def resolve_assignment(self, user_id: str) -> dict | None:
-        """The user's experiment assignment (``recsys.experiments``), or None."""
+        """The user's experiment assignment (``recsys.serving.experiments``), or None."""
         resolver = self.app.extensions.get("recsys.variant_resolver")
         return resolver(user_id) if resolver else None
 
@@ -450,7 +450,7 @@ class RecommendationPipeline:
         return body
 
     def expose(self, user_id: str, assignment: dict | None, body: bytes) -> None:
-        """Tell the experiments what a user in one was shown (``recsys.experiments``)."""
+        """Tell the experiments what a user in one was shown (``recsys.serving.experiments``)."""
         hook = self.app.extensions.get("recsys.exposure_hook")
         if hook and assignment:
             try:
@@ -510,7 +510,7 @@ class RecommendationPipeline:
 
 
 def _slots(configured: Any) -> int:
-    from recsys.runtime import scoring_slots
+    from recsys.models.runtime import scoring_slots
 
     return scoring_slots(None if configured is None else int(configured))
 
@@ -518,10 +518,10 @@ def _slots(configured: Any) -> int:
 def init_app(app: Flask) -> None:
     """Build the app's pipeline from its collaborators (after settings, catalogue, cache and
     runtime are set up)."""
-    from recsys.cache import get_cache
-    from recsys.catalog import get_catalog_store
-    from recsys.runtime import get_runtime
-    from recsys.settings import get_settings
+    from recsys.models.runtime import get_runtime
+    from recsys.serving.cache import get_cache
+    from recsys.serving.catalog import get_catalog_store
+    from recsys.serving.settings_store import get_settings
 
     def history(user_id: str, limit: int, timeout_s: float | None) -> UserHistory:
         # Looked up per call: the reader (and its engine) is made on first use in a process.

@@ -60,8 +60,8 @@ def init_db(app: Flask) -> None:
     app.extensions["recsys.db_guard"] = guard = DbGuard.from_config(app.config)
     engine = make_engine(url, guard=guard)
     app.extensions["recsys.engine"] = engine
-    # The request path's history read (recsys.history) has a pool of its own: autocommit from
-    # the start (a Session would wrap the one SELECT in BEGIN ... COMMIT, two more round
+    # The request path's history read (recsys.serving.history) has a pool of its own: autocommit
+    # from the start (a Session would wrap the one SELECT in BEGIN ... COMMIT, two more round
     # trips), no pre-ping (one more round trip on every checkout, for a read that is retried
     # on a fresh connection when the pooled one turns out dead), nothing to reset on return.
     app.extensions["recsys.hot_engine"] = make_engine(

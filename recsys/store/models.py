@@ -99,7 +99,7 @@ class Event(Base):
 
 
 class StrategySetting(Base):
-    """Operator toggles per strategy; read by every worker (see recsys.settings)."""
+    """Operator toggles per strategy; read by every worker (see recsys.serving.settings_store)."""
 
     __tablename__ = "strategy_settings"
 
@@ -147,7 +147,7 @@ class ModelActivation(Base):
     strategy: Mapped[str] = mapped_column(String(64), index=True)
     version: Mapped[str] = mapped_column(String(64))
     previous_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    # "activate" pushes onto the history, "rollback" pops it (see recsys.registry).
+    # "activate" pushes onto the history, "rollback" pops it (see recsys.models.repository).
     kind: Mapped[str] = mapped_column(String(16), default="activate", server_default="activate")
     actor: Mapped[str] = mapped_column(String(128), default="cli")
     at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

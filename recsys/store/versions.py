@@ -3,8 +3,8 @@
 ``config_version`` (serving configuration and profile), ``catalog_version`` (what is
 recommendable), ``cache_epoch`` (every cached list) and ``items_version`` (item display data).
 A change is committed together with its bump, so every worker sees both at once. Here, below
-``recsys.settings`` (which polls them) and everything that bumps them (admin edits, model and
-profile activations, the catalogue API), so none of those imports another to bump.
+``recsys.serving.settings_store`` (which polls them) and everything that bumps them (admin edits,
+model and profile activations, the catalogue API), so none of those imports another to bump.
 """
 
 from __future__ import annotations

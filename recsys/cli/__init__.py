@@ -1,0 +1,1 @@
+"""The ``recsys`` command (``recsys.cli.main``) and its subcommands, one module per group."""

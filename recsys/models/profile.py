@@ -1,0 +1,255 @@
+"""Serving profiles: what ``recsys tune`` chose, stored and served like a model version.
+
+A profile is the routes (learned history buckets, each with its strategies, weights and fusion
+method), the strategy hyperparameters the chosen models were fitted with, the model versions
+refitted on all data, the validation figures per route and the search trace. It is written into
+the model repository as kind ``profile`` (``MODEL_DIR/profile/<version>/profile.json`` with the
+repository's manifest of checksums and a ``model_versions`` row), so listing, checksums,
+activation history and rollback are the ones models have.
+
+Activation is one transaction: the profile row becomes the active one and ``config_version`` is
+bumped together, so every worker reloads its configuration (and every cached list goes stale)
+at once. The model versions the profile names are activated first (each verified); a profile
+whose models are missing or corrupt is refused and nothing changes.
+
+The serving configuration is ``defaults <- active profile <- admin overrides``: an operator's
+toggles and weights still apply on top of a profile (a route's weight is multiplied by the
+strategy's global weight; disabling a strategy removes it from every route).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Self
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from recsys.errors import ModelError
+from recsys.models.repository import PROFILE_KIND
+
+log = logging.getLogger(__name__)
+
+PROFILE_FILE = "profile.json"
+FORMAT = 1
+
+
+@dataclass
+class ServingProfile:
+    """A tuned serving profile (see the module docstring)."""
+
+    name: ClassVar[str] = PROFILE_KIND
+
+    routes: list[dict[str, Any]]
+    blend: str = "weighted"
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    objective: str = "ndcg@10"
+    validation: dict[str, Any] = field(default_factory=dict)
+    guard: dict[str, Any] = field(default_factory=dict)
+    trace: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+    created_at: str | None = None
+    version: str | None = None  # set once stored
+
+    # -- what it means for serving ----------------------------------------------------------
+    def strategies(self) -> list[str]:
+        """Strategies some route calls (weight > 0), plus popular (the request path's fallback)."""
+        names = {s for r in self.routes for s, w in r["weights"].items() if w > 0}
+        names.add("popular")
+        return sorted(names)
+
+    def serving_overrides(self) -> dict[str, Any]:
+        """The ``ServingConfig.with_overrides`` dict this profile stands for."""
+        return {
+            "strategies": {s: {"enabled": True, "weight": 1.0} for s in self.strategies()},
+            "routing": {"routes": [dict(r) for r in self.routes], "blend": self.blend},
+            "profile": self.version,
+        }
+
+    def check(self) -> Self:
+        """Validate the routes through ``ServingConfig`` (raises ValueError with the reason)."""
+        from recsys.core.recommender import ServingConfig
+
+        ServingConfig.default().with_overrides(self.serving_overrides())
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Self:
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise ValueError(f"not a serving profile of format {FORMAT}")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in raw.items() if k in known}).check()
+
+    def summary(self) -> str:
+        """One line per route, for the CLI and logs."""
+        lines = []
+        lo = 0
+        for r in self.routes:
+            hi = r["max_history"]
+            span = f"{lo}+" if hi is None else (f"{lo}" if hi == lo else f"{lo}-{hi}")
+            w = ", ".join(f"{s} {v:.2f}" for s, v in sorted(r["weights"].items()) if v > 0)
+            lines.append(f"  history {span:>7}: {r.get('blend') or self.blend:<8} {w}")
+            lo = (hi or 0) + 1
+        return "\n".join(lines)
+
+    # -- repository persistence (the Strategy-like part the repository calls) ----------------
+    def get_params(self) -> dict[str, Any]:
+        return {"routes": self.routes, "blend": self.blend, "params": self.params}
+
+    def save(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, PROFILE_FILE), "w") as f:
+            json.dump(self.to_dict(), f, indent=1, sort_keys=True, default=_json_default)
+        with open(os.path.join(path, "params.json"), "w") as f:
+            json.dump({"name": PROFILE_KIND, "params": self.get_params()}, f, default=str)
+
+    @classmethod
+    def load(cls, path: str) -> Self:
+        with open(os.path.join(path, PROFILE_FILE)) as f:
+            return cls.from_dict(json.load(f))
+
+
+def _json_default(x: Any) -> Any:
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+# -- the repository side -------------------------------------------------------------------------
+def save_profile(repo, profile: ServingProfile, actor: str = "cli") -> str:
+    """Store ``profile`` as a new (inactive) version; returns its version id."""
+    profile.check()
+    metrics = dict(profile.validation.get("overall", {}))
+    metrics["guard"] = profile.guard.get("verdict")
+    version = repo.save_version(profile, None, metrics)
+    profile.version = version
+    return version
+
+
+def load_profile(repo, version: str) -> ServingProfile:
+    """Verify (manifest and file checksums, the SQL row being the root of trust) then load."""
+    row = repo._require_row(PROFILE_KIND, version)
+    path = repo._resolve_path(row.path)
+    repo._verify(row, path)
+    try:
+        profile = ServingProfile.load(path)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ModelError(f"{PROFILE_KIND}/{version}: unusable profile: {e}") from e
+    profile.version = version
+    return profile
+
+
+def active_profile(repo) -> ServingProfile | None:
+    version = repo.active_version(PROFILE_KIND)
+    return load_profile(repo, version) if version else None
+
+
+def list_profiles(repo) -> list[dict[str, Any]]:
+    return repo.list_versions(PROFILE_KIND)
+
+
+def _activate_models(repo, profile: ServingProfile, actor: str, verify: bool = True) -> None:
+    for strategy, version in sorted(profile.models.items()):
+        repo.activate(strategy, version, actor=actor, verify=verify)
+
+
+def activate_profile(repo, version: str, actor: str = "cli", reason: str = "") -> str | None:
+    """Make ``version`` the active profile (its models first); returns the previous profile.
+
+    Refuses (``ModelError``, nothing changed) a profile that fails its checksums or names a
+    model version that is missing or corrupt.
+    """
+    profile = load_profile(repo, version)
+    # Every model is verified before any is activated (so a corrupt one changes nothing),
+    # and not verified a second time by the activation itself.
+    for strategy, mv in profile.models.items():
+        repo.verify_version(strategy, mv)
+    _activate_models(repo, profile, actor, verify=False)
+    return _switch(repo, version, actor, "activate", reason)
+
+
+def rollback_profile(repo, actor: str = "cli") -> str:
+    """Re-activate the profile that was active before the current one (and its models)."""
+    target = repo.rollback_target(PROFILE_KIND)
+    if target is None:
+        raise ModelError("nothing to roll back to: no profile was active before this one", 409)
+    profile = load_profile(repo, target)
+    _activate_models(repo, profile, actor)
+    _switch(repo, target, actor, "rollback")
+    return target
+
+
+def deactivate_profile(repo, actor: str = "cli") -> str | None:
+    """Serve without a profile (the shipped cold/warm defaults); returns the one switched off."""
+    from recsys.store.models import AuditLog, ModelVersion
+    from recsys.store.versions import bump
+
+    with repo.sessionmaker() as s, s.begin():
+        rows = s.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.strategy == PROFILE_KIND, ModelVersion.is_active.is_(True))
+            .with_for_update()
+        ).all()
+        for r in rows:
+            r.is_active = False
+        previous = rows[0].version if rows else None
+        if previous:
+            s.add(
+                AuditLog(
+                    actor=actor,
+                    action="profile.deactivate",
+                    target=PROFILE_KIND,
+                    before={"version": previous},
+                    after={"version": None},
+                )
+            )
+            bump(s, reason=f"profile {previous} deactivated")
+    return previous
+
+
+def _switch(repo, version: str, actor: str, kind: str, reason: str = "") -> str | None:
+    """Flip the active profile row and bump ``config_version`` in one transaction."""
+    from recsys.store.versions import bump
+
+    with repo.sessionmaker() as s, s.begin():
+        rows = repo._lock_strategy(s, PROFILE_KIND)
+        current = next((r for r in rows if r.is_active), None)
+        target = next(r for r in rows if r.version == version)
+        previous = current.version if current is not None else None
+        # A rollback is recorded even onto the same version: the activation stack pops on it.
+        if kind == "rollback" or previous != version:
+            repo._switch(s, PROFILE_KIND, rows, target, previous, actor, kind)
+            bump(s, reason=(reason or f"profile {kind} {version}")[:200])
+    repo._notify(PROFILE_KIND, version)
+    return previous
+
+
+def guard_note(s: Session, actor: str, profile: ServingProfile, activated: bool) -> None:
+    """Audit a tuning outcome (activated or held back by the guard, and why)."""
+    from recsys.store.models import AuditLog
+
+    s.add(
+        AuditLog(
+            actor=actor,
+            action="profile.tune",
+            target=PROFILE_KIND,
+            before=None,
+            after={
+                "version": profile.version,
+                "activated": activated,
+                "guard": profile.guard.get("verdict"),
+                "reason": profile.guard.get("reason"),
+            },
+        )
+    )

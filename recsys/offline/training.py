@@ -1,0 +1,229 @@
+"""Train strategies from the SQL store and save them as repository versions.
+
+For each strategy: fit on the oldest (1 - holdout) share of events, measure ranking metrics on
+the newest share (a time holdout: the model only sees the past, like in production), then fit
+again on *all* events and save that model with the holdout metrics. Shared by ``recsys train``
+and the admin API.
+
+Holdout protocol (what the recorded metrics mean): test users are those with a positive event in
+the holdout window; relevant items are their positive holdout items they had not interacted with
+before the cutoff; recommendations exclude items from the user's pre-cutoff history (as serving
+excludes seen items); users with no pre-cutoff history are included (cold users count).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from features.interactions import InteractionData
+from recsys.errors import ModelError
+from recsys.models.repository import ModelRepository
+from recsys.offline.evaluation.metrics import evaluate_recommendations
+from recsys.offline.evaluation.splits import time_split
+from strategies.base import Strategy, UserBatch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOLDOUT = 0.1
+GATE_METRIC = "ndcg@10"
+EVAL_K = 10
+# Bound evaluation cost on large stores; a fixed-seed sample keeps versions comparable.
+MAX_EVAL_USERS = 20_000
+_EVAL_BATCH = 512
+
+
+@dataclass
+class TrainResult:
+    strategy: str
+    version: str
+    path: str
+    metrics: dict[str, Any]
+    fit_seconds: float  # the final fit on all data
+    holdout_seconds: float  # fit on the training share + evaluation
+    activated: bool = False
+    note: str | None = None  # why it was not activated (gate), if so
+    previous: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "version": self.version,
+            "path": self.path,
+            "metrics": self.metrics,
+            "fit_seconds": round(self.fit_seconds, 3),
+            "holdout_seconds": round(self.holdout_seconds, 3),
+            "activated": self.activated,
+            "previous": self.previous,
+            "note": self.note,
+        }
+
+
+def holdout_split(
+    data: InteractionData, fraction: float = DEFAULT_HOLDOUT
+) -> tuple[InteractionData, InteractionData]:
+    """The time holdout: the newest ``fraction`` of events to test."""
+    return time_split(data, fraction=fraction)
+
+
+def holdout_metrics(
+    model: Strategy,
+    train: InteractionData,
+    test: InteractionData,
+    k: int = EVAL_K,
+    max_users: int = MAX_EVAL_USERS,
+    seed: int = 42,
+) -> dict[str, Any]:
+    """Ranking metrics of a model fitted on ``train`` against the ``test`` events."""
+    train_m = train.matrix()
+    test_m = test.matrix(binary=True)
+    # Relevant: new positive items only (seen ones are excluded from recommendations anyway).
+    seen = train_m.copy()
+    seen.data[:] = 1.0
+    relevant = (test_m - test_m.multiply(seen)).tocsr()
+    relevant.eliminate_zeros()
+    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    n_candidates = len(users)
+    if len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    if len(users) == 0:
+        return {}
+    seqs = train.sequences()
+    has_history = np.diff(train_m.indptr) > 0
+    rec = np.empty((len(users), k), dtype=np.int64)
+    for start in range(0, len(users), _EVAL_BATCH):
+        rows = users[start : start + _EVAL_BATCH]
+        sub = train_m[rows]
+        batch = UserBatch(
+            matrix=sub,
+            sequences=[seqs[u] for u in rows],
+            user_index=np.where(has_history[rows], rows, -1).astype(np.int64),
+        )
+        exclude = [sub.indices[sub.indptr[i] : sub.indptr[i + 1]] for i in range(len(rows))]
+        ids, _ = model.recommend(batch, n=k, exclude=exclude)
+        rec[start : start + len(rows)] = ids
+    item_users = np.diff(sp.csc_matrix(train_m).indptr)
+    means, _per_user = evaluate_recommendations(
+        rec, relevant[users], k=k, item_users=item_users, n_train_users=train.n_users
+    )
+    out: dict[str, Any] = {name: round(float(v), 6) for name, v in means.items()}
+    out["eval_users"] = int(len(users))
+    out["eval_users_total"] = int(n_candidates)
+    out["cold_users"] = int((~has_history[users]).sum())
+    return out
+
+
+def _cutoff_iso(test: InteractionData) -> str | None:
+    if not len(test):
+        return None
+    return datetime.fromtimestamp(int(test.ts.min()), UTC).isoformat()
+
+
+@contextmanager
+def _step(bar: tqdm, timings: dict[str, float], key: str, desc: str) -> Iterator[None]:
+    """Show ``desc``, time the block into ``timings[key]``, then advance the bar."""
+    bar.set_description(desc)
+    t0 = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t0
+    bar.update()
+
+
+def train_strategies(
+    data: InteractionData,
+    repo: ModelRepository,
+    names: Sequence[str],
+    params: dict[str, dict[str, Any]] | None = None,
+    holdout: float = DEFAULT_HOLDOUT,
+    activate: bool = True,
+    gate_metric: str | None = None,
+    actor: str = "cli",
+    progress: bool = True,
+    on_result: Callable[[TrainResult], None] | None = None,
+) -> list[TrainResult]:
+    """Train, evaluate, save (and by default activate) each named strategy.
+
+    ``holdout`` = 0 skips the evaluation (no metrics are recorded). With ``gate_metric`` a new
+    version that is worse than the active one on that holdout metric is saved but not
+    activated (``TrainResult.note`` says why). Raises ``ValueError`` for an unknown strategy.
+    """
+    params = params or {}
+    classes = {}
+    for name in names:
+        classes[name] = repo.resolver(name)  # fail before any training for a bad name
+    steps = ("holdout fit", "evaluate", "fit", "save") if holdout > 0 else ("fit", "save")
+    split = holdout_split(data, holdout) if holdout > 0 else None
+    results: list[TrainResult] = []
+    # disable=None: no bar (and no carriage returns) when stderr is not a terminal, e.g. a log.
+    bar = tqdm(
+        total=len(names) * len(steps),
+        disable=None if progress else True,
+        unit="step",
+        dynamic_ncols=True,
+    )
+    try:
+        for name in names:
+            cls = classes[name]
+            kwargs = dict(params.get(name, {}))
+            timings: dict[str, float] = {}
+            metrics: dict[str, Any] = {}
+            if split is not None:
+                train, test = split
+                with _step(bar, timings, "holdout_fit", f"{name}: fit on {len(train)} events"):
+                    model = cls(**kwargs).fit(train)
+                with _step(bar, timings, "evaluate", f"{name}: evaluate"):
+                    metrics = holdout_metrics(model, train, test)
+                if metrics:
+                    metrics["holdout"] = {
+                        "protocol": "time",
+                        "fraction": holdout,
+                        "cutoff": _cutoff_iso(test),
+                        "train_events": len(train),
+                        "test_events": len(test),
+                    }
+                del model
+            with _step(bar, timings, "fit", f"{name}: fit on all {len(data)} events"):
+                model = cls(**kwargs).fit(data)
+            with _step(bar, timings, "save", f"{name}: save"):
+                version = repo.save_version(model, data, metrics)
+            result = version_result(
+                repo, name, version, metrics, timings, activate, actor, gate_metric
+            )
+            log.info("trained %s version %s in %.1fs: %s", name, version, timings["fit"], metrics)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    finally:
+        bar.close()
+    return results
+
+
+def version_result(repo, name, version, metrics, timings, activate, actor, gate_metric):
+    """The ``TrainResult`` of a saved version, activated (behind the gate) when asked."""
+    result = TrainResult(
+        strategy=name,
+        version=version,
+        path=repo.version_path(name, version),
+        metrics=metrics,
+        fit_seconds=timings["fit"],
+        holdout_seconds=timings.get("holdout_fit", 0.0) + timings.get("evaluate", 0.0),
+        timings=timings,
+    )
+    if activate:
+        try:
+            result.previous = repo.activate(name, version, actor=actor, gate_metric=gate_metric)
+            result.activated = True
+        except ModelError as e:
+            result.note = e.description
+            log.warning("%s", e.description)
+    return result

@@ -1,0 +1,173 @@
+"""Admin: serving configuration and the audit log (``/v1/admin/strategies|routing|audit``).
+
+Behind ``Authorization: Bearer $RECSYS_ADMIN_TOKEN`` (recsys.web.auth: constant-time comparison; no
+token configured -> 403, admin disabled; missing or wrong token -> 401). Every change is
+validated, audited (actor from ``X-Actor`` or "admin", before, after, when) and bumps the shared
+config version, so every worker of every server applies it, and moves to fresh cache keys,
+within ``CONFIG_POLL_SECONDS``. Model endpoints live in recsys.web.api.admin_models.
+"""
+
+from __future__ import annotations
+
+from apiflask import APIBlueprint, abort
+from flask import g
+from marshmallow import ValidationError
+
+from recsys.ops import audit
+from recsys.serving.settings_store import get_settings
+from recsys.store import session_scope
+from recsys.web.auth import check_admin
+from recsys.web.schemas import AuditQuery, RoutingPatch, StrategyPatch
+from strategies import STRATEGY_NAMES
+
+bp = APIBlueprint("admin", __name__, url_prefix="/v1/admin", tag="Admin")
+
+_strategy_patch = StrategyPatch()
+
+
+@bp.before_request
+def _admin_only():
+    # Before input validation, so an unauthenticated caller learns nothing about the payload.
+    check_admin()
+
+
+def _actor() -> str:
+    return g.get("admin_actor", "admin")
+
+
+def _strategies_view() -> dict:
+    settings = get_settings()
+    settings.versions(force=True)
+    cfg = settings.config()
+    overrides = settings.overrides().get("strategies", {})
+    return {
+        "strategies": {
+            name: {
+                **cfg.to_dict()["strategies"][name],
+                "overridden": sorted(overrides.get(name, {})),
+            }
+            for name in cfg.strategies
+        },
+        "config_version": settings.versions().config,
+    }
+
+
+@bp.get("/strategies")
+@bp.doc(summary="Per-strategy enabled flag and blend weight (effective values)")
+def get_strategies():
+    return _strategies_view()
+
+
+@bp.patch("/strategies")
+@bp.input({}, arg_name="_doc", validation=False, schema_name="StrategiesPatch")
+@bp.doc(
+    summary='Change strategies: {"als": {"enabled": false}, "ease": {"weight": 0.5}}',
+    description="Validated, audited; takes effect in every worker within a second and "
+    "invalidates cached recommendations.",
+)
+def patch_strategies(_doc=None):
+    from flask import request
+
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not body:
+        abort(422, message="body must be a non-empty object of strategy -> settings")
+    errors, patch = {}, {}
+    for name, fields in body.items():
+        if name not in STRATEGY_NAMES:
+            errors[name] = [f"unknown strategy; expected one of {list(STRATEGY_NAMES)}"]
+            continue
+        try:
+            patch[name] = _strategy_patch.load(fields if isinstance(fields, dict) else {"": 1})
+        except ValidationError as e:
+            errors[name] = e.messages
+            continue
+        if not patch[name]:
+            errors[name] = ["give enabled and/or weight"]
+    if errors:
+        abort(422, message="invalid strategy settings; nothing changed", detail={"json": errors})
+    try:
+        before, after = get_settings().update_strategies(patch, _actor())
+    except ValueError as e:
+        abort(422, message=str(e))
+    return {"before": before, "after": after, **_strategies_view()}
+
+
+@bp.delete("/strategies/<name>")
+@bp.doc(
+    summary="Reset a strategy to its default: drop the admin's override (all fields, or "
+    "?field=weight / ?field=enabled)",
+    description="The strategy takes the active serving profile's value again, else the shipped "
+    "default. Audited; takes effect in every worker within a second.",
+)
+def reset_strategy(name: str):
+    from flask import request
+
+    try:
+        before, after = get_settings().reset_strategy(
+            name, request.args.getlist("field") or None, _actor()
+        )
+    except ValueError as e:
+        abort(404 if name not in STRATEGY_NAMES else 422, message=str(e))
+    return {"before": before, "after": after, **_strategies_view()}
+
+
+def _routing_view() -> dict:
+    settings = get_settings()
+    settings.versions(force=True)
+    return {
+        "routing": settings.config().to_dict()["routing"],
+        "overridden": sorted(settings.overrides().get("routing", {})),
+        "config_version": settings.versions().config,
+    }
+
+
+@bp.get("/routing")
+@bp.doc(summary="Routing: cold-start threshold, strategies per route, blend method, rules")
+def get_routing():
+    return _routing_view()
+
+
+@bp.patch("/routing")
+@bp.input(RoutingPatch, arg_name="body")
+@bp.doc(
+    summary='Change routing (partial): e.g. {"cold_threshold": 3, "blend": "rrf"}',
+    description="Validated, audited; takes effect in every worker within a second and "
+    "invalidates cached recommendations.",
+)
+def patch_routing(body: dict):
+    try:
+        before, after = get_settings().update_routing(body, _actor())
+    except ValueError as e:
+        abort(422, message=str(e))
+    return {"before": before, "after": after, **_routing_view()}
+
+
+@bp.delete("/routing/<key>")
+@bp.doc(
+    summary="Reset one routing setting to its default (drop the admin's override)",
+    description="The key takes the active serving profile's value again, else the shipped "
+    "default. Audited; takes effect in every worker within a second.",
+)
+def reset_routing(key: str):
+    try:
+        before, after = get_settings().reset_routing([key], _actor())
+    except ValueError as e:
+        abort(422, message=str(e))
+    return {"before": before, "after": after, **_routing_view()}
+
+
+@bp.get("/audit")
+@bp.input(AuditQuery, location="query", arg_name="q")
+@bp.doc(
+    summary="The audit log, newest first (paged with limit/offset; filter by action, actor, target)"
+)
+def get_audit(q: dict):
+    with session_scope() as s:
+        return audit.page(
+            s,
+            limit=q["limit"],
+            offset=q["offset"],
+            action=q["action"],
+            actor=q["actor"],
+            target=q["target"],
+        )

@@ -1,0 +1,196 @@
+"""Event ingestion: ``POST /v1/events`` with one event or a list of them.
+
+Acknowledged only after the SQL commit. Unknown users are created; unknown items are created as
+stub items (available, no title or category: the catalogue feed fills them in later with
+``PUT /v1/items/<id>``), because an event is worth keeping even when the catalogue sync lags.
+An ``id`` is the client's idempotency key (stored as ``api:<id>``): sending it again inserts
+nothing and counts as a duplicate. A list with any invalid event is refused as a whole (422,
+naming each bad index and field), so a client never has to guess what was stored.
+
+After the commit every affected user's cached recommendations are invalidated, so the next
+request sees the new history (purchases excluded, maybe a cold -> warm route change, fresh user
+vectors) without retraining.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from apiflask import APIBlueprint, abort
+from flask import current_app, request
+from marshmallow import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from recsys.ops import metrics
+from recsys.serving.cache import get_cache
+from recsys.serving.settings_store import get_settings
+from recsys.store import session_scope
+from recsys.store.db import dialect_insert
+from recsys.store.models import Event, Item, User, utcnow
+from recsys.store.versions import CACHE_EPOCH
+from recsys.web.auth import require_scope
+from recsys.web.errors import RecsysError
+from recsys.web.schemas import EventIn, EventsOut
+
+log = logging.getLogger(__name__)
+
+bp = APIBlueprint("events", __name__, url_prefix="/v1", tag="Events")
+
+_schema = EventIn()
+
+
+def blank_item() -> dict[str, Any]:
+    """The columns of an item created because an event or an edit named an unknown id."""
+    return {"title": "", "description": "", "categories": [], "available": True, "attributes": {}}
+
+
+def ensure_ids(
+    s: Session,
+    model,
+    external_ids: set[str],
+    refuse: Callable[[list[str]], None] | None = None,
+    **defaults: Any,
+) -> dict[str, int]:
+    """external id -> row id, creating missing rows (concurrency-safe: ON CONFLICT DO NOTHING).
+    ``refuse(missing)``, when given, is called with the ids about to be created and may raise
+    instead."""
+    if not external_ids:
+        return {}
+    wanted = sorted(external_ids)
+    found = dict(
+        s.execute(select(model.external_id, model.id).where(model.external_id.in_(wanted))).all()
+    )
+    missing = [x for x in wanted if x not in found]
+    if missing and refuse is not None:
+        refuse(missing)
+    if missing:
+        now = utcnow()
+        rows = [
+            {"external_id": x, "created_at": now, "updated_at": now, **defaults} for x in missing
+        ]
+        s.execute(
+            dialect_insert(s, model)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["external_id"])
+        )
+        found.update(
+            s.execute(
+                select(model.external_id, model.id).where(model.external_id.in_(missing))
+            ).all()
+        )
+    return found
+
+
+def _new_items_policy(app, events: list[dict[str, Any]]) -> Callable[[list[str]], None]:
+    """What to do with item ids of ``events`` the catalogue does not know (EVENTS_CREATE_ITEMS,
+    EVENTS_MAX_NEW_ITEMS): refuse the batch (422) or let them be created, up to the limit."""
+    create = bool(app.config.get("EVENTS_CREATE_ITEMS", True))
+    limit = int(app.config.get("EVENTS_MAX_NEW_ITEMS", 100))
+
+    def refuse(missing: list[str]) -> None:
+        unknown = set(missing)
+        where = [i for i, e in enumerate(events) if e["item_id"] in unknown][:10]
+        sample = ", ".join(repr(x) for x in missing[:5])
+        if not create:
+            raise RecsysError(
+                f"unknown item(s) {sample} (at index {', '.join(map(str, where))}); this server "
+                "does not create items from events (EVENTS_CREATE_ITEMS=false): add them with "
+                "PUT /v1/items/<id> first; nothing was stored",
+                422,
+            )
+        if len(missing) > limit:
+            raise RecsysError(
+                f"{len(missing)} unknown items in one request (at most {limit} may be created "
+                f"from events: EVENTS_MAX_NEW_ITEMS), e.g. {sample}; nothing was stored",
+                422,
+            )
+
+    return refuse
+
+
+def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
+    """Store validated events in one transaction; returns counts. Invalidates caches after."""
+    app = current_app._get_current_object()
+    with session_scope(app) as s:
+        users = ensure_ids(s, User, {e["user_id"] for e in events}, attributes={})
+        items = ensure_ids(
+            s,
+            Item,
+            {e["item_id"] for e in events},
+            refuse=_new_items_policy(app, events),
+            **blank_item(),
+        )
+        now = utcnow()
+        rows = [
+            {
+                "user_id": users[e["user_id"]],
+                "item_id": items[e["item_id"]],
+                "type": e["type"],
+                "value": float(e["value"]),
+                "ts": e["timestamp"] or now,
+                "idem_key": f"api:{e['id']}" if e["id"] is not None else None,
+            }
+            for e in events
+        ]
+        stmt = dialect_insert(s, Event).values(rows)
+        stmt = stmt.on_conflict_do_nothing(index_elements=["idem_key"]).returning(Event.type)
+        stored = s.execute(stmt).scalars().all()
+        inserted = len(stored)
+    for etype, n in Counter(stored).items():
+        metrics.EVENTS_INGESTED.labels(etype).inc(n)
+    # Durable now. Invalidate after the commit so no reader can cache the pre-event history
+    # under the new token.
+    if not get_cache(app).invalidate_users({e["user_id"] for e in events}):
+        get_settings(app).bump_version(
+            "events arrived while the cache was unreachable", CACHE_EPOCH
+        )
+    return {"received": len(events), "inserted": inserted, "duplicates": len(events) - inserted}
+
+
+@bp.post("/events")
+@require_scope("events:write")
+@bp.input(EventIn, arg_name="_doc", validation=False)
+@bp.output(EventsOut, status_code=201)
+@bp.doc(
+    summary="Record one event or a list of events",
+    description="Body: one event object, or a JSON list of up to EVENTS_MAX_BATCH (default "
+    "1000) of them. `type` is one of view, click, cart, purchase, rating, dislike; `timestamp` "
+    "is ISO-8601 or unix seconds (default: now); `id` is an idempotency key. 201 when "
+    "something was inserted, 200 when every event was a duplicate. Unknown users are created; "
+    "unknown items as available stubs, at most EVENTS_MAX_NEW_ITEMS (100) per request, or "
+    "never with EVENTS_CREATE_ITEMS=false (422). Any invalid event rejects the whole list "
+    "(422). With RECSYS_API_KEYS set: a key with scope events:write (X-API-Key).",
+    responses={200: "every event was already stored (duplicates)"},
+)
+def post_events(_doc=None):
+    payload = request.get_json(silent=True)
+    if payload is None:
+        abort(400, message="body must be JSON: an event object or a list of events")
+    single = isinstance(payload, dict)
+    batch = [payload] if single else payload
+    if not isinstance(batch, list):
+        abort(422, message="body must be an event object or a list of events")
+    limit = int(current_app.config.get("EVENTS_MAX_BATCH", 1000))
+    if not batch:
+        abort(422, message="empty list: send at least one event")
+    if len(batch) > limit:
+        abort(413, message=f"at most {limit} events per request (got {len(batch)})")
+    events, errors = [], {}
+    for i, raw in enumerate(batch):
+        if not isinstance(raw, dict):
+            errors[i] = {"_schema": ["each event must be an object"]}
+            continue
+        try:
+            events.append(_schema.load(raw))
+        except ValidationError as e:
+            errors[i] = e.messages
+    if errors:
+        detail = {"json": errors[0]} if single else {"json": errors}
+        where = "" if single else f" at index {', '.join(str(i) for i in sorted(errors)[:10])}"
+        abort(422, message=f"invalid event{where}; nothing was stored", detail=detail)
+    counts = ingest(events)
+    return counts, 201 if counts["inserted"] else 200

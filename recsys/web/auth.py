@@ -1,0 +1,177 @@
+"""Authentication: the admin token and API keys with scopes.
+
+Admin: ``Authorization: Bearer $RECSYS_ADMIN_TOKEN``. No token configured means admin is
+disabled (403), never open. The comparison is constant-time (``hmac.compare_digest``) so
+response timing does not leak the token. The admin token is not an API key, nor the reverse.
+
+API keys (``RECSYS_API_KEYS``): each key has scopes, ``events:write`` (``POST /v1/events``),
+``catalog:write`` (``PUT /v1/items|users/<id>``) and ``read`` (recommendations, similar,
+popular; required only with ``API_KEYS_FOR_READS``). Sent as ``X-API-Key: <key>`` or
+``Authorization: Bearer <key>``. With keys configured a write without a key is 401, with a key
+lacking the scope 403; with none configured writes are open (development). Keys are kept as
+SHA-256 digests and looked up by the digest of what the request sends, so the lookup's timing
+says nothing about the keys.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Flask, current_app, g, request
+
+from recsys.web.errors import RecsysError
+
+
+class Unauthorized(RecsysError):
+    code = 401
+    name = "Unauthorized"
+
+
+class Forbidden(RecsysError):
+    code = 403
+    name = "Forbidden"
+
+
+def check_admin() -> str:
+    """Raise unless the request carries the admin token; returns the actor name for the audit."""
+    token = current_app.config.get("ADMIN_TOKEN")
+    if not token:
+        raise Forbidden("admin is disabled: RECSYS_ADMIN_TOKEN is not configured")
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    if not hmac.compare_digest(given.strip().encode(), str(token).encode()):
+        raise Unauthorized("invalid admin token")
+    actor = request.headers.get("X-Actor", "admin")[:128] or "admin"
+    g.admin_actor = actor
+    return actor
+
+
+def is_admin() -> bool:
+    """Whether the request carries the admin token (never raises: for answers that show more
+    to an admin, such as /readyz's reasons)."""
+    try:
+        check_admin()
+    except RecsysError:
+        return False
+    return True
+
+
+def require_admin(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """View decorator: admin token required."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        check_admin()
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+SCOPES = ("events:write", "catalog:write", "read")
+API_KEYS_EXTENSION = "recsys.api_keys"
+
+
+def parse_api_keys(value: Any) -> dict[str, frozenset[str]]:
+    """``RECSYS_API_KEYS`` -> {sha256 hex of key: scopes}. ``value``: None or "" (no keys), a
+    string ``"key=scope,scope;key2=scope"`` (entries separated by ``;`` or newlines), or a
+    mapping ``{key: [scope, ...]}``. Raises ValueError naming what is wrong (at start-up)."""
+    if not value:
+        return {}
+    if isinstance(value, Mapping):
+        pairs = [
+            (str(k), list(v) if not isinstance(v, str) else v.split(",")) for k, v in value.items()
+        ]
+    else:
+        pairs = []
+        for entry in str(value).replace("\n", ";").split(";"):
+            if not entry.strip():
+                continue
+            key, sep, scopes = entry.strip().partition("=")
+            if not sep:
+                raise ValueError("RECSYS_API_KEYS: each entry is key=scope[,scope] (got no '=')")
+            pairs.append((key.strip(), scopes.split(",")))
+    out: dict[str, frozenset[str]] = {}
+    for key, scopes in pairs:
+        wanted = frozenset(s.strip() for s in scopes if s.strip())
+        if not key:
+            raise ValueError("RECSYS_API_KEYS: empty key")
+        if unknown := wanted - set(SCOPES):
+            raise ValueError(
+                f"RECSYS_API_KEYS: unknown scope(s) {sorted(unknown)}; known: {', '.join(SCOPES)}"
+            )
+        if not wanted:
+            raise ValueError("RECSYS_API_KEYS: a key without scopes")
+        out[_digest(key)] = wanted
+    return out
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def init_app(app: Flask) -> None:
+    app.extensions[API_KEYS_EXTENSION] = parse_api_keys(app.config.get("API_KEYS"))
+
+
+def keys_required(app: Flask, scope: str) -> bool:
+    """Whether requests needing ``scope`` must carry a key (keys are configured, and for
+    ``read`` only with API_KEYS_FOR_READS)."""
+    if not app.extensions.get(API_KEYS_EXTENSION):
+        return False
+    return scope != "read" or bool(app.config.get("API_KEYS_FOR_READS"))
+
+
+def given_key(api_key_header: str | None, authorization: str | None) -> str | None:
+    if api_key_header:
+        return api_key_header.strip()
+    scheme, _, value = (authorization or "").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def key_allows(app: Flask, key: str | None, scope: str) -> bool:
+    """Whether ``key`` is configured with ``scope``."""
+    scopes = app.extensions.get(API_KEYS_EXTENSION, {}).get(_digest(key)) if key else None
+    return scopes is not None and scope in scopes
+
+
+# WSGI environ key marking a read the service makes of itself on an admin's behalf (the operator
+# console's previews, already behind the admin token). Only code can set it: request headers
+# arrive as HTTP_* keys.
+INTERNAL_READ = "recsys.internal_read"
+
+
+def check_scope(scope: str) -> None:
+    """Raise unless the request may do what ``scope`` covers (see the module docstring)."""
+    app = current_app._get_current_object()
+    if not keys_required(app, scope):
+        return
+    if scope == "read" and request.environ.get(INTERNAL_READ) is True:
+        return
+    key = given_key(request.headers.get("X-API-Key"), request.headers.get("Authorization"))
+    if key is None:
+        raise Unauthorized(f"an API key with scope {scope!r} is required (X-API-Key: <key>)")
+    scopes = app.extensions[API_KEYS_EXTENSION].get(_digest(key))
+    if scopes is None:
+        raise Unauthorized("invalid API key")
+    if scope not in scopes:
+        raise Forbidden(f"this API key lacks the scope {scope!r}")
+
+
+def require_scope(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """View decorator: an API key with ``scope`` (when keys are configured)."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            check_scope(scope)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,83 @@
+"""Cross-origin requests from browsers (a storefront on another origin calling the API).
+
+Off unless ``CORS_ORIGINS`` lists the allowed origins (``RECSYS_CORS_ORIGINS='["https://shop.
+example"]'``; ``["*"]`` for any). flask-cors answers preflights and adds the headers to every
+Flask response; the WSGI fast path (``recsys.web.fastpath``), which answers cached lists before
+Flask, adds the very headers flask-cors computes, from the same options (``FastCors``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from flask import Flask
+from flask_cors import CORS
+from flask_cors.core import get_cors_headers, get_cors_options
+from werkzeug.datastructures import Headers
+
+log = logging.getLogger(__name__)
+
+# What a browser may send and read beyond the CORS-safelisted headers.
+ALLOW_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "If-None-Match",
+    "X-API-Key",
+    "X-Priority",
+    "X-Request-ID",
+]
+EXPOSE_HEADERS = ["ETag", "Retry-After", "Server-Timing", "X-Request-ID"]
+MAX_AGE_S = 600
+_MEMO_MAX = 256
+
+
+class FastCors:
+    """The headers flask-cors would add to a ``GET`` from an origin, memoised per origin."""
+
+    def __init__(self, options):
+        self.options = options
+        self._memo: dict[str, list[tuple[str, str]]] = {}
+
+    def headers(self, origin: str | None) -> list[tuple[str, str]]:
+        if origin is None:
+            return []
+        out = self._memo.get(origin)
+        if out is None:
+            computed = get_cors_headers(self.options, Headers({"Origin": origin}), "GET")
+            out = [(k, str(v)) for k, v in computed.items(multi=True) if v]
+            if len(self._memo) < _MEMO_MAX:
+                self._memo[origin] = out
+        return out
+
+
+def origins(app: Flask) -> list[str]:
+    """``CORS_ORIGINS`` checked: a list of origins (strings), empty when CORS is off."""
+    value = app.config.get("CORS_ORIGINS") or []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(o, str) for o in value):
+        raise ValueError(
+            'CORS_ORIGINS must be a JSON list of origins, e.g. ["https://shop.example"]'
+        )
+    return list(value)
+
+
+def init_app(app: Flask) -> None:
+    allowed = origins(app)
+    if not allowed:
+        return
+    options = {
+        "origins": allowed,
+        "allow_headers": ALLOW_HEADERS,
+        "expose_headers": EXPOSE_HEADERS,
+        "max_age": MAX_AGE_S,
+    }
+    CORS(app, **options)
+    app.extensions["recsys.cors"] = FastCors(get_cors_options(app, options))
+    log.info("CORS enabled for %s", ", ".join(allowed))
+
+
+def fast_cors(app: Flask) -> Callable[[str | None], list[tuple[str, str]]] | None:
+    cors = app.extensions.get("recsys.cors")
+    return cors.headers if cors is not None else None

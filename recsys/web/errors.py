@@ -1,0 +1,104 @@
+"""One JSON error shape for the whole API: ``{"code", "name", "description"}`` (+ ``detail``
+for validation errors: location -> field -> messages).
+
+Not RFC 9457 ``application/problem+json``: its ``detail`` member is a string, where ours is the
+structured map clients already read to show which field is wrong; the keys stay as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from apiflask import Schema
+from apiflask.fields import Dict, Integer, String
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import InternalServerError
+from werkzeug.http import HTTP_STATUS_CODES as HTTP_STATUS_NAMES
+
+from recsys.errors import (  # noqa: F401  (re-exported for the web layer)
+    DB_UNAVAILABLE,
+    Conflict,
+    DatabaseUnavailable,
+    ModelError,
+    NotFound,
+    RateLimitedLog,
+    RecsysError,
+)
+
+log = logging.getLogger(__name__)
+
+
+_db_log = RateLimitedLog(log)
+
+
+class ErrorOut(Schema):
+    """The body of every error (the OpenAPI document's HTTP and validation error schema)."""
+
+    code = Integer(required=True, metadata={"description": "the HTTP status"})
+    name = String(required=True, metadata={"description": "the status' name"})
+    description = String(required=True, metadata={"description": "what went wrong"})
+    detail = Dict(
+        metadata={"description": "validation errors: location (json, query) -> field -> messages"}
+    )
+
+
+def error_body(code: int, name: str, description: str) -> dict:
+    return {"code": code, "name": name, "description": description}
+
+
+def malformed_json() -> str | None:
+    """Why the request's body is not JSON (with line and column), or None when it parses or
+    there is none. Only called on the error path (a 400), so a valid body is parsed once."""
+    data = request.get_data(cache=True)
+    if not data:
+        return None
+    try:
+        json.loads(data)
+    except UnicodeDecodeError:
+        return "malformed JSON body: not UTF-8"
+    except json.JSONDecodeError as e:
+        return f"malformed JSON body: {e.msg} at line {e.lineno}, column {e.colno}"
+    except (ValueError, RecursionError):
+        return None  # valid JSON Python refuses (huge integers, deep nesting): said elsewhere
+    return None
+
+
+def register_error_handlers(app: Flask) -> None:
+    # APIFlask routes every HTTPException and validation error through this processor.
+    app.config["HTTP_ERROR_SCHEMA"] = ErrorOut
+    app.config["VALIDATION_ERROR_SCHEMA"] = ErrorOut
+
+    @app.error_processor
+    def _apiflask_error(e):
+        message = e.message
+        if e.status_code == 400 and request and (why := malformed_json()):
+            message = why
+        body = error_body(e.status_code, HTTP_STATUS_NAMES.get(e.status_code, "Error"), message)
+        if e.detail:
+            body["detail"] = e.detail
+        return body, e.status_code, e.headers
+
+    @app.errorhandler(RecsysError)
+    def _recsys_error(e: RecsysError):
+        return jsonify(error_body(e.code, e.name, e.description)), e.code
+
+    def _db_unavailable(e: Exception):
+        _db_log.warning("database unavailable: %s", (str(e).splitlines() or [""])[0][:300])
+        body = error_body(
+            503,
+            "Service Unavailable",
+            "the database is unreachable; nothing was acknowledged, retry later "
+            "(events with an id are safe to re-send)",
+        )
+        retry_after = getattr(e, "retry_after", 5)
+        return jsonify(body), 503, {"Retry-After": str(retry_after)}
+
+    for cls in DB_UNAVAILABLE:
+        app.register_error_handler(cls, _db_unavailable)
+
+    @app.errorhandler(Exception)
+    def _unhandled(e: Exception):
+        log.exception("unhandled error")
+        ie = InternalServerError()
+        return jsonify(error_body(500, ie.name, "internal error; see the server log")), 500

@@ -1,0 +1,409 @@
+"""Marshmallow schemas (through APIFlask) for input validation and the OpenAPI document."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+from apiflask import Schema
+from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, String
+from apiflask.validators import Length, OneOf, Range
+from marshmallow import ValidationError, validates_schema
+
+from recsys.serving.catalog import DEFAULT_ITEM_FIELDS, ITEM_FIELDS, parse_fields
+from recsys.store.models import EVENT_TYPES
+
+MAX_N = 100
+MAX_OFFSET = 1000
+MAX_ID = 128
+MAX_EXCLUDE = 500
+MAX_SESSION_ITEMS = 200
+
+
+def check_text(value: str) -> str | None:
+    """Why ``value`` cannot be stored as text, or None. PostgreSQL text refuses NUL, and a lone
+    surrogate (valid in JSON's ``\\ud800``, not in UTF-8) cannot be encoded at all."""
+    if "\x00" in value:
+        return "must not contain NUL (\\u0000) characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode (no lone surrogates)"
+    return None
+
+
+def id_problem(value: str, what: str = "user_id") -> str | None:
+    """Why ``value`` is not an acceptable id in a URL, or None (the views and the WSGI fast
+    path check path ids with this)."""
+    if not value.strip() or len(value) > MAX_ID:
+        return f"{what} must be 1..{MAX_ID} characters"
+    if why := check_text(value):  # %00 in the URL would reach SQL
+        return f"{what} {why}"
+    return None
+
+
+def split_exclude(raw: str | None) -> list[str] | None:
+    """The item ids of an ``exclude`` query value (comma-separated, blanks dropped), or None
+    when there are more than ``MAX_EXCLUDE`` or one is longer than ``MAX_ID``."""
+    if not raw:
+        return []
+    out = [x.strip() for x in raw.split(",") if x.strip()]
+    if len(out) > MAX_EXCLUDE or any(len(x) > MAX_ID for x in out):
+        return None
+    return out
+
+
+class Text(String):
+    """A string that can be stored in SQL (see check_text)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        out = super()._deserialize(value, attr, data, **kwargs)
+        why = check_text(out)
+        if why:
+            raise ValidationError(why)
+        return out
+
+
+def _json_safe(value, depth: int = 0) -> None:
+    """Free-form attributes are stored as JSON: finite numbers, storable strings, bounded depth."""
+    if depth > 20:
+        raise ValidationError("nested too deeply")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValidationError("numbers must be finite")
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:  # beyond float range: no JSON reader outside Python could take it back
+            float(value)
+        except OverflowError:
+            raise ValidationError("numbers must be within the range of a 64-bit float") from None
+    if isinstance(value, str) and check_text(value):
+        raise ValidationError(check_text(value))
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _json_safe(k, depth + 1)
+            _json_safe(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _json_safe(v, depth + 1)
+
+
+class ExternalId(Text):
+    """An external id: a non-empty string (integers are accepted and turned into strings)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        out = super()._deserialize(value, attr, data, **kwargs)
+        out = out.strip()
+        if not out:
+            raise ValidationError("must not be empty")
+        if len(out) > MAX_ID:
+            raise ValidationError(f"longer than {MAX_ID} characters")
+        return out
+
+
+def StrictBool(**kw) -> Boolean:  # noqa: N802 - a field factory reads like a field
+    """JSON true/false only (marshmallow's default also takes "no", 0, "off"...)."""
+    return Boolean(truthy={True}, falsy={False}, **kw)
+
+
+def _finite(v: float) -> None:
+    if not math.isfinite(v):
+        raise ValidationError("must be a finite number")
+
+
+class Timestamp(Raw):
+    """ISO-8601 (``2026-01-31T12:00:00Z``) or unix seconds; stored as naive UTC."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool):
+            raise ValidationError("must be ISO-8601 or unix seconds")
+        if isinstance(value, int | float):
+            try:  # an integer beyond float range overflows in isfinite() and float()
+                if not math.isfinite(value):
+                    raise ValidationError("must be a finite number of unix seconds")
+                ts = datetime.fromtimestamp(float(value), UTC)
+            except (OverflowError, OSError, ValueError) as e:
+                raise ValidationError("unix seconds out of range") from e
+        elif isinstance(value, str):
+            try:
+                ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            except ValueError as e:
+                raise ValidationError("not an ISO-8601 date-time") from e
+            if ts.tzinfo is None:
+                ts = ts.replace(tzinfo=UTC)
+        else:
+            raise ValidationError("must be ISO-8601 or unix seconds")
+        ts = ts.astimezone(UTC)
+        if ts.year < 1990 or ts > datetime.now(UTC) + timedelta(days=1):
+            raise ValidationError("timestamp out of range (1990 .. now + 1 day)")
+        return ts.replace(tzinfo=None)
+
+
+# -- recommendations ------------------------------------------------------------------------
+class ItemFields(String):
+    """``fields=title,price``: the item data each list item carries (a tuple in
+    ``ITEM_FIELDS`` order; absent: None, i.e. the default set; empty: none)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        out = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return parse_fields(out)
+        except ValueError as e:
+            raise ValidationError(str(e)) from e
+
+
+def item_fields(value: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """A deserialised ``fields`` value (a query's tuple or a body's list) in ``ITEM_FIELDS``
+    order; the default set when it was not given."""
+    if value is None:
+        return DEFAULT_ITEM_FIELDS
+    if isinstance(value, tuple):
+        return value
+    return tuple(f for f in ITEM_FIELDS if f in value)
+
+
+def _fields_param() -> ItemFields:
+    return ItemFields(
+        load_default=None,
+        validate=Length(max=200),
+        metadata={
+            "description": "comma-separated item data to include with each item, among "
+            f"{', '.join(ITEM_FIELDS)}; default {','.join(DEFAULT_ITEM_FIELDS)}; "
+            "empty for ids and scores only"
+        },
+    )
+
+
+class RecQuery(Schema):
+    n = Integer(load_default=10, validate=Range(1, MAX_N))
+    offset = Integer(load_default=0, validate=Range(0, MAX_OFFSET))
+    category = Text(load_default=None, validate=Length(1, MAX_ID))
+    exclude = Text(
+        load_default=None,
+        metadata={"description": "comma-separated item ids never to return"},
+        validate=Length(max=20_000),
+    )
+    explain = Boolean(
+        load_default=False,
+        metadata={"description": "add each item's per-strategy `sources`"},
+    )
+    fields = _fields_param()
+
+
+class SessionIn(Schema):
+    items = List(
+        ExternalId(),
+        required=True,
+        validate=Length(max=MAX_SESSION_ITEMS),
+        metadata={"description": "the guest's recent items, newest first"},
+    )
+    n = Integer(load_default=10, validate=Range(1, MAX_N))
+    offset = Integer(load_default=0, validate=Range(0, MAX_OFFSET))
+    category = Text(load_default=None, validate=Length(1, MAX_ID))
+    exclude = List(ExternalId(), load_default=list, validate=Length(max=MAX_EXCLUDE))
+    explain = StrictBool(load_default=False)
+    fields = List(
+        String(validate=OneOf(ITEM_FIELDS)),
+        load_default=None,
+        metadata={
+            "description": "item data to include with each item (default: "
+            f"{', '.join(DEFAULT_ITEM_FIELDS)})"
+        },
+    )
+
+
+class RecItemOut(Schema):
+    item_id = String()
+    score = Float()
+    sources = Dict(
+        keys=String(),
+        values=Float(),
+        metadata={"description": "per strategy contribution (with explain=true)"},
+    )
+    # Item data, as chosen by ``fields=`` (null for an item the catalogue lacks).
+    title = String(allow_none=True)
+    price = Float(allow_none=True)
+    image_url = String(allow_none=True)
+    categories = List(String())
+    attributes = Dict()
+
+
+class RecOut(Schema):
+    user_id = String(allow_none=True)
+    route = String(
+        metadata={
+            "description": "cold | warm, or the learned route's name when a serving profile is "
+            "active (popular/similar for those lists)"
+        }
+    )
+    items = List(Nested(RecItemOut))
+    cached = Boolean()
+    degraded = Boolean(metadata={"description": "a strategy was dropped (error or deadline)"})
+    model_versions = Dict(keys=String(), values=String())
+    experiment = Dict(metadata={"description": "experiment and variant, when one applies"})
+    profile = String(
+        allow_none=True,
+        metadata={"description": "with explain=true: the serving profile version in force"},
+    )
+
+
+class CountQuery(Schema):
+    n = Integer(load_default=10, validate=Range(1, MAX_N))
+    offset = Integer(load_default=0, validate=Range(0, MAX_OFFSET))
+    category = Text(load_default=None, validate=Length(1, MAX_ID))
+    explain = Boolean(load_default=False)
+    fields = _fields_param()
+
+
+class SimilarQuery(Schema):
+    n = Integer(load_default=10, validate=Range(1, MAX_N))
+    explain = Boolean(load_default=False)
+    fields = _fields_param()
+
+
+# -- events ---------------------------------------------------------------------------------
+class EventIn(Schema):
+    user_id = ExternalId(required=True)
+    item_id = ExternalId(required=True)
+    type = String(required=True, validate=OneOf(EVENT_TYPES))
+    # Bounded so that weights derived from it stay finite in float32 model maths.
+    value = Float(load_default=1.0, validate=[_finite, Range(-1e9, 1e9)])
+    timestamp = Timestamp(load_default=None)
+    id = Text(
+        load_default=None,
+        validate=Length(1, 190),
+        metadata={"description": "idempotency key: re-sending the same id inserts nothing"},
+    )
+
+
+class EventsOut(Schema):
+    received = Integer()
+    inserted = Integer()
+    duplicates = Integer()
+
+
+# -- catalogue ------------------------------------------------------------------------------
+class ItemIn(Schema):
+    title = Text(validate=Length(max=512))
+    description = Text(validate=Length(max=20_000))
+    categories = List(Text(validate=Length(1, MAX_ID)), validate=Length(max=50))
+    price = Float(allow_none=True, validate=_finite)
+    image_url = Text(allow_none=True, validate=Length(max=2048))
+    available = StrictBool()
+    attributes = Dict(keys=String(), validate=_json_safe)
+
+
+class ItemOut(Schema):
+    item_id = String()
+    title = String()
+    description = String()
+    categories = List(String())
+    price = Float(allow_none=True)
+    image_url = String(allow_none=True)
+    available = Boolean()
+    attributes = Dict()
+    created = Boolean()
+
+
+class ItemListQuery(Schema):
+    limit = Integer(load_default=50, validate=Range(1, 500))
+    cursor = Text(
+        load_default=None,
+        validate=Length(1, 400),
+        metadata={"description": "`next_cursor` of the previous page"},
+    )
+    category = Text(load_default=None, validate=Length(1, MAX_ID))
+    available = Boolean(load_default=None, allow_none=True)
+
+
+class ItemListEntry(Schema):
+    item_id = String()
+    title = String()
+    price = Float(allow_none=True)
+    image_url = String(allow_none=True)
+    categories = List(String())
+    attributes = Dict()
+    available = Boolean()
+
+
+class ItemListOut(Schema):
+    items = List(Nested(ItemListEntry))
+    next_cursor = String(
+        allow_none=True, metadata={"description": "pass as `cursor` for the next page; null: end"}
+    )
+
+
+class UserListQuery(Schema):
+    limit = Integer(load_default=50, validate=Range(1, 500))
+    cursor = Text(load_default=None, validate=Length(1, 400))
+
+
+class UserEntry(Schema):
+    user_id = String()
+    attributes = Dict()
+    events = Integer(metadata={"description": "events recorded for the user"})
+    created_at = String()
+    updated_at = String()
+
+
+class UserDetailOut(UserEntry):
+    """``GET /v1/users/<id>`` (its own name: apispec keeps one component per schema use)."""
+
+
+class UserListOut(Schema):
+    users = List(Nested(UserEntry))
+    next_cursor = String(allow_none=True)
+
+
+class UserDeletedOut(Schema):
+    user_id = String()
+    deleted = Boolean()
+    events_deleted = Integer()
+
+
+class UserIn(Schema):
+    attributes = Dict(keys=String(), load_default=dict, validate=_json_safe)
+
+
+class UserOut(Schema):
+    user_id = String()
+    attributes = Dict()
+    created = Boolean()
+
+
+# -- admin ----------------------------------------------------------------------------------
+class StrategyPatch(Schema):
+    enabled = StrictBool()
+    # Bounded: a huge weight would overflow the blended scores to infinity.
+    weight = Float(validate=[Range(0, 1000), _finite])
+
+
+class AuditQuery(Schema):
+    limit = Integer(load_default=50, validate=Range(1, 500))
+    offset = Integer(load_default=0, validate=Range(0, 1_000_000_000))  # SQL bigint bound
+    action = Text(load_default=None, validate=Length(1, 64))
+    actor = Text(load_default=None, validate=Length(1, 128))
+    target = Text(load_default=None, validate=Length(1, 256))
+
+
+class RoutingPatch(Schema):
+    """Partial routing settings (see ServingConfig); unknown keys are refused."""
+
+    cold_threshold = Integer(validate=Range(0, 10_000))
+    cold_strategies = List(String())
+    warm_strategies = List(String())
+    blend = String(validate=OneOf(("weighted", "rrf")))
+    normalize = String(validate=OneOf(("minmax", "rank")))
+    rrf_k = Float(validate=Range(min=1))
+    max_per_category = Integer(allow_none=True, validate=Range(min=1))
+    exclude_seen = StrictBool()
+    seen_types = List(String(validate=OneOf(EVENT_TYPES)))
+    candidates_per_strategy = Integer(validate=Range(1, 10_000))
+    # Learned routes (normally set by a serving profile, recsys.offline.tuning); null: cold/warm.
+    # Checked in full by ServingConfig (names, bounds, weights).
+    routes = List(Dict(), allow_none=True, validate=Length(1, 8))
+
+    @validates_schema
+    def _not_empty(self, data, **kwargs):
+        if not data:
+            raise ValidationError("give at least one routing setting")
