@@ -33,7 +33,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from recsys.cli.evaluate import load_dataset  # noqa: E402
-from recsys.core.recommender import DEFAULT_CONFIG, Recommender, RecRequest, UserHistory  # noqa: E402
+from recsys.core.config import DEFAULT_CONFIG  # noqa: E402
+from recsys.core.recommender import Recommender  # noqa: E402
+from recsys.core.types import RecRequest, UserHistory  # noqa: E402
 from recsys.offline.evaluation.configs import EvalConfig, serving_config, single_strategy_overrides  # noqa: E402
 from recsys.offline.evaluation.runner import train_models  # noqa: E402
 from recsys.offline.evaluation.splits import split_data  # noqa: E402

@@ -25,12 +25,9 @@ import scipy.sparse as sp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from recsys.core.recommender import (  # noqa: E402
-    Recommender,
-    RecRequest,
-    ServingConfig,
-    histories_from_data,
-)
+from recsys.core.config import ServingConfig
+from recsys.core.recommender import Recommender
+from recsys.core.types import RecRequest, histories_from_data
 from recsys.offline.evaluation import metrics as M  # noqa: E402
 from recsys.offline.evaluation.configs import EvalConfig  # noqa: E402
 from recsys.offline.evaluation.datasets import load_movielens_100k  # noqa: E402

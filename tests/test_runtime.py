@@ -287,7 +287,9 @@ def test_run_with_deadline_drops_the_slow_task():
 
 def test_deadline_miss_makes_the_response_degraded():
     from recsys.core import runners
-    from recsys.core.recommender import Recommender, RecRequest, ServingConfig, UserHistory
+    from recsys.core.config import ServingConfig
+    from recsys.core.recommender import Recommender
+    from recsys.core.types import RecRequest, UserHistory
     from recsys.models.repository import LoadedModel
 
     data = rs.sample_data()

@@ -7,15 +7,10 @@ import functools
 import numpy as np
 import pytest
 
-from recsys.core.recommender import (
-    DEFAULT_CONFIG,
-    Recommender,
-    RecRequest,
-    ServingConfig,
-    UserHistory,
-    histories_from_data,
-)
+from recsys.core.config import DEFAULT_CONFIG, ServingConfig
+from recsys.core.recommender import Recommender
 from recsys.core.runners import run_inline
+from recsys.core.types import RecRequest, UserHistory, histories_from_data
 from recsys.serving.catalog import Catalog
 from tests.clocks import ManualClock
 from tests.servicekit import CATS, ITEMS, Broken, Loaded, fitted_models, tiny_data
@@ -256,7 +251,7 @@ def test_fusion_on_item_indices_equals_fusion_on_ids(seed):
     """Candidates that carry indices of one shared IdMap are fused on integers; the order
     (ties by id string), totals and sources must be those of the string path."""
     from features.idmap import IdMap
-    from recsys.core.recommender import Candidates
+    from recsys.core.types import Candidates
 
     rng = np.random.default_rng(seed)
     # Ids whose string order differs from their index order ("i10" < "i2").
@@ -392,7 +387,7 @@ def test_similar_for_item_no_model_knows_falls_back_to_category_popular():
 
 def test_equal_item_maps_share_one_history_mapping():
     from features.idmap import IdMap
-    from recsys.core.recommender import UserHistory, canonical_idmap
+    from recsys.core.types import UserHistory, canonical_idmap
 
     a, b, other = IdMap(["x", "y", "z"]), IdMap(["x", "y", "z"]), IdMap(["z", "y", "x"])
     assert canonical_idmap(a) is canonical_idmap(b) is a

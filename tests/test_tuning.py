@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from features.interactions import InteractionData
-from recsys.core.recommender import Recommender, RecRequest, ServingConfig, UserHistory
+from recsys.core.config import ServingConfig
+from recsys.core.recommender import Recommender
+from recsys.core.types import RecRequest, UserHistory
 from recsys.offline.tuning.search import SPACES, TuneOptions, serve_newcomers, single_routes, tune
 
 STRATEGIES = ["popular", "ease"]

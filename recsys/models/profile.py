@@ -72,7 +72,7 @@ class ServingProfile:
 
     def check(self) -> Self:
         """Validate the routes through ``ServingConfig`` (raises ValueError with the reason)."""
-        from recsys.core.recommender import ServingConfig
+        from recsys.core.config import ServingConfig
 
         ServingConfig.default().with_overrides(self.serving_overrides())
         return self

@@ -142,7 +142,7 @@ def _parse_time(value: Any, field: str) -> dt.datetime | None:
 
 def validate_definition(body: Any) -> dict[str, Any]:
     """Check a create request; returns the normalised fields (ExperimentError if bad)."""
-    from recsys.core.recommender import ServingConfig
+    from recsys.core.config import ServingConfig
 
     if not isinstance(body, dict):
         raise ExperimentError("body must be a JSON object")

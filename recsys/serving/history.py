@@ -34,7 +34,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from recsys.core.recommender import UserHistory
+from recsys.core.types import UserHistory
 from recsys.errors import DatabaseUnavailable
 from recsys.store.guard import DbGuard, socket_fd
 from recsys.store.models import Event, User

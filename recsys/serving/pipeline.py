@@ -49,8 +49,10 @@ from typing import Any
 
 from flask import Flask
 
-from recsys.core.recommender import Recommender, RecRequest, RecResult, ServingConfig, UserHistory
+from recsys.core.config import ServingConfig
+from recsys.core.recommender import Recommender
 from recsys.core.runners import run_inline, run_with_deadline
+from recsys.core.types import RecRequest, RecResult, UserHistory
 from recsys.errors import DB_UNAVAILABLE, NotFound, RateLimitedLog
 from recsys.ops.logs import stage as server_timing_stage
 from recsys.ops.metrics import STAGE_LATENCY, note_degraded

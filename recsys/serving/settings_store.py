@@ -33,7 +33,7 @@ from flask import Flask, current_app
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from recsys.core.recommender import DEFAULT_CONFIG, ServingConfig
+from recsys.core.config import DEFAULT_CONFIG, ServingConfig
 from recsys.ops.polling import BackgroundPoll
 from recsys.store.models import Setting, StrategySetting
 from recsys.store.versions import (

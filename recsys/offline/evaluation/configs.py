@@ -159,7 +159,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "") -> EvalConfig:
 
 def serving_config(cfg: EvalConfig):
     """The ServingConfig this evaluation configuration stands for."""
-    from recsys.core.recommender import ServingConfig
+    from recsys.core.config import ServingConfig
 
     try:
         return ServingConfig.default().with_overrides(cfg.serving)

@@ -171,7 +171,8 @@ def evaluate(
     ``progress``: a tqdm-like factory (``progress(total=, desc=, unit=)``) for progress bars.
     Returns the report dict (see the module docstring and ``report.write_report``).
     """
-    from recsys.core.recommender import Recommender, RecRequest, histories_from_data
+    from recsys.core.recommender import Recommender
+    from recsys.core.types import RecRequest, histories_from_data
 
     if not configs:
         raise ValueError("give at least one configuration")

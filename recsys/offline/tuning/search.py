@@ -315,7 +315,7 @@ class Validation:
     ):
         import scipy.sparse as sp
 
-        from recsys.core.recommender import histories_from_data
+        from recsys.core.types import histories_from_data
         from recsys.offline.evaluation.splits import relevant_matrix
 
         self.trains = [t for t, _ in folds]
@@ -486,7 +486,8 @@ class Tuner:
     def _candidates(self, name: str, models: list) -> list:
         """Per validation row, the strategy's candidates as the request path computes them
         (each fold's rows with the model fitted on that fold's training part)."""
-        from recsys.core.recommender import Recommender, RecRequest
+        from recsys.core.recommender import Recommender
+        from recsys.core.types import RecRequest
 
         rec = Recommender(models=lambda _n: None)
         out: list = []
@@ -617,7 +618,7 @@ class Tuner:
 
     # -- stage 2: routes -------------------------------------------------------------------------
     def _config(self, weights: dict[str, float], blend: str):
-        from recsys.core.recommender import ServingConfig
+        from recsys.core.config import ServingConfig
 
         names = list(self.cands)
         return ServingConfig.default().with_overrides(
@@ -633,7 +634,8 @@ class Tuner:
     def _lists(self, weights: dict[str, float], blend: str, rows: np.ndarray) -> np.ndarray:
         """Top-k of the validation users ``rows`` under one route's weights, through the
         request path's strategy choice, blend, rules and page (``Recommender``)."""
-        from recsys.core.recommender import Recommender, RecRequest
+        from recsys.core.recommender import Recommender
+        from recsys.core.types import RecRequest
 
         rec = Recommender(models=lambda _n: None, config=self._config(weights, blend))
         req = RecRequest(n=self.k)
@@ -742,7 +744,7 @@ class Tuner:
     def _priors(self, singles: dict[str, np.ndarray]) -> list[dict[str, float]]:
         """Starting blends: the two and three strongest strategies evenly, and the shipped
         default's warm weights (what an operator would try first)."""
-        from recsys.core.recommender import DEFAULT_CONFIG
+        from recsys.core.config import DEFAULT_CONFIG
 
         ranked = sorted(singles, key=lambda s: -float(np.nanmean(singles[s])))
         out = [{s: 1.0 for s in ranked[:2]}, {s: 1.0 for s in ranked[:3]}]
@@ -1002,7 +1004,9 @@ class Tuner:
 
     # -- stage 3: the guard through the full request path ------------------------------------------
     def _served(self, overrides: dict[str, Any], models: dict[str, list]) -> np.ndarray:
-        from recsys.core.recommender import Recommender, RecRequest, ServingConfig
+        from recsys.core.config import ServingConfig
+        from recsys.core.recommender import Recommender
+        from recsys.core.types import RecRequest
 
         cfg = ServingConfig.default().with_overrides(overrides)
         out = np.full((len(self.val), self.k), -1, dtype=np.int64)

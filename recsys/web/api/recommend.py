@@ -20,7 +20,7 @@ from typing import Any
 from apiflask import APIBlueprint
 from flask import Response, current_app, has_request_context, request
 
-from recsys.core.recommender import RecRequest
+from recsys.core.types import RecRequest
 from recsys.ops import metrics
 from recsys.ops.logs import note
 from recsys.serving.admission import admission

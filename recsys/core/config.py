@@ -1,0 +1,334 @@
+"""The serving configuration: which strategies serve, their blend weights, the routes (cold,
+warm, or the learned profile's routes by history length) and the business-rule settings.
+
+``ServingConfig`` is what the admin API edits (as a dict: ``to_dict`` / ``from_dict``) and what
+the ``Recommender`` reads. The routing keys, their defaults and rules are declared once, in
+``ROUTING``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from features.interactions import EVENT_TYPES
+from strategies import STRATEGY_NAMES
+
+BLEND_METHODS = ("weighted", "rrf")
+NORMALIZATIONS = ("minmax", "rank")
+ROUTES = ("cold", "warm")
+
+# Blend weights shipped for strategies that do not weigh 1.0; every strategy of strategies/ is
+# enabled by default, and is called only where a route names it.
+SHIPPED_WEIGHTS = {"popular": 0.3, "bpr": 0.5}
+
+
+def _strategy_list(v: Any) -> bool:
+    return isinstance(v, list | tuple) and all(s in STRATEGY_NAMES for s in v)
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """One ``routing`` setting: its shipped default, the check a value must pass and how the
+    rule reads in the error (``routing.<key> must be <rule>``), and the conversion into
+    ``ServingConfig``'s field. The one place each default is written."""
+
+    default: Any
+    ok: Callable[[Any], bool]
+    rule: str
+    convert: Callable[[Any], Any] = lambda v: v
+
+
+# The routing settings, in the order they are checked (the first bad one is reported).
+ROUTING: dict[str, _Setting] = {
+    # Distinct positive items below which a user is cold.
+    "cold_threshold": _Setting(5, lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "cold_strategies": _Setting(
+        ["content", "popular"], _strategy_list, f"a list of {STRATEGY_NAMES}", tuple
+    ),
+    # ALS and BPR are trained and can be switched in live; without them the blend scored
+    # higher on both ml-100k and Online Retail (README, "Evaluation and experiments") and an
+    # uncached request costs ~1.5 ms less CPU.
+    "warm_strategies": _Setting(
+        ["ease", "deep", "popular"], _strategy_list, f"a list of {STRATEGY_NAMES}", tuple
+    ),
+    "blend": _Setting("weighted", lambda v: v in BLEND_METHODS, f"one of {BLEND_METHODS}"),
+    # Per-strategy score scaling for "weighted".
+    "normalize": _Setting("minmax", lambda v: v in NORMALIZATIONS, f"one of {NORMALIZATIONS}"),
+    "rrf_k": _Setting(60, lambda v: _is_num(v) and v > 0, "a number > 0"),
+    # Diversity cap per primary category.
+    "max_per_category": _Setting(
+        None, lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"
+    ),
+    # Drop items the user already has (``seen_types``); dislikes are always dropped.
+    "exclude_seen": _Setting(True, lambda v: isinstance(v, bool), "true or false"),
+    "seen_types": _Setting(
+        ["purchase", "rating"],
+        lambda v: isinstance(v, list | tuple) and all(t in EVENT_TYPES for t in v),
+        f"a list of {EVENT_TYPES}",
+        tuple,
+    ),
+    "candidates_per_strategy": _Setting(
+        200, lambda v: _is_int(v) and 1 <= v <= 10_000, "an integer in 1..10000"
+    ),
+    # Learned routes (a serving profile, recsys.offline.tuning): when set, they replace the
+    # cold/warm pair above. See ``Route``; checked by ``_parse_routes``.
+    "routes": _Setting(None, lambda v: True, "", lambda v: _parse_routes(v)),
+}
+
+# Shipped defaults, derived from the declarations above. Admin settings
+# (recsys.serving.settings_store) and
+# experiment variants are overrides of exactly this shape, merged with with_overrides.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "strategies": {
+        name: {"enabled": True, "weight": SHIPPED_WEIGHTS.get(name, 1.0)} for name in STRATEGY_NAMES
+    },
+    "routing": {key: copy.deepcopy(setting.default) for key, setting in ROUTING.items()},
+    # The serving profile these settings came from (its version), for ``explain``.
+    "profile": None,
+}
+MAX_ROUTES = 8
+_ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,31}$")
+
+
+# -- configuration --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StrategyConfig:
+    enabled: bool = True
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Route:
+    """One learned route: users whose history (distinct positive items) is at most
+    ``max_history`` (``None``: any length) and above the previous route's bound.
+
+    ``weights``: the strategies this route blends and their weights (0 or absent: not called);
+    each is multiplied by the strategy's global weight, so an operator can still turn one
+    strategy down or off everywhere. ``blend``: this route's fusion method (default: the
+    global ``routing.blend``)."""
+
+    name: str
+    max_history: int | None
+    weights: Mapping[str, float]
+    blend: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "max_history": self.max_history,
+            "weights": dict(self.weights),
+            "blend": self.blend,
+        }
+
+
+def _parse_routes(raw: Any) -> tuple[Route, ...]:
+    """Validate ``routing.routes`` (None: no learned routes)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list | tuple) or not 1 <= len(raw) <= MAX_ROUTES:
+        raise ValueError(f"routing.routes must be null or a list of 1..{MAX_ROUTES} routes")
+    out: list[Route] = []
+    for i, r in enumerate(raw):
+        where = f"routing.routes[{i}]"
+        if not isinstance(r, Mapping):
+            raise ValueError(f"{where} must be an object")
+        bad = set(r) - {"name", "max_history", "weights", "blend"}
+        if bad:
+            raise ValueError(f"{where}: unknown keys {sorted(bad)}")
+        name = r.get("name")
+        if not isinstance(name, str) or not _ROUTE_NAME.match(name):
+            raise ValueError(f"{where}.name must be 1-32 letters, digits or _.+- characters")
+        if name in {x.name for x in out}:
+            raise ValueError(f"{where}.name {name!r} is used twice")
+        mh = r.get("max_history")
+        last = i == len(raw) - 1
+        if last and mh is not None:
+            raise ValueError(f"{where}.max_history must be null: the last route takes the rest")
+        if not last:
+            if not _is_int(mh) or mh < 0:
+                raise ValueError(f"{where}.max_history must be an integer >= 0")
+            if out and mh <= out[-1].max_history:
+                raise ValueError("routing.routes must have increasing max_history")
+        weights = r.get("weights")
+        if not isinstance(weights, Mapping):
+            raise ValueError(f"{where}.weights must be an object")
+        for s, w in weights.items():
+            if s not in STRATEGY_NAMES:
+                raise ValueError(f"{where}.weights: unknown strategy {s!r}")
+            if not _is_num(w) or not 0 <= w <= 1000:
+                raise ValueError(f"{where}.weights.{s} must be a number in 0..1000")
+        blend = r.get("blend")
+        if blend is not None and blend not in BLEND_METHODS:
+            raise ValueError(f"{where}.blend must be one of {BLEND_METHODS} or null")
+        out.append(Route(name, mh, {s: float(w) for s, w in weights.items()}, blend))
+    return tuple(out)
+
+
+def _deep_merge(base: dict, over: Mapping) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """What the request path does. The dict shape (``to_dict`` / ``from_dict``) is
+    ``{"strategies": {name: {"enabled": bool, "weight": number >= 0}},  # any of STRATEGY_NAMES
+    "routing": {...ROUTING...}, "profile": null | version}``; the routing keys, their defaults
+    and rules are declared once, in ``ROUTING``.
+
+    Built by ``from_dict`` (``default()``: the shipped defaults): missing keys take the
+    defaults (``DEFAULT_CONFIG``); unknown keys or bad values raise ``ValueError`` with a
+    message naming the key.
+    """
+
+    strategies: Mapping[str, StrategyConfig]
+    cold_threshold: int
+    cold_strategies: tuple[str, ...]
+    warm_strategies: tuple[str, ...]
+    blend: str
+    normalize: str
+    rrf_k: int
+    max_per_category: int | None
+    exclude_seen: bool
+    seen_types: tuple[str, ...]
+    candidates_per_strategy: int
+    routes: tuple[Route, ...]
+    profile: str | None
+
+    @classmethod
+    def default(cls) -> ServingConfig:
+        return cls.from_dict({})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ServingConfig:
+        """Validate ``data`` (merged over the defaults) into a config; ``ValueError`` if bad."""
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ValueError("config must be an object")
+        unknown = set(data) - {"strategies", "routing", "profile"}
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        merged = _deep_merge(DEFAULT_CONFIG, data)
+        strategies = merged["strategies"]
+        if not isinstance(strategies, Mapping):
+            raise ValueError("strategies must be an object")
+        parsed: dict[str, StrategyConfig] = {}
+        for name, sc in strategies.items():
+            if name not in STRATEGY_NAMES:
+                raise ValueError(f"unknown strategy {name!r}; expected one of {STRATEGY_NAMES}")
+            if not isinstance(sc, Mapping):
+                raise ValueError(f"strategies.{name} must be an object")
+            bad = set(sc) - {"enabled", "weight"}
+            if bad:
+                raise ValueError(f"strategies.{name}: unknown keys {sorted(bad)}")
+            enabled, weight = sc.get("enabled", True), sc.get("weight", 1.0)
+            if not isinstance(enabled, bool):
+                raise ValueError(f"strategies.{name}.enabled must be true or false")
+            if not _is_num(weight) or weight < 0:
+                raise ValueError(f"strategies.{name}.weight must be a number >= 0")
+            parsed[name] = StrategyConfig(enabled=enabled, weight=float(weight))
+
+        r = merged["routing"]
+        if not isinstance(r, Mapping):
+            raise ValueError("routing must be an object")
+        bad = set(r) - set(ROUTING)
+        if bad:
+            raise ValueError(f"routing: unknown keys {sorted(bad)}")
+        routing = {}
+        for key, setting in ROUTING.items():
+            if not setting.ok(r[key]):
+                raise ValueError(f"routing.{key} must be {setting.rule}")
+            routing[key] = setting.convert(r[key])
+        profile = merged.get("profile")
+        if profile is not None and not isinstance(profile, str):
+            raise ValueError("profile must be null or a version string")
+        return cls(strategies=parsed, profile=profile, **routing)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategies": {
+                name: {"enabled": sc.enabled, "weight": sc.weight}
+                for name, sc in self.strategies.items()
+            },
+            "routing": {
+                key: (
+                    ([x.to_dict() for x in self.routes] if self.routes else None)
+                    if key == "routes"
+                    else (list(v) if isinstance(v := getattr(self, key), tuple) else v)
+                )
+                for key in ROUTING
+            },
+            "profile": self.profile,
+        }
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> ServingConfig:
+        """A new config: ``overrides`` (same dict shape, partial) deep-merged over this one."""
+        if not overrides:
+            return self
+        return ServingConfig.from_dict(_deep_merge(self.to_dict(), overrides))
+
+    def weight(self, strategy: str) -> float:
+        sc = self.strategies.get(strategy)
+        return sc.weight if sc else 0.0
+
+    def enabled(self, strategy: str) -> bool:
+        sc = self.strategies.get(strategy)
+        return bool(sc and sc.enabled)
+
+    def route_for(self, n_history: int) -> str:
+        """The route of a user with ``n_history`` distinct positive items."""
+        if self.routes:
+            for r in self.routes:
+                if r.max_history is None or n_history <= r.max_history:
+                    return r.name
+        return "warm" if n_history >= self.cold_threshold else "cold"
+
+    def _route(self, route: str | None) -> Route | None:
+        if route is None or not self.routes:
+            return None
+        return next((r for r in self.routes if r.name == route), None)
+
+    def route_strategies(self, route: str) -> list[str]:
+        learned = self._route(route)
+        if learned is not None:
+            names = [s for s, w in learned.weights.items() if w > 0]
+        else:
+            names = self.cold_strategies if route == "cold" else self.warm_strategies
+        return [s for s in names if self.enabled(s)]
+
+    def route_weight(self, route: str | None, strategy: str) -> float:
+        """A strategy's blend weight on ``route``: the route's own weight (learned routes)
+        times the strategy's global weight."""
+        learned = self._route(route)
+        if learned is not None:
+            return learned.weights.get(strategy, 0.0) * self.weight(strategy)
+        return self.weight(strategy)
+
+    def route_blend(self, route: str | None) -> str:
+        learned = self._route(route)
+        return learned.blend if learned is not None and learned.blend else self.blend
+
+    def route_names(self) -> list[str]:
+        return [r.name for r in self.routes] if self.routes else list(ROUTES)
+
+
+# -- request / history / result -------------------------------------------------------------
