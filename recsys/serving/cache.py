@@ -326,6 +326,18 @@ class Peek(NamedTuple):
         return ResultCache._payload(self.raw, self.token)
 
 
+class Lookup(NamedTuple):
+    """One request's read of its cache entry (``ResultCache.lookup``).
+
+    ``peek``: the raw reads (None: the cache is unavailable, nothing will be stored);
+    ``hit``: the cached payload, or None on a miss; ``lock``: the stampede lock this request
+    took for a miss (released by ``ResultCache.store`` or ``release``)."""
+
+    peek: Peek | None
+    hit: bytes | None
+    lock: str | None
+
+
 class ResultCache:
     """The per-process cache front: versioned keys, stale checks, stampede lock, outage mode."""
 
@@ -459,39 +471,49 @@ class ResultCache:
     # An entry is ``ENTRY_TAG + token + b"\n" + payload``: the history token it was computed
     # under, then opaque bytes (the HTTP layer stores the serialised response, so a hit is one
     # MGET and a byte copy, no JSON decoding). Entries of any other shape read as misses.
-    def get_or_compute_raw(
-        self,
-        user_id: str,
-        context: dict[str, Any],
-        compute: Callable[[], tuple[bytes, bool]],
-        peeked: Peek | None = None,
-    ) -> tuple[bytes, bool]:
-        """(payload, cached). On a miss ``compute() -> (payload, store)`` runs and the payload
-        is stored when ``store`` is true (degraded answers are not pinned for a whole TTL).
+    def lookup(self, user_id: str, context: dict[str, Any], peeked: Peek | None = None) -> Lookup:
+        """One request's read of its entry: a fresh hit, or a miss for the caller to compute
+        and hand to ``store``. Counts the hit or miss.
 
-        ``peeked``: what ``peek`` read for this request a moment ago (the fast path's miss);
-        used, key included, instead of a second ``MGET`` when it is for the same user and an
-        equal context."""
+        On a miss the request takes the entry's stampede lock; when another request holds it,
+        this one polls for that request's value for up to ``CACHE_LOCK_WAIT_MS`` (a hit if it
+        comes), then computes itself.
+
+        Parameters
+        ----------
+        user_id : str
+            Whose list.
+        context : dict
+            What the list depends on besides the user's history (``result_key``).
+        peeked : Peek, optional
+            What ``peek`` read for this request a moment ago (the fast path's miss); used, key
+            included, instead of a second ``MGET`` when it is for the same user and an equal
+            context.
+
+        Returns
+        -------
+        Lookup
+            ``hit`` is the cached payload, or None on a miss (``store`` or ``release`` it).
+        """
         from recsys.ops import metrics
 
-        tkey = self.token_key(user_id)
         if peeked is None or peeked.user_id != user_id or peeked.context != context:
             peeked = self._read(user_id, context)
         if peeked is None:
             metrics.CACHE_MISSES.inc()
-            return compute()[0], False
-        rkey, token, raw = peeked.key, peeked.token, peeked.raw
-        hit = self._payload(raw, token)
+            return Lookup(None, None, None)
+        hit = self._payload(peeked.raw, peeked.token)
         if hit is not None:
             metrics.CACHE_HITS.inc()
-            return hit, True
+            return Lookup(peeked, hit, None)
         metrics.CACHE_MISSES.inc()
-        lock = rkey + ":lock"
+        lock = peeked.key + ":lock"
         got, acquired = self._call(
             lambda: self.backend.set_nx(lock, uuid.uuid4().hex.encode(), LOCK_TTL_MS), False
         )
         if got and not acquired:
             # Someone else is computing this entry: wait briefly for it.
+            tkey, rkey = self.token_key(user_id), peeked.key
             deadline = time.monotonic() + self.lock_wait_ms / 1000.0
             while time.monotonic() < deadline:
                 time.sleep(POLL_MS / 1000.0)
@@ -501,21 +523,68 @@ class ResultCache:
                     break
                 hit = self._payload(vals[1], vals[0])
                 if hit is not None:
-                    return hit, True
-        try:
-            payload, store = compute()
-        except BaseException:
-            if acquired:  # let the next request compute at once instead of waiting for us
-                self._call(lambda: self.backend.store(rkey, None, self.ttl, lock))
-            raise
-        entry = b"".join((ENTRY_TAG, _bytes(token), b"\n", payload)) if store else None
-        if entry is not None or acquired:
-            # Store and unlock in one round trip.
+                    return Lookup(peeked, hit, None)
+        return Lookup(peeked, None, lock if acquired else None)
+
+    def store(self, looked: Lookup, payload: bytes | None) -> None:
+        """Store a miss's computed payload (None: do not store, a degraded answer is not pinned
+        for a whole TTL) and release the lock it holds, in one round trip.
+
+        Parameters
+        ----------
+        looked : Lookup
+            The miss ``lookup`` returned.
+        payload : bytes or None
+            What to keep for the user and context looked up.
+        """
+        if looked.peek is None or looked.hit is not None:
+            return
+        entry = None
+        if payload is not None:
+            entry = b"".join((ENTRY_TAG, _bytes(looked.peek.token), b"\n", payload))
+        if entry is not None or looked.lock is not None:
             # Not copied into the near cache: a list is kept there from its first read out of
             # Redis, so one-off lists (a unique exclude, a deep page) never take its room.
-            self._call(
-                lambda: self.backend.store(rkey, entry, self.ttl, lock if acquired else None)
-            )
+            key = looked.peek.key
+            self._call(lambda: self.backend.store(key, entry, self.ttl, looked.lock))
+
+    def release(self, looked: Lookup) -> None:
+        """Give up a miss without storing (its computation failed): the lock is released, so
+        the next request computes at once instead of waiting for this one.
+
+        Parameters
+        ----------
+        looked : Lookup
+            The miss ``lookup`` returned.
+        """
+        if looked.peek is not None and looked.lock is not None:
+            key = looked.peek.key
+            self._call(lambda: self.backend.store(key, None, self.ttl, looked.lock))
+
+    def get_or_compute_raw(
+        self,
+        user_id: str,
+        context: dict[str, Any],
+        compute: Callable[[], tuple[bytes, bool]],
+        peeked: Peek | None = None,
+    ) -> tuple[bytes, bool]:
+        """``lookup``, then on a miss ``compute() -> (payload, store)`` and ``store`` (the
+        payload is kept when ``store`` is true).
+
+        Returns
+        -------
+        (bytes, bool)
+            The payload, and whether it came from the cache.
+        """
+        looked = self.lookup(user_id, context, peeked)
+        if looked.hit is not None:
+            return looked.hit, True
+        try:
+            payload, keep = compute()
+        except BaseException:
+            self.release(looked)
+            raise
+        self.store(looked, payload if keep else None)
         return payload, False
 
     def peek(self, user_id: str, context: dict[str, Any]) -> Peek | None:

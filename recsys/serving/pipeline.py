@@ -1,41 +1,26 @@
-"""The request path of every recommendation endpoint, as named stages over one context.
+"""The request path of every recommendation endpoint, as named stages over one snapshot.
 
 Read top to bottom, ``RecommendationPipeline.user_list`` is what
-``GET /v1/users/<id>/recommendations`` does, whether Flask's view (``recsys.web.api.recommend``) or
-the WSGI fast path (``recsys.web.fastpath``) received it; both only parse and answer:
+``GET /v1/users/<id>/recommendations`` does, whether Flask's view (``recsys.web.api.recommend``)
+or the WSGI fast path (``recsys.web.fastpath``) received it; both only parse and answer.
 
-==============  =================================================================================
-stage           what it does
-==============  =================================================================================
-snapshot        this process's configuration, catalogue, loaded and wanted model versions
-                (``Snapshot``); the cache key and every later stage use this one snapshot
-cache_lookup    one ``MGET`` of the user's history token and the cached answer
-                (``recsys.serving.cache.ResultCache``); a fresh entry ends the path (cached = true)
-history         the user's last events from SQL within the request deadline
-                (``recsys.serving.history``); the SQL store down: an empty history, degraded
-turn_wait       waiting for one of this worker's scoring turns (``recsys.serving.gate``);
-                none within the deadline: popularity only, degraded
-route           cold/warm (or a learned route) and its strategies (``Recommender.route``)
-candidates      each strategy's top candidates (``Recommender.candidates``, the loaded models
-                of ``recsys.models.runtime``, under the deadline through ``recsys.core.runners``)
-blend           weighted score fusion (or RRF) of the candidate lists
-rules           business rules (seen, unavailable, category, per-category cap) in rank order,
-                stopping at the end of the page (so ``page`` costs nothing of its own)
-render          the answer's JSON bytes
-cache_store     the answer stored under the key looked up (not when degraded)
-fields          item data (title, price ...) spliced in after the cache, from the snapshot's
-                catalogue
-==============  =================================================================================
+``PIPELINE_STAGES`` lists the stages in order, with the answers that run each (``user``: a
+user's list, ``session``: a guest session's, ``similar``, ``popular``) and where the work is
+done; ``SCORING`` stands for the recommender's own stages (``recsys.core.stages.STAGES``:
+route, candidates, blend, rules), which run inside a scoring turn. ``stage_rows`` expands the
+two lists into the table of ARCHITECTURE.md (``scripts/gen_architecture_stages.py``; a test
+fails when the document is out of date).
 
-Each stage's time goes into ``recsys_stage_seconds{stage=...}`` and the request's
-``Server-Timing`` header. Stages inside a scoring turn (route ... rules) are timed in the thread
-that holds the turn: a request scored in another's combined turn reports ``turn_wait`` only.
-The other endpoints (guest session, similar items, popular) run the subset that applies.
+Each stage is timed once, by ``timed`` (the recommender's by ``Recommender.run_stages``): its
+seconds go into ``recsys_stage_seconds{stage=...}`` and the request's ``Server-Timing``
+header. ``turn_wait`` is the gate's own measure of the wait. Stages inside a scoring turn are
+timed in the thread that holds the turn: a request scored in another's combined turn reports
+``turn_wait`` only. The cache does not own the flow: ``ResultCache.lookup`` answers a hit or a
+miss, the pipeline computes, and ``ResultCache.store`` keeps the answer and releases the lock.
 
 Collaborators are injected by ``init_app`` (called from ``create_app``): the settings store
 (configuration and versions), the catalogue store, the model runtime (created lazily, once per
-process), the result cache and the history reader. Configuration values are read from
-``app.config`` per request, so tests and operators can change them on a running app.
+process), the result cache and the history reader.
 """
 
 from __future__ import annotations
@@ -78,6 +63,85 @@ _CACHED = b'"cached":true'
 # A similar-items answer is kept until the snapshot changes (the key includes it).
 _FOREVER_S = 10 * 365 * 86400.0
 
+SCORING = "scoring"
+USER, SESSION, SIMILAR, POPULAR = "user", "session", "similar", "popular"
+# (name, answers that run it, what it does, where). SCORING: recsys.core.stages.STAGES.
+PIPELINE_STAGES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    (
+        "snapshot",
+        (USER, SESSION, SIMILAR, POPULAR),
+        "configuration, catalogue, loaded and wanted model versions of this process; the cache "
+        "key and every later stage use this one snapshot",
+        "`RecommendationPipeline.snapshot`",
+    ),
+    (
+        "cache_lookup",
+        (USER,),
+        "one `MGET` of the user's history token and the cached answer (or the worker's near "
+        "cache); a fresh entry ends the path; a miss takes the stampede lock",
+        "`serving.cache.ResultCache.lookup`",
+    ),
+    (
+        "history",
+        (USER,),
+        "the user's last events from SQL within the request deadline; the store down: an "
+        "empty history, popularity, degraded",
+        "`serving.history.HistoryReader`",
+    ),
+    (
+        "turn_wait",
+        (USER, SESSION),
+        "wait for one of this worker's scoring turns; none in time: popularity only, degraded",
+        "`serving.gate.ScoringGate`",
+    ),
+    (SCORING, (USER, SESSION, SIMILAR, POPULAR), "", "`core.stages.STAGES`"),
+    (
+        "render",
+        (USER, SESSION, SIMILAR, POPULAR),
+        "the answer's JSON bytes",
+        "`RecommendationPipeline.render`",
+    ),
+    (
+        "cache_store",
+        (USER,),
+        "store the answer (not when degraded) and release the lock, one round trip",
+        "`serving.cache.ResultCache.store`",
+    ),
+    (
+        "fields",
+        (USER, SESSION, SIMILAR, POPULAR),
+        "item data (title, price ...) spliced in after the cache",
+        "`serving.catalog.Catalog.render_items`",
+    ),
+)
+
+
+def stage_rows() -> list[tuple[str, str, str, str]]:
+    """Every stage of a recommendation request in order, the recommender's expanded in place.
+
+    Returns
+    -------
+    list of (name, answers, what, where)
+        ``answers`` comma-separated; the source of ARCHITECTURE.md's stage table.
+    """
+    from recsys.core import stages
+
+    # A guest session is a user list without a stored history.
+    core_answer = {USER: stages.USER, SESSION: stages.USER, SIMILAR: stages.SIMILAR}
+    core_answer[POPULAR] = stages.POPULAR
+    rows = []
+    for name, answers, what, where in PIPELINE_STAGES:
+        if name != SCORING:
+            rows.append((name, ", ".join(answers), what, where))
+            continue
+        for stage in stages.STAGES:
+            runs = [a for a in answers if core_answer[a] in stage.answers]
+            rows.append(
+                (stage.name, ", ".join(runs), stage.doc, f"`core.stages.{stage.run.__name__}`")
+            )
+    return rows
+
+
 _stage_children: dict[str, Any] = {}
 
 
@@ -88,6 +152,28 @@ def record_stage(name: str, seconds: float) -> None:
         child = _stage_children[name] = STAGE_LATENCY.labels(name)
     child.observe(seconds)
     server_timing_stage(name, seconds)
+
+
+def timed(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one stage, ``fn(*args)``, and record its time under ``name`` (``record_stage``).
+
+    Parameters
+    ----------
+    name : str
+        The stage's name (``PIPELINE_STAGES``).
+    fn : callable
+        The stage's work.
+
+    Returns
+    -------
+    object
+        What ``fn`` returned.
+    """
+    t0 = time.perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        record_stage(name, time.perf_counter() - t0)
 
 
 def is_degraded(body: bytes) -> bool:
@@ -185,7 +271,15 @@ class RecommendationPipeline:
 
     # -- stage: snapshot -----------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        t0 = time.perf_counter()
+        """Stage snapshot: what this request serves with (config, versions, catalogue, models).
+
+        Returns
+        -------
+        Snapshot
+        """
+        return timed("snapshot", self._snapshot)
+
+    def _snapshot(self) -> Snapshot:
         versions = self.settings.versions()
         runtime = self.runtime()
         # wanted_versions() also makes the runtime notice activations made elsewhere even when
@@ -204,7 +298,6 @@ class RecommendationPipeline:
             runtime=runtime,
         )
         snap.key = self._snapshot_key(snap)
-        record_stage("snapshot", time.perf_counter() - t0)
         return snap
 
     def _snapshot_key(self, snap: Snapshot) -> str:
@@ -258,11 +351,20 @@ class RecommendationPipeline:
         )
 
     def lookup(self, user_id: str, context: dict[str, Any]) -> Peek | None:
-        """The cache's entry for this request (None: the cache is unreachable)."""
-        t0 = time.perf_counter()
-        peeked = self.cache.peek(user_id, context)
-        record_stage("cache_lookup", time.perf_counter() - t0)
-        return peeked
+        """Stage cache_lookup without taking a lock: the cache's entry for this request.
+
+        Parameters
+        ----------
+        user_id : str
+        context : dict
+            ``cache_context`` of the request.
+
+        Returns
+        -------
+        Peek or None
+            None when the cache is unreachable.
+        """
+        return timed("cache_lookup", self.cache.peek, user_id, context)
 
     # -- the per-user list --------------------------------------------------------------------
     def resolve_assignment(self, user_id: str) -> dict | None:
@@ -275,58 +377,69 @@ class RecommendationPipeline:
 
         The cache holds the serialised response (``route`` + newline + JSON body with
         ``"cached": false``), so a hit is one Redis round trip plus a byte replace: no JSON
-        decoding or encoding, no SQL."""
+        decoding or encoding, no SQL.
+
+        Parameters
+        ----------
+        ask : UserAsk
+            What the view or the fast path parsed.
+
+        Returns
+        -------
+        UserAnswer
+            The route, the JSON body, whether it came from the cache, and the snapshot.
+        """
         snap = ask.snapshot or self.snapshot()
         context = self.context_of(ask, snap)
-        timing: dict[str, float] = {}
-
-        def compute() -> tuple[bytes, bool]:
-            timing["computing"] = time.perf_counter()
-            if ask.peeked is None and not ask.shed:
-                # The cache's read (and lock) before computing: a miss.
-                record_stage("cache_lookup", timing["computing"] - t0)
-            history, store_down = self._history(ask)
-            result, fell_back = self.score(
-                snap,
-                ask.assignment.get("overrides") if ask.assignment else None,
-                history,
-                ask.req,
-                popular_only=ask.shed or store_down,
-            )
-            degraded = note_degraded(
-                ask.shed, store_down, fell_back, snap.unloadable(result), result.degraded
-            )
-            payload = self.render(result, ask.user_id, ask.explain, degraded, ask.assignment)
-            timing["computed"] = time.perf_counter()
-            return payload, not degraded
-
-        t0 = time.perf_counter()
         if ask.shed:
             # Overloaded and low priority: the cache if it has it, else popularity only.
-            payload = self.cache.peek_raw(ask.user_id, context)
+            payload = timed("cache_lookup", self.cache.peek_raw, ask.user_id, context)
             cached = payload is not None
-            record_stage("cache_lookup", time.perf_counter() - t0)
             if payload is None:
-                payload = compute()[0]
+                payload = self._compute(snap, ask)[0]
         else:
-            payload, cached = self.cache.get_or_compute_raw(
-                ask.user_id, context, compute, ask.peeked
-            )
-            end = time.perf_counter()
-            if "computed" in timing:
-                # The cache's write (and unlock) after computing.
-                record_stage("cache_store", end - timing["computed"])
-            elif "computing" not in timing and ask.peeked is None:
-                record_stage("cache_lookup", end - t0)  # a hit
+            if ask.peeked is None:
+                looked = timed("cache_lookup", self.cache.lookup, ask.user_id, context)
+            else:  # the fast path's lookup, already timed there
+                looked = self.cache.lookup(ask.user_id, context, ask.peeked)
+            cached = looked.hit is not None
+            if cached:
+                payload = looked.hit
+            else:
+                try:
+                    payload, keep = self._compute(snap, ask)
+                except BaseException:
+                    self.cache.release(looked)
+                    raise
+                timed("cache_store", self.cache.store, looked, payload if keep else None)
         route, _, body = payload.partition(b"\n")
         if cached:
             body = mark_cached(body)
         return UserAnswer(route.decode(), body, cached, snap)
 
+    def _compute(self, snap: Snapshot, ask: UserAsk) -> tuple[bytes, bool]:
+        """Stages history, turn_wait, the recommender's, and render: ``(payload, keep)``,
+        ``keep`` false for a degraded answer (not cached)."""
+        history, store_down = self._history(ask)
+        result, fell_back = self.score(
+            snap,
+            ask.assignment.get("overrides") if ask.assignment else None,
+            history,
+            ask.req,
+            popular_only=ask.shed or store_down,
+        )
+        degraded = note_degraded(
+            ask.shed, store_down, fell_back, snap.unloadable(result), result.degraded
+        )
+        payload = self.render(result, ask.user_id, ask.explain, degraded, ask.assignment)
+        return payload, not degraded
+
     # -- stage: history -----------------------------------------------------------------------
     def _history(self, ask: UserAsk) -> tuple[UserHistory, bool]:
-        """(history, store down)."""
-        t0 = time.perf_counter()
+        """Stage history: ``(history, store down)``."""
+        return timed("history", self._read_history, ask)
+
+    def _read_history(self, ask: UserAsk) -> tuple[UserHistory, bool]:
         limit = int(self.app.config.get("HISTORY_MAX_EVENTS", DEFAULT_MAX_EVENTS))
         try:
             # Within the request's deadline: a database that hangs gets that long, no more.
@@ -338,7 +451,6 @@ class RecommendationPipeline:
                 "history lookup failed, serving popularity: %s", (str(e).splitlines() or [""])[0]
             )
             history, down = UserHistory.from_items(ask.user_id, [], type="click"), True
-        record_stage("history", time.perf_counter() - t0)
         return history, down
 
     # -- stages: turn_wait, then route, candidates, blend, rules (the Recommender) -------------
@@ -429,7 +541,9 @@ class RecommendationPipeline:
         types, for which the schema's dump is the identity (tests/test_api_recommend.py checks
         real answers against it), so it goes straight to Flask's JSON provider: ~50 instead of
         ~200 us per list."""
-        t0 = time.perf_counter()
+        return timed("render", self._render, result, user_id, explain, degraded, assignment)
+
+    def _render(self, result, user_id, explain, degraded, assignment) -> bytes:
         out = {"user_id": user_id, **result.to_dict(explain=explain), "cached": False}
         if degraded:
             out["degraded"] = True
@@ -439,17 +553,14 @@ class RecommendationPipeline:
                 "variant": assignment.get("variant"),
             }
         body = self.app.json.response(out).get_data()
-        record_stage("render", time.perf_counter() - t0)
         return out["route"].encode() + b"\n" + body
 
     # -- stage: fields ------------------------------------------------------------------------
     @staticmethod
     def fields(snap: Snapshot, body: bytes, fields: tuple[str, ...]) -> bytes:
-        """Item data rendered after the cache, from the snapshot the answer was keyed on."""
-        t0 = time.perf_counter()
-        body = snap.catalog.render_items(body, fields)
-        record_stage("fields", time.perf_counter() - t0)
-        return body
+        """Stage fields: item data rendered after the cache, from the snapshot the answer was
+        keyed on."""
+        return timed("fields", snap.catalog.render_items, body, fields)
 
     def expose(self, user_id: str, assignment: dict | None, body: bytes) -> None:
         """Tell the experiments what a user in one was shown (``recsys.serving.experiments``)."""
