@@ -31,7 +31,7 @@ from recsys.cli.evaluate import load_dataset  # noqa: E402
 from recsys.offline.evaluation import metrics as M  # noqa: E402
 from recsys.offline.evaluation.splits import split_data  # noqa: E402
 from strategies.base import UserBatch  # noqa: E402
-from strategies.sequence import SequenceStrategy, _ordered_sequences  # noqa: E402
+from strategies.sequence import SequenceStrategy, ordered_sequences  # noqa: E402
 
 
 def validation_parts(data, split: str, fraction: float):
@@ -51,7 +51,7 @@ def scorer(fit, val, k: int = 10):
     relevant.data[:] = 1.0
     users = np.flatnonzero(np.diff(relevant.indptr) > 0)
     seen = fit.matrix(binary=True)
-    seqs, types = _ordered_sequences(fit)
+    seqs, types = ordered_sequences(fit)
 
     def score(model) -> dict[str, float]:
         rec = np.empty((len(users), k), np.int64)

@@ -35,13 +35,10 @@ from __future__ import annotations
 
 import copy
 import functools
-import io
 import logging
 import math
-import os
 import time
-import warnings
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -50,19 +47,27 @@ from torch import nn
 from torch.nn import functional as F
 
 from features.interactions import InteractionData
+from strategies._torch import (
+    PRECISIONS,
+    Adam,
+    ItemCosine,
+    check_precision,
+    epoch_budget,
+    init_params,
+    load_weights,
+    pin_row,
+    quantize_linear,
+    resolve_device,
+    save_weights,
+    scores_to_numpy,
+    seeded,
+    serving_precision,
+    state_dict_bytes,
+    training_threads,
+)
 from strategies.base import Strategy, UserBatch
 
 log = logging.getLogger(__name__)
-
-WEIGHTS_FILE = "weights.pt"
-PRECISIONS = ("fp32", "int8", "fp16")
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """The device chosen once per model: CUDA when present, else the CPU (or as asked)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class MultDAE(nn.Module):
@@ -82,6 +87,10 @@ class MultDAE(nn.Module):
         for layer in self.encoder:
             h = torch.tanh(layer(h))
         return self.decoder(h)
+
+
+# Built once per width: every int8 forward pass appends one (see _SparseServing._layer).
+_unit_pin_row = functools.cache(pin_row)
 
 
 class _SparseServing(nn.Module):
@@ -129,93 +138,22 @@ class _SparseServing(nn.Module):
         # evaluation). Every layer's input here is a tanh output, inside [-1, 1]: one extra row
         # holding 1 and -1 pins the range to exactly that for any batch, and each row comes out
         # the same alone or with others.
-        return layer(torch.cat([h, _pin_row(h.shape[1])]))[:-1]
+        return layer(torch.cat([h, _unit_pin_row(h.shape[1])]))[:-1]
 
 
-@functools.cache
-def _pin_row(width: int) -> torch.Tensor:
-    """A (1, width) row of zeros with 1 first and -1 last (see ``_SparseServing.forward``)."""
-    row = torch.zeros(1, width)
-    row[0, 0], row[0, -1] = 1.0, -1.0
-    return row
+def normalise_rows(m: sp.csr_matrix) -> sp.csr_matrix:
+    """The model's input rows: each row L2-normalised, as float32.
 
+    Parameters
+    ----------
+    m : scipy.sparse.csr_matrix
+        Non-negative history rows (``DeepStrategy``'s clamped, maybe binarised, inputs).
 
-class _Adam:
-    """Adam (Kingma & Ba), the same update as ``torch.optim.Adam``'s defaults.
-
-    Hand-written because constructing any ``torch.optim`` optimizer imports sympy (and with it
-    part of ``torch._dynamo``'s machinery): 1-12 s of one-off import on our 2-core machine,
-    as long as a whole fit. The update itself runs as torch's fused multi-tensor Adam kernel
-    (the one ``torch.optim.Adam(fused=True)`` calls: one pass over memory, multi-threaded),
-    falling back to ``torch._foreach_*`` ops; a per-tensor Python loop was 7x slower and took
-    37 % of an Online Retail epoch.
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        A float32 copy; zero rows stay zero.
     """
-
-    def __init__(
-        self,
-        params: list[nn.Parameter],
-        lr: float,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-    ) -> None:
-        self.params = [p for p in params if p.requires_grad]
-        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
-        self.m = [torch.zeros_like(p) for p in self.params]
-        self.v = [torch.zeros_like(p) for p in self.params]
-        self.steps = [torch.zeros((), dtype=torch.float32) for _ in self.params]
-        self.t = 0
-        self.fused = hasattr(torch, "_fused_adam_") and all(
-            p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in self.params
-        )
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.t += 1
-        live = [i for i, p in enumerate(self.params) if p.grad is not None]
-        params = [self.params[i] for i in live]
-        grads = [self.params[i].grad for i in live]
-        ms = [self.m[i] for i in live]
-        vs = [self.v[i] for i in live]
-        b1, b2 = self.betas
-        if self.fused:
-            steps = [self.steps[i].to(self.params[i].device) for i in live]
-            for i, st in zip(live, steps, strict=True):
-                st.fill_(self.t)
-                self.steps[i] = st
-            torch._fused_adam_(
-                params, grads, ms, vs, [], steps,
-                lr=self.lr, beta1=b1, beta2=b2, weight_decay=self.weight_decay,
-                eps=self.eps, amsgrad=False, maximize=False,
-            )  # fmt: skip
-            return
-        if self.weight_decay:
-            grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
-        bc1 = 1.0 - b1**self.t
-        bc2 = 1.0 - b2**self.t
-        torch._foreach_lerp_(ms, grads, 1.0 - b1)
-        torch._foreach_mul_(vs, b2)
-        torch._foreach_addcmul_(vs, grads, grads, value=1.0 - b2)
-        denom = torch._foreach_sqrt(vs)
-        torch._foreach_div_(denom, math.sqrt(bc2))
-        torch._foreach_add_(denom, self.eps)
-        torch._foreach_addcdiv_(params, ms, denom, value=-self.lr / bc1)
-
-
-def _usable_cores() -> int:
-    """CPU cores this process may run on (the affinity mask where the OS has one)."""
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # pragma: no cover - macOS / Windows
-        return max(os.cpu_count() or 1, 1)
-
-
-def _normalise_rows(m: sp.csr_matrix) -> sp.csr_matrix:
-    """L2-normalise each row (zero rows stay zero)."""
     m = m.astype(np.float32, copy=True)
     norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel()).astype(np.float32)
     norms[norms == 0] = 1.0
@@ -243,21 +181,28 @@ def _as_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
-def _state_dict_bytes(module: nn.Module) -> int:
-    """Serialized size of a module's state_dict (what a saved model would occupy)."""
-    buf = io.BytesIO()
-    torch.save(module.state_dict(), buf)
-    return buf.getbuffer().nbytes
-
-
 class DeepStrategy(Strategy):
     """Mult-DAE collaborative model for warm users; CUDA when available, else CPU.
 
-    Parameters: ``hidden`` encoder layer sizes; ``epochs`` (at most; see ``max_steps``, a
-    budget of gradient steps), ``batch_size``, ``lr``,
-    ``weight_decay`` (Adam); ``dropout`` on the input while training; ``binary`` turns history
-    weights into 0/1 before normalising (the input and target); ``seed``; ``device``
-    (``"auto"``, ``"cpu"``, ``"cuda"``); ``precision`` for serving (``fp32``/``int8``/``fp16``).
+    Parameters
+    ----------
+    hidden : tuple of int
+        Encoder layer sizes.
+    epochs : int
+        Epochs at most, cut by ``max_steps``.
+    max_steps : int or None
+        A budget of gradient steps (whole epochs, at least one; ``None``: no budget).
+    batch_size, lr, weight_decay
+        Users per step and the Adam settings.
+    dropout : float
+        Input dropout while training.
+    binary : bool
+        History weights become 0/1 before normalising (the input and the target).
+    seed : int
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    precision : str
+        Served in ``fp32``, ``int8`` or ``fp16``.
     """
 
     name = "deep"
@@ -266,6 +211,8 @@ class DeepStrategy(Strategy):
     batched = True
     devices = ("cpu", "cuda")
     precisions = PRECISIONS
+    # Normalised item vectors for similar_items, built on its first call.
+    _cosine: ItemCosine | None = None
 
     def __init__(
         self,
@@ -281,8 +228,7 @@ class DeepStrategy(Strategy):
         device: str = "auto",
         precision: str = "fp32",
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        check_precision(precision)
         self.hidden = tuple(int(h) for h in hidden)
         self.epochs = epochs
         self.max_steps = max_steps
@@ -308,14 +254,8 @@ class DeepStrategy(Strategy):
         started = time.perf_counter()
         self.device_ = resolve_device(self.device)
         self.n_items_ = data.n_items
-        # Training is offline work: use every core we may run on, whatever the caller limited
-        # torch to for serving (gunicorn workers run one thread each), and restore it after.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(_usable_cores())
-        try:
+        with training_threads():  # every usable core, the caller's count restored after
             self.model_ = self._train(data)
-        finally:
-            torch.set_num_threads(threads)
         self._prepare_serving()
         self.fit_seconds_ = time.perf_counter() - started
         log.info(
@@ -329,13 +269,11 @@ class DeepStrategy(Strategy):
         return self
 
     def _train(self, data: InteractionData) -> MultDAE:
-        gen = torch.Generator().manual_seed(self.seed)
-        torch.manual_seed(self.seed)
-        rng = np.random.default_rng(self.seed)
+        gen, rng = seeded(self.seed)
 
         x = self._inputs(data.matrix())
         rows = np.flatnonzero(np.diff(x.indptr) > 0)
-        xn = _normalise_rows(x)
+        xn = normalise_rows(x)
         model = MultDAE(self.n_items_, self.hidden).to(self.device_)
         first = model.encoder[0]
         # The first layer as an embedding bag over the history's item ids: a history touches
@@ -347,11 +285,11 @@ class DeepStrategy(Strategy):
         params = [table, first.bias]
         params += [p for layer in model.encoder[1:] for p in layer.parameters()]
         params += list(model.decoder.parameters())
-        opt = _Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        opt = Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         model.train()
         self.steps_ = 0
         per_epoch = math.ceil(len(rows) / self.batch_size)
-        epochs = self._epochs_for(per_epoch)
+        epochs = epoch_budget(self.epochs, self.max_steps, per_epoch)
         for epoch in range(epochs):
             rng.shuffle(rows)
             total = 0.0
@@ -381,18 +319,6 @@ class DeepStrategy(Strategy):
         self.n_train_users_ = len(rows)
         return model
 
-    def _epochs_for(self, steps_per_epoch: int) -> int:
-        """``epochs``, cut to fit ``max_steps`` gradient steps, but never under one epoch.
-
-        A budget of steps rather than of epochs: a dataset with 4x the users gives 4x the
-        steps per epoch, and on the Online Retail holdout 10 epochs (330 steps) beat 40
-        (nDCG@10 0.080 vs 0.070, README "## Deep model") while ml-100k's tuned 40 epochs are
-        320 steps; so fit time stays bounded as the user count grows.
-        """
-        if not self.max_steps or steps_per_epoch <= 0:
-            return self.epochs
-        return max(1, min(self.epochs, self.max_steps // steps_per_epoch))
-
     def _batch_tensors(
         self, xn: sp.csr_matrix, target: sp.csr_matrix, gen: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -415,10 +341,7 @@ class DeepStrategy(Strategy):
     # -- serving --------------------------------------------------------------------------------
     def _prepare_serving(self) -> None:
         """Build the module that ``score`` runs (``_SparseServing``), in the requested precision."""
-        prec = self.precision
-        if prec == "fp16" and self.device_.type != "cuda":
-            log.warning("deep: fp16 needs CUDA; serving fp32 on %s", self.device_)
-            prec = "fp32"
+        prec = serving_precision(self.precision, self.device_, self.name, log)
         model = self.model_
         table = _first_layer_table(model)
         bias = model.encoder[0].bias.detach()
@@ -433,14 +356,7 @@ class DeepStrategy(Strategy):
             tail = nn.ModuleDict({"encoder": rest, "decoder": decoder})
             if self.device_.type != "cpu":
                 tail = copy.deepcopy(tail).to(cpu)
-            with warnings.catch_warnings():
-                # torch >= 2.10 flags the torch.ao quantized-tensor API as deprecated in favour
-                # of torchao; it still works, and it needs no extra dependency. quantize_dynamic
-                # converts a copy: the fp32 layers of the model stay as they are.
-                warnings.simplefilter("ignore", UserWarning)
-                tail = torch.ao.quantization.quantize_dynamic(
-                    tail.eval(), {nn.Linear}, dtype=torch.qint8
-                )
+            tail = quantize_linear(tail.eval())  # a copy: the model's fp32 layers stay
             rest, decoder = tail["encoder"], tail["decoder"]
             self.serving_device_ = cpu
         elif prec == "fp16":
@@ -454,10 +370,19 @@ class DeepStrategy(Strategy):
         self.serving_dtype_ = torch.float16 if prec == "fp16" else torch.float32
 
     def quantized(self, precision: str = "int8") -> DeepStrategy:
-        """A copy of this fitted model serving in ``precision`` (shares the fp32 weights)."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        params = {**self.get_params(), "precision": precision}
+        """A copy of this fitted model serving in another precision.
+
+        Parameters
+        ----------
+        precision : str
+            ``fp32``, ``int8`` or ``fp16`` (fp32 without CUDA).
+
+        Returns
+        -------
+        DeepStrategy
+            Shares this model's fp32 weights; only the serving module is new.
+        """
+        params = {**self.get_params(), "precision": check_precision(precision)}
         other = type(self)(**params)
         other.device_ = self.device_
         other.n_items_ = self.n_items_
@@ -466,29 +391,34 @@ class DeepStrategy(Strategy):
         return other
 
     def serving_nbytes(self) -> int:
-        """Size of the serving module's state_dict in bytes: everything ``score`` reads.
+        """Size of the serving module's state_dict: everything ``score`` reads.
 
         fp32: the first-layer table + bias, the deeper layers and the decoder (the model's
         own tensors, not a second copy); int8: the fp32 table + bias and the int8 layers;
         fp16: all of it in half precision.
+
+        Returns
+        -------
+        int
+            Bytes.
         """
-        return _state_dict_bytes(self.serving_)
+        return state_dict_bytes(self.serving_)
 
     def _serving_rows(self, matrix: sp.spmatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(indices, indptr, values)`` of ``_normalise_rows(self._inputs(matrix))``, cheaply.
+        """``(indices, indptr, values)`` of ``normalise_rows(self._inputs(matrix))``, cheaply.
 
         ``_inputs`` copies the whole matrix to clamp it; here the caller's arrays are read
         as they are and only the values are new: entries <= 0 are dropped (as ``_inputs``
         clamps and eliminates them), ``binary`` makes every value 1, and each row is divided
         by its L2 norm (empty rows stay empty). With ``binary`` (the default) the values are
-        bit-for-bit ``_normalise_rows``'s, ``1 / sqrt(count)`` in float32; weighted rows sum
-        the squares in float64 (``_normalise_rows`` in float32: the norms may differ in the
+        bit-for-bit ``normalise_rows``'s, ``1 / sqrt(count)`` in float32; weighted rows sum
+        the squares in float64 (``normalise_rows`` in float32: the norms may differ in the
         last bit). A CSR with duplicate entries takes the copying path, which sums them.
         """
         if not (sp.issparse(matrix) and matrix.format == "csr"):
             matrix = sp.csr_matrix(matrix)
         if not matrix.has_canonical_format:
-            m = _normalise_rows(self._inputs(matrix))
+            m = normalise_rows(self._inputs(matrix))
             return m.indices, m.indptr, m.data
         indices, indptr, data = matrix.indices, matrix.indptr, matrix.data
         if data.dtype != np.float32:
@@ -500,7 +430,7 @@ class DeepStrategy(Strategy):
             indices, data = indices[keep], data[keep]
         counts = indptr[1:] - indptr[:-1]
         if self.binary:
-            # Empty rows have no values to scale: their norm of 1 (as in _normalise_rows) is
+            # Empty rows have no values to scale: their norm of 1 (as in normalise_rows) is
             # never repeated.
             inv = np.float32(1.0) / np.sqrt(np.maximum(counts, 1), dtype=np.float32)
             return indices, indptr, np.repeat(inv, counts)
@@ -524,75 +454,40 @@ class DeepStrategy(Strategy):
             w = torch.from_numpy(values)
             if dev.type != "cpu" or dtype != torch.float32:
                 ind, off, w = ind.to(dev), off.to(dev), w.to(dev, dtype=dtype)
-            out = self.serving_(ind, off, w)
-            if out.dtype != torch.float32 or out.device.type != "cpu":
-                out = out.float().cpu()
-            return out.numpy()
+            return scores_to_numpy(self.serving_(ind, off, w))
 
     def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        return cosine_similar_items(self, self.model_.decoder.weight, items, n)
+        """Cosine similarity of the output layer's item vectors."""
+        if self._cosine is None:
+            self._cosine = ItemCosine()
+        return self._cosine.similar_items(self.model_.decoder.weight, items, n)
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path: str) -> None:
-        save_torch(self, path, {"n_items": self.n_items_})
+        save_weights(self.model_, path)
+        self._save_params(path, {"n_items": self.n_items_})
 
     @classmethod
     def load(cls, path: str, precision: str | None = None, device: str | None = None) -> Self:
-        """Read a saved model; ``precision``/``device`` override the saved parameters."""
-        self, meta, state = load_torch(cls, path, precision, device)
+        """Read a model written by ``save``.
+
+        Parameters
+        ----------
+        path : str
+            The model directory.
+        precision, device : str or None
+            Override the saved parameters (``None``: as saved).
+
+        Returns
+        -------
+        DeepStrategy
+        """
+        meta = cls._load_params(path)
+        self = cls(**init_params(meta["params"], precision, device))
+        self.device_ = resolve_device(self.device)
         self.n_items_ = int(meta["n_items"])
         model = MultDAE(self.n_items_, self.hidden)
-        model.load_state_dict(state)
+        model.load_state_dict(load_weights(path))
         self.model_ = model.to(self.device_).eval()
         self._prepare_serving()
         return self
-
-
-# -- shared with strategies.sequence -------------------------------------------------------------
-def cosine_similar_items(
-    owner: Strategy, weight: torch.Tensor, items: np.ndarray, n: int, first_row: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-n items by cosine of the item vectors ``weight[first_row:]`` (the item excluded).
-
-    The normalised table is kept on ``owner`` (3.5 of the 4.1 ms of a deep similar-items call
-    on Online Retail when done per call), keyed by ``weight`` so new weights renormalise."""
-    from strategies.base import top_n
-
-    items = np.asarray(items, dtype=np.int64)
-    with torch.inference_mode():
-        cached = getattr(owner, "_unit_emb", None)
-        if cached is None or cached[0] is not weight:
-            cached = (weight, F.normalize(weight.detach()[first_row:].float(), dim=1))
-            owner._unit_emb = cached
-        emb = cached[1]
-        q = emb[torch.from_numpy(items).to(emb.device)]
-        sims = (q @ emb.t()).cpu().numpy().astype(np.float32)
-    sims[np.arange(len(items)), items] = -np.inf
-    return top_n(sims, n)
-
-
-def save_torch(model: Strategy, path: str, extra: dict[str, Any]) -> None:
-    """``model.model_``'s fp32 weights, on the CPU, tensors only (loadable with
-    ``weights_only=True`` anywhere; the serving precision is re-derived on load), and
-    ``params.json`` with ``extra``."""
-    os.makedirs(path, exist_ok=True)
-    state = {k: v.detach().to("cpu") for k, v in model.model_.state_dict().items()}
-    torch.save(state, os.path.join(path, WEIGHTS_FILE))
-    model._save_params(path, extra)
-
-
-def load_torch(
-    cls: type, path: str, precision: str | None, device: str | None
-) -> tuple[Any, dict[str, Any], dict[str, torch.Tensor]]:
-    """``(new instance, params.json, state_dict)`` of a model written by ``save_torch``;
-    ``precision``/``device`` override the saved parameters; ``device_`` is resolved."""
-    meta = cls._load_params(path)
-    params: dict[str, Any] = dict(meta["params"])
-    if precision is not None:
-        params["precision"] = precision
-    if device is not None:
-        params["device"] = device
-    self = cls(**params)
-    self.device_ = resolve_device(self.device)
-    state = torch.load(os.path.join(path, WEIGHTS_FILE), map_location="cpu", weights_only=True)
-    return self, meta, state

@@ -37,8 +37,14 @@ Serving precisions (``precision``): ``fp32``; ``int8`` = ``quantize_dynamic`` on
 layer (CPU kernels), each layer's input clamped to, and its range pinned at, the largest
 absolute value seen on training sequences (calibrated at quantisation time), so a user's scores
 do not depend on the batch (dynamic quantisation otherwise takes the range of the whole batch,
-see ``strategies.deep``); ``fp16`` on CUDA. Weights are saved as the fp32 ``state_dict`` (tensors
-only, loaded with ``weights_only=True``); the variant is derived at load.
+see ``strategies._torch.pin_row``); ``fp16`` on CUDA. Weights are saved as the fp32
+``state_dict`` (tensors only, loaded with ``weights_only=True``); the variant is derived at load.
+
+What the torch strategies share (device, threads, seeding, Adam, precision, persistence) is in
+``strategies._torch``. This module stays one file over the ~500-line mark: the network, its
+training (sample chunks, held-out early stopping, sampled softmax), int8 calibration and
+request-time tokenisation read the same ``max_len``/padding conventions, and splitting them
+would spread one model's invariants over several files.
 """
 
 from __future__ import annotations
@@ -47,7 +53,6 @@ import copy
 import logging
 import math
 import time
-import warnings
 from typing import Self
 
 import numpy as np
@@ -56,18 +61,25 @@ from torch import nn
 from torch.nn import functional as F
 
 from features.interactions import DISLIKE, EVENT_TYPES, InteractionData
-from strategies.base import Strategy, UserBatch
-from strategies.deep import (  # noqa: F401  (WEIGHTS_FILE: the file name, as in deep)
-    PRECISIONS,
-    WEIGHTS_FILE,
-    _Adam,
-    _state_dict_bytes,
-    _usable_cores,
-    cosine_similar_items,
-    load_torch,
+from strategies._torch import (
+    Adam,
+    ItemCosine,
+    check_precision,
+    epoch_budget,
+    init_params,
+    load_weights,
+    pin_row,
+    quantize_linear,
     resolve_device,
-    save_torch,
+    save_weights,
+    scores_to_numpy,
+    seeded,
+    serving_precision,
+    state_dict_bytes,
+    training_threads,
+    usable_cores,
 )
+from strategies.base import Strategy, UserBatch
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +193,7 @@ class _PinnedRange(nn.Module):
         super().__init__()
         self.layer = layer
         self.bound = float(bound)
-        pin = torch.zeros(1, width)
-        pin[0, 0], pin[0, -1] = self.bound, -self.bound
-        self.register_buffer("pin", pin)
+        self.register_buffer("pin", pin_row(width, self.bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -195,15 +205,33 @@ class _PinnedRange(nn.Module):
 class SequenceStrategy(Strategy):
     """SASRec-style next-item model over the user's ordered history; CUDA when available.
 
-    Parameters: ``max_len`` events read per user (the newest); ``dim`` embedding size;
-    ``n_blocks``, ``n_heads``, ``ffn_dim`` (``None``: ``dim``); ``dropout``; ``use_types`` adds an
-    event-type embedding when the training data has more than one event type; ``loss``
-    (``auto``/``softmax``/``sampled``) and ``n_negatives`` for the sampled one; ``epochs`` at
-    most, cut by ``max_steps`` and ``max_seconds``; ``early_stopping`` (share of users held out
-    to pick the epoch, None: off) and ``patience``; ``batch_size``, ``lr``, ``weight_decay``
-    (Adam); ``seed``; ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``); ``precision`` for serving
-    (``fp32``/``int8``/``fp16``); ``n_threads`` for training (``None``: see
-    ``_training_threads``).
+    Parameters
+    ----------
+    max_len : int
+        Events read per user (the newest).
+    dim, n_blocks, n_heads, ffn_dim, dropout
+        Embedding size, transformer blocks, attention heads, feed-forward width (``None``:
+        ``dim``), dropout.
+    use_types : bool
+        Add an event-type embedding when the training data has more than one event type.
+    loss : str
+        ``auto``, ``softmax`` or ``sampled`` (over ``n_negatives`` shared negatives).
+    n_negatives : int
+    epochs, max_steps, max_seconds
+        Epochs at most, cut by a budget of gradient steps and of seconds.
+    early_stopping : float or None
+        Share of users held out to pick the epoch (``None``: off); see ``patience``.
+    patience : int
+        Epochs without a new best held-out score before training stops.
+    batch_size, lr, weight_decay
+        Sequences per step and the Adam settings.
+    seed : int
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    precision : str
+        Served in ``fp32``, ``int8`` or ``fp16``.
+    n_threads : int or None
+        Torch threads for training (``None``: every usable core, one for a small job).
     """
 
     name = "sequence"
@@ -214,6 +242,8 @@ class SequenceStrategy(Strategy):
     # Served as trained (its ``precision`` parameter): int8 kept its accuracy but doubled the
     # time of a one-user call on the CPU (docs/sequence.md), so no variant is derived at load.
     precisions: tuple[str, ...] = ()
+    # Normalised item embeddings for similar_items, built on its first call.
+    _cosine: ItemCosine | None = None
 
     def __init__(
         self,
@@ -239,8 +269,7 @@ class SequenceStrategy(Strategy):
         precision: str = "fp32",
         n_threads: int | None = None,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        check_precision(precision)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if dim % n_heads:
@@ -273,7 +302,7 @@ class SequenceStrategy(Strategy):
         threads spin waiting for each other when another process holds a core)."""
         if self.n_threads:
             return int(self.n_threads)
-        return 1 if n_tokens < SMALL_JOB_TOKENS else _usable_cores()
+        return 1 if n_tokens < SMALL_JOB_TOKENS else usable_cores()
 
     def _new_model(self) -> SASRec:
         return SASRec(
@@ -295,15 +324,9 @@ class SequenceStrategy(Strategy):
         pos = data.event_type != DISLIKE
         distinct = np.unique(data.event_type[pos])
         self.n_types_ = len(EVENT_TYPES) if self.use_types and len(distinct) > 1 else 0
-        seqs, types = _ordered_sequences(data)
-        # Training is offline work: every core we may run on (see strategies.deep.fit), but
-        # see _training_threads.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(self._training_threads(int(pos.sum())))
-        try:
+        seqs, types = ordered_sequences(data)
+        with training_threads(self._training_threads(int(pos.sum()))):
             self.model_ = self._train(seqs, types, started)
-        finally:
-            torch.set_num_threads(threads)
         self.int8_bounds_ = self._calibrate(self.model_, seqs, types)
         self._prepare_serving()
         self.fit_seconds_ = time.perf_counter() - started
@@ -378,9 +401,7 @@ class SequenceStrategy(Strategy):
         return score
 
     def _train(self, seqs: list[np.ndarray], types: list[np.ndarray], started: float) -> SASRec:
-        torch.manual_seed(self.seed)
-        gen = torch.Generator().manual_seed(self.seed)
-        rng = np.random.default_rng(self.seed)
+        gen, rng = seeded(self.seed)
         held = self._holdout(seqs, rng)
         check = None
         if len(held):
@@ -398,13 +419,11 @@ class SequenceStrategy(Strategy):
             self.loss_ = "softmax" if self.n_items_ <= FULL_SOFTMAX_MAX_ITEMS else "sampled"
         dev = self.device_
         model = self._new_model().to(dev)
-        opt = _Adam(list(model.parameters()), lr=self.lr, weight_decay=self.weight_decay)
+        opt = Adam(list(model.parameters()), lr=self.lr, weight_decay=self.weight_decay)
         model.train()
         self.steps_ = 0
         per_epoch = math.ceil(len(tok) / self.batch_size) if len(tok) else 0
-        epochs = self.epochs
-        if self.max_steps and per_epoch:
-            epochs = max(1, min(epochs, self.max_steps // per_epoch))
+        epochs = epoch_budget(self.epochs, self.max_steps, per_epoch)
         with_types = self.n_types_ > 0
         order = np.arange(len(tok))
         for epoch in range(epochs if per_epoch else 0):
@@ -480,25 +499,17 @@ class SequenceStrategy(Strategy):
     # -- serving --------------------------------------------------------------------------------
     def _prepare_serving(self) -> None:
         """The module ``score`` runs, in the requested precision, and where it runs."""
-        prec = self.precision
-        if prec == "fp16" and self.device_.type != "cuda":
-            log.warning("sequence: fp16 needs CUDA; serving fp32 on %s", self.device_)
-            prec = "fp32"
+        prec = serving_precision(self.precision, self.device_, self.name, log)
         model = self.model_
         if prec == "int8":
             cpu = torch.device("cpu")
             serving = copy.deepcopy(model).to(cpu).eval()
             bounds = self.int8_bounds_
-            with warnings.catch_warnings():
-                # torch >= 2.10 flags torch.ao quantisation as deprecated (see strategies.deep).
-                warnings.simplefilter("ignore", UserWarning)
-                for i, block in enumerate(serving.blocks):
-                    for name in LINEAR_LAYERS:
-                        layer = getattr(block, name)
-                        q = torch.ao.quantization.quantize_dynamic(
-                            nn.Sequential(layer), {nn.Linear}, dtype=torch.qint8
-                        )[0]
-                        setattr(block, name, _PinnedRange(q, bounds[(i, name)], layer.in_features))
+            for i, block in enumerate(serving.blocks):
+                for name in LINEAR_LAYERS:
+                    layer = getattr(block, name)
+                    q = quantize_linear(nn.Sequential(layer))[0]
+                    setattr(block, name, _PinnedRange(q, bounds[(i, name)], layer.in_features))
             self.serving_, self.serving_device_ = serving, cpu
         elif prec == "fp16":
             self.serving_ = copy.deepcopy(model).half().eval()
@@ -542,18 +553,34 @@ class SequenceStrategy(Strategy):
         }
 
     def quantized(self, precision: str = "int8") -> SequenceStrategy:
-        """A copy of this fitted model serving in ``precision`` (shares the fp32 weights)."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        other = type(self)(**{**self.get_params(), "precision": precision})
+        """A copy of this fitted model serving in another precision.
+
+        Parameters
+        ----------
+        precision : str
+            ``fp32``, ``int8`` (with the input ranges calibrated at fit time) or ``fp16``
+            (fp32 without CUDA).
+
+        Returns
+        -------
+        SequenceStrategy
+            Shares this model's fp32 weights; only the serving module is new.
+        """
+        other = type(self)(**{**self.get_params(), "precision": check_precision(precision)})
         other.device_, other.n_items_, other.n_types_ = self.device_, self.n_items_, self.n_types_
         other.model_, other.int8_bounds_ = self.model_, self.int8_bounds_
         other._prepare_serving()
         return other
 
     def serving_nbytes(self) -> int:
-        """Size of the serving module's state_dict in bytes."""
-        return _state_dict_bytes(self.serving_)
+        """Size of the serving module's state_dict.
+
+        Returns
+        -------
+        int
+            Bytes.
+        """
+        return state_dict_bytes(self.serving_)
 
     def _tokens(
         self, seqs: list[np.ndarray], types: list[np.ndarray] | None
@@ -610,40 +637,66 @@ class SequenceStrategy(Strategy):
                 typ = typ.to(dev) if typ is not None else None
             model = self.serving_
             h = model.encode(tok, typ)[:, -1]
-            out = h @ model.item_table().t()
-            if out.dtype != torch.float32 or out.device.type != "cpu":
-                out = out.float().cpu()
-            return out.numpy()
+            return scores_to_numpy(h @ model.item_table().t())
 
     def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Cosine similarity of the (shared input/output) item embeddings."""
-        return cosine_similar_items(self, self.model_.item_emb.weight, items, n, first_row=1)
+        if self._cosine is None:
+            self._cosine = ItemCosine(first_row=1)  # row 0 is padding
+        return self._cosine.similar_items(self.model_.item_emb.weight, items, n)
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path: str) -> None:
+        save_weights(self.model_, path)
         bounds = [[i, name, b] for (i, name), b in sorted(self.int8_bounds_.items())]
         extra = {"n_items": self.n_items_, "n_types": self.n_types_, "int8_bounds": bounds}
-        save_torch(self, path, extra)
+        self._save_params(path, extra)
 
     @classmethod
     def load(cls, path: str, precision: str | None = None, device: str | None = None) -> Self:
-        """Read a saved model; ``precision``/``device`` override the saved parameters."""
-        self, meta, state = load_torch(cls, path, precision, device)
+        """Read a model written by ``save``.
+
+        Parameters
+        ----------
+        path : str
+            The model directory.
+        precision, device : str or None
+            Override the saved parameters (``None``: as saved).
+
+        Returns
+        -------
+        SequenceStrategy
+        """
+        meta = cls._load_params(path)
+        self = cls(**init_params(meta["params"], precision, device))
+        self.device_ = resolve_device(self.device)
         self.n_items_ = int(meta["n_items"])
         self.n_types_ = int(meta["n_types"])
         self.int8_bounds_ = {(int(i), str(n)): float(b) for i, n, b in meta["int8_bounds"]}
         model = self._new_model()
-        model.load_state_dict(state)
+        model.load_state_dict(load_weights(path))
         self.model_ = model.to(self.device_).eval()
         self._prepare_serving()
         return self
 
 
-def _ordered_sequences(data: InteractionData) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per user index: positive events' item indices and event type codes, oldest first.
+def ordered_sequences(data: InteractionData) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each user's positive events, oldest first: what the model trains on.
 
     Ties in time keep the input order, as ``InteractionData.sequences`` and the store's history
-    read (``ORDER BY ts DESC, id DESC``, reversed) do."""
+    read (``ORDER BY ts DESC, id DESC``, reversed) do.
+
+    Parameters
+    ----------
+    data : InteractionData
+
+    Returns
+    -------
+    seqs : list of numpy.ndarray
+        Per user index, the item indices (int64).
+    types : list of numpy.ndarray
+        Per user index, the event type codes (int64), aligned with ``seqs``.
+    """
     pos = data.event_type != DISLIKE
     u, it, et, ts = data.user_idx[pos], data.item_idx[pos], data.event_type[pos], data.ts[pos]
     order = np.lexsort((ts, u))

@@ -8,8 +8,9 @@ import scipy.sparse as sp
 import torch
 
 from features.interactions import InteractionData
+from strategies._torch import WEIGHTS_FILE, Adam, pin_row
 from strategies.base import UserBatch
-from strategies.deep import WEIGHTS_FILE, DeepStrategy, MultDAE, _normalise_rows, _pin_row
+from strategies.deep import DeepStrategy, MultDAE, normalise_rows
 
 N_GROUPS, GROUP_SIZE = 10, 20
 N_ITEMS = N_GROUPS * GROUP_SIZE
@@ -88,7 +89,7 @@ def _random_histories(n_rows: int, seed: int, weighted: bool = False) -> sp.csr_
 
 def _dense_forward(model: DeepStrategy, matrix: sp.csr_matrix) -> np.ndarray:
     """The reference: the dense normalised input through the fp32 module (the old path)."""
-    x = _normalise_rows(model._inputs(matrix)).toarray()
+    x = normalise_rows(model._inputs(matrix)).toarray()
     with torch.inference_mode():
         return model.model_(torch.from_numpy(x).to(model.device_)).float().cpu().numpy()
 
@@ -97,7 +98,7 @@ def _dense_forward(model: DeepStrategy, matrix: sp.csr_matrix) -> np.ndarray:
 def test_sparse_rows_are_the_normalised_inputs(binary):
     m = DeepStrategy(binary=binary)
     matrix = _random_histories(40, seed=1, weighted=True)
-    ref = _normalise_rows(m._inputs(matrix))
+    ref = normalise_rows(m._inputs(matrix))
     indices, indptr, values = m._serving_rows(matrix)
     np.testing.assert_array_equal(indptr, ref.indptr)
     np.testing.assert_array_equal(indices, ref.indices)
@@ -108,13 +109,13 @@ def test_sparse_rows_are_the_normalised_inputs(binary):
         np.testing.assert_allclose(values, ref.data, rtol=1e-6)
     # The caller's matrix is left as it was (no clamping in place).
     assert (matrix.data <= 0).any()
-    # A CSR with duplicate entries takes _normalise_rows itself.
+    # A CSR with duplicate entries takes normalise_rows itself.
     dup = sp.csr_matrix(
         (np.array([1.0, 2.0, 3.0], np.float32), np.array([4, 4, 9]), np.array([0, 3])),
         shape=(1, N_ITEMS),
     )
     assert not dup.has_canonical_format
-    ref = _normalise_rows(m._inputs(dup))
+    ref = normalise_rows(m._inputs(dup))
     indices, indptr, values = m._serving_rows(dup)
     np.testing.assert_array_equal(values, ref.data)
 
@@ -159,10 +160,10 @@ def test_int8_serving_equals_the_dense_forward_within_quantization_error(fitted)
     got = q.score(UserBatch(matrix=matrix))
     # Exactly the dense first layer (fp32), then the same int8 decoder with its input range
     # pinned to [-1, 1] (one extra row): float tolerance.
-    x = torch.from_numpy(_normalise_rows(q._inputs(matrix)).toarray())
+    x = torch.from_numpy(normalise_rows(q._inputs(matrix)).toarray())
     with torch.inference_mode():
         h = torch.tanh(model.model_.encoder[0](x))
-        ref = q.serving_.decoder(torch.cat([h, _pin_row(h.shape[1])]))[:-1].numpy()
+        ref = q.serving_.decoder(torch.cat([h, pin_row(h.shape[1])]))[:-1].numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
     # Against the fp32 dense forward: within int8 quantization error of the decoder.
     fp32 = _dense_forward(model, matrix)
@@ -368,13 +369,11 @@ def test_cuda_path_matches_cpu(tmp_path):
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_adam_matches_the_textbook_update(fused, weight_decay):
-    from strategies.deep import _Adam
-
     gen = torch.Generator().manual_seed(0)
     init = [torch.randn(5, 3, generator=gen), torch.randn(4, generator=gen)]
     grads = [[torch.randn(t.shape, generator=gen) for t in init] for _ in range(5)]
     params = [torch.nn.Parameter(t.clone()) for t in init]
-    opt = _Adam(params, lr=1e-2, weight_decay=weight_decay)
+    opt = Adam(params, lr=1e-2, weight_decay=weight_decay)
     opt.fused = opt.fused and fused  # False exercises the torch._foreach_* fallback
     ref = [t.clone() for t in init]
     m = [torch.zeros_like(t) for t in init]
@@ -403,6 +402,7 @@ def test_max_steps_caps_the_epochs_but_keeps_one():
 
 
 def test_fit_uses_every_core_and_restores_the_thread_count(monkeypatch):
+    import strategies._torch as torch_common
     import strategies.deep as deep
 
     seen = []
@@ -413,7 +413,7 @@ def test_fit_uses_every_core_and_restores_the_thread_count(monkeypatch):
         return train(self, data)
 
     monkeypatch.setattr(deep.DeepStrategy, "_train", spy)
-    monkeypatch.setattr(deep, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(torch_common, "usable_cores", lambda: 2)
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # as a gunicorn worker limits it
     try:

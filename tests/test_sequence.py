@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from features.interactions import EVENT_CODE, History, InteractionData, user_batch
+from strategies._torch import WEIGHTS_FILE
 from strategies.base import UserBatch
-from strategies.sequence import WEIGHTS_FILE, SequenceStrategy
+from strategies.sequence import SequenceStrategy
 
 N_ITEMS = 24
 FAST = {"max_len": 8, "dim": 32, "epochs": 30, "batch_size": 64, "lr": 5e-3, "seed": 3}
