@@ -20,8 +20,7 @@ Serving (``score``) never builds the dense (b, n_items) input: a history touches
 catalogue, so the first encoder layer runs as an embedding bag over the history's item ids
 (``W_1`` stored transposed, (n_items, hidden): one row per item, summed with the normalised
 weights) straight from the CSR rows; the rest of the network is unchanged. Same math as the
-dense ``MultDAE.forward``; that layer got 5-6x faster on ml-100k (1,682 items, ~100 per history)
-and 16-24x on Online Retail (3,665 items, ~60), for 1 to 32 users, 1 thread. Variants
+dense ``MultDAE.forward``, several times faster (docs/design-notes.md). Variants
 (``precision``): ``fp32``; ``int8`` = the same fp32 embedding bag (a gather of a few rows: int8
 would not make it faster) + ``torch.ao.quantization.quantize_dynamic`` on the remaining Linear
 layers (CPU only: the quantized kernels are CPU kernels), so int8 serving holds ~0.6x the fp32
@@ -278,9 +277,9 @@ class DeepStrategy(Strategy):
         first = model.encoder[0]
         # The first layer as an embedding bag over the history's item ids: a history touches
         # ~1-3 % of the catalogue, and an (n_items, hidden) table summed per row (forward) and
-        # scattered into (backward) is ~10x faster on the CPU than torch.sparse.mm with a
-        # COO batch. Trained in this layout, copied back into the Linear layer at the end so
-        # the saved state_dict and the serving module are unchanged.
+        # scattered into (backward) is much faster on the CPU than torch.sparse.mm with a
+        # COO batch (docs/design-notes.md). Trained in this layout, copied back into the
+        # Linear layer at the end so the saved state_dict and the serving module are unchanged.
         table = nn.Parameter(first.weight.detach().t().contiguous())
         params = [table, first.bias]
         params += [p for layer in model.encoder[1:] for p in layer.parameters()]

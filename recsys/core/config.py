@@ -52,7 +52,7 @@ ROUTING: dict[str, _Setting] = {
     ),
     # ALS and BPR are trained and can be switched in live; without them the blend scored
     # higher on both ml-100k and Online Retail (README, "Evaluation and experiments") and an
-    # uncached request costs ~1.5 ms less CPU.
+    # uncached request costs less CPU (docs/design-notes.md).
     "warm_strategies": _Setting(
         ["ease", "deep", "popular"], _strategy_list, f"a list of {STRATEGY_NAMES}", tuple
     ),

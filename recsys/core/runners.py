@@ -130,9 +130,9 @@ def run_inline(
     a task that raises, that would start after the deadline, or that finished after it is
     dropped, logged and counted as missed. No pool hop, but a running task cannot be abandoned.
 
-    The request path's default (``STRATEGY_PARALLEL`` false): under gunicorn on the 2-core
-    benchmark box, 8 uncached clients, the pool cost 8.8-13.7 ms of worker CPU per request
-    against 7.5-8.8 ms inline (README, "Model runtime"). ``clock`` is injectable (tests).
+    The request path's default (``STRATEGY_PARALLEL`` false): under gunicorn the pool cost
+    more worker CPU per request than running inline (docs/design-notes.md). ``clock`` is
+    injectable (tests).
     """
     results: dict[str, Any] = {}
     missed: list[str] = []

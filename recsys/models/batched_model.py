@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 def stack_csr(mats: list) -> sp.csr_matrix:
     """``sp.vstack(mats, format="csr")`` for CSR matrices of equal width, by concatenating
-    their arrays: ~70 us for a batch of 16 one-row matrices instead of ~330 us, which was more
-    than the deep model's first layer costs for the whole batch."""
+    their arrays: several times cheaper than ``sp.vstack`` for small batches
+    (docs/design-notes.md)."""
     width = mats[0].shape[1]
     if any(type(m) is not sp.csr_matrix or m.shape[1] != width for m in mats):
         return sp.vstack(mats, format="csr")
@@ -84,7 +84,7 @@ class BatchedModel(Strategy):
             concurrency=concurrency,
             # A lone request (nothing queued, nothing running) runs in its own thread: at
             # low load there is no one to batch with, and the hand-off to a runner and back
-            # cost ~0.3 ms of an uncached request.
+            # is a measurable share of an uncached request (docs/design-notes.md).
             inline_when_idle=inline_when_idle,
         )
 

@@ -192,9 +192,8 @@ class Catalog:
     def render_items(self, body: bytes, fields: tuple[str, ...]) -> bytes:
         """``body`` (a serialised list answer) with ``fields`` of each item added to the item's
         object: null (or empty) for an item the catalogue lacks. A split at each item, a dict
-        lookup and a join (14-16 us for 10 items on the loaded 2-core dev VM; a regex
-        substitution took twice as long); each item's fragment is encoded once per snapshot
-        and field set."""
+        lookup and a join (half the time of a regex substitution: docs/design-notes.md); each
+        item's fragment is encoded once per snapshot and field set."""
         if not fields:
             return body
         memo = self._fragments.get(fields)

@@ -6,8 +6,8 @@
   body has no length to check up front: its input stream is capped, and reading past the
   limit raises 413 (werkzeug's own
   ``MAX_CONTENT_LENGTH`` would silently cut such a body at the limit instead). Both answer 413
-  in the error shape of ``recsys.web.errors``. (Before this, four 300 MB posts took
-  two workers to 3+ GB of memory: the whole body was read to parse it.)
+  in the error shape of ``recsys.web.errors``. (Without the cap the whole body was read to
+  parse it: docs/design-notes.md.)
 * JSON shape: bodies are parsed once, before the view, with two limits the standard parser
   turns into crashes rather than errors: integers longer than Python's 4,300-digit conversion
   limit (``ValueError`` outside the parser's own error type) and nesting deep enough to exhaust
