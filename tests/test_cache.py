@@ -207,7 +207,8 @@ def test_api_with_redis_down_never_500s_and_bumps_epoch(make_app):
 
 @pytest.mark.postgres
 def test_after_fork_hook_resets_cache_settings_and_catalog(make_app, redis_url, redis_prefix):
-    from recsys.serving.cache import _after_fork, get_cache
+    from recsys.ops.lifecycle import run_after_fork_hooks
+    from recsys.serving.cache import get_cache
     from recsys.serving.catalog import get_catalog_store
     from recsys.serving.settings_store import get_settings
 
@@ -215,10 +216,11 @@ def test_after_fork_hook_resets_cache_settings_and_catalog(make_app, redis_url, 
     settings, store, cache = get_settings(app), get_catalog_store(app), get_cache(app)
     v = settings.versions()
     store.current(v.catalog)
-    old_client, old_lock = cache.backend.client, settings._lock
-    _after_fork(app)
-    assert cache.backend.client is not old_client and settings._lock is not old_lock
-    assert settings._versions is None and store._loaded_version is None
+    old_client = cache.backend.client
+    assert settings.holds_versions and store.loaded_version is not None
+    run_after_fork_hooks(app)
+    assert cache.backend.client is not old_client
+    assert not settings.holds_versions and store.loaded_version is None
 
 
 def test_raw_payload_round_trip_and_foreign_entries_are_misses(cache):

@@ -517,6 +517,6 @@ def test_not_installed_unless_route_and_schema_are_the_known_ones(monkeypatch):
     before = bare.wsgi_app
     fastpath.init_app(bare)  # no such route
     assert bare.wsgi_app == before
-    assert fastpath._schema_as_expected()
+    assert fastpath.schema_as_expected()
     monkeypatch.setattr(fastpath, "_FIELDS", {**fastpath._FIELDS, "strategy": String()})
-    assert not fastpath._schema_as_expected()
+    assert not fastpath.schema_as_expected()

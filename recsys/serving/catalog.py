@@ -288,10 +288,15 @@ class CatalogStore:
     def __init__(self, app: Flask):
         self.app = app
         self._catalog = Catalog()
-        self._loaded_version: int | None = None
+        self._loaded_version: tuple[int, int] | None = None
         self._watermark: datetime | None = None
         self._lock = threading.Lock()
         self._loaded_at = 0.0
+
+    @property
+    def loaded_version(self) -> tuple[int, int] | None:
+        """``(catalogue version, items version)`` of the snapshot held (None: none yet)."""
+        return self._loaded_version
 
     def current(self, version: int, items_version: int = 0) -> Catalog:
         """The snapshot for shared catalogue ``version`` and item data ``items_version``

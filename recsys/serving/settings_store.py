@@ -84,6 +84,12 @@ class SettingsStore:
         self.clock: Callable[[], float] = time.monotonic  # injectable (tests)
         self.reset()
 
+    @property
+    def holds_versions(self) -> bool:
+        """Whether this process holds the shared versions (False after ``reset``: the next call
+        reads them from SQL)."""
+        return self._versions is not None
+
     def reset(self) -> None:
         """Forget cached state (after fork, tests): the next call polls and reloads."""
         # A lock inherited across fork may be held by a thread that does not exist here.

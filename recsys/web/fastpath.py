@@ -259,7 +259,7 @@ class FastCachePath:
         return body
 
 
-def _schema_as_expected() -> bool:
+def schema_as_expected() -> bool:
     from marshmallow import fields
 
     return (
@@ -282,7 +282,7 @@ def init_app(app: Flask) -> None:
     ):
         log.warning("cache fast path not installed: %s is not routed as expected", ENDPOINT)
         return
-    if not _schema_as_expected():
+    if not schema_as_expected():
         log.warning("cache fast path not installed: RecQuery has fields it does not know")
         return
     app.wsgi_app = FastCachePath(app, app.wsgi_app)  # type: ignore[method-assign]
