@@ -17,7 +17,9 @@ import scipy.sparse as sp
 
 from features.interactions import InteractionData
 from recsys.errors import ModelError
-from recsys.models.repository import MANIFEST, ModelRepository, get_repository
+from recsys.models.activation import activation_stack
+from recsys.models.artifacts import MANIFEST
+from recsys.models.repository import ModelRepository, get_repository, use_repository
 from recsys.store.training_data import snapshot_info
 from strategies.base import Strategy, UserBatch
 
@@ -308,12 +310,39 @@ def test_gate_refuses_worse_version(repo, data):
     assert repo.active_version("counts") == better
 
 
-def test_get_repository_cached_per_app(app):
+def test_get_repository_cached_per_app(app, repo):
     with app.app_context():
         r = get_repository()
         assert get_repository() is r
     assert get_repository(app) is r
     assert r.root == app.config["MODEL_DIR"]
+    assert use_repository(app, repo) is repo and get_repository(app) is repo
+
+
+def test_activation_stack_replays_activations_and_rollbacks():
+    from types import SimpleNamespace as Step
+
+    def stack(*steps):
+        return activation_stack([Step(kind=k, version=v) for k, v in steps])
+
+    assert stack() == []
+    assert stack(("activate", "a"), ("activate", "b"), ("activate", "c")) == ["a", "b", "c"]
+    assert stack(("activate", "a"), ("activate", "b"), ("rollback", "a")) == ["a"]
+    # Rolled back twice, then a new activation: the stack grows from there.
+    steps = [("activate", "a"), ("activate", "b"), ("activate", "c"), ("rollback", "b"),
+             ("rollback", "a"), ("activate", "c")]  # fmt: skip
+    assert stack(*steps) == ["a", "c"]
+    # A rollback row that does not match the stack (history edited by hand) is trusted.
+    assert stack(("activate", "a"), ("activate", "b"), ("rollback", "x")) == ["a", "x"]
+
+
+def test_verified_path_checks_before_handing_out_the_directory(repo, data):
+    v = save(repo, data)
+    path = repo.verified_path("counts", v)
+    assert path == repo.get_version("counts", v)["path"] == repo.version_path("counts", v)
+    _flip_byte(os.path.join(path, "metrics.json"), 0)
+    with pytest.raises(ModelError, match=r"metrics\.json checksum mismatch"):
+        repo.verified_path("counts", v)
 
 
 def test_sqlite_store_works_too(sqlite_app, data):

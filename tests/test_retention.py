@@ -8,7 +8,7 @@ import os
 import pytest
 
 from recsys.cli.main import main
-from recsys.models.repository import ModelRepository
+from recsys.models.repository import PROFILE_KIND, ModelRepository, get_repository, use_repository
 from recsys.store import get_engine, session_scope
 from recsys.store.models import AuditLog
 from recsys.store.training_data import load_interactions
@@ -24,22 +24,22 @@ def repo_app(app):
     repo = ModelRepository(
         app.config["MODEL_DIR"], app.extensions["recsys.sessionmaker"], resolver=resolver
     )
-    app.extensions["recsys.models"] = repo
+    use_repository(app, repo)
     return app
 
 
 def _versions(app, n: int, activate: bool = True) -> list[str]:
-    repo = app.extensions["recsys.models"]
+    repo = get_repository(app)
     data = load_interactions(get_engine(app))
     return [repo.save_version(CountStrategy().fit(data), data, activate=activate) for _ in range(n)]
 
 
 def _stored(app) -> list[str]:
-    return [v["version"] for v in app.extensions["recsys.models"].list_versions("counts")]
+    return [v["version"] for v in get_repository(app).list_versions("counts")]
 
 
 def test_prune_keeps_newest_active_and_rollback_target(repo_app):
-    repo = repo_app.extensions["recsys.models"]
+    repo = get_repository(repo_app)
     v = _versions(repo_app, 5)  # v[4] active, v[3] the rollback target
     assert repo.rollback("counts") == v[3]  # now v[3] active, v[2] the rollback target
     paths = {x["version"]: x["path"] for x in repo.list_versions("counts")}
@@ -91,7 +91,7 @@ def test_retention_setting_prunes_after_training(repo_app):
         r = runner.invoke(main, args=["train", "counts", "--quiet"])
         assert r.exit_code == 0, r.output
     assert "pruned counts/" in r.output
-    repo = repo_app.extensions["recsys.models"]
+    repo = get_repository(repo_app)
     stored = sorted(repo.list_versions("counts"), key=lambda x: x["created_at"])
     # The two newest: the newest is active, the one before it is the rollback target.
     assert len(stored) == 2
@@ -101,9 +101,8 @@ def test_retention_setting_prunes_after_training(repo_app):
 
 def test_prune_keeps_the_models_of_the_active_serving_profile(repo_app):
     from recsys.models.profile import ServingProfile, save_profile
-    from recsys.models.repository import PROFILE_KIND
 
-    repo = repo_app.extensions["recsys.models"]
+    repo = get_repository(repo_app)
     v = _versions(repo_app, 4)  # v[3] active, v[2] the rollback target
     profile = ServingProfile(
         routes=[{"name": "all", "max_history": None, "weights": {"popular": 1.0}}],

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from recsys.cli.main import main
-from recsys.models.repository import ModelRepository
+from recsys.models.repository import ModelRepository, get_repository, use_repository
 from recsys.offline.training import holdout_metrics, holdout_split
 from recsys.store import Event, Item, User, get_engine, session_scope
 from recsys.store.training_data import load_catalog, load_interactions
@@ -59,8 +59,11 @@ def fill_store(app, n_users: int = 30, n_items: int = 20, n_events: int = 400, s
 @pytest.fixture
 def store_app(app):
     fill_store(app)
-    app.extensions["recsys.models"] = ModelRepository(
-        app.config["MODEL_DIR"], app.extensions["recsys.sessionmaker"], resolver=resolver
+    use_repository(
+        app,
+        ModelRepository(
+            app.config["MODEL_DIR"], app.extensions["recsys.sessionmaker"], resolver=resolver
+        ),
     )
     return app
 
@@ -167,7 +170,7 @@ def test_train_cli_end_to_end(store_app):
     listing = _list_json(runner)["counts"]
     v2 = listing["versions"][1]
     assert listing["active"] == v1["version"] and not v2["active"]
-    repo = store_app.extensions["recsys.models"]
+    repo = get_repository(store_app)
     assert repo.get_version("counts", v2["version"])["params"]["params"] == {"smoothing": 5}
 
     r = runner.invoke(main, args=["models", "activate", "counts", v2["version"]])
@@ -199,7 +202,7 @@ def test_train_cli_end_to_end(store_app):
 def test_train_gate_refuses_worse_version(store_app):
     runner = store_app.test_cli_runner()
     assert runner.invoke(main, args=["train", "counts", "--quiet"]).exit_code == 0
-    repo = store_app.extensions["recsys.models"]
+    repo = get_repository(store_app)
     active = repo.active_version("counts")
 
     class Worse(CountStrategy):
@@ -239,8 +242,11 @@ def test_cli_errors_are_clean(store_app):
 
 
 def test_train_on_empty_store_is_a_clean_error(app):
-    app.extensions["recsys.models"] = ModelRepository(
-        app.config["MODEL_DIR"], app.extensions["recsys.sessionmaker"], resolver=resolver
+    use_repository(
+        app,
+        ModelRepository(
+            app.config["MODEL_DIR"], app.extensions["recsys.sessionmaker"], resolver=resolver
+        ),
     )
     r = app.test_cli_runner().invoke(main, args=["train", "counts"])
     assert r.exit_code == 1 and "no events to train on" in r.output
@@ -249,7 +255,6 @@ def test_train_on_empty_store_is_a_clean_error(app):
 def test_train_real_strategies_end_to_end(app):
     """The production strategies through `recsys train`, then loaded back and queried."""
     from features.interactions import History, user_batch
-    from recsys.models.repository import get_repository
 
     fill_store(app)
     runner = app.test_cli_runner()

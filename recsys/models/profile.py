@@ -29,6 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from recsys.errors import ModelError
+from recsys.models.activation import lock_strategy, switch_active
 from recsys.models.repository import PROFILE_KIND
 
 log = logging.getLogger(__name__)
@@ -139,9 +140,7 @@ def save_profile(repo, profile: ServingProfile, actor: str = "cli") -> str:
 
 def load_profile(repo, version: str) -> ServingProfile:
     """Verify (manifest and file checksums, the SQL row being the root of trust) then load."""
-    row = repo._require_row(PROFILE_KIND, version)
-    path = repo._resolve_path(row.path)
-    repo._verify(row, path)
+    path = repo.verified_path(PROFILE_KIND, version)
     try:
         profile = ServingProfile.load(path)
     except (OSError, ValueError, TypeError, KeyError) as e:
@@ -223,15 +222,15 @@ def _switch(repo, version: str, actor: str, kind: str, reason: str = "") -> str 
     from recsys.store.versions import bump
 
     with repo.sessionmaker() as s, s.begin():
-        rows = repo._lock_strategy(s, PROFILE_KIND)
+        rows = lock_strategy(s, PROFILE_KIND)
         current = next((r for r in rows if r.is_active), None)
         target = next(r for r in rows if r.version == version)
         previous = current.version if current is not None else None
         # A rollback is recorded even onto the same version: the activation stack pops on it.
         if kind == "rollback" or previous != version:
-            repo._switch(s, PROFILE_KIND, rows, target, previous, actor, kind)
+            switch_active(s, PROFILE_KIND, rows, target, previous, actor, kind)
             bump(s, reason=(reason or f"profile {kind} {version}")[:200])
-    repo._notify(PROFILE_KIND, version)
+    repo.notify(PROFILE_KIND, version)
     return previous
 
 

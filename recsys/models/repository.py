@@ -1,70 +1,49 @@
-"""The model repository: versioned, checksummed model artifacts plus their record in SQL.
+"""The model repository: model versions as SQL rows, their activation, rollback and audit.
 
-Layout (``MODEL_DIR/<strategy>/<version>/``)::
-
-    params.json      written by the strategy's save (name + hyperparameters)
-    *.npz / *.pt     the strategy's arrays / torch state_dicts (whatever its save wrote)
-    items.npz        the item IdMap (unicode array ``ids``)
-    users.npz        the user IdMap
-    snapshot.json    training data counts: users, items, events, events_by_type, time range
-    metrics.json     holdout metrics
-    manifest.json    every other file with its sha256 and size
-
-The manifest's own sha256 is recorded in the ``model_versions`` row, so the SQL store is the
-root of trust: ``load_version`` checks the manifest against it and every file against the
-manifest *before* anything is handed to ``np.load`` / ``torch.load``. A changed byte, a missing
-file or an unlisted extra file is refused with a ``ModelError`` naming the file.
+The files of a version (``MODEL_DIR/<strategy>/<version>/``: the strategy's arrays, the id maps,
+the manifest of sha256 checksums) are ``recsys.models.artifacts``; this module records each
+version in ``model_versions``. The manifest's own sha256 is stored in that row, so the SQL store
+is the root of trust: ``load_version`` verifies the manifest against it and every file against
+the manifest *before* anything is loaded.
 
 Exactly one version per strategy is active (``model_versions.is_active``). Every activation and
-rollback is appended to ``model_activations`` and to the audit log. Rollback walks that history
-as a stack: an activation pushes, a rollback pops, so rolling back twice steps two versions back.
+rollback is appended to ``model_activations`` and to the audit log (``recsys.models.activation``).
+Rollback walks that history as a stack (``activation_stack``): an activation pushes, a rollback
+pops, so rolling back twice steps two versions back. Listeners (``add_listener``) hear of every
+change after it commits.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-import scipy.sparse as sp
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from features.idmap import IdMap
 from features.interactions import InteractionData
 from recsys.errors import ModelError
-from recsys.store.models import (
-    AuditLog,
-    Event,
-    Item,
-    ModelActivation,
-    ModelVersion,
-    StrategySetting,
-    utcnow,
+from recsys.models import artifacts, runtime_store
+from recsys.models.activation import (
+    activation_rows,
+    activation_stack,
+    check_gate,
+    lock_strategy,
+    switch_active,
 )
-from strategies.base import PARAMS_FILE, Strategy
+from recsys.store.models import ModelVersion, utcnow
+from strategies.base import Strategy
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-ITEMS_FILE = "items.npz"
-USERS_FILE = "users.npz"
-SNAPSHOT_FILE = "snapshot.json"
-METRICS_FILE = "metrics.json"
-MANIFEST_FORMAT = 1
 # Serving profiles (recsys.models.profile) live in the repository beside the models.
 PROFILE_KIND = "profile"
-# Names a strategy or version may have: they become directory names.
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_CHUNK = 1 << 20
+_EXTENSION = "recsys.models"
 
 # on_change listeners receive (strategy, active version or None).
 ChangeListener = Callable[[str, str | None], None]
@@ -82,75 +61,6 @@ class LoadedModel:
     meta: dict[str, Any]  # params, metrics, data_snapshot, created_at, manifest_sha256
     path: str
     nbytes: int
-
-
-def new_version_id(now: datetime | None = None) -> str:
-    """A sortable version id from the UTC time, e.g. ``20261125T123456Z``."""
-    return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _check_name(kind: str, value: str) -> None:
-    if not isinstance(value, str) or not _SAFE_NAME.match(value) or value in (".", ".."):
-        raise ModelError(f"invalid {kind} name {value!r}", code=400)
-
-
-def _write_json(path: str, obj: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-
-
-def _list_files(root: str) -> list[str]:
-    """Every regular file under root, as sorted '/'-separated relative paths."""
-    out = []
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            rel = os.path.relpath(os.path.join(dirpath, name), root)
-            out.append(rel.replace(os.sep, "/"))
-    return sorted(out)
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and np.isfinite(x)
-
-
-def model_nbytes(obj: Any, _depth: int = 0) -> int:
-    """Bytes held in a model's arrays (numpy, scipy.sparse, torch), found in its attributes."""
-    if isinstance(obj, np.ndarray):
-        return int(obj.nbytes)
-    if sp.issparse(obj):
-        return sum(
-            int(getattr(obj, a).nbytes) for a in ("data", "indices", "indptr") if hasattr(obj, a)
-        )
-    try:  # torch is optional for non-deep strategies; import only if already loaded
-        import sys
-
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            if isinstance(obj, torch.Tensor):
-                return int(obj.element_size() * obj.nelement())
-            if isinstance(obj, torch.nn.Module):
-                tensors = list(obj.parameters()) + list(obj.buffers())
-                return sum(int(t.element_size() * t.nelement()) for t in tensors)
-    except Exception:  # pragma: no cover - defensive: size is informational
-        log.debug("could not size a torch object", exc_info=True)
-    if _depth > 2:
-        return 0
-    if isinstance(obj, dict):
-        return sum(model_nbytes(v, _depth + 1) for v in obj.values())
-    if isinstance(obj, list | tuple):
-        return sum(model_nbytes(v, _depth + 1) for v in obj)
-    if isinstance(obj, Strategy) or (_depth == 0 and hasattr(obj, "__dict__")):
-        return sum(model_nbytes(v, _depth + 1) for v in vars(obj).values())
-    return 0
 
 
 def _default_resolver(name: str) -> type[Strategy]:
@@ -178,7 +88,14 @@ class ModelRepository:
         self.listeners.append(fn)
         return fn
 
-    def _notify(self, strategy: str, version: str | None) -> None:
+    def notify(self, strategy: str, version: str | None) -> None:
+        """Tell every listener that ``strategy``'s active version is now ``version``.
+
+        Parameters
+        ----------
+        strategy : str
+        version : str or None
+        """
         for fn in list(self.listeners):
             try:
                 fn(strategy, version)
@@ -187,8 +104,8 @@ class ModelRepository:
 
     # -- paths ------------------------------------------------------------------------------
     def version_path(self, strategy: str, version: str) -> str:
-        _check_name("strategy", strategy)
-        _check_name("version", version)
+        artifacts.check_name("strategy", strategy)
+        artifacts.check_name("version", version)
         return os.path.join(os.path.abspath(self.root), strategy, version)
 
     def _resolve_path(self, stored: str) -> str:
@@ -205,63 +122,49 @@ class ModelRepository:
         activate: bool = False,
         actor: str = "cli",
     ) -> str:
-        """Write a fitted model as a new version and record it; returns the version id.
+        """Write a fitted model as a new version and record it.
 
         The directory is claimed atomically (``mkdir``), written completely, and only then
         recorded in SQL, so a crash leaves at most an unrecorded directory that is never loaded.
-        ``data`` (the training data: id maps and counts) is None for artifacts that are not
-        fitted models (serving profiles, ``recsys.models.profile``).
+
+        Parameters
+        ----------
+        model : Strategy
+            The fitted model (or another artifact with ``name`` and ``save``: a serving profile).
+        data : InteractionData or None
+            The training data (id maps and counts); None for an artifact that is no model.
+        metrics : dict, optional
+            Holdout metrics (what the quality gate of ``activate`` compares).
+        version : str, optional
+            The version id (default: allocated from the clock).
+        activate : bool
+        actor : str
+            Who activates, for the audit log.
+
+        Returns
+        -------
+        str
+            The version id.
         """
         strategy = model.name
-        _check_name("strategy", strategy)
-        base_dir = os.path.join(os.path.abspath(self.root), strategy)
-        os.makedirs(base_dir, exist_ok=True)
-        path, version = self._claim_dir(base_dir, strategy, version)
+
+        def taken(candidate: str) -> bool:
+            return self._row(strategy, candidate) is not None
+
+        path, version = artifacts.claim_version_dir(self.root, strategy, version, taken)
         try:
-            model.save(path)
-            if not os.path.exists(os.path.join(path, PARAMS_FILE)):
-                raise ModelError(f"{strategy}.save() wrote no {PARAMS_FILE}")
-            reserved = {ITEMS_FILE, USERS_FILE, SNAPSHOT_FILE, METRICS_FILE, MANIFEST}
-            clash = reserved.intersection(_list_files(path))
-            if clash:
-                raise ModelError(f"{strategy}.save() wrote reserved file(s) {sorted(clash)}")
-            snapshot: dict[str, Any] = {}
-            if data is not None:
-                np.savez(os.path.join(path, ITEMS_FILE), ids=data.items.to_array())
-                np.savez(os.path.join(path, USERS_FILE), ids=data.users.to_array())
-                snapshot = dict(data.info) if data.info else {}
-                snapshot.setdefault("users", int(data.n_users))
-                snapshot.setdefault("items", int(data.n_items))
-                snapshot.setdefault("events", int(len(data)))
-            _write_json(os.path.join(path, SNAPSHOT_FILE), snapshot)
-            metrics = dict(metrics or {})
-            _write_json(os.path.join(path, METRICS_FILE), metrics)
-            with open(os.path.join(path, PARAMS_FILE)) as f:
-                params = json.load(f)
             created = utcnow()
-            files = {}
-            for rel in _list_files(path):
-                full = os.path.join(path, rel)
-                files[rel] = {"sha256": sha256_file(full), "size": os.path.getsize(full)}
-            manifest = {
-                "format": MANIFEST_FORMAT,
-                "strategy": strategy,
-                "version": version,
-                "created_at": created.isoformat() + "Z",
-                "files": files,
-            }
-            _write_json(os.path.join(path, MANIFEST), manifest)
-            manifest_sha = sha256_file(os.path.join(path, MANIFEST))
+            written = artifacts.write_version(path, model, data, metrics, version, created)
             with self.sessionmaker() as s, s.begin():
                 s.add(
                     ModelVersion(
                         strategy=strategy,
                         version=version,
                         path=os.path.relpath(path, os.path.abspath(self.root)),
-                        manifest_sha256=manifest_sha,
-                        params=params,
-                        metrics=metrics,
-                        data_snapshot=snapshot,
+                        manifest_sha256=written.manifest_sha256,
+                        params=written.params,
+                        metrics=written.metrics,
+                        data_snapshot=written.snapshot,
                         is_active=False,
                         created_at=created,
                     )
@@ -274,31 +177,6 @@ class ModelRepository:
             self.activate(strategy, version, actor=actor)
         return version
 
-    def _claim_dir(self, base_dir: str, strategy: str, version: str | None) -> tuple[str, str]:
-        if version is not None:
-            _check_name("version", version)
-            if self._row(strategy, version) is not None:
-                raise ModelError(f"{strategy} version {version} already exists", code=409)
-            path = os.path.join(base_dir, version)
-            try:
-                os.mkdir(path)
-            except FileExistsError:
-                raise ModelError(f"{path} already exists", code=409) from None
-            return path, version
-        stem = new_version_id()
-        for i in range(1, 1000):
-            # Same-second saves get -02, -03...: still unique and still sorting by creation.
-            candidate = stem if i == 1 else f"{stem}-{i:02d}"
-            if self._row(strategy, candidate) is not None:
-                continue
-            path = os.path.join(base_dir, candidate)
-            try:
-                os.mkdir(path)
-            except FileExistsError:
-                continue
-            return path, candidate
-        raise ModelError(f"could not allocate a version id for {strategy}")  # pragma: no cover
-
     # -- reading ----------------------------------------------------------------------------
     def _row(self, strategy: str, version: str) -> ModelVersion | None:
         with self.sessionmaker() as s:
@@ -309,8 +187,8 @@ class ModelRepository:
             ).one_or_none()
 
     def _require_row(self, strategy: str, version: str) -> ModelVersion:
-        _check_name("strategy", strategy)
-        _check_name("version", version)
+        artifacts.check_name("strategy", strategy)
+        artifacts.check_name("version", version)
         row = self._row(strategy, version)
         if row is None:
             known = [v["version"] for v in self.list_versions(strategy)]
@@ -343,34 +221,18 @@ class ModelRepository:
     def get_version(self, strategy: str, version: str) -> dict[str, Any]:
         return self._describe(self._require_row(strategy, version))
 
-    # -- what the runtime reads and writes besides versions ---------------------------------
+    # -- what the runtime reads and writes besides versions (recsys.models.runtime_store) ----
     def load_modes(self) -> dict[str, str]:
-        """``{strategy: "preload" | "lazy"}`` as an admin set them (absent: the default)."""
-        with self.sessionmaker() as s:
-            rows = s.execute(select(StrategySetting.name, StrategySetting.load_mode)).all()
-        return {name: mode for name, mode in rows}
+        """``{strategy: "preload" | "lazy"}`` as an admin set them: ``runtime_store.load_modes``."""
+        return runtime_store.load_modes(self.sessionmaker)
 
     def set_load_mode(self, strategy: str, mode: str) -> None:
-        with self.sessionmaker() as s, s.begin():
-            row = s.get(StrategySetting, strategy)
-            if row is None:
-                s.add(StrategySetting(name=strategy, load_mode=mode))
-            else:
-                row.load_mode = mode
+        """Store a strategy's load mode: ``runtime_store.set_load_mode``."""
+        runtime_store.set_load_mode(self.sessionmaker, strategy, mode)
 
     def recent_events(self, limit: int) -> list[tuple[Any, str, str, float | None, Any]]:
-        """The newest ``limit`` events as ``(user row id, item id, type, value, ts)``, newest
-        first: real histories to warm a freshly loaded model up with."""
-        with self.sessionmaker() as s:
-            return [
-                tuple(r)
-                for r in s.execute(
-                    select(Event.user_id, Item.external_id, Event.type, Event.value, Event.ts)
-                    .join(Item, Item.id == Event.item_id)
-                    .order_by(Event.id.desc())
-                    .limit(limit)
-                ).all()
-            ]
+        """The newest events, to warm a loaded model up with: ``runtime_store.recent_events``."""
+        return runtime_store.recent_events(self.sessionmaker, limit)
 
     def active_versions(self, models_only: bool = False) -> dict[str, str]:
         """``{strategy: active version}``; ``models_only`` leaves out serving profiles (a kind
@@ -396,75 +258,69 @@ class ModelRepository:
             )
 
     def verify_version(self, strategy: str, version: str) -> dict[str, Any]:
-        """Check the manifest and every file; returns the manifest or raises ModelError."""
-        row = self._require_row(strategy, version)
-        return self._verify(row, self._resolve_path(row.path))
+        """Check a version's manifest and every file against the recorded checksum.
 
-    def _verify(self, row: ModelVersion, path: str) -> dict[str, Any]:
-        label = f"{row.strategy}/{row.version}"
-        manifest_path = os.path.join(path, MANIFEST)
-        if not os.path.isdir(path):
-            raise ModelError(f"{label}: version directory {path} is missing")
-        if not os.path.isfile(manifest_path):
-            raise ModelError(f"{label}: {MANIFEST} is missing")
-        # Hash exactly the bytes we then parse, so the manifest cannot change in between.
-        with open(manifest_path, "rb") as f:
-            raw = f.read()
-        digest = hashlib.sha256(raw).hexdigest()
-        if digest != row.manifest_sha256:
-            raise ModelError(
-                f"{label}: {MANIFEST} checksum mismatch (recorded {row.manifest_sha256[:12]}..., "
-                f"found {digest[:12]}...): the version was modified after it was saved"
-            )
-        manifest = json.loads(raw)
-        files: dict[str, dict[str, Any]] = manifest.get("files", {})
-        if manifest.get("strategy") != row.strategy or manifest.get("version") != row.version:
-            raise ModelError(f"{label}: {MANIFEST} describes a different version")
-        root = os.path.realpath(path)
-        for rel, entry in sorted(files.items()):
-            full = os.path.realpath(os.path.join(path, rel))
-            if not full.startswith(root + os.sep):
-                raise ModelError(f"{label}: {MANIFEST} lists a path outside the version: {rel}")
-            if not os.path.isfile(full):
-                raise ModelError(f"{label}: {rel} is missing")
-            size = os.path.getsize(full)
-            if size != entry["size"]:
-                raise ModelError(
-                    f"{label}: {rel} has the wrong size ({size} bytes, manifest says "
-                    f"{entry['size']}): file is corrupt or was modified"
-                )
-            if sha256_file(full) != entry["sha256"]:
-                raise ModelError(
-                    f"{label}: {rel} checksum mismatch (sha256 differs from the manifest): "
-                    "file is corrupt or was modified"
-                )
-        extra = sorted(set(_list_files(path)) - set(files) - {MANIFEST})
-        if extra:
-            raise ModelError(f"{label}: unexpected file(s) not in the manifest: {extra}")
-        return manifest
+        Parameters
+        ----------
+        strategy, version : str
+
+        Returns
+        -------
+        dict
+            The manifest; a ``ModelError`` naming the file when anything does not match.
+        """
+        row = self._require_row(strategy, version)
+        return self._verify(row)
+
+    def verified_path(self, strategy: str, version: str) -> str:
+        """A version's directory, verified like ``verify_version`` (for serving profiles,
+        which load themselves from it).
+
+        Parameters
+        ----------
+        strategy, version : str
+
+        Returns
+        -------
+        str
+            The absolute path; a ``ModelError`` when it does not verify.
+        """
+        row = self._require_row(strategy, version)
+        self._verify(row)
+        return self._resolve_path(row.path)
+
+    def _verify(self, row: ModelVersion) -> dict[str, Any]:
+        path = self._resolve_path(row.path)
+        return artifacts.verify_version_dir(path, row.strategy, row.version, row.manifest_sha256)
 
     def load_version(self, strategy: str, version: str | None = None) -> LoadedModel:
-        """Verify then load a version (default: the active one)."""
-        _check_name("strategy", strategy)
+        """Verify then load a version.
+
+        Parameters
+        ----------
+        strategy : str
+        version : str, optional
+            Default: the active one.
+
+        Returns
+        -------
+        LoadedModel
+            The model with its id maps and recorded metadata. ``ModelError`` when the version is
+            unknown, fails verification, has no strategy class or fails to load.
+        """
+        artifacts.check_name("strategy", strategy)
         if version is None:
             version = self.active_version(strategy)
             if version is None:
                 raise ModelError(f"strategy {strategy!r} has no active version", 404)
         row = self._require_row(strategy, version)
         path = self._resolve_path(row.path)
-        self._verify(row, path)
+        self._verify(row)
         try:
             cls = self.resolver(strategy)
         except (KeyError, ValueError) as e:
             raise ModelError(f"{strategy}/{version}: no strategy class: {e}") from e
-        try:
-            model = cls.load(path)
-            items = _load_ids(os.path.join(path, ITEMS_FILE))
-            users = _load_ids(os.path.join(path, USERS_FILE))
-        except ModelError:
-            raise
-        except Exception as e:
-            raise ModelError(f"{strategy}/{version}: load failed: {type(e).__name__}: {e}") from e
+        model, items, users = artifacts.load_strategy(path, cls, f"{strategy}/{version}")
         meta = {
             "params": dict(row.params or {}),
             "metrics": dict(row.metrics or {}),
@@ -480,7 +336,7 @@ class ModelRepository:
             users=users,
             meta=meta,
             path=path,
-            nbytes=model_nbytes(model),
+            nbytes=artifacts.model_nbytes(model),
         )
 
     # -- activation -------------------------------------------------------------------------
@@ -492,61 +348,63 @@ class ModelRepository:
         gate_metric: str | None = None,
         verify: bool = True,
     ) -> str | None:
-        """Make ``version`` the one active version of ``strategy``; returns the previous one.
+        """Make ``version`` the one active version of ``strategy``.
 
-        ``gate_metric`` (e.g. ``"ndcg@10"``) refuses a version whose holdout value is lower than
-        the active version's. ``verify`` checks the checksums first, so a corrupt version is
-        never made active.
+        Parameters
+        ----------
+        strategy, version : str
+        actor : str
+            Who, for the activation history and the audit log.
+        gate_metric : str, optional
+            A holdout metric (e.g. ``"ndcg@10"``): refuse (``ModelError`` 409) a version whose
+            value is lower than the active version's, or missing while the active one has it.
+        verify : bool
+            Check the checksums first, so a corrupt version is never made active.
+
+        Returns
+        -------
+        str or None
+            The version that was active before (``version`` itself when it already was).
         """
         row = self._require_row(strategy, version)
         if verify:
-            self._verify(row, self._resolve_path(row.path))
+            self._verify(row)
         with self.sessionmaker() as s, s.begin():
-            rows = self._lock_strategy(s, strategy)
+            rows = lock_strategy(s, strategy)
             current = next((r for r in rows if r.is_active), None)
             target = next(r for r in rows if r.version == version)
             if current is not None and current.version == version:
                 log.info("%s version %s is already active", strategy, version)
                 return version
             if gate_metric and current is not None:
-                self._gate(strategy, gate_metric, target, current)
+                check_gate(strategy, gate_metric, target, current)
             previous = current.version if current is not None else None
-            self._switch(s, strategy, rows, target, previous, actor, "activate")
-        self._notify(strategy, version)
+            switch_active(s, strategy, rows, target, previous, actor, "activate")
+        self.notify(strategy, version)
         return previous
 
-    def _gate(self, strategy: str, metric: str, new: ModelVersion, cur: ModelVersion) -> None:
-        cur_value = (cur.metrics or {}).get(metric)
-        new_value = (new.metrics or {}).get(metric)
-        if not _is_number(cur_value):
-            return  # nothing to compare against: the gate cannot object
-        if not _is_number(new_value):
-            raise ModelError(
-                f"gate refused {strategy}/{new.version}: it has no holdout {metric} "
-                f"(active {cur.version} has {cur_value:.4f})",
-                409,
-            )
-        if new_value < cur_value:
-            raise ModelError(
-                f"gate refused {strategy}/{new.version}: holdout {metric} {new_value:.4f} is "
-                f"worse than active {cur.version}'s {cur_value:.4f}",
-                409,
-            )
-
     def rollback(self, strategy: str, actor: str = "cli") -> str:
-        """Re-activate the version that was active before the current one; returns it."""
-        _check_name("strategy", strategy)
+        """Re-activate the version that was active before the current one.
+
+        Parameters
+        ----------
+        strategy : str
+        actor : str
+            Who, for the activation history and the audit log.
+
+        Returns
+        -------
+        str
+            The version now active. ``ModelError`` 409 when there is nothing to roll back to
+            or that version is gone or fails verification.
+        """
+        artifacts.check_name("strategy", strategy)
         with self.sessionmaker() as s, s.begin():
-            rows = self._lock_strategy(s, strategy)
+            rows = lock_strategy(s, strategy)
             if not rows:
                 raise ModelError(f"strategy {strategy!r} has no versions", 404)
             current = next((r for r in rows if r.is_active), None)
-            history = s.scalars(
-                select(ModelActivation)
-                .where(ModelActivation.strategy == strategy)
-                .order_by(ModelActivation.id)
-            ).all()
-            stack = _activation_stack(history)
+            stack = activation_stack(activation_rows(s, strategy))
             if current is None or len(stack) < 2 or stack[-1] != current.version:
                 raise ModelError(
                     f"nothing to roll back to for {strategy!r}: "
@@ -561,79 +419,33 @@ class ModelRepository:
             target = by_version.get(stack[-2])
             if target is None:
                 raise ModelError(f"{strategy}: previous version {stack[-2]} no longer exists", 409)
-            self._verify(target, self._resolve_path(target.path))
-            self._switch(s, strategy, rows, target, current.version, actor, "rollback")
+            self._verify(target)
+            switch_active(s, strategy, rows, target, current.version, actor, "rollback")
             version = target.version
-        self._notify(strategy, version)
+        self.notify(strategy, version)
         return version
 
-    @staticmethod
-    def _lock_strategy(s: Session, strategy: str) -> list[ModelVersion]:
-        # FOR UPDATE serialises concurrent activations of one strategy on PostgreSQL, which is
-        # what keeps "exactly one active version" true; SQLite serialises writers anyway.
-        return list(
-            s.scalars(
-                select(ModelVersion)
-                .where(ModelVersion.strategy == strategy)
-                .order_by(ModelVersion.version)
-                .with_for_update()
-            )
-        )
-
-    @staticmethod
-    def _switch(
-        s: Session,
-        strategy: str,
-        rows: list[ModelVersion],
-        target: ModelVersion,
-        previous: str | None,
-        actor: str,
-        kind: str,
-    ) -> None:
-        for r in rows:
-            if r.is_active and r is not target:
-                r.is_active = False
-        s.flush()  # deactivate first, in case a partial unique index ever guards is_active
-        target.is_active = True
-        s.add(
-            ModelActivation(
-                strategy=strategy,
-                version=target.version,
-                previous_version=previous,
-                kind=kind,
-                actor=actor,
-            )
-        )
-        s.add(
-            AuditLog(
-                actor=actor,
-                action=f"model.{kind}",
-                target=strategy,
-                before={"version": previous},
-                after={"version": target.version},
-            )
-        )
-        log.info("%s %s: %s -> %s (by %s)", kind, strategy, previous, target.version, actor)
-
     def rollback_target(self, strategy: str) -> str | None:
-        """The version ``rollback(strategy)`` would activate now, or None (nothing to roll back
-        to). Lets the runtime load and warm it before the switch."""
+        """The version ``rollback(strategy)`` would activate now (the runtime loads and warms
+        it before the switch; retention keeps it).
+
+        Parameters
+        ----------
+        strategy : str
+
+        Returns
+        -------
+        str or None
+            None when there is nothing to roll back to.
+        """
         with self.sessionmaker() as s:
-            history = s.scalars(
-                select(ModelActivation)
-                .where(ModelActivation.strategy == strategy)
-                .order_by(ModelActivation.id)
-            ).all()
-        stack = _activation_stack(list(history))
+            history = activation_rows(s, strategy)
+        stack = activation_stack(history)
         return stack[-2] if len(stack) >= 2 else None
 
     def activation_history(self, strategy: str) -> list[dict[str, Any]]:
         with self.sessionmaker() as s:
-            rows = s.scalars(
-                select(ModelActivation)
-                .where(ModelActivation.strategy == strategy)
-                .order_by(ModelActivation.id)
-            ).all()
+            rows = activation_rows(s, strategy)
         return [
             {
                 "version": r.version,
@@ -646,32 +458,41 @@ class ModelRepository:
         ]
 
 
-def _activation_stack(history: list[ModelActivation]) -> list[str]:
-    """Replay the history: activations push, rollbacks pop. The top is the active version."""
-    stack: list[str] = []
-    for h in history:
-        if h.kind == "rollback":
-            if stack:
-                stack.pop()
-            if not stack or stack[-1] != h.version:
-                stack.append(h.version)  # history was edited by hand: trust the row
-        else:
-            stack.append(h.version)
-    return stack
-
-
-def _load_ids(path: str) -> IdMap:
-    with np.load(path, allow_pickle=False) as z:
-        return IdMap.from_array(z["ids"])
-
-
 def get_repository(app=None) -> ModelRepository:
-    """The app's repository (one per app, cached in ``app.extensions``)."""
+    """The app's repository (one per app, cached in ``app.extensions``).
+
+    Parameters
+    ----------
+    app : Flask, optional
+        Default: the current app.
+
+    Returns
+    -------
+    ModelRepository
+        On ``MODEL_DIR`` and the app's SQL store, unless ``use_repository`` set another.
+    """
     from flask import current_app
 
     app = app or current_app._get_current_object()
-    repo = app.extensions.get("recsys.models")
+    repo = app.extensions.get(_EXTENSION)
     if repo is None:
         repo = ModelRepository(app.config["MODEL_DIR"], app.extensions["recsys.sessionmaker"])
-        app.extensions["recsys.models"] = repo
+        app.extensions[_EXTENSION] = repo
+    return repo
+
+
+def use_repository(app, repo: ModelRepository) -> ModelRepository:
+    """Make ``repo`` (e.g. with its own ``resolver``) what ``get_repository(app)`` returns.
+
+    Parameters
+    ----------
+    app : Flask
+    repo : ModelRepository
+
+    Returns
+    -------
+    ModelRepository
+        ``repo``.
+    """
+    app.extensions[_EXTENSION] = repo
     return repo

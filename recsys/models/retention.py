@@ -15,13 +15,14 @@ without files. ``MODEL_KEEP_VERSIONS`` (config) applies the same after every ``r
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from typing import Any
 
 from sqlalchemy import delete, select
 
 from recsys.errors import ModelError
+from recsys.models.activation import lock_strategy
+from recsys.models.artifacts import dir_bytes
 from recsys.models.repository import PROFILE_KIND, ModelRepository
 from recsys.store.models import ModelVersion
 
@@ -81,18 +82,36 @@ def prune(
     dry_run: bool = False,
     actor: str = "cli",
 ) -> list[dict[str, Any]]:
-    """Delete what ``plan`` names (unless ``dry_run``); returns those versions, each with
-    ``bytes`` freed on disk."""
+    """Delete what ``plan`` names: the SQL rows (one transaction, audited), then the folders.
+
+    Parameters
+    ----------
+    repo : ModelRepository
+    keep : int
+        Versions to keep per strategy (at least 1), besides the protected ones.
+    strategy : str, optional
+        Only this strategy (default: all).
+    dry_run : bool
+        Only say what would go.
+    actor : str
+        Who, for the audit log.
+
+    Returns
+    -------
+    list of dict
+        The versions deleted (or that would be), as ``ModelRepository.list_versions`` describes
+        them, each with ``bytes`` (their size on disk, ``artifacts.dir_bytes``).
+    """
     from recsys.ops import audit
 
     victims = plan(repo, keep, strategy)
     for v in victims:
-        v["bytes"] = _dir_bytes(v["path"])
+        v["bytes"] = dir_bytes(v["path"])
     if dry_run or not victims:
         return victims
     with repo.sessionmaker() as s, s.begin():
         for name in sorted({v["strategy"] for v in victims}):
-            repo._lock_strategy(s, name)  # no activation of a victim meanwhile
+            lock_strategy(s, name)  # no activation of a victim meanwhile
             names = [v["version"] for v in victims if v["strategy"] == name]
             # Re-check under the lock: an activation may have landed since the plan.
             still_active = s.scalars(
@@ -117,14 +136,3 @@ def prune(
         shutil.rmtree(v["path"], ignore_errors=True)
         log.info("pruned %s/%s (%s bytes)", v["strategy"], v["version"], v["bytes"])
     return victims
-
-
-def _dir_bytes(path: str) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
-    return total

@@ -44,8 +44,10 @@ from flask import Flask, current_app
 
 from features.interactions import EVENT_CODE, History, user_batch
 from recsys.errors import DB_UNAVAILABLE, ModelError, RateLimitedLog
+from recsys.models.activation import activation_stack
+from recsys.models.artifacts import model_nbytes
 from recsys.models.batched_model import BatchedModel
-from recsys.models.repository import LoadedModel, ModelRepository, get_repository, model_nbytes
+from recsys.models.repository import LoadedModel, ModelRepository, get_repository
 from recsys.ops import metrics
 from recsys.ops.lifecycle import on_after_fork
 from recsys.ops.polling import BackgroundPoll
@@ -517,10 +519,8 @@ class ModelRuntime:
     def _rollback_target(self, strategy: str) -> str | None:
         from types import SimpleNamespace
 
-        from recsys.models.repository import _activation_stack
-
         history = self.repository.activation_history(strategy)
-        stack = _activation_stack([SimpleNamespace(**h) for h in history])
+        stack = activation_stack([SimpleNamespace(**h) for h in history])
         return stack[-2] if len(stack) >= 2 else None
 
     def load(self, strategy: str, version: str | None = None) -> dict[str, Any]:

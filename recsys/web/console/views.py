@@ -252,7 +252,7 @@ def preview():
 
 # Models ---------------------------------------------------------------------------------------
 def _dir_bytes(path: str) -> int | None:
-    from recsys.models.retention import _dir_bytes as dir_bytes
+    from recsys.models.artifacts import dir_bytes
 
     if not path or not os.path.isdir(path):
         return None
