@@ -36,7 +36,7 @@ DEFAULTS: dict[str, object] = {
     "CACHE_TTL": 300,
     # Entries of the in-process cache used when REDIS_URL is unset.
     "LOCAL_CACHE_SIZE": 10_000,
-    # Near cache (recsys/nearcache.py): seconds each worker keeps a copy of the lists it has
+    # Near cache (serving/cache/near.py): seconds each worker keeps a copy of the lists it has
     # read from Redis, kept fresh by Redis pub/sub, so a repeat request skips
     # the Redis round trip. 0: off (every hit reads the user's token from Redis). Only with
     # one Redis server (redis://); never longer than CACHE_TTL.

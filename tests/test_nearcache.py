@@ -1,4 +1,4 @@
-"""The near cache (recsys/nearcache.py) on the real Redis: local hits, invalidation by pub/sub
+"""The near cache (serving/cache/near.py) on the real Redis: local hits, invalidation by pub/sub
 across processes (two caches or two apps on one Redis stand for two gunicorn workers), tickets,
 a lost subscription, TTL and size bounds."""
 
@@ -9,7 +9,7 @@ import redis
 from flask import Flask
 
 from recsys.serving.cache import ResultCache
-from recsys.serving.nearcache import PUBLISH_MAX_USERS, NearCache
+from recsys.serving.cache.near import PUBLISH_MAX_USERS, NearCache
 from tests.clocks import ManualClock
 
 pytestmark = pytest.mark.redis

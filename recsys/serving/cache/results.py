@@ -41,18 +41,22 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
 
 from flask import Flask, current_app
 
 from recsys.ops.lifecycle import on_after_fork
-from recsys.serving.nearcache import NearCache, messages
+from recsys.serving.cache.backends import (
+    LocalBackend,
+    RedisBackend,
+    RedisClusterBackend,
+    is_cluster_url,
+)
+from recsys.serving.cache.near import NearCache, messages
 
 log = logging.getLogger(__name__)
 
@@ -63,252 +67,6 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 # First bytes of every cache entry (format version): entries of another format are misses.
 ENTRY_TAG = b"r2:"
-
-
-class LocalBackend:
-    """A bounded LRU with per-entry TTL, standing in for Redis in a single process."""
-
-    def __init__(self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic):
-        self.max_entries = max(1, int(max_entries))
-        self.clock = clock
-        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _get(self, key: str, now: float) -> bytes | None:
-        item = self._data.get(key)
-        if item is None:
-            return None
-        expires, value = item
-        if expires <= now:
-            del self._data[key]
-            return None
-        self._data.move_to_end(key)
-        return value
-
-    def mget(self, keys: list[str]) -> list[bytes | None]:
-        now = self.clock()
-        with self._lock:
-            return [self._get(k, now) for k in keys]
-
-    def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        with self._lock:
-            self._data[key] = (self.clock() + ttl_s, value)
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
-
-    def set_many(self, items: dict[str, bytes], ttl_s: float, publish: object = None) -> None:
-        # ``publish`` (near-cache invalidations) never applies in one process.
-        for k, v in items.items():
-            self.set(k, v, ttl_s)
-
-    def set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
-        now = self.clock()
-        with self._lock:
-            if self._get(key, now) is not None:
-                return False
-        self.set(key, value, ttl_ms / 1000.0)
-        return True
-
-    def delete(self, key: str) -> None:
-        with self._lock:
-            self._data.pop(key, None)
-
-    def store(self, key: str, value: bytes | None, ttl_s: float, unlock: str | None) -> None:
-        """Set ``key`` (unless ``value`` is None) and delete ``unlock`` (unless None)."""
-        if value is not None:
-            self.set(key, value, ttl_s)
-        if unlock is not None:
-            self.delete(unlock)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
-class _RedisWrites:
-    """Writes shared by the plain and the cluster backend (``self.client`` is either)."""
-
-    client: Any
-
-    def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        self.client.set(key, value, ex=max(1, int(ttl_s)))
-
-    def set_many(
-        self, items: dict[str, bytes], ttl_s: float, publish: tuple[str, list[bytes]] | None = None
-    ) -> None:
-        """Set every key; then, in the same round trip, publish each message of
-        ``publish = (channel, messages)`` (the near caches' invalidations)."""
-        # Non-transactional: a cluster client groups the keys (many slots) by node.
-        pipe = self.client.pipeline(transaction=False)
-        for k, v in items.items():
-            pipe.set(k, v, ex=max(1, int(ttl_s)))
-        if publish is not None:
-            for message in publish[1]:
-                pipe.publish(publish[0], message)
-        pipe.execute()
-
-
-class RedisBackend(_RedisWrites):
-    """redis-py, with one raw connection per thread for the request path's commands.
-
-    The client API checks a pooled connection out (a lock and a ``can_read`` poll syscall) and
-    back in, and wraps every command in retry machinery; for the one read of a cache hit this
-    was about two thirds of its Redis client CPU, so each thread keeps its own connection and
-    speaks to it directly: the ``MGET`` of every lookup, and a miss's stampede lock and its
-    store-and-unlock. Other writes (invalidation) use the pooled client.
-    """
-
-    def __init__(self, url: str, timeout_s: float = 0.25):
-        import redis
-
-        self.url = url
-        self.timeout_s = timeout_s
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
-        self._local = threading.local()
-
-    def _conn(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            # Connects lazily on the first command, with the client's URL, db and timeouts.
-            conn = self._local.conn = self.client.connection_pool.make_connection()
-        return conn
-
-    def _run(self, *commands: tuple) -> list:
-        """``commands`` on this thread's own connection in one round trip: their replies."""
-        conn = self._conn()
-        try:
-            if len(commands) == 1:
-                conn.send_command(*commands[0])
-                return [conn.read_response()]
-            conn.send_packed_command(conn.pack_commands(commands))
-            return [conn.read_response() for _ in commands]
-        except BaseException:
-            # A half-read reply would poison the next call: drop the connection (the next
-            # call reconnects; the caller backs off on errors).
-            conn.disconnect()
-            raise
-
-    def mget(self, keys: list[str]) -> list[bytes | None]:
-        return self._run(("MGET", *keys))[0]
-
-    def set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
-        return self._run(("SET", key, value, "NX", "PX", int(ttl_ms)))[0] is not None
-
-    def delete(self, key: str) -> None:
-        self.client.delete(key)
-
-    def store(self, key: str, value: bytes | None, ttl_s: float, unlock: str | None) -> None:
-        """Set ``key`` (unless ``value`` is None) and delete ``unlock`` (unless None)."""
-        commands: list[tuple] = []
-        if value is not None:
-            commands.append(("SET", key, value, "EX", max(1, int(ttl_s))))
-        if unlock is not None:
-            commands.append(("DEL", unlock))
-        if commands:
-            self._run(*commands)
-
-
-CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
-
-
-def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
-    """``redis+cluster://[user:password@]host:port[,host:port...][/0]``: the startup nodes and
-    client options (``rediss+cluster://`` for TLS). Raises ValueError with the reason."""
-    parts = urlsplit(url)
-    if parts.scheme not in CLUSTER_SCHEMES:
-        raise ValueError(f"not a Redis Cluster URL (redis+cluster://host:port,...): {url!r}")
-    creds, _, hosts = parts.netloc.rpartition("@")
-    nodes = []
-    for hp in filter(None, hosts.split(",")):
-        host, sep, port = hp.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"Redis Cluster node {hp!r} is not host:port")
-        nodes.append((host.strip("[]"), int(port)))
-    if not nodes:
-        raise ValueError(f"Redis Cluster URL names no node: {url!r}")
-    if parts.path.strip("/") not in ("", "0"):
-        raise ValueError("Redis Cluster has only database 0; drop the /N from the URL")
-    opts: dict[str, Any] = {"ssl": CLUSTER_SCHEMES[parts.scheme]}
-    if creds:
-        user, sep, password = creds.partition(":")
-        if sep:
-            if user:
-                opts["username"] = unquote(user)
-            opts["password"] = unquote(password)
-        else:
-            opts["password"] = unquote(user)
-    return nodes, opts
-
-
-def is_cluster_url(url: str | None) -> bool:
-    return bool(url) and urlsplit(url).scheme in CLUSTER_SCHEMES
-
-
-class RedisClusterBackend(_RedisWrites):
-    """redis-py's ``RedisCluster``: commands go to the node owning their keys' slot.
-
-    Every multi-key command here names keys of one user, which share a hash tag and so a slot:
-    ``MGET`` of token and entry, and ``SET`` + ``DEL`` of a miss's store-and-unlock, sent as a
-    two-command pipeline to that one node (one round trip, as on a single Redis). The client is
-    made on first use: its constructor asks a node for the slot map, and a cluster that is down
-    when a worker starts must mean uncached answers, not a worker that cannot start.
-    """
-
-    def __init__(self, url: str, timeout_s: float = 0.25):
-        self.url = url
-        self.timeout_s = timeout_s
-        self.nodes, self._opts = cluster_nodes(url)
-        self._client = None
-        self._lock = threading.Lock()
-
-    @property
-    def client(self):
-        if self._client is None:
-            from redis.backoff import NoBackoff
-            from redis.cluster import ClusterNode, RedisCluster
-            from redis.retry import Retry
-
-            with self._lock:
-                if self._client is None:
-                    self._client = RedisCluster(
-                        startup_nodes=[ClusterNode(h, p) for h, p in self.nodes],
-                        socket_timeout=self.timeout_s,
-                        socket_connect_timeout=self.timeout_s,
-                        # The cache is optional: one failed try means "serve uncached" (the
-                        # caller backs off), not seconds of retries inside a request.
-                        retry=Retry(NoBackoff(), 0),
-                        **self._opts,
-                    )
-        return self._client
-
-    def mget(self, keys: list[str]) -> list[bytes | None]:
-        if len(keys) == 1:
-            return [self.client.get(keys[0])]
-        return self.client.mget(keys)  # one slot (one user's keys): refused otherwise
-
-    def set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
-        return self.client.set(key, value, nx=True, px=int(ttl_ms)) is not None
-
-    def delete(self, key: str) -> None:
-        self.client.delete(key)
-
-    def store(self, key: str, value: bytes | None, ttl_s: float, unlock: str | None) -> None:
-        """Set ``key`` (unless ``value`` is None) and delete ``unlock`` (unless None)."""
-        if value is not None and unlock is not None:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.set(key, value, ex=max(1, int(ttl_s)))
-            pipe.delete(unlock)
-            pipe.execute()
-        elif value is not None:
-            self.set(key, value, ttl_s)
-        elif unlock is not None:
-            self.delete(unlock)
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
 
 
 class Peek(NamedTuple):
@@ -349,7 +107,7 @@ class ResultCache:
         self.lock_polls = 0  # times a request looked again while another held the entry's lock
         self.url = cfg.get("REDIS_URL") or None
         self.local_size = int(cfg.get("LOCAL_CACHE_SIZE", 10_000))
-        # The per-process copy of hits (recsys.serving.nearcache): seconds, never beyond CACHE_TTL.
+        # The per-process copy of hits (recsys.serving.cache.near): seconds, never beyond CACHE_TTL.
         self.near_ttl = min(float(cfg.get("NEAR_CACHE_TTL") or 0), self.ttl)
         self.near_size = int(cfg.get("NEAR_CACHE_SIZE", 10_000))
         self._down_until = 0.0
