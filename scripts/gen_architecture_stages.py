@@ -1,6 +1,6 @@
 """Write ARCHITECTURE.md's stage table from the stage lists in the code.
 
-The rows come from ``recsys.serving.pipeline.stage_rows`` (the serving stages, with the
+The rows come from ``recsys.serving.stages.stage_rows`` (the serving stages, with the
 recommender's ``recsys.core.stages.STAGES`` expanded in place). The table sits between the
 ``<!-- stages:begin -->`` and ``<!-- stages:end -->`` markers; ``--check`` exits 1 when the
 document differs from what would be written (the test suite runs it).
@@ -23,7 +23,7 @@ BEGIN, END = "<!-- stages:begin -->", "<!-- stages:end -->"
 def table() -> str:
     """The stage table as Markdown."""
     sys.path.insert(0, ROOT)
-    from recsys.serving.pipeline import stage_rows
+    from recsys.serving.stages import stage_rows
 
     lines = ["| stage | answers | what it does | code |", "|---|---|---|---|"]
     lines += [f"| `{n}` | {a} | {w} | {c} |" for n, a, w, c in stage_rows()]

@@ -16,7 +16,7 @@ import pytest
 from recsys.core import stages
 from recsys.core.recommender import Recommender
 from recsys.core.types import RecRequest, UserHistory
-from recsys.serving.pipeline import PIPELINE_STAGES, SCORING, stage_rows
+from recsys.serving.stages import PIPELINE_STAGES, SCORING, stage_rows
 from tests.servicekit import ITEMS, fitted_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,19 +4,11 @@ Read top to bottom, ``RecommendationPipeline.user_list`` is what
 ``GET /v1/users/<id>/recommendations`` does, whether Flask's view (``recsys.web.api.recommend``)
 or the WSGI fast path (``recsys.web.fastpath``) received it; both only parse and answer.
 
-``PIPELINE_STAGES`` lists the stages in order, with the answers that run each (``user``: a
-user's list, ``session``: a guest session's, ``similar``, ``popular``) and where the work is
-done; ``SCORING`` stands for the recommender's own stages (``recsys.core.stages.STAGES``:
-route, candidates, blend, rules), which run inside a scoring turn. ``stage_rows`` expands the
-two lists into the table of ARCHITECTURE.md (``scripts/gen_architecture_stages.py``; a test
-fails when the document is out of date).
-
-Each stage is timed once, by ``timed`` (the recommender's by ``Recommender.run_stages``): its
-seconds go into ``recsys_stage_seconds{stage=...}`` and the request's ``Server-Timing``
-header. ``turn_wait`` is the gate's own measure of the wait. Stages inside a scoring turn are
-timed in the thread that holds the turn: a request scored in another's combined turn reports
-``turn_wait`` only. The cache does not own the flow: ``ResultCache.lookup`` answers a hit or a
-miss, the pipeline computes, and ``ResultCache.store`` keeps the answer and releases the lock.
+The stages, in order, are listed in ``recsys.serving.stages`` (with the recommender's own,
+``recsys.core.stages``), and each is timed once by ``recsys.serving.stages.timed``. The cache
+does not own the flow: ``ResultCache.lookup`` answers a hit or a miss, the pipeline computes,
+and ``ResultCache.store`` keeps the answer and releases the lock. What a request carries
+(``Snapshot``, ``UserAsk``, ``UserAnswer``) is in ``recsys.serving.request``.
 
 Collaborators are injected by ``init_app`` (called from ``create_app``): the settings store
 (configuration and versions), the catalogue store, the model runtime (created lazily, once per
@@ -27,26 +19,24 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from flask import Flask
 
-from recsys.core.config import ServingConfig
 from recsys.core.recommender import Recommender
 from recsys.core.runners import run_inline, run_with_deadline
 from recsys.core.types import RecRequest, RecResult, UserHistory
 from recsys.errors import DB_UNAVAILABLE, NotFound, RateLimitedLog
-from recsys.ops.logs import stage as server_timing_stage
-from recsys.ops.metrics import STAGE_LATENCY, note_degraded
+from recsys.ops.metrics import note_degraded
 from recsys.serving.cache import LocalBackend, Peek, ResultCache
-from recsys.serving.catalog import Catalog, CatalogStore
+from recsys.serving.catalog import CatalogStore
 from recsys.serving.gate import scoring_gate
 from recsys.serving.history import DEFAULT_MAX_EVENTS, get_history_reader
+from recsys.serving.request import Snapshot, UserAnswer, UserAsk, mark_cached
 from recsys.serving.settings_store import SettingsStore
-from recsys.store.versions import Versions
+from recsys.serving.stages import record_stage, timed
 
 log = logging.getLogger(__name__)
 # During an outage every uncached request fails its history read: one line per 10 s, not each.
@@ -57,192 +47,8 @@ PEEK_ENVIRON_KEY = "recsys.cache_peek"
 POPULAR_ONLY = {"routing": {"cold_strategies": ["popular"], "warm_strategies": ["popular"]}}
 EXTENSION = "recsys.pipeline"
 
-_DEGRADED = b'"degraded":true'
-_NOT_CACHED = b'"cached":false'
-_CACHED = b'"cached":true'
 # A similar-items answer is kept until the snapshot changes (the key includes it).
 _FOREVER_S = 10 * 365 * 86400.0
-
-SCORING = "scoring"
-USER, SESSION, SIMILAR, POPULAR = "user", "session", "similar", "popular"
-# (name, answers that run it, what it does, where). SCORING: recsys.core.stages.STAGES.
-PIPELINE_STAGES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
-    (
-        "snapshot",
-        (USER, SESSION, SIMILAR, POPULAR),
-        "configuration, catalogue, loaded and wanted model versions of this process; the cache "
-        "key and every later stage use this one snapshot",
-        "`RecommendationPipeline.snapshot`",
-    ),
-    (
-        "cache_lookup",
-        (USER,),
-        "one `MGET` of the user's history token and the cached answer (or the worker's near "
-        "cache); a fresh entry ends the path; a miss takes the stampede lock",
-        "`serving.cache.ResultCache.lookup`",
-    ),
-    (
-        "history",
-        (USER,),
-        "the user's last events from SQL within the request deadline; the store down: an "
-        "empty history, popularity, degraded",
-        "`serving.history.HistoryReader`",
-    ),
-    (
-        "turn_wait",
-        (USER, SESSION),
-        "wait for one of this worker's scoring turns; none in time: popularity only, degraded",
-        "`serving.gate.ScoringGate`",
-    ),
-    (SCORING, (USER, SESSION, SIMILAR, POPULAR), "", "`core.stages.STAGES`"),
-    (
-        "render",
-        (USER, SESSION, SIMILAR, POPULAR),
-        "the answer's JSON bytes",
-        "`RecommendationPipeline.render`",
-    ),
-    (
-        "cache_store",
-        (USER,),
-        "store the answer (not when degraded) and release the lock, one round trip",
-        "`serving.cache.ResultCache.store`",
-    ),
-    (
-        "fields",
-        (USER, SESSION, SIMILAR, POPULAR),
-        "item data (title, price ...) spliced in after the cache",
-        "`serving.catalog.Catalog.render_items`",
-    ),
-)
-
-
-def stage_rows() -> list[tuple[str, str, str, str]]:
-    """Every stage of a recommendation request in order, the recommender's expanded in place.
-
-    Returns
-    -------
-    list of (name, answers, what, where)
-        ``answers`` comma-separated; the source of ARCHITECTURE.md's stage table.
-    """
-    from recsys.core import stages
-
-    # A guest session is a user list without a stored history.
-    core_answer = {USER: stages.USER, SESSION: stages.USER, SIMILAR: stages.SIMILAR}
-    core_answer[POPULAR] = stages.POPULAR
-    rows = []
-    for name, answers, what, where in PIPELINE_STAGES:
-        if name != SCORING:
-            rows.append((name, ", ".join(answers), what, where))
-            continue
-        for stage in stages.STAGES:
-            runs = [a for a in answers if core_answer[a] in stage.answers]
-            rows.append(
-                (stage.name, ", ".join(runs), stage.doc, f"`core.stages.{stage.run.__name__}`")
-            )
-    return rows
-
-
-_stage_children: dict[str, Any] = {}
-
-
-def record_stage(name: str, seconds: float) -> None:
-    """One stage's time: the stage histogram and the request's ``Server-Timing`` header."""
-    child = _stage_children.get(name)
-    if child is None:
-        child = _stage_children[name] = STAGE_LATENCY.labels(name)
-    child.observe(seconds)
-    server_timing_stage(name, seconds)
-
-
-def timed(name: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """Run one stage, ``fn(*args)``, and record its time under ``name`` (``record_stage``).
-
-    Parameters
-    ----------
-    name : str
-        The stage's name (``PIPELINE_STAGES``).
-    fn : callable
-        The stage's work.
-
-    Returns
-    -------
-    object
-        What ``fn`` returned.
-    """
-    t0 = time.perf_counter()
-    try:
-        return fn(*args)
-    finally:
-        record_stage(name, time.perf_counter() - t0)
-
-
-def is_degraded(body: bytes) -> bool:
-    return _DEGRADED in body
-
-
-def mark_cached(body: bytes) -> bytes:
-    """A stored body (``"cached": false``) as a cache hit answers it."""
-    # Keys are sorted, so ``"cached"`` is the first key; an id containing the text has its
-    # quotes escaped (``\\"``), so the first unescaped match is always the key itself.
-    return body.replace(_NOT_CACHED, _CACHED, 1)
-
-
-@dataclass
-class Snapshot:
-    """What one request serves with: config, versions, catalogue, models."""
-
-    config: ServingConfig
-    versions: Versions
-    catalog: Catalog
-    models: Callable[[str], Any]
-    model_versions: dict[str, str]
-    wanted_versions: dict[str, str]
-    runtime: Any
-    # Canonical JSON of (versions, served models, wanted models), part of every cache key.
-    key: str = ""
-
-    def unloadable(self, result: RecResult) -> bool:
-        """Whether a strategy the answer skipped has an active version that this process
-        could not load (a corrupt or missing file): the list lacks a model it should have,
-        so it is degraded (and not cached), unlike a strategy with no active version."""
-        return any(name in self.wanted_versions for name in result.skipped)
-
-
-@dataclass
-class UserAsk:
-    """One per-user list request: what the view or the fast path parsed, then what the stages
-    found. ``peeked``: a cache lookup already made for this request (the fast path's miss)."""
-
-    user_id: str
-    req: RecRequest
-    explain: bool = False
-    shed: bool = False
-    assignment: dict | None = None
-    peeked: Peek | None = None
-    snapshot: Snapshot | None = None
-
-
-@dataclass
-class UserAnswer:
-    route: str
-    body: bytes
-    cached: bool
-    snapshot: Snapshot
-
-
-def user_request(q: dict[str, Any], exclude: list[str], adm: Any) -> RecRequest:
-    """The ``RecRequest`` of a valid recommendations query (``RecQuery``'s fields, ``exclude``
-    already split) under ``adm``, the request's ``recsys.serving.admission.Admission``: the
-    view's and the fast path's."""
-    return RecRequest(
-        n=q["n"],
-        offset=q["offset"],
-        category=q["category"],
-        exclude=exclude,
-        explain=q["explain"],
-        deadline_s=adm.deadline_s,
-        priority=adm.priority,
-    )
 
 
 class RecommendationPipeline:

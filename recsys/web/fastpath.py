@@ -44,14 +44,8 @@ from marshmallow import ValidationError
 from recsys.ops import metrics
 from recsys.ops.logs import note
 from recsys.serving import admission
-from recsys.serving.pipeline import (
-    PEEK_ENVIRON_KEY,
-    UserAsk,
-    get_pipeline,
-    is_degraded,
-    mark_cached,
-    user_request,
-)
+from recsys.serving.pipeline import PEEK_ENVIRON_KEY, get_pipeline
+from recsys.serving.request import UserAsk, is_degraded, mark_cached, user_request
 from recsys.web.auth import given_key, key_allows, keys_required
 from recsys.web.cors import fast_cors
 from recsys.web.httpcache import list_headers, not_modified

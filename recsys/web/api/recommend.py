@@ -24,14 +24,8 @@ from recsys.core.types import RecRequest
 from recsys.ops import metrics
 from recsys.ops.logs import note
 from recsys.serving.admission import admission
-from recsys.serving.pipeline import (
-    PEEK_ENVIRON_KEY,
-    Snapshot,
-    UserAsk,
-    get_pipeline,
-    is_degraded,
-    user_request,
-)
+from recsys.serving.pipeline import PEEK_ENVIRON_KEY, get_pipeline
+from recsys.serving.request import Snapshot, UserAsk, is_degraded, user_request
 from recsys.web.auth import require_scope
 from recsys.web.errors import RecsysError
 from recsys.web.httpcache import list_headers, not_modified
