@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
@@ -39,3 +40,16 @@ def test_license_and_changelog_ship():
     assert "Apache License" in (ROOT / "LICENSE").read_text()
     changelog = (ROOT / "CHANGELOG.md").read_text()
     assert f"## {__version__}" in changelog or "## Unreleased" in changelog
+
+
+def test_the_files_the_cli_points_at_exist():
+    """Paths computed from the package's location (moving a module must not break them)."""
+    from recsys.cli.main import gunicorn_argv
+    from recsys.offline.evaluation.datasets import RETAIL_FILE
+    from recsys.offline.importers.online_retail import default_path
+
+    root, argv = gunicorn_argv(("--workers", "1"))
+    assert os.path.isfile(os.path.join(root, "wsgi.py"))
+    conf = argv[argv.index("-c") + 1]
+    assert os.path.isfile(conf) and argv[-1] == "wsgi:app" and "--workers" in argv
+    assert os.path.isfile(default_path()) and default_path() == RETAIL_FILE

@@ -99,13 +99,31 @@ def _safe_url() -> str:
     return get_engine().url.render_as_string(hide_password=True)
 
 
+def gunicorn_argv(gunicorn_args: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """How ``recsys serve`` runs gunicorn.
+
+    Parameters
+    ----------
+    gunicorn_args : tuple of str
+        Extra arguments for gunicorn.
+
+    Returns
+    -------
+    (str, list of str)
+        The folder to run in (the project root, with ``gunicorn.conf.py`` and ``wsgi.py``) and
+        the command line.
+    """
+    from recsys.paths import PROJECT_ROOT
+
+    conf = os.path.join(PROJECT_ROOT, "gunicorn.conf.py")
+    return PROJECT_ROOT, [sys.executable, "-m", "gunicorn", "-c", conf, *gunicorn_args, "wsgi:app"]
+
+
 @main.command("serve", context_settings={"ignore_unknown_options": True})
 @click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
 def serve(gunicorn_args: tuple[str, ...]) -> None:
     """Run the service under gunicorn (gunicorn.conf.py); extra args go to gunicorn."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    conf = os.path.join(root, "gunicorn.conf.py")
-    argv = [sys.executable, "-m", "gunicorn", "-c", conf, *gunicorn_args, "wsgi:app"]
+    root, argv = gunicorn_argv(gunicorn_args)
     os.chdir(root)
     os.execv(sys.executable, argv)
 

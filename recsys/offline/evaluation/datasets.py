@@ -19,12 +19,12 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from features.interactions import InteractionData, ItemMeta
+from recsys.paths import DATA_DIR, PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ML100K_DIR = os.path.join(REPO_ROOT, "..", "shared", "datasets", "ml-100k")
-RETAIL_FILE = os.path.join(REPO_ROOT, "data", "online_retail.csv.gz")
+ML100K_DIR = os.path.join(PROJECT_ROOT, "..", "shared", "datasets", "ml-100k")
+RETAIL_FILE = os.path.join(DATA_DIR, "online_retail.csv.gz")
 
 ML100K_GENRES = (
     "unknown Action Adventure Animation Children's Comedy Crime Documentary Drama Fantasy "

@@ -45,6 +45,7 @@ from recsys.offline.importers.common import (
     open_text,
     progress,
 )
+from recsys.paths import DATA_DIR
 
 SOURCE = "online-retail"
 COLUMNS = (
@@ -84,8 +85,7 @@ def is_non_product(code: str) -> bool:
 
 def default_path() -> str:
     """``data/online_retail.csv.gz`` in the project root (the folder above the package)."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(root, "data", "online_retail.csv.gz")
+    return os.path.join(DATA_DIR, "online_retail.csv.gz")
 
 
 # Words that qualify the product rather than name it: colours, sizes, patterns, themes and

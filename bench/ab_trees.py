@@ -1,0 +1,177 @@
+"""Serve the same prepared store from two source trees (and a bare Flask app), in one run.
+
+For "behaviour unchanged, not slower" checks of a refactor: each tree is started as gunicorn
+with the project's ``gunicorn.conf.py`` (2 workers x 4 threads, the tree's own code through
+``PYTHONPATH``) on the store ``bench/serve_bench.py --prepare`` made, and driven by wrk (or
+Python threads) with the same scenarios, in alternating rounds (A, B, A, B ...) so that drift
+of a shared machine falls on both. A bare Flask app answering a constant JSON under the same
+gunicorn settings is the fixed floor the brief asks for: a ratio to it does not hide a falling
+floor.
+
+    .venv/bin/python bench/serve_bench.py --prepare --instance /work/bench-inst \\
+        --database-url postgresql+psycopg://postgres@127.0.0.1:5432/recsys_bench_ab \\
+        --redis-url redis://127.0.0.1:6379/8
+    git worktree add /tmp/base <old commit>
+    .venv/bin/python bench/ab_trees.py --a /tmp/base --b . --rounds 3 --instance /work/bench-inst \\
+        --database-url postgresql+psycopg://postgres@127.0.0.1:5432/recsys_bench_ab \\
+        --redis-url redis://127.0.0.1:6379/8
+
+Prints one Markdown table: requests/s and p99 per scenario and tree (median over rounds), and
+each tree's figure over the bare Flask floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+import serve_bench as sb  # noqa: E402
+
+BARE_APP = """
+from flask import Flask, jsonify
+app = Flask(__name__)
+
+
+@app.get("/healthz")
+def healthz():
+    return jsonify(status="ok")
+"""
+
+
+def start(tree: str, args, port: int, app: str = "wsgi:app") -> subprocess.Popen:
+    """gunicorn for ``tree`` with the project's gunicorn.conf.py (from ``ROOT``)."""
+    env = sb.bench_env(args)
+    env["PYTHONPATH"] = tree
+    log = open(os.path.join(args.instance, f"ab_{os.path.basename(tree) or 'tree'}.log"), "w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", os.path.join(ROOT, "gunicorn.conf.py")]
+        + ["--bind", f"127.0.0.1:{port}", "--log-level", "warning", app],
+        env=env,
+        cwd=tree,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def scenarios(users: list[str], items: list[str]) -> list[tuple[str, list]]:
+    rec = "/v1/users/{u}/recommendations?n=10"
+    return [
+        ("healthz", [("GET", "/healthz", None)]),
+        ("cached", [("GET", rec.format(u=u), None) for u in users[:50]]),
+        ("uncached", [("GET", rec.format(u=u) + "&exclude=ab-UNIQ", None) for u in users]),
+        ("similar", [("GET", f"/v1/items/{i}/similar?n=10", None) for i in items]),
+        ("popular", [("GET", "/v1/popular?n=10", None)]),
+    ]
+
+
+def measure(tree: str, args, drive, specs_of, run_id: str) -> dict[str, dict]:
+    port = sb.free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start(tree, args, port)
+    try:
+        sb.wait_ready(base, proc, timeout=300)
+        out = {}
+        for name, specs in specs_of:
+            if name == "cached":
+                for _, path, _ in specs:  # fill the cache first
+                    sb.get_json(base, path)
+            out[name] = drive(base, specs, args.concurrency, args.duration, run_id)
+        return out
+    finally:
+        stop(proc)
+
+
+def measure_bare(args, drive, run_id: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "bare.py"), "w") as f:
+            f.write(BARE_APP)
+        port = sb.free_port()
+        proc = start(tmp, args, port, app="bare:app")
+        try:
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(300):
+                try:
+                    if sb.get_json(base, "/healthz", timeout=1)[0] == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.1)
+            return drive(base, [("GET", "/healthz", None)], args.concurrency, args.duration, run_id)
+        finally:
+            stop(proc)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--a", required=True, help="source tree A (e.g. a worktree of the old commit)")
+    p.add_argument("--b", required=True, help="source tree B")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=float, default=6.0)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--database-url", required=True)
+    p.add_argument("--redis-url", required=True)
+    p.add_argument("--redis-prefix", default="recsys-ab")
+    p.add_argument("--instance", required=True)
+    p.add_argument("--tool", choices=("auto", "wrk", "python"), default="auto")
+    args = p.parse_args()
+    args.model_dir = os.path.join(args.instance, "models")
+    args.workers, args.threads, args.near_cache_ttl = 2, 4, 0.0
+    args.admin_token = "bench-admin-token"
+    drive = sb.run_wrk if args.tool != "python" and sb.shutil.which("wrk") else sb.run_python
+    users, items = sb.sample_ids(args, n_users=200, n_items=300)
+    specs = scenarios(users, items)
+    trees = {"A": os.path.abspath(args.a), "B": os.path.abspath(args.b)}
+    got: dict[str, dict[str, list]] = {"A": {}, "B": {}, "bare": {"healthz": []}}
+    print(sb.machine(), flush=True)
+    for k in range(args.rounds):
+        run_id = f"ab{int(time.time())}r{k}"
+        got["bare"]["healthz"].append(measure_bare(args, drive, run_id))
+        order = ("A", "B") if k % 2 == 0 else ("B", "A")
+        for label in order:
+            res = measure(trees[label], args, drive, specs, run_id + label)
+            for name, r in res.items():
+                got[label].setdefault(name, []).append(r)
+            print(
+                f"round {k + 1} {label}: "
+                + ", ".join(f"{n} {r['rps']:.0f}/s" for n, r in res.items()),
+                flush=True,
+            )
+
+    def med(rs, key):
+        return statistics.median(r[key] for r in rs)
+
+    floor = med(got["bare"]["healthz"], "rps")
+    print(
+        f"\nA = {trees['A']}\nB = {trees['B']}\n{args.rounds} rounds x {args.duration:g} s, "
+        f"{args.concurrency} connections, medians; bare Flask /healthz {floor:.0f}/s\n"
+    )
+    print("| scenario | A req/s | B req/s | B/A | A p99 ms | B p99 ms | A/bare | B/bare |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, _ in specs:
+        a, b = med(got["A"][name], "rps"), med(got["B"][name], "rps")
+        pa, pb = med(got["A"][name], "p99_ms"), med(got["B"][name], "p99_ms")
+        print(
+            f"| {name} | {a:.0f} | {b:.0f} | {b / a:.2f} | {pa:.1f} | {pb:.1f} "
+            f"| {a / floor:.2f} | {b / floor:.2f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
