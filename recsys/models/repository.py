@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from features.idmap import IdMap
 from features.interactions import InteractionData
+from recsys.config import get_config
 from recsys.errors import ModelError
 from recsys.store.models import (
     AuditLog,
@@ -672,6 +673,6 @@ def get_repository(app=None) -> ModelRepository:
     app = app or current_app._get_current_object()
     repo = app.extensions.get("recsys.models")
     if repo is None:
-        repo = ModelRepository(app.config["MODEL_DIR"], app.extensions["recsys.sessionmaker"])
+        repo = ModelRepository(get_config(app).model_dir, app.extensions["recsys.sessionmaker"])
         app.extensions["recsys.models"] = repo
     return repo
