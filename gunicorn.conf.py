@@ -53,7 +53,9 @@ def when_ready(server):
     if not server.cfg.preload_app:
         return  # each worker loads the app itself and preloads in the background
     app = server.app.wsgi()
-    if app.config.get("PRELOAD_MODELS", True):
+    from recsys.config import get_config
+
+    if get_config(app).preload_models:
         from recsys.models.runtime import get_runtime
 
         failed = get_runtime(app).preload(cpu_only=True)

@@ -33,7 +33,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 from features.interactions import InteractionData  # noqa: E402
-from recsys.config import DEFAULTS  # noqa: E402
+from recsys.config import Settings  # noqa: E402
 from recsys.models.batcher import MicroBatcher  # noqa: E402
 from strategies.base import UserBatch  # noqa: E402
 from strategies.deep import DeepStrategy  # noqa: E402
@@ -393,7 +393,7 @@ def main() -> None:
     ap.add_argument(
         "--concurrency",
         type=int,
-        default=DEFAULTS["BATCH_CONCURRENCY"],
+        default=Settings.default("BATCH_CONCURRENCY"),
         help="batch runner threads (RECSYS_BATCH_CONCURRENCY); 1 is also measured",
     )
     ap.add_argument("--torch-threads", type=int, default=None)

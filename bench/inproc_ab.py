@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, ROOT)
     from bench.serve_bench import sample_ids
     from recsys.app import create_app
+    from recsys.config import update_config
 
     users, _ = sample_ids(args, n_users=400, n_items=1)
     app = create_app(
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     per_config: dict[str, list[float]] = {"A": [], "B": []}
     for _ in range(args.chunks):
         for name, cfg in configs.items():
-            app.config.update(cfg)
+            update_config(app, **cfg)
             per_config[name].append(chunk(args.per))
     print(
         f"{args.chunks} x {args.per} uncached requests per configuration, alternated; "

@@ -88,7 +88,7 @@ def main() -> int:
     if device == "cuda" and not torch.cuda.is_available():
         print("no CUDA here: nothing to check")
         return 0
-    from recsys.config import DEFAULTS
+    from recsys.config import Settings
     from recsys.models.batched_model import BatchedModel
 
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
@@ -134,9 +134,9 @@ def main() -> int:
     singles = [batch_of([s]) for s in seqs]
     wrapped = BatchedModel(
         model,
-        int(DEFAULTS["BATCH_MAX_SIZE"]),
-        float(DEFAULTS["BATCH_MAX_DELAY_MS"]),
-        concurrency=int(DEFAULTS["BATCH_CONCURRENCY"]),
+        int(Settings.default("BATCH_MAX_SIZE")),
+        float(Settings.default("BATCH_MAX_DELAY_MS")),
+        concurrency=int(Settings.default("BATCH_CONCURRENCY")),
     )
     one = wrapped.score(singles[3])
     if not np.allclose(one[0], gpu[3], rtol=1e-4, atol=1e-4):

@@ -9,8 +9,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from apiflask import APIFlask
+from flask import Config
 
-from recsys.config import DEFAULTS, STRING_KEYS, instance_defaults
+from recsys.config import (
+    ENV_PREFIX,
+    ConfigError,
+    Settings,
+    install_config,
+    instance_defaults,
+    load_settings,
+)
 from recsys.version import __version__
 
 log = logging.getLogger(__name__)
@@ -23,8 +31,100 @@ def _json_loads_or_str(value: str) -> Any:
         return value
 
 
+class AppConfig(Config):
+    """``app.config`` of a recsys app: our keys are mirrored from the settings and read-only
+    once ``init_config`` has run (change them with ``update_config``); Flask's keys as usual."""
+
+    locked: frozenset[str] = frozenset()
+
+    def _check(self, keys: Any) -> None:
+        if hit := sorted(self.locked.intersection(keys)):
+            raise ConfigError(
+                f"{', '.join(hit)}: set at start from the settings; change at run time with "
+                "recsys.config.update_config(app, KEY=value)"
+            )
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._check([key])
+        super().__setitem__(key, value)
+
+    def update(self, *args: Any, **kw: Any) -> None:  # type: ignore[override]
+        """``dict.update``, refusing our keys once locked.
+
+        Parameters
+        ----------
+        *args, **kw
+            As ``dict.update``.
+
+        Returns
+        -------
+        None
+        """
+        new = dict(*args, **kw)
+        self._check(new)
+        super().update(new)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """``dict.setdefault``, refusing to add one of our keys once locked.
+
+        Parameters
+        ----------
+        key : str
+            The key.
+        default : Any
+            Its value when missing.
+
+        Returns
+        -------
+        Any
+            The key's value.
+        """
+        if key not in self:
+            self._check([key])
+        return super().setdefault(key, default)
+
+    def mirror(self, values: Mapping[str, Any]) -> None:
+        """Write the settings' values (the only way to write our keys once locked).
+
+        Parameters
+        ----------
+        values : Mapping
+            Values by key.
+
+        Returns
+        -------
+        None
+        """
+        dict.update(self, values)
+        self.locked = self.locked | frozenset(values)
+
+
+class RecsysFlask(APIFlask):
+    """The service's app class: ``APIFlask`` with ``AppConfig`` as ``app.config``."""
+
+    config_class = AppConfig
+
+
 def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
-    app = APIFlask(
+    """The service's app, configured and wired.
+
+    Parameters
+    ----------
+    test_config : Mapping, optional
+        Settings by key (``{"CACHE_TTL": 60}``) over the ``RECSYS_*`` environment, and Flask's
+        own keys (``TESTING``). Any other key is an error.
+
+    Returns
+    -------
+    APIFlask
+        The app (a ``RecsysFlask``); its settings are ``recsys.config.get_config(app)``.
+
+    Raises
+    ------
+    ConfigError
+        A bad value (named ``RECSYS_KEY`` or ``KEY``) or an unknown key.
+    """
+    app = RecsysFlask(
         __name__,
         title="recsys",
         version=__version__,
@@ -33,16 +133,22 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     )
     app.config["SPEC_FORMAT"] = "json"
     app.config["DOCS_PATH"] = "/docs"
-    app.config.update(DEFAULTS)
-    app.config.from_prefixed_env("RECSYS", loads=_json_loads_or_str)
-    for key in STRING_KEYS:  # secrets and URLs are strings: "0" and "true" stay as given
-        if (raw := os.environ.get(f"RECSYS_{key}")) is not None:
-            app.config[key] = raw
-    if test_config:
-        app.config.update(test_config)
-    for key, value in instance_defaults(app.instance_path).items():
-        if not app.config.get(key):
-            app.config[key] = value
+    # Flask's own keys (TESTING, TRUSTED_HOSTS, ...) from RECSYS_* and the mapping, as before;
+    # ours are the settings (recsys.config): environment, then the mapping, validated once.
+    flask_keys = set(app.config) - set(Settings.keys())
+    for name, raw in os.environ.items():
+        if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX) :] in flask_keys:
+            app.config[name[len(ENV_PREFIX) :]] = _json_loads_or_str(raw)
+    given = dict(test_config or {})
+    app.config.update({k: v for k, v in given.items() if k in flask_keys})
+    settings = load_settings({k: v for k, v in given.items() if k not in flask_keys})
+    if unset := {
+        key.lower(): value
+        for key, value in instance_defaults(app.instance_path).items()
+        if not getattr(settings, key.lower())
+    }:
+        settings = settings.model_copy(update=unset)
+    install_config(app, settings)
     os.makedirs(app.instance_path, exist_ok=True)
 
     from recsys.store import db

@@ -8,6 +8,7 @@ import logging
 import pytest
 from prometheus_client import REGISTRY
 
+from recsys.config import update_config
 from tests.servicekit import ADMIN_TOKEN
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -66,7 +67,7 @@ def test_degraded_answers_counted_by_reason(served_app):
     from recsys.serving.gate import scoring_gate
 
     client = served_app.test_client()
-    served_app.config.update(SCORING_SLOTS=1, DEADLINE_MS=60)
+    update_config(served_app, SCORING_SLOTS=1, DEADLINE_MS=60)
     labels = {"reason": "scoring_timeout"}
     before = REGISTRY.get_sample_value("recsys_degraded_answers_total", labels) or 0
     gate = scoring_gate(1)

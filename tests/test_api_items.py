@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from recsys.config import update_config
 from recsys.serving.catalog import Catalog, parse_fields
 from tests.servicekit import CATS, ITEMS
 
@@ -81,7 +82,7 @@ def test_session_list_carries_item_fields(client):
 def test_title_and_price_edit_shows_in_cached_lists_without_invalidating_them(
     served_app, client, fast
 ):
-    served_app.config["FAST_CACHE_PATH"] = fast
+    update_config(served_app, FAST_CACHE_PATH=fast)
     url = "/v1/users/u6/recommendations?n=3&fields=title,price,image_url"
     first = client.get(url).get_json()
     assert client.get(url).get_json()["cached"] is True

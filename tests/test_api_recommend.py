@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from recsys.config import update_config
 from tests.servicekit import ADMIN_TOKEN, CATS
 from tests.waiting import wait_until
 
@@ -216,11 +217,11 @@ def test_inline_mode_serves_the_same_lists(served_app, client):
     url = "/v1/users/u8/recommendations?n=5&exclude=x-{}"
     assert served_app.config["STRATEGY_PARALLEL"] is False  # the default
     inline = client.get(url.format(1)).get_json()
-    served_app.config["STRATEGY_PARALLEL"] = True
+    update_config(served_app, STRATEGY_PARALLEL=True)
     try:
         pooled = client.get(url.format(2)).get_json()
     finally:
-        served_app.config["STRATEGY_PARALLEL"] = False
+        update_config(served_app, STRATEGY_PARALLEL=False)
     assert not inline["cached"] and not inline["degraded"] and not pooled["cached"]
     assert inline["items"] == pooled["items"]
 
@@ -256,7 +257,7 @@ def test_no_scoring_turn_within_the_deadline_gives_degraded_popularity(served_ap
 
     from recsys.serving.gate import scoring_gate
 
-    served_app.config.update(SCORING_SLOTS=1, DEADLINE_MS=60)
+    update_config(served_app, SCORING_SLOTS=1, DEADLINE_MS=60)
     url = "/v1/users/u6/recommendations?n=3&explain=true"
     before = REGISTRY.get_sample_value("recsys_scoring_timeouts_total", {"priority": "normal"})
     gate = scoring_gate(1)
@@ -291,7 +292,7 @@ def test_wait_for_a_turn_is_taken_off_the_deadline(served_app, client, monkeypat
     from recsys.core import recommender as service
     from recsys.serving.gate import scoring_gate
 
-    served_app.config.update(SCORING_SLOTS=1, DEADLINE_MS=10_000)
+    update_config(served_app, SCORING_SLOTS=1, DEADLINE_MS=10_000)
     seen = []
     real = service.Recommender.recommend_batch
 
@@ -333,7 +334,7 @@ def test_waiting_requests_are_scored_together_and_answered_as_alone(served_app):
     from recsys.serving.cache import get_cache
     from recsys.serving.gate import scoring_gate
 
-    served_app.config.update(SCORING_SLOTS=1, DEADLINE_MS=5000)
+    update_config(served_app, SCORING_SLOTS=1, DEADLINE_MS=5000)
     users = ["u6", "u1", "u3", "nobody"]  # warm, then cold ones (u1, u3: short histories)
     urls = [f"/v1/users/{u}/recommendations?n=4&explain=true" for u in users]
     batches0 = REGISTRY.get_sample_value("recsys_scoring_batch_size_count") or 0.0

@@ -8,6 +8,7 @@ import time
 import pytest
 from flask import Flask
 
+from recsys.config import init_config
 from recsys.serving.cache import LocalBackend, RedisBackend, ResultCache
 from tests.clocks import ManualClock
 
@@ -16,7 +17,7 @@ DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 def make_cache(**config) -> ResultCache:
     app = Flask(__name__)
-    app.config.update(config)
+    init_config(app, config)
     return ResultCache(app)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from recsys.config import update_config
+
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 SHOP = "https://shop.example"
@@ -60,7 +62,7 @@ def test_preflight_allows_the_configured_origin_and_headers(cors_app):
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_actual_request_gets_the_same_headers_on_both_paths(cors_app, fast):
-    cors_app.config["FAST_CACHE_PATH"] = fast
+    update_config(cors_app, FAST_CACHE_PATH=fast)
     client = cors_app.test_client()
     client.get(URL)  # fill the cache: the next request is a hit (the fast path's case)
     r = client.get(URL, headers={"Origin": SHOP})
@@ -77,7 +79,7 @@ def test_fast_path_headers_equal_flask_cors_headers(cors_app):
     client = cors_app.test_client()
     client.get(URL)
     fast = client.get(URL, headers={"Origin": SHOP})
-    cors_app.config["FAST_CACHE_PATH"] = False
+    update_config(cors_app, FAST_CACHE_PATH=False)
     slow = client.get(URL, headers={"Origin": SHOP})
     assert _cors(fast) == _cors(slow) and fast.headers.get("Vary") == slow.headers.get("Vary")
     assert fast.data == slow.data

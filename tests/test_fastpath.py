@@ -14,6 +14,7 @@ from urllib.parse import quote
 import pytest
 from prometheus_client import REGISTRY
 
+from recsys.config import update_config
 from recsys.serving import admission
 from recsys.web import fastpath
 from recsys.web.fastpath import ENDPOINT, FastCachePath, parse_query, path_user
@@ -56,11 +57,11 @@ def client(served_app):
 
 
 def _get(app, client, url, fast: bool, **kw):
-    app.config["FAST_CACHE_PATH"] = fast
+    update_config(app, FAST_CACHE_PATH=fast)
     try:
         return client.get(url, **kw)
     finally:
-        app.config["FAST_CACHE_PATH"] = True
+        update_config(app, FAST_CACHE_PATH=True)
 
 
 def _headers(response) -> list[tuple[str, str]]:
@@ -404,7 +405,7 @@ def test_a_miss_reads_redis_once(served_app, client, flask_calls, monkeypatch):
     assert len(reads) == 1  # the peek, reused
     body = client.get("/v1/users/u1/recommendations?n=4&exclude=once").get_json()
     assert body["cached"] is True and len(reads) == 2 and len(flask_calls) == 0
-    served_app.config["FAST_MISS_PATH"] = False
+    update_config(served_app, FAST_MISS_PATH=False)
     body = client.get("/v1/users/u1/recommendations?n=4&exclude=twice").get_json()
     assert body["cached"] is False and len(flask_calls) == 1
     assert len(reads) == 3  # the peek; the view did not read again

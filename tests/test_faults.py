@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from sqlalchemy import select
 
+from recsys.config import update_config
 from tests.clocks import ManualClock
 from tests.procs import free_port
 from tests.servicekit import ADMIN_TOKEN, seed_store, train_and_register
@@ -341,7 +342,7 @@ def test_database_hangs_mid_load(make_app, pg_schema_url, redis_url, redis_prefi
         DB_STATEMENT_TIMEOUT_MS=stmt_ms,
         DB_BREAKER_RESET_S=0.5,
     )
-    app.config["DEADLINE_MS"] = deadline_ms
+    update_config(app, DEADLINE_MS=deadline_ms)
     client = app.test_client()
     cached = client.get("/v1/users/u0/recommendations").get_json()
     assert client.get("/v1/users/u0/recommendations").get_json()["cached"] is True

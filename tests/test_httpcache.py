@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from recsys.config import update_config
 from recsys.web.httpcache import etag, list_headers, not_modified
 
 URL = "/v1/users/u6/recommendations?n=3"
@@ -27,7 +28,7 @@ def test_etag_ignores_only_the_cached_flag():
 @pytest.mark.redis
 @pytest.mark.parametrize("fast", [True, False])
 def test_if_none_match_gets_304_until_the_list_changes(served_app, fast):
-    served_app.config["FAST_CACHE_PATH"] = fast
+    update_config(served_app, FAST_CACHE_PATH=fast)
     client = served_app.test_client()
     first = client.get(URL)
     tag = first.headers["ETag"]
@@ -56,7 +57,7 @@ def test_other_lists_are_conditional_too(served_app, url):
 @pytest.mark.redis
 @pytest.mark.parametrize("fast", [True, False])
 def test_server_timing_names_the_stages(served_app, fast):
-    served_app.config["FAST_CACHE_PATH"] = fast
+    update_config(served_app, FAST_CACHE_PATH=fast)
     client = served_app.test_client()
     miss = client.get(URL + "&exclude=timing").headers["Server-Timing"]
     hit = client.get(URL + "&exclude=timing").headers["Server-Timing"]

@@ -9,6 +9,7 @@ import logging
 
 import pytest
 
+from recsys.config import update_config
 from recsys.ops import logs
 from tests.servicekit import ADMIN_TOKEN
 
@@ -35,7 +36,7 @@ def _access(records):
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_request_id_is_echoed_or_made(served_app, fast):
-    served_app.config["FAST_CACHE_PATH"] = fast
+    update_config(served_app, FAST_CACHE_PATH=fast)
     client = served_app.test_client()
     client.get(URL)
     r = client.get(URL, headers={"X-Request-ID": "shop-123"})
@@ -51,7 +52,7 @@ def test_request_id_is_echoed_or_made(served_app, fast):
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_one_access_line_per_request_with_its_fields(served_app, lines, fast):
-    served_app.config["FAST_CACHE_PATH"] = fast
+    update_config(served_app, FAST_CACHE_PATH=fast)
     client = served_app.test_client()
     client.get(URL, headers={"X-Request-ID": "first"})
     client.get(URL, headers={"X-Request-ID": "second"})
@@ -92,7 +93,7 @@ def test_log_level_and_access_log_switch(served_app):
         logs.configure("INFO", "text", stream=buf)
         served_app.test_client().get("/healthz", headers={"X-Request-ID": "t-1"})
         assert "[t-1] recsys.access: request" in buf.getvalue()
-        served_app.config["ACCESS_LOG"] = False
+        update_config(served_app, ACCESS_LOG=False)
         before = buf.getvalue()
         served_app.test_client().get("/healthz")
         assert buf.getvalue() == before

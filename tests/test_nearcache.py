@@ -8,6 +8,7 @@ import pytest
 import redis
 from flask import Flask
 
+from recsys.config import init_config
 from recsys.serving.cache import ResultCache
 from recsys.serving.cache.near import PUBLISH_MAX_USERS, NearCache
 from tests.clocks import ManualClock
@@ -19,10 +20,11 @@ CTX = {"n": 3}
 
 def make_cache(redis_url: str, prefix: str, **config) -> ResultCache:
     app = Flask(__name__)
-    app.config.update(
+    init_config(
+        app,
         {"REDIS_URL": redis_url, "REDIS_PREFIX": prefix, "CACHE_TTL": 60, "NEAR_CACHE_TTL": 30}
+        | config,
     )
-    app.config.update(config)
     cache = ResultCache(app)
     if cache.near is not None:
         assert cache.near.wait_subscribed(5.0)
@@ -45,7 +47,9 @@ def compute(body: bytes):
 def test_off_by_default_and_without_a_single_redis(redis_url, redis_prefix):
     assert make_cache(redis_url, redis_prefix, NEAR_CACHE_TTL=0).near is None
     assert make_cache(redis_url, redis_prefix, NEAR_CACHE_TTL=None).near is None
-    local = ResultCache(Flask(__name__))  # no REDIS_URL: the in-process cache
+    bare = Flask(__name__)
+    init_config(bare)
+    local = ResultCache(bare)  # no REDIS_URL: the in-process cache
     assert local.near is None and local.near_channel is None
     on = make_cache(redis_url, redis_prefix, CACHE_TTL=10, NEAR_CACHE_TTL=30)
     assert on.near.ttl_s == 10  # never longer than the entries it copies

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from flask import Flask
 
+from recsys.config import init_config
 from recsys.serving.cache import RedisClusterBackend, ResultCache, cluster_nodes, is_cluster_url
 
 pytestmark = pytest.mark.redis
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.redis
 
 def make_cache(url: str, **config) -> ResultCache:
     app = Flask(__name__)
-    app.config.update({"REDIS_URL": url, "REDIS_PREFIX": "cl", "CACHE_TTL": 60, **config})
+    init_config(app, {"REDIS_URL": url, "REDIS_PREFIX": "cl", "CACHE_TTL": 60, **config})
     return ResultCache(app)
 
 

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from recsys.cli.main import main
+from recsys.config import update_config
 from recsys.models.repository import PROFILE_KIND, ModelRepository, get_repository, use_repository
 from recsys.store import get_engine, session_scope
 from recsys.store.models import AuditLog
@@ -78,14 +79,14 @@ def test_prune_needs_a_keep(repo_app):
     assert r.exit_code == 2 and "--keep" in r.output
     r = runner.invoke(main, args=["models", "prune", "--keep", "0"])
     assert r.exit_code == 2
-    repo_app.config["MODEL_KEEP_VERSIONS"] = 3  # the setting is the default
+    update_config(repo_app, MODEL_KEEP_VERSIONS=3)  # the setting is the default
     _versions(repo_app, 4)
     r = runner.invoke(main, args=["models", "prune", "--dry-run"])
     assert r.exit_code == 0 and "would delete 1 version(s)" in r.output
 
 
 def test_retention_setting_prunes_after_training(repo_app):
-    repo_app.config["MODEL_KEEP_VERSIONS"] = 2
+    update_config(repo_app, MODEL_KEEP_VERSIONS=2)
     runner = repo_app.test_cli_runner()
     for _ in range(4):
         r = runner.invoke(main, args=["train", "counts", "--quiet"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 import click
 from flask.cli import FlaskGroup, with_appcontext
@@ -30,20 +31,32 @@ def create_cli_app():
     of batch work (``RECSYS_CLI_DB_STATEMENT_TIMEOUT_MS`` / ``_LOCK_``, default 0: none). The
     request-path timeouts (``RECSYS_DB_STATEMENT_TIMEOUT_MS``, 3 s) would cancel a bulk import's
     INSERT ... SELECT or a training read of every event. ``recsys serve`` runs ``wsgi:app``,
-    which keeps the request-path ones."""
-    from recsys.app import _json_loads_or_str
-    from recsys.config import DEFAULTS
+    which keeps the request-path ones.
 
-    def setting(key: str) -> int:
-        raw = os.environ.get(f"RECSYS_{key}")
-        return int(_json_loads_or_str(raw)) if raw else int(DEFAULTS[key])
+    Returns
+    -------
+    APIFlask
+        The app. A bad configuration value ends the command: one line on stderr naming the
+        variable, exit status 2.
+    """
+    from recsys.config import ConfigError, load_settings
 
-    return create_app(
-        {
-            "DB_STATEMENT_TIMEOUT_MS": setting("CLI_DB_STATEMENT_TIMEOUT_MS"),
-            "DB_LOCK_TIMEOUT_MS": setting("CLI_DB_LOCK_TIMEOUT_MS"),
-        }
-    )
+    try:
+        settings = load_settings()
+        return create_app(
+            {
+                "DB_STATEMENT_TIMEOUT_MS": settings.cli_db_statement_timeout_ms,
+                "DB_LOCK_TIMEOUT_MS": settings.cli_db_lock_timeout_ms,
+            }
+        )
+    except ConfigError as e:
+        _config_error_exit(e)
+
+
+def _config_error_exit(error: Exception) -> NoReturn:
+    """A bad configuration: one line on stderr naming the variable(s), exit status 2."""
+    click.echo(f"Error: {'; '.join(str(error).splitlines())}", err=True)
+    sys.exit(2)
 
 
 @click.group(cls=RecsysGroup, create_app=create_cli_app, add_default_commands=False)
@@ -123,6 +136,12 @@ def gunicorn_argv(gunicorn_args: tuple[str, ...] = ()) -> tuple[str, list[str]]:
 @click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
 def serve(gunicorn_args: tuple[str, ...]) -> None:
     """Run the service under gunicorn (gunicorn.conf.py); extra args go to gunicorn."""
+    from recsys.config import ConfigError, load_settings
+
+    try:
+        load_settings()  # a bad value: one line here, not a traceback from every worker
+    except ConfigError as e:
+        _config_error_exit(e)
     root, argv = gunicorn_argv(gunicorn_args)
     os.chdir(root)
     os.execv(sys.executable, argv)

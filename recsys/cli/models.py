@@ -12,6 +12,7 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
 from recsys.cli.util import echo_json
+from recsys.config import get_config
 from recsys.errors import ModelError
 
 
@@ -220,7 +221,7 @@ def train(
             )
             if not as_json:
                 echo_outcome(tuned)
-        retention = current_app.config.get("MODEL_KEEP_VERSIONS")
+        retention = get_config(current_app).model_keep_versions
         if retention and results:
             from recsys.models.retention import prune
 
@@ -255,7 +256,7 @@ def _train_on_spark(names, overrides, holdout, no_activate, gate, master, as_jso
     from recsys.offline.training import GATE_METRIC
     from recsys.offline.training_spark import train_spark
 
-    url = str(current_app.config.get("DATABASE_URL") or "")
+    url = str(get_config(current_app).database_url or "")
     t0 = time.perf_counter()
     try:
         results = train_spark(
@@ -421,7 +422,7 @@ def models_prune(
     of its rollback target) are never deleted, whatever KEEP says."""
     from recsys.models.retention import prune
 
-    keep = keep or current_app.config.get("MODEL_KEEP_VERSIONS")
+    keep = keep or get_config(current_app).model_keep_versions
     if not keep:
         raise click.UsageError("give --keep N (or set RECSYS_MODEL_KEEP_VERSIONS)")
     try:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
+from recsys.config import Settings
 from recsys.ops.lifecycle import on_after_fork
 from recsys.ops.metrics import DEADLINE_MISSES, STRATEGY_LATENCY
 
@@ -29,12 +30,10 @@ log = logging.getLogger(__name__)
 # Runs named tasks under a deadline: (results, missed).
 Runner = Callable[[dict[str, Callable[[], Any]], float | None], tuple[dict[str, Any], list[str]]]
 
-DEFAULT_POOL_SIZE = 8
-
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_pid: int | None = None
-_pool_size = DEFAULT_POOL_SIZE
+_pool_size = Settings.default("DEADLINE_POOL_SIZE")  # until configure() (the app's setting)
 
 
 def configure(pool_size: int) -> None:

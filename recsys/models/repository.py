@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from features.idmap import IdMap
 from features.interactions import InteractionData
+from recsys.config import get_config
 from recsys.errors import ModelError
 from recsys.models import artifacts, runtime_store
 from recsys.models.activation import (
@@ -476,7 +477,7 @@ def get_repository(app=None) -> ModelRepository:
     app = app or current_app._get_current_object()
     repo = app.extensions.get(_EXTENSION)
     if repo is None:
-        repo = ModelRepository(app.config["MODEL_DIR"], app.extensions["recsys.sessionmaker"])
+        repo = ModelRepository(get_config(app).model_dir, app.extensions["recsys.sessionmaker"])
         app.extensions[_EXTENSION] = repo
     return repo
 

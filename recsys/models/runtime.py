@@ -43,6 +43,7 @@ import numpy as np
 from flask import Flask, current_app
 
 from features.interactions import EVENT_CODE, History, user_batch
+from recsys.config import get_config
 from recsys.errors import DB_UNAVAILABLE, ModelError, RateLimitedLog
 from recsys.models.activation import activation_stack
 from recsys.models.artifacts import model_nbytes
@@ -680,29 +681,51 @@ class ModelRuntime:
 
 
 def init_app(app: Flask) -> None:
-    """Create the runtime lazily (``get_runtime``); nothing is loaded here."""
+    """Create the runtime lazily (``get_runtime``); nothing is loaded here. Sizes the deadline
+    pool (``DEADLINE_POOL_SIZE``).
+
+    Parameters
+    ----------
+    app : Flask
+        The app (its settings: ``recsys.config.get_config``).
+
+    Returns
+    -------
+    None
+    """
     from recsys.core import runners
 
-    runners.configure(int(app.config.get("DEADLINE_POOL_SIZE", runners.DEFAULT_POOL_SIZE)))
+    runners.configure(get_config(app).deadline_pool_size)
     app.extensions.setdefault("recsys.runtime", None)
 
 
 def get_runtime(app: Flask | None = None) -> ModelRuntime:
-    """The process's runtime for ``app`` (created on first use, cached in app.extensions)."""
+    """The process's runtime for ``app`` (created on first use, cached in app.extensions).
+
+    Parameters
+    ----------
+    app : Flask, optional
+        The app (default: the current one); its settings size the runtime.
+
+    Returns
+    -------
+    ModelRuntime
+        The runtime.
+    """
     app = app or current_app._get_current_object()
     rt = app.extensions.get("recsys.runtime")
     if rt is None:
-        cfg = app.config
+        cfg = get_config(app)
         rt = ModelRuntime(
             get_repository(app),
-            budget_bytes=int(float(cfg.get("MODEL_MEMORY_BUDGET_MB", 768)) * 2**20),
-            preload_enabled=bool(cfg.get("PRELOAD_MODELS", True)),
-            poll_seconds=float(cfg.get("CONFIG_POLL_SECONDS", 0.5)),
-            batch_max_size=int(cfg.get("BATCH_MAX_SIZE", 32)),
-            batch_max_delay_ms=float(cfg.get("BATCH_MAX_DELAY_MS", 2.0)),
-            batch_concurrency=int(cfg.get("BATCH_CONCURRENCY", 2)),
-            batch_inline_when_idle=bool(cfg.get("BATCH_INLINE_WHEN_IDLE", True)),
-            cpu_precision=str(cfg.get("DEEP_CPU_PRECISION") or "") or None,
+            budget_bytes=int(cfg.model_memory_budget_mb * 2**20),
+            preload_enabled=cfg.preload_models,
+            poll_seconds=cfg.config_poll_seconds,
+            batch_max_size=cfg.batch_max_size,
+            batch_max_delay_ms=cfg.batch_max_delay_ms,
+            batch_concurrency=cfg.batch_concurrency,
+            batch_inline_when_idle=cfg.batch_inline_when_idle,
+            cpu_precision=cfg.deep_cpu_precision or None,
         )
         app.extensions["recsys.runtime"] = rt
     return rt

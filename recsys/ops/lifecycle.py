@@ -8,6 +8,8 @@ import sys
 
 from flask import Flask
 
+from recsys.config import get_config
+
 log = logging.getLogger(__name__)
 
 # Hooks registered by subsystems (cache client, model runtime, batcher threads).
@@ -47,8 +49,19 @@ def limit_threads(n: int = 1) -> None:
 
 
 def after_fork(app: Flask) -> None:
+    """In a new worker process: fresh SQL connections, its thread limits, the fork hooks.
+
+    Parameters
+    ----------
+    app : Flask
+        The app (its settings: ``recsys.config.get_config``).
+
+    Returns
+    -------
+    None
+    """
     from recsys.store.db import dispose_after_fork
 
     dispose_after_fork(app)
-    limit_threads(int(app.config.get("WORKER_THREADS_BLAS", 1)))
+    limit_threads(get_config(app).worker_threads_blas)
     run_after_fork_hooks(app)

@@ -28,6 +28,8 @@ from typing import Any
 
 from flask import Flask
 
+from recsys.config import get_config
+
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("recsys.access")
 
@@ -130,7 +132,7 @@ class RequestContext:
         try:
             return self.wsgi_app(environ, start)
         finally:
-            if self.app.config.get("ACCESS_LOG", True) and access_log.isEnabledFor(logging.INFO):
+            if get_config(self.app).access_log and access_log.isEnabledFor(logging.INFO):
                 access["method"] = environ.get("REQUEST_METHOD")
                 access["path"] = environ.get("PATH_INFO")
                 access["latency_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
@@ -141,8 +143,20 @@ class RequestContext:
 
 def configure_for(app: Flask) -> logging.Handler:
     """``configure`` with the app's ``LOG_LEVEL`` and ``LOG_FORMAT`` (the served app,
-    ``wsgi.py``)."""
-    return configure(app.config.get("LOG_LEVEL", "INFO"), app.config.get("LOG_FORMAT", "json"))
+    ``wsgi.py``).
+
+    Parameters
+    ----------
+    app : Flask
+        The app (its settings: ``recsys.config.get_config``).
+
+    Returns
+    -------
+    logging.Handler
+        The handler installed on the root logger.
+    """
+    config = get_config(app)
+    return configure(config.log_level, config.log_format)
 
 
 def init_app(app: Flask) -> None:

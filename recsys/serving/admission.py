@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from flask import Flask, g, request
 
+from recsys.config import get_config
 from recsys.errors import RecsysError
 from recsys.ops.lifecycle import on_after_fork
 from recsys.ops.metrics import IN_FLIGHT, REQUEST_LATENCY, REQUESTS, REQUESTS_SHED
@@ -26,7 +27,6 @@ PRIORITIES = ("low", "normal", "high")
 PRIORITY_HEADER = "X-Priority"
 # Deadline multipliers: a low-priority request gives up sooner, a high-priority one waits longer.
 PRIORITY_DEADLINE_FACTOR = {"low": 0.5, "normal": 1.0, "high": 2.0}
-DEFAULT_OVERLOAD_IN_FLIGHT = 3
 
 _lock = threading.Lock()
 _in_flight = 0
@@ -94,20 +94,34 @@ def admission(
 ) -> Admission:
     """Decide priority, deadline and shedding for the current request (call once per request).
 
-    Arguments default to the current Flask request's ``X-Priority`` header and the app config
-    (``DEADLINE_MS``, ``OVERLOAD_IN_FLIGHT``). A shed request is counted in ``REQUESTS_SHED``.
-    Raises ``RecsysError`` (400) for an invalid header value.
+    Arguments default to the current Flask request's ``X-Priority`` header and the app's
+    settings (``DEADLINE_MS``, ``OVERLOAD_IN_FLIGHT``). A shed request is counted in
+    ``REQUESTS_SHED``. Raises ``RecsysError`` (400) for an invalid header value.
+
+    Parameters
+    ----------
+    priority_header : str, optional
+        The ``X-Priority`` value.
+    base_deadline_ms : float, optional
+        The deadline of a normal-priority request.
+    overload_in_flight : int, optional
+        Requests in flight above which low-priority requests are shed.
+
+    Returns
+    -------
+    Admission
+        The request's priority, deadline and whether it is shed.
     """
     if priority_header is None or base_deadline_ms is None or overload_in_flight is None:
         from flask import current_app, has_request_context
 
         if priority_header is None and has_request_context():
             priority_header = request.headers.get(PRIORITY_HEADER)
-        cfg = current_app.config
+        cfg = get_config(current_app)
         if base_deadline_ms is None:
-            base_deadline_ms = float(cfg.get("DEADLINE_MS", 250))
+            base_deadline_ms = cfg.deadline_ms
         if overload_in_flight is None:
-            overload_in_flight = int(cfg.get("OVERLOAD_IN_FLIGHT", DEFAULT_OVERLOAD_IN_FLIGHT))
+            overload_in_flight = cfg.overload_in_flight
     priority = parse_priority(priority_header)
     deadline_s = base_deadline_ms / 1000.0 * PRIORITY_DEADLINE_FACTOR[priority]
     shed = priority == "low" and in_flight() > overload_in_flight

@@ -43,6 +43,7 @@ from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from recsys.config import get_config
 from recsys.errors import DB_UNAVAILABLE, RateLimitedLog
 from recsys.ops.polling import BackgroundPoll
 from recsys.store.models import Experiment, Exposure, utcnow
@@ -329,7 +330,19 @@ def record_exposure(app: Flask, user_id: str, assignment: dict, response: dict) 
 
 
 def init_app(app: Flask) -> None:
-    cache = ExperimentCache(app, ttl_s=float(app.config.get("CONFIG_POLL_SECONDS", 0.5)))
+    """The experiments cache (refreshed every ``CONFIG_POLL_SECONDS``), the variant resolver
+    and the exposure hook of the request path.
+
+    Parameters
+    ----------
+    app : Flask
+        The app (its settings: ``recsys.config.get_config``).
+
+    Returns
+    -------
+    None
+    """
+    cache = ExperimentCache(app, ttl_s=get_config(app).config_poll_seconds)
     app.extensions["recsys.experiments"] = cache
     app.extensions["recsys.variant_resolver"] = cache.resolve
     app.extensions["recsys.exposure_hook"] = lambda user_id, assignment, response: record_exposure(

@@ -34,12 +34,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
+from recsys.config import Settings
 from recsys.core.types import UserHistory
 from recsys.errors import DatabaseUnavailable
 from recsys.store.guard import DbGuard, socket_fd
 from recsys.store.models import Event, User
 
-DEFAULT_MAX_EVENTS = 500
+DEFAULT_MAX_EVENTS = Settings.default("HISTORY_MAX_EVENTS")
 # Entries of the per-process item id -> external id map; past it the map starts over.
 ITEM_IDS_MAX = 2_000_000
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from flask import Flask
 
+from recsys.config import get_config
 from recsys.core.recommender import Recommender
 from recsys.core.runners import run_inline, run_with_deadline
 from recsys.core.types import RecRequest, RecResult, UserHistory
@@ -33,7 +34,7 @@ from recsys.ops.metrics import note_degraded
 from recsys.serving.cache import LocalBackend, Peek, ResultCache
 from recsys.serving.catalog import CatalogStore
 from recsys.serving.gate import scoring_gate
-from recsys.serving.history import DEFAULT_MAX_EVENTS, get_history_reader
+from recsys.serving.history import get_history_reader
 from recsys.serving.request import Snapshot, UserAnswer, UserAsk, mark_cached
 from recsys.serving.settings_store import SettingsStore
 from recsys.serving.stages import record_stage, timed
@@ -71,7 +72,7 @@ class RecommendationPipeline:
         self.cache = cache
         self.history = history
         self._snapshot_memo: tuple[tuple, str] | None = None
-        size = int(app.config.get("SIMILAR_CACHE_SIZE", 20_000))
+        size = get_config(app).similar_cache_size
         # Serialised similar-items answers of this process (None: off).
         self._similar = LocalBackend(size) if size > 0 else None
 
@@ -246,7 +247,7 @@ class RecommendationPipeline:
         return timed("history", self._read_history, ask)
 
     def _read_history(self, ask: UserAsk) -> tuple[UserHistory, bool]:
-        limit = int(self.app.config.get("HISTORY_MAX_EVENTS", DEFAULT_MAX_EVENTS))
+        limit = get_config(self.app).history_max_events
         try:
             # Within the request's deadline: a database that hangs gets that long, no more.
             history, down = self.history(ask.user_id, limit, ask.req.deadline_s), False
@@ -269,7 +270,7 @@ class RecommendationPipeline:
     def _runner(self, tasks, deadline_s):
         """Strategies in the request thread (``run_inline``, the default) or in the deadline
         pool (``STRATEGY_PARALLEL``)."""
-        if deadline_s is not None and self.app.config.get("STRATEGY_PARALLEL", False):
+        if deadline_s is not None and get_config(self.app).strategy_parallel:
             return run_with_deadline(tasks, deadline_s)
         return run_inline(tasks, deadline_s)
 
@@ -294,9 +295,9 @@ class RecommendationPipeline:
         and each gets the answer it would have got alone (the blend, rules and page are per
         user; the int8 deep model pins its quantisation range, see ``strategies.deep``)."""
         if not popular_only:
-            cfg = self.app.config
+            cfg = get_config(self.app)
             rec = self.recommender(snap, overrides)
-            gate = scoring_gate(_slots(cfg.get("SCORING_SLOTS")))
+            gate = scoring_gate(_slots(cfg.scoring_slots))
             key = (
                 id(rec.config),
                 id(snap.catalog),
@@ -320,7 +321,7 @@ class RecommendationPipeline:
                 run_batch,
                 req.priority,
                 req.deadline_s,
-                int(cfg.get("SCORING_BATCH_MAX", 8)),
+                cfg.scoring_batch_max,
             )
             record_stage("turn_wait", waited)
             if scored:

@@ -33,6 +33,7 @@ from flask import Flask, current_app
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from recsys.config import get_config
 from recsys.core.config import DEFAULT_CONFIG, ServingConfig
 from recsys.ops.polling import BackgroundPoll
 from recsys.store.models import Setting, StrategySetting
@@ -80,7 +81,7 @@ class SettingsStore:
 
     def __init__(self, app: Flask):
         self.app = app
-        self.poll_seconds = float(app.config.get("CONFIG_POLL_SECONDS", 0.5))
+        self.poll_seconds = get_config(app).config_poll_seconds
         self.clock: Callable[[], float] = time.monotonic  # injectable (tests)
         self.reset()
 

@@ -20,6 +20,7 @@ from flask import Flask, current_app
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from recsys.config import get_config
 from recsys.store.guard import Breaker, DbGuard, SocketWatchdog
 
 
@@ -56,8 +57,20 @@ def make_engine(url: str, pre_ping: bool = True, guard: DbGuard | None = None, *
 
 
 def init_db(app: Flask) -> None:
-    url = app.config["DATABASE_URL"]
-    app.extensions["recsys.db_guard"] = guard = DbGuard.from_config(app.config)
+    """The app's SQL engines and sessions, bounded by its ``DB_*`` settings.
+
+    Parameters
+    ----------
+    app : Flask
+        The app (its settings: ``recsys.config.get_config``).
+
+    Returns
+    -------
+    None
+    """
+    config = get_config(app)
+    url = config.database_url
+    app.extensions["recsys.db_guard"] = guard = DbGuard.from_config(config)
     engine = make_engine(url, guard=guard)
     app.extensions["recsys.engine"] = engine
     # The request path's history read (recsys.serving.history) has a pool of its own: autocommit

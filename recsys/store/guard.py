@@ -31,7 +31,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +39,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy import exc as sa_exc
 
+from recsys.config import Settings
 from recsys.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -352,27 +353,39 @@ class DbGuard:
 
     watchdog: SocketWatchdog
     breaker: Breaker
-    connect_timeout_s: float = 2.0
-    statement_timeout_ms: int = 3000
-    lock_timeout_ms: int = 2000
-    pool_timeout_s: float = 2.0
+    connect_timeout_s: float
+    statement_timeout_ms: int
+    lock_timeout_ms: int
+    pool_timeout_s: float
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> DbGuard:
+    def from_config(cls, config: Settings) -> DbGuard:
+        """The bounds of ``config`` (the ``DB_*`` settings).
+
+        Parameters
+        ----------
+        config : Settings
+            The app's settings (``recsys.config.get_config``).
+
+        Returns
+        -------
+        DbGuard
+            A guard with its own watchdog and breaker.
+        """
         return cls(
             watchdog=SocketWatchdog(),
             breaker=Breaker(
-                failures=int(config.get("DB_BREAKER_FAILURES", 1)),
-                reset_s=float(config.get("DB_BREAKER_RESET_S", 5.0)),
+                failures=config.db_breaker_failures,
+                reset_s=config.db_breaker_reset_s,
                 # The longest a probe can take (connect + statement) before another may go.
-                probe_lease_s=float(config.get("DB_CONNECT_TIMEOUT_S", 2.0))
-                + int(config.get("DB_STATEMENT_TIMEOUT_MS", 3000)) / 1000.0
+                probe_lease_s=config.db_connect_timeout_s
+                + config.db_statement_timeout_ms / 1000.0
                 + GRACE_S,
             ),
-            connect_timeout_s=float(config.get("DB_CONNECT_TIMEOUT_S", 2.0)),
-            statement_timeout_ms=int(config.get("DB_STATEMENT_TIMEOUT_MS", 3000)),
-            lock_timeout_ms=int(config.get("DB_LOCK_TIMEOUT_MS", 2000)),
-            pool_timeout_s=float(config.get("DB_POOL_TIMEOUT_S", 2.0)),
+            connect_timeout_s=config.db_connect_timeout_s,
+            statement_timeout_ms=config.db_statement_timeout_ms,
+            lock_timeout_ms=config.db_lock_timeout_ms,
+            pool_timeout_s=config.db_pool_timeout_s,
         )
 
     @property

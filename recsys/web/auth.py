@@ -23,6 +23,7 @@ from typing import Any
 
 from flask import Flask, current_app, g, request
 
+from recsys.config import get_config
 from recsys.web.errors import RecsysError
 
 
@@ -37,8 +38,14 @@ class Forbidden(RecsysError):
 
 
 def check_admin() -> str:
-    """Raise unless the request carries the admin token; returns the actor name for the audit."""
-    token = current_app.config.get("ADMIN_TOKEN")
+    """Raise unless the request carries the admin token (``ADMIN_TOKEN``).
+
+    Returns
+    -------
+    str
+        The actor name for the audit.
+    """
+    token = get_config(current_app).admin_token
     if not token:
         raise Forbidden("admin is disabled: RECSYS_ADMIN_TOKEN is not configured")
     header = request.headers.get("Authorization", "")
@@ -116,15 +123,39 @@ def _digest(key: str) -> str:
 
 
 def init_app(app: Flask) -> None:
-    app.extensions[API_KEYS_EXTENSION] = parse_api_keys(app.config.get("API_KEYS"))
+    """Parse ``API_KEYS`` once into the app's key table.
+
+    Parameters
+    ----------
+    app : Flask
+        The app (its settings: ``recsys.config.get_config``).
+
+    Returns
+    -------
+    None
+    """
+    app.extensions[API_KEYS_EXTENSION] = parse_api_keys(get_config(app).api_keys)
 
 
 def keys_required(app: Flask, scope: str) -> bool:
     """Whether requests needing ``scope`` must carry a key (keys are configured, and for
-    ``read`` only with API_KEYS_FOR_READS)."""
+    ``read`` only with API_KEYS_FOR_READS).
+
+    Parameters
+    ----------
+    app : Flask
+        The app (its settings: ``recsys.config.get_config``).
+    scope : str
+        ``events:write``, ``catalog:write`` or ``read``.
+
+    Returns
+    -------
+    bool
+        True when a key is required.
+    """
     if not app.extensions.get(API_KEYS_EXTENSION):
         return False
-    return scope != "read" or bool(app.config.get("API_KEYS_FOR_READS"))
+    return scope != "read" or get_config(app).api_keys_for_reads
 
 
 def given_key(api_key_header: str | None, authorization: str | None) -> str | None:

@@ -16,6 +16,8 @@ from flask_cors import CORS
 from flask_cors.core import get_cors_headers, get_cors_options
 from werkzeug.datastructures import Headers
 
+from recsys.config import get_config
+
 log = logging.getLogger(__name__)
 
 # What a browser may send and read beyond the CORS-safelisted headers.
@@ -52,15 +54,19 @@ class FastCors:
 
 
 def origins(app: Flask) -> list[str]:
-    """``CORS_ORIGINS`` checked: a list of origins (strings), empty when CORS is off."""
-    value = app.config.get("CORS_ORIGINS") or []
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list | tuple) or not all(isinstance(o, str) for o in value):
-        raise ValueError(
-            'CORS_ORIGINS must be a JSON list of origins, e.g. ["https://shop.example"]'
-        )
-    return list(value)
+    """``CORS_ORIGINS`` (validated with the settings): the origins, empty when CORS is off.
+
+    Parameters
+    ----------
+    app : Flask
+        The app (its settings: ``recsys.config.get_config``).
+
+    Returns
+    -------
+    list of str
+        The allowed origins.
+    """
+    return list(get_config(app).cors_origins or [])
 
 
 def init_app(app: Flask) -> None:

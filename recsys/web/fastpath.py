@@ -41,6 +41,7 @@ from urllib.parse import parse_qsl
 from flask import Flask
 from marshmallow import ValidationError
 
+from recsys.config import get_config
 from recsys.ops import metrics
 from recsys.ops.logs import note
 from recsys.serving import admission
@@ -152,11 +153,11 @@ class FastCachePath:
         if (
             environ.get("REQUEST_METHOD") == "GET"
             and environ.get("PATH_INFO", "").endswith("/recommendations")
-            and self.app.config.get("FAST_CACHE_PATH", True)
+            and get_config(self.app).fast_cache_path
         ):
             body = self.hit(environ)
             if body is not None:
-                tag, headers = list_headers(body, self.app.config.get("CACHE_TTL", 300))
+                tag, headers = list_headers(body, get_config(self.app).cache_ttl)
                 if self.cors is not None:
                     headers += self.cors(environ.get("HTTP_ORIGIN"))
                 if not_modified(environ.get("HTTP_IF_NONE_MATCH"), tag):
@@ -219,7 +220,7 @@ class FastCachePath:
             body = mark_cached(body)
             metrics.CACHE_HITS.inc()
             route = route.decode()
-        elif app.config.get("FAST_MISS_PATH", True):
+        elif get_config(app).fast_miss_path:
             # A miss: computed here by the pipeline, as for the view (reusing this lookup and
             # its snapshot), without Flask's routing, validation and hooks. The user is in no
             # experiment (checked above): no second resolution.

@@ -26,10 +26,10 @@ from apiflask import abort
 from flask import Flask, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from recsys.config import get_config
 from recsys.web.errors import error_body
 
 StartResponse = Callable[..., Any]
-DEFAULT_MAX_BODY_BYTES = 1 << 20
 # Python refuses to convert longer digit strings (sys.get_int_max_str_digits; 4300 by default).
 MAX_INT_DIGITS = sys.get_int_max_str_digits() or 4300
 
@@ -92,7 +92,7 @@ class BodyLimit:
         self.wsgi_app = wsgi_app
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
-        limit = self.app.config.get("MAX_BODY_BYTES")
+        limit = get_config(self.app).max_body_bytes
         declared = environ.get("CONTENT_LENGTH")
         if limit and declared:
             try:
@@ -133,7 +133,17 @@ def _check_json_body() -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Install the body limit (WSGI middleware around ``app.wsgi_app``) and the JSON check."""
-    app.config.setdefault("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
+    """Install the body limit (WSGI middleware around ``app.wsgi_app``, ``MAX_BODY_BYTES`` read
+    per request) and the JSON check.
+
+    Parameters
+    ----------
+    app : Flask
+        The app (its settings: ``recsys.config.get_config``).
+
+    Returns
+    -------
+    None
+    """
     app.before_request(_check_json_body)
     app.wsgi_app = BodyLimit(app, app.wsgi_app)  # type: ignore[method-assign]

@@ -49,6 +49,7 @@ from urllib.parse import quote
 
 from flask import Flask, current_app
 
+from recsys.config import get_config
 from recsys.ops.lifecycle import on_after_fork
 from recsys.serving.cache.backends import (
     LocalBackend,
@@ -61,7 +62,6 @@ from recsys.serving.cache.near import NearCache, messages
 log = logging.getLogger(__name__)
 
 LOCK_TTL_MS = 2000
-LOCK_WAIT_MS = 300
 POLL_MS = 10
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
@@ -100,16 +100,16 @@ class ResultCache:
     """The per-process cache front: versioned keys, stale checks, stampede lock, outage mode."""
 
     def __init__(self, app: Flask):
-        cfg = app.config
-        self.prefix = str(cfg.get("REDIS_PREFIX") or "recsys")
-        self.ttl = float(cfg.get("CACHE_TTL", 300))
-        self.lock_wait_ms = float(cfg.get("CACHE_LOCK_WAIT_MS", LOCK_WAIT_MS))
+        cfg = get_config(app)
+        self.prefix = cfg.redis_prefix
+        self.ttl = float(cfg.cache_ttl)
+        self.lock_wait_ms = cfg.cache_lock_wait_ms
         self.lock_polls = 0  # times a request looked again while another held the entry's lock
-        self.url = cfg.get("REDIS_URL") or None
-        self.local_size = int(cfg.get("LOCAL_CACHE_SIZE", 10_000))
+        self.url = cfg.redis_url or None
+        self.local_size = cfg.local_cache_size
         # The per-process copy of hits (recsys.serving.cache.near): seconds, never beyond CACHE_TTL.
-        self.near_ttl = min(float(cfg.get("NEAR_CACHE_TTL") or 0), self.ttl)
-        self.near_size = int(cfg.get("NEAR_CACHE_SIZE", 10_000))
+        self.near_ttl = min(cfg.near_cache_ttl or 0.0, self.ttl)
+        self.near_size = cfg.near_cache_size
         self._down_until = 0.0
         self._backoff = BACKOFF_START_S
         self._outage_logged = False

@@ -25,6 +25,7 @@ from marshmallow import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from recsys.config import get_config
 from recsys.ops import metrics
 from recsys.serving.cache import get_cache
 from recsys.serving.settings_store import get_settings
@@ -88,8 +89,8 @@ def ensure_ids(
 def _new_items_policy(app, events: list[dict[str, Any]]) -> Callable[[list[str]], None]:
     """What to do with item ids of ``events`` the catalogue does not know (EVENTS_CREATE_ITEMS,
     EVENTS_MAX_NEW_ITEMS): refuse the batch (422) or let them be created, up to the limit."""
-    create = bool(app.config.get("EVENTS_CREATE_ITEMS", True))
-    limit = int(app.config.get("EVENTS_MAX_NEW_ITEMS", 100))
+    create = get_config(app).events_create_items
+    limit = get_config(app).events_max_new_items
 
     def refuse(missing: list[str]) -> None:
         unknown = set(missing)
@@ -174,7 +175,7 @@ def post_events(_doc=None):
     batch = [payload] if single else payload
     if not isinstance(batch, list):
         abort(422, message="body must be an event object or a list of events")
-    limit = int(current_app.config.get("EVENTS_MAX_BATCH", 1000))
+    limit = get_config(current_app).events_max_batch
     if not batch:
         abort(422, message="empty list: send at least one event")
     if len(batch) > limit:

@@ -20,6 +20,7 @@ from typing import Any
 from apiflask import APIBlueprint
 from flask import Response, current_app, has_request_context, request
 
+from recsys.config import get_config
 from recsys.core.types import RecRequest
 from recsys.ops import metrics
 from recsys.ops.logs import note
@@ -65,9 +66,22 @@ def _check_id(value: str, what: str = "user_id") -> None:
 
 def list_answer(body: bytes, conditional: bool = True) -> Response:
     """A list's response: with ``ETag`` and ``Cache-Control`` (``recsys.web.httpcache``), 304 when
-    the request's ``If-None-Match`` names it; exactly what the fast path sends."""
+    the request's ``If-None-Match`` names it; exactly what the fast path sends.
+
+    Parameters
+    ----------
+    body : bytes
+        The serialised list.
+    conditional : bool
+        Answer 304 when the request's ``If-None-Match`` matches.
+
+    Returns
+    -------
+    Response
+        The 200 (or 304) response.
+    """
     app = current_app
-    tag, headers = list_headers(body, app.config.get("CACHE_TTL", 300))
+    tag, headers = list_headers(body, get_config(app).cache_ttl)
     if conditional and has_request_context():
         if not_modified(request.headers.get("If-None-Match"), tag):
             return Response(status=304, headers=headers)

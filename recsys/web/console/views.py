@@ -19,6 +19,7 @@ from apiflask import APIBlueprint
 from flask import Response, current_app, g, render_template, request
 from sqlalchemy import select
 
+from recsys.config import get_config
 from recsys.ops import audit
 from recsys.serving.settings_store import STRATEGY_FIELDS, get_settings
 from recsys.store import session_scope
@@ -58,7 +59,7 @@ def _shell(screen: str) -> str:
         screen=screen,
         screens=SCREENS,
         title=next(t for k, t, _ in SCREENS if k == screen),
-        enabled=bool(current_app.config.get("ADMIN_TOKEN")),
+        enabled=bool(get_config(current_app).admin_token),
     )
 
 
