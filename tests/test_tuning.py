@@ -13,7 +13,10 @@ from features.interactions import InteractionData
 from recsys.core.config import ServingConfig
 from recsys.core.recommender import Recommender
 from recsys.core.types import RecRequest, UserHistory
-from recsys.offline.tuning.search import SPACES, TuneOptions, serve_newcomers, single_routes, tune
+from recsys.offline.tuning.options import TuneOptions
+from recsys.offline.tuning.routes import serve_newcomers, single_routes
+from recsys.offline.tuning.search import tune
+from recsys.offline.tuning.spaces import SPACES
 
 STRATEGIES = ["popular", "ease"]
 
@@ -128,9 +131,9 @@ def test_strategy_hyperparameters_are_searched_from_the_defaults(synthetic):
 def test_a_strategy_without_a_declared_space_is_fitted_once(synthetic, monkeypatch):
     """A strategy the tuner has no space for (the opt-in sequence model, minutes per fit) is
     scored with its defaults once: further trials would only repeat that fit."""
-    from recsys.offline.tuning import search
+    from recsys.offline.tuning import spaces
 
-    monkeypatch.setattr(search, "SEARCHED", ("popular",))
+    monkeypatch.setattr(spaces, "SEARCHED", ("popular",))
     data, share = synthetic
     profile = tune(data, _opts(fraction=share, tune_params=True, max_trials=3))
     trace = profile.trace["params"]
@@ -436,7 +439,7 @@ def _sequences(n_users: int = 30, length: int = 6) -> InteractionData:
 
 
 def test_leave_last_out_folds_are_cut_again_from_the_older_rest():
-    from recsys.offline.tuning.search import Validation, validation_folds
+    from recsys.offline.tuning.folds import Validation, validation_folds
 
     data = _sequences()
     folds = validation_folds(data, "leave-last-out", folds=3)
@@ -459,7 +462,7 @@ def test_leave_last_out_folds_are_cut_again_from_the_older_rest():
 
 
 def test_auto_folds_stop_at_enough_targets_and_time_slices_move_back():
-    from recsys.offline.tuning.search import validation_folds
+    from recsys.offline.tuning.folds import validation_folds
 
     data = _sequences()
     assert len(validation_folds(data, "leave-last-out", min_rows=30)) == 1
@@ -485,51 +488,56 @@ def test_tuner_scores_every_fold_with_its_own_models():
     assert pop[0].sum() > pop[1].sum()
 
 
+def _two_fold_validation():
+    """The validation rows a two-fold leave-last-out tune of 60 users would score."""
+    from recsys.offline.tuning.folds import Validation, validation_folds
+
+    folds = validation_folds(_sequences(n_users=60, length=8), "leave-last-out", 0.2, folds=2)
+    return Validation(folds, k=10, metric="ndcg")
+
+
 def test_a_gain_the_newest_fold_does_not_show_is_not_taken():
     """A departure must be significantly better overall *and* at least as good on the newest
     fold (the slice nearest to serving): a gain only the older folds show is drift."""
-    from recsys.offline.tuning.search import Tuner
+    from recsys.offline.tuning.guard import beats
 
-    data = _sequences(n_users=60, length=8)
-    tuner = Tuner(data, _opts(validation="leave-last-out", fraction=0.2, folds=2))
-    tuner._prepare()
-    newest = tuner.val.fold_of == 0
-    base = np.full(len(tuner.val), 0.5)
+    val = _two_fold_validation()
+    newest = val.fold_of == 0
+    base = np.full(len(val), 0.5)
     drifted = np.where(newest, 0.45, 1.0)  # much better on the older fold, worse on the newest
-    verdict, better, _ = tuner._beats(base, drifted, "base", "new")
+    verdict, better, _ = beats(base, drifted, val.guard_rows(), "ndcg@10", 0.1, "base", "new")
     assert not better and "newest fold" in verdict
     steady = np.where(newest, 0.55, 1.0)  # better on both
-    verdict, better, _ = tuner._beats(base, steady, "base", "new")
+    verdict, better, _ = beats(base, steady, val.guard_rows(), "ndcg@10", 0.1, "base", "new")
     assert better, verdict
     # Restricted to some rows, the newest-fold check looks at those rows only.
     rows = np.flatnonzero(~newest)
-    assert tuner._beats(base[rows], drifted[rows], "base", "new", rows)[1]
+    assert beats(base[rows], drifted[rows], val.guard_rows(rows), "ndcg@10", 0.1).better
 
 
 def test_a_tied_ensemble_is_vetoed_only_by_a_significant_loss_on_the_newest_fold():
-    """The ensemble kept for a tie (``_not_behind``): at least as good overall, and not
+    """The ensemble kept for a tie (``guard.not_behind``): at least as good overall, and not
     *significantly* worse on the newest fold; a point-estimate dip there is noise."""
-    from recsys.offline.tuning.search import Tuner
+    from recsys.offline.tuning.guard import not_behind
 
-    data = _sequences(n_users=60, length=8)
-    tuner = Tuner(data, _opts(validation="leave-last-out", fraction=0.2, folds=2))
-    tuner._prepare()
-    newest = tuner.val.fold_of == 0
+    val = _two_fold_validation()
+    rows = val.guard_rows()
+    newest = val.fold_of == 0
     rng = np.random.default_rng(3)
-    base = rng.random(len(tuner.val))
-    noise = rng.normal(0.0, 0.2, len(tuner.val))
+    base = rng.random(len(val))
+    noise = rng.normal(0.0, 0.2, len(val))
     # Tied: the same on average; on the newest fold a little behind, within its noise.
     for f in (newest, ~newest):
         noise[f] -= noise[f].mean()
     dip = base + noise + np.where(newest, -0.01, 0.01)
     assert dip[newest].mean() < base[newest].mean() and dip.mean() >= base.mean()
-    assert tuner._not_behind(base, dip)
+    assert not_behind(base, dip, rows, "ndcg@10", 0.1)
     # Far ahead on the older fold, clearly behind on the newest: drift, vetoed.
     drift = base + np.where(newest, -0.3, 0.4)
     assert drift.mean() > base.mean()
-    assert not tuner._not_behind(base, drift)
+    assert not not_behind(base, drift, rows, "ndcg@10", 0.1)
     # Behind overall: never kept.
-    assert not tuner._not_behind(base, base - 0.01)
+    assert not not_behind(base, base - 0.01, rows, "ndcg@10", 0.1)
 
 
 def test_a_bin_of_empty_histories_searches_only_strategies_that_can_score_them():
@@ -578,7 +586,7 @@ def test_each_space_starts_from_the_strategy_class_defaults(name):
 
     import optuna
 
-    from recsys.offline.tuning.search import DataStats
+    from recsys.offline.tuning.spaces import DataStats
     from strategies import get_strategy_class
 
     space, defaults = SPACES[name]

@@ -216,7 +216,8 @@ def evaluate_command(
     from recsys.offline.evaluation.configs import ConfigError, load_configs
     from recsys.offline.evaluation.report import write_report
     from recsys.offline.evaluation.runner import evaluate
-    from recsys.offline.tuning.search import parse_budget, parse_strategies, tune_config
+    from recsys.offline.tuning.options import parse_budget, parse_strategies
+    from recsys.offline.tuning.search import tune_config
 
     if split != "time" and (cutoff or fraction):
         raise click.UsageError("--cutoff/--fraction only apply to --split time")

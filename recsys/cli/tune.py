@@ -126,7 +126,7 @@ def tune_options(
     folds: int | None = None,
 ):
     """Build ``TuneOptions`` from CLI values, turning bad ones into usage errors."""
-    from recsys.offline.tuning.search import TuneOptions, parse_budget, parse_strategies
+    from recsys.offline.tuning.options import TuneOptions, parse_budget, parse_strategies
 
     routes = None
     if routes_file:
@@ -163,7 +163,7 @@ def tune_options(
 
 def _tune_flags(fn):
     """The search options shared by ``recsys tune`` and ``recsys train --tune``."""
-    from recsys.offline.tuning.search import MAX_FOLDS, VALIDATIONS
+    from recsys.offline.tuning.options import MAX_FOLDS, VALIDATIONS
 
     opts = [
         click.option(
