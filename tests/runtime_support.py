@@ -29,7 +29,6 @@ class TinyPop(Strategy):
     serves_cold = True
 
     def __init__(self, delay_s: float = 0.0, pad_items: int = 0, gated: bool = False):
-        self._params = {"delay_s": delay_s, "pad_items": pad_items, "gated": gated}
         self.delay_s = delay_s
         self.pad_items = pad_items
         self.gated = gated

@@ -25,79 +25,63 @@ One ``ModelRuntime`` per process (``get_runtime(app)``) sits on top of the model
   ``BATCH_CONCURRENCY`` batches are in their forward pass at once. The gunicorn master loads
   it on the CPU (no CUDA in a process that forks); a worker with CUDA reloads it there on first
   use.
+
+The work for one version (loading, the CPU-only fallback, serving variants, warm-up, picking
+what to evict) is in ``recsys.models.loading``; the admin operations (activate, rollback, load,
+unload), the status rows and the pending preloads are methods of the runtime kept in
+``recsys.models.runtime_admin`` (``RuntimeAdmin``, its base class).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 from flask import Flask, current_app
 
-from features.interactions import EVENT_CODE, History, user_batch
 from recsys.config import get_config
 from recsys.errors import DB_UNAVAILABLE, ModelError, RateLimitedLog
-from recsys.models.activation import activation_stack
-from recsys.models.artifacts import model_nbytes
+from recsys.models import loading
 from recsys.models.batched_model import BatchedModel
+from recsys.models.loading import DEFAULT_LOAD_MODE, BatchSettings, Slot, retire
 from recsys.models.repository import LoadedModel, ModelRepository, get_repository
+from recsys.models.runtime_admin import RuntimeAdmin
 from recsys.ops import metrics
 from recsys.ops.lifecycle import on_after_fork
 from recsys.ops.polling import BackgroundPoll
-from strategies.base import Strategy
 
 log = logging.getLogger(__name__)
 _poll_log = RateLimitedLog(log, every_s=60.0)
 
-LOAD_MODES = ("preload", "lazy")
-DEFAULT_LOAD_MODE = "preload"
-WARMUP_USERS = 8
-WARMUP_EVENTS = 400
 # After a failed lazy load, wait this long before trying the same version again, so a broken
 # version does not make every request pay for a failing checksum pass.
 RETRY_FAILED_S = 30.0
 
 
-@dataclass
-class _Slot:
-    loaded: LoadedModel  # as served (the deep model wrapped in BatchedModel)
-    load_seconds: float
-    warmed: bool
-    last_used: float  # the runtime's clock
+class ModelRuntime(RuntimeAdmin):
+    """Loaded model versions of this process. Thread-safe; see the module docstring.
 
-
-def _wants_gpu(path: str) -> bool:
-    """Whether a saved model asked for CUDA-when-available (its ``device`` parameter)."""
-    try:
-        with open(os.path.join(path, "params.json")) as f:
-            return json.load(f).get("params", {}).get("device", "auto") in ("auto", "cuda")
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-class _CpuOnly:
-    """Resolver result that loads a strategy on the CPU (for the gunicorn master: no CUDA)."""
-
-    def __init__(self, cls: type[Strategy]) -> None:
-        self.cls = cls
-
-    def load(self, path: str) -> Strategy:
-        try:
-            return self.cls.load(path, device="cpu")
-        except TypeError:  # this strategy's load has no device argument: it is CPU-only anyway
-            return self.cls.load(path)
-
-
-class ModelRuntime:
-    """Loaded model versions of this process. Thread-safe; see the module docstring."""
+    Parameters
+    ----------
+    repository : ModelRepository
+        Verifies and loads versions; the SQL active versions, load modes and history.
+    budget_bytes : int
+        The memory budget of the models held (``MODEL_MEMORY_BUDGET_MB``).
+    preload_enabled : bool
+        Load ``preload``-mode models at start and keep them loaded (``PRELOAD_MODELS``).
+    poll_seconds : float
+        Poll the active versions at most this often (``CONFIG_POLL_SECONDS``).
+    batch_max_size, batch_max_delay_ms, batch_concurrency, batch_inline_when_idle
+        Micro-batching of ``batched`` strategies (``recsys.models.loading.BatchSettings``).
+    warmup : bool
+        Warm every model up when it is loaded.
+    cpu_precision : str or None
+        The CPU serving precision (``DEEP_CPU_PRECISION``; see ``serving_variant``).
+    """
 
     def __init__(
         self,
@@ -124,7 +108,7 @@ class ModelRuntime:
         self.cpu_precision = cpu_precision or None
         self.warmup = warmup
         self.clock: Callable[[], float] = time.monotonic  # idle times, polls, retries (tests)
-        self._models: dict[str, _Slot] = {}
+        self._models: dict[str, Slot] = {}
         self._active: dict[str, str] = {}
         self._modes: dict[str, str] = {}
         self._errors: dict[str, tuple[str, str, float]] = {}  # strategy -> (version, msg, when)
@@ -181,7 +165,7 @@ class ModelRuntime:
         return dict(self._active)
 
     # -- loading --------------------------------------------------------------------------------
-    def _ensure_loaded(self, strategy: str, version: str) -> _Slot:
+    def _ensure_loaded(self, strategy: str, version: str) -> Slot:
         with self._load_lock(strategy):
             slot = self._models.get(strategy)
             if slot is not None and slot.loaded.version == version:
@@ -191,34 +175,32 @@ class ModelRuntime:
             return new
 
     def serving_variant(self, loaded: LoadedModel) -> LoadedModel:
-        """A model that serves on the CPU in ``cpu_precision`` (the deep model: int8 by
-        default, ``DEEP_CPU_PRECISION``), derived from the verified fp32 weights at load. On
-        CUDA, or for models without precisions, the loaded model as it is. The sequence model
-        serves as trained (fp32 unless trained with ``precision``): int8 kept its accuracy but
-        doubled the time of a one-user call on the CPU (docs/sequence.md)."""
-        want, model = self.cpu_precision, loaded.model
-        device = getattr(model, "serving_device_", None)
-        if (
-            not want
-            or want not in type(model).precisions
-            or device is None
-            or device.type != "cpu"
-            or getattr(model, "serving_precision_", None) == want
-        ):
-            return loaded
-        variant = model.quantized(want)
-        return dataclasses.replace(loaded, model=variant, nbytes=model_nbytes(variant))
+        """``loaded`` as this runtime serves it on the CPU (``cpu_precision``).
 
-    def _load(self, strategy: str, version: str) -> _Slot:
+        Parameters
+        ----------
+        loaded : LoadedModel
+            The version as the repository loaded it.
+
+        Returns
+        -------
+        LoadedModel
+            See ``recsys.models.loading.serving_variant``.
+        """
+        return loading.serving_variant(loaded, self.cpu_precision)
+
+    def _load(self, strategy: str, version: str) -> Slot:
         """Verify, load and warm one version (not yet serving). Raises ModelError."""
         t0 = time.perf_counter()
-        repo = self.repository
-        if self._cpu_only:
-            inner = repo.resolver
-            repo = dataclasses.replace(repo, resolver=lambda name: _CpuOnly(inner(name)))
         try:
-            loaded = self.serving_variant(repo.load_version(strategy, version))
-            warmed = self._warm_up(loaded)
+            loaded, warmed = loading.load_and_warm(
+                self.repository,
+                strategy,
+                version,
+                cpu_only=self._cpu_only,
+                cpu_precision=self.cpu_precision,
+                warmup=self.warmup,
+            )
         except ModelError as e:
             self._errors[strategy] = (version, e.description, self.clock())
             metrics.MODEL_LOAD_FAILURES.labels(strategy).inc()
@@ -231,20 +213,17 @@ class ModelRuntime:
             metrics.MODEL_LOAD_FAILURES.labels(strategy).inc()
             log.exception("warm-up of %s/%s failed", strategy, version)
             raise ModelError(msg) from e
-        if type(loaded.model).batched:  # the strategy's capability (strategies.base)
-            loaded = dataclasses.replace(
-                loaded,
-                model=BatchedModel(
-                    loaded.model,
-                    self.batch_max_size,
-                    self.batch_max_delay_ms,
-                    path=loaded.path,
-                    cuda_in_worker=self._cpu_only and _wants_gpu(loaded.path),
-                    reload=lambda: self.repository.load_version(strategy, version).model,
-                    concurrency=self.batch_concurrency,
-                    inline_when_idle=self.batch_inline_when_idle,
-                ),
-            )
+        loaded = loading.batched(
+            loaded,
+            BatchSettings(
+                self.batch_max_size,
+                self.batch_max_delay_ms,
+                self.batch_concurrency,
+                self.batch_inline_when_idle,
+            ),
+            cuda_in_worker=self._cpu_only and loading.wants_gpu(loaded.path),
+            reload=lambda: self.repository.load_version(strategy, version).model,
+        )
         seconds = time.perf_counter() - t0
         metrics.MODEL_LOAD_SECONDS.labels(strategy).observe(seconds)
         self._errors.pop(strategy, None)
@@ -256,9 +235,9 @@ class ModelRuntime:
             seconds,
             extra={"strategy": strategy, "version": version, "load_seconds": round(seconds, 4)},
         )
-        return _Slot(loaded=loaded, load_seconds=seconds, warmed=warmed, last_used=self.clock())
+        return Slot(loaded=loaded, load_seconds=seconds, warmed=warmed, last_used=self.clock())
 
-    def _install(self, strategy: str, slot: _Slot) -> None:
+    def _install(self, strategy: str, slot: Slot) -> None:
         """Swap ``slot`` in (one dict assignment under the lock), then enforce the budget."""
         with self._lock:
             old = self._models.get(strategy)
@@ -266,32 +245,14 @@ class ModelRuntime:
             self._evicted.discard(strategy)
             self._evict(keep=strategy)
         if old is not None and old is not slot:
-            self._retire(old)
+            retire(old)
         self._publish()
 
-    def _retire(self, slot: _Slot) -> None:
-        # In-flight requests keep their reference; a closed batcher makes them score unbatched.
-        if isinstance(slot.loaded.model, BatchedModel):
-            slot.loaded.model.close()
-
     def _evict(self, keep: str) -> None:
-        total = sum(s.loaded.nbytes for s in self._models.values())
-        while total > self.budget_bytes:
-            others = [(s.last_used, name) for name, s in self._models.items() if name != keep]
-            if not others:
-                log.warning(
-                    "%s alone (%.1f MiB) exceeds the model memory budget (%.1f MiB); kept",
-                    keep,
-                    total / 2**20,
-                    self.budget_bytes / 2**20,
-                )
-                return
-            _, victim = min(others)
-            slot = self._models.pop(victim)
+        """Drop least recently used models other than ``keep`` over the budget (under the lock)."""
+        for victim, slot in loading.evict_lru(self._models, self.budget_bytes, keep):
             self._evicted.add(victim)
-            total -= slot.loaded.nbytes
-            log.info("evicted %s (least recently used) to stay within the budget", victim)
-            self._retire(slot)
+            retire(slot)
 
     def _publish(self) -> None:
         models = dict(self._models)
@@ -300,58 +261,6 @@ class ModelRuntime:
         for name in names:
             slot = models.get(name)
             metrics.MODEL_MEMORY_BYTES.labels(name).set(slot.loaded.nbytes if slot else 0)
-
-    def _warm_up(self, loaded: LoadedModel) -> bool:
-        """Score a few real users (newest histories in the store) and a few similar-item lists."""
-        if not self.warmup:
-            return True
-        model = loaded.model
-        histories = self._warmup_histories(loaded)
-        if histories:
-            batch = user_batch(histories, len(loaded.items))
-            model.recommend(batch, n=10)
-            # And one user alone, the shape a single request has.
-            model.recommend(user_batch(histories[:1], len(loaded.items)), n=10)
-        if len(loaded.items):
-            try:
-                model.similar_items(np.arange(min(2, len(loaded.items))), n=10)
-            except NotImplementedError:
-                pass
-        return True
-
-    def _warmup_histories(self, loaded: LoadedModel) -> list[History]:
-        by_user: dict[int, list[tuple[str, str, float, Any]]] = {}
-        try:
-            rows = self.repository.recent_events(WARMUP_EVENTS)
-        except Exception:  # noqa: BLE001 - no store (e.g. schema missing) -> synthetic warm-up
-            log.debug("warm-up: could not read histories", exc_info=True)
-            rows = []
-        for user_id, item, typ, value, ts in rows:
-            if len(by_user) >= WARMUP_USERS and user_id not in by_user:
-                continue
-            by_user.setdefault(user_id, []).append((item, typ, value, ts))
-        out = []
-        for events in by_user.values():
-            out.append(
-                History(
-                    item_idx=loaded.items.indices([e[0] for e in events]),
-                    event_type=np.array([EVENT_CODE.get(e[1], 0) for e in events], np.int8),
-                    value=np.array([e[2] or 1.0 for e in events], np.float32),
-                    ts=np.array([int(e[3].timestamp()) if e[3] else 0 for e in events], np.int64),
-                )
-            )
-        if not out and len(loaded.items):
-            # An empty store: a synthetic history over the first items still exercises the path.
-            k = min(5, len(loaded.items))
-            out.append(
-                History(
-                    item_idx=np.arange(k),
-                    event_type=np.full(k, EVENT_CODE["purchase"], np.int8),
-                    value=np.ones(k, np.float32),
-                    ts=np.zeros(k, np.int64),
-                )
-            )
-        return out
 
     # -- start-up and readiness ------------------------------------------------------------------
     def preload(self, cpu_only: bool = False) -> list[str]:
@@ -380,35 +289,20 @@ class ModelRuntime:
         return failed
 
     def warm_up(self) -> None:
-        """Warm every loaded model again (e.g. after the store was filled)."""
+        """Warm every loaded model again (e.g. after the store was filled).
+
+        Marks each one warmed; with ``warmup`` off, only marks them.
+
+        Returns
+        -------
+        None
+        """
         for slot in list(self._models.values()):
             inner = slot.loaded.model
             inner = inner.inner if isinstance(inner, BatchedModel) else inner
-            self._warm_up(dataclasses.replace(slot.loaded, model=inner))
+            if self.warmup:
+                loading.warm_up(dataclasses.replace(slot.loaded, model=inner), self.repository)
             slot.warmed = True
-
-    def pending(self) -> list[dict[str, Any]]:
-        """Preload models not yet loaded and warmed (with the last error, if loading failed)."""
-        self._maybe_refresh()
-        return self._pending()
-
-    def _pending(self) -> list[dict[str, Any]]:
-        if not self.preload_enabled:
-            return []
-        out = []
-        for strategy, version in sorted(self._active.items()):
-            if self._modes.get(strategy, DEFAULT_LOAD_MODE) != "preload":
-                continue
-            if strategy in self._evicted:
-                continue  # dropped for the budget on purpose; it reloads on use
-            slot = self._models.get(strategy)
-            if slot is None or slot.loaded.version != version or not slot.warmed:
-                item: dict[str, Any] = {"strategy": strategy, "version": version}
-                err = self._errors.get(strategy)
-                if err and err[0] == version:
-                    item["error"] = err[1]
-                out.append(item)
-        return out
 
     def ready(self) -> bool:
         """True once every active preload model is loaded and warmed."""
@@ -433,136 +327,13 @@ class ModelRuntime:
             )
             self._preload_thread.start()
 
-    def status(self) -> list[dict[str, Any]]:
-        """One row per strategy known here: active version, loaded version, memory, state."""
-        self._maybe_refresh()
-        now = self.clock()
-        rows = []
-        pending = {p["strategy"] for p in self.pending()}
-        for name in sorted(set(self._active) | set(self._models) | set(self._errors)):
-            slot = self._models.get(name)
-            active = self._active.get(name)
-            err = self._errors.get(name)
-            if slot is not None and slot.loaded.version == active:
-                state = "loaded"
-            elif slot is not None:
-                state = "stale"  # a newer active version is being loaded
-            elif err and err[0] == active:
-                state = "failed"
-            elif name in self._evicted:
-                state = "evicted"
-            else:
-                state = "not_loaded"
-            rows.append(
-                {
-                    "strategy": name,
-                    "active_version": active,
-                    "loaded_version": slot.loaded.version if slot else None,
-                    "state": state,
-                    "load_mode": self._modes.get(name, DEFAULT_LOAD_MODE),
-                    "pending": name in pending,
-                    "nbytes": slot.loaded.nbytes if slot else 0,
-                    "load_seconds": round(slot.load_seconds, 4) if slot else None,
-                    "idle_seconds": round(now - slot.last_used, 3) if slot else None,
-                    "warmed": bool(slot and slot.warmed),
-                    "batched": bool(slot and isinstance(slot.loaded.model, BatchedModel)),
-                    "error": err[1] if err else None,
-                    "pid": os.getpid(),
-                }
-            )
-        return rows
-
-    # -- admin operations -------------------------------------------------------------------------
-    def activate(self, strategy: str, version: str, actor: str = "admin") -> dict[str, Any]:
-        """Load and warm ``version`` beside the serving one, record it as active, swap.
-
-        Raises ModelError (nothing changed: the old version keeps serving, SQL untouched) if the
-        version is unknown, corrupt or fails to load/warm.
-        """
-        with self._load_lock(strategy):
-            previous = self._active.get(strategy)
-            slot = self._models.get(strategy)
-            if previous == version and slot is not None and slot.loaded.version == version:
-                return {"strategy": strategy, "version": version, "previous_version": previous}
-            new = self._load(strategy, version)
-            try:
-                self.repository.activate(strategy, version, actor=actor)
-            except BaseException:
-                self._retire(new)
-                raise
-            with self._lock:
-                self._active[strategy] = version
-            self._install(strategy, new)
-        return {"strategy": strategy, "version": version, "previous_version": previous}
-
-    def rollback(self, strategy: str, actor: str = "admin") -> dict[str, Any]:
-        """Re-activate the previous version: loaded and warmed first, then swapped."""
-        with self._load_lock(strategy):
-            previous = self._active.get(strategy)
-            target = self._rollback_target(strategy)
-            new = self._load(strategy, target) if target else None
-            try:
-                version = self.repository.rollback(strategy, actor=actor)
-            except BaseException:
-                if new is not None:
-                    self._retire(new)
-                raise
-            if new is None or new.loaded.version != version:
-                # History changed under us (another admin): load what SQL now says is active.
-                if new is not None:
-                    self._retire(new)
-                new = self._load(strategy, version)
-            with self._lock:
-                self._active[strategy] = version
-            self._install(strategy, new)
-        return {"strategy": strategy, "version": version, "previous_version": previous}
-
-    def _rollback_target(self, strategy: str) -> str | None:
-        from types import SimpleNamespace
-
-        history = self.repository.activation_history(strategy)
-        stack = activation_stack([SimpleNamespace(**h) for h in history])
-        return stack[-2] if len(stack) >= 2 else None
-
-    def load(self, strategy: str, version: str | None = None) -> dict[str, Any]:
-        """Load the active version now and mark the strategy ``preload`` for every worker."""
-        self.refresh(apply=False)
-        active = self._active.get(strategy)
-        if active is None:
-            raise ModelError(f"strategy {strategy!r} has no active version", 404)
-        if version is not None and version != active:
-            raise ModelError(
-                f"{strategy}: {version} is not the active version ({active}); activate it instead",
-                409,
-            )
-        self._ensure_loaded(strategy, active)
-        self._set_mode(strategy, "preload")
-        return self.describe(strategy)
-
-    def unload(self, strategy: str) -> dict[str, Any]:
-        """Drop the model from memory everywhere and mark it ``lazy`` (reloads on next use)."""
-        self.refresh(apply=False)
-        if strategy not in self._active and strategy not in self._models:
-            raise ModelError(f"strategy {strategy!r} has no active version", 404)
-        self._set_mode(strategy, "lazy")
-        self._drop(strategy)
-        return self.describe(strategy)
-
-    def describe(self, strategy: str) -> dict[str, Any]:
-        return next((r for r in self.status() if r["strategy"] == strategy), {"strategy": strategy})
-
     def _drop(self, strategy: str) -> None:
         with self._lock:
             slot = self._models.pop(strategy, None)
         if slot is not None:
-            self._retire(slot)
+            retire(slot)
             log.info("unloaded %s/%s", strategy, slot.loaded.version)
         self._publish()
-
-    def _set_mode(self, strategy: str, mode: str) -> None:
-        self.repository.set_load_mode(strategy, mode)
-        with self._lock:
-            self._modes[strategy] = mode
 
     # -- noticing changes made elsewhere ---------------------------------------------------------
     def _maybe_refresh(self) -> None:
