@@ -8,7 +8,18 @@ import numpy as np
 
 
 class IdMap:
-    """An immutable, ordered mapping of external ids to ``0..n-1``. Saved with every model."""
+    """An immutable, ordered mapping of external ids to ``0..n-1``. Saved with every model.
+
+    Parameters
+    ----------
+    ids : iterable of str
+        External ids in index order; index i is the i-th id.
+
+    Raises
+    ------
+    ValueError
+        If the ids (as strings) are not unique.
+    """
 
     def __init__(self, ids: Iterable[str]):
         self.ids = np.asarray(list(ids), dtype=object)
@@ -23,19 +34,76 @@ class IdMap:
         return str(external_id) in self._index
 
     def index(self, external_id: str, default: int = -1) -> int:
+        """Index of one external id.
+
+        Parameters
+        ----------
+        external_id : str
+            The id (compared as ``str``).
+        default : int
+            Returned when the id is unknown.
+
+        Returns
+        -------
+        int
+            The index in ``0..n-1``, or ``default``.
+        """
         return self._index.get(str(external_id), default)
 
     def indices(self, external_ids: Iterable[str], default: int = -1) -> np.ndarray:
+        """Indices of many external ids.
+
+        Parameters
+        ----------
+        external_ids : iterable of str
+            The ids (compared as ``str``).
+        default : int
+            Index given to unknown ids.
+
+        Returns
+        -------
+        np.ndarray of int64, shape (len(external_ids),)
+            The index of each id, ``default`` where unknown.
+        """
         get = self._index.get
         return np.fromiter((get(str(x), default) for x in external_ids), dtype=np.int64)
 
     def external(self, indices: Iterable[int]) -> list[str]:
+        """External ids of indices.
+
+        Parameters
+        ----------
+        indices : iterable of int
+            Indices in ``0..n-1``.
+
+        Returns
+        -------
+        list of str
+            The external id of each index, in order.
+        """
         return [str(self.ids[i]) for i in indices]
 
     def to_array(self) -> np.ndarray:
-        """A unicode array for ``np.savez`` (no object dtype, so no pickle on load)."""
+        """A unicode array for ``np.savez`` (no object dtype, so no pickle on load).
+
+        Returns
+        -------
+        np.ndarray of str, shape (n,)
+            The ids in index order.
+        """
         return np.asarray(self.ids, dtype=str)
 
     @classmethod
     def from_array(cls, arr: np.ndarray) -> IdMap:
+        """Rebuild a map from ``to_array``'s output.
+
+        Parameters
+        ----------
+        arr : np.ndarray of str, shape (n,)
+            The ids in index order.
+
+        Returns
+        -------
+        IdMap
+        """
         return cls(arr.tolist())

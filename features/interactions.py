@@ -35,7 +35,21 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 
 @dataclass
 class ItemMeta:
-    """Item attributes aligned with the item IdMap (row i describes item index i)."""
+    """Item attributes aligned with the item IdMap (row i describes item index i).
+
+    Parameters
+    ----------
+    titles : list of str
+        Title per item index.
+    descriptions : list of str
+        Description per item index.
+    categories : list of list of str
+        Category names per item index (possibly empty).
+    available : np.ndarray of bool, shape (n_items,)
+        Whether each item may be recommended.
+    price : np.ndarray of float, shape (n_items,), optional
+        Price per item, NaN where unknown; ``None``: no prices at all.
+    """
 
     titles: list[str]
     descriptions: list[str]
@@ -44,11 +58,46 @@ class ItemMeta:
     price: np.ndarray | None = None  # float, NaN where unknown
 
     def text(self, i: int) -> str:
+        """Title, description and categories of item i joined by spaces.
+
+        Parameters
+        ----------
+        i : int
+            Item index.
+
+        Returns
+        -------
+        str
+        """
         return " ".join([self.titles[i], self.descriptions[i], " ".join(self.categories[i])])
 
 
 @dataclass
 class InteractionData:
+    """Training interactions: one entry per event in parallel arrays, with the id maps.
+
+    Parameters
+    ----------
+    users : IdMap
+        External user ids <-> user indices.
+    items : IdMap
+        External item ids <-> item indices (may hold items without events).
+    user_idx : np.ndarray of int32, shape (n_events,)
+        User index of each event.
+    item_idx : np.ndarray of int32, shape (n_events,)
+        Item index of each event.
+    event_type : np.ndarray of int8, shape (n_events,)
+        Index into ``EVENT_TYPES`` of each event.
+    value : np.ndarray of float32, shape (n_events,)
+        Event value (the rating for ``rating`` events).
+    ts : np.ndarray of int64, shape (n_events,)
+        Event time in unix seconds.
+    item_meta : ItemMeta, optional
+        Item attributes aligned with ``items``; ``None``: unknown.
+    info : dict
+        Free-form provenance (source, counts), copied by ``subset``.
+    """
+
     users: IdMap
     items: IdMap
     user_idx: np.ndarray  # int32, one per event
@@ -82,7 +131,35 @@ class InteractionData:
         all_item_ids: Sequence[str] | None = None,
         item_meta: ItemMeta | None = None,
     ) -> InteractionData:
-        """Build from parallel per-event sequences of external ids."""
+        """Build from parallel per-event sequences of external ids.
+
+        Parameters
+        ----------
+        user_ids : sequence of str, length n_events
+            External user id of each event; the user map is in first-seen order.
+        item_ids : sequence of str, length n_events
+            External item id of each event.
+        event_types : sequence of str or str
+            Event type name (one of ``EVENT_TYPES``) of each event, or one name for all.
+        values : sequence of float, optional
+            Event values; ``None``: 1.0 each.
+        timestamps : sequence of int, optional
+            Unix seconds per event; ``None``: 0 each.
+        all_item_ids : sequence of str, optional
+            The item map in index order (items without events included); ``None``: the items of
+            ``item_ids`` in first-seen order. Events on items missing from it get index -1.
+        item_meta : ItemMeta, optional
+            Item attributes aligned with the item map.
+
+        Returns
+        -------
+        InteractionData
+
+        Raises
+        ------
+        KeyError
+            For an event type name not in ``EVENT_TYPES``.
+        """
         user_ids = np.asarray(user_ids).astype(str)
         item_ids = np.asarray(item_ids).astype(str)
         users = IdMap(dict.fromkeys(user_ids.tolist()))
@@ -106,7 +183,18 @@ class InteractionData:
         )
 
     def subset(self, mask: np.ndarray) -> InteractionData:
-        """The events where ``mask`` is true, keeping the same id maps (indices stay valid)."""
+        """The events where ``mask`` is true, keeping the same id maps (indices stay valid).
+
+        Parameters
+        ----------
+        mask : np.ndarray of bool, shape (n_events,)
+            Events to keep (any numpy index of the event arrays works).
+
+        Returns
+        -------
+        InteractionData
+            A new object; ``info`` is copied.
+        """
         return InteractionData(
             users=self.users,
             items=self.items,
@@ -121,6 +209,17 @@ class InteractionData:
 
     # -- features ---------------------------------------------------------------------------
     def weights(self, weights: dict[str, float] | None = None) -> np.ndarray:
+        """Per-event positive weight under a weighting scheme (``event_weights``).
+
+        Parameters
+        ----------
+        weights : dict of str to float, optional
+            Event-type weights overriding ``DEFAULT_WEIGHTS``; ``None``: the defaults.
+
+        Returns
+        -------
+        np.ndarray of float32, shape (n_events,)
+        """
         return event_weights(self.event_type, self.value, weights)
 
     def matrix(
@@ -130,10 +229,23 @@ class InteractionData:
         now: int | None = None,
         binary: bool = False,
     ) -> sp.csr_matrix:
-        """(n_users, n_items) float32 CSR; repeated events add up; dislikes contribute nothing.
+        """User-item matrix; repeated events add up; dislikes contribute nothing.
 
-        ``half_life_days`` applies exponential time decay relative to ``now`` (default: the
-        newest event). ``binary`` turns every positive cell into 1.
+        Parameters
+        ----------
+        weights : dict of str to float, optional
+            Event-type weights overriding ``DEFAULT_WEIGHTS``; ``None``: the defaults.
+        half_life_days : float, optional
+            Exponential time decay relative to ``now``, in days; ``None`` or 0: no decay.
+        now : int, optional
+            Reference time for the decay in unix seconds; ``None``: the newest event.
+        binary : bool
+            Turn every positive cell into 1.
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix of float32, shape (n_users, n_items)
+            Canonical format (sorted, no duplicates); only cells with a positive weight are stored.
         """
         w = self.weights(weights)
         if half_life_days:
@@ -152,7 +264,13 @@ class InteractionData:
         return m
 
     def sequences(self) -> list[np.ndarray]:
-        """Per user index: item indices of positive events in time order (oldest first)."""
+        """Per user index: item indices of positive events in time order (oldest first).
+
+        Returns
+        -------
+        list of np.ndarray of int32, length n_users
+            Item indices of each user's non-dislike events, ordered by timestamp.
+        """
         pos = self.event_type != DISLIKE
         order = np.lexsort((self.ts[pos], self.user_idx[pos]))
         u = self.user_idx[pos][order]
@@ -164,7 +282,21 @@ class InteractionData:
 def event_weights(
     event_type: np.ndarray, value: np.ndarray, weights: dict[str, float] | None = None
 ) -> np.ndarray:
-    """Per-event positive weight (0 for dislikes) under a weighting scheme."""
+    """Per-event positive weight (0 for dislikes) under a weighting scheme.
+
+    Parameters
+    ----------
+    event_type : np.ndarray of int, shape (n_events,)
+        Index into ``EVENT_TYPES`` of each event.
+    value : np.ndarray of float, shape (n_events,)
+        Event values; a rating weighs its value times the ``rating`` weight.
+    weights : dict of str to float, optional
+        Event-type weights overriding ``DEFAULT_WEIGHTS``; ``None``: the defaults.
+
+    Returns
+    -------
+    np.ndarray of float32, shape (n_events,)
+    """
     table = dict(DEFAULT_WEIGHTS)
     if weights:
         table.update(weights)
@@ -179,7 +311,19 @@ def event_weights(
 
 @dataclass
 class History:
-    """One user's history at request time, newest first as the SQL store returns it."""
+    """One user's history at request time, newest first as the SQL store returns it.
+
+    Parameters
+    ----------
+    item_idx : np.ndarray of int, shape (n_events,)
+        Item index of each event; -1 for items unknown to the model (dropped when batching).
+    event_type : np.ndarray of int8, shape (n_events,)
+        Index into ``EVENT_TYPES``.
+    value : np.ndarray of float32, shape (n_events,)
+        Event values.
+    ts : np.ndarray of int64, shape (n_events,)
+        Event times in unix seconds.
+    """
 
     item_idx: np.ndarray  # int; -1 for items unknown to the model (dropped when batching)
     event_type: np.ndarray  # int8
@@ -189,7 +333,21 @@ class History:
 
 @dataclass
 class UserBatch:
-    """b users to score, described by their histories at request time."""
+    """b users to score, described by their histories at request time.
+
+    Built by ``user_batch``; the contract is in ``strategies.base``.
+
+    Parameters
+    ----------
+    matrix : scipy.sparse.csr_matrix of float32, shape (b, n_items)
+        Weighted interactions.
+    sequences : list of np.ndarray of int, length b
+        Item indices per user, oldest first.
+    types : list of np.ndarray of int8, length b or 0
+        Event type codes of the sequence items.
+    user_index : np.ndarray of int64, shape (b,), optional
+        Training-time user indices (-1: unknown); ``None``: all unknown.
+    """
 
     # (b, n_items) CSR of weighted interactions (features.interactions weights, decay applied).
     matrix: sp.csr_matrix
@@ -217,6 +375,23 @@ def user_batch(
     ``np.unique`` sorts the keys and numbers them so ``np.bincount`` sums repeated items (in
     float64, then float32). Going through scipy's COO conversion and ``sum_duplicates`` cost
     about twice the CPU for the one-user batch of every uncached request.
+
+    Parameters
+    ----------
+    histories : sequence of History, length b
+        Request-time histories, newest event first; items outside ``0..n_items-1`` are dropped,
+        as are events of weight 0 (dislikes).
+    n_items : int
+        The model's number of items (matrix width).
+    weights : dict of str to float, optional
+        Event-type weights overriding ``DEFAULT_WEIGHTS``; ``None``: the defaults.
+    user_index : np.ndarray of int64, shape (b,), optional
+        Training-time user indices; ``None``: all -1 (unknown).
+
+    Returns
+    -------
+    UserBatch
+        Canonical CSR ``matrix`` of shape (b, n_items); ``sequences`` and ``types`` oldest first.
     """
     keys, vals, seqs, types = [], [], [], []
     for r, h in enumerate(histories):

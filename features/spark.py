@@ -36,10 +36,18 @@ _session_master: str | None = None
 
 class SparkUnavailable(ValueError):
     """pyspark, Java or the JDBC driver is missing, or the store is not PostgreSQL. A
-    ValueError so the CLI commands (train, evaluate) report it as a message, not a trace."""
+    ValueError so the CLI commands (train, evaluate) report it as a message, not a trace.
+    """
 
 
 def require_pyspark() -> None:
+    """Check that pyspark can be imported.
+
+    Raises
+    ------
+    SparkUnavailable
+        If it cannot (the message says how to install it).
+    """
     try:
         import pyspark  # noqa: F401
     except ImportError as e:
@@ -50,12 +58,34 @@ def require_pyspark() -> None:
 
 
 def jdbc_jar() -> str:
+    """Path of the PostgreSQL JDBC driver jar.
+
+    Returns
+    -------
+    str
+        ``RECSYS_JDBC_JAR`` when set, else ``JDBC_JAR``.
+    """
     return os.environ.get("RECSYS_JDBC_JAR") or JDBC_JAR
 
 
 def get_session(master: str | None = None):
     """The process's one SparkSession (created on first use; a different master stops the old
-    one first). ``master`` defaults to ``RECSYS_SPARK_MASTER`` or ``local[2]``."""
+    one first).
+
+    Parameters
+    ----------
+    master : str, optional
+        Spark master URL; ``None``: ``RECSYS_SPARK_MASTER`` or ``local[2]``.
+
+    Returns
+    -------
+    pyspark.sql.SparkSession
+
+    Raises
+    ------
+    SparkUnavailable
+        If pyspark is missing or Spark cannot start (no Java, say).
+    """
     global _session, _session_master
     require_pyspark()
     master = master or os.environ.get("RECSYS_SPARK_MASTER") or DEFAULT_MASTER
@@ -94,6 +124,10 @@ def get_session(master: str | None = None):
 
 
 def stop_session() -> None:
+    """Stop the process's SparkSession, if one was started.
+
+    The next ``get_session`` makes a new one.
+    """
     global _session, _session_master
     with _session_lock:
         if _session is not None:
@@ -104,12 +138,37 @@ def stop_session() -> None:
 # -- reading the store --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Jdbc:
+    """A JDBC connection: what ``spark.read.jdbc`` takes.
+
+    Parameters
+    ----------
+    url : str
+        ``jdbc:postgresql://host:port/db``.
+    properties : dict of str to str
+        Driver class, user and (where set) password.
+    """
+
     url: str
     properties: dict[str, str]
 
 
 def jdbc_from_sqlalchemy(database_url: str) -> Jdbc:
-    """``postgresql+psycopg://user:pw@host:port/db`` -> JDBC URL and connection properties."""
+    """``postgresql+psycopg://user:pw@host:port/db`` -> JDBC URL and connection properties.
+
+    Parameters
+    ----------
+    database_url : str
+        A SQLAlchemy URL.
+
+    Returns
+    -------
+    Jdbc
+
+    Raises
+    ------
+    SparkUnavailable
+        If the URL is not PostgreSQL or the JDBC driver jar is missing.
+    """
     from sqlalchemy.engine import make_url
 
     u = make_url(database_url)
@@ -132,12 +191,40 @@ def jdbc_from_sqlalchemy(database_url: str) -> Jdbc:
 
 
 def jdbc_query(spark, jdbc: Jdbc, sql: str):
+    """The rows of one SQL query over JDBC.
+
+    Parameters
+    ----------
+    spark : pyspark.sql.SparkSession
+    jdbc : Jdbc
+        Connection.
+    sql : str
+        A SELECT statement (used as a subquery).
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+    """
     return spark.read.jdbc(jdbc.url, f"({sql}) AS q", properties=jdbc.properties)
 
 
 def read_events(spark, jdbc: Jdbc, partitions: int | None = None):
-    """The events table as a DataFrame (user_id, item_id, type, value, ts unix seconds), read
-    in parallel by ranges of ``events.id``."""
+    """The events table as a DataFrame, read in parallel by ranges of ``events.id``.
+
+    Parameters
+    ----------
+    spark : pyspark.sql.SparkSession
+    jdbc : Jdbc
+        Connection to the store.
+    partitions : int, optional
+        JDBC read partitions; ``None``: the context's default parallelism (at least 2).
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+        Columns id, user_id, item_id, type (str), value, ts (unix seconds); one partition when
+        the table is empty.
+    """
     bounds = jdbc_query(
         spark, jdbc, "SELECT min(id) AS lo, max(id) AS hi, count(*) AS n FROM events"
     ).collect()[0]
@@ -161,7 +248,20 @@ def read_events(spark, jdbc: Jdbc, partitions: int | None = None):
 
 def events_from_data(spark, data):
     """An ``InteractionData`` (the evaluation's file data, already in Python) as the same event
-    frame ``read_events`` gives, ids being its indices, so the same Spark SQL weights it."""
+    frame ``read_events`` gives, ids being its indices, so the same Spark SQL weights it.
+
+    Parameters
+    ----------
+    spark : pyspark.sql.SparkSession
+    data : InteractionData
+        The events.
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+        Columns user_id (int, the user index), item_id (int, the item index), type (str),
+        value (double), ts (long, unix seconds).
+    """
     from pyspark.sql.types import (
         DoubleType,
         IntegerType,
@@ -198,7 +298,18 @@ def events_from_data(spark, data):
 def weight_sql(weights: dict[str, float] | None = None) -> str:
     """The per-event weight as a Spark SQL expression over ``type`` and ``value``: exactly
     ``features.interactions.event_weights`` (ratings weigh their value times the rating weight;
-    unknown types weigh 0)."""
+    unknown types weigh 0).
+
+    Parameters
+    ----------
+    weights : dict of str to float, optional
+        Event-type weights overriding ``DEFAULT_WEIGHTS``; ``None``: the defaults.
+
+    Returns
+    -------
+    str
+        A ``CASE type ... END`` expression.
+    """
     table = dict(DEFAULT_WEIGHTS)
     if weights:
         table.update(weights)
@@ -211,8 +322,22 @@ def weight_sql(weights: dict[str, float] | None = None) -> str:
 
 
 def weighted_cells(events, weights: dict[str, float] | None = None, binary: bool = False):
-    """(user_id, item_id, w): positive events summed per user-item cell, as
-    ``InteractionData.matrix`` builds it (``binary``: every cell 1)."""
+    """Positive events summed per user-item cell, as ``InteractionData.matrix`` builds it.
+
+    Parameters
+    ----------
+    events : pyspark.sql.DataFrame
+        Event frame (``read_events`` or ``events_from_data``).
+    weights : dict of str to float, optional
+        Event-type weights overriding ``DEFAULT_WEIGHTS``; ``None``: the defaults.
+    binary : bool
+        Every cell 1.
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+        Columns user_id, item_id, w (double, > 0).
+    """
     from pyspark.sql import functions as F
 
     w = F.expr(weight_sql(weights)).cast("double")

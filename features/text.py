@@ -18,7 +18,22 @@ _SPACE = re.compile(r"\s+")
 
 def item_text(meta: ItemMeta, i: int, category_repeat: int = 2) -> str:
     """Title + description + categories of item i. Categories are repeated so that a shared
-    category weighs about as much as a shared title word."""
+    category weighs about as much as a shared title word.
+
+    Parameters
+    ----------
+    meta : ItemMeta
+        Item metadata.
+    i : int
+        Item index.
+    category_repeat : int
+        Times each category's words are repeated.
+
+    Returns
+    -------
+    str
+        The text, whitespace collapsed to single spaces.
+    """
     cats = " ".join(
         " ".join(c.replace("/", " ").replace(">", " ") for c in meta.categories[i])
         for _ in range(category_repeat)
@@ -27,6 +42,20 @@ def item_text(meta: ItemMeta, i: int, category_repeat: int = 2) -> str:
 
 
 def item_texts(meta: ItemMeta, category_repeat: int = 2) -> list[str]:
+    """The text of every item (``item_text``), in index order.
+
+    Parameters
+    ----------
+    meta : ItemMeta
+        Item metadata.
+    category_repeat : int
+        Times each category's words are repeated.
+
+    Returns
+    -------
+    list of str
+        One text per item index, ``len(meta.titles)`` in all.
+    """
     return [item_text(meta, i, category_repeat) for i in range(len(meta.titles))]
 
 
@@ -38,9 +67,30 @@ def tfidf_matrix(
     max_features: int | None = 50_000,
     sublinear_tf: bool = True,
 ) -> sp.csr_matrix:
-    """(n_items, n_terms) float32 CSR, rows L2-normalised (cosine = dot product).
+    """TF-IDF item matrix, rows L2-normalised (cosine = dot product).
 
     Items with no text get an all-zero row.
+
+    Parameters
+    ----------
+    texts : list of str
+        One text per item index (``item_texts``).
+    min_df : int
+        Minimum document frequency of a term (``TfidfVectorizer``).
+    max_df : float
+        Maximum document frequency of a term, as a share of items (1.0 for a single item).
+    ngram_max : int
+        Longest word n-gram.
+    max_features : int or None
+        Most frequent terms kept; ``None``: all.
+    sublinear_tf : bool
+        Use ``1 + log(tf)`` term frequencies.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix of float32, shape (n_items, n_terms)
+        ``n_terms`` is 0 when no item has text. When ``min_df``/``max_df`` prune every term,
+        all terms are kept instead.
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
 

@@ -16,7 +16,16 @@ from werkzeug.http import HTTP_STATUS_CODES as HTTP_STATUS_NAMES
 
 
 class RecsysError(Exception):
-    """Base for errors that map to an HTTP status (and a clean CLI message)."""
+    """Base for errors that map to an HTTP status (and a clean CLI message).
+
+    Parameters
+    ----------
+    description : str
+        The message shown to the client.
+    code : int, optional
+        HTTP status overriding the class's ``code``; a plain ``RecsysError`` then takes the
+        status's standard name (422: "Unprocessable Entity").
+    """
 
     code = 400
     name = "Bad Request"
@@ -31,17 +40,24 @@ class RecsysError(Exception):
 
 
 class NotFound(RecsysError):
+    """The thing asked for does not exist (HTTP 404). Parameters as ``RecsysError``."""
+
     code = 404
     name = "Not Found"
 
 
 class Conflict(RecsysError):
+    """The request conflicts with the current state (HTTP 409). Parameters as ``RecsysError``."""
+
     code = 409
     name = "Conflict"
 
 
 class ModelError(RecsysError):
-    """A model version could not be loaded (missing, tampered, incompatible)."""
+    """A model version could not be loaded (missing, tampered, incompatible).
+
+    HTTP 409. Parameters as ``RecsysError``.
+    """
 
     code = 409
     name = "Model Error"
@@ -49,7 +65,15 @@ class ModelError(RecsysError):
 
 class DatabaseUnavailable(Exception):
     """The SQL store is not tried (circuit open, ``recsys.store.guard``) or did not answer in
-    time (socket cut by the watchdog)."""
+    time (socket cut by the watchdog).
+
+    Parameters
+    ----------
+    description : str
+        The message; empty: "the database is unavailable (circuit open)".
+    retry_after : int
+        Seconds the client should wait before retrying (the ``Retry-After`` header).
+    """
 
     def __init__(self, description: str = "", retry_after: int = 5):
         super().__init__(description or "the database is unavailable (circuit open)")
@@ -69,7 +93,17 @@ DB_UNAVAILABLE = (
 class RateLimitedLog:
     """At most one line per ``every_s`` for a recurring condition (an outage refuses every
     request; one line each would flood the log): the first at once, later ones with the count
-    of lines left out since."""
+    of lines left out since.
+
+    Parameters
+    ----------
+    logger : logging.Logger
+        Where the lines go.
+    every_s : float
+        Minimum seconds between two lines.
+    clock : callable
+        Returns seconds, monotonic (``time.monotonic``; injectable for tests).
+    """
 
     def __init__(self, logger: logging.Logger, every_s: float = 10.0, clock=time.monotonic):
         self.logger = logger
@@ -80,7 +114,20 @@ class RateLimitedLog:
         self._suppressed = 0
 
     def warning(self, msg: str, *args) -> bool:
-        """Log ``msg % args`` unless one was logged within ``every_s``; True if logged."""
+        """Log ``msg % args`` unless one was logged within ``every_s``.
+
+        Parameters
+        ----------
+        msg : str
+            %-format message.
+        *args
+            Its arguments.
+
+        Returns
+        -------
+        bool
+            True if logged (with the count of lines left out since the last one appended).
+        """
         with self._lock:
             now = self.clock()
             if now - self._last < self.every_s:

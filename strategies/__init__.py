@@ -38,7 +38,21 @@ STRATEGY_NAMES = _discover()
 def get_strategy_class(name: str) -> type[Strategy]:
     """The class registered under ``name`` (imported on first use).
 
-    Raises ValueError for an unknown name or a strategy whose module cannot be imported.
+    Parameters
+    ----------
+    name : str
+        A strategy name (one of ``STRATEGY_NAMES``).
+
+    Returns
+    -------
+    type of Strategy
+        The one ``Strategy`` subclass of ``strategies/<name>.py`` whose ``name`` is ``name``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, a strategy whose module cannot be imported, or a module that does
+        not define exactly one such class.
     """
     if name not in STRATEGY_NAMES:
         raise ValueError(
@@ -64,7 +78,18 @@ def get_strategy_class(name: str) -> type[Strategy]:
 
 
 def available_strategies(candidates: Sequence[str] = STRATEGY_NAMES) -> list[str]:
-    """Names in ``candidates`` whose module imports here (e.g. ``deep`` may be absent)."""
+    """Names in ``candidates`` whose module imports here (e.g. ``deep`` may be absent).
+
+    Parameters
+    ----------
+    candidates : sequence of str
+        Strategy names to try (default: ``STRATEGY_NAMES``).
+
+    Returns
+    -------
+    list of str
+        The importable names, in the order of ``candidates``.
+    """
     names = []
     for name in candidates:
         try:
@@ -78,7 +103,18 @@ def available_strategies(candidates: Sequence[str] = STRATEGY_NAMES) -> list[str
 
 @functools.cache
 def opt_in(name: str) -> bool:
-    """``Strategy.opt_in`` of strategy ``name``: trained and tuned only when named."""
+    """``Strategy.opt_in`` of strategy ``name``: trained and tuned only when named.
+
+    Parameters
+    ----------
+    name : str
+        A strategy name.
+
+    Returns
+    -------
+    bool
+        False for a name that is unknown or cannot be imported. Cached per name.
+    """
     try:
         return bool(get_strategy_class(name).opt_in)
     except ValueError:
@@ -87,8 +123,19 @@ def opt_in(name: str) -> bool:
 
 @functools.cache
 def scores_empty_history(name: str) -> bool:
-    """``Strategy.scores_empty_history`` of strategy ``name`` (True for a name this package
-    does not know, e.g. a test's own strategy, or one that cannot be imported here)."""
+    """``Strategy.scores_empty_history`` of strategy ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A strategy name.
+
+    Returns
+    -------
+    bool
+        True for a name this package does not know (e.g. a test's own strategy) or one that
+        cannot be imported here. Cached per name.
+    """
     try:
         return bool(get_strategy_class(name).scores_empty_history)
     except ValueError:

@@ -11,6 +11,20 @@ ARRAYS_FILE = "arrays.npz"
 
 
 def save_arrays(path: str, **arrays: np.ndarray) -> None:
+    """Write named arrays as ``ARRAYS_FILE`` (``np.savez``) in directory ``path``.
+
+    Parameters
+    ----------
+    path : str
+        Model directory (created if needed).
+    **arrays : np.ndarray
+        Arrays by name; none may have dtype object.
+
+    Raises
+    ------
+    TypeError
+        For an array of dtype object (it would need pickle to load).
+    """
     os.makedirs(path, exist_ok=True)
     for name, a in arrays.items():
         if np.asarray(a).dtype == object:
@@ -19,11 +33,38 @@ def save_arrays(path: str, **arrays: np.ndarray) -> None:
 
 
 def load_arrays(path: str) -> dict[str, np.ndarray]:
+    """Read the arrays ``save_arrays`` wrote, with ``allow_pickle=False``.
+
+    Parameters
+    ----------
+    path : str
+        Model directory.
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        The arrays by name, loaded into memory.
+    """
     with np.load(os.path.join(path, ARRAYS_FILE), allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
 
 
 def csr_arrays(prefix: str, m: sp.csr_matrix) -> dict[str, np.ndarray]:
+    """A sparse matrix as four plain arrays for ``save_arrays``.
+
+    Parameters
+    ----------
+    prefix : str
+        Name prefix of the arrays.
+    m : scipy.sparse matrix
+        Any sparse (or dense) 2-D matrix; converted to CSR.
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        ``{prefix}_data``, ``{prefix}_indices``, ``{prefix}_indptr`` and ``{prefix}_shape``
+        (int64, shape (2,)).
+    """
     m = sp.csr_matrix(m)
     return {
         f"{prefix}_data": m.data,
@@ -34,6 +75,19 @@ def csr_arrays(prefix: str, m: sp.csr_matrix) -> dict[str, np.ndarray]:
 
 
 def csr_from(arrays: dict[str, np.ndarray], prefix: str) -> sp.csr_matrix:
+    """The CSR matrix ``csr_arrays`` stored under ``prefix``.
+
+    Parameters
+    ----------
+    arrays : dict of str to np.ndarray
+        Arrays as ``load_arrays`` returns them.
+    prefix : str
+        Name prefix given to ``csr_arrays``.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+    """
     return sp.csr_matrix(
         (arrays[f"{prefix}_data"], arrays[f"{prefix}_indices"], arrays[f"{prefix}_indptr"]),
         shape=tuple(int(x) for x in arrays[f"{prefix}_shape"]),
@@ -41,7 +95,23 @@ def csr_from(arrays: dict[str, np.ndarray], prefix: str) -> sp.csr_matrix:
 
 
 def top_similar(scores: np.ndarray, items: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-n per row of an item-to-item score block, each query item dropped from its own row."""
+    """Top-n per row of an item-to-item score block, each query item dropped from its own row.
+
+    Parameters
+    ----------
+    scores : np.ndarray, shape (len(items), n_items)
+        Similarity of each query item to every item (not modified).
+    items : np.ndarray of int64, shape (len(items),)
+        Query item indices.
+    n : int
+        Results per query item.
+
+    Returns
+    -------
+    ids : np.ndarray of int64, shape (len(items), n)
+    scores : np.ndarray of float32, shape (len(items), n)
+        As ``top_n``: padded with -1 / -inf.
+    """
     from strategies.base import top_n
 
     s = np.array(scores, dtype=np.float32, copy=True)
@@ -50,7 +120,25 @@ def top_similar(scores: np.ndarray, items: np.ndarray, n: int) -> tuple[np.ndarr
 
 
 def check_items(items: np.ndarray, n_items: int) -> np.ndarray:
-    """Query item indices as int64; out-of-range indices are a clear error, not a crash."""
+    """Query item indices as int64; out-of-range indices are a clear error, not a crash.
+
+    Parameters
+    ----------
+    items : array-like of int
+        Item indices, any shape.
+    n_items : int
+        Number of items of the model.
+
+    Returns
+    -------
+    np.ndarray of int64, shape (n_queries,)
+        ``items`` flattened.
+
+    Raises
+    ------
+    IndexError
+        If an index is outside ``[0, n_items)``.
+    """
     items = np.asarray(items, dtype=np.int64).reshape(-1)
     bad = (items < 0) | (items >= n_items)
     if bad.any():
@@ -59,7 +147,17 @@ def check_items(items: np.ndarray, n_items: int) -> np.ndarray:
 
 
 def unit_rows(f: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows left as zeros): cosine similarity by dot product."""
+    """Rows scaled to unit L2 norm (zero rows left as zeros): cosine similarity by dot product.
+
+    Parameters
+    ----------
+    f : np.ndarray of float, shape (n, d)
+
+    Returns
+    -------
+    np.ndarray, shape (n, d)
+        A new array.
+    """
     norms = np.linalg.norm(f, axis=1)
     norms[norms == 0] = 1.0
     return f / norms[:, None]
@@ -77,7 +175,7 @@ class ItemFactors:
         return self.item_factors_
 
     def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine similarity of item factors."""
+        """Cosine similarity of item factors. See ``Strategy.similar_items``."""
         items = check_items(items, self.item_factors_.shape[0])
         unit = self._unit
         if unit is None:
@@ -85,5 +183,6 @@ class ItemFactors:
         return top_similar(unit[items] @ unit.T, items, n)
 
     def save(self, path: str) -> None:
+        """Save ``item_factors_`` and the parameters. See ``Strategy.save``."""
         save_arrays(path, item_factors=self.item_factors_)
         self._save_params(path)

@@ -42,6 +42,32 @@ def _input(m: sp.csr_matrix, binary: bool) -> sp.csr_matrix:
 
 
 class ALSStrategy(ItemFactors, Strategy):
+    """Implicit-feedback ALS; user vectors are solved at request time from the current history.
+
+    Parameters
+    ----------
+    factors : int
+        Latent dimensions.
+    regularization : float
+        L2 penalty (implicit's scale, not scaled by counts).
+    alpha : float
+        Confidence per unit of cell weight (``c = alpha * weight``).
+    iterations : int
+        ALS sweeps.
+    binary : bool
+        Every positive cell weighs 1 (else the event weights summed per cell).
+    weights : dict of str to float, optional
+        Event-type weights overriding ``DEFAULT_WEIGHTS``; ``None``: the defaults.
+    num_threads : int
+        implicit's fit threads; 0: all cores.
+    random_state : int
+        Seed of the factor initialisation.
+    engine : {"implicit", "spark"}
+        Fit in process (implicit) or with Spark's ALS (``fit_spark``).
+    spark_reg_param : float, optional
+        Spark's ``regParam`` as given; ``None``: derived by ``spark_params``.
+    """
+
     name = "als"
 
     def __init__(
@@ -83,6 +109,13 @@ class ALSStrategy(ItemFactors, Strategy):
             )
 
     def fit(self, data: InteractionData) -> Self:
+        """See ``Strategy.fit``; ``engine="spark"`` fits through ``fit_spark``.
+
+        Raises
+        ------
+        ValueError
+            For an ``engine`` other than "implicit" or "spark".
+        """
         if self.engine == "spark":
             from features.spark import events_from_data, get_session
 
@@ -99,11 +132,30 @@ class ALSStrategy(ItemFactors, Strategy):
         return self
 
     def fit_spark(self, events, item_row_ids: np.ndarray) -> Self:
-        """Fit with Spark's ALS on an event frame (``features.spark``: user_id, item_id, type,
-        value, ts), ids being integers below 2**31. ``item_row_ids`` (sorted) are the item
-        ids in IdMap order: row j of ``item_factors_`` belongs to ``item_row_ids[j]``; items
-        without events keep a zero vector, as implicit leaves them. ``spark_`` records what
-        Spark fitted (its regParam and alpha, cell and user counts)."""
+        """Fit with Spark's ALS on an event frame.
+
+        Items without events keep a zero vector, as implicit leaves them. ``spark_`` records what
+        Spark fitted (its regParam and alpha, cell and user counts).
+
+        Parameters
+        ----------
+        events : pyspark.sql.DataFrame
+            Event frame (``features.spark``: user_id, item_id, type, value, ts), ids being integers
+            below 2**31.
+        item_row_ids : np.ndarray of int, shape (n_items,)
+            The item ids in IdMap order, sorted: row j of ``item_factors_`` belongs to
+            ``item_row_ids[j]``.
+
+        Returns
+        -------
+        Self
+            ``self``, fitted.
+
+        Raises
+        ------
+        ValueError
+            If an id is 2**31 or more.
+        """
         from features.spark import weighted_cells
 
         cells = weighted_cells(events, self.weights, self.binary)
@@ -126,8 +178,17 @@ class ALSStrategy(ItemFactors, Strategy):
 
         Per user (implicit's equations): ``A = YtY + reg I + sum_i (|c_i| - 1) y_i y_i^T`` and
         ``b = sum_{c_i > 0} c_i y_i`` over the user's stored cells, ``c = alpha * weight``;
-        ``x = A^-1 b``. No BLAS thread limit here: a k x k solve is too small to thread, and
-        ``threadpool_limits`` itself costs about a millisecond per call.
+        ``x = A^-1 b``. No BLAS thread limit here: a k x k solve is too small to thread.
+
+        Parameters
+        ----------
+        users : UserBatch
+            b users.
+
+        Returns
+        -------
+        np.ndarray of float32, shape (b, factors)
+            Zero rows for users without history.
         """
         x = _input(users.matrix, self.binary)
         k = self.item_factors_.shape[1]
@@ -146,10 +207,12 @@ class ALSStrategy(ItemFactors, Strategy):
         return out
 
     def score(self, users: UserBatch) -> np.ndarray:
+        """See ``Strategy.score``."""
         return self.user_factors(users) @ self.item_factors_.T
 
     @classmethod
     def load(cls, path: str) -> Self:
+        """See ``Strategy.load``."""
         model = cls(**cls._load_params(path)["params"])
         model._set(model._model(), load_arrays(path)["item_factors"].astype(np.float32))
         return model
@@ -165,7 +228,25 @@ def spark_params(model: ALSStrategy, n_cells: int, n_users: int, n_items: int) -
     cell): Spark's penalty on a cell's user and item vectors grows with their counts, and this
     divides implicit's constant by the counts an average cell sits between. An empirical
     choice: on ml-100k it lands in Spark's flat optimum (0.05-0.15), where one side's mean alone
-    over-regularises (docs/scale.md, "ALS on Spark")."""
+    over-regularises (docs/scale.md, "ALS on Spark").
+
+    Parameters
+    ----------
+    model : ALSStrategy
+        Its ``regularization``, ``alpha``, ``binary`` and ``spark_reg_param`` are read.
+    n_cells : int
+        Non-zero user-item cells.
+    n_users : int
+        Users with any cell.
+    n_items : int
+        Items with any cell.
+
+    Returns
+    -------
+    dict of str to float
+        ``{"regParam": ..., "alpha": ...}``; ``spark_reg_param`` when set; alpha is
+        ``max(alpha - 1, 0)`` for binary input, ``alpha`` otherwise.
+    """
     if model.spark_reg_param is not None:
         reg = float(model.spark_reg_param)
     else:

@@ -31,7 +31,11 @@ PARAMS_FILE = "params.json"
 
 
 class Strategy(ABC):
-    """Base class. Subclasses set ``name`` and implement ``fit``, ``_score`` and persistence."""
+    """Base class. Subclasses set ``name`` and implement ``fit``, ``score`` and persistence.
+
+    The methods are documented here once; a subclass documents only what it adds. Hyperparameters
+    are the subclass's ``__init__`` keyword arguments, stored unchanged as attributes.
+    """
 
     name: ClassVar[str] = "base"
     # Whether the strategy can serve users with no (or almost no) history.
@@ -56,12 +60,34 @@ class Strategy(ABC):
     # -- training -------------------------------------------------------------------------
     @abstractmethod
     def fit(self, data: InteractionData) -> Self:
-        """Learn from the training interactions. Returns self."""
+        """Learn from the training interactions.
+
+        Parameters
+        ----------
+        data : InteractionData
+            Training events; item indices follow ``data.items`` (``data.n_items`` items).
+
+        Returns
+        -------
+        Self
+            ``self``, fitted (learned attributes end in ``_``).
+        """
 
     # -- querying ---------------------------------------------------------------------------
     @abstractmethod
     def score(self, users: UserBatch) -> np.ndarray:
-        """Dense ``(b, n_items)`` float32 scores, higher is better (-inf: never recommend)."""
+        """Dense scores of every item for each user, higher is better (-inf: never recommend).
+
+        Parameters
+        ----------
+        users : UserBatch
+            b users described by their current histories.
+
+        Returns
+        -------
+        np.ndarray of float32, shape (b, n_items)
+            Only comparable within one strategy.
+        """
 
     def recommend(
         self,
@@ -72,8 +98,23 @@ class Strategy(ABC):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-n item indices and scores per user.
 
-        ``exclude``: per-user arrays of item indices never to return. ``candidates``: if given,
-        only these item indices may be returned (for all users).
+        Parameters
+        ----------
+        users : UserBatch
+            b users described by their current histories.
+        n : int
+            Results per user.
+        exclude : list of np.ndarray of int, length b, optional
+            Per-user arrays of item indices never to return (an entry may be None or empty).
+        candidates : np.ndarray of int, optional
+            If given, only these item indices may be returned (for all users).
+
+        Returns
+        -------
+        ids : np.ndarray of int64, shape (b, n)
+            Item indices, best first; -1 pads rows with fewer than n results.
+        scores : np.ndarray of float32, shape (b, n)
+            Their scores; -inf where ``ids == -1``.
         """
         scores = np.asarray(self.score(users), dtype=np.float32)
         if candidates is not None:
@@ -87,7 +128,29 @@ class Strategy(ABC):
         return top_n(scores, n)
 
     def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Top-n most similar items per query item (the item itself excluded)."""
+        """Top-n most similar items per query item (the item itself excluded).
+
+        Parameters
+        ----------
+        items : np.ndarray of int, shape (q,)
+            Query item indices.
+        n : int
+            Results per query item.
+
+        Returns
+        -------
+        ids : np.ndarray of int64, shape (q, n)
+            Similar item indices, most similar first; -1 pads.
+        scores : np.ndarray of float32, shape (q, n)
+            Similarities; -inf where ``ids == -1``.
+
+        Raises
+        ------
+        NotImplementedError
+            In the base class: a strategy without item similarity.
+        IndexError
+            In subclasses, for a query index outside ``[0, n_items)``.
+        """
         raise NotImplementedError(f"{self.name} does not support similar_items")
 
     # -- persistence ------------------------------------------------------------------------
@@ -96,6 +159,11 @@ class Strategy(ABC):
 
         As in scikit-learn, every ``__init__`` keyword is stored unchanged as an attribute of
         the same name, so the parameters are read back from the signature, not kept twice.
+
+        Returns
+        -------
+        dict of str to Any
+            Keyword name -> current attribute value, tuples turned into lists.
         """
         names = [
             p.name
@@ -106,12 +174,29 @@ class Strategy(ABC):
 
     @abstractmethod
     def save(self, path: str) -> None:
-        """Write the fitted model into directory ``path`` (created if needed). No pickle."""
+        """Write the fitted model into directory ``path`` (created if needed). No pickle.
+
+        Parameters
+        ----------
+        path : str
+            Model directory; ``PARAMS_FILE`` and the strategy's arrays or weights go there.
+        """
 
     @classmethod
     @abstractmethod
     def load(cls, path: str) -> Self:
-        """Read a model written by ``save``."""
+        """Read a model written by ``save``.
+
+        Parameters
+        ----------
+        path : str
+            Model directory.
+
+        Returns
+        -------
+        Self
+            A fitted instance with the saved parameters.
+        """
 
     # helpers for subclasses
     def _save_params(self, path: str, extra: dict[str, Any] | None = None) -> None:
@@ -143,6 +228,21 @@ def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     as -inf (never returned), as they did with numpy's selection. Ties among equal scores come
     in an order of torch's choosing (numpy's was of its own choosing too); the blend breaks
     ties by item id.
+
+    Parameters
+    ----------
+    scores : np.ndarray, shape (b, m)
+        Scores, higher is better; float32/float64 used as is, other dtypes cast to float32. Not
+        modified.
+    n : int
+        Results per row (may exceed m).
+
+    Returns
+    -------
+    ids : np.ndarray of int64, shape (b, n)
+        Column indices, best first; -1 where the score is not finite or past m.
+    scores : np.ndarray of float32, shape (b, n)
+        Their scores; -inf where ``ids == -1``.
     """
     import torch
 

@@ -23,6 +23,34 @@ from strategies.base import Strategy, UserBatch
 
 
 class BPRStrategy(ItemFactors, Strategy):
+    """BPR item factors with request-time fold-in of the user from the current history.
+
+    Parameters
+    ----------
+    factors : int
+        Latent dimensions (the item bias is stored as one more column).
+    learning_rate : float
+        BPR SGD learning rate.
+    regularization : float
+        BPR L2 penalty (also used by the fold-in gradient steps).
+    iterations : int
+        BPR epochs.
+    fold_in_reg : float
+        L2 penalty of the fold-in least-squares fit.
+    fold_in_w0 : float
+        Weight of the non-positive items (target 0) in the fold-in fit.
+    fold_in_steps : int
+        Full-gradient BPR ascent steps after the fit; 0: none.
+    fold_in_lr : float
+        Step size of those steps.
+    weights : dict of str to float, optional
+        Event-type weights overriding ``DEFAULT_WEIGHTS``; ``None``: the defaults.
+    num_threads : int
+        implicit's fit threads; 0: all cores.
+    random_state : int
+        Seed of the fit.
+    """
+
     name = "bpr"
     # An empty history folds in to a zero vector: item biases alone, BPR's popularity prior.
     scores_empty_history = True
@@ -54,6 +82,7 @@ class BPRStrategy(ItemFactors, Strategy):
         self.random_state = random_state
 
     def fit(self, data: InteractionData) -> Self:
+        """See ``Strategy.fit``."""
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
         x = sp.csr_matrix(data.matrix(self.weights), dtype=np.float32)
@@ -87,10 +116,20 @@ class BPRStrategy(ItemFactors, Strategy):
         self._bias32 = np.ascontiguousarray(item_factors[:, -1])
 
     def user_factors(self, users: UserBatch) -> np.ndarray:
-        """Folded-in user vectors ``(b, factors)`` (without the constant bias coordinate).
+        """Folded-in user vectors (without the constant bias coordinate).
 
         One k x k solve per user against the precomputed Gram matrix; no BLAS thread limit
-        (too small to thread; ``threadpool_limits`` costs about a millisecond per call).
+        (too small to thread).
+
+        Parameters
+        ----------
+        users : UserBatch
+            b users.
+
+        Returns
+        -------
+        np.ndarray of float32, shape (b, factors)
+            Zero rows for users without history.
         """
         v, bias, base = self._v64, self._bias64, self._base
         m = sp.csr_matrix(users.matrix)
@@ -124,6 +163,7 @@ class BPRStrategy(ItemFactors, Strategy):
         return u
 
     def score(self, users: UserBatch) -> np.ndarray:
+        """See ``Strategy.score``; users without history get item-bias-only scores."""
         u = self.user_factors(users)
         # Users without history get item-bias-only scores (BPR's popularity prior).
         return (u @ self._v32.T + self._bias32).astype(np.float32)
@@ -133,6 +173,7 @@ class BPRStrategy(ItemFactors, Strategy):
 
     @classmethod
     def load(cls, path: str) -> Self:
+        """See ``Strategy.load``."""
         model = cls(**cls._load_params(path)["params"])
         model._set(load_arrays(path)["item_factors"].astype(np.float32))
         return model

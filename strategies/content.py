@@ -21,6 +21,27 @@ from strategies.base import Strategy, UserBatch, top_n
 
 
 class ContentStrategy(Strategy):
+    """TF-IDF content model: a user's profile is a recency-weighted mean of their items' vectors.
+
+    Parameters
+    ----------
+    recency_half_life : float or None
+        Half-life of a history item's profile weight, in events (0 = the latest event);
+        ``None`` or 0: no recency weighting.
+    min_df : int
+        Minimum document frequency of a term (``features.text.tfidf_matrix``).
+    max_df : float
+        Maximum document frequency of a term, as a share of items.
+    ngram_max : int
+        Longest word n-gram.
+    category_repeat : int
+        Times each category's words are repeated in an item's text.
+    use_event_weights : bool
+        Weigh history items by their event weights (else each history item weighs 1).
+    weights : dict of str to float, optional
+        Event-type weights overriding ``DEFAULT_WEIGHTS``; ``None``: the defaults.
+    """
+
     name = "content"
     serves_cold = True
 
@@ -43,6 +64,13 @@ class ContentStrategy(Strategy):
         self.weights = weights
 
     def fit(self, data: InteractionData) -> Self:
+        """See ``Strategy.fit``; only the item texts of ``data.item_meta`` are used.
+
+        Raises
+        ------
+        ValueError
+            If ``data.item_meta`` is None.
+        """
         if data.item_meta is None:
             raise ValueError("the content strategy needs item metadata (titles, categories)")
         texts = item_texts(data.item_meta, self.category_repeat)
@@ -52,7 +80,18 @@ class ContentStrategy(Strategy):
         return self
 
     def profile_weights(self, users: UserBatch) -> sp.csr_matrix:
-        """(b, n_items) weights of each history item in the user's profile, rows summing to 1."""
+        """Weights of each history item in the user's profile, rows summing to 1.
+
+        Parameters
+        ----------
+        users : UserBatch
+            b users; ``users.sequences`` gives the recency order (no recency weighting without it).
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix of float32, shape (b, n_items)
+            All-zero rows for users without history.
+        """
         m = sp.csr_matrix(users.matrix, dtype=np.float32, copy=True)
         if not self.use_event_weights:
             m.data[:] = 1.0
@@ -73,11 +112,15 @@ class ContentStrategy(Strategy):
         return sp.csr_matrix(sp.diags(scale) @ m, dtype=np.float32)
 
     def score(self, users: UserBatch) -> np.ndarray:
+        """See ``Strategy.score``; users with no history get all-zero scores."""
         profile = self.profile_weights(users) @ self.item_vectors_
         return np.asarray((profile @ self.item_vectors_.T).toarray(), dtype=np.float32)
 
     def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine similarity of item text vectors (items sharing no term are not returned)."""
+        """Cosine similarity of item text vectors (items sharing no term are not returned).
+
+        See ``Strategy.similar_items``.
+        """
         items = check_items(items, self.item_vectors_.shape[0])
         scores = np.asarray((self.item_vectors_[items] @ self.item_vectors_.T).toarray())
         scores[scores <= 0] = -np.inf
@@ -85,11 +128,13 @@ class ContentStrategy(Strategy):
         return top_n(scores.astype(np.float32), n)
 
     def save(self, path: str) -> None:
+        """See ``Strategy.save``."""
         save_arrays(path, **csr_arrays("item_vectors", self.item_vectors_))
         self._save_params(path)
 
     @classmethod
     def load(cls, path: str) -> Self:
+        """See ``Strategy.load``."""
         model = cls(**cls._load_params(path)["params"])
         model.item_vectors_ = csr_from(load_arrays(path), "item_vectors")
         return model

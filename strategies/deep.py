@@ -28,6 +28,9 @@ bytes (it was ~0.25x when the first layer was quantized too); ``fp16`` = all of 
 precision on CUDA.
 Weights are always saved as the fp32 ``state_dict`` (tensors only, loaded with
 ``weights_only=True``); the variant is derived at load time in milliseconds.
+
+Over the ~500-line mark through its numpy-style docstrings (about 300 lines are code): the
+network, its sparse serving module and the strategy share the input conventions.
 """
 
 from __future__ import annotations
@@ -70,7 +73,15 @@ log = logging.getLogger(__name__)
 
 
 class MultDAE(nn.Module):
-    """Encoder MLP over a normalised history row, decoder to one logit per item."""
+    """Encoder MLP over a normalised history row, decoder to one logit per item.
+
+    Parameters
+    ----------
+    n_items : int
+        Input and output width.
+    hidden : tuple of int
+        Encoder layer sizes (tanh after each).
+    """
 
     def __init__(self, n_items: int, hidden: tuple[int, ...]) -> None:
         super().__init__()
@@ -81,7 +92,18 @@ class MultDAE(nn.Module):
         self.decoder = nn.Linear(dims[-1], n_items)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: dense (b, n_items), already normalised."""
+        """Logits of every item for each input row.
+
+        Parameters
+        ----------
+        x : torch.Tensor of float, shape (b, n_items)
+            Dense history rows, already normalised (``normalise_rows``).
+
+        Returns
+        -------
+        torch.Tensor, shape (b, n_items)
+            Unnormalised logits.
+        """
         h = x
         for layer in self.encoder:
             h = torch.tanh(layer(h))
@@ -250,6 +272,7 @@ class DeepStrategy(Strategy):
         return m
 
     def fit(self, data: InteractionData) -> Self:
+        """See ``Strategy.fit``; trains on every usable core (``training_threads``)."""
         started = time.perf_counter()
         self.device_ = resolve_device(self.device)
         self.n_items_ = data.n_items
@@ -440,6 +463,13 @@ class DeepStrategy(Strategy):
         return indices, indptr, data / np.repeat(norms, counts)
 
     def score(self, users: UserBatch) -> np.ndarray:
+        """See ``Strategy.score``; runs the serving module on ``serving_device_``.
+
+        Raises
+        ------
+        ValueError
+            If the batch's matrix width is not the model's number of items.
+        """
         matrix = users.matrix
         if matrix.shape[1] != self.n_items_:
             raise ValueError(f"deep: batch has {matrix.shape[1]} items, model has {self.n_items_}")
@@ -456,13 +486,17 @@ class DeepStrategy(Strategy):
             return scores_to_numpy(self.serving_(ind, off, w))
 
     def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine similarity of the output layer's item vectors."""
+        """Cosine similarity of the output layer's item vectors.
+
+        See ``Strategy.similar_items``.
+        """
         if self._cosine is None:
             self._cosine = ItemCosine()
         return self._cosine.similar_items(self.model_.decoder.weight, items, n)
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path: str) -> None:
+        """See ``Strategy.save``; the fp32 weights as ``WEIGHTS_FILE`` (a ``state_dict``)."""
         save_weights(self.model_, path)
         self._save_params(path, {"n_items": self.n_items_})
 

@@ -22,6 +22,22 @@ log = logging.getLogger(__name__)
 
 
 class EASEStrategy(Strategy):
+    """EASE item-item model with sparse (top-k per item) weights.
+
+    Parameters
+    ----------
+    l2 : float
+        L2 penalty added to the Gram matrix's diagonal.
+    topk : int or None
+        Weights kept per item row (largest absolute values); ``None``: all (dense).
+    binary : bool
+        Every positive cell weighs 1 (else the event weights summed per cell).
+    max_items : int
+        Most popular items modelled; the others get no weights (and so no scores).
+    weights : dict of str to float, optional
+        Event-type weights overriding ``DEFAULT_WEIGHTS``; ``None``: the defaults.
+    """
+
     name = "ease"
 
     def __init__(
@@ -46,6 +62,7 @@ class EASEStrategy(Strategy):
         return m
 
     def fit(self, data: InteractionData) -> Self:
+        """See ``Strategy.fit``."""
         x = self._input(data.matrix(self.weights))
         n = data.n_items
         counts = np.diff(x.tocsc().indptr)
@@ -79,11 +96,15 @@ class EASEStrategy(Strategy):
         return self
 
     def score(self, users: UserBatch) -> np.ndarray:
+        """See ``Strategy.score``."""
         x = self._input(users.matrix)
         return np.asarray((x @ self.weights_).toarray(), dtype=np.float32)
 
     def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Items with the largest weight from the query item ("bought this, also bought")."""
+        """Items with the largest weight from the query item ("bought this, also bought").
+
+        Only items with a kept (nonzero) weight are returned. See ``Strategy.similar_items``.
+        """
         items = check_items(items, self.weights_.shape[0])
         scores = self.weights_[items].toarray()
         # Only items with a kept (nonzero) weight are neighbours; the diagonal is zero.
@@ -92,11 +113,13 @@ class EASEStrategy(Strategy):
         return top_n(scores, n)
 
     def save(self, path: str) -> None:
+        """See ``Strategy.save``."""
         save_arrays(path, **csr_arrays("weights", self.weights_))
         self._save_params(path)
 
     @classmethod
     def load(cls, path: str) -> Self:
+        """See ``Strategy.load``."""
         model = cls(**cls._load_params(path)["params"])
         model.weights_ = csr_from(load_arrays(path), "weights")
         return model

@@ -18,6 +18,18 @@ from strategies.base import Strategy, UserBatch
 
 
 class PopularStrategy(Strategy):
+    """Time-decayed count of distinct engaged users per item; the same scores for every user.
+
+    Parameters
+    ----------
+    half_life_days : float or None
+        Half-life of a user's contribution, in days before the newest event; ``None`` or 0:
+        no decay (a plain user count).
+    weights : dict of str to float, optional
+        Event-type weights overriding ``DEFAULT_WEIGHTS`` (events of weight 0 do not count);
+        ``None``: the defaults.
+    """
+
     name = "popular"
     scores_empty_history = True
     serves_cold = True
@@ -31,6 +43,7 @@ class PopularStrategy(Strategy):
         self.weights = weights
 
     def fit(self, data: InteractionData) -> Self:
+        """See ``Strategy.fit``."""
         w = data.weights(self.weights)
         pos = w > 0
         u, i, ts = data.user_idx[pos], data.item_idx[pos], data.ts[pos]
@@ -50,9 +63,22 @@ class PopularStrategy(Strategy):
         return self
 
     def fit_spark(self, events, item_row_ids: np.ndarray, item_meta=None) -> Self:
-        """The same popularity as ``fit``, aggregated by Spark SQL from an event frame
-        (``features.spark``: user_id, item_id, type, value, ts); ``item_row_ids`` (sorted) give
-        the item IdMap's order, ``item_meta`` its categories."""
+        """The same popularity as ``fit``, aggregated by Spark SQL from an event frame.
+
+        Parameters
+        ----------
+        events : pyspark.sql.DataFrame
+            Event frame (``features.spark``: user_id, item_id, type, value, ts).
+        item_row_ids : np.ndarray of int, shape (n_items,)
+            The item ids in the item IdMap's order, sorted; events on other ids are ignored.
+        item_meta : ItemMeta, optional
+            The items' categories; ``None``: no item has a category.
+
+        Returns
+        -------
+        Self
+            ``self``, fitted.
+        """
         from pyspark.sql import functions as F
 
         from features.spark import weight_sql
@@ -91,15 +117,30 @@ class PopularStrategy(Strategy):
         return self
 
     def score(self, users: UserBatch) -> np.ndarray:
+        """See ``Strategy.score``; every row is ``popularity_``."""
         return np.broadcast_to(self.popularity_, (len(users), len(self.popularity_))).copy()
 
     def category_items(self, category_code: int) -> np.ndarray:
-        """Item indices in category ``category_code`` (see ``item_categories_``)."""
+        """Item indices in category ``category_code`` (see ``item_categories_``).
+
+        Parameters
+        ----------
+        category_code : int
+            Index of a category in the sorted list of first categories.
+
+        Returns
+        -------
+        np.ndarray of int64
+            Item indices whose first category has that code, ascending.
+        """
         return np.flatnonzero(self.item_categories_ == category_code)
 
     def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The most popular items sharing the query item's first category (overall popularity
-        when the item has no category)."""
+        when the item has no category).
+
+        See ``Strategy.similar_items``.
+        """
         items = check_items(items, len(self.popularity_))
         scores = np.tile(self.popularity_, (len(items), 1))
         for row, it in enumerate(items):
@@ -109,11 +150,13 @@ class PopularStrategy(Strategy):
         return top_similar(scores, items, n)
 
     def save(self, path: str) -> None:
+        """See ``Strategy.save``."""
         save_arrays(path, popularity=self.popularity_, item_categories=self.item_categories_)
         self._save_params(path)
 
     @classmethod
     def load(cls, path: str) -> Self:
+        """See ``Strategy.load``."""
         model = cls(**cls._load_params(path)["params"])
         arrays = load_arrays(path)
         model.popularity_ = arrays["popularity"]

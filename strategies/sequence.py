@@ -133,6 +133,25 @@ class SASRec(nn.Module):
     """Item (+ event type) and position embeddings, causal blocks, a final LayerNorm.
 
     Item index ``i`` of the catalogue is token ``i + 1``; token 0 is padding (also for types).
+
+    Parameters
+    ----------
+    n_items : int
+        Catalogue size (the item table has ``n_items + 1`` rows).
+    dim : int
+        Embedding and hidden size d.
+    n_blocks : int
+        Transformer blocks.
+    n_heads : int
+        Attention heads per block.
+    ffn_dim : int
+        Feed-forward width.
+    max_len : int
+        Positions (the longest sequence read).
+    n_types : int
+        Event types embedded; 0: no type embedding.
+    dropout : float
+        Dropout rate while training.
     """
 
     def __init__(
@@ -159,7 +178,21 @@ class SASRec(nn.Module):
             self.item_emb.weight[0].zero_()
 
     def encode(self, seq: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
-        """(b, L) left-padded tokens (and type tokens) -> (b, L, d) hidden states."""
+        """Hidden states of left-padded token sequences.
+
+        Parameters
+        ----------
+        seq : torch.Tensor of int64, shape (b, L)
+            Item tokens (item index + 1), left-padded with 0; L <= ``max_len``.
+        types : torch.Tensor of int64, shape (b, L), optional
+            Event type tokens (type code + 1, 0 = padding); ``None`` or no type embedding: ignored.
+
+        Returns
+        -------
+        torch.Tensor of float, shape (b, L, d)
+            Padding positions are zero before the final LayerNorm; the last position is the newest
+            event's state.
+        """
         length = seq.shape[1]
         valid = seq > 0
         x = self.item_emb(seq) * math.sqrt(self.dim)
@@ -177,7 +210,13 @@ class SASRec(nn.Module):
         return self.norm(x)
 
     def item_table(self) -> torch.Tensor:
-        """(n_items, d): the output embeddings (padding row dropped)."""
+        """The output embeddings (padding row dropped).
+
+        Returns
+        -------
+        torch.Tensor, shape (n_items, d)
+            A view of the item embedding weight.
+        """
         return self.item_emb.weight[1:]
 
 
@@ -318,6 +357,7 @@ class SequenceStrategy(Strategy):
 
     # -- training -------------------------------------------------------------------------------
     def fit(self, data: InteractionData) -> Self:
+        """See ``Strategy.fit``; trains on every usable core, with held-out early stopping."""
         started = time.perf_counter()
         self.device_ = resolve_device(self.device)
         self.n_items_ = data.n_items
@@ -624,6 +664,13 @@ class SequenceStrategy(Strategy):
         return out_s, out_t
 
     def score(self, users: UserBatch) -> np.ndarray:
+        """See ``Strategy.score``; reads ``users.sequences`` (and ``users.types``) where given.
+
+        Raises
+        ------
+        ValueError
+            If the batch's matrix width is not the model's number of items.
+        """
         if users.matrix.shape[1] != self.n_items_:
             raise ValueError(
                 f"sequence: batch has {users.matrix.shape[1]} items, model has {self.n_items_}"
@@ -640,13 +687,17 @@ class SequenceStrategy(Strategy):
             return scores_to_numpy(h @ model.item_table().t())
 
     def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine similarity of the (shared input/output) item embeddings."""
+        """Cosine similarity of the (shared input/output) item embeddings.
+
+        See ``Strategy.similar_items``.
+        """
         if self._cosine is None:
             self._cosine = ItemCosine(first_row=1)  # row 0 is padding
         return self._cosine.similar_items(self.model_.item_emb.weight, items, n)
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path: str) -> None:
+        """See ``Strategy.save``; the fp32 weights as ``WEIGHTS_FILE`` plus the int8 bounds."""
         save_weights(self.model_, path)
         bounds = [[i, name, b] for (i, name), b in sorted(self.int8_bounds_.items())]
         extra = {"n_items": self.n_items_, "n_types": self.n_types_, "int8_bounds": bounds}

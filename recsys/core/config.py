@@ -98,6 +98,16 @@ _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,31}$")
 # -- configuration --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StrategyConfig:
+    """One strategy's global serving settings.
+
+    Parameters
+    ----------
+    enabled : bool
+        False: the strategy is never called, on any route.
+    weight : float
+        Global blend weight (>= 0), multiplied into every route's weight.
+    """
+
     enabled: bool = True
     weight: float = 1.0
 
@@ -107,10 +117,20 @@ class Route:
     """One learned route: users whose history (distinct positive items) is at most
     ``max_history`` (``None``: any length) and above the previous route's bound.
 
-    ``weights``: the strategies this route blends and their weights (0 or absent: not called);
-    each is multiplied by the strategy's global weight, so an operator can still turn one
-    strategy down or off everywhere. ``blend``: this route's fusion method (default: the
-    global ``routing.blend``)."""
+    Parameters
+    ----------
+    name : str
+        1-32 letters, digits or ``_.+-`` characters, unique among the routes.
+    max_history : int or None
+        Upper bound (inclusive) of the route's history length; ``None`` for the last route.
+    weights : Mapping of str to float
+        The strategies this route blends and their weights (0 or absent: not called);
+        each is multiplied by the strategy's global weight, so an operator can still turn one
+        strategy down or off everywhere.
+    blend : str or None
+        This route's fusion method (one of ``BLEND_METHODS``); ``None``: the global
+        ``routing.blend``.
+    """
 
     name: str
     max_history: int | None
@@ -118,6 +138,13 @@ class Route:
     blend: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The route as the ``routing.routes`` entry it was parsed from.
+
+        Returns
+        -------
+        dict of str to Any
+            Keys ``name``, ``max_history``, ``weights`` (a plain dict) and ``blend``.
+        """
         return {
             "name": self.name,
             "max_history": self.max_history,
@@ -197,6 +224,20 @@ class ServingConfig:
     Built by ``from_dict`` (``default()``: the shipped defaults): missing keys take the
     defaults (``DEFAULT_CONFIG``); unknown keys or bad values raise ``ValueError`` with a
     message naming the key.
+
+    Parameters
+    ----------
+    strategies : Mapping of str to StrategyConfig
+        Per strategy name: enabled and global weight.
+    cold_threshold, cold_strategies, warm_strategies, blend, normalize, rrf_k
+        The ``routing`` settings of the same names, as converted by ``ROUTING`` (lists
+        become tuples).
+    max_per_category, exclude_seen, seen_types, candidates_per_strategy
+        Likewise.
+    routes : tuple of Route
+        Learned routes replacing cold/warm; empty: none.
+    profile : str or None
+        Version of the serving profile the settings came from; ``None``: none.
     """
 
     strategies: Mapping[str, StrategyConfig]
@@ -215,11 +256,32 @@ class ServingConfig:
 
     @classmethod
     def default(cls) -> ServingConfig:
+        """The shipped defaults (``from_dict({})``).
+
+        Returns
+        -------
+        ServingConfig
+        """
         return cls.from_dict({})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> ServingConfig:
-        """Validate ``data`` (merged over the defaults) into a config; ``ValueError`` if bad."""
+        """Validate ``data`` (merged over the defaults) into a config.
+
+        Parameters
+        ----------
+        data : Mapping of str to Any or None
+            The dict shape of the class docstring, any part of it; ``None``: the defaults.
+
+        Returns
+        -------
+        ServingConfig
+
+        Raises
+        ------
+        ValueError
+            For an unknown key or a bad value; the message names the key.
+        """
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
@@ -264,6 +326,14 @@ class ServingConfig:
         return cls(strategies=parsed, profile=profile, **routing)
 
     def to_dict(self) -> dict[str, Any]:
+        """The complete dict shape (``from_dict`` of it gives an equal config).
+
+        Returns
+        -------
+        dict of str to Any
+            ``strategies``, ``routing`` (tuples as lists, ``routes`` as dicts or None) and
+            ``profile``.
+        """
         return {
             "strategies": {
                 name: {"enabled": sc.enabled, "weight": sc.weight}
@@ -281,21 +351,71 @@ class ServingConfig:
         }
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> ServingConfig:
-        """A new config: ``overrides`` (same dict shape, partial) deep-merged over this one."""
+        """A new config: ``overrides`` (same dict shape, partial) deep-merged over this one.
+
+        Parameters
+        ----------
+        overrides : Mapping of str to Any or None
+            Partial dict shape; ``None`` or empty: this config itself is returned.
+
+        Returns
+        -------
+        ServingConfig
+
+        Raises
+        ------
+        ValueError
+            If the merged config is invalid.
+        """
         if not overrides:
             return self
         return ServingConfig.from_dict(_deep_merge(self.to_dict(), overrides))
 
     def weight(self, strategy: str) -> float:
+        """A strategy's global blend weight.
+
+        Parameters
+        ----------
+        strategy : str
+            Strategy name.
+
+        Returns
+        -------
+        float
+            0.0 for a strategy without settings.
+        """
         sc = self.strategies.get(strategy)
         return sc.weight if sc else 0.0
 
     def enabled(self, strategy: str) -> bool:
+        """Whether a strategy is enabled.
+
+        Parameters
+        ----------
+        strategy : str
+            Strategy name.
+
+        Returns
+        -------
+        bool
+            False for a strategy without settings.
+        """
         sc = self.strategies.get(strategy)
         return bool(sc and sc.enabled)
 
     def route_for(self, n_history: int) -> str:
-        """The route of a user with ``n_history`` distinct positive items."""
+        """The route of a user with ``n_history`` distinct positive items.
+
+        Parameters
+        ----------
+        n_history : int
+            Distinct positive items in the user's history.
+
+        Returns
+        -------
+        str
+            A learned route's name, else ``"warm"`` (at least ``cold_threshold``) or ``"cold"``.
+        """
         if self.routes:
             for r in self.routes:
                 if r.max_history is None or n_history <= r.max_history:
@@ -308,6 +428,19 @@ class ServingConfig:
         return next((r for r in self.routes if r.name == route), None)
 
     def route_strategies(self, route: str) -> list[str]:
+        """The enabled strategies a route calls.
+
+        Parameters
+        ----------
+        route : str
+            A learned route's name, or ``"cold"``/``"warm"`` (any other name: the warm list).
+
+        Returns
+        -------
+        list of str
+            Strategy names with a weight > 0 on a learned route, else the cold or warm list;
+            disabled strategies dropped.
+        """
         learned = self._route(route)
         if learned is not None:
             names = [s for s, w in learned.weights.items() if w > 0]
@@ -317,17 +450,48 @@ class ServingConfig:
 
     def route_weight(self, route: str | None, strategy: str) -> float:
         """A strategy's blend weight on ``route``: the route's own weight (learned routes)
-        times the strategy's global weight."""
+        times the strategy's global weight.
+
+        Parameters
+        ----------
+        route : str or None
+            Route name; ``None`` or not a learned route: the global weight alone.
+        strategy : str
+            Strategy name.
+
+        Returns
+        -------
+        float
+        """
         learned = self._route(route)
         if learned is not None:
             return learned.weights.get(strategy, 0.0) * self.weight(strategy)
         return self.weight(strategy)
 
     def route_blend(self, route: str | None) -> str:
+        """The fusion method of a route.
+
+        Parameters
+        ----------
+        route : str or None
+            Route name.
+
+        Returns
+        -------
+        str
+            The learned route's own ``blend`` where set, else the global ``blend``.
+        """
         learned = self._route(route)
         return learned.blend if learned is not None and learned.blend else self.blend
 
     def route_names(self) -> list[str]:
+        """Names of the routes in force.
+
+        Returns
+        -------
+        list of str
+            The learned routes' names, in order, else ``["cold", "warm"]``.
+        """
         return [r.name for r in self.routes] if self.routes else list(ROUTES)
 
 

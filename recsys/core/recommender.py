@@ -27,6 +27,9 @@ degraded (it is simply not deployed, e.g. no deep model trained). A strategy tha
 misses the request deadline is *dropped* and the answer says ``degraded=True``; so does an
 answer where no strategy of the route could serve and the fallback (popular) was used, or
 nothing could serve at all.
+
+Over the ~500-line mark through its numpy-style docstrings (about 310 lines are code): the
+``Recommender`` is one class whose methods the stages call.
 """
 
 from __future__ import annotations
@@ -104,10 +107,36 @@ class Recommender:
     # -- stage: route -----------------------------------------------------------------------
     def route(self, history: UserHistory) -> str:
         """The user's route: a learned route of the config (``ServingConfig.routes``), else
-        "cold" below ``cold_threshold`` distinct positive items and "warm" from there."""
+        "cold" below ``cold_threshold`` distinct positive items and "warm" from there.
+
+        Parameters
+        ----------
+        history : UserHistory
+            The user's current history.
+
+        Returns
+        -------
+        str
+            The route name.
+        """
         return self.config.route_for(len(history.positive_items()))
 
     def strategies_for(self, route: str, history: UserHistory) -> list[str]:
+        """The strategies a route asks for this history.
+
+        Parameters
+        ----------
+        route : str
+            Route name (``route``).
+        history : UserHistory
+            The user's current history.
+
+        Returns
+        -------
+        list of str
+            The route's enabled strategies; for an empty history only those that declare
+            ``Strategy.scores_empty_history``.
+        """
         names = self.config.route_strategies(route)
         if not history.positive_items():
             # Nothing to be similar to: a strategy that cannot score an empty history (it
@@ -117,7 +146,18 @@ class Recommender:
 
     # -- what the stages call ------------------------------------------------------------------
     def loaded_model(self, name: str):
-        """The model serving ``name``, or None (a failing model source is logged, not raised)."""
+        """The model serving ``name``, or None (a failing model source is logged, not raised).
+
+        Parameters
+        ----------
+        name : str
+            Strategy name.
+
+        Returns
+        -------
+        LoadedModel or None
+            An object with ``.model``, ``.items`` and ``.version``; ``None``: no model.
+        """
         try:
             return self.models(name)
         except Exception:  # a broken model source must not fail the request
@@ -137,6 +177,25 @@ class Recommender:
         One batched ``recommend`` call per distinct category among the requests. ``shared``
         (one dict per ``recommend_batch`` call) lets strategies with equal item maps reuse
         one user matrix; it is made read-only, so a strategy can never alter another's input.
+
+        Parameters
+        ----------
+        name : str
+            Strategy name.
+        loaded : LoadedModel
+            Its model (``.model``, ``.items``, optionally ``.users``).
+        histories : sequence of UserHistory
+            The users, newest event first.
+        requests : sequence of RecRequest
+            One per history: its ``category``, ``exclude``, ``n`` and ``offset`` are read.
+        shared : dict, optional
+            Cache of user batches across strategies of one call; ``None``: no sharing.
+
+        Returns
+        -------
+        list of Candidates
+            One per history; at most ``max(candidates_per_strategy, offset + n)`` items each,
+            seen, excluded and disallowed items left out, with indices of the model's item map.
         """
         items = loaded.items
         n_items = len(items)
@@ -194,7 +253,20 @@ class Recommender:
     def blend(
         self, per_strategy: Mapping[str, list[tuple[str, float]]], route: str | None = None
     ) -> list[RecItem]:
-        """Fuse one user's candidate lists into one ranked list with per-item sources."""
+        """Fuse one user's candidate lists into one ranked list with per-item sources.
+
+        Parameters
+        ----------
+        per_strategy : Mapping of str to list of (str, float)
+            Strategy name -> its candidates, best first.
+        route : str, optional
+            Whose weights and blend method apply; ``None``: the global ones.
+
+        Returns
+        -------
+        list of RecItem
+            Every candidate, best first.
+        """
         fused = self.fuse(per_strategy, route)
         return [fused.item(r) for r in range(len(fused))]
 
@@ -204,10 +276,23 @@ class Recommender:
         """Weighted score fusion (or RRF) of the candidate lists, ranked by total contribution,
         ties broken by item id so results are deterministic across processes.
 
-        Vectorised: the ~1,000 (item, score) pairs of a warm request become one array of item
+        Vectorised: the (item, score) pairs of a request become one array of item
         ids; ``np.unique`` numbers the distinct items in id order, ``np.bincount`` sums their
         contributions (in strategy order, as a running sum would) and one ``lexsort`` ranks
         them. Per-item sources are only materialised for the items a caller asks for.
+
+        Parameters
+        ----------
+        per_strategy : Mapping of str to list of (str, float)
+            Strategy name -> its candidates (``Candidates`` or pairs), best first; empty lists
+            are ignored.
+        route : str, optional
+            Whose weights and blend method apply; ``None``: the global ones.
+
+        Returns
+        -------
+        Fused
+            ``Fused.empty()`` when every list is empty.
         """
         names: list[str] = []
         lists: list[Candidates] = []
@@ -368,8 +453,10 @@ class Recommender:
 
         Returns
         -------
-        (dict, list)
-            The results of the tasks that finished, and the names that missed the deadline.
+        results : dict of str to Any
+            The results of the tasks that finished.
+        missed : list of str
+            The names that missed the deadline (or raised, as the runner reports them).
         """
 
         def guard(name, fn):
@@ -411,7 +498,19 @@ class Recommender:
         return batch
 
     def recommend(self, history: UserHistory, request: RecRequest | None = None) -> RecResult:
-        """One user's list (``recommend_batch`` of one)."""
+        """One user's list (``recommend_batch`` of one).
+
+        Parameters
+        ----------
+        history : UserHistory
+            The user's current history, newest event first.
+        request : RecRequest, optional
+            ``None``: ``RecRequest()`` (10 items, first page).
+
+        Returns
+        -------
+        RecResult
+        """
         return self.recommend_batch([history], [request or RecRequest()])[0]
 
     def recommend_batch(
@@ -431,6 +530,11 @@ class Recommender:
         list of RecResult
             One per history, in order. ``degraded`` when a strategy of the route failed or
             missed the deadline, or the list fell back to popularity.
+
+        Raises
+        ------
+        ValueError
+            If ``requests`` and ``histories`` differ in length.
         """
         if requests is None:
             requests = [RecRequest()] * len(histories)

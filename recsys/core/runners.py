@@ -37,13 +37,24 @@ _pool_size = Settings.default("DEADLINE_POOL_SIZE")  # until configure() (the ap
 
 
 def configure(pool_size: int) -> None:
-    """Set the pool size used the next time the pool is created (app start / after fork)."""
+    """Set the pool size used the next time the pool is created (app start / after fork).
+
+    Parameters
+    ----------
+    pool_size : int
+        Worker threads (at least 1 is used).
+    """
     global _pool_size
     _pool_size = max(1, int(pool_size))
 
 
 def get_executor() -> ThreadPoolExecutor:
-    """This process's strategy pool, created on first use and again after a fork."""
+    """This process's strategy pool, created on first use and again after a fork.
+
+    Returns
+    -------
+    concurrent.futures.ThreadPoolExecutor
+    """
     global _pool, _pool_pid
     pid = os.getpid()
     if _pool is None or _pool_pid != pid:
@@ -58,7 +69,13 @@ def get_executor() -> ThreadPoolExecutor:
 
 @on_after_fork
 def reset_after_fork(_app=None) -> None:
-    """Forget the inherited pool (a lifecycle hook)."""
+    """Forget the inherited pool (a lifecycle hook).
+
+    Parameters
+    ----------
+    _app : object, optional
+        The application the hook is called with (unused).
+    """
     global _pool, _pool_pid
     with _lock:
         _pool, _pool_pid = None, None
@@ -80,16 +97,28 @@ def run_with_deadline(
 ) -> tuple[dict[str, Any], list[str]]:
     """Run each task (no arguments) in parallel; keep those finished within ``deadline_s``.
 
-    ``deadline_s=None`` waits for every task (offline evaluation). This is the ``runner`` the
-    request path (``recsys.core.recommender.Recommender(runner=run_with_deadline)``) uses when
-    serving.
+    This is the ``runner`` the request path
+    (``recsys.core.recommender.Recommender(runner=run_with_deadline)``) uses when serving.
+    Missed tasks are cancelled if they have not started; a running one finishes in the
+    background and its result is discarded. A single task runs in the caller's thread (no pool
+    hop) but still honours the deadline after the fact: a late result is dropped, like in the
+    parallel case, so behaviour does not depend on how many strategies a route has.
 
-    Returns ``(results, missed)``: ``results[name]`` is the task's return value; ``missed`` lists
-    the names that missed the deadline or raised (logged), in the order given. Missed tasks are
-    cancelled if they have not started; a running one finishes in the background and its result
-    is discarded. A single task runs in the caller's thread (no pool hop) but still honours the
-    deadline after the fact: a late result is dropped, like in the parallel case, so behaviour
-    does not depend on how many strategies a route has.
+    Parameters
+    ----------
+    tasks : Mapping of str to callable
+        Name -> task taking no arguments.
+    deadline_s : float or None
+        Seconds from the call (negative counts as 0); ``None`` waits for every task (offline
+        evaluation).
+
+    Returns
+    -------
+    results : dict of str to Any
+        ``results[name]`` is the task's return value.
+    missed : list of str
+        The names that missed the deadline or raised (logged, counted in
+        ``DEADLINE_MISSES``), in the order given.
     """
     results: dict[str, Any] = {}
     missed: list[str] = []
@@ -130,8 +159,23 @@ def run_inline(
     dropped, logged and counted as missed. No pool hop, but a running task cannot be abandoned.
 
     The request path's default (``STRATEGY_PARALLEL`` false): under gunicorn the pool cost
-    more worker CPU per request than running inline (docs/design-notes.md). ``clock`` is
-    injectable (tests).
+    more worker CPU per request than running inline (docs/design-notes.md).
+
+    Parameters
+    ----------
+    tasks : Mapping of str to callable
+        Name -> task taking no arguments, run in this order.
+    deadline_s : float or None
+        Seconds from the call (negative counts as 0); ``None``: no deadline.
+    clock : callable
+        Returns seconds (monotonic); injectable for tests.
+
+    Returns
+    -------
+    results : dict of str to Any
+        Values of the tasks that finished in time.
+    missed : list of str
+        Names of the tasks dropped, in the order given.
     """
     results: dict[str, Any] = {}
     missed: list[str] = []

@@ -111,6 +111,14 @@ def route(rec: Recommender, b: Batch) -> None:
     route's strategies that can score this history; a list whose route has no loaded model
     falls back to popularity (``fallback``, degraded). ``similar``: the enabled warm strategies
     and ``content`` whose model knows the item. ``popular``: the popularity model.
+
+    Parameters
+    ----------
+    rec : Recommender
+        The recommender running the stage.
+    b : Batch
+        Read: ``kind``, ``histories``, ``item_id``; written: ``routes``, ``wanted``, ``loaded``,
+        ``skipped_all``, ``fallback``.
     """
     if b.kind == USER:
         b.routes = [rec.route(h) for h in b.histories]
@@ -149,6 +157,13 @@ def candidates(rec: Recommender, b: Batch) -> None:
     request's runner under its deadline; a strategy that raises or misses the deadline is
     dropped. ``similar``: each strategy's ``similar_items`` (one that does not implement it is
     left out, one that fails is dropped). ``popular``: the popularity model's ranking.
+
+    Parameters
+    ----------
+    rec : Recommender
+        The recommender running the stage.
+    b : Batch
+        Read: the route stage's fields and ``requests``; written: ``per``, ``dropped``.
     """
     b.per = [{} for _ in range(len(b))]
     if b.kind == USER:
@@ -215,6 +230,13 @@ def blend(rec: Recommender, b: Batch) -> None:
     ``user``: weighted score fusion or reciprocal-rank fusion with the route's weights (a
     fallback list is ranked on its own). ``similar``: the same fusion with the global weights.
     ``popular``: the model's order, scores relative to the most popular candidate (0..1).
+
+    Parameters
+    ----------
+    rec : Recommender
+        The recommender running the stage.
+    b : Batch
+        Read: ``per``, ``routes``, ``fallback``; written: ``fused``.
     """
     if b.kind == POPULAR:
         b.fused = [_relative(c.get("popular")) for c in b.per]
@@ -242,6 +264,13 @@ def rules(rec: Recommender, b: Batch) -> None:
     Seen items (per the configuration), the request's ``exclude``, unavailable items, the
     category filter and the per-category cap, stopping at the end of the page
     (``offset`` + ``n``), so a deep page costs only the items it passes.
+
+    Parameters
+    ----------
+    rec : Recommender
+        The recommender running the stage.
+    b : Batch
+        Read: ``fused``, ``histories``, ``requests``; written: ``pages``.
     """
     b.pages = [
         rec.page_of(f, h, r) for f, h, r in zip(b.fused, b.histories, b.requests, strict=True)

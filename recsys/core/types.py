@@ -3,6 +3,9 @@ strategy's candidates, the blended list and the result.
 
 Pure data with cached derived views (a history maps its items to a model's indices once per
 catalogue); no Flask, SQL or Redis.
+
+Over the ~500-line mark through its numpy-style docstrings (about 230 lines are code): the
+values documented field by field, as the stages and the serving layer read them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,27 @@ from recsys.core.config import ServingConfig
 
 @dataclass
 class RecRequest:
+    """What one recommendation request asks for.
+
+    Parameters
+    ----------
+    n : int
+        Items wanted (page size).
+    offset : int
+        Items of the ranked list skipped before the page.
+    category : str or None
+        Only items in this category; ``None``: any.
+    exclude : sequence of str
+        External item ids never to return.
+    explain : bool
+        Add per-strategy sources and the profile to the answer.
+    deadline_s : float or None
+        Time budget in seconds for the strategies; ``None``: no deadline (the serving layer
+        sets one from admission).
+    priority : str
+        ``"low"``, ``"normal"`` or ``"high"`` (``recsys.serving.admission``).
+    """
+
     n: int = 10
     offset: int = 0
     category: str | None = None
@@ -33,7 +57,21 @@ class RecRequest:
 
 @dataclass
 class UserHistory:
-    """A user's events at request time, newest first (external item ids)."""
+    """A user's events at request time, newest first (external item ids).
+
+    Parameters
+    ----------
+    user_id : str or None
+        External user id; ``None``: a guest.
+    items : list of str
+        External item id of each event.
+    types : list of str
+        Event type name (one of ``EVENT_TYPES``) of each event.
+    values : list of float
+        Event values.
+    ts : list of int
+        Event times in unix seconds.
+    """
 
     user_id: str | None
     items: list[str] = field(default_factory=list)
@@ -49,7 +87,22 @@ class UserHistory:
 
     @classmethod
     def from_items(cls, user_id: str | None, items: Sequence[str], type: str = "click"):
-        """A history of ``items`` (newest first), all of one event type (guest sessions)."""
+        """A history of ``items`` (newest first), all of one event type (guest sessions).
+
+        Parameters
+        ----------
+        user_id : str or None
+            External user id; ``None``: a guest.
+        items : sequence of str
+            External item ids, newest first.
+        type : str
+            Event type name of every event.
+
+        Returns
+        -------
+        UserHistory
+            Values 1.0, timestamps 0.
+        """
         n = len(items)
         return cls(user_id, [str(i) for i in items], [type] * n, [1.0] * n, [0] * n)
 
@@ -64,6 +117,12 @@ class UserHistory:
         return got[1]
 
     def positive_items(self) -> frozenset[str]:
+        """Items of the history's non-dislike events (memoised).
+
+        Returns
+        -------
+        frozenset of str
+        """
         return self._memoised(
             "positive",
             lambda: frozenset(
@@ -88,7 +147,17 @@ class UserHistory:
         return self._memoised(("mask", types), compute)
 
     def excluded_items(self, config: ServingConfig) -> frozenset[str]:
-        """Items never to recommend to this user: dislikes, and seen items per the config."""
+        """Items never to recommend to this user: dislikes, and seen items per the config.
+
+        Parameters
+        ----------
+        config : ServingConfig
+            Its ``exclude_seen`` and ``seen_types`` decide which event types count as seen.
+
+        Returns
+        -------
+        frozenset of str
+        """
         types = self._excluded_types(config)
 
         def compute() -> frozenset[str]:
@@ -99,10 +168,35 @@ class UserHistory:
 
     def excluded_idx(self, config: ServingConfig, idmap) -> np.ndarray:
         """``excluded_items`` as indices of ``idmap`` (-1 for items it does not know), from the
-        history's cached mapping: every strategy of a request asks, so no string lookups."""
+        history's cached mapping: every strategy of a request asks, so no string lookups.
+
+        Parameters
+        ----------
+        config : ServingConfig
+            As for ``excluded_items``.
+        idmap : IdMap
+            A model's item map.
+
+        Returns
+        -------
+        np.ndarray of int64, shape (n_excluded_events,)
+            One entry per excluded event (repeats possible).
+        """
         return self.item_idx(idmap)[self._type_mask(self._excluded_types(config))]
 
     def item_idx(self, idmap) -> np.ndarray:
+        """The history's items as indices of ``idmap``, mapped once per distinct map content.
+
+        Parameters
+        ----------
+        idmap : IdMap
+            A model's item map (equal maps share one mapping, see ``canonical_idmap``).
+
+        Returns
+        -------
+        np.ndarray of int64, shape (len(self),)
+            -1 for items the map does not know. Shared: do not modify.
+        """
         # Models trained on the same catalogue hold equal but distinct IdMaps: map once.
         idmap = canonical_idmap(idmap)
         for m, idx in self._mapped:
@@ -113,6 +207,23 @@ class UserHistory:
         return idx
 
     def as_history(self, idmap) -> History:
+        """The history as ``features.interactions.History`` for one model.
+
+        Parameters
+        ----------
+        idmap : IdMap
+            The model's item map.
+
+        Returns
+        -------
+        History
+            Newest first, items as indices of ``idmap`` (-1: unknown).
+
+        Raises
+        ------
+        KeyError
+            For an event type name not in ``EVENT_TYPES``.
+        """
         n = len(self.items)
         return History(
             item_idx=self.item_idx(idmap),
@@ -133,6 +244,16 @@ def canonical_idmap(idmap):
     Every strategy of a request maps the user's history to its model's item indices; models
     trained on the same data have equal maps, so the mapping (and the user batch built from
     it) is computed once per request instead of once per strategy.
+
+    Parameters
+    ----------
+    idmap : IdMap
+        Any item map (an object without ``ids`` is returned as is).
+
+    Returns
+    -------
+    IdMap
+        The first live map seen with the same ids, else ``idmap`` itself.
     """
     try:
         got = _canonical_of.get(idmap)
@@ -160,6 +281,18 @@ def canonical_idmap(idmap):
 
 @dataclass
 class RecItem:
+    """One recommended item.
+
+    Parameters
+    ----------
+    item_id : str
+        External item id.
+    score : float
+        Blended score (higher is better; scale depends on the blend method).
+    sources : dict of str to float
+        Each contributing strategy's part of the score.
+    """
+
     item_id: str
     score: float
     sources: dict[str, float] = field(default_factory=dict)
@@ -167,6 +300,27 @@ class RecItem:
 
 @dataclass
 class RecResult:
+    """The answer to one recommendation request.
+
+    Parameters
+    ----------
+    items : list of RecItem
+        The page, best first.
+    route : str
+        The route the user took.
+    degraded : bool
+        True when a strategy was dropped (error, deadline), the list fell back to
+        popularity, or nothing could serve.
+    model_versions : dict of str to str
+        Strategy name -> version of the model that answered.
+    skipped : list of str
+        Strategies with no loaded model.
+    dropped : list of str
+        Strategies dropped by error or deadline.
+    profile : str or None
+        The serving profile whose routes and weights produced the answer; ``None``: none active.
+    """
+
     items: list[RecItem]
     route: str
     degraded: bool = False
@@ -178,6 +332,19 @@ class RecResult:
     profile: str | None = None
 
     def to_dict(self, explain: bool = False) -> dict[str, Any]:
+        """The JSON body of the answer.
+
+        Parameters
+        ----------
+        explain : bool
+            Add each item's ``sources`` and the ``profile``.
+
+        Returns
+        -------
+        dict of str to Any
+            ``route``, ``items`` (``item_id``, ``score`` rounded to 6 digits), ``degraded``,
+            ``model_versions``.
+        """
         items = []
         for it in self.items:
             d: dict[str, Any] = {"item_id": it.item_id, "score": round(float(it.score), 6)}
@@ -197,14 +364,79 @@ class RecResult:
 
 class CatalogView(Protocol):
     """What the request path needs from the catalogue (``recsys.serving.catalog.Catalog``
-    implements it)."""
+    implements it).
+
+    Attributes
+    ----------
+    version : int
+        Changes whenever the catalogue does.
+    """
 
     version: int
 
-    def allowed(self, idmap, category: str | None) -> np.ndarray | None: ...
-    def is_available(self, item_id: str) -> bool: ...
-    def in_category(self, item_id: str, category: str) -> bool: ...
-    def primary_category(self, item_id: str) -> str | None: ...
+    def allowed(self, idmap, category: str | None) -> np.ndarray | None:
+        """Indices of ``idmap`` that may be recommended (available, in ``category``).
+
+        Parameters
+        ----------
+        idmap : IdMap
+            The model's item map.
+        category : str or None
+            Only items in this category; ``None``: any category.
+
+        Returns
+        -------
+        np.ndarray of int64 or None
+            Allowed item indices of ``idmap``; ``None``: no restriction (strategies skip
+            the masking work).
+        """
+        ...
+
+    def is_available(self, item_id: str) -> bool:
+        """Whether an item may be recommended.
+
+        Parameters
+        ----------
+        item_id : str
+            External item id.
+
+        Returns
+        -------
+        bool
+            True for an item the catalogue does not know.
+        """
+        ...
+
+    def in_category(self, item_id: str, category: str) -> bool:
+        """Whether an item is in a category (names compared case-insensitively).
+
+        Parameters
+        ----------
+        item_id : str
+            External item id.
+        category : str
+            Category name.
+
+        Returns
+        -------
+        bool
+        """
+        ...
+
+    def primary_category(self, item_id: str) -> str | None:
+        """An item's first category (used by the per-category diversity cap).
+
+        Parameters
+        ----------
+        item_id : str
+            External item id.
+
+        Returns
+        -------
+        str or None
+            ``None``: the item has no category (or is unknown).
+        """
+        ...
 
 
 # -- the recommender ------------------------------------------------------------------------
@@ -214,8 +446,20 @@ _id_order_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def id_order(idmap) -> tuple[np.ndarray, np.ndarray]:
-    """(ids as an object array of str, each index's rank in string order) for an IdMap,
-    computed once per map."""
+    """The ids of an IdMap as strings and their string-order ranks, computed once per map.
+
+    Parameters
+    ----------
+    idmap : IdMap
+        An item map (weak-referenceable: the result is cached per map).
+
+    Returns
+    -------
+    ids : np.ndarray of object (str), shape (n,)
+        The ids in index order.
+    rank : np.ndarray of int64, shape (n,)
+        Each index's rank in string order of the ids.
+    """
     got = _id_order_cache.get(idmap)
     if got is None:
         strs = [str(x) for x in idmap.ids]
@@ -230,7 +474,24 @@ def id_order(idmap) -> tuple[np.ndarray, np.ndarray]:
 class Candidates(Sequence):
     """One strategy's candidates for one user, best first: a sequence of (item id, score)
     pairs, stored as the id list and a float64 score array so blending needs no per-pair
-    Python work."""
+    Python work.
+
+    Parameters
+    ----------
+    ids : list of str
+        External item ids.
+    scores : np.ndarray of float, shape (len(ids),)
+        Their scores (stored as float64).
+    idx : np.ndarray of int, shape (len(ids),), optional
+        The same items as indices of ``idmap``; kept only with ``idmap``.
+    idmap : IdMap, optional
+        A canonical item map for ``idx``; kept only with ``idx``.
+
+    Raises
+    ------
+    ValueError
+        If ``ids``, ``scores`` (and ``idx``) differ in length.
+    """
 
     __slots__ = ("ids", "idmap", "idx", "scores")
 
@@ -248,6 +509,17 @@ class Candidates(Sequence):
 
     @classmethod
     def of(cls, pairs: Sequence[tuple[str, float]]) -> Candidates:
+        """Candidates from (item id, score) pairs.
+
+        Parameters
+        ----------
+        pairs : sequence of (str, float)
+            Best first; a ``Candidates`` is returned as is.
+
+        Returns
+        -------
+        Candidates
+        """
         if isinstance(pairs, Candidates):
             return pairs
         return cls([p[0] for p in pairs], np.array([p[1] for p in pairs], dtype=np.float64))
@@ -274,7 +546,19 @@ class Candidates(Sequence):
 
 class Fused:
     """Blended candidates in rank order: ``ids[r]``, ``totals[r]``, and the contribution of
-    each strategy in ``names`` to rank ``r`` (``per[:, r]``, NaN where it did not propose it)."""
+    each strategy in ``names`` to rank ``r`` (``per[:, r]``, NaN where it did not propose it).
+
+    Parameters
+    ----------
+    names : list of str
+        Strategy names (rows of ``per``).
+    ids : list of str
+        External item ids, best first.
+    totals : list of float
+        Blended score per rank.
+    per : np.ndarray of float, shape (len(names), len(ids))
+        Per-strategy contributions, NaN where absent.
+    """
 
     __slots__ = ("ids", "names", "per", "totals")
 
@@ -283,12 +567,30 @@ class Fused:
 
     @classmethod
     def empty(cls) -> Fused:
+        """No candidates.
+
+        Returns
+        -------
+        Fused
+        """
         return cls([], [], [], np.zeros((0, 0)))
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def item(self, rank: int) -> RecItem:
+        """The item at one rank, with its per-strategy sources.
+
+        Parameters
+        ----------
+        rank : int
+            Position in ``ids``.
+
+        Returns
+        -------
+        RecItem
+            ``sources`` holds the strategies that proposed the item (NaN entries left out).
+        """
         col = self.per[:, rank].tolist()
         sources = {n: c for n, c in zip(self.names, col, strict=True) if c == c}  # not NaN
         return RecItem(self.ids[rank], self.totals[rank], sources)
@@ -299,6 +601,18 @@ def histories_from_data(data, users: Sequence[int] | None = None) -> list[UserHi
 
     The item indices are pre-mapped for ``data.items``, so models trained on ``data`` (sharing
     its IdMap) do not re-map external ids.
+
+    Parameters
+    ----------
+    data : InteractionData
+        The events.
+    users : sequence of int, optional
+        User indices; ``None``: every user, in index order.
+
+    Returns
+    -------
+    list of UserHistory
+        One per user, ties in time newest-inserted first (as the store reads them).
     """
     # Newest first, ties in time newest-inserted first: the store's history read
     # (ORDER BY ts DESC, id DESC), so sequential models see the same order offline and online.
