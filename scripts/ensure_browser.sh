@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure headless Chromium and its WebDriver are installed (Debian's chromium and
-# chromium-driver) for tests/test_browser.py; installs them if missing (needs root, as on CI).
+# chromium-driver) for tests/web/test_browser.py; installs them if missing (needs root, as on CI).
 set -euo pipefail
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 

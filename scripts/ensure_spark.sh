@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure Spark training can run (recsys train als --engine spark, tests/test_spark.py): Java 17
+# Make sure Spark training can run (recsys train als --engine spark, tests/offline/test_spark.py): Java 17
 # and the PostgreSQL JDBC driver from Debian's packages (installed only if missing; needs root,
 # as on CI machines), and the `spark` extra (pyspark) in the project's virtualenv.
 set -euo pipefail

@@ -4,7 +4,7 @@
 # stress-ng), otherwise one Python busy loop per core.
 #
 #   scripts/stress_tests.sh [RUNS] [pytest args...]     (default: 20 runs of the whole suite)
-#   scripts/stress_tests.sh 20 tests/test_polling.py tests/test_gworker.py
+#   scripts/stress_tests.sh 20 tests/ops/test_polling.py tests/ops/test_gworker.py
 #   LANES=3 scripts/stress_tests.sh 20                  (3 suites at once, each on its own
 #                                                        PostgreSQL database and Redis db)
 #

@@ -97,7 +97,7 @@ def test_routing_blending_explain_and_filters(servers):
     r = a.get("/v1/users/stranger/recommendations", params={"n": 10})
     assert len(ids(r)) == 2 and {CATS[int(i[1:])][0] for i in ids(r)} == {"books", "music"}
     # Unavailable: gone at once on this server, and on the other after its next poll (one
-    # interval; tests/test_admin.py proves that bound with a moved clock, no timing here).
+    # interval; tests/web/test_admin.py proves that bound with a moved clock, no timing here).
     _, b = servers
     assert "i0" in ids(b.get("/v1/users/stranger/recommendations", params={"n": 10}))
     assert a.put("/v1/items/i0", json={"available": False}).status_code == 200

@@ -6,9 +6,9 @@
   database itself stays up for the assertions. Freezing the relay (it keeps every connection
   open and accepts new ones, but forwards nothing) is a database that hangs rather than
   refuses, as a SIGSTOPped server or a dropped network path looks to the app.
-* A corrupt model file: covered by tests/test_runtime.py (hot swap with a tampered version keeps
-  the old one; /readyz names a broken preload model); here, a worker that meets a corrupt
-  *active* version at start still answers.
+* A corrupt model file: covered by tests/models/test_runtime.py (hot swap with a tampered
+  version keeps the old one; /readyz names a broken preload model); here, a worker that meets
+  a corrupt *active* version at start still answers.
 """
 
 from __future__ import annotations

@@ -345,7 +345,7 @@ class RecommendationPipeline:
         serialise it.
 
         The body is built from ``RecResult.to_dict`` with exactly RecOut's fields and JSON
-        types, for which the schema's dump is the identity (tests/test_api_recommend.py checks
+        types, for which the schema's dump is the identity (tests/web/test_api_recommend.py checks
         real answers against it), so it goes straight to Flask's JSON provider, skipping the
         schema's dump (docs/design-notes.md)."""
         return timed("render", self._render, result, user_id, explain, degraded, assignment)

@@ -7,7 +7,7 @@
 * Security schemes: the admin bearer token (``/v1/admin/*``) and an API key header
   (``X-API-Key``), so the page has an Authorize button.
 * Responses of admin views that return plain dicts are typed by schemas kept here (the views'
-  bodies are not re-serialised through them; ``tests/test_openapi.py`` validates real answers
+  bodies are not re-serialised through them; ``tests/web/test_openapi.py`` validates real answers
   against the document, so the two cannot drift apart silently).
 * ``POST /v1/events`` takes an object or a list; ``X-Priority`` and ``X-Request-ID`` are
   declared headers; tags come in the order a storefront developer reads them.

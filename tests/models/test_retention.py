@@ -13,8 +13,8 @@ from recsys.models.repository import PROFILE_KIND, ModelRepository, get_reposito
 from recsys.store import get_engine, session_scope
 from recsys.store.models import AuditLog
 from recsys.store.training_data import load_interactions
-from tests.test_registry import CountStrategy, resolver
-from tests.test_training_cli import fill_store
+from tests.cli.test_training_cli import fill_store
+from tests.models.test_repository import CountStrategy, resolver
 
 pytestmark = pytest.mark.postgres
 

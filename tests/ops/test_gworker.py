@@ -20,7 +20,7 @@ from recsys.ops import gworker
 from tests.procs import free_port, stop_process
 from tests.waiting import HANG_GUARD_S, wait_until
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PID_APP = """
 import os

@@ -14,7 +14,7 @@ import pytest
 from recsys.errors import ModelError
 from recsys.models import artifacts
 from recsys.models.artifacts import MANIFEST
-from tests.test_registry import CountStrategy, batch, small_data
+from tests.models.test_repository import CountStrategy, batch, small_data
 
 CREATED = datetime(2026, 1, 2, 3, 4, 5)
 

@@ -13,7 +13,7 @@ from recsys.offline.evaluation import evaluate
 from recsys.offline.evaluation.configs import ConfigError, config_from_dict, load_config
 from recsys.offline.evaluation.report import write_report
 
-ML100K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "ml-100k")
+ML100K = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "datasets", "ml-100k")
 
 
 def clustered_data(seed: int = 0) -> InteractionData:

@@ -19,7 +19,7 @@ from recsys.core.types import RecRequest, UserHistory
 from recsys.serving.stages import PIPELINE_STAGES, SCORING, stage_rows
 from tests.servicekit import ITEMS, fitted_models
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _recorder():

@@ -1,5 +1,5 @@
 """The operator console in a real browser (headless Chromium through Selenium, as
-tests/test_browser.py): sign in, toggle a strategy and watch a user's list change in the
+tests/web/test_browser.py): sign in, toggle a strategy and watch a user's list change in the
 preview, roll a model back and activate it again, find all of it in the audit view, and see
 the Live charts draw from the service's own /metrics.
 
@@ -16,7 +16,7 @@ import os
 import pytest
 
 from tests.servicekit import ADMIN_TOKEN, train_and_register
-from tests.test_browser import _serve_app, _wait, browser, shots  # noqa: F401 - fixtures
+from tests.web.test_browser import _serve_app, _wait, browser, shots  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 

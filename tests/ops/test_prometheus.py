@@ -1,6 +1,6 @@
 """Prometheus metrics in one process (the gunicorn multiprocess case is in test_gunicorn.py).
 
-(Named test_prometheus.py because tests/test_metrics.py holds the ranking-metric tests.)
+(Named test_prometheus.py because tests/offline/test_metrics.py holds the ranking-metric tests.)
 """
 
 from __future__ import annotations

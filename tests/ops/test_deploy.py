@@ -12,7 +12,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
-ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
+ROOT = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir)
 DEPLOY = os.path.join(ROOT, "deploy")
 # Series Prometheus makes itself, not the service.
 PROMETHEUS_OWN = {"up"}

@@ -15,14 +15,14 @@ from recsys.cli.main import main
 from recsys.offline.importers.online_retail import head_noun_category, is_non_product
 from recsys.store import get_engine
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 RETAIL = os.path.join(FIXTURES, "online_retail_sample.csv")
 RETAIL_GZ = RETAIL + ".gz"
 ML_CLASSIC = os.path.join(FIXTURES, "movielens_classic")
 ML_MODERN = os.path.join(FIXTURES, "movielens_modern")
 CSV_DIR = os.path.join(FIXTURES, "csv")
-ML100K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "ml-100k")
-BUNDLED = os.path.join(os.path.dirname(__file__), "..", "data", "online_retail.csv.gz")
+ML100K = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "datasets", "ml-100k")
+BUNDLED = os.path.join(os.path.dirname(__file__), "..", "..", "data", "online_retail.csv.gz")
 
 
 def invoke_json(runner, *args: str) -> dict:

@@ -1,7 +1,7 @@
 """The operator console (recsys.web.console): pages, token, fragments and actions over HTTP.
 
 The browser-level checks (login, toggling with the preview, activate/rollback, live charts)
-are in tests/test_browser.py; these cover the server side of every screen.
+are in tests/web/test_browser.py; these cover the server side of every screen.
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ def test_previews_are_not_experiment_exposures(client):
 
 def test_models_screen_switches_serving_profiles(served_app, client):
     from recsys.models.repository import PROFILE_KIND, get_repository
-    from tests.test_tuning import _store_profile, single_routes
+    from tests.offline.test_tuning import _store_profile, single_routes
 
     first = _store_profile(served_app, single_routes("popular"))
     second = _store_profile(served_app, single_routes("ease"))

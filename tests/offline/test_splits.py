@@ -100,7 +100,7 @@ def test_bad_ratio_rejected():
         splits.stratified_item_split(_data(), 1.5)
 
 
-ML100K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "ml-100k")
+ML100K = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "datasets", "ml-100k")
 
 
 @pytest.mark.ml100k

@@ -25,7 +25,7 @@ from recsys.cli.main import main
 
 pytestmark = pytest.mark.spark
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="session")
@@ -304,7 +304,7 @@ def test_a_spark_trained_version_is_activated_on_a_running_server(
 def test_recsys_evaluate_compares_spark_als_with_in_process_als(spark, sqlite_app, tmp_path):
     """The shipped examples/configs/als-spark.toml through `recsys evaluate`, next to `als`:
     both learn the synthetic taste clusters far better than chance, about equally well."""
-    from tests.test_evaluation import clustered_data, csv_folder
+    from tests.offline.test_evaluation import clustered_data, csv_folder
 
     data = clustered_data(seed=3)
     folder = csv_folder(data, tmp_path / "shop")

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from recsys import __version__
 from recsys.cli.main import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_version_is_the_packages():

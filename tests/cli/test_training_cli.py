@@ -14,7 +14,7 @@ from recsys.models.repository import ModelRepository, get_repository, use_reposi
 from recsys.offline.training import holdout_metrics, holdout_split
 from recsys.store import Event, Item, User, get_engine, session_scope
 from recsys.store.training_data import load_catalog, load_interactions
-from tests.test_registry import CountStrategy, resolver
+from tests.models.test_repository import CountStrategy, resolver
 
 pytestmark = pytest.mark.postgres
 
