@@ -60,7 +60,18 @@ class BackgroundPoll:
         return self._running
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until no refresh is running (an event, not a poll). False on timeout."""
+        """Block until no refresh is running (an event, not a poll).
+
+        Parameters
+        ----------
+        timeout : float or None, optional
+            Seconds to wait at most; None: no limit.
+
+        Returns
+        -------
+        bool
+            True once idle; False on timeout.
+        """
         with self._idle:
             return self._idle.wait_for(lambda: not self._running, timeout)
 

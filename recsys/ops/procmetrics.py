@@ -30,7 +30,18 @@ def server_pids() -> list[int]:
 
 
 class ServerProcessCollector:
+    """Prometheus collector of the ``process_*`` metrics of every server process (the gunicorn
+    master and its workers), each sample labelled by ``pid``.
+    """
+
     def collect(self) -> Iterator[Metric]:
+        """The process metric families, one sample per server process.
+
+        Returns
+        -------
+        Iterator[Metric]
+            One family per metric name, samples labelled with ``pid``.
+        """
         families: dict[str, Metric] = {}
         for pid in server_pids():
             collector = ProcessCollector(pid=lambda p=pid: p, registry=None)

@@ -69,7 +69,17 @@ class Watch:
 
 def cut_socket(fd: int) -> None:
     """Shut down the socket behind ``fd`` in both directions, leaving ``fd`` itself open (its
-    owner closes it; closing it here could close a reused descriptor)."""
+    owner closes it; closing it here could close a reused descriptor).
+
+    Parameters
+    ----------
+    fd : int
+        The socket's file descriptor; one already closed or not a socket is ignored.
+
+    Returns
+    -------
+    None
+    """
     dup = os.dup(fd)
     try:
         with socket.socket(fileno=dup) as s:
@@ -102,6 +112,20 @@ class SocketWatchdog:
             self._thread.start()
 
     def watch(self, fd: int, timeout_s: float) -> Watch:
+        """Cut the socket ``fd`` unless ``release`` is called within ``timeout_s``.
+
+        Parameters
+        ----------
+        fd : int
+            The socket's file descriptor.
+        timeout_s : float
+            Seconds from now (by the watchdog's clock) to the deadline; negative counts as 0.
+
+        Returns
+        -------
+        Watch
+            The handle to pass to ``release``.
+        """
         w = Watch(fd, self.clock() + max(0.0, timeout_s))
         if self._pid != os.getpid():  # forked: the parent's thread and lock are not ours
             self._reset()
@@ -116,8 +140,18 @@ class SocketWatchdog:
 
     @staticmethod
     def release(w: Watch) -> bool:
-        """Stop watching; True if the socket was cut (the operation timed out). After this
-        returns the watchdog never touches the socket again."""
+        """Stop watching. After this returns the watchdog never touches the socket again.
+
+        Parameters
+        ----------
+        w : Watch
+            The handle ``watch`` returned.
+
+        Returns
+        -------
+        bool
+            True if the socket was cut (the operation timed out).
+        """
         with w.lock:
             w.done = True
             return w.expired
@@ -129,6 +163,20 @@ class SocketWatchdog:
 
     @contextmanager
     def armed(self, fd: int | None, timeout_s: float) -> Iterator[Watch | None]:
+        """``watch`` for the duration of a ``with`` block, then ``release``.
+
+        Parameters
+        ----------
+        fd : int or None
+            The socket's file descriptor; None or negative: nothing is watched.
+        timeout_s : float
+            Seconds to the deadline.
+
+        Returns
+        -------
+        Iterator[Watch or None]
+            A context manager yielding the watch (None when nothing is watched).
+        """
         if fd is None or fd < 0:
             yield None
             return
@@ -199,6 +247,16 @@ class Breaker:
         return self._state
 
     def allow(self) -> bool:
+        """Whether the database may be used now.
+
+        Closed: yes. Open: no, until ``reset_s`` have passed; then one probe is let through
+        (another only if it does not report back within ``probe_lease_s``).
+
+        Returns
+        -------
+        bool
+            True to go ahead (then report ``success`` or ``failure``); False: refused (counted).
+        """
         if self._state == "closed":  # the hot path: no lock
             return True
         with self._lock:
@@ -217,6 +275,12 @@ class Breaker:
             return False
 
     def success(self) -> None:
+        """Report a successful use: the circuit closes and the failure count restarts.
+
+        Returns
+        -------
+        None
+        """
         if self._state == "closed" and not self._consecutive:
             return
         with self._lock:
@@ -225,6 +289,18 @@ class Breaker:
             self._state, self._consecutive, self._probe_at = "closed", 0, None
 
     def failure(self, why: str = "") -> None:
+        """Report a failed use: the circuit opens after ``failures`` in a row, or at once when the
+        probe failed.
+
+        Parameters
+        ----------
+        why : str, optional
+            What failed, for the log line when the circuit opens.
+
+        Returns
+        -------
+        None
+        """
         with self._lock:
             self._consecutive += 1
             if self._state == "probing" or (
@@ -252,6 +328,14 @@ class Breaker:
             raise DatabaseUnavailable(retry_after=self.retry_after())
 
     def stats(self) -> dict[str, Any]:
+        """The breaker's state and counters since the last ``reset``.
+
+        Returns
+        -------
+        dict
+            ``state`` (``"closed"``, ``"open"`` or ``"probing"``), ``opened``, ``refused`` and
+            ``probes`` (counts).
+        """
         return {
             "state": self._state,
             "opened": self.opened,
@@ -261,7 +345,18 @@ class Breaker:
 
 
 def socket_fd(dbapi_conn: Any) -> int | None:
-    """The socket of a DB-API connection (psycopg), or None (SQLite: nothing to watch)."""
+    """The socket of a DB-API connection (psycopg).
+
+    Parameters
+    ----------
+    dbapi_conn : Any
+        The raw DB-API connection.
+
+    Returns
+    -------
+    int or None
+        Its file descriptor; None when it has none or it is closed (SQLite: nothing to watch).
+    """
     fileno = getattr(dbapi_conn, "fileno", None)
     if fileno is None:
         return None
@@ -278,7 +373,25 @@ def guard_engine(
     statement_timeout_s: float,
     pre_ping: bool,
 ) -> None:
-    """Wire the watchdog and the breaker into ``engine`` (see the module docstring)."""
+    """Wire the watchdog and the breaker into ``engine`` (see the module docstring).
+
+    Parameters
+    ----------
+    engine : Engine
+        The engine to guard (event listeners are added to it).
+    watchdog : SocketWatchdog
+        Cuts sockets silent past a statement's deadline.
+    breaker : Breaker
+        Refuses connections and checkouts while the store is down.
+    statement_timeout_s : float
+        The server-side statement timeout, in seconds; 0: none (no client-side cut either).
+    pre_ping : bool
+        Ping a pooled connection on checkout (bounded by the watchdog).
+
+    Returns
+    -------
+    None
+    """
     dbapi = engine.dialect.loaded_dbapi
     # No statement timeout (0: batch work from the CLI): no client-side cut either.
     limit_s = statement_timeout_s + GRACE_S if statement_timeout_s > 0 else None
@@ -409,4 +522,17 @@ class DbGuard:
         return args
 
     def apply(self, engine: Engine, pre_ping: bool) -> None:
+        """Guard ``engine`` with this guard's watchdog, breaker and statement timeout.
+
+        Parameters
+        ----------
+        engine : Engine
+            The engine to guard.
+        pre_ping : bool
+            Ping a pooled connection on checkout.
+
+        Returns
+        -------
+        None
+        """
         guard_engine(engine, self.watchdog, self.breaker, self.statement_timeout_s, pre_ping)
