@@ -134,9 +134,18 @@ class ModelRuntime(RuntimeAdmin):
 
     # -- the hot path ---------------------------------------------------------------------------
     def get(self, strategy: str) -> LoadedModel | None:
-        """The active version of ``strategy``, loading it now if needed; None if unavailable.
+        """The active version of ``strategy``, loading it now if needed.
 
-        None means: no active version, or it failed to load (logged, retried after a while).
+        Parameters
+        ----------
+        strategy : str
+            The strategy name.
+
+        Returns
+        -------
+        LoadedModel or None
+            The loaded model; None when there is no active version, or it failed to load
+            (logged, retried after a while).
         """
         self._maybe_refresh()
         slot = self._models.get(strategy)
@@ -264,9 +273,18 @@ class ModelRuntime(RuntimeAdmin):
 
     # -- start-up and readiness ------------------------------------------------------------------
     def preload(self, cpu_only: bool = False) -> list[str]:
-        """Load every active preload-mode version now; returns the strategies that failed.
+        """Load every active preload-mode version now.
 
-        ``cpu_only``: the gunicorn master calls this before forking; no CUDA may be touched there.
+        Parameters
+        ----------
+        cpu_only : bool, optional
+            True in the gunicorn master, which calls this before forking: no CUDA may be touched
+            there.
+
+        Returns
+        -------
+        list of str
+            The strategies that failed to load (empty: all loaded).
         """
         self.refresh(apply=False)
         failed = []
@@ -436,7 +454,17 @@ class ModelRuntime(RuntimeAdmin):
                 log.error("could not swap in %s/%s: %s", name, version, e.description)
 
     def refresh(self, apply: bool = True) -> None:
-        """Poll the store now and (by default) apply changes synchronously."""
+        """Poll the store now and (by default) apply changes synchronously.
+
+        Parameters
+        ----------
+        apply : bool, optional
+            Also load and swap in the changed versions now; False: only read the store.
+
+        Returns
+        -------
+        None
+        """
         with self._poll_lock:
             self._poll()
         if apply:
@@ -504,7 +532,18 @@ def get_runtime(app: Flask | None = None) -> ModelRuntime:
 
 def scoring_slots(configured: int | None) -> int:
     """``SCORING_SLOTS``: as configured, else 1 where the deep model would run on the CPU and
-    0 (no limit) with CUDA (the device the strategy itself would choose)."""
+    0 (no limit) with CUDA (the device the strategy itself would choose).
+
+    Parameters
+    ----------
+    configured : int or None
+        The configured value; None: choose by device.
+
+    Returns
+    -------
+    int
+        Concurrent scoring turns per process; 0: no limit.
+    """
     if configured is not None:
         return int(configured)
     from strategies.deep import resolve_device
