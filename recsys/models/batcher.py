@@ -176,7 +176,14 @@ class MicroBatcher(Generic[X, Y]):
             self._init_state()
 
     def stats(self) -> dict[str, Any]:
-        """Counters for metrics and benchmarks (this process only)."""
+        """Counters for metrics and benchmarks (this process only).
+
+        Returns
+        -------
+        dict
+            ``name``, ``batches``, ``requests``, ``timeouts``, ``errors``, ``mean_batch_size``,
+            ``batch_sizes`` (size -> count), ``mean_queue_wait_s`` (seconds) and the thread state.
+        """
         with self._cond:
             return {
                 "name": self.name,

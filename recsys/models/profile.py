@@ -58,13 +58,26 @@ class ServingProfile:
 
     # -- what it means for serving ----------------------------------------------------------
     def strategies(self) -> list[str]:
-        """Strategies some route calls (weight > 0), plus popular (the request path's fallback)."""
+        """Strategies some route calls (weight > 0), plus popular (the request path's fallback).
+
+        Returns
+        -------
+        list of str
+            Strategy names, sorted.
+        """
         names = {s for r in self.routes for s, w in r["weights"].items() if w > 0}
         names.add("popular")
         return sorted(names)
 
     def serving_overrides(self) -> dict[str, Any]:
-        """The ``ServingConfig.with_overrides`` dict this profile stands for."""
+        """The ``ServingConfig.with_overrides`` dict this profile stands for.
+
+        Returns
+        -------
+        dict
+            ``strategies`` (each called strategy enabled at weight 1), ``routing`` (routes and
+            blend) and ``profile`` (this version, None before it is stored).
+        """
         return {
             "strategies": {s: {"enabled": True, "weight": 1.0} for s in self.strategies()},
             "routing": {"routes": [dict(r) for r in self.routes], "blend": self.blend},
@@ -72,7 +85,18 @@ class ServingProfile:
         }
 
     def check(self) -> Self:
-        """Validate the routes through ``ServingConfig`` (raises ValueError with the reason)."""
+        """Validate the routes through ``ServingConfig`` (raises ValueError with the reason).
+
+        Returns
+        -------
+        ServingProfile
+            ``self``, valid.
+
+        Raises
+        ------
+        ValueError
+            Routes ``ServingConfig`` refuses (the message says why).
+        """
         from recsys.core.config import ServingConfig
 
         ServingConfig.default().with_overrides(self.serving_overrides())
@@ -113,7 +137,13 @@ class ServingProfile:
         return cls(**{k: v for k, v in raw.items() if k in known}).check()
 
     def summary(self) -> str:
-        """One line per route, for the CLI and logs."""
+        """One line per route, for the CLI and logs.
+
+        Returns
+        -------
+        str
+            One indented line per route: its history span, blend and nonzero weights.
+        """
         lines = []
         lo = 0
         for r in self.routes:

@@ -103,10 +103,18 @@ class ModelRepository:
     def notify(self, strategy: str, version: str | None) -> None:
         """Tell every listener that ``strategy``'s active version is now ``version``.
 
+        A listener that raises is logged; the others are still called.
+
         Parameters
         ----------
         strategy : str
+            The strategy whose activation changed.
         version : str or None
+            Its active version now; None: none.
+
+        Returns
+        -------
+        None
         """
         for fn in list(self.listeners):
             try:
@@ -285,7 +293,13 @@ class ModelRepository:
 
     # -- what the runtime reads and writes besides versions (recsys.models.runtime_store) ----
     def load_modes(self) -> dict[str, str]:
-        """``{strategy: "preload" | "lazy"}`` as an admin set them: ``runtime_store.load_modes``."""
+        """``{strategy: "preload" | "lazy"}`` as an admin set them: ``runtime_store.load_modes``.
+
+        Returns
+        -------
+        dict of str to str
+            Strategy -> load mode, only for strategies an admin set.
+        """
         return runtime_store.load_modes(self.sessionmaker)
 
     def set_load_mode(self, strategy: str, mode: str) -> None:

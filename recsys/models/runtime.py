@@ -165,11 +165,23 @@ class ModelRuntime(RuntimeAdmin):
             return None
 
     def active_versions(self) -> dict[str, str]:
-        """What this process serves now: strategy -> loaded version (loaded models only)."""
+        """What this process serves now: strategy -> loaded version (loaded models only).
+
+        Returns
+        -------
+        dict of str to str
+            Strategy -> version of each model loaded in this process.
+        """
         return {s: slot.loaded.version for s, slot in list(self._models.items())}
 
     def wanted_versions(self) -> dict[str, str]:
-        """The active versions in the SQL store as last polled (what it will serve)."""
+        """The active versions in the SQL store as last polled (what it will serve).
+
+        Returns
+        -------
+        dict of str to str
+            Strategy -> active version (a copy).
+        """
         self._maybe_refresh()
         return dict(self._active)
 
@@ -323,12 +335,25 @@ class ModelRuntime(RuntimeAdmin):
             slot.warmed = True
 
     def ready(self) -> bool:
-        """True once every active preload model is loaded and warmed."""
+        """True once every active preload model is loaded and warmed.
+
+        Starts the background preload if needed.
+
+        Returns
+        -------
+        bool
+            True when the store was polled and no preload model is pending.
+        """
         self.ensure_preloading()
         return self._polled and not self.pending()
 
     def ensure_preloading(self) -> None:
-        """Start a background preload in this process if something is pending and none runs."""
+        """Start a background preload in this process if something is pending and none runs.
+
+        Returns
+        -------
+        None
+        """
         if not self.preload_enabled:
             return
         t = self._preload_thread
@@ -472,7 +497,12 @@ class ModelRuntime(RuntimeAdmin):
 
     # -- process lifecycle -------------------------------------------------------------------------
     def after_fork(self) -> None:
-        """In a new worker: fresh locks and threads; publish gauges; poll on the next request."""
+        """In a new worker: fresh locks and threads; publish gauges; poll on the next request.
+
+        Returns
+        -------
+        None
+        """
         self._init_locks()
         self._last_poll = 0.0
         self._publish()

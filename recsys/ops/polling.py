@@ -35,7 +35,13 @@ class BackgroundPoll:
         self.runs = 0  # refreshes finished (failed ones included)
 
     def trigger(self) -> bool:
-        """Start a refresh unless one is running. True if this call started one."""
+        """Start a refresh unless one is running. True if this call started one.
+
+        Returns
+        -------
+        bool
+            True if this call started a refresh; False when one was already running.
+        """
         pid = os.getpid()
         if self._pid != pid:
             # Forked: the thread that set _running (or held the lock) lives in the parent only.

@@ -19,7 +19,13 @@ from prometheus_client.metrics_core import Metric
 
 def server_pids() -> list[int]:
     """This process's parent (the gunicorn master) and its children (the workers); just this
-    process where ``/proc`` cannot say."""
+    process where ``/proc`` cannot say.
+
+    Returns
+    -------
+    list of int
+        The master's pid then its workers' (sorted), or ``[os.getpid()]``.
+    """
     parent = os.getppid()
     try:
         with open(f"/proc/{parent}/task/{parent}/children") as f:

@@ -78,7 +78,13 @@ def request_finished() -> None:
 
 
 def in_flight() -> int:
-    """Requests being handled by this process now (including the caller's)."""
+    """Requests being handled by this process now (including the caller's).
+
+    Returns
+    -------
+    int
+        The in-flight count, at least 0.
+    """
     return _in_flight
 
 

@@ -509,7 +509,12 @@ class CatalogStore:
         log.debug("catalog at version %s (%d rows read, full=%s)", version, len(rows), full)
 
     def reset(self) -> None:
-        """Forget everything (after fork, or in tests) so the next call reloads fully."""
+        """Forget everything (after fork, or in tests) so the next call reloads fully.
+
+        Returns
+        -------
+        None
+        """
         self._lock = threading.Lock()  # an inherited lock may be held by a dead thread
         self._catalog = Catalog()
         self._loaded_version = None

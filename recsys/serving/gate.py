@@ -98,7 +98,13 @@ class ScoringGate:
                 self._cond.wait()
 
     def stats(self) -> dict[str, int]:
-        """Turns in use and callers waiting for one (for tests and diagnostics)."""
+        """Turns in use and callers waiting for one (for tests and diagnostics).
+
+        Returns
+        -------
+        dict of str to int
+            ``slots`` (0: no limit), ``busy`` (turns held) and ``waiting`` (callers queued).
+        """
         with self._cond:
             return {"slots": self.slots, "busy": self._busy, "waiting": len(self._jobs)}
 

@@ -104,7 +104,12 @@ class SettingsStore:
         return self._versions is not None
 
     def reset(self) -> None:
-        """Forget cached state (after fork, tests): the next call polls and reloads."""
+        """Forget cached state (after fork, tests): the next call polls and reloads.
+
+        Returns
+        -------
+        None
+        """
         # A lock inherited across fork may be held by a thread that does not exist here.
         self._lock = threading.Lock()
         self._versions: Versions | None = None
@@ -176,7 +181,13 @@ class SettingsStore:
 
     def config(self) -> ServingConfig:
         """The current merged configuration: defaults <- active serving profile <- admin
-        overrides. Re-read only when ``config_version`` moves (profile activations bump it)."""
+        overrides. Re-read only when ``config_version`` moves (profile activations bump it).
+
+        Returns
+        -------
+        ServingConfig
+            The merged configuration (shared until ``config_version`` moves).
+        """
         v = self.versions().config
         if self._config is not None and self._config_version == v:
             return self._config
@@ -238,7 +249,12 @@ class SettingsStore:
 
     # -- writing ----------------------------------------------------------------------------
     def changed(self) -> None:
-        """This process wrote a change elsewhere (a profile activation): re-read on next use."""
+        """This process wrote a change elsewhere (a profile activation): re-read on next use.
+
+        Returns
+        -------
+        None
+        """
         self._polled_at = 0.0
 
     def bump_version(self, reason: str, key: str = CONFIG_VERSION) -> int:

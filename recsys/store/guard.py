@@ -157,7 +157,12 @@ class SocketWatchdog:
             return w.expired
 
     def wake(self) -> None:
-        """Look at the deadlines now (after an injected clock moved on)."""
+        """Look at the deadlines now (after an injected clock moved on).
+
+        Returns
+        -------
+        None
+        """
         with self._cond:
             self._cond.notify()
 
@@ -232,7 +237,12 @@ class Breaker:
         self.reset()
 
     def reset(self) -> None:
-        """Closed, counters zeroed (a forked worker starts with its own view)."""
+        """Closed, counters zeroed (a forked worker starts with its own view).
+
+        Returns
+        -------
+        None
+        """
         self._lock = threading.Lock()
         self._state = "closed"
         self._consecutive = 0
@@ -316,14 +326,30 @@ class Breaker:
                 self._state, self._opened_at, self._probe_at = "open", self.clock(), None
 
     def retry_after(self) -> int:
-        """Whole seconds until the next probe (at least 1): the 503's ``Retry-After``."""
+        """Whole seconds until the next probe (at least 1): the 503's ``Retry-After``.
+
+        Returns
+        -------
+        int
+            Seconds, at least 1 (1 while closed).
+        """
         if self._state == "closed":
             return 1
         left = self.reset_s - (self.clock() - self._opened_at)
         return max(1, int(left + 0.999))
 
     def check(self) -> None:
-        """Raise ``DatabaseUnavailable`` unless ``allow()``."""
+        """Raise ``DatabaseUnavailable`` unless ``allow()``.
+
+        Returns
+        -------
+        None
+
+        Raises
+        ------
+        DatabaseUnavailable
+            The breaker refuses (``retry_after`` set).
+        """
         if not self.allow():
             raise DatabaseUnavailable(retry_after=self.retry_after())
 
@@ -506,7 +532,15 @@ class DbGuard:
         return self.statement_timeout_ms / 1000.0
 
     def postgres_connect_args(self) -> dict[str, Any]:
-        """libpq parameters for the timeouts (connect, statement, lock, TCP)."""
+        """libpq parameters for the timeouts (connect, statement, lock, TCP).
+
+        Returns
+        -------
+        dict
+            ``connect_timeout`` (whole seconds), ``options`` (``statement_timeout`` and
+            ``lock_timeout`` in milliseconds, 0: none) and, with a statement timeout,
+            ``tcp_user_timeout`` (milliseconds).
+        """
         args: dict[str, Any] = {
             # libpq counts whole seconds (psycopg: at least 2).
             "connect_timeout": max(1, round(self.connect_timeout_s)),

@@ -151,7 +151,12 @@ class ResultCache:
         return not isinstance(self.backend, LocalBackend)
 
     def after_fork(self) -> None:
-        """A worker must not share the master's Redis sockets: new client, fresh state."""
+        """A worker must not share the master's Redis sockets: new client, fresh state.
+
+        Returns
+        -------
+        None
+        """
         self._pid = os.getpid()
         self._down_until = 0.0
         self._backoff = BACKOFF_START_S
@@ -356,6 +361,10 @@ class ResultCache:
             The miss ``lookup`` returned.
         payload : bytes or None
             What to keep for the user and context looked up.
+
+        Returns
+        -------
+        None
         """
         if looked.peek is None or looked.hit is not None:
             return
@@ -376,6 +385,10 @@ class ResultCache:
         ----------
         looked : Lookup
             The miss ``lookup`` returned.
+
+        Returns
+        -------
+        None
         """
         if looked.peek is not None and looked.lock is not None:
             key = looked.peek.key
