@@ -177,6 +177,7 @@ class ModelRepository:
         version : str, optional
             The version id (default: allocated from the clock).
         activate : bool
+            Also make it the active version (through ``activate``).
         actor : str
             Who activates, for the audit log.
 
@@ -391,6 +392,7 @@ class ModelRepository:
         Parameters
         ----------
         strategy, version : str
+            The strategy name and the version id.
 
         Returns
         -------
@@ -407,6 +409,7 @@ class ModelRepository:
         Parameters
         ----------
         strategy, version : str
+            The strategy name and the version id.
 
         Returns
         -------
@@ -427,6 +430,7 @@ class ModelRepository:
         Parameters
         ----------
         strategy : str
+            The strategy name.
         version : str, optional
             Default: the active one.
 
@@ -481,6 +485,7 @@ class ModelRepository:
         Parameters
         ----------
         strategy, version : str
+            The strategy name and the version id.
         actor : str
             Who, for the activation history and the audit log.
         gate_metric : str, optional
@@ -517,6 +522,7 @@ class ModelRepository:
         Parameters
         ----------
         strategy : str
+            The strategy name.
         actor : str
             Who, for the activation history and the audit log.
 
@@ -560,6 +566,7 @@ class ModelRepository:
         Parameters
         ----------
         strategy : str
+            The strategy name.
 
         Returns
         -------
@@ -628,7 +635,9 @@ def use_repository(app, repo: ModelRepository) -> ModelRepository:
     Parameters
     ----------
     app : Flask
+        The app.
     repo : ModelRepository
+        The repository to use.
 
     Returns
     -------

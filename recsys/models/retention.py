@@ -126,6 +126,7 @@ def prune(
     Parameters
     ----------
     repo : ModelRepository
+        The repository to prune.
     keep : int
         Versions to keep per strategy (at least 1), besides the protected ones.
     strategy : str, optional

@@ -5,8 +5,8 @@ keep-alive clients (a load balancer's upstream pool, an API gateway, a benchmark
 connections) every request of a connection then goes to the worker that accepted it, and the
 kernel gives no fairness: a burst of new connections often lands on a single worker, which serves
 on one core while the others idle. (gunicorn's maintainers call this expected: benoitc/gunicorn
-#2817, #3071.) Measured on the 2-core box with `bench/serve_bench.py`: 8 keep-alive clients of
-cached recommendations all on one worker gave 1684 req/s against 5150 for /healthz spread 50/50.
+#2817, #3071.) Measured with `bench/serve_bench.py` (8 keep-alive clients of cached
+recommendations all on one worker, against /healthz spread evenly): docs/design-notes.md.
 
 :class:`BalancedThreadWorker` keeps gunicorn's ``gthread`` worker and adds one rule: a worker
 takes a new connection only while it holds no more open connections than the least loaded of its

@@ -2,8 +2,8 @@
 
 Each process polls a few small SQL rows (configuration and catalogue versions, active model
 versions, running experiments) every ``CONFIG_POLL_SECONDS``. Done inline, the request that
-happened to find the state stale paid the query (a pool checkout and a round trip or three,
-2-4 ms on the benchmark box), and with three such polls every half second a few percent of
+happened to find the state stale paid the query (a pool checkout and a round trip or three:
+docs/design-notes.md), and with three such polls every half second a few percent of
 all requests carried that delay, which is what a p99 shows. ``BackgroundPoll.trigger`` runs
 the refresh in a short-lived thread instead (at most one at a time per process) while the
 request serves the state it has, which is at most one poll interval old.

@@ -83,6 +83,7 @@ class RecommendationPipeline:
         Returns
         -------
         Snapshot
+            What this request serves with.
         """
         return timed("snapshot", self._snapshot)
 
@@ -200,6 +201,7 @@ class RecommendationPipeline:
         Parameters
         ----------
         user_id : str
+            The external user id.
         context : dict
             ``cache_context`` of the request.
 
