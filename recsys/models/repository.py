@@ -11,6 +11,9 @@ rollback is appended to ``model_activations`` and to the audit log (``recsys.mod
 Rollback walks that history as a stack (``activation_stack``): an activation pushes, a rollback
 pops, so rolling back twice steps two versions back. Listeners (``add_listener``) hear of every
 change after it commits.
+
+Over 500 lines only through the numpy-style docstrings of its public API (about 340
+lines without them): the code is one unit, not split for length.
 """
 
 from __future__ import annotations

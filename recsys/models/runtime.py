@@ -30,6 +30,9 @@ The work for one version (loading, the CPU-only fallback, serving variants, warm
 what to evict) is in ``recsys.models.loading``; the admin operations (activate, rollback, load,
 unload), the status rows and the pending preloads are methods of the runtime kept in
 ``recsys.models.runtime_admin`` (``RuntimeAdmin``, its base class).
+
+Over 500 lines only through the numpy-style docstrings of its public API (about 400
+lines without them): the code is one unit, not split for length.
 """
 
 from __future__ import annotations
