@@ -1,5 +1,6 @@
-"""Every public function, method and class of ``features``, ``strategies``, ``recsys.core`` (and
-the leaf ``recsys.errors``) has a numpy-style docstring.
+"""Every public function, method and class of ``features``, ``strategies``, ``recsys.core``,
+``recsys.serving``, ``recsys.models``, ``recsys.store``, ``recsys.ops`` (their subpackages
+included, and the leaf ``recsys.errors``) has a numpy-style docstring.
 
 Read with ``ast`` (nothing is imported, so optional dependencies do not matter):
 
@@ -7,7 +8,11 @@ Read with ``ast`` (nothing is imported, so optional dependencies do not matter):
 * a public function or method has a docstring; if it takes parameters (``self`` / ``cls``
   aside) the docstring has a numpydoc ``Parameters`` section naming each of them, or, for a
   method that only implements a documented contract, points to it (``See ``Strategy.fit``.``);
-* dunders (``__init__``: documented on the class) and properties are skipped.
+* dunders (``__init__``: documented on the class) and properties are skipped;
+* Flask view functions (``@bp.get(...)``, ``@bp.route(...)``, ...) and click commands
+  (``@click.command(...)``, ``@group.command(...)``) need a docstring but no Parameters
+  section: callers pass them no Python arguments, and their docstring is the endpoint's
+  OpenAPI description or the command's ``--help``.
 """
 
 from __future__ import annotations
@@ -20,16 +25,27 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("features", "strategies", "recsys/core")
+PACKAGES = (
+    "features",
+    "strategies",
+    "recsys/core",
+    "recsys/serving",
+    "recsys/models",
+    "recsys/store",
+    "recsys/ops",
+)
 EXTRA_MODULES = ("recsys/errors.py",)
 
 # "See ``Strategy.fit``." (any dotted name): the method only implements that contract.
 SEE_ALSO = re.compile(r"\bSee ``[A-Za-z_][\w.]*``")
 SECTION = re.compile(r"^(\w[\w ]*)\n-{3,}$", re.MULTILINE)
+# ``@bp.get(...)``, ``@app.route(...)``, ``@click.command(...)``, ``@cli.group(...)``: the
+# decorated function is a Flask view or a click command (no Parameters section asked).
+ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*\.(route|get|post|put|patch|delete|command|group)\b")
 
 
 def _modules() -> list[Path]:
-    files = [p for pkg in PACKAGES for p in sorted((ROOT / pkg).glob("*.py"))]
+    files = [p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))]
     return files + [ROOT / m for m in EXTRA_MODULES]
 
 
@@ -39,6 +55,11 @@ def _is_property(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
         if text.endswith(("property", ".setter", ".deleter")):
             return True
     return False
+
+
+def _is_entry_point(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A Flask view or a click command: documented, but without a Parameters section."""
+    return any(ENTRY_POINT.match(ast.unparse(d)) for d in node.decorator_list)
 
 
 def _is_staticmethod(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
@@ -108,7 +129,7 @@ def _problems(path: Path, root: Path = ROOT) -> list[str]:
         if isinstance(node, ast.ClassDef):
             continue
         params = _parameters(node, is_method)
-        if not params:
+        if not params or _is_entry_point(node):
             continue
         section = _section(doc, "Parameters")
         if section is None:
@@ -132,7 +153,7 @@ def test_public_api_has_numpy_docstrings(path: Path) -> None:
 
 def test_checker_catches_a_missing_section(tmp_path: Path) -> None:
     """The checker itself: an undocumented parameter and a missing docstring are reported,
-    a property and a dunder are not."""
+    a property, a dunder, a Flask view and a click command are not."""
     src = tmp_path / "mod.py"
     src.write_text(
         "class A:\n"
@@ -148,6 +169,12 @@ def test_checker_catches_a_missing_section(tmp_path: Path) -> None:
         '    """F.\n\n    Parameters\n    ----------\n    a : int\n    """\n'
         "def g():\n"
         "    pass\n"
+        "@bp.get('/v1/x')\n"
+        "def view(x):\n"
+        '    """Answers x."""\n'
+        "@click.command()\n"
+        "def cmd(y):\n"
+        '    """Does y."""\n'
     )
     problems = _problems(src, root=tmp_path)
     assert len(problems) == 3, problems

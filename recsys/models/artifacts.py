@@ -446,6 +446,8 @@ def model_nbytes(obj: Any, _depth: int = 0) -> int:
     ----------
     obj : object
         A model (its attributes are searched a few levels deep), or an array or tensor.
+    _depth : int, optional
+        Recursion depth (internal: callers leave it at 0).
 
     Returns
     -------

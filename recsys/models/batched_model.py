@@ -24,8 +24,19 @@ log = logging.getLogger(__name__)
 
 def stack_csr(mats: list) -> sp.csr_matrix:
     """``sp.vstack(mats, format="csr")`` for CSR matrices of equal width, by concatenating
-    their arrays: several times cheaper than ``sp.vstack`` for small batches
-    (docs/design-notes.md)."""
+    their arrays (cheaper than ``sp.vstack`` for small batches: docs/design-notes.md).
+
+    Parameters
+    ----------
+    mats : list of scipy.sparse matrix
+        At least one matrix; any that is not a ``csr_matrix`` of the first one's width makes
+        this fall back to ``sp.vstack``.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        Shape ``(sum of the row counts, width)``: the rows of ``mats`` in order.
+    """
     width = mats[0].shape[1]
     if any(type(m) is not sp.csr_matrix or m.shape[1] != width for m in mats):
         return sp.vstack(mats, format="csr")
@@ -95,6 +106,9 @@ class BatchedModel(Strategy):
         return getattr(self.inner, attr)
 
     def score(self, users: UserBatch) -> np.ndarray:
+        """See ``Strategy.score``: the request joins a micro-batch (or runs unbatched once the
+        batcher is closed); raises ``TimeoutError`` past ``timeout_s``.
+        """
         try:
             return self._batcher.submit(users, timeout=self.timeout_s)
         except BatcherClosed:
@@ -138,24 +152,49 @@ class BatchedModel(Strategy):
             log.exception("%s: could not move to CUDA; serving on the CPU", self.name)
 
     def close(self) -> None:
+        """Close the micro-batcher: refuse new batches, finish the queued ones.
+
+        Returns
+        -------
+        None
+        """
         self._batcher.close()
 
     def batcher_stats(self) -> dict[str, Any]:
+        """The micro-batcher's counters (``MicroBatcher.stats``).
+
+        Returns
+        -------
+        dict
+            Batches, requests, timeouts, errors, batch sizes and queue waits of this process.
+        """
         return self._batcher.stats()
 
     # The Strategy contract; a served model is never trained or saved through the wrapper.
     def fit(self, data):  # pragma: no cover - not used at serve time
+        """See ``Strategy.fit``: always raises ``TypeError`` (fit the inner model)."""
         raise TypeError("BatchedModel wraps a fitted model; fit the inner model")
 
     def similar_items(self, items: np.ndarray, n: int = 10):
+        """See ``Strategy.similar_items``: the inner model's answer, unbatched."""
         return self.inner.similar_items(items, n)
 
     def get_params(self) -> dict[str, Any]:
+        """The inner model's parameters (``Strategy.get_params``).
+
+        Returns
+        -------
+        dict
+            The inner model's ``get_params()``.
+        """
         return self.inner.get_params()
 
     def save(self, path: str) -> None:  # pragma: no cover
+        """See ``Strategy.save``: saves the inner model."""
         self.inner.save(path)
 
     @classmethod
     def load(cls, path: str):  # pragma: no cover
+        """See ``Strategy.load``: always raises ``TypeError`` (load the inner strategy, then
+        wrap it)."""
         raise TypeError("load the inner strategy, then wrap it")

@@ -176,7 +176,14 @@ class MicroBatcher(Generic[X, Y]):
             self._init_state()
 
     def stats(self) -> dict[str, Any]:
-        """Counters for metrics and benchmarks (this process only)."""
+        """Counters for metrics and benchmarks (this process only).
+
+        Returns
+        -------
+        dict
+            ``name``, ``batches``, ``requests``, ``timeouts``, ``errors``, ``mean_batch_size``,
+            ``batch_sizes`` (size -> count), ``mean_queue_wait_s`` (seconds) and the thread state.
+        """
         with self._cond:
             return {
                 "name": self.name,
@@ -201,9 +208,27 @@ class MicroBatcher(Generic[X, Y]):
     def submit(self, x: X, timeout: float | None = None) -> Y:
         """Queue ``x``, block until its batch ran, return its result.
 
-        Raises ``TimeoutError`` if no result came within ``timeout`` seconds (the request is
-        then skipped if its batch has not started), the exception ``fn`` raised for the batch,
-        or ``BatcherClosed`` after ``close()``.
+        Parameters
+        ----------
+        x : X
+            One request, passed to ``fn`` in a list with the batch's others.
+        timeout : float or None, optional
+            Seconds to wait for the result; None: no limit.
+
+        Returns
+        -------
+        Y
+            ``fn``'s result for ``x``.
+
+        Raises
+        ------
+        TimeoutError
+            No result came within ``timeout`` (the request is then skipped if its batch has not
+            started).
+        BatcherClosed
+            After ``close()``.
+        Exception
+            Whatever ``fn`` raised for the batch.
         """
         if self._pid != os.getpid():
             self._reset_after_fork()
@@ -264,7 +289,14 @@ class MicroBatcher(Generic[X, Y]):
     def close(self, timeout: float | None = 5.0) -> None:
         """Refuse new requests, finish the queued ones, stop the threads.
 
-        ``timeout`` bounds the whole wait, not each thread's.
+        Parameters
+        ----------
+        timeout : float or None, optional
+            Seconds to wait for the threads, in all (not each thread's); None: no limit.
+
+        Returns
+        -------
+        None
         """
         with self._cond:
             self._closed = True

@@ -261,6 +261,10 @@ def retire(slot: Slot) -> None:
     ----------
     slot : Slot
         The slot no longer held.
+
+    Returns
+    -------
+    None
     """
     if isinstance(slot.loaded.model, BatchedModel):
         slot.loaded.model.close()

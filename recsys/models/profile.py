@@ -58,13 +58,26 @@ class ServingProfile:
 
     # -- what it means for serving ----------------------------------------------------------
     def strategies(self) -> list[str]:
-        """Strategies some route calls (weight > 0), plus popular (the request path's fallback)."""
+        """Strategies some route calls (weight > 0), plus popular (the request path's fallback).
+
+        Returns
+        -------
+        list of str
+            Strategy names, sorted.
+        """
         names = {s for r in self.routes for s, w in r["weights"].items() if w > 0}
         names.add("popular")
         return sorted(names)
 
     def serving_overrides(self) -> dict[str, Any]:
-        """The ``ServingConfig.with_overrides`` dict this profile stands for."""
+        """The ``ServingConfig.with_overrides`` dict this profile stands for.
+
+        Returns
+        -------
+        dict
+            ``strategies`` (each called strategy enabled at weight 1), ``routing`` (routes and
+            blend) and ``profile`` (this version, None before it is stored).
+        """
         return {
             "strategies": {s: {"enabled": True, "weight": 1.0} for s in self.strategies()},
             "routing": {"routes": [dict(r) for r in self.routes], "blend": self.blend},
@@ -72,24 +85,65 @@ class ServingProfile:
         }
 
     def check(self) -> Self:
-        """Validate the routes through ``ServingConfig`` (raises ValueError with the reason)."""
+        """Validate the routes through ``ServingConfig`` (raises ValueError with the reason).
+
+        Returns
+        -------
+        ServingProfile
+            ``self``, valid.
+
+        Raises
+        ------
+        ValueError
+            Routes ``ServingConfig`` refuses (the message says why).
+        """
         from recsys.core.config import ServingConfig
 
         ServingConfig.default().with_overrides(self.serving_overrides())
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """The profile as the JSON object ``profile.json`` holds.
+
+        Returns
+        -------
+        dict
+            ``format`` plus every field of the dataclass.
+        """
         return {"format": FORMAT, **asdict(self)}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Self:
+        """A profile from what ``to_dict`` wrote, checked (unknown keys are ignored).
+
+        Parameters
+        ----------
+        raw : dict
+            The parsed ``profile.json``.
+
+        Returns
+        -------
+        ServingProfile
+            The validated profile.
+
+        Raises
+        ------
+        ValueError
+            Not a profile of this ``FORMAT``, or routes that ``ServingConfig`` refuses.
+        """
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise ValueError(f"not a serving profile of format {FORMAT}")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in raw.items() if k in known}).check()
 
     def summary(self) -> str:
-        """One line per route, for the CLI and logs."""
+        """One line per route, for the CLI and logs.
+
+        Returns
+        -------
+        str
+            One indented line per route: its history span, blend and nonzero weights.
+        """
         lines = []
         lo = 0
         for r in self.routes:
@@ -102,9 +156,27 @@ class ServingProfile:
 
     # -- repository persistence (the Strategy-like part the repository calls) ----------------
     def get_params(self) -> dict[str, Any]:
+        """What the repository records as the version's params.
+
+        Returns
+        -------
+        dict
+            ``routes``, ``blend`` and ``params``.
+        """
         return {"routes": self.routes, "blend": self.blend, "params": self.params}
 
     def save(self, path: str) -> None:
+        """Write ``profile.json`` and ``params.json`` into ``path`` (created if missing).
+
+        Parameters
+        ----------
+        path : str
+            The version's artifact folder.
+
+        Returns
+        -------
+        None
+        """
         os.makedirs(path, exist_ok=True)
         with open(os.path.join(path, PROFILE_FILE), "w") as f:
             json.dump(self.to_dict(), f, indent=1, sort_keys=True, default=_json_default)
@@ -113,6 +185,23 @@ class ServingProfile:
 
     @classmethod
     def load(cls, path: str) -> Self:
+        """Read the profile ``save`` wrote into ``path``.
+
+        Parameters
+        ----------
+        path : str
+            The version's artifact folder.
+
+        Returns
+        -------
+        ServingProfile
+            The validated profile (its ``version`` is set by ``load_profile``).
+
+        Raises
+        ------
+        OSError, ValueError
+            Missing file, bad JSON, or not a valid profile.
+        """
         with open(os.path.join(path, PROFILE_FILE)) as f:
             return cls.from_dict(json.load(f))
 
@@ -129,7 +218,22 @@ def _json_default(x: Any) -> Any:
 
 # -- the repository side -------------------------------------------------------------------------
 def save_profile(repo, profile: ServingProfile, actor: str = "cli") -> str:
-    """Store ``profile`` as a new (inactive) version; returns its version id."""
+    """Store ``profile`` as a new (inactive) version.
+
+    Parameters
+    ----------
+    repo : ModelRepository
+        Where the version is stored.
+    profile : ServingProfile
+        The profile (checked first; its ``version`` is set to the new id).
+    actor : str, optional
+        Who stores it.
+
+    Returns
+    -------
+    str
+        The new version id.
+    """
     profile.check()
     metrics = dict(profile.validation.get("overall", {}))
     metrics["guard"] = profile.guard.get("verdict")
@@ -139,7 +243,25 @@ def save_profile(repo, profile: ServingProfile, actor: str = "cli") -> str:
 
 
 def load_profile(repo, version: str) -> ServingProfile:
-    """Verify (manifest and file checksums, the SQL row being the root of trust) then load."""
+    """Verify (manifest and file checksums, the SQL row being the root of trust) then load.
+
+    Parameters
+    ----------
+    repo : ModelRepository
+        The repository holding the profile.
+    version : str
+        The profile's version id.
+
+    Returns
+    -------
+    ServingProfile
+        The profile, its ``version`` set.
+
+    Raises
+    ------
+    ModelError
+        Unknown version, failed verification, or an unreadable profile.
+    """
     path = repo.verified_path(PROFILE_KIND, version)
     try:
         profile = ServingProfile.load(path)
@@ -150,11 +272,35 @@ def load_profile(repo, version: str) -> ServingProfile:
 
 
 def active_profile(repo) -> ServingProfile | None:
+    """The active serving profile, verified and loaded.
+
+    Parameters
+    ----------
+    repo : ModelRepository
+        The repository holding the profiles.
+
+    Returns
+    -------
+    ServingProfile or None
+        The active profile; None when none is active.
+    """
     version = repo.active_version(PROFILE_KIND)
     return load_profile(repo, version) if version else None
 
 
 def list_profiles(repo) -> list[dict[str, Any]]:
+    """Every stored serving profile (``ModelRepository.list_versions`` of the profile kind).
+
+    Parameters
+    ----------
+    repo : ModelRepository
+        The repository holding the profiles.
+
+    Returns
+    -------
+    list of dict
+        One description per version, oldest first.
+    """
     return repo.list_versions(PROFILE_KIND)
 
 
@@ -164,10 +310,31 @@ def _activate_models(repo, profile: ServingProfile, actor: str, verify: bool = T
 
 
 def activate_profile(repo, version: str, actor: str = "cli", reason: str = "") -> str | None:
-    """Make ``version`` the active profile (its models first); returns the previous profile.
+    """Make ``version`` the active profile (its models first).
 
-    Refuses (``ModelError``, nothing changed) a profile that fails its checksums or names a
-    model version that is missing or corrupt.
+    Every model the profile names is verified before any is activated.
+
+    Parameters
+    ----------
+    repo : ModelRepository
+        The repository holding the profile and its models.
+    version : str
+        The profile's version id.
+    actor : str, optional
+        Who activates it (audit log, activation history).
+    reason : str, optional
+        Why, recorded with the config version bump (default: a generated one).
+
+    Returns
+    -------
+    str or None
+        The previously active profile; None: there was none.
+
+    Raises
+    ------
+    ModelError
+        Nothing changed: the profile fails its checksums or names a model version that is
+        missing or corrupt.
     """
     profile = load_profile(repo, version)
     # Every model is verified before any is activated (so a corrupt one changes nothing),
@@ -179,7 +346,25 @@ def activate_profile(repo, version: str, actor: str = "cli", reason: str = "") -
 
 
 def rollback_profile(repo, actor: str = "cli") -> str:
-    """Re-activate the profile that was active before the current one (and its models)."""
+    """Re-activate the profile that was active before the current one (and its models).
+
+    Parameters
+    ----------
+    repo : ModelRepository
+        The repository holding the profiles.
+    actor : str, optional
+        Who rolls back.
+
+    Returns
+    -------
+    str
+        The version now active.
+
+    Raises
+    ------
+    ModelError
+        409 when no profile was active before this one.
+    """
     target = repo.rollback_target(PROFILE_KIND)
     if target is None:
         raise ModelError("nothing to roll back to: no profile was active before this one", 409)
@@ -190,7 +375,20 @@ def rollback_profile(repo, actor: str = "cli") -> str:
 
 
 def deactivate_profile(repo, actor: str = "cli") -> str | None:
-    """Serve without a profile (the shipped cold/warm defaults); returns the one switched off."""
+    """Serve without a profile (the shipped cold/warm defaults).
+
+    Parameters
+    ----------
+    repo : ModelRepository
+        The repository holding the profiles.
+    actor : str, optional
+        Who deactivates it (audit log).
+
+    Returns
+    -------
+    str or None
+        The profile switched off; None when none was active (nothing changed).
+    """
     from recsys.store.models import AuditLog, ModelVersion
     from recsys.store.versions import bump
 
@@ -235,7 +433,23 @@ def _switch(repo, version: str, actor: str, kind: str, reason: str = "") -> str 
 
 
 def guard_note(s: Session, actor: str, profile: ServingProfile, activated: bool) -> None:
-    """Audit a tuning outcome (activated or held back by the guard, and why)."""
+    """Audit a tuning outcome (activated or held back by the guard, and why).
+
+    Parameters
+    ----------
+    s : Session
+        The session the audit row is added to (the caller commits).
+    actor : str
+        Who tuned.
+    profile : ServingProfile
+        The tuned profile (its ``version`` and ``guard`` verdict are recorded).
+    activated : bool
+        Whether it was activated.
+
+    Returns
+    -------
+    None
+    """
     from recsys.store.models import AuditLog
 
     s.add(

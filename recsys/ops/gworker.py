@@ -5,8 +5,8 @@ keep-alive clients (a load balancer's upstream pool, an API gateway, a benchmark
 connections) every request of a connection then goes to the worker that accepted it, and the
 kernel gives no fairness: a burst of new connections often lands on a single worker, which serves
 on one core while the others idle. (gunicorn's maintainers call this expected: benoitc/gunicorn
-#2817, #3071.) Measured on the 2-core box with `bench/serve_bench.py`: 8 keep-alive clients of
-cached recommendations all on one worker gave 1684 req/s against 5150 for /healthz spread 50/50.
+#2817, #3071.) Measured with `bench/serve_bench.py` (8 keep-alive clients of cached
+recommendations all on one worker, against /healthz spread evenly): docs/design-notes.md.
 
 :class:`BalancedThreadWorker` keeps gunicorn's ``gthread`` worker and adds one rule: a worker
 takes a new connection only while it holds no more open connections than the least loaded of its
@@ -56,7 +56,18 @@ def _alive(pid: int) -> bool:
 
 
 def claim_slot(pid: int) -> int | None:
-    """Take a free slot (or one whose holder died) for ``pid``; None if the table is full."""
+    """Take a free slot (or one whose holder died) for ``pid``.
+
+    Parameters
+    ----------
+    pid : int
+        The worker process id that holds the slot.
+
+    Returns
+    -------
+    int or None
+        The slot index; None if the table is full.
+    """
     with _SLOTS_LOCK:
         for i in range(MAX_WORKERS):
             holder = _PIDS[i]
@@ -69,6 +80,19 @@ def claim_slot(pid: int) -> int | None:
 
 
 def release_slot(slot: int, pid: int) -> None:
+    """Free ``slot`` if ``pid`` still holds it (a slot taken over since is left alone).
+
+    Parameters
+    ----------
+    slot : int
+        The slot index ``claim_slot`` returned.
+    pid : int
+        The worker process id that claimed it.
+
+    Returns
+    -------
+    None
+    """
     with _SLOTS_LOCK:
         if _PIDS[slot] == pid:
             _PIDS[slot] = 0
@@ -76,7 +100,20 @@ def release_slot(slot: int, pid: int) -> None:
 
 
 def fewest_elsewhere(slot: int) -> int | None:
-    """The smallest connection count among the other live workers (None: no other worker)."""
+    """The smallest connection count among the other live workers.
+
+    Slots of workers that died without releasing them are freed on the way.
+
+    Parameters
+    ----------
+    slot : int
+        This worker's slot, left out of the comparison.
+
+    Returns
+    -------
+    int or None
+        The fewest open connections of any other live worker; None: no other worker.
+    """
     best = None
     for i in range(_HIGH.value):
         pid = _PIDS[i]
@@ -92,6 +129,13 @@ def fewest_elsewhere(slot: int) -> int | None:
 
 
 def balance_enabled() -> bool:
+    """Whether accept balancing is on (``RECSYS_BALANCE_ACCEPT``, default true).
+
+    Returns
+    -------
+    bool
+        False when the variable is ``0``, ``false``, ``no`` or ``off``.
+    """
     return os.environ.get("RECSYS_BALANCE_ACCEPT", "true").strip().lower() not in {
         "0",
         "false",
@@ -120,7 +164,19 @@ class _CapturedErrorPage:
 
 
 def json_error_page(page: bytes) -> bytes | None:
-    """gunicorn's HTML error response as our JSON error shape (recsys.web.errors), or None."""
+    """gunicorn's HTML error response as our JSON error shape (recsys.web.errors).
+
+    Parameters
+    ----------
+    page : bytes
+        The raw HTTP response gunicorn wrote (status line, headers, HTML body).
+
+    Returns
+    -------
+    bytes or None
+        The same status as a complete HTTP response with a JSON body; None when the status
+        line cannot be parsed.
+    """
     head, _, _ = page.partition(b"\r\n")
     parts = head.decode("latin-1").split(" ", 2)
     if len(parts) < 3 or not parts[1].isdigit():
@@ -143,6 +199,9 @@ class BalancedThreadWorker(ThreadWorker):
     _slot: int | None = None
 
     def handle_error(self, req, client, addr, exc):
+        """See ``ThreadWorker.handle_error``: gunicorn decides and logs as usual, the page it
+        writes is sent in the API's JSON error shape.
+        """
         # gunicorn answers what it refuses itself (a request line over limit_request_line:
         # 414, too many or too large headers: 431, malformed requests: 400) with an HTML page.
         # Let it decide and log as usual, then send the same status in the API's JSON shape.
@@ -169,6 +228,9 @@ class BalancedThreadWorker(ThreadWorker):
         return fewest is not None and self.nr_conns > fewest
 
     def run(self):
+        """See ``ThreadWorker.run``: claims a balancing slot first (several workers, balancing on,
+        gunicorn >= 24) and releases it on exit.
+        """
         # Runs in the worker after fork (init_process ends by calling run()).
         if (
             self.cfg.workers > 1
@@ -186,6 +248,9 @@ class BalancedThreadWorker(ThreadWorker):
                 self._slot = None
 
     def set_accept_enabled(self, enabled):
+        """See ``ThreadWorker.set_accept_enabled``: declines to enable accepting while this worker
+        holds more connections than a sibling.
+        """
         # The base loop asks to (re-)enable accepting whenever it has room; decline while this
         # worker holds more connections than a sibling. It asks again on the next iteration.
         if enabled and self._balancing() and self.alive:
@@ -195,6 +260,9 @@ class BalancedThreadWorker(ThreadWorker):
         super().set_accept_enabled(enabled)
 
     def accept(self, listener):
+        """See ``ThreadWorker.accept``: a worker over its share leaves the connection in the
+        backlog for a sibling.
+        """
         # Checked before taking the connection: a worker over its share leaves it in the backlog,
         # where a sibling (woken by the same readiness) takes it.
         if self._balancing():
@@ -206,6 +274,9 @@ class BalancedThreadWorker(ThreadWorker):
         self._publish()
 
     def wait_for_and_dispatch_events(self, timeout):
+        """See ``ThreadWorker.wait_for_and_dispatch_events``: publishes this worker's connection
+        count, and looks again soon while paused only for balance.
+        """
         if self._balancing():
             self._publish()
             if not self._accepting and self.alive and self.nr_conns < self.worker_connections:

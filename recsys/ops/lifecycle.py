@@ -17,19 +17,50 @@ _after_fork_hooks: list = []
 
 
 def on_after_fork(fn):
-    """Register ``fn(app)`` to run in each worker right after fork."""
+    """Register ``fn(app)`` to run in each worker right after fork.
+
+    Parameters
+    ----------
+    fn : callable
+        Called with the Flask app (or None) in each worker after fork.
+
+    Returns
+    -------
+    callable
+        ``fn`` itself, so this can be used as a decorator.
+    """
     _after_fork_hooks.append(fn)
     return fn
 
 
 def run_after_fork_hooks(app: Flask | None = None) -> None:
-    """Run the registered hooks (``after_fork`` does, after the store's own reset)."""
+    """Run the registered hooks (``after_fork`` does, after the store's own reset).
+
+    Parameters
+    ----------
+    app : Flask or None, optional
+        Passed to each hook; None outside an app.
+
+    Returns
+    -------
+    None
+    """
     for hook in list(_after_fork_hooks):
         hook(app)
 
 
 def limit_threads(n: int = 1) -> None:
-    """BLAS and torch use one thread per worker: gunicorn already gives us parallelism."""
+    """BLAS and torch use one thread per worker: gunicorn already gives us parallelism.
+
+    Parameters
+    ----------
+    n : int, optional
+        Threads per process for BLAS, OpenMP and torch.
+
+    Returns
+    -------
+    None
+    """
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(n))
     try:

@@ -48,13 +48,30 @@ class RequestIdFilter(logging.Filter):
     """Puts the current request's id on every record (``-`` outside a request)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """See ``logging.Filter.filter``: sets ``record.request_id`` and keeps every record."""
         record.request_id = REQUEST_ID.get()
         return True
 
 
 def configure(level: str = "INFO", fmt: str = "json", stream=None) -> logging.Handler:
-    """Route the root logger to one handler on ``stream`` (stderr) in ``fmt``; idempotent (a
-    second call replaces the handler it installed)."""
+    """Route the root logger to one handler on ``stream`` in ``fmt``.
+
+    Idempotent: a second call replaces the handler it installed.
+
+    Parameters
+    ----------
+    level : str, optional
+        Root logger level name (``"INFO"``, ``"DEBUG"`` ...).
+    fmt : str, optional
+        ``"json"`` (one JSON object a line) or plain text.
+    stream : file-like or None, optional
+        Where records go; None: stderr.
+
+    Returns
+    -------
+    logging.Handler
+        The handler installed.
+    """
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, _CONFIGURED, False):
@@ -81,20 +98,58 @@ def configure(level: str = "INFO", fmt: str = "json", stream=None) -> logging.Ha
 
 
 def stage(name: str, seconds: float) -> None:
-    """Record a stage time of the current request (sent in ``Server-Timing``)."""
+    """Record a stage time of the current request (sent in ``Server-Timing``).
+
+    Parameters
+    ----------
+    name : str
+        The stage name (``Server-Timing`` metric name).
+    seconds : float
+        Its duration, in seconds.
+
+    Returns
+    -------
+    None
+    """
     stages = STAGES.get()
     if stages is not None:
         stages.append((name, seconds))
 
 
 def server_timing(stages: list[tuple[str, float]], total_s: float) -> str:
+    """The ``Server-Timing`` header value of a request.
+
+    Parameters
+    ----------
+    stages : list of (str, float)
+        ``(name, seconds)`` of each recorded stage, in order.
+    total_s : float
+        The whole request's duration, in seconds.
+
+    Returns
+    -------
+    str
+        ``"name;dur=<milliseconds>, ..., total;dur=<milliseconds>"``.
+    """
     parts = [f"{name};dur={seconds * 1e3:.2f}" for name, seconds in stages]
     parts.append(f"total;dur={total_s * 1e3:.2f}")
     return ", ".join(parts)
 
 
 def note(environ: dict, **fields: Any) -> None:
-    """Add ``fields`` (route, cached, degraded ...) to this request's access-log line."""
+    """Add ``fields`` (route, cached, degraded ...) to this request's access-log line.
+
+    Parameters
+    ----------
+    environ : dict
+        The WSGI environ of the request; nothing happens outside the access log's request.
+    **fields : Any
+        Field names and JSON-serialisable values added to the line.
+
+    Returns
+    -------
+    None
+    """
     access = environ.get(ACCESS_KEY)
     if access is not None:
         access.update(fields)
@@ -161,7 +216,17 @@ def configure_for(app: Flask) -> logging.Handler:
 
 def init_app(app: Flask) -> None:
     """The Flask side of the access log: the endpoint's rule and the recommendation route of
-    each request. Call last: ``RequestContext`` wraps everything else."""
+    each request. Call last: ``RequestContext`` wraps everything else.
+
+    Parameters
+    ----------
+    app : Flask
+        The application to instrument.
+
+    Returns
+    -------
+    None
+    """
 
     @app.after_request
     def _note(response):

@@ -156,7 +156,20 @@ IN_FLIGHT = Gauge(
 
 
 def observe_batch(size: int, queue_wait_s: float) -> None:
-    """Callback for the deep model's micro-batcher: one call per executed batch."""
+    """Callback for the deep model's micro-batcher: one call per executed batch.
+
+    Parameters
+    ----------
+    size : int
+        Requests in the batch.
+    queue_wait_s : float
+        How long the batch's first request waited before it ran, in seconds (negative
+        values count as 0).
+
+    Returns
+    -------
+    None
+    """
     BATCH_SIZE.observe(size)
     QUEUE_WAIT.observe(max(0.0, queue_wait_s))
 
@@ -168,7 +181,26 @@ def note_degraded(
     model_unavailable: bool = False,
     strategy_dropped: bool = False,
 ) -> bool:
-    """Count one degraded answer under its first reason; returns whether it is degraded."""
+    """Count one degraded answer under its first reason (in the parameters' order).
+
+    Parameters
+    ----------
+    shed : bool, optional
+        Overloaded: answered from cache or popularity only.
+    store_unavailable : bool, optional
+        SQL down: no history, popularity.
+    scoring_timeout : bool, optional
+        No scoring turn within the deadline: popularity.
+    model_unavailable : bool, optional
+        The route's model is not loaded: popularity.
+    strategy_dropped : bool, optional
+        A strategy raised or missed the deadline and was left out.
+
+    Returns
+    -------
+    bool
+        Whether the answer is degraded (any flag set).
+    """
     flags = (shed, store_unavailable, scoring_timeout, model_unavailable, strategy_dropped)
     for reason, flag in zip(DEGRADED_REASONS, flags, strict=True):
         if flag:
@@ -198,11 +230,28 @@ _zero_labels()
 
 
 def set_route(route: str) -> None:
-    """Record the cold/warm route of the current request for the latency histogram."""
+    """Record the cold/warm route of the current request for the latency histogram.
+
+    Parameters
+    ----------
+    route : str
+        The route label (``"cold"`` or ``"warm"``).
+
+    Returns
+    -------
+    None
+    """
     g.recsys_route = route
 
 
 def multiprocess_dir() -> str | None:
+    """The prometheus multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``).
+
+    Returns
+    -------
+    str or None
+        The directory; None when unset or empty (single-process metrics).
+    """
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
@@ -210,7 +259,18 @@ def exposition(*collectors) -> tuple[bytes, str]:
     """The text exposition: aggregated over every worker under gunicorn, else this process;
     plus ``collectors`` (metrics computed at scrape time, e.g. the active model versions).
     Process metrics (``process_*``): the default registry's for this process, or under
-    gunicorn every worker's and the master's, labelled by pid (recsys.ops.procmetrics)."""
+    gunicorn every worker's and the master's, labelled by pid (recsys.ops.procmetrics).
+
+    Parameters
+    ----------
+    *collectors : prometheus_client collector
+        Extra collectors registered for this scrape only.
+
+    Returns
+    -------
+    tuple of (bytes, str)
+        The exposition body and its content type.
+    """
     extra = CollectorRegistry()
     for collector in collectors:
         extra.register(collector)
@@ -227,7 +287,17 @@ def exposition(*collectors) -> tuple[bytes, str]:
 
 
 def mark_dead(pid: int) -> None:
-    """Called by gunicorn's ``child_exit`` so a dead worker's live gauges disappear."""
+    """Called by gunicorn's ``child_exit`` so a dead worker's live gauges disappear.
+
+    Parameters
+    ----------
+    pid : int
+        The worker process that exited. Nothing happens outside multiprocess mode.
+
+    Returns
+    -------
+    None
+    """
     if multiprocess_dir():
         from prometheus_client import multiprocess
 

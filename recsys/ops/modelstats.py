@@ -36,8 +36,20 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def stats_by_strategy(text: str | None = None) -> dict[str, dict[str, Any]]:
-    """``{strategy: {"loads", "load_failures", "load_seconds_mean", "scored",
-    "latency_ms": {"p50", "p95", "p99"}, "deadline_misses"}}`` (only strategies with any)."""
+    """Model load and scoring statistics per strategy, from the metrics exposition.
+
+    Parameters
+    ----------
+    text : str or None, optional
+        A text exposition to read; None: this process's (or the workers') own.
+
+    Returns
+    -------
+    dict
+        ``{strategy: {"loads", "load_failures", "load_seconds_mean", "scored",
+        "latency_ms": {"p50", "p95", "p99"}, "deadline_misses"}}`` (only strategies with
+        any); latencies are in milliseconds, None where unknown.
+    """
     if text is None:
         from recsys.ops import metrics
 

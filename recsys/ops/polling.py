@@ -2,8 +2,8 @@
 
 Each process polls a few small SQL rows (configuration and catalogue versions, active model
 versions, running experiments) every ``CONFIG_POLL_SECONDS``. Done inline, the request that
-happened to find the state stale paid the query (a pool checkout and a round trip or three,
-2-4 ms on the benchmark box), and with three such polls every half second a few percent of
+happened to find the state stale paid the query (a pool checkout and a round trip or three:
+docs/design-notes.md), and with three such polls every half second a few percent of
 all requests carried that delay, which is what a p99 shows. ``BackgroundPoll.trigger`` runs
 the refresh in a short-lived thread instead (at most one at a time per process) while the
 request serves the state it has, which is at most one poll interval old.
@@ -35,7 +35,13 @@ class BackgroundPoll:
         self.runs = 0  # refreshes finished (failed ones included)
 
     def trigger(self) -> bool:
-        """Start a refresh unless one is running. True if this call started one."""
+        """Start a refresh unless one is running. True if this call started one.
+
+        Returns
+        -------
+        bool
+            True if this call started a refresh; False when one was already running.
+        """
         pid = os.getpid()
         if self._pid != pid:
             # Forked: the thread that set _running (or held the lock) lives in the parent only.
@@ -60,7 +66,18 @@ class BackgroundPoll:
         return self._running
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until no refresh is running (an event, not a poll). False on timeout."""
+        """Block until no refresh is running (an event, not a poll).
+
+        Parameters
+        ----------
+        timeout : float or None, optional
+            Seconds to wait at most; None: no limit.
+
+        Returns
+        -------
+        bool
+            True once idle; False on timeout.
+        """
         with self._idle:
             return self._idle.wait_for(lambda: not self._running, timeout)
 

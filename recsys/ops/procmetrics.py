@@ -19,7 +19,13 @@ from prometheus_client.metrics_core import Metric
 
 def server_pids() -> list[int]:
     """This process's parent (the gunicorn master) and its children (the workers); just this
-    process where ``/proc`` cannot say."""
+    process where ``/proc`` cannot say.
+
+    Returns
+    -------
+    list of int
+        The master's pid then its workers' (sorted), or ``[os.getpid()]``.
+    """
     parent = os.getppid()
     try:
         with open(f"/proc/{parent}/task/{parent}/children") as f:
@@ -30,7 +36,18 @@ def server_pids() -> list[int]:
 
 
 class ServerProcessCollector:
+    """Prometheus collector of the ``process_*`` metrics of every server process (the gunicorn
+    master and its workers), each sample labelled by ``pid``.
+    """
+
     def collect(self) -> Iterator[Metric]:
+        """The process metric families, one sample per server process.
+
+        Returns
+        -------
+        Iterator[Metric]
+            One family per metric name, samples labelled with ``pid``.
+        """
         families: dict[str, Metric] = {}
         for pid in server_pids():
             collector = ProcessCollector(pid=lambda p=pid: p, registry=None)

@@ -34,7 +34,17 @@ _in_flight = 0
 
 @on_after_fork
 def reset_after_fork(_app=None) -> None:
-    """Forget the in-flight count inherited from the master (a lifecycle hook)."""
+    """Forget the in-flight count inherited from the master (a lifecycle hook).
+
+    Parameters
+    ----------
+    _app : Flask or None, optional
+        The app the hook is called with (unused).
+
+    Returns
+    -------
+    None
+    """
     global _in_flight
     with _lock:
         _in_flight = 0
@@ -42,6 +52,12 @@ def reset_after_fork(_app=None) -> None:
 
 # -- priorities and overload --------------------------------------------------------------------
 def request_started() -> None:
+    """Count one more request in flight in this process (and in the ``IN_FLIGHT`` gauge).
+
+    Returns
+    -------
+    None
+    """
     global _in_flight
     with _lock:
         _in_flight += 1
@@ -49,6 +65,12 @@ def request_started() -> None:
 
 
 def request_finished() -> None:
+    """Count one request fewer in flight in this process (never below 0).
+
+    Returns
+    -------
+    None
+    """
     global _in_flight
     with _lock:
         _in_flight = max(0, _in_flight - 1)
@@ -56,12 +78,34 @@ def request_finished() -> None:
 
 
 def in_flight() -> int:
-    """Requests being handled by this process now (including the caller's)."""
+    """Requests being handled by this process now (including the caller's).
+
+    Returns
+    -------
+    int
+        The in-flight count, at least 0.
+    """
     return _in_flight
 
 
 def parse_priority(value: str | None) -> str:
-    """``X-Priority`` header value -> ``low|normal|high`` (missing -> normal; bad -> 400)."""
+    """``X-Priority`` header value -> ``low|normal|high``.
+
+    Parameters
+    ----------
+    value : str or None
+        The header's value, case and surrounding spaces ignored; None or empty: ``normal``.
+
+    Returns
+    -------
+    str
+        One of ``PRIORITIES``.
+
+    Raises
+    ------
+    RecsysError
+        (400) a value that is not one of ``PRIORITIES``.
+    """
     if value is None or value == "":
         return "normal"
     p = value.strip().lower()
@@ -135,7 +179,24 @@ _latency_children: dict[tuple[str, str], object] = {}
 
 
 def observe_request(endpoint: str, route: str, status: str, seconds: float | None) -> None:
-    """Count one answered request and, unless ``seconds`` is None, its latency."""
+    """Count one answered request and, unless ``seconds`` is None, its latency.
+
+    Parameters
+    ----------
+    endpoint : str
+        The Flask endpoint name (not the raw path).
+    route : str
+        The recommendation route (``"cold"``, ``"warm"``; ``"none"`` where not a
+        recommendation).
+    status : str
+        The HTTP status code, as text.
+    seconds : float or None
+        The request's duration, in seconds; None: count it without a latency.
+
+    Returns
+    -------
+    None
+    """
     REQUESTS.labels(endpoint, status).inc()
     if seconds is None:
         return
@@ -147,7 +208,17 @@ def observe_request(endpoint: str, route: str, status: str, seconds: float | Non
 
 def init_app(app: Flask) -> None:
     """Time and count every Flask request (the endpoint name, not the raw path, keeps label
-    cardinality bounded) and keep the in-flight count."""
+    cardinality bounded) and keep the in-flight count.
+
+    Parameters
+    ----------
+    app : Flask
+        The application to instrument.
+
+    Returns
+    -------
+    None
+    """
 
     @app.before_request
     def _start_timer():

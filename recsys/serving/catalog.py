@@ -12,6 +12,9 @@ edit) without touching ``catalog_version``, so a title or price edit reaches the
 without invalidating any cached list: lists are cached as ids and scores, and
 ``Catalog.render_items`` adds the item fields to the serialised body at response time, from
 per-item JSON fragments built once per snapshot.
+
+Over 500 lines only through the numpy-style docstrings of its public API (about 320
+lines without them): the code is one unit, not split for length.
 """
 
 from __future__ import annotations
@@ -50,8 +53,23 @@ _NO_DATA: dict[str, Any] = {}
 
 
 def parse_fields(raw: str | None) -> tuple[str, ...] | None:
-    """``fields=`` as a tuple in ``ITEM_FIELDS`` order (None: the default set; ``""``: none);
-    raises ValueError naming an unknown field."""
+    """``fields=`` as a tuple in ``ITEM_FIELDS`` order.
+
+    Parameters
+    ----------
+    raw : str or None
+        Comma-separated field names; None: the default set; ``""``: none.
+
+    Returns
+    -------
+    tuple of str or None
+        The fields wanted, in ``ITEM_FIELDS`` order.
+
+    Raises
+    ------
+    ValueError
+        A field not in ``ITEM_FIELDS`` (named in the message).
+    """
     if raw is None:
         return DEFAULT_ITEM_FIELDS
     wanted = {f.strip() for f in raw.split(",") if f.strip()}
@@ -89,7 +107,23 @@ class Catalog:
 
     @classmethod
     def from_meta(cls, items, meta, version: int = 0) -> Catalog:
-        """From an IdMap and a features.interactions.ItemMeta (evaluation)."""
+        """From an IdMap and a features.interactions.ItemMeta (evaluation).
+
+        Parameters
+        ----------
+        items : IdMap
+            The item ids (``items.ids``).
+        meta : ItemMeta or None
+            Categories and availability aligned with ``items``; None: every item available,
+            without categories.
+        version : int, optional
+            The catalogue version the snapshot stands for.
+
+        Returns
+        -------
+        Catalog
+            The snapshot (without display data).
+        """
         rows = {}
         for i, ext in enumerate(items.ids):
             cats = tuple(meta.categories[i]) if meta is not None else ()
@@ -104,22 +138,79 @@ class Catalog:
         return str(item_id) in self._items
 
     def is_available(self, item_id: str) -> bool:
+        """Whether ``item_id`` may be recommended (unknown items count as available).
+
+        Parameters
+        ----------
+        item_id : str
+            The external item id.
+
+        Returns
+        -------
+        bool
+            Its availability; True for an item the catalogue lacks.
+        """
         row = self._items.get(item_id)
         return True if row is None else row[0]
 
     def categories(self, item_id: str) -> tuple[str, ...]:
+        """The item's categories, the primary one first.
+
+        Parameters
+        ----------
+        item_id : str
+            The external item id.
+
+        Returns
+        -------
+        tuple of str
+            Its categories; empty for an unknown item.
+        """
         row = self._items.get(item_id)
         return row[1] if row else ()
 
     def primary_category(self, item_id: str) -> str | None:
+        """The item's first category.
+
+        Parameters
+        ----------
+        item_id : str
+            The external item id.
+
+        Returns
+        -------
+        str or None
+            Its first category; None: none, or an unknown item.
+        """
         cats = self.categories(item_id)
         return cats[0] if cats else None
 
     def in_category(self, item_id: str, category: str) -> bool:
+        """Whether the item has ``category`` (compared case-insensitively).
+
+        Parameters
+        ----------
+        item_id : str
+            The external item id.
+        category : str
+            The category name.
+
+        Returns
+        -------
+        bool
+            True when any of its categories matches.
+        """
         want = category.casefold()
         return any(c.casefold() == want for c in self.categories(item_id))
 
     def known_categories(self) -> set[str]:
+        """Every category some item of the catalogue has.
+
+        Returns
+        -------
+        set of str
+            The category names, as stored.
+        """
         return set(self._category_index())
 
     def _category_index(self) -> dict[str, set[str]]:
@@ -132,9 +223,21 @@ class Catalog:
         return self._cat_index
 
     def allowed(self, idmap, category: str | None = None) -> np.ndarray | None:
-        """Indices of ``idmap`` that may be recommended (available, in ``category``).
+        """Indices of ``idmap`` that may be recommended (available, in ``category``). Cached per
+        IdMap.
 
-        ``None`` means "no restriction" (so strategies skip the masking work). Cached per IdMap.
+        Parameters
+        ----------
+        idmap : IdMap
+            The model's item id map.
+        category : str or None, optional
+            Only items of this category (case-insensitive); None: any.
+
+        Returns
+        -------
+        numpy.ndarray or None
+            Sorted integer indices into ``idmap``; None means "no restriction" (so strategies
+            skip the masking work).
         """
         key = category.casefold() if category else None
         with self._lock:
@@ -161,7 +264,18 @@ class Catalog:
 
     # -- display data ----------------------------------------------------------------------
     def item(self, item_id: str) -> dict[str, Any] | None:
-        """The item as ``GET /v1/items`` lists it, or None when the catalogue lacks it."""
+        """The item as ``GET /v1/items`` lists it.
+
+        Parameters
+        ----------
+        item_id : str
+            The external item id.
+
+        Returns
+        -------
+        dict or None
+            Its id, availability, categories and display data; None when the catalogue lacks it.
+        """
         row = self._items.get(item_id)
         if row is None:
             return None
@@ -192,8 +306,21 @@ class Catalog:
     def render_items(self, body: bytes, fields: tuple[str, ...]) -> bytes:
         """``body`` (a serialised list answer) with ``fields`` of each item added to the item's
         object: null (or empty) for an item the catalogue lacks. A split at each item, a dict
-        lookup and a join (half the time of a regex substitution: docs/design-notes.md); each
-        item's fragment is encoded once per snapshot and field set."""
+        lookup and a join (faster than a regex substitution: docs/design-notes.md); each
+        item's fragment is encoded once per snapshot and field set.
+
+        Parameters
+        ----------
+        body : bytes
+            The answer's JSON (compact, sorted keys).
+        fields : tuple of str
+            Fields of ``ITEM_FIELDS`` to add (``parse_fields``); empty: ``body`` unchanged.
+
+        Returns
+        -------
+        bytes
+            The answer with the fields spliced in.
+        """
         if not fields:
             return body
         memo = self._fragments.get(fields)
@@ -223,8 +350,24 @@ class Catalog:
         category: str | None = None,
         available: bool | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Up to ``limit`` items in id order after ``after``, filtered; and the id to continue
-        after (None at the end)."""
+        """Up to ``limit`` items in id order after ``after``, filtered.
+
+        Parameters
+        ----------
+        after : str or None
+            Start after this external id; None: from the first.
+        limit : int
+            Items at most.
+        category : str or None, optional
+            Only items of this category; None: any.
+        available : bool or None, optional
+            Only items of this availability; None: any.
+
+        Returns
+        -------
+        tuple of (list of dict, str or None)
+            The items (as ``item`` gives them) and the id to continue after (None at the end).
+        """
         if self._sorted_ids is None:
             self._sorted_ids = sorted(self._items)
         ids = self._sorted_ids
@@ -248,7 +391,22 @@ class Catalog:
         version: int,
         data: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> Catalog:
-        """A new snapshot with ``rows`` (and their ``data``) replaced."""
+        """A new snapshot with ``rows`` (and their ``data``) replaced; this one is left as is.
+
+        Parameters
+        ----------
+        rows : Iterable of (str, bool, tuple of str)
+            ``(external id, available, categories)`` of each changed item.
+        version : int
+            The new snapshot's catalogue version.
+        data : Mapping or None, optional
+            External id -> display data of the changed items; None: display data unchanged.
+
+        Returns
+        -------
+        Catalog
+            The new snapshot.
+        """
         items = dict(self._items)
         same = True
         for ext, avail, cats in rows:
@@ -300,7 +458,20 @@ class CatalogStore:
 
     def current(self, version: int, items_version: int = 0) -> Catalog:
         """The snapshot for shared catalogue ``version`` and item data ``items_version``
-        (refreshing from SQL if behind)."""
+        (refreshing from SQL if behind).
+
+        Parameters
+        ----------
+        version : int
+            The shared ``catalog_version``.
+        items_version : int, optional
+            The shared ``items_version``.
+
+        Returns
+        -------
+        Catalog
+            The snapshot of those versions.
+        """
         key = (version, items_version)
         if key == self._loaded_version:
             return self._catalog
@@ -341,7 +512,12 @@ class CatalogStore:
         log.debug("catalog at version %s (%d rows read, full=%s)", version, len(rows), full)
 
     def reset(self) -> None:
-        """Forget everything (after fork, or in tests) so the next call reloads fully."""
+        """Forget everything (after fork, or in tests) so the next call reloads fully.
+
+        Returns
+        -------
+        None
+        """
         self._lock = threading.Lock()  # an inherited lock may be held by a dead thread
         self._catalog = Catalog()
         self._loaded_version = None
@@ -349,8 +525,31 @@ class CatalogStore:
 
 
 def init_app(app: Flask) -> None:
+    """Make the app's catalogue store (``app.extensions["recsys.catalog"]``).
+
+    Parameters
+    ----------
+    app : Flask
+        The app.
+
+    Returns
+    -------
+    None
+    """
     app.extensions["recsys.catalog"] = CatalogStore(app)
 
 
 def get_catalog_store(app: Flask | None = None) -> CatalogStore:
+    """The app's catalogue store.
+
+    Parameters
+    ----------
+    app : Flask or None, optional
+        The app; None: ``current_app``.
+
+    Returns
+    -------
+    CatalogStore
+        The store ``init_app`` made.
+    """
     return (app or current_app).extensions["recsys.catalog"]

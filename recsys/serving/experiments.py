@@ -22,6 +22,9 @@
 * **Report.** Per variant: exposures, users, click-through (exposures with a click / exposures)
   and conversion (exposures with a cart or purchase / exposures) with Wilson 95% intervals, and
   each variant against the first (difference, Newcombe 95% interval, two-proportion z-test).
+
+Over 500 lines only through the numpy-style docstrings of its public API (about 300
+lines without them): the code is one unit, not split for length.
 """
 
 from __future__ import annotations
@@ -64,13 +67,41 @@ class ExperimentError(ValueError):
 
 # -- assignment ---------------------------------------------------------------------------------
 def bucket(experiment: str, user_id: str) -> float:
-    """The user's position in [0, 1) for this experiment (stable, experiment-specific)."""
+    """The user's position in [0, 1) for this experiment (stable, experiment-specific).
+
+    Parameters
+    ----------
+    experiment : str
+        The experiment's name.
+    user_id : str
+        The external user id.
+
+    Returns
+    -------
+    float
+        From the first 8 bytes of sha256 of the two; the same inputs always give the same value.
+    """
     digest = hashlib.sha256(f"{experiment}\0{user_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
 def assign(experiment: str, variants: list[dict[str, Any]], user_id: str) -> str | None:
-    """The variant name for ``user_id``, or None when the split leaves the user out."""
+    """The variant for ``user_id``: the first whose cumulative weight passes the user's bucket.
+
+    Parameters
+    ----------
+    experiment : str
+        The experiment's name.
+    variants : list of dict
+        ``[{"name", "weight", ...}, ...]``; weights are fractions summing to at most 1.
+    user_id : str
+        The external user id.
+
+    Returns
+    -------
+    str or None
+        The variant name; None when the split leaves the user out.
+    """
     b = bucket(experiment, user_id)
     edge = 0.0
     for v in variants:
@@ -82,6 +113,10 @@ def assign(experiment: str, variants: list[dict[str, Any]], user_id: str) -> str
 
 @dataclass(frozen=True)
 class ExperimentView:
+    """An experiment as read from SQL (immutable): ``variants`` (``[{"name", "weight",
+    "config"}, ...]``), ``status`` and its window (naive UTC; None: open-ended).
+    """
+
     name: str
     variants: list[dict[str, Any]]
     status: str
@@ -90,6 +125,18 @@ class ExperimentView:
     created_at: dt.datetime
 
     def is_active(self, now: dt.datetime) -> bool:
+        """Whether the experiment enrols users at ``now``.
+
+        Parameters
+        ----------
+        now : datetime
+            Naive UTC.
+
+        Returns
+        -------
+        bool
+            True when running and ``start_at <= now < stop_at`` (a None bound is open).
+        """
         if self.status != "running":
             return False
         if self.start_at is not None and now < self.start_at:
@@ -97,9 +144,29 @@ class ExperimentView:
         return not (self.stop_at is not None and now >= self.stop_at)
 
     def variant(self, name: str) -> dict[str, Any] | None:
+        """The variant named ``name``.
+
+        Parameters
+        ----------
+        name : str
+            The variant's name.
+
+        Returns
+        -------
+        dict or None
+            The variant's definition; None when there is none of that name.
+        """
         return next((v for v in self.variants if v["name"] == name), None)
 
     def to_dict(self) -> dict[str, Any]:
+        """The experiment as the admin API answers it.
+
+        Returns
+        -------
+        dict
+            ``name``, ``variants``, ``status``, ``active`` (now), and ``start_at``, ``stop_at``,
+            ``created_at`` as ISO 8601 UTC with ``Z`` (None: unset).
+        """
         return {
             "name": self.name,
             "variants": self.variants,
@@ -142,7 +209,23 @@ def _parse_time(value: Any, field: str) -> dt.datetime | None:
 
 
 def validate_definition(body: Any) -> dict[str, Any]:
-    """Check a create request; returns the normalised fields (ExperimentError if bad)."""
+    """Check a create request.
+
+    Parameters
+    ----------
+    body : Any
+        The request's JSON: ``name``, ``variants`` and optional ``start_at`` / ``stop_at``.
+
+    Returns
+    -------
+    dict
+        The normalised fields: ``name``, ``variants``, ``start_at``, ``stop_at``.
+
+    Raises
+    ------
+    ExperimentError
+        A field is missing or invalid (the message says which).
+    """
     from recsys.core.config import ServingConfig
 
     if not isinstance(body, dict):
@@ -189,6 +272,27 @@ def validate_definition(body: Any) -> dict[str, Any]:
 
 
 def create(s: Session, body: Any) -> ExperimentView:
+    """Create a running experiment (flushed; the caller commits).
+
+    Parameters
+    ----------
+    s : Session
+        The session.
+    body : Any
+        The create request (see ``validate_definition``).
+
+    Returns
+    -------
+    ExperimentView
+        The new experiment.
+
+    Raises
+    ------
+    ExperimentError
+        An invalid definition.
+    Conflict
+        An experiment of that name exists.
+    """
     fields = validate_definition(body)
     if s.scalar(select(Experiment.id).where(Experiment.name == fields["name"])) is not None:
         from recsys.errors import Conflict
@@ -201,6 +305,25 @@ def create(s: Session, body: Any) -> ExperimentView:
 
 
 def stop(s: Session, name: str) -> ExperimentView:
+    """Stop experiment ``name`` now (its ``stop_at`` becomes now unless already past).
+
+    Parameters
+    ----------
+    s : Session
+        The session (flushed; the caller commits).
+    name : str
+        The experiment's name.
+
+    Returns
+    -------
+    ExperimentView
+        The stopped experiment.
+
+    Raises
+    ------
+    NotFound
+        No experiment of that name.
+    """
     row = s.scalar(select(Experiment).where(Experiment.name == name))
     if row is None:
         from recsys.errors import NotFound
@@ -214,11 +337,37 @@ def stop(s: Session, name: str) -> ExperimentView:
 
 
 def list_all(s: Session) -> list[ExperimentView]:
+    """Every experiment, oldest first.
+
+    Parameters
+    ----------
+    s : Session
+        The session read from.
+
+    Returns
+    -------
+    list of ExperimentView
+        Ordered by creation time, then id.
+    """
     rows = s.scalars(select(Experiment).order_by(Experiment.created_at, Experiment.id)).all()
     return [_view(r) for r in rows]
 
 
 def get(s: Session, name: str) -> ExperimentView | None:
+    """Experiment ``name``.
+
+    Parameters
+    ----------
+    s : Session
+        The session read from.
+    name : str
+        The experiment's name.
+
+    Returns
+    -------
+    ExperimentView or None
+        The experiment; None when there is none of that name.
+    """
     row = s.scalar(select(Experiment).where(Experiment.name == name))
     return _view(row) if row else None
 
@@ -240,6 +389,14 @@ class ExperimentCache:
         self._poller = BackgroundPoll("experiments", self._refresh)
 
     def experiments(self) -> list[ExperimentView]:
+        """The experiments as last read; past ``ttl_s`` a background refresh is started (read now
+        only when nothing is loaded yet, after ``invalidate``, or with ``ttl_s`` 0).
+
+        Returns
+        -------
+        list of ExperimentView
+            Every experiment, oldest first.
+        """
         now = time.monotonic()
         if now - self._loaded_at >= self.ttl_s:
             if self._loaded_at == -math.inf or self.ttl_s <= 0:
@@ -265,10 +422,27 @@ class ExperimentCache:
             self._loaded_at = now
 
     def invalidate(self) -> None:
+        """Re-read the experiments on the next call (this process created or stopped one).
+
+        Returns
+        -------
+        None
+        """
         self._loaded_at = -math.inf
 
     def assignments(self, user_id: str) -> list[dict[str, Any]]:
-        """Every running experiment's assignment of this user (variant None: not enrolled)."""
+        """Every running experiment's assignment of this user.
+
+        Parameters
+        ----------
+        user_id : str
+            The external user id.
+
+        Returns
+        -------
+        list of dict
+            ``{"name", "variant"}`` per running experiment (variant None: not enrolled).
+        """
         now = utcnow()
         out = []
         for e in self.experiments():
@@ -277,7 +451,19 @@ class ExperimentCache:
         return out
 
     def resolve(self, user_id: str) -> dict[str, Any] | None:
-        """The assignment that serves this user: the oldest running experiment enrolling them."""
+        """The assignment that serves this user: the oldest running experiment enrolling them.
+
+        Parameters
+        ----------
+        user_id : str
+            The external user id.
+
+        Returns
+        -------
+        dict or None
+            ``{"experiment", "variant", "overrides"}`` (``overrides``: the variant's config,
+            or None); None when no running experiment enrols the user.
+        """
         now = utcnow()
         for e in self.experiments():
             if not e.is_active(now):
@@ -290,6 +476,18 @@ class ExperimentCache:
 
 
 def get_experiments(app: Flask) -> ExperimentCache:
+    """The app's experiment cache.
+
+    Parameters
+    ----------
+    app : Flask
+        The app.
+
+    Returns
+    -------
+    ExperimentCache
+        The cache kept in ``app.extensions``.
+    """
     return app.extensions["recsys.experiments"]
 
 
@@ -300,6 +498,13 @@ _NO_EXPOSURES: ContextVar[bool] = ContextVar("recsys_no_exposures", default=Fals
 
 @contextmanager
 def no_exposures() -> Iterator[None]:
+    """Record no exposure inside the ``with`` block (the operator console's previews).
+
+    Returns
+    -------
+    Iterator[None]
+        A context manager; the previous setting is restored on exit.
+    """
     token = _NO_EXPOSURES.set(True)
     try:
         yield
@@ -308,7 +513,25 @@ def no_exposures() -> Iterator[None]:
 
 
 def record_exposure(app: Flask, user_id: str, assignment: dict, response: dict) -> None:
-    """One Exposure row per list served to an enrolled user (cache hits included)."""
+    """One Exposure row per list served to an enrolled user (cache hits included).
+
+    Nothing is recorded for an empty list or inside ``no_exposures``.
+
+    Parameters
+    ----------
+    app : Flask
+        The app (its SQL session).
+    user_id : str
+        The external user id.
+    assignment : dict
+        What ``ExperimentCache.resolve`` returned (``experiment``, ``variant``).
+    response : dict
+        The answer's JSON (its ``items``' ``item_id`` are recorded).
+
+    Returns
+    -------
+    None
+    """
     from recsys.store import session_scope
 
     if _NO_EXPOSURES.get():

@@ -20,7 +20,31 @@ from recsys.store.models import Event, Exposure, Item, User
 
 
 def report(s: Session, name: str, window_s: float = DEFAULT_WINDOW_S) -> dict[str, Any]:
-    """Per-variant exposures, click-through and conversion for experiment ``name``."""
+    """Per-variant exposures, click-through and conversion for experiment ``name``.
+
+    Parameters
+    ----------
+    s : Session
+        The session read from.
+    name : str
+        The experiment's name.
+    window_s : float, optional
+        Attribution window, in seconds: an event counts for the user's latest exposure at or
+        before it, within this long.
+
+    Returns
+    -------
+    dict
+        ``experiment``, ``window_s``, ``variants`` (per-variant counts, rates and Wilson 95%
+        intervals), ``comparisons`` (each variant against the first: difference, Newcombe
+        interval, p-value, verdict), ``events`` (stored, attributed, unattributed counts by
+        type) and ``definitions``.
+
+    Raises
+    ------
+    NotFound
+        No experiment of that name.
+    """
     exp = get(s, name)
     if exp is None:
         from recsys.errors import NotFound
@@ -144,6 +168,18 @@ def report(s: Session, name: str, window_s: float = DEFAULT_WINDOW_S) -> dict[st
 
 
 def report_markdown(rep: dict[str, Any]) -> str:
+    """The report as Markdown: a table of variants, the verdicts and the event counts.
+
+    Parameters
+    ----------
+    rep : dict
+        What ``report`` returned.
+
+    Returns
+    -------
+    str
+        The Markdown text.
+    """
     e = rep["experiment"]
     lines = [
         f"# Experiment {e['name']} ({e['status']})",

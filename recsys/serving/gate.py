@@ -98,11 +98,31 @@ class ScoringGate:
                 self._cond.wait()
 
     def stats(self) -> dict[str, int]:
-        """Turns in use and callers waiting for one (for tests and diagnostics)."""
+        """Turns in use and callers waiting for one (for tests and diagnostics).
+
+        Returns
+        -------
+        dict of str to int
+            ``slots`` (0: no limit), ``busy`` (turns held) and ``waiting`` (callers queued).
+        """
         with self._cond:
             return {"slots": self.slots, "busy": self._busy, "waiting": len(self._jobs)}
 
     def acquire(self, priority: str = "normal", timeout_s: float | None = None) -> bool:
+        """Wait for a scoring turn (always granted at once without a slot limit).
+
+        Parameters
+        ----------
+        priority : str, optional
+            ``low``, ``normal`` or ``high``: higher priorities are served first.
+        timeout_s : float or None, optional
+            Seconds to wait at most; None: no limit.
+
+        Returns
+        -------
+        bool
+            True with a turn (``release`` it); False when none came within ``timeout_s``.
+        """
         if not self.slots:
             return True
         with self._cond:
@@ -110,6 +130,12 @@ class ScoringGate:
             return self._enter(_Job(object(), None, 0.0), priority, timeout_s) is _TAKEN
 
     def release(self) -> None:
+        """Give back a turn ``acquire`` granted, waking the waiters.
+
+        Returns
+        -------
+        None
+        """
         if not self.slots:
             return
         with self._cond:
@@ -126,8 +152,7 @@ class ScoringGate:
         timeout_s: float | None = None,
         max_batch: int = 8,
     ) -> tuple[bool, Any, float]:
-        """Score ``job`` in a turn, together with compatible waiters: ``(scored, result,
-        waited)``; ``scored`` is False when no turn came within ``timeout_s``.
+        """Score ``job`` in a turn, together with compatible waiters.
 
         The caller that gets a turn takes, besides its own job, up to ``max_batch - 1`` jobs of
         the same ``key`` still waiting (in turn order: priority, then arrival), and runs
@@ -137,6 +162,32 @@ class ScoringGate:
         waiter gets its own result (or the batch's error) without a turn of its own, however
         long the batch takes: its deadline is in the batch's. A waiter not taken gives up at
         its timeout. Without a slot limit there is no queue and nothing to combine.
+
+        Parameters
+        ----------
+        key : Any
+            Hashable; only jobs of equal keys are scored together.
+        job : Any
+            This caller's work, passed to ``run_batch``.
+        run_batch : callable
+            ``run_batch([(job, seconds waited), ...])`` -> one result per job, in order.
+        priority : str, optional
+            ``low``, ``normal`` or ``high``.
+        timeout_s : float or None, optional
+            Seconds to wait for a turn; None: no limit.
+        max_batch : int, optional
+            Jobs per batch at most, this caller's included.
+
+        Returns
+        -------
+        tuple of (bool, Any, float)
+            ``(scored, result, waited)``: ``scored`` is False (and ``result`` None) when no turn
+            came within ``timeout_s``; ``waited`` in seconds.
+
+        Raises
+        ------
+        RuntimeError
+            ``run_batch`` raised for a batch this job was taken into (the cause is chained).
         """
         t0 = time.perf_counter()
         if not self.slots:
@@ -192,8 +243,23 @@ class ScoringGate:
 
     @contextmanager
     def turn(self, priority: str = "normal", timeout_s: float | None = None):
-        """``with gate.turn(p, t) as waited:`` seconds waited for the turn, or None if none came
-        within ``timeout_s`` (the body then runs without a turn and should not score)."""
+        """A scoring turn for the duration of a ``with`` block.
+
+        ``with gate.turn(p, t) as waited:`` seconds waited for the turn, or None if none came
+        within ``timeout_s`` (the body then runs without a turn and should not score).
+
+        Parameters
+        ----------
+        priority : str, optional
+            ``low``, ``normal`` or ``high``.
+        timeout_s : float or None, optional
+            Seconds to wait at most; None: no limit.
+
+        Returns
+        -------
+        contextmanager
+            Yields the seconds waited (float) or None; the turn is released on exit.
+        """
         t0 = time.perf_counter()
         ok = self.acquire(priority, timeout_s)
         waited = time.perf_counter() - t0
@@ -215,7 +281,17 @@ _gate_key: tuple[int, int] | None = None  # (pid, slots) it was made for
 
 @on_after_fork
 def reset_after_fork(_app=None) -> None:
-    """Forget the gate inherited from the master (a lifecycle hook)."""
+    """Forget the gate inherited from the master (a lifecycle hook).
+
+    Parameters
+    ----------
+    _app : Flask or None, optional
+        The app the hook is called with (unused).
+
+    Returns
+    -------
+    None
+    """
     global _gate, _gate_key
     with _lock:
         _gate, _gate_key = None, None
@@ -223,7 +299,18 @@ def reset_after_fork(_app=None) -> None:
 
 def scoring_gate(slots: int) -> ScoringGate:
     """This process's gate, made on first use (and again after a fork, or for another setting).
-    ``SCORING_SLOTS`` unset is resolved by the caller (``recsys.models.runtime.scoring_slots``)."""
+
+    Parameters
+    ----------
+    slots : int
+        Concurrent scoring turns; 0: no limit. ``SCORING_SLOTS`` unset is resolved by the
+        caller (``recsys.models.runtime.scoring_slots``).
+
+    Returns
+    -------
+    ScoringGate
+        The shared gate for ``slots`` in this process.
+    """
     global _gate, _gate_key
     key = (os.getpid(), int(slots))
     if _gate_key != key:

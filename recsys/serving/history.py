@@ -72,7 +72,8 @@ def _history_stmt():
     )
 
 
-# Built once: constructing this statement costs more Python time (~1.7 ms) than running it.
+# Built once: constructing this statement costs more Python time than running it
+# (docs/design-notes.md).
 HISTORY_STMT = _history_stmt()
 
 
@@ -106,7 +107,20 @@ class ItemIds:
 
     def external(self, ids: list[int], cursor) -> list[str]:
         """The external ids of ``ids`` (row ids from ``events``), reading unknown ones with
-        ``cursor`` (one statement for all of them)."""
+        ``cursor`` (one statement for all of them).
+
+        Parameters
+        ----------
+        ids : list of int
+            Item row ids.
+        cursor : DB-API cursor
+            Used only when some id is not known yet.
+
+        Returns
+        -------
+        list of str
+            The external ids, in the order of ``ids``.
+        """
         ext = self._ext
         try:
             return [ext[i] for i in ids]
@@ -142,7 +156,29 @@ class HistoryReader:
         self, user_id: str, limit: int = DEFAULT_MAX_EVENTS, timeout_s: float | None = None
     ) -> UserHistory:
         """The user's last ``limit`` events, newest first. Unknown users get an empty history.
-        ``timeout_s``: give up (``DatabaseUnavailable``) after that long (see the module)."""
+
+        A dead pooled connection is retried once on a fresh pool.
+
+        Parameters
+        ----------
+        user_id : str
+            The external user id.
+        limit : int, optional
+            Events at most.
+        timeout_s : float or None, optional
+            Give up after this many seconds (see the module); capped by the guard's statement
+            timeout; None: that timeout only.
+
+        Returns
+        -------
+        UserHistory
+            The events, newest first.
+
+        Raises
+        ------
+        DatabaseUnavailable
+            The read timed out or the store's circuit is open.
+        """
         user_id = str(user_id)
         params = self.stmt.params({"user_id": user_id, "limit": int(limit)})
         if self.guard is not None and self.guard.statement_timeout_s > 0:
@@ -218,6 +254,18 @@ def _history(user_id: str, rows: list, items: list[str]) -> UserHistory:
 
 
 def get_history_reader(app) -> HistoryReader:
+    """The app's history reader, made on first use over the hot engine and the SQL guard.
+
+    Parameters
+    ----------
+    app : Flask
+        The app (``recsys.store.db.init_db`` ran on it).
+
+    Returns
+    -------
+    HistoryReader
+        The reader kept in ``app.extensions``.
+    """
     reader = app.extensions.get("recsys.history_reader")
     if reader is None:
         from recsys.store.db import get_guard, get_hot_engine
@@ -231,5 +279,22 @@ def get_history_reader(app) -> HistoryReader:
 def load_history(
     app, user_id: str, limit: int = DEFAULT_MAX_EVENTS, timeout_s: float | None = None
 ) -> UserHistory:
-    """The user's last ``limit`` events, newest first (``HistoryReader.load`` of ``app``)."""
+    """The user's last ``limit`` events, newest first (``HistoryReader.load`` of ``app``).
+
+    Parameters
+    ----------
+    app : Flask
+        The app whose history reader is used.
+    user_id : str
+        The external user id.
+    limit : int, optional
+        Events at most.
+    timeout_s : float or None, optional
+        Give up after this many seconds; None: the guard's statement timeout only.
+
+    Returns
+    -------
+    UserHistory
+        The events, newest first (empty for an unknown user).
+    """
     return get_history_reader(app).load(user_id, limit, timeout_s)

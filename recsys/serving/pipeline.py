@@ -13,6 +13,9 @@ and ``ResultCache.store`` keeps the answer and releases the lock. What a request
 Collaborators are injected by ``init_app`` (called from ``create_app``): the settings store
 (configuration and versions), the catalogue store, the model runtime (created lazily, once per
 process), the result cache and the history reader.
+
+Over 500 lines only through the numpy-style docstrings of its public API (about 370
+lines without them): the code is one unit, not split for length.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class RecommendationPipeline:
         Returns
         -------
         Snapshot
+            What this request serves with.
         """
         return timed("snapshot", self._snapshot)
 
@@ -138,7 +142,30 @@ class RecommendationPipeline:
         assignment: dict | None,
     ) -> dict[str, Any]:
         """What a per-user list depends on besides the user's history (``ResultCache`` keys on
-        this and the user; the history token guards the rest)."""
+        this and the user; the history token guards the rest).
+
+        Parameters
+        ----------
+        snap : Snapshot
+            The snapshot served with (its ``key``).
+        n : int
+            Items asked for.
+        offset : int
+            Items skipped.
+        category : str or None
+            The category filter; None: any.
+        exclude : list of str
+            External item ids left out (order does not matter).
+        explain : bool
+            Whether the answer carries explanations.
+        assignment : dict or None
+            The user's experiment assignment; None: not enrolled.
+
+        Returns
+        -------
+        dict
+            A compact JSON-able dict (``ResultCache.result_key`` hashes it).
+        """
         return {
             "n": n,
             "o": offset,
@@ -152,6 +179,20 @@ class RecommendationPipeline:
         }
 
     def context_of(self, ask: UserAsk, snap: Snapshot) -> dict[str, Any]:
+        """``cache_context`` of a parsed request.
+
+        Parameters
+        ----------
+        ask : UserAsk
+            The request.
+        snap : Snapshot
+            The snapshot served with.
+
+        Returns
+        -------
+        dict
+            The cache context.
+        """
         r = ask.req
         return self.cache_context(
             snap, r.n, r.offset, r.category, list(r.exclude), ask.explain, ask.assignment
@@ -163,6 +204,7 @@ class RecommendationPipeline:
         Parameters
         ----------
         user_id : str
+            The external user id.
         context : dict
             ``cache_context`` of the request.
 
@@ -175,7 +217,18 @@ class RecommendationPipeline:
 
     # -- the per-user list --------------------------------------------------------------------
     def resolve_assignment(self, user_id: str) -> dict | None:
-        """The user's experiment assignment (``recsys.serving.experiments``), or None."""
+        """The user's experiment assignment (``recsys.serving.experiments``).
+
+        Parameters
+        ----------
+        user_id : str
+            The external user id.
+
+        Returns
+        -------
+        dict or None
+            The assignment; None when not enrolled or no resolver is installed.
+        """
         resolver = self.app.extensions.get("recsys.variant_resolver")
         return resolver(user_id) if resolver else None
 
@@ -262,6 +315,20 @@ class RecommendationPipeline:
 
     # -- stages: turn_wait, then route, candidates, blend, rules (the Recommender) -------------
     def recommender(self, snap: Snapshot, overrides: dict | None = None) -> Recommender:
+        """A ``Recommender`` over the snapshot, its configuration with ``overrides`` applied.
+
+        Parameters
+        ----------
+        snap : Snapshot
+            The snapshot (config, catalogue, models).
+        overrides : dict or None, optional
+            A ServingConfig override (an experiment variant's); None: the snapshot's config.
+
+        Returns
+        -------
+        Recommender
+            Running strategies inline or in the deadline pool, recording stage times.
+        """
         cfg = snap.config.with_overrides(overrides) if overrides else snap.config
         return Recommender(
             snap.models, cfg, snap.catalog, runner=self._runner, on_stage=record_stage
@@ -284,16 +351,35 @@ class RecommendationPipeline:
     ) -> tuple[RecResult, bool]:
         """``Recommender.recommend`` in one of this worker's scoring turns (``SCORING_SLOTS``,
         ``ScoringGate.combine``), with the time spent waiting taken off the request's deadline.
-        ``(result, fell_back)``: when no turn comes within the deadline (or ``popular_only``:
-        shed, or the SQL store down), popularity only, computed without a turn (it is cheap),
-        and the caller marks the answer degraded.
+        When no turn comes within the deadline (or ``popular_only``: shed, or the SQL store
+        down), popularity only, computed without a turn (it is cheap), and the caller marks the
+        answer degraded.
 
         Whoever gets a turn also scores the requests waiting for one that would be scored
         exactly alike (``SCORING_BATCH_MAX`` in all): the same configuration, catalogue and
         models, the same priority and the same number of candidates per strategy. They go
         through ``Recommender.recommend_batch`` together, the path offline evaluation takes,
         and each gets the answer it would have got alone (the blend, rules and page are per
-        user; the int8 deep model pins its quantisation range, see ``strategies.deep``)."""
+        user; the int8 deep model pins its quantisation range, see ``strategies.deep``).
+
+        Parameters
+        ----------
+        snap : Snapshot
+            The snapshot served with.
+        overrides : dict or None
+            A ServingConfig override (an experiment variant's); None: none.
+        history : UserHistory
+            The user's history, newest first.
+        req : RecRequest
+            The request (its deadline, in seconds, and priority).
+        popular_only : bool, optional
+            Skip the models: popularity only, without a turn.
+
+        Returns
+        -------
+        tuple of (RecResult, bool)
+            ``(result, fell_back)``: ``fell_back`` is True when popularity stood in.
+        """
         if not popular_only:
             cfg = get_config(self.app)
             rec = self.recommender(snap, overrides)
@@ -347,7 +433,26 @@ class RecommendationPipeline:
         The body is built from ``RecResult.to_dict`` with exactly RecOut's fields and JSON
         types, for which the schema's dump is the identity (tests/web/test_api_recommend.py checks
         real answers against it), so it goes straight to Flask's JSON provider, skipping the
-        schema's dump (docs/design-notes.md)."""
+        schema's dump (docs/design-notes.md).
+
+        Parameters
+        ----------
+        result : RecResult
+            The answer.
+        user_id : str or None
+            The external user id; None: a guest or an item/popular list.
+        explain : bool
+            Include explanations.
+        degraded : bool
+            Mark the answer ``"degraded": true``.
+        assignment : dict or None, optional
+            The experiment assignment to name in the answer; None: none.
+
+        Returns
+        -------
+        bytes
+            The route (``cold``, ``warm`` ...), a newline, then the JSON body.
+        """
         return timed("render", self._render, result, user_id, explain, degraded, assignment)
 
     def _render(self, result, user_id, explain, degraded, assignment) -> bytes:
@@ -366,11 +471,42 @@ class RecommendationPipeline:
     @staticmethod
     def fields(snap: Snapshot, body: bytes, fields: tuple[str, ...]) -> bytes:
         """Stage fields: item data rendered after the cache, from the snapshot the answer was
-        keyed on."""
+        keyed on.
+
+        Parameters
+        ----------
+        snap : Snapshot
+            The snapshot the answer was keyed on.
+        body : bytes
+            The answer's JSON.
+        fields : tuple of str
+            Item fields to add (``catalog.parse_fields``).
+
+        Returns
+        -------
+        bytes
+            The answer with the fields (``Catalog.render_items``).
+        """
         return timed("fields", snap.catalog.render_items, body, fields)
 
     def expose(self, user_id: str, assignment: dict | None, body: bytes) -> None:
-        """Tell the experiments what a user in one was shown (``recsys.serving.experiments``)."""
+        """Tell the experiments what a user in one was shown (``recsys.serving.experiments``).
+
+        A failing hook is logged, never raised.
+
+        Parameters
+        ----------
+        user_id : str
+            The external user id.
+        assignment : dict or None
+            The user's assignment; None: not enrolled (nothing is recorded).
+        body : bytes
+            The answer's JSON.
+
+        Returns
+        -------
+        None
+        """
         hook = self.app.extensions.get("recsys.exposure_hook")
         if hook and assignment:
             try:
@@ -382,7 +518,24 @@ class RecommendationPipeline:
     def session_list(
         self, items: list[str], req: RecRequest, explain: bool, shed: bool
     ) -> tuple[str, bytes, Snapshot]:
-        """A guest session's list (never cached): ``(route, body, snapshot)``."""
+        """A guest session's list (never cached).
+
+        Parameters
+        ----------
+        items : list of str
+            External item ids of the session, used as a click history and excluded.
+        req : RecRequest
+            The request.
+        explain : bool
+            Include explanations.
+        shed : bool
+            The request was shed: popularity only.
+
+        Returns
+        -------
+        tuple of (str, bytes, Snapshot)
+            ``(route, body, snapshot)``.
+        """
         snap = self.snapshot()
         history = UserHistory.from_items(None, items, type="click")
         req = replace(req, exclude=list(req.exclude) + list(items))
@@ -393,10 +546,29 @@ class RecommendationPipeline:
         return route.decode(), body, snap
 
     def similar_list(self, item_id: str, n: int, explain: bool) -> tuple[bytes, bool, Snapshot]:
-        """Items similar to ``item_id``: ``(body, cached, snapshot)``; ``NotFound`` for an item
-        neither the catalogue nor any model knows. Lists depend only on the item, n and what is
-        served (config, catalogue, models): the serialised answer is kept per process under
-        that key, so a repeat is one lookup."""
+        """Items similar to ``item_id``. Lists depend only on the item, n and what is served
+        (config, catalogue, models): the serialised answer is kept per process under that key,
+        so a repeat is one lookup.
+
+        Parameters
+        ----------
+        item_id : str
+            The external item id.
+        n : int
+            Items asked for.
+        explain : bool
+            Include explanations.
+
+        Returns
+        -------
+        tuple of (bytes, bool, Snapshot)
+            ``(body, cached, snapshot)``.
+
+        Raises
+        ------
+        NotFound
+            An item neither the catalogue nor any model knows.
+        """
         snap = self.snapshot()
         key = f"{item_id}\x00{n}\x00{int(explain)}\x00{snap.key}"
         body = self._similar.mget([key])[0] if self._similar is not None else None
@@ -423,6 +595,24 @@ class RecommendationPipeline:
     def popular_list(
         self, n: int, category: str | None, offset: int, explain: bool
     ) -> tuple[bytes, Snapshot]:
+        """The popular list (never per user).
+
+        Parameters
+        ----------
+        n : int
+            Items asked for.
+        category : str or None
+            The category filter; None: any.
+        offset : int
+            Items skipped.
+        explain : bool
+            Include explanations.
+
+        Returns
+        -------
+        tuple of (bytes, Snapshot)
+            ``(body, snapshot)``.
+        """
         snap = self.snapshot()
         result = self.recommender(snap).popular(n=n, category=category, offset=offset)
         body = self.render(result, None, explain, degraded=False).partition(b"\n")[2]
@@ -437,7 +627,17 @@ def _slots(configured: Any) -> int:
 
 def init_app(app: Flask) -> None:
     """Build the app's pipeline from its collaborators (after settings, catalogue, cache and
-    runtime are set up)."""
+    runtime are set up).
+
+    Parameters
+    ----------
+    app : Flask
+        The app.
+
+    Returns
+    -------
+    None
+    """
     from recsys.models.runtime import get_runtime
     from recsys.serving.cache import get_cache
     from recsys.serving.catalog import get_catalog_store
@@ -458,4 +658,16 @@ def init_app(app: Flask) -> None:
 
 
 def get_pipeline(app: Flask) -> RecommendationPipeline:
+    """The app's pipeline.
+
+    Parameters
+    ----------
+    app : Flask
+        The app (``init_app`` ran on it).
+
+    Returns
+    -------
+    RecommendationPipeline
+        The pipeline kept in ``app.extensions``.
+    """
     return app.extensions[EXTENSION]

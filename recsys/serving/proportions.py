@@ -11,7 +11,22 @@ import math
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a proportion (click-through, conversion)."""
+    """Wilson score interval of a proportion (click-through, conversion).
+
+    Parameters
+    ----------
+    successes : int
+        Trials that succeeded.
+    trials : int
+        All trials.
+    z : float, optional
+        The normal quantile (the default gives a 95% interval).
+
+    Returns
+    -------
+    tuple of (float, float)
+        ``(low, high)`` within [0, 1]; both NaN when ``trials`` is 0 or less.
+    """
     if trials <= 0:
         return float("nan"), float("nan")
     p = successes / trials
@@ -22,7 +37,20 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
 
 
 def newcombe_difference(s1: int, n1: int, s2: int, n2: int) -> tuple[float, float, float]:
-    """p2 - p1 and its Newcombe (hybrid Wilson) 95% interval."""
+    """p2 - p1 and its Newcombe (hybrid Wilson) 95% interval.
+
+    Parameters
+    ----------
+    s1, n1 : int
+        Successes and trials of the first proportion.
+    s2, n2 : int
+        Successes and trials of the second.
+
+    Returns
+    -------
+    tuple of (float, float, float)
+        ``(difference, low, high)``; all NaN when either ``n`` is 0.
+    """
     if n1 == 0 or n2 == 0:
         return float("nan"), float("nan"), float("nan")
     p1, p2 = s1 / n1, s2 / n2
@@ -35,7 +63,20 @@ def newcombe_difference(s1: int, n1: int, s2: int, n2: int) -> tuple[float, floa
 
 
 def two_proportion_p(s1: int, n1: int, s2: int, n2: int) -> float:
-    """Two-sided p-value of the two-proportion z-test of s1/n1 against s2/n2."""
+    """Two-sided p-value of the two-proportion z-test of s1/n1 against s2/n2.
+
+    Parameters
+    ----------
+    s1, n1 : int
+        Successes and trials of the first proportion.
+    s2, n2 : int
+        Successes and trials of the second.
+
+    Returns
+    -------
+    float
+        The p-value; NaN when either ``n`` is 0, 1.0 when the pooled variance is 0.
+    """
     if n1 == 0 or n2 == 0:
         return float("nan")
     p = (s1 + s2) / (n1 + n2)

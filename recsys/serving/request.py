@@ -20,11 +20,34 @@ _CACHED = b'"cached":true'
 
 
 def is_degraded(body: bytes) -> bool:
+    """Whether a serialised answer is marked degraded.
+
+    Parameters
+    ----------
+    body : bytes
+        The answer's JSON body (compact, sorted keys).
+
+    Returns
+    -------
+    bool
+        True when it holds ``"degraded":true``.
+    """
     return _DEGRADED in body
 
 
 def mark_cached(body: bytes) -> bytes:
-    """A stored body (``"cached": false``) as a cache hit answers it."""
+    """A stored body (``"cached": false``) as a cache hit answers it.
+
+    Parameters
+    ----------
+    body : bytes
+        The stored JSON body (compact, sorted keys).
+
+    Returns
+    -------
+    bytes
+        The body with its ``cached`` key set to true.
+    """
     # Keys are sorted, so ``"cached"`` is the first key; an id containing the text has its
     # quotes escaped (``\\"``), so the first unescaped match is always the key itself.
     return body.replace(_NOT_CACHED, _CACHED, 1)
@@ -47,7 +70,18 @@ class Snapshot:
     def unloadable(self, result: RecResult) -> bool:
         """Whether a strategy the answer skipped has an active version that this process
         could not load (a corrupt or missing file): the list lacks a model it should have,
-        so it is degraded (and not cached), unlike a strategy with no active version."""
+        so it is degraded (and not cached), unlike a strategy with no active version.
+
+        Parameters
+        ----------
+        result : RecResult
+            The answer (its ``skipped`` strategies are looked at).
+
+        Returns
+        -------
+        bool
+            True when some skipped strategy is in ``wanted_versions``.
+        """
         return any(name in self.wanted_versions for name in result.skipped)
 
 
@@ -67,6 +101,10 @@ class UserAsk:
 
 @dataclass
 class UserAnswer:
+    """A per-user list answer: the ``route`` it took, the serialised ``body``, whether it came
+    from the cache, and the snapshot it was served with.
+    """
+
     route: str
     body: bytes
     cached: bool
@@ -74,9 +112,22 @@ class UserAnswer:
 
 
 def user_request(q: dict[str, Any], exclude: list[str], adm: Any) -> RecRequest:
-    """The ``RecRequest`` of a valid recommendations query (``RecQuery``'s fields, ``exclude``
-    already split) under ``adm``, the request's ``recsys.serving.admission.Admission``: the
-    view's and the fast path's."""
+    """The ``RecRequest`` of a valid recommendations query: the view's and the fast path's.
+
+    Parameters
+    ----------
+    q : dict
+        ``RecQuery``'s fields (``n``, ``offset``, ``category``, ``explain``), validated.
+    exclude : list of str
+        External item ids to leave out, already split.
+    adm : Admission
+        The request's ``recsys.serving.admission.Admission`` (its deadline and priority).
+
+    Returns
+    -------
+    RecRequest
+        The request the pipeline serves.
+    """
     return RecRequest(
         n=q["n"],
         offset=q["offset"],

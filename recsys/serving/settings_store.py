@@ -19,6 +19,9 @@ Storage:
 Each process polls the three versions with one small query at most every
 ``CONFIG_POLL_SECONDS`` (0.5 s by default) and reloads the configuration only when
 ``config_version`` moved, so a change reaches every worker of every server within a second.
+
+Over 500 lines only through the numpy-style docstrings of its public API (about 340
+lines without them): the code is one unit, not split for length.
 """
 
 from __future__ import annotations
@@ -57,7 +60,19 @@ STRATEGY_FIELDS = ("enabled", "weight")
 
 
 def read_overrides(s: Session) -> dict[str, Any]:
-    """The admin's overrides as a ServingConfig dict (only what an admin set)."""
+    """The admin's overrides as a ServingConfig dict (only what an admin set).
+
+    Parameters
+    ----------
+    s : Session
+        The session read from.
+
+    Returns
+    -------
+    dict
+        ``{"strategies": {name: {field: value}}, "routing": {...}}``, each key only when
+        something is set (empty: no override).
+    """
     strategies: dict[str, dict[str, Any]] = {}
     for row in s.scalars(select(StrategySetting)):
         if row.name not in STRATEGY_NAMES:
@@ -92,7 +107,12 @@ class SettingsStore:
         return self._versions is not None
 
     def reset(self) -> None:
-        """Forget cached state (after fork, tests): the next call polls and reloads."""
+        """Forget cached state (after fork, tests): the next call polls and reloads.
+
+        Returns
+        -------
+        None
+        """
         # A lock inherited across fork may be held by a thread that does not exist here.
         self._lock = threading.Lock()
         self._versions: Versions | None = None
@@ -108,7 +128,20 @@ class SettingsStore:
 
     # -- reading ----------------------------------------------------------------------------
     def versions(self, force: bool = False) -> Versions:
-        """Shared versions, re-read from SQL at most every ``poll_seconds``."""
+        """Shared versions, re-read from SQL at most every ``poll_seconds``.
+
+        Between polls requests get the versions held while a background thread polls.
+
+        Parameters
+        ----------
+        force : bool, optional
+            Read from SQL now, whatever the time since the last poll.
+
+        Returns
+        -------
+        Versions
+            The shared versions.
+        """
         now = self.clock()
         if not force and self._versions is not None and now - self._polled_at < self.poll_seconds:
             return self._versions
@@ -151,7 +184,13 @@ class SettingsStore:
 
     def config(self) -> ServingConfig:
         """The current merged configuration: defaults <- active serving profile <- admin
-        overrides. Re-read only when ``config_version`` moves (profile activations bump it)."""
+        overrides. Re-read only when ``config_version`` moves (profile activations bump it).
+
+        Returns
+        -------
+        ServingConfig
+            The merged configuration (shared until ``config_version`` moves).
+        """
         v = self.versions().config
         if self._config is not None and self._config_version == v:
             return self._config
@@ -201,16 +240,41 @@ class SettingsStore:
         return over
 
     def overrides(self) -> dict[str, Any]:
+        """The admin's overrides, read from SQL now (``read_overrides``).
+
+        Returns
+        -------
+        dict
+            A ServingConfig dict of only what an admin set.
+        """
         with self._session() as s:
             return read_overrides(s)
 
     # -- writing ----------------------------------------------------------------------------
     def changed(self) -> None:
-        """This process wrote a change elsewhere (a profile activation): re-read on next use."""
+        """This process wrote a change elsewhere (a profile activation): re-read on next use.
+
+        Returns
+        -------
+        None
+        """
         self._polled_at = 0.0
 
     def bump_version(self, reason: str, key: str = CONFIG_VERSION) -> int:
-        """Bump a shared version in its own transaction (model activations, cache epochs)."""
+        """Bump a shared version in its own transaction (model activations, cache epochs).
+
+        Parameters
+        ----------
+        reason : str
+            Why, stored with the version.
+        key : str, optional
+            Which shared version (``recsys.store.versions.VERSION_KEYS``).
+
+        Returns
+        -------
+        int
+            The new version (this process sees it on its next read).
+        """
         with self._session() as s, s.begin():
             v = bump(s, key, reason)
         self._polled_at = 0.0  # this process sees its own change on the next call
@@ -221,7 +285,23 @@ class SettingsStore:
     ) -> tuple[dict, dict]:
         """Apply ``{"als": {"enabled": false, "weight": 0.5}, ...}``; validated, audited.
 
-        Returns (before, after) effective strategy settings. Raises ValueError when invalid.
+        Parameters
+        ----------
+        patch : Mapping
+            Strategy name -> the fields to set (``enabled``, ``weight``).
+        actor : str
+            Who changes them (audit log).
+
+        Returns
+        -------
+        tuple of (dict, dict)
+            ``(before, after)`` effective strategy settings.
+
+        Raises
+        ------
+        ValueError
+            An empty patch, an unknown strategy or field, or a configuration ``ServingConfig``
+            refuses.
         """
 
         if not isinstance(patch, Mapping) or not patch:
@@ -253,7 +333,25 @@ class SettingsStore:
         return before, after
 
     def update_routing(self, patch: Mapping[str, Any], actor: str) -> tuple[dict, dict]:
-        """Apply a partial routing dict; validated, audited. Returns (before, after) routing."""
+        """Apply a partial routing dict; validated, audited.
+
+        Parameters
+        ----------
+        patch : Mapping
+            Routing keys to set (as in ``ServingConfig``'s ``routing``).
+        actor : str
+            Who changes them (audit log).
+
+        Returns
+        -------
+        tuple of (dict, dict)
+            ``(before, after)`` routing.
+
+        Raises
+        ------
+        ValueError
+            An empty patch, an unknown key, or a routing ``ServingConfig`` refuses.
+        """
 
         if not isinstance(patch, Mapping) or not patch:
             raise ValueError("body must be a non-empty object of routing settings")
@@ -276,9 +374,28 @@ class SettingsStore:
         return before, after
 
     def reset_strategy(self, name: str, fields: list[str] | None, actor: str) -> tuple[dict, dict]:
-        """Drop the admin's override of ``fields`` (None: all) of strategy ``name``, so they
-        take the serving profile's or the shipped value again; validated, audited. Returns
-        (before, after) effective settings of the reset fields. Raises ValueError."""
+        """Drop the admin's override of ``fields`` of strategy ``name``, so they take the serving
+        profile's or the shipped value again; validated, audited.
+
+        Parameters
+        ----------
+        name : str
+            The strategy.
+        fields : list of str or None
+            Fields to reset (``enabled``, ``weight``); None: all.
+        actor : str
+            Who resets them (audit log).
+
+        Returns
+        -------
+        tuple of (dict, dict)
+            ``(before, after)`` effective settings of the reset fields.
+
+        Raises
+        ------
+        ValueError
+            An unknown strategy or field, or a configuration ``ServingConfig`` refuses.
+        """
         if name not in STRATEGY_NAMES:
             raise ValueError(f"unknown strategy {name!r}; expected one of {list(STRATEGY_NAMES)}")
         fields = list(fields or STRATEGY_FIELDS)
@@ -309,7 +426,25 @@ class SettingsStore:
 
     def reset_routing(self, keys: list[str], actor: str) -> tuple[dict, dict]:
         """Drop the admin's routing overrides ``keys`` (back to the profile's or shipped value);
-        validated, audited. Returns (before, after) effective values. Raises ValueError."""
+        validated, audited.
+
+        Parameters
+        ----------
+        keys : list of str
+            Routing keys to reset.
+        actor : str
+            Who resets them (audit log).
+
+        Returns
+        -------
+        tuple of (dict, dict)
+            ``(before, after)`` effective values.
+
+        Raises
+        ------
+        ValueError
+            No key, an unknown key, or a routing ``ServingConfig`` refuses.
+        """
         if not keys:
             raise ValueError("name at least one routing key")
         if bad := sorted(set(keys) - set(DEFAULT_CONFIG["routing"])):
@@ -372,14 +507,50 @@ class SettingsStore:
 
 
 def init_app(app: Flask) -> None:
+    """Make the app's settings store (``app.extensions["recsys.settings"]``).
+
+    Parameters
+    ----------
+    app : Flask
+        The app.
+
+    Returns
+    -------
+    None
+    """
     app.extensions["recsys.settings"] = SettingsStore(app)
 
 
 def get_settings(app: Flask | None = None) -> SettingsStore:
+    """The app's settings store.
+
+    Parameters
+    ----------
+    app : Flask or None, optional
+        The app; None: ``current_app``.
+
+    Returns
+    -------
+    SettingsStore
+        The store ``init_app`` made.
+    """
     return (app or current_app).extensions["recsys.settings"]
 
 
 def bump_version(reason: str, app: Flask | None = None) -> int:
     """Bump the shared config version (e.g. after a model activation): caches keyed on it
-    are invalidated in every worker within ``CONFIG_POLL_SECONDS``."""
+    are invalidated in every worker within ``CONFIG_POLL_SECONDS``.
+
+    Parameters
+    ----------
+    reason : str
+        Why, stored with the version.
+    app : Flask or None, optional
+        The app; None: ``current_app``.
+
+    Returns
+    -------
+    int
+        The new config version.
+    """
     return get_settings(app).bump_version(reason)

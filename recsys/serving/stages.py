@@ -104,7 +104,19 @@ _stage_children: dict[str, Any] = {}
 
 
 def record_stage(name: str, seconds: float) -> None:
-    """One stage's time: the stage histogram and the request's ``Server-Timing`` header."""
+    """One stage's time: the stage histogram and the request's ``Server-Timing`` header.
+
+    Parameters
+    ----------
+    name : str
+        The stage's name (``PIPELINE_STAGES``).
+    seconds : float
+        Its duration, in seconds.
+
+    Returns
+    -------
+    None
+    """
     child = _stage_children.get(name)
     if child is None:
         child = _stage_children[name] = STAGE_LATENCY.labels(name)
@@ -121,6 +133,8 @@ def timed(name: str, fn: Callable[..., Any], *args: Any) -> Any:
         The stage's name (``PIPELINE_STAGES``).
     fn : callable
         The stage's work.
+    *args : Any
+        Passed to ``fn``.
 
     Returns
     -------

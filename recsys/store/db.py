@@ -25,6 +25,27 @@ from recsys.store.guard import Breaker, DbGuard, SocketWatchdog
 
 
 def make_engine(url: str, pre_ping: bool = True, guard: DbGuard | None = None, **kw) -> Engine:
+    """A SQLAlchemy engine for ``url``.
+
+    SQLite: WAL journal, foreign keys on, the file's folder created. PostgreSQL without a
+    guard: a plain pre-pinged pool; with a guard: its timeouts, watchdog and breaker.
+
+    Parameters
+    ----------
+    url : str
+        The database URL (``postgresql+psycopg://...`` or ``sqlite:///path``).
+    pre_ping : bool, optional
+        Check a pooled connection before handing it out (ignored by SQLite).
+    guard : DbGuard or None, optional
+        The bounds to apply (``recsys.store.guard``); None: unguarded.
+    **kw
+        Passed on to ``sqlalchemy.create_engine``.
+
+    Returns
+    -------
+    Engine
+        The new engine.
+    """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -88,12 +109,35 @@ def init_db(app: Flask) -> None:
 
 
 def get_engine(app: Flask | None = None) -> Engine:
+    """The app's main engine (sessions, writes, admin).
+
+    Parameters
+    ----------
+    app : Flask or None, optional
+        The app; None: ``current_app``.
+
+    Returns
+    -------
+    Engine
+        The engine ``init_db`` made.
+    """
     return (app or current_app).extensions["recsys.engine"]
 
 
 @contextmanager
 def session_scope(app: Flask | None = None) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
+    """A session that commits on success and rolls back on error.
+
+    Parameters
+    ----------
+    app : Flask or None, optional
+        The app; None: ``current_app``.
+
+    Returns
+    -------
+    Iterator[Session]
+        A context manager yielding the session; an exception is re-raised after the rollback.
+    """
     maker = (app or current_app).extensions["recsys.sessionmaker"]
     with maker() as session:
         try:
@@ -105,38 +149,120 @@ def session_scope(app: Flask | None = None) -> Iterator[Session]:
 
 
 def get_hot_engine(app: Flask | None = None) -> Engine:
-    """The engine of the request path's history read (see ``init_db``)."""
+    """The engine of the request path's history read (see ``init_db``).
+
+    Parameters
+    ----------
+    app : Flask or None, optional
+        The app; None: ``current_app``.
+
+    Returns
+    -------
+    Engine
+        The autocommit engine without pre-ping.
+    """
     return (app or current_app).extensions["recsys.hot_engine"]
 
 
 def dispose_engines(app: Flask, close: bool = True) -> None:
-    """Drop both pools' connections (``close=False``: forget them without closing: a forked
-    child must not touch its parent's sockets)."""
+    """Drop both pools' connections.
+
+    Parameters
+    ----------
+    app : Flask
+        The app whose engines are disposed.
+    close : bool, optional
+        Close the connections; False: forget them without closing (a forked child must not
+        touch its parent's sockets).
+
+    Returns
+    -------
+    None
+    """
     get_engine(app).dispose(close=close)
     get_hot_engine(app).dispose(close=close)
 
 
 def dispose_after_fork(app: Flask) -> None:
+    """In a forked worker: forget the parent's connections (without closing) and reset the breaker.
+
+    Parameters
+    ----------
+    app : Flask
+        The app whose engines and breaker are reset.
+
+    Returns
+    -------
+    None
+    """
     dispose_engines(app, close=False)
     get_breaker(app).reset()
 
 
 def get_guard(app: Flask | None = None) -> DbGuard:
-    """This process's bounds on the SQL store (``recsys.store.guard``)."""
+    """This process's bounds on the SQL store (``recsys.store.guard``).
+
+    Parameters
+    ----------
+    app : Flask or None, optional
+        The app; None: ``current_app``.
+
+    Returns
+    -------
+    DbGuard
+        The guard ``init_db`` made.
+    """
     return (app or current_app).extensions["recsys.db_guard"]
 
 
 def get_breaker(app: Flask | None = None) -> Breaker:
+    """This process's SQL circuit breaker (shared by both engines).
+
+    Parameters
+    ----------
+    app : Flask or None, optional
+        The app; None: ``current_app``.
+
+    Returns
+    -------
+    Breaker
+        The guard's breaker.
+    """
     return get_guard(app).breaker
 
 
 def get_watchdog(app: Flask | None = None) -> SocketWatchdog:
+    """This process's SQL socket watchdog.
+
+    Parameters
+    ----------
+    app : Flask or None, optional
+        The app; None: ``current_app``.
+
+    Returns
+    -------
+    SocketWatchdog
+        The guard's watchdog.
+    """
     return get_guard(app).watchdog
 
 
 def dialect_insert(s: Session, model):
     """``INSERT`` for ``model`` in the session's dialect (PostgreSQL or SQLite), so callers can
-    add ``on_conflict_do_nothing`` / ``returning``, which the generic insert lacks."""
+    add ``on_conflict_do_nothing`` / ``returning``, which the generic insert lacks.
+
+    Parameters
+    ----------
+    s : Session
+        The session whose bind's dialect is used.
+    model : type
+        The mapped class (or table) inserted into.
+
+    Returns
+    -------
+    Insert
+        The dialect's insert statement, without values.
+    """
     if s.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:

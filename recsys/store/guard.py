@@ -20,6 +20,9 @@ peer's kernel still answers them) end the wait. So:
 ``guard_engine`` wires both into a SQLAlchemy engine through its events (``do_connect``,
 ``checkout``, cursor execution), which also replaces SQLAlchemy's ``pool_pre_ping`` with one
 the watchdog bounds (SQLAlchemy pings before any hook could arm it).
+
+Over 500 lines only through the numpy-style docstrings of its public API (about 360
+lines without them): the code is one unit, not split for length.
 """
 
 from __future__ import annotations
@@ -69,7 +72,17 @@ class Watch:
 
 def cut_socket(fd: int) -> None:
     """Shut down the socket behind ``fd`` in both directions, leaving ``fd`` itself open (its
-    owner closes it; closing it here could close a reused descriptor)."""
+    owner closes it; closing it here could close a reused descriptor).
+
+    Parameters
+    ----------
+    fd : int
+        The socket's file descriptor; one already closed or not a socket is ignored.
+
+    Returns
+    -------
+    None
+    """
     dup = os.dup(fd)
     try:
         with socket.socket(fileno=dup) as s:
@@ -102,6 +115,20 @@ class SocketWatchdog:
             self._thread.start()
 
     def watch(self, fd: int, timeout_s: float) -> Watch:
+        """Cut the socket ``fd`` unless ``release`` is called within ``timeout_s``.
+
+        Parameters
+        ----------
+        fd : int
+            The socket's file descriptor.
+        timeout_s : float
+            Seconds from now (by the watchdog's clock) to the deadline; negative counts as 0.
+
+        Returns
+        -------
+        Watch
+            The handle to pass to ``release``.
+        """
         w = Watch(fd, self.clock() + max(0.0, timeout_s))
         if self._pid != os.getpid():  # forked: the parent's thread and lock are not ours
             self._reset()
@@ -116,19 +143,48 @@ class SocketWatchdog:
 
     @staticmethod
     def release(w: Watch) -> bool:
-        """Stop watching; True if the socket was cut (the operation timed out). After this
-        returns the watchdog never touches the socket again."""
+        """Stop watching. After this returns the watchdog never touches the socket again.
+
+        Parameters
+        ----------
+        w : Watch
+            The handle ``watch`` returned.
+
+        Returns
+        -------
+        bool
+            True if the socket was cut (the operation timed out).
+        """
         with w.lock:
             w.done = True
             return w.expired
 
     def wake(self) -> None:
-        """Look at the deadlines now (after an injected clock moved on)."""
+        """Look at the deadlines now (after an injected clock moved on).
+
+        Returns
+        -------
+        None
+        """
         with self._cond:
             self._cond.notify()
 
     @contextmanager
     def armed(self, fd: int | None, timeout_s: float) -> Iterator[Watch | None]:
+        """``watch`` for the duration of a ``with`` block, then ``release``.
+
+        Parameters
+        ----------
+        fd : int or None
+            The socket's file descriptor; None or negative: nothing is watched.
+        timeout_s : float
+            Seconds to the deadline.
+
+        Returns
+        -------
+        Iterator[Watch or None]
+            A context manager yielding the watch (None when nothing is watched).
+        """
         if fd is None or fd < 0:
             yield None
             return
@@ -184,7 +240,12 @@ class Breaker:
         self.reset()
 
     def reset(self) -> None:
-        """Closed, counters zeroed (a forked worker starts with its own view)."""
+        """Closed, counters zeroed (a forked worker starts with its own view).
+
+        Returns
+        -------
+        None
+        """
         self._lock = threading.Lock()
         self._state = "closed"
         self._consecutive = 0
@@ -199,6 +260,16 @@ class Breaker:
         return self._state
 
     def allow(self) -> bool:
+        """Whether the database may be used now.
+
+        Closed: yes. Open: no, until ``reset_s`` have passed; then one probe is let through
+        (another only if it does not report back within ``probe_lease_s``).
+
+        Returns
+        -------
+        bool
+            True to go ahead (then report ``success`` or ``failure``); False: refused (counted).
+        """
         if self._state == "closed":  # the hot path: no lock
             return True
         with self._lock:
@@ -217,6 +288,12 @@ class Breaker:
             return False
 
     def success(self) -> None:
+        """Report a successful use: the circuit closes and the failure count restarts.
+
+        Returns
+        -------
+        None
+        """
         if self._state == "closed" and not self._consecutive:
             return
         with self._lock:
@@ -225,6 +302,18 @@ class Breaker:
             self._state, self._consecutive, self._probe_at = "closed", 0, None
 
     def failure(self, why: str = "") -> None:
+        """Report a failed use: the circuit opens after ``failures`` in a row, or at once when the
+        probe failed.
+
+        Parameters
+        ----------
+        why : str, optional
+            What failed, for the log line when the circuit opens.
+
+        Returns
+        -------
+        None
+        """
         with self._lock:
             self._consecutive += 1
             if self._state == "probing" or (
@@ -240,18 +329,42 @@ class Breaker:
                 self._state, self._opened_at, self._probe_at = "open", self.clock(), None
 
     def retry_after(self) -> int:
-        """Whole seconds until the next probe (at least 1): the 503's ``Retry-After``."""
+        """Whole seconds until the next probe (at least 1): the 503's ``Retry-After``.
+
+        Returns
+        -------
+        int
+            Seconds, at least 1 (1 while closed).
+        """
         if self._state == "closed":
             return 1
         left = self.reset_s - (self.clock() - self._opened_at)
         return max(1, int(left + 0.999))
 
     def check(self) -> None:
-        """Raise ``DatabaseUnavailable`` unless ``allow()``."""
+        """Raise ``DatabaseUnavailable`` unless ``allow()``.
+
+        Returns
+        -------
+        None
+
+        Raises
+        ------
+        DatabaseUnavailable
+            The breaker refuses (``retry_after`` set).
+        """
         if not self.allow():
             raise DatabaseUnavailable(retry_after=self.retry_after())
 
     def stats(self) -> dict[str, Any]:
+        """The breaker's state and counters since the last ``reset``.
+
+        Returns
+        -------
+        dict
+            ``state`` (``"closed"``, ``"open"`` or ``"probing"``), ``opened``, ``refused`` and
+            ``probes`` (counts).
+        """
         return {
             "state": self._state,
             "opened": self.opened,
@@ -261,7 +374,18 @@ class Breaker:
 
 
 def socket_fd(dbapi_conn: Any) -> int | None:
-    """The socket of a DB-API connection (psycopg), or None (SQLite: nothing to watch)."""
+    """The socket of a DB-API connection (psycopg).
+
+    Parameters
+    ----------
+    dbapi_conn : Any
+        The raw DB-API connection.
+
+    Returns
+    -------
+    int or None
+        Its file descriptor; None when it has none or it is closed (SQLite: nothing to watch).
+    """
     fileno = getattr(dbapi_conn, "fileno", None)
     if fileno is None:
         return None
@@ -278,7 +402,25 @@ def guard_engine(
     statement_timeout_s: float,
     pre_ping: bool,
 ) -> None:
-    """Wire the watchdog and the breaker into ``engine`` (see the module docstring)."""
+    """Wire the watchdog and the breaker into ``engine`` (see the module docstring).
+
+    Parameters
+    ----------
+    engine : Engine
+        The engine to guard (event listeners are added to it).
+    watchdog : SocketWatchdog
+        Cuts sockets silent past a statement's deadline.
+    breaker : Breaker
+        Refuses connections and checkouts while the store is down.
+    statement_timeout_s : float
+        The server-side statement timeout, in seconds; 0: none (no client-side cut either).
+    pre_ping : bool
+        Ping a pooled connection on checkout (bounded by the watchdog).
+
+    Returns
+    -------
+    None
+    """
     dbapi = engine.dialect.loaded_dbapi
     # No statement timeout (0: batch work from the CLI): no client-side cut either.
     limit_s = statement_timeout_s + GRACE_S if statement_timeout_s > 0 else None
@@ -393,7 +535,15 @@ class DbGuard:
         return self.statement_timeout_ms / 1000.0
 
     def postgres_connect_args(self) -> dict[str, Any]:
-        """libpq parameters for the timeouts (connect, statement, lock, TCP)."""
+        """libpq parameters for the timeouts (connect, statement, lock, TCP).
+
+        Returns
+        -------
+        dict
+            ``connect_timeout`` (whole seconds), ``options`` (``statement_timeout`` and
+            ``lock_timeout`` in milliseconds, 0: none) and, with a statement timeout,
+            ``tcp_user_timeout`` (milliseconds).
+        """
         args: dict[str, Any] = {
             # libpq counts whole seconds (psycopg: at least 2).
             "connect_timeout": max(1, round(self.connect_timeout_s)),
@@ -409,4 +559,17 @@ class DbGuard:
         return args
 
     def apply(self, engine: Engine, pre_ping: bool) -> None:
+        """Guard ``engine`` with this guard's watchdog, breaker and statement timeout.
+
+        Parameters
+        ----------
+        engine : Engine
+            The engine to guard.
+        pre_ping : bool
+            Ping a pooled connection on checkout.
+
+        Returns
+        -------
+        None
+        """
         guard_engine(engine, self.watchdog, self.breaker, self.statement_timeout_s, pre_ping)

@@ -39,15 +39,28 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def utcnow() -> datetime:
+    """The current UTC time, naive (the columns are ``DateTime`` without time zone).
+
+    Returns
+    -------
+    datetime
+        Now, in UTC, without ``tzinfo``.
+    """
     return datetime.now(UTC).replace(tzinfo=None)
 
 
 class Base(DeclarativeBase):
+    """Declarative base of every table: the constraint naming convention, and JSON for
+    ``dict`` / ``list`` columns.
+    """
+
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
 class User(Base):
+    """A user, known by the client's ``external_id``; ``attributes`` is free-form JSON."""
+
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -58,6 +71,10 @@ class User(Base):
 
 
 class Item(Base):
+    """A catalogue item, known by the client's ``external_id``: display data, ``categories``
+    (the first is the primary one) and ``available`` (only available items are recommended).
+    """
+
     __tablename__ = "items"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -75,6 +92,10 @@ class Item(Base):
 
 
 class Event(Base):
+    """One interaction of a user with an item (``type``: one of ``EVENT_TYPES``; ``value``: a
+    rating, else 1.0; ``ts``: naive UTC). ``idem_key`` makes re-sent events insert nothing.
+    """
+
     __tablename__ = "events"
     __table_args__ = (
         CheckConstraint(
@@ -123,6 +144,11 @@ class Setting(Base):
 
 
 class ModelVersion(Base):
+    """A trained model version of a strategy: its artifact folder ``path``, the sha256 of its
+    manifest (the root of trust), params, metrics and training data snapshot; at most one
+    ``is_active`` per strategy.
+    """
+
     __tablename__ = "model_versions"
     __table_args__ = (UniqueConstraint("strategy", "version"),)
 
@@ -154,6 +180,10 @@ class ModelActivation(Base):
 
 
 class Experiment(Base):
+    """An A/B experiment: ``variants`` (``[{"name", "weight", "config"}, ...]``), ``status``
+    and an optional ``start_at`` / ``stop_at`` window (naive UTC; None: open-ended).
+    """
+
     __tablename__ = "experiments"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -167,6 +197,9 @@ class Experiment(Base):
 
 
 class Exposure(Base):
+    """One recommendation answer shown to a user under an experiment's variant (``items``: the
+    item ids shown)."""
+
     __tablename__ = "exposures"
     __table_args__ = (Index("ix_exposures_experiment_user", "experiment", "user_external_id"),)
 
@@ -179,6 +212,10 @@ class Exposure(Base):
 
 
 class AuditLog(Base):
+    """One administrative change: who (``actor``), what (``action``, ``target``) and the state
+    ``before`` / ``after`` (JSON, None: not recorded); see ``recsys.ops.audit``.
+    """
+
     __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

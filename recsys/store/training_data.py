@@ -56,7 +56,18 @@ def _catalog_stmt():
 
 
 def load_catalog(engine_or_session: Engine | Session) -> tuple[IdMap, ItemMeta]:
-    """Every item in the store, ordered by row id: the item IdMap and aligned ItemMeta."""
+    """Every item in the store, ordered by row id.
+
+    Parameters
+    ----------
+    engine_or_session : Engine or Session
+        Where to read from.
+
+    Returns
+    -------
+    tuple of (IdMap, ItemMeta)
+        The item IdMap (external ids) and the ItemMeta aligned with it.
+    """
     engine = _engine(engine_or_session)
     stmt = _catalog_stmt()
     with engine.connect() as conn:
@@ -88,6 +99,16 @@ def load_interactions(engine_or_session: Engine | Session) -> InteractionData:
     The item IdMap holds every item in the store (ordered by row id), so a model trained on it
     can score items nobody has interacted with yet; the user IdMap holds users with at least one
     event, ordered by row id. ``info`` carries the snapshot counts the model repository records.
+
+    Parameters
+    ----------
+    engine_or_session : Engine or Session
+        Where to read from.
+
+    Returns
+    -------
+    InteractionData
+        The events, their id maps, item metadata and ``info``.
     """
     engine = _engine(engine_or_session)
     dialect = engine.dialect.name
@@ -166,7 +187,19 @@ def load_interactions(engine_or_session: Engine | Session) -> InteractionData:
 
 
 def snapshot_info(data: InteractionData) -> dict[str, Any]:
-    """Counts and time range of a training set (what the repository's snapshot.json records)."""
+    """Counts and time range of a training set (what the repository's snapshot.json records).
+
+    Parameters
+    ----------
+    data : InteractionData
+        The training set.
+
+    Returns
+    -------
+    dict
+        ``users``, ``items``, ``events`` (counts), ``events_by_type`` (type -> count, nonzero
+        only), ``ts_min`` / ``ts_max`` (ISO 8601 UTC; None when there are no events).
+    """
     counts = np.bincount(data.event_type.astype(np.int64), minlength=len(EVENT_TYPES))
     info: dict[str, Any] = {
         "users": int(data.n_users),

@@ -27,6 +27,10 @@ VERSION_KEYS = (CONFIG_VERSION, CATALOG_VERSION, CACHE_EPOCH, ITEMS_VERSION)
 
 @dataclass(frozen=True)
 class Versions:
+    """The shared versions one poll read: ``config``, ``catalog``, ``epoch`` (the cache epoch)
+    and ``items`` (0: never bumped).
+    """
+
     config: int = 0
     catalog: int = 0
     epoch: int = 0
@@ -34,7 +38,23 @@ class Versions:
 
 
 def insert_ignore(s: Session, model, values: dict, key: str) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING on PostgreSQL and SQLite (row creation races)."""
+    """INSERT ... ON CONFLICT DO NOTHING on PostgreSQL and SQLite (row creation races).
+
+    Parameters
+    ----------
+    s : Session
+        The session (the caller's transaction).
+    model : type
+        The mapped class inserted into.
+    values : dict
+        Column name -> value of the row.
+    key : str
+        The unique column whose conflict means the row already exists.
+
+    Returns
+    -------
+    None
+    """
     from recsys.store.db import dialect_insert
 
     s.execute(
@@ -43,10 +63,24 @@ def insert_ignore(s: Session, model, values: dict, key: str) -> None:
 
 
 def bump(s: Session, key: str = CONFIG_VERSION, reason: str = "") -> int:
-    """Increment shared version ``key`` inside the caller's transaction; returns the new value.
+    """Increment shared version ``key`` inside the caller's transaction.
 
     The row is locked (``FOR UPDATE``) so concurrent changes serialise; the caller's commit
     publishes the change and the bump together.
+
+    Parameters
+    ----------
+    s : Session
+        The session (the caller commits).
+    key : str, optional
+        One of ``VERSION_KEYS``; the row is created at 0 when missing.
+    reason : str, optional
+        Why it changed, stored with the version (truncated to 200 characters).
+
+    Returns
+    -------
+    int
+        The new version.
     """
     insert_ignore(s, Setting, {"key": key, "value": {"version": 0}}, "key")
     row = s.execute(select(Setting).where(Setting.key == key).with_for_update()).scalar_one()
@@ -56,6 +90,16 @@ def bump(s: Session, key: str = CONFIG_VERSION, reason: str = "") -> int:
 
 
 def lock_config(s: Session) -> None:
-    """Serialise configuration edits: lock the config_version row until the transaction ends."""
+    """Serialise configuration edits: lock the config_version row until the transaction ends.
+
+    Parameters
+    ----------
+    s : Session
+        The session whose transaction holds the lock.
+
+    Returns
+    -------
+    None
+    """
     insert_ignore(s, Setting, {"key": CONFIG_VERSION, "value": {"version": 0}}, "key")
     s.execute(select(Setting).where(Setting.key == CONFIG_VERSION).with_for_update()).scalar_one()

@@ -34,11 +34,39 @@ class LocalBackend:
         return value
 
     def mget(self, keys: list[str]) -> list[bytes | None]:
+        """The values of ``keys`` (expired or missing: None), each hit made most recently used.
+
+        Parameters
+        ----------
+        keys : list of str
+            The keys to read.
+
+        Returns
+        -------
+        list of bytes or None
+            One value per key, in order.
+        """
         now = self.clock()
         with self._lock:
             return [self._get(k, now) for k in keys]
 
     def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Set ``key`` for ``ttl_s`` seconds, evicting the least recently used entries over
+        ``max_entries``.
+
+        Parameters
+        ----------
+        key : str
+            The key.
+        value : bytes
+            The value.
+        ttl_s : float
+            Time to live, in seconds.
+
+        Returns
+        -------
+        None
+        """
         with self._lock:
             self._data[key] = (self.clock() + ttl_s, value)
             self._data.move_to_end(key)
@@ -47,10 +75,41 @@ class LocalBackend:
 
     def set_many(self, items: dict[str, bytes], ttl_s: float, publish: object = None) -> None:
         # ``publish`` (near-cache invalidations) never applies in one process.
+        """``set`` each of ``items`` with the same time to live.
+
+        Parameters
+        ----------
+        items : dict of str to bytes
+            Keys and values.
+        ttl_s : float
+            Time to live, in seconds.
+        publish : object, optional
+            The near-cache invalidation the Redis backends publish; ignored here (one process).
+
+        Returns
+        -------
+        None
+        """
         for k, v in items.items():
             self.set(k, v, ttl_s)
 
     def set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
+        """Set ``key`` only if it holds no live value (the stampede lock).
+
+        Parameters
+        ----------
+        key : str
+            The key.
+        value : bytes
+            The value.
+        ttl_ms : int
+            Time to live, in milliseconds.
+
+        Returns
+        -------
+        bool
+            True when set; False when the key already held a live value.
+        """
         now = self.clock()
         with self._lock:
             if self._get(key, now) is not None:
@@ -59,11 +118,38 @@ class LocalBackend:
         return True
 
     def delete(self, key: str) -> None:
+        """Remove ``key`` (nothing happens when it is missing).
+
+        Parameters
+        ----------
+        key : str
+            The key.
+
+        Returns
+        -------
+        None
+        """
         with self._lock:
             self._data.pop(key, None)
 
     def store(self, key: str, value: bytes | None, ttl_s: float, unlock: str | None) -> None:
-        """Set ``key`` (unless ``value`` is None) and delete ``unlock`` (unless None)."""
+        """Set ``key`` (unless ``value`` is None) and delete ``unlock`` (unless None).
+
+        Parameters
+        ----------
+        key : str
+            The entry's key.
+        value : bytes or None
+            The entry; None: set nothing.
+        ttl_s : float
+            The entry's time to live, in seconds.
+        unlock : str or None
+            The stampede lock's key to delete; None: none held.
+
+        Returns
+        -------
+        None
+        """
         if value is not None:
             self.set(key, value, ttl_s)
         if unlock is not None:
@@ -139,16 +225,21 @@ class RedisBackend(_RedisWrites):
             raise
 
     def mget(self, keys: list[str]) -> list[bytes | None]:
+        """See ``LocalBackend.mget``: one ``MGET`` on this thread's connection."""
         return self._run(("MGET", *keys))[0]
 
     def set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
+        """See ``LocalBackend.set_nx``: ``SET key value NX PX ttl_ms``."""
         return self._run(("SET", key, value, "NX", "PX", int(ttl_ms)))[0] is not None
 
     def delete(self, key: str) -> None:
+        """See ``LocalBackend.delete``: ``DEL key``."""
         self.client.delete(key)
 
     def store(self, key: str, value: bytes | None, ttl_s: float, unlock: str | None) -> None:
-        """Set ``key`` (unless ``value`` is None) and delete ``unlock`` (unless None)."""
+        """See ``LocalBackend.store``: ``SET`` (whole seconds, at least 1) and ``DEL`` in one round
+        trip.
+        """
         commands: list[tuple] = []
         if value is not None:
             commands.append(("SET", key, value, "EX", max(1, int(ttl_s))))
@@ -162,8 +253,26 @@ CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
 
 
 def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
-    """``redis+cluster://[user:password@]host:port[,host:port...][/0]``: the startup nodes and
-    client options (``rediss+cluster://`` for TLS). Raises ValueError with the reason."""
+    """The startup nodes and client options of a Redis Cluster URL.
+
+    Parameters
+    ----------
+    url : str
+        ``redis+cluster://[user:password@]host:port[,host:port...][/0]``
+        (``rediss+cluster://`` for TLS).
+
+    Returns
+    -------
+    tuple of (list of (str, int), dict)
+        ``[(host, port), ...]`` and the ``RedisCluster`` keyword options (``ssl``, and
+        ``username`` / ``password`` when given).
+
+    Raises
+    ------
+    ValueError
+        Not a cluster URL, a node that is not ``host:port``, no node, or a database other
+        than 0 (the message says which).
+    """
     parts = urlsplit(url)
     if parts.scheme not in CLUSTER_SCHEMES:
         raise ValueError(f"not a Redis Cluster URL (redis+cluster://host:port,...): {url!r}")
@@ -191,6 +300,18 @@ def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
 
 
 def is_cluster_url(url: str | None) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://`` or ``rediss+cluster://``).
+
+    Parameters
+    ----------
+    url : str or None
+        A cache URL; None or empty: no.
+
+    Returns
+    -------
+    bool
+        True for a cluster URL.
+    """
     return bool(url) and urlsplit(url).scheme in CLUSTER_SCHEMES
 
 
@@ -232,18 +353,23 @@ class RedisClusterBackend(_RedisWrites):
         return self._client
 
     def mget(self, keys: list[str]) -> list[bytes | None]:
+        """See ``LocalBackend.mget``: the keys must share a slot (one user's keys do)."""
         if len(keys) == 1:
             return [self.client.get(keys[0])]
         return self.client.mget(keys)  # one slot (one user's keys): refused otherwise
 
     def set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
+        """See ``LocalBackend.set_nx``: ``SET key value NX PX ttl_ms`` on the key's node."""
         return self.client.set(key, value, nx=True, px=int(ttl_ms)) is not None
 
     def delete(self, key: str) -> None:
+        """See ``LocalBackend.delete``: ``DEL key`` on the key's node."""
         self.client.delete(key)
 
     def store(self, key: str, value: bytes | None, ttl_s: float, unlock: str | None) -> None:
-        """Set ``key`` (unless ``value`` is None) and delete ``unlock`` (unless None)."""
+        """See ``LocalBackend.store``: ``SET`` and ``DEL`` as one two-command pipeline to the
+        user's node.
+        """
         if value is not None and unlock is not None:
             pipe = self.client.pipeline(transaction=False)
             pipe.set(key, value, ex=max(1, int(ttl_s)))
@@ -255,5 +381,11 @@ class RedisClusterBackend(_RedisWrites):
             self.delete(unlock)
 
     def close(self) -> None:
+        """Close the cluster client, if one was made.
+
+        Returns
+        -------
+        None
+        """
         if self._client is not None:
             self._client.close()

@@ -63,7 +63,18 @@ RETRY_MAX_S = 30.0
 
 
 def messages(users: list[str]) -> list[bytes]:
-    """What ``invalidate_users`` publishes for ``users``: their ids, or ``*`` for many."""
+    """What ``invalidate_users`` publishes for ``users``.
+
+    Parameters
+    ----------
+    users : list of str
+        The external user ids invalidated.
+
+    Returns
+    -------
+    list of bytes
+        Their ids, or ``[b"*"]`` (everyone) for more than ``PUBLISH_MAX_USERS``.
+    """
     if len(users) > PUBLISH_MAX_USERS:
         return [EVERYONE]
     return [u.encode() for u in users]
@@ -101,9 +112,22 @@ class NearCache:
 
     # -- reads and writes ----------------------------------------------------------------------
     def get(self, user_id: str, key: str) -> tuple[tuple[bytes | None, bytes] | None, int | None]:
-        """``((token, raw), ticket)`` on a local hit; ``(None, ticket)`` on a miss, where the
-        ticket lets ``put`` store what is read next; ``(None, None)`` while there is no
-        confirmed subscription (nothing may be stored)."""
+        """This process's copy of a user's entry, if it holds one.
+
+        Parameters
+        ----------
+        user_id : str
+            The external user id.
+        key : str
+            The entry's cache key.
+
+        Returns
+        -------
+        tuple
+            ``((token, raw), ticket)`` on a local hit; ``(None, ticket)`` on a miss, where the
+            ticket lets ``put`` store what is read next; ``(None, None)`` while there is no
+            confirmed subscription (nothing may be stored).
+        """
         with self._lock:
             self._sync()
             if not self._ready:
@@ -121,7 +145,26 @@ class NearCache:
         self, ticket: int | None, user_id: str, key: str, token: bytes | None, raw: bytes
     ) -> bool:
         """Keep ``(token, raw)``, read after ``get`` gave ``ticket``, unless an invalidation
-        (or a reset) has been seen since. True when stored."""
+        (or a reset) has been seen since.
+
+        Parameters
+        ----------
+        ticket : int or None
+            What ``get`` returned; None: nothing is stored.
+        user_id : str
+            The external user id.
+        key : str
+            The entry's cache key.
+        token : bytes or None
+            The user's history token read with it (None: none yet).
+        raw : bytes
+            The entry as stored in Redis.
+
+        Returns
+        -------
+        bool
+            True when stored.
+        """
         if ticket is None:
             return False
         with self._lock:
@@ -138,21 +181,55 @@ class NearCache:
             return True
 
     def drop(self, users: Iterable[str]) -> None:
-        """Forget the entries of ``users`` (this process's own invalidation)."""
+        """Forget the entries of ``users`` (this process's own invalidation).
+
+        Parameters
+        ----------
+        users : Iterable[str]
+            External user ids.
+
+        Returns
+        -------
+        None
+        """
         with self._lock:
             self._drop(list(users))
 
     def clear(self) -> None:
+        """Forget every entry.
+
+        Returns
+        -------
+        None
+        """
         with self._lock:
             self._clear()
 
     def stats(self) -> dict[str, Any]:
+        """Entries held, whether subscribed, and the counters.
+
+        Returns
+        -------
+        dict
+            ``entries``, ``subscribed`` and the counts of ``hits``, ``stores``,
+            ``invalidations`` and ``resets``.
+        """
         with self._lock:
             return {"entries": len(self._entries), "subscribed": self._ready, **self._counts}
 
     def wait_subscribed(self, timeout_s: float) -> bool:
-        """Block until the subscription is confirmed (at most ``timeout_s``): for start-up
-        and tests. True when it is."""
+        """Block until the subscription is confirmed: for start-up and tests.
+
+        Parameters
+        ----------
+        timeout_s : float
+            Seconds to wait at most.
+
+        Returns
+        -------
+        bool
+            True when subscribed.
+        """
         with self._lock:
             self._sync()
             if self._ready or self._conn is None:
@@ -166,6 +243,12 @@ class NearCache:
             return self._ready
 
     def close(self) -> None:
+        """Drop the subscription connection and every entry.
+
+        Returns
+        -------
+        None
+        """
         with self._lock:
             if self._conn is not None:
                 self._conn.disconnect()

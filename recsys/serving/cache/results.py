@@ -32,6 +32,9 @@ entry from before the outage is served after it.
 
 Memory: every entry has a TTL (``CACHE_TTL``); run Redis with ``maxmemory`` and
 ``maxmemory-policy allkeys-lru`` (README, "Caching") so it stays bounded under any load.
+
+Over 500 lines only through the numpy-style docstrings of its public API (about 360
+lines without them): the code is one unit, not split for length.
 """
 
 from __future__ import annotations
@@ -151,7 +154,12 @@ class ResultCache:
         return not isinstance(self.backend, LocalBackend)
 
     def after_fork(self) -> None:
-        """A worker must not share the master's Redis sockets: new client, fresh state."""
+        """A worker must not share the master's Redis sockets: new client, fresh state.
+
+        Returns
+        -------
+        None
+        """
         self._pid = os.getpid()
         self._down_until = 0.0
         self._backoff = BACKOFF_START_S
@@ -161,13 +169,39 @@ class ResultCache:
 
     # -- keys -------------------------------------------------------------------------------
     def key(self, *parts: str) -> str:
-        """The one place keys are built: ``<prefix>:<part>:...`` with parts URL-quoted."""
+        """The one place keys are built: ``<prefix>:<part>:...`` with parts URL-quoted.
+
+        Parameters
+        ----------
+        *parts : str
+            The key's parts (each turned into text, then quoted).
+
+        Returns
+        -------
+        str
+            The key.
+        """
         return ":".join([self.prefix, *(_quote(str(p)) for p in parts)])
 
     def user_key(self, kind: str, user_id: str, *rest: str) -> str:
         """``<prefix>:<kind>:{<user>}:<rest>...``: the braces are the user's hash tag, so on a
         Redis Cluster all of one user's keys live in one slot (quoting never leaves a brace in
-        an id, and an empty id is spelt ``%``, which quoting never produces)."""
+        an id, and an empty id is spelt ``%``, which quoting never produces).
+
+        Parameters
+        ----------
+        kind : str
+            The key's kind (``"rec"``, ``"uver"``, ...).
+        user_id : str
+            The external user id.
+        *rest : str
+            Further parts, quoted.
+
+        Returns
+        -------
+        str
+            The key.
+        """
         return (
             self.key(kind)
             + ":{"
@@ -177,12 +211,38 @@ class ResultCache:
         )
 
     def result_key(self, user_id: str, context: dict[str, Any]) -> str:
+        """The key of a user's cached list for ``context``.
+
+        Parameters
+        ----------
+        user_id : str
+            The external user id.
+        context : dict
+            Everything the answer depends on besides the user's history (JSON-able; hashed).
+
+        Returns
+        -------
+        str
+            ``<prefix>:rec:{<user>}:<24 hex digits of the context's sha256>``.
+        """
         digest = hashlib.sha256(
             json.dumps(context, sort_keys=True, default=str).encode()
         ).hexdigest()[:24]
         return self.user_key("rec", user_id, digest)
 
     def token_key(self, user_id: str) -> str:
+        """The key of a user's history token.
+
+        Parameters
+        ----------
+        user_id : str
+            The external user id.
+
+        Returns
+        -------
+        str
+            ``<prefix>:uver:{<user>}``.
+        """
         return self.user_key("uver", user_id)
 
     # -- availability -----------------------------------------------------------------------
@@ -194,7 +254,17 @@ class ResultCache:
         """Serve everything uncached from now on in this process (logged once).
 
         For an in-process cache under several gunicorn workers: each worker would keep its own
-        copy, and an event handled by one worker could not make another's copy stale."""
+        copy, and an event handled by one worker could not make another's copy stale.
+
+        Parameters
+        ----------
+        reason : str
+            Why, for the log and diagnostics.
+
+        Returns
+        -------
+        None
+        """
         if self.disabled is None:
             log.warning("result cache off in this process: %s", reason)
         self.disabled = reason
@@ -294,6 +364,10 @@ class ResultCache:
             The miss ``lookup`` returned.
         payload : bytes or None
             What to keep for the user and context looked up.
+
+        Returns
+        -------
+        None
         """
         if looked.peek is None or looked.hit is not None:
             return
@@ -314,6 +388,10 @@ class ResultCache:
         ----------
         looked : Lookup
             The miss ``lookup`` returned.
+
+        Returns
+        -------
+        None
         """
         if looked.peek is not None and looked.lock is not None:
             key = looked.peek.key
@@ -326,8 +404,19 @@ class ResultCache:
         compute: Callable[[], tuple[bytes, bool]],
         peeked: Peek | None = None,
     ) -> tuple[bytes, bool]:
-        """``lookup``, then on a miss ``compute() -> (payload, store)`` and ``store`` (the
-        payload is kept when ``store`` is true).
+        """``lookup``, then on a miss ``compute()`` and ``store``.
+
+        Parameters
+        ----------
+        user_id : str
+            The external user id.
+        context : dict
+            What the answer depends on besides the history (see ``result_key``).
+        compute : callable
+            ``compute() -> (payload, store)``: the payload is kept when ``store`` is true. On an
+            exception the stampede lock is released and it propagates.
+        peeked : Peek or None, optional
+            A read already made for this request (the fast path's miss); None: read now.
 
         Returns
         -------
@@ -346,9 +435,22 @@ class ResultCache:
         return payload, False
 
     def peek(self, user_id: str, context: dict[str, Any]) -> Peek | None:
-        """The user's token and the entry (one ``MGET``, or the near cache): what it read (None
-        when the cache is unavailable); ``.payload`` is the cached payload if present and
-        fresh. Counts nothing and never computes."""
+        """The user's token and the entry (one ``MGET``, or the near cache). Counts nothing and
+        never computes.
+
+        Parameters
+        ----------
+        user_id : str
+            The external user id.
+        context : dict
+            What the answer depends on besides the history (see ``result_key``).
+
+        Returns
+        -------
+        Peek or None
+            What it read (``.payload``: the cached payload if present and fresh); None when the
+            cache is unavailable.
+        """
         return self._read(user_id, context)
 
     def _read(self, user_id: str, context: dict[str, Any]) -> Peek | None:
@@ -375,7 +477,20 @@ class ResultCache:
         return Peek(rkey, token, raw, user_id, context)
 
     def peek_raw(self, user_id: str, context: dict[str, Any]) -> bytes | None:
-        """The cached payload if present and fresh; never computes."""
+        """The cached payload if present and fresh; never computes.
+
+        Parameters
+        ----------
+        user_id : str
+            The external user id.
+        context : dict
+            What the answer depends on besides the history (see ``result_key``).
+
+        Returns
+        -------
+        bytes or None
+            The payload; None: missing, stale, or the cache is unavailable.
+        """
         p = self.peek(user_id, context)
         return None if p is None else p.payload
 
@@ -386,7 +501,24 @@ class ResultCache:
         compute: Callable[[], dict[str, Any]],
         store_if: Callable[[dict[str, Any]], bool] | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """``get_or_compute_raw`` for JSON-able dicts: (value, cached)."""
+        """``get_or_compute_raw`` for JSON-able dicts.
+
+        Parameters
+        ----------
+        user_id : str
+            The external user id.
+        context : dict
+            What the answer depends on besides the history (see ``result_key``).
+        compute : callable
+            ``compute() -> dict`` on a miss.
+        store_if : callable or None, optional
+            ``store_if(value) -> bool``: whether to keep a computed value; None: always.
+
+        Returns
+        -------
+        tuple of (dict, bool)
+            The value, and whether it came from the cache.
+        """
         computed: list[dict[str, Any]] = []
 
         def raw() -> tuple[bytes, bool]:
@@ -399,7 +531,20 @@ class ResultCache:
         return (json.loads(payload), True) if cached else (computed[0], False)
 
     def peek_dict(self, user_id: str, context: dict[str, Any]) -> dict[str, Any] | None:
-        """The cached dict if present and fresh; never computes."""
+        """The cached dict if present and fresh; never computes.
+
+        Parameters
+        ----------
+        user_id : str
+            The external user id.
+        context : dict
+            What the answer depends on besides the history (see ``result_key``).
+
+        Returns
+        -------
+        dict or None
+            The value; None: missing, stale, or the cache is unavailable.
+        """
         raw = self.peek_raw(user_id, context)
         return None if raw is None else json.loads(raw)
 
@@ -415,7 +560,16 @@ class ResultCache:
     def invalidate_users(self, user_ids: Iterable[str]) -> bool:
         """Give each user a new history token (their cached lists become stale).
 
-        Returns False when the cache could not be written (the caller bumps the cache epoch).
+        Parameters
+        ----------
+        user_ids : Iterable[str]
+            External user ids (duplicates are fine).
+
+        Returns
+        -------
+        bool
+            False when the cache could not be written (the caller bumps the cache epoch); True
+            otherwise, also when nothing is cached here.
         """
         users = sorted({str(u) for u in user_ids})
         if not users or self.disabled is not None:
@@ -430,6 +584,13 @@ class ResultCache:
         return ok
 
     def ping(self) -> bool:
+        """Whether the backend answers a read now.
+
+        Returns
+        -------
+        bool
+            True when a one-key ``MGET`` succeeded.
+        """
         ok, out = self._call(lambda: self.backend.mget([self.key("ping")]))
         return ok
 
@@ -450,10 +611,33 @@ def _bytes(token: bytes | str | None) -> bytes:
 
 
 def init_app(app: Flask) -> None:
+    """Make the app's result cache (``app.extensions["recsys.cache"]``).
+
+    Parameters
+    ----------
+    app : Flask
+        The app; its cache settings choose the backend.
+
+    Returns
+    -------
+    None
+    """
     app.extensions["recsys.cache"] = ResultCache(app)
 
 
 def get_cache(app: Flask | None = None) -> ResultCache:
+    """The app's result cache.
+
+    Parameters
+    ----------
+    app : Flask or None, optional
+        The app; None: ``current_app``.
+
+    Returns
+    -------
+    ResultCache
+        The cache ``init_app`` made.
+    """
     return (app or current_app).extensions["recsys.cache"]
 
 
