@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 # During an outage every uncached request fails its history read: one line per 10 s, not each.
 _history_log = RateLimitedLog(log)
 
-# Where the WSGI fast path (recsys.web.fastpath) leaves its lookup of a miss for the view.
-PEEK_ENVIRON_KEY = "recsys.cache_peek"
 POPULAR_ONLY = {"routing": {"cold_strategies": ["popular"], "warm_strategies": ["popular"]}}
 EXTENSION = "recsys.pipeline"
 

@@ -18,15 +18,15 @@ untouched:
 
 A fresh entry in the cache (under the same key the view builds,
 ``RecommendationPipeline.cache_context``) is sent as it is. A miss is computed here by
-``RecommendationPipeline.user_list`` (``recsys.serving.pipeline``), what the view calls, with the
-deadline ``admission`` gives a normal-priority request, reusing this lookup
-(``FAST_MISS_PATH = False`` leaves misses to the view, which then reuses it through the environ's
-``PEEK_ENVIRON_KEY``). Anything else (any doubt, or any exception, even halfway through a miss)
-falls through to Flask, which validates, answers errors and computes: the fast path never
-answers anything but a 200. It sends the bytes and headers the view would send and records the
-same metrics (cache hit or miss, request count and latency under the view's endpoint name and
-route, the in-flight count that overload shedding reads). ``FAST_CACHE_PATH = False`` turns it
-off altogether.
+``RecommendationPipeline.user_list`` (``recsys.serving.pipeline``), what the view calls, with
+the deadline ``admission`` gives a normal-priority request, reusing this lookup
+(``FAST_MISS_PATH = False`` leaves misses to the view, which looks the entry up again: nothing
+passes from this middleware to the view). Anything else (any doubt, or any exception, even
+halfway through a miss) falls through to Flask, which validates, answers errors and computes:
+the fast path never answers anything but a 200. It sends the bytes and headers the view would
+send and records the same metrics (cache hit or miss, request count and latency under the view's
+endpoint name and route, the in-flight count that overload shedding reads). ``FAST_CACHE_PATH =
+False`` turns it off altogether.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from recsys.config import get_config
 from recsys.ops import metrics
 from recsys.ops.logs import note
 from recsys.serving import admission
-from recsys.serving.pipeline import PEEK_ENVIRON_KEY, get_pipeline
+from recsys.serving.pipeline import get_pipeline
 from recsys.serving.request import UserAsk, is_degraded, mark_cached, user_request
 from recsys.web.auth import given_key, key_allows, keys_required
 from recsys.web.cors import fast_cors
@@ -239,9 +239,7 @@ class FastCachePath:
                 )
                 route, body = answer.route, answer.body
         else:
-            # The view computes the list; hand it this read so it need not repeat it.
-            environ[PEEK_ENVIRON_KEY] = peeked
-            return None
+            return None  # misses are the view's (it looks the entry up itself)
         body = pipeline.fields(snap, body, item_fields(q["fields"]))
         note(
             environ,

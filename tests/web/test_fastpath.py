@@ -388,8 +388,9 @@ def test_a_miss_through_the_fast_path_counts_one_miss(client, flask_calls):
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_a_miss_reads_redis_once(served_app, client, flask_calls, monkeypatch):
-    """A miss reuses the fast path's lookup instead of a second MGET, whether the fast path
-    computes it or (``FAST_MISS_PATH`` off) the view does."""
+    """A miss the fast path computes reuses its lookup instead of a second MGET; with
+    ``FAST_MISS_PATH`` off the view computes it from its own lookup (nothing passes from the
+    middleware to the view through the WSGI environ)."""
     from recsys.serving.cache import get_cache
 
     backend = get_cache(served_app).backend
@@ -408,7 +409,7 @@ def test_a_miss_reads_redis_once(served_app, client, flask_calls, monkeypatch):
     update_config(served_app, FAST_MISS_PATH=False)
     body = client.get("/v1/users/u1/recommendations?n=4&exclude=twice").get_json()
     assert body["cached"] is False and len(flask_calls) == 1
-    assert len(reads) == 3  # the peek; the view did not read again
+    assert len(reads) == 4  # the middleware's peek, then the view's own lookup
 
 
 # -- failures -----------------------------------------------------------------------------------

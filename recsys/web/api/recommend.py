@@ -25,7 +25,7 @@ from recsys.core.types import RecRequest
 from recsys.ops import metrics
 from recsys.ops.logs import note
 from recsys.serving.admission import admission
-from recsys.serving.pipeline import PEEK_ENVIRON_KEY, get_pipeline
+from recsys.serving.pipeline import get_pipeline
 from recsys.serving.request import Snapshot, UserAsk, is_degraded, user_request
 from recsys.web.auth import require_scope
 from recsys.web.errors import RecsysError
@@ -123,7 +123,6 @@ def user_recommendations(user_id: str, q: dict):
         explain=q["explain"],
         shed=adm.shed,
         assignment=pipeline.resolve_assignment(user_id),
-        peeked=request.environ.get(PEEK_ENVIRON_KEY),
     )
     answer = pipeline.user_list(ask)
     body = pipeline.fields(answer.snapshot, answer.body, item_fields(q["fields"]))
