@@ -1,5 +1,7 @@
-"""Every public function, method and class of ``features``, ``strategies``, ``recsys.core`` (and
-the leaf ``recsys.errors``) has a numpy-style docstring.
+"""Every public function, method and class of ``features``, ``strategies``, ``recsys.core``,
+``recsys.web``, ``recsys.offline``, ``recsys.cli`` (recursively), and the modules
+``recsys.errors``, ``recsys.app``, ``recsys.config`` and ``recsys.paths`` has a numpy-style
+docstring.
 
 Read with ``ast`` (nothing is imported, so optional dependencies do not matter):
 
@@ -7,7 +9,11 @@ Read with ``ast`` (nothing is imported, so optional dependencies do not matter):
 * a public function or method has a docstring; if it takes parameters (``self`` / ``cls``
   aside) the docstring has a numpydoc ``Parameters`` section naming each of them, or, for a
   method that only implements a documented contract, points to it (``See ``Strategy.fit``.``);
-* dunders (``__init__``: documented on the class) and properties are skipped.
+* dunders (``__init__``: documented on the class) and properties are skipped;
+* Flask views (``@bp.get(...)``, ``@ui.post(...)``, ``@bp.route(...)``...) and click commands
+  and groups (``@click.command()``, ``@group.command(...)``...) need a docstring but no
+  ``Parameters`` section: a view's docstring is its OpenAPI description and a command's is its
+  ``--help`` text; neither is called with Python arguments.
 """
 
 from __future__ import annotations
@@ -20,8 +26,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("features", "strategies", "recsys/core")
-EXTRA_MODULES = ("recsys/errors.py",)
+PACKAGES = (
+    "features",
+    "strategies",
+    "recsys/core",
+    "recsys/web",
+    "recsys/offline",
+    "recsys/cli",
+)
+EXTRA_MODULES = ("recsys/errors.py", "recsys/app.py", "recsys/config.py", "recsys/paths.py")
+# ``<blueprint>.<verb>(...)``: a Flask view; ``<group>.command(...)`` / ``.group(...)``: click.
+ROUTE_VERBS = frozenset({"get", "post", "put", "patch", "delete", "route"})
+CLICK_VERBS = frozenset({"command", "group"})
 
 # "See ``Strategy.fit``." (any dotted name): the method only implements that contract.
 SEE_ALSO = re.compile(r"\bSee ``[A-Za-z_][\w.]*``")
@@ -29,7 +45,7 @@ SECTION = re.compile(r"^(\w[\w ]*)\n-{3,}$", re.MULTILINE)
 
 
 def _modules() -> list[Path]:
-    files = [p for pkg in PACKAGES for p in sorted((ROOT / pkg).glob("*.py"))]
+    files = [p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))]
     return files + [ROOT / m for m in EXTRA_MODULES]
 
 
@@ -38,6 +54,18 @@ def _is_property(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
         text = ast.unparse(deco)
         if text.endswith(("property", ".setter", ".deleter")):
             return True
+    return False
+
+
+def _is_view_or_command(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A Flask view or a click command / group: its parameters come from the framework."""
+    for deco in node.decorator_list:
+        func = deco.func if isinstance(deco, ast.Call) else deco
+        if isinstance(func, ast.Attribute):
+            if func.attr in CLICK_VERBS:
+                return True
+            if func.attr in ROUTE_VERBS and isinstance(deco, ast.Call):
+                return True
     return False
 
 
@@ -108,7 +136,7 @@ def _problems(path: Path, root: Path = ROOT) -> list[str]:
         if isinstance(node, ast.ClassDef):
             continue
         params = _parameters(node, is_method)
-        if not params:
+        if not params or _is_view_or_command(node):
             continue
         section = _section(doc, "Parameters")
         if section is None:
@@ -132,7 +160,7 @@ def test_public_api_has_numpy_docstrings(path: Path) -> None:
 
 def test_checker_catches_a_missing_section(tmp_path: Path) -> None:
     """The checker itself: an undocumented parameter and a missing docstring are reported,
-    a property and a dunder are not."""
+    a property, a dunder, a Flask view and a click command are not."""
     src = tmp_path / "mod.py"
     src.write_text(
         "class A:\n"
@@ -148,9 +176,20 @@ def test_checker_catches_a_missing_section(tmp_path: Path) -> None:
         '    """F.\n\n    Parameters\n    ----------\n    a : int\n    """\n'
         "def g():\n"
         "    pass\n"
+        "@bp.get('/x/<int:x>')\n"
+        "def view(x):\n"
+        '    """A view."""\n'
+        "@click.command()\n"
+        "@click.option('--n')\n"
+        "def cmd(n):\n"
+        '    """A command."""\n'
+        "@group.command('c2')\n"
+        "def cmd2(n):\n"
+        "    pass\n"
     )
     problems = _problems(src, root=tmp_path)
-    assert len(problems) == 3, problems
+    assert len(problems) == 4, problems
     assert "A.m: no Parameters section" in problems[0]
     assert "f: Parameters section does not name ['b']" in problems[1]
     assert "g: no docstring" in problems[2]
+    assert "cmd2: no docstring" in problems[3]

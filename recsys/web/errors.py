@@ -44,6 +44,22 @@ class ErrorOut(Schema):
 
 
 def error_body(code: int, name: str, description: str) -> dict:
+    """The JSON body of an error answer (``ErrorOut``, without ``detail``).
+
+    Parameters
+    ----------
+    code : int
+        HTTP status.
+    name : str
+        The status' name (e.g. "Not Found").
+    description : str
+        What went wrong.
+
+    Returns
+    -------
+    dict
+        ``{"code", "name", "description"}``.
+    """
     return {"code": code, "name": name, "description": description}
 
 
@@ -65,6 +81,15 @@ def malformed_json() -> str | None:
 
 
 def register_error_handlers(app: Flask) -> None:
+    """Make every error answer an ``ErrorOut`` JSON body: APIFlask's HTTP and validation errors
+    (a 400 names the malformed JSON), ``RecsysError``, an unreachable database (503 with
+    ``Retry-After``) and any unhandled exception (500, logged).
+
+    Parameters
+    ----------
+    app : Flask
+        The application (an APIFlask app).
+    """
     # APIFlask routes every HTTPException and validation error through this processor.
     app.config["HTTP_ERROR_SCHEMA"] = ErrorOut
     app.config["VALIDATION_ERROR_SCHEMA"] = ErrorOut
