@@ -65,7 +65,13 @@ def check_admin() -> str:
 
 def is_admin() -> bool:
     """Whether the request carries the admin token (never raises: for answers that show more
-    to an admin, such as /readyz's reasons)."""
+    to an admin, such as /readyz's reasons).
+
+    Returns
+    -------
+    bool
+        True when ``check_admin`` would pass.
+    """
     try:
         check_admin()
     except RecsysError:

@@ -65,7 +65,14 @@ def error_body(code: int, name: str, description: str) -> dict:
 
 def malformed_json() -> str | None:
     """Why the request's body is not JSON (with line and column), or None when it parses or
-    there is none. Only called on the error path (a 400), so a valid body is parsed once."""
+    there is none. Only called on the error path (a 400), so a valid body is parsed once.
+
+    Returns
+    -------
+    str or None
+        ``"malformed JSON body: ..."``; None when the body parses, is empty, or is JSON that
+        Python refuses for another reason.
+    """
     data = request.get_data(cache=True)
     if not data:
         return None

@@ -215,7 +215,13 @@ class ImportReport:
         }
 
     def summary(self) -> list[str]:
-        """Human-readable lines for the CLI."""
+        """Human-readable lines for the CLI.
+
+        Returns
+        -------
+        list[str]
+            One line per file, skip reason, sample and written count, then the notes and time.
+        """
         out = [f"import from {self.source}"]
         for f in self.files:
             skipped = sum(f.skipped.values())

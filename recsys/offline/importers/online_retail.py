@@ -96,7 +96,13 @@ def is_non_product(code: str) -> bool:
 
 
 def default_path() -> str:
-    """``data/online_retail.csv.gz`` in the project root (the folder above the package)."""
+    """``data/online_retail.csv.gz`` in the project root (the folder above the package).
+
+    Returns
+    -------
+    str
+        Absolute path of the bundled file (which may be missing).
+    """
     return os.path.join(DATA_DIR, "online_retail.csv.gz")
 
 
