@@ -59,7 +59,7 @@ class FastCors:
         Returns
         -------
         list[tuple[str, str]]
-            (header, value) pairs; empty when ``origin`` is None or not allowed.
+            (header, value) pairs as flask-cors computes them; empty when ``origin`` is None.
         """
         if origin is None:
             return []

@@ -90,7 +90,9 @@ def create_audited(body, actor: str):
     Raises
     ------
     ExperimentError
-        ``body`` is not a valid experiment, or its name is taken.
+        ``body`` is not a valid experiment.
+    Conflict
+        An experiment with that name exists.
     """
     with session_scope() as s:
         view = experiments.create(s, body)
@@ -116,8 +118,8 @@ def stop_audited(name: str, actor: str):
 
     Raises
     ------
-    ExperimentError
-        No experiment is named ``name`` (as ``experiments.stop`` raises).
+    NotFound
+        No experiment is named ``name``.
     """
     with session_scope() as s:
         before = experiments.get(s, name)
@@ -146,7 +148,7 @@ def list_experiments():
 def get_experiment(name: str):
     """One experiment.
 
-    Answers the experiment (name, variants, start, stop, state); 404 when none has that name.
+    Answers the experiment (name, variants, status, start, stop); 404 when none has that name.
     """
     check_admin()
     _check_name(name)

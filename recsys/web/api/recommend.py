@@ -196,7 +196,7 @@ def popular(q: dict):
     """Most popular available items, optionally within a category.
 
     Answers a recommendation list (items with their scores and the requested item fields),
-    paged with ``n`` / ``offset``; never cached per user.
+    paged with ``n`` / ``offset``.
     """
     body, snap = get_pipeline(current_app).popular_list(
         q["n"], q["category"], q["offset"], q["explain"]

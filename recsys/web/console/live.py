@@ -61,7 +61,8 @@ def snapshot(text: str, now: float | None = None) -> dict[str, Any]:
         ``cache_misses``, ``shed``, ``degraded`` (reason -> count), ``deadline_misses``
         (strategy -> count), and the histograms ``latency`` and ``strategy_latency`` (strategy
         -> histogram), each ``{"le", "counts", "count", "sum"}`` in seconds (``le`` None: +Inf).
-        Internal endpoints (metrics, health, console) are left out of the request figures.
+        The console's, operations', health and static endpoints are left out of the request
+    figures.
     """
     requests = errors = hits = misses = shed = 0.0
     degraded: dict[str, float] = defaultdict(float)
