@@ -1,4 +1,8 @@
-"""Marshmallow schemas (through APIFlask) for input validation and the OpenAPI document."""
+"""Marshmallow schemas (through APIFlask) for input validation and the OpenAPI document.
+
+Just over 500 lines because of its docstrings: every request and answer shape of the public
+API sits in this one module, next to the field types and bounds they share.
+"""
 
 from __future__ import annotations
 
