@@ -1,6 +1,8 @@
 """Every public function, method and class of ``features``, ``strategies``, ``recsys.core``,
-``recsys.serving``, ``recsys.models``, ``recsys.store``, ``recsys.ops`` (their subpackages
-included, and the leaf ``recsys.errors``) has a numpy-style docstring.
+``recsys.serving``, ``recsys.models``, ``recsys.store``, ``recsys.ops``, ``recsys.web``,
+``recsys.offline``, ``recsys.cli`` (their subpackages included), and the modules
+``recsys.errors``, ``recsys.app``, ``recsys.config`` and ``recsys.paths`` has a numpy-style
+docstring.
 
 Read with ``ast`` (nothing is imported, so optional dependencies do not matter):
 
@@ -9,10 +11,10 @@ Read with ``ast`` (nothing is imported, so optional dependencies do not matter):
   aside) the docstring has a numpydoc ``Parameters`` section naming each of them, or, for a
   method that only implements a documented contract, points to it (``See ``Strategy.fit``.``);
 * dunders (``__init__``: documented on the class) and properties are skipped;
-* Flask view functions (``@bp.get(...)``, ``@bp.route(...)``, ...) and click commands
-  (``@click.command(...)``, ``@group.command(...)``) need a docstring but no Parameters
-  section: callers pass them no Python arguments, and their docstring is the endpoint's
-  OpenAPI description or the command's ``--help``.
+* Flask views (``@bp.get(...)``, ``@ui.post(...)``, ``@bp.route(...)``...) and click commands
+  and groups (``@click.command()``, ``@group.command(...)``...) need a docstring but no
+  ``Parameters`` section: a view's docstring is its OpenAPI description and a command's is its
+  ``--help`` text; neither is called with Python arguments.
 """
 
 from __future__ import annotations
@@ -33,15 +35,18 @@ PACKAGES = (
     "recsys/models",
     "recsys/store",
     "recsys/ops",
+    "recsys/web",
+    "recsys/offline",
+    "recsys/cli",
 )
-EXTRA_MODULES = ("recsys/errors.py",)
+EXTRA_MODULES = ("recsys/errors.py", "recsys/app.py", "recsys/config.py", "recsys/paths.py")
+# ``<blueprint>.<verb>(...)``: a Flask view; ``<group>.command(...)`` / ``.group(...)``: click.
+ROUTE_VERBS = frozenset({"get", "post", "put", "patch", "delete", "route"})
+CLICK_VERBS = frozenset({"command", "group"})
 
 # "See ``Strategy.fit``." (any dotted name): the method only implements that contract.
 SEE_ALSO = re.compile(r"\bSee ``[A-Za-z_][\w.]*``")
 SECTION = re.compile(r"^(\w[\w ]*)\n-{3,}$", re.MULTILINE)
-# ``@bp.get(...)``, ``@app.route(...)``, ``@click.command(...)``, ``@cli.group(...)``: the
-# decorated function is a Flask view or a click command (no Parameters section asked).
-ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*\.(route|get|post|put|patch|delete|command|group)\b")
 
 
 def _modules() -> list[Path]:
@@ -57,9 +62,16 @@ def _is_property(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     return False
 
 
-def _is_entry_point(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    """A Flask view or a click command: documented, but without a Parameters section."""
-    return any(ENTRY_POINT.match(ast.unparse(d)) for d in node.decorator_list)
+def _is_view_or_command(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A Flask view or a click command / group: its parameters come from the framework."""
+    for deco in node.decorator_list:
+        func = deco.func if isinstance(deco, ast.Call) else deco
+        if isinstance(func, ast.Attribute):
+            if func.attr in CLICK_VERBS:
+                return True
+            if func.attr in ROUTE_VERBS and isinstance(deco, ast.Call):
+                return True
+    return False
 
 
 def _is_staticmethod(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
@@ -129,7 +141,7 @@ def _problems(path: Path, root: Path = ROOT) -> list[str]:
         if isinstance(node, ast.ClassDef):
             continue
         params = _parameters(node, is_method)
-        if not params or _is_entry_point(node):
+        if not params or _is_view_or_command(node):
             continue
         section = _section(doc, "Parameters")
         if section is None:
@@ -169,15 +181,20 @@ def test_checker_catches_a_missing_section(tmp_path: Path) -> None:
         '    """F.\n\n    Parameters\n    ----------\n    a : int\n    """\n'
         "def g():\n"
         "    pass\n"
-        "@bp.get('/v1/x')\n"
+        "@bp.get('/x/<int:x>')\n"
         "def view(x):\n"
-        '    """Answers x."""\n'
+        '    """A view."""\n'
         "@click.command()\n"
-        "def cmd(y):\n"
-        '    """Does y."""\n'
+        "@click.option('--n')\n"
+        "def cmd(n):\n"
+        '    """A command."""\n'
+        "@group.command('c2')\n"
+        "def cmd2(n):\n"
+        "    pass\n"
     )
     problems = _problems(src, root=tmp_path)
-    assert len(problems) == 3, problems
+    assert len(problems) == 4, problems
     assert "A.m: no Parameters section" in problems[0]
     assert "f: Parameters section does not name ['b']" in problems[1]
     assert "g: no docstring" in problems[2]
+    assert "cmd2: no docstring" in problems[3]

@@ -39,8 +39,23 @@ def load_dataset(path: str | None):
     MovieLens 100K (a folder with ``u.data``) and the Online Retail file (``.csv.gz``/``.csv``,
     or a folder holding ``online_retail.csv.gz``) use the fast readers in
     ``recsys.offline.evaluation.datasets``, which keep file order (the seeded splits depend on it);
-    other
-    formats go through the importers' parsers (``recsys.offline.evaluation.datasets.load_any``).
+    other formats go through the importers' parsers (``recsys.offline.importers``).
+
+    Parameters
+    ----------
+    path : str or None
+        ``--data``: a MovieLens folder (either layout), an Online Retail file or folder, a CSV
+        folder or file in the ``recsys import csv`` format; None: the store's events.
+
+    Returns
+    -------
+    InteractionData
+        The events, with ``info["dataset"]`` set.
+
+    Raises
+    ------
+    click.UsageError
+        No such path, a format no reader knows, a file that cannot be read, or no events.
     """
     from recsys.offline.evaluation import datasets
 
@@ -105,7 +120,24 @@ def _load_with_importers(path: str):
 
 
 def batch_to_data(batch):
-    """An importer's ImportBatch as InteractionData, events in source order."""
+    """An importer's ImportBatch as InteractionData, events in source order.
+
+    Parameters
+    ----------
+    batch : ImportBatch
+        An importer's batch (naive datetimes are taken as UTC).
+
+    Returns
+    -------
+    InteractionData
+        The events (Unix-second timestamps), over every item of the batch, with item titles,
+        descriptions, categories and availability.
+
+    Raises
+    ------
+    click.UsageError
+        The batch has no events.
+    """
     import datetime as dt
 
     import numpy as np

@@ -19,7 +19,14 @@ from recsys.version import __version__
 class RecsysGroup(FlaskGroup):
     """Flask's CLI group (app context for every command) without Flask's own options:
     ``--app``/``--env-file``/``--debug`` locate and configure *an* app, ours is fixed, and is
-    configured with ``RECSYS_*`` environment variables."""
+    configured with ``RECSYS_*`` environment variables.
+
+    Parameters
+    ----------
+    **kw
+        ``FlaskGroup`` arguments (``create_app``, ``add_default_commands``...); the version
+        option and the debug flag are always off.
+    """
 
     def __init__(self, **kw):
         super().__init__(add_version_option=False, set_debug_flag=False, **kw)

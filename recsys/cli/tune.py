@@ -28,7 +28,31 @@ def tune_store(
     """Tune on ``data``, refit the chosen strategies on all of it, store the profile, and
     activate it when its guard passed (or, with no profile active yet, the best-single
     fallback the guard left in its place). A re-tune that fails its guard leaves the active
-    profile serving. Returns a summary dict."""
+    profile serving. Returns a summary dict.
+
+    Parameters
+    ----------
+    data : InteractionData
+        The store's events.
+    repo : ModelRepository
+        The model store: versions and the profile are saved there.
+    options : TuneOptions
+        The search options.
+    activate : bool
+        Activate the profile (subject to its guard); False only stores it.
+    actor : str
+        Who tuned, recorded with the versions and in the audit.
+    echo : Callable[[str], None] or None
+        Where progress lines go; None: nowhere.
+
+    Returns
+    -------
+    dict[str, Any]
+        ``version``, ``activated``, ``previous`` (the profile active before, or None),
+        ``note`` (why it was not activated, or None), ``guard``, ``routes``, ``params``,
+        ``models`` (strategy -> version), ``validation`` and ``seconds`` (``search``,
+        ``refit``).
+    """
     from recsys.models.profile import activate_profile, guard_note, save_profile
     from recsys.models.repository import PROFILE_KIND
     from recsys.offline.training import train_strategies
@@ -125,7 +149,47 @@ def tune_options(
     seed: int = 42,
     folds: int | None = None,
 ):
-    """Build ``TuneOptions`` from CLI values, turning bad ones into usage errors."""
+    """Build ``TuneOptions`` from CLI values, turning bad ones into usage errors.
+
+    Parameters
+    ----------
+    budget : str
+        ``--budget``: seconds, or a number with ``s`` / ``m`` / ``h``.
+    progress : bool
+        Show a progress bar.
+    objective : str
+        ``--objective``: ``METRIC@K``.
+    tune_holdout : float
+        ``--tune-holdout``: validation share, in (0, 1).
+    validation : str
+        ``--validation``: how the validation slice is cut.
+    max_routes : int
+        ``--max-routes``: most routes, 1 to 8.
+    strategies : str or None
+        ``--strategies``: comma-separated names; None: every strategy.
+    trials : int or None
+        ``--trials``: most trials per study; None: the budget decides.
+    min_coverage : float or None
+        ``--min-coverage``: catalogue share each route should cover; None: no constraint.
+    routes_file : str or None
+        ``--routes``: JSON file of routes to evaluate instead of searching; None: search.
+    storage : str or None
+        ``--storage``: Optuna storage URL; None: studies in memory.
+    seed : int
+        ``--seed``: random seed.
+    folds : int or None
+        ``--folds``: validation folds; None: as many as 2000 rows need.
+
+    Returns
+    -------
+    TuneOptions
+        The checked options.
+
+    Raises
+    ------
+    click.UsageError
+        A value out of range, or a routes file that cannot be read or is not valid routes.
+    """
     from recsys.offline.tuning.options import TuneOptions, parse_budget, parse_strategies
 
     routes = None
@@ -230,6 +294,14 @@ def _tune_flags(fn):
 
 
 def echo_outcome(out: dict[str, Any]) -> None:
+    """Print the outcome of ``tune_store`` for a person: the version and whether it is active,
+    the validation figures against each single strategy, the models and the time taken.
+
+    Parameters
+    ----------
+    out : dict[str, Any]
+        ``tune_store``'s answer.
+    """
     state = "active" if out["activated"] else "stored, not active"
     click.echo(f"profile {out['version']}: {state}" + (f" ({out['note']})" if out["note"] else ""))
     v = out["validation"]

@@ -44,6 +44,33 @@ _EVAL_BATCH = 512
 
 @dataclass
 class TrainResult:
+    """What training one strategy produced.
+
+    Attributes
+    ----------
+    strategy : str
+        Strategy name.
+    version : str
+        The version saved.
+    path : str
+        Its folder in the model store.
+    metrics : dict[str, Any]
+        Holdout metrics (``holdout_metrics`` plus the ``holdout`` protocol); empty without a
+        holdout.
+    fit_seconds : float
+        Wall time of the final fit on all data, in seconds.
+    holdout_seconds : float
+        Wall time of the fit on the training share plus the evaluation, in seconds.
+    activated : bool
+        Whether the version was activated.
+    note : str or None
+        Why it was not activated (the gate); None otherwise.
+    previous : str or None
+        The version active before; None when none was, or when not activated.
+    timings : dict[str, float]
+        Step -> seconds (``holdout_fit``, ``evaluate``, ``fit``, ``save``).
+    """
+
     strategy: str
     version: str
     path: str
@@ -56,6 +83,11 @@ class TrainResult:
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns
+        -------
+        dict[str, Any]
+            The result for JSON output (times rounded to milliseconds; ``timings`` left out).
+        """
         return {
             "strategy": self.strategy,
             "version": self.version,
@@ -72,7 +104,20 @@ class TrainResult:
 def holdout_split(
     data: InteractionData, fraction: float = DEFAULT_HOLDOUT
 ) -> tuple[InteractionData, InteractionData]:
-    """The time holdout: the newest ``fraction`` of events to test."""
+    """The time holdout: the newest ``fraction`` of events to test.
+
+    Parameters
+    ----------
+    data : InteractionData
+        All events.
+    fraction : float
+        Share of the events, the newest, that go to test, in (0, 1).
+
+    Returns
+    -------
+    tuple[InteractionData, InteractionData]
+        ``(train, test)``.
+    """
     return time_split(data, fraction=fraction)
 
 
@@ -84,7 +129,30 @@ def holdout_metrics(
     max_users: int = MAX_EVAL_USERS,
     seed: int = 42,
 ) -> dict[str, Any]:
-    """Ranking metrics of a model fitted on ``train`` against the ``test`` events."""
+    """Ranking metrics of a model fitted on ``train`` against the ``test`` events.
+
+    Parameters
+    ----------
+    model : Strategy
+        The model, fitted on ``train``.
+    train : InteractionData
+        The training part (the users' histories; seen items are excluded).
+    test : InteractionData
+        The test part; only items new to a user count as relevant.
+    k : int
+        Cut-off.
+    max_users : int
+        At most this many test users are evaluated (a fixed-seed sample beyond).
+    seed : int
+        Seed of that sample.
+
+    Returns
+    -------
+    dict[str, Any]
+        Metric key (``"<metric>@k"``, ``coverage@k``, ``novelty@k``) -> mean, rounded to 6
+        decimals, plus ``eval_users``, ``eval_users_total`` and ``cold_users``; empty when no
+        test user has a new relevant item.
+    """
     train_m = train.matrix()
     test_m = test.matrix(binary=True)
     # Relevant: new positive items only (seen ones are excluded from recommendations anyway).
@@ -156,6 +224,39 @@ def train_strategies(
     ``holdout`` = 0 skips the evaluation (no metrics are recorded). With ``gate_metric`` a new
     version that is worse than the active one on that holdout metric is saved but not
     activated (``TrainResult.note`` says why). Raises ``ValueError`` for an unknown strategy.
+
+    Parameters
+    ----------
+    data : InteractionData
+        All events.
+    repo : ModelRepository
+        Where versions are saved (and activated).
+    names : Sequence[str]
+        Strategy names, trained in this order.
+    params : dict[str, dict[str, Any]] or None
+        Strategy name -> hyperparameters; None: the defaults.
+    holdout : float
+        Newest share of events held out for evaluation, in [0, 1); 0 skips the evaluation.
+    activate : bool
+        Activate each new version (behind the gate).
+    gate_metric : str or None
+        Holdout metric a new version must not be worse on than the active one; None: no gate.
+    actor : str
+        Who trained, recorded in the activation audit.
+    progress : bool
+        Show a progress bar (only when stderr is a terminal).
+    on_result : Callable[[TrainResult], None] or None
+        Called with each result as soon as it is ready; None: not called.
+
+    Returns
+    -------
+    list[TrainResult]
+        One per name, in order.
+
+    Raises
+    ------
+    ValueError
+        An unknown strategy name (before any training).
     """
     params = params or {}
     classes = {}
@@ -209,7 +310,32 @@ def train_strategies(
 
 
 def version_result(repo, name, version, metrics, timings, activate, actor, gate_metric):
-    """The ``TrainResult`` of a saved version, activated (behind the gate) when asked."""
+    """The ``TrainResult`` of a saved version, activated (behind the gate) when asked.
+
+    Parameters
+    ----------
+    repo : ModelRepository
+        The model store.
+    name : str
+        Strategy name.
+    version : str
+        The version saved.
+    metrics : dict[str, Any]
+        Its holdout metrics.
+    timings : dict[str, float]
+        Step -> seconds; ``fit`` is required.
+    activate : bool
+        Activate it (behind the gate).
+    actor : str
+        Who trained, recorded in the activation audit.
+    gate_metric : str or None
+        The gate's metric; None: no gate.
+
+    Returns
+    -------
+    TrainResult
+        With ``activated`` / ``previous``, or ``note`` saying why the gate refused it.
+    """
     result = TrainResult(
         strategy=name,
         version=version,

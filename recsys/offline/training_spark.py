@@ -109,7 +109,20 @@ def _id_maps(spark, jdbc, events) -> tuple[np.ndarray, IdMap, IdMap]:
 
 def time_cutoff(events, fraction: float) -> int | None:
     """``time_split``'s cutoff: the smallest timestamp among the newest ``fraction`` of
-    events (None: no event would be held out)."""
+    events (None: no event would be held out).
+
+    Parameters
+    ----------
+    events : pyspark.sql.DataFrame
+        The events, with a ``ts`` column (Unix seconds).
+    fraction : float
+        Share of the events, the newest, to hold out, in (0, 1).
+
+    Returns
+    -------
+    int or None
+        The cutoff, in Unix seconds.
+    """
     from pyspark.sql import functions as F
 
     n = events.count()
@@ -181,7 +194,41 @@ def train_spark(
 
     Raises ``ValueError`` for a strategy the engine does not train and
     ``features.spark.SparkUnavailable`` when pyspark, Java, the JDBC driver or PostgreSQL is
-    missing."""
+    missing.
+
+    Parameters
+    ----------
+    database_url : str
+        SQLAlchemy URL of the PostgreSQL store (read over JDBC).
+    repo : ModelRepository
+        Where versions are saved (and activated).
+    names : Sequence[str]
+        Strategy names, among ``SPARK_STRATEGIES``.
+    params : dict[str, dict[str, Any]] or None
+        Strategy name -> hyperparameters; None: the defaults.
+    holdout : float
+        Newest share of events held out for evaluation, in [0, 1); 0 skips the evaluation.
+    activate : bool
+        Activate each new version (behind the gate).
+    gate_metric : str or None
+        Holdout metric a new version must not be worse on than the active one; None: no gate.
+    master : str or None
+        Spark master URL; None: ``features.spark.get_session``'s default.
+    actor : str
+        Who trained, recorded in the model store and the activation audit.
+    on_result : Callable[[TrainResult], None] or None
+        Called with each result as soon as it is ready; None: not called.
+
+    Returns
+    -------
+    list[TrainResult]
+        One per name, in order.
+
+    Raises
+    ------
+    ModelError
+        409 when the store has no events.
+    """
     from features.spark import get_session, jdbc_from_sqlalchemy, read_events
 
     bad = [n for n in names if n not in SPARK_STRATEGIES]

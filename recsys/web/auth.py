@@ -28,11 +28,15 @@ from recsys.web.errors import RecsysError
 
 
 class Unauthorized(RecsysError):
+    """401: the request lacks valid credentials (admin token or API key)."""
+
     code = 401
     name = "Unauthorized"
 
 
 class Forbidden(RecsysError):
+    """403: the credentials are valid but do not allow this (admin disabled, scope missing)."""
+
     code = 403
     name = "Forbidden"
 
@@ -61,7 +65,13 @@ def check_admin() -> str:
 
 def is_admin() -> bool:
     """Whether the request carries the admin token (never raises: for answers that show more
-    to an admin, such as /readyz's reasons)."""
+    to an admin, such as /readyz's reasons).
+
+    Returns
+    -------
+    bool
+        True when ``check_admin`` would pass.
+    """
     try:
         check_admin()
     except RecsysError:
@@ -70,7 +80,19 @@ def is_admin() -> bool:
 
 
 def require_admin(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """View decorator: admin token required."""
+    """View decorator: admin token required.
+
+    Parameters
+    ----------
+    fn : Callable[..., Any]
+        The view.
+
+    Returns
+    -------
+    Callable[..., Any]
+        ``fn`` wrapped: it calls ``check_admin`` (which raises ``Forbidden`` / ``Unauthorized``)
+        before the view runs.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -87,7 +109,24 @@ API_KEYS_EXTENSION = "recsys.api_keys"
 def parse_api_keys(value: Any) -> dict[str, frozenset[str]]:
     """``RECSYS_API_KEYS`` -> {sha256 hex of key: scopes}. ``value``: None or "" (no keys), a
     string ``"key=scope,scope;key2=scope"`` (entries separated by ``;`` or newlines), or a
-    mapping ``{key: [scope, ...]}``. Raises ValueError naming what is wrong (at start-up)."""
+    mapping ``{key: [scope, ...]}``. Raises ValueError naming what is wrong (at start-up).
+
+    Parameters
+    ----------
+    value : Any
+        The ``API_KEYS`` setting: None or "" (no keys), a ``"key=scope,scope;key2=scope"``
+        string, or a mapping of key -> list of scopes (or comma-separated string).
+
+    Returns
+    -------
+    dict[str, frozenset[str]]
+        Hex SHA-256 of each key -> its scopes (the keys themselves are not kept).
+
+    Raises
+    ------
+    ValueError
+        An entry without ``=``, an empty key, a key without scopes, or an unknown scope.
+    """
     if not value:
         return {}
     if isinstance(value, Mapping):
@@ -159,6 +198,20 @@ def keys_required(app: Flask, scope: str) -> bool:
 
 
 def given_key(api_key_header: str | None, authorization: str | None) -> str | None:
+    """The API key a request presents: ``X-API-Key``, else an ``Authorization: Bearer`` token.
+
+    Parameters
+    ----------
+    api_key_header : str or None
+        The ``X-API-Key`` header; None when absent.
+    authorization : str or None
+        The ``Authorization`` header; None when absent.
+
+    Returns
+    -------
+    str or None
+        The key, stripped of spaces; None when the request presents none.
+    """
     if api_key_header:
         return api_key_header.strip()
     scheme, _, value = (authorization or "").partition(" ")
@@ -166,7 +219,22 @@ def given_key(api_key_header: str | None, authorization: str | None) -> str | No
 
 
 def key_allows(app: Flask, key: str | None, scope: str) -> bool:
-    """Whether ``key`` is configured with ``scope``."""
+    """Whether ``key`` is configured with ``scope``.
+
+    Parameters
+    ----------
+    app : Flask
+        The app holding the key table (``init_app``).
+    key : str or None
+        The key presented; None allows nothing.
+    scope : str
+        ``events:write``, ``catalog:write`` or ``read``.
+
+    Returns
+    -------
+    bool
+        True when ``key`` is configured and has ``scope``.
+    """
     scopes = app.extensions.get(API_KEYS_EXTENSION, {}).get(_digest(key)) if key else None
     return scopes is not None and scope in scopes
 
@@ -178,7 +246,20 @@ INTERNAL_READ = "recsys.internal_read"
 
 
 def check_scope(scope: str) -> None:
-    """Raise unless the request may do what ``scope`` covers (see the module docstring)."""
+    """Raise unless the request may do what ``scope`` covers (see the module docstring).
+
+    Parameters
+    ----------
+    scope : str
+        ``events:write``, ``catalog:write`` or ``read``.
+
+    Raises
+    ------
+    Unauthorized
+        Keys are required and the request presents none, or an unknown one.
+    Forbidden
+        The key presented lacks ``scope``.
+    """
     app = current_app._get_current_object()
     if not keys_required(app, scope):
         return
@@ -195,7 +276,18 @@ def check_scope(scope: str) -> None:
 
 
 def require_scope(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """View decorator: an API key with ``scope`` (when keys are configured)."""
+    """View decorator: an API key with ``scope`` (when keys are configured).
+
+    Parameters
+    ----------
+    scope : str
+        ``events:write``, ``catalog:write`` or ``read``.
+
+    Returns
+    -------
+    Callable[[Callable[..., Any]], Callable[..., Any]]
+        A decorator wrapping a view so that ``check_scope(scope)`` runs before it.
+    """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)

@@ -35,13 +35,32 @@ _MEMO_MAX = 256
 
 
 class FastCors:
-    """The headers flask-cors would add to a ``GET`` from an origin, memoised per origin."""
+    """The headers flask-cors would add to a ``GET`` from an origin, memoised per origin.
+
+    Parameters
+    ----------
+    options : dict
+        flask-cors options as ``flask_cors.core.get_cors_options`` resolves them.
+    """
 
     def __init__(self, options):
         self.options = options
         self._memo: dict[str, list[tuple[str, str]]] = {}
 
     def headers(self, origin: str | None) -> list[tuple[str, str]]:
+        """The CORS response headers for a ``GET`` from ``origin`` (memoised for a bounded number
+        of origins).
+
+        Parameters
+        ----------
+        origin : str or None
+            The request's ``Origin`` header; None for a same-origin or non-browser request.
+
+        Returns
+        -------
+        list[tuple[str, str]]
+            (header, value) pairs as flask-cors computes them; empty when ``origin`` is None.
+        """
         if origin is None:
             return []
         out = self._memo.get(origin)
@@ -70,6 +89,14 @@ def origins(app: Flask) -> list[str]:
 
 
 def init_app(app: Flask) -> None:
+    """Enable CORS on ``app`` when ``CORS_ORIGINS`` lists origins (flask-cors for Flask's
+    responses, a ``FastCors`` in ``app.extensions`` for the fast path); else do nothing.
+
+    Parameters
+    ----------
+    app : Flask
+        The application.
+    """
     allowed = origins(app)
     if not allowed:
         return
@@ -85,5 +112,17 @@ def init_app(app: Flask) -> None:
 
 
 def fast_cors(app: Flask) -> Callable[[str | None], list[tuple[str, str]]] | None:
+    """The fast path's CORS header function.
+
+    Parameters
+    ----------
+    app : Flask
+        The application, after ``init_app``.
+
+    Returns
+    -------
+    Callable[[str | None], list[tuple[str, str]]] or None
+        ``FastCors.headers`` of the app; None when CORS is off.
+    """
     cors = app.extensions.get("recsys.cors")
     return cors.headers if cors is not None else None

@@ -44,12 +44,35 @@ class ErrorOut(Schema):
 
 
 def error_body(code: int, name: str, description: str) -> dict:
+    """The JSON body of an error answer (``ErrorOut``, without ``detail``).
+
+    Parameters
+    ----------
+    code : int
+        HTTP status.
+    name : str
+        The status' name (e.g. "Not Found").
+    description : str
+        What went wrong.
+
+    Returns
+    -------
+    dict
+        ``{"code", "name", "description"}``.
+    """
     return {"code": code, "name": name, "description": description}
 
 
 def malformed_json() -> str | None:
     """Why the request's body is not JSON (with line and column), or None when it parses or
-    there is none. Only called on the error path (a 400), so a valid body is parsed once."""
+    there is none. Only called on the error path (a 400), so a valid body is parsed once.
+
+    Returns
+    -------
+    str or None
+        ``"malformed JSON body: ..."``; None when the body parses, is empty, or is JSON that
+        Python refuses for another reason.
+    """
     data = request.get_data(cache=True)
     if not data:
         return None
@@ -65,6 +88,15 @@ def malformed_json() -> str | None:
 
 
 def register_error_handlers(app: Flask) -> None:
+    """Make every error answer an ``ErrorOut`` JSON body: APIFlask's HTTP and validation errors
+    (a 400 names the malformed JSON), ``RecsysError``, an unreachable database (503 with
+    ``Retry-After``) and any unhandled exception (500, logged).
+
+    Parameters
+    ----------
+    app : Flask
+        The application (an APIFlask app).
+    """
     # APIFlask routes every HTTPException and validation error through this processor.
     app.config["HTTP_ERROR_SCHEMA"] = ErrorOut
     app.config["VALIDATION_ERROR_SCHEMA"] = ErrorOut

@@ -83,7 +83,20 @@ StartResponse = Callable[..., Any]
 
 
 def parse_query(qs: str) -> dict[str, Any] | None:
-    """``QUERY_STRING`` -> RecQuery's values, or None when not certain to be valid."""
+    """``QUERY_STRING`` -> RecQuery's values, or None when not certain to be valid.
+
+    Parameters
+    ----------
+    qs : str
+        The raw ``QUERY_STRING`` (percent-encoded ASCII).
+
+    Returns
+    -------
+    dict[str, Any] or None
+        RecQuery's field -> value, its defaults filled in; None when the query has an unknown
+        or repeated key, non-ASCII or invalid bytes, or a value RecQuery might read otherwise
+        (Flask then validates it and answers).
+    """
     out = dict(_DEFAULTS)
     if not qs:
         return out
@@ -122,7 +135,18 @@ def parse_query(qs: str) -> dict[str, Any] | None:
 
 
 def path_user(path_info: str) -> str | None:
-    """The user id of a ``/v1/users/<id>/recommendations`` PATH_INFO, or None."""
+    """The user id of a ``/v1/users/<id>/recommendations`` PATH_INFO, or None.
+
+    Parameters
+    ----------
+    path_info : str
+        The WSGI ``PATH_INFO`` (latin-1-decoded bytes, PEP 3333).
+
+    Returns
+    -------
+    str or None
+        The user id (UTF-8 decoded); None when the path is another one or the id is invalid.
+    """
     m = _PATH.fullmatch(path_info)
     if m is None:
         return None
@@ -140,7 +164,15 @@ def path_user(path_info: str) -> str | None:
 
 
 class FastCachePath:
-    """WSGI middleware in front of ``app.wsgi_app``; see the module docstring."""
+    """WSGI middleware in front of ``app.wsgi_app``; see the module docstring.
+
+    Parameters
+    ----------
+    app : Flask
+        The application (its settings, pipeline and JSON mimetype).
+    wsgi_app : Callable[[dict, StartResponse], Iterable[bytes]]
+        The WSGI callable it wraps, which answers every request it does not.
+    """
 
     def __init__(self, app: Flask, wsgi_app: Callable[[dict, StartResponse], Iterable[bytes]]):
         self.app = app
@@ -170,7 +202,20 @@ class FastCachePath:
 
     def hit(self, environ: dict) -> bytes | None:
         """The response body of a certain plain request (cached or computed), else None
-        (Flask answers)."""
+        (Flask answers).
+
+        Parameters
+        ----------
+        environ : dict
+            The WSGI environ of a ``GET .../recommendations`` request; on a miss that Flask
+            computes, the cache read is left in it (``PEEK_ENVIRON_KEY``).
+
+        Returns
+        -------
+        bytes or None
+            The JSON body to answer with; None when Flask must answer (any doubt, or any error,
+            which is logged at most every ``LOG_EVERY_S`` seconds).
+        """
         t0 = time.perf_counter()
         admission.request_started()
         try:
@@ -253,6 +298,13 @@ class FastCachePath:
 
 
 def schema_as_expected() -> bool:
+    """Whether RecQuery has exactly the fields ``parse_query`` knows, of the types it expects.
+
+    Returns
+    -------
+    bool
+        False when the schema changed: the fast path must then not be installed.
+    """
     from marshmallow import fields
 
     return (
@@ -264,7 +316,14 @@ def schema_as_expected() -> bool:
 
 
 def init_app(app: Flask) -> None:
-    """Wrap ``app.wsgi_app`` (after the blueprints are registered: the rule is checked)."""
+    """Wrap ``app.wsgi_app`` (after the blueprints are registered: the rule is checked).
+
+    Parameters
+    ----------
+    app : Flask
+        The application, with its blueprints registered. The fast path is not installed (a
+        warning is logged) when the recommendations rule or RecQuery is not as expected.
+    """
     rules = [(r.rule, r.methods) for r in app.url_map.iter_rules() if r.endpoint == ENDPOINT]
     if (
         len(rules) != 1

@@ -41,7 +41,23 @@ def _parse_int(text: str) -> int:
 
 
 def loads(data: str | bytes) -> Any:
-    """``json.loads`` whose every failure is a ``ValueError`` (see the module docstring)."""
+    """``json.loads`` whose every failure is a ``ValueError`` (see the module docstring).
+
+    Parameters
+    ----------
+    data : str or bytes
+        JSON text.
+
+    Returns
+    -------
+    Any
+        The decoded value.
+
+    Raises
+    ------
+    ValueError
+        Invalid JSON, an integer longer than ``MAX_INT_DIGITS`` digits, or nesting too deep.
+    """
     try:
         return json.loads(data, parse_int=_parse_int)
     except RecursionError as e:
@@ -50,7 +66,15 @@ def loads(data: str | bytes) -> Any:
 
 class CappedInput:
     """A ``wsgi.input`` that raises ``RequestEntityTooLarge`` once more than ``limit`` bytes
-    have been read from it (it reads at most one byte past the limit)."""
+    have been read from it (it reads at most one byte past the limit).
+
+    Parameters
+    ----------
+    stream : Any
+        The original ``wsgi.input`` (a binary file-like object).
+    limit : int
+        Most bytes that may be read, in bytes (``MAX_BODY_BYTES``).
+    """
 
     def __init__(self, stream: Any, limit: int):
         self.stream = stream
@@ -68,6 +92,23 @@ class CappedInput:
         return left if size is None or size < 0 else min(size, left)
 
     def read(self, size: int | None = -1) -> bytes:
+        """Read like ``io.RawIOBase.read``, counting against the limit.
+
+        Parameters
+        ----------
+        size : int or None
+            Most bytes to read; None or negative reads to the end.
+
+        Returns
+        -------
+        bytes
+            The data read (empty at the end of the stream).
+
+        Raises
+        ------
+        RequestEntityTooLarge
+            More than ``limit`` bytes have been read in all.
+        """
         if size is not None and size >= 0:
             return self._take(self.stream.read(self._size(size)))
         parts = []  # everything: until the end, or one byte past the limit
@@ -76,6 +117,23 @@ class CappedInput:
         return b"".join(parts)
 
     def readline(self, size: int | None = -1) -> bytes:
+        """Read one line like ``io.IOBase.readline``, counting against the limit.
+
+        Parameters
+        ----------
+        size : int or None
+            Most bytes to read; None or negative: up to the end of the line.
+
+        Returns
+        -------
+        bytes
+            The line, with its line end (empty at the end of the stream).
+
+        Raises
+        ------
+        RequestEntityTooLarge
+            More than ``limit`` bytes have been read in all.
+        """
         return self._take(self.stream.readline(self._size(size)))
 
     def __iter__(self):
@@ -85,7 +143,15 @@ class CappedInput:
 
 class BodyLimit:
     """WSGI middleware: 413 for a declared body over ``MAX_BODY_BYTES``, unread; a capped
-    input stream for a body of no declared length."""
+    input stream for a body of no declared length.
+
+    Parameters
+    ----------
+    app : Flask
+        The application (its settings and JSON provider).
+    wsgi_app : Callable[[dict, StartResponse], Iterable[bytes]]
+        The WSGI callable it wraps.
+    """
 
     def __init__(self, app: Flask, wsgi_app: Callable[[dict, StartResponse], Iterable[bytes]]):
         self.app = app
@@ -106,6 +172,20 @@ class BodyLimit:
         return self.wsgi_app(environ, start_response)
 
     def refuse(self, limit: int, start_response: StartResponse) -> list[bytes]:
+        """Answer 413 without reading the body.
+
+        Parameters
+        ----------
+        limit : int
+            The body limit, in bytes.
+        start_response : StartResponse
+            The WSGI ``start_response`` callable.
+
+        Returns
+        -------
+        list[bytes]
+            The JSON error body (``too_large``), as one chunk.
+        """
         body = self.app.json.dumps(too_large(limit)).encode()
         start_response(
             "413 Request Entity Too Large",
@@ -115,6 +195,18 @@ class BodyLimit:
 
 
 def too_large(limit: int) -> dict:
+    """The error body of a 413.
+
+    Parameters
+    ----------
+    limit : int
+        The body limit, in bytes.
+
+    Returns
+    -------
+    dict
+        ``error_body(413, ...)`` naming the limit.
+    """
     return error_body(
         413, "Request Entity Too Large", f"request body larger than {limit} bytes (the limit)"
     )

@@ -41,6 +41,8 @@ TAGS = [
 
 # -- admin responses (documentation only) ---------------------------------------------------
 class StrategiesOut(Schema):
+    """Answer of ``/v1/admin/strategies``: effective settings per strategy (documentation only)."""
+
     strategies = Dict(
         keys=String(),
         values=Dict(),
@@ -52,6 +54,8 @@ class StrategiesOut(Schema):
 
 
 class RoutingOut(Schema):
+    """Answer of ``/v1/admin/routing``: effective routing, overridden keys (documentation only)."""
+
     routing = Dict(metadata={"description": "effective routing settings"})
     overridden = List(String())
     config_version = Integer()
@@ -60,6 +64,8 @@ class RoutingOut(Schema):
 
 
 class AuditEntry(Schema):
+    """One audit entry: who did what to which target, before / after, when (documentation only)."""
+
     id = Integer()
     actor = String()
     action = String()
@@ -70,6 +76,8 @@ class AuditEntry(Schema):
 
 
 class AuditOut(Schema):
+    """Answer of ``/v1/admin/audit``: one page of entries and the total (documentation only)."""
+
     total = Integer()
     limit = Integer()
     offset = Integer()
@@ -77,6 +85,8 @@ class AuditOut(Schema):
 
 
 class ModelsOut(Schema):
+    """Answer of ``GET /v1/admin/models``: runtime rows, readiness, versions (docs only)."""
+
     runtime = List(Dict(), metadata={"description": "what this process holds, per strategy"})
     ready = Boolean()
     budget_bytes = Integer()
@@ -84,6 +94,8 @@ class ModelsOut(Schema):
 
 
 class ModelChangeOut(Schema):
+    """Answer of an activation or rollback: the versions, the runtime after (documentation only)."""
+
     strategy = String()
     version = String()
     previous_version = String(allow_none=True)
@@ -91,6 +103,8 @@ class ModelChangeOut(Schema):
 
 
 class ModelModeOut(Schema):
+    """Answer of a model load or unload: the strategy's load mode and state (documentation only)."""
+
     strategy = String()
     load_mode = String()
     state = String()
@@ -98,6 +112,10 @@ class ModelModeOut(Schema):
 
 
 class ModelStrategyOut(Schema):
+    """Answer of ``GET /v1/admin/models/<strategy>``: versions, runtime row, stats (documentation
+    only).
+    """
+
     strategy = String()
     active_version = String(allow_none=True)
     rollback_target = String(allow_none=True)
@@ -112,6 +130,10 @@ class ModelStrategyOut(Schema):
 
 
 class ServingProfileOut(Schema):
+    """Answer of ``/v1/admin/models/profile/active``: the active serving profile (documentation
+    only).
+    """
+
     format = String()
     routes = List(Dict(), metadata={"description": "[{max_history, weights, blend?, ...}]"})
     blend = String()
@@ -119,6 +141,8 @@ class ServingProfileOut(Schema):
 
 
 class ExperimentOut(Schema):
+    """One experiment: name, variants, status and times (documentation only)."""
+
     name = String()
     variants = List(Dict(), metadata={"description": "[{name, weight, config}]"})
     status = String()
@@ -129,10 +153,14 @@ class ExperimentOut(Schema):
 
 
 class ExperimentsOut(Schema):
+    """Answer of ``GET /v1/admin/experiments``: every experiment (documentation only)."""
+
     experiments = List(Nested(ExperimentOut))
 
 
 class ExperimentReportOut(Schema):
+    """An experiment's report: per-variant figures and comparisons (documentation only)."""
+
     experiment = Nested(ExperimentOut)
     window_s = Float()
     variants = Dict(metadata={"description": "per variant: exposures, rates, 95% intervals"})
@@ -142,6 +170,10 @@ class ExperimentReportOut(Schema):
 
 
 class UserExperimentsOut(Schema):
+    """Answer of ``/v1/users/<id>/experiments``: assignments and the serving one (documentation
+    only).
+    """
+
     user_id = String()
     assignments = List(
         Dict(), metadata={"description": "[{name, variant}] per running experiment (null: out)"}
@@ -245,7 +277,19 @@ def _share_success_schema(responses: dict) -> None:
 
 
 def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """APIFlask's spec processor: see the module docstring."""
+    """APIFlask's spec processor: see the module docstring.
+
+    Parameters
+    ----------
+    spec : dict[str, Any]
+        The OpenAPI document APIFlask generated; changed in place.
+
+    Returns
+    -------
+    dict[str, Any]
+        ``spec``, with security schemes, tags, the shared headers, error responses and the
+        typed admin answers added.
+    """
     components = spec.setdefault("components", {})
     components["securitySchemes"] = {
         ADMIN_SCHEME: {
@@ -317,7 +361,14 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def init_app(app: Flask) -> None:
-    """Local Swagger UI assets and the spec processor (call before the first request)."""
+    """Local Swagger UI assets and the spec processor (call before the first request).
+
+    Parameters
+    ----------
+    app : Flask
+        The application (an APIFlask app): Swagger UI is served from the local
+        ``flask_swagger_ui`` assets and ``complete_spec`` processes its spec.
+    """
     import flask_swagger_ui
 
     assets = os.path.join(os.path.dirname(flask_swagger_ui.__file__), "dist")

@@ -1,4 +1,8 @@
-"""Marshmallow schemas (through APIFlask) for input validation and the OpenAPI document."""
+"""Marshmallow schemas (through APIFlask) for input validation and the OpenAPI document.
+
+Just over 500 lines because of its docstrings: every request and answer shape of the public
+API sits in this one module, next to the field types and bounds they share.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,18 @@ MAX_SESSION_ITEMS = 200
 
 def check_text(value: str) -> str | None:
     """Why ``value`` cannot be stored as text, or None. PostgreSQL text refuses NUL, and a lone
-    surrogate (valid in JSON's ``\\ud800``, not in UTF-8) cannot be encoded at all."""
+    surrogate (valid in JSON's ``\\ud800``, not in UTF-8) cannot be encoded at all.
+
+    Parameters
+    ----------
+    value : str
+        The text to store.
+
+    Returns
+    -------
+    str or None
+        What is wrong with it; None when it can be stored.
+    """
     if "\x00" in value:
         return "must not contain NUL (\\u0000) characters"
     try:
@@ -34,7 +49,21 @@ def check_text(value: str) -> str | None:
 
 def id_problem(value: str, what: str = "user_id") -> str | None:
     """Why ``value`` is not an acceptable id in a URL, or None (the views and the WSGI fast
-    path check path ids with this)."""
+    path check path ids with this).
+
+    Parameters
+    ----------
+    value : str
+        The id, as decoded from the URL.
+    what : str
+        Its name in the message (``user_id``, ``item_id``...).
+
+    Returns
+    -------
+    str or None
+        What is wrong with it (blank, longer than ``MAX_ID``, or not storable text); None
+        when it is acceptable.
+    """
     if not value.strip() or len(value) > MAX_ID:
         return f"{what} must be 1..{MAX_ID} characters"
     if why := check_text(value):  # %00 in the URL would reach SQL
@@ -44,7 +73,18 @@ def id_problem(value: str, what: str = "user_id") -> str | None:
 
 def split_exclude(raw: str | None) -> list[str] | None:
     """The item ids of an ``exclude`` query value (comma-separated, blanks dropped), or None
-    when there are more than ``MAX_EXCLUDE`` or one is longer than ``MAX_ID``."""
+    when there are more than ``MAX_EXCLUDE`` or one is longer than ``MAX_ID``.
+
+    Parameters
+    ----------
+    raw : str or None
+        The ``exclude`` query value; None or "" excludes nothing.
+
+    Returns
+    -------
+    list[str] or None
+        The ids, in the order given; None when the value is out of bounds.
+    """
     if not raw:
         return []
     out = [x.strip() for x in raw.split(",") if x.strip()]
@@ -102,7 +142,18 @@ class ExternalId(Text):
 
 
 def StrictBool(**kw) -> Boolean:  # noqa: N802 - a field factory reads like a field
-    """JSON true/false only (marshmallow's default also takes "no", 0, "off"...)."""
+    """JSON true/false only (marshmallow's default also takes "no", 0, "off"...).
+
+    Parameters
+    ----------
+    **kw
+        Keyword arguments of ``marshmallow.fields.Boolean`` (``load_default``...).
+
+    Returns
+    -------
+    Boolean
+        A field that takes only JSON ``true`` and ``false``.
+    """
     return Boolean(truthy={True}, falsy={False}, **kw)
 
 
@@ -154,7 +205,19 @@ class ItemFields(String):
 
 def item_fields(value: tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
     """A deserialised ``fields`` value (a query's tuple or a body's list) in ``ITEM_FIELDS``
-    order; the default set when it was not given."""
+    order; the default set when it was not given.
+
+    Parameters
+    ----------
+    value : tuple[str, ...] or list[str] or None
+        The deserialised ``fields`` value: a tuple (query, already ordered), a list (body),
+        or None when not given.
+
+    Returns
+    -------
+    tuple[str, ...]
+        Field names in ``ITEM_FIELDS`` order; ``DEFAULT_ITEM_FIELDS`` for None.
+    """
     if value is None:
         return DEFAULT_ITEM_FIELDS
     if isinstance(value, tuple):
@@ -175,6 +238,10 @@ def _fields_param() -> ItemFields:
 
 
 class RecQuery(Schema):
+    """Query of ``GET /v1/users/<id>/recommendations``: page (``n``, ``offset``), ``category``,
+    ``exclude`` (comma-separated ids), ``explain`` and the item ``fields``.
+    """
+
     n = Integer(load_default=10, validate=Range(1, MAX_N))
     offset = Integer(load_default=0, validate=Range(0, MAX_OFFSET))
     category = Text(load_default=None, validate=Length(1, MAX_ID))
@@ -191,6 +258,10 @@ class RecQuery(Schema):
 
 
 class SessionIn(Schema):
+    """Body of ``POST /v1/recommendations``: the guest's recent ``items`` (newest first), page,
+    ``category``, ``exclude`` (a list of ids), ``explain`` and the item ``fields``.
+    """
+
     items = List(
         ExternalId(),
         required=True,
@@ -213,6 +284,8 @@ class SessionIn(Schema):
 
 
 class RecItemOut(Schema):
+    """One item of a recommendation list: id, score, per-strategy ``sources`` and item data."""
+
     item_id = String()
     score = Float()
     sources = Dict(
@@ -229,6 +302,8 @@ class RecItemOut(Schema):
 
 
 class RecOut(Schema):
+    """A recommendation list: the items, the route, cache / degraded flags and model versions."""
+
     user_id = String(allow_none=True)
     route = String(
         metadata={
@@ -248,6 +323,8 @@ class RecOut(Schema):
 
 
 class CountQuery(Schema):
+    """Query of ``GET /v1/popular``: page, ``category``, ``explain`` and the item ``fields``."""
+
     n = Integer(load_default=10, validate=Range(1, MAX_N))
     offset = Integer(load_default=0, validate=Range(0, MAX_OFFSET))
     category = Text(load_default=None, validate=Length(1, MAX_ID))
@@ -256,6 +333,8 @@ class CountQuery(Schema):
 
 
 class SimilarQuery(Schema):
+    """Query of ``GET /v1/items/<id>/similar``: ``n``, ``explain`` and the item ``fields``."""
+
     n = Integer(load_default=10, validate=Range(1, MAX_N))
     explain = Boolean(load_default=False)
     fields = _fields_param()
@@ -263,6 +342,8 @@ class SimilarQuery(Schema):
 
 # -- events ---------------------------------------------------------------------------------
 class EventIn(Schema):
+    """One event of ``POST /v1/events``: user, item, type, value, timestamp and idempotency key."""
+
     user_id = ExternalId(required=True)
     item_id = ExternalId(required=True)
     type = String(required=True, validate=OneOf(EVENT_TYPES))
@@ -277,6 +358,8 @@ class EventIn(Schema):
 
 
 class EventsOut(Schema):
+    """Answer of ``POST /v1/events``: events received, inserted, and skipped as duplicates."""
+
     received = Integer()
     inserted = Integer()
     duplicates = Integer()
@@ -284,6 +367,8 @@ class EventsOut(Schema):
 
 # -- catalogue ------------------------------------------------------------------------------
 class ItemIn(Schema):
+    """Body of ``PUT /v1/items/<id>``: the fields to set (absent fields keep their value)."""
+
     title = Text(validate=Length(max=512))
     description = Text(validate=Length(max=20_000))
     categories = List(Text(validate=Length(1, MAX_ID)), validate=Length(max=50))
@@ -294,6 +379,8 @@ class ItemIn(Schema):
 
 
 class ItemOut(Schema):
+    """An item as the catalogue endpoints answer it, with ``created`` (true on a 201)."""
+
     item_id = String()
     title = String()
     description = String()
@@ -306,6 +393,8 @@ class ItemOut(Schema):
 
 
 class ItemListQuery(Schema):
+    """Query of ``GET /v1/items``: page size, ``cursor``, ``category`` and ``available``."""
+
     limit = Integer(load_default=50, validate=Range(1, 500))
     cursor = Text(
         load_default=None,
@@ -317,6 +406,8 @@ class ItemListQuery(Schema):
 
 
 class ItemListEntry(Schema):
+    """One item of ``GET /v1/items``."""
+
     item_id = String()
     title = String()
     price = Float(allow_none=True)
@@ -327,6 +418,8 @@ class ItemListEntry(Schema):
 
 
 class ItemListOut(Schema):
+    """Answer of ``GET /v1/items``: one page and the cursor of the next (null: the last page)."""
+
     items = List(Nested(ItemListEntry))
     next_cursor = String(
         allow_none=True, metadata={"description": "pass as `cursor` for the next page; null: end"}
@@ -334,11 +427,15 @@ class ItemListOut(Schema):
 
 
 class UserListQuery(Schema):
+    """Query of ``GET /v1/users``: page size and ``cursor``."""
+
     limit = Integer(load_default=50, validate=Range(1, 500))
     cursor = Text(load_default=None, validate=Length(1, 400))
 
 
 class UserEntry(Schema):
+    """One user: id, attributes, number of events, creation and update times."""
+
     user_id = String()
     attributes = Dict()
     events = Integer(metadata={"description": "events recorded for the user"})
@@ -351,21 +448,29 @@ class UserDetailOut(UserEntry):
 
 
 class UserListOut(Schema):
+    """Answer of ``GET /v1/users``: one page and the cursor of the next (null: the last page)."""
+
     users = List(Nested(UserEntry))
     next_cursor = String(allow_none=True)
 
 
 class UserDeletedOut(Schema):
+    """Answer of ``DELETE /v1/users/<id>``: the user erased and how many events went with it."""
+
     user_id = String()
     deleted = Boolean()
     events_deleted = Integer()
 
 
 class UserIn(Schema):
+    """Body of ``PUT /v1/users/<id>``: the user's ``attributes`` (replaced as a whole)."""
+
     attributes = Dict(keys=String(), load_default=dict, validate=_json_safe)
 
 
 class UserOut(Schema):
+    """Answer of ``PUT /v1/users/<id>``: id, attributes and whether it was created."""
+
     user_id = String()
     attributes = Dict()
     created = Boolean()
@@ -373,12 +478,16 @@ class UserOut(Schema):
 
 # -- admin ----------------------------------------------------------------------------------
 class StrategyPatch(Schema):
+    """One strategy's change in ``PATCH /v1/admin/strategies``: ``enabled`` and / or ``weight``."""
+
     enabled = StrictBool()
     # Bounded: a huge weight would overflow the blended scores to infinity.
     weight = Float(validate=[Range(0, 1000), _finite])
 
 
 class AuditQuery(Schema):
+    """Query of ``GET /v1/admin/audit``: page (``limit``, ``offset``) and filters."""
+
     limit = Integer(load_default=50, validate=Range(1, 500))
     offset = Integer(load_default=0, validate=Range(0, 1_000_000_000))  # SQL bigint bound
     action = Text(load_default=None, validate=Length(1, 64))

@@ -46,6 +46,26 @@ class ConfigError(ValueError):
 
 @dataclass
 class EvalConfig:
+    """One configuration an evaluation compares (``--config``).
+
+    Attributes
+    ----------
+    name : str
+        Its name in the report (unique within a run: ``load_configs``).
+    serving : dict[str, Any]
+        Override for ``ServingConfig.with_overrides``; empty means the shipped default.
+    params : dict[str, dict[str, Any]]
+        Strategy name -> hyperparameters passed to the strategy class.
+    description : str
+        Free text for the report.
+    source : str
+        Where it came from: ``default``, ``tuned``, a strategy name or a file path; "" for one
+        built in code.
+    tune : bool
+        True: searched on the training part (``recsys.offline.tuning``) before training,
+        ``serving`` and ``params`` then come from the resulting profile.
+    """
+
     name: str
     # Override dict for ServingConfig.with_overrides; empty means the shipped default.
     serving: dict[str, Any] = field(default_factory=dict)
@@ -58,6 +78,13 @@ class EvalConfig:
     tune: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain data for the report.
+
+        Returns
+        -------
+        dict[str, Any]
+            ``name``, ``tune``, ``description``, ``source``, ``serving`` and ``params``.
+        """
         return {
             "name": self.name,
             "tune": self.tune,
@@ -69,7 +96,19 @@ class EvalConfig:
 
 
 def single_strategy_overrides(name: str) -> dict[str, Any]:
-    """Serving override under which ``name`` alone serves every user (cold and warm)."""
+    """Serving override under which ``name`` alone serves every user (cold and warm).
+
+    Parameters
+    ----------
+    name : str
+        A served strategy name (``strategies.STRATEGY_NAMES``).
+
+    Returns
+    -------
+    dict[str, Any]
+        ``{"strategies": ..., "routing": ...}``: every other strategy disabled, ``name``
+        enabled with weight 1.0 on both routes.
+    """
     from strategies import STRATEGY_NAMES as SERVED
 
     strategies = {s: {"enabled": s == name} for s in SERVED}
@@ -81,7 +120,23 @@ def single_strategy_overrides(name: str) -> dict[str, Any]:
 
 
 def load_config(spec: str) -> EvalConfig:
-    """Resolve one ``--config`` value: ``default``, a strategy name, or a TOML/JSON file."""
+    """Resolve one ``--config`` value: ``default``, a strategy name, or a TOML/JSON file.
+
+    Parameters
+    ----------
+    spec : str
+        ``default``, ``tuned``, a strategy name, or the path of a ``.toml`` / ``.json`` file.
+
+    Returns
+    -------
+    EvalConfig
+        The configuration (named after the file's ``name`` key, else its base name).
+
+    Raises
+    ------
+    ConfigError
+        ``spec`` is none of those, or the file cannot be parsed or validated.
+    """
     from strategies import STRATEGY_NAMES
 
     if spec == DEFAULT_NAME:
@@ -123,7 +178,26 @@ def load_config(spec: str) -> EvalConfig:
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "") -> EvalConfig:
-    """Validate a parsed configuration (file contents or a notebook's dict)."""
+    """Validate a parsed configuration (file contents or a notebook's dict).
+
+    Parameters
+    ----------
+    raw : dict[str, Any]
+        Keys among ``name``, ``description``, ``serving`` and ``params``.
+    source : str
+        Where it came from (the file path), for messages and the default name; "" for none.
+
+    Returns
+    -------
+    EvalConfig
+        The validated configuration.
+
+    Raises
+    ------
+    ConfigError
+        Not a mapping, unknown keys, params for unknown strategies, or an invalid serving
+        override.
+    """
     from strategies import STRATEGY_NAMES
 
     if not isinstance(raw, dict):
@@ -158,7 +232,23 @@ def config_from_dict(raw: dict[str, Any], source: str = "") -> EvalConfig:
 
 
 def serving_config(cfg: EvalConfig):
-    """The ServingConfig this evaluation configuration stands for."""
+    """The ServingConfig this evaluation configuration stands for.
+
+    Parameters
+    ----------
+    cfg : EvalConfig
+        The evaluation configuration.
+
+    Returns
+    -------
+    ServingConfig
+        The shipped default with ``cfg.serving`` applied.
+
+    Raises
+    ------
+    ConfigError
+        The serving override is invalid.
+    """
     from recsys.core.config import ServingConfig
 
     try:
@@ -168,7 +258,23 @@ def serving_config(cfg: EvalConfig):
 
 
 def load_configs(specs: list[str | EvalConfig]) -> list[EvalConfig]:
-    """Resolve every ``--config``; a repeated name gets a suffix (``popular``, ``popular#2``)."""
+    """Resolve every ``--config``; a repeated name gets a suffix (``popular``, ``popular#2``).
+
+    Parameters
+    ----------
+    specs : list[str or EvalConfig]
+        ``--config`` values (see ``load_config``) or configurations already built.
+
+    Returns
+    -------
+    list[EvalConfig]
+        One per spec, in order, with unique names.
+
+    Raises
+    ------
+    ConfigError
+        A spec cannot be resolved.
+    """
     out: list[EvalConfig] = []
     seen: dict[str, int] = {}
     for spec in specs:

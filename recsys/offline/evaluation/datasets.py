@@ -39,7 +39,24 @@ _PRODUCT_CODE = re.compile(r"^\d{5}[A-Za-z]{0,2}$")
 
 def load_movielens_100k(path: str | None = None) -> InteractionData:
     """``u.data`` in file order (the order Recommenders' loader keeps, which its seeded
-    split depends on) as ``rating`` events, with titles and genres from ``u.item``."""
+    split depends on) as ``rating`` events, with titles and genres from ``u.item``.
+
+    Parameters
+    ----------
+    path : str or None
+        The folder holding ``u.data`` and ``u.item``; None means ``ML100K_DIR``.
+
+    Returns
+    -------
+    InteractionData
+        The ratings (value 1 to 5, Unix-second timestamps) over the whole catalogue of
+        ``u.item`` (item index in ascending movie id), ``info["dataset"] == "ml-100k"``.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``u.data`` is not in ``path``.
+    """
     path = path or ML100K_DIR
     data_file = os.path.join(path, "u.data")
     if not os.path.exists(data_file):
@@ -88,7 +105,24 @@ def load_online_retail(path: str | None = None) -> InteractionData:
     """Purchases from the UCI Online Retail log: rows with a customer, quantity > 0, not a
     cancellation (invoice "C..."), and a product stock code. One ``purchase`` event per invoice
     line, ``value`` = quantity; item text = the most frequent description of the stock code;
-    no categories (the dataset has none)."""
+    no categories (the dataset has none).
+
+    Parameters
+    ----------
+    path : str or None
+        The gzipped CSV; None means the bundled ``RETAIL_FILE``.
+
+    Returns
+    -------
+    InteractionData
+        The purchases (Unix-second timestamps, UTC) with titles and unit prices,
+        ``info["dataset"] == "online-retail"``.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    """
     path = path or RETAIL_FILE
     if not os.path.exists(path):
         raise FileNotFoundError(f"Online Retail file not found: {path}")

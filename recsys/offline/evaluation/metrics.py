@@ -55,7 +55,28 @@ def ranking_metrics(
     rec_ids: np.ndarray, relevant: sp.csr_matrix, k: int = 10
 ) -> dict[str, np.ndarray]:
     """Per-user arrays for every metric in ``PER_USER_METRICS`` (NaN for users with nothing
-    relevant)."""
+    relevant).
+
+    Parameters
+    ----------
+    rec_ids : np.ndarray
+        ``(n_users, >= k)`` item indices, best first, padded with -1.
+    relevant : scipy.sparse.csr_matrix
+        ``(n_users, n_items)``; the nonzero cells of row i are the relevant items of the user
+        of ``rec_ids[i]``.
+    k : int
+        Cut-off: only the first ``k`` recommendations count.
+
+    Returns
+    -------
+    dict[str, np.ndarray]
+        Metric name (``PER_USER_METRICS``) -> ``(n_users,)`` float64 values.
+
+    Raises
+    ------
+    ValueError
+        ``rec_ids`` and ``relevant`` have different numbers of rows.
+    """
     hits = _hits(rec_ids, relevant, k)
     n_rel = _n_relevant(relevant)
     ranks = np.arange(1, k + 1, dtype=np.float64)
@@ -85,32 +106,150 @@ def ranking_metrics(
 
 
 def precision_at_k(rec_ids: np.ndarray, relevant: sp.csr_matrix, k: int = 10) -> np.ndarray:
+    """Precision@k per user (see the module docstring).
+
+    Parameters
+    ----------
+    rec_ids : np.ndarray
+        ``(n_users, >= k)`` item indices, best first, padded with -1.
+    relevant : scipy.sparse.csr_matrix
+        ``(n_users, n_items)``; the nonzero cells of row i are the relevant items of the user
+        of ``rec_ids[i]``.
+    k : int
+        Cut-off: only the first ``k`` recommendations count.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_users,)`` float64: precision@k per user; NaN for a user with nothing relevant.
+    """
     return ranking_metrics(rec_ids, relevant, k)["precision"]
 
 
 def recall_at_k(rec_ids: np.ndarray, relevant: sp.csr_matrix, k: int = 10) -> np.ndarray:
+    """Recall@k per user (see the module docstring).
+
+    Parameters
+    ----------
+    rec_ids : np.ndarray
+        ``(n_users, >= k)`` item indices, best first, padded with -1.
+    relevant : scipy.sparse.csr_matrix
+        ``(n_users, n_items)``; the nonzero cells of row i are the relevant items of the user
+        of ``rec_ids[i]``.
+    k : int
+        Cut-off: only the first ``k`` recommendations count.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_users,)`` float64: recall@k per user; NaN for a user with nothing relevant.
+    """
     return ranking_metrics(rec_ids, relevant, k)["recall"]
 
 
 def ndcg_at_k(rec_ids: np.ndarray, relevant: sp.csr_matrix, k: int = 10) -> np.ndarray:
+    """nDCG@k per user (see the module docstring).
+
+    Parameters
+    ----------
+    rec_ids : np.ndarray
+        ``(n_users, >= k)`` item indices, best first, padded with -1.
+    relevant : scipy.sparse.csr_matrix
+        ``(n_users, n_items)``; the nonzero cells of row i are the relevant items of the user
+        of ``rec_ids[i]``.
+    k : int
+        Cut-off: only the first ``k`` recommendations count.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_users,)`` float64: nDCG@k per user; NaN for a user with nothing relevant.
+    """
     return ranking_metrics(rec_ids, relevant, k)["ndcg"]
 
 
 def average_precision(rec_ids: np.ndarray, relevant: sp.csr_matrix, k: int = 10) -> np.ndarray:
-    """Recommenders' ``map`` per user (normalised by the number of relevant items)."""
+    """Recommenders' ``map`` per user (normalised by the number of relevant items).
+
+    Parameters
+    ----------
+    rec_ids : np.ndarray
+        ``(n_users, >= k)`` item indices, best first, padded with -1.
+    relevant : scipy.sparse.csr_matrix
+        ``(n_users, n_items)``; the nonzero cells of row i are the relevant items of the user
+        of ``rec_ids[i]``.
+    k : int
+        Cut-off: only the first ``k`` recommendations count.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_users,)`` float64: average precision per user; NaN for a user with nothing relevant.
+    """
     return ranking_metrics(rec_ids, relevant, k)["map"]
 
 
 def hit_rate(rec_ids: np.ndarray, relevant: sp.csr_matrix, k: int = 10) -> np.ndarray:
+    """Hit rate@k per user (see the module docstring).
+
+    Parameters
+    ----------
+    rec_ids : np.ndarray
+        ``(n_users, >= k)`` item indices, best first, padded with -1.
+    relevant : scipy.sparse.csr_matrix
+        ``(n_users, n_items)``; the nonzero cells of row i are the relevant items of the user
+        of ``rec_ids[i]``.
+    k : int
+        Cut-off: only the first ``k`` recommendations count.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_users,)`` float64: hit rate@k (1.0 or 0.0) per user; NaN for a user with
+        nothing relevant.
+    """
     return ranking_metrics(rec_ids, relevant, k)["hit_rate"]
 
 
 def mrr(rec_ids: np.ndarray, relevant: sp.csr_matrix, k: int = 10) -> np.ndarray:
+    """Reciprocal rank of the first hit per user (see the module docstring).
+
+    Parameters
+    ----------
+    rec_ids : np.ndarray
+        ``(n_users, >= k)`` item indices, best first, padded with -1.
+    relevant : scipy.sparse.csr_matrix
+        ``(n_users, n_items)``; the nonzero cells of row i are the relevant items of the user
+        of ``rec_ids[i]``.
+    k : int
+        Cut-off: only the first ``k`` recommendations count.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_users,)`` float64: reciprocal rank of the first hit (0.0 without one) per
+        user; NaN for a user with nothing relevant.
+    """
     return ranking_metrics(rec_ids, relevant, k)["mrr"]
 
 
 def coverage(rec_ids: np.ndarray, n_items: int, k: int = 10) -> float:
-    """Share of the catalogue that appears in at least one user's top k."""
+    """Share of the catalogue that appears in at least one user's top k.
+
+    Parameters
+    ----------
+    rec_ids : np.ndarray
+        ``(n_users, >= k)`` item indices, best first, padded with -1.
+    n_items : int
+        Catalogue size; indices outside ``[0, n_items)`` are ignored.
+    k : int
+        Cut-off.
+
+    Returns
+    -------
+    float
+        In [0, 1]; 0.0 for an empty catalogue.
+    """
     if n_items <= 0:
         return 0.0
     rec = np.asarray(rec_ids)[:, :k].ravel()
@@ -124,6 +263,22 @@ def novelty(rec_ids: np.ndarray, item_users: np.ndarray, n_users: int, k: int = 
     ``p(i)`` is the share of training users who interacted with item i (``item_users[i] /
     n_users``); items nobody interacted with count as seen by one user so the value stays
     finite. Users with nothing recommended get NaN.
+
+    Parameters
+    ----------
+    rec_ids : np.ndarray
+        ``(n_users, >= k)`` item indices, best first, padded with -1.
+    item_users : np.ndarray
+        ``(n_items,)``: number of training users who interacted with each item.
+    n_users : int
+        Number of training users.
+    k : int
+        Cut-off.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_users,)`` float64, in bits.
     """
     rec = np.asarray(rec_ids)[:, :k].astype(np.int64)
     valid = rec >= 0
@@ -135,7 +290,18 @@ def novelty(rec_ids: np.ndarray, item_users: np.ndarray, n_users: int, k: int = 
 
 
 def summarize(per_user: dict[str, np.ndarray]) -> dict[str, float]:
-    """Means over users with a defined value (what Recommenders reports)."""
+    """Means over users with a defined value (what Recommenders reports).
+
+    Parameters
+    ----------
+    per_user : dict[str, np.ndarray]
+        Metric name -> per-user values (NaN: undefined for that user).
+
+    Returns
+    -------
+    dict[str, float]
+        Metric name -> mean of the finite values; 0.0 when none is finite.
+    """
     return {
         name: float(np.nanmean(v)) if np.isfinite(v).any() else 0.0 for name, v in per_user.items()
     }
@@ -149,7 +315,26 @@ def evaluate_recommendations(
     n_train_users: int | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """All metrics at once: ``(means, per_user)``; keys are ``"<metric>@k"``, plus
-    ``coverage@k`` (means only) and ``novelty@k`` when training popularity is given."""
+    ``coverage@k`` (means only) and ``novelty@k`` when training popularity is given.
+
+    Parameters
+    ----------
+    rec_ids : np.ndarray
+        ``(n_users, >= k)`` item indices, best first, padded with -1.
+    relevant : scipy.sparse.csr_matrix
+        ``(n_users, n_items)`` relevant items per row of ``rec_ids``.
+    k : int
+        Cut-off.
+    item_users : np.ndarray or None
+        ``(n_items,)`` training users per item; None: no novelty.
+    n_train_users : int or None
+        Number of training users; None: no novelty.
+
+    Returns
+    -------
+    tuple[dict[str, float], dict[str, np.ndarray]]
+        ``(means, per_user)``: metric -> mean, and metric -> ``(n_users,)`` values.
+    """
     per = ranking_metrics(rec_ids, relevant, k)
     if item_users is not None and n_train_users is not None:
         per["novelty"] = novelty(rec_ids, item_users, n_train_users, k)

@@ -32,7 +32,20 @@ def _ci(interval: list[float] | None) -> str:
 
 
 def write_report(report: dict[str, Any], out_dir: str) -> dict[str, str]:
-    """Write report.json, summary.md and plots into ``out_dir``; returns the paths."""
+    """Write report.json, summary.md and plots into ``out_dir``; returns the paths.
+
+    Parameters
+    ----------
+    report : dict[str, Any]
+        The evaluation report (``runner.evaluate``'s answer).
+    out_dir : str
+        Folder to write into (created if missing; existing files are overwritten).
+
+    Returns
+    -------
+    dict[str, str]
+        ``json``, ``summary`` and the plot keys (``metrics_png``, ``history_png``) -> path.
+    """
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(out_dir, "report.json")}
     with open(paths["json"], "w") as f:
@@ -58,6 +71,22 @@ def _json_default(o: Any) -> Any:
 
 
 def summary_markdown(report: dict[str, Any], plots: list[str] | None = None) -> str:
+    """The report as a Markdown summary: data and split, metrics with intervals, comparisons and
+    verdicts, segments, timings and plots.
+
+    Parameters
+    ----------
+    report : dict[str, Any]
+        The evaluation report.
+    plots : list[str] or None
+        File names (relative to the summary) to embed; only ``.png`` ones are shown. None: no
+        plots section.
+
+    Returns
+    -------
+    str
+        The Markdown text.
+    """
     k = report["k"]
     names = list(report["configs"])
     lines = [f"# Offline evaluation: {', '.join(names)}", ""]
@@ -147,6 +176,21 @@ def summary_markdown(report: dict[str, Any], plots: list[str] | None = None) -> 
 
 
 def write_plots(report: dict[str, Any], out_dir: str) -> dict[str, str]:
+    """Draw the headline metrics per configuration (with 95% intervals) and, when the report has
+    history segments, the main metric by history length, as PNG files.
+
+    Parameters
+    ----------
+    report : dict[str, Any]
+        The evaluation report.
+    out_dir : str
+        Existing folder to write into.
+
+    Returns
+    -------
+    dict[str, str]
+        ``metrics_png`` and, with history segments, ``history_png`` -> path.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a display

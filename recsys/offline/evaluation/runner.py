@@ -61,7 +61,23 @@ def train_models(
     train: InteractionData,
     progress: Callable | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
-    """Fit what each configuration needs; returns per-config {strategy: LoadedModel} and times."""
+    """Fit what each configuration needs; returns per-config {strategy: LoadedModel} and times.
+
+    Parameters
+    ----------
+    configs : Sequence[EvalConfig]
+        The configurations; a strategy with the same hyperparameters is fitted once for all.
+    train : InteractionData
+        The training part.
+    progress : Callable or None
+        tqdm-like factory (``progress(total=, desc=, unit=)``) for a progress bar; None: none.
+
+    Returns
+    -------
+    tuple[dict[str, dict[str, Any]], dict[str, float]]
+        Config name -> {strategy: ``LoadedModel``} (a strategy that cannot be built is left
+        out, with a warning), and strategy label -> fit time in seconds.
+    """
     from recsys.models.repository import LoadedModel
     from strategies import get_strategy_class
 
@@ -162,14 +178,57 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate ``configs`` (EvalConfig objects or ``--config`` strings) on ``data``.
 
-    ``tune_budget``: seconds of search for each ``tuned`` configuration, which sees the
-    training part only; ``tune_options``: further ``TuneOptions`` fields; ``tuner``: what
-    fills a tuned configuration in (``recsys.offline.tuning.search.tune_config``; evaluation
-    does not import the tuner, which itself evaluates with this package's splits and metrics).
-    ``relevant``: "all" (every positive test event counts, the Recommenders protocol) or "new"
-    (only items absent from the user's training events: discovery).
-    ``progress``: a tqdm-like factory (``progress(total=, desc=, unit=)``) for progress bars.
-    Returns the report dict (see the module docstring and ``report.write_report``).
+    Parameters
+    ----------
+    configs : Sequence[EvalConfig or str]
+        The configurations (see ``configs.load_config`` for the strings); at least one.
+    data : InteractionData
+        All events; split here.
+    split : str
+        Split name (``splits.SPLITS``): ``stratified-item``, ``random-user``, ``time`` or
+        ``leave-last-out``.
+    k : int
+        Cut-off of every metric, >= 1.
+    seed : int
+        Random seed of the split and of the resampling.
+    ratio : float
+        Training share of the ``stratified-item`` and ``random-user`` splits, in (0, 1).
+    cutoff : str or None
+        ``time`` split: ISO date (UTC when naive); events before it train. None: use
+        ``fraction``.
+    fraction : float or None
+        ``time`` split without ``cutoff``: share of the events, the newest, that go to test
+        (None: 0.2).
+    resamples : int
+        Bootstrap / permutation resamples of the intervals and tests.
+    all_pairs : bool
+        True: compare every pair of configurations; False: each against the first.
+    progress : Callable or None
+        tqdm-like factory (``progress(total=, desc=, unit=)``) for progress bars; None: none.
+    dataset_name : str or None
+        Name in the report; None: ``data.info["dataset"]`` (else "data").
+    relevant : str
+        "all" (every positive test event counts, the Recommenders protocol) or "new" (only
+        items absent from the user's training events: discovery).
+    tune_budget : float
+        Seconds of search for each ``tuned`` configuration, which sees the training part only.
+    tune_options : dict[str, Any] or None
+        Further ``TuneOptions`` fields for the search; None: the defaults.
+    tuner : Callable[..., Any] or None
+        What fills a tuned configuration in (``recsys.offline.tuning.search.tune_config``;
+        evaluation does not import the tuner, which itself evaluates with this package's
+        splits and metrics). Required when a configuration is ``tuned``.
+
+    Returns
+    -------
+    dict[str, Any]
+        The report (see the module docstring and ``report.write_report``).
+
+    Raises
+    ------
+    ValueError
+        No configuration, ``k`` < 1, an unknown split or ``relevant``, a split leaving an
+        empty part, or a tuned configuration without ``tuner``.
     """
     from recsys.core.recommender import Recommender
     from recsys.core.types import RecRequest, histories_from_data
@@ -346,7 +405,33 @@ def compare_configs(
     seed: int,
     all_pairs: bool = False,
 ) -> list[dict[str, Any]]:
-    """Paired tests of every pair (B after A in the given order), or of each against the first."""
+    """Paired tests of every pair (B after A in the given order), or of each against the first.
+
+    Parameters
+    ----------
+    names : list[str]
+        Configuration names, in report order.
+    per_user : dict[str, dict[str, np.ndarray]]
+        Config name -> metric key -> ``(n_users,)`` values (NaN: undefined), same users in the
+        same order for every configuration.
+    lists : dict[str, np.ndarray]
+        Config name -> ``(n_users, >= k)`` recommended item indices (-1 padded).
+    n_items : int
+        Catalogue size (for coverage).
+    k : int
+        Cut-off.
+    resamples : int
+        Bootstrap / permutation resamples per test.
+    seed : int
+        Random seed of the resampling.
+    all_pairs : bool
+        True: every pair; False: each configuration against the first.
+
+    Returns
+    -------
+    list[dict[str, Any]]
+        ``Comparison.to_dict()`` of every metric of every pair, coverage last for each pair.
+    """
     if all_pairs:
         pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     else:

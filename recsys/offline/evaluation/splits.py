@@ -58,6 +58,29 @@ def stratified_item_split(
     """Recommenders' ``python_stratified_split``: per item (or user), ``ratio`` of events to train.
 
     ``min_rating`` drops items (or users) with fewer events first, as Recommenders does.
+
+    Parameters
+    ----------
+    data : InteractionData
+        The events to split.
+    ratio : float
+        Training share per group, in (0, 1).
+    seed : int
+        Random seed of the draw.
+    filter_by : str
+        "item" or "user": the groups.
+    min_rating : int
+        Groups with fewer events are dropped first (>= 1; 1 keeps all).
+
+    Returns
+    -------
+    tuple[InteractionData, InteractionData]
+        ``(train, test)``, sharing ``data``'s user and item index maps.
+
+    Raises
+    ------
+    ValueError
+        ``ratio``, ``filter_by`` or ``min_rating`` out of range.
     """
     _check_ratio(ratio)
     if filter_by not in ("item", "user"):
@@ -77,12 +100,41 @@ def random_user_split(data: InteractionData, ratio: float = 0.75, seed: int = 42
     """Random per user: each user's events shuffled (seeded), ``ratio`` of them to train.
 
     The same stratification as ``stratified_item_split(filter_by="user")``.
+
+    Parameters
+    ----------
+    data : InteractionData
+        The events to split.
+    ratio : float
+        Training share of each user's events, in (0, 1).
+    seed : int
+        Random seed.
+
+    Returns
+    -------
+    tuple[InteractionData, InteractionData]
+        ``(train, test)``, sharing ``data``'s user and item index maps.
     """
     return stratified_item_split(data, ratio=ratio, seed=seed, filter_by="user")
 
 
 def random_split(data: InteractionData, ratio: float = 0.75, seed: int = 42) -> Split:
-    """Global random split, as Recommenders' ``python_random_split`` (scikit-learn's splitter)."""
+    """Global random split, as Recommenders' ``python_random_split`` (scikit-learn's splitter).
+
+    Parameters
+    ----------
+    data : InteractionData
+        The events to split.
+    ratio : float
+        Training share of all events, in (0, 1).
+    seed : int
+        Random seed (scikit-learn's ``random_state``).
+
+    Returns
+    -------
+    tuple[InteractionData, InteractionData]
+        ``(train, test)``, sharing ``data``'s user and item index maps.
+    """
     _check_ratio(ratio)
     from sklearn.model_selection import train_test_split
 
@@ -113,6 +165,27 @@ def time_split(
 
     ``cutoff``: ISO date/datetime (UTC when naive), unix seconds or a datetime. Without a
     cutoff, ``fraction`` (default 0.2) of the events, the newest, go to test.
+
+    Parameters
+    ----------
+    data : InteractionData
+        The events to split.
+    cutoff : str or int or float or datetime or None
+        The boundary: ISO date/datetime (UTC when naive), Unix seconds or a datetime. None:
+        use ``fraction``.
+    fraction : float or None
+        Without ``cutoff``: share of the events, the newest, that go to test, in (0, 1);
+        None means 0.2.
+
+    Returns
+    -------
+    tuple[InteractionData, InteractionData]
+        ``(train, test)``, sharing ``data``'s user and item index maps.
+
+    Raises
+    ------
+    ValueError
+        Both ``cutoff`` and ``fraction`` given, or ``fraction`` out of range.
     """
     if cutoff is not None and fraction is not None:
         raise ValueError("give either cutoff or fraction, not both")
@@ -134,6 +207,23 @@ def leave_last_out(data: InteractionData, n: int = 1) -> Split:
     """Each user's ``n`` newest events to test (ties broken by input order).
 
     Users with ``n`` events or fewer stay entirely in train, so every test user has history.
+
+    Parameters
+    ----------
+    data : InteractionData
+        The events to split.
+    n : int
+        Newest events per user to test, >= 1.
+
+    Returns
+    -------
+    tuple[InteractionData, InteractionData]
+        ``(train, test)``, sharing ``data``'s user and item index maps.
+
+    Raises
+    ------
+    ValueError
+        ``n`` < 1.
     """
     if n < 1:
         raise ValueError("n must be >= 1")
@@ -154,7 +244,22 @@ SPLITS = ("time", "random-user", "stratified-item", "leave-last-out")
 
 
 def relevant_matrix(test: InteractionData, n_users: int, n_items: int) -> sp.csr_matrix:
-    """``(n_users, n_items)`` CSR of every positive event of ``test`` (what counts as a hit)."""
+    """``(n_users, n_items)`` CSR of every positive event of ``test`` (what counts as a hit).
+
+    Parameters
+    ----------
+    test : InteractionData
+        The test part; dislikes are not relevant.
+    n_users : int
+        Rows: the user index space shared with the training part.
+    n_items : int
+        Columns: the item index space.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        float32, duplicates summed (a cell counts the user's positive test events on the item).
+    """
     pos = test.event_type != DISLIKE
     rel = sp.csr_matrix(
         (np.ones(int(pos.sum()), np.float32), (test.user_idx[pos], test.item_idx[pos])),
@@ -172,7 +277,33 @@ def split_data(
     cutoff: str | None = None,
     fraction: float | None = None,
 ) -> tuple[InteractionData, InteractionData]:
-    """One of ``SPLITS``; ``ratio`` is the training share of the random splits."""
+    """One of ``SPLITS``; ``ratio`` is the training share of the random splits.
+
+    Parameters
+    ----------
+    data : InteractionData
+        The events to split.
+    split : str
+        One of ``SPLITS``.
+    seed : int
+        Random seed of the random splits.
+    ratio : float
+        Training share of the ``stratified-item`` and ``random-user`` splits, in (0, 1).
+    cutoff : str or None
+        ``time`` split: the boundary (see ``time_split``).
+    fraction : float or None
+        ``time`` split without ``cutoff``: test share (see ``time_split``).
+
+    Returns
+    -------
+    tuple[InteractionData, InteractionData]
+        ``(train, test)``, sharing ``data``'s user and item index maps.
+
+    Raises
+    ------
+    ValueError
+        An unknown split, or arguments out of range.
+    """
     if split == "stratified-item":
         return stratified_item_split(data, ratio=ratio, seed=seed)
     if split == "random-user":

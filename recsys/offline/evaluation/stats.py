@@ -35,7 +35,31 @@ _CHUNK = 250
 
 @dataclass
 class Comparison:
-    """B - A on one metric, paired over users."""
+    """B - A on one metric, paired over users.
+
+    Attributes
+    ----------
+    metric : str
+        Metric key (e.g. ``ndcg@10``).
+    a, b : str
+        Names of the two configurations.
+    mean_a, mean_b : float
+        The metric of each (mean over users, or the set metric); NaN with no users.
+    diff : float
+        ``mean_b - mean_a``.
+    ci_low, ci_high : float
+        95% bootstrap interval of ``diff``.
+    p_value : float
+        Two-sided permutation p-value of ``diff == 0``.
+    n_users : int
+        Users paired.
+    significant : bool
+        ``p_value < alpha`` and the interval excludes 0.
+    verdict : str
+        One sentence saying so (``verdict_line``).
+    method : str
+        How the interval and p-value were computed.
+    """
 
     metric: str
     a: str
@@ -52,6 +76,11 @@ class Comparison:
     method: str = "paired bootstrap CI + sign-flip permutation p"
 
     def to_dict(self) -> dict:
+        """Returns
+        -------
+        dict
+            Every field, by name (JSON-ready).
+        """
         return asdict(self)
 
 
@@ -69,7 +98,25 @@ def bootstrap_ci(
     seed: int = 0,
     confidence: float = 0.95,
 ) -> tuple[float, float, np.ndarray]:
-    """Percentile interval of mean(d) from ``resamples`` user resamples; also the draws."""
+    """Percentile interval of mean(d) from ``resamples`` user resamples; also the draws.
+
+    Parameters
+    ----------
+    d : np.ndarray
+        Per-user values (flattened).
+    resamples : int
+        Bootstrap resamples.
+    seed : int
+        Random seed.
+    confidence : float
+        Interval coverage, in (0, 1).
+
+    Returns
+    -------
+    tuple[float, float, np.ndarray]
+        ``(low, high, means)``: the interval and the ``(resamples,)`` resampled means; NaN,
+        NaN and an empty array when ``d`` is empty.
+    """
     d = np.asarray(d, dtype=np.float64).ravel()
     n = d.shape[0]
     if n == 0:
@@ -86,7 +133,22 @@ def bootstrap_ci(
 
 
 def sign_flip_pvalue(d: np.ndarray, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> float:
-    """Two-sided p-value of mean(d) == 0 by random sign flips of the per-user differences."""
+    """Two-sided p-value of mean(d) == 0 by random sign flips of the per-user differences.
+
+    Parameters
+    ----------
+    d : np.ndarray
+        Per-user differences (flattened).
+    resamples : int
+        Random sign-flip draws.
+    seed : int
+        Random seed (the stream of ``seed + 1``, independent of the bootstrap's).
+
+    Returns
+    -------
+    float
+        In (0, 1]; 1.0 when every difference is 0; NaN when ``d`` is empty.
+    """
     d = np.asarray(d, dtype=np.float64).ravel()
     n = d.shape[0]
     if n == 0:
@@ -109,6 +171,28 @@ def sign_flip_pvalue(d: np.ndarray, resamples: int = DEFAULT_RESAMPLES, seed: in
 def verdict_line(
     metric: str, a: str, b: str, diff: float, lo: float, hi: float, p: float, significant: bool
 ) -> str:
+    """One sentence stating the comparison's outcome with its numbers.
+
+    Parameters
+    ----------
+    metric : str
+        Metric key.
+    a, b : str
+        Names of the configurations (``b`` is the one judged).
+    diff : float
+        ``B - A``.
+    lo, hi : float
+        95% interval of ``diff``.
+    p : float
+        p-value.
+    significant : bool
+        Whether the difference is significant.
+
+    Returns
+    -------
+    str
+        "B is better/worse than A on metric (...)" or "no significant difference ...".
+    """
     numbers = f"({diff:+.4f}, 95% CI [{lo:.4f}, {hi:.4f}], p={format_p(p)})"
     if not significant:
         return f"no significant difference between {b} and {a} on {metric} {numbers}"
@@ -117,6 +201,18 @@ def verdict_line(
 
 
 def format_p(p: float) -> str:
+    """A p-value for tables: three decimals, scientific notation below 0.001.
+
+    Parameters
+    ----------
+    p : float
+        The p-value (NaN allowed).
+
+    Returns
+    -------
+    str
+        e.g. ``0.042``, ``3.1e-05`` or ``nan``.
+    """
     if np.isnan(p):
         return "nan"
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
@@ -131,7 +227,20 @@ def _decide(diff: float, lo: float, hi: float, p: float, alpha: float) -> bool:
 def holm(pvalues: Mapping[K, float], alpha: float) -> set[K]:
     """The hypotheses Holm's step-down procedure rejects at family-wise level ``alpha``: in
     order of p-value, the i-th smallest (0-based) of m is rejected while ``p < alpha / (m - i)``;
-    the first that is not stops it."""
+    the first that is not stops it.
+
+    Parameters
+    ----------
+    pvalues : Mapping[K, float]
+        Hypothesis key -> p-value.
+    alpha : float
+        Family-wise error level, in (0, 1).
+
+    Returns
+    -------
+    set[K]
+        The keys of the rejected hypotheses.
+    """
     m = len(pvalues)
     out: set[K] = set()
     for i, (key, p) in enumerate(sorted(pvalues.items(), key=lambda kv: kv[1])):
@@ -151,7 +260,33 @@ def compare(
     seed: int = 0,
     alpha: float = 0.05,
 ) -> Comparison:
-    """Paired comparison of per-user values ``a`` and ``b`` (same users, same order)."""
+    """Paired comparison of per-user values ``a`` and ``b`` (same users, same order).
+
+    Parameters
+    ----------
+    a, b : np.ndarray
+        Per-user values of configurations A and B, same length.
+    metric : str
+        Metric key for the result.
+    name_a, name_b : str
+        Names of the configurations.
+    resamples : int
+        Bootstrap and permutation resamples.
+    seed : int
+        Random seed.
+    alpha : float
+        Significance level.
+
+    Returns
+    -------
+    Comparison
+        ``B - A``, its interval, p-value and verdict.
+
+    Raises
+    ------
+    ValueError
+        ``a`` and ``b`` differ in length.
+    """
     a, b = _check_paired(a, b)
     d = b - a
     lo, hi, _ = bootstrap_ci(d, resamples=resamples, seed=seed)
@@ -189,7 +324,20 @@ def _indicator(lists: np.ndarray, n_items: int) -> sp.csr_matrix:
 
 
 def coverage_from_counts(counts: np.ndarray, n_items: int) -> np.ndarray:
-    """Catalogue coverage of each row of per-item recommendation counts."""
+    """Catalogue coverage of each row of per-item recommendation counts.
+
+    Parameters
+    ----------
+    counts : np.ndarray
+        ``(..., n_items)``: how often each item is recommended, per row.
+    n_items : int
+        Catalogue size.
+
+    Returns
+    -------
+    np.ndarray
+        ``(...)``: share of the catalogue with a nonzero count, per row.
+    """
     return np.count_nonzero(counts > 0, axis=-1) / max(n_items, 1)
 
 
@@ -210,6 +358,35 @@ def compare_sets(
     Bootstrap: resample users, recompute the metric for both configurations on the same resample;
     the percentile interval is bias-corrected (shifted by median(bootstrap) - observed).
     Permutation: for each user swap which configuration's list counts as A's, at random.
+
+    Parameters
+    ----------
+    lists_a, lists_b : np.ndarray
+        ``(n_users, length)`` item indices recommended by A and B (-1: padding), same users.
+    n_items : int
+        Catalogue size.
+    metric : str
+        Metric key for the result.
+    name_a, name_b : str
+        Names of the configurations.
+    resamples : int
+        Bootstrap and permutation resamples.
+    seed : int
+        Random seed.
+    alpha : float
+        Significance level.
+    set_metric : Callable[[np.ndarray, int], np.ndarray]
+        Per-row metric of ``(rows, n_items)`` item counts (``coverage_from_counts``).
+
+    Returns
+    -------
+    Comparison
+        ``B - A``, its interval, p-value and verdict.
+
+    Raises
+    ------
+    ValueError
+        The list arrays differ in number of users.
     """
     ma = _indicator(lists_a, n_items)
     mb = _indicator(lists_b, n_items)
@@ -267,7 +444,22 @@ def compare_sets(
 def mean_ci(
     values: np.ndarray, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
 ) -> tuple[float, float, float]:
-    """Mean of per-user values and its bootstrap 95% interval (for plots and tables)."""
+    """Mean of per-user values and its bootstrap 95% interval (for plots and tables).
+
+    Parameters
+    ----------
+    values : np.ndarray
+        Per-user values.
+    resamples : int
+        Bootstrap resamples.
+    seed : int
+        Random seed.
+
+    Returns
+    -------
+    tuple[float, float, float]
+        ``(mean, low, high)``; NaN for all three when ``values`` is empty.
+    """
     values = np.asarray(values, dtype=np.float64).ravel()
     if values.size == 0:
         return float("nan"), float("nan"), float("nan")

@@ -8,6 +8,9 @@ rolls the whole import back: a batch is never half-imported.
 Idempotency: users and items are upserted by external id; every event carries an idempotency
 key (``Event.idem_key``) and is inserted with ``ON CONFLICT (idem_key) DO NOTHING``, so
 importing the same source again adds no rows.
+
+Over 500 lines because of its numpy-style docstrings (the code itself is under 500): the
+batch, the report and the helpers are one contract every importer reads, kept in one place.
 """
 
 from __future__ import annotations
@@ -54,6 +57,24 @@ class SourceError(Exception):
 
 @dataclass
 class ItemRow:
+    """The catalogue data of one imported item (columns of ``Item``).
+
+    Attributes
+    ----------
+    title : str
+        Display title (cut to ``MAX_TITLE_LEN`` characters when written).
+    description : str
+        Free text.
+    categories : list[str]
+        Category names.
+    price : float or None
+        Unit price; None when unknown.
+    available : bool
+        Whether it may be recommended.
+    attributes : dict[str, Any]
+        Free-form JSON attributes.
+    """
+
     title: str = ""
     description: str = ""
     categories: list[str] = field(default_factory=list)
@@ -89,6 +110,17 @@ class LineCount:
     samples: list[tuple[int, str]] = field(default_factory=list)
 
     def skip(self, line: int, reason: str, detail: str = "") -> None:
+        """Count one skipped line (and keep it as a sample while its reason has few).
+
+        Parameters
+        ----------
+        line : int
+            1-based line number in the file.
+        reason : str
+            Why it was skipped (the counter's key).
+        detail : str
+            What exactly, for the sample; "" for none.
+        """
         self.skipped[reason] += 1
         if self.skipped[reason] <= SAMPLES_PER_REASON:
             self.samples.append((line, f"{reason}: {detail}" if detail else reason))
@@ -98,6 +130,12 @@ class LineCount:
         return self.read - sum(self.skipped.values())
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns
+        -------
+        dict[str, Any]
+            ``read``, ``accepted``, ``skipped`` (reason -> count) and ``samples``
+            (``[{"line", "reason"}]``).
+        """
         return {
             "read": self.read,
             "accepted": self.accepted,
@@ -108,6 +146,10 @@ class LineCount:
 
 @dataclass
 class WriteCounts:
+    """Rows one import wrote: new and updated users and items, new events and events already
+    stored (same idempotency key, not re-added).
+    """
+
     users_new: int = 0
     users_updated: int = 0
     items_new: int = 0
@@ -118,6 +160,22 @@ class WriteCounts:
 
 @dataclass
 class ImportReport:
+    """What one import read, skipped and wrote.
+
+    Attributes
+    ----------
+    source : str
+        The source's description (path or folder).
+    files : list[LineCount]
+        Per input file accounting, in reading order.
+    written : WriteCounts
+        Rows written (filled in by ``run_import``).
+    notes : list[str]
+        Remarks for the operator.
+    seconds : float
+        Wall time of the import, in seconds.
+    """
+
     source: str
     files: list[LineCount] = field(default_factory=list)
     written: WriteCounts = field(default_factory=WriteCounts)
@@ -125,11 +183,29 @@ class ImportReport:
     seconds: float = 0.0
 
     def file(self, name: str) -> LineCount:
+        """Start the accounting of one more input file.
+
+        Parameters
+        ----------
+        name : str
+            The file's name in the report.
+
+        Returns
+        -------
+        LineCount
+            Its (empty) line count, appended to ``files``.
+        """
         lc = LineCount(name)
         self.files.append(lc)
         return lc
 
     def to_dict(self) -> dict[str, Any]:
+        """Returns
+        -------
+        dict[str, Any]
+            ``source``, ``files`` (name -> ``LineCount.to_dict()``), ``written``, ``notes`` and
+            ``seconds`` (rounded to milliseconds).
+        """
         return {
             "source": self.source,
             "files": {f.name: f.to_dict() for f in self.files},
@@ -139,7 +215,13 @@ class ImportReport:
         }
 
     def summary(self) -> list[str]:
-        """Human-readable lines for the CLI."""
+        """Human-readable lines for the CLI.
+
+        Returns
+        -------
+        list[str]
+            One line per file, skip reason, sample and written count, then the notes and time.
+        """
         out = [f"import from {self.source}"]
         for f in self.files:
             skipped = sum(f.skipped.values())
@@ -167,7 +249,25 @@ class ImportReport:
 
 @contextmanager
 def open_text(path: str, encoding: str = "utf-8") -> Iterator[IO[str]]:
-    """Open a plain or gzip (by magic bytes) text file; problems become :class:`SourceError`."""
+    """Open a plain or gzip (by magic bytes) text file; problems become :class:`SourceError`.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    encoding : str
+        Text encoding.
+
+    Returns
+    -------
+    Iterator[IO[str]]
+        (A context manager yielding) the text stream, universal newlines off (for ``csv``).
+
+    Raises
+    ------
+    SourceError
+        The file is missing, cannot be opened, is a broken gzip, or is not ``encoding`` text.
+    """
     if not os.path.isfile(path):
         raise SourceError(f"no such file: {path}")
     try:
@@ -191,7 +291,23 @@ _NUMBER = re.compile(r"^[+-]?\d+(\.\d*)?$")
 
 
 def parse_timestamp(s: str) -> datetime:
-    """ISO-8601 (``2011-12-09T12:50:00Z``, ``2011-12-09 12:50``) or unix seconds -> naive UTC."""
+    """ISO-8601 (``2011-12-09T12:50:00Z``, ``2011-12-09 12:50``) or unix seconds -> naive UTC.
+
+    Parameters
+    ----------
+    s : str
+        The text; an aware time is converted to UTC, a naive one is taken as UTC.
+
+    Returns
+    -------
+    datetime
+        Naive UTC.
+
+    Raises
+    ------
+    ValueError
+        Empty, out of range, or not ISO-8601.
+    """
     s = s.strip()
     if not s:
         raise ValueError("empty timestamp")
@@ -207,6 +323,23 @@ def parse_timestamp(s: str) -> datetime:
 
 
 def parse_float(s: str) -> float:
+    """A finite float from text.
+
+    Parameters
+    ----------
+    s : str
+        The text.
+
+    Returns
+    -------
+    float
+        The value.
+
+    Raises
+    ------
+    ValueError
+        Not a number, or not finite (nan, inf).
+    """
     v = float(s)
     if not math.isfinite(v):
         raise ValueError(f"not a finite number: {s!r}")
@@ -214,6 +347,23 @@ def parse_float(s: str) -> float:
 
 
 def parse_event_type(s: str) -> str:
+    """An event type from text (case-insensitive).
+
+    Parameters
+    ----------
+    s : str
+        The text.
+
+    Returns
+    -------
+    str
+        One of ``EVENT_TYPES``, lower case.
+
+    Raises
+    ------
+    ValueError
+        Not a known event type.
+    """
     t = s.strip().lower()
     if t not in EVENT_TYPES:
         raise ValueError(f"unknown event type {s!r} (one of {', '.join(EVENT_TYPES)})")
@@ -221,7 +371,18 @@ def parse_event_type(s: str) -> str:
 
 
 def check_id(s: str) -> str | None:
-    """The id stripped, or None when empty or too long for the schema."""
+    """The id stripped, or None when empty or too long for the schema.
+
+    Parameters
+    ----------
+    s : str
+        The raw id.
+
+    Returns
+    -------
+    str or None
+        The id, stripped; None when empty or longer than ``MAX_ID_LEN``.
+    """
     s = s.strip()
     if not s or len(s) > MAX_ID_LEN:
         return None
@@ -229,7 +390,20 @@ def check_id(s: str) -> str | None:
 
 
 def progress(iterable: Iterable[Any] | None = None, **kw: Any) -> tqdm:
-    """A tqdm bar on stderr that hides itself when stderr is not a terminal (tests, CI, logs)."""
+    """A tqdm bar on stderr that hides itself when stderr is not a terminal (tests, CI, logs).
+
+    Parameters
+    ----------
+    iterable : Iterable[Any] or None
+        What to iterate; None for a bar updated by hand.
+    **kw : Any
+        Further ``tqdm`` arguments (override the defaults set here).
+
+    Returns
+    -------
+    tqdm
+        The progress bar.
+    """
     kw.setdefault("disable", None)
     kw.setdefault("leave", False)
     kw.setdefault("mininterval", 0.5)
@@ -247,7 +421,21 @@ def _json(obj: Any) -> str:
 
 
 def write_batch(conn: Connection, batch: ImportBatch) -> WriteCounts:
-    """Upsert users and items, insert new events; all inside ``conn``'s open transaction."""
+    """Upsert users and items, insert new events; all inside ``conn``'s open transaction.
+
+    Parameters
+    ----------
+    conn : Connection
+        A connection inside an open transaction (PostgreSQL: COPY and set-based upserts;
+        other dialects: row-wise statements).
+    batch : ImportBatch
+        What to write.
+
+    Returns
+    -------
+    WriteCounts
+        Rows written.
+    """
     now = utcnow()
     if conn.dialect.name == "postgresql":
         counts = _write_postgresql(conn, batch, now)
@@ -258,7 +446,22 @@ def write_batch(conn: Connection, batch: ImportBatch) -> WriteCounts:
 
 
 def run_import(engine: Engine, report: ImportReport, batch: ImportBatch) -> ImportReport:
-    """Write ``batch`` in one transaction and fill in ``report`` (committed or nothing)."""
+    """Write ``batch`` in one transaction and fill in ``report`` (committed or nothing).
+
+    Parameters
+    ----------
+    engine : Engine
+        The store's engine.
+    report : ImportReport
+        Filled in: ``written`` and ``seconds``.
+    batch : ImportBatch
+        What to write.
+
+    Returns
+    -------
+    ImportReport
+        ``report``.
+    """
     t0 = time.perf_counter()
     with engine.begin() as conn:
         report.written = write_batch(conn, batch)

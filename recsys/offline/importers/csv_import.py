@@ -120,6 +120,28 @@ def _attributes(
 def parse(
     interactions: str, items: str | None = None, users: str | None = None
 ) -> tuple[ImportReport, ImportBatch]:
+    """Read the CSV files into a batch, accounting for every line (see the module docstring for
+    the columns).
+
+    Parameters
+    ----------
+    interactions : str
+        Path of the interactions file (plain or gzip).
+    items : str or None
+        Path of the items file; None: no item data.
+    users : str or None
+        Path of the users file; None: no user data.
+
+    Returns
+    -------
+    tuple[ImportReport, ImportBatch]
+        The report (``written`` still empty) and the batch to write.
+
+    Raises
+    ------
+    SourceError
+        A file is missing, unreadable, or lacks its required column.
+    """
     t0 = time.perf_counter()
     parts = [f"interactions={interactions}"]
     parts += [f"items={items}"] if items else []

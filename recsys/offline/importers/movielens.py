@@ -39,6 +39,23 @@ NO_GENRE = "(no genres listed)"
 
 
 def detect_layout(folder: str) -> str:
+    """Which MovieLens layout ``folder`` holds.
+
+    Parameters
+    ----------
+    folder : str
+        The dataset folder.
+
+    Returns
+    -------
+    str
+        ``CLASSIC`` (``u.data`` + ``u.item``) or ``MODERN`` (``ratings.csv`` + ``movies.csv``).
+
+    Raises
+    ------
+    SourceError
+        No such folder, or neither layout's files are in it.
+    """
     if not os.path.isdir(folder):
         raise SourceError(f"no such folder: {folder}")
     has = set(os.listdir(folder))
@@ -53,6 +70,24 @@ def detect_layout(folder: str) -> str:
 
 
 def parse(folder: str) -> tuple[ImportReport, ImportBatch]:
+    """Read a MovieLens folder into a batch, accounting for every line.
+
+    Parameters
+    ----------
+    folder : str
+        The dataset folder (either layout).
+
+    Returns
+    -------
+    tuple[ImportReport, ImportBatch]
+        The report (``written`` still empty) and the batch; rated movies missing from the item
+        file become untitled items.
+
+    Raises
+    ------
+    SourceError
+        Not a MovieLens folder, or a file cannot be read.
+    """
     t0 = time.perf_counter()
     layout = detect_layout(folder)
     report = ImportReport(source=f"{SOURCE} ({layout} layout) {folder}")

@@ -79,12 +79,30 @@ NON_PRODUCT_CATEGORY = "non-product"
 
 
 def is_non_product(code: str) -> bool:
+    """Whether a stock code is a fee, postage or adjustment rather than a product.
+
+    Parameters
+    ----------
+    code : str
+        The stock code (any case).
+
+    Returns
+    -------
+    bool
+        True for ``NON_PRODUCT_CODES`` and ``GIFT_...`` codes.
+    """
     c = code.upper()
     return c in NON_PRODUCT_CODES or c.startswith("GIFT_")
 
 
 def default_path() -> str:
-    """``data/online_retail.csv.gz`` in the project root (the folder above the package)."""
+    """``data/online_retail.csv.gz`` in the project root (the folder above the package).
+
+    Returns
+    -------
+    str
+        Absolute path of the bundled file (which may be missing).
+    """
     return os.path.join(DATA_DIR, "online_retail.csv.gz")
 
 
@@ -109,6 +127,16 @@ def head_noun_category(title: str) -> str:
     A heuristic (the dataset has no taxonomy): ``WHITE HANGING HEART T-LIGHT HOLDER`` ->
     ``holder``, ``LUNCH BAG RED RETROSPOT`` -> ``bag``, ``SET OF 3 CAKE TINS`` -> ``tin``.
     Titles with no usable word give ``other``.
+
+    Parameters
+    ----------
+    title : str
+        The product title.
+
+    Returns
+    -------
+    str
+        The category, lower case; ``other`` when no word is left.
     """
     words = _WORD.findall(title.upper())
     while words and words[-1] in _MODIFIERS:
@@ -150,7 +178,23 @@ def _customer_id(s: str) -> str:
 
 
 def parse(path: str) -> tuple[ImportReport, ImportBatch]:
-    """Read the file into a batch, accounting for every line."""
+    """Read the file into a batch, accounting for every line.
+
+    Parameters
+    ----------
+    path : str
+        The CSV file (plain or gzip).
+
+    Returns
+    -------
+    tuple[ImportReport, ImportBatch]
+        The report (``written`` still empty) and the batch to write.
+
+    Raises
+    ------
+    SourceError
+        The file is missing, unreadable, or lacks a required column.
+    """
     t0 = time.perf_counter()
     report = ImportReport(source=f"{SOURCE} {path}")
     lines = report.file("lines")

@@ -1,4 +1,4 @@
-"""Store statistics from a handful of aggregate queries (fast on 400k events)."""
+"""Store statistics from a handful of aggregate queries (timings: docs/design-notes.md)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,18 @@ def store_stats(conn: Connection) -> dict[str, Any]:
 
     ``users_with_events`` / ``items_with_events`` count distinct ids in events (what the models
     train on); ``items_available`` counts items that may be recommended.
+
+    Parameters
+    ----------
+    conn : Connection
+        A connection to the store.
+
+    Returns
+    -------
+    dict[str, Any]
+        ``users``, ``items``, ``events``, ``events_by_type`` (type -> count, every type),
+        ``items_available``, ``users_with_events``, ``items_with_events`` and ``time_range``
+        (``[first, last]`` event times as text, UTC; None with no events).
     """
     by_type = dict.fromkeys(EVENT_TYPES, 0)
     for typ, n in conn.execute(select(Event.type, func.count()).group_by(Event.type)):
@@ -39,4 +51,16 @@ def _iso(dt: datetime | str) -> str:
 
 
 def has_events(conn: Connection) -> bool:
+    """Whether the store holds at least one event.
+
+    Parameters
+    ----------
+    conn : Connection
+        A connection to the store.
+
+    Returns
+    -------
+    bool
+        True when the events table is not empty.
+    """
     return conn.scalar(select(Event.id).limit(1)) is not None

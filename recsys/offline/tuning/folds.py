@@ -20,7 +20,24 @@ BATCH = 256
 def validation_split(
     data: InteractionData, mode: str, fraction: float = 0.2, seed: int = 42
 ) -> tuple[InteractionData, InteractionData]:
-    """Cut the validation slice from ``data`` the way a test part is cut (see module doc)."""
+    """Cut the validation slice from ``data`` the way a test part is cut (see module doc).
+
+    Parameters
+    ----------
+    data : InteractionData
+        The data to cut (the caller's training part).
+    mode : str
+        Split name: ``time``, ``leave-last-out``, ``random-user`` or ``stratified-item``.
+    fraction : float
+        Validation share, in (0, 1) (``leave-last-out``: unused, one event per user).
+    seed : int
+        Random seed of the random splits.
+
+    Returns
+    -------
+    tuple[InteractionData, InteractionData]
+        ``(train, validation)``.
+    """
     from recsys.offline.evaluation.splits import split_data
 
     if mode == "time":
@@ -45,7 +62,28 @@ def validation_folds(
     (a row), and leave-last-out has one target per user (943 on ml-100k, where two strategies'
     nDCG@10 differ by less than its noise), a time slice only the users active in it (228 on
     ml-100k). ``folds=None`` adds folds until the rows (users with a target, summed over the
-    folds) reach ``min_rows``, at most ``MAX_FOLDS``."""
+    folds) reach ``min_rows``, at most ``MAX_FOLDS``.
+
+    Parameters
+    ----------
+    data : InteractionData
+        The data to cut (the caller's training part).
+    mode : str
+        Split name, as for ``validation_split``.
+    fraction : float
+        Validation share of each cut.
+    seed : int
+        Random seed of the first cut (further random folds use ``seed + i``).
+    folds : int or None
+        Number of folds; None: as many as ``min_rows`` needs, at most ``MAX_FOLDS``.
+    min_rows : int
+        Rows wanted when ``folds`` is None.
+
+    Returns
+    -------
+    list[tuple[InteractionData, InteractionData]]
+        ``(train, validation)`` per fold, newest first; fewer when a cut leaves an empty part.
+    """
     out: list[tuple[InteractionData, InteractionData]] = []
     src = data
     limit = folds or MAX_FOLDS
@@ -66,7 +104,17 @@ def validation_folds(
 class Validation:
     """Validation rows: one per (fold, user with a target), with the user's history in that
     fold's training part and the relevant items. Every row of a fold is scored with models
-    fitted on that fold's training part; ``train`` is the first (newest) fold's."""
+    fitted on that fold's training part; ``train`` is the first (newest) fold's.
+
+    Parameters
+    ----------
+    folds : Sequence[tuple[InteractionData, InteractionData]]
+        ``(train, validation)`` per fold, newest first (``validation_folds``); at least one.
+    k : int
+        Cut-off of the objective.
+    metric : str
+        Objective: a key of ``ranking_metrics`` (``ndcg``, ``recall``...).
+    """
 
     def __init__(
         self,
@@ -104,10 +152,35 @@ class Validation:
         return len(self.trains)
 
     def rows_of(self, fold: int) -> np.ndarray:
+        """The rows of one fold.
+
+        Parameters
+        ----------
+        fold : int
+            Fold number (0 = the newest).
+
+        Returns
+        -------
+        np.ndarray
+            Row indices (int64), ascending.
+        """
         return np.flatnonzero(self.fold_of == fold)
 
     def values(self, rec_ids: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """Per-row objective values of ``rec_ids`` (of the validation rows ``rows``)."""
+        """Per-row objective values of ``rec_ids`` (of the validation rows ``rows``).
+
+        Parameters
+        ----------
+        rec_ids : np.ndarray
+            ``(len(rows), >= k)`` item indices recommended for those rows, -1 padded.
+        rows : np.ndarray or None
+            Row indices; None: every row.
+
+        Returns
+        -------
+        np.ndarray
+            ``(len(rows),)`` float64 objective values.
+        """
         from recsys.offline.evaluation.metrics import ranking_metrics
 
         rel = self.relevant if rows is None else self.relevant[rows]
@@ -117,11 +190,35 @@ class Validation:
         self, a: np.ndarray, b: np.ndarray, rows: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Two per-row value arrays as per-user means over the rows where both are defined:
-        the units of a paired test (one user's rows in two folds are not independent)."""
+        the units of a paired test (one user's rows in two folds are not independent).
+
+        Parameters
+        ----------
+        a, b : np.ndarray
+            Per-row values (of ``rows``), NaN where undefined.
+        rows : np.ndarray or None
+            The rows the arrays hold; None: every row.
+
+        Returns
+        -------
+        tuple[np.ndarray, np.ndarray]
+            Per-user means of ``a`` and ``b``, same users in the same order.
+        """
         return user_means(a, b, self.guard_rows(rows).user)
 
     def guard_rows(self, rows: np.ndarray | None = None) -> Rows:
         """What the guard (``recsys.offline.tuning.guard``) needs to know of the validation
-        rows ``rows`` (all if None): each row's user and fold."""
+        rows ``rows`` (all if None): each row's user and fold.
+
+        Parameters
+        ----------
+        rows : np.ndarray or None
+            Row indices; None: every row.
+
+        Returns
+        -------
+        Rows
+            Those rows' users and folds.
+        """
         full = Rows(self.user_row, self.fold_of, self.n_folds)
         return full if rows is None else full.take(rows)

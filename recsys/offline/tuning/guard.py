@@ -35,14 +35,36 @@ class Rows:
 
     @classmethod
     def one_per_user(cls, n: int) -> Rows:
-        """``n`` rows, one per user, in a single fold."""
+        """``n`` rows, one per user, in a single fold.
+
+        Parameters
+        ----------
+        n : int
+            Number of rows.
+
+        Returns
+        -------
+        Rows
+            Users ``0..n-1``, all in fold 0.
+        """
         return cls(np.arange(n), np.zeros(n, dtype=np.int64), 1)
 
     def __len__(self) -> int:
         return len(self.user)
 
     def take(self, idx: np.ndarray) -> Rows:
-        """The rows ``idx`` of these (for value arrays that hold only those rows)."""
+        """The rows ``idx`` of these (for value arrays that hold only those rows).
+
+        Parameters
+        ----------
+        idx : np.ndarray
+            Row indices (or a boolean mask) into these rows.
+
+        Returns
+        -------
+        Rows
+            The selected rows, same ``n_folds``.
+        """
         return Rows(self.user[idx], self.fold[idx], self.n_folds)
 
 
@@ -57,7 +79,20 @@ class Verdict(NamedTuple):
 
 def user_means(a: np.ndarray, b: np.ndarray, user: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two per-row value arrays as per-user means over the rows where both are defined: the
-    units of a paired test (one user's rows in two folds are not independent)."""
+    units of a paired test (one user's rows in two folds are not independent).
+
+    Parameters
+    ----------
+    a, b : np.ndarray
+        Per-row values, NaN where undefined.
+    user : np.ndarray
+        Each row's user label.
+
+    Returns
+    -------
+    tuple[np.ndarray, np.ndarray]
+        Per-user means of ``a`` and ``b`` (users in ascending label order).
+    """
     ok = np.isfinite(a) & np.isfinite(b)
     _, g = np.unique(user[ok], return_inverse=True)
     counts = np.bincount(g)
@@ -74,7 +109,28 @@ def paired_test(
     b: str = "B",
 ):
     """The gate's paired test of ``new`` against ``base`` at level ``alpha``, one user one
-    unit (``recsys.offline.evaluation.stats.Comparison``); None with fewer than two users."""
+    unit (``recsys.offline.evaluation.stats.Comparison``); None with fewer than two users.
+
+    Parameters
+    ----------
+    base : np.ndarray
+        Per-row objective values of the default (NaN where it does not serve the row).
+    new : np.ndarray
+        Per-row values of the departure, same rows.
+    rows : Rows
+        The rows' users and folds.
+    objective : str
+        Metric name, for the verdict.
+    alpha : float
+        Significance level.
+    a, b : str
+        Names of the default and the departure, for the verdict.
+
+    Returns
+    -------
+    Comparison or None
+        ``new - base`` per user, with interval, p-value and verdict.
+    """
     from recsys.offline.evaluation import stats
 
     base_u, new_u = user_means(base, new, rows.user)
@@ -85,7 +141,22 @@ def paired_test(
 
 def newest_means(base: np.ndarray, new: np.ndarray, rows: Rows) -> tuple[float, float] | None:
     """Means of ``base`` and ``new`` over the newest fold's rows where both are defined; None
-    with a single fold or no such row."""
+    with a single fold or no such row.
+
+    Parameters
+    ----------
+    base : np.ndarray
+        Per-row objective values of the default (NaN where it does not serve the row).
+    new : np.ndarray
+        Per-row values of the departure, same rows.
+    rows : Rows
+        The rows' users and folds.
+
+    Returns
+    -------
+    tuple[float, float] or None
+        ``(mean of base, mean of new)``.
+    """
     if rows.n_folds < 2:
         return None
     ok = (rows.fold == 0) & np.isfinite(base) & np.isfinite(new)
@@ -106,7 +177,29 @@ def beats(
 
     With several folds, ``new`` must also be at least as good on the newest fold alone (the
     slice closest to what will be served): a gain that only the older folds show is drift,
-    not something to bet the default on."""
+    not something to bet the default on.
+
+    Parameters
+    ----------
+    base : np.ndarray
+        Per-row objective values of the default (NaN where it does not serve the row).
+    new : np.ndarray
+        Per-row values of the departure, same rows.
+    rows : Rows
+        The rows' users and folds.
+    objective : str
+        Metric name, for the verdict.
+    alpha : float
+        Significance level.
+    a, b : str
+        Names of the default and the departure, for the verdict.
+
+    Returns
+    -------
+    Verdict
+        The verdict line, whether the departure is taken, and the p-value (1.0 with too few
+        users).
+    """
     c = paired_test(base, new, rows, objective, alpha, a, b)
     if c is None:
         return Verdict("too few users to compare", False, 1.0)
@@ -125,7 +218,26 @@ def not_behind(base: np.ndarray, new: np.ndarray, rows: Rows, objective: str, al
     For a tie the point estimate on one fold is a coin flip, not evidence: the newest fold
     holds a third of the rows or fewer, and two tied configurations trade places between
     folds. It vetoes the ensemble only when the newest slice shows a real loss (drift), at
-    level ``alpha``."""
+    level ``alpha``.
+
+    Parameters
+    ----------
+    base : np.ndarray
+        Per-row objective values of the default (NaN where it does not serve the row).
+    new : np.ndarray
+        Per-row values of the departure, same rows.
+    rows : Rows
+        The rows' users and folds.
+    objective : str
+        Metric name, for the verdict.
+    alpha : float
+        Significance level.
+
+    Returns
+    -------
+    bool
+        True when ``new`` may replace ``base`` as a tie.
+    """
     ok = np.isfinite(base) & np.isfinite(new)
     if not ok.any() or new[ok].mean() < base[ok].mean():
         return False
@@ -145,7 +257,22 @@ def holm_departures(
 
     With six bins tested at alpha each, one would pass by chance every other run, and a
     route cut on that is noise served to real users. Holm keeps the chance of any false
-    departure within alpha (family-wise), and is never weaker than Bonferroni."""
+    departure within alpha (family-wise), and is never weaker than Bonferroni.
+
+    Parameters
+    ----------
+    tests : Mapping[K, Verdict or None]
+        Key (e.g. a history bin) -> its test; None for one not tested.
+    alpha : float
+        Family-wise significance level.
+    family : str
+        What the keys are, for the verdict ("bins", "routes"...).
+
+    Returns
+    -------
+    dict[K, Verdict or None]
+        The same keys; a taken departure Holm does not reject becomes untaken.
+    """
     from recsys.offline.evaluation import stats
 
     tested = {key: t.p_value for key, t in tests.items() if t}
@@ -165,7 +292,25 @@ def guard_verdict(
     """The final guard over per-row values through the full request path: ``values`` holds
     ``"profile"``, ``"popular"`` and every name of ``singles``. The profile passes if its mean
     is at least the best single configuration's and popularity's, and a paired test finds it
-    not significantly worse than either; the verdict dict says which and why."""
+    not significantly worse than either; the verdict dict says which and why.
+
+    Parameters
+    ----------
+    values : Mapping[str, np.ndarray]
+        Configuration name -> per-row objective values (NaN where undefined), same rows.
+    singles : Sequence[str]
+        The single-strategy configurations (keys of ``values``), at least one.
+    rows : Rows
+        The rows' users and folds.
+    objective : str
+        Metric name, for the verdicts.
+
+    Returns
+    -------
+    dict[str, Any]
+        ``verdict`` ("passed" / "failed"), ``best_single``, ``means`` (name -> mean, 6
+        decimals), ``checks`` (per baseline: ``ok``, ``verdict``, ``diff``) and ``reason``.
+    """
     from recsys.offline.evaluation import stats
 
     means = {k: float(np.nanmean(v)) for k, v in values.items()}

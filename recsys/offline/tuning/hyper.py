@@ -30,14 +30,44 @@ log = logging.getLogger(__name__)
 
 
 def loaded(name: str, model, data: InteractionData):
-    """A fitted model as the request path holds one (``LoadedModel``), over ``data``'s ids."""
+    """A fitted model as the request path holds one (``LoadedModel``), over ``data``'s ids.
+
+    Parameters
+    ----------
+    name : str
+        Strategy name.
+    model : Strategy
+        The fitted model.
+    data : InteractionData
+        The data it was fitted on (its user and item id maps).
+
+    Returns
+    -------
+    LoadedModel
+        Version ``"tune"``, no path, size 0.
+    """
     from recsys.models.repository import LoadedModel
 
     return LoadedModel(name, "tune", model, data.items, data.users, {}, "", 0)
 
 
 def fit_folds(name: str, params: dict[str, Any], trains: Sequence[InteractionData]) -> list:
-    """One model per validation fold, each fitted on that fold's training part."""
+    """One model per validation fold, each fitted on that fold's training part.
+
+    Parameters
+    ----------
+    name : str
+        Strategy name.
+    params : dict[str, Any]
+        Hyperparameters for its class.
+    trains : Sequence[InteractionData]
+        Each fold's training part.
+
+    Returns
+    -------
+    list
+        One fitted model per fold, in order.
+    """
     from strategies import get_strategy_class
 
     cls = get_strategy_class(name)
@@ -46,7 +76,22 @@ def fit_folds(name: str, params: dict[str, Any], trains: Sequence[InteractionDat
 
 def candidates(name: str, models: Sequence, val: Validation) -> list:
     """Per validation row, the strategy's candidates as the request path computes them
-    (each fold's rows with the model fitted on that fold's training part)."""
+    (each fold's rows with the model fitted on that fold's training part).
+
+    Parameters
+    ----------
+    name : str
+        Strategy name.
+    models : Sequence
+        One fitted model per fold (``fit_folds``).
+    val : Validation
+        The validation rows.
+
+    Returns
+    -------
+    list
+        One ``Candidates`` per validation row, in row order.
+    """
     from recsys.core.recommender import Recommender
     from recsys.core.types import RecRequest
 
@@ -63,7 +108,20 @@ def candidates(name: str, models: Sequence, val: Validation) -> list:
 
 
 def served_by(name: str, hist_len: np.ndarray) -> np.ndarray:
-    """Which rows (by history length) the strategy can serve: all, or the non-empty ones."""
+    """Which rows (by history length) the strategy can serve: all, or the non-empty ones.
+
+    Parameters
+    ----------
+    name : str
+        Strategy name.
+    hist_len : np.ndarray
+        Each row's history length (positive items).
+
+    Returns
+    -------
+    np.ndarray
+        Boolean mask over the rows.
+    """
     from strategies import scores_empty_history
 
     if scores_empty_history(name):
@@ -72,7 +130,22 @@ def served_by(name: str, hist_len: np.ndarray) -> np.ndarray:
 
 
 def alone(name: str, cands: Sequence, val: Validation) -> np.ndarray:
-    """Per-row values of the strategy's own top k (NaN where it cannot serve)."""
+    """Per-row values of the strategy's own top k (NaN where it cannot serve).
+
+    Parameters
+    ----------
+    name : str
+        Strategy name.
+    cands : Sequence
+        Its candidates per validation row (``candidates``).
+    val : Validation
+        The validation rows.
+
+    Returns
+    -------
+    np.ndarray
+        ``(len(val),)`` float64 objective values.
+    """
     k = val.k
     rec_ids = np.full((len(cands), k), -1, dtype=np.int64)
     for row, c in enumerate(cands):
@@ -86,7 +159,20 @@ def alone(name: str, cands: Sequence, val: Validation) -> np.ndarray:
 def crossfit_pick(values: Sequence[np.ndarray], halves: np.ndarray) -> np.ndarray:
     """Per-row values of "pick the best of ``values`` on one half (``halves``: 0 or 1 per
     row), score it on the other", both ways: an honest figure for a selection among many
-    candidates. With one half empty, the best of ``values`` overall."""
+    candidates. With one half empty, the best of ``values`` overall.
+
+    Parameters
+    ----------
+    values : Sequence[np.ndarray]
+        Per-row values of each candidate (e.g. each trial), NaN where undefined.
+    halves : np.ndarray
+        Each row's half, 0 or 1.
+
+    Returns
+    -------
+    np.ndarray
+        Per-row values of the cross-fitted pick.
+    """
     out = np.full(len(halves), np.nan)
     for f in (0, 1):
         mine = halves == f
@@ -121,7 +207,35 @@ def search_params(
 ) -> Tuned:
     """Stage 1 over the strategies ``names`` (see the module docstring) within ``share`` of
     the budget ``clock`` has left, at most ``max_trials`` trials per study. ``halves``: each
-    validation row's half for the cross-fitted test against the defaults."""
+    validation row's half for the cross-fitted test against the defaults.
+
+    Parameters
+    ----------
+    names : Sequence[str]
+        Strategy names.
+    val : Validation
+        The validation rows.
+    halves : np.ndarray
+        Each validation row's half (0 or 1).
+    stats : DataStats
+        Data statistics that shape the search spaces.
+    opt : TuneOptions
+        The search options (objective, alpha, whether hyperparameters are tuned).
+    clock : Clock
+        The run's budget clock.
+    studies : Studies
+        Makes the Optuna studies.
+    share : float
+        Share of the budget left that stage 1 may use, in (0, 1].
+    max_trials : int
+        Most trials per study (the defaults included).
+
+    Returns
+    -------
+    Tuned
+        The chosen hyperparameters, candidates, models and trace per strategy; a strategy
+        that never fitted is left out (with a warning).
+    """
     import optuna
 
     out = Tuned()

@@ -46,6 +46,18 @@ class TuneOptions:
     progress: bool = False
 
     def metric(self) -> tuple[str, int]:
+        """The objective, parsed.
+
+        Returns
+        -------
+        tuple[str, int]
+            ``(metric, k)``, e.g. ``("ndcg", 10)``.
+
+        Raises
+        ------
+        ValueError
+            ``objective`` is not ``METRIC@K`` with a metric of ``OBJECTIVE_METRICS`` and k >= 1.
+        """
         m = re.fullmatch(r"([a-z_]+)@(\d+)", self.objective)
         if not m or m.group(1) not in OBJECTIVE_METRICS or int(m.group(2)) < 1:
             raise ValueError(
@@ -55,6 +67,19 @@ class TuneOptions:
         return m.group(1), int(m.group(2))
 
     def check(self) -> TuneOptions:
+        """Validate every option.
+
+        Returns
+        -------
+        TuneOptions
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            The first option out of range (objective, validation, fraction, budget, max_routes,
+            folds, or an unknown strategy).
+        """
         self.metric()
         if self.validation not in VALIDATIONS:
             raise ValueError(f"validation must be one of {', '.join(VALIDATIONS)}")
@@ -72,7 +97,23 @@ class TuneOptions:
 
 
 def parse_budget(text: str | float) -> float:
-    """``"5m"``, ``"90s"``, ``"1h"``, ``"300"`` -> seconds."""
+    """``"5m"``, ``"90s"``, ``"1h"``, ``"300"`` -> seconds.
+
+    Parameters
+    ----------
+    text : str or float
+        A number of seconds, or a number with a unit ``s``, ``m`` or ``h``.
+
+    Returns
+    -------
+    float
+        Seconds.
+
+    Raises
+    ------
+    ValueError
+        Not a number with an optional unit.
+    """
     if isinstance(text, int | float):
         return float(text)
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
@@ -83,7 +124,23 @@ def parse_budget(text: str | float) -> float:
 
 def parse_strategies(text: str | None) -> list[str] | None:
     """``"popular,ease,sequence"`` -> the names (None for none given). Unknown names are a
-    ``ValueError`` naming the known ones: a typo must not silently shrink the search."""
+    ``ValueError`` naming the known ones: a typo must not silently shrink the search.
+
+    Parameters
+    ----------
+    text : str or None
+        Comma-separated strategy names; None or blank for none.
+
+    Returns
+    -------
+    list[str] or None
+        The names, in order; None when none was given.
+
+    Raises
+    ------
+    ValueError
+        An unknown name.
+    """
     if text is None or not str(text).strip():
         return None
     names = [s.strip() for s in str(text).split(",") if s.strip()]
@@ -92,6 +149,18 @@ def parse_strategies(text: str | None) -> list[str] | None:
 
 
 def check_strategy_names(names: Sequence[str]) -> None:
+    """Check that every name is a known strategy.
+
+    Parameters
+    ----------
+    names : Sequence[str]
+        Strategy names; must not be empty.
+
+    Raises
+    ------
+    ValueError
+        An unknown name, or no name at all (the message lists the known ones).
+    """
     from strategies import STRATEGY_NAMES
 
     unknown = [s for s in names if s not in STRATEGY_NAMES]
@@ -104,7 +173,19 @@ def check_strategy_names(names: Sequence[str]) -> None:
 
 @dataclass
 class Clock:
-    """The budget, and a progress bar over it (seconds)."""
+    """The budget, and a progress bar over it (seconds).
+
+    Attributes
+    ----------
+    budget_s : float
+        The budget, in seconds.
+    progress : bool
+        Show a progress bar (only when stderr is a terminal).
+    start : float
+        ``time.perf_counter()`` at creation.
+    bar : Any
+        The tqdm bar, or None.
+    """
 
     budget_s: float
     progress: bool
@@ -121,12 +202,29 @@ class Clock:
             )
 
     def elapsed(self) -> float:
+        """Returns
+        -------
+        float
+            Seconds since the clock started.
+        """
         return time.perf_counter() - self.start
 
     def left(self) -> float:
+        """Returns
+        -------
+        float
+            Seconds of budget left, never negative.
+        """
         return max(self.budget_s - self.elapsed(), 0.0)
 
     def tick(self, desc: str | None = None) -> None:
+        """Move the progress bar to the elapsed time (no-op without a bar).
+
+        Parameters
+        ----------
+        desc : str or None
+            New description for the bar (first 40 characters); None keeps it.
+        """
         if self.bar is not None and not self.bar.disable:
             if desc:
                 self.bar.set_description(desc[:40])
@@ -134,6 +232,7 @@ class Clock:
             self.bar.refresh()
 
     def close(self) -> None:
+        """Fill the progress bar and close it (no-op without a bar)."""
         if self.bar is not None and not self.bar.disable:
             self.bar.n = self.bar.total
             self.bar.close()

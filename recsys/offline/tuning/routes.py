@@ -11,6 +11,9 @@ champion only where it is significantly better there, after Holm's correction ov
 ``max_routes``, the bins whose own choice gains least over their neighbour's are merged into
 it. Every list is made by the request path's own blend, rules and page
 (``Recommender.strategies_for`` and ``ranked_page``).
+
+Over 500 lines because of its numpy-style docstrings (the code itself is under 500): the route
+search is one object whose steps share the validation rows and the clock.
 """
 
 from __future__ import annotations
@@ -35,14 +38,36 @@ Option = tuple[np.ndarray, dict[str, float], str]
 
 def single_routes(name: str) -> list[dict[str, Any]]:
     """Routes serving ``name`` alone (popularity for empty histories if ``name`` cannot score
-    them, as the request path would fall back anyway, but without marking answers degraded)."""
+    them, as the request path would fall back anyway, but without marking answers degraded).
+
+    Parameters
+    ----------
+    name : str
+        Strategy name.
+
+    Returns
+    -------
+    list[dict[str, Any]]
+        Profile route dicts (``name``, ``max_history``, ``weights``, ``blend``).
+    """
     return serve_newcomers(
         [{"name": "all", "max_history": None, "weights": {name: 1.0}, "blend": None}]
     )
 
 
 def normalise(w: dict[str, float]) -> dict[str, float]:
-    """Weights under MIN_WEIGHT off, the rest scaled so the largest is 1 (fusion is scale-free)."""
+    """Weights under MIN_WEIGHT off, the rest scaled so the largest is 1 (fusion is scale-free).
+
+    Parameters
+    ----------
+    w : dict[str, float]
+        Strategy -> raw weight.
+
+    Returns
+    -------
+    dict[str, float]
+        Strategy -> weight in (0, 1], rounded to 4 decimals; empty when every weight is off.
+    """
     w = {s: float(v) for s, v in w.items() if v >= MIN_WEIGHT}
     top = max(w.values(), default=0.0)
     return {s: round(v / top, 4) for s, v in w.items()} if top > 0 else {}
@@ -51,7 +76,20 @@ def normalise(w: dict[str, float]) -> dict[str, float]:
 def cut(left_max: int, right_min: int) -> int:
     """Where a route boundary goes between two bins: the geometric middle of the gap between
     the longest history on the left and the shortest on the right (history lengths grow by
-    ratios; users seen at serving time have longer histories than in the validation slice)."""
+    ratios; users seen at serving time have longer histories than in the validation slice).
+
+    Parameters
+    ----------
+    left_max : int
+        Longest history of the left bin.
+    right_min : int
+        Shortest history of the right bin.
+
+    Returns
+    -------
+    int
+        The left route's ``max_history`` (inclusive), in ``[left_max, right_min - 1]``.
+    """
     left_max, right_min = int(left_max), int(right_min)
     if right_min - left_max <= 1:
         return left_max
@@ -63,7 +101,18 @@ def serve_newcomers(routes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     sent only to strategies that can score them. Where the first route has none, those
     users get popularity through a route of their own: what the request path would fall back
     to (and what validation scored for them), but not marked degraded. The first route keeps
-    the weights of its strategies that can (its others are never asked for such users)."""
+    the weights of its strategies that can (its others are never asked for such users).
+
+    Parameters
+    ----------
+    routes : list[dict[str, Any]]
+        Profile route dicts, by ascending ``max_history``.
+
+    Returns
+    -------
+    list[dict[str, Any]]
+        The routes, with at most one more (``h0``: popularity) in front.
+    """
     from strategies import scores_empty_history
 
     first = routes[0]
@@ -86,7 +135,22 @@ def history_bins(
 ) -> list[tuple[int, int | None]]:
     """Fine history bins ``(lo, hi)`` (inclusive; hi None = no bound) over the rows' history
     lengths ``hist_len``: an empty history alone, then quantiles of the rest, each with enough
-    rows (``min_bin_users``, at most a quarter of them)."""
+    rows (``min_bin_users``, at most a quarter of them).
+
+    Parameters
+    ----------
+    hist_len : np.ndarray
+        Each validation row's history length.
+    n_bins : int
+        Bins wanted (fewer when the rows are too few).
+    min_bin_users : int
+        Rows a bin needs.
+
+    Returns
+    -------
+    list[tuple[int, int or None]]
+        ``(lo, hi)`` per bin, ascending, covering every length from 0.
+    """
     n = hist_len
     min_users = min(min_bin_users, max(len(n) // 4, 1))
     edges: list[int] = []  # inclusive upper bounds
@@ -110,7 +174,18 @@ def history_bins(
 def priors(singles: dict[str, np.ndarray]) -> list[dict[str, float]]:
     """Starting blends from the strategies' per-row values alone (``singles``): the two and
     three strongest evenly, and the shipped default's warm weights (what an operator would
-    try first)."""
+    try first).
+
+    Parameters
+    ----------
+    singles : dict[str, np.ndarray]
+        Strategy -> its per-row values alone.
+
+    Returns
+    -------
+    list[dict[str, float]]
+        Starting weight dicts.
+    """
     from recsys.core.config import DEFAULT_CONFIG
 
     ranked = sorted(singles, key=lambda s: -float(np.nanmean(singles[s])))
@@ -124,7 +199,24 @@ def priors(singles: dict[str, np.ndarray]) -> list[dict[str, float]]:
 def route_metrics(
     routes: Sequence[dict[str, Any]], values: np.ndarray, hist_len: np.ndarray, objective: str
 ) -> dict[str, Any]:
-    """Per route, its validation rows (by history length) and their mean of ``values``."""
+    """Per route, its validation rows (by history length) and their mean of ``values``.
+
+    Parameters
+    ----------
+    routes : Sequence[dict[str, Any]]
+        Profile route dicts, by ascending ``max_history``.
+    values : np.ndarray
+        Per-row values.
+    hist_len : np.ndarray
+        Each row's history length.
+    objective : str
+        Metric key of the mean in the answer.
+
+    Returns
+    -------
+    dict[str, Any]
+        Route name -> ``{"users": int, objective: mean (6 decimals) or None}``.
+    """
     n = hist_len
     out, lo = {}, 0
     for r in routes:
@@ -149,7 +241,23 @@ def _newcomer_route(runs: list[dict[str, Any]]) -> int:
 class RouteSearch:
     """Stage 2 (see the module docstring) over the strategies of ``cands`` (per strategy, the
     candidates of every validation row); ``halves`` (0 or 1 per row, by user) splits the rows
-    for every cross-fitted estimate."""
+    for every cross-fitted estimate.
+
+    Parameters
+    ----------
+    val : Validation
+        The validation rows.
+    cands : dict[str, list]
+        Strategy -> its candidates per validation row (stage 1).
+    halves : np.ndarray
+        Each row's half, 0 or 1.
+    opt : TuneOptions
+        The search options.
+    clock : Clock
+        The run's budget clock.
+    studies : Studies
+        Makes the Optuna studies.
+    """
 
     def __init__(
         self,
@@ -166,6 +274,20 @@ class RouteSearch:
 
     # -- one route's lists and values ------------------------------------------------------------
     def config(self, weights: dict[str, float], blend: str):
+        """The serving configuration of one route over every candidate strategy.
+
+        Parameters
+        ----------
+        weights : dict[str, float]
+            Strategy -> blend weight.
+        blend : str
+            Fusion method: "weighted" or "rrf".
+
+        Returns
+        -------
+        ServingConfig
+            The shipped default with those strategies enabled and one route ``r`` for everyone.
+        """
         from recsys.core.config import ServingConfig
 
         names = list(self.cands)
@@ -181,7 +303,22 @@ class RouteSearch:
 
     def lists(self, weights: dict[str, float], blend: str, rows: np.ndarray) -> np.ndarray:
         """Top-k of the validation rows ``rows`` under one route's weights, through the
-        request path's strategy choice, blend, rules and page (``Recommender``)."""
+        request path's strategy choice, blend, rules and page (``Recommender``).
+
+        Parameters
+        ----------
+        weights : dict[str, float]
+            Strategy -> blend weight of the route.
+        blend : str
+            Fusion method: "weighted" or "rrf".
+        rows : np.ndarray
+            Validation row indices.
+
+        Returns
+        -------
+        np.ndarray
+            ``(len(rows), k)`` item indices, -1 padded.
+        """
         from recsys.core.recommender import Recommender
         from recsys.core.types import RecRequest
 
@@ -203,7 +340,22 @@ class RouteSearch:
 
     def route_value(self, weights, blend, rows) -> tuple[np.ndarray, float]:
         """Per-row values of the rows ``rows`` under one route, and their mean (less the
-        coverage shortfall with ``min_coverage``)."""
+        coverage shortfall with ``min_coverage``).
+
+        Parameters
+        ----------
+        weights : dict[str, float]
+            Strategy -> blend weight of the route.
+        blend : str
+            Fusion method: "weighted" or "rrf".
+        rows : np.ndarray
+            Validation row indices.
+
+        Returns
+        -------
+        tuple[np.ndarray, float]
+            ``(len(rows),)`` values and the (coverage-penalised) mean; 0.0 for no rows.
+        """
         lists = self.lists(weights, blend, rows)
         v = self.val.values(lists, rows)
         mean = float(np.nanmean(v)) if v.size else 0.0
@@ -213,11 +365,37 @@ class RouteSearch:
         return v, mean
 
     def single_values(self, name: str) -> np.ndarray:
-        """Per-row values of ``name`` alone (popularity where it cannot serve, as served)."""
+        """Per-row values of ``name`` alone (popularity where it cannot serve, as served).
+
+        Parameters
+        ----------
+        name : str
+            Strategy name.
+
+        Returns
+        -------
+        np.ndarray
+            ``(len(val),)`` values.
+        """
         return self.val.values(self.lists({name: 1.0}, "weighted", np.arange(len(self.val))))
 
     def beats(self, base, new, a: str, b: str, rows: np.ndarray | None = None) -> guard.Verdict:
-        """``guard.beats`` on the validation rows ``rows`` (all if None)."""
+        """``guard.beats`` on the validation rows ``rows`` (all if None).
+
+        Parameters
+        ----------
+        base, new : np.ndarray
+            Per-row values of the default and the departure.
+        a, b : str
+            Their names, for the verdict.
+        rows : np.ndarray or None
+            The rows the arrays hold; None: every row.
+
+        Returns
+        -------
+        guard.Verdict
+            The verdict, whether the departure is taken, and the p-value.
+        """
         return guard.beats(
             base, new, self.val.guard_rows(rows), self.opt.objective, self.opt.alpha, a, b
         )
@@ -235,7 +413,28 @@ class RouteSearch:
         """One study over weights and fusion for the rows ``rows``; returns
         ``(weights, blend, study)``. Each strategy alone, an even blend and ``starting``
         (blends of the strongest strategies, the shipped default's) are the first trials.
-        ``names``: the strategies searched (default: every candidate)."""
+        ``names``: the strategies searched (default: every candidate).
+
+        Parameters
+        ----------
+        label : str
+            The study's name.
+        rows : np.ndarray
+            Validation row indices searched on.
+        n_trials : int
+            Trials wanted, the first ones included.
+        timeout : float
+            Seconds for the trials beyond the first ones.
+        starting : Sequence[dict[str, float]]
+            Further starting weight dicts.
+        names : Sequence[str] or None
+            The strategies searched; None: every candidate strategy.
+
+        Returns
+        -------
+        tuple[dict[str, float], str, optuna.Study]
+            The best weights (normalised), its fusion method, and the study.
+        """
         import optuna
 
         names = list(self.cands) if names is None else list(names)
@@ -283,7 +482,30 @@ class RouteSearch:
     def crossfit(self, label, rows, cap, timeout, starting, names=None) -> dict[str, Any]:
         """Search blend weights on each half of ``rows`` and score each half's winner on the
         other half: honest (out-of-fold) per-row values. The blend served is the winner that
-        scores best on all of ``rows``. ``names``: the strategies searched (default: all)."""
+        scores best on all of ``rows``. ``names``: the strategies searched (default: all).
+
+        Parameters
+        ----------
+        label : str
+            The studies' name prefix.
+        rows : np.ndarray
+            Validation row indices.
+        cap : int
+            Trials per study.
+        timeout : float
+            Seconds per study beyond its first trials.
+        starting : Sequence[dict[str, float]]
+            Further starting weight dicts.
+        names : Sequence[str] or None
+            The strategies searched; None: every candidate strategy.
+
+        Returns
+        -------
+        dict[str, Any]
+            ``weights``, ``blend``, ``values`` (out-of-fold, per row of ``rows``) and ``folds``
+            (each half's winner and study trace); empty when a half has no rows or a value is
+            undefined.
+        """
         fold = self.halves
         oos = np.full(len(rows), np.nan)
         found = []
@@ -322,7 +544,20 @@ class RouteSearch:
            significantly better on the bin's users (``guard.beats``), after Holm's correction
            over all the bins tested.
         3. Adjacent bins with the same choice make one route; beyond ``max_routes``, the
-           bins whose own choice gains least over their neighbour's are merged into it."""
+           bins whose own choice gains least over their neighbour's are merged into it.
+
+        Parameters
+        ----------
+        share : float
+            Share of the budget left for stage 2, in (0, 1].
+        max_trials : int
+            Most trials per study.
+
+        Returns
+        -------
+        tuple[list[dict[str, Any]], np.ndarray, dict[str, Any]]
+            The routes (``serve_newcomers`` applied), the per-row honest values, and the trace.
+        """
         bins = history_bins(self.val.hist_len, self.opt.n_bins, self.opt.min_bin_users)
         singles = {s: self.single_values(s) for s in self.cands}
         means = {s: float(np.nanmean(v)) for s, v in singles.items()}

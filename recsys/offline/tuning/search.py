@@ -54,7 +54,15 @@ log = logging.getLogger(__name__)
 
 
 class Tuner:
-    """One tuning run over ``data`` (see ``tune``)."""
+    """One tuning run over ``data`` (see ``tune``).
+
+    Parameters
+    ----------
+    data : InteractionData
+        The events to tune on.
+    options : TuneOptions
+        The search options (checked here: ``ValueError`` when one is out of range).
+    """
 
     # Stage shares of the budget: hyperparameters, routes and weights (the guard takes the rest).
     SHARE_PARAMS = 0.6
@@ -182,6 +190,14 @@ class Tuner:
 
     # -- the whole run -----------------------------------------------------------------------------
     def run(self):
+        """Run the three stages within the budget (see the module docstring).
+
+        Returns
+        -------
+        ServingProfile
+            Checked and unsaved; its ``guard`` says whether the searched profile passed (when it
+            did not, the profile serves the best single strategy instead).
+        """
         from recsys.models.profile import ServingProfile
 
         try:
@@ -242,7 +258,25 @@ class Tuner:
 
 def tune(data: InteractionData, options: TuneOptions | None = None):
     """Search a serving profile for ``data`` (see the module docstring); returns an unsaved
-    ``recsys.models.profile.ServingProfile`` whose ``guard`` says whether it passed."""
+    ``recsys.models.profile.ServingProfile`` whose ``guard`` says whether it passed.
+
+    Parameters
+    ----------
+    data : InteractionData
+        The events to tune on.
+    options : TuneOptions or None
+        The search options; None: the defaults.
+
+    Returns
+    -------
+    ServingProfile
+        The profile, unsaved.
+
+    Raises
+    ------
+    ValueError
+        An option out of range.
+    """
     return Tuner(data, options or TuneOptions()).run()
 
 
@@ -259,7 +293,34 @@ def tune_config(
 ):
     """Fill a ``tuned`` configuration in from a search on ``train`` alone: the validation slice
     is cut from it the way ``split`` cut the test part (time: its newest share; leave-last-out:
-    each user's last training event; random splits: a random share). Returns the profile."""
+    each user's last training event; random splits: a random share). Returns the profile.
+
+    Parameters
+    ----------
+    cfg : EvalConfig
+        The ``tuned`` configuration; its ``serving``, ``params`` and ``description`` are set.
+    train : InteractionData
+        The evaluation's training part.
+    split : str
+        The evaluation's split name (and the validation's).
+    seed : int
+        Random seed of the search and of random validation splits.
+    ratio : float
+        Training share of the random splits (the validation share is ``1 - ratio``).
+    fraction : float or None
+        ``time`` split: test share (None: 0.2), reused as the validation share.
+    budget_s : float
+        Search budget, in seconds.
+    progress : bool
+        Show a progress bar.
+    **options : Any
+        Further ``TuneOptions`` fields.
+
+    Returns
+    -------
+    ServingProfile
+        The profile the configuration now stands for.
+    """
     share = (fraction or 0.2) if split == "time" else 1.0 - ratio
     opts = TuneOptions(
         budget_s=budget_s,

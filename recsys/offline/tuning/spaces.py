@@ -25,10 +25,30 @@ class DataStats:
 
     @classmethod
     def of(cls, data: InteractionData) -> DataStats:
+        """The statistics of ``data``.
+
+        Parameters
+        ----------
+        data : InteractionData
+            The events.
+
+        Returns
+        -------
+        DataStats
+            Span in days (at least one hour; 1.0 for no events), users and items.
+        """
         span = float(data.ts.max() - data.ts.min()) / 86400.0 if len(data) else 1.0
         return cls(max(span, 1.0 / 24), data.n_users, data.n_items)
 
     def half_life_range(self) -> tuple[float, float]:
+        """The search range of popularity's half-life.
+
+        Returns
+        -------
+        tuple[float, float]
+            ``(low, high)`` in days: from span / 2000 (at least one hour) to twice the span (at
+            least one day).
+        """
         return max(self.span_days / 2000.0, 1.0 / 24), max(self.span_days * 2.0, 1.0)
 
 
@@ -115,12 +135,40 @@ SEARCHED = tuple(SPACES)
 
 
 def suggest(name: str, trial, stats: DataStats) -> dict[str, Any]:
-    """The ``__init__`` kwargs of ``name`` that ``trial`` suggests from its space."""
+    """The ``__init__`` kwargs of ``name`` that ``trial`` suggests from its space.
+
+    Parameters
+    ----------
+    name : str
+        Strategy name.
+    trial : optuna.Trial
+        The trial.
+    stats : DataStats
+        What the space scales by.
+
+    Returns
+    -------
+    dict[str, Any]
+        Keyword arguments for the strategy's class; empty for a strategy with no space.
+    """
     entry = SPACES.get(name)
     return entry[0](trial, stats) if entry else {}  # no declared space: its defaults only
 
 
 def default_trials(name: str, stats: DataStats) -> list[dict[str, Any]]:
-    """Trial values reproducing the shipped defaults (and for popularity, no decay too)."""
+    """Trial values reproducing the shipped defaults (and for popularity, no decay too).
+
+    Parameters
+    ----------
+    name : str
+        Strategy name.
+    stats : DataStats
+        What the space scales by.
+
+    Returns
+    -------
+    list[dict[str, Any]]
+        Trial parameter dicts to enqueue; ``[{}]`` for a strategy with no space.
+    """
     entry = SPACES.get(name)
     return entry[1](stats) if entry else [{}]

@@ -23,6 +23,20 @@ class Studies:
     prefix: str = field(default_factory=_stamp)
 
     def new(self, name: str, pruner=None):
+        """A new study of this run.
+
+        Parameters
+        ----------
+        name : str
+            The study's name (after the run's prefix, in the storage).
+        pruner : optuna.pruners.BasePruner or None
+            Its pruner; None: Optuna's default.
+
+        Returns
+        -------
+        optuna.Study
+            Maximising, with a seeded multivariate TPE sampler.
+        """
         import optuna
 
         return optuna.create_study(
@@ -36,7 +50,21 @@ class Studies:
 
 def study_trace(study, keep_trials: bool = True) -> dict[str, Any]:
     """A study for the trace: trials (and pruned ones), the best and first values, the best
-    trial's kwargs and, with ``keep_trials``, every trial."""
+    trial's kwargs and, with ``keep_trials``, every trial.
+
+    Parameters
+    ----------
+    study : optuna.Study
+        The study.
+    keep_trials : bool
+        Include every trial (``history``).
+
+    Returns
+    -------
+    dict[str, Any]
+        ``trials``, ``pruned``; with a completed trial ``best_value``, ``best_params`` and
+        ``first_value`` (6 decimals); with ``keep_trials`` ``history``.
+    """
     import optuna
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -64,7 +92,20 @@ def study_trace(study, keep_trials: bool = True) -> dict[str, Any]:
 
 
 def bin_label(lo: int, hi: int | None) -> str:
-    """History lengths ``lo..hi`` (inclusive; None = no bound): ``"3-5"``, ``"0"``, ``"6+"``."""
+    """History lengths ``lo..hi`` (inclusive; None = no bound): ``"3-5"``, ``"0"``, ``"6+"``.
+
+    Parameters
+    ----------
+    lo : int
+        Shortest history length of the range.
+    hi : int or None
+        Longest (inclusive); None: no bound.
+
+    Returns
+    -------
+    str
+        The label.
+    """
     if hi is None:
         return f"{lo}+"
     return f"{lo}" if hi == lo else f"{lo}-{hi}"

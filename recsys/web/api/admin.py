@@ -55,6 +55,12 @@ def _strategies_view() -> dict:
 @bp.get("/strategies")
 @bp.doc(summary="Per-strategy enabled flag and blend weight (effective values)")
 def get_strategies():
+    """Per-strategy enabled flag and blend weight (effective values).
+
+    Answers ``{"strategies": {name: {"enabled", "weight", "overridden"}}, "config_version"}``:
+    the effective settings of every strategy (admin override, else the active serving profile,
+    else the shipped default) and the names of the fields an admin has overridden.
+    """
     return _strategies_view()
 
 
@@ -66,6 +72,11 @@ def get_strategies():
     "invalidates cached recommendations.",
 )
 def patch_strategies(_doc=None):
+    """Change the enabled flag and / or blend weight of one or more strategies.
+
+    Answers the settings before and after the change plus the current strategies view; 422
+    (nothing changed) for an unknown strategy or an invalid field.
+    """
     from flask import request
 
     body = request.get_json(silent=True)
@@ -100,6 +111,11 @@ def patch_strategies(_doc=None):
     "default. Audited; takes effect in every worker within a second.",
 )
 def reset_strategy(name: str):
+    """Reset a strategy to its default: drop the admin's override.
+
+    Answers the settings before and after plus the current strategies view; 404 for an unknown
+    strategy, 422 for an unknown field.
+    """
     from flask import request
 
     try:
@@ -124,6 +140,11 @@ def _routing_view() -> dict:
 @bp.get("/routing")
 @bp.doc(summary="Routing: cold-start threshold, strategies per route, blend method, rules")
 def get_routing():
+    """Routing: cold-start threshold, strategies per route, blend method, rules.
+
+    Answers ``{"routing": {...}, "overridden": [key, ...], "config_version"}``: the effective
+    routing settings and the keys an admin has overridden.
+    """
     return _routing_view()
 
 
@@ -135,6 +156,11 @@ def get_routing():
     "invalidates cached recommendations.",
 )
 def patch_routing(body: dict):
+    """Change routing settings (a partial update).
+
+    Answers the routing before and after plus the current routing view; 422 when the change is
+    invalid (nothing changed).
+    """
     try:
         before, after = get_settings().update_routing(body, _actor())
     except ValueError as e:
@@ -149,6 +175,10 @@ def patch_routing(body: dict):
     "default. Audited; takes effect in every worker within a second.",
 )
 def reset_routing(key: str):
+    """Reset one routing setting to its default (drop the admin's override).
+
+    Answers the routing before and after plus the current routing view; 422 for an unknown key.
+    """
     try:
         before, after = get_settings().reset_routing([key], _actor())
     except ValueError as e:
@@ -162,6 +192,11 @@ def reset_routing(key: str):
     summary="The audit log, newest first (paged with limit/offset; filter by action, actor, target)"
 )
 def get_audit(q: dict):
+    """The audit log, newest first.
+
+    Answers one page of audit entries (actor, action, target, before, after, when), paged with
+    ``limit`` / ``offset`` and filtered by ``action``, ``actor`` and ``target`` when given.
+    """
     with session_scope() as s:
         return audit.page(
             s,

@@ -26,10 +26,18 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class VersionIn(Schema):
+    """Request body naming a version: ``{"version": str}`` (required, 1 to 64 characters of
+    letters, digits, ``_``, ``.``, ``-``).
+    """
+
     version = String(required=True, validate=[Length(1, 64), Regexp(_NAME)])
 
 
 class OptionalVersionIn(Schema):
+    """Request body optionally naming a version: ``{"version": str}``; missing means None (the
+    active version).
+    """
+
     version = String(load_default=None, validate=[Length(1, 64), Regexp(_NAME)])
 
 
@@ -63,7 +71,30 @@ def _audit(action: str, target: str, before: dict | None, after: dict | None) ->
 
 # The operations, shared by the views below and the operator console (recsys.web.console).
 def activate_version(strategy: str, version: str, actor: str) -> dict:
-    """Activate ``version`` (a model, or a serving profile when ``strategy`` is "profile")."""
+    """Activate ``version`` (a model, or a serving profile when ``strategy`` is "profile").
+
+    Parameters
+    ----------
+    strategy : str
+        Strategy name (must have stored versions), or ``"profile"`` for a serving profile.
+    version : str
+        Version to activate; it must be stored for ``strategy``.
+    actor : str
+        Who asked, recorded in the audit log.
+
+    Returns
+    -------
+    dict
+        The runtime's activation answer plus ``"models"``: the runtime status rows; for a
+        profile, ``{"strategy", "version", "previous_version", "models"}``.
+
+    Raises
+    ------
+    RecsysError
+        ``strategy`` is not a valid name.
+    ModelError
+        404 when ``strategy`` has no stored version (or ``version`` is unknown).
+    """
     _require_known(strategy)
     if strategy == PROFILE_KIND:
         # A serving profile: its models first, then the profile and config_version together.
@@ -75,6 +106,28 @@ def activate_version(strategy: str, version: str, actor: str) -> dict:
 
 
 def rollback_version(strategy: str, actor: str) -> dict:
+    """Re-activate the version that was active before the current one.
+
+    Parameters
+    ----------
+    strategy : str
+        Strategy name (must have stored versions), or ``"profile"`` for a serving profile.
+    actor : str
+        Who asked, recorded in the audit log.
+
+    Returns
+    -------
+    dict
+        The runtime's rollback answer plus ``"models"``: the runtime status rows; for a
+        profile, ``{"strategy", "version", "previous_version", "models"}``.
+
+    Raises
+    ------
+    RecsysError
+        ``strategy`` is not a valid name.
+    ModelError
+        404 when ``strategy`` has no stored version.
+    """
     _require_known(strategy)
     if strategy == PROFILE_KIND:
         repo = get_repository()
@@ -86,6 +139,29 @@ def rollback_version(strategy: str, actor: str) -> dict:
 
 
 def load_model(strategy: str, version: str | None, actor: str) -> dict:
+    """Load a version of ``strategy`` now and keep it preloaded (audited as ``model.load``).
+
+    Parameters
+    ----------
+    strategy : str
+        Strategy name; it must have stored versions.
+    version : str or None
+        Version to load; None loads the active version.
+    actor : str
+        Who asked (the audit entry takes the request's admin actor).
+
+    Returns
+    -------
+    dict
+        The runtime's row for ``strategy`` after the load (load mode, state, loaded version...).
+
+    Raises
+    ------
+    RecsysError
+        ``strategy`` is not a valid name.
+    ModelError
+        404 when ``strategy`` has no stored version.
+    """
     _require_known(strategy)
     rt = get_runtime()
     before = rt.describe(strategy) if strategy in rt.wanted_versions() else None
@@ -95,6 +171,28 @@ def load_model(strategy: str, version: str | None, actor: str) -> dict:
 
 
 def unload_model(strategy: str, actor: str) -> dict:
+    """Free the memory of ``strategy``'s model; it reloads lazily on next use (audited as
+    ``model.unload``).
+
+    Parameters
+    ----------
+    strategy : str
+        Strategy name; it must have stored versions.
+    actor : str
+        Who asked (the audit entry takes the request's admin actor).
+
+    Returns
+    -------
+    dict
+        The runtime's row for ``strategy`` after the unload.
+
+    Raises
+    ------
+    RecsysError
+        ``strategy`` is not a valid name.
+    ModelError
+        404 when ``strategy`` has no stored version.
+    """
     _require_known(strategy)
     rt = get_runtime()
     before = rt.describe(strategy) if strategy in rt.wanted_versions() else None
@@ -104,13 +202,28 @@ def unload_model(strategy: str, actor: str) -> dict:
 
 
 def model_stats(strategy: str) -> dict:
-    """Loads, load failures, load time, scoring latency of ``strategy`` (recsys.ops.modelstats)."""
+    """Loads, load failures, load time, scoring latency of ``strategy`` (recsys.ops.modelstats).
+
+    Parameters
+    ----------
+    strategy : str
+        Strategy name.
+
+    Returns
+    -------
+    dict
+        Its counters and latency figures since start; ``modelstats.EMPTY`` when it has none.
+    """
     return modelstats.stats_by_strategy().get(strategy, modelstats.EMPTY)
 
 
 @bp.get("")
 @bp.doc(summary="Model versions: stored, active, and what this process holds in memory")
 def list_models():
+    """Model versions: stored, active, and what this process holds in memory.
+
+    Answers ``{"runtime": [row, ...], "ready": bool, "budget_bytes", "versions": [...]}``.
+    """
     rt = get_runtime()
     return {
         "runtime": rt.status(),
@@ -127,6 +240,7 @@ def list_models():
     "latency percentiles (ms) and deadline misses since start (every worker under gunicorn).",
 )
 def get_strategy(strategy: str):
+    """One strategy: its versions, what this process holds, rollback target, and stats."""
     _require_known(strategy)
     repo = get_repository()
     rt = get_runtime()
@@ -144,6 +258,11 @@ def get_strategy(strategy: str):
 @bp.input(VersionIn, arg_name="body")
 @bp.doc(summary="Activate a version: load and warm it beside the old one, then swap")
 def activate(strategy: str, body: dict):
+    """Activate a version: load and warm it beside the old one, then swap.
+
+    Answers the activation result and the runtime status rows; 404 for an unknown strategy or
+    version.
+    """
     from flask import g
 
     return activate_version(strategy, body["version"], g.get("admin_actor", "admin"))
@@ -152,6 +271,10 @@ def activate(strategy: str, body: dict):
 @bp.post("/<strategy>/rollback")
 @bp.doc(summary="Re-activate the previously active version (loaded and warmed first)")
 def rollback(strategy: str):
+    """Re-activate the previously active version (loaded and warmed first).
+
+    Answers the rollback result and the runtime status rows; 404 for an unknown strategy.
+    """
     from flask import g
 
     return rollback_version(strategy, g.get("admin_actor", "admin"))
@@ -176,6 +299,7 @@ def _profile_switched(version: str, previous: str | None) -> dict:
     "`POST /v1/admin/models/profile/activate` and `/rollback` like a model version.",
 )
 def active_serving_profile():
+    """The active serving profile (routes, weights, hyperparameters, validation, guard)."""
     from recsys.models.profile import active_profile
 
     profile = active_profile(get_repository())
@@ -190,6 +314,10 @@ def active_serving_profile():
 @bp.input(OptionalVersionIn, arg_name="body")
 @bp.doc(summary="Load the active version now and keep it preloaded in every worker")
 def load(strategy: str, body: dict):
+    """Load the active version (or the given one) now and keep it preloaded in every worker.
+
+    Answers the runtime's row for the strategy; 404 for an unknown strategy.
+    """
     from flask import g
 
     return load_model(strategy, body.get("version"), g.get("admin_actor", "admin"))
@@ -198,6 +326,10 @@ def load(strategy: str, body: dict):
 @bp.post("/<strategy>/unload")
 @bp.doc(summary="Free the model's memory in every worker; it reloads lazily on next use")
 def unload(strategy: str):
+    """Free the model's memory in every worker; it reloads lazily on next use.
+
+    Answers the runtime's row for the strategy; 404 for an unknown strategy.
+    """
     from flask import g
 
     return unload_model(strategy, g.get("admin_actor", "admin"))

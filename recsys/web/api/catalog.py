@@ -88,6 +88,7 @@ def _item_out(item: Item, created: bool) -> dict:
     responses={201: "created"},
 )
 def put_item(item_id: str, body: dict):
+    """Create or update an item."""
     _check(item_id, "item_id")
     app = current_app._get_current_object()
     with session_scope(app) as s:
@@ -121,10 +122,39 @@ def _existing(s, model, external_id: str, lock: bool = False):
 
 
 def encode_cursor(last_id: str | None) -> str | None:
+    """Encode the last id of a page as an opaque, URL-safe pagination cursor.
+
+    Parameters
+    ----------
+    last_id : str or None
+        External id of the last row of the page; None when the page is the last one.
+
+    Returns
+    -------
+    str or None
+        URL-safe base64 of ``last_id``; None when ``last_id`` is None (no next page).
+    """
     return base64.urlsafe_b64encode(last_id.encode()).decode() if last_id is not None else None
 
 
 def decode_cursor(cursor: str | None) -> str | None:
+    """Decode a cursor made by ``encode_cursor``.
+
+    Parameters
+    ----------
+    cursor : str or None
+        The ``next_cursor`` of a previous page; None for the first page.
+
+    Returns
+    -------
+    str or None
+        The external id the next page starts after; None for the first page.
+
+    Raises
+    ------
+    RecsysError
+        ``cursor`` is not valid URL-safe base64 of UTF-8 text.
+    """
     if cursor is None:
         return None
     try:
@@ -143,6 +173,7 @@ def decode_cursor(cursor: str | None) -> str | None:
     "optionally in a `category` and by availability. Follow `next_cursor` until it is null.",
 )
 def list_items(q: dict):
+    """List items (cursor pagination)."""
     from recsys.serving.pipeline import get_pipeline
 
     snap = get_pipeline(current_app).snapshot()
@@ -157,6 +188,11 @@ def list_items(q: dict):
 @bp.output(ItemOut)
 @bp.doc(summary="One item", responses={404: "unknown item"})
 def get_item(item_id: str):
+    """One item.
+
+    Answers the item's id, title, categories, price, availability and attributes; 404 for an
+    unknown item.
+    """
     _check(item_id, "item_id")
     with session_scope() as s:
         return _item_out(_existing(s, Item, item_id), False)
@@ -173,6 +209,7 @@ def get_item(item_id: str):
     responses={404: "unknown item"},
 )
 def delete_item(item_id: str):
+    """Retire an item."""
     _check(item_id, "item_id")
     app = current_app._get_current_object()
     with session_scope(app) as s:
@@ -192,6 +229,10 @@ def delete_item(item_id: str):
 @bp.output(UserOut)
 @bp.doc(summary="Create or update a user's attributes", responses={201: "created"})
 def put_user(user_id: str, body: dict):
+    """Create or update a user's attributes.
+
+    Answers the user's id, attributes and whether it was created (201) or updated (200).
+    """
     _check(user_id, "user_id")
     with session_scope() as s:
         user = s.scalar(select(User).where(User.external_id == user_id))
@@ -219,6 +260,11 @@ def _user_entry(user: User, events: int) -> dict:
 @bp.output(UserDetailOut)
 @bp.doc(summary="One user", responses={404: "unknown user"})
 def get_user(user_id: str):
+    """One user.
+
+    Answers the user's id, attributes, number of events and creation / update times (UTC,
+    ISO 8601); 404 for an unknown user.
+    """
     _check(user_id, "user_id")
     with session_scope() as s:
         user = _existing(s, User, user_id)
@@ -232,6 +278,7 @@ def get_user(user_id: str):
 @bp.output(UserListOut)
 @bp.doc(summary="List users (cursor pagination)", description="Users in id order.")
 def list_users(q: dict):
+    """List users (cursor pagination)."""
     after = decode_cursor(q["cursor"])
     with session_scope() as s:
         stmt = select(User).order_by(User.external_id).limit(q["limit"] + 1)
@@ -263,6 +310,7 @@ def list_users(q: dict):
     responses={404: "unknown user"},
 )
 def delete_user(user_id: str):
+    """Erase a user."""
     _check(user_id, "user_id")
     app = current_app._get_current_object()
     with session_scope(app) as s:

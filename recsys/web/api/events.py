@@ -45,7 +45,13 @@ _schema = EventIn()
 
 
 def blank_item() -> dict[str, Any]:
-    """The columns of an item created because an event or an edit named an unknown id."""
+    """The columns of an item created because an event or an edit named an unknown id.
+
+    Returns
+    -------
+    dict[str, Any]
+        Column name -> value: empty title, description, categories and attributes, available.
+    """
     return {"title": "", "description": "", "categories": [], "available": True, "attributes": {}}
 
 
@@ -58,7 +64,27 @@ def ensure_ids(
 ) -> dict[str, int]:
     """external id -> row id, creating missing rows (concurrency-safe: ON CONFLICT DO NOTHING).
     ``refuse(missing)``, when given, is called with the ids about to be created and may raise
-    instead."""
+    instead.
+
+    Parameters
+    ----------
+    s : Session
+        Open SQLAlchemy session; the caller commits.
+    model : type
+        The ORM class with ``external_id`` and ``id`` columns (``User`` or ``Item``).
+    external_ids : set[str]
+        External ids wanted; empty answers ``{}`` without a query.
+    refuse : Callable[[list[str]], None] or None
+        Called with the sorted ids about to be created; it may raise to stop the creation.
+        None creates them all.
+    **defaults : Any
+        Column values of the rows created (``created_at`` / ``updated_at`` are set to now).
+
+    Returns
+    -------
+    dict[str, int]
+        External id -> row id, for every id of ``external_ids``.
+    """
     if not external_ids:
         return {}
     wanted = sorted(external_ids)
@@ -114,7 +140,25 @@ def _new_items_policy(app, events: list[dict[str, Any]]) -> Callable[[list[str]]
 
 
 def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
-    """Store validated events in one transaction; returns counts. Invalidates caches after."""
+    """Store validated events in one transaction; returns counts. Invalidates caches after.
+
+    Parameters
+    ----------
+    events : list[dict[str, Any]]
+        Events loaded by ``EventIn``: ``user_id``, ``item_id``, ``type``, ``value``,
+        ``timestamp`` (datetime, or None for now) and ``id`` (idempotency key, or None).
+
+    Returns
+    -------
+    dict[str, int]
+        ``{"received", "inserted", "duplicates"}``: events given, rows stored, and events
+        skipped because their idempotency key was already stored.
+
+    Raises
+    ------
+    RecsysError
+        422 when the events name unknown items the server may not create (nothing is stored).
+    """
     app = current_app._get_current_object()
     with session_scope(app) as s:
         users = ensure_ids(s, User, {e["user_id"] for e in events}, attributes={})
@@ -168,6 +212,7 @@ def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
     responses={200: "every event was already stored (duplicates)"},
 )
 def post_events(_doc=None):
+    """Record one event or a list of events."""
     payload = request.get_json(silent=True)
     if payload is None:
         abort(400, message="body must be JSON: an event object or a list of events")

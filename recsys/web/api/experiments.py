@@ -61,6 +61,7 @@ def _body() -> dict:
     "most 1 (the rest is not enrolled). Users are assigned by sha256(name, user id).",
 )
 def create_experiment():
+    """Create an experiment."""
     check_admin()
     body = _body()
     try:
@@ -71,7 +72,28 @@ def create_experiment():
 
 
 def create_audited(body, actor: str):
-    """Create an experiment, audit it and make every worker see it (the API and the console)."""
+    """Create an experiment, audit it and make every worker see it (the API and the console).
+
+    Parameters
+    ----------
+    body : dict
+        The experiment, as ``experiments.create`` reads it: ``name``, ``variants`` and optional
+        ``start_at`` / ``stop_at``.
+    actor : str
+        Who asked, recorded in the audit log.
+
+    Returns
+    -------
+    ExperimentView
+        The experiment created.
+
+    Raises
+    ------
+    ExperimentError
+        ``body`` is not a valid experiment.
+    Conflict
+        An experiment with that name exists.
+    """
     with session_scope() as s:
         view = experiments.create(s, body)
         audit.record(s, actor, "experiment.create", view.name, None, view.to_dict())
@@ -80,7 +102,25 @@ def create_audited(body, actor: str):
 
 
 def stop_audited(name: str, actor: str):
-    """Stop an experiment, audit it (before/after) and make every worker see it."""
+    """Stop an experiment, audit it (before/after) and make every worker see it.
+
+    Parameters
+    ----------
+    name : str
+        Name of the experiment.
+    actor : str
+        Who asked, recorded in the audit log.
+
+    Returns
+    -------
+    ExperimentView
+        The experiment, stopped.
+
+    Raises
+    ------
+    NotFound
+        No experiment is named ``name``.
+    """
     with session_scope() as s:
         before = experiments.get(s, name)
         view = experiments.stop(s, name)
@@ -94,6 +134,10 @@ def stop_audited(name: str, actor: str):
 @bp.get("/admin/experiments")
 @bp.doc(summary="List experiments (newest last)")
 def list_experiments():
+    """List experiments (newest last).
+
+    Answers ``{"experiments": [experiment, ...]}``; admin only.
+    """
     check_admin()
     with session_scope() as s:
         return {"experiments": [e.to_dict() for e in experiments.list_all(s)]}
@@ -102,6 +146,10 @@ def list_experiments():
 @bp.get("/admin/experiments/<name>")
 @bp.doc(summary="One experiment")
 def get_experiment(name: str):
+    """One experiment.
+
+    Answers the experiment (name, variants, status, start, stop); 404 when none has that name.
+    """
     check_admin()
     _check_name(name)
     with session_scope() as s:
@@ -114,6 +162,10 @@ def get_experiment(name: str):
 @bp.post("/admin/experiments/<name>/stop")
 @bp.doc(summary="Stop an experiment: its users go back to the normal configuration")
 def stop_experiment(name: str):
+    """Stop an experiment: its users go back to the normal configuration.
+
+    Answers the experiment, stopped; admin only.
+    """
     check_admin()
     _check_name(name)
     return stop_audited(name, _actor()).to_dict()
@@ -122,6 +174,11 @@ def stop_experiment(name: str):
 @bp.get("/admin/experiments/<name>/report")
 @bp.doc(summary="Per-variant exposures, click-through and conversion with 95% intervals")
 def experiment_report(name: str):
+    """Per-variant exposures, click-through and conversion with 95% intervals.
+
+    Answers the report of the experiment over the last ``window_hours`` (query parameter, in
+    hours, at most 87600; default: the experiments' default window); 422 for a bad window.
+    """
     check_admin()
     _check_name(name)
     hours = request.args.get("window_hours", type=float)
@@ -140,6 +197,7 @@ def experiment_report(name: str):
     "`serving`: the one assignment that shapes the user's recommendations.",
 )
 def user_experiments(user_id: str):
+    """A user's experiment assignments."""
     if not user_id.strip() or len(user_id) > MAX_ID:
         raise RecsysError(f"user_id must be 1..{MAX_ID} characters")
     cache = experiments.get_experiments(current_app._get_current_object())

@@ -44,6 +44,7 @@ def _database_error() -> str | None:
     "database host) only with the admin token (`Authorization: Bearer`).",
 )
 def readyz():
+    """Readiness: the database answers and every preload model is loaded and warmed."""
     db_error = _database_error()
     rt = get_runtime()
     ready = rt.ready()
@@ -68,6 +69,11 @@ def readyz():
 @bp.get("/metrics", endpoint="metrics")  # recsys.ops.metrics skips timing "ops.metrics"
 @bp.doc(summary="Prometheus metrics (aggregated over every gunicorn worker)")
 def metrics_view():
+    """Prometheus metrics (aggregated over every gunicorn worker).
+
+    Answers the Prometheus text exposition of every worker's metrics plus the ones computed
+    at scrape time (``ScrapeCollector``).
+    """
     data, content_type = metrics.exposition(ScrapeCollector())
     return Response(data, content_type=content_type)
 
@@ -82,6 +88,14 @@ class ScrapeCollector:
     """
 
     def collect(self):
+        """Compute the scrape-time metrics (the prometheus_client collector protocol).
+
+        Returns
+        -------
+        Iterator[Metric]
+            ``recsys_ready`` (a gauge) then ``recsys_model_active`` (an info family, one sample
+            per strategy; empty when the model store cannot be read).
+        """
         from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 
         from recsys.models.repository import get_repository

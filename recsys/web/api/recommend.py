@@ -89,7 +89,15 @@ def list_answer(body: bytes, conditional: bool = True) -> Response:
 
 
 def note_access(**fields: Any) -> None:
-    """What the access-log line of this request says besides method, path and status."""
+    """What the access-log line of this request says besides method, path and status.
+
+    Does nothing outside a request.
+
+    Parameters
+    ----------
+    **fields : Any
+        Key -> value pairs added to the request's access-log line (e.g. ``cached=True``).
+    """
     if has_request_context():
         note(request.environ, **fields)
 
@@ -114,6 +122,7 @@ def _list_response(
     "`X-Priority: low|normal|high` sets the deadline and overload behaviour.",
 )
 def user_recommendations(user_id: str, q: dict):
+    """Recommendations for a user."""
     _check_id(user_id)
     adm = admission()
     pipeline = get_pipeline(current_app)
@@ -142,6 +151,7 @@ def user_recommendations(user_id: str, q: dict):
     "clicks and are not recommended back. Not cached.",
 )
 def session_recommendations(body: dict):
+    """Recommendations for a guest session."""
     adm = admission()
     req = RecRequest(
         n=body["n"],
@@ -169,6 +179,7 @@ def session_recommendations(body: dict):
     "knows yet (new) gets popular items of its category, marked degraded.",
 )
 def similar(item_id: str, q: dict):
+    """Items similar to an item."""
     _check_id(item_id, "item_id")
     body, cached, snap = get_pipeline(current_app).similar_list(item_id, q["n"], q["explain"])
     metrics.set_route("similar")
@@ -181,6 +192,11 @@ def similar(item_id: str, q: dict):
 @bp.output(RecOut)
 @bp.doc(summary="Most popular available items, optionally within a category")
 def popular(q: dict):
+    """Most popular available items, optionally within a category.
+
+    Answers a recommendation list (items with their scores and the requested item fields),
+    paged with ``n`` / ``offset``.
+    """
     body, snap = get_pipeline(current_app).popular_list(
         q["n"], q["category"], q["offset"], q["explain"]
     )

@@ -21,6 +21,13 @@ from flask import Flask
 
 
 def init_app(app: Flask) -> None:
+    """Register the console's two blueprints (``console`` and ``console_ui``) on ``app``.
+
+    Parameters
+    ----------
+    app : Flask
+        The application.
+    """
     from recsys.web.console import views
 
     app.register_blueprint(views.bp)

@@ -45,7 +45,25 @@ class _Hist:
 
 
 def snapshot(text: str, now: float | None = None) -> dict[str, Any]:
-    """Parse a Prometheus text exposition into the Live screen's cumulative figures."""
+    """Parse a Prometheus text exposition into the Live screen's cumulative figures.
+
+    Parameters
+    ----------
+    text : str
+        Prometheus text exposition (``/metrics``'s body).
+    now : float or None
+        Timestamp of the figures, in Unix seconds; None means ``time.time()``.
+
+    Returns
+    -------
+    dict[str, Any]
+        ``t`` (seconds), cumulative ``requests``, ``errors`` (5xx), ``cache_hits``,
+        ``cache_misses``, ``shed``, ``degraded`` (reason -> count), ``deadline_misses``
+        (strategy -> count), and the histograms ``latency`` and ``strategy_latency`` (strategy
+        -> histogram), each ``{"le", "counts", "count", "sum"}`` in seconds (``le`` None: +Inf).
+        The console's, operations', health and static endpoints are left out of the request
+    figures.
+    """
     requests = errors = hits = misses = shed = 0.0
     degraded: dict[str, float] = defaultdict(float)
     misses_by: dict[str, float] = defaultdict(float)
@@ -102,7 +120,23 @@ def _add(hist: _Hist, suffix: str, labels: dict[str, str], value: float) -> None
 def quantile(le: list[float | None], counts: list[float], q: float) -> float | None:
     """``histogram_quantile`` over cumulative ``counts`` per upper bound ``le`` (None: +Inf),
     linear within a bucket; None with no observations. The page has the same function in
-    JavaScript (static/console.js); this one is its reference in the tests."""
+    JavaScript (static/console.js); this one is its reference in the tests.
+
+    Parameters
+    ----------
+    le : list[float or None]
+        Bucket upper bounds, ascending, in seconds; None is +Inf.
+    counts : list[float]
+        Cumulative observation counts per bound, same length as ``le``.
+    q : float
+        The quantile, in [0, 1].
+
+    Returns
+    -------
+    float or None
+        The estimated quantile (seconds); the highest finite bound when it falls in the +Inf
+        bucket; None with no observations.
+    """
     if not counts or counts[-1] <= 0:
         return None
     rank = q * counts[-1]

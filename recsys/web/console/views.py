@@ -65,11 +65,13 @@ def _shell(screen: str) -> str:
 
 @bp.get("/", endpoint="index")
 def index():
+    """The console's page shell, opened on the Strategies & routing screen (HTML; no token)."""
     return _shell("strategies")
 
 
 @bp.get("/<any(models, live, users, experiments, audit):screen>", endpoint="screen")
 def screen(screen: str):
+    """The page shell of one screen: models, live, users, experiments or audit (HTML; no token)."""
     return _shell(screen)
 
 
@@ -95,6 +97,7 @@ def _fragment(name: str, **ctx: Any) -> str:
 
 @ui.get("/whoami")
 def whoami():
+    """Answers ``{"actor": name}``: the actor the admin token's requests are audited as."""
     return {"actor": _actor()}
 
 
@@ -173,6 +176,7 @@ def _strategies_screen(**extra: Any) -> str:
 
 @ui.get("/strategies")
 def strategies():
+    """The Strategies & routing screen (HTML fragment): settings, overrides, active profile."""
     return _strategies_screen()
 
 
@@ -189,12 +193,14 @@ def _change(apply) -> str:
 
 @ui.post("/strategies/<name>/enabled")
 def set_enabled(name: str):
+    """Enable or disable a strategy (form field ``enabled``); answers the updated screen."""
     enabled = request.form.get("enabled") in ("1", "true", "on")
     return _change(lambda: get_settings().update_strategies({name: {"enabled": enabled}}, _actor()))
 
 
 @ui.post("/strategies/<name>/weight")
 def set_weight(name: str):
+    """Set a strategy's blend weight (form field ``weight``); answers the updated screen."""
     raw = (request.form.get("weight") or "").strip()
     try:
         weight = float(raw)
@@ -205,6 +211,7 @@ def set_weight(name: str):
 
 @ui.post("/strategies/<name>/reset")
 def reset_strategy(name: str):
+    """Drop the admin's override of a strategy (one ``field``, or all); answers the screen."""
     field = request.form.get("field") or None
     if field is not None and field not in STRATEGY_FIELDS:
         return _strategies_screen(error=f"unknown field {field!r}")
@@ -218,6 +225,7 @@ def _names(raw: str) -> list[str]:
 
 @ui.post("/routing")
 def set_routing():
+    """Change the routing settings the form gives (only those that differ); answers the screen."""
     f = request.form
     patch: dict[str, Any] = {}
     try:
@@ -239,11 +247,13 @@ def set_routing():
 
 @ui.post("/routing/<key>/reset")
 def reset_routing(key: str):
+    """Drop the admin's override of one routing setting; answers the updated screen."""
     return _change(lambda: get_settings().reset_routing([key], _actor()))
 
 
 @ui.post("/preview")
 def preview():
+    """The Strategies screen with the preview user's current list (form field ``preview_user``)."""
     user_id = (request.form.get("preview_user") or "").strip()[:128]
     if not user_id:
         return _strategies_screen(error="give a user id to preview")
@@ -296,6 +306,7 @@ def _models_screen(**extra: Any) -> str:
 
 @ui.get("/models")
 def models():
+    """The Models screen (HTML fragment): versions, runtime state, stats and disk size."""
     return _models_screen()
 
 
@@ -324,12 +335,14 @@ def _model_action(strategy: str, what: str) -> str:
 
 @ui.post("/models/<strategy>/<any(activate, rollback, load, unload):what>")
 def model_action(strategy: str, what: str):
+    """Activate, roll back, load or unload a strategy's model; answers the Models screen."""
     return _model_action(strategy, what)
 
 
 # Live -----------------------------------------------------------------------------------------
 @ui.get("/live.json")
 def live_json():
+    """Answers this process's metrics parsed by ``live.snapshot`` (JSON) for the Live screen."""
     from recsys.ops import metrics
     from recsys.web.console.live import snapshot
 
@@ -377,6 +390,7 @@ def _titles(item_ids: list[str]) -> dict[str, str]:
 
 @ui.get("/user")
 def user():
+    """The User inspector (HTML fragment): history, current list and experiment assignments."""
     from recsys.serving.experiments import get_experiments
 
     user_id = (request.args.get("user_id") or "").strip()[:128]
@@ -431,11 +445,13 @@ def _experiments_screen(**extra: Any) -> str:
 
 @ui.get("/experiments")
 def experiments_list():
+    """The Experiments screen (HTML fragment): every experiment with its report."""
     return _experiments_screen()
 
 
 @ui.post("/experiments")
 def experiment_create():
+    """Create an experiment from the JSON form field ``definition``; answers the screen."""
     from recsys.serving import experiments
 
     raw = request.form.get("definition") or ""
@@ -454,6 +470,7 @@ def experiment_create():
 
 @ui.post("/experiments/<name>/stop")
 def experiment_stop(name: str):
+    """Stop an experiment; answers the Experiments screen (with the error, if any)."""
     from recsys.serving import experiments
     from recsys.web.api.experiments import stop_audited
 
@@ -467,6 +484,7 @@ def experiment_stop(name: str):
 # Audit ----------------------------------------------------------------------------------------
 @ui.get("/audit")
 def audit_log():
+    """The Audit log screen (HTML fragment): 50 entries from ``offset``, filtered."""
     a = request.args
     try:
         offset = max(0, min(int(a.get("offset") or 0), 1_000_000_000))
