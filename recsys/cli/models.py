@@ -117,7 +117,7 @@ def train(
     --engine spark fits ALS (or aggregates popularity) on Spark: `recsys train als --engine spark`.
     """
     from recsys.models.repository import PROFILE_KIND
-    from recsys.offline.training import GATE_METRIC, train_strategies
+    from recsys.offline.training import GATE_METRIC, model_dir_error, train_strategies
     from recsys.store import get_engine
     from recsys.store.training_data import load_interactions
     from strategies import available_strategies, opt_in
@@ -231,6 +231,8 @@ def train(
                         click.echo(f"pruned {v['strategy']}/{v['version']} (retention)")
     except (ModelError, ValueError) as e:
         raise click.ClickException(getattr(e, "description", str(e))) from None
+    except OSError as e:  # the serving profile's files (tune), retention: one line too
+        raise click.ClickException(model_dir_error(get_config(current_app).model_dir, e)) from None
     if as_json:
         out = [r.to_dict() for r in results]
         echo_json({"models": out, "profile": tuned} if tune else out)

@@ -14,6 +14,7 @@ excludes seen items); users with no pre-cutoff history are included (cold users 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -207,6 +208,29 @@ def _step(bar: tqdm, timings: dict[str, float], key: str, desc: str) -> Iterator
     bar.update()
 
 
+def model_dir_error(model_dir: str, e: OSError) -> str:
+    """One line for a model directory that cannot be written (read-only, full, a file where a
+    directory should be).
+
+    Parameters
+    ----------
+    model_dir : str
+        The model directory (``MODEL_DIR``).
+    e : OSError
+        What writing under it raised.
+
+    Returns
+    -------
+    str
+        ``cannot write to the model directory DIR: REASON (PATH); nothing was saved``.
+    """
+    where = f" ({e.filename})" if e.filename else ""
+    return (
+        f"cannot write to the model directory {os.path.abspath(model_dir)}: "
+        f"{e.strerror or e}{where}; nothing was saved"
+    )
+
+
 def train_strategies(
     data: InteractionData,
     repo: ModelRepository,
@@ -296,7 +320,10 @@ def train_strategies(
             with _step(bar, timings, "fit", f"{name}: fit on all {len(data)} events"):
                 model = cls(**kwargs).fit(data)
             with _step(bar, timings, "save", f"{name}: save"):
-                version = repo.save_version(model, data, metrics)
+                try:
+                    version = repo.save_version(model, data, metrics)
+                except OSError as e:  # read-only, full, not a directory: nothing was recorded
+                    raise ModelError(model_dir_error(repo.root, e)) from e
             result = version_result(
                 repo, name, version, metrics, timings, activate, actor, gate_metric
             )

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from recsys.config import get_config
 from recsys.core.config import DEFAULT_CONFIG, ServingConfig
+from recsys.errors import RateLimitedLog
 from recsys.ops.polling import BackgroundPoll
 from recsys.store.models import Setting, StrategySetting
 from recsys.store.versions import (
@@ -54,6 +55,9 @@ from recsys.store.versions import (
 from strategies import STRATEGY_NAMES
 
 log = logging.getLogger(__name__)
+# The configuration poll failing (an outage fails every poll, several a second): at most one
+# line a minute, as the model and experiment polls.
+POLL_LOG_EVERY_S = 60.0
 
 ROUTING = "routing"
 STRATEGY_FIELDS = ("enabled", "weight")
@@ -122,6 +126,8 @@ class SettingsStore:
         # (profile version, its serving overrides): the last active profile that loaded.
         self._profile: tuple[str, dict[str, Any]] | None = None
         self.poller = BackgroundPoll("settings", self._poll)
+        # Through self.clock, so a test that injects a clock moves this one too.
+        self._poll_log = RateLimitedLog(log, every_s=POLL_LOG_EVERY_S, clock=lambda: self.clock())
 
     def _session(self) -> Session:
         return self.app.extensions["recsys.sessionmaker"]()
@@ -174,11 +180,17 @@ class SettingsStore:
                     vals.get(CACHE_EPOCH, 0),
                     vals.get(ITEMS_VERSION, 0),
                 )
-            except Exception:
+            except Exception as e:
                 if self._versions is None:
                     raise
-                # The store blinked: keep serving the last known configuration.
-                log.exception("polling the configuration version failed")
+                # The store blinked (or is down: then every poll fails, several a second):
+                # keep serving the last known configuration; one line now and then, no
+                # traceback.
+                self._poll_log.warning(
+                    "polling the configuration version failed (serving the last known): %s: %s",
+                    type(e).__name__,
+                    (str(e).splitlines() or [""])[0][:300],
+                )
             self._polled_at = self.clock()
             return self._versions
 

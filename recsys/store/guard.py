@@ -328,6 +328,19 @@ class Breaker:
                     )
                 self._state, self._opened_at, self._probe_at = "open", self.clock(), None
 
+    def release_probe(self) -> None:
+        """Give the probe back unused: the next ``allow()`` may probe at once (no lease to wait
+        out). For a caller whose probe ended without a verdict on the server, e.g. a stale pooled
+        connection that is about to be replaced by a fresh one (whose connect then probes).
+
+        Returns
+        -------
+        None
+        """
+        with self._lock:
+            if self._state == "probing":
+                self._probe_at = None
+
     def retry_after(self) -> int:
         """Whole seconds until the next probe (at least 1): the 503's ``Retry-After``.
 
@@ -456,9 +469,13 @@ def guard_engine(
                 if w is not None and w.expired:
                     breaker.failure("ping timed out")
                     raise DatabaseUnavailable(retry_after=breaker.retry_after()) from e
+                # Says nothing about the server now: the fresh connect below probes it.
+                breaker.release_probe()
                 # A stale pooled connection (the server restarted): SQLAlchemy discards
-                # every connection of this pool from before and connects afresh.
-                raise sa_exc.DisconnectionError(str(e), invalidate_pool=True) from e
+                # every connection of this pool from before and connects afresh (once; a
+                # failed connect raises its own error, answered 503). ``InvalidatePoolError``
+                # is the ``DisconnectionError`` that says so (the class takes no keyword).
+                raise sa_exc.InvalidatePoolError(str(e)) from e
         breaker.success()
 
     @event.listens_for(engine, "before_cursor_execute")

@@ -284,3 +284,25 @@ def test_train_real_strategies_end_to_end(app):
         assert ids.shape == (1, 5) and seen not in ids[0] and np.isfinite(scores[0, 0])
     r = runner.invoke(main, args=["models", "verify"])
     assert r.exit_code == 0 and r.output.count("ok ") == 3
+
+
+def test_train_into_an_unwritable_model_dir_is_a_one_line_error(app, tmp_path):
+    """A model directory that cannot be written (here a regular file where a directory of the
+    path should be: refused to root too, unlike chmod 0555) is one line naming it, exit 1, and
+    nothing recorded."""
+    fill_store(app)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    model_dir = blocker / "models"
+    use_repository(
+        app,
+        ModelRepository(str(model_dir), app.extensions["recsys.sessionmaker"], resolver=resolver),
+    )
+    runner = app.test_cli_runner()
+    r = runner.invoke(main, args=["train", "counts", "--quiet"])
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output and isinstance(r.exception, SystemExit), r.exception
+    (line,) = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    assert f"cannot write to the model directory {model_dir}: Not a directory" in line
+    assert line.endswith("nothing was saved")
+    assert _list_json(runner) == {}

@@ -55,6 +55,22 @@ def test_a_probe_that_never_reports_is_replaced_after_its_lease():
     assert b.allow() and b.probes == 2
 
 
+def test_a_probe_given_back_unused_lets_the_next_caller_probe_at_once():
+    # A probe that found a stale pooled connection gives the probe to its own reconnect
+    # (recsys.store.guard: a server restart must not leave writes refused for a probe lease).
+    clock = ManualClock()
+    b = Breaker(failures=1, reset_s=1.0, probe_lease_s=30.0, clock=clock)
+    b.failure()
+    clock.now += 1.0
+    assert b.allow() and not b.allow()
+    b.release_probe()
+    assert b.allow() and b.probes == 2 and not b.allow()
+    b.success()
+    assert b.state == "closed"
+    b.release_probe()  # closed: nothing to give back
+    assert b.state == "closed" and b.allow()
+
+
 def test_breaker_allows_one_probe_among_racing_threads():
     clock = ManualClock()
     b = Breaker(failures=1, reset_s=1.0, clock=clock)
