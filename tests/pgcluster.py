@@ -16,6 +16,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tests.procs import free_port
 
@@ -100,6 +101,9 @@ class RestartLoad:
     after_ok: int = 5
     cap: int = 3000
     admin_token: str = ""
+    # A client per writer: ``.open(path, method=, json=, headers=)`` answering an object with
+    # ``status_code`` and ``headers``; None: the app's Flask test client.
+    client_factory: Callable[[], Any] | None = None
     answers: list[Answer] = field(default_factory=list)
     acked: set[str] = field(default_factory=set)
     capped: int = 0
@@ -134,7 +138,7 @@ class RestartLoad:
         return out
 
     def _writer(self, k: int) -> None:
-        client = self.app.test_client()
+        client = self.client_factory() if self.client_factory else self.app.test_client()
         ok_after = ok_total = 0
         for n in range(self.cap):
             phase = (
