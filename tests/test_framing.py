@@ -197,6 +197,11 @@ BODY_ERRORS = {
     "trailer-bare-lf": (CHUNKED + b"2\r\n[]\r\n0\r\nX-T: v\n\r\n", False),
     # NoMoreData: the client stops sending halfway through a chunk
     "chunked-body-cut-short": (CHUNKED + b"10\r\n[", True),
+    # Not JSON either: refused before a view reads it, then the body is read for the message
+    "chunk-size-not-json": (
+        CHUNKED.replace(b"application/json", b"text/plain") + b"zz\r\n[]\r\n0\r\n\r\n",
+        False,
+    ),
     # werkzeug's ClientDisconnected: fewer bytes than Content-Length, then end of input
     "length-body-cut-short": (EVENTS + b"Content-Length: 100\r\n\r\n[", True),
 }

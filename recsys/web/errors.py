@@ -86,7 +86,10 @@ def malformed_json() -> str | None:
         ``"malformed JSON body: ..."``; None when the body parses, is empty, or is JSON that
         Python refuses for another reason.
     """
-    data = request.get_data(cache=True)
+    try:
+        data = request.get_data(cache=True)
+    except FRAMING_ERRORS as e:  # a 400 answered before the view read a broken body
+        return f"malformed request body: {framing_problem(e)}"
     if not data:
         return None
     try:
