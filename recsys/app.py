@@ -7,9 +7,11 @@ import logging
 import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from apiflask import APIFlask
-from flask import Config
+from flask import Config, Request
+from werkzeug.routing import RequestRedirect
 
 from recsys.config import (
     ENV_PREFIX,
@@ -99,10 +101,42 @@ class AppConfig(Config):
         self.locked = self.locked | frozenset(values)
 
 
+def relative_location(url: str) -> str:
+    """``url`` without its scheme and host: the path (and query) alone.
+
+    Parameters
+    ----------
+    url : str
+        An absolute URL that werkzeug built from the request's ``Host`` header.
+
+    Returns
+    -------
+    str
+        ``/path?query``; never ``//...``, which a browser would read as another host.
+    """
+    parts = urlsplit(url)
+    return urlunsplit(("", "", "/" + parts.path.lstrip("/"), parts.query, ""))
+
+
 class RecsysFlask(APIFlask):
     """The service's app class: ``APIFlask`` with ``AppConfig`` as ``app.config``."""
 
     config_class = AppConfig
+
+    def raise_routing_exception(self, request: Request) -> None:
+        """See ``Flask.raise_routing_exception``: a redirect of the router's own (``/admin`` to
+        ``/admin/``) goes to a relative ``Location``, not one built from the ``Host`` header,
+        which the client chooses (``Host: evil.example`` must not send it elsewhere).
+
+        Parameters
+        ----------
+        request : Request
+            The request whose URL did not match as sent.
+        """
+        exc = request.routing_exception
+        if isinstance(exc, RequestRedirect):
+            exc.new_url = relative_location(exc.new_url)
+        super().raise_routing_exception(request)
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:

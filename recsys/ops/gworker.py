@@ -27,6 +27,7 @@ import multiprocessing
 import os
 
 from gunicorn import util
+from gunicorn.http.errors import UnsupportedTransferCoding
 from gunicorn.workers.gthread import ThreadWorker
 
 log = logging.getLogger(__name__)
@@ -163,29 +164,41 @@ class _CapturedErrorPage:
     send = sendall
 
 
-def json_error_page(page: bytes) -> bytes | None:
+def json_error_page(page: bytes, exc: BaseException | None = None) -> bytes | None:
     """gunicorn's HTML error response as our JSON error shape (recsys.web.errors).
+
+    A request whose framing gunicorn refuses is a 400 whatever gunicorn answers, with one
+    exception kept as gunicorn sends it: the limits, 414 (request line) and 431 (headers), which
+    name what to shorten. So a transfer coding gunicorn does not implement is a 400 here, not
+    gunicorn's 501 (RFC 9112 6.1 says SHOULD 501; a client's bad framing must not count as a
+    server error, and it cannot be retried into working).
 
     Parameters
     ----------
     page : bytes
         The raw HTTP response gunicorn wrote (status line, headers, HTML body).
+    exc : BaseException, optional
+        What gunicorn raised while reading the request: its message goes in the description.
 
     Returns
     -------
     bytes or None
-        The same status as a complete HTTP response with a JSON body; None when the status
-        line cannot be parsed.
+        The same status (400 for an unsupported transfer coding) as a complete HTTP response
+        with a JSON body; None when the status line cannot be parsed.
     """
     head, _, _ = page.partition(b"\r\n")
     parts = head.decode("latin-1").split(" ", 2)
     if len(parts) < 3 or not parts[1].isdigit():
         return None
     code, reason = int(parts[1]), parts[2]
+    if isinstance(exc, UnsupportedTransferCoding):
+        code, reason = 400, "Bad Request"
     description = {
         414: "request line too long (URL and query); see gunicorn's limit_request_line",
         431: "request headers too many or too large; see gunicorn's limit_request_fields",
     }.get(code, f"{reason}: the server could not read this request")
+    if exc is not None and code < 500 and (said := " ".join(str(exc).split())[:200]):
+        description += f" ({type(exc).__name__}: {said})"
     body = json.dumps({"code": code, "name": reason, "description": description}).encode()
     return (
         f"HTTP/1.1 {code} {reason}\r\nConnection: close\r\n"
@@ -204,10 +217,11 @@ class BalancedThreadWorker(ThreadWorker):
         """
         # gunicorn answers what it refuses itself (a request line over limit_request_line:
         # 414, too many or too large headers: 431, malformed requests: 400) with an HTML page.
-        # Let it decide and log as usual, then send the same status in the API's JSON shape.
+        # Let it decide and log as usual, then send the same status in the API's JSON shape
+        # (an unsupported transfer coding: 400, not 501; see json_error_page).
         captured = _CapturedErrorPage()
         super().handle_error(req, captured, addr, exc)
-        page = json_error_page(captured.data) if captured.data else None
+        page = json_error_page(captured.data, exc) if captured.data else None
         try:
             if page is not None:
                 util.write_nonblock(client, page)

@@ -16,6 +16,11 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES as HTTP_STATUS_NAMES
 
+try:  # the server's own parse errors; absent when another WSGI server runs the app
+    from gunicorn.http.errors import LimitRequestHeaders, NoMoreData, ParseException
+except ImportError:  # pragma: no cover - gunicorn is a dependency
+    LimitRequestHeaders = NoMoreData = ParseException = None  # type: ignore[assignment,misc]
+
 from recsys.errors import (  # noqa: F401  (re-exported for the web layer)
     DB_UNAVAILABLE,
     Conflict,
@@ -30,6 +35,14 @@ log = logging.getLogger(__name__)
 
 
 _db_log = RateLimitedLog(log)
+_framing_log = RateLimitedLog(log)
+
+#: What the server raises from ``wsgi.input`` when the body's framing is broken (a bad chunk
+#: size, a missing chunk terminator, a bad chunk extension or trailer) or the client stopped
+#: sending before the body's end. A bad request, not a server error.
+FRAMING_ERRORS: tuple[type[BaseException], ...] = (
+    (ParseException, NoMoreData) if ParseException is not None else ()
+)
 
 
 class ErrorOut(Schema):
@@ -73,7 +86,10 @@ def malformed_json() -> str | None:
         ``"malformed JSON body: ..."``; None when the body parses, is empty, or is JSON that
         Python refuses for another reason.
     """
-    data = request.get_data(cache=True)
+    try:
+        data = request.get_data(cache=True)
+    except FRAMING_ERRORS as e:  # a 400 answered before the view read a broken body
+        return f"malformed request body: {framing_problem(e)}"
     if not data:
         return None
     try:
@@ -85,6 +101,25 @@ def malformed_json() -> str | None:
     except (ValueError, RecursionError):
         return None  # valid JSON Python refuses (huge integers, deep nesting): said elsewhere
     return None
+
+
+def framing_problem(e: BaseException) -> str:
+    """What is wrong with a request body whose reading raised one of ``FRAMING_ERRORS``.
+
+    Parameters
+    ----------
+    e : BaseException
+        The exception ``wsgi.input`` raised.
+
+    Returns
+    -------
+    str
+        One line: the error's kind and gunicorn's message (at most 200 characters).
+    """
+    if NoMoreData is not None and isinstance(e, NoMoreData):
+        return "the body ended before its declared end (the client stopped sending)"
+    text = " ".join(str(e).split())[:200]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -128,6 +163,22 @@ def register_error_handlers(app: Flask) -> None:
 
     for cls in DB_UNAVAILABLE:
         app.register_error_handler(cls, _db_unavailable)
+
+    def _framing_error(e: Exception):
+        # A broken body (reading wsgi.input raised): the client's fault, one warning line.
+        code, name = (
+            (431, "Request Header Fields Too Large")
+            if LimitRequestHeaders is not None and isinstance(e, LimitRequestHeaders)
+            else (400, "Bad Request")
+        )
+        why = framing_problem(e)
+        _framing_log.warning("malformed request body from %s: %s", request.remote_addr, why)
+        body = error_body(code, name, f"malformed request body: {why}")
+        # gunicorn closes the connection after it (the next request's start is unknown).
+        return jsonify(body), code
+
+    for cls in FRAMING_ERRORS:
+        app.register_error_handler(cls, _framing_error)
 
     @app.errorhandler(Exception)
     def _unhandled(e: Exception):

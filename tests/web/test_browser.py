@@ -78,6 +78,8 @@ def browser():
         "--disable-background-networking",
     ):
         opts.add_argument(arg)
+    # The console's log (read with driver.get_log("browser")): a CSP refusal is logged there.
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
     driver.set_page_load_timeout(60)
     yield driver

@@ -291,3 +291,67 @@ def test_preview_needs_no_api_key_when_reads_need_one(make_app, served_app):
     assert client.get("/v1/users/u6/recommendations", headers=headers).status_code == 401
     r = client.post("/admin/ui/preview", data={"preview_user": "u6"}, headers=AUTH)
     assert 'id="preview"' in r.text and "route <b" in r.text and "error" not in r.text
+
+
+@pytest.mark.parametrize(
+    "path, auth",
+    [
+        ("/admin/", False),
+        ("/admin/live", False),
+        ("/admin/static/console.js", False),
+        ("/admin/static/vendor/htmx-2.0.11.min.js", False),
+        ("/admin/ui/strategies", True),
+        ("/admin/ui/strategies", False),  # the 401 too
+    ],
+)
+def test_console_answers_carry_a_strict_csp_and_no_framing(client, path, auth):
+    r = client.get(path, headers=AUTH if auth else {})
+    assert r.status_code in (200, 401), (path, r.status_code)
+    csp = {
+        d.split()[0]: d.split()[1:]
+        for d in (x.strip() for x in r.headers["Content-Security-Policy"].split(";"))
+        if d
+    }
+    assert csp["default-src"] == ["'none'"]
+    assert csp["script-src"] == ["'self'"] and csp["style-src"] == ["'self'"]
+    assert csp["frame-ancestors"] == ["'none'"] and csp["base-uri"] == ["'none'"]
+    assert not any("unsafe" in v for vs in csp.values() for v in vs)
+    assert r.headers["X-Frame-Options"] == "DENY"
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_console_pages_need_nothing_the_csp_refuses(client):
+    # No inline script, style or event handler: under "script-src 'self'; style-src 'self'"
+    # a browser would refuse them (the browser tests run the pages under the policy).
+    import re
+
+    page = client.get("/admin/").get_data(as_text=True)
+    assert not re.search(r"<script(?![^>]*\bsrc=)", page), "inline script"
+    assert "<style" not in page and " style=" not in page
+    assert not re.search(r"\son[a-z]+\s*=", page), "inline event handler"
+    assert '"includeIndicatorStyles": false' in page  # htmx injects no <style>
+
+
+def test_the_api_is_left_alone(client):
+    r = client.get("/healthz")
+    assert "Content-Security-Policy" not in r.headers
+
+
+def test_admin_redirects_to_a_relative_location(client):
+    # Not one built from the Host header, which the client chooses.
+    for path, query in (("/admin", ""), ("/admin", "?x=1")):
+        r = client.get(path + query, headers={"Host": "evil.example"})
+        assert r.status_code in (301, 308), (path, r.status_code)
+        location = r.headers["Location"]
+        assert location == "/admin/" + query, location
+        assert "evil" not in location and not location.startswith("//")
+    r = client.get("/admin", headers={"Host": "evil.example"}, follow_redirects=True)
+    assert r.status_code == 200 and b'id="login-form"' in r.data
+
+
+def test_relative_location_never_names_a_host():
+    from recsys.app import relative_location
+
+    assert relative_location("http://evil.example/admin/?a=1") == "/admin/?a=1"
+    assert relative_location("http://evil.example//evil.example/x/") == "/evil.example/x/"
+    assert relative_location("https://h") == "/"

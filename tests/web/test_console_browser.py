@@ -27,6 +27,20 @@ def _by():
     return By
 
 
+@pytest.fixture(autouse=True)
+def no_csp_refusals(browser):  # noqa: F811
+    """Each test's pages ran under the console's Content-Security-Policy and it refused nothing
+    (Chromium logs every refusal: an inline script or style, eval, a fetch elsewhere)."""
+    browser.get_log("browser")  # drop what earlier tests logged
+    yield
+    refused = [
+        e["message"]
+        for e in browser.get_log("browser")
+        if "Content Security Policy" in e["message"] or "Content-Security-Policy" in e["message"]
+    ]
+    assert not refused, refused
+
+
 def _login(driver, base: str, actor: str = "ops-browser") -> None:
     By = _by()
     driver.get(f"{base}/admin/")

@@ -13,11 +13,63 @@ Server-rendered HTML (Jinja templates in ``templates/``) with htmx and uPlot ven
 
 Actions call the same functions as the admin API (``recsys.serving.settings_store``, the model
 runtime, ``recsys.serving.experiments``), so they are validated and audited the same way.
+
+Every console answer (pages, fragments, static files) carries ``SECURITY_HEADERS``: a strict
+``Content-Security-Policy`` (scripts, styles, fetches and images from this origin only; no
+inline script or style, no eval, no plugins; forms post here only), ``X-Frame-Options: DENY``
+with ``frame-ancestors 'none'`` (no other page may frame the console to click through it) and
+``X-Content-Type-Options: nosniff``. The console's own assets satisfy the policy: its scripts
+and styles are files, htmx is told not to inject its indicator ``<style>`` nor eval attribute
+code (``htmx-config`` in the shell), and uPlot styles its elements through the DOM, which a
+CSP allows.
 """
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, Response, request
+
+#: What the console allows a page to load and run (see the module docstring).
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "font-src 'self'",
+        "form-action 'self'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+BLUEPRINTS = ("console", "console_ui")
+
+
+def add_security_headers(response: Response) -> Response:
+    """Put ``SECURITY_HEADERS`` on a console answer (a page, fragment, action or static file:
+    whatever the console's blueprints answer, errors included); leave others alone.
+
+    Parameters
+    ----------
+    response : Response
+        An answer of the app.
+
+    Returns
+    -------
+    Response
+        The same response.
+    """
+    if request.blueprint in BLUEPRINTS:
+        response.headers.update(SECURITY_HEADERS)
+    return response
 
 
 def init_app(app: Flask) -> None:
@@ -32,3 +84,4 @@ def init_app(app: Flask) -> None:
 
     app.register_blueprint(views.bp)
     app.register_blueprint(views.ui)
+    app.after_request(add_security_headers)
