@@ -46,13 +46,20 @@ def healthz():
 """
 
 
-def start(tree: str, args, port: int, app: str = "wsgi:app") -> subprocess.Popen:
-    """gunicorn for ``tree`` with the project's gunicorn.conf.py (from ``ROOT``)."""
+def start(
+    tree: str, args, port: int, app: str = "wsgi:app", bare: bool = False
+) -> subprocess.Popen:
+    """gunicorn for ``tree`` with that tree's own gunicorn.conf.py (the project's for the bare
+    app, whose folder has none)."""
     env = sb.bench_env(args)
     env["PYTHONPATH"] = tree
+    conf = os.path.join(tree, "gunicorn.conf.py")
+    # The bare app: gunicorn's own threaded worker with the same counts (our conf's hooks and
+    # worker class belong to the service).
+    settings = ["-k", "gthread", "-w", str(args.workers), "--threads", str(args.threads)]
     log = open(os.path.join(args.instance, f"ab_{os.path.basename(tree) or 'tree'}.log"), "w")
     return subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", os.path.join(ROOT, "gunicorn.conf.py")]
+        [sys.executable, "-m", "gunicorn", *(settings if bare else ["-c", conf])]
         + ["--bind", f"127.0.0.1:{port}", "--log-level", "warning", app],
         env=env,
         cwd=tree,
@@ -102,7 +109,7 @@ def measure_bare(args, drive, run_id: str) -> dict:
         with open(os.path.join(tmp, "bare.py"), "w") as f:
             f.write(BARE_APP)
         port = sb.free_port()
-        proc = start(tmp, args, port, app="bare:app")
+        proc = start(tmp, args, port, app="bare:app", bare=True)
         try:
             base = f"http://127.0.0.1:{port}"
             for _ in range(300):
