@@ -168,3 +168,9 @@ def test_the_docs_list_every_bound():
         text = f.read()
     for key, rule in bounds():
         assert f"`{key}`" in text and rule.replace("|", "\\|") in text, (key, rule)
+
+
+def test_console_inputs_carry_the_declared_bounds(client):
+    html = client.get("/admin/ui/strategies", headers=AUTH).get_data(as_text=True)
+    assert f'max="{MAX_WEIGHT}"' in html
+    assert f'max="{MAX_COLD_THRESHOLD}"' in html
