@@ -159,10 +159,11 @@ def register_commands() -> None:
     define plain click commands and groups), so there is no import circle through it."""
     from recsys.cli import evaluate as evaluation_cli
     from recsys.cli import imports as importers_cli
+    from recsys.cli import keys as keys_cli
     from recsys.cli import models as models_cli
     from recsys.cli import tune as tuning_cli
 
-    for module in (models_cli, evaluation_cli, importers_cli, tuning_cli):
+    for module in (models_cli, evaluation_cli, importers_cli, tuning_cli, keys_cli):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -27,58 +27,150 @@ ROUTES = ("cold", "warm")
 SHIPPED_WEIGHTS = {"popular": 0.3, "bpr": 0.5}
 
 
+# -- bounds ---------------------------------------------------------------------------------
+# What serving can do, declared once: the admin API (recsys.web.api.admin, its schemas), the
+# experiments' variant overrides and the console's forms all validate through ``ServingConfig``
+# and these bounds, and docs/admin-bounds.md lists them (a test keeps it in step).
+MAX_WEIGHT = 1000.0  # a strategy's global weight, a learned route's weight: 0..MAX_WEIGHT
+MAX_COLD_THRESHOLD = 10_000
+MAX_RRF_K = 1000
+MAX_PER_CATEGORY = 1000
+MAX_CANDIDATES = 10_000
+MAX_ROUTES = 8
+MAX_ROUTE_HISTORY = 1_000_000
+
+
+def _names_list(v: Any, names: tuple[str, ...], least: int) -> bool:
+    """A list of distinct known names, ``least..len(names)`` long."""
+    return (
+        isinstance(v, list | tuple)
+        and least <= len(v) <= len(names)
+        and all(isinstance(s, str) and s in names for s in v)
+        and len(set(v)) == len(v)
+    )
+
+
 def _strategy_list(v: Any) -> bool:
-    return isinstance(v, list | tuple) and all(s in STRATEGY_NAMES for s in v)
+    return _names_list(v, STRATEGY_NAMES, 1)
+
+
+_STRATEGY_LIST_RULE = (
+    f"a list of 1..{len(STRATEGY_NAMES)} distinct strategies of {list(STRATEGY_NAMES)}"
+)
 
 
 @dataclass(frozen=True)
 class _Setting:
     """One ``routing`` setting: its shipped default, the check a value must pass and how the
     rule reads in the error (``routing.<key> must be <rule>``), and the conversion into
-    ``ServingConfig``'s field. The one place each default is written."""
+    ``ServingConfig``'s field. The one place each default and bound is written: ``low`` /
+    ``high`` (numbers) and ``max_items`` (lists) repeat the bound for the request schemas."""
 
     default: Any
     ok: Callable[[Any], bool]
     rule: str
     convert: Callable[[Any], Any] = lambda v: v
+    low: float | None = None
+    high: float | None = None
+    max_items: int | None = None
+
+
+def _int_setting(default: Any, low: int, high: int, *, nullable: bool = False) -> _Setting:
+    rule = f"an integer in {low}..{high}"
+    return _Setting(
+        default,
+        lambda v: (nullable and v is None) or (_is_int(v) and low <= v <= high),
+        f"null or {rule}" if nullable else rule,
+        low=low,
+        high=high,
+    )
 
 
 # The routing settings, in the order they are checked (the first bad one is reported).
 ROUTING: dict[str, _Setting] = {
     # Distinct positive items below which a user is cold.
-    "cold_threshold": _Setting(5, lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "cold_threshold": _int_setting(5, 0, MAX_COLD_THRESHOLD),
     "cold_strategies": _Setting(
-        ["content", "popular"], _strategy_list, f"a list of {STRATEGY_NAMES}", tuple
+        ["content", "popular"],
+        _strategy_list,
+        _STRATEGY_LIST_RULE,
+        tuple,
+        max_items=len(STRATEGY_NAMES),
     ),
     # ALS and BPR are trained and can be switched in live; without them the blend scored
     # higher on both ml-100k and Online Retail (README, "Evaluation and experiments") and an
     # uncached request costs less CPU (docs/design-notes.md).
     "warm_strategies": _Setting(
-        ["ease", "deep", "popular"], _strategy_list, f"a list of {STRATEGY_NAMES}", tuple
+        ["ease", "deep", "popular"],
+        _strategy_list,
+        _STRATEGY_LIST_RULE,
+        tuple,
+        max_items=len(STRATEGY_NAMES),
     ),
-    "blend": _Setting("weighted", lambda v: v in BLEND_METHODS, f"one of {BLEND_METHODS}"),
+    "blend": _Setting("weighted", lambda v: v in BLEND_METHODS, f"one of {list(BLEND_METHODS)}"),
     # Per-strategy score scaling for "weighted".
-    "normalize": _Setting("minmax", lambda v: v in NORMALIZATIONS, f"one of {NORMALIZATIONS}"),
-    "rrf_k": _Setting(60, lambda v: _is_num(v) and v > 0, "a number > 0"),
-    # Diversity cap per primary category.
-    "max_per_category": _Setting(
-        None, lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"
+    "normalize": _Setting(
+        "minmax", lambda v: v in NORMALIZATIONS, f"one of {list(NORMALIZATIONS)}"
     ),
+    "rrf_k": _Setting(
+        60,
+        lambda v: _is_num(v) and 1 <= v <= MAX_RRF_K,
+        f"a number in 1..{MAX_RRF_K}",
+        low=1,
+        high=MAX_RRF_K,
+    ),
+    # Diversity cap per primary category.
+    "max_per_category": _int_setting(None, 1, MAX_PER_CATEGORY, nullable=True),
     # Drop items the user already has (``seen_types``); dislikes are always dropped.
     "exclude_seen": _Setting(True, lambda v: isinstance(v, bool), "true or false"),
     "seen_types": _Setting(
         ["purchase", "rating"],
-        lambda v: isinstance(v, list | tuple) and all(t in EVENT_TYPES for t in v),
-        f"a list of {EVENT_TYPES}",
+        lambda v: _names_list(v, EVENT_TYPES, 0),
+        f"a list of 0..{len(EVENT_TYPES)} distinct event types of {list(EVENT_TYPES)}",
         tuple,
+        max_items=len(EVENT_TYPES),
     ),
-    "candidates_per_strategy": _Setting(
-        200, lambda v: _is_int(v) and 1 <= v <= 10_000, "an integer in 1..10000"
-    ),
+    "candidates_per_strategy": _int_setting(200, 1, MAX_CANDIDATES),
     # Learned routes (a serving profile, recsys.offline.tuning): when set, they replace the
     # cold/warm pair above. See ``Route``; checked by ``_parse_routes``.
-    "routes": _Setting(None, lambda v: True, "", lambda v: _parse_routes(v)),
+    "routes": _Setting(
+        None,
+        lambda v: True,
+        f"null or a list of 1..{MAX_ROUTES} routes",
+        lambda v: _parse_routes(v),
+        max_items=MAX_ROUTES,
+    ),
 }
+
+# The rules of the strategies' settings (``strategies.<name>.<field> must be <rule>``).
+STRATEGY_RULES = {
+    "enabled": "true or false",
+    "weight": f"a number in 0..{MAX_WEIGHT:g}",
+}
+
+
+def bounds() -> list[tuple[str, str]]:
+    """Every admin-settable value and its rule, as the docs list them.
+
+    Returns
+    -------
+    list of tuple of (str, str)
+        ``(key, rule)`` pairs: ``strategies.<name>.enabled|weight``, each ``routing.<key>``
+        and the fields of a learned route (``routing.routes[i].*``).
+    """
+    rows = [(f"strategies.<name>.{f}", rule) for f, rule in STRATEGY_RULES.items()]
+    rows += [(f"routing.{key}", setting.rule) for key, setting in ROUTING.items()]
+    rows += [
+        ("routing.routes[i].name", "1-32 letters, digits or _.+- characters, unique"),
+        (
+            "routing.routes[i].max_history",
+            f"an integer in 0..{MAX_ROUTE_HISTORY}, increasing; null on the last route",
+        ),
+        ("routing.routes[i].weights.<strategy>", f"a number in 0..{MAX_WEIGHT:g}"),
+        ("routing.routes[i].blend", f"null or one of {list(BLEND_METHODS)}"),
+    ]
+    return rows
+
 
 # Shipped defaults, derived from the declarations above. Admin settings
 # (recsys.serving.settings_store) and
@@ -91,7 +183,6 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # The serving profile these settings came from (its version), for ``explain``.
     "profile": None,
 }
-MAX_ROUTES = 8
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,31}$")
 
 
@@ -158,7 +249,7 @@ def _parse_routes(raw: Any) -> tuple[Route, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list | tuple) or not 1 <= len(raw) <= MAX_ROUTES:
-        raise ValueError(f"routing.routes must be null or a list of 1..{MAX_ROUTES} routes")
+        raise ValueError(f"routing.routes must be {ROUTING['routes'].rule}")
     out: list[Route] = []
     for i, r in enumerate(raw):
         where = f"routing.routes[{i}]"
@@ -177,8 +268,10 @@ def _parse_routes(raw: Any) -> tuple[Route, ...]:
         if last and mh is not None:
             raise ValueError(f"{where}.max_history must be null: the last route takes the rest")
         if not last:
-            if not _is_int(mh) or mh < 0:
-                raise ValueError(f"{where}.max_history must be an integer >= 0")
+            if not _is_int(mh) or not 0 <= mh <= MAX_ROUTE_HISTORY:
+                raise ValueError(
+                    f"{where}.max_history must be an integer in 0..{MAX_ROUTE_HISTORY}"
+                )
             if out and mh <= out[-1].max_history:
                 raise ValueError("routing.routes must have increasing max_history")
         weights = r.get("weights")
@@ -187,8 +280,8 @@ def _parse_routes(raw: Any) -> tuple[Route, ...]:
         for s, w in weights.items():
             if s not in STRATEGY_NAMES:
                 raise ValueError(f"{where}.weights: unknown strategy {s!r}")
-            if not _is_num(w) or not 0 <= w <= 1000:
-                raise ValueError(f"{where}.weights.{s} must be a number in 0..1000")
+            if not _is_num(w) or not 0 <= w <= MAX_WEIGHT:
+                raise ValueError(f"{where}.weights.{s} must be a number in 0..{MAX_WEIGHT:g}")
         blend = r.get("blend")
         if blend is not None and blend not in BLEND_METHODS:
             raise ValueError(f"{where}.blend must be one of {BLEND_METHODS} or null")
@@ -304,9 +397,9 @@ class ServingConfig:
                 raise ValueError(f"strategies.{name}: unknown keys {sorted(bad)}")
             enabled, weight = sc.get("enabled", True), sc.get("weight", 1.0)
             if not isinstance(enabled, bool):
-                raise ValueError(f"strategies.{name}.enabled must be true or false")
-            if not _is_num(weight) or weight < 0:
-                raise ValueError(f"strategies.{name}.weight must be a number >= 0")
+                raise ValueError(f"strategies.{name}.enabled must be {STRATEGY_RULES['enabled']}")
+            if not _is_num(weight) or not 0 <= weight <= MAX_WEIGHT:
+                raise ValueError(f"strategies.{name}.weight must be {STRATEGY_RULES['weight']}")
             parsed[name] = StrategyConfig(enabled=enabled, weight=float(weight))
 
         r = merged["routing"]

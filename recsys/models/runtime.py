@@ -116,6 +116,8 @@ class ModelRuntime(RuntimeAdmin):
         self._modes: dict[str, str] = {}
         self._errors: dict[str, tuple[str, str, float]] = {}  # strategy -> (version, msg, when)
         self._evicted: set[str] = set()
+        # strategy -> the lazy version whose files verified here (readiness checks lazy ones too)
+        self._verified: dict[str, str] = {}
         self._polled = False
         self._last_poll = 0.0
         self._poller = BackgroundPoll("models", self._refresh_now)
@@ -227,6 +229,7 @@ class ModelRuntime(RuntimeAdmin):
             )
         except ModelError as e:
             self._errors[strategy] = (version, e.description, self.clock())
+            self._verified.pop(strategy, None)
             metrics.MODEL_LOAD_FAILURES.labels(strategy).inc()
             raise
         except Exception as e:
@@ -234,6 +237,7 @@ class ModelRuntime(RuntimeAdmin):
             # version we must not serve.
             msg = f"{strategy}/{version}: warm-up failed: {type(e).__name__}: {e}"
             self._errors[strategy] = (version, msg, self.clock())
+            self._verified.pop(strategy, None)
             metrics.MODEL_LOAD_FAILURES.labels(strategy).inc()
             log.exception("warm-up of %s/%s failed", strategy, version)
             raise ModelError(msg) from e
@@ -288,7 +292,7 @@ class ModelRuntime(RuntimeAdmin):
 
     # -- start-up and readiness ------------------------------------------------------------------
     def preload(self, cpu_only: bool = False) -> list[str]:
-        """Load every active preload-mode version now.
+        """Load every active preload-mode version now, and verify every lazy one's files.
 
         Parameters
         ----------
@@ -306,20 +310,38 @@ class ModelRuntime(RuntimeAdmin):
         self._cpu_only = cpu_only
         try:
             for strategy, version in sorted(self._active.items()):
-                if self._modes.get(strategy, DEFAULT_LOAD_MODE) != "preload":
+                lazy = self._modes.get(strategy, DEFAULT_LOAD_MODE) != "preload"
+                if lazy and self._verified.get(strategy) == version:
                     continue
                 err = self._errors.get(strategy)
                 if err and err[0] == version and self.clock() - err[2] < RETRY_FAILED_S:
                     failed.append(strategy)
                     continue
                 try:
-                    self._ensure_loaded(strategy, version)
+                    if lazy:
+                        self._verify_lazy(strategy, version)
+                    else:
+                        self._ensure_loaded(strategy, version)
                 except ModelError as e:
                     log.error("preload of %s/%s failed: %s", strategy, version, e.description)
                     failed.append(strategy)
         finally:
             self._cpu_only = False
         return failed
+
+    def _verify_lazy(self, strategy: str, version: str) -> None:
+        """Check a lazy active version's files against its checksums without loading it (so a
+        corrupt version holds ``/readyz`` after an admin ``unload`` too). Raises ModelError."""
+        try:
+            self.repository.verify_version(strategy, version)
+        except ModelError as e:
+            self._errors[strategy] = (version, e.description, self.clock())
+            raise
+        with self._lock:
+            self._verified[strategy] = version
+        err = self._errors.get(strategy)
+        if err and err[0] == version:
+            self._errors.pop(strategy, None)
 
     def warm_up(self) -> None:
         """Warm every loaded model again (e.g. after the store was filled).
@@ -338,7 +360,8 @@ class ModelRuntime(RuntimeAdmin):
             slot.warmed = True
 
     def ready(self) -> bool:
-        """True once every active preload model is loaded and warmed.
+        """True once every active preload model is loaded and warmed and every lazy one's
+        files verified (and its last load here, if any, did not fail).
 
         Starts the background preload if needed.
 
@@ -449,7 +472,8 @@ class ModelRuntime(RuntimeAdmin):
         # version that failed earlier and is due for a retry).
         now = self.clock()
         missing = any(
-            "error" not in p or now - self._errors[p["strategy"]][2] >= RETRY_FAILED_S
+            p.get("load_mode") != "lazy"
+            and ("error" not in p or now - self._errors[p["strategy"]][2] >= RETRY_FAILED_S)
             for p in self._pending()
         )
         return bool(self._to_drop) or stale or missing

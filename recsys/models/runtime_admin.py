@@ -38,16 +38,20 @@ class RuntimeAdmin:
     _modes: dict[str, str]
     _errors: dict[str, tuple[str, str, float]]
     _evicted: set[str]
+    _verified: dict[str, str]
     preload_enabled: bool
 
     def pending(self) -> list[dict[str, Any]]:
-        """Preload models not yet loaded and warmed (with the last error, if loading failed).
+        """Active versions not ready here: preload models not yet loaded and warmed, and lazy
+        ones (an admin ``unload``) whose files have not verified in this process or whose
+        last load failed (with the last error, if loading or verifying failed).
 
         Returns
         -------
         list of dict
-            ``strategy``, ``version`` and, if its last load failed, ``error``; empty with
-            preloading off. A model evicted for the budget is not pending (it reloads on use).
+            ``strategy``, ``version``, ``load_mode`` ``"lazy"`` for a lazy one and, if its last
+            load failed, ``error``; empty with preloading off. A model evicted for the budget
+            is not pending (it reloads on use).
         """
         self._maybe_refresh()
         return self._pending()
@@ -57,11 +61,21 @@ class RuntimeAdmin:
             return []
         out = []
         for strategy, version in sorted(self._active.items()):
+            slot = self._models.get(strategy)
             if self._modes.get(strategy, DEFAULT_LOAD_MODE) != "preload":
+                # Lazy (e.g. after an admin unload): not held in memory, but readiness still
+                # checks it: its files must verify, and a failed load here keeps it pending.
+                err = self._errors.get(strategy)
+                failed = err is not None and err[0] == version
+                loaded = slot is not None and slot.loaded.version == version
+                if failed or not (loaded or self._verified.get(strategy) == version):
+                    item = {"strategy": strategy, "version": version, "load_mode": "lazy"}
+                    if failed:
+                        item["error"] = err[1]
+                    out.append(item)
                 continue
             if strategy in self._evicted:
                 continue  # dropped for the budget on purpose; it reloads on use
-            slot = self._models.get(strategy)
             if slot is None or slot.loaded.version != version or not slot.warmed:
                 item: dict[str, Any] = {"strategy": strategy, "version": version}
                 err = self._errors.get(strategy)

@@ -416,7 +416,7 @@ class SettingsStore:
         with self._session() as s, s.begin():
             lock_config(s)
             over = read_overrides(s)
-            before_cfg = self._effective(over)
+            before_cfg = self._effective_or_default(over)
             row = s.get(StrategySetting, name)
             if row is not None:
                 params = dict(row.params or {})
@@ -464,7 +464,7 @@ class SettingsStore:
         with self._session() as s, s.begin():
             lock_config(s)
             over = read_overrides(s)
-            before_cfg = self._effective(over)
+            before_cfg = self._effective_or_default(over)
             routing = {k: v for k, v in over.get("routing", {}).items() if k not in keys}
             after_cfg = self._effective({**over, "routing": routing})  # validates what is left
             row = s.get(Setting, ROUTING)
@@ -476,6 +476,15 @@ class SettingsStore:
             self._log_change(s, "routing.reset", ",".join(sorted(keys)), before, after, actor)
         self._polled_at = 0.0
         return before, after
+
+    def _effective_or_default(self, over: Mapping[str, Any]) -> ServingConfig:
+        """``_effective(over)``; where the stored overrides no longer validate (written before
+        a bound was declared, or by hand) the profile's or shipped values, so a reset can still
+        repair them."""
+        try:
+            return self._effective(over)
+        except ValueError:
+            return self._effective({})
 
     def _effective(self, over: Mapping[str, Any]) -> ServingConfig:
         """Shipped defaults <- active serving profile <- ``over`` (what ``config`` serves)."""

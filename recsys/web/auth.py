@@ -11,6 +11,11 @@ popular; required only with ``API_KEYS_FOR_READS``). Sent as ``X-API-Key: <key>`
 lacking the scope 403; with none configured writes are open (development). Keys are kept as
 SHA-256 digests and looked up by the digest of what the request sends, so the lookup's timing
 says nothing about the keys.
+
+Keys can also be added and revoked at run time, without a restart (``recsys keys``,
+``/v1/admin/keys``; recsys.serving.keystore): every process re-reads the stored keys at most
+every ``CONFIG_POLL_SECONDS``, so a revoked key (a stored one, or one of ``RECSYS_API_KEYS``)
+is refused everywhere within one poll interval.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 from flask import Flask, current_app, g, request
 
 from recsys.config import get_config
+from recsys.serving.keystore import SCOPES, KeyTable
 from recsys.web.errors import RecsysError
 
 
@@ -102,7 +108,6 @@ def require_admin(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-SCOPES = ("events:write", "catalog:write", "read")
 API_KEYS_EXTENSION = "recsys.api_keys"
 
 
@@ -162,7 +167,8 @@ def _digest(key: str) -> str:
 
 
 def init_app(app: Flask) -> None:
-    """Parse ``API_KEYS`` once into the app's key table.
+    """Parse ``API_KEYS`` once into the app's key table (``KeyTable``: those plus the stored
+    keys, polled).
 
     Parameters
     ----------
@@ -173,7 +179,28 @@ def init_app(app: Flask) -> None:
     -------
     None
     """
-    app.extensions[API_KEYS_EXTENSION] = parse_api_keys(get_config(app).api_keys)
+    cfg = get_config(app)
+    app.extensions[API_KEYS_EXTENSION] = KeyTable(
+        parse_api_keys(cfg.api_keys),
+        lambda: app.extensions["recsys.sessionmaker"](),
+        cfg.config_poll_seconds,
+    )
+
+
+def key_table(app: Flask) -> KeyTable:
+    """The app's key table (``init_app``).
+
+    Parameters
+    ----------
+    app : Flask
+        The app.
+
+    Returns
+    -------
+    KeyTable
+        The configured keys plus the stored ones.
+    """
+    return app.extensions[API_KEYS_EXTENSION]
 
 
 def keys_required(app: Flask, scope: str) -> bool:
@@ -192,9 +219,9 @@ def keys_required(app: Flask, scope: str) -> bool:
     bool
         True when a key is required.
     """
-    if not app.extensions.get(API_KEYS_EXTENSION):
+    if scope == "read" and not get_config(app).api_keys_for_reads:
         return False
-    return scope != "read" or get_config(app).api_keys_for_reads
+    return key_table(app).required()
 
 
 def given_key(api_key_header: str | None, authorization: str | None) -> str | None:
@@ -235,7 +262,7 @@ def key_allows(app: Flask, key: str | None, scope: str) -> bool:
     bool
         True when ``key`` is configured and has ``scope``.
     """
-    scopes = app.extensions.get(API_KEYS_EXTENSION, {}).get(_digest(key)) if key else None
+    scopes = key_table(app).scopes(_digest(key)) if key else None
     return scopes is not None and scope in scopes
 
 
@@ -268,7 +295,7 @@ def check_scope(scope: str) -> None:
     key = given_key(request.headers.get("X-API-Key"), request.headers.get("Authorization"))
     if key is None:
         raise Unauthorized(f"an API key with scope {scope!r} is required (X-API-Key: <key>)")
-    scopes = app.extensions[API_KEYS_EXTENSION].get(_digest(key))
+    scopes = key_table(app).scopes(_digest(key))
     if scopes is None:
         raise Unauthorized("invalid API key")
     if scope not in scopes:

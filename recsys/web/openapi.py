@@ -63,6 +63,24 @@ class RoutingOut(Schema):
     after = Dict()
 
 
+class ApiKeyOut(Schema):
+    """One API key as ``/v1/admin/keys`` shows it (documentation only); ``key`` only in the
+    answer that created it."""
+
+    id = String(metadata={"description": "12 hex characters of the key's SHA-256"})
+    source = String(metadata={"description": "config (RECSYS_API_KEYS) or stored"})
+    scopes = List(String())
+    label = String()
+    created_at = String(allow_none=True)
+    key = String(metadata={"description": "the key itself: in the creating answer only"})
+
+
+class ApiKeysOut(Schema):
+    """Answer of ``GET /v1/admin/keys``: the keys in force (documentation only)."""
+
+    keys = List(Nested(ApiKeyOut))
+
+
 class AuditEntry(Schema):
     """One audit entry: who did what to which target, before / after, when (documentation only)."""
 
@@ -189,6 +207,9 @@ ADMIN_RESPONSES: dict[tuple[str, str], type[Schema]] = {
     ("/v1/admin/strategies/{name}", "delete"): StrategiesOut,
     ("/v1/admin/routing/{key}", "delete"): RoutingOut,
     ("/v1/admin/audit", "get"): AuditOut,
+    ("/v1/admin/keys", "get"): ApiKeysOut,
+    ("/v1/admin/keys", "post"): ApiKeyOut,
+    ("/v1/admin/keys/{ident}", "delete"): ApiKeyOut,
     ("/v1/admin/models", "get"): ModelsOut,
     ("/v1/admin/models/{strategy}", "get"): ModelStrategyOut,
     ("/v1/admin/models/{strategy}/activate", "post"): ModelChangeOut,
@@ -220,7 +241,7 @@ REQUEST_ID_HEADER = {
     "schema": {"type": "string", "maxLength": 128},
 }
 # Views that answer 201 where APIFlask, without an output schema, assumes 200.
-_CREATED = {("/v1/admin/experiments", "post")}
+_CREATED = {("/v1/admin/experiments", "post"), ("/v1/admin/keys", "post")}
 _PRIORITY_OPS = {
     ("/v1/users/{user_id}/recommendations", "get"),
     ("/v1/recommendations", "post"),

@@ -14,6 +14,7 @@ from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, Raw, St
 from apiflask.validators import Length, OneOf, Range
 from marshmallow import ValidationError, validates_schema
 
+from recsys.core.config import BLEND_METHODS, MAX_WEIGHT, NORMALIZATIONS, ROUTING
 from recsys.serving.catalog import DEFAULT_ITEM_FIELDS, ITEM_FIELDS, parse_fields
 from recsys.store.models import EVENT_TYPES
 
@@ -481,8 +482,8 @@ class StrategyPatch(Schema):
     """One strategy's change in ``PATCH /v1/admin/strategies``: ``enabled`` and / or ``weight``."""
 
     enabled = StrictBool()
-    # Bounded: a huge weight would overflow the blended scores to infinity.
-    weight = Float(validate=[Range(0, 1000), _finite])
+    # Bounded (recsys.core.config): a huge weight would overflow the blended scores to infinity.
+    weight = Float(validate=[Range(0, MAX_WEIGHT), _finite])
 
 
 class AuditQuery(Schema):
@@ -495,22 +496,32 @@ class AuditQuery(Schema):
     target = Text(load_default=None, validate=Length(1, 256))
 
 
-class RoutingPatch(Schema):
-    """Partial routing settings (see ServingConfig); unknown keys are refused."""
+def _range(key: str) -> Range:
+    return Range(ROUTING[key].low, ROUTING[key].high)
 
-    cold_threshold = Integer(validate=Range(0, 10_000))
-    cold_strategies = List(String())
-    warm_strategies = List(String())
-    blend = String(validate=OneOf(("weighted", "rrf")))
-    normalize = String(validate=OneOf(("minmax", "rank")))
-    rrf_k = Float(validate=Range(min=1))
-    max_per_category = Integer(allow_none=True, validate=Range(min=1))
+
+def _items(key: str) -> Length:
+    return Length(max=ROUTING[key].max_items)
+
+
+class RoutingPatch(Schema):
+    """Partial routing settings (see ServingConfig); unknown keys are refused. The bounds are
+    ``recsys.core.config.ROUTING``'s; ServingConfig then checks the rest (known, distinct
+    strategy names; the learned routes in full) with a message naming the key and the rule."""
+
+    cold_threshold = Integer(validate=_range("cold_threshold"))
+    cold_strategies = List(String(), validate=_items("cold_strategies"))
+    warm_strategies = List(String(), validate=_items("warm_strategies"))
+    blend = String(validate=OneOf(BLEND_METHODS))
+    normalize = String(validate=OneOf(NORMALIZATIONS))
+    rrf_k = Float(validate=[_range("rrf_k"), _finite])
+    max_per_category = Integer(allow_none=True, validate=_range("max_per_category"))
     exclude_seen = StrictBool()
-    seen_types = List(String(validate=OneOf(EVENT_TYPES)))
-    candidates_per_strategy = Integer(validate=Range(1, 10_000))
+    seen_types = List(String(validate=OneOf(EVENT_TYPES)), validate=_items("seen_types"))
+    candidates_per_strategy = Integer(validate=_range("candidates_per_strategy"))
     # Learned routes (normally set by a serving profile, recsys.offline.tuning); null: cold/warm.
     # Checked in full by ServingConfig (names, bounds, weights).
-    routes = List(Dict(), allow_none=True, validate=Length(1, 8))
+    routes = List(Dict(), allow_none=True, validate=Length(1, ROUTING["routes"].max_items))
 
     @validates_schema
     def _not_empty(self, data, **kwargs):

@@ -79,7 +79,8 @@ def test_preload_warms_before_ready(make):
     assert r.status_code == 503
     body = r.get_json()
     assert body["status"] == "loading"
-    assert [p["strategy"] for p in body["pending"]] == ["tiny"]  # lazy ones are not awaited
+    # A lazy model is not loaded, but it is awaited until its files verify (after "tiny").
+    assert [p["strategy"] for p in body["pending"]] == ["tiny", "tiny_b"]
     rs.SCORE_GATE.set()
     wait_until(lambda: client.get("/readyz").status_code == 200, "/readyz ready after warm-up")
     r = client.get("/readyz")
@@ -104,6 +105,42 @@ def test_readyz_reports_a_broken_preload_model(make):
     assert r.status_code == 503
     (pending,) = r.get_json()["pending"]
     assert pending["strategy"] == "tiny" and "checksum" in pending["error"]
+
+
+def test_an_unloaded_corrupt_version_still_holds_readyz(make):
+    # Issue 30 (5h): an admin unload switches the strategy to lazy loading; readiness still
+    # checks every active version, so a corrupt one keeps /readyz at 503.
+    app = make(PRELOAD_MODELS=True)
+    save(app, version="v1", activate=True)
+    save(app, name="tiny_b", version="v1", activate=True)
+    corrupt(app, "tiny", "v1")
+    assert get_runtime(app).preload() == ["tiny"]
+    client = app.test_client()
+    assert client.get("/readyz").status_code == 503
+    r = client.post("/v1/admin/models/tiny/unload", headers=AUTH)
+    assert r.status_code == 200 and r.get_json()["load_mode"] == "lazy", r.get_json()
+    r = client.get("/readyz", headers=AUTH)
+    assert r.status_code == 503, r.get_json()
+    (pending,) = r.get_json()["pending"]
+    assert pending["strategy"] == "tiny" and "checksum" in pending["error"]
+
+    # A process that never held it (another worker, a restart) verifies the lazy version's
+    # files and refuses too; a healthy lazy version does not hold readiness.
+    other = make(PRELOAD_MODELS=True).test_client()
+
+    def reason():
+        body = other.get("/readyz", headers=AUTH).get_json()
+        return [(p["strategy"], "error" in p) for p in body["pending"]]
+
+    wait_until(lambda: reason() == [("tiny", True)], "the corrupt lazy version refused")
+    assert other.get("/readyz").status_code == 503
+    r = client.post("/v1/admin/models/tiny_b/unload", headers=AUTH)
+    assert r.status_code == 200
+    third = make(PRELOAD_MODELS=True).test_client()
+    wait_until(
+        lambda: [p["strategy"] for p in third.get("/readyz").get_json()["pending"]] == ["tiny"],
+        "the healthy lazy version verified",
+    )
 
 
 def test_lru_eviction_under_a_tiny_budget(make):

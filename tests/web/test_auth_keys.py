@@ -82,7 +82,9 @@ def test_reads_stay_open_unless_configured(keyed, url):
     assert keyed.test_client().get(url).status_code in (200, 404)
 
 
-@pytest.mark.parametrize("url", [*READS, "/v1/users/u1/recommendations?n=3"])
+@pytest.mark.parametrize(
+    "url", [*READS, "/v1/users/u1/recommendations?n=3", "/v1/users/u1/experiments"]
+)
 def test_read_scope_with_api_keys_for_reads(make_app, redis_url, redis_prefix, url):
     # With Redis, so the plain recommendations request goes through the WSGI fast path too.
     app = make_app(

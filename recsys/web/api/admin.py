@@ -206,3 +206,87 @@ def get_audit(q: dict):
             actor=q["actor"],
             target=q["target"],
         )
+
+
+# -- API keys (recsys.serving.keystore): added and revoked without a restart ---------------------
+def _key_change(fn):
+    """Run a key-store write in its own transaction, audited; 422 for what the store refuses."""
+    from flask import current_app
+
+    from recsys.serving import keystore
+    from recsys.web.auth import key_table
+
+    table = key_table(current_app)
+    try:
+        with session_scope() as s:
+            out = fn(s, table)
+            action = out.pop("_action")
+            after = {k: v for k, v in out.items() if k != "key"}  # never the key itself
+            audit.record(s, _actor(), action, out["id"], None, after)
+    except keystore.KeyStoreError as e:
+        abort(422, message=str(e))
+    table.changed()  # this process refuses a revoked key at once; the others within a poll
+    return out
+
+
+@bp.get("/keys")
+@bp.doc(summary="API keys in force: configured (RECSYS_API_KEYS) and stored; never the keys")
+def list_keys():
+    """API keys in force: their ids, source, scopes and labels (never the keys themselves)."""
+    from flask import current_app
+
+    from recsys.serving import keystore
+    from recsys.web.auth import key_table
+
+    with session_scope() as s:
+        return {"keys": keystore.list_keys(s, key_table(current_app).config)}
+
+
+@bp.post("/keys")
+@bp.input({}, arg_name="_doc", validation=False, schema_name="ApiKeyCreate")
+@bp.doc(
+    summary='Create an API key: {"scopes": ["read"], "label": "mobile app"}',
+    description="The key is in the answer this once (only its SHA-256 is stored); every worker "
+    "accepts it within one CONFIG_POLL_SECONDS. Audited.",
+)
+def create_key(_doc=None):
+    """Create an API key with scopes; answers it once (201)."""
+    from flask import request
+
+    from recsys.serving import keystore
+
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("scopes"), list):
+        abort(422, message='body must be {"scopes": [scope, ...], "label"?: text}')
+    label = body.get("label", "")
+    if not isinstance(label, str):
+        abort(422, message="label must be text")
+    return (
+        _key_change(
+            lambda s, _t: {
+                **keystore.add_key(s, body["scopes"], label),
+                "_action": "api_key.create",
+            }
+        ),
+        201,
+    )
+
+
+@bp.delete("/keys/<ident>")
+@bp.doc(
+    summary="Revoke an API key (its id, or a RECSYS_API_KEYS key's id)",
+    description="Refused by every worker of every server within one CONFIG_POLL_SECONDS, "
+    "without a restart. Audited.",
+)
+def revoke_key(ident: str):
+    """Revoke an API key, stored or configured; 422 when none matches."""
+    from recsys.serving import keystore
+
+    if len(ident) > 128 or "\x00" in ident:
+        abort(422, message="give a key id (12 hex characters) or the key")
+    return _key_change(
+        lambda s, t: {
+            **keystore.revoke_key(s, ident, t.config),
+            "_action": "api_key.revoke",
+        }
+    )

@@ -15,7 +15,7 @@ from flask import current_app, g, request
 from recsys.ops import audit
 from recsys.serving import experiments, experiments_report
 from recsys.store import session_scope
-from recsys.web.auth import check_admin
+from recsys.web.auth import check_admin, require_scope
 from recsys.web.errors import NotFound, RecsysError
 from recsys.web.schemas import check_text
 
@@ -194,8 +194,10 @@ def experiment_report(name: str):
 @bp.doc(
     summary="A user's experiment assignments",
     description="Every running experiment with the user's variant (null: not enrolled), and "
-    "`serving`: the one assignment that shapes the user's recommendations.",
+    "`serving`: the one assignment that shapes the user's recommendations. Needs an API key "
+    "with the `read` scope when `RECSYS_API_KEYS_FOR_READS` is on, like the other reads.",
 )
+@require_scope("read")
 def user_experiments(user_id: str):
     """A user's experiment assignments."""
     if not user_id.strip() or len(user_id) > MAX_ID:

@@ -170,8 +170,21 @@ def _strategies_screen(**extra: Any) -> str:
         profile_error=profile_error,
         models=models,
         preview_user=request.values.get("preview_user", ""),
+        bounds=_form_bounds(),
         **extra,
     )
+
+
+def _form_bounds() -> dict[str, Any]:
+    """The inputs' min/max, from the bounds the settings are validated against
+    (recsys.core.config); the server checks them again (a bad value: the error, no change)."""
+    from recsys.core.config import MAX_WEIGHT, ROUTING
+
+    return {
+        "weight_max": MAX_WEIGHT,
+        "cold_threshold_min": ROUTING["cold_threshold"].low,
+        "cold_threshold_max": ROUTING["cold_threshold"].high,
+    }
 
 
 @ui.get("/strategies")
