@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_ready(host, port)
         rows = [measure(host, port, args, 0)]
-        for n in (int(x) for x in args.n.split(",")):
+        for n in (int(x) for x in args.n.split(",") if x.strip()):
             rows.append(measure(host, port, args, n))
     finally:
         if proc is not None:

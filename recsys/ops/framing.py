@@ -25,8 +25,8 @@ def _body_ready(buf: bytes, start: int, headers: list[tuple[bytes, bytes]], max_
         return _chunked_ready(buf, start, max_body)
     if not lengths:
         return True  # no body
-    if len(lengths) > 1 or not lengths[0].strip().isdigit():
-        return True  # malformed: gunicorn refuses it
+    if len(lengths) > 1 or not lengths[0].strip().isdigit() or len(lengths[0].strip()) > 18:
+        return True  # malformed, or far over any limit: gunicorn or the app refuses it
     length = int(lengths[0])
     if length > max_body:
         return True  # refused with 413 unread

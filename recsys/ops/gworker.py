@@ -19,15 +19,16 @@ over its share. A sibling that died without cleaning up (SIGKILL) is noticed by 
 ignored. ``RECSYS_BALANCE_ACCEPT=false`` turns the rule off (plain ``gthread``); with one worker
 it never applies.
 
-It also reads each request whole before a thread takes it (the *reading stage*): gthread hands a
-new connection to a thread, which then blocks on the socket until the client has sent its headers
-and body, so a few slow or idle clients held every thread (issue 30). Here a connection waits on
-the worker's event loop, which reads what arrives without blocking until
-``recsys.ops.framing.request_ready`` says the request is complete (or malformed, or over a limit:
-gunicorn's parser and the app answer those as before); only then does a thread parse and serve
-it. A connection whose headers do not arrive within ``RECSYS_CLIENT_TIMEOUT``, or whose body
-stalls that long, is closed. Why this and not a gunicorn setting, another worker class or another
-server, with the figures: docs/slow-clients.md.
+It also makes sure a thread never waits on a client (the *reading stage*): gthread hands a new
+connection to a thread, which then blocked on the socket until the client had sent its headers
+and body, so a few slow or idle clients held every thread (issue 30). Here the thread first reads
+what is already there without blocking; when ``recsys.ops.framing.request_ready`` says that is a
+whole request (or malformed, or over a limit: gunicorn's parser and the app answer those as
+before), it serves it at once, which is the common case. Otherwise the connection goes back to
+the worker's event loop, which reads the rest as it arrives and hands it to a thread only when it
+is complete. A connection whose headers do not arrive within ``RECSYS_CLIENT_TIMEOUT``, or whose
+body stalls that long, is closed. Why this and not a gunicorn setting, another worker class or
+another server, with the figures: docs/slow-clients.md.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ BALANCE_SLACK = 1 / 16
 DEFAULT_CLIENT_TIMEOUT = 5.0
 #: Body bytes the reading stage buffers when the app sets no body limit.
 DEFAULT_BUFFERED_BODY = 1 << 20
+#: What ``handle`` returns for a connection whose request is not all there yet.
+_WAIT = object()
 #: How often (seconds) the reading stage looks for connections past their client timeout.
 SWEEP_S = 0.1
 
@@ -327,42 +330,43 @@ class BalancedThreadWorker(ThreadWorker):
             self._max_head = max(head + 4, 64 << 10)
         self._reading = {}
 
-    def enqueue_req(self, conn):
-        """See ``ThreadWorker.enqueue_req``: a connection goes to a thread only with a whole
-        request read; until then it waits in the reading stage on this worker's event loop.
-        """
-        if self._reading is None or conn.__dict__.pop("_recsys_ready", False):
-            super().enqueue_req(conn)
-            return
+    def _first_look(self, conn) -> str | None:
+        """In the request thread: read what is already there without waiting (most requests
+        arrive whole). "ready", "gone", or None: the stage must wait for the rest."""
         buf = bytearray()
         if conn.parser is not None:  # read ahead of the last request (pipelined)
             buf += conn.parser.unreader.take_buffered()
         conn.sock.setblocking(False)
         conn.recsys_buf = buf
         conn.recsys_deadline = time.monotonic() + self._client_timeout
-        if buf and request_ready(bytes(buf), self._max_head, self._max_body):
-            self._hand_over(conn)
-            return
-        self._reading[conn] = None
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._read_some, conn))
+        if buf and request_ready(buf, self._max_head, self._max_body):
+            return "ready"
+        return self._receive(conn)
 
-    def _read_some(self, conn, _sock=None) -> None:
+    def _receive(self, conn) -> str | None:
+        """Read what is there: "ready" (a whole request), "gone" (closed) or None (wait)."""
         try:
             data = conn.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
-            data = b""
+            return "gone"
         if not data:  # the client closed (or reset) before sending a whole request
-            self._drop_reading(conn)
-            return
-        conn.recsys_buf += data
-        if b"\r\n\r\n" in conn.recsys_buf:
+            return "gone"
+        buf = conn.recsys_buf
+        buf += data
+        if b"\r\n\r\n" in buf:
             # Reading the body: the client timeout counts from its last bytes. The head is not
             # extended: it must arrive whole within one timeout, or a client trickling a header
             # byte at a time would hold its socket for ever.
             conn.recsys_deadline = time.monotonic() + self._client_timeout
-        if request_ready(bytes(conn.recsys_buf), self._max_head, self._max_body):
+        return "ready" if request_ready(buf, self._max_head, self._max_body) else None
+
+    def _read_some(self, conn, _sock=None) -> None:
+        state = self._receive(conn)
+        if state == "gone":
+            self._drop_reading(conn)
+        elif state == "ready":
             self.poller.unregister(conn.sock)
             del self._reading[conn]
             self._hand_over(conn)
@@ -380,6 +384,17 @@ class BalancedThreadWorker(ThreadWorker):
         self.nr_conns -= 1
         conn.close()
 
+    def finish_request(self, conn, fs):
+        """See ``ThreadWorker.finish_request``: a connection whose request is not all there yet
+        waits in the reading stage, on this loop, not in a thread.
+        """
+        if not fs.cancelled() and fs.exception() is None and fs.result() is _WAIT:
+            # (A stopping worker's sweep closes it at once if it holds no bytes yet.)
+            self._reading[conn] = None
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._read_some, conn))
+            return
+        super().finish_request(conn, fs)
+
     def _sweep_reading(self) -> None:
         """Close connections of the reading stage that sent nothing for the client timeout
         (all of them at once when the worker is stopping and they hold no bytes)."""
@@ -395,6 +410,13 @@ class BalancedThreadWorker(ThreadWorker):
         """See ``ThreadWorker.handle``: the request the reading stage buffered is put in front
         of the parser, and every further socket read is bounded by the client timeout.
         """
+        if self._reading is not None and not conn.__dict__.pop("_recsys_ready", False):
+            state = self._first_look(conn)
+            if state is None:
+                return _WAIT  # finish_request puts it in the stage
+            if state == "gone":
+                conn.__dict__.pop("recsys_buf", None)
+                return False
         buf = conn.__dict__.pop("recsys_buf", None)
         if buf is not None:
             conn.data_ready = True  # no waiting for a first byte: the request is here

@@ -123,6 +123,21 @@ def test_a_silent_connection_is_closed_after_the_client_timeout(server, first):
         conn.close()
 
 
+@pytest.mark.slow
+def test_pipelined_and_split_requests_are_served_in_order(server):
+    s = server(client_timeout=600)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=HANG_GUARD_S) as conn:
+        # two requests in one packet, then one split across three sends with its body
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        for part in (b"POST / HTTP/1.1\r\nHo", b"st: t\r\nContent-Length: 3\r\n\r\na", b"bc"):
+            conn.sendall(part)
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := conn.recv(65536):  # the server closes after the last one
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 OK") == 4
+
+
 def test_client_limits_come_from_the_app_configuration(make_app):
     app = make_app(CLIENT_TIMEOUT=2.5, MAX_BODY_BYTES=1000)
     assert client_limits(app) == (2.5, 1000)
@@ -146,6 +161,7 @@ HEAD = b"POST / HTTP/1.1\r\nHost: t\r\n"
         (HEAD + b"Content-Length: 5\r\n\r\nabcde", True),
         (HEAD + b"Content-Length: 99999\r\n\r\n", True),  # over the body limit: 413 unread
         (HEAD + b"Content-Length: x\r\n\r\n", True),  # malformed: gunicorn's 400
+        (HEAD + b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n", True),  # int() would refuse it
         (HEAD + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\n", True),
         (HEAD + b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n", True),
         (HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", True),
