@@ -18,6 +18,24 @@ threads = int(os.environ.get("RECSYS_THREADS", "4"))
 # gunicorn's gthread worker plus a rule that spreads accepted (keep-alive) connections evenly over
 # the workers; RECSYS_BALANCE_ACCEPT=false gives plain gthread. See recsys/gworker.py.
 worker_class = "recsys.ops.gworker.BalancedThreadWorker"
+# Open connections per worker. Each request is read whole on the worker's event loop before a
+# thread takes it (recsys/ops/gworker.py, docs/slow-clients.md), so a slow or idle client costs a
+# socket, not a thread: the limit is on sockets. gunicorn's default (1,000) let 2,000 slow
+# connections fill both workers, which then stopped accepting until the client timeout closed some.
+worker_connections = int(os.environ.get("RECSYS_WORKER_CONNECTIONS", "4000"))
+# Every one of those is a file descriptor: raise the soft limit towards the hard one if needed.
+try:
+    import resource
+
+    _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _want = worker_connections + 1024
+    if _soft != resource.RLIM_INFINITY and _soft < _want:
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE,
+            (_want if _hard == resource.RLIM_INFINITY else min(_want, _hard), _hard),
+        )
+except (ImportError, ValueError, OSError):  # not POSIX, or not allowed: keep the limit
+    pass
 # Load the app (and its models) once in the master so workers share that memory copy-on-write.
 preload_app = True
 timeout = 60

@@ -322,6 +322,16 @@ class Settings(BaseSettings):
         "refused with 413 before it is read (declared length) or as soon as it passes the limit "
         "(chunked). 0 or null: no limit.",
     )
+    client_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a request's line and headers (from the "
+        "connection's start, or its first byte after a keep-alive response), and then most "
+        "seconds between body bytes; past that the server closes the connection. Requests are "
+        "read whole on the worker's event loop before a thread takes them, so a slow or idle "
+        "client holds a socket, never a request thread (docs/slow-clients.md).",
+    )
     db_connect_timeout_s: float = Field(
         2.0, ge=0, description="SQL: seconds to connect (libpq connect_timeout)."
     )

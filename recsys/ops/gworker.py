@@ -10,13 +10,25 @@ recommendations all on one worker, against /healthz spread evenly): docs/design-
 
 :class:`BalancedThreadWorker` keeps gunicorn's ``gthread`` worker and adds one rule: a worker
 takes a new connection only while it holds no more open connections than the least loaded of its
-live siblings. Each worker publishes its connection count in a small shared-memory table that the
-master creates before forking (this module is imported by the master when gunicorn resolves the
-worker class). A worker over its share stops listening and looks again every
-``RECHECK_S`` and after each of its own events, so a waiting connection is taken by a sibling at
-once, or by this worker as soon as it is no longer over its share. A sibling that died without
-cleaning up (SIGKILL) is noticed by its pid and ignored. ``RECSYS_BALANCE_ACCEPT=false`` turns
-the rule off (plain ``gthread``); with one worker it never applies.
+live siblings (plus ``BALANCE_SLACK`` of that count, none under 16). Each worker publishes its
+connection count in a small shared-memory table that the master creates before forking (this
+module is imported by the master when gunicorn resolves the worker class). A worker over its
+share stops listening and looks again every ``RECHECK_S`` and after each of its own events, so a
+waiting connection is taken by a sibling at once, or by this worker as soon as it is no longer
+over its share. A sibling that died without cleaning up (SIGKILL) is noticed by its pid and
+ignored. ``RECSYS_BALANCE_ACCEPT=false`` turns the rule off (plain ``gthread``); with one worker
+it never applies.
+
+It also makes sure a thread never waits on a client (the *reading stage*): gthread hands a new
+connection to a thread, which then blocked on the socket until the client had sent its headers
+and body, so a few slow or idle clients held every thread (issue 30). Here the thread first reads
+what is already there without blocking; when ``recsys.ops.framing.request_ready`` says that is a
+whole request (or malformed, or over a limit: gunicorn's parser and the app answer those as
+before), it serves it at once, which is the common case. Otherwise the connection goes back to
+the worker's event loop, which reads the rest as it arrives and hands it to a thread only when it
+is complete. A connection whose headers do not arrive within ``RECSYS_CLIENT_TIMEOUT``, or whose
+body stalls that long, is closed. Why this and not a gunicorn setting, another worker class or
+another server, with the figures: docs/slow-clients.md.
 """
 
 from __future__ import annotations
@@ -25,10 +37,17 @@ import json
 import logging
 import multiprocessing
 import os
+import select
+import selectors
+import socket
+import time
+from functools import partial
 
 from gunicorn import util
 from gunicorn.http.errors import UnsupportedTransferCoding
 from gunicorn.workers.gthread import ThreadWorker
+
+from recsys.ops.framing import request_ready
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +55,19 @@ log = logging.getLogger(__name__)
 MAX_WORKERS = 256
 #: How often (seconds) a worker that stopped accepting checks whether it may take connections.
 RECHECK_S = 0.01
+#: How many connections, as a fraction of the least loaded sibling's (rounded down, so none
+#: under 16), a worker may hold over that sibling and still accept. Without it a burst of new
+#: connections (hundreds of slow clients) was taken one per worker per ``RECHECK_S``, as the
+#: workers took turns: ~200 accepts/s, and a /healthz probe behind them waited over a second.
+BALANCE_SLACK = 1 / 16
+#: ``RECSYS_CLIENT_TIMEOUT`` when the app has no recsys configuration (a bare WSGI app).
+DEFAULT_CLIENT_TIMEOUT = 5.0
+#: Body bytes the reading stage buffers when the app sets no body limit.
+DEFAULT_BUFFERED_BODY = 1 << 20
+#: What ``handle`` returns for a connection whose request is not all there yet.
+_WAIT = object()
+#: How often (seconds) the reading stage looks for connections past their client timeout.
+SWEEP_S = 0.1
 
 # Created at import, in the master, so every forked worker shares the same memory.
 # Slot i: pid of the worker holding it (0 = free) and that worker's open connections.
@@ -206,10 +238,73 @@ def json_error_page(page: bytes, exc: BaseException | None = None) -> bytes | No
     ).encode("latin-1") + body
 
 
+def client_limits(app) -> tuple[float, int]:
+    """The reading stage's client timeout and buffered-body limit for ``app``.
+
+    Parameters
+    ----------
+    app : object
+        The WSGI app gunicorn loaded: a recsys Flask app (its configuration is read), or any
+        other WSGI callable (``RECSYS_CLIENT_TIMEOUT`` from the environment, else the default).
+
+    Returns
+    -------
+    tuple of (float, int)
+        Seconds a connection may send nothing before it is closed, and the body bytes the
+        stage buffers before handing a request over (the app's ``MAX_BODY_BYTES``).
+    """
+    from recsys.config import get_config
+
+    try:
+        config = get_config(app)
+    except Exception:  # noqa: BLE001 - not a recsys app
+        try:
+            timeout = float(os.environ.get("RECSYS_CLIENT_TIMEOUT", DEFAULT_CLIENT_TIMEOUT))
+        except ValueError:
+            timeout = DEFAULT_CLIENT_TIMEOUT
+        return timeout, DEFAULT_BUFFERED_BODY
+    return float(config.client_timeout), config.max_body_bytes or DEFAULT_BUFFERED_BODY
+
+
+class _TimedSource:
+    """The socket as gunicorn's parser reads it in a request thread, with each read bounded.
+
+    A request is handed to a thread complete, so the thread reads the socket only for what the
+    reading stage leaves to it (a body past the buffered limit, or one sent after
+    ``100 Continue``). A client that then sends nothing for the client timeout is treated as
+    gone: its reading side is shut and the read returns end of stream.
+    """
+
+    def __init__(self, sock, timeout: float):
+        self._sock = sock
+        self._timeout = timeout
+
+    def recv(self, size):
+        """``socket.recv`` that gives up (end of stream) after the client timeout."""
+        poll = select.poll()
+        poll.register(self._sock, select.POLLIN)
+        if not poll.poll(self._timeout * 1000):
+            try:
+                self._sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+            return b""
+        return self._sock.recv(size)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
 class BalancedThreadWorker(ThreadWorker):
     """``gthread`` that accepts only while it is among the least loaded workers (see module)."""
 
     _slot: int | None = None
+    #: Connections in the reading stage (insertion-ordered); None: the stage is off.
+    _reading: dict | None = None
+    _client_timeout = DEFAULT_CLIENT_TIMEOUT
+    _max_head = 1 << 20
+    _max_body = DEFAULT_BUFFERED_BODY
+    _next_sweep = 0.0
 
     def handle_error(self, req, client, addr, exc):
         """See ``ThreadWorker.handle_error``: gunicorn decides and logs as usual, the page it
@@ -230,6 +325,124 @@ class BalancedThreadWorker(ThreadWorker):
         except Exception:  # noqa: BLE001 - as gunicorn: the client may be gone
             self.log.debug("Failed to send error message.")
 
+    # -- the reading stage: a request thread only ever sees a complete request ---------------
+
+    def _start_reading_stage(self) -> None:
+        # The stage reads plain HTTP/1.1 off the socket: not TLS, not HTTP/2 with prior knowledge
+        # (whose preface gunicorn reads from the socket itself).
+        if self.cfg.is_ssl or getattr(self.cfg, "http2_cleartext", None) in (
+            "prior-knowledge",
+            "both",
+        ):
+            return
+        self._client_timeout, self._max_body = client_limits(self.wsgi)
+        cfg = self.cfg
+        if cfg.limit_request_line and cfg.limit_request_fields and cfg.limit_request_field_size:
+            head = cfg.limit_request_line + cfg.limit_request_fields * (
+                cfg.limit_request_field_size + 2
+            )
+            self._max_head = max(head + 4, 64 << 10)
+        self._reading = {}
+
+    def _first_look(self, conn) -> str | None:
+        """In the request thread: read what is already there without waiting (most requests
+        arrive whole). "ready", "gone", or None: the stage must wait for the rest."""
+        buf = bytearray()
+        if conn.parser is not None:  # read ahead of the last request (pipelined)
+            buf += conn.parser.unreader.take_buffered()
+        conn.sock.setblocking(False)
+        conn.recsys_buf = buf
+        conn.recsys_deadline = time.monotonic() + self._client_timeout
+        if buf and request_ready(buf, self._max_head, self._max_body):
+            return "ready"
+        return self._receive(conn)
+
+    def _receive(self, conn) -> str | None:
+        """Read what is there: "ready" (a whole request), "gone" (closed) or None (wait)."""
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return "gone"
+        if not data:  # the client closed (or reset) before sending a whole request
+            return "gone"
+        buf = conn.recsys_buf
+        buf += data
+        if b"\r\n\r\n" in buf:
+            # Reading the body: the client timeout counts from its last bytes. The head is not
+            # extended: it must arrive whole within one timeout, or a client trickling a header
+            # byte at a time would hold its socket for ever.
+            conn.recsys_deadline = time.monotonic() + self._client_timeout
+        return "ready" if request_ready(buf, self._max_head, self._max_body) else None
+
+    def _read_some(self, conn, _sock=None) -> None:
+        state = self._receive(conn)
+        if state == "gone":
+            self._drop_reading(conn)
+        elif state == "ready":
+            self.poller.unregister(conn.sock)
+            del self._reading[conn]
+            self._hand_over(conn)
+
+    def _hand_over(self, conn) -> None:
+        conn._recsys_ready = True  # pylint: disable=protected-access
+        self.enqueue_req(conn)
+
+    def _drop_reading(self, conn) -> None:
+        self._reading.pop(conn, None)
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        self.nr_conns -= 1
+        conn.close()
+
+    def finish_request(self, conn, fs):
+        """See ``ThreadWorker.finish_request``: a connection whose request is not all there yet
+        waits in the reading stage, on this loop, not in a thread.
+        """
+        if not fs.cancelled() and fs.exception() is None and fs.result() is _WAIT:
+            # (A stopping worker's sweep closes it at once if it holds no bytes yet.)
+            self._reading[conn] = None
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._read_some, conn))
+            return
+        super().finish_request(conn, fs)
+
+    def _sweep_reading(self) -> None:
+        """Close connections of the reading stage that sent nothing for the client timeout
+        (all of them at once when the worker is stopping and they hold no bytes)."""
+        now = time.monotonic()
+        if now < self._next_sweep or not self._reading:
+            return
+        self._next_sweep = now + SWEEP_S
+        for conn in list(self._reading):
+            if conn.recsys_deadline <= now or (not self.alive and not conn.recsys_buf):
+                self._drop_reading(conn)
+
+    def handle(self, conn):
+        """See ``ThreadWorker.handle``: the request the reading stage buffered is put in front
+        of the parser, and every further socket read is bounded by the client timeout.
+        """
+        if self._reading is not None and not conn.__dict__.pop("_recsys_ready", False):
+            state = self._first_look(conn)
+            if state is None:
+                return _WAIT  # finish_request puts it in the stage
+            if state == "gone":
+                conn.__dict__.pop("recsys_buf", None)
+                return False
+        buf = conn.__dict__.pop("recsys_buf", None)
+        if buf is not None:
+            conn.data_ready = True  # no waiting for a first byte: the request is here
+            if not conn.initialized:
+                conn.sock.setblocking(True)
+                conn.init()
+            unreader = conn.parser.unreader
+            unreader.unread(bytes(buf))
+            if not isinstance(getattr(unreader, "sock", None), _TimedSource):
+                unreader.sock = _TimedSource(unreader.sock, self._client_timeout)
+        return super().handle(conn)
+
     def _balancing(self) -> bool:
         return self._slot is not None
 
@@ -239,13 +452,14 @@ class BalancedThreadWorker(ThreadWorker):
 
     def _over_share(self) -> bool:
         fewest = fewest_elsewhere(self._slot)
-        return fewest is not None and self.nr_conns > fewest
+        return fewest is not None and self.nr_conns > fewest + int(fewest * BALANCE_SLACK)
 
     def run(self):
         """See ``ThreadWorker.run``: claims a balancing slot first (several workers, balancing on,
         gunicorn >= 24) and releases it on exit.
         """
         # Runs in the worker after fork (init_process ends by calling run()).
+        self._start_reading_stage()
         if (
             self.cfg.workers > 1
             and balance_enabled()
@@ -295,6 +509,10 @@ class BalancedThreadWorker(ThreadWorker):
             self._publish()
             if not self._accepting and self.alive and self.nr_conns < self.worker_connections:
                 timeout = min(timeout, RECHECK_S)  # paused only for balance: look again soon
+        if self._reading:
+            timeout = min(timeout, SWEEP_S)
         super().wait_for_and_dispatch_events(timeout)
+        if self._reading is not None:
+            self._sweep_reading()
         if self._balancing():
             self._publish()
