@@ -19,9 +19,9 @@ def _body_ready(buf: bytes, start: int, headers: list[tuple[bytes, bytes]], max_
     if any(b"100-continue" in v.lower() for n, v in headers if n == b"expect"):
         return True  # the client waits for "100 Continue", which the thread sends
     if codings:
-        last = codings[-1].split(b",")[-1].strip().lower()
-        if lengths or last != b"chunked":
-            return True  # gunicorn refuses these (400)
+        parts = [p.strip().lower() for v in codings for p in v.split(b",")]
+        if lengths or parts != [b"chunked"]:
+            return True  # any other coding, or chunked with a length: gunicorn refuses it
         return _chunked_ready(buf, start, max_body)
     if not lengths:
         return True  # no body
@@ -45,7 +45,11 @@ def _chunked_ready(buf: bytes, pos: int, max_body: int) -> bool:
         except ValueError:
             return True  # a bad chunk size: gunicorn refuses it (400)
         if size == 0:  # the last chunk, then trailers up to an empty line
-            return buf.startswith(b"\r\n", eol + 2) or buf.find(b"\r\n\r\n", eol) >= 0
+            tail = bytes(buf[eol + 2 :])
+            if tail.startswith(b"\r\n") or b"\r\n\r\n" in tail:
+                return True
+            # A bare LF in the trailers is malformed: gunicorn refuses it without more bytes.
+            return b"\n" in tail.replace(b"\r\n", b"")
         total += size
         if total > max_body:
             return True  # over the body limit: the app refuses it (413)

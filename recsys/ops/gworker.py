@@ -365,9 +365,12 @@ class BalancedThreadWorker(ThreadWorker):
             return None
         except OSError:
             return "gone"
-        if not data:  # the client closed (or reset) before sending a whole request
-            return "gone"
         buf = conn.recsys_buf
+        if not data:
+            # The client closed its side. Nothing sent: the connection is gone. Part of a
+            # request: the parser reads the end of the stream and answers the framing error
+            # (400 JSON) on the half the client still reads.
+            return "ready" if buf else "gone"
         buf += data
         if b"\r\n\r\n" in buf:
             # Reading the body: the client timeout counts from its last bytes. The head is not
