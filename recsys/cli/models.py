@@ -117,7 +117,12 @@ def train(
     --engine spark fits ALS (or aggregates popularity) on Spark: `recsys train als --engine spark`.
     """
     from recsys.models.repository import PROFILE_KIND
-    from recsys.offline.training import GATE_METRIC, model_dir_error, train_strategies
+    from recsys.offline.training import (
+        GATE_METRIC,
+        model_dir_error,
+        train_strategies,
+        training_budget_bytes,
+    )
     from recsys.store import get_engine
     from recsys.store.training_data import load_interactions
     from strategies import available_strategies, opt_in
@@ -194,6 +199,12 @@ def train(
         if not as_json:
             _echo_result(r)
 
+    refused: list[str] = []
+
+    def refuse(name: str, message: str) -> None:
+        refused.append(name)
+        click.echo(message, err=True)
+
     try:
         results = train_strategies(
             data,
@@ -205,7 +216,15 @@ def train(
             gate_metric=GATE_METRIC if gate else None,
             progress=not quiet and not as_json,
             on_result=report,
+            memory_budget_bytes=training_budget_bytes(
+                get_config(current_app).train_memory_budget_mb
+            ),
+            on_refused=refuse,
         )
+        if refused and not results:
+            raise click.ClickException(
+                "no strategy fits the training budget (TRAIN_MEMORY_BUDGET_MB); nothing trained"
+            )
         tuned = None
         if tune_opts is not None:
             from recsys.cli.tune import echo_outcome, tune_store
