@@ -108,12 +108,14 @@ def train(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Train STRATEGIES (default: every available one but the opt-in `sequence`) from the store
-    and save new versions.
+    """Train STRATEGIES (default: every available one but the opt-in `sequence` and `itemknn`)
+    from the store and save new versions.
 
     Each strategy is fitted on the oldest events and scored on the newest (--holdout), then
     fitted on all events; the version is saved with those holdout metrics and activated unless
     --no-activate (or --gate refuses it). --tune then searches the serving profile.
+    A strategy whose estimated peak memory exceeds RECSYS_TRAIN_MEMORY_BUDGET_MB (default 60%
+    of the machine's memory) is left out with one line on stderr; the others train.
     --engine spark fits ALS (or aggregates popularity) on Spark: `recsys train als --engine spark`.
     """
     from recsys.models.repository import PROFILE_KIND
