@@ -255,6 +255,15 @@ class Settings(BaseSettings):
         description="Per-process memory budget for loaded models, in MiB (least recently used "
         "idle models are evicted).",
     )
+    train_memory_budget_mb: float | None = Field(
+        None,
+        ge=0,
+        description="Training memory budget, in MiB: `recsys train` estimates each strategy's "
+        "peak memory from its cost formula (`Strategy.estimate_cost`, docs/scale.md) before "
+        "fitting and leaves out, with a one-line message, a strategy whose estimate exceeds "
+        "it; the others train. Unset: 60% of the machine's memory (or of the cgroup's limit, "
+        "if lower). 0: no budget.",
+    )
     preload_models: bool = Field(
         True, description="Load active models when the app starts (true) or on first use (false)."
     )

@@ -186,3 +186,45 @@ class ItemFactors:
         """Save ``item_factors_`` and the parameters. See ``Strategy.save``."""
         save_arrays(path, item_factors=self.item_factors_)
         self._save_params(path)
+
+
+class ItemWeights:
+    """For item-item strategies that keep one sparse ``weights_`` matrix (items x items; EASE,
+    item-kNN): similar items from a row's kept weights, and saving and loading the matrix beside
+    the parameters. Mix in before ``Strategy``."""
+
+    weights_: sp.csr_matrix
+
+    def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Items with the largest kept (nonzero) weight from the query item, the item itself
+        excluded. See ``Strategy.similar_items``."""
+        from strategies.base import top_n
+
+        items = check_items(items, self.weights_.shape[0])
+        scores = self.weights_[items].toarray()
+        scores[scores == 0] = -np.inf
+        scores[np.arange(len(items)), items] = -np.inf
+        return top_n(scores.astype(np.float32, copy=False), n)
+
+    def save(self, path: str) -> None:
+        """Save ``weights_`` and the parameters. See ``Strategy.save``."""
+        save_arrays(path, **csr_arrays("weights", self.weights_))
+        self._save_params(path)  # type: ignore[attr-defined]
+
+    @classmethod
+    def load(cls, path: str):
+        """Read a model ``save`` wrote. See ``Strategy.load``.
+
+        Parameters
+        ----------
+        path : str
+            Model directory.
+
+        Returns
+        -------
+        Strategy
+            A fitted instance with the saved parameters.
+        """
+        model = cls(**cls._load_params(path)["params"])  # type: ignore[attr-defined]
+        model.weights_ = csr_from(load_arrays(path), "weights")
+        return model

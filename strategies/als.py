@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from features.interactions import InteractionData
 from strategies._arrays import ItemFactors, load_arrays
-from strategies.base import Strategy, UserBatch
+from strategies.base import SPARSE_OPS, Strategy, UserBatch, input_bytes
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,20 @@ class ALSStrategy(ItemFactors, Strategy):
             b = np.where(c > 0, c, 0.0) @ yp
             out[r] = np.linalg.solve(a, b)
         return out
+
+    @classmethod
+    def estimate_cost(
+        cls, n_users: int, n_items: int, n_events: int, params: dict[str, Any] | None = None
+    ) -> tuple[float, float | None]:
+        """Memory: implicit's copies of the matrix (user-item and item-user) and the two factor
+        tables (float32, f = ``factors``); time per iteration: conjugate-gradient steps over the
+        cells, ~16 E f, plus (U + I) f^2 for the Gram terms. See ``Strategy.estimate_cost``.
+        """
+        p = cls._params_with(params)
+        f, iters = int(p["factors"]), int(p["iterations"])
+        memory = 2 * input_bytes(n_users, n_items, n_events) + 8.0 * f * (n_users + n_items)
+        ops = iters * (16.0 * n_events * f + 2.0 * (n_users + n_items) * f * f)
+        return memory, ops / SPARSE_OPS
 
     def score(self, users: UserBatch) -> np.ndarray:
         """See ``Strategy.score``."""

@@ -29,6 +29,12 @@ from features.interactions import InteractionData, UserBatch
 
 PARAMS_FILE = "params.json"
 
+# Single-core throughputs behind ``estimate_cost``'s times (order of magnitude, calibrated on
+# issue 29's 50k-item run: EASE's 20k-item inverse, ALS, BPR; docs/scale.md):
+DENSE_FLOPS = 1.5e10  # LAPACK/BLAS float64 (numpy), one core
+TORCH_FLOPS = 5e9  # torch float32 training steps (forward + backward + Adam)
+SPARSE_OPS = 1e9  # sparse products, implicit's inner loops, numpy sorts (per element op)
+
 
 class Strategy(ABC):
     """Base class. Subclasses set ``name`` and implement ``fit``, ``score`` and persistence.
@@ -153,6 +159,47 @@ class Strategy(ABC):
         """
         raise NotImplementedError(f"{self.name} does not support similar_items")
 
+    # -- cost -------------------------------------------------------------------------------
+    @classmethod
+    def estimate_cost(
+        cls, n_users: int, n_items: int, n_events: int, params: dict[str, Any] | None = None
+    ) -> tuple[float, float | None]:
+        """Estimated peak memory and time of one ``fit`` (docs/scale.md, "Cost per strategy").
+
+        ``recsys train`` refuses a strategy whose memory estimate exceeds
+        ``TRAIN_MEMORY_BUDGET_MB``. The default counts the training input only (the user-item
+        matrix and its transpose) and no time; strategies whose cost is known override it.
+
+        Parameters
+        ----------
+        n_users : int
+            Users with events (U).
+        n_items : int
+            Catalogue size (I).
+        n_events : int
+            Training events (E; they bound the user-item matrix's non-zeros).
+        params : dict of str to Any, optional
+            Hyperparameters overriding the defaults (``__init__`` keywords).
+
+        Returns
+        -------
+        bytes : float
+            Estimated peak memory of the fit beyond the process's baseline.
+        seconds : float or None
+            Estimated single-core wall time; None where unknown.
+        """
+        return input_bytes(n_users, n_items, n_events), None
+
+    @classmethod
+    def _params_with(cls, params: dict[str, Any] | None) -> dict[str, Any]:
+        """The ``__init__`` defaults updated with ``params`` (for ``estimate_cost``)."""
+        defaults = {
+            p.name: p.default
+            for p in inspect.signature(cls.__init__).parameters.values()
+            if p.name != "self" and p.default is not inspect.Parameter.empty
+        }
+        return {**defaults, **(params or {})}
+
     # -- persistence ------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
         """Hyperparameters as given to ``__init__`` (JSON-serialisable).
@@ -208,6 +255,26 @@ class Strategy(ABC):
     def _load_params(path: str) -> dict[str, Any]:
         with open(os.path.join(path, PARAMS_FILE)) as f:
             return json.load(f)
+
+
+def input_bytes(n_users: int, n_items: int, n_events: int) -> float:
+    """Bytes of the training input a fit holds: the user-item CSR and its transpose.
+
+    Parameters
+    ----------
+    n_users : int
+        Users (U).
+    n_items : int
+        Items (I).
+    n_events : int
+        Events (E; they bound the matrix's non-zeros).
+
+    Returns
+    -------
+    float
+        ``2 * (12 E + 8 (U + I))``: a float32 value and an int64 index per cell, twice.
+    """
+    return float(2 * (12 * n_events + 8 * (n_users + n_items)))
 
 
 def _jsonable(value: Any) -> Any:

@@ -11,7 +11,7 @@ learn. Everything is deterministic (no sampling), so the same history gives the 
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from features.interactions import InteractionData
 from strategies._arrays import ItemFactors, load_arrays
-from strategies.base import Strategy, UserBatch
+from strategies.base import SPARSE_OPS, Strategy, UserBatch, input_bytes
 
 
 class BPRStrategy(ItemFactors, Strategy):
@@ -161,6 +161,20 @@ class BPRStrategy(ItemFactors, Strategy):
             grad = (g.sum(axis=1) @ vp - g.sum(axis=0) @ vn) * scale
             u = u + self.fold_in_lr * (grad - self.regularization * u)
         return u
+
+    @classmethod
+    def estimate_cost(
+        cls, n_users: int, n_items: int, n_events: int, params: dict[str, Any] | None = None
+    ) -> tuple[float, float | None]:
+        """Memory: the matrix, float32 factor tables (f + 1 with the bias) for users and items,
+        and the float64 serving copies of the item table; time: ``iterations`` SGD passes over
+        the cells, ~6 f operations each. See ``Strategy.estimate_cost``.
+        """
+        p = cls._params_with(params)
+        f, iters = int(p["factors"]) + 1, int(p["iterations"])
+        memory = input_bytes(n_users, n_items, n_events) + 4.0 * f * (n_users + n_items)
+        memory += 24.0 * f * n_items + 8.0 * f * f
+        return memory, iters * 6.0 * n_events * f / SPARSE_OPS
 
     def score(self, users: UserBatch) -> np.ndarray:
         """See ``Strategy.score``; users without history get item-bias-only scores."""

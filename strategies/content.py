@@ -9,7 +9,7 @@ popularity. Only the sparse item matrix is saved (no vectoriser, no pickle).
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -17,7 +17,10 @@ import scipy.sparse as sp
 from features.interactions import InteractionData
 from features.text import item_texts, tfidf_matrix
 from strategies._arrays import check_items, csr_arrays, csr_from, load_arrays, save_arrays
-from strategies.base import Strategy, UserBatch, top_n
+from strategies.base import Strategy, UserBatch, input_bytes, top_n
+
+# A typical item text's distinct terms (title, description, categories): estimate_cost only.
+TERMS_PER_ITEM = 64
 
 
 class ContentStrategy(Strategy):
@@ -110,6 +113,17 @@ class ContentStrategy(Strategy):
         totals = np.asarray(m.sum(axis=1)).ravel()
         scale = np.divide(1.0, totals, out=np.zeros_like(totals), where=totals > 0)
         return sp.csr_matrix(sp.diags(scale) @ m, dtype=np.float32)
+
+    @classmethod
+    def estimate_cost(
+        cls, n_users: int, n_items: int, n_events: int, params: dict[str, Any] | None = None
+    ) -> tuple[float, float | None]:
+        """Memory: the item-term TF-IDF matrix and its building (~3 x 12 bytes for each of
+        ``TERMS_PER_ITEM`` terms an item); time: tokenising, ~1e6 terms a second. Events are not
+        read. See ``Strategy.estimate_cost``.
+        """
+        terms = TERMS_PER_ITEM * n_items
+        return input_bytes(n_users, n_items, n_events) + 36.0 * terms, terms / 1e6
 
     def score(self, users: UserBatch) -> np.ndarray:
         """See ``Strategy.score``; users with no history get all-zero scores."""

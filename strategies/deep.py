@@ -40,7 +40,7 @@ import functools
 import logging
 import math
 import time
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -67,7 +67,7 @@ from strategies._torch import (
     state_dict_bytes,
     training_threads,
 )
-from strategies.base import Strategy, UserBatch
+from strategies.base import TORCH_FLOPS, Strategy, UserBatch, input_bytes
 
 log = logging.getLogger(__name__)
 
@@ -461,6 +461,28 @@ class DeepStrategy(Strategy):
         norms = np.sqrt(sq.astype(np.float32))
         norms[norms == 0] = 1.0
         return indices, indptr, data / np.repeat(norms, counts)
+
+    @classmethod
+    def estimate_cost(
+        cls, n_users: int, n_items: int, n_events: int, params: dict[str, Any] | None = None
+    ) -> tuple[float, float | None]:
+        """Memory: the two items-wide layers (2 I h parameters, h = ``hidden[0]``) with their
+        gradients and Adam's two moments (16 bytes a parameter), a batch's dense logits (three
+        b x I float32 arrays) and the serving copy of the first layer; time: ``steps`` of ~6 b I h
+        flops (forward, backward; decoder and softmax dominate), steps =
+        min(epochs x ceil(U / b), max_steps). See ``Strategy.estimate_cost``.
+        """
+        p = cls._params_with(params)
+        hidden = [int(h) for h in p["hidden"]] or [1]
+        b = int(p["batch_size"])
+        inner = sum(a * c for a, c in zip(hidden[:-1], hidden[1:], strict=True))
+        n_params = 2.0 * n_items * hidden[0] + inner
+        memory = input_bytes(n_users, n_items, n_events) + 16.0 * n_params
+        memory += 12.0 * b * n_items + 4.0 * n_items * hidden[0]
+        steps = int(p["epochs"]) * math.ceil(max(n_users, 1) / b)
+        if p["max_steps"] is not None:
+            steps = min(steps, int(p["max_steps"]))
+        return memory, steps * 6.0 * b * n_items * hidden[0] / TORCH_FLOPS
 
     def score(self, users: UserBatch) -> np.ndarray:
         """See ``Strategy.score``; runs the serving module on ``serving_device_``.

@@ -8,13 +8,14 @@ category's items, or ``category_items``.
 
 from __future__ import annotations
 
-from typing import Self
+import math
+from typing import Any, Self
 
 import numpy as np
 
 from features.interactions import InteractionData
 from strategies._arrays import check_items, load_arrays, save_arrays, top_similar
-from strategies.base import Strategy, UserBatch
+from strategies.base import SPARSE_OPS, Strategy, UserBatch, input_bytes
 
 
 class PopularStrategy(Strategy):
@@ -115,6 +116,16 @@ class PopularStrategy(Strategy):
         else:
             self.item_categories_ = _category_codes_of(item_meta, n)
         return self
+
+    @classmethod
+    def estimate_cost(
+        cls, n_users: int, n_items: int, n_events: int, params: dict[str, Any] | None = None
+    ) -> tuple[float, float | None]:
+        """Memory: the event arrays and a sort over them (~48 bytes an event); time: the sort,
+        E log2 E. See ``Strategy.estimate_cost``.
+        """
+        memory = input_bytes(n_users, n_items, n_events) + 48.0 * n_events
+        return memory, n_events * math.log2(n_events + 2) / SPARSE_OPS
 
     def score(self, users: UserBatch) -> np.ndarray:
         """See ``Strategy.score``; every row is ``popularity_``."""

@@ -53,7 +53,7 @@ import copy
 import logging
 import math
 import time
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ from strategies._torch import (
     training_threads,
     usable_cores,
 )
-from strategies.base import Strategy, UserBatch
+from strategies.base import TORCH_FLOPS, Strategy, UserBatch, input_bytes
 
 log = logging.getLogger(__name__)
 
@@ -662,6 +662,27 @@ class SequenceStrategy(Strategy):
             out_s.append(s[keep])
             out_t.append(t[keep].astype(np.int64))
         return out_s, out_t
+
+    @classmethod
+    def estimate_cost(
+        cls, n_users: int, n_items: int, n_events: int, params: dict[str, Any] | None = None
+    ) -> tuple[float, float | None]:
+        """Memory: the item table ((I + 1) x dim, 16 bytes a parameter with gradient and Adam)
+        and a batch's logits: full softmax (b x max_len x I, three float32 arrays) up to
+        ``FULL_SOFTMAX_MAX_ITEMS`` items, sampled (``n_negatives`` columns) beyond; time: one pass
+        over the events per epoch (each event a target, ~6 x (logit columns + 12 dim) x dim
+        flops), bounded by ``max_seconds``. See ``Strategy.estimate_cost``.
+        """
+        p = cls._params_with(params)
+        d, b, length = int(p["dim"]), int(p["batch_size"]), int(p["max_len"])
+        full = p["loss"] == "softmax" or (p["loss"] == "auto" and n_items <= FULL_SOFTMAX_MAX_ITEMS)
+        columns = n_items if full else int(p["n_negatives"])
+        memory = input_bytes(n_users, n_items, n_events) + 16.0 * (n_items + 1) * d
+        memory += 12.0 * b * length * columns + 16.0 * n_events
+        seconds = int(p["epochs"]) * 6.0 * n_events * (columns + 12 * d) * d / TORCH_FLOPS
+        if p["max_seconds"] is not None:
+            seconds = min(seconds, float(p["max_seconds"]))
+        return memory, seconds
 
     def score(self, users: UserBatch) -> np.ndarray:
         """See ``Strategy.score``; reads ``users.sequences`` (and ``users.types``) where given.

@@ -108,16 +108,23 @@ def train(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Train STRATEGIES (default: every available one but the opt-in `sequence`) from the store
-    and save new versions.
+    """Train STRATEGIES (default: every available one but the opt-in `sequence` and `itemknn`)
+    from the store and save new versions.
 
     Each strategy is fitted on the oldest events and scored on the newest (--holdout), then
     fitted on all events; the version is saved with those holdout metrics and activated unless
     --no-activate (or --gate refuses it). --tune then searches the serving profile.
+    A strategy whose estimated peak memory exceeds RECSYS_TRAIN_MEMORY_BUDGET_MB (default 60%
+    of the machine's memory) is left out with one line on stderr; the others train.
     --engine spark fits ALS (or aggregates popularity) on Spark: `recsys train als --engine spark`.
     """
     from recsys.models.repository import PROFILE_KIND
-    from recsys.offline.training import GATE_METRIC, model_dir_error, train_strategies
+    from recsys.offline.training import (
+        GATE_METRIC,
+        model_dir_error,
+        train_strategies,
+        training_budget_bytes,
+    )
     from recsys.store import get_engine
     from recsys.store.training_data import load_interactions
     from strategies import available_strategies, opt_in
@@ -194,6 +201,12 @@ def train(
         if not as_json:
             _echo_result(r)
 
+    refused: list[str] = []
+
+    def refuse(name: str, message: str) -> None:
+        refused.append(name)
+        click.echo(message, err=True)
+
     try:
         results = train_strategies(
             data,
@@ -205,7 +218,15 @@ def train(
             gate_metric=GATE_METRIC if gate else None,
             progress=not quiet and not as_json,
             on_result=report,
+            memory_budget_bytes=training_budget_bytes(
+                get_config(current_app).train_memory_budget_mb
+            ),
+            on_refused=refuse,
         )
+        if refused and not results:
+            raise click.ClickException(
+                "no strategy fits the training budget (TRAIN_MEMORY_BUDGET_MB); nothing trained"
+            )
         tuned = None
         if tune_opts is not None:
             from recsys.cli.tune import echo_outcome, tune_store

@@ -231,6 +231,98 @@ def model_dir_error(model_dir: str, e: OSError) -> str:
     )
 
 
+# Share of the machine's memory a training run may plan for when no budget is set.
+DEFAULT_BUDGET_SHARE = 0.6
+
+
+def machine_memory_bytes() -> int | None:
+    """Physical memory, or the cgroup (v2) memory limit where it is lower.
+
+    Returns
+    -------
+    int or None
+        Bytes; None where neither can be read.
+    """
+    try:
+        total: int | None = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        total = None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            raw = f.read().strip()
+        if raw.isdigit():
+            total = min(int(raw), total) if total else int(raw)
+    except OSError:
+        pass
+    return total
+
+
+def training_budget_bytes(budget_mb: float | None) -> float | None:
+    """The training memory budget in bytes (``TRAIN_MEMORY_BUDGET_MB``).
+
+    Parameters
+    ----------
+    budget_mb : float or None
+        The setting: MiB; None: ``DEFAULT_BUDGET_SHARE`` of ``machine_memory_bytes()``; 0: none.
+
+    Returns
+    -------
+    float or None
+        Bytes; None: no budget (0, or the machine's memory cannot be read).
+    """
+    if budget_mb is None:
+        total = machine_memory_bytes()
+        return DEFAULT_BUDGET_SHARE * total if total else None
+    return float(budget_mb) * 2**20 if budget_mb > 0 else None
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def over_budget(
+    cls: type, data: InteractionData, params: dict[str, Any], budget_bytes: float | None
+) -> str | None:
+    """Why strategy class ``cls`` cannot be fitted on ``data`` within the memory budget.
+
+    Parameters
+    ----------
+    cls : type
+        The strategy class; one without ``estimate_cost`` (not a ``Strategy``) always fits.
+    data : InteractionData
+        All events (the larger of the two fits).
+    params : dict[str, Any]
+        Its hyperparameters (``__init__`` keywords) overriding the defaults.
+    budget_bytes : float or None
+        The budget; None: everything fits.
+
+    Returns
+    -------
+    str or None
+        A one-line message naming the estimate and the budget, or None when it fits.
+    """
+    estimate = getattr(cls, "estimate_cost", None)
+    if budget_bytes is None or estimate is None:
+        return None
+    memory, seconds = estimate(data.n_users, data.n_items, len(data), params)
+    if memory <= budget_bytes:
+        return None
+    fit = f" (~{_duration(seconds)} a fit)" if seconds is not None else ""
+    return (
+        f"{cls.name}: left out: estimated peak memory {_mib(memory)}{fit} for {data.n_items:,} "
+        f"items, {data.n_users:,} users, {len(data):,} events exceeds the training budget of "
+        f"{_mib(budget_bytes)} (TRAIN_MEMORY_BUDGET_MB; docs/scale.md)"
+    )
+
+
 def train_strategies(
     data: InteractionData,
     repo: ModelRepository,
@@ -242,6 +334,8 @@ def train_strategies(
     actor: str = "cli",
     progress: bool = True,
     on_result: Callable[[TrainResult], None] | None = None,
+    memory_budget_bytes: float | None = None,
+    on_refused: Callable[[str, str], None] | None = None,
 ) -> list[TrainResult]:
     """Train, evaluate, save (and by default activate) each named strategy.
 
@@ -271,11 +365,16 @@ def train_strategies(
         Show a progress bar (only when stderr is a terminal).
     on_result : Callable[[TrainResult], None] or None
         Called with each result as soon as it is ready; None: not called.
+    memory_budget_bytes : float or None
+        A strategy whose estimated peak memory (``over_budget``) exceeds it is left out, before
+        any fitting; None: no budget.
+    on_refused : Callable[[str, str], None] or None
+        Called with (name, one-line message) for each strategy left out; None: only logged.
 
     Returns
     -------
     list[TrainResult]
-        One per name, in order.
+        One per name trained, in order (none for a strategy left out).
 
     Raises
     ------
@@ -286,6 +385,14 @@ def train_strategies(
     classes = {}
     for name in names:
         classes[name] = repo.resolver(name)  # fail before any training for a bad name
+    for name in list(names):
+        why = over_budget(classes[name], data, params.get(name, {}), memory_budget_bytes)
+        if why is not None:
+            log.warning("%s", why)
+            if on_refused is not None:
+                on_refused(name, why)
+            del classes[name]
+    names = [n for n in names if n in classes]
     steps = ("holdout fit", "evaluate", "fit", "save") if holdout > 0 else ("fit", "save")
     split = holdout_split(data, holdout) if holdout > 0 else None
     results: list[TrainResult] = []

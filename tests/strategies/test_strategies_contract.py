@@ -25,6 +25,7 @@ FAST = {
     "als": {"factors": 8, "iterations": 3, "num_threads": 1},
     "bpr": {"factors": 8, "iterations": 5, "num_threads": 1},
     "ease": {"l2": 10.0, "topk": 6},
+    "itemknn": {"k": 6},
     "deep": {"epochs": 1},
     "sequence": {"epochs": 2, "dim": 16, "max_len": 8, "device": "cpu"},
 }
