@@ -304,6 +304,37 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     return {"p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, "n": len(seconds)}
 
 
+def drop_redis_keys(url: str, prefix: str) -> int:
+    """Delete this run's keys (the result cache ...) from Redis.
+
+    Parameters
+    ----------
+    url : str
+        The Redis URL.
+    prefix : str
+        The run's ``RECSYS_REDIS_PREFIX``.
+
+    Returns
+    -------
+    int
+        Keys deleted.
+    """
+    import redis
+
+    r = redis.Redis.from_url(url)
+    n = 0
+    batch: list[bytes] = []
+    for key in r.scan_iter(match=f"{prefix}:*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            n += r.unlink(*batch)
+            batch = []
+    if batch:
+        n += r.unlink(*batch)
+    r.close()
+    return n
+
+
 def serve_and_measure(args, env: dict, log_dir: str) -> list[dict]:
     """Start ``recsys serve``, wait for /readyz, then measure; the server is stopped after."""
     port = free_port()
@@ -393,6 +424,7 @@ def serve_and_measure(args, env: dict, log_dir: str) -> list[dict]:
             proc.wait()
         log.close()
         peak = rss.stop()
+        drop_redis_keys(args.redis_url, args.redis_prefix)
     rows[0]["peak_rss"] = peak  # the server's tree over the whole measurement
     return rows
 
@@ -436,6 +468,7 @@ def run(args) -> dict:
     os.makedirs(work, exist_ok=True)
     synth_dir = os.path.join(work, "synth")
     model_dir = os.path.join(work, "models")
+    args.redis_prefix = f"scale-{os.getpid()}"
     args.database_url = args.database_url or f"sqlite:///{os.path.join(work, 'recsys.db')}"
     ensure_database(args.database_url, args.fresh)
     env = dict(os.environ)
@@ -444,7 +477,7 @@ def run(args) -> dict:
         PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
         RECSYS_DATABASE_URL=args.database_url,
         RECSYS_REDIS_URL=args.redis_url,
-        RECSYS_REDIS_PREFIX=f"scale-{os.getpid()}:",
+        RECSYS_REDIS_PREFIX=args.redis_prefix,
         RECSYS_MODEL_DIR=model_dir,
         RECSYS_INSTANCE_PATH=os.path.join(work, "instance"),
         RECSYS_WORKERS="2",
