@@ -161,9 +161,10 @@ def register_commands() -> None:
     from recsys.cli import imports as importers_cli
     from recsys.cli import keys as keys_cli
     from recsys.cli import models as models_cli
+    from recsys.cli import synth as synth_cli
     from recsys.cli import tune as tuning_cli
 
-    for module in (models_cli, evaluation_cli, importers_cli, tuning_cli, keys_cli):
+    for module in (models_cli, evaluation_cli, importers_cli, tuning_cli, keys_cli, synth_cli):
         for command in module.COMMANDS:
             main.add_command(command)
 
