@@ -160,12 +160,21 @@ def test_a_value_on_the_bound_is_accepted(client):
 
 
 def test_the_docs_list_every_bound():
+    """docs/admin-bounds.md's table is generated from ``bounds()`` (scripts/gen_admin_bounds.py)
+    and up to date."""
+    import importlib.util
     import os
 
     from recsys.paths import PROJECT_ROOT
 
+    spec = importlib.util.spec_from_file_location(
+        "gen_admin_bounds", os.path.join(PROJECT_ROOT, "scripts", "gen_admin_bounds.py")
+    )
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
     with open(os.path.join(PROJECT_ROOT, "docs", "admin-bounds.md")) as f:
         text = f.read()
+    assert gen.render(text) == text, "run scripts/gen_admin_bounds.py"
     for key, rule in bounds():
         assert f"`{key}`" in text and rule.replace("|", "\\|") in text, (key, rule)
 
