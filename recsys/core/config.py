@@ -4,6 +4,8 @@ warm, or the learned profile's routes by history length) and the business-rule s
 ``ServingConfig`` is what the admin API edits (as a dict: ``to_dict`` / ``from_dict``) and what
 the ``Recommender`` reads. The routing keys, their defaults and rules are declared once, in
 ``ROUTING``.
+
+Over 500 lines with its docstrings; about 300 lines of code.
 """
 
 from __future__ import annotations

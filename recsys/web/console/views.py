@@ -5,6 +5,8 @@ re-rendered; an action that the service refuses (a bad weight, a corrupt model v
 unknown experiment) answers 200 too, with the error shown plainly above the screen, because
 that is what the operator needs to read. Only authentication failures are HTTP errors (401/403,
 JSON as everywhere), which the page turns into its login form.
+
+Over 500 lines with its docstrings; about 370 lines of code.
 """
 
 from __future__ import annotations
