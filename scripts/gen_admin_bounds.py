@@ -7,11 +7,13 @@ strategy or changing a bound cannot leave the page stale.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import docgen  # noqa: E402
+
 DOC = os.path.join(ROOT, "docs", "admin-bounds.md")
 BEGIN, END = "<!-- bounds:begin -->", "<!-- bounds:end -->"
 
@@ -23,25 +25,12 @@ def render(text: str) -> str:
 
     rows = ["| key | rule |", "|-----|------|"]
     rows += [f"| `{key}` | {rule.replace('|', chr(92) + '|')} |" for key, rule in bounds()]
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    return text[:start] + "\n" + "\n".join(rows) + "\n" + text[end:]
+    return docgen.between(text, BEGIN, END, "\n".join(rows))
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if the document is stale")
-    args = ap.parse_args()
-    with open(DOC) as f:
-        text = f.read()
-    new = render(text)
-    if args.check:
-        if new != text:
-            print("docs/admin-bounds.md is out of date: run", __file__)
-            return 1
-        return 0
-    with open(DOC, "w") as f:
-        f.write(new)
-    return 0
+    """Write the table, or check it (``--check``)."""
+    return docgen.main(DOC, render, __doc__.splitlines()[0], __file__)
 
 
 if __name__ == "__main__":

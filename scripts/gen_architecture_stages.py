@@ -11,11 +11,13 @@ document differs from what would be written (the test suite runs it).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import docgen  # noqa: E402
+
 DOC = os.path.join(ROOT, "ARCHITECTURE.md")
 BEGIN, END = "<!-- stages:begin -->", "<!-- stages:end -->"
 
@@ -32,25 +34,12 @@ def table() -> str:
 
 def render(text: str) -> str:
     """``text`` with the table between the markers replaced."""
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    return text[:start] + "\n" + table() + "\n" + text[end:]
+    return docgen.between(text, BEGIN, END, table())
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="exit 1 if ARCHITECTURE.md is stale")
-    args = ap.parse_args()
-    with open(DOC) as f:
-        text = f.read()
-    new = render(text)
-    if args.check:
-        if new != text:
-            print("ARCHITECTURE.md's stage table is out of date: run", __file__)
-            return 1
-        return 0
-    with open(DOC, "w") as f:
-        f.write(new)
-    return 0
+    """Write the table, or check it (``--check``)."""
+    return docgen.main(DOC, render, __doc__.splitlines()[0], __file__)
 
 
 if __name__ == "__main__":
