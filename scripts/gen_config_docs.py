@@ -8,7 +8,6 @@ tests/test_config.py runs the check, so the reference cannot drift from the code
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import types
@@ -18,6 +17,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "configuration.md"
+sys.path.insert(0, str(ROOT / "scripts"))
+import docgen  # noqa: E402
 
 _NAMES = {
     int: "integer",
@@ -142,31 +143,15 @@ def render() -> str:
     return HEADER + "\n".join(rows) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
     """Write the reference, or with ``--check`` compare it to the committed file.
-
-    Parameters
-    ----------
-    argv : list of str, optional
-        Command-line arguments (default: ``sys.argv[1:]``).
 
     Returns
     -------
     int
         The exit status: 0, or 1 when ``--check`` finds the file out of date.
     """
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail when the file is out of date")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if not OUTPUT.exists() or OUTPUT.read_text() != text:
-            print(f"{OUTPUT.relative_to(ROOT)} is out of date: run {__file__}", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT.relative_to(ROOT)}")
-    return 0
+    return docgen.main(str(OUTPUT), lambda _text: render(), __doc__.splitlines()[0], __file__)
 
 
 if __name__ == "__main__":
