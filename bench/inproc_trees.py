@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
-import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -37,20 +35,7 @@ def main() -> int:
     import serve_bench
 
     users, _ = serve_bench.sample_ids(args, n_users=60, n_items=10)
-    sys.path.insert(0, os.path.abspath(args.tree))
-    os.environ.update(
-        RECSYS_DATABASE_URL=args.database_url,
-        RECSYS_REDIS_URL=args.redis_url,
-        RECSYS_MODEL_DIR=os.path.join(args.instance, "models"),
-        RECSYS_PRELOAD_MODELS="true",
-        RECSYS_REDIS_PREFIX=f"inproc-{uuid.uuid4().hex}",
-        RECSYS_ACCESS_LOG="false",
-    )
-    from recsys import create_app
-
-    app = create_app()
-    logging.getLogger().setLevel(logging.WARNING)
-    client = app.test_client()
+    client = serve_bench.tree_client(args, args.tree, "inproc")
     items = [i["item_id"] for i in client.get("/v1/popular?n=50").get_json()["items"]]
     paths = {
         "popular": lambda k: "/v1/popular?n=10",

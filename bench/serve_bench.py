@@ -111,6 +111,43 @@ def prepare(args) -> None:
         subprocess.run([RECSYS, *cmd], env=env, cwd=ROOT, check=True)
 
 
+def tree_client(args, tree: str, label: str):
+    """A Flask test client of the app in source tree ``tree``, on the store ``--prepare`` made
+    (its own Redis prefix, so nothing cached by an earlier run is served; no access log).
+    Used by bench/inproc_trees.py and scripts/compare_answers.py to compare two trees.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        ``database_url``, ``redis_url`` and ``instance``.
+    tree : str
+        The source tree whose ``recsys`` package answers.
+    label : str
+        The start of the Redis prefix.
+
+    Returns
+    -------
+    flask.testing.FlaskClient
+    """
+    import logging
+    import uuid
+
+    sys.path.insert(0, os.path.abspath(tree))
+    os.environ.update(
+        RECSYS_DATABASE_URL=args.database_url,
+        RECSYS_REDIS_URL=args.redis_url,
+        RECSYS_MODEL_DIR=os.path.join(args.instance, "models"),
+        RECSYS_PRELOAD_MODELS="true",
+        RECSYS_REDIS_PREFIX=f"{label}-{uuid.uuid4().hex}",
+        RECSYS_ACCESS_LOG="false",
+    )
+    from recsys import create_app
+
+    app = create_app()
+    logging.getLogger().setLevel(logging.ERROR)
+    return app.test_client()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

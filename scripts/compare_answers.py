@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -36,20 +34,7 @@ def main() -> int:
     import serve_bench  # the store's warm users, as the serving benchmark samples them
 
     users, _ = serve_bench.sample_ids(args, n_users=60, n_items=10)
-    sys.path.insert(0, os.path.abspath(args.tree))
-    os.environ.update(
-        RECSYS_DATABASE_URL=args.database_url,
-        RECSYS_REDIS_URL=args.redis_url,
-        RECSYS_MODEL_DIR=os.path.join(args.instance, "models"),
-        RECSYS_PRELOAD_MODELS="true",
-        RECSYS_REDIS_PREFIX=f"compare-{uuid.uuid4().hex}",  # nothing cached from an earlier run
-        RECSYS_ACCESS_LOG="false",
-    )
-    from recsys import create_app
-
-    app = create_app()
-    logging.getLogger().setLevel(logging.ERROR)
-    client = app.test_client()
+    client = serve_bench.tree_client(args, args.tree, "compare")
     out: dict[str, list] = {}
     for u in users[:40]:
         body = client.get(f"/v1/users/{u}/recommendations?n=10&explain=true").get_json()
