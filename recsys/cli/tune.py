@@ -58,7 +58,6 @@ def tune_store(
     from recsys.models.repository import PROFILE_KIND
     from recsys.offline.training import train_strategies
     from recsys.offline.tuning.search import tune
-
     from recsys.ops import jobs
 
     say = echo or (lambda _msg: None)

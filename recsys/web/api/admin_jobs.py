@@ -32,7 +32,7 @@ from sqlalchemy import text
 
 from recsys.config import get_config
 from recsys.ops import audit, jobs
-from recsys.store import get_engine, session_scope
+from recsys.store import session_scope
 from recsys.web.auth import check_admin
 from recsys.web.errors import RecsysError
 from strategies import STRATEGY_NAMES

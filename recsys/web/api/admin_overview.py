@@ -1,4 +1,4 @@
-"""Admin: how the service is doing, on one page (``GET /v1/admin/overview``, the console's Overview).
+"""Admin: how the service is doing, on one page (``GET /v1/admin/overview``; console Overview).
 
 Cheap on a big store, and computed at most once per ``TTL_S`` per process:
 
