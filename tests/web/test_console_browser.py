@@ -186,7 +186,8 @@ def test_live_charts_draw_from_real_metrics(browser, served_app, shots):  # noqa
         # draws (without it, n samples draw n - 1 points).
         browser.refresh()
         js = (
-            "const c = document.getElementById('charts'), r = document.getElementById('chart-rate');"
+            "const c = document.getElementById('charts');"
+            "const r = document.getElementById('chart-rate');"
             "return c && r ? [Number(c.dataset.samples || 0), Number(r.dataset.points || 0),"
             " Number(c.dataset.history || 0)] : [0, 0, 0]"
         )
@@ -206,7 +207,8 @@ def test_overview_draws_the_store_and_the_runs(browser, served_app, shots):  # n
         browser.find_element(By.ID, "nav-overview").click()
         _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-events canvas"))
         chart = browser.find_element(By.ID, "chart-events")
-        assert chart.get_attribute("data-points") == "30" and chart.get_attribute("data-total") == "24"
+        assert chart.get_attribute("data-points") == "30"
+        assert chart.get_attribute("data-total") == "24"
         assert browser.find_element(By.CSS_SELECTOR, "#tile-events b").text == "24"
         assert browser.find_element(By.ID, "overview-model-ease").is_displayed()
         assert "never recorded" in browser.find_element(By.ID, "last-train").text

@@ -8,7 +8,6 @@ awaited through its job row (``tests.waiting.wait_until``: a hang guard, not a w
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
 
 from tests.clocks import ManualClock
 from tests.servicekit import ADMIN_TOKEN
@@ -115,13 +114,13 @@ def test_recorder_progress_spans_and_outcomes(served_app):
 
 
 def test_cli_runs_are_recorded(served_app):
+    from recsys.cli.main import main
     from recsys.ops import jobs
     from recsys.store import session_scope
 
-    from recsys.cli.main import main
-
     runner = served_app.test_cli_runner()
-    r = runner.invoke(main, args=["train", "popular", "--holdout", "0", "--started-by", "timer:nightly"])
+    args = ["train", "popular", "--holdout", "0", "--started-by", "timer:nightly"]
+    r = runner.invoke(main, args=args)
     assert r.exit_code == 0, r.output
     r = runner.invoke(main, args=["train", "nosuch"])
     assert r.exit_code != 0

@@ -101,7 +101,7 @@ def _models(s) -> list[dict[str, Any]]:
 
 def _traffic() -> dict[str, Any]:
     from recsys.ops import metrics
-    from recsys.web.console.live import snapshot
+    from recsys.ops.livestats import snapshot
 
     snap = snapshot(metrics.exposition()[0].decode())
     hits, misses = snap["cache_hits"], snap["cache_misses"]

@@ -16,7 +16,7 @@ from flask import current_app, render_template, request
 from sqlalchemy import String, cast, func, or_, select
 
 from recsys.store import session_scope
-from recsys.web.console.views import _actor, ui
+from recsys.web.console.views import _actor, _routing_served, ui
 from recsys.web.errors import RecsysError
 
 ITEMS_PAGE = 50
@@ -37,28 +37,6 @@ def _age(seconds: float | None) -> str:
 
 
 # Overview -------------------------------------------------------------------------------------
-def _routing_served() -> dict[str, Any]:
-    """Which routing serves: the learned profile's routes, or hand-set ones (see strategies)."""
-    from recsys.serving.settings_store import get_settings
-
-    settings = get_settings()
-    cfg = settings.config().to_dict()
-    over = settings.overrides().get("routing", {})
-    routes = cfg["routing"].get("routes")
-    if "routes" in over:
-        source = "admin" if over["routes"] else "hand-set (profile routes switched off)"
-    elif routes:
-        source = "profile"
-    else:
-        source = "hand-set"
-    return {
-        "source": source,
-        "profile": cfg.get("profile"),
-        "routes": [r["name"] for r in routes or []],
-        "profile_routes_off": "routes" in over and not over["routes"],
-    }
-
-
 @ui.get("/overview")
 def overview():
     """The Overview screen (HTML fragment): store, traffic, models, profile, runs, routing."""

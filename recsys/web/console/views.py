@@ -151,6 +151,28 @@ def _preview(user_id: str | None, before: dict | None) -> dict | None:
     }
 
 
+def _routing_served() -> dict[str, Any]:
+    """Which routing serves: the learned profile's routes, or hand-set ones (see strategies)."""
+    from recsys.serving.settings_store import get_settings
+
+    settings = get_settings()
+    cfg = settings.config().to_dict()
+    over = settings.overrides().get("routing", {})
+    routes = cfg["routing"].get("routes")
+    if "routes" in over:
+        source = "admin" if over["routes"] else "hand-set (profile routes switched off)"
+    elif routes:
+        source = "profile"
+    else:
+        source = "hand-set"
+    return {
+        "source": source,
+        "profile": cfg.get("profile"),
+        "routes": [r["name"] for r in routes or []],
+        "profile_routes_off": "routes" in over and not over["routes"],
+    }
+
+
 def _strategies_screen(**extra: Any) -> str:
     from recsys.models.profile import active_profile
     from recsys.models.repository import get_repository
@@ -169,8 +191,6 @@ def _strategies_screen(**extra: Any) -> str:
     except Exception as e:  # noqa: BLE001 - shown, not raised: the screen must still render
         profile_error = f"{type(e).__name__}: {e}"
     models = get_repository().active_versions(models_only=True)
-    from recsys.web.console.ops_views import _routing_served
-
     return _fragment(
         "strategies",
         served=_routing_served(),
