@@ -92,8 +92,8 @@ def _budget_seconds(raw: str) -> float:
 
 
 def child_env(app: Flask) -> dict[str, str]:
-    """The environment of a CLI child: this process's, plus every set value of the app's
-    settings as ``RECSYS_*`` (strings as they are, other values as JSON), so the child works
+    """The environment of a CLI child: this process's (less the Prometheus multiprocess folder),
+    plus every set value of the app's settings as ``RECSYS_*`` (strings as they are, other values as JSON), so the child works
     on the same store and model directory whether they came from the environment or from
     ``create_app``'s mapping.
 
@@ -108,6 +108,10 @@ def child_env(app: Flask) -> dict[str, str]:
         The environment.
     """
     env = dict(os.environ)
+    # Not one of the server's workers: its metrics must not join the server's /metrics. The
+    # server's BLAS thread limits are kept, so a retrain does not take every core from serving.
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.pop("prometheus_multiproc_dir", None)
     for key, value in get_config(app).model_dump().items():
         if value is None:
             continue

@@ -6,7 +6,8 @@ unknown experiment) answers 200 too, with the error shown plainly above the scre
 that is what the operator needs to read. Only authentication failures are HTTP errors (401/403,
 JSON as everywhere), which the page turns into its login form.
 
-Over 500 lines with its docstrings; about 370 lines of code.
+The Overview, Jobs and Items screens are in ``ops_views`` (on the same ``ui`` blueprint).
+Over 600 lines with its docstrings; about 450 lines of code.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@
   if (body.dataset.enabled !== "yes") return;
 
   const token = () => sessionStorage.getItem(KEY);
+  let refresher = null;
   const $ = (id) => document.getElementById(id);
 
   function authHeaders() {
@@ -63,6 +64,10 @@
     $("who").textContent = "signed in as " + who.actor;
     htmx.trigger(document.body, "console-ready");
     if (body.dataset.screen === "live") startLive();
+    // The Overview refreshes itself while signed in (not before: it would be refused).
+    if (body.dataset.screen === "overview" && !refresher) {
+      refresher = setInterval(() => { if (token()) htmx.trigger("#overview-screen", "console-refresh"); }, 15000);
+    }
   }
 
   $("login-form").addEventListener("submit", (e) => {
