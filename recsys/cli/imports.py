@@ -81,6 +81,7 @@ def import_online_retail(path: str | None, if_empty: bool, as_json: bool) -> Non
         with get_engine().connect() as conn:
             if has_events(conn):
                 click.echo("the store already has events: skipping the import (--if-empty)")
+                set_result({"skipped": "the store already has events (--if-empty)"})
                 return
     path = path or online_retail.default_path()
     _import(lambda: online_retail.parse(path), as_json)

@@ -178,6 +178,7 @@ def train(
                 click.echo(f"{name}: active version {active[name]} exists, skipped")
         names = [n for n in names if n not in active]
     if not names and tune_opts is None:
+        set_result({"skipped": "nothing to train (--if-missing)"} if if_missing else {})
         if as_json:
             echo_json([])
         elif not if_missing:
