@@ -129,7 +129,12 @@ def main() -> None:
     driver = _driver(args.width, args.height)
 
     def wait(cond, timeout=120):
-        return WebDriverWait(driver, timeout).until(cond)
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        # htmx swaps the polled jobs list every second: a stale element is "not yet".
+        return WebDriverWait(
+            driver, timeout, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(cond)
 
     def shot(name: str) -> None:
         path = os.path.join(args.out, f"console-{name}.png")
@@ -177,8 +182,6 @@ def main() -> None:
         wait(lambda d: d.find_elements(By.ID, "user-view"))
         shot("users")
 
-        if args.demo_changes:
-            created = _demo_experiment(base, args.token, users)
         driver.get(f"{base}/admin/items")
         wait(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.item-row"))
         driver.find_element(By.ID, "items-q").send_keys(args.item_query)
@@ -191,14 +194,14 @@ def main() -> None:
         driver.get(f"{base}/admin/jobs")
         wait(lambda d: d.find_elements(By.ID, "start-train"))
         if args.demo_changes:
-            _retrain_from_console(driver, wait, click)
+            job = _retrain_from_console(driver, wait, click)
             shot("jobs-running")
             wait(
                 lambda d: (
-                    d.find_element(By.CSS_SELECTOR, "tr.job").get_attribute("data-outcome")
+                    d.find_element(By.ID, job).get_attribute("data-outcome")
                     in ("succeeded", "failed")
                 ),
-                600,
+                900,
             )
         shot("jobs")
 
@@ -206,6 +209,8 @@ def main() -> None:
         wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-events canvas"))
         shot("overview")
 
+        if args.demo_changes:
+            created = _demo_experiment(base, args.token, users)
         driver.get(f"{base}/admin/experiments")
         wait(lambda d: d.find_elements(By.ID, "experiment-form"))
         shot("experiments")
@@ -222,21 +227,33 @@ def main() -> None:
             _http("POST", f"{base}/v1/admin/experiments/{name}/stop", args.token)
 
 
-def _retrain_from_console(driver, wait, click) -> None:
+def _retrain_from_console(driver, wait, click) -> str:
     """Tick ``popular`` on the Jobs screen, start the retrain, accept the confirmation, and
-    wait until the list shows it running with some progress."""
+    wait until the list shows the new job running with some progress; returns its row's id."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
+
+    before = {e.get_attribute("id") for e in driver.find_elements(By.CSS_SELECTOR, "tr.job")}
+
+    def new_row(d):
+        rows = d.find_elements(By.CSS_SELECTOR, "tr.job")
+        fresh = [r.get_attribute("id") for r in rows if r.get_attribute("id") not in before]
+        return fresh[0] if fresh else False
 
     click("train-popular")
     click("start-train")
     wait(EC.alert_is_present()).accept()
-    wait(
-        lambda d: (
-            (row := d.find_elements(By.CSS_SELECTOR, "tr.job"))
-            and row[0].get_attribute("data-outcome") != "queued"
+    job = wait(new_row)
+
+    def progressing(d):
+        row = d.find_element(By.ID, job)
+        return row.get_attribute("data-outcome") != "queued" and (
+            float(row.get_attribute("data-progress")) > 0
+            or row.get_attribute("data-outcome") != "running"
         )
-    )
+
+    wait(progressing, 600)
+    return job
 
 
 def _demo_experiment(base: str, token: str, users: list[str]) -> list[str]:

@@ -297,6 +297,13 @@ def _share_success_schema(responses: dict) -> None:
             r["content"] = {"application/json": {"schema": _json_schema(typed[0])}}
 
 
+def _more_responses() -> dict[tuple[str, str], type[Schema]]:
+    """Typed answers declared beside their views (``DOC_RESPONSES`` of those modules)."""
+    from recsys.web.api import admin_jobs, admin_overview
+
+    return {**admin_jobs.DOC_RESPONSES, **admin_overview.DOC_RESPONSES}
+
+
 def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """APIFlask's spec processor: see the module docstring.
 
@@ -357,9 +364,9 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
                     status,
                     {"description": why, "content": {"application/json": {"schema": ERROR_REF}}},
                 )
-            typed = ADMIN_RESPONSES.get((path, method))
+            typed = ADMIN_RESPONSES.get((path, method)) or _more_responses().get((path, method))
             if typed is not None:
-                for status in ("200", "201"):
+                for status in ("200", "201", "202"):
                     if status in op["responses"]:
                         content = op["responses"][status].setdefault("content", {})
                         content["application/json"] = {"schema": _schema(spec, typed)}

@@ -25,7 +25,7 @@ import threading
 from typing import Any
 
 from apiflask import APIBlueprint, Schema
-from apiflask.fields import Integer, List, String
+from apiflask.fields import Boolean, Dict, Float, Integer, List, Nested, String
 from apiflask.validators import Length, OneOf, Range
 from flask import Flask, current_app, g
 from sqlalchemy import text
@@ -75,6 +75,43 @@ class JobsQuery(Schema):
     limit = Integer(load_default=50, validate=Range(1, 500))
 
 
+class JobOut(Schema):
+    """One run, as ``/v1/admin/jobs`` shows it (documentation only)."""
+
+    id = Integer()
+    kind = String(metadata={"description": "train, tune or import"})
+    args = Dict(metadata={"description": "what it was asked to do"})
+    started_by = String(metadata={"description": "cli:<user>, timer:<name> or a console actor"})
+    started_at = String()
+    finished_at = String(allow_none=True)
+    updated_at = String()
+    seconds = Float(metadata={"description": "duration so far, or in all once finished"})
+    progress = Float(metadata={"description": "0..1"})
+    message = String(metadata={"description": "what it is doing now"})
+    outcome = String(metadata={"description": "queued, running, succeeded or failed"})
+    error = String(allow_none=True)
+    result = Dict(allow_none=True, metadata={"description": "versions made, profile, counts"})
+    host = String()
+    pid = Integer(allow_none=True)
+
+
+class JobsOut(Schema):
+    """Answer of ``GET /v1/admin/jobs`` (documentation only)."""
+
+    jobs = List(Nested(JobOut))
+    running = Boolean(metadata={"description": "whether one of them is queued or running"})
+
+
+#: Typed answers for the OpenAPI document (``recsys.web.openapi``).
+DOC_RESPONSES = {
+    ("/v1/admin/jobs", "get"): JobsOut,
+    ("/v1/admin/jobs", "post"): JobOut,
+    ("/v1/admin/jobs/{job_id}", "get"): JobOut,
+}
+#: The largest job id the store can hold (BIGINT): a larger one is simply not there.
+_MAX_ID = 2**63 - 1
+
+
 @bp.before_request
 def _admin_only():
     check_admin()
@@ -93,9 +130,9 @@ def _budget_seconds(raw: str) -> float:
 
 def child_env(app: Flask) -> dict[str, str]:
     """The environment of a CLI child: this process's (less the Prometheus multiprocess folder),
-    plus every set value of the app's settings as ``RECSYS_*`` (strings as they are, other values as JSON), so the child works
-    on the same store and model directory whether they came from the environment or from
-    ``create_app``'s mapping.
+    plus every set value of the app's settings as ``RECSYS_*`` (strings as they are, other
+    values as JSON), so the child works on the same store and model directory whether they
+    came from the environment or from ``create_app``'s mapping.
 
     Parameters
     ----------
@@ -273,7 +310,7 @@ def get_jobs(q: dict):
 def get_job(job_id: int):
     """One run (as in the list); 404 when there is no such job."""
     with session_scope() as s:
-        job = jobs.get(s, job_id)
+        job = jobs.get(s, job_id) if job_id <= _MAX_ID else None
     if job is None:
         raise RecsysError(f"no job {job_id}", 404)
     return job
@@ -282,6 +319,7 @@ def get_job(job_id: int):
 @bp.post("/jobs")
 @bp.input(JobStart, arg_name="body")
 @bp.doc(
+    responses={202: "the job, queued"},
     summary='Start a retrain or re-tune: {"kind": "train", "strategies": ["ease"]}',
     description="Audited (job.start); runs the recsys CLI as a separate process; 409 while "
     "another train or tune job is queued or running. Answers 202 with the queued job; follow "

@@ -20,7 +20,8 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from apiflask import APIBlueprint
+from apiflask import APIBlueprint, Schema
+from apiflask.fields import Dict, Float, List, String
 from flask import current_app
 from sqlalchemy import func, select, text
 
@@ -42,6 +43,22 @@ _lock = threading.Lock()
 _EXT = "recsys.overview"
 #: The cache's clock (tests move it).
 clock = time.monotonic
+
+
+class OverviewOut(Schema):
+    """Answer of ``GET /v1/admin/overview`` (documentation only)."""
+
+    store = Dict(metadata={"description": "users, items, events (estimated?), events per day"})
+    traffic = Dict(metadata={"description": "requests, errors, cache hits, degraded by reason"})
+    models = List(Dict(), metadata={"description": "active versions with their age"})
+    profile = Dict(allow_none=True, metadata={"description": "the active serving profile"})
+    jobs = Dict(metadata={"description": "latest run per kind, runs in progress"})
+    computed_at = String()
+    age_seconds = Float()
+
+
+#: Typed answers for the OpenAPI document (``recsys.web.openapi``).
+DOC_RESPONSES = {("/v1/admin/overview", "get"): OverviewOut}
 
 
 @bp.before_request
