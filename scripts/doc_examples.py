@@ -187,7 +187,7 @@ def ts_examples(root: Path = ROOT) -> list[tuple[str, str]]:
             if block.lang not in ("ts", "typescript"):
                 continue
             text = block.text + "\n"
-            if "createRecsysClient" not in text:
+            if not re.search(r"=\s*createRecsysClient\(", text):
                 text = TS_PRELUDE + TS_CLIENT + text
             elif "import " not in text:
                 text = TS_PRELUDE + text

@@ -1,6 +1,6 @@
 """A live service like the one ``make run`` serves, small enough for a test: the bundled Online
 Retail file's first lines (every customer and item the docs' examples name), real popular,
-content and EASE models, and an active serving profile with learned routes, on real PostgreSQL
+ALS and EASE models, and an active serving profile like the one ``make run`` tunes, on real PostgreSQL
 and Redis, over real HTTP (werkzeug, threaded, on a free port of 127.0.0.1).
 
 Used by tests/test_doc_examples.py (the docs' curl examples) and
@@ -20,13 +20,17 @@ from tests.servicekit import ADMIN_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_LINES = 20_000  # of data/online_retail.csv.gz: December 2010, 17850 and 85123A included
-STRATEGIES = ("popular", "content", "ease")
-# What a tuned profile serves (recsys.offline.tuning.routes): an empty history on popularity,
-# then routes by history length.
+STRATEGIES = ("popular", "als", "ease")
+# The profile `make run` tuned on the bundled data (2026-12-07, 60 s budget): one route for
+# every history length, a weighted blend; an empty history gets the strategies that can score
+# one (popularity).
 PROFILE_ROUTES = [
-    {"name": "h0", "max_history": 0, "weights": {"popular": 1.0}, "blend": None},
-    {"name": "h1-4", "max_history": 4, "weights": {"content": 1.0, "popular": 0.5}},
-    {"name": "h5+", "max_history": None, "weights": {"ease": 1.0, "popular": 0.3}},
+    {
+        "name": "h0+",
+        "max_history": None,
+        "weights": {"als": 1.0, "ease": 1.0, "popular": 1.0},
+        "blend": "weighted",
+    },
 ]
 
 

@@ -1,7 +1,7 @@
 """Every ``curl`` example of the README and docs/ runs against a live service like the one
-``make run`` serves: the bundled Online Retail data (its first lines, which hold every customer
-and item the examples name), real popular, content and EASE models and a serving profile with
-learned routes, on real PostgreSQL and Redis over real HTTP (werkzeug on a free port).
+``make run`` serves (tests/retailkit.py: the bundled Online Retail data's first lines, which
+hold every customer and item the examples name, real models and the tuned profile's route), on
+real PostgreSQL and Redis over real HTTP.
 
 How examples are found and marked: ``scripts/doc_examples.py``. Each document runs in order on
 a fresh store (a document's examples may build on each other: a key created, an item retired).
