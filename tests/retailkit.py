@@ -1,7 +1,7 @@
 """A live service like the one ``make run`` serves, small enough for a test: the bundled Online
 Retail file's first lines (every customer and item the docs' examples name), real popular,
-ALS and EASE models, and an active serving profile like the one ``make run`` tunes, on real PostgreSQL
-and Redis, over real HTTP (werkzeug, threaded, on a free port of 127.0.0.1).
+ALS and EASE models, and an active serving profile like the one ``make run`` tunes, on real
+PostgreSQL and Redis, over real HTTP (werkzeug, threaded, on a free port of 127.0.0.1).
 
 Used by tests/test_doc_examples.py (the docs' curl examples) and
 tests/web/test_storefront_client.py (the TypeScript client's storefront page in Chromium).
