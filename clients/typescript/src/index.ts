@@ -16,7 +16,7 @@ export type RecommendationList =
   paths["/v1/users/{user_id}/recommendations"]["get"]["responses"][200]["content"]["application/json"];
 
 /** One item of a recommendation list. */
-export type RecommendedItem = NonNullable<RecommendationList["items"]>[number];
+export type RecommendedItem = RecommendationList["items"][number];
 
 /** An event as `POST /v1/events` takes it. */
 export type EventIn = Schemas["EventIn"];

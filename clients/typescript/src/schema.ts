@@ -3245,9 +3245,9 @@ export interface components {
             value?: number;
         };
         EventsOut: {
-            duplicates?: number;
-            inserted?: number;
-            received?: number;
+            duplicates: number;
+            inserted: number;
+            received: number;
         };
         ExperimentOut: {
             active?: boolean;
@@ -3299,14 +3299,14 @@ export interface components {
             available?: boolean;
             categories?: string[];
             image_url?: string | null;
-            item_id?: string;
+            item_id: string;
             price?: number | null;
             title?: string;
         };
         ItemListOut: {
-            items?: components["schemas"]["ItemListEntry"][];
+            items: components["schemas"]["ItemListEntry"][];
             /** @description pass as `cursor` for the next page; null: end */
-            next_cursor?: string | null;
+            next_cursor: string | null;
         };
         ItemOut: {
             attributes?: {
@@ -3317,7 +3317,7 @@ export interface components {
             created?: boolean;
             description?: string;
             image_url?: string | null;
-            item_id?: string;
+            item_id: string;
             price?: number | null;
             title?: string;
         };
@@ -3375,9 +3375,9 @@ export interface components {
             };
             categories?: string[];
             image_url?: string | null;
-            item_id?: string;
+            item_id: string;
             price?: number | null;
-            score?: number;
+            score: number;
             /** @description per strategy contribution (with explain=true) */
             sources?: {
                 [key: string]: number;
@@ -3385,22 +3385,22 @@ export interface components {
             title?: string | null;
         };
         RecOut: {
-            cached?: boolean;
+            cached: boolean;
             /** @description a strategy was dropped (error or deadline) */
-            degraded?: boolean;
+            degraded: boolean;
             /** @description experiment and variant, when one applies */
             experiment?: {
                 [key: string]: unknown;
             };
-            items?: components["schemas"]["RecItemOut"][];
-            model_versions?: {
+            items: components["schemas"]["RecItemOut"][];
+            model_versions: {
                 [key: string]: string;
             };
             /** @description with explain=true: the serving profile version in force */
             profile?: string | null;
             /** @description cold | warm, or the learned route's name when a serving profile is active (popular/similar for those lists) */
-            route?: string;
-            user_id?: string | null;
+            route: string;
+            user_id: string | null;
         };
         RoutingOut: {
             after?: {
@@ -3497,7 +3497,7 @@ export interface components {
             /** @description events recorded for the user */
             events?: number;
             updated_at?: string;
-            user_id?: string;
+            user_id: string;
         };
         UserEntry: {
             attributes?: {
@@ -3507,7 +3507,7 @@ export interface components {
             /** @description events recorded for the user */
             events?: number;
             updated_at?: string;
-            user_id?: string;
+            user_id: string;
         };
         UserExperimentsOut: {
             /** @description [{name, variant}] per running experiment (null: out) */
@@ -3526,15 +3526,15 @@ export interface components {
             };
         };
         UserListOut: {
-            next_cursor?: string | null;
-            users?: components["schemas"]["UserEntry"][];
+            next_cursor: string | null;
+            users: components["schemas"]["UserEntry"][];
         };
         UserOut: {
             attributes?: {
                 [key: string]: unknown;
             };
             created?: boolean;
-            user_id?: string;
+            user_id: string;
         };
         VersionIn: {
             version: string;

@@ -51,7 +51,7 @@ async function loadRecommendations(): Promise<void> {
 }
 
 function showList(data: RecommendationList, response: Response): void {
-  render("recs-list", data.items ?? []);
+  render("recs-list", data.items);
   $("recs-route").textContent = `route ${data.route}${data.cached ? ", cached" : ""}`;
   $("recs-page").textContent = `page ${state.offset / PAGE + 1}`;
   ($("recs-prev") as HTMLButtonElement).disabled = state.offset === 0;
@@ -62,7 +62,7 @@ function showList(data: RecommendationList, response: Response): void {
 async function loadPopular(): Promise<void> {
   const { data, error, response } = await api.GET("/v1/popular", { params: { query: { n: PAGE } } });
   if (!data) fail("popular", error, response);
-  render("popular-list", data.items ?? []);
+  render("popular-list", data.items);
 }
 
 async function clicked(itemId: string): Promise<void> {
@@ -77,7 +77,7 @@ async function clicked(itemId: string): Promise<void> {
     });
     if (!similar.data) fail("similar", similar.error, similar.response);
     $("similar-of").textContent = `like ${itemId}`;
-    render("similar-list", similar.data.items ?? []);
+    render("similar-list", similar.data.items);
     await loadRecommendations(); // the click invalidated the user's list: revalidate it
     setStatus("ready");
   } catch (e) {

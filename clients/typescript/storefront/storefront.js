@@ -559,7 +559,7 @@ async function loadRecommendations() {
   showList(data, response);
 }
 function showList(data, response) {
-  render("recs-list", data.items ?? []);
+  render("recs-list", data.items);
   $("recs-route").textContent = `route ${data.route}${data.cached ? ", cached" : ""}`;
   $("recs-page").textContent = `page ${state.offset / PAGE + 1}`;
   $("recs-prev").disabled = state.offset === 0;
@@ -569,7 +569,7 @@ function showList(data, response) {
 async function loadPopular() {
   const { data, error, response } = await api.GET("/v1/popular", { params: { query: { n: PAGE } } });
   if (!data) fail("popular", error, response);
-  render("popular-list", data.items ?? []);
+  render("popular-list", data.items);
 }
 async function clicked(itemId) {
   try {
@@ -583,7 +583,7 @@ async function clicked(itemId) {
     });
     if (!similar.data) fail("similar", similar.error, similar.response);
     $("similar-of").textContent = `like ${itemId}`;
-    render("similar-list", similar.data.items ?? []);
+    render("similar-list", similar.data.items);
     await loadRecommendations();
     setStatus("ready");
   } catch (e) {
