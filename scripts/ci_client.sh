@@ -6,6 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 start=$(date +%s)
+if ! command -v npm >/dev/null 2>&1; then   # Node 18+ and npm (Debian's nodejs and npm)
+  echo "ci_client: installing nodejs and npm from Debian's packages"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+fi
 "$BIN/python" scripts/dump_openapi.py
 "$BIN/python" scripts/doc_examples.py ts --out clients/typescript/build/doc-examples
 cd clients/typescript
@@ -14,7 +20,8 @@ npm run --silent generate
 npm run --silent typecheck
 npm run --silent build:storefront
 cd ../..
-if ! git diff --exit-code -- clients/typescript; then
+if ! git diff --exit-code -- clients/typescript ||
+   [ -n "$(git status --porcelain --untracked-files=all -- clients/typescript)" ]; then
   echo "ci_client: clients/typescript differs from what the served document generates;" \
        "run scripts/ci_client.sh and commit the result" >&2
   exit 1
