@@ -11,6 +11,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
+from recsys.cli.jobs import recorded, set_result
 from recsys.cli.util import echo_json
 from recsys.errors import ModelError
 
@@ -57,25 +58,28 @@ def tune_store(
     from recsys.models.repository import PROFILE_KIND
     from recsys.offline.training import train_strategies
     from recsys.offline.tuning.search import tune
+    from recsys.ops import jobs
 
     say = echo or (lambda _msg: None)
     t0 = time.perf_counter()
-    profile = tune(data, options)
+    with jobs.span(0.0, 0.85):  # a recorded job's progress: the search, then the refit
+        profile = tune(data, options)
     tune_s = time.perf_counter() - t0
     say(f"searched in {tune_s:.0f}s; guard {profile.guard['verdict']}: {profile.guard['reason']}")
     say(profile.summary())
     t1 = time.perf_counter()
     reuse = {s: v for s in profile.strategies() if (v := _fitted_alike(repo, s, profile, data))}
-    results = train_strategies(
-        data,
-        repo,
-        [s for s in profile.strategies() if s not in reuse],
-        params=profile.params,
-        holdout=0.0,
-        activate=False,
-        actor=actor,
-        progress=options.progress,
-    )
+    with jobs.span(0.85, 1.0):
+        results = train_strategies(
+            data,
+            repo,
+            [s for s in profile.strategies() if s not in reuse],
+            params=profile.params,
+            holdout=0.0,
+            activate=False,
+            actor=actor,
+            progress=options.progress,
+        )
     profile.models = {**reuse, **{r.strategy: r.version for r in results}}
     refit_s = time.perf_counter() - t1
     version = save_profile(repo, profile, actor=actor)
@@ -316,6 +320,7 @@ def echo_outcome(out: dict[str, Any]) -> None:
 
 
 @click.command("tune")
+@recorded("tune")
 @with_appcontext
 @click.option("--budget", default="5m", show_default=True, help="Search time (90s, 5m, 1h).")
 @_tune_flags
@@ -353,6 +358,13 @@ def tune_command(
         )
     except (ValueError, ModelError) as e:
         raise click.ClickException(getattr(e, "description", str(e))) from None
+    set_result(
+        {
+            "profile": {k: out[k] for k in ("version", "activated", "previous", "note")},
+            "validation": out["validation"].get("overall"),
+            "models": out["models"],
+        }
+    )
     if as_json:
         echo_json(out)
     else:

@@ -31,6 +31,7 @@ from recsys.errors import ModelError
 from recsys.models.repository import ModelRepository
 from recsys.offline.evaluation.metrics import evaluate_recommendations
 from recsys.offline.evaluation.splits import time_split
+from recsys.ops import jobs
 from strategies.base import Strategy, UserBatch
 
 log = logging.getLogger(__name__)
@@ -200,12 +201,18 @@ def _cutoff_iso(test: InteractionData) -> str | None:
 
 @contextmanager
 def _step(bar: tqdm, timings: dict[str, float], key: str, desc: str) -> Iterator[None]:
-    """Show ``desc``, time the block into ``timings[key]``, then advance the bar."""
+    """Show ``desc``, time the block into ``timings[key]``, then advance the bar (and the
+    recorded job's progress, ``recsys.ops.jobs``, when the run is recorded)."""
     bar.set_description(desc)
+    # A disabled bar counts nothing, so the steps done are counted here.
+    done = bar.__dict__.setdefault("recsys_done", 0)
+    jobs.report(done / max(bar.total or 1, 1), desc, force=True)
     t0 = time.perf_counter()
     yield
     timings[key] = time.perf_counter() - t0
     bar.update()
+    bar.recsys_done = done + 1
+    jobs.report((done + 1) / max(bar.total or 1, 1), desc)
 
 
 def model_dir_error(model_dir: str, e: OSError) -> str:

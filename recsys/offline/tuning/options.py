@@ -218,13 +218,17 @@ class Clock:
         return max(self.budget_s - self.elapsed(), 0.0)
 
     def tick(self, desc: str | None = None) -> None:
-        """Move the progress bar to the elapsed time (no-op without a bar).
+        """Move the progress bar, and a recorded job's progress, to the elapsed time.
 
         Parameters
         ----------
         desc : str or None
             New description for the bar (first 40 characters); None keeps it.
         """
+        from recsys.ops import jobs
+
+        # The recorded job's progress too (recsys.ops.jobs; nothing when none is recorded).
+        jobs.report(self.elapsed() / max(self.budget_s, 1e-9), f"tune: {desc or 'search'}")
         if self.bar is not None and not self.bar.disable:
             if desc:
                 self.bar.set_description(desc[:40])
