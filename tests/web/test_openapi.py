@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+from urllib.parse import urljoin
 
 import pytest
-from openapi_core import OpenAPI
+from openapi_core import Config, OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
 from tests.servicekit import ADMIN_TOKEN
@@ -23,7 +24,9 @@ class SpecClient:
     def __init__(self, client, spec: dict):
         self.client = client
         self.spec = spec
-        self.openapi = OpenAPI.from_dict(spec)
+        # The document's servers are relative to where it is served.
+        config = Config(server_base_url="http://localhost/openapi.json")
+        self.openapi = OpenAPI.from_dict(spec, config=config)
 
     def call(self, method: str, template: str, path_params=None, **kw):
         op = self.spec["paths"][template][method]  # KeyError: not in the document
@@ -149,4 +152,33 @@ def test_docs_page_loads_only_local_assets(served_app):
     refs = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert refs and not [u for u in refs if "://" in u or u.startswith("//")]
     for url in refs:
-        assert client.get(url).status_code == 200, url
+        # Relative to /docs, so that a path prefix added by a proxy is kept.
+        assert not url.startswith("/"), url
+        assert client.get(urljoin("/docs", url)).status_code == 200, url
+
+
+def test_every_operation_has_a_stable_unique_operation_id(api):
+    from recsys.web.openapi import OPERATION_IDS
+
+    ids = {}
+    for path, ops in api.spec["paths"].items():
+        for method, op in ops.items():
+            assert op.get("operationId"), (method, path)
+            assert op["operationId"] == OPERATION_IDS[(path, method)]
+            assert ids.setdefault(op["operationId"], (path, method)) == (path, method)
+    # The table names no operation the document lacks (a renamed path would keep a dead id).
+    assert set(ids) <= set(OPERATION_IDS.values())
+
+
+def test_document_is_the_same_whatever_the_host_or_prefix(served_app):
+    """Relative servers; no request header changes what another client is served."""
+    client = served_app.test_client()
+    first = client.get(
+        "/openapi.json",
+        headers={"Host": "recs.shop.example", "X-Forwarded-Prefix": "/evil"},
+        base_url="http://recs.shop.example/",
+    ).get_json()
+    assert first["servers"] == [{"url": ".", "description": "where this document is served"}]
+    assert client.get("/openapi.json").get_json() == first
+    html = client.get("/docs", base_url="http://127.0.0.1:8000/").get_data(as_text=True)
+    assert "recs.shop.example" not in html and "evil" not in html
