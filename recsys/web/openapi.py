@@ -404,6 +404,8 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
             elif path.startswith("/v1/"):
                 errors["401"] = "an API key is required here (RECSYS_API_KEYS) or invalid"
                 errors["403"] = "the API key lacks the scope this operation needs"
+            if path.startswith("/v1/") or path in ("/healthz", "/readyz", "/metrics"):
+                errors["422"] = "invalid parameters, or an unknown query parameter (named)"
             if path.startswith("/v1/"):
                 errors["503"] = "the database is unreachable (Retry-After)"
             for status, why in errors.items():
@@ -427,11 +429,12 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
             "additionalProperties": _schema(spec, StrategyPatch),
             "minProperties": 1,
         }
-    events = spec.get("paths", {}).get("/v1/events", {}).get("post")
-    if events and "requestBody" in events:
-        content = events["requestBody"]["content"]["application/json"]
-        one = content["schema"]
-        content["schema"] = {"oneOf": [one, {"type": "array", "items": one, "minItems": 1}]}
+    for path in ("/v1/events", "/v1/impressions"):  # one object, or a list of them
+        post = spec.get("paths", {}).get(path, {}).get("post")
+        if post and "requestBody" in post:
+            content = post["requestBody"]["content"]["application/json"]
+            one = content["schema"]
+            content["schema"] = {"oneOf": [one, {"type": "array", "items": one, "minItems": 1}]}
     return spec
 
 
