@@ -180,7 +180,12 @@ class RecsysClient:
         self.last_response: requests.Response | None = None
 
     def close(self) -> None:
-        """Close the session's connections."""
+        """Close the session's connections.
+
+        Returns
+        -------
+        None
+        """
         self.http.close()
 
     def __enter__(self) -> RecsysClient:
@@ -263,7 +268,33 @@ class RecsysClient:
         explain: bool = False,
         priority: Literal["low", "normal", "high"] | None = None,
     ) -> RecList:
-        """``getUserRecommendations``: a user's list (unknown users are cold, not errors)."""
+        """``getUserRecommendations``: a user's list (unknown users are cold, not errors).
+
+        Parameters
+        ----------
+        user_id : str
+            The user.
+        n : int
+            Items wanted (1..100).
+        offset : int
+            Items of the ranked list skipped (0..1000).
+        category : str or None
+            Only items of this category.
+        exclude : Sequence[str] or None
+            Item ids never to return.
+        fields : Sequence[str] or None
+            Item data with each item (title, price, image_url, categories,
+            attributes); None: the default set.
+        explain : bool
+            Add each item's per-strategy ``sources``.
+        priority : str or None
+            ``X-Priority``: low, normal or high.
+
+        Returns
+        -------
+        RecList
+            The list.
+        """
         return self.request(
             "GET",
             f"/v1/users/{_quote(user_id)}/recommendations",
@@ -281,8 +312,31 @@ class RecsysClient:
         fields: Sequence[str] | None = None,
         explain: bool = False,
     ) -> RecList:
-        """``getSessionRecommendations``: a guest's list from their recent items (newest
-        first)."""
+        """``getSessionRecommendations``: a guest's list from their recent items.
+
+        Parameters
+        ----------
+        items : Sequence[str]
+            The guest's recent items, newest first.
+        n : int
+            Items wanted (1..100).
+        offset : int
+            Items of the ranked list skipped (0..1000).
+        category : str or None
+            Only items of this category.
+        exclude : Sequence[str]
+            Item ids never to return.
+        fields : Sequence[str] or None
+            Item data with each item (title, price, image_url, categories,
+            attributes); None: the default set.
+        explain : bool
+            Add each item's per-strategy ``sources``.
+
+        Returns
+        -------
+        RecList
+            The list.
+        """
         body: dict[str, Any] = {
             "items": list(items),
             "n": n,
@@ -306,7 +360,31 @@ class RecsysClient:
         fields: Sequence[str] | None = None,
         explain: bool = False,
     ) -> RecList:
-        """``getSimilarItems``: items like ``item_id``."""
+        """``getSimilarItems``: items like ``item_id``.
+
+        Parameters
+        ----------
+        item_id : str
+            The item.
+        n : int
+            Items wanted (1..100).
+        offset : int
+            Items of the ranked list skipped (0..1000).
+        category : str or None
+            Only items of this category.
+        exclude : Sequence[str] or None
+            Item ids never to return.
+        fields : Sequence[str] or None
+            Item data with each item (title, price, image_url, categories,
+            attributes); None: the default set.
+        explain : bool
+            Add each item's per-strategy ``sources``.
+
+        Returns
+        -------
+        RecList
+            The list.
+        """
         return self.request(
             "GET",
             f"/v1/items/{_quote(item_id)}/similar",
@@ -321,7 +399,27 @@ class RecsysClient:
         user_id: str | None = None,
         fields: Sequence[str] | None = None,
     ) -> RecList:
-        """``getPopularItems``: most popular, without ``user_id``'s items when given."""
+        """``getPopularItems``: the most popular items.
+
+        Parameters
+        ----------
+        n : int
+            Items wanted (1..100).
+        offset : int
+            Items of the ranked list skipped (0..1000).
+        category : str or None
+            Only items of this category.
+        user_id : str or None
+            Leave out every item this user has an event with.
+        fields : Sequence[str] or None
+            Item data with each item (title, price, image_url, categories,
+            attributes); None: the default set.
+
+        Returns
+        -------
+        RecList
+            The list.
+        """
         params = self._list_params(n, offset, category, None, fields, False)
         return self.request("GET", "/v1/popular", {**params, "user_id": user_id})
 
@@ -332,7 +430,25 @@ class RecsysClient:
         category: str | None = None,
         fields: Sequence[str] | None = None,
     ) -> RecList:
-        """``getLatestItems``: the newest available items."""
+        """``getLatestItems``: the newest available items.
+
+        Parameters
+        ----------
+        n : int
+            Items wanted (1..100).
+        offset : int
+            Items of the ranked list skipped (0..1000).
+        category : str or None
+            Only items of this category.
+        fields : Sequence[str] or None
+            Item data with each item (title, price, image_url, categories,
+            attributes); None: the default set.
+
+        Returns
+        -------
+        RecList
+            The list (``score``: unix seconds).
+        """
         return self.request(
             "GET", "/v1/latest", self._list_params(n, offset, category, None, fields, False)
         )
@@ -357,12 +473,34 @@ class RecsysClient:
 
     # -- events and impressions ---------------------------------------------------------------
     def post_events(self, events: Event | Sequence[Event]) -> WriteCounts:
-        """``postEvents``: one event or a list (stored whole or not at all)."""
+        """``postEvents``: one event or a list (stored whole or not at all).
+
+        Parameters
+        ----------
+        events : Event or Sequence[Event]
+            What users did.
+
+        Returns
+        -------
+        WriteCounts
+            Received, inserted, duplicates.
+        """
         body = dict(events) if isinstance(events, Mapping) else [dict(e) for e in events]
         return self.request("POST", "/v1/events", json=body)
 
     def post_impressions(self, shown: Impression | Sequence[Impression]) -> WriteCounts:
-        """``postImpressions``: what was shown (one list, or several)."""
+        """``postImpressions``: what was shown (one list, or several).
+
+        Parameters
+        ----------
+        shown : Impression or Sequence[Impression]
+            The lists shown.
+
+        Returns
+        -------
+        WriteCounts
+            Received, inserted, duplicates (in lists).
+        """
         body = dict(shown) if isinstance(shown, Mapping) else [dict(s) for s in shown]
         return self.request("POST", "/v1/impressions", json=body)
 
@@ -373,7 +511,24 @@ class RecsysClient:
         cursor: str | None = None,
         type: EventType | None = None,  # noqa: A002 - the API's name
     ) -> UserEvents:
-        """``listUserEvents``: one page of a user's events, newest first."""
+        """``listUserEvents``: one page of a user's events, newest first.
+
+        Parameters
+        ----------
+        user_id : str
+            The user.
+        limit : int
+            Events per page (1..500).
+        cursor : str or None
+            The previous page's ``next_cursor``; None: the first page.
+        type : str or None
+            Only this event type.
+
+        Returns
+        -------
+        UserEvents
+            The page and the next cursor.
+        """
         params = {"limit": limit, "cursor": cursor, "type": type}
         return self.request("GET", f"/v1/users/{_quote(user_id)}/events", params)
 
@@ -408,37 +563,133 @@ class RecsysClient:
                 return
 
     def delete_user_event(self, user_id: str, event_id: int) -> EventsDeleted:
-        """``deleteUserEvent``: one event of the user."""
+        """``deleteUserEvent``: one event of the user.
+
+        Parameters
+        ----------
+        user_id : str
+            The user.
+        event_id : int
+            The event, as listed.
+
+        Returns
+        -------
+        EventsDeleted
+            What went.
+        """
         return self.request("DELETE", f"/v1/users/{_quote(user_id)}/events/{int(event_id)}")
 
     def delete_user_item_events(self, user_id: str, item_id: str) -> EventsDeleted:
-        """``deleteUserItemEvents``: forget an item for a user (events and impressions)."""
+        """``deleteUserItemEvents``: forget an item for a user (events and impressions).
+
+        Parameters
+        ----------
+        user_id : str
+            The user.
+        item_id : str
+            The item to forget.
+
+        Returns
+        -------
+        EventsDeleted
+            What went.
+        """
         return self.request("DELETE", f"/v1/users/{_quote(user_id)}/events", {"item_id": item_id})
 
     # -- catalogue ----------------------------------------------------------------------------
     def put_item(self, item_id: str, **fields: Any) -> dict[str, Any]:
-        """``putItem``: create or update an item (title, categories, price, available ...)."""
+        """``putItem``: create or update an item.
+
+        Parameters
+        ----------
+        item_id : str
+            The item.
+        **fields : Any
+            title, description, categories, price, image_url, available, attributes.
+
+        Returns
+        -------
+        dict
+            The item, with ``created``.
+        """
         return self.request("PUT", f"/v1/items/{_quote(item_id)}", json=fields)
 
     def get_item(self, item_id: str) -> dict[str, Any]:
-        """``getItem``: one item."""
+        """``getItem``: one item.
+
+        Parameters
+        ----------
+        item_id : str
+            The item.
+
+        Returns
+        -------
+        dict
+            The item.
+        """
         return self.request("GET", f"/v1/items/{_quote(item_id)}")
 
     def delete_user(self, user_id: str) -> dict[str, Any]:
-        """``deleteUser``: erase a user and their events."""
+        """``deleteUser``: erase a user and their events.
+
+        Parameters
+        ----------
+        user_id : str
+            The user.
+
+        Returns
+        -------
+        dict
+            The user and the number of events erased.
+        """
         return self.request("DELETE", f"/v1/users/{_quote(user_id)}")
 
     # -- experiments (admin token) ------------------------------------------------------------
     def create_experiment(self, experiment: Mapping[str, Any]) -> dict[str, Any]:
-        """``createExperiment``: ``{name, variants: [{name, weight, config}], ...}``."""
+        """``createExperiment`` (admin token).
+
+        Parameters
+        ----------
+        experiment : Mapping[str, Any]
+            ``{name, variants: [{name, weight, config}], ...}``.
+
+        Returns
+        -------
+        dict
+            The experiment.
+        """
         return self.request("POST", "/v1/admin/experiments", json=dict(experiment))
 
     def stop_experiment(self, name: str) -> dict[str, Any]:
-        """``stopExperiment``."""
+        """``stopExperiment`` (admin token).
+
+        Parameters
+        ----------
+        name : str
+            The experiment.
+
+        Returns
+        -------
+        dict
+            The experiment, stopped.
+        """
         return self.request("POST", f"/v1/admin/experiments/{_quote(name)}/stop")
 
     def get_experiment_report(self, name: str, window_hours: float | None = None) -> dict[str, Any]:
-        """``getExperimentReport``: per-variant exposures and rates with 95% intervals."""
+        """``getExperimentReport``: per-variant exposures and rates (admin token).
+
+        Parameters
+        ----------
+        name : str
+            The experiment.
+        window_hours : float or None
+            Hours of events; None: the default window.
+
+        Returns
+        -------
+        dict
+            The report.
+        """
         return self.request(
             "GET",
             f"/v1/admin/experiments/{_quote(name)}/report",
