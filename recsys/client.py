@@ -596,6 +596,23 @@ class RecsysClient:
         """
         return self.request("DELETE", f"/v1/users/{_quote(user_id)}/events", {"item_id": item_id})
 
+    def get_user_neighbors(self, user_id: str, n: int = 10) -> dict[str, Any]:
+        """``getUserNeighbors``: the users whose items overlap this user's most.
+
+        Parameters
+        ----------
+        user_id : str
+            The user.
+        n : int
+            How many (1..100).
+
+        Returns
+        -------
+        dict
+            ``{"user_id", "neighbors": [{"user_id", "score", "shared_items"}]}``.
+        """
+        return self.request("GET", f"/v1/users/{_quote(user_id)}/neighbors", {"n": n})
+
     # -- catalogue ----------------------------------------------------------------------------
     def put_item(self, item_id: str, **fields: Any) -> dict[str, Any]:
         """``putItem``: create or update an item.

@@ -267,6 +267,7 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("/v1/users/{user_id}", "put"): "putUser",
     ("/v1/users/{user_id}", "delete"): "deleteUser",
     ("/v1/users/{user_id}/experiments", "get"): "getUserExperiments",
+    ("/v1/users/{user_id}/neighbors", "get"): "getUserNeighbors",
     ("/v1/admin/strategies", "get"): "getStrategies",
     ("/v1/admin/strategies", "patch"): "patchStrategies",
     ("/v1/admin/strategies/{name}", "delete"): "resetStrategy",

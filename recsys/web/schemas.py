@@ -421,6 +421,27 @@ class EventsDeletedOut(Schema):
     impressions_deleted = Integer()
 
 
+class NeighborsQuery(Schema):
+    """Query of ``GET /v1/users/<id>/neighbors``: how many."""
+
+    n = Integer(load_default=10, validate=Range(1, MAX_N))
+
+
+class NeighborOut(Schema):
+    """One similar user: id, cosine similarity of the two item sets, items in common."""
+
+    user_id = String()
+    score = Float()
+    shared_items = Integer()
+
+
+class NeighborsOut(Schema):
+    """Answer of ``GET /v1/users/<id>/neighbors``: the most similar users first."""
+
+    user_id = String()
+    neighbors = List(Nested(NeighborOut))
+
+
 class ImpressionIn(Schema):
     """One list a storefront showed a user: the ``items`` in the order shown, where
     (``context``), the answer's ``request_id``, when, and an idempotency ``id``."""

@@ -163,3 +163,20 @@ def test_new_endpoints_need_the_right_key(make_app, redis_url, redis_prefix):
     assert r.status_code == 200 and r.get_json()["events"] == []
     r = client.delete("/v1/users/u1/events?item_id=i1", headers={"X-API-Key": "wk"})
     assert r.status_code == 200 and r.get_json()["impressions_deleted"] == 1
+
+
+def test_user_neighbors_by_items_in_common(served_app):
+    client = served_app.test_client()
+    r = client.get("/v1/users/u0/neighbors?n=4")
+    assert r.status_code == 200, r.get_json()
+    got = r.get_json()["neighbors"]
+    assert [(x["user_id"], x["shared_items"]) for x in got] == [
+        ("u1", 3),
+        ("u2", 2),
+        ("u6", 2),
+        ("u3", 1),
+    ]
+    assert got[0]["score"] == pytest.approx(3 / 12**0.5, abs=1e-6)
+    client.put("/v1/users/lonely", json={"attributes": {}})
+    assert client.get("/v1/users/lonely/neighbors").get_json()["neighbors"] == []
+    assert client.get("/v1/users/nobody/neighbors").status_code == 404

@@ -41,6 +41,7 @@ def test_lists(live):
     popular = live.get_popular_items(n=10, user_id="u1")
     assert not {it["item_id"] for it in popular["items"]} & set(BASKETS["u1"])
     assert len(live.get_latest_items(n=2, category="music")["items"]) == 2
+    assert live.get_user_neighbors("u0", n=1)["neighbors"][0]["user_id"] == "u1"
 
 
 def test_writes_paging_and_forgetting(live):

@@ -145,6 +145,7 @@ def test_calls_match_the_document(api):
         "delete", "/v1/users/{user_id}/events", {"user_id": "u1"}, query_string={"item_id": "i2"}
     )
     api.call("get", "/v1/users/{user_id}/events", {"user_id": "nobody"})  # 404
+    api.call("get", "/v1/users/{user_id}/neighbors", {"user_id": "u1"}, query_string={"n": 3})
 
 
 def test_admin_calls_match_the_document(api, served_app):

@@ -7,6 +7,8 @@
   one transaction with an audit row (``events.delete``: who, which user, how many, the event
   ids; not the item, which is what the user asked to be forgotten), then the user's cached
   lists are dropped, so the next list no longer leans on them.
+* ``GET /v1/users/<id>/neighbors``: users whose items overlap this user's most (cosine of the
+  two item sets, from SQL: the user's last ``HISTORY_MAX_EVENTS`` events; dislikes aside).
 * ``POST /v1/impressions``: one row per item shown, with its position, so that "shown but not
   clicked" can be read back (``recsys.store.impressions``). Written like ``POST /v1/events``:
   acknowledged after the commit, idempotent with an ``id``, unknown users created, unknown
@@ -23,7 +25,8 @@ from typing import Any
 
 from apiflask import APIBlueprint
 from flask import current_app
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, desc, func, or_, select
+from sqlalchemy.orm import aliased
 
 from recsys.ops import audit
 from recsys.store import session_scope
@@ -44,6 +47,8 @@ from recsys.web.schemas import (
     EventsOut,
     ForgetItemQuery,
     ImpressionIn,
+    NeighborsOut,
+    NeighborsQuery,
     UserEventsOut,
     UserEventsQuery,
     id_problem,
@@ -269,3 +274,75 @@ def store_impressions(shown: list[dict[str, Any]]) -> dict[str, int]:
     # A list counts as inserted when its first item was (a list is stored whole or not at all).
     inserted = sum(1 for _, pos in stored if pos == 0)
     return {"received": len(shown), "inserted": inserted, "duplicates": len(shown) - inserted}
+
+
+# Users sharing the most items are scored (cosine) among this many, per request.
+NEIGHBOR_CANDIDATES = 200
+
+
+@bp.get("/users/<user_id>/neighbors")
+@require_scope("catalog:write")
+@bp.input(NeighborsQuery, location="query", arg_name="q")
+@bp.output(NeighborsOut)
+@bp.doc(
+    summary="Users most like a user (items in common)",
+    description="The users whose items overlap this user's most: cosine similarity of the two "
+    "item sets (any event type but dislike; this user's last HISTORY_MAX_EVENTS events), "
+    "among the 200 users sharing the most items. 404 for an unknown user; an empty list for a "
+    "user with no events. Other users' ids: with RECSYS_API_KEYS set, a key with scope "
+    "catalog:write.",
+    responses={404: "unknown user"},
+)
+def user_neighbors(user_id: str, q: dict):
+    """Users most like a user (items in common)."""
+    from recsys.config import get_config
+
+    _check_id(user_id)
+    limit = get_config(current_app).history_max_events
+    with session_scope() as s:
+        user = existing_row(s, User, user_id)
+        recent = (
+            select(Event.item_id)
+            .where(Event.user_id == user.id, Event.type != "dislike")
+            .order_by(Event.ts.desc(), Event.id.desc())
+            .limit(limit)
+            .subquery()
+        )
+        mine = len(set(s.scalars(select(recent.c.item_id))))
+        other = aliased(Event)
+        shared = func.count(other.item_id.distinct()).label("shared")
+        top = s.execute(
+            select(other.user_id, shared)
+            .where(
+                other.item_id.in_(select(recent.c.item_id)),
+                other.user_id != user.id,
+                other.type != "dislike",
+            )
+            .group_by(other.user_id)
+            .order_by(desc(shared), other.user_id)
+            .limit(NEIGHBOR_CANDIDATES)
+        ).all()
+        ids = [u for u, _ in top]
+        sizes = dict(
+            s.execute(
+                select(Event.user_id, func.count(Event.item_id.distinct()))
+                .where(Event.user_id.in_(ids), Event.type != "dislike")
+                .group_by(Event.user_id)
+            ).all()
+        )
+        names = dict(s.execute(select(User.id, User.external_id).where(User.id.in_(ids))).all())
+    scored = sorted(
+        (
+            (n / ((mine * sizes[u]) ** 0.5), n, names[u])
+            for u, n in top
+            if sizes.get(u) and u in names
+        ),
+        key=lambda t: (-t[0], -t[1], t[2]),
+    )[: q["n"]]
+    return {
+        "user_id": user_id,
+        "neighbors": [
+            {"user_id": name, "score": round(score, 6), "shared_items": n}
+            for score, n, name in scored
+        ],
+    }
