@@ -78,3 +78,17 @@ def test_similar_items_take_category_offset_and_exclude(served_app):
     assert _ids(client.get("/v1/items/i0/similar?n=2&offset=2")) == full[2:4]
     rest = _ids(client.get(f"/v1/items/i0/similar?n=8&exclude={full[0]},{full[1]}"))
     assert rest[:3] == full[2:5] and full[0] not in rest and full[1] not in rest
+
+
+def test_a_cors_preflight_is_not_refused_the_call_is(make_app):
+    app = make_app(CORS_ORIGINS=["http://shop.example"])
+    client = app.test_client()
+    pre = client.options(
+        "/v1/popular?categroy=x",
+        headers={"Origin": "http://shop.example", "Access-Control-Request-Method": "GET"},
+    )
+    assert pre.status_code in (200, 204)
+    r = client.get("/v1/popular?categroy=x", headers={"Origin": "http://shop.example"})
+    assert (
+        r.status_code == 422 and r.headers["Access-Control-Allow-Origin"] == "http://shop.example"
+    )
