@@ -324,6 +324,20 @@ class Settings(BaseSettings):
         "refused, 422).",
     )
     # -- hardening (README, "Reliability") ------------------------------------------------------
+    strict_params: bool = Field(
+        True,
+        description="Refuse unknown query parameters on every API endpoint (422 naming them: "
+        "a typo such as ?categroy= is an error, not an unfiltered list); false ignores them, "
+        "for lenient clients.",
+    )
+    trusted_proxies: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="Reverse proxies in front of the service whose X-Forwarded-For, -Proto, "
+        "-Host and -Prefix headers are believed (werkzeug ProxyFix; -Prefix sets the path "
+        "prefix of the URLs the service builds). 0 believes none: the headers are ignored.",
+    )
     max_body_bytes: int | None = Field(
         1 << 20,
         ge=0,

@@ -543,10 +543,12 @@ class RecommendationPipeline:
         route, _, body = payload.partition(b"\n")
         return route.decode(), body, snap
 
-    def similar_list(self, item_id: str, n: int, explain: bool) -> tuple[bytes, bool, Snapshot]:
-        """Items similar to ``item_id``. Lists depend only on the item, n and what is served
-        (config, catalogue, models): the serialised answer is kept per process under that key,
-        so a repeat is one lookup.
+    def similar_list(
+        self, item_id: str, n: int, explain: bool, req: RecRequest | None = None
+    ) -> tuple[bytes, bool, Snapshot]:
+        """Items similar to ``item_id``. Lists depend only on the item, the request and what is
+        served (config, catalogue, models): the serialised answer is kept per process under
+        that key, so a repeat is one lookup.
 
         Parameters
         ----------
@@ -556,6 +558,8 @@ class RecommendationPipeline:
             Items asked for.
         explain : bool
             Include explanations.
+        req : RecRequest or None
+            Its ``category``, ``offset`` and ``exclude`` (its ``n`` is not read); None: none.
 
         Returns
         -------
@@ -567,14 +571,18 @@ class RecommendationPipeline:
         NotFound
             An item neither the catalogue nor any model knows.
         """
+        req = req or RecRequest()
         snap = self.snapshot()
-        key = f"{item_id}\x00{n}\x00{int(explain)}\x00{snap.key}"
+        ask = f"{req.category or ''}\x00{req.offset}\x00{','.join(req.exclude)}"
+        key = f"{item_id}\x00{n}\x00{int(explain)}\x00{ask}\x00{snap.key}"
         body = self._similar.mget([key])[0] if self._similar is not None else None
         if body is not None:
             return body, True, snap
         if not self._known_item(snap, item_id):
             raise NotFound(f"unknown item {item_id!r}")
-        result = self.recommender(snap).similar_items(item_id, n=n)
+        result = self.recommender(snap).similar_items(
+            item_id, n=n, category=req.category, offset=req.offset, exclude=req.exclude
+        )
         body = self.render(result, None, explain, degraded=False).partition(b"\n")[2]
         if self._similar is not None and not result.dropped:  # a strategy failed: not kept
             self._similar.set(key, body, _FOREVER_S)
@@ -591,9 +599,15 @@ class RecommendationPipeline:
         return False
 
     def popular_list(
-        self, n: int, category: str | None, offset: int, explain: bool
+        self,
+        n: int,
+        category: str | None,
+        offset: int,
+        explain: bool,
+        user_id: str | None = None,
+        deadline_s: float | None = None,
     ) -> tuple[bytes, Snapshot]:
-        """The popular list (never per user).
+        """The popular list; with ``user_id``, without the items that user has events with.
 
         Parameters
         ----------
@@ -605,6 +619,11 @@ class RecommendationPipeline:
             Items skipped.
         explain : bool
             Include explanations.
+        user_id : str or None
+            Leave out every item of this user's history (its last ``HISTORY_MAX_EVENTS``
+            events, any type). The store down: the list unfiltered, marked degraded.
+        deadline_s : float or None
+            Time budget of that history read; None: none.
 
         Returns
         -------
@@ -612,8 +631,15 @@ class RecommendationPipeline:
             ``(body, snapshot)``.
         """
         snap = self.snapshot()
-        result = self.recommender(snap).popular(n=n, category=category, offset=offset)
-        body = self.render(result, None, explain, degraded=False).partition(b"\n")[2]
+        seen: list[str] = []
+        down = False
+        if user_id is not None:
+            history, down = self._read_history(
+                UserAsk(user_id=user_id, req=RecRequest(deadline_s=deadline_s))
+            )
+            seen = history.items
+        result = self.recommender(snap).popular(n=n, category=category, offset=offset, exclude=seen)
+        body = self.render(result, user_id, explain, degraded=down).partition(b"\n")[2]
         return body, snap
 
 

@@ -337,12 +337,27 @@ class CountQuery(Schema):
     fields = _fields_param()
 
 
-class SimilarQuery(Schema):
-    """Query of ``GET /v1/items/<id>/similar``: ``n``, ``explain`` and the item ``fields``."""
+class PopularQuery(CountQuery):
+    """Query of ``GET /v1/popular``: ``CountQuery`` and ``user_id``, whose items are left out."""
 
-    n = Integer(load_default=10, validate=Range(1, MAX_N))
-    explain = Boolean(load_default=False)
-    fields = _fields_param()
+    user_id = ExternalId(
+        load_default=None,
+        metadata={"description": "leave out every item this user has an event with"},
+    )
+
+
+class SimilarQuery(CountQuery):
+    """Query of ``GET /v1/items/<id>/similar``: ``CountQuery`` and ``exclude``."""
+
+    exclude = Text(
+        load_default=None,
+        metadata={"description": "comma-separated item ids never to return"},
+        validate=Length(max=20_000),
+    )
+
+
+class LatestQuery(CountQuery):
+    """Query of ``GET /v1/latest``: page, ``category``, ``explain`` (no effect) and ``fields``."""
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -358,6 +373,104 @@ class EventIn(Schema):
     id = Text(
         load_default=None,
         validate=Length(1, 190),
+        metadata={"description": "idempotency key: re-sending the same id inserts nothing"},
+    )
+
+
+class UserEventsQuery(Schema):
+    """Query of ``GET /v1/users/<id>/events``: page size, ``cursor`` and an event ``type``."""
+
+    limit = Integer(load_default=50, validate=Range(1, 500))
+    cursor = Text(
+        load_default=None,
+        validate=Length(1, 400),
+        metadata={"description": "`next_cursor` of the previous page"},
+    )
+    type = String(load_default=None, validate=OneOf(EVENT_TYPES))
+
+
+class UserEventOut(Schema):
+    """One event of a user: its id (for ``DELETE``), item, type, value and time (UTC)."""
+
+    event_id = Integer()
+    item_id = String()
+    type = String()
+    value = Float()
+    timestamp = String(metadata={"description": "ISO 8601, UTC"})
+
+
+class UserEventsOut(Schema):
+    """Answer of ``GET /v1/users/<id>/events``: a page, newest first, and the next cursor."""
+
+    user_id = String()
+    events = List(Nested(UserEventOut))
+    next_cursor = String(
+        allow_none=True, metadata={"description": "pass as `cursor` for the next page; null: end"}
+    )
+
+
+class ForgetItemQuery(Schema):
+    """Query of ``DELETE /v1/users/<id>/events``: the item whose events go."""
+
+    item_id = ExternalId(required=True)
+
+
+class EventsDeletedOut(Schema):
+    """Answer of the event deletions: what went (and that the user's cached lists went too)."""
+
+    user_id = String()
+    item_id = String(allow_none=True)
+    event_id = Integer(allow_none=True)
+    events_deleted = Integer()
+    impressions_deleted = Integer()
+
+
+class NeighborsQuery(Schema):
+    """Query of ``GET /v1/users/<id>/neighbors``: how many."""
+
+    n = Integer(load_default=10, validate=Range(1, MAX_N))
+
+
+class NeighborOut(Schema):
+    """One similar user: id, cosine similarity of the two item sets, items in common."""
+
+    user_id = String()
+    score = Float()
+    shared_items = Integer()
+
+
+class NeighborsOut(Schema):
+    """Answer of ``GET /v1/users/<id>/neighbors``: the most similar users first."""
+
+    user_id = String()
+    neighbors = List(Nested(NeighborOut))
+
+
+class ImpressionIn(Schema):
+    """One list a storefront showed a user: the ``items`` in the order shown, where
+    (``context``), the answer's ``request_id``, when, and an idempotency ``id``."""
+
+    user_id = ExternalId(required=True)
+    items = List(
+        ExternalId(),
+        required=True,
+        validate=Length(1, MAX_SESSION_ITEMS),
+        metadata={"description": "item ids in the order shown (position 0 first)"},
+    )
+    context = Text(
+        load_default="",
+        validate=Length(max=64),
+        metadata={"description": "where the list was shown: home, cart, item page ..."},
+    )
+    request_id = Text(
+        load_default=None,
+        validate=Length(1, 128),
+        metadata={"description": "X-Request-ID of the answer that produced the list"},
+    )
+    timestamp = Timestamp(load_default=None)
+    id = Text(
+        load_default=None,
+        validate=Length(1, 180),
         metadata={"description": "idempotency key: re-sending the same id inserts nothing"},
     )
 
@@ -533,3 +646,22 @@ class RoutingPatch(Schema):
     def _not_empty(self, data, **kwargs):
         if not data:
             raise ValidationError("give at least one routing setting")
+
+
+class ResetQuery(Schema):
+    """Query of ``DELETE /v1/admin/strategies/<name>``: the ``field``\\ s to reset (repeat it;
+    absent: all)."""
+
+    field = List(
+        String(validate=OneOf(["enabled", "weight"])),
+        metadata={"description": "enabled or weight; repeat for both; absent: every field"},
+    )
+
+
+class ReportQuery(Schema):
+    """Query of ``GET /v1/admin/experiments/<name>/report``: the window in hours."""
+
+    window_hours = Float(
+        validate=Range(0, 87_600, min_inclusive=False),
+        metadata={"description": "hours of events to report on (default: the experiments' window)"},
+    )
