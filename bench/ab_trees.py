@@ -33,17 +33,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
+import floors  # noqa: E402
 import serve_bench as sb  # noqa: E402
 
-BARE_APP = """
-from flask import Flask, jsonify
-app = Flask(__name__)
-
-
-@app.get("/healthz")
-def healthz():
-    return jsonify(status="ok")
-"""
+BARE_APP = floors.BARE_APP
 
 
 def start(
