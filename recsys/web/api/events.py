@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from recsys.config import get_config
 from recsys.ops import metrics
 from recsys.serving.cache import get_cache
+from recsys.serving.refresh import Job, get_refresher
 from recsys.serving.settings_store import get_settings
 from recsys.store import session_scope
 from recsys.store.db import dialect_insert
@@ -189,10 +190,16 @@ def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
         metrics.EVENTS_INGESTED.labels(etype).inc(n)
     # Durable now. Invalidate after the commit so no reader can cache the pre-event history
     # under the new token.
-    if not get_cache(app).invalidate_users({e["user_id"] for e in events}):
+    refresher = get_refresher(app)
+    asks: list | None = [] if refresher is not None else None
+    if not get_cache(app).invalidate_users({e["user_id"] for e in events}, asks):
         get_settings(app).bump_version(
             "events arrived while the cache was unreachable", CACHE_EPOCH
         )
+    if refresher is not None and asks:
+        # Refresh-ahead: their lists are recomputed in the background, so the next read is a
+        # hit (recsys.serving.refresh); the tokens were set after the commit.
+        refresher.schedule([Job(*a) for a in asks])
     return {"received": len(events), "inserted": inserted, "duplicates": len(events) - inserted}
 
 
