@@ -583,8 +583,9 @@ def update_config(app: Flask, **changes: Any) -> Settings:
 
     Only the values read per request take effect at once (``FAST_CACHE_PATH``,
     ``FAST_MISS_PATH``, ``STRATEGY_PARALLEL``, ``DEADLINE_MS``, ``SCORING_SLOTS``,
-    ``ACCESS_LOG``, ``REFRESH_AHEAD``, ...); a value read when a component is built (``CACHE_TTL`` by the cache,
-    the database timeouts by the engine) applies to what is built after the change.
+    ``ACCESS_LOG``, ``REFRESH_AHEAD``, ...); a value read when a component is built
+    (``CACHE_TTL`` by the cache, the database timeouts by the engine) applies to what is built
+    after the change.
 
     Parameters
     ----------
