@@ -360,10 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, specs in scenarios:
             m = re.search(r"uncached, (\d+) client", name)
             conc = int(m.group(1)) if m else args.concurrency
-            cpu0, svc0 = worker_cpu(master), service_cpu()
+            cpu0, svc0 = worker_cpu(master), service_cpu(args.database_url)
             st0 = stage_totals(base) if m else {}
             r = drive(base, specs, conc, args.duration, run_id)
-            cpu1, svc1 = worker_cpu(master), service_cpu()
+            cpu1, svc1 = worker_cpu(master), service_cpu(args.database_url)
             if m:
                 r["stages"] = stage_breakdown(st0, stage_totals(base), r["requests"])
             r["split"] = cpu_split(cpu0, cpu1)

@@ -39,8 +39,8 @@ def bench_env(args) -> dict[str, str]:
         RECSYS_PRELOAD_MODELS="true",
         RECSYS_ADMIN_TOKEN=args.admin_token,
         RECSYS_NEAR_CACHE_TTL=str(args.near_cache_ttl),
-        # This tree's code, not the one the venv's editable install points at.
-        PYTHONPATH=ROOT,
+        # This tree's code (or --tree's), not the one the venv's editable install points at.
+        PYTHONPATH=getattr(args, "tree", None) or ROOT,
     )
     for name, value in getattr(args, "server_env", None) or ():
         env[name] = value
@@ -133,7 +133,7 @@ def start_server(args, port: int) -> subprocess.Popen:
     return subprocess.Popen(
         [RECSYS, "serve", "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
         env=bench_env(args),
-        cwd=ROOT,
+        cwd=getattr(args, "tree", None) or ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -315,18 +315,32 @@ def worker_cpu(master: int | None) -> dict[int, float]:
         return {}
 
 
-def service_cpu() -> dict[str, float]:
-    """CPU seconds so far of every PostgreSQL and Redis server process on this host (they share
-    the box with the server, so their cost per request is part of the picture)."""
+def service_cpu(database_url: str | None = None) -> dict[str, float]:
+    """CPU seconds so far of the PostgreSQL and Redis server processes on this host (they share
+    the box with the server, so their cost per request is part of the picture).
+
+    With ``database_url``, only the PostgreSQL backends connected to its database count (on a
+    shared machine other databases' work is not ours; the server's own background processes,
+    WAL writer and checkpointer, are left out then). Redis is one process for every user of it:
+    all of its CPU counts."""
+    database = None
+    if database_url:
+        database = database_url.rsplit("/", 1)[-1].split("?")[0]
     out = {"postgres": 0.0, "redis": 0.0}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             comm, seconds = proc_cpu(pid)
+            kind = (
+                "postgres" if comm.startswith("postgres") else "redis" if "redis" in comm else None
+            )
+            if kind == "postgres" and database:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f" {database} ".encode() not in f.read().replace(b"\0", b" "):
+                        continue
         except OSError:
             continue
-        kind = "postgres" if comm.startswith("postgres") else "redis" if "redis" in comm else None
         if kind:
             out[kind] += seconds
     return out

@@ -213,7 +213,7 @@ def run_load(base: str, master: int | None, users, n: int, args, seed: int) -> d
     out = ctx.Queue()
     parts = [users[k::procs_n] for k in range(procs_n)]
     sizes = [n // procs_n + (k < n % procs_n) for k in range(procs_n)]
-    w0, s0, t0 = worker_cpu(master), service_cpu(), time.monotonic()
+    w0, s0, t0 = worker_cpu(master), service_cpu(args.database_url), time.monotonic()
     procs = [
         ctx.Process(
             target=client_process,
@@ -227,7 +227,7 @@ def run_load(base: str, master: int | None, users, n: int, args, seed: int) -> d
     for p in procs:
         p.join()
     wall = time.monotonic() - t0
-    w1, s1 = worker_cpu(master), service_cpu()
+    w1, s1 = worker_cpu(master), service_cpu(args.database_url)
     lat = sorted(x for g in got for x in g["lat"])
     fresh = [x for g in got for x in g["fresh"]]
     late = [ok for age, ok in fresh if age > FRESH_AFTER_S]
@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instance", default=os.path.join(ROOT, "instance", "bench"))
     p.add_argument("--prepare", action="store_true", help="create/import/train, then exit")
     p.add_argument("--url", default=None, help="a running server instead of starting one")
+    p.add_argument(
+        "--tree", default=ROOT, help="the source tree the server runs (default: this one)"
+    )
     p.add_argument("--server-pid", type=int, default=None, help="its gunicorn master (CPU)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=4)
@@ -332,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.dataset}: {len(users)} shoppers; think time exponential, mean "
             f"{args.think_ms:.0f} ms; event -> next list uniform 0-{args.gap_ms:.0f} ms; "
             f"{args.steps:g} events per session on average; {args.duration:.0f} s per load; "
+            f"tree {args.tree}; "
             f"server env {dict(args.server_env) or '-'}",
             flush=True,
         )
