@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import floors  # noqa: E402
-import serve_bench as sb  # noqa: E402
+import loadgen  # noqa: E402
+import servekit as sb  # noqa: E402
 
 BARE_APP = floors.BARE_APP
 
@@ -141,7 +143,7 @@ def main() -> int:
     args.model_dir = os.path.join(args.instance, "models")
     args.workers, args.threads, args.near_cache_ttl = 2, 4, 0.0
     args.admin_token = "bench-admin-token"
-    drive = sb.run_wrk if args.tool != "python" and sb.shutil.which("wrk") else sb.run_python
+    drive = loadgen.run_wrk if args.tool != "python" and shutil.which("wrk") else loadgen.run_python
     users, items = sb.sample_ids(args, n_users=200, n_items=300)
     wanted = args.scenarios.split(",")
     specs = [(n, sp) for n, sp in scenarios(users, items) if n in wanted]
@@ -149,6 +151,16 @@ def main() -> int:
     got: dict[str, dict[str, list]] = {"A": {}, "B": {}, "ref": {}}
     print(sb.machine(), flush=True)
     refs = floors.FloorServers(2, 4, args.instance, args.cornac_venv, args.ml100k).__enter__()
+    try:
+        rounds(args, drive, specs, trees, refs, got)
+    finally:
+        refs.__exit__(None, None, None)
+    report(args, specs, trees, got)
+    return 0
+
+
+def rounds(args, drive, specs, trees, refs, got) -> None:
+    """``args.rounds`` alternating rounds: the floors, then A and B (B first in even rounds)."""
     for k in range(args.rounds):
         run_id = f"ab{int(time.time())}r{k}"
         for name, base, sp in refs.scenarios:
@@ -166,7 +178,9 @@ def main() -> int:
                 flush=True,
             )
 
-    refs.__exit__(None, None, None)
+
+def report(args, specs, trees, got) -> None:
+    """The Markdown table of medians, with each round's figures and the ratios."""
 
     def med(rs, key):
         return statistics.median(r[key] for r in rs)

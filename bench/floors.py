@@ -148,6 +148,13 @@ class FloorServers:
         self.scenarios: list[tuple[str, str, list]] = []
 
     def __enter__(self) -> FloorServers:
+        try:
+            return self._start()
+        except BaseException:
+            self.__exit__(None, None, None)  # no server left behind
+            raise
+
+    def _start(self) -> FloorServers:
         from servekit import free_port
 
         port = free_port()

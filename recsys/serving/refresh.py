@@ -11,9 +11,10 @@ the shopper waits. With it (``REFRESH_AHEAD``, on by default):
    remembered requests, in one round trip (``ResultCache.invalidate_users(..., asks=)``), and
    hands ``(user, new token, request)`` to this process's ``Refresher``.
 3. The refresher's thread takes up to ``REFRESH_BATCH_MAX`` users (waiting up to
-   ``REFRESH_WINDOW_MS`` for more), reads each history from SQL (after the commit: it has the
-   event), scores them in one ``Recommender.recommend_batch`` call and stores every list in one
-   round trip (``ResultCache.store_entries``), each tagged with the token its event set.
+   ``REFRESH_WINDOW_MS`` for more), reads their histories from SQL in one statement
+   (``history.load_many``; after the commit: they have the event), scores them in one
+   ``Recommender.recommend_batch`` call and stores every list in one round trip
+   (``ResultCache.store_entries``), each tagged with the token its event set.
 
 Freshness is unchanged by it (docs/freshness.md): a refreshed entry is tagged with the token
 its event set after the commit, and its history is read after that, so it has the event; if
@@ -38,6 +39,8 @@ from typing import NamedTuple
 from flask import Flask
 
 from recsys.config import get_config
+from recsys.errors import DB_UNAVAILABLE
+from recsys.serving.history import get_history_reader, load_many
 
 log = logging.getLogger(__name__)
 EXTENSION = "recsys.refresher"
@@ -195,9 +198,10 @@ class Refresher:
 def refresh_lists(pipeline, jobs: list[Job]) -> int:
     """Recompute and store the lists of ``jobs`` (the refresher's ``compute``).
 
-    One snapshot; each history from SQL; one ``Recommender.recommend_batch`` per group of
-    requests scored alike; one round trip to store. Users in an experiment, with a degraded
-    answer or whose history cannot be read are skipped (their next read computes).
+    One snapshot; the histories from SQL in one statement; one ``Recommender.recommend_batch``
+    per group of requests scored alike; one round trip to store. Users in an experiment or with
+    a degraded answer are skipped, and the whole batch when the histories cannot be read
+    (their next read computes).
 
     Parameters
     ----------
@@ -212,21 +216,32 @@ def refresh_lists(pipeline, jobs: list[Job]) -> int:
         Lists stored.
     """
     from recsys.core.types import RecRequest
-    from recsys.serving.request import UserAsk
 
     with pipeline.app.app_context():
         snap = pipeline.snapshot()
         cps = snap.config.candidates_per_strategy
-        groups: dict[int, list] = {}
+        todo = []
         for job in jobs:
             a = parse_ask(job.ask)
-            if a is None or pipeline.resolve_assignment(job.user_id) is not None:
-                continue
+            if a is not None and pipeline.resolve_assignment(job.user_id) is None:
+                todo.append((job, a))
+        if not todo:
+            return 0
+        limit = get_config(pipeline.app).history_max_events
+        try:
+            histories = load_many(
+                get_history_reader(pipeline.app), [j.user_id for j, _ in todo], limit
+            )
+        except DB_UNAVAILABLE as e:  # the reads that follow compute (and degrade) themselves
+            log.warning("refresh-ahead: history read failed: %s", (str(e).splitlines() or [""])[0])
+            return 0
+        groups: dict[int, list] = {}
+        for job, a in todo:
             req = RecRequest(n=a["n"], offset=a["o"], category=a["c"], exclude=a["x"])
-            history, down = pipeline._read_history(UserAsk(job.user_id, req, explain=a["e"]))
-            if not down:
-                # Scored together only when scored alike (as ScoringGate.combine groups).
-                groups.setdefault(max(cps, req.n + req.offset), []).append((job, req, a, history))
+            # Scored together only when scored alike (as ScoringGate.combine groups).
+            groups.setdefault(max(cps, req.n + req.offset), []).append(
+                (job, req, a, histories[job.user_id])
+            )
         entries = []
         rec = pipeline.recommender(snap)
         for todo in groups.values():

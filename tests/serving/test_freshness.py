@@ -114,3 +114,17 @@ def test_an_entry_under_an_older_token_is_never_served(served_app):
     new_token = cache.backend.mget([cache.token_key("u6")])[0]
     assert cache.store_entries([("u6", context, new_token, b"warm\n{}")])
     assert cache.peek_raw("u6", context) == b"warm\n{}"
+
+
+def test_many_histories_in_one_statement_are_each_users_history(served_app):
+    from recsys.serving.history import get_history_reader, load_many
+
+    reader = get_history_reader(served_app)
+    users = ["u6", "nobody", "u1", "u6x", "u2"]
+    many = load_many(reader, users, limit=4)
+    assert list(many) == users
+    for u in users:
+        one = reader.load(u, 4)
+        assert many[u].items == one.items and many[u].types == one.types, u
+        assert many[u].values == one.values and many[u].ts == one.ts, u
+    assert many["u6"].items and not many["nobody"].items
