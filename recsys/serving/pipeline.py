@@ -38,6 +38,7 @@ from recsys.serving.cache import LocalBackend, Peek, ResultCache
 from recsys.serving.catalog import CatalogStore
 from recsys.serving.gate import scoring_gate
 from recsys.serving.history import get_history_reader
+from recsys.serving.refresh import EXTENSION as REFRESHER
 from recsys.serving.refresh import ask_bytes, make_refresher
 from recsys.serving.request import Snapshot, UserAnswer, UserAsk, mark_cached
 from recsys.serving.settings_store import SettingsStore
@@ -277,6 +278,10 @@ class RecommendationPipeline:
                     else None
                 )
                 timed("cache_store", self.cache.store, looked, payload if keep else None, remember)
+                if remember is not None and looked.peek is not None:
+                    refresher = self.app.extensions.get(REFRESHER)
+                    if refresher is not None:  # its queued refresh of this list is now done
+                        refresher.discard(ask.user_id, looked.peek.token)
         route, _, body = payload.partition(b"\n")
         if cached:
             body = mark_cached(body)

@@ -124,7 +124,7 @@ class Refresher:
         self._busy = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
-        self.scheduled = self.batches = self.failed = 0
+        self.scheduled = self.batches = self.failed = self.discarded = 0
 
     def schedule(self, jobs: list[Job]) -> None:
         """Queue ``jobs`` (returns at once).
@@ -153,6 +153,30 @@ class Refresher:
                 self._thread = threading.Thread(target=self._run, name="refresh-ahead", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
+
+    def discard(self, user_id: str, token: bytes | None) -> None:
+        """Drop ``user_id``'s queued job if it is for ``token``: a read has just computed and
+        stored that very list (a miss that came before the refresh), so it would be computed
+        twice.
+
+        Parameters
+        ----------
+        user_id : str
+            The user.
+        token : bytes or None
+            The history token the read computed under.
+
+        Returns
+        -------
+        None
+        """
+        if token is None or not self._pending:
+            return
+        with self._cond:
+            job = self._pending.get(user_id)
+            if job is not None and job.token == token:
+                del self._pending[user_id]
+                self.discarded += 1
 
     def _take(self) -> list[Job]:
         with self._cond:
