@@ -8,6 +8,8 @@
     .venv/bin/python bench/serve_bench.py --cached-only 3
     # against a server you started yourself (no memory figures unless --server-pid is given)
     .venv/bin/python bench/serve_bench.py --url http://127.0.0.1:8000
+    # with cornac.serving beside it (a venv outside the repo: bench/floors.py)
+    .venv/bin/python bench/serve_bench.py --cached-only 3 --cornac-venv /tmp/cornac-venv
 
 Scenarios (each a bounded, self-stopping run of --duration seconds at --concurrency clients):
 /healthz (the floor), cached recommendations (warm users whose result is already cached),
@@ -18,6 +20,14 @@ and 100 per request. Then the deep model's micro-batching versus unbatched scori
 concurrent callers (in this process, on the served model version, one torch thread like a
 worker), and memory: RSS and PSS (``/proc/<pid>/smaps_rollup``) of the master and each worker
 with every model loaded. Prints a Markdown table for the README.
+
+Fixed references, measured in the same run (``bench/floors.py``): a bare Flask app answering a
+constant JSON under the same gunicorn worker and thread counts, at the start and at the end,
+and with ``--cornac-venv`` cornac.serving's recommend and its 400 floor; our paths are also
+reported as ratios to them, so a falling floor does not hide behind a ratio to our own
+``/healthz``. Before/after comparisons of two source trees: ``bench/ab_trees.py``; the
+read-after-write path of a shop: ``bench/storefront.py``. The pieces: ``servekit`` (set-up,
+server, /proc), ``loadgen`` (wrk or Python), ``deep_batching``, ``floors``.
 
 The load generator is ``wrk`` when installed (C, so the client steals little CPU from the
 server on a small box); otherwise Python threads with keep-alive ``http.client`` connections.
