@@ -112,6 +112,12 @@ class Shopper:
         self.lat: list[float] = []
         self.fresh: list[tuple[float, bool]] = []  # (seconds since the ack, fresh)
         self.recs = self.events = self.cached = self.errors = 0
+        self.failures: dict[str, int] = {}  # "GET 503" -> count (status 0: no answer)
+
+    def failed(self, method: str, status: int) -> None:
+        self.errors += 1
+        key = f"{method} {status}"
+        self.failures[key] = self.failures.get(key, 0) + 1
 
     def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -141,7 +147,7 @@ class Shopper:
                 status, body = self.call("GET", REC.format(u=user))
                 dt = time.perf_counter() - t0
                 if status != 200:
-                    self.errors += 1
+                    self.failed("GET", status)
                     shown = []
                 else:
                     self.recs += 1
@@ -163,7 +169,7 @@ class Shopper:
                 event = {"id": uuid.uuid4().hex, "user_id": user, "item_id": item, "type": kind}
                 status, _ = self.call("POST", "/v1/events", json.dumps(event).encode())
                 if status not in (200, 201):
-                    self.errors += 1
+                    self.failed("POST", status)
                     continue
                 self.events += 1
                 if kind == "purchase":
@@ -195,6 +201,7 @@ def client_process(base, users, cfg, threads, duration, seed, out) -> None:
             "events": sum(s.events for s in shops),
             "cached": sum(s.cached for s in shops),
             "errors": sum(s.errors for s in shops),
+            "failures": [f for s in shops for f in s.failures.items()],
             "client_cpu": time.process_time() - cpu0,
         }
     )
@@ -250,11 +257,19 @@ def run_load(base: str, master: int | None, users, n: int, args, seed: int) -> d
         "fresh_early": (sum(early) / len(early)) if early else float("nan"),
         "n_early": len(early),
         "errors": sum(g["errors"] for g in got),
+        "failures": _merge([f for g in got for f in g["failures"]]),
         "worker_busy": workers / wall / os.cpu_count(),
         "cpu_per_k": (workers + pg + redis) * per_k,
         "cpu_split": f"{workers * per_k:.2f}/{pg * per_k:.2f}/{redis * per_k:.2f}",
         "client_cpu_s": sum(g["client_cpu"] for g in got) / wall,
     }
+
+
+def _merge(pairs: list) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for k, v in pairs:
+        out[k] = out.get(k, 0) + v
+    return out
 
 
 def row(r: dict) -> str:
@@ -263,7 +278,9 @@ def row(r: dict) -> str:
         f"| {r['shoppers']} | {r['rec_s']:.0f} | {r['events_s']:.0f} | {r['p50']:.1f} | "
         f"{r['p99']:.1f} | {r['p999']:.1f} | {r['cached']:.0%} | "
         f"{r['fresh_late']:.1%} ({r['n_late']}) | {r['fresh_early']:.1%} ({r['n_early']}) | "
-        f"{r['worker_busy']:.0%} | {r['cpu_per_k']:.2f} ({r['cpu_split']}) | {r['errors']} |"
+        f"{r['worker_busy']:.0%} | {r['cpu_per_k']:.2f} ({r['cpu_split']}) | {r['errors']}"
+        + (f" {r['failures']}" if r["failures"] else "")
+        + " |"
     )
 
 
