@@ -178,6 +178,26 @@ class Settings(BaseSettings):
         ge=0,
         description="Entries of each worker's near cache (least recently used dropped first).",
     )
+    refresh_ahead: bool = Field(
+        True,
+        description="Refresh-ahead (recsys.serving.refresh): an event for a user who asked for "
+        "a list within CACHE_TTL recomputes that list in the background of the worker that "
+        "took the event, batched across users, so the next read is a cache hit. Off: the next "
+        "read computes it. Needs a shared cache (Redis).",
+    )
+    refresh_batch_max: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Most users one refresh-ahead batch scores together.",
+    )
+    refresh_window_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="Milliseconds refresh-ahead waits for more users before scoring a batch "
+        "that is not full.",
+    )
     similar_cache_size: int = Field(
         20_000,
         ge=0,
@@ -577,8 +597,9 @@ def update_config(app: Flask, **changes: Any) -> Settings:
 
     Only the values read per request take effect at once (``FAST_CACHE_PATH``,
     ``FAST_MISS_PATH``, ``STRATEGY_PARALLEL``, ``DEADLINE_MS``, ``SCORING_SLOTS``,
-    ``ACCESS_LOG``, ...); a value read when a component is built (``CACHE_TTL`` by the cache,
-    the database timeouts by the engine) applies to what is built after the change.
+    ``ACCESS_LOG``, ``REFRESH_AHEAD``, ...); a value read when a component is built
+    (``CACHE_TTL`` by the cache, the database timeouts by the engine) applies to what is built
+    after the change.
 
     Parameters
     ----------

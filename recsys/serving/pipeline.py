@@ -38,6 +38,8 @@ from recsys.serving.cache import LocalBackend, Peek, ResultCache
 from recsys.serving.catalog import CatalogStore
 from recsys.serving.gate import scoring_gate
 from recsys.serving.history import get_history_reader
+from recsys.serving.refresh import EXTENSION as REFRESHER
+from recsys.serving.refresh import ask_bytes, make_refresher
 from recsys.serving.request import Snapshot, UserAnswer, UserAsk, mark_cached
 from recsys.serving.settings_store import SettingsStore
 from recsys.serving.stages import record_stage, timed
@@ -269,7 +271,17 @@ class RecommendationPipeline:
                 except BaseException:
                     self.cache.release(looked)
                     raise
-                timed("cache_store", self.cache.store, looked, payload if keep else None)
+                r = ask.req
+                remember = (  # for refresh-ahead (recsys.serving.refresh): plain lists only
+                    ask_bytes(r.n, r.offset, r.category, r.exclude, ask.explain)
+                    if keep and ask.assignment is None
+                    else None
+                )
+                timed("cache_store", self.cache.store, looked, payload if keep else None, remember)
+                if remember is not None and looked.peek is not None:
+                    refresher = self.app.extensions.get(REFRESHER)
+                    if refresher is not None:  # its queued refresh of this list is now done
+                        refresher.discard(ask.user_id, looked.peek.token)
         route, _, body = payload.partition(b"\n")
         if cached:
             body = mark_cached(body)
@@ -671,7 +683,7 @@ def init_app(app: Flask) -> None:
         # Looked up per call: the reader (and its engine) is made on first use in a process.
         return get_history_reader(app).load(user_id, limit, timeout_s)
 
-    app.extensions[EXTENSION] = RecommendationPipeline(
+    pipeline = app.extensions[EXTENSION] = RecommendationPipeline(
         app,
         settings=get_settings(app),
         catalogs=get_catalog_store(app),
@@ -679,6 +691,7 @@ def init_app(app: Flask) -> None:
         cache=get_cache(app),
         history=history,
     )
+    make_refresher(app, pipeline)
 
 
 def get_pipeline(app: Flask) -> RecommendationPipeline:
