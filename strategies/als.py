@@ -66,6 +66,9 @@ class ALSStrategy(ItemFactors, Strategy):
         Fit in process (implicit) or with Spark's ALS (``fit_spark``).
     spark_reg_param : float, optional
         Spark's ``regParam`` as given; ``None``: derived by ``spark_params``.
+    ann_min_items : int, optional
+        Catalogue size from which the fit builds approximate-nearest-neighbour indexes for
+        candidate retrieval (``strategies._ann``); ``None``: its default; 0: never.
     """
 
     name = "als"
@@ -82,6 +85,7 @@ class ALSStrategy(ItemFactors, Strategy):
         random_state: int = 42,
         engine: str = "implicit",
         spark_reg_param: float | None = None,
+        ann_min_items: int | None = None,
     ):
         self.factors = factors
         self.regularization = regularization
@@ -93,6 +97,7 @@ class ALSStrategy(ItemFactors, Strategy):
         self.random_state = random_state
         self.engine = engine
         self.spark_reg_param = spark_reg_param
+        self.ann_min_items = ann_min_items
 
     def _model(self):
         from implicit.cpu.als import AlternatingLeastSquares
@@ -129,6 +134,7 @@ class ALSStrategy(ItemFactors, Strategy):
         with threadpool_limits(1, "blas"):
             model.fit(x, show_progress=False)
         self._set(model, np.asarray(model.item_factors, dtype=np.float32))
+        self._build_ann()
         return self
 
     def fit_spark(self, events, item_row_ids: np.ndarray) -> Self:
@@ -161,6 +167,7 @@ class ALSStrategy(ItemFactors, Strategy):
         cells = weighted_cells(events, self.weights, self.binary)
         factors, self.spark_ = _spark_item_factors(cells, self, np.asarray(item_row_ids))
         self._set(self._model(), factors)
+        self._build_ann()
         return self
 
     def _set(self, model, item_factors: np.ndarray) -> None:
@@ -229,6 +236,7 @@ class ALSStrategy(ItemFactors, Strategy):
         """See ``Strategy.load``."""
         model = cls(**cls._load_params(path)["params"])
         model._set(model._model(), load_arrays(path)["item_factors"].astype(np.float32))
+        model._load_ann(path)
         return model
 
 

@@ -49,6 +49,9 @@ class BPRStrategy(ItemFactors, Strategy):
         implicit's fit threads; 0: all cores.
     random_state : int
         Seed of the fit.
+    ann_min_items : int, optional
+        Catalogue size from which the fit builds approximate-nearest-neighbour indexes for
+        candidate retrieval (``strategies._ann``); ``None``: its default; 0: never.
     """
 
     name = "bpr"
@@ -68,6 +71,7 @@ class BPRStrategy(ItemFactors, Strategy):
         weights: dict[str, float] | None = None,
         num_threads: int = 0,
         random_state: int = 42,
+        ann_min_items: int | None = None,
     ):
         self.factors = factors
         self.learning_rate = learning_rate
@@ -80,6 +84,7 @@ class BPRStrategy(ItemFactors, Strategy):
         self.weights = weights
         self.num_threads = num_threads
         self.random_state = random_state
+        self.ann_min_items = ann_min_items
 
     def fit(self, data: InteractionData) -> Self:
         """See ``Strategy.fit``."""
@@ -100,6 +105,7 @@ class BPRStrategy(ItemFactors, Strategy):
         self._set(np.asarray(model.item_factors, dtype=np.float32))
         # Kept for diagnostics only (training users' own BPR vectors); not saved.
         self.train_user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
+        self._build_ann()
         return self
 
     def _set(self, item_factors: np.ndarray) -> None:
@@ -182,6 +188,12 @@ class BPRStrategy(ItemFactors, Strategy):
         # Users without history get item-bias-only scores (BPR's popularity prior).
         return (u @ self._v32.T + self._bias32).astype(np.float32)
 
+    def _query_vectors(self, users: UserBatch) -> np.ndarray:
+        """Folded-in vectors with the constant 1 of the bias column (scores = dot products
+        with ``item_factors_``)."""
+        u = self.user_factors(users)
+        return np.hstack([u, np.ones((len(u), 1), np.float32)])
+
     def _similarity_factors(self) -> np.ndarray:
         return self.item_factors_[:, :-1]  # cosine of item factors, bias excluded
 
@@ -190,4 +202,5 @@ class BPRStrategy(ItemFactors, Strategy):
         """See ``Strategy.load``."""
         model = cls(**cls._load_params(path)["params"])
         model._set(load_arrays(path)["item_factors"].astype(np.float32))
+        model._load_ann(path)
         return model
