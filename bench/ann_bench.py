@@ -1,7 +1,7 @@
 """Approximate nearest-neighbour libraries compared on a synthetic shop's ALS item factors.
 
     .venv/bin/python bench/ann_bench.py [--size M] [--queries 1000] [--k 100] [--json OUT]
-        [--markdown]
+    .venv/bin/python bench/ann_bench.py --size M --ndcg als,bpr
 
 Generates the shop (``recsys synth``'s generator, ``recsys.offline.synth``), fits the default
 ALS (``strategies.als``) on its events and then, for each library installed (hnswlib,
@@ -11,8 +11,10 @@ serving does: a user's top-k by inner product (ALS scores are dot products: "mip
 an item's top-k by cosine ("cosine", similar items). For each: build seconds, the index file's
 size, load seconds, single-query latency (one thread, one query at a time, as a request
 does; p50 and p99 in ms) and recall@k against exact numpy search over the same vectors. One
-thread everywhere (``OMP_NUM_THREADS=1`` and each library's own setting). Results in
-docs/scale.md ("Candidate retrieval").
+thread everywhere (``OMP_NUM_THREADS=1`` and each library's own setting). ``--ndcg`` instead
+measures the project's own index (``strategies._ann``) in use: nDCG@10 of ALS/BPR lists with
+it against exact search on a time split of the shop. Results in docs/scale.md ("Candidate
+retrieval").
 """
 
 from __future__ import annotations
@@ -34,6 +36,38 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 
+def shop_data(size: str, seed: int = 0):
+    """A synthetic shop's events (``recsys synth``'s generator) as ``InteractionData``.
+
+    Parameters
+    ----------
+    size : str
+        ``recsys synth`` size (S, M, L).
+    seed : int
+        The generator's seed.
+
+    Returns
+    -------
+    InteractionData
+    """
+    from features.interactions import InteractionData
+    from recsys.offline.synth import SynthParams, generate, sizes
+
+    n_items, n_users, n_events = sizes(size, None, None, None)
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(tmp, SynthParams(items=n_items, users=n_users, events=n_events, seed=seed))
+        users, items, types, ts = [], [], [], []
+        with open(os.path.join(tmp, "interactions.csv"), newline="") as f:
+            for row in csv.DictReader(f):
+                users.append(row["user_id"])
+                items.append(row["item_id"])
+                types.append(row["event"])
+                ts.append(int(row["timestamp"]))
+    return InteractionData.from_arrays(
+        users, items, types, timestamps=ts, all_item_ids=[f"i{i}" for i in range(n_items)]
+    )
+
+
 def shop_factors(size: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
     """ALS item factors and user factors of a synthetic shop.
 
@@ -51,27 +85,92 @@ def shop_factors(size: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict
     info : dict
         Counts and the fit's seconds.
     """
-    from features.interactions import InteractionData
-    from recsys.offline.synth import SynthParams, generate, sizes
     from strategies.als import ALSStrategy
 
-    n_items, n_users, n_events = sizes(size, None, None, None)
-    with tempfile.TemporaryDirectory() as tmp:
-        generate(tmp, SynthParams(items=n_items, users=n_users, events=n_events, seed=seed))
-        users, items, types = [], [], []
-        with open(os.path.join(tmp, "interactions.csv"), newline="") as f:
-            for row in csv.DictReader(f):
-                users.append(row["user_id"])
-                items.append(row["item_id"])
-                types.append(row["event"])
-    data = InteractionData.from_arrays(
-        users, items, types, all_item_ids=[f"i{i}" for i in range(n_items)]
-    )
+    data = shop_data(size, seed)
     t0 = time.perf_counter()
-    als = ALSStrategy(num_threads=1).fit(data)
+    als = ALSStrategy(num_threads=1, ann_min_items=0).fit(data)
     fit_s = time.perf_counter() - t0
-    info = {"items": n_items, "users": n_users, "events": n_events, "als_fit_s": round(fit_s, 1)}
+    info = {
+        "items": data.n_items,
+        "users": data.n_users,
+        "events": len(data),
+        "als_fit_s": round(fit_s, 1),
+    }
     return als.item_factors_, np.asarray(als.model_.user_factors, dtype=np.float32), info
+
+
+def ndcg_exact_vs_ann(size: str, strategies: list[str], max_users: int = 5000) -> list[dict]:
+    """nDCG@10 of each strategy's lists with its index against exact search, on a time split.
+
+    The newest 20% of the shop's events are the test part; the model (``ann_min_items=1``: an
+    index whatever the size) is fitted once on the rest, and the same test users (a seeded
+    sample of ``max_users``) get their top 10, seen items excluded, both ways.
+
+    Parameters
+    ----------
+    size : str
+        ``recsys synth`` size.
+    strategies : list of str
+        ``als`` and/or ``bpr``.
+    max_users : int
+        Test users at most.
+
+    Returns
+    -------
+    list of dict
+        Per strategy: nDCG@10 exact and with the index, their relative difference, the
+        share of identical top-10 lists, build seconds and the index's file size.
+    """
+    from features.interactions import UserBatch
+    from recsys.offline.evaluation.metrics import ranking_metrics
+    from recsys.offline.evaluation.splits import relevant_matrix, split_data
+    from strategies import get_strategy_class
+    from strategies.base import Strategy
+
+    train, test = split_data(shop_data(size), "time", fraction=0.2)
+    rel = relevant_matrix(test, train.n_users, train.n_items)
+    users = np.flatnonzero(np.diff(rel.indptr) > 0)
+    users = np.sort(np.random.default_rng(0).choice(users, min(max_users, len(users)), False))
+    m = train.matrix()[users]
+    seqs = train.sequences()
+    batch = UserBatch(matrix=m, sequences=[seqs[u] for u in users], user_index=users)
+    seen = [m.indices[m.indptr[r] : m.indptr[r + 1]] for r in range(len(users))]
+    out = []
+    for name in strategies:
+        cls = get_strategy_class(name)
+        t0 = time.perf_counter()
+        model = cls(ann_min_items=1).fit(train)
+        fit_s = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save(tmp)
+            size_mib = sum(
+                os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp) if "ann" in f
+            )
+        t0 = time.perf_counter()
+        ann_ids, _ = model.recommend(batch, n=10, exclude=seen)
+        ann_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        exact_ids, _ = Strategy.recommend(model, batch, n=10, exclude=seen)
+        exact_s = time.perf_counter() - t0
+        a = float(ranking_metrics(ann_ids, rel[users], 10)["ndcg"].mean())
+        e = float(ranking_metrics(exact_ids, rel[users], 10)["ndcg"].mean())
+        out.append(
+            {
+                "strategy": name,
+                "users": len(users),
+                "ndcg@10 exact": round(e, 4),
+                "ndcg@10 ann": round(a, 4),
+                "relative": round((a - e) / e, 4) if e else None,
+                "same top-10": round(float(np.mean((ann_ids == exact_ids).all(axis=1))), 4),
+                "fit_s (index included)": round(fit_s, 1),
+                "index_mib": round(size_mib / 2**20, 1),
+                "ms/user ann": round(ann_s / len(users) * 1000, 3),
+                "ms/user exact": round(exact_s / len(users) * 1000, 3),
+            }
+        )
+        print(json.dumps(out[-1]), file=sys.stderr, flush=True)
+    return out
 
 
 def exact_top(queries: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
@@ -256,7 +355,21 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--libraries", default="hnswlib,faiss,usearch")
     ap.add_argument("--json", default=None, help="append the results as one JSON line")
+    ap.add_argument(
+        "--ndcg",
+        default=None,
+        help="instead: nDCG@10 with the index against exact search for these strategies "
+        "(comma-separated: als,bpr) on a time split of the shop",
+    )
     args = ap.parse_args()
+    if args.ndcg:
+        rows = ndcg_exact_vs_ann(args.size, args.ndcg.split(","))
+        keys = list(rows[0])
+        print("| " + " | ".join(keys) + " |")
+        print("|" + "---|" * len(keys))
+        for r in rows:
+            print("| " + " | ".join(str(r[k]) for k in keys) + " |")
+        return
     items, users, info = shop_factors(args.size)
     rng = np.random.default_rng(1)
     info["factors"] = items.shape[1]

@@ -10,7 +10,7 @@ beside the model's arrays, so the repository's manifest checksums them like ever
 the threshold no index is built and the strategy searches exactly, as before.
 
 The index returns candidates only: their scores are recomputed exactly from the vectors
-(``rescore``), so an approximate search changes which items are found, never their scores.
+(``top_candidates``), so an approximate search changes which items are found, never their scores.
 The library was chosen on measurements (``bench/ann_bench.py``, docs/scale.md "Candidate
 retrieval"): build time, query time, file size and recall@100 against exact search.
 """
@@ -185,7 +185,8 @@ class AnnIndex:
         Returns
         -------
         np.ndarray of int64, shape (b, min(k, n) + len(head))
-            The graph's ids, then the head's (which may repeat some: ``rescore`` drops those).
+            The graph's ids, then the head's (which may repeat some; ``top_candidates`` drops
+            them).
         """
         k = min(k, self.n)
         if k <= 0 or len(queries) == 0:
@@ -233,23 +234,27 @@ def head_ids(vectors: np.ndarray) -> np.ndarray:
     return np.sort(np.argpartition(-norms, h - 1)[:h]).astype(np.int64)
 
 
-def rescore(
+def top_candidates(
+    index: AnnIndex,
     queries: np.ndarray,
     vectors: np.ndarray,
-    ids: np.ndarray,
     n: int,
-    exclude: list[np.ndarray] | None = None,
+    exclude: list[np.ndarray | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact scores of each query's candidates, excluded ones dropped, top-n kept.
+    """Each query's top n: the index's candidates (n plus the query's own exclusions, and the
+    head), excluded ones dropped, scored exactly by dot product with ``vectors``.
+
+    One search per query, each as wide as its own exclusions need (one long history does not
+    widen the others').
 
     Parameters
     ----------
+    index : AnnIndex
+        The index over ``vectors``.
     queries : np.ndarray, shape (b, d)
         Query vectors.
     vectors : np.ndarray, shape (n_items, d)
-        Item vectors the candidates index.
-    ids : np.ndarray of int64, shape (b, c)
-        Candidate ids per query (-1: none; an id repeated in a row counts once).
+        Item vectors the index was built over.
     n : int
         Results per query.
     exclude : list of np.ndarray, optional
@@ -261,22 +266,19 @@ def rescore(
     scores : np.ndarray of float32, shape (b, n)
         As ``strategies.base.top_n``: best first, padded with -1 / -inf.
     """
-    from strategies.base import top_n
-
-    safe = np.maximum(ids, 0)
-    scores = np.einsum("bd,bcd->bc", queries.astype(np.float32), vectors[safe]).astype(np.float32)
-    scores[ids < 0] = -np.inf
-    order = np.argsort(ids, axis=1, kind="stable")
-    ranked = np.take_along_axis(ids, order, axis=1)
-    repeat = np.zeros(ids.shape, dtype=bool)
-    repeat[:, 1:] = ranked[:, 1:] == ranked[:, :-1]
-    in_order = np.take_along_axis(scores, order, axis=1)
-    in_order[repeat] = -np.inf
-    np.put_along_axis(scores, order, in_order, axis=1)
-    if exclude is not None:
-        for r, ex in enumerate(exclude):
-            if ex is not None and len(ex):
-                scores[r, np.isin(ids[r], ex)] = -np.inf
-    pos, best = top_n(scores, n)
-    out = np.where(pos >= 0, np.take_along_axis(safe, np.maximum(pos, 0), axis=1), -1)
-    return out.astype(np.int64), best
+    b = len(queries)
+    out = np.full((b, n), -1, dtype=np.int64)
+    best = np.full((b, n), -np.inf, dtype=np.float32)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    for r in range(b):
+        ex = exclude[r] if exclude is not None else None
+        ex = np.asarray(ex if ex is not None else (), dtype=np.int64)
+        ids = index.search(q[r : r + 1], n + len(ex))[0]
+        ids = np.unique(ids[ids >= 0])  # sorted: ties keep the lower id first
+        if len(ex):
+            ids = ids[~np.isin(ids, ex, assume_unique=False)]
+        scores = vectors[ids] @ q[r]
+        top = np.argsort(-scores, kind="stable")[:n]
+        out[r, : len(top)] = ids[top]
+        best[r, : len(top)] = scores[top]
+    return out, best

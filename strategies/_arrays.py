@@ -216,10 +216,9 @@ class ItemFactors:
         extra = max((len(e) for e in exclude if e is not None), default=0) if exclude else 0
         if ann is None or candidates is not None or 2 * (n + extra) > ann.n:
             return super().recommend(users, n, exclude, candidates)  # type: ignore[misc]
-        from strategies._ann import rescore
+        from strategies._ann import top_candidates
 
-        q = self._query_vectors(users)
-        return rescore(q, self.item_factors_, ann.search(q, n + extra), n, exclude)
+        return top_candidates(ann, self._query_vectors(users), self.item_factors_, n, exclude)
 
     def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Cosine similarity of item factors (approximate candidates, exact scores, past
@@ -228,11 +227,9 @@ class ItemFactors:
         unit = self._unit_factors()
         ann = self.ann_cos_
         if ann is not None and 2 * (n + 1) <= ann.n:
-            from strategies._ann import rescore
+            from strategies._ann import top_candidates
 
-            q = unit[items]
-            ids = ann.search(q, n + 1)
-            return rescore(q, unit, ids, n, [np.asarray([i]) for i in items])
+            return top_candidates(ann, unit[items], unit, n, [np.asarray([i]) for i in items])
         return top_similar(unit[items] @ unit.T, items, n)
 
     def save(self, path: str) -> None:
