@@ -41,6 +41,35 @@ EF_SEARCH = 600
 HEAD_MIN, HEAD_SHARE = 256, 0.02
 
 
+def index_cost(n_items: int, dim: int, min_items: int | None) -> tuple[float, float]:
+    """Memory and single-core seconds of the two indexes a fit builds (0 below the threshold).
+
+    Each holds the vectors and ``2 LINKS`` links a node on its base layer (hnswlib's layout),
+    about ``I (4 d + 8 LINKS + 64)`` bytes; a build inserts every item with a search list of
+    ``EF_BUILD``, ~80 ``EF_BUILD d`` operations an item (calibrated on 50k items, d = 32: 17-26
+    s on the shared 2-core machine, ``bench/ann_bench.py``).
+
+    Parameters
+    ----------
+    n_items : int
+        Catalogue size (I).
+    dim : int
+        Vector dimension (d).
+    min_items : int or None
+        The strategy's ``ann_min_items`` (None: ``DEFAULT_MIN_ITEMS``; 0: never).
+
+    Returns
+    -------
+    bytes : float
+    seconds : float
+    """
+    threshold = DEFAULT_MIN_ITEMS if min_items is None else min_items
+    if threshold <= 0 or n_items < threshold:
+        return 0.0, 0.0
+    memory = 2.0 * n_items * (4 * dim + 8 * LINKS + 64)
+    return memory, 2.0 * 80.0 * n_items * EF_BUILD * dim / 1e9
+
+
 def _hnswlib():
     import hnswlib
 

@@ -27,6 +27,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from features.interactions import InteractionData
+from strategies._ann import index_cost
 from strategies._arrays import ItemFactors, load_arrays
 from strategies.base import SPARSE_OPS, Strategy, UserBatch, input_bytes
 
@@ -219,13 +220,15 @@ class ALSStrategy(ItemFactors, Strategy):
     ) -> tuple[float, float | None]:
         """Memory: implicit's copies of the matrix (user-item and item-user) and the two factor
         tables (float32, f = ``factors``); time per iteration: conjugate-gradient steps over the
-        cells, ~16 E f, plus (U + I) f^2 for the Gram terms. See ``Strategy.estimate_cost``.
+        cells, ~16 E f, plus (U + I) f^2 for the Gram terms; past ``ann_min_items`` the
+        candidate indexes (``strategies._ann.index_cost``). See ``Strategy.estimate_cost``.
         """
         p = cls._params_with(params)
         f, iters = int(p["factors"]), int(p["iterations"])
         memory = 2 * input_bytes(n_users, n_items, n_events) + 8.0 * f * (n_users + n_items)
         ops = iters * (16.0 * n_events * f + 2.0 * (n_users + n_items) * f * f)
-        return memory, ops / SPARSE_OPS
+        ann_bytes, ann_s = index_cost(n_items, f, p["ann_min_items"])
+        return memory + ann_bytes, ops / SPARSE_OPS + ann_s
 
     def score(self, users: UserBatch) -> np.ndarray:
         """See ``Strategy.score``."""

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from features.interactions import InteractionData
+from strategies._ann import index_cost
 from strategies._arrays import ItemFactors, load_arrays
 from strategies.base import SPARSE_OPS, Strategy, UserBatch, input_bytes
 
@@ -174,13 +175,15 @@ class BPRStrategy(ItemFactors, Strategy):
     ) -> tuple[float, float | None]:
         """Memory: the matrix, float32 factor tables (f + 1 with the bias) for users and items,
         and the float64 serving copies of the item table; time: ``iterations`` SGD passes over
-        the cells, ~6 f operations each. See ``Strategy.estimate_cost``.
+        the cells, ~6 f operations each; past ``ann_min_items`` the candidate indexes
+        (``strategies._ann.index_cost``). See ``Strategy.estimate_cost``.
         """
         p = cls._params_with(params)
         f, iters = int(p["factors"]) + 1, int(p["iterations"])
         memory = input_bytes(n_users, n_items, n_events) + 4.0 * f * (n_users + n_items)
         memory += 24.0 * f * n_items + 8.0 * f * f
-        return memory, iters * 6.0 * n_events * f / SPARSE_OPS
+        ann_bytes, ann_s = index_cost(n_items, f, p["ann_min_items"])
+        return memory + ann_bytes, iters * 6.0 * n_events * f / SPARSE_OPS + ann_s
 
     def score(self, users: UserBatch) -> np.ndarray:
         """See ``Strategy.score``; users without history get item-bias-only scores."""
