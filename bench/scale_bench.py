@@ -605,6 +605,49 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def summary(runs: list[dict]) -> str:
+    """One Markdown table across sizes: each step's seconds (latencies: p50 / p99 ms) and peak
+    RSS, a column per (size, database), from the latest run of each.
+
+    Parameters
+    ----------
+    runs : list of dict
+        Run records (the results file's lines), oldest first.
+
+    Returns
+    -------
+    str
+        The table.
+    """
+    latest: dict[tuple, dict] = {}
+    for r in runs:
+        latest[(r["events"], r["database"])] = r
+    cols = sorted(latest.values(), key=lambda r: (r["database"], r["events"]))
+    steps: list[str] = []
+    for r in cols:
+        steps += [s["step"] for s in r["steps"] if s["step"] not in steps]
+    head = [f"{r['size']} {r['database']} ({r['events']:,} ev.)" for r in cols]
+    lines = ["| step | " + " | ".join(head) + " |", "|---|" + "---|" * len(cols)]
+    for name in steps:
+        cells = []
+        for r in cols:
+            st = next((s for s in r["steps"] if s["step"] == name), None)
+            if st is None:
+                cells.append("")
+            elif not st["status"].startswith("ok"):
+                cells.append(st["status"].split(" for ")[0][:60])
+            elif st.get("latency"):
+                lat = st["latency"]
+                cells.append(f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} ms")
+            elif "similar" in name:
+                cells.append(f"{st['seconds'] * 1000:.0f} ms")
+            else:
+                rss = f", {st['peak_rss'] / 2**30:.2f} GiB" if st.get("peak_rss") else ""
+                cells.append(f"{st['seconds']:.1f} s{rss}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(results: str, out: str) -> None:
     """Cost against size (events) from the results file: seconds per step group and peak RSS.
 
@@ -624,6 +667,8 @@ def plot(results: str, out: str) -> None:
         runs = [json.loads(line) for line in f if line.strip()]
     if not runs:
         raise SystemExit(f"{results} has no runs")
+    print(summary(runs))
+    print()
     latest: dict[tuple, dict] = {}
     for r in runs:  # the latest run per (size, database)
         latest[(r["events"], r["database"])] = r
@@ -684,7 +729,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-reimport", action="store_true")
     ap.add_argument("--no-serve", action="store_true")
     ap.add_argument("--results", default=RESULTS, help="JSON lines, one per run (appended)")
-    ap.add_argument("--plot", metavar="PNG", help="only draw cost against size from --results")
+    ap.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="only print the table across sizes and draw cost against size from --results",
+    )
     args = ap.parse_args(argv)
     if args.plot:
         plot(args.results, args.plot)

@@ -220,7 +220,8 @@ class AnnIndex:
         k = min(k, self.n)
         if k <= 0 or len(queries) == 0:
             return np.full((len(queries), max(k, 0)), -1, dtype=np.int64)
-        self.index.set_ef(max(EF_SEARCH, k))
+        # hnswlib searches with max(ef, k) candidates; ef is set once (``_ready``), never per
+        # call: concurrent searches of one index (a worker's threads) share it.
         q = np.ascontiguousarray(queries, dtype=np.float32)
         try:
             ids = self.index.knn_query(q, k=k)[0].astype(np.int64)
