@@ -116,8 +116,9 @@ def train(
     Each strategy is fitted on the oldest events and scored on the newest (--holdout), then
     fitted on all events; the version is saved with those holdout metrics and activated unless
     --no-activate (or --gate refuses it). --tune then searches the serving profile.
-    A strategy whose estimated peak memory exceeds RECSYS_TRAIN_MEMORY_BUDGET_MB (default 60%
-    of the machine's memory) is left out with one line on stderr; the others train.
+    A strategy whose estimated peak memory exceeds RECSYS_TRAIN_MEMORY_BUDGET_MB (default 50%
+    of the machine's memory), or whose estimated fit exceeds RECSYS_TRAIN_FIT_TIME_LIMIT_S
+    (default 600 s), is left out with one line on stderr; the others train.
     --engine spark fits ALS (or aggregates popularity) on Spark: `recsys train als --engine spark`.
     """
     from recsys.models.repository import PROFILE_KIND
@@ -164,6 +165,10 @@ def train(
                 f"{name} has no parameter(s) {', '.join(unknown)}; it takes: "
                 + ", ".join(p for p in accepted if p != "self")
             )
+    ann_min_items = get_config(current_app).ann_min_items
+    for name in names:  # the ANN_MIN_ITEMS setting, unless --param names a value
+        if "ann_min_items" in inspect.signature(repo.resolver(name)).parameters:
+            overrides.setdefault(name, {}).setdefault("ann_min_items", ann_min_items)
     tune_opts = None
     if tune:
         from recsys.cli.tune import tune_options
@@ -227,11 +232,13 @@ def train(
                     get_config(current_app).train_memory_budget_mb
                 ),
                 on_refused=refuse,
+                fit_time_limit_s=get_config(current_app).train_fit_time_limit_s or None,
             )
         set_result(_job_result(results, None, refused))
         if refused and not results:
             raise click.ClickException(
-                "no strategy fits the training budget (TRAIN_MEMORY_BUDGET_MB); nothing trained"
+                "no strategy fits the training budget (TRAIN_MEMORY_BUDGET_MB, "
+                "TRAIN_FIT_TIME_LIMIT_S); nothing trained"
             )
         tuned = None
         if tune_opts is not None:

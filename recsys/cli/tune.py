@@ -194,8 +194,11 @@ def tune_options(
     click.UsageError
         A value out of range, or a routes file that cannot be read or is not valid routes.
     """
+    from recsys.config import get_config
+    from recsys.offline.training import training_budget_bytes
     from recsys.offline.tuning.options import TuneOptions, parse_budget, parse_strategies
 
+    cfg = get_config(current_app)
     routes = None
     if routes_file:
         try:
@@ -219,6 +222,8 @@ def tune_options(
             routes=routes,
             storage=storage,
             progress=progress,
+            memory_budget_bytes=training_budget_bytes(cfg.train_memory_budget_mb),
+            fit_time_limit_s=cfg.train_fit_time_limit_s or None,
         ).check()
         if routes is not None:
             from recsys.models.profile import ServingProfile
