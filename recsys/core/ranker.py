@@ -274,6 +274,8 @@ class Ranker:
         Put the user's own past items into the pool (their rules let them through).
     info : dict, optional
         Validation figures, the guard's verdict, feature gains (stored with the model).
+    routes : sequence of str, optional
+        The routes whose lists it orders (where it beat the blend out of fold); None: all.
     """
 
     name = RANKER_KIND
@@ -289,6 +291,7 @@ class Ranker:
         per_generator: int = 100,
         repeats: bool = False,
         info: dict[str, Any] | None = None,
+        routes: Sequence[str] | None = None,
     ):
         self.booster = booster
         self.generators = list(generators)
@@ -296,6 +299,7 @@ class Ranker:
         self.per_generator = int(per_generator)
         self.repeats = bool(repeats)
         self.info = dict(info or {})
+        self.routes = None if routes is None else list(routes)
         self.features = feature_names(self.generators)
         self.version: str | None = None
 
@@ -312,8 +316,28 @@ class Ranker:
         Ranker
         """
         return Ranker(
-            self.booster, self.generators, stats, self.per_generator, self.repeats, self.info
+            self.booster,
+            self.generators,
+            stats,
+            self.per_generator,
+            self.repeats,
+            self.info,
+            self.routes,
         )
+
+    def serves(self, route: str) -> bool:
+        """Whether it orders the lists of ``route``.
+
+        Parameters
+        ----------
+        route : str
+            The route's name.
+
+        Returns
+        -------
+        bool
+        """
+        return self.routes is None or route in self.routes
 
     def warm_up(self) -> None:
         """Score one row (the model runtime's warm-up: the booster's first call is slower)."""
@@ -584,6 +608,7 @@ class Ranker:
             "generators": self.generators,
             "per_generator": self.per_generator,
             "repeats": self.repeats,
+            "routes": self.routes,
             "features": self.features,
         }
 
@@ -637,6 +662,7 @@ class Ranker:
             spec["per_generator"],
             spec["repeats"],
             spec.get("info"),
+            spec.get("routes"),
         )
         if booster.num_feature() != len(out.features) or spec.get("features") != out.features:
             raise ValueError("the model's features do not match its spec")

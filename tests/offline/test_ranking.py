@@ -178,8 +178,9 @@ def test_the_guard_keeps_the_blend_when_the_ranker_is_worse(monkeypatch):
 
     monkeypatch.setattr(ranking, "build_groups", inverted)
     ranker, report = ranking.fit_ranker(val, cands, overrides, halves, data)
-    assert ranker is None and not report["kept"]
-    assert report["out_of_fold"]["ranked"] < report["out_of_fold"]["blend"]
+    assert ranker is None and not report["kept"] and report["served_routes"] == []
+    (route,) = report["routes"].values()
+    assert route["ranked"] < route["blend"]
 
 
 def test_feature_names_are_per_generator_then_shared():

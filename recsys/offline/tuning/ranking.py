@@ -11,9 +11,11 @@ The ranker is kept only if the guard finds it not worse than the blend **out of 
 rows are split by user into the tuner's two halves; a model trained on one half (its
 iteration count found by early stopping on a fifth of that half's users) ranks the other half,
 and those lists go through the request path's rules and page against the blend's own lists
-on the same rows. It must have at least the blend's mean and not be significantly worse
-(paired test, one user one unit). The served model is then trained on every row with the
-halves' mean iteration count, over the item counts of all the data.
+on the same rows. Per route of the profile, it orders only the routes where its mean is at
+least the blend's (elsewhere the blend serves); over all rows it must then have at least the
+blend's mean and not be significantly worse (paired test, one user one unit). The served model
+is then trained on every row with the halves' mean iteration count, over the item counts of all
+the data.
 
 Repeat items (the user's own past items in the pool, let through the rules) are used when
 the validation targets show that users take items again (``REPEAT_SHARE`` of them or more).
@@ -83,6 +85,7 @@ class Group:
     """One validation row's pool: its item rows, features, labels and what the lists need."""
 
     row: int
+    route: str
     rows: np.ndarray
     x: np.ndarray
     y: np.ndarray
@@ -151,13 +154,14 @@ def build_groups(
         fused = rec.fuse({s: cands[s][r] for s in wanted}, fuse_route)
         rk = rankers[int(val.fold_of[r])]
         if fuse_route is None:  # the request path's fallback: the ranker leaves it alone
-            out.append(Group(r, np.zeros(0, np.int64), np.zeros((0, 0)), np.zeros(0), fused, h))
+            empty = np.zeros(0, np.int64)
+            out.append(Group(r, route, empty, np.zeros((0, 0)), np.zeros(0), fused, h))
             continue
         gens = [g for g in generators if g in wanted or (h.positive_items() or g in able)]
         per = {g: cands[g][r] for g in gens}
         rows, x = rk.pool(per, fused, h, names.index(route) if route in names else 0)
         rel = val.relevant.indices[val.relevant.indptr[r] : val.relevant.indptr[r + 1]]
-        out.append(Group(r, rows, x, np.isin(rows, rel).astype(np.float32), fused, h))
+        out.append(Group(r, route, rows, x, np.isin(rows, rel).astype(np.float32), fused, h))
     return out
 
 
@@ -288,17 +292,32 @@ def fit_ranker(
         ranked_v[scored] = val.values(
             _lists(rec, rk0, sub, [oof[j] for j in scored], k, repeats), np.asarray(scored)
         )
+    # Per route, the ranker orders its lists only where it is not behind the blend there (a
+    # route of empty histories, say, may hold too few rows to learn from); elsewhere the
+    # blend serves, and the guard below judges the result.
+    route_of = np.asarray([g.route for g in groups], dtype=object)
+    per_route: dict[str, Any] = {}
+    for name in dict.fromkeys(route_of.tolist()):
+        m = (route_of == name) & np.isfinite(ranked_v)
+        if m.any():
+            b, r_ = float(blend_v[m].mean()), float(ranked_v[m].mean())
+            per_route[name] = {"rows": int(m.sum()), "blend": round(b, 6), "ranked": round(r_, 6)}
+    served = [n for n, v in per_route.items() if v["ranked"] >= v["blend"]]
+    off = np.isin(route_of, [n for n in per_route if n not in served])
+    ranked_v[off & np.isfinite(ranked_v)] = blend_v[off & np.isfinite(ranked_v)]
     rows = val.guard_rows()
     base = np.where(np.isfinite(ranked_v), blend_v, np.nan)
     c = guard.paired_test(base, ranked_v, rows, objective, alpha, "blend", "ranked")
     m_b, m_r = float(np.nanmean(base)), float(np.nanmean(ranked_v)) if scored else float("nan")
-    kept = bool(scored) and m_r >= m_b and c is not None and not (c.significant and c.diff < 0)
+    kept = bool(served) and m_r >= m_b and c is not None and not (c.significant and c.diff < 0)
     report: dict[str, Any] = {
         "generators": generators,
         "repeats": repeats,
         "repeat_share": round(repeat_share(val), 4),
         "groups": len(groups),
         "out_of_fold": {"blend": round(m_b, 6), "ranked": round(m_r, 6)},
+        "routes": per_route,
+        "served_routes": served,
         "verdict": c.verdict if c is not None else "too few users to compare",
         "kept": kept,
     }
@@ -307,7 +326,8 @@ def fit_ranker(
         return None, report
     rounds = int(np.clip(np.mean(iters) * 1.1, MIN_ROUNDS, MAX_ROUNDS))
     final = _train(_useful(groups), params, rounds)
-    ranker = Ranker(final, generators, ItemStats.of(data), PER_GENERATOR, repeats)
+    routes = None if len(served) == len(per_route) else served
+    ranker = Ranker(final, generators, ItemStats.of(data), PER_GENERATOR, repeats, routes=routes)
     report["rounds"] = rounds
     report["gains"] = dict(list(ranker.gains().items())[:12])
     ranker.info = report
