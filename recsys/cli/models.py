@@ -120,7 +120,10 @@ def train(
     of the machine's memory), or whose estimated fit exceeds RECSYS_TRAIN_FIT_TIME_LIMIT_S
     (default 600 s), is left out with one line on stderr; the others train.
     --engine spark fits ALS (or aggregates popularity) on Spark: `recsys train als --engine spark`.
+    `recsys train ranker` tunes the profile and trains the learned ranker on its validation
+    rows (as --tune does; docs/ranking.md).
     """
+    from recsys.core.ranker import RANKER_KIND
     from recsys.models.repository import PROFILE_KIND
     from recsys.offline.training import (
         GATE_METRIC,
@@ -135,6 +138,11 @@ def train(
 
     repo = _repo()
     overrides = _parse_params(params)
+    # `recsys train ranker`: the learned second stage is trained by the search (it needs the
+    # profile's validation rows), so it means --tune with the ranker.
+    want_ranker = RANKER_KIND in strategies
+    strategies = tuple(s for s in strategies if s != RANKER_KIND)
+    tune = tune or want_ranker
     if master and engine != "spark":
         raise click.UsageError("--master applies to --engine spark only")
     if engine == "spark":
@@ -149,7 +157,9 @@ def train(
                 + (f", not {', '.join(unsupported)}" if unsupported else "; name it")
                 + " (the others stay single-machine, docs/scale.md)"
             )
-    names = list(dict.fromkeys(strategies)) or [n for n in available_strategies() if not opt_in(n)]
+    names = list(dict.fromkeys(strategies)) or (
+        [] if want_ranker else [n for n in available_strategies() if not opt_in(n)]
+    )
     for name in names:
         try:
             repo.resolver(name)

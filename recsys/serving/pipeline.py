@@ -29,6 +29,7 @@ from typing import Any
 from flask import Flask
 
 from recsys.config import get_config
+from recsys.core.ranker import RANKER_KIND
 from recsys.core.recommender import Recommender
 from recsys.core.runners import run_inline, run_with_deadline
 from recsys.core.types import RecRequest, RecResult, UserHistory
@@ -340,8 +341,18 @@ class RecommendationPipeline:
             Running strategies inline or in the deadline pool, recording stage times.
         """
         cfg = snap.config.with_overrides(overrides) if overrides else snap.config
+        try:  # the learned second stage, when one is active
+            ranker = snap.models(RANKER_KIND)
+        except Exception:  # a failing model source: the blend stands
+            log.exception("ranker lookup failed")
+            ranker = None
         return Recommender(
-            snap.models, cfg, snap.catalog, runner=self._runner, on_stage=record_stage
+            snap.models,
+            cfg,
+            snap.catalog,
+            runner=self._runner,
+            on_stage=record_stage,
+            ranker=_ranker_of(ranker),
         )
 
     def _runner(self, tasks, deadline_s):
@@ -708,3 +719,11 @@ def get_pipeline(app: Flask) -> RecommendationPipeline:
         The pipeline kept in ``app.extensions``.
     """
     return app.extensions[EXTENSION]
+
+
+def _ranker_of(loaded):
+    """The ranker of a loaded version, knowing its version (answers name it), or None."""
+    if loaded is None:
+        return None
+    loaded.model.version = loaded.version  # one object per loaded version: idempotent
+    return loaded.model

@@ -290,7 +290,7 @@ class Tuner:
             }
             if cross is not None:
                 validation["cross_fitted"] = round(float(np.nanmean(cross)), 6)
-            return ServingProfile(
+            self.final = ServingProfile(
                 routes=routes,
                 params=params,
                 objective=self.opt.objective,
@@ -305,8 +305,31 @@ class Tuner:
                 },
                 created_at=datetime.now(UTC).isoformat(),
             ).check()
+            return self.final
         finally:
             self.clock.close()
+
+    def fit_ranker(self):
+        """Train the learned second stage over the chosen profile (after ``run``), on the
+        same validation rows, and guard it out of fold (``recsys.offline.tuning.ranking``).
+
+        Returns
+        -------
+        tuple
+            ``(Ranker or None, report)``: None when the guard keeps the blend.
+        """
+        from recsys.offline.tuning.ranking import fit_ranker
+
+        return fit_ranker(
+            self.val,
+            self.cands,
+            self.final.serving_overrides(),
+            self.halves,
+            self.data,
+            seed=self.opt.seed,
+            alpha=self.opt.alpha,
+            objective=self.opt.objective,
+        )
 
 
 def tune(data: InteractionData, options: TuneOptions | None = None):
@@ -383,10 +406,30 @@ def tune_config(
         progress=progress,
         **options,
     )
-    profile = tune(train, opts)
+    # ``tuned`` and ``ranked`` in one evaluation share one search: ``ranked`` is the same
+    # profile with the ranker on top, so their comparison isolates the ranker.
+    key = (id(train), len(train), repr(opts))
+    if _LAST.get("key") == key:
+        tuner, profile = _LAST["tuner"], _LAST["profile"]
+    else:
+        tuner = Tuner(train, opts)
+        profile = tuner.run()
+        _LAST.clear()
+        _LAST.update(key=key, tuner=tuner, profile=profile)
     cfg.serving = profile.serving_overrides()
     cfg.serving["profile"] = cfg.name
     cfg.params = {s: dict(p) for s, p in profile.params.items()}
     cfg.description = f"self-tuned on the training part ({budget_s:.0f} s budget)"
     log.info("tuned profile for %s:\n%s", cfg.name, profile.summary())
+    if getattr(cfg, "rank", False):
+        ranker, report = tuner.fit_ranker()
+        cfg.ranker = ranker
+        cfg.ranker_report = report
+        if ranker is not None:
+            cfg.params.update({g: dict(tuner.params.get(g, {})) for g in ranker.generators})
+        cfg.description += "; learned ranker " + ("on top" if ranker else "kept out by the guard")
     return profile
+
+
+# The last search ``tune_config`` ran (see there).
+_LAST: dict[str, Any] = {}
