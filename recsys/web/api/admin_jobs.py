@@ -93,9 +93,9 @@ def _budget_seconds(raw: str) -> float:
 
 def child_env(app: Flask) -> dict[str, str]:
     """The environment of a CLI child: this process's (less the Prometheus multiprocess folder),
-    plus every set value of the app's settings as ``RECSYS_*`` (strings as they are, other values as JSON), so the child works
-    on the same store and model directory whether they came from the environment or from
-    ``create_app``'s mapping.
+    plus every set value of the app's settings as ``RECSYS_*`` (strings as they are, other
+    values as JSON), so the child works on the same store and model directory whether they came
+    from the environment or from ``create_app``'s mapping.
 
     Parameters
     ----------
