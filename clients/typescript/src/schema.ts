@@ -15,29 +15,7 @@ export interface paths {
          * Liveness: the process answers
          * @description Answers ``{"status": "ok"}`` whenever the process can serve a request at all.
          */
-        get: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": unknown;
-                    };
-                };
-            };
-        };
+        get: operations["getHealth"];
         put?: never;
         post?: never;
         delete?: never;
@@ -58,29 +36,7 @@ export interface paths {
          * @description Answers the Prometheus text exposition of every worker's metrics plus the ones computed
          *     at scrape time (``ScrapeCollector``).
          */
-        get: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": unknown;
-                    };
-                };
-            };
-        };
+        get: operations["getMetrics"];
         put?: never;
         post?: never;
         delete?: never;
@@ -100,29 +56,7 @@ export interface paths {
          * Readiness: the database answers and every preload model is loaded and warmed
          * @description 200 when ready; 503 with the pending models, or with `database: "unavailable"`, otherwise. The reasons (load errors, the driver's message naming the database host) only with the admin token (`Authorization: Bearer`).
          */
-        get: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": unknown;
-                    };
-                };
-            };
-        };
+        get: operations["getReadiness"];
         put?: never;
         post?: never;
         delete?: never;
@@ -143,71 +77,7 @@ export interface paths {
          * @description Answers one page of audit entries (actor, action, target, before, after, when), paged with
          *     ``limit`` / ``offset`` and filtered by ``action``, ``actor`` and ``target`` when given.
          */
-        get: {
-            parameters: {
-                query?: {
-                    limit?: number;
-                    offset?: number;
-                    action?: string | null;
-                    actor?: string | null;
-                    target?: string | null;
-                };
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["AuditOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Validation error */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["listAuditEntries"];
         put?: never;
         post?: never;
         delete?: never;
@@ -227,111 +97,13 @@ export interface paths {
          * List experiments (newest last)
          * @description Answers ``{"experiments": [experiment, ...]}``; admin only.
          */
-        get: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ExperimentsOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["listExperiments"];
         put?: never;
         /**
          * Create an experiment
          * @description Body: `{"name", "variants": [{"name", "weight", "config"}], "start_at"?, "stop_at"?}`. `config` is a serving-configuration override (same shape as `/v1/admin/strategies` and `/v1/admin/routing` settings: `{"strategies": {...}, "routing": {...}}`). Weights are traffic shares summing to at most 1 (the rest is not enrolled). Users are assigned by sha256(name, user id).
          */
-        post: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description created */
-                201: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ExperimentOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        post: operations["createExperiment"];
         delete?: never;
         options?: never;
         head?: never;
@@ -349,76 +121,7 @@ export interface paths {
          * One experiment
          * @description Answers the experiment (name, variants, status, start, stop); 404 when none has that name.
          */
-        get: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    name: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ExperimentOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Not found */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["getExperiment"];
         put?: never;
         post?: never;
         delete?: never;
@@ -439,76 +142,7 @@ export interface paths {
          * @description Answers the report of the experiment over the last ``window_hours`` (query parameter, in
          *     hours, at most 87600; default: the experiments' default window); 422 for a bad window.
          */
-        get: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    name: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ExperimentReportOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Not found */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["getExperimentReport"];
         put?: never;
         post?: never;
         delete?: never;
@@ -530,93 +164,32 @@ export interface paths {
          * Stop an experiment: its users go back to the normal configuration
          * @description Answers the experiment, stopped; admin only.
          */
-        post: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    name: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ExperimentOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Not found */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        post: operations["stopExperiment"];
         delete?: never;
         options?: never;
         head?: never;
         patch?: never;
         trace?: never;
     };
-    "/v1/admin/keys": {
+    "/v1/admin/jobs": {
         parameters: {
             query?: never;
             header?: never;
             path?: never;
             cookie?: never;
         };
-        /** API keys in force: configured (RECSYS_API_KEYS) and stored; never the keys */
+        /**
+         * Training, tuning and import runs, newest first, with progress and outcome
+         * @description Answers ``{"jobs": [...], "running": bool}``: each with ``kind``, ``args``, ``started_by``,
+         *     ``started_at``, ``finished_at``, ``progress`` (0..1), ``message``, ``outcome`` (queued,
+         *     running, succeeded, failed), ``error`` and ``result`` (the versions made).
+         */
         get: {
             parameters: {
-                query?: never;
+                query?: {
+                    kind?: "train" | "tune" | "import" | null;
+                    limit?: number;
+                };
                 header?: {
                     /** @description your id for this request (echoed, and in every log line); made up when absent */
                     "X-Request-ID"?: string;
@@ -632,7 +205,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["ApiKeysOut"];
+                        "application/json": unknown;
                     };
                 };
                 /** @description missing or wrong admin token */
@@ -646,6 +219,15 @@ export interface paths {
                 };
                 /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
                 403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorOut"];
+                    };
+                };
+                /** @description Validation error */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -666,8 +248,8 @@ export interface paths {
         };
         put?: never;
         /**
-         * Create an API key: {"scopes": ["read"], "label": "mobile app"}
-         * @description The key is in the answer this once (only its SHA-256 is stored); every worker accepts it within one CONFIG_POLL_SECONDS. Audited.
+         * Start a retrain or re-tune: {"kind": "train", "strategies": ["ease"]}
+         * @description Audited (job.start); runs the recsys CLI as a separate process; 409 while another train or tune job is queued or running. Answers 202 with the queued job; follow it with GET /v1/admin/jobs/{id}.
          */
         post: {
             parameters: {
@@ -681,17 +263,17 @@ export interface paths {
             };
             requestBody?: {
                 content: {
-                    "application/json": components["schemas"]["EmptySchema"];
+                    "application/json": components["schemas"]["JobStart"];
                 };
             };
             responses: {
-                /** @description created */
-                201: {
+                /** @description Successful response */
+                200: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["ApiKeyOut"];
+                        "application/json": unknown;
                     };
                 };
                 /** @description malformed JSON body, or an unusable id in the path */
@@ -747,21 +329,15 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/admin/keys/{ident}": {
+    "/v1/admin/jobs/{job_id}": {
         parameters: {
             query?: never;
             header?: never;
             path?: never;
             cookie?: never;
         };
-        get?: never;
-        put?: never;
-        post?: never;
-        /**
-         * Revoke an API key (its id, or a RECSYS_API_KEYS key's id)
-         * @description Refused by every worker of every server within one CONFIG_POLL_SECONDS, without a restart. Audited.
-         */
-        delete: {
+        /** One run: its progress, outcome, error and result */
+        get: {
             parameters: {
                 query?: never;
                 header?: {
@@ -769,7 +345,7 @@ export interface paths {
                     "X-Request-ID"?: string;
                 };
                 path: {
-                    ident: string;
+                    job_id: number;
                 };
                 cookie?: never;
             };
@@ -781,7 +357,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["ApiKeyOut"];
+                        "application/json": unknown;
                     };
                 };
                 /** @description malformed JSON body, or an unusable id in the path */
@@ -820,6 +396,15 @@ export interface paths {
                         "application/json": components["schemas"]["ErrorOut"];
                     };
                 };
+                /** @description invalid parameters, or an unknown query parameter (named) */
+                422: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["ErrorOut"];
+                    };
+                };
                 /** @description the database is unreachable (Retry-After) */
                 503: {
                     headers: {
@@ -831,6 +416,50 @@ export interface paths {
                 };
             };
         };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/keys": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** API keys in force: configured (RECSYS_API_KEYS) and stored; never the keys */
+        get: operations["listApiKeys"];
+        put?: never;
+        /**
+         * Create an API key: {"scopes": ["read"], "label": "mobile app"}
+         * @description The key is in the answer this once (only its SHA-256 is stored); every worker accepts it within one CONFIG_POLL_SECONDS. Audited.
+         */
+        post: operations["createApiKey"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/keys/{ident}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Revoke an API key (its id, or a RECSYS_API_KEYS key's id)
+         * @description Refused by every worker of every server within one CONFIG_POLL_SECONDS, without a restart. Audited.
+         */
+        delete: operations["revokeApiKey"];
         options?: never;
         head?: never;
         patch?: never;
@@ -847,56 +476,7 @@ export interface paths {
          * Model versions: stored, active, and what this process holds in memory
          * @description Answers ``{"runtime": [row, ...], "ready": bool, "budget_bytes", "versions": [...]}``.
          */
-        get: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ModelsOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["listModels"];
         put?: never;
         post?: never;
         delete?: never;
@@ -916,56 +496,7 @@ export interface paths {
          * The active serving profile (routes, weights, hyperparameters, validation, guard)
          * @description Profiles are written by `recsys tune`; activate or roll one back with `POST /v1/admin/models/profile/activate` and `/rollback` like a model version.
          */
-        get: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ServingProfileOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["getActiveServingProfile"];
         put?: never;
         post?: never;
         delete?: never;
@@ -985,76 +516,7 @@ export interface paths {
          * One strategy: its versions, what this process holds, rollback target, and stats
          * @description `stats`: loads, load failures and mean load time, scoring calls, scoring latency percentiles (ms) and deadline misses since start (every worker under gunicorn).
          */
-        get: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    strategy: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ModelStrategyOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Not found */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["getModelStrategy"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1077,89 +539,7 @@ export interface paths {
          * @description Answers the activation result and the runtime status rows; 404 for an unknown strategy or
          *     version.
          */
-        post: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    strategy: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: {
-                content: {
-                    "application/json": components["schemas"]["VersionIn"];
-                };
-            };
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ModelChangeOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Not found */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Validation error */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        post: operations["activateModel"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1179,89 +559,7 @@ export interface paths {
          * Load the active version now and keep it preloaded in every worker
          * @description Answers the runtime's row for the strategy; 404 for an unknown strategy.
          */
-        post: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    strategy: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: {
-                content: {
-                    "application/json": components["schemas"]["OptionalVersionIn"];
-                };
-            };
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ModelModeOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Not found */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Validation error */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        post: operations["loadModel"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1281,76 +579,7 @@ export interface paths {
          * Re-activate the previously active version (loaded and warmed first)
          * @description Answers the rollback result and the runtime status rows; 404 for an unknown strategy.
          */
-        post: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    strategy: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ModelChangeOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Not found */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        post: operations["rollbackModel"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1370,16 +599,32 @@ export interface paths {
          * Free the model's memory in every worker; it reloads lazily on next use
          * @description Answers the runtime's row for the strategy; 404 for an unknown strategy.
          */
-        post: {
+        post: operations["unloadModel"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/admin/overview": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * How the service is doing: store, traffic, models, profile, last runs
+         * @description Computed at most every 15 s per process; counts of big PostgreSQL tables are the planner's estimates (`store.estimated`).
+         */
+        get: {
             parameters: {
                 query?: never;
                 header?: {
                     /** @description your id for this request (echoed, and in every log line); made up when absent */
                     "X-Request-ID"?: string;
                 };
-                path: {
-                    strategy: string;
-                };
+                path?: never;
                 cookie?: never;
             };
             requestBody?: never;
@@ -1390,16 +635,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": components["schemas"]["ModelModeOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
+                        "application/json": unknown;
                     };
                 };
                 /** @description missing or wrong admin token */
@@ -1420,8 +656,8 @@ export interface paths {
                         "application/json": components["schemas"]["ErrorOut"];
                     };
                 };
-                /** @description Not found */
-                404: {
+                /** @description invalid parameters, or an unknown query parameter (named) */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -1440,6 +676,8 @@ export interface paths {
                 };
             };
         };
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -1458,56 +696,7 @@ export interface paths {
          * @description Answers ``{"routing": {...}, "overridden": [key, ...], "config_version"}``: the effective
          *     routing settings and the keys an admin has overridden.
          */
-        get: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["RoutingOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["getRouting"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1517,78 +706,7 @@ export interface paths {
          * Change routing (partial): e.g. {"cold_threshold": 3, "blend": "rrf"}
          * @description Validated, audited; takes effect in every worker within a second and invalidates cached recommendations.
          */
-        patch: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: {
-                content: {
-                    "application/json": components["schemas"]["RoutingPatch"];
-                };
-            };
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["RoutingOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Validation error */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        patch: operations["patchRouting"];
         trace?: never;
     };
     "/v1/admin/routing/{key}": {
@@ -1605,76 +723,7 @@ export interface paths {
          * Reset one routing setting to its default (drop the admin's override)
          * @description The key takes the active serving profile's value again, else the shipped default. Audited; takes effect in every worker within a second.
          */
-        delete: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    key: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["RoutingOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Not found */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        delete: operations["resetRouting"];
         options?: never;
         head?: never;
         patch?: never;
@@ -1693,56 +742,7 @@ export interface paths {
          *     the effective settings of every strategy (admin override, else the active serving profile,
          *     else the shipped default) and the names of the fields an admin has overridden.
          */
-        get: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["StrategiesOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["getStrategies"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1752,80 +752,7 @@ export interface paths {
          * Change strategies: {"als": {"enabled": false}, "ease": {"weight": 0.5}}
          * @description Validated, audited; takes effect in every worker within a second and invalidates cached recommendations.
          */
-        patch: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: {
-                content: {
-                    "application/json": {
-                        [key: string]: components["schemas"]["StrategyPatch"];
-                    };
-                };
-            };
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["StrategiesOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Validation error */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        patch: operations["patchStrategies"];
         trace?: never;
     };
     "/v1/admin/strategies/{name}": {
@@ -1842,76 +769,7 @@ export interface paths {
          * Reset a strategy to its default: drop the admin's override (all fields, or ?field=weight / ?field=enabled)
          * @description The strategy takes the active serving profile's value again, else the shipped default. Audited; takes effect in every worker within a second.
          */
-        delete: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    name: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["StrategiesOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Not found */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        delete: operations["resetStrategy"];
         options?: never;
         head?: never;
         patch?: never;
@@ -1930,87 +788,27 @@ export interface paths {
          * Record one event or a list of events
          * @description Body: one event object, or a JSON list of up to EVENTS_MAX_BATCH (default 1000) of them. `type` is one of view, click, cart, purchase, rating, dislike; `timestamp` is ISO-8601 or unix seconds (default: now); `id` is an idempotency key. 201 when something was inserted, 200 when every event was a duplicate. Unknown users are created; unknown items as available stubs, at most EVENTS_MAX_NEW_ITEMS (100) per request, or never with EVENTS_CREATE_ITEMS=false (422). Any invalid event rejects the whole list (422). With RECSYS_API_KEYS set: a key with scope events:write (X-API-Key).
          */
-        post: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: {
-                content: {
-                    "application/json": components["schemas"]["EventIn"] | components["schemas"]["EventIn"][];
-                };
-            };
-            responses: {
-                /** @description every event was already stored (duplicates) */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["EventsOut"];
-                    };
-                };
-                /** @description Successful response */
-                201: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["EventsOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the API key lacks the scope this operation needs */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Validation error */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
+        post: operations["postEvents"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/impressions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
         };
+        get?: never;
+        put?: never;
+        /**
+         * Record what was shown: one list or a list of lists
+         * @description Body: one impression object (a user, the `items` in the order shown) or a JSON list of up to EVENTS_MAX_BATCH of them. Stored one row per item with its position, so that shown-but-not-clicked can be used by models and experiments. `received` / `inserted` / `duplicates` count lists; a list whose `id` was already stored inserts nothing (200 when every list was). Unknown users are created, unknown items as POST /v1/events does. With RECSYS_API_KEYS set: a key with scope events:write.
+         */
+        post: operations["postImpressions"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2028,71 +826,7 @@ export interface paths {
          * List items (cursor pagination)
          * @description Items in id order, from this worker's catalogue snapshot (no SQL query), optionally in a `category` and by availability. Follow `next_cursor` until it is null.
          */
-        get: {
-            parameters: {
-                query?: {
-                    limit?: number;
-                    /** @description `next_cursor` of the previous page */
-                    cursor?: string | null;
-                    category?: string | null;
-                    available?: boolean | null;
-                };
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ItemListOut"];
-                    };
-                };
-                /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the API key lacks the scope this operation needs */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Validation error */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["listItems"];
         put?: never;
         post?: never;
         delete?: never;
@@ -2113,247 +847,18 @@ export interface paths {
          * @description Answers the item's id, title, categories, price, availability and attributes; 404 for an
          *     unknown item.
          */
-        get: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    item_id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ItemOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the API key lacks the scope this operation needs */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description unknown item */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["getItem"];
         /**
          * Create or update an item
          * @description Fields not given keep their value (new items: empty, available). `available: false` stops the item being recommended at once, in every worker.
          */
-        put: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    item_id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: {
-                content: {
-                    "application/json": components["schemas"]["ItemIn"];
-                };
-            };
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ItemOut"];
-                    };
-                };
-                /** @description created */
-                201: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ItemOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the API key lacks the scope this operation needs */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Not found */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Validation error */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        put: operations["putItem"];
         post?: never;
         /**
          * Retire an item
          * @description Marks the item unavailable (never recommended again, at once in every worker); its events stay in the history that trains the models. `PUT` with `available: true` brings it back.
          */
-        delete: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    item_id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ItemOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the API key lacks the scope this operation needs */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description unknown item */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        delete: operations["deleteItem"];
         options?: never;
         head?: never;
         patch?: never;
@@ -2368,92 +873,29 @@ export interface paths {
         };
         /**
          * Items similar to an item
-         * @description 404 for an item neither the catalogue nor any model knows. An item no model knows yet (new) gets popular items of its category, marked degraded.
+         * @description 404 for an item neither the catalogue nor any model knows. An item no model knows yet (new) gets popular items of its category (or of `category`), marked degraded. Paged with `n` / `offset`; `category` keeps that category's items; `exclude` leaves out the ids given (the item itself never comes back).
          */
-        get: {
-            parameters: {
-                query?: {
-                    n?: number;
-                    explain?: boolean;
-                    /** @description comma-separated item data to include with each item, among title, price, image_url, categories, attributes; default title,price,image_url; empty for ids and scores only */
-                    fields?: string | null;
-                };
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    item_id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["RecOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the API key lacks the scope this operation needs */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Not found */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Validation error */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
+        get: operations["getSimilarItems"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/latest": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
         };
+        /**
+         * The newest available items, optionally within a category
+         * @description Items newest first (the time the catalogue first saw them); `score` is that time in unix seconds. Paged with `n` / `offset`.
+         */
+        get: operations["getLatestItems"];
         put?: never;
         post?: never;
         delete?: never;
@@ -2471,75 +913,9 @@ export interface paths {
         };
         /**
          * Most popular available items, optionally within a category
-         * @description Answers a recommendation list (items with their scores and the requested item fields),
-         *     paged with ``n`` / ``offset``.
+         * @description With `user_id`: without the items that user has an event with (seen, clicked, bought ...; their last HISTORY_MAX_EVENTS events). The database down: the list unfiltered, marked degraded.
          */
-        get: {
-            parameters: {
-                query?: {
-                    n?: number;
-                    offset?: number;
-                    category?: string | null;
-                    explain?: boolean;
-                    /** @description comma-separated item data to include with each item, among title, price, image_url, categories, attributes; default title,price,image_url; empty for ids and scores only */
-                    fields?: string | null;
-                };
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["RecOut"];
-                    };
-                };
-                /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the API key lacks the scope this operation needs */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Validation error */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["getPopularItems"];
         put?: never;
         post?: never;
         delete?: never;
@@ -2561,80 +937,7 @@ export interface paths {
          * Recommendations for a guest session
          * @description `items` are the guest's recent items (newest first); they are treated as clicks and are not recommended back. Not cached.
          */
-        post: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                    /** @description low | normal | high: the deadline multiplier; low-priority requests are answered from the cache or from popularity when the worker is overloaded */
-                    "X-Priority"?: "low" | "normal" | "high";
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: {
-                content: {
-                    "application/json": components["schemas"]["SessionIn"];
-                };
-            };
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["RecOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the API key lacks the scope this operation needs */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Validation error */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        post: operations["getSessionRecommendations"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2652,68 +955,7 @@ export interface paths {
          * List users (cursor pagination)
          * @description Users in id order.
          */
-        get: {
-            parameters: {
-                query?: {
-                    limit?: number;
-                    cursor?: string | null;
-                };
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["UserListOut"];
-                    };
-                };
-                /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the API key lacks the scope this operation needs */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Validation error */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["listUsers"];
         put?: never;
         post?: never;
         delete?: never;
@@ -2734,247 +976,62 @@ export interface paths {
          * @description Answers the user's id, attributes, number of events and creation / update times (UTC,
          *     ISO 8601); 404 for an unknown user.
          */
-        get: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    user_id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["UserDetailOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the API key lacks the scope this operation needs */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description unknown user */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["getUser"];
         /**
          * Create or update a user's attributes
          * @description Answers the user's id, attributes and whether it was created (201) or updated (200).
          */
-        put: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    user_id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: {
-                content: {
-                    "application/json": components["schemas"]["UserIn"];
-                };
-            };
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["UserOut"];
-                    };
-                };
-                /** @description created */
-                201: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["UserOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the API key lacks the scope this operation needs */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Not found */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Validation error */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        put: operations["putUser"];
         post?: never;
         /**
          * Erase a user
          * @description Deletes the user and every event of theirs (right to erasure) and drops their cached lists. Models trained before keep what they learnt until the next training run.
          */
-        delete: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    user_id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["UserDeletedOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the API key lacks the scope this operation needs */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description unknown user */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
+        delete: operations["deleteUser"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/users/{user_id}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
         };
+        /**
+         * A user's events, newest first (cursor pagination)
+         * @description Follow `next_cursor` until it is null; `type` keeps one event type. 404 for an unknown user. With RECSYS_API_KEYS set: a key with scope events:write.
+         */
+        get: operations["listUserEvents"];
+        put?: never;
+        post?: never;
+        /**
+         * Forget an item for a user: delete their events and impressions of it
+         * @description A shop's "forget this": every event of the user on `item_id` and every impression of it go in one transaction (0 when there were none). Audited; the user's cached lists are dropped, so the next list is computed without them. Models trained before keep what they learnt until the next training run.
+         */
+        delete: operations["deleteUserItemEvents"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/users/{user_id}/events/{event_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Delete one of a user's events
+         * @description `event_id` as `GET /v1/users/<id>/events` lists it. Audited; the user's cached lists are dropped. 404 for an unknown user or an event not theirs.
+         */
+        delete: operations["deleteUserEvent"];
         options?: never;
         head?: never;
         patch?: never;
@@ -2991,76 +1048,27 @@ export interface paths {
          * A user's experiment assignments
          * @description Every running experiment with the user's variant (null: not enrolled), and `serving`: the one assignment that shapes the user's recommendations. Needs an API key with the `read` scope when `RECSYS_API_KEYS_FOR_READS` is on, like the other reads.
          */
-        get: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    user_id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["UserExperimentsOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the API key lacks the scope this operation needs */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Not found */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
+        get: operations["getUserExperiments"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/users/{user_id}/neighbors": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
         };
+        /**
+         * Users most like a user (items in common)
+         * @description The users whose items overlap this user's most: cosine similarity of the two item sets (any event type but dislike; this user's last HISTORY_MAX_EVENTS events), among the 200 users sharing the most items. 404 for an unknown user; an empty list for a user with no events. Other users' ids: with RECSYS_API_KEYS set, a key with scope catalog:write.
+         */
+        get: operations["getUserNeighbors"];
         put?: never;
         post?: never;
         delete?: never;
@@ -3080,97 +1088,7 @@ export interface paths {
          * Recommendations for a user
          * @description Unknown users are cold users (popular items), not errors. Cached per user; the cache is invalidated by the user's events and by admin or model changes. `X-Priority: low|normal|high` sets the deadline and overload behaviour.
          */
-        get: {
-            parameters: {
-                query?: {
-                    n?: number;
-                    offset?: number;
-                    category?: string | null;
-                    /** @description comma-separated item ids never to return */
-                    exclude?: string | null;
-                    /** @description add each item's per-strategy `sources` */
-                    explain?: boolean;
-                    /** @description comma-separated item data to include with each item, among title, price, image_url, categories, attributes; default title,price,image_url; empty for ids and scores only */
-                    fields?: string | null;
-                };
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                    /** @description low | normal | high: the deadline multiplier; low-priority requests are answered from the cache or from popularity when the worker is overloaded */
-                    "X-Priority"?: "low" | "normal" | "high";
-                };
-                path: {
-                    user_id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["RecOut"];
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the API key lacks the scope this operation needs */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Not found */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Validation error */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["getUserRecommendations"];
         put?: never;
         post?: never;
         delete?: never;
@@ -3244,6 +1162,13 @@ export interface components {
             /** @default 1 */
             value?: number;
         };
+        EventsDeletedOut: {
+            event_id?: number | null;
+            events_deleted?: number;
+            impressions_deleted?: number;
+            item_id?: string | null;
+            user_id?: string;
+        };
         EventsOut: {
             duplicates: number;
             inserted: number;
@@ -3280,6 +1205,28 @@ export interface components {
         };
         ExperimentsOut: {
             experiments?: components["schemas"]["ExperimentOut"][];
+        };
+        ImpressionIn: {
+            /**
+             * @description where the list was shown: home, cart, item page ...
+             * @default
+             */
+            context?: string;
+            /**
+             * @description idempotency key: re-sending the same id inserts nothing
+             * @default null
+             */
+            id?: string | null;
+            /** @description item ids in the order shown (position 0 first) */
+            items: string[];
+            /**
+             * @description X-Request-ID of the answer that produced the list
+             * @default null
+             */
+            request_id?: string | null;
+            /** @default null */
+            timestamp?: unknown;
+            user_id: string;
         };
         ItemIn: {
             attributes?: {
@@ -3320,6 +1267,17 @@ export interface components {
             item_id: string;
             price?: number | null;
             title?: string;
+        };
+        JobStart: {
+            /**
+             * @description tune: search time, e.g. 90s, 5m, 1h
+             * @default 5m
+             */
+            budget?: string;
+            /** @enum {string} */
+            kind: "train" | "tune";
+            /** @description train: strategies to train (default: as `recsys train`) */
+            strategies?: ("als" | "bpr" | "content" | "deep" | "ease" | "itemknn" | "popular" | "sequence")[];
         };
         ModelChangeOut: {
             /** @description this process's runtime after the change */
@@ -3364,6 +1322,15 @@ export interface components {
             versions?: {
                 [key: string]: unknown;
             }[];
+        };
+        NeighborOut: {
+            score?: number;
+            shared_items?: number;
+            user_id?: string;
+        };
+        NeighborsOut: {
+            neighbors?: components["schemas"]["NeighborOut"][];
+            user_id?: string;
         };
         OptionalVersionIn: {
             /** @default null */
@@ -3509,6 +1476,20 @@ export interface components {
             updated_at?: string;
             user_id: string;
         };
+        UserEventOut: {
+            event_id?: number;
+            item_id?: string;
+            /** @description ISO 8601, UTC */
+            timestamp?: string;
+            type?: string;
+            value?: number;
+        };
+        UserEventsOut: {
+            events?: components["schemas"]["UserEventOut"][];
+            /** @description pass as `cursor` for the next page; null: end */
+            next_cursor?: string | null;
+            user_id?: string;
+        };
         UserExperimentsOut: {
             /** @description [{name, variant}] per running experiment (null: out) */
             assignments?: {
@@ -3547,4 +1528,3261 @@ export interface components {
     pathItems: never;
 }
 export type $defs = Record<string, never>;
-export type operations = Record<string, never>;
+export interface operations {
+    getHealth: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getMetrics: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getReadiness: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    listAuditEntries: {
+        parameters: {
+            query?: {
+                limit?: number;
+                offset?: number;
+                action?: string | null;
+                actor?: string | null;
+                target?: string | null;
+            };
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    listExperiments: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ExperimentsOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    createExperiment: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ExperimentOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getExperiment: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ExperimentOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getExperimentReport: {
+        parameters: {
+            query?: {
+                /** @description hours of events to report on (default: the experiments' window) */
+                window_hours?: number;
+            };
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ExperimentReportOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    stopExperiment: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ExperimentOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    listApiKeys: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiKeysOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    createApiKey: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["EmptySchema"];
+            };
+        };
+        responses: {
+            /** @description created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiKeyOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    revokeApiKey: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                ident: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiKeyOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    listModels: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelsOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getActiveServingProfile: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ServingProfileOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getModelStrategy: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                strategy: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelStrategyOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    activateModel: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                strategy: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["VersionIn"];
+            };
+        };
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelChangeOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    loadModel: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                strategy: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["OptionalVersionIn"];
+            };
+        };
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelModeOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    rollbackModel: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                strategy: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelChangeOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    unloadModel: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                strategy: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelModeOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getRouting: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RoutingOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    patchRouting: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["RoutingPatch"];
+            };
+        };
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RoutingOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    resetRouting: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                key: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RoutingOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getStrategies: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StrategiesOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    patchStrategies: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": {
+                    [key: string]: components["schemas"]["StrategyPatch"];
+                };
+            };
+        };
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StrategiesOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    resetStrategy: {
+        parameters: {
+            query?: {
+                /** @description enabled or weight; repeat for both; absent: every field */
+                field?: ("enabled" | "weight")[];
+            };
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StrategiesOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    postEvents: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["EventIn"] | components["schemas"]["EventIn"][];
+            };
+        };
+        responses: {
+            /** @description every event was already stored (duplicates) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventsOut"];
+                };
+            };
+            /** @description Successful response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventsOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    postImpressions: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["ImpressionIn"] | components["schemas"]["ImpressionIn"][];
+            };
+        };
+        responses: {
+            /** @description every list was already stored (duplicates) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventsOut"];
+                };
+            };
+            /** @description Successful response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventsOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    listItems: {
+        parameters: {
+            query?: {
+                limit?: number;
+                /** @description `next_cursor` of the previous page */
+                cursor?: string | null;
+                category?: string | null;
+                available?: boolean | null;
+            };
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ItemListOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getItem: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                item_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ItemOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown item */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    putItem: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                item_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["ItemIn"];
+            };
+        };
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ItemOut"];
+                };
+            };
+            /** @description created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ItemOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    deleteItem: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                item_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ItemOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown item */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getSimilarItems: {
+        parameters: {
+            query?: {
+                n?: number;
+                offset?: number;
+                category?: string | null;
+                explain?: boolean;
+                /** @description comma-separated item data to include with each item, among title, price, image_url, categories, attributes; default title,price,image_url; empty for ids and scores only */
+                fields?: string | null;
+                /** @description comma-separated item ids never to return */
+                exclude?: string | null;
+            };
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                item_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RecOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getLatestItems: {
+        parameters: {
+            query?: {
+                n?: number;
+                offset?: number;
+                category?: string | null;
+                explain?: boolean;
+                /** @description comma-separated item data to include with each item, among title, price, image_url, categories, attributes; default title,price,image_url; empty for ids and scores only */
+                fields?: string | null;
+            };
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RecOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getPopularItems: {
+        parameters: {
+            query?: {
+                n?: number;
+                offset?: number;
+                category?: string | null;
+                explain?: boolean;
+                /** @description comma-separated item data to include with each item, among title, price, image_url, categories, attributes; default title,price,image_url; empty for ids and scores only */
+                fields?: string | null;
+                /** @description leave out every item this user has an event with */
+                user_id?: string | null;
+            };
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RecOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getSessionRecommendations: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+                /** @description low | normal | high: the deadline multiplier; low-priority requests are answered from the cache or from popularity when the worker is overloaded */
+                "X-Priority"?: "low" | "normal" | "high";
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["SessionIn"];
+            };
+        };
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RecOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    listUsers: {
+        parameters: {
+            query?: {
+                limit?: number;
+                cursor?: string | null;
+            };
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserListOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getUser: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserDetailOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    putUser: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["UserIn"];
+            };
+        };
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserOut"];
+                };
+            };
+            /** @description created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    deleteUser: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserDeletedOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    listUserEvents: {
+        parameters: {
+            query?: {
+                limit?: number;
+                /** @description `next_cursor` of the previous page */
+                cursor?: string | null;
+                type?: "view" | "click" | "cart" | "purchase" | "rating" | "dislike" | null;
+            };
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserEventsOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    deleteUserItemEvents: {
+        parameters: {
+            query: {
+                item_id: string;
+            };
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventsDeletedOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    deleteUserEvent: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                user_id: string;
+                event_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventsDeletedOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown user, or no such event of theirs */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getUserExperiments: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserExperimentsOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getUserNeighbors: {
+        parameters: {
+            query?: {
+                n?: number;
+            };
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NeighborsOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description unknown user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getUserRecommendations: {
+        parameters: {
+            query?: {
+                n?: number;
+                offset?: number;
+                category?: string | null;
+                /** @description comma-separated item ids never to return */
+                exclude?: string | null;
+                /** @description add each item's per-strategy `sources` */
+                explain?: boolean;
+                /** @description comma-separated item data to include with each item, among title, price, image_url, categories, attributes; default title,price,image_url; empty for ids and scores only */
+                fields?: string | null;
+            };
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+                /** @description low | normal | high: the deadline multiplier; low-priority requests are answered from the cache or from popularity when the worker is overloaded */
+                "X-Priority"?: "low" | "normal" | "high";
+            };
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RecOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description an API key is required here (RECSYS_API_KEYS) or invalid */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the API key lacks the scope this operation needs */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+}
