@@ -68,7 +68,7 @@ def import_group() -> None:
 @json_option
 @with_appcontext
 def import_online_retail(path: str | None, if_empty: bool, as_json: bool) -> None:
-    """Import the UCI Online Retail file (default: the bundled data/online_retail.csv.gz).
+    """Import the UCI Online Retail file (default: the copy bundled in the package).
 
     Each purchase line (customer present, quantity > 0, not a cancellation) becomes a purchase
     event; every other line is counted under its skip reason.

@@ -116,10 +116,14 @@ def train(
     Each strategy is fitted on the oldest events and scored on the newest (--holdout), then
     fitted on all events; the version is saved with those holdout metrics and activated unless
     --no-activate (or --gate refuses it). --tune then searches the serving profile.
-    A strategy whose estimated peak memory exceeds RECSYS_TRAIN_MEMORY_BUDGET_MB (default 60%
-    of the machine's memory) is left out with one line on stderr; the others train.
+    A strategy whose estimated peak memory exceeds RECSYS_TRAIN_MEMORY_BUDGET_MB (default 50%
+    of the machine's memory), or whose estimated fit exceeds RECSYS_TRAIN_FIT_TIME_LIMIT_S
+    (default 600 s), is left out with one line on stderr; the others train.
     --engine spark fits ALS (or aggregates popularity) on Spark: `recsys train als --engine spark`.
+    `recsys train ranker` tunes the profile and trains the learned ranker on its validation
+    rows (as --tune does; docs/ranking.md).
     """
+    from recsys.core.ranker import RANKER_KIND
     from recsys.models.repository import PROFILE_KIND
     from recsys.offline.training import (
         GATE_METRIC,
@@ -134,6 +138,11 @@ def train(
 
     repo = _repo()
     overrides = _parse_params(params)
+    # `recsys train ranker`: the learned second stage is trained by the search (it needs the
+    # profile's validation rows), so it means --tune with the ranker.
+    want_ranker = RANKER_KIND in strategies
+    strategies = tuple(s for s in strategies if s != RANKER_KIND)
+    tune = tune or want_ranker
     if master and engine != "spark":
         raise click.UsageError("--master applies to --engine spark only")
     if engine == "spark":
@@ -148,7 +157,9 @@ def train(
                 + (f", not {', '.join(unsupported)}" if unsupported else "; name it")
                 + " (the others stay single-machine, docs/scale.md)"
             )
-    names = list(dict.fromkeys(strategies)) or [n for n in available_strategies() if not opt_in(n)]
+    names = list(dict.fromkeys(strategies)) or (
+        [] if want_ranker else [n for n in available_strategies() if not opt_in(n)]
+    )
     for name in names:
         try:
             repo.resolver(name)
@@ -164,6 +175,10 @@ def train(
                 f"{name} has no parameter(s) {', '.join(unknown)}; it takes: "
                 + ", ".join(p for p in accepted if p != "self")
             )
+    ann_min_items = get_config(current_app).ann_min_items
+    for name in names:  # the ANN_MIN_ITEMS setting, unless --param names a value
+        if "ann_min_items" in inspect.signature(repo.resolver(name)).parameters:
+            overrides.setdefault(name, {}).setdefault("ann_min_items", ann_min_items)
     tune_opts = None
     if tune:
         from recsys.cli.tune import tune_options
@@ -227,11 +242,13 @@ def train(
                     get_config(current_app).train_memory_budget_mb
                 ),
                 on_refused=refuse,
+                fit_time_limit_s=get_config(current_app).train_fit_time_limit_s or None,
             )
         set_result(_job_result(results, None, refused))
         if refused and not results:
             raise click.ClickException(
-                "no strategy fits the training budget (TRAIN_MEMORY_BUDGET_MB); nothing trained"
+                "no strategy fits the training budget (TRAIN_MEMORY_BUDGET_MB, "
+                "TRAIN_FIT_TIME_LIMIT_S); nothing trained"
             )
         tuned = None
         if tune_opts is not None:

@@ -76,6 +76,8 @@ class Item(Base):
     """
 
     __tablename__ = "items"
+    # GET /v1/latest: newest first.
+    __table_args__ = (Index("ix_items_created_at_id", "created_at", "id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     external_id: Mapped[str] = mapped_column(String(128), unique=True)
@@ -116,6 +118,30 @@ class Event(Base):
     ts: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     # Idempotency key: the client's event id ("api:<id>") or the importer's line key
     # ("online-retail:<line>"). Re-sending or re-importing the same event inserts nothing.
+    idem_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+
+
+class Impression(Base):
+    """One item shown to a user: its ``position`` (0: first) in the list the storefront showed,
+    where (``context``: "home", "cart" ...), the ``request_id`` of the list's answer when the
+    client passes it on, and when (``ts``: naive UTC). With the events, what was shown but not
+    clicked (``recsys.store.impressions``). ``idem_key`` makes a re-sent list insert nothing.
+    """
+
+    __tablename__ = "impressions"
+    __table_args__ = (
+        Index("ix_impressions_user_ts", "user_id", "ts"),
+        Index("ix_impressions_item_id", "item_id"),
+        Index("ix_impressions_ts", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    context: Mapped[str] = mapped_column(String(64), default="")
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    ts: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     idem_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
 
 

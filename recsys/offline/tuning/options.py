@@ -28,6 +28,13 @@ class TuneOptions:
     # None: as many as it takes to reach ``min_rows`` validation rows (at most 3).
     folds: int | None = None
     min_rows: int = 2000
+    # Validation users scored at most, summed over the folds (a seeded sample of each fold's
+    # users past it): a large shop's time slice holds hundreds of thousands (docs/scale.md).
+    max_rows: int = 5000
+    # ``recsys train``'s budget (``TRAIN_MEMORY_BUDGET_MB``, ``TRAIN_FIT_TIME_LIMIT_S``): a
+    # strategy over it is not searched; None: no limit.
+    memory_budget_bytes: float | None = None
+    fit_time_limit_s: float | None = None
     seed: int = 42
     strategies: Sequence[str] | None = None  # None: every strategy that imports and fits
     max_routes: int = 4
