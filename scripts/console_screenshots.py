@@ -111,7 +111,9 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join("docs", "screenshots"))
     ap.add_argument("--user", help="user for the preview and the inspector (default: one)")
     ap.add_argument("--demo-changes", action="store_true", help="see the module docstring")
-    ap.add_argument("--item-query", default="hanging heart t-light", help="what the Items shot searches for")
+    ap.add_argument(
+        "--item-query", default="hanging heart t-light", help="what the Items shot searches for"
+    )
     ap.add_argument("--width", type=int, default=1400)
     ap.add_argument("--height", type=int, default=1000)
     args = ap.parse_args()
