@@ -290,6 +290,10 @@ OPERATION_IDS: dict[tuple[str, str], str] = {
     ("/v1/admin/experiments/{name}", "get"): "getExperiment",
     ("/v1/admin/experiments/{name}/stop", "post"): "stopExperiment",
     ("/v1/admin/experiments/{name}/report", "get"): "getExperimentReport",
+    ("/v1/admin/jobs", "get"): "listJobs",
+    ("/v1/admin/jobs", "post"): "startJob",
+    ("/v1/admin/jobs/{job_id}", "get"): "getJob",
+    ("/v1/admin/overview", "get"): "getOverview",
 }
 # Relative to the document's own URL: "Try it out" and generated clients call the host (and
 # path prefix) the document was fetched from, whatever it is; never built from a request.
