@@ -223,6 +223,7 @@ def fit_ranker(
     seed: int = 42,
     alpha: float = 0.1,
     objective: str = "ndcg@10",
+    repeats: bool | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train the ranker on the validation rows and guard it (see the module docstring).
 
@@ -244,6 +245,9 @@ def fit_ranker(
         Level of the paired test.
     objective : str
         Metric name, for the verdict.
+    repeats : bool or None
+        Pool the user's own past items; None: when ``REPEAT_SHARE`` of the validation targets
+        or more are repeats.
 
     Returns
     -------
@@ -256,7 +260,8 @@ def fit_ranker(
     from recsys.core.recommender import Recommender
 
     generators = sorted(cands)
-    repeats = repeat_share(val) >= REPEAT_SHARE
+    share = repeat_share(val)
+    repeats = share >= REPEAT_SHARE if repeats is None else bool(repeats)
     cfg = ServingConfig.default().with_overrides(overrides)
     rec = Recommender(models=lambda _n: None, config=cfg)
     rankers = [
@@ -313,7 +318,7 @@ def fit_ranker(
     report: dict[str, Any] = {
         "generators": generators,
         "repeats": repeats,
-        "repeat_share": round(repeat_share(val), 4),
+        "repeat_share": round(share, 4),
         "groups": len(groups),
         "out_of_fold": {"blend": round(m_b, 6), "ranked": round(m_r, 6)},
         "routes": per_route,
