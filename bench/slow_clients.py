@@ -208,7 +208,26 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def measure(host, port, args, n: int) -> dict:
+def worker_cpu(server_pid: int | None) -> dict[int, float]:
+    """CPU seconds (user + system) of each gunicorn worker of ``server_pid``, from /proc."""
+    if server_pid is None:
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    try:
+        children = open(f"/proc/{server_pid}/task/{server_pid}/children").read().split()
+    except OSError:
+        return {}
+    for pid in map(int, children):
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def measure(host, port, args, n: int, server_pid: int | None = None) -> dict:
     held = []
     if n:
         held = [
@@ -218,7 +237,9 @@ def measure(host, port, args, n: int) -> dict:
         time.sleep(0.5)  # let the server take them in
     try:
         lat = probe_healthz(host, port, args.probes)
+        before = worker_cpu(server_pid)
         rate, errors = legit_rate(host, port, args.path, args.clients, args.duration)
+        after = worker_cpu(server_pid)
     finally:
         for h in held:
             h.stop()
@@ -231,7 +252,14 @@ def measure(host, port, args, n: int) -> dict:
         "timeouts": sum(1 for v in lat if v >= 2000.0),
         "rate": rate,
         "errors": errors,
+        # Share of the legitimate phase's worker CPU on the busiest worker (50%: even).
+        "busiest": _busiest_share(before, after),
     }
+
+
+def _busiest_share(before: dict, after: dict) -> float | None:
+    used = [after[p] - before[p] for p in after if p in before]
+    return max(used) / sum(used) if len(used) > 1 and sum(used) > 0 else None
 
 
 def start_server(args, port: int) -> subprocess.Popen:
@@ -277,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trickle", type=float, default=1.0, help="seconds between slow bytes")
     p.add_argument("--hold", type=float, default=120.0, help="most seconds a phase holds them")
     p.add_argument("--label", default="", help="a name for this run in the table")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the phases (none, then each --n) this many times, alternating, and give\n"
+        "each N's rate against the N = 0 phase of its own round",
+    )
     args = p.parse_args(argv)
 
     proc = None
@@ -292,24 +327,40 @@ def main(argv: list[str] | None = None) -> int:
         proc = start_server(args, port)
     try:
         wait_ready(host, port)
-        rows = [measure(host, port, args, 0)]
-        for n in (int(x) for x in args.n.split(",") if x.strip()):
-            rows.append(measure(host, port, args, n))
+        pid = proc.pid if proc is not None else None
+        rows = []
+        for _round in range(args.rounds):
+            base = measure(host, port, args, 0, pid)
+            base["base"] = base["rate"]
+            rows.append(base)
+            for n in (int(x) for x in args.n.split(",") if x.strip()):
+                rows.append(dict(measure(host, port, args, n, pid), base=base["rate"]))
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(60)
-    base = rows[0]["rate"] or 1.0
     print(f"\n{args.label} load: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs")
     print(
         "| slow conns (each kind) | held open | closed by server | /healthz p50 ms | p99 ms "
-        "| probe timeouts | legit req/s | vs none | legit errors |"
+        "| probe timeouts | legit req/s | vs none (same round) | busiest worker's CPU share "
+        "| legit errors |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        share = "-" if r["busiest"] is None else f"{r['busiest']:.0%}"
         print(
             f"| {r['n']} | {r['opened']} | {r['closed']} | {r['p50']:.1f} | {r['p99']:.1f} "
-            f"| {r['timeouts']} | {r['rate']:.0f} | {r['rate'] / base:.0%} | {r['errors']} |"
+            f"| {r['timeouts']} | {r['rate']:.0f} | {r['rate'] / (r['base'] or 1.0):.0%} "
+            f"| {share} | {r['errors']} |"
+        )
+    by_n: dict[int, list[float]] = {}
+    for r in rows:
+        if r["n"]:
+            by_n.setdefault(r["n"], []).append(r["rate"] / (r["base"] or 1.0))
+    for n, ratios in by_n.items():
+        print(
+            f"N = {n}: legit rate vs its round's N = 0, median {statistics.median(ratios):.0%}, "
+            f"min {min(ratios):.0%}, max {max(ratios):.0%} over {len(ratios)} round(s)"
         )
     return 0
 

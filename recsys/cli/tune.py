@@ -11,6 +11,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
+from recsys.cli.jobs import recorded, set_result
 from recsys.cli.util import echo_json
 from recsys.errors import ModelError
 
@@ -63,11 +64,13 @@ def tune_store(
     from recsys.models.repository import PROFILE_KIND
     from recsys.offline.training import train_strategies
     from recsys.offline.tuning.search import Tuner
+    from recsys.ops import jobs
 
     say = echo or (lambda _msg: None)
     t0 = time.perf_counter()
     tuner = Tuner(data, options)
-    profile = tuner.run()
+    with jobs.span(0.0, 0.85):  # a recorded job's progress: the search, then the refit
+        profile = tuner.run()
     tune_s = time.perf_counter() - t0
     say(f"searched in {tune_s:.0f}s; guard {profile.guard['verdict']}: {profile.guard['reason']}")
     say(profile.summary())
@@ -85,16 +88,17 @@ def tune_store(
     params = {**{g: tuner.params[g] for g in needed if g in tuner.params}, **profile.params}
     t1 = time.perf_counter()
     reuse = {s: v for s in needed if (v := _fitted_alike(repo, s, params, data))}
-    results = train_strategies(
-        data,
-        repo,
-        [s for s in needed if s not in reuse],
-        params=params,
-        holdout=0.0,
-        activate=False,
-        actor=actor,
-        progress=options.progress,
-    )
+    with jobs.span(0.85, 1.0):
+        results = train_strategies(
+            data,
+            repo,
+            [s for s in needed if s not in reuse],
+            params=params,
+            holdout=0.0,
+            activate=False,
+            actor=actor,
+            progress=options.progress,
+        )
     profile.models = {**reuse, **{r.strategy: r.version for r in results}}
     refit_s = time.perf_counter() - t1
     version = save_profile(repo, profile, actor=actor)
@@ -222,8 +226,11 @@ def tune_options(
     click.UsageError
         A value out of range, or a routes file that cannot be read or is not valid routes.
     """
+    from recsys.config import get_config
+    from recsys.offline.training import training_budget_bytes
     from recsys.offline.tuning.options import TuneOptions, parse_budget, parse_strategies
 
+    cfg = get_config(current_app)
     routes = None
     if routes_file:
         try:
@@ -247,6 +254,8 @@ def tune_options(
             routes=routes,
             storage=storage,
             progress=progress,
+            memory_budget_bytes=training_budget_bytes(cfg.train_memory_budget_mb),
+            fit_time_limit_s=cfg.train_fit_time_limit_s or None,
         ).check()
         if routes is not None:
             from recsys.models.profile import ServingProfile
@@ -358,6 +367,7 @@ def echo_outcome(out: dict[str, Any]) -> None:
 
 
 @click.command("tune")
+@recorded("tune")
 @with_appcontext
 @click.option("--budget", default="5m", show_default=True, help="Search time (90s, 5m, 1h).")
 @_tune_flags
@@ -415,6 +425,13 @@ def tune_command(
         )
     except (ValueError, ModelError) as e:
         raise click.ClickException(getattr(e, "description", str(e))) from None
+    set_result(
+        {
+            "profile": {k: out[k] for k in ("version", "activated", "previous", "note")},
+            "validation": out["validation"].get("overall"),
+            "models": out["models"],
+        }
+    )
     if as_json:
         echo_json(out)
     else:

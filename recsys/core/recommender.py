@@ -591,7 +591,13 @@ class Recommender:
             out["ranker"] = str(getattr(self.ranker, "version", None) or "")
         return out
 
-    def popular(self, n: int = 10, category: str | None = None, offset: int = 0) -> RecResult:
+    def popular(
+        self,
+        n: int = 10,
+        category: str | None = None,
+        offset: int = 0,
+        exclude: Sequence[str] = (),
+    ) -> RecResult:
         """Most popular available items (optionally in a category).
 
         Parameters
@@ -600,6 +606,8 @@ class Recommender:
             The page.
         category : str, optional
             Only items of this category.
+        exclude : sequence of str
+            Item ids never to return (e.g. what a user already has).
 
         Returns
         -------
@@ -608,7 +616,7 @@ class Recommender:
             candidate's: raw scores are weighted event counts, whose scale means nothing to a
             client); ``degraded`` with no items when no popularity model is loaded.
         """
-        req = RecRequest(n=n, offset=offset, category=category)
+        req = RecRequest(n=n, offset=offset, category=category, exclude=list(exclude))
         b = self.run_stages(Batch(POPULAR, [UserHistory(None)], [req]))
         lm = b.loaded.get("popular")
         if lm is None:
@@ -617,7 +625,14 @@ class Recommender:
             items=b.pages[0], route="popular", model_versions={"popular": str(lm.version)}
         )
 
-    def similar_items(self, item_id: str, n: int = 10) -> RecResult:
+    def similar_items(
+        self,
+        item_id: str,
+        n: int = 10,
+        category: str | None = None,
+        offset: int = 0,
+        exclude: Sequence[str] = (),
+    ) -> RecResult:
         """Items similar to ``item_id``, blended over every enabled strategy that supports it.
 
         Parameters
@@ -626,6 +641,12 @@ class Recommender:
             The item's external id.
         n : int
             How many.
+        category : str, optional
+            Only items of this category.
+        offset : int
+            Items of the ranked list skipped before the page.
+        exclude : sequence of str
+            Item ids never to return (the item itself never is).
 
         Returns
         -------
@@ -633,13 +654,14 @@ class Recommender:
             Route ``"similar"``. When no model knows the item (a brand-new item): popular
             items of its category, ``degraded``.
         """
-        req = RecRequest(n=n, exclude=[item_id])
+        skip = [item_id, *exclude]
+        req = RecRequest(n=n, offset=offset, category=category, exclude=skip)
         b = self.run_stages(Batch(SIMILAR, [UserHistory(None)], [req], item_id=item_id))
         dropped = sorted(b.dropped, key=b.wanted[0].index)
         if not b.per[0]:
-            cat = self.catalog.primary_category(item_id) if self.catalog else None
-            res = self.popular(n=n + 1, category=cat)
-            items = [it for it in res.items if it.item_id != item_id][:n]
+            cat = category or (self.catalog.primary_category(item_id) if self.catalog else None)
+            res = self.popular(n=n, category=cat, offset=offset, exclude=skip)
+            items = res.items
             return RecResult(
                 items=items,
                 route="similar",

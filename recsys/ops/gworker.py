@@ -10,14 +10,17 @@ recommendations all on one worker, against /healthz spread evenly): docs/design-
 
 :class:`BalancedThreadWorker` keeps gunicorn's ``gthread`` worker and adds one rule: a worker
 takes a new connection only while it holds no more open connections than the least loaded of its
-live siblings (plus ``BALANCE_SLACK`` of that count, none under 16). Each worker publishes its
-connection count in a small shared-memory table that the master creates before forking (this
-module is imported by the master when gunicorn resolves the worker class). A worker over its
-share stops listening and looks again every ``RECHECK_S`` and after each of its own events, so a
-waiting connection is taken by a sibling at once, or by this worker as soon as it is no longer
-over its share. A sibling that died without cleaning up (SIGKILL) is noticed by its pid and
-ignored. ``RECSYS_BALANCE_ACCEPT=false`` turns the rule off (plain ``gthread``); with one worker
-it never applies.
+live siblings (plus ``BALANCE_SLACK`` of that count, none under 16). Connections that have waited
+in the reading stage (below), or idle between kept-alive requests, for over ``SETTLE_S`` are not
+counted: they hold no thread, and counting them let a few hundred slow clients tip the balance
+so that later keep-alive clients all landed on one worker. Each worker publishes its count in a
+small shared-memory table that the master creates before forking (this module is imported by
+the master when gunicorn resolves the worker class). A worker over its share stops listening and
+looks again every ``RECHECK_S`` and after each of its own events, so a waiting connection is
+taken by a sibling at once, or by this worker as soon as it is no longer over its share. A
+sibling that died without cleaning up (SIGKILL) is noticed by its pid and ignored.
+``RECSYS_BALANCE_ACCEPT=false`` turns the rule off (plain ``gthread``); with one worker it never
+applies.
 
 It also makes sure a thread never waits on a client (the *reading stage*): gthread hands a new
 connection to a thread, which then blocked on the socket until the client had sent its headers
@@ -70,6 +73,14 @@ DEFAULT_BUFFERED_BODY = 1 << 20
 _WAIT = object()
 #: How often (seconds) the reading stage looks for connections past their client timeout.
 SWEEP_S = 0.1
+#: Seconds a connection waits in the reading stage before it leaves the accept balance. A client
+#: that opens a connection and sends its request at once is counted (it will take a thread);
+#: one still waiting for its request after this long is a slow or idle client, which costs a
+#: socket but no thread, and counting it let a few hundred of them tip the balance so that
+#: every later keep-alive client landed on one worker (one core for the legitimate traffic).
+SETTLE_S = 0.5
+#: The clock (injected in tests).
+_now = time.monotonic
 
 # Created at import, in the master, so every forked worker shares the same memory.
 # Slot i: pid of the worker holding it (0 = free) and that worker's open connections.
@@ -307,6 +318,10 @@ class BalancedThreadWorker(ThreadWorker):
     _max_head = 1 << 20
     _max_body = DEFAULT_BUFFERED_BODY
     _next_sweep = 0.0
+    #: Connections of the reading stage that have waited there over ``SETTLE_S``.
+    _settled = 0
+    #: Kept-alive connections idle over ``SETTLE_S`` at the last sweep (out of the balance too).
+    _idle_settled = 0
 
     def handle_error(self, req, client, addr, exc):
         """See ``ThreadWorker.handle_error``: gunicorn decides and logs as usual, the page it
@@ -354,7 +369,7 @@ class BalancedThreadWorker(ThreadWorker):
             buf += conn.parser.unreader.take_buffered()
         conn.sock.setblocking(False)
         conn.recsys_buf = buf
-        conn.recsys_deadline = time.monotonic() + self._client_timeout
+        conn.recsys_deadline = _now() + self._client_timeout
         if buf and request_ready(buf, self._max_head, self._max_body):
             return "ready"
         return self._receive(conn)
@@ -378,7 +393,7 @@ class BalancedThreadWorker(ThreadWorker):
             # Reading the body: the client timeout counts from its last bytes. The head is not
             # extended: it must arrive whole within one timeout, or a client trickling a header
             # byte at a time would hold its socket for ever.
-            conn.recsys_deadline = time.monotonic() + self._client_timeout
+            conn.recsys_deadline = _now() + self._client_timeout
         return "ready" if request_ready(buf, self._max_head, self._max_body) else None
 
     def _read_some(self, conn, _sock=None) -> None:
@@ -387,15 +402,19 @@ class BalancedThreadWorker(ThreadWorker):
             self._drop_reading(conn)
         elif state == "ready":
             self.poller.unregister(conn.sock)
-            del self._reading[conn]
+            self._leave_stage(conn)
             self._hand_over(conn)
+
+    def _leave_stage(self, conn) -> None:
+        if self._reading.pop(conn, False):  # True: it had settled (left the balance)
+            self._settled -= 1
 
     def _hand_over(self, conn) -> None:
         conn._recsys_ready = True  # pylint: disable=protected-access
         self.enqueue_req(conn)
 
     def _drop_reading(self, conn) -> None:
-        self._reading.pop(conn, None)
+        self._leave_stage(conn)
         try:
             self.poller.unregister(conn.sock)
         except (KeyError, ValueError, OSError):
@@ -409,21 +428,48 @@ class BalancedThreadWorker(ThreadWorker):
         """
         if not fs.cancelled() and fs.exception() is None and fs.result() is _WAIT:
             # (A stopping worker's sweep closes it at once if it holds no bytes yet.)
-            self._reading[conn] = None
+            self._reading[conn] = False  # True once settled
+            conn.recsys_parked = _now()
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._read_some, conn))
             return
         super().finish_request(conn, fs)
 
-    def _sweep_reading(self) -> None:
+    def _sweep(self) -> None:
         """Close connections of the reading stage that sent nothing for the client timeout
-        (all of them at once when the worker is stopping and they hold no bytes)."""
-        now = time.monotonic()
-        if now < self._next_sweep or not self._reading:
+        (all of them at once when the worker is stopping and they hold no bytes), and take
+        those that waited over ``SETTLE_S`` out of the accept balance; count the kept-alive
+        connections idle that long too."""
+        now = _now()
+        if now < self._next_sweep:
             return
         self._next_sweep = now + SWEEP_S
-        for conn in list(self._reading):
+        self._idle_settled = self._count_idle(now)
+        if not self._reading:
+            return
+        settle_before = now - SETTLE_S
+        for conn, settled in list(self._reading.items()):
             if conn.recsys_deadline <= now or (not self.alive and not conn.recsys_buf):
                 self._drop_reading(conn)
+            elif not settled and conn.recsys_parked <= settle_before:
+                self._reading[conn] = True
+                self._settled += 1
+
+    def _kept_alive(self):
+        return getattr(self, "keepalived_conns", None)
+
+    def _count_idle(self, now: float) -> int:
+        """Kept-alive connections idle between requests for over ``SETTLE_S`` (gunicorn keeps
+        them oldest first, each with its deadline ``keepalive`` seconds after its last answer)."""
+        keep = self._kept_alive()
+        if not keep:
+            return 0
+        latest = now - SETTLE_S + self.cfg.keepalive  # deadline of one idle exactly SETTLE_S
+        n = 0
+        for conn in keep:
+            if conn.timeout > latest:
+                break
+            n += 1
+        return n
 
     def handle(self, conn):
         """See ``ThreadWorker.handle``: the request the reading stage buffered is put in front
@@ -451,13 +497,25 @@ class BalancedThreadWorker(ThreadWorker):
     def _balancing(self) -> bool:
         return self._slot is not None
 
+    def load(self) -> int:
+        """The connections this worker counts in the accept balance.
+
+        Returns
+        -------
+        int
+            Open connections, less those that have waited in the reading stage, or idle
+            between kept-alive requests, for over ``SETTLE_S`` (slow or idle clients: a socket
+            each, never a thread; the idle ones counted at the last sweep).
+        """
+        return max(0, self.nr_conns - self._settled - self._idle_settled)
+
     def _publish(self) -> None:
         if self._slot is not None:
-            _CONNS[self._slot] = self.nr_conns
+            _CONNS[self._slot] = self.load()
 
     def _over_share(self) -> bool:
         fewest = fewest_elsewhere(self._slot)
-        return fewest is not None and self.nr_conns > fewest + int(fewest * BALANCE_SLACK)
+        return fewest is not None and self.load() > fewest + int(fewest * BALANCE_SLACK)
 
     def run(self):
         """See ``ThreadWorker.run``: claims a balancing slot first (several workers, balancing on,
@@ -514,10 +572,9 @@ class BalancedThreadWorker(ThreadWorker):
             self._publish()
             if not self._accepting and self.alive and self.nr_conns < self.worker_connections:
                 timeout = min(timeout, RECHECK_S)  # paused only for balance: look again soon
-        if self._reading:
+        if self._reading or self._kept_alive():
             timeout = min(timeout, SWEEP_S)
         super().wait_for_and_dispatch_events(timeout)
-        if self._reading is not None:
-            self._sweep_reading()
+        self._sweep()
         if self._balancing():
             self._publish()

@@ -292,3 +292,88 @@ def test_error_page_translation():
     page = gworker.json_error_page(b"HTTP/1.1 414 URI Too Long\r\nConnection: close\r\n\r\n<h1>")
     assert page.startswith(b"HTTP/1.1 414 URI Too Long\r\n") and b'"code": 414' in page
     assert gworker.json_error_page(b"garbage") is None
+
+
+# -- slow clients and the accept balance (an injected clock, no server) ---------------------------
+class _FakePoller:
+    def __init__(self):
+        self.registered = set()
+
+    def register(self, sock, _events, _callback):
+        self.registered.add(sock)
+
+    def unregister(self, sock):
+        self.registered.remove(sock)
+
+
+class _FakeConn:
+    def __init__(self):
+        self.sock = object()
+        self.recsys_buf = bytearray(b"GET / HTTP/1.1\r\nX-A: ")
+        self.recsys_deadline = float("inf")
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def test_slow_clients_waiting_in_the_reading_stage_leave_the_balance(monkeypatch):
+    # Three connections park in the reading stage (their requests are not all there) beside two
+    # that are being served. Right after parking they still count (a new client that sends its
+    # request at once must count, or a burst of them would all land on one worker); once they
+    # have waited SETTLE_S they count no more, so slow clients cannot tip the balance that places
+    # later keep-alive clients.
+    from concurrent.futures import Future
+
+    clock = [100.0]
+    monkeypatch.setattr(gworker, "_now", lambda: clock[0])
+    w = gworker.BalancedThreadWorker.__new__(gworker.BalancedThreadWorker)
+    w.alive, w.poller, w._reading, w.nr_conns = True, _FakePoller(), {}, 5
+    waiting = Future()
+    waiting.set_result(gworker._WAIT)
+    slow = [_FakeConn() for _ in range(3)]
+    for conn in slow:
+        w.finish_request(conn, waiting)
+    assert w.load() == 5
+    clock[0] += gworker.SETTLE_S / 2
+    w._sweep()
+    assert w.load() == 5
+    late = _FakeConn()
+    w.finish_request(late, waiting)
+    w.nr_conns += 1
+    clock[0] += gworker.SETTLE_S / 2 + gworker.SWEEP_S
+    w._sweep()
+    assert w.load() == 6 - 3  # the three that waited long enough; the late one still counts
+    # A settled connection that goes away leaves both counts.
+    w._drop_reading(slow[0])
+    assert slow[0].closed and w.nr_conns == 5 and w.load() == 3
+    clock[0] += gworker.SETTLE_S
+    w._sweep()
+    assert w.load() == 2  # now the late one too: only the two being served
+
+
+def test_kept_alive_connections_idle_for_long_leave_the_balance(monkeypatch):
+    # Kept-alive connections idle between requests cost no thread either: one idle over
+    # SETTLE_S leaves the balance at the next sweep (gunicorn keeps them oldest first, each
+    # with its deadline `keepalive` seconds after its last answer).
+    import collections
+    import types
+
+    clock = [200.0]
+    monkeypatch.setattr(gworker, "_now", lambda: clock[0])
+    w = gworker.BalancedThreadWorker.__new__(gworker.BalancedThreadWorker)
+    w.alive, w._reading, w.nr_conns = True, None, 4
+    w.cfg = types.SimpleNamespace(keepalive=5)
+    answered_at = [199.0, 199.7, 200.0]  # idle 1 s, 0.3 s, just answered
+    w.keepalived_conns = collections.deque(
+        types.SimpleNamespace(timeout=t + 5) for t in answered_at
+    )
+    w._sweep()
+    assert w.load() == 4 - 1
+    clock[0] += gworker.SETTLE_S / 2
+    w._sweep()
+    assert w.load() == 4 - 2
+    w.keepalived_conns.popleft()  # its next request arrived: counted again (at the next sweep)
+    clock[0] += gworker.SWEEP_S
+    w._sweep()
+    assert w.load() == 4 - 1
