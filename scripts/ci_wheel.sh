@@ -15,7 +15,12 @@ PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 work=$(mktemp -d /tmp/recsys-ci-wheel.XXXXXX)
 server=""
+root=$PWD
+# pip builds in the tree: remove the build outputs it leaves, unless they were there before.
+leftovers=()
+for d in build recsys.egg-info; do [ -e "$d" ] || leftovers+=("$root/$d"); done
 cleanup() {
+    rm -rf "${leftovers[@]}"
     if [ -n "$server" ] && kill -0 "$server" 2>/dev/null; then
         kill "$server"
         wait "$server" 2>/dev/null || true
