@@ -146,8 +146,14 @@ def gunicorn_argv(gunicorn_args: tuple[str, ...] = ()) -> list[str]:
 
 
 @main.command("serve", context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--local-admin-token",
+    is_flag=True,
+    help="Without RECSYS_ADMIN_TOKEN: use instance/admin_token, created (mode 0600) and "
+    "printed once on the first run, so the console at /admin/ works (make run).",
+)
 @click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
-def serve(gunicorn_args: tuple[str, ...]) -> None:
+def serve(gunicorn_args: tuple[str, ...], local_admin_token: bool = False) -> None:
     """Run the service under gunicorn (recsys.gunicorn_conf); extra args go to gunicorn."""
     from recsys.config import ConfigError, load_settings
 
@@ -155,6 +161,10 @@ def serve(gunicorn_args: tuple[str, ...]) -> None:
         load_settings()  # a bad value: one line here, not a traceback from every worker
     except ConfigError as e:
         _config_error_exit(e)
+    if local_admin_token:
+        from recsys.cli import local_admin
+
+        local_admin.apply(gunicorn_args, click.echo)
     argv = gunicorn_argv(gunicorn_args)
     os.execv(sys.executable, argv)
 
