@@ -39,7 +39,8 @@ step "installing it into a fresh venv"
 python3 -m venv "$work/venv"
 bin="$work/venv/bin"
 for what in torch==2.13.0 "$wheel"; do
-    "$bin/pip" install -q "$what" >"$work/pip.log" 2>&1 ||
+    # --no-compile: byte-compiling every module of torch and the rest costs more than it saves
+    "$bin/pip" install -q --no-compile "$what" >"$work/pip.log" 2>&1 ||
         { grep -v "^WARNING: Location" "$work/pip.log"; exit 1; }
 done
 
