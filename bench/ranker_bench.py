@@ -35,6 +35,13 @@ def main() -> None:
     ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "datasets", "ml-100k"))
     ap.add_argument("--users", type=int, default=300)
     ap.add_argument("--candidates", type=int, default=200)
+    ap.add_argument(
+        "--per-generator",
+        type=int,
+        default=None,
+        help="Pool this many of each generator's candidates (default: the trained ranker's, "
+        "100); 200 pools every candidate.",
+    )
     args = ap.parse_args()
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -69,6 +76,8 @@ def main() -> None:
     ranker, report = fit_ranker(val, cands, overrides, halves, train)
     if ranker is None:
         sys.exit(f"the guard kept the blend ({report['verdict']}): no ranker to time")
+    if args.per_generator:
+        ranker.per_generator = args.per_generator
     models = {g: loaded(g, get_strategy_class(g)().fit(train), train) for g in gens}
     cfg = ServingConfig.default().with_overrides(overrides)
     stage_t: list[float] = []

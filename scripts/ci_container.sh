@@ -33,6 +33,7 @@ cleanup() {
         if [ -n "$started_dockerd" ]; then
             kill "$started_dockerd" 2>/dev/null || true
             wait "$started_dockerd" 2>/dev/null || true
+            umount /run/recsys-ci-docker/netns/default 2>/dev/null || true # dockerd leaves it
         fi
     fi
 }

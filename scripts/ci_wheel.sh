@@ -15,7 +15,12 @@ PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 work=$(mktemp -d /tmp/recsys-ci-wheel.XXXXXX)
 server=""
+root=$PWD
+# pip builds in the tree: remove the build outputs it leaves, unless they were there before.
+leftovers=()
+for d in build recsys.egg-info; do [ -e "$d" ] || leftovers+=("$root/$d"); done
 cleanup() {
+    rm -rf "${leftovers[@]}"
     if [ -n "$server" ] && kill -0 "$server" 2>/dev/null; then
         kill "$server"
         wait "$server" 2>/dev/null || true
@@ -34,7 +39,8 @@ step "installing it into a fresh venv"
 python3 -m venv "$work/venv"
 bin="$work/venv/bin"
 for what in torch==2.13.0 "$wheel"; do
-    "$bin/pip" install -q "$what" >"$work/pip.log" 2>&1 ||
+    # --no-compile: byte-compiling every module of torch and the rest costs more than it saves
+    "$bin/pip" install -q --no-compile "$what" >"$work/pip.log" 2>&1 ||
         { grep -v "^WARNING: Location" "$work/pip.log"; exit 1; }
 done
 

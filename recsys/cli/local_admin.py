@@ -17,17 +17,18 @@ TOKEN_FILE = "admin_token"
 
 
 def instance_path() -> str:
-    """The instance folder the app will use (``RECSYS_INSTANCE_PATH``, else ``./instance`` of
-    the project root, as Flask finds it for the ``recsys`` package).
+    """The instance folder the app will use (``RECSYS_INSTANCE_PATH``, else the one Flask finds
+    for ``recsys.app``, as ``create_app`` does: ``instance/`` of a checkout, or
+    ``<venv>/var/recsys.app-instance`` for an installed wheel, never site-packages).
 
     Returns
     -------
     str
         The folder (not created here).
     """
-    from recsys.paths import PROJECT_ROOT
+    from flask import Flask
 
-    return os.environ.get("RECSYS_INSTANCE_PATH") or os.path.join(PROJECT_ROOT, "instance")
+    return os.environ.get("RECSYS_INSTANCE_PATH") or Flask("recsys.app").instance_path
 
 
 def ensure_token(folder: str) -> tuple[str, bool]:

@@ -64,6 +64,24 @@ PAIR_FEATURES = ("cat_affinity", "price_rel", "seen_count", "seen_days_ago")
 BLEND_FEATURES = ("blend_score", "blend_rank", "n_generators")
 
 
+def segment(route: str, history: UserHistory) -> str:
+    """The segment of a list for ``Ranker.routes``: its route, ``/new`` added for an empty
+    history (new shoppers are told apart: few of them, and nothing of their own to rank by).
+
+    Parameters
+    ----------
+    route : str
+        The route's name.
+    history : UserHistory
+        The user's history.
+
+    Returns
+    -------
+    str
+    """
+    return route if history.positive_items() else f"{route}/new"
+
+
 def feature_names(generators: Sequence[str]) -> list[str]:
     """The ranker's feature columns, in order.
 
@@ -275,7 +293,8 @@ class Ranker:
     info : dict, optional
         Validation figures, the guard's verdict, feature gains (stored with the model).
     routes : sequence of str, optional
-        The routes whose lists it orders (where it beat the blend out of fold); None: all.
+        The segments whose lists it orders (``segment``: a route, ``<route>/new`` for its
+        empty histories; where it was not behind the blend out of fold); None: all.
     """
 
     name = RANKER_KIND
@@ -325,19 +344,23 @@ class Ranker:
             self.routes,
         )
 
-    def serves(self, route: str) -> bool:
-        """Whether it orders the lists of ``route``.
+    def serves(self, route: str, history: UserHistory | None = None) -> bool:
+        """Whether it orders the list of ``history`` on ``route``.
 
         Parameters
         ----------
         route : str
             The route's name.
+        history : UserHistory, optional
+            The user's history; None: the route's non-empty histories.
 
         Returns
         -------
         bool
         """
-        return self.routes is None or route in self.routes
+        if self.routes is None:
+            return True
+        return (route if history is None else segment(route, history)) in self.routes
 
     def warm_up(self) -> None:
         """Score one row (the model runtime's warm-up: the booster's first call is slower)."""

@@ -167,7 +167,7 @@ def _ranker_generators(rec: Recommender, b: Batch) -> None:
             if lm is not None:
                 b.loaded[name] = lm
     for i, h in enumerate(b.histories):
-        if b.fallback[i] or not rec.ranker.serves(b.routes[i]):
+        if b.fallback[i] or not rec.ranker.serves(b.routes[i], h):
             continue
         able = [g for g in gens if g in b.loaded and g not in b.wanted[i]]
         if not h.positive_items():
@@ -300,7 +300,7 @@ def rank(rec: Recommender, b: Batch) -> None:
         return
     names = rec.config.route_names()
     for i, h in enumerate(b.histories):
-        if b.fallback[i] or not b.per[i] or not rk.serves(b.routes[i]):
+        if b.fallback[i] or not b.per[i] or not rk.serves(b.routes[i], h):
             continue
         route = names.index(b.routes[i]) if b.routes[i] in names else 0
         try:

@@ -16,7 +16,10 @@ from recsys.cli.main import main
 def serve(monkeypatch, tmp_path):
     """``recsys serve`` with gunicorn not started (the exec is recorded instead)."""
     monkeypatch.setenv("RECSYS_INSTANCE_PATH", str(tmp_path / "instance"))
-    monkeypatch.delenv("RECSYS_ADMIN_TOKEN", raising=False)
+    # setenv first, so that teardown removes the token `serve` puts in os.environ (a bare
+    # delenv of an absent variable restores nothing, and the token leaked into later tests).
+    monkeypatch.setenv("RECSYS_ADMIN_TOKEN", "-")
+    monkeypatch.delenv("RECSYS_ADMIN_TOKEN")
     execs = []
     monkeypatch.setattr(os, "execv", lambda path, argv: execs.append(argv))
     monkeypatch.setattr(os, "chdir", lambda path: None)

@@ -260,3 +260,11 @@ def test_served_ranker_explains_in_the_api_and_the_inspector_and_rolls_back(serv
     body = client.get("/v1/users/u6/recommendations?explain=true").get_json()
     assert body["cached"] is False and body["model_versions"].get("ranker") == v1
     assert "features" in body["items"][0]
+
+
+def test_ranked_is_the_tuned_configuration_with_the_ranker():
+    from recsys.offline.evaluation.configs import load_config
+
+    cfg = load_config("ranked")
+    assert cfg.tune and cfg.rank and cfg.ranker is None
+    assert "ranker" in cfg.to_dict() and "ranker" not in load_config("tuned").to_dict()

@@ -50,6 +50,9 @@ class TuneOptions:
     # Level of the paired test a departure from a default must pass (a tuned hyperparameter
     # over the shipped one, a route's own strategy or blend over the overall best strategy).
     alpha: float = 0.1
+    # The learned ranker's repeat items (recsys.offline.tuning.ranking): None decides from the
+    # validation targets, True / False force them on or off.
+    ranker_repeats: bool | None = None
     progress: bool = False
 
     def metric(self) -> tuple[str, int]:

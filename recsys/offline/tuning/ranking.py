@@ -11,11 +11,11 @@ The ranker is kept only if the guard finds it not worse than the blend **out of 
 rows are split by user into the tuner's two halves; a model trained on one half (its
 iteration count found by early stopping on a fifth of that half's users) ranks the other half,
 and those lists go through the request path's rules and page against the blend's own lists
-on the same rows. Per route of the profile, it orders only the routes where its mean is at
-least the blend's (elsewhere the blend serves); over all rows it must then have at least the
-blend's mean and not be significantly worse (paired test, one user one unit). The served model
-is then trained on every row with the halves' mean iteration count, over the item counts of all
-the data.
+on the same rows. Per route of the profile (its empty histories apart), it orders only the
+segments where its mean is at least the blend's (elsewhere the blend serves); over all rows it
+must then have at least the blend's mean and not be significantly worse (paired test, one user
+one unit). The served model is then trained on every row with the halves' mean iteration count,
+over the item counts of all the data.
 
 Repeat items (the user's own past items in the pool, let through the rules) are used when
 the validation targets show that users take items again (``REPEAT_SHARE`` of them or more).
@@ -85,7 +85,7 @@ class Group:
     """One validation row's pool: its item rows, features, labels and what the lists need."""
 
     row: int
-    route: str
+    segment: str
     rows: np.ndarray
     x: np.ndarray
     y: np.ndarray
@@ -154,15 +154,36 @@ def build_groups(
         fused = rec.fuse({s: cands[s][r] for s in wanted}, fuse_route)
         rk = rankers[int(val.fold_of[r])]
         if fuse_route is None:  # the request path's fallback: the ranker leaves it alone
-            empty = np.zeros(0, np.int64)
-            out.append(Group(r, route, empty, np.zeros((0, 0)), np.zeros(0), fused, h))
+            none = np.zeros(0, np.int64)
+            out.append(Group(r, segment_of(route, h), none, np.zeros((0, 0)), none, fused, h))
             continue
         gens = [g for g in generators if g in wanted or (h.positive_items() or g in able)]
         per = {g: cands[g][r] for g in gens}
         rows, x = rk.pool(per, fused, h, names.index(route) if route in names else 0)
         rel = val.relevant.indices[val.relevant.indptr[r] : val.relevant.indptr[r + 1]]
-        out.append(Group(r, route, rows, x, np.isin(rows, rel).astype(np.float32), fused, h))
+        y = np.isin(rows, rel).astype(np.float32)
+        out.append(Group(r, segment_of(route, h), rows, x, y, fused, h))
     return out
+
+
+def segment_of(route: str, history) -> str:
+    """The segment a list falls in for ``Ranker.routes``: its route, ``/new`` added for an
+    empty history.
+
+    Parameters
+    ----------
+    route : str
+        The route's name.
+    history : UserHistory
+        The user's history.
+
+    Returns
+    -------
+    str
+    """
+    from recsys.core.ranker import segment
+
+    return segment(route, history)
 
 
 def _train(groups: Sequence[Group], params: dict, rounds: int, valid: Sequence[Group] = ()):
@@ -223,6 +244,7 @@ def fit_ranker(
     seed: int = 42,
     alpha: float = 0.1,
     objective: str = "ndcg@10",
+    repeats: bool | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train the ranker on the validation rows and guard it (see the module docstring).
 
@@ -244,6 +266,9 @@ def fit_ranker(
         Level of the paired test.
     objective : str
         Metric name, for the verdict.
+    repeats : bool or None
+        Pool the user's own past items; None: when ``REPEAT_SHARE`` of the validation targets
+        or more are repeats.
 
     Returns
     -------
@@ -256,7 +281,8 @@ def fit_ranker(
     from recsys.core.recommender import Recommender
 
     generators = sorted(cands)
-    repeats = repeat_share(val) >= REPEAT_SHARE
+    share = repeat_share(val)
+    repeats = share >= REPEAT_SHARE if repeats is None else bool(repeats)
     cfg = ServingConfig.default().with_overrides(overrides)
     rec = Recommender(models=lambda _n: None, config=cfg)
     rankers = [
@@ -292,10 +318,10 @@ def fit_ranker(
         ranked_v[scored] = val.values(
             _lists(rec, rk0, sub, [oof[j] for j in scored], k, repeats), np.asarray(scored)
         )
-    # Per route, the ranker orders its lists only where it is not behind the blend there (a
-    # route of empty histories, say, may hold too few rows to learn from); elsewhere the
-    # blend serves, and the guard below judges the result.
-    route_of = np.asarray([g.route for g in groups], dtype=object)
+    # Per segment (a route, its empty histories apart), the ranker orders its lists only where
+    # it is not behind the blend there (new shoppers, say, may be too few to learn from);
+    # elsewhere the blend serves, and the guard below judges the result.
+    route_of = np.asarray([g.segment for g in groups], dtype=object)
     per_route: dict[str, Any] = {}
     for name in dict.fromkeys(route_of.tolist()):
         m = (route_of == name) & np.isfinite(ranked_v)
@@ -313,7 +339,7 @@ def fit_ranker(
     report: dict[str, Any] = {
         "generators": generators,
         "repeats": repeats,
-        "repeat_share": round(repeat_share(val), 4),
+        "repeat_share": round(share, 4),
         "groups": len(groups),
         "out_of_fold": {"blend": round(m_b, 6), "ranked": round(m_r, 6)},
         "routes": per_route,

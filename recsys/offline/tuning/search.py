@@ -329,6 +329,7 @@ class Tuner:
             seed=self.opt.seed,
             alpha=self.opt.alpha,
             objective=self.opt.objective,
+            repeats=self.opt.ranker_repeats,
         )
 
 
