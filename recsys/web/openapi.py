@@ -396,6 +396,8 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
                 # An absent optional parameter is absent, not null.
                 if p.get("schema", {}).get("default", 0) is None:
                     del p["schema"]["default"]
+                # A query string cannot say null (absent is absent), and 3.1 has no `nullable`.
+                p.get("schema", {}).pop("nullable", None)
             params.append(REQUEST_ID_HEADER)
             if (path, method) in _PRIORITY_OPS:
                 params.append(PRIORITY_HEADER)

@@ -392,20 +392,22 @@ class UserEventsQuery(Schema):
 class UserEventOut(Schema):
     """One event of a user: its id (for ``DELETE``), item, type, value and time (UTC)."""
 
-    event_id = Integer()
-    item_id = String()
-    type = String()
-    value = Float()
-    timestamp = String(metadata={"description": "ISO 8601, UTC"})
+    event_id = Integer(required=True)
+    item_id = String(required=True)
+    type = String(required=True)
+    value = Float(required=True)
+    timestamp = String(required=True, metadata={"description": "ISO 8601, UTC"})
 
 
 class UserEventsOut(Schema):
     """Answer of ``GET /v1/users/<id>/events``: a page, newest first, and the next cursor."""
 
-    user_id = String()
-    events = List(Nested(UserEventOut))
+    user_id = String(required=True)
+    events = List(Nested(UserEventOut), required=True)
     next_cursor = String(
-        allow_none=True, metadata={"description": "pass as `cursor` for the next page; null: end"}
+        required=True,
+        allow_none=True,
+        metadata={"description": "pass as `cursor` for the next page; null: end"},
     )
 
 

@@ -1,7 +1,8 @@
 """The TypeScript client's storefront page (clients/typescript/storefront: the generated client,
 bundled by esbuild) in headless Chromium against a live service on the bundled data
 (tests/retailkit.py), from another origin (CORS): recommended for you, paging, ETag
-revalidation, popular, a click posted, similar items.
+revalidation, the shown list written back (impressions), popular without what the customer has
+had, a click posted, similar items.
 
 The page is the committed bundle; scripts/ci_client.sh rebuilds it from the sources and fails
 on any difference, so this test runs what the sources say. Needs Debian's chromium and
@@ -52,6 +53,31 @@ def _texts(driver, css):
     return [e.get_attribute("data-item-id") for e in driver.find_elements(By.CSS_SELECTOR, css)]
 
 
+def _shown(app, user: str) -> list[str]:
+    """The items of the user's stored impressions, in the order shown."""
+    from sqlalchemy import select
+
+    from recsys.store import session_scope
+    from recsys.store.models import Impression, Item, User
+
+    with session_scope(app) as s:
+        rows = s.execute(
+            select(Item.external_id)
+            .join(Impression, Impression.item_id == Item.id)
+            .join(User, User.id == Impression.user_id)
+            .where(User.external_id == user)
+            .order_by(Impression.position)
+        )
+        return [r[0] for r in rows]
+
+
+def _had(app, user: str) -> set[str]:
+    """Every item the user has an event with."""
+    r = app.test_client().get(f"/v1/users/{user}/events?limit=500")
+    assert r.status_code == 200, r.get_json()
+    return {e["item_id"] for e in r.get_json()["events"]}
+
+
 def test_storefront_page_through_the_typescript_client(
     browser,  # noqa: F811
     shots,  # noqa: F811
@@ -78,7 +104,13 @@ def test_storefront_page_through_the_typescript_client(
         assert len(first) == 5 and all(first)
         assert text("#recs-route").startswith("route h")  # the profile's learned route
         assert text("#recs-http") == "200"
-        assert len(_texts(browser, "#popular-list li")) == 5
+        # What was shown went back as an impression, one row per item in the order shown.
+        _wait(browser, lambda d: "recorded" in text("#recs-shown"))
+        assert text("#recs-shown") == "shown list recorded (201)"
+        assert _shown(app, "17850") == first
+        # Popular, without what this customer has had.
+        popular = _texts(browser, "#popular-list li")
+        assert len(popular) == 5 and not set(popular) & _had(app, "17850")
 
         browser.find_element(By.ID, "recs-next").click()  # paging: offset=5
         _wait(browser, lambda d: text("#recs-page") == "page 2" and ready(d))

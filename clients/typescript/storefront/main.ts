@@ -48,6 +48,21 @@ async function loadRecommendations(): Promise<void> {
   });
   if (!data) fail("recommendations", error, response);
   showList(data, response);
+  if (response.headers.get("X-Recsys-Revalidated") !== "304") await recordShown(data, response);
+}
+
+/** Tell the service what was shown (impressions), so shown-but-not-clicked can be learnt. */
+async function recordShown(data: RecommendationList, answer: Response): Promise<void> {
+  const { error, response } = await api.POST("/v1/impressions", {
+    body: {
+      user_id: state.user,
+      items: data.items.map((it) => it.item_id),
+      context: "home",
+      request_id: answer.headers.get("X-Request-ID") ?? undefined,
+    },
+  });
+  if (error) fail("impressions", error, response);
+  $("recs-shown").textContent = `shown list recorded (${response.status})`;
 }
 
 function showList(data: RecommendationList, response: Response): void {
@@ -60,7 +75,10 @@ function showList(data: RecommendationList, response: Response): void {
 }
 
 async function loadPopular(): Promise<void> {
-  const { data, error, response } = await api.GET("/v1/popular", { params: { query: { n: PAGE } } });
+  // Popular items this customer has not had yet (no event of theirs on them).
+  const { data, error, response } = await api.GET("/v1/popular", {
+    params: { query: { n: PAGE, user_id: state.user } },
+  });
   if (!data) fail("popular", error, response);
   render("popular-list", data.items);
 }
@@ -99,7 +117,9 @@ async function run(step: () => Promise<void>): Promise<void> {
 $("load").addEventListener("click", () => {
   state.user = ($("user") as HTMLInputElement).value.trim();
   state.offset = 0;
-  void run(loadRecommendations);
+  void run(async () => {
+    await Promise.all([loadRecommendations(), loadPopular()]);
+  });
 });
 $("recs-next").addEventListener("click", () => {
   state.offset += PAGE;

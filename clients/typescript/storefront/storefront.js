@@ -557,6 +557,19 @@ async function loadRecommendations() {
   });
   if (!data) fail("recommendations", error, response);
   showList(data, response);
+  if (response.headers.get("X-Recsys-Revalidated") !== "304") await recordShown(data, response);
+}
+async function recordShown(data, answer) {
+  const { error, response } = await api.POST("/v1/impressions", {
+    body: {
+      user_id: state.user,
+      items: data.items.map((it) => it.item_id),
+      context: "home",
+      request_id: answer.headers.get("X-Request-ID") ?? void 0
+    }
+  });
+  if (error) fail("impressions", error, response);
+  $("recs-shown").textContent = `shown list recorded (${response.status})`;
 }
 function showList(data, response) {
   render("recs-list", data.items);
@@ -567,7 +580,9 @@ function showList(data, response) {
   $("recs-http").textContent = revalidated ? "304 Not Modified (kept the list)" : `${response.status}`;
 }
 async function loadPopular() {
-  const { data, error, response } = await api.GET("/v1/popular", { params: { query: { n: PAGE } } });
+  const { data, error, response } = await api.GET("/v1/popular", {
+    params: { query: { n: PAGE, user_id: state.user } }
+  });
   if (!data) fail("popular", error, response);
   render("popular-list", data.items);
 }
@@ -603,7 +618,9 @@ $("user").value = state.user;
 $("load").addEventListener("click", () => {
   state.user = $("user").value.trim();
   state.offset = 0;
-  void run(loadRecommendations);
+  void run(async () => {
+    await Promise.all([loadRecommendations(), loadPopular()]);
+  });
 });
 $("recs-next").addEventListener("click", () => {
   state.offset += PAGE;
