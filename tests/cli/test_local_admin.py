@@ -16,7 +16,9 @@ from recsys.cli.main import main
 def serve(monkeypatch, tmp_path):
     """``recsys serve`` with gunicorn not started (the exec is recorded instead)."""
     monkeypatch.setenv("RECSYS_INSTANCE_PATH", str(tmp_path / "instance"))
-    monkeypatch.delenv("RECSYS_ADMIN_TOKEN", raising=False)
+    # Set (then removed) through monkeypatch, so that what `serve` puts there is undone too.
+    monkeypatch.setenv("RECSYS_ADMIN_TOKEN", "")
+    monkeypatch.delenv("RECSYS_ADMIN_TOKEN")
     execs = []
     monkeypatch.setattr(os, "execv", lambda path, argv: execs.append(argv))
     monkeypatch.setattr(os, "chdir", lambda path: None)
@@ -27,7 +29,7 @@ def serve(monkeypatch, tmp_path):
         assert execs and "--local-admin-token" not in execs[-1]
         return r.output
 
-    return run
+    yield run
 
 
 def test_first_run_creates_and_prints_the_token_once(serve, tmp_path):

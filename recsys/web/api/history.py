@@ -57,6 +57,8 @@ from recsys.web.schemas import (
 bp = APIBlueprint("history", __name__, url_prefix="/v1", tag="Events")
 
 _impression = ImpressionIn()
+# Row ids are SQL bigints: a larger number in a URL or cursor is no row (SQLite cannot bind it).
+MAX_ROW_ID = 2**63 - 1
 
 
 def _check_id(value: str, what: str = "user_id") -> None:
@@ -73,9 +75,12 @@ def _cursor(raw: str | None) -> tuple[Any, int] | None:
 
     ts, _, ident = text.rpartition("|")
     try:
-        return datetime.fromisoformat(ts), int(ident)
-    except ValueError as e:
-        raise RecsysError("invalid cursor: pass the next_cursor of a previous page") from e
+        when, row = datetime.fromisoformat(ts), int(ident)
+    except ValueError:
+        when, row = None, -1
+    if when is None or not 0 <= row <= MAX_ROW_ID:
+        raise RecsysError("invalid cursor: pass the next_cursor of a previous page")
+    return when, row
 
 
 @bp.get("/users/<user_id>/events")
@@ -169,7 +174,7 @@ def _forget(user_id: str, item_id: str | None, event_id: int | None) -> dict[str
     }
 
 
-@bp.delete("/users/<user_id>/events/<int:event_id>")
+@bp.delete(f"/users/<user_id>/events/<int(max={MAX_ROW_ID}):event_id>")
 @require_scope("events:write")
 @bp.output(EventsDeletedOut)
 @bp.doc(
