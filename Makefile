@@ -23,8 +23,8 @@ install: $(BIN)/recsys
 # `make run` skips the import and training that are already done.
 run: install
 	$(BIN)/recsys db upgrade
-	$(BIN)/recsys import online-retail --if-empty
-	$(BIN)/recsys train --if-missing --tune --tune-budget $(TUNE_BUDGET)
+	$(BIN)/recsys import online-retail --if-empty --started-by make-run
+	$(BIN)/recsys train --if-missing --tune --tune-budget $(TUNE_BUDGET) --started-by make-run
 	$(BIN)/recsys serve --local-admin-token --bind 127.0.0.1:$(PORT)
 
 services:

@@ -24,26 +24,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-import serve_bench as sb  # noqa: E402
+import floors  # noqa: E402
+import loadgen  # noqa: E402
+import servekit as sb  # noqa: E402
 
-BARE_APP = """
-from flask import Flask, jsonify
-app = Flask(__name__)
-
-
-@app.get("/healthz")
-def healthz():
-    return jsonify(status="ok")
-"""
+BARE_APP = floors.BARE_APP
 
 
 def start(
@@ -88,6 +82,8 @@ def scenarios(users: list[str], items: list[str]) -> list[tuple[str, list]]:
 
 
 def measure(tree: str, args, drive, specs_of, run_id: str) -> dict[str, dict]:
+    """Each scenario against ``tree``'s server, with its CPU milliseconds per request: the
+    gunicorn workers, PostgreSQL (the benchmark database's backends) and Redis."""
     port = sb.free_port()
     base = f"http://127.0.0.1:{port}"
     proc = start(tree, args, port)
@@ -98,30 +94,18 @@ def measure(tree: str, args, drive, specs_of, run_id: str) -> dict[str, dict]:
             if name == "cached":
                 for _, path, _ in specs:  # fill the cache first
                     sb.get_json(base, path)
-            out[name] = drive(base, specs, args.concurrency, args.duration, run_id)
+            w0, s0 = sb.worker_cpu(proc.pid), sb.service_cpu(args.database_url)
+            r = out[name] = drive(base, specs, args.concurrency, args.duration, run_id)
+            w1, s1 = sb.worker_cpu(proc.pid), sb.service_cpu(args.database_url)
+            n = max(r["requests"], 1)
+            r["cpu_ms"] = (
+                1000 * sum(max(0.0, w1[w] - w0.get(w, 0.0)) for w in w1) / n,
+                1000 * (s1["postgres"] - s0["postgres"]) / n,
+                1000 * (s1["redis"] - s0["redis"]) / n,
+            )
         return out
     finally:
         stop(proc)
-
-
-def measure_bare(args, drive, run_id: str) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "bare.py"), "w") as f:
-            f.write(BARE_APP)
-        port = sb.free_port()
-        proc = start(tmp, args, port, app="bare:app", bare=True)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            for _ in range(300):
-                try:
-                    if sb.get_json(base, "/healthz", timeout=1)[0] == 200:
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.1)
-            return drive(base, [("GET", "/healthz", None)], args.concurrency, args.duration, run_id)
-        finally:
-            stop(proc)
 
 
 def main() -> int:
@@ -136,19 +120,53 @@ def main() -> int:
     p.add_argument("--redis-prefix", default="recsys-ab")
     p.add_argument("--instance", required=True)
     p.add_argument("--tool", choices=("auto", "wrk", "python"), default="auto")
+    p.add_argument(
+        "--scenarios",
+        default="healthz,cached,uncached,similar,popular",
+        help="which scenarios, comma-separated",
+    )
+    p.add_argument(
+        "--cornac-venv", default=None, help="also cornac.serving (bench/floors.py) each round"
+    )
+    p.add_argument(
+        "--ml100k", default=os.path.join(os.path.dirname(ROOT), "shared", "datasets", "ml-100k")
+    )
+    p.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for both trees' servers, e.g. RECSYS_ACCESS_LOG=false (repeatable)",
+    )
     args = p.parse_args()
+    args.server_env = [tuple(kv.split("=", 1)) for kv in args.server_env]
     args.model_dir = os.path.join(args.instance, "models")
     args.workers, args.threads, args.near_cache_ttl = 2, 4, 0.0
     args.admin_token = "bench-admin-token"
-    drive = sb.run_wrk if args.tool != "python" and sb.shutil.which("wrk") else sb.run_python
+    drive = loadgen.run_wrk if args.tool != "python" and shutil.which("wrk") else loadgen.run_python
     users, items = sb.sample_ids(args, n_users=200, n_items=300)
-    specs = scenarios(users, items)
+    wanted = args.scenarios.split(",")
+    specs = [(n, sp) for n, sp in scenarios(users, items) if n in wanted]
     trees = {"A": os.path.abspath(args.a), "B": os.path.abspath(args.b)}
-    got: dict[str, dict[str, list]] = {"A": {}, "B": {}, "bare": {"healthz": []}}
+    got: dict[str, dict[str, list]] = {"A": {}, "B": {}, "ref": {}}
     print(sb.machine(), flush=True)
+    refs = floors.FloorServers(2, 4, args.instance, args.cornac_venv, args.ml100k).__enter__()
+    try:
+        rounds(args, drive, specs, trees, refs, got)
+    finally:
+        refs.__exit__(None, None, None)
+    report(args, specs, trees, got)
+    return 0
+
+
+def rounds(args, drive, specs, trees, refs, got) -> None:
+    """``args.rounds`` alternating rounds: the floors, then A and B (B first in even rounds)."""
     for k in range(args.rounds):
         run_id = f"ab{int(time.time())}r{k}"
-        got["bare"]["healthz"].append(measure_bare(args, drive, run_id))
+        for name, base, sp in refs.scenarios:
+            r = drive(base, sp, args.concurrency, args.duration, run_id)
+            got["ref"].setdefault(name, []).append(r)
+            print(f"round {k + 1} {name}: {r['rps']:.0f}/s", flush=True)
         order = ("A", "B") if k % 2 == 0 else ("B", "A")
         for label in order:
             res = measure(trees[label], args, drive, specs, run_id + label)
@@ -160,23 +178,55 @@ def main() -> int:
                 flush=True,
             )
 
+
+def report(args, specs, trees, got) -> None:
+    """The Markdown table of medians, with each round's figures and the ratios."""
+
     def med(rs, key):
         return statistics.median(r[key] for r in rs)
 
-    floor = med(got["bare"]["healthz"], "rps")
+    def cpu(rs) -> str:
+        return "/".join(f"{statistics.median(r['cpu_ms'][i] for r in rs):.2f}" for i in range(3))
+
+    ref = {name: med(rs, "rps") for name, rs in got["ref"].items()}
+    floor = ref["bare Flask, constant JSON"]
     print(
         f"\nA = {trees['A']}\nB = {trees['B']}\n{args.rounds} rounds x {args.duration:g} s, "
-        f"{args.concurrency} connections, medians; bare Flask /healthz {floor:.0f}/s\n"
+        f"{args.concurrency} connections, medians (load average {os.getloadavg()[0]:.1f} at "
+        f"the end); server env {dict(args.server_env) or '-'}\n"
     )
-    print("| scenario | A req/s | B req/s | B/A | A p99 ms | B p99 ms | A/bare | B/bare |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, rs in got["ref"].items():
+        rounds = ", ".join(f"{r['rps']:.0f}" for r in rs)
+        print(f"- {name}: {ref[name]:.0f}/s (rounds: {rounds})")
+    print()
+    print(
+        "| scenario | A req/s | B req/s | B/A | A rounds | B rounds | A p99 ms | B p99 ms "
+        "| A/bare | B/bare | A CPU ms/req | B CPU ms/req |"
+    )
+    print("|---|---:|---:|---:|---|---|---:|---:|---:|---:|---|---|")
     for name, _ in specs:
         a, b = med(got["A"][name], "rps"), med(got["B"][name], "rps")
         pa, pb = med(got["A"][name], "p99_ms"), med(got["B"][name], "p99_ms")
+        ra = ", ".join(f"{r['rps']:.0f}" for r in got["A"][name])
+        rb = ", ".join(f"{r['rps']:.0f}" for r in got["B"][name])
         print(
-            f"| {name} | {a:.0f} | {b:.0f} | {b / a:.2f} | {pa:.1f} | {pb:.1f} "
-            f"| {a / floor:.2f} | {b / floor:.2f} |"
+            f"| {name} | {a:.0f} | {b:.0f} | {b / a:.2f} | {ra} | {rb} | {pa:.1f} | {pb:.1f} "
+            f"| {a / floor:.2f} | {b / floor:.2f} | {cpu(got['A'][name])} "
+            f"| {cpu(got['B'][name])} |"
         )
+    print("\nCPU ms/req: gunicorn workers / PostgreSQL (this database) / Redis (all of it).")
+    for label in ("A", "B"):
+        h, c = med(got[label].get("healthz", [{"rps": 0}]), "rps"), None
+        if "cached" in got[label]:
+            c = med(got[label]["cached"], "rps")
+        for rname in ("cornac.serving recommend", "cornac.serving floor (400)"):
+            if rname in ref and c is not None:
+                print(
+                    f"- {label}: cached / {rname} {c / ref[rname]:.2f}x, "
+                    f"/healthz / {rname} {h / ref[rname]:.2f}x"
+                )
+        if c is not None and h:
+            print(f"- {label}: cached / /healthz {c / h:.0%}")
     return 0
 
 

@@ -8,6 +8,8 @@
     .venv/bin/python bench/serve_bench.py --cached-only 3
     # against a server you started yourself (no memory figures unless --server-pid is given)
     .venv/bin/python bench/serve_bench.py --url http://127.0.0.1:8000
+    # with cornac.serving beside it (a venv outside the repo: bench/floors.py)
+    .venv/bin/python bench/serve_bench.py --cached-only 3 --cornac-venv /tmp/cornac-venv
 
 Scenarios (each a bounded, self-stopping run of --duration seconds at --concurrency clients):
 /healthz (the floor), cached recommendations (warm users whose result is already cached),
@@ -19,6 +21,14 @@ concurrent callers (in this process, on the served model version, one torch thre
 worker), and memory: RSS and PSS (``/proc/<pid>/smaps_rollup``) of the master and each worker
 with every model loaded. Prints a Markdown table for the README.
 
+Fixed references, measured in the same run (``bench/floors.py``): a bare Flask app answering a
+constant JSON under the same gunicorn worker and thread counts, at the start and at the end,
+and with ``--cornac-venv`` cornac.serving's recommend and its 400 floor; our paths are also
+reported as ratios to them, so a falling floor does not hide behind a ratio to our own
+``/healthz``. Before/after comparisons of two source trees: ``bench/ab_trees.py``; the
+read-after-write path of a shop: ``bench/storefront.py``. The pieces: ``servekit`` (set-up,
+server, /proc), ``loadgen`` (wrk or Python), ``deep_batching``, ``floors``.
+
 The load generator is ``wrk`` when installed (C, so the client steals little CPU from the
 server on a small box); otherwise Python threads with keep-alive ``http.client`` connections.
 """
@@ -26,26 +36,41 @@ server on a small box); otherwise Python threads with keep-alive ``http.client``
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import platform
-import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-import urllib.parse
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-RECSYS = os.path.join(os.path.dirname(sys.executable), "recsys")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import floors  # noqa: E402
+from deep_batching import deep_batching  # noqa: E402
+from loadgen import Spec, run_python, run_wrk  # noqa: E402
+from servekit import (  # noqa: E402,F401  (ensure_database, tree_client: used by other scripts)
+    ROOT,
+    cpu_split,
+    ensure_database,
+    free_port,
+    get_json,
+    machine,
+    patch_json,
+    prepare,
+    sample_ids,
+    server_memory,
+    service_cpu,
+    set_warm_strategies,
+    stage_breakdown,
+    stage_totals,
+    start_server,
+    tree_client,
+    wait_ready,
+    worker_cpu,
+)
 
 GOALS = {
     "cached_vs_healthz": 0.70,
@@ -53,515 +78,6 @@ GOALS = {
     "batching_speedup": 3.0,
     "total_pss_mb": 1024.0,
 }
-
-
-# -- set-up ------------------------------------------------------------------------------------
-def bench_env(args) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env.update(
-        RECSYS_DATABASE_URL=args.database_url,
-        RECSYS_REDIS_URL=args.redis_url,
-        RECSYS_REDIS_PREFIX=args.redis_prefix,
-        RECSYS_MODEL_DIR=args.model_dir,
-        RECSYS_INSTANCE_PATH=args.instance,
-        RECSYS_WORKERS=str(args.workers),
-        RECSYS_THREADS=str(args.threads),
-        RECSYS_PRELOAD_MODELS="true",
-        RECSYS_ADMIN_TOKEN=args.admin_token,
-        RECSYS_NEAR_CACHE_TTL=str(args.near_cache_ttl),
-    )
-    return env
-
-
-def ensure_database(database_url: str) -> None:
-    """Create the PostgreSQL database of ``database_url`` when it does not exist (through the
-    server's ``postgres`` database); other backends are left alone. Also used by
-    scripts/stress_tests.sh for its lanes."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database_url)
-    if url.get_backend_name() != "postgresql":
-        return
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        exists = c.execute(
-            text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": url.database}
-        ).first()
-        if not exists:
-            c.execute(text(f'CREATE DATABASE "{url.database}"'))
-    admin.dispose()
-
-
-def prepare(args) -> None:
-    """Create the database if needed, migrate, import Online Retail, train every strategy
-    (the opt-in sequence model included)."""
-    ensure_database(args.database_url)
-    env = bench_env(args)
-    for cmd in (
-        ["db", "upgrade"],
-        ["import", "online-retail", "--if-empty"],
-        ["train", "--if-missing", "--quiet"],
-        # Opt-in strategies (not trained by a bare `recsys train`), for --warm-strategies.
-        ["train", "sequence", "--if-missing", "--quiet"],
-        ["models", "list"],
-    ):
-        print("$ recsys", " ".join(cmd), flush=True)
-        subprocess.run([RECSYS, *cmd], env=env, cwd=ROOT, check=True)
-
-
-def tree_client(args, tree: str, label: str):
-    """A Flask test client of the app in source tree ``tree``, on the store ``--prepare`` made
-    (its own Redis prefix, so nothing cached by an earlier run is served; no access log).
-    Used by bench/inproc_trees.py and scripts/compare_answers.py to compare two trees.
-
-    Parameters
-    ----------
-    args : argparse.Namespace
-        ``database_url``, ``redis_url`` and ``instance``.
-    tree : str
-        The source tree whose ``recsys`` package answers.
-    label : str
-        The start of the Redis prefix.
-
-    Returns
-    -------
-    flask.testing.FlaskClient
-    """
-    import logging
-    import uuid
-
-    sys.path.insert(0, os.path.abspath(tree))
-    os.environ.update(
-        RECSYS_DATABASE_URL=args.database_url,
-        RECSYS_REDIS_URL=args.redis_url,
-        RECSYS_MODEL_DIR=os.path.join(args.instance, "models"),
-        RECSYS_PRELOAD_MODELS="true",
-        RECSYS_REDIS_PREFIX=f"{label}-{uuid.uuid4().hex}",
-        RECSYS_ACCESS_LOG="false",
-    )
-    from recsys import create_app
-
-    app = create_app()
-    logging.getLogger().setLevel(logging.ERROR)
-    return app.test_client()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(args, port: int) -> subprocess.Popen:
-    log = open(os.path.join(args.instance, "serve_bench.log"), "w")
-    # `recsys serve` execs gunicorn, so this pid is the gunicorn master.
-    return subprocess.Popen(
-        [RECSYS, "serve", "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
-        env=bench_env(args),
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def stage_totals(base: str) -> dict[str, tuple[float, float]]:
-    """``{stage: (seconds, count)}`` of ``recsys_stage_seconds`` (recsys.serving.pipeline) summed
-    over the workers; empty for a server without the histogram."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    u = urllib.parse.urlsplit(base)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    out: dict[str, list[float]] = {}
-    for fam in text_string_to_metric_families(text):
-        if fam.name != "recsys_stage_seconds":
-            continue
-        for sample in fam.samples:
-            stage = sample.labels.get("stage")
-            if sample.name.endswith("_sum"):
-                out.setdefault(stage, [0.0, 0.0])[0] += sample.value
-            elif sample.name.endswith("_count"):
-                out.setdefault(stage, [0.0, 0.0])[1] += sample.value
-    return {k: (v[0], v[1]) for k, v in out.items()}
-
-
-def stage_breakdown(before: dict, after: dict, requests: int) -> str:
-    """Mean milliseconds per request of each stage between two ``stage_totals``."""
-    parts = []
-    for stage, (secs, _count) in after.items():
-        d = secs - before.get(stage, (0.0, 0.0))[0]
-        if d > 0:
-            parts.append(f"{stage} {1000 * d / max(requests, 1):.2f}")
-    return ", ".join(parts)
-
-
-def get_json(base: str, path: str, token: str | None = None, timeout: float = 10) -> tuple:
-    u = urllib.parse.urlsplit(base)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        conn.request("GET", path, headers=headers)
-        r = conn.getresponse()
-        body = r.read()
-    finally:
-        conn.close()
-    try:
-        return r.status, json.loads(body)
-    except ValueError:
-        return r.status, body.decode(errors="replace")
-
-
-def patch_json(base: str, path: str, body: dict, token: str) -> tuple[int, dict]:
-    u = urllib.parse.urlsplit(base)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
-    try:
-        conn.request(
-            "PATCH",
-            path,
-            body=json.dumps(body),
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-        )
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"{}")
-    finally:
-        conn.close()
-
-
-def set_warm_strategies(base: str, args) -> dict | None:
-    """``--warm-strategies``: route warm users through them for this run; returns the routing
-    change that restores the previous value (None when nothing was changed)."""
-    if not args.warm_strategies:
-        return None
-    want = [s.strip() for s in args.warm_strategies.split(",") if s.strip()]
-    _, before = get_json(base, "/v1/admin/routing", token=args.admin_token)
-    status, body = patch_json(
-        base, "/v1/admin/routing", {"warm_strategies": want}, args.admin_token
-    )
-    if status != 200:
-        raise SystemExit(f"--warm-strategies {want}: {status} {body}")
-    # Every worker picks the change up at its next settings poll (CONFIG_POLL_SECONDS).
-    time.sleep(2.0)
-    print(f"warm route for this run: {want}")
-    return {"warm_strategies": before["routing"]["warm_strategies"]}
-
-
-def wait_ready(base: str, proc: subprocess.Popen | None, timeout: float) -> dict:
-    end = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}; see its log")
-        try:
-            status, body = get_json(base, "/readyz", timeout=2)
-            last = body
-            if status == 200:
-                return body
-        except OSError as e:
-            last = str(e)
-        time.sleep(0.25)
-    raise SystemExit(f"server not ready after {timeout:.0f} s: {last}")
-
-
-def sample_ids(args, n_users: int, n_items: int, seed: int = 42) -> tuple[list[str], list[str]]:
-    """Warm users (enough history to be routed warm) and popular items, from the store."""
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(args.database_url)
-    with engine.connect() as c:
-        users = [
-            r[0]
-            for r in c.execute(
-                text(
-                    "SELECT u.external_id FROM users u JOIN events e ON e.user_id = u.id "
-                    # Not the event scenarios' own users: they gain events with every run, so
-                    # the sample (and what it costs) would drift from run to run.
-                    "WHERE u.external_id NOT LIKE 'bench-user-%' "
-                    "GROUP BY u.external_id HAVING COUNT(DISTINCT e.item_id) BETWEEN 10 AND 300"
-                )
-            )
-        ]
-        items = [
-            r[0]
-            for r in c.execute(
-                text(
-                    "SELECT i.external_id FROM items i JOIN events e ON e.item_id = i.id "
-                    "GROUP BY i.external_id ORDER BY COUNT(*) DESC LIMIT 2000"
-                )
-            )
-        ]
-    engine.dispose()
-    rng = random.Random(seed)
-    rng.shuffle(users)
-    rng.shuffle(items)
-    if not users or not items:
-        raise SystemExit("the store has no warm users or items: run with --prepare first")
-    return users[:n_users], items[:n_items]
-
-
-# -- load generation -----------------------------------------------------------------------------
-# A request spec: (method, path template, body template or None). "UNIQ" in either is replaced by a
-# value unique to the request (client id + counter), so keys and idempotency ids never repeat.
-Spec = tuple[str, str, str | None]
-
-WRK_LUA = r"""
-local specs = %(specs)s
-local counter = 0
-local me = 0
-local next_id = 0
-setup = function(thread)
-  next_id = next_id + 1
-  thread:set("client", next_id)
-end
-init = function(args)
-  me = client or 0
-end
-request = function()
-  counter = counter + 1
-  local s = specs[((counter + me * 7919) %% #specs) + 1]
-  local uniq = "%(run)s-" .. me .. "-" .. counter
-  local path = string.gsub(s[2], "UNIQ", uniq)
-  if s[3] ~= nil then
-    local body = string.gsub(s[3], "UNIQ", uniq)
-    return wrk.format(s[1], path, {["Content-Type"] = "application/json"}, body)
-  end
-  return wrk.format(s[1], path)
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "WRKJSON {\"requests\": %%d, \"duration_us\": %%d, \"p50\": %%d, \"p95\": %%d, " ..
-    "\"p99\": %%d, \"errors\": %%d, \"status_errors\": %%d}\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(95),
-    latency:percentile(99), e.connect + e.read + e.write + e.timeout, e.status))
-end
-"""
-
-
-def _lua_str(s: str | None) -> str:
-    return "nil" if s is None else json.dumps(s)  # JSON string escapes are valid Lua
-
-
-def run_wrk(base: str, specs: list[Spec], concurrency: int, duration: float, run_id: str) -> dict:
-    lua = WRK_LUA % {
-        "specs": "{"
-        + ",".join(f"{{{_lua_str(m)},{_lua_str(p)},{_lua_str(b)}}}" for m, p, b in specs)
-        + "}",
-        "run": run_id,
-    }
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(lua)
-        script = f.name
-    try:
-        threads = max(1, min(concurrency, 2))
-        out = subprocess.run(
-            [
-                "wrk",
-                f"-t{threads}",
-                f"-c{concurrency}",
-                f"-d{max(1, round(duration))}s",
-                "--timeout",
-                "5s",
-                "-s",
-                script,
-                base,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=duration + 30,
-        )
-    finally:
-        os.unlink(script)
-    line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk failed: {out.stdout[-500:]} {out.stderr[-500:]}")
-    r = json.loads(line[len("WRKJSON ") :])
-    secs = r["duration_us"] / 1e6
-    return {
-        "requests": r["requests"],
-        "rps": r["requests"] / secs if secs else 0.0,
-        "p50_ms": r["p50"] / 1000,
-        "p95_ms": r["p95"] / 1000,
-        "p99_ms": r["p99"] / 1000,
-        "errors": r["errors"] + r["status_errors"],
-    }
-
-
-def run_python(
-    base: str, specs: list[Spec], concurrency: int, duration: float, run_id: str
-) -> dict:
-    u = urllib.parse.urlsplit(base)
-    stop_at = time.monotonic() + duration
-    lat: list[list[float]] = [[] for _ in range(concurrency)]
-    errors = [0] * concurrency
-
-    def client(k: int) -> None:
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=5)
-        counter = 0
-        while time.monotonic() < stop_at:
-            counter += 1
-            m, p, b = specs[(counter + k * 7919) % len(specs)]
-            uniq = f"{run_id}-{k}-{counter}"
-            p = p.replace("UNIQ", uniq)
-            headers = {}
-            body = None
-            if b is not None:
-                body = b.replace("UNIQ", uniq)
-                headers["Content-Type"] = "application/json"
-            t0 = time.perf_counter()
-            try:
-                conn.request(m, p, body=body, headers=headers)
-                r = conn.getresponse()
-                r.read()
-                if r.status >= 400:
-                    errors[k] += 1
-            except (OSError, http.client.HTTPException):
-                errors[k] += 1
-                conn.close()
-                conn = http.client.HTTPConnection(u.hostname, u.port, timeout=5)
-                continue
-            lat[k].append(time.perf_counter() - t0)
-        conn.close()
-
-    t0 = time.monotonic()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    secs = time.monotonic() - t0
-    all_lat = sorted(x for xs in lat for x in xs)
-
-    def pct(q: float) -> float:
-        return all_lat[min(len(all_lat) - 1, int(q * len(all_lat)))] * 1000 if all_lat else 0.0
-
-    return {
-        "requests": len(all_lat),
-        "rps": len(all_lat) / secs,
-        "p50_ms": pct(0.50),
-        "p95_ms": pct(0.95),
-        "p99_ms": pct(0.99),
-        "errors": sum(errors),
-    }
-
-
-# -- the deep model's micro-batching -------------------------------------------------------------
-def deep_batching(
-    args,
-    users: list[str],
-    concurrency: int = 16,
-    duration: float = 3.0,
-    rounds: int = 3,
-    strategy: str = "deep",
-) -> dict:
-    """Throughput of the served deep model (or ``strategy``, e.g. ``sequence``, another batched
-    one) at 16 concurrent single-user calls, batched or not.
-
-    Unbatched and batched runs alternate ``rounds`` times (``duration`` seconds each) and the
-    figures are the medians, with the range of the per-round ratios: on a shared VM one pair
-    of runs moves by 20-30 %, mostly on the unbatched side (16 threads contending for the GIL
-    around small torch calls)."""
-    os.environ.update(bench_env(args))
-    import numpy as np
-    import torch
-    from sqlalchemy import select
-
-    from features.interactions import EVENT_CODE, History, user_batch
-    from recsys import create_app
-    from recsys.models.batched_model import BatchedModel
-    from recsys.models.repository import get_repository
-    from recsys.models.runtime import get_runtime
-    from recsys.store.db import session_scope
-    from recsys.store.models import Event, Item, User
-
-    torch.set_num_threads(1)  # as in a gunicorn worker
-    app = create_app()
-    try:
-        # As a worker serves it: the runtime's CPU variant (DEEP_CPU_PRECISION) of the version.
-        lm = get_runtime(app).serving_variant(get_repository(app).load_version(strategy))
-    except Exception as e:  # noqa: BLE001 - report, do not fake
-        return {"error": f"no {strategy} model: {e}"}
-    batches = []
-    with session_scope(app) as s:
-        for uid in users[:64]:
-            rows = s.execute(
-                select(Item.external_id, Event.type, Event.value)
-                .join(Item, Item.id == Event.item_id)
-                .join(User, User.id == Event.user_id)
-                .where(User.external_id == uid)
-                .order_by(Event.ts.desc(), Event.id.desc())
-                .limit(200)
-            ).all()
-            h = History(
-                item_idx=lm.items.indices([r[0] for r in rows]),
-                event_type=np.array([EVENT_CODE[r[1]] for r in rows], np.int8),
-                value=np.array([r[2] for r in rows], np.float32),
-                ts=np.zeros(len(rows), np.int64),
-            )
-            batches.append(user_batch([h], len(lm.items)))
-
-    def drive(score) -> tuple[float, float]:
-        """(calls per second, CPU milliseconds of this process per call)."""
-        stop_at = time.monotonic() + duration
-        cpu0 = time.process_time()
-        counts = [0] * concurrency
-
-        def worker(k: int) -> None:
-            i = k
-            while time.monotonic() < stop_at:
-                score(batches[i % len(batches)])
-                counts[k] += 1
-                i += concurrency
-
-        t0 = time.monotonic()
-        ts = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        calls = sum(counts)
-        return calls / (time.monotonic() - t0), (time.process_time() - cpu0) * 1000 / calls
-
-    inner = lm.model
-    inner.score(batches[0])  # warm
-    # As the runtime builds it (recsys.models.runtime.get_runtime): the configured batcher settings.
-    wrapped = BatchedModel(
-        inner,
-        int(app.config["BATCH_MAX_SIZE"]),
-        float(app.config["BATCH_MAX_DELAY_MS"]),
-        concurrency=int(app.config["BATCH_CONCURRENCY"]),
-        inline_when_idle=bool(app.config["BATCH_INLINE_WHEN_IDLE"]),
-    )
-    wrapped.score(batches[0])
-    plain, batched = [], []
-    for _ in range(rounds):
-        plain.append(drive(inner.score))
-        batched.append(drive(wrapped.score))
-    stats = wrapped.batcher_stats()
-    wrapped.close()
-    ratios = sorted(b[0] / u[0] for u, b in zip(plain, batched, strict=True))
-    median = statistics.median
-    return {
-        "items": len(lm.items),
-        "version": lm.version,
-        "precision": getattr(inner, "serving_precision_", "?"),
-        "rounds": rounds,
-        "unbatched_rps": median([u[0] for u in plain]),
-        "batched_rps": median([b[0] for b in batched]),
-        "speedup": median(ratios),
-        "speedup_range": (ratios[0], ratios[-1]),
-        "unbatched_cpu_ms": median([u[1] for u in plain]),
-        "batched_cpu_ms": median([b[1] for b in batched]),
-        "mean_batch": stats["mean_batch_size"],
-        "max_batch": int(app.config["BATCH_MAX_SIZE"]),
-        "max_delay_ms": float(app.config["BATCH_MAX_DELAY_MS"]),
-        "concurrency": int(app.config["BATCH_CONCURRENCY"]),
-    }
 
 
 # -- memory ------------------------------------------------------------------------------------
@@ -593,107 +109,57 @@ def plot_uncached(unc: dict[int, dict], path: str) -> None:
     plt.close(fig)
 
 
-def smaps(pid: int) -> dict[str, int]:
-    out = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3 and parts[0] in ("Rss:", "Pss:"):
-                out[parts[0][:-1].lower()] = int(parts[1]) * 1024
-    return out
-
-
-def server_memory(master: int) -> list[dict]:
-    with open(f"/proc/{master}/task/{master}/children") as f:
-        workers = [int(p) for p in f.read().split()]
-    rows = [{"process": f"master {master}", **smaps(master)}]
-    rows += [{"process": f"worker {w}", **smaps(w)} for w in workers]
-    return rows
-
-
-def proc_cpu(pid: int | str) -> tuple[str, float]:
-    """(command name, CPU seconds so far: user + system) of a process, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        head, tail = f.read().rsplit(")", 1)
-    fields = tail.split()
-    return head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def worker_cpu(master: int | None) -> dict[int, float]:
-    """CPU seconds (user + system) so far of each gunicorn worker (empty without a master)."""
-    if not master:
-        return {}
-    try:
-        with open(f"/proc/{master}/task/{master}/children") as f:
-            workers = [int(p) for p in f.read().split()]
-        return {w: proc_cpu(w)[1] for w in workers}
-    except OSError:
-        return {}
-
-
-def service_cpu() -> dict[str, float]:
-    """CPU seconds so far of every PostgreSQL and Redis server process on this host (they share
-    the box with the server, so their cost per request is part of the picture)."""
-    out = {"postgres": 0.0, "redis": 0.0}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            comm, seconds = proc_cpu(pid)
-        except OSError:
-            continue
-        kind = "postgres" if comm.startswith("postgres") else "redis" if "redis" in comm else None
-        if kind:
-            out[kind] += seconds
-    return out
-
-
-def cpu_split(before: dict[int, float], after: dict[int, float]) -> str:
-    """How the scenario's worker CPU was shared, e.g. "62/38": keep-alive connections stay
-    with the worker that accepted them, so a few clients may all land on one worker."""
-    used = [max(0.0, after[w] - before.get(w, 0.0)) for w in sorted(after)]
-    total = sum(used)
-    return "/".join(f"{100 * u / total:.0f}" for u in used) if total > 0 else "-"
-
-
 # -- main --------------------------------------------------------------------------------------
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = os.getloadavg()
-    return f"{cpu}, {os.cpu_count()} cores, load average {load[0]:.1f} at start"
-
-
-def cached_only(base: str, args, drive, urls: list[str], run_id: str) -> int:
+def cached_only(base: str, args, drive, urls: list[str], run_id: str, refs) -> int:
     """/healthz against cached lists with the default item fields (title, price, image_url)
-    and with none (``fields=``), in alternating rounds: the cost of rendering item data."""
+    and with none (``fields=``), and the floors (bare Flask, cornac), in alternating rounds."""
     for url in urls:  # fill the cache
         get_json(base, url)
     kinds = {
-        "/healthz": [("GET", "/healthz", None)],
-        "cached, default fields": [("GET", u, None) for u in urls],
-        "cached, fields=": [("GET", u + "&fields=", None) for u in urls],
+        "/healthz": (base, [("GET", "/healthz", None)]),
+        "cached, default fields": (base, [("GET", u, None) for u in urls]),
+        "cached, fields=": (base, [("GET", u + "&fields=", None) for u in urls]),
+        **{name: (b, specs) for name, b, specs in refs.scenarios},
     }
     got: dict[str, list[float]] = {k: [] for k in kinds}
     for rnd in range(args.cached_only):
-        for name, specs in kinds.items():
-            r = drive(base, specs, args.concurrency, args.duration, run_id)
+        for name, (where, specs) in kinds.items():
+            r = drive(where, specs, args.concurrency, args.duration, run_id)
             got[name].append(r["rps"])
-            print(f"round {rnd + 1} {name:24s} {r['rps']:8.0f} req/s  errors {r['errors']}")
+            print(
+                f"round {rnd + 1} {name:28s} {r['rps']:8.0f} req/s  p99 {r['p99_ms']:6.2f} ms"
+                f"  errors {r['errors']}",
+                flush=True,
+            )
     med = {k: statistics.median(v) for k, v in got.items()}
     print()
     print(
         f"medians of {args.cached_only} alternating rounds, {args.concurrency} connections, "
-        f"{args.duration:.0f} s each: /healthz {med['/healthz']:.0f} req/s, cached lists with "
-        f"item fields {med['cached, default fields']:.0f} req/s "
-        f"(**{med['cached, default fields'] / med['/healthz']:.0%}** of /healthz), without "
-        f"{med['cached, fields=']:.0f} req/s ({med['cached, fields='] / med['/healthz']:.0%})"
+        f"{args.duration:.0f} s each (load average {os.getloadavg()[0]:.1f} at the end):"
+    )
+    print()
+    print(
+        "| scenario | req/s (median) | rounds | / bare Flask | / cornac recommend "
+        "| / cornac floor |"
+    )
+    print("|---|---:|---|---:|---:|---:|")
+    for name, vals in got.items():
+        print(
+            f"| {name} | {med[name]:.0f} | {', '.join(f'{v:.0f}' for v in vals)} | "
+            f"{_ratio(med, name, 'bare Flask, constant JSON')} | "
+            f"{_ratio(med, name, 'cornac.serving recommend')} | "
+            f"{_ratio(med, name, 'cornac.serving floor (400)')} |"
+        )
+    print()
+    print(
+        f"cached (item fields) / /healthz: "
+        f"**{med['cached, default fields'] / med['/healthz']:.0%}** (goal >= 85%)"
     )
     return 0
+
+
+def _ratio(med: dict[str, float], name: str, ref: str) -> str:
+    return f"{med[name] / med[ref]:.2f}x" if med.get(ref) else "-"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -726,6 +192,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="only /healthz vs cached lists with and without item fields, N alternating rounds",
     )
+    p.add_argument(
+        "--cornac-venv",
+        default=None,
+        help="a venv with cornac, flask and gunicorn (outside the repo): measure cornac.serving",
+    )
+    p.add_argument(
+        "--ml100k",
+        default=os.path.join(os.path.dirname(ROOT), "shared", "datasets", "ml-100k"),
+        help="ml-100k folder (cornac's model is trained on its u.data)",
+    )
     p.add_argument("--url", default=None, help="benchmark a running server instead")
     p.add_argument("--server-pid", type=int, default=None, help="its gunicorn master (memory)")
     p.add_argument("--workers", type=int, default=2)
@@ -753,7 +229,15 @@ def main(argv: list[str] | None = None) -> int:
         default="deep",
         help="the batched model whose micro-batching is measured (deep or sequence)",
     )
+    p.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the server, e.g. RECSYS_ACCESS_LOG=false (repeatable)",
+    )
     args = p.parse_args(argv)
+    args.server_env = [tuple(kv.split("=", 1)) for kv in args.server_env]
     args.model_dir = args.model_dir or os.path.join(args.instance, "models")
     os.makedirs(args.instance, exist_ok=True)
     if args.prepare:
@@ -794,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     proc = None
     base = args.url
     master = args.server_pid
+    refs = floors.FloorServers(
+        args.workers, args.threads, args.instance, args.cornac_venv, args.ml100k
+    ).__enter__()
     if base is None:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -813,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         rec = "/v1/users/{u}/recommendations?n=10"
         cached_users = users[:50]
         if args.cached_only:
-            return cached_only(base, args, drive, [rec.format(u=u) for u in cached_users], run_id)
+            urls = [rec.format(u=u) for u in cached_users]
+            return cached_only(base, args, drive, urls, run_id, refs)
         scenarios: list[tuple[str, list[Spec]]] = [
             ("/healthz (floor)", [("GET", "/healthz", None)]),
             ("recommendations, cached", [("GET", rec.format(u=u), None) for u in cached_users]),
@@ -875,13 +363,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"warning: {rec.format(u=u)} -> {status} {str(body)[:200]}")
                 break
         results = []
+        refs_first = [
+            (n, drive(b, sp, args.concurrency, args.duration, run_id))
+            for n, b, sp in refs.scenarios
+        ]
         for name, specs in scenarios:
             m = re.search(r"uncached, (\d+) client", name)
             conc = int(m.group(1)) if m else args.concurrency
-            cpu0, svc0 = worker_cpu(master), service_cpu()
+            cpu0, svc0 = worker_cpu(master), service_cpu(args.database_url)
             st0 = stage_totals(base) if m else {}
             r = drive(base, specs, conc, args.duration, run_id)
-            cpu1, svc1 = worker_cpu(master), service_cpu()
+            cpu1, svc1 = worker_cpu(master), service_cpu(args.database_url)
             if m:
                 r["stages"] = stage_breakdown(st0, stage_totals(base), r["requests"])
             r["split"] = cpu_split(cpu0, cpu1)
@@ -904,11 +396,27 @@ def main(argv: list[str] | None = None) -> int:
             )
             if r.get("stages"):
                 print(f"    stages, mean ms per request: {r['stages']}", flush=True)
+        # The floors once more, at the end: the figure is the mean of the two, the spread shown.
+        for (n, first), (_, b, sp) in zip(refs_first, refs.scenarios, strict=True):
+            second = drive(b, sp, args.concurrency, args.duration, run_id)
+            r = {k: (first[k] + second[k]) / 2 for k in ("rps", "p50_ms", "p95_ms", "p99_ms")}
+            r.update(
+                requests=first["requests"] + second["requests"],
+                errors=first["errors"] + second["errors"],
+                spread=f"{first['rps']:.0f}/{second['rps']:.0f}",
+            )
+            results.append((n, r))
+            print(
+                f"{n:42s} {r['rps']:8.0f} req/s (start/end {r['spread']})"
+                f"  p99 {r['p99_ms']:6.2f} ms",
+                flush=True,
+            )
         mem = server_memory(master) if master else []
         status, listing = get_json(base, "/v1/admin/models", token=args.admin_token)
         if routing_before is not None:
             patch_json(base, "/v1/admin/routing", routing_before, args.admin_token)
     finally:
+        refs.__exit__(None, None, None)
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -985,7 +493,18 @@ def main(argv: list[str] | None = None) -> int:
         print()
     print("Goals:")
     ratio = cached / health if health else 0.0
-    print(f"- cached recs / healthz throughput: {ratio:.0%} (goal >= 70%)")
+    print(f"- cached recs / healthz throughput: {ratio:.0%} (goal >= 85%)")
+    for ref in (
+        "bare Flask, constant JSON",
+        "cornac.serving recommend",
+        "cornac.serving floor (400)",
+    ):
+        if ref in by and by[ref]["rps"]:
+            print(
+                f"- over {ref} ({by[ref]['rps']:.0f} req/s): "
+                f"/healthz {health / by[ref]['rps']:.2f}x, "
+                f"cached {cached / by[ref]['rps']:.2f}x"
+            )
     print(
         "- uncached warm-user p99 (goal < 30 ms): "
         + ", ".join(f"{r['p99_ms']:.1f} ms at {c} client(s)" for c, r in sorted(unc.items()))

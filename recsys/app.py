@@ -197,13 +197,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
 
     from recsys.models import runtime
     from recsys.serving import admission
-    from recsys.web.api import admin_models, health, ops
+    from recsys.web.api import admin_jobs, admin_models, admin_overview, health, ops
 
     admission.init_app(app)
     runtime.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(admin_models.bp)
+    app.register_blueprint(admin_jobs.bp)
+    app.register_blueprint(admin_overview.bp)
 
     from recsys.serving import cache, catalog
     from recsys.serving import settings_store as settings

@@ -178,6 +178,26 @@ class Settings(BaseSettings):
         ge=0,
         description="Entries of each worker's near cache (least recently used dropped first).",
     )
+    refresh_ahead: bool = Field(
+        True,
+        description="Refresh-ahead (recsys.serving.refresh): an event for a user who asked for "
+        "a list within CACHE_TTL recomputes that list in the background of the worker that "
+        "took the event, batched across users, so the next read is a cache hit. Off: the next "
+        "read computes it. Needs a shared cache (Redis).",
+    )
+    refresh_batch_max: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Most users one refresh-ahead batch scores together.",
+    )
+    refresh_window_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="Milliseconds refresh-ahead waits for more users before scoring a batch "
+        "that is not full.",
+    )
     similar_cache_size: int = Field(
         20_000,
         ge=0,
@@ -261,8 +281,28 @@ class Settings(BaseSettings):
         description="Training memory budget, in MiB: `recsys train` estimates each strategy's "
         "peak memory from its cost formula (`Strategy.estimate_cost`, docs/scale.md) before "
         "fitting and leaves out, with a one-line message, a strategy whose estimate exceeds "
-        "it; the others train. Unset: 60% of the machine's memory (or of the cgroup's limit, "
+        "it; the others train. Unset: 50% of the machine's memory (or of the cgroup's limit, "
         "if lower). 0: no budget.",
+    )
+    train_fit_time_limit_s: float = Field(
+        600,
+        ge=0,
+        description="Longest estimated single fit, in seconds: `recsys train` (and `recsys "
+        "tune`'s final fits) leave out, with a one-line message, a strategy whose cost "
+        "formula (`Strategy.estimate_cost`, docs/scale.md) predicts a longer fit; a training "
+        "run fits each strategy twice (holdout and final). 0: no limit.",
+    )
+    ann_min_items: int = Field(
+        200_000,
+        ge=0,
+        description="Catalogue size from which `recsys train` has the embedding strategies "
+        "(ALS, BPR) build approximate-nearest-neighbour indexes (hnswlib) at training time, "
+        "saved and checksummed with the model: their user recommendations and similar items "
+        "then search the index for candidates and score those exactly (docs/scale.md, "
+        '"Candidate retrieval"). Below it the search is exact: at 50k-100k items and 32-64 '
+        "factors an exact scan is as fast as the graph search on this project's 2-core "
+        "machine (bench/ann_bench.py). 0: never. An explicit `--param als.ann_min_items=N` "
+        "wins.",
     )
     preload_models: bool = Field(
         True, description="Load active models when the app starts (true) or on first use (false)."
@@ -577,8 +617,9 @@ def update_config(app: Flask, **changes: Any) -> Settings:
 
     Only the values read per request take effect at once (``FAST_CACHE_PATH``,
     ``FAST_MISS_PATH``, ``STRATEGY_PARALLEL``, ``DEADLINE_MS``, ``SCORING_SLOTS``,
-    ``ACCESS_LOG``, ...); a value read when a component is built (``CACHE_TTL`` by the cache,
-    the database timeouts by the engine) applies to what is built after the change.
+    ``ACCESS_LOG``, ``REFRESH_AHEAD``, ...); a value read when a component is built
+    (``CACHE_TTL`` by the cache, the database timeouts by the engine) applies to what is built
+    after the change.
 
     Parameters
     ----------

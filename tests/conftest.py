@@ -105,6 +105,9 @@ def make_app(pg_schema_url, tmp_path):
             "DATABASE_URL": pg_schema_url,
             "MODEL_DIR": str(tmp_path / "models"),
             "PRELOAD_MODELS": False,
+            # Off unless a test turns it on (tests/serving/test_freshness.py): a background
+            # refresh would make "the next read is a miss" assertions depend on timing.
+            "REFRESH_AHEAD": False,
         }
         cfg.update(config)
         app = create_app(cfg)

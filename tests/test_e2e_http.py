@@ -127,7 +127,9 @@ def test_cache_hit_then_invalidation_by_event_and_admin(servers):
     )
     assert r.status_code == 201 and r.json()["inserted"] == 2
     after = a.get("/v1/users/u0/recommendations", params={"n": 3}).json()
-    assert after["cached"] is False and top not in [i["item_id"] for i in after["items"]]
+    # Computed by this read or already by refresh-ahead (recsys.serving.refresh): either way
+    # after the events (docs/freshness.md).
+    assert top not in [i["item_id"] for i in after["items"]]
     assert after["route"] == "warm"  # 3 + 2 distinct purchases reach the threshold of 5
     assert a.get("/v1/users/u0/recommendations", params={"n": 3}).json()["cached"] is True
 

@@ -34,6 +34,7 @@ Over the ~500-line mark through its numpy-style docstrings (about 310 lines are 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -83,6 +84,8 @@ class Recommender:
         ``on_stage(name, seconds)``, told each stage's time.
     stages : sequence of Stage, optional
         The stages to run, in order (``recsys.core.stages.STAGES``).
+    ranker : Ranker, optional
+        The learned second stage (``recsys.core.ranker``); None: the blend's order stands.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class Recommender:
         event_weights: dict[str, float] | None = None,
         on_stage: Callable[[str, float], None] | None = None,
         stages: Sequence[Stage] = STAGES,
+        ranker: Any = None,
     ):
         self.models = models
         self.config = config or ServingConfig.default()
@@ -103,6 +107,7 @@ class Recommender:
         # Told each stage's name and seconds (``run_stages``).
         self.on_stage = on_stage
         self.stages = tuple(stages)
+        self.ranker = ranker
 
     # -- stage: route -----------------------------------------------------------------------
     def route(self, history: UserHistory) -> str:
@@ -143,6 +148,20 @@ class Recommender:
             # declares so, ``Strategy.scores_empty_history``) is never asked to.
             names = [s for s in names if _scores_empty_history(s)]
         return names
+
+    def strategies_able_empty(self, names: Sequence[str]) -> list[str]:
+        """Those of ``names`` that can score an empty history.
+
+        Parameters
+        ----------
+        names : sequence of str
+            Strategy names.
+
+        Returns
+        -------
+        list of str
+        """
+        return [s for s in names if _scores_empty_history(s)]
 
     # -- what the stages call ------------------------------------------------------------------
     def loaded_model(self, name: str):
@@ -354,10 +373,13 @@ class Recommender:
         out[~finite] = 0.0
         return out
 
-    def _rule_filter(self, history: UserHistory, request: RecRequest) -> Callable[[str], bool]:
+    def _rule_filter(
+        self, history: UserHistory, request: RecRequest, seen_ok: bool = False
+    ) -> Callable[[str], bool]:
         """The business rules as a predicate over item ids, called in rank order (the
         per-category cap counts the items it has let through)."""
-        excluded = history.excluded_items(self.config) | {str(x) for x in request.exclude}
+        config = dataclasses.replace(self.config, exclude_seen=False) if seen_ok else self.config
+        excluded = history.excluded_items(config) | {str(x) for x in request.exclude}
         cat = self.catalog
         cap = self.config.max_per_category
         category = request.category
@@ -383,7 +405,9 @@ class Recommender:
 
         return keep
 
-    def page_of(self, fused: Fused, history: UserHistory, request: RecRequest) -> list[RecItem]:
+    def page_of(
+        self, fused: Fused, history: UserHistory, request: RecRequest, seen_ok: bool = False
+    ) -> list[RecItem]:
         """The page of ``fused`` that passes the business rules, in rank order.
 
         Parameters
@@ -394,6 +418,8 @@ class Recommender:
             Whose seen items are excluded (per the configuration).
         request : RecRequest
             Page (``offset``, ``n``), ``category`` and ``exclude``.
+        seen_ok : bool
+            Let the user's seen items through (dislikes never): a ranker trained with repeats.
 
         Returns
         -------
@@ -401,7 +427,7 @@ class Recommender:
             At most ``n`` items; the rules stop at the end of the page and build an item only
             for the items on it.
         """
-        keep = self._rule_filter(history, request)
+        keep = self._rule_filter(history, request, seen_ok)
         lo, hi = request.offset, request.offset + request.n
         page: list[RecItem] = []
         passed = 0
@@ -550,14 +576,19 @@ class Recommender:
                     items=b.pages[i],
                     route=b.routes[i],
                     degraded=bool(user_dropped) or b.fallback[i] or not b.per[i],
-                    model_versions={
-                        s: str(b.loaded[s].version) for s in used if s not in b.dropped
-                    },
+                    model_versions=self._versions(b, i, used),
                     skipped=[s for s in self.strategies_for(b.routes[i], h) if s in b.skipped_all],
                     dropped=user_dropped,
                     profile=self.config.profile,
                 )
             )
+        return out
+
+    def _versions(self, b: Batch, i: int, used: list[str]) -> dict[str, str]:
+        """Strategy -> version of the models that answered list ``i`` (and the ranker's)."""
+        out = {s: str(b.loaded[s].version) for s in used if s not in b.dropped}
+        if b.ranked and b.ranked[i]:
+            out["ranker"] = str(getattr(self.ranker, "version", None) or "")
         return out
 
     def popular(

@@ -29,6 +29,7 @@ from typing import Any
 from flask import Flask
 
 from recsys.config import get_config
+from recsys.core.ranker import RANKER_KIND
 from recsys.core.recommender import Recommender
 from recsys.core.runners import run_inline, run_with_deadline
 from recsys.core.types import RecRequest, RecResult, UserHistory
@@ -38,6 +39,8 @@ from recsys.serving.cache import LocalBackend, Peek, ResultCache
 from recsys.serving.catalog import CatalogStore
 from recsys.serving.gate import scoring_gate
 from recsys.serving.history import get_history_reader
+from recsys.serving.refresh import EXTENSION as REFRESHER
+from recsys.serving.refresh import ask_bytes, make_refresher
 from recsys.serving.request import Snapshot, UserAnswer, UserAsk, mark_cached
 from recsys.serving.settings_store import SettingsStore
 from recsys.serving.stages import record_stage, timed
@@ -269,7 +272,17 @@ class RecommendationPipeline:
                 except BaseException:
                     self.cache.release(looked)
                     raise
-                timed("cache_store", self.cache.store, looked, payload if keep else None)
+                r = ask.req
+                remember = (  # for refresh-ahead (recsys.serving.refresh): plain lists only
+                    ask_bytes(r.n, r.offset, r.category, r.exclude, ask.explain)
+                    if keep and ask.assignment is None
+                    else None
+                )
+                timed("cache_store", self.cache.store, looked, payload if keep else None, remember)
+                if remember is not None and looked.peek is not None:
+                    refresher = self.app.extensions.get(REFRESHER)
+                    if refresher is not None:  # its queued refresh of this list is now done
+                        refresher.discard(ask.user_id, looked.peek.token)
         route, _, body = payload.partition(b"\n")
         if cached:
             body = mark_cached(body)
@@ -328,8 +341,18 @@ class RecommendationPipeline:
             Running strategies inline or in the deadline pool, recording stage times.
         """
         cfg = snap.config.with_overrides(overrides) if overrides else snap.config
+        try:  # the learned second stage, when one is active
+            ranker = snap.models(RANKER_KIND)
+        except Exception:  # a failing model source: the blend stands
+            log.exception("ranker lookup failed")
+            ranker = None
         return Recommender(
-            snap.models, cfg, snap.catalog, runner=self._runner, on_stage=record_stage
+            snap.models,
+            cfg,
+            snap.catalog,
+            runner=self._runner,
+            on_stage=record_stage,
+            ranker=_ranker_of(ranker),
         )
 
     def _runner(self, tasks, deadline_s):
@@ -671,7 +694,7 @@ def init_app(app: Flask) -> None:
         # Looked up per call: the reader (and its engine) is made on first use in a process.
         return get_history_reader(app).load(user_id, limit, timeout_s)
 
-    app.extensions[EXTENSION] = RecommendationPipeline(
+    pipeline = app.extensions[EXTENSION] = RecommendationPipeline(
         app,
         settings=get_settings(app),
         catalogs=get_catalog_store(app),
@@ -679,6 +702,7 @@ def init_app(app: Flask) -> None:
         cache=get_cache(app),
         history=history,
     )
+    make_refresher(app, pipeline)
 
 
 def get_pipeline(app: Flask) -> RecommendationPipeline:
@@ -695,3 +719,11 @@ def get_pipeline(app: Flask) -> RecommendationPipeline:
         The pipeline kept in ``app.extensions``.
     """
     return app.extensions[EXTENSION]
+
+
+def _ranker_of(loaded):
+    """The ranker of a loaded version, knowing its version (answers name it), or None."""
+    if loaded is None:
+        return None
+    loaded.model.version = loaded.version  # one object per loaded version: idempotent
+    return loaded.model

@@ -251,3 +251,34 @@ class AuditLog(Base):
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class Job(Base):
+    """One offline run: a training, tuning or import (``kind``) with its ``args``, who started
+    it (``started_by``: ``cli:<os user>``, ``timer:<name>``, or the console's actor), when it
+    started and ended, its ``progress`` (0..1) and current ``message``, its ``outcome``
+    (``queued``, ``running``, ``succeeded``, ``failed``), the ``error`` of a failed run and the
+    ``result`` (versions made, profile). ``host``/``pid``: the process doing it; see
+    ``recsys.ops.jobs``.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_kind_started_at", "kind", "started_at"),
+        Index("ix_jobs_outcome", "outcome"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    args: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    started_by: Mapped[str] = mapped_column(String(128), default="cli")
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str] = mapped_column(String(256), default="")
+    outcome: Mapped[str] = mapped_column(String(16), default="queued")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    host: Mapped[str] = mapped_column(String(128), default="")
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -60,6 +60,9 @@ RULE = "/v1/users/<user_id>/recommendations"
 _PATH = re.compile(r"/v1/users/([^/]+)/recommendations")
 _DIGITS = re.compile(r"[0-9]{1,9}")
 LOG_EVERY_S = 60.0
+# /healthz as its view answers it (tests/web/test_fastpath.py compares the two).
+HEALTHZ_ENDPOINT = "health.healthz"
+HEALTHZ_RULE = "/healthz"
 
 _FIELDS = RecQuery().fields
 # The query keys this module knows how to read (and ``user_cache_context`` keys on): a new
@@ -180,8 +183,20 @@ class FastCachePath:
         self.mimetype = app.json.mimetype
         self.cors = fast_cors(app)
         self._logged_at = -LOG_EVERY_S
+        self._healthz_routed = any(
+            r.rule == HEALTHZ_RULE and r.endpoint == HEALTHZ_ENDPOINT
+            for r in app.url_map.iter_rules()
+        )
+        with app.app_context():  # the view's body, as Flask's JSON provider writes it
+            self._healthz_body = app.json.response({"status": "ok"}).get_data()
+        self._healthz_headers = [
+            ("Content-Type", self.mimetype),
+            ("Content-Length", str(len(self._healthz_body))),
+        ]
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == HEALTHZ_RULE and self.plain_healthz(environ):
+            return self.healthz(environ, start_response)
         if (
             environ.get("REQUEST_METHOD") == "GET"
             and environ.get("PATH_INFO", "").endswith("/recommendations")
@@ -199,6 +214,57 @@ class FastCachePath:
                 start_response("200 OK", headers)
                 return [body]
         return self.wsgi_app(environ, start_response)
+
+    def plain_healthz(self, environ: dict) -> bool:
+        """Whether a ``/healthz`` request is one this layer answers as the view would: a
+        ``GET`` without a body, CORS off or no ``Origin``, no ``TRUSTED_HOSTS`` to check.
+
+        Parameters
+        ----------
+        environ : dict
+            The WSGI environ of a ``/healthz`` request.
+
+        Returns
+        -------
+        bool
+            True to answer here (``healthz``); False: Flask answers.
+        """
+        return (
+            self._healthz_routed
+            and environ.get("REQUEST_METHOD") == "GET"
+            and environ.get("CONTENT_LENGTH") in (None, "", "0")
+            and "HTTP_TRANSFER_ENCODING" not in environ
+            and (self.cors is None or environ.get("HTTP_ORIGIN") is None)
+            and self.app.config.get("TRUSTED_HOSTS") is None
+            and get_config(self.app).fast_cache_path
+        )
+
+    def healthz(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        """The liveness answer, as ``recsys.web.api.health.healthz`` sends it through Flask
+        (the same bytes, headers, metrics and access-log fields), without Flask's routing,
+        request context and hooks: the floor every request pays is then this layer's.
+
+        Parameters
+        ----------
+        environ : dict
+            The WSGI environ (the access log's fields).
+        start_response : callable
+            The WSGI ``start_response``.
+
+        Returns
+        -------
+        list of bytes
+            The body.
+        """
+        t0 = time.perf_counter()
+        admission.request_started()
+        try:
+            note(environ, endpoint=HEALTHZ_RULE)
+            start_response("200 OK", list(self._healthz_headers))
+        finally:
+            admission.request_finished()
+        admission.observe_request(HEALTHZ_ENDPOINT, "none", "200", time.perf_counter() - t0)
+        return [self._healthz_body]
 
     def hit(self, environ: dict) -> bytes | None:
         """The response body of a certain plain request (cached or computed), else None

@@ -287,8 +287,9 @@ class SessionIn(Schema):
 class RecItemOut(Schema):
     """One item of a recommendation list: id, score, per-strategy ``sources`` and item data."""
 
-    item_id = String()
-    score = Float()
+    # Always in the answer (``required``: the generated clients type them as present).
+    item_id = String(required=True)
+    score = Float(required=True)
     sources = Dict(
         keys=String(),
         values=Float(),
@@ -305,17 +306,20 @@ class RecItemOut(Schema):
 class RecOut(Schema):
     """A recommendation list: the items, the route, cache / degraded flags and model versions."""
 
-    user_id = String(allow_none=True)
+    user_id = String(required=True, allow_none=True)
     route = String(
+        required=True,
         metadata={
             "description": "cold | warm, or the learned route's name when a serving profile is "
             "active (popular/similar for those lists)"
-        }
+        },
     )
-    items = List(Nested(RecItemOut))
-    cached = Boolean()
-    degraded = Boolean(metadata={"description": "a strategy was dropped (error or deadline)"})
-    model_versions = Dict(keys=String(), values=String())
+    items = List(Nested(RecItemOut), required=True)
+    cached = Boolean(required=True)
+    degraded = Boolean(
+        required=True, metadata={"description": "a strategy was dropped (error or deadline)"}
+    )
+    model_versions = Dict(keys=String(), values=String(), required=True)
     experiment = Dict(metadata={"description": "experiment and variant, when one applies"})
     profile = String(
         allow_none=True,
@@ -474,9 +478,9 @@ class ImpressionIn(Schema):
 class EventsOut(Schema):
     """Answer of ``POST /v1/events``: events received, inserted, and skipped as duplicates."""
 
-    received = Integer()
-    inserted = Integer()
-    duplicates = Integer()
+    received = Integer(required=True)
+    inserted = Integer(required=True)
+    duplicates = Integer(required=True)
 
 
 # -- catalogue ------------------------------------------------------------------------------
@@ -495,7 +499,7 @@ class ItemIn(Schema):
 class ItemOut(Schema):
     """An item as the catalogue endpoints answer it, with ``created`` (true on a 201)."""
 
-    item_id = String()
+    item_id = String(required=True)
     title = String()
     description = String()
     categories = List(String())
@@ -522,7 +526,7 @@ class ItemListQuery(Schema):
 class ItemListEntry(Schema):
     """One item of ``GET /v1/items``."""
 
-    item_id = String()
+    item_id = String(required=True)
     title = String()
     price = Float(allow_none=True)
     image_url = String(allow_none=True)
@@ -534,9 +538,11 @@ class ItemListEntry(Schema):
 class ItemListOut(Schema):
     """Answer of ``GET /v1/items``: one page and the cursor of the next (null: the last page)."""
 
-    items = List(Nested(ItemListEntry))
+    items = List(Nested(ItemListEntry), required=True)
     next_cursor = String(
-        allow_none=True, metadata={"description": "pass as `cursor` for the next page; null: end"}
+        required=True,
+        allow_none=True,
+        metadata={"description": "pass as `cursor` for the next page; null: end"},
     )
 
 
@@ -550,7 +556,7 @@ class UserListQuery(Schema):
 class UserEntry(Schema):
     """One user: id, attributes, number of events, creation and update times."""
 
-    user_id = String()
+    user_id = String(required=True)
     attributes = Dict()
     events = Integer(metadata={"description": "events recorded for the user"})
     created_at = String()
@@ -564,8 +570,8 @@ class UserDetailOut(UserEntry):
 class UserListOut(Schema):
     """Answer of ``GET /v1/users``: one page and the cursor of the next (null: the last page)."""
 
-    users = List(Nested(UserEntry))
-    next_cursor = String(allow_none=True)
+    users = List(Nested(UserEntry), required=True)
+    next_cursor = String(required=True, allow_none=True)
 
 
 class UserDeletedOut(Schema):
@@ -585,7 +591,7 @@ class UserIn(Schema):
 class UserOut(Schema):
     """Answer of ``PUT /v1/users/<id>``: id, attributes and whether it was created."""
 
-    user_id = String()
+    user_id = String(required=True)
     attributes = Dict()
     created = Boolean()
 

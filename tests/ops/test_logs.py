@@ -102,3 +102,43 @@ def test_log_level_and_access_log_switch(served_app):
             if getattr(h, "_recsys_handler", False):
                 logging.getLogger().removeHandler(h)
         logging.getLogger().setLevel(level)
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_fast_access_line_is_the_formatters_line(fmt):
+    buf = io.StringIO()
+    level = logging.getLogger().level
+    handler = logs.configure("INFO", fmt, stream=buf)
+    fields = {"status": 200, "path": "/v1/\u00e9", "cached": True, "latency_ms": 1.5}
+    try:
+        assert logs._ACCESS_LINE is not None and logs._ACCESS_LINE.usable()
+        token = logs.REQUEST_ID.set("r-1")
+        try:
+            logs.access_log.info("request", extra=dict(fields))
+        finally:
+            logs.REQUEST_ID.reset(token)
+        logs._ACCESS_LINE.write("r-1", dict(fields))
+        slow, fast = buf.getvalue().splitlines()
+        if fmt == "json":
+            slow, fast = json.loads(slow), json.loads(fast)
+            assert slow.pop("time")[:19] == fast.pop("time")[:19]
+            assert slow == fast
+        else:  # the same line but for the milliseconds
+            assert slow[:19] == fast[:19] and slow[23:] == fast[23:]
+        seen: list[logging.LogRecord] = []
+        extra = logging.Handler()
+        extra.emit = seen.append  # type: ignore[method-assign]
+        logging.getLogger().addHandler(extra)
+        try:  # another handler on the root logger still gets the record
+            logs._ACCESS_LINE.write("r-2", dict(fields))
+        finally:
+            logging.getLogger().removeHandler(extra)
+        assert [(r.request_id, r.status, r.getMessage()) for r in seen] == [("r-2", 200, "request")]
+        logs.access_log.addHandler(extra)
+        try:  # a handler of its own: logging must see the record
+            assert not logs._ACCESS_LINE.usable()
+        finally:
+            logs.access_log.removeHandler(extra)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(level)

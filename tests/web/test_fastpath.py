@@ -522,3 +522,46 @@ def test_not_installed_unless_route_and_schema_are_the_known_ones(monkeypatch):
     assert fastpath.schema_as_expected()
     monkeypatch.setattr(fastpath, "_FIELDS", {**fastpath._FIELDS, "strategy": String()})
     assert not fastpath.schema_as_expected()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_healthz_is_answered_here_as_the_view_answers_it(served_app, client, flask_calls):
+    import io
+    import json
+
+    from recsys.ops import logs
+
+    buf = io.StringIO()
+    level = logging.getLogger().level
+    handler = logs.configure("INFO", "json", stream=buf)
+    try:
+        ok0 = _sample("recsys_requests_total", endpoint="health.healthz", status="200")
+        lat0 = _sample(
+            "recsys_request_latency_seconds_count", endpoint="health.healthz", route="none"
+        )
+        slow = _get(served_app, client, "/healthz", fast=False)
+        assert flask_calls == ["/healthz"]
+        fast = client.get("/healthz")
+        assert flask_calls == ["/healthz"], "the fast /healthz went through Flask"
+        assert fast.status_code == slow.status_code == 200
+        assert fast.get_data() == slow.get_data()
+        assert _headers(fast) == _headers(slow)
+        assert _sample("recsys_requests_total", endpoint="health.healthz", status="200") == ok0 + 2
+        lat = _sample(
+            "recsys_request_latency_seconds_count", endpoint="health.healthz", route="none"
+        )
+        assert lat == lat0 + 2 and admission.in_flight() == 0
+        access = [json.loads(x) for x in buf.getvalue().splitlines()]
+        access = [a for a in access if a["logger"] == "recsys.access"]
+        for a in access:
+            a.pop("time"), a.pop("latency_ms")
+        assert len(access) == 2 and access[0] == access[1]
+        assert access[0]["endpoint"] == "/healthz" and access[0]["status"] == 200
+        # Anything else about it goes to Flask: another method, a body.
+        assert client.post("/healthz").status_code == 405
+        assert client.get("/healthz", data=b"x").status_code == 200
+        assert flask_calls == ["/healthz"] * 3
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(level)

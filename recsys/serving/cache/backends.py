@@ -73,9 +73,15 @@ class LocalBackend:
             while len(self._data) > self.max_entries:
                 self._data.popitem(last=False)
 
-    def set_many(self, items: dict[str, bytes], ttl_s: float, publish: object = None) -> None:
+    def set_many(
+        self,
+        items: dict[str, bytes],
+        ttl_s: float,
+        publish: object = None,
+        get: list[str] | None = None,
+    ) -> list[bytes | None]:
         # ``publish`` (near-cache invalidations) never applies in one process.
-        """``set`` each of ``items`` with the same time to live.
+        """``set`` each of ``items`` with the same time to live, then read the keys ``get``.
 
         Parameters
         ----------
@@ -85,13 +91,17 @@ class LocalBackend:
             Time to live, in seconds.
         publish : object, optional
             The near-cache invalidation the Redis backends publish; ignored here (one process).
+        get : list of str, optional
+            Keys read after the writes (the Redis backends: in the same round trip).
 
         Returns
         -------
-        None
+        list of bytes or None
+            The values of ``get``, in order (empty without ``get``).
         """
         for k, v in items.items():
             self.set(k, v, ttl_s)
+        return self.mget(get) if get else []
 
     def set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
         """Set ``key`` only if it holds no live value (the stampede lock).
@@ -132,8 +142,16 @@ class LocalBackend:
         with self._lock:
             self._data.pop(key, None)
 
-    def store(self, key: str, value: bytes | None, ttl_s: float, unlock: str | None) -> None:
-        """Set ``key`` (unless ``value`` is None) and delete ``unlock`` (unless None).
+    def store(
+        self,
+        key: str,
+        value: bytes | None,
+        ttl_s: float,
+        unlock: str | None,
+        also: dict[str, bytes] | None = None,
+    ) -> None:
+        """Set ``key`` (unless ``value`` is None) and ``also``, and delete ``unlock`` (unless
+        None).
 
         Parameters
         ----------
@@ -145,6 +163,9 @@ class LocalBackend:
             The entry's time to live, in seconds.
         unlock : str or None
             The stampede lock's key to delete; None: none held.
+        also : dict of str to bytes, optional
+            Further keys of the same user set with the same time to live (the Redis backends:
+            in the same round trip).
 
         Returns
         -------
@@ -152,6 +173,8 @@ class LocalBackend:
         """
         if value is not None:
             self.set(key, value, ttl_s)
+        for k, v in (also or {}).items():
+            self.set(k, v, ttl_s)
         if unlock is not None:
             self.delete(unlock)
 
@@ -168,10 +191,15 @@ class _RedisWrites:
         self.client.set(key, value, ex=max(1, int(ttl_s)))
 
     def set_many(
-        self, items: dict[str, bytes], ttl_s: float, publish: tuple[str, list[bytes]] | None = None
-    ) -> None:
+        self,
+        items: dict[str, bytes],
+        ttl_s: float,
+        publish: tuple[str, list[bytes]] | None = None,
+        get: list[str] | None = None,
+    ) -> list[bytes | None]:
         """Set every key; then, in the same round trip, publish each message of
-        ``publish = (channel, messages)`` (the near caches' invalidations)."""
+        ``publish = (channel, messages)`` (the near caches' invalidations) and read the keys
+        ``get`` (their values are returned, in order)."""
         # Non-transactional: a cluster client groups the keys (many slots) by node.
         pipe = self.client.pipeline(transaction=False)
         for k, v in items.items():
@@ -179,7 +207,10 @@ class _RedisWrites:
         if publish is not None:
             for message in publish[1]:
                 pipe.publish(publish[0], message)
-        pipe.execute()
+        for k in get or ():
+            pipe.get(k)
+        out = pipe.execute()
+        return out[len(out) - len(get) :] if get else []
 
 
 class RedisBackend(_RedisWrites):
@@ -236,13 +267,23 @@ class RedisBackend(_RedisWrites):
         """See ``LocalBackend.delete``: ``DEL key``."""
         self.client.delete(key)
 
-    def store(self, key: str, value: bytes | None, ttl_s: float, unlock: str | None) -> None:
-        """See ``LocalBackend.store``: ``SET`` (whole seconds, at least 1) and ``DEL`` in one round
-        trip.
+    def store(
+        self,
+        key: str,
+        value: bytes | None,
+        ttl_s: float,
+        unlock: str | None,
+        also: dict[str, bytes] | None = None,
+    ) -> None:
+        """See ``LocalBackend.store``: the SETs (whole seconds, at least 1) and ``DEL`` in
+        one round trip.
         """
         commands: list[tuple] = []
+        ex = max(1, int(ttl_s))
         if value is not None:
-            commands.append(("SET", key, value, "EX", max(1, int(ttl_s))))
+            commands.append(("SET", key, value, "EX", ex))
+        for k, v in (also or {}).items():
+            commands.append(("SET", k, v, "EX", ex))
         if unlock is not None:
             commands.append(("DEL", unlock))
         if commands:
@@ -366,17 +407,27 @@ class RedisClusterBackend(_RedisWrites):
         """See ``LocalBackend.delete``: ``DEL key`` on the key's node."""
         self.client.delete(key)
 
-    def store(self, key: str, value: bytes | None, ttl_s: float, unlock: str | None) -> None:
-        """See ``LocalBackend.store``: ``SET`` and ``DEL`` as one two-command pipeline to the
-        user's node.
+    def store(
+        self,
+        key: str,
+        value: bytes | None,
+        ttl_s: float,
+        unlock: str | None,
+        also: dict[str, bytes] | None = None,
+    ) -> None:
+        """See ``LocalBackend.store``: the SETs and ``DEL`` as one pipeline to the user's
+        node (every key is of one user: one slot).
         """
-        if value is not None and unlock is not None:
+        writes = ([(key, value)] if value is not None else []) + list((also or {}).items())
+        if len(writes) + (unlock is not None) > 1:
             pipe = self.client.pipeline(transaction=False)
-            pipe.set(key, value, ex=max(1, int(ttl_s)))
-            pipe.delete(unlock)
+            for k, v in writes:
+                pipe.set(k, v, ex=max(1, int(ttl_s)))
+            if unlock is not None:
+                pipe.delete(unlock)
             pipe.execute()
-        elif value is not None:
-            self.set(key, value, ttl_s)
+        elif writes:
+            self.set(*writes[0], ttl_s)
         elif unlock is not None:
             self.delete(unlock)
 

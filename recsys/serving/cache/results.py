@@ -10,6 +10,8 @@ Keys (every one built by ``ResultCache.key`` under ``REDIS_PREFIX``)::
     <prefix>:uver:{<user>}           the user's history token: a random value re-set by
                                      POST /v1/events after the SQL commit
     <prefix>:rec:...:lock            short stampede lock (SET NX PX)
+    <prefix>:uask:{<user>}           the user's last plain request, for refresh-ahead
+                                     (recsys.serving.refresh)
 
 ``{<user>}`` is a Redis Cluster hash tag: every key of one user hashes to one slot, so the
 lookup's ``MGET`` of token and entry and the store-and-unlock of a miss are single-slot commands
@@ -354,7 +356,7 @@ class ResultCache:
                     return Lookup(peeked, hit, None)
         return Lookup(peeked, None, lock if acquired else None)
 
-    def store(self, looked: Lookup, payload: bytes | None) -> None:
+    def store(self, looked: Lookup, payload: bytes | None, ask: bytes | None = None) -> None:
         """Store a miss's computed payload (None: do not store, a degraded answer is not pinned
         for a whole TTL) and release the lock it holds, in one round trip.
 
@@ -364,6 +366,9 @@ class ResultCache:
             The miss ``lookup`` returned.
         payload : bytes or None
             What to keep for the user and context looked up.
+        ask : bytes or None, optional
+            The request, remembered with the entry for refresh-ahead
+            (``recsys.serving.refresh``); None: nothing remembered.
 
         Returns
         -------
@@ -378,7 +383,8 @@ class ResultCache:
             # Not copied into the near cache: a list is kept there from its first read out of
             # Redis, so one-off lists (a unique exclude, a deep page) never take its room.
             key = looked.peek.key
-            self._call(lambda: self.backend.store(key, entry, self.ttl, looked.lock))
+            also = {self.user_key("uask", looked.peek.user_id): ask} if ask and entry else None
+            self._call(lambda: self.backend.store(key, entry, self.ttl, looked.lock, also))
 
     def release(self, looked: Lookup) -> None:
         """Give up a miss without storing (its computation failed): the lock is released, so
@@ -557,13 +563,19 @@ class ResultCache:
             return None  # the user has had an event since (or a foreign/old entry)
         return payload
 
-    def invalidate_users(self, user_ids: Iterable[str]) -> bool:
+    def invalidate_users(
+        self, user_ids: Iterable[str], asks: list[tuple[str, bytes, bytes]] | None = None
+    ) -> bool:
         """Give each user a new history token (their cached lists become stale).
 
         Parameters
         ----------
         user_ids : Iterable[str]
             External user ids (duplicates are fine).
+        asks : list, optional
+            When given, ``(user, new token, remembered request)`` is appended for each user
+            with a request remembered by ``store`` (read in the same round trip), for
+            refresh-ahead (``recsys.serving.refresh``).
 
         Returns
         -------
@@ -574,13 +586,43 @@ class ResultCache:
         users = sorted({str(u) for u in user_ids})
         if not users or self.disabled is not None:
             return True  # nothing cached here, so nothing can be stale
-        items = {self.token_key(u): uuid.uuid4().hex.encode() for u in users}
+        tokens = [uuid.uuid4().hex.encode() for _ in users]
+        items = {self.token_key(u): t for u, t in zip(users, tokens, strict=True)}
         channel = self.near_channel
         publish = (channel, messages(users)) if channel is not None else None
+        get = [self.user_key("uask", u) for u in users] if asks is not None else None
         # Tokens outlive the results they guard, so a result never meets an expired token.
-        ok, _ = self._call(lambda: self.backend.set_many(items, self.ttl * 2 + 60, publish))
+        ok, got = self._call(
+            lambda: self.backend.set_many(items, self.ttl * 2 + 60, publish, get), []
+        )
         if self.near is not None:
             self.near.drop(users)
+        if ok and asks is not None:
+            asks.extend((u, t, a) for u, t, a in zip(users, tokens, got, strict=True) if a)
+        return ok
+
+    def store_entries(self, entries: list[tuple[str, dict[str, Any], bytes, bytes]]) -> bool:
+        """Store computed lists in one round trip (refresh-ahead's batch).
+
+        Parameters
+        ----------
+        entries : list of (str, dict, bytes, bytes)
+            ``(user, context, history token, payload)``: each payload is kept under the user's
+            key for the context, tagged with the token it was computed under (a newer token
+            makes it stale, as for ``store``).
+
+        Returns
+        -------
+        bool
+            False when the cache could not be written.
+        """
+        items = {
+            self.result_key(u, ctx): b"".join((ENTRY_TAG, _bytes(token), b"\n", payload))
+            for u, ctx, token, payload in entries
+        }
+        if not items:
+            return True
+        ok, _ = self._call(lambda: self.backend.set_many(items, self.ttl))
         return ok
 
     def ping(self) -> bool:

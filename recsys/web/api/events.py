@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from recsys.config import get_config
 from recsys.ops import metrics
 from recsys.serving.cache import get_cache
+from recsys.serving.refresh import Job, get_refresher
 from recsys.serving.settings_store import get_settings
 from recsys.store import session_scope
 from recsys.store.db import dialect_insert
@@ -152,7 +153,7 @@ def new_items_policy(app, events: list[dict[str, Any]]) -> Callable[[list[str]],
     return refuse
 
 
-def drop_cached_lists(app, users: Iterable[str], why: str) -> None:
+def drop_cached_lists(app, users: Iterable[str], why: str, refresh: bool = False) -> None:
     """Invalidate ``users``' cached lists; the cache unreachable, every cached list (the cache
     epoch is bumped), so that no list computed before the change is served after it.
 
@@ -164,13 +165,22 @@ def drop_cached_lists(app, users: Iterable[str], why: str) -> None:
         External user ids.
     why : str
         What changed ("events arrived"), for the epoch bump's log line.
+    refresh : bool
+        Refresh-ahead: recompute, in the background, the lists of those users who asked
+        recently (``recsys.serving.refresh``), so that their next read is a hit.
 
     Returns
     -------
     None
     """
-    if not get_cache(app).invalidate_users(set(users)):
+    refresher = get_refresher(app) if refresh else None
+    asks: list | None = [] if refresher is not None else None
+    if not get_cache(app).invalidate_users(set(users), asks):
         get_settings(app).bump_version(f"{why} while the cache was unreachable", CACHE_EPOCH)
+    if refresher is not None and asks:
+        # Refresh-ahead: their lists are recomputed in the background, so the next read is a
+        # hit; the tokens were set after the commit.
+        refresher.schedule([Job(*a) for a in asks])
 
 
 def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
@@ -223,7 +233,7 @@ def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
         metrics.EVENTS_INGESTED.labels(etype).inc(n)
     # Durable now. Invalidate after the commit so no reader can cache the pre-event history
     # under the new token.
-    drop_cached_lists(app, {e["user_id"] for e in events}, "events arrived")
+    drop_cached_lists(app, {e["user_id"] for e in events}, "events arrived", refresh=True)
     return {"received": len(events), "inserted": inserted, "duplicates": len(events) - inserted}
 
 
