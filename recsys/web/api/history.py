@@ -174,7 +174,7 @@ def _forget(user_id: str, item_id: str | None, event_id: int | None) -> dict[str
     }
 
 
-@bp.delete(f"/users/<user_id>/events/<int(max={MAX_ROW_ID}):event_id>")
+@bp.delete("/users/<user_id>/events/<int:event_id>")
 @require_scope("events:write")
 @bp.output(EventsDeletedOut)
 @bp.doc(
@@ -186,6 +186,8 @@ def _forget(user_id: str, item_id: str | None, event_id: int | None) -> dict[str
 def delete_user_event(user_id: str, event_id: int):
     """Delete one of a user's events."""
     _check_id(user_id)
+    if event_id > MAX_ROW_ID:
+        raise NotFound(f"user {user_id!r} has no event {event_id}")
     return _forget(user_id, None, event_id)
 
 
