@@ -184,145 +184,13 @@ export interface paths {
          *     ``started_at``, ``finished_at``, ``progress`` (0..1), ``message``, ``outcome`` (queued,
          *     running, succeeded, failed), ``error`` and ``result`` (the versions made).
          */
-        get: {
-            parameters: {
-                query?: {
-                    kind?: "train" | "tune" | "import" | null;
-                    limit?: number;
-                };
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": unknown;
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Validation error */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["listJobs"];
         put?: never;
         /**
          * Start a retrain or re-tune: {"kind": "train", "strategies": ["ease"]}
          * @description Audited (job.start); runs the recsys CLI as a separate process; 409 while another train or tune job is queued or running. Answers 202 with the queued job; follow it with GET /v1/admin/jobs/{id}.
          */
-        post: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: {
-                content: {
-                    "application/json": components["schemas"]["JobStart"];
-                };
-            };
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": unknown;
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Validation error */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        post: operations["startJob"];
         delete?: never;
         options?: never;
         head?: never;
@@ -337,85 +205,7 @@ export interface paths {
             cookie?: never;
         };
         /** One run: its progress, outcome, error and result */
-        get: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path: {
-                    job_id: number;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": unknown;
-                    };
-                };
-                /** @description malformed JSON body, or an unusable id in the path */
-                400: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description Not found */
-                404: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description invalid parameters, or an unknown query parameter (named) */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["getJob"];
         put?: never;
         post?: never;
         delete?: never;
@@ -617,65 +407,7 @@ export interface paths {
          * How the service is doing: store, traffic, models, profile, last runs
          * @description Computed at most every 15 s per process; counts of big PostgreSQL tables are the planner's estimates (`store.estimated`).
          */
-        get: {
-            parameters: {
-                query?: never;
-                header?: {
-                    /** @description your id for this request (echoed, and in every log line); made up when absent */
-                    "X-Request-ID"?: string;
-                };
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description Successful response */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": unknown;
-                    };
-                };
-                /** @description missing or wrong admin token */
-                401: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
-                403: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description invalid parameters, or an unknown query parameter (named) */
-                422: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-                /** @description the database is unreachable (Retry-After) */
-                503: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["ErrorOut"];
-                    };
-                };
-            };
-        };
+        get: operations["getOverview"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1268,6 +1000,31 @@ export interface components {
             price?: number | null;
             title?: string;
         };
+        JobOut: {
+            args?: {
+                [key: string]: unknown;
+            };
+            error?: string | null;
+            finished_at?: string | null;
+            host?: string | null;
+            id?: number;
+            /** @description train, tune or import */
+            kind?: string;
+            message?: string;
+            /** @description queued, running, succeeded or failed */
+            outcome?: string;
+            pid?: number | null;
+            /** @description 0..1 */
+            progress?: number;
+            /** @description the versions made */
+            result?: {
+                [key: string]: unknown;
+            } | null;
+            seconds?: number;
+            started_at?: string;
+            started_by?: string;
+            updated_at?: string | null;
+        };
         JobStart: {
             /**
              * @description tune: search time, e.g. 90s, 5m, 1h
@@ -1278,6 +1035,10 @@ export interface components {
             kind: "train" | "tune";
             /** @description train: strategies to train (default: as `recsys train`) */
             strategies?: ("als" | "bpr" | "content" | "deep" | "ease" | "itemknn" | "popular" | "sequence")[];
+        };
+        JobsOut: {
+            jobs?: components["schemas"]["JobOut"][];
+            running?: boolean;
         };
         ModelChangeOut: {
             /** @description this process's runtime after the change */
@@ -1335,6 +1096,26 @@ export interface components {
         OptionalVersionIn: {
             /** @default null */
             version?: string | null;
+        };
+        OverviewOut: {
+            computed_at?: string;
+            /** @description {latest, active} */
+            jobs?: {
+                [key: string]: unknown;
+            };
+            models?: {
+                [key: string]: unknown;
+            }[];
+            profile?: {
+                [key: string]: unknown;
+            } | null;
+            /** @description users, items, events, per-day events, estimates */
+            store?: {
+                [key: string]: unknown;
+            };
+            traffic?: {
+                [key: string]: unknown;
+            };
         };
         RecItemOut: {
             attributes?: {
@@ -1990,6 +1771,219 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ExperimentOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    listJobs: {
+        parameters: {
+            query?: {
+                kind?: "train" | "tune" | "import" | null;
+                limit?: number;
+            };
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobsOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    startJob: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["JobStart"];
+            };
+        };
+        responses: {
+            /** @description queued */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobOut"];
+                };
+            };
+            /** @description malformed JSON body, or an unusable id in the path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description Validation error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getJob: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path: {
+                job_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobOut"];
                 };
             };
             /** @description malformed JSON body, or an unusable id in the path */
@@ -2752,6 +2746,65 @@ export interface operations {
             };
             /** @description Not found */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description invalid parameters, or an unknown query parameter (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description the database is unreachable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+        };
+    };
+    getOverview: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description your id for this request (echoed, and in every log line); made up when absent */
+                "X-Request-ID"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OverviewOut"];
+                };
+            };
+            /** @description missing or wrong admin token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorOut"];
+                };
+            };
+            /** @description admin is disabled (no RECSYS_ADMIN_TOKEN) */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
