@@ -175,9 +175,13 @@ def train(
                 f"{name} has no parameter(s) {', '.join(unknown)}; it takes: "
                 + ", ".join(p for p in accepted if p != "self")
             )
+    from strategies._ann import DEFAULT_MIN_ITEMS
+
     ann_min_items = get_config(current_app).ann_min_items
-    for name in names:  # the ANN_MIN_ITEMS setting, unless --param names a value
-        if "ann_min_items" in inspect.signature(repo.resolver(name)).parameters:
+    for name in names:  # ANN_MIN_ITEMS, unless --param names a value; the default stays None
+        # (so a version's params equal the class defaults and `recsys tune` can reuse it)
+        accepts = "ann_min_items" in inspect.signature(repo.resolver(name)).parameters
+        if accepts and ann_min_items != DEFAULT_MIN_ITEMS:
             overrides.setdefault(name, {}).setdefault("ann_min_items", ann_min_items)
     tune_opts = None
     if tune:
