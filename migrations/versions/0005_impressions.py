@@ -4,8 +4,8 @@
 request id), so that "shown but not clicked" can be used by models and experiments
 (``recsys.store.impressions``). ``GET /v1/latest`` reads items newest first.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-07 19:00:00
 
 """
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = "0006"
-down_revision: Union[str, None] = "0005"
+revision: str = "0005"
+down_revision: Union[str, None] = "0004"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
