@@ -199,7 +199,49 @@ class UserExperimentsOut(Schema):
     serving = Dict(allow_none=True, metadata={"description": "{name, variant} or null"})
 
 
+class JobOut(Schema):
+    """One training, tuning or import run (``recsys.ops.jobs.to_dict``; documentation only)."""
+
+    id = Integer()
+    kind = String(metadata={"description": "train, tune or import"})
+    args = Dict()
+    started_by = String()
+    started_at = String()
+    finished_at = String(allow_none=True)
+    updated_at = String(allow_none=True)
+    seconds = Float()
+    progress = Float(metadata={"description": "0..1"})
+    message = String()
+    outcome = String(metadata={"description": "queued, running, succeeded or failed"})
+    error = String(allow_none=True)
+    result = Dict(allow_none=True, metadata={"description": "the versions made"})
+    host = String(allow_none=True)
+    pid = Integer(allow_none=True)
+
+
+class JobsOut(Schema):
+    """Answer of ``GET /v1/admin/jobs``: runs, newest first (documentation only)."""
+
+    jobs = List(Nested(JobOut))
+    running = Boolean()
+
+
+class OverviewOut(Schema):
+    """Answer of ``GET /v1/admin/overview``: cheap aggregates (documentation only)."""
+
+    store = Dict(metadata={"description": "users, items, events, per-day events, estimates"})
+    traffic = Dict()
+    models = List(Dict())
+    profile = Dict(allow_none=True)
+    jobs = Dict(metadata={"description": "{latest, active}"})
+    computed_at = String()
+
+
 ADMIN_RESPONSES: dict[tuple[str, str], type[Schema]] = {
+    ("/v1/admin/jobs", "get"): JobsOut,
+    ("/v1/admin/jobs", "post"): JobOut,
+    ("/v1/admin/jobs/{job_id}", "get"): JobOut,
+    ("/v1/admin/overview", "get"): OverviewOut,
     ("/v1/admin/strategies", "get"): StrategiesOut,
     ("/v1/admin/strategies", "patch"): StrategiesOut,
     ("/v1/admin/routing", "get"): RoutingOut,
@@ -242,6 +284,7 @@ REQUEST_ID_HEADER = {
 }
 # Views that answer 201 where APIFlask, without an output schema, assumes 200.
 _CREATED = {("/v1/admin/experiments", "post"), ("/v1/admin/keys", "post")}
+_ACCEPTED = {("/v1/admin/jobs", "post")}
 # Stable operationIds (client generators name their functions after them): one per operation,
 # unique; a test fails when an operation lacks one. Never rename one: clients call them.
 OPERATION_IDS: dict[tuple[str, str], str] = {
@@ -408,6 +451,8 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
                 op["security"] = [{API_KEY_SCHEME: []}, {}]
             if (path, method) in _CREATED and "200" in op["responses"]:
                 op["responses"]["201"] = {**op["responses"].pop("200"), "description": "created"}
+            if (path, method) in _ACCEPTED and "200" in op["responses"]:
+                op["responses"]["202"] = {**op["responses"].pop("200"), "description": "queued"}
             _share_success_schema(op["responses"])
             errors = {}
             if "requestBody" in op or "{" in path:

@@ -30,7 +30,7 @@ def serve(monkeypatch, tmp_path):
         assert execs and "--local-admin-token" not in execs[-1]
         return r.output
 
-    return run
+    yield run
 
 
 def test_first_run_creates_and_prints_the_token_once(serve, tmp_path):

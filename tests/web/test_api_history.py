@@ -75,6 +75,10 @@ def test_user_events_listed_newest_first_with_a_cursor(served_app):
     assert client.get("/v1/users/u6/events?type=view").get_json()["events"] == []
     assert client.get("/v1/users/nobody/events").status_code == 404
     assert client.get("/v1/users/u6/events?cursor=%21%21").status_code == 400
+    import base64
+
+    huge = base64.urlsafe_b64encode(f"2020-01-01T00:00:00|{2**70}".encode()).decode()
+    assert client.get(f"/v1/users/u6/events?cursor={huge}").status_code == 400
 
 
 def test_forget_an_item_deletes_events_drops_cached_lists_and_is_audited(served_app):
@@ -118,6 +122,7 @@ def test_delete_one_event(served_app):
     other = client.get("/v1/users/u1/events").get_json()["events"][0]["event_id"]
     assert client.delete(f"/v1/users/u0/events/{other}").status_code == 404  # not u0's
     assert client.delete("/v1/users/nobody/events/1").status_code == 404
+    assert client.delete(f"/v1/users/u0/events/{2**70}").status_code == 404
 
 
 def test_impressions_are_stored_idempotently_and_read_as_shown_not_clicked(served_app):

@@ -1001,33 +1001,29 @@ export interface components {
             title?: string;
         };
         JobOut: {
-            /** @description what it was asked to do */
             args?: {
                 [key: string]: unknown;
             };
             error?: string | null;
             finished_at?: string | null;
-            host?: string;
+            host?: string | null;
             id?: number;
             /** @description train, tune or import */
             kind?: string;
-            /** @description what it is doing now */
             message?: string;
             /** @description queued, running, succeeded or failed */
             outcome?: string;
             pid?: number | null;
             /** @description 0..1 */
             progress?: number;
-            /** @description versions made, profile, counts */
+            /** @description the versions made */
             result?: {
                 [key: string]: unknown;
             } | null;
-            /** @description duration so far, or in all once finished */
             seconds?: number;
             started_at?: string;
-            /** @description cli:<user>, timer:<name> or a console actor */
             started_by?: string;
-            updated_at?: string;
+            updated_at?: string | null;
         };
         JobStart: {
             /**
@@ -1042,7 +1038,6 @@ export interface components {
         };
         JobsOut: {
             jobs?: components["schemas"]["JobOut"][];
-            /** @description whether one of them is queued or running */
             running?: boolean;
         };
         ModelChangeOut: {
@@ -1103,25 +1098,21 @@ export interface components {
             version?: string | null;
         };
         OverviewOut: {
-            age_seconds?: number;
             computed_at?: string;
-            /** @description latest run per kind, runs in progress */
+            /** @description {latest, active} */
             jobs?: {
                 [key: string]: unknown;
             };
-            /** @description active versions with their age */
             models?: {
                 [key: string]: unknown;
             }[];
-            /** @description the active serving profile */
             profile?: {
                 [key: string]: unknown;
             } | null;
-            /** @description users, items, events (estimated?), events per day */
+            /** @description users, items, events, per-day events, estimates */
             store?: {
                 [key: string]: unknown;
             };
-            /** @description requests, errors, cache hits, degraded by reason */
             traffic?: {
                 [key: string]: unknown;
             };
@@ -1267,18 +1258,18 @@ export interface components {
             user_id: string;
         };
         UserEventOut: {
-            event_id: number;
-            item_id: string;
+            event_id?: number;
+            item_id?: string;
             /** @description ISO 8601, UTC */
-            timestamp: string;
-            type: string;
-            value: number;
+            timestamp?: string;
+            type?: string;
+            value?: number;
         };
         UserEventsOut: {
-            events: components["schemas"]["UserEventOut"][];
+            events?: components["schemas"]["UserEventOut"][];
             /** @description pass as `cursor` for the next page; null: end */
-            next_cursor: string | null;
-            user_id: string;
+            next_cursor?: string | null;
+            user_id?: string;
         };
         UserExperimentsOut: {
             /** @description [{name, variant}] per running experiment (null: out) */
@@ -1420,9 +1411,9 @@ export interface operations {
             query?: {
                 limit?: number;
                 offset?: number;
-                action?: string;
-                actor?: string;
-                target?: string;
+                action?: string | null;
+                actor?: string | null;
+                target?: string | null;
             };
             header?: {
                 /** @description your id for this request (echoed, and in every log line); made up when absent */
@@ -1916,7 +1907,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description the job, queued */
+            /** @description queued */
             202: {
                 headers: {
                     [name: string]: unknown;
@@ -3433,9 +3424,9 @@ export interface operations {
             query?: {
                 limit?: number;
                 /** @description `next_cursor` of the previous page */
-                cursor?: string;
-                category?: string;
-                available?: boolean;
+                cursor?: string | null;
+                category?: string | null;
+                available?: boolean | null;
             };
             header?: {
                 /** @description your id for this request (echoed, and in every log line); made up when absent */
@@ -3748,12 +3739,12 @@ export interface operations {
             query?: {
                 n?: number;
                 offset?: number;
-                category?: string;
+                category?: string | null;
                 explain?: boolean;
                 /** @description comma-separated item data to include with each item, among title, price, image_url, categories, attributes; default title,price,image_url; empty for ids and scores only */
-                fields?: string;
+                fields?: string | null;
                 /** @description comma-separated item ids never to return */
-                exclude?: string;
+                exclude?: string | null;
             };
             header?: {
                 /** @description your id for this request (echoed, and in every log line); made up when absent */
@@ -3836,10 +3827,10 @@ export interface operations {
             query?: {
                 n?: number;
                 offset?: number;
-                category?: string;
+                category?: string | null;
                 explain?: boolean;
                 /** @description comma-separated item data to include with each item, among title, price, image_url, categories, attributes; default title,price,image_url; empty for ids and scores only */
-                fields?: string;
+                fields?: string | null;
             };
             header?: {
                 /** @description your id for this request (echoed, and in every log line); made up when absent */
@@ -3902,12 +3893,12 @@ export interface operations {
             query?: {
                 n?: number;
                 offset?: number;
-                category?: string;
+                category?: string | null;
                 explain?: boolean;
                 /** @description comma-separated item data to include with each item, among title, price, image_url, categories, attributes; default title,price,image_url; empty for ids and scores only */
-                fields?: string;
+                fields?: string | null;
                 /** @description leave out every item this user has an event with */
-                user_id?: string;
+                user_id?: string | null;
             };
             header?: {
                 /** @description your id for this request (echoed, and in every log line); made up when absent */
@@ -4043,7 +4034,7 @@ export interface operations {
         parameters: {
             query?: {
                 limit?: number;
-                cursor?: string;
+                cursor?: string | null;
             };
             header?: {
                 /** @description your id for this request (echoed, and in every log line); made up when absent */
@@ -4356,7 +4347,7 @@ export interface operations {
             query?: {
                 limit?: number;
                 /** @description `next_cursor` of the previous page */
-                cursor?: string;
+                cursor?: string | null;
                 type?: "view" | "click" | "cart" | "purchase" | "rating" | "dislike" | null;
             };
             header?: {
@@ -4761,13 +4752,13 @@ export interface operations {
             query?: {
                 n?: number;
                 offset?: number;
-                category?: string;
+                category?: string | null;
                 /** @description comma-separated item ids never to return */
-                exclude?: string;
+                exclude?: string | null;
                 /** @description add each item's per-strategy `sources` */
                 explain?: boolean;
                 /** @description comma-separated item data to include with each item, among title, price, image_url, categories, attributes; default title,price,image_url; empty for ids and scores only */
-                fields?: string;
+                fields?: string | null;
             };
             header?: {
                 /** @description your id for this request (echoed, and in every log line); made up when absent */

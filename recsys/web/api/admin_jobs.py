@@ -309,6 +309,8 @@ def get_jobs(q: dict):
 @bp.doc(summary="One run: its progress, outcome, error and result")
 def get_job(job_id: int):
     """One run (as in the list); 404 when there is no such job."""
+    if job_id > 2**63 - 1:  # no SQL bigint: no such job (and not a 500 from the driver)
+        raise RecsysError(f"no job {job_id}", 404)
     with session_scope() as s:
         job = jobs.get(s, job_id) if job_id <= _MAX_ID else None
     if job is None:

@@ -57,6 +57,8 @@ from recsys.web.schemas import (
 bp = APIBlueprint("history", __name__, url_prefix="/v1", tag="Events")
 
 _impression = ImpressionIn()
+# Row ids are SQL bigints: a larger number in a URL or cursor is no row (SQLite cannot bind it).
+MAX_ROW_ID = 2**63 - 1
 
 
 def _check_id(value: str, what: str = "user_id") -> None:
@@ -73,9 +75,12 @@ def _cursor(raw: str | None) -> tuple[Any, int] | None:
 
     ts, _, ident = text.rpartition("|")
     try:
-        return datetime.fromisoformat(ts), int(ident)
-    except ValueError as e:
-        raise RecsysError("invalid cursor: pass the next_cursor of a previous page") from e
+        when, row = datetime.fromisoformat(ts), int(ident)
+    except ValueError:
+        when, row = None, -1
+    if when is None or not 0 <= row <= MAX_ROW_ID:
+        raise RecsysError("invalid cursor: pass the next_cursor of a previous page")
+    return when, row
 
 
 @bp.get("/users/<user_id>/events")
@@ -181,6 +186,8 @@ def _forget(user_id: str, item_id: str | None, event_id: int | None) -> dict[str
 def delete_user_event(user_id: str, event_id: int):
     """Delete one of a user's events."""
     _check_id(user_id)
+    if event_id > MAX_ROW_ID:
+        raise NotFound(f"user {user_id!r} has no event {event_id}")
     return _forget(user_id, None, event_id)
 
 
