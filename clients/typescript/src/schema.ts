@@ -1258,18 +1258,18 @@ export interface components {
             user_id: string;
         };
         UserEventOut: {
-            event_id?: number;
-            item_id?: string;
+            event_id: number;
+            item_id: string;
             /** @description ISO 8601, UTC */
-            timestamp?: string;
-            type?: string;
-            value?: number;
+            timestamp: string;
+            type: string;
+            value: number;
         };
         UserEventsOut: {
-            events?: components["schemas"]["UserEventOut"][];
+            events: components["schemas"]["UserEventOut"][];
             /** @description pass as `cursor` for the next page; null: end */
-            next_cursor?: string | null;
-            user_id?: string;
+            next_cursor: string | null;
+            user_id: string;
         };
         UserExperimentsOut: {
             /** @description [{name, variant}] per running experiment (null: out) */
@@ -1411,9 +1411,9 @@ export interface operations {
             query?: {
                 limit?: number;
                 offset?: number;
-                action?: string | null;
-                actor?: string | null;
-                target?: string | null;
+                action?: string;
+                actor?: string;
+                target?: string;
             };
             header?: {
                 /** @description your id for this request (echoed, and in every log line); made up when absent */
@@ -1907,7 +1907,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description queued */
+            /** @description the job, queued */
             202: {
                 headers: {
                     [name: string]: unknown;
@@ -3424,9 +3424,9 @@ export interface operations {
             query?: {
                 limit?: number;
                 /** @description `next_cursor` of the previous page */
-                cursor?: string | null;
-                category?: string | null;
-                available?: boolean | null;
+                cursor?: string;
+                category?: string;
+                available?: boolean;
             };
             header?: {
                 /** @description your id for this request (echoed, and in every log line); made up when absent */
@@ -3739,12 +3739,12 @@ export interface operations {
             query?: {
                 n?: number;
                 offset?: number;
-                category?: string | null;
+                category?: string;
                 explain?: boolean;
                 /** @description comma-separated item data to include with each item, among title, price, image_url, categories, attributes; default title,price,image_url; empty for ids and scores only */
-                fields?: string | null;
+                fields?: string;
                 /** @description comma-separated item ids never to return */
-                exclude?: string | null;
+                exclude?: string;
             };
             header?: {
                 /** @description your id for this request (echoed, and in every log line); made up when absent */
@@ -3827,10 +3827,10 @@ export interface operations {
             query?: {
                 n?: number;
                 offset?: number;
-                category?: string | null;
+                category?: string;
                 explain?: boolean;
                 /** @description comma-separated item data to include with each item, among title, price, image_url, categories, attributes; default title,price,image_url; empty for ids and scores only */
-                fields?: string | null;
+                fields?: string;
             };
             header?: {
                 /** @description your id for this request (echoed, and in every log line); made up when absent */
@@ -3893,12 +3893,12 @@ export interface operations {
             query?: {
                 n?: number;
                 offset?: number;
-                category?: string | null;
+                category?: string;
                 explain?: boolean;
                 /** @description comma-separated item data to include with each item, among title, price, image_url, categories, attributes; default title,price,image_url; empty for ids and scores only */
-                fields?: string | null;
+                fields?: string;
                 /** @description leave out every item this user has an event with */
-                user_id?: string | null;
+                user_id?: string;
             };
             header?: {
                 /** @description your id for this request (echoed, and in every log line); made up when absent */
@@ -4034,7 +4034,7 @@ export interface operations {
         parameters: {
             query?: {
                 limit?: number;
-                cursor?: string | null;
+                cursor?: string;
             };
             header?: {
                 /** @description your id for this request (echoed, and in every log line); made up when absent */
@@ -4347,7 +4347,7 @@ export interface operations {
             query?: {
                 limit?: number;
                 /** @description `next_cursor` of the previous page */
-                cursor?: string | null;
+                cursor?: string;
                 type?: "view" | "click" | "cart" | "purchase" | "rating" | "dislike" | null;
             };
             header?: {
@@ -4752,13 +4752,13 @@ export interface operations {
             query?: {
                 n?: number;
                 offset?: number;
-                category?: string | null;
+                category?: string;
                 /** @description comma-separated item ids never to return */
-                exclude?: string | null;
+                exclude?: string;
                 /** @description add each item's per-strategy `sources` */
                 explain?: boolean;
                 /** @description comma-separated item data to include with each item, among title, price, image_url, categories, attributes; default title,price,image_url; empty for ids and scores only */
-                fields?: string | null;
+                fields?: string;
             };
             header?: {
                 /** @description your id for this request (echoed, and in every log line); made up when absent */
