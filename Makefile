@@ -18,13 +18,14 @@ $(BIN)/recsys: pyproject.toml
 
 install: $(BIN)/recsys
 
-# Embedded defaults: SQLite file + in-process cache under ./instance. Idempotent: a second
+# Embedded defaults: SQLite file + in-process cache under ./instance, and a local admin token
+# for the console (instance/admin_token, printed once; RECSYS_ADMIN_TOKEN wins). Idempotent: a second
 # `make run` skips the import and training that are already done.
 run: install
 	$(BIN)/recsys db upgrade
-	$(BIN)/recsys import online-retail --if-empty
-	$(BIN)/recsys train --if-missing --tune --tune-budget $(TUNE_BUDGET)
-	$(BIN)/recsys serve --bind 127.0.0.1:$(PORT)
+	$(BIN)/recsys import online-retail --if-empty --started-by make-run
+	$(BIN)/recsys train --if-missing --tune --tune-budget $(TUNE_BUDGET) --started-by make-run
+	$(BIN)/recsys serve --local-admin-token --bind 127.0.0.1:$(PORT)
 
 services:
 	./scripts/ensure_services.sh

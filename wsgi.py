@@ -1,8 +1,6 @@
-"""The only module-level app: ``gunicorn -c gunicorn.conf.py wsgi:app``."""
+"""The WSGI entry of a source checkout, ``gunicorn -c gunicorn.conf.py wsgi:app``: the app of
+``recsys.wsgi`` (the one module-level app; ``recsys serve`` runs ``recsys.wsgi:app`` itself)."""
 
-from recsys import create_app
-from recsys.ops.logs import configure_for
+from recsys.wsgi import app
 
-app = create_app()
-# Serving logs: JSON lines (or text) at RECSYS_LOG_LEVEL; the CLI keeps Python's defaults.
-configure_for(app)
+__all__ = ["app"]

@@ -151,6 +151,9 @@ def run_step(name: str, argv: list[str], env: dict, timeout: float, log_dir: str
         peak = rss.stop()
     with open(log_path, encoding="utf-8", errors="replace") as f:
         output = f.read()
+    refused = name.startswith("train ") and ": left out: " in output
+    if status.startswith("failed") and refused:  # the training budget said no
+        status = "left out: " + output.split(": left out: ", 1)[1].split("\n", 1)[0]
     print(f"   {status}, {seconds:.1f} s, peak RSS {peak / 2**20:.0f} MiB", flush=True)
     if status != "ok":
         print(output[-800:], flush=True)
@@ -532,7 +535,9 @@ def run(args) -> dict:
         first["status"] = f"imported {first.get('events_new')} events of {n_events}"
     for name in args.strategies or default_strategies():
         step(f"train {name}", ["train", name, "--quiet"], os.path.join(model_dir, name))
-    trained = [s for s in steps if s["step"].startswith("train ")]
+    trained = [
+        s for s in steps if s["step"].startswith("train ") and not s["status"].startswith("left")
+    ]
     steps.append(
         {
             "step": "train, all",
@@ -542,6 +547,8 @@ def run(args) -> dict:
             "status": "ok" if all(s["status"] == "ok" for s in trained) else "incomplete",
         }
     )
+    if args.tune_budget:
+        step("tune", ["tune", "--budget", args.tune_budget, "--quiet"])
     if not args.no_serve:
         steps.extend(serve_and_measure(args, env, work))
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -599,6 +606,49 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def summary(runs: list[dict]) -> str:
+    """One Markdown table across sizes: each step's seconds (latencies: p50 / p99 ms) and peak
+    RSS, a column per (size, database), from the latest run of each.
+
+    Parameters
+    ----------
+    runs : list of dict
+        Run records (the results file's lines), oldest first.
+
+    Returns
+    -------
+    str
+        The table.
+    """
+    latest: dict[tuple, dict] = {}
+    for r in runs:
+        latest[(r["events"], r["database"])] = r
+    cols = sorted(latest.values(), key=lambda r: (r["database"], r["events"]))
+    steps: list[str] = []
+    for r in cols:
+        steps += [s["step"] for s in r["steps"] if s["step"] not in steps]
+    head = [f"{r['size']} {r['database']} ({r['events']:,} ev.)" for r in cols]
+    lines = ["| step | " + " | ".join(head) + " |", "|---|" + "---|" * len(cols)]
+    for name in steps:
+        cells = []
+        for r in cols:
+            st = next((s for s in r["steps"] if s["step"] == name), None)
+            if st is None:
+                cells.append("")
+            elif not st["status"].startswith("ok"):
+                cells.append(st["status"].split(" for ")[0][:60])
+            elif st.get("latency"):
+                lat = st["latency"]
+                cells.append(f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} ms")
+            elif "similar" in name:
+                cells.append(f"{st['seconds'] * 1000:.0f} ms")
+            else:
+                rss = f", {st['peak_rss'] / 2**30:.2f} GiB" if st.get("peak_rss") else ""
+                cells.append(f"{st['seconds']:.1f} s{rss}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(results: str, out: str) -> None:
     """Cost against size (events) from the results file: seconds per step group and peak RSS.
 
@@ -618,6 +668,8 @@ def plot(results: str, out: str) -> None:
         runs = [json.loads(line) for line in f if line.strip()]
     if not runs:
         raise SystemExit(f"{results} has no runs")
+    print(summary(runs))
+    print()
     latest: dict[tuple, dict] = {}
     for r in runs:  # the latest run per (size, database)
         latest[(r["events"], r["database"])] = r
@@ -671,11 +723,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     ap.add_argument("--strategies", nargs="*", help="default: what a bare `recsys train` trains")
     ap.add_argument("--step-timeout", type=float, default=1800.0, help="seconds per step")
+    ap.add_argument(
+        "--tune-budget", default="5m", help="`recsys tune --budget` after training; '' skips it"
+    )
     ap.add_argument("--requests", type=int, default=300, help="measured requests per scenario")
     ap.add_argument("--no-reimport", action="store_true")
     ap.add_argument("--no-serve", action="store_true")
     ap.add_argument("--results", default=RESULTS, help="JSON lines, one per run (appended)")
-    ap.add_argument("--plot", metavar="PNG", help="only draw cost against size from --results")
+    ap.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="only print the table across sizes and draw cost against size from --results",
+    )
     args = ap.parse_args(argv)
     if args.plot:
         plot(args.results, args.plot)
@@ -687,7 +746,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.results, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     print(f"\nappended to {args.results}")
-    return 0 if all(s["status"] == "ok" for s in record["steps"]) else 1
+    ok = ("ok", "left out")
+    return 0 if all(s["status"].startswith(ok) for s in record["steps"]) else 1
 
 
 if __name__ == "__main__":

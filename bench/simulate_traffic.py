@@ -4,6 +4,8 @@ Replays held-out Online Retail events (the newest ``--fraction`` by time) as cli
 the HTTP API: for each sampled held-out user it asks ``GET /v1/users/<id>/recommendations``
 (the response says which variant served it), then posts each of the user's held-out items as a
 ``click`` (``POST /v1/events``, no timestamp: the server's clock, so clicks follow exposures).
+Each list served is written back as an impression (``POST /v1/impressions``; ``--no-impressions``
+skips it). Every call goes through the typed client ``recsys.client.RecsysClient``.
 Finally it fetches ``GET /v1/admin/experiments/<name>/report`` and prints the report beside the
 client's own tallies (lists served per variant, clicks posted, clicks on shown items), which
 must match the server's stored exposures and attributed/unattributed events.
@@ -27,10 +29,10 @@ import time
 from collections import Counter, defaultdict
 
 import numpy as np
-import requests
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from recsys.client import ApiError, Event, RecsysClient  # noqa: E402
 from recsys.offline.evaluation.datasets import load_online_retail  # noqa: E402
 from recsys.offline.evaluation.splits import time_split  # noqa: E402
 
@@ -89,6 +91,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", default=None, help="JSON list of variants (default: A/B)")
     ap.add_argument(
+        "--no-impressions",
+        dest="impressions",
+        action="store_false",
+        help="do not write back the lists shown (POST /v1/impressions)",
+    )
+    ap.add_argument(
         "--write-train-file",
         default=None,
         help="write the Online Retail lines before the held-out cutoff to this .csv.gz and exit",
@@ -99,8 +107,7 @@ def main() -> None:
         return
     if not args.token:
         sys.exit("give --token or set RECSYS_ADMIN_TOKEN (admin is needed to create experiments)")
-    auth = {"Authorization": f"Bearer {args.token}"}
-    http = requests.Session()
+    api = RecsysClient(args.url, admin_token=args.token)
 
     data = load_online_retail(args.data)
     _train, test = time_split(data, fraction=args.fraction)
@@ -109,43 +116,49 @@ def main() -> None:
     users = rng.choice(users, size=min(args.users, len(users)), replace=False)
 
     variants = json.loads(args.variants) if args.variants else VARIANTS
-    r = http.post(
-        f"{args.url}/v1/admin/experiments",
-        json={"name": args.name, "variants": variants},
-        headers=auth,
-    )
-    if r.status_code != 201:
-        sys.exit(f"could not create the experiment: {r.status_code} {r.text}")
+    try:
+        api.create_experiment({"name": args.name, "variants": variants})
+    except ApiError as e:
+        sys.exit(f"could not create the experiment: {e}")
     time.sleep(1.0)  # every worker polls experiments at most every CONFIG_POLL_SECONDS
 
     served = Counter()
     clicks_posted = 0
+    impressions = 0
     clicks_on_shown = defaultdict(int)
     t0 = time.perf_counter()
     for u in users:
         uid = str(data.users.ids[u])
-        body = http.get(f"{args.url}/v1/users/{uid}/recommendations", params={"n": args.n})
-        body.raise_for_status()
-        rec = body.json()
+        rec = api.get_user_recommendations(uid, n=args.n)
+        request_id = api.last_response.headers.get("X-Request-ID") if api.last_response else None
+        if rec["items"] and args.impressions:
+            # What a shop does: write back what it showed (shown but not clicked, later).
+            api.post_impressions(
+                {
+                    "user_id": uid,
+                    "items": [it["item_id"] for it in rec["items"]],
+                    "context": "simulate_traffic",
+                    **({"request_id": request_id} if request_id else {}),
+                }
+            )
+            impressions += 1
         variant = (rec.get("experiment") or {}).get("variant")
         shown = {it["item_id"] for it in rec["items"]}
         if variant is not None and shown:
             served[variant] += 1
         held = [str(data.items.ids[i]) for i in np.unique(test.item_idx[test.user_idx == u])]
-        events = [{"user_id": uid, "item_id": it, "type": "click"} for it in held]
+        events: list[Event] = [{"user_id": uid, "item_id": it, "type": "click"} for it in held]
         if events:
-            er = http.post(f"{args.url}/v1/events", json=events)
-            er.raise_for_status()
+            api.post_events(events)
             clicks_posted += len(events)
             if variant is not None and shown:
                 clicks_on_shown[variant] += sum(1 for it in held if it in shown)
     elapsed = time.perf_counter() - t0
 
-    rep = http.get(f"{args.url}/v1/admin/experiments/{args.name}/report", headers=auth)
-    rep.raise_for_status()
-    rep = rep.json()
+    rep = api.get_experiment_report(args.name)
     print(
-        f"replayed {len(users)} held-out users, {clicks_posted} clicks in {elapsed:.1f}s "
+        f"replayed {len(users)} held-out users, {clicks_posted} clicks, {impressions} "
+        f"impression lists in {elapsed:.1f}s "
         f"({platform.node()}, {os.cpu_count()} cores)\n"
     )
     print("variant      exposures  CTR     [95% CI]          clicked-exposures")

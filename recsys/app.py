@@ -17,6 +17,7 @@ from recsys.config import (
     ENV_PREFIX,
     ConfigError,
     Settings,
+    get_config,
     install_config,
     instance_defaults,
     load_settings,
@@ -196,23 +197,25 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
 
     from recsys.models import runtime
     from recsys.serving import admission
-    from recsys.web.api import admin_models, health, ops
+    from recsys.web.api import admin_jobs, admin_models, admin_overview, health, ops
 
     admission.init_app(app)
     runtime.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(admin_models.bp)
+    app.register_blueprint(admin_jobs.bp)
+    app.register_blueprint(admin_overview.bp)
 
     from recsys.serving import cache, catalog
     from recsys.serving import settings_store as settings
-    from recsys.web.api import admin, events, recommend
+    from recsys.web.api import admin, events, history, recommend
     from recsys.web.api import catalog as catalog_api
 
     settings.init_app(app)
     catalog.init_app(app)
     cache.init_app(app)
-    for module in (recommend, events, catalog_api, admin):
+    for module in (recommend, events, history, catalog_api, admin):
         app.register_blueprint(module.bp)
 
     from recsys.serving import experiments
@@ -231,10 +234,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     # The request path of the recommendation endpoints, over the stores set up above.
     pipeline.init_app(app)
 
-    from recsys.web import cors, fastpath, limits, openapi
+    from recsys.web import cors, fastpath, limits, openapi, params
 
     cors.init_app(app)
     openapi.init_app(app)
+    params.init_app(app)  # unknown query parameters, non-JSON bodies
 
     # Body size and JSON shape limits, in front of Flask; then the cache hits of GET
     # /v1/users/<id>/recommendations answered in front of both (FAST_CACHE_PATH: plain GETs
@@ -246,4 +250,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
 
     # Outermost: request ids and the access log cover the fast path too.
     logs.init_app(app)
+    if proxies := get_config(app).trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # Before everything else: the access log sees the client's address, and url_for the
+        # prefix a proxy mounts the service under (X-Forwarded-Prefix -> SCRIPT_NAME).
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies, x_prefix=proxies
+        )
     return app

@@ -281,8 +281,28 @@ class Settings(BaseSettings):
         description="Training memory budget, in MiB: `recsys train` estimates each strategy's "
         "peak memory from its cost formula (`Strategy.estimate_cost`, docs/scale.md) before "
         "fitting and leaves out, with a one-line message, a strategy whose estimate exceeds "
-        "it; the others train. Unset: 60% of the machine's memory (or of the cgroup's limit, "
+        "it; the others train. Unset: 50% of the machine's memory (or of the cgroup's limit, "
         "if lower). 0: no budget.",
+    )
+    train_fit_time_limit_s: float = Field(
+        600,
+        ge=0,
+        description="Longest estimated single fit, in seconds: `recsys train` (and `recsys "
+        "tune`'s final fits) leave out, with a one-line message, a strategy whose cost "
+        "formula (`Strategy.estimate_cost`, docs/scale.md) predicts a longer fit; a training "
+        "run fits each strategy twice (holdout and final). 0: no limit.",
+    )
+    ann_min_items: int = Field(
+        200_000,
+        ge=0,
+        description="Catalogue size from which `recsys train` has the embedding strategies "
+        "(ALS, BPR) build approximate-nearest-neighbour indexes (hnswlib) at training time, "
+        "saved and checksummed with the model: their user recommendations and similar items "
+        "then search the index for candidates and score those exactly (docs/scale.md, "
+        '"Candidate retrieval"). Below it the search is exact: at 50k-100k items and 32-64 '
+        "factors an exact scan is as fast as the graph search on this project's 2-core "
+        "machine (bench/ann_bench.py). 0: never. An explicit `--param als.ann_min_items=N` "
+        "wins.",
     )
     preload_models: bool = Field(
         True, description="Load active models when the app starts (true) or on first use (false)."
@@ -344,6 +364,20 @@ class Settings(BaseSettings):
         "refused, 422).",
     )
     # -- hardening (README, "Reliability") ------------------------------------------------------
+    strict_params: bool = Field(
+        True,
+        description="Refuse unknown query parameters on every API endpoint (422 naming them: "
+        "a typo such as ?categroy= is an error, not an unfiltered list); false ignores them, "
+        "for lenient clients.",
+    )
+    trusted_proxies: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="Reverse proxies in front of the service whose X-Forwarded-For, -Proto, "
+        "-Host and -Prefix headers are believed (werkzeug ProxyFix; -Prefix sets the path "
+        "prefix of the URLs the service builds). 0 believes none: the headers are ignored.",
+    )
     max_body_bytes: int | None = Field(
         1 << 20,
         ge=0,

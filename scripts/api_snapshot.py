@@ -125,6 +125,13 @@ REQUESTS: list[tuple[str, str, dict | None, bool]] = [
     ("GET", "/v1/admin/models/ease", None, True),
     ("GET", "/v1/admin/experiments", None, True),
     ("GET", "/v1/nothing-here", None, False),
+    ("GET", "/v1/popular?n=5&categroy=toys", None, False),
+    ("GET", "/v1/popular?n=5&user_id=U001", None, False),
+    ("GET", "/v1/latest?n=5&category=toys", None, False),
+    ("GET", "/v1/items/I003/similar?n=3&offset=1&category=toys&exclude=I008", None, False),
+    ("POST", "/v1/impressions", {"user_id": "U006", "items": ["I001", "I002"], "id": "s1"}, False),
+    ("GET", "/v1/users/U006/events?limit=2", None, False),
+    ("DELETE", "/v1/users/U006/events?item_id=I001", None, False),
     ("GET", "/openapi.json", None, False),
 ]
 

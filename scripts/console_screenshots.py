@@ -9,7 +9,8 @@ headless Chromium against a running server.
 It first sends some recommendation traffic (so Live has something to draw). With
 ``--demo-changes`` it also makes visible changes on that server, all audited: it sets a
 strategy weight (then resets it to its default), rolls a model back and activates its version
-again, creates two experiments (``console-demo-*``,
+again, starts a retrain of ``popular`` from the Jobs screen (screenshots while it runs and once
+it is done), creates two experiments (``console-demo-*``,
 with click events sent for some of the lists its users were shown, so the report has numbers,
 and ``console-next-*``, starting tomorrow, so it has none) and stops both at the end. Use it on
 a development server, not in production. Needs Debian's chromium and chromium-driver
@@ -29,7 +30,17 @@ import threading
 import urllib.error
 import urllib.request
 
-SCREENS = ("strategies", "models", "live", "users", "experiments", "audit")
+SCREENS = (
+    "overview",
+    "strategies",
+    "models",
+    "live",
+    "users",
+    "items",
+    "jobs",
+    "experiments",
+    "audit",
+)
 
 
 def _http(method: str, url: str, token: str | None = None, body: object = None) -> object:
@@ -100,6 +111,7 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join("docs", "screenshots"))
     ap.add_argument("--user", help="user for the preview and the inspector (default: one)")
     ap.add_argument("--demo-changes", action="store_true", help="see the module docstring")
+    ap.add_argument("--item-query", default="heart", help="what the Items shot searches for")
     ap.add_argument("--width", type=int, default=1400)
     ap.add_argument("--height", type=int, default=1000)
     args = ap.parse_args()
@@ -167,6 +179,33 @@ def main() -> None:
 
         if args.demo_changes:
             created = _demo_experiment(base, args.token, users)
+        driver.get(f"{base}/admin/items")
+        wait(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.item-row"))
+        driver.find_element(By.ID, "items-q").send_keys(args.item_query)
+        click("items-search")
+        wait(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.item-row a.item-link"))
+        driver.find_element(By.CSS_SELECTOR, "tr.item-row a.item-link").click()
+        wait(lambda d: d.find_elements(By.ID, "item-view"))
+        shot("items")
+
+        driver.get(f"{base}/admin/jobs")
+        wait(lambda d: d.find_elements(By.ID, "start-train"))
+        if args.demo_changes:
+            _retrain_from_console(driver, wait, click)
+            shot("jobs-running")
+            wait(
+                lambda d: (
+                    d.find_element(By.CSS_SELECTOR, "tr.job").get_attribute("data-outcome")
+                    in ("succeeded", "failed")
+                ),
+                600,
+            )
+        shot("jobs")
+
+        driver.get(f"{base}/admin/overview")
+        wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-events canvas"))
+        shot("overview")
+
         driver.get(f"{base}/admin/experiments")
         wait(lambda d: d.find_elements(By.ID, "experiment-form"))
         shot("experiments")
@@ -181,6 +220,23 @@ def main() -> None:
         driver.quit()
         for name in created:
             _http("POST", f"{base}/v1/admin/experiments/{name}/stop", args.token)
+
+
+def _retrain_from_console(driver, wait, click) -> None:
+    """Tick ``popular`` on the Jobs screen, start the retrain, accept the confirmation, and
+    wait until the list shows it running with some progress."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+
+    click("train-popular")
+    click("start-train")
+    wait(EC.alert_is_present()).accept()
+    wait(
+        lambda d: (
+            (row := d.find_elements(By.CSS_SELECTOR, "tr.job"))
+            and row[0].get_attribute("data-outcome") != "queued"
+        )
+    )
 
 
 def _demo_experiment(base: str, token: str, users: list[str]) -> list[str]:

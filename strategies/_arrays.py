@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -165,27 +166,157 @@ def unit_rows(f: np.ndarray) -> np.ndarray:
 
 class ItemFactors:
     """For strategies that keep one ``item_factors_`` array (ALS, BPR): cosine similar items
-    over ``_similarity_factors()`` (normalised once per model, not per query) and saving the
-    array beside the parameters. Mix in before ``Strategy``; ``_set`` must reset ``_unit``."""
+    over ``_similarity_factors()`` (normalised once per model, not per query), saving the
+    array beside the parameters and, past ``ann_min_items`` items, approximate candidate
+    retrieval (``strategies._ann``: indexes built by ``_build_ann`` at the end of ``fit``, saved
+    and loaded with the model). Mix in before ``Strategy``; ``_set`` must reset ``_unit``."""
 
     item_factors_: np.ndarray
     _unit: np.ndarray | None = None
+    ann_min_items: int | None
+    # The two indexes (inner product: users' top items; cosine: similar items), or None.
+    ann_ip_: Any = None
+    ann_cos_: Any = None
 
     def _similarity_factors(self) -> np.ndarray:
         return self.item_factors_
 
-    def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine similarity of item factors. See ``Strategy.similar_items``."""
-        items = check_items(items, self.item_factors_.shape[0])
+    def _unit_factors(self) -> np.ndarray:
         unit = self._unit
         if unit is None:
-            unit = self._unit = unit_rows(self._similarity_factors())
+            unit = self._unit = unit_rows(self._similarity_factors()).astype(np.float32)
+        return unit
+
+    def _query_vectors(self, users) -> np.ndarray:
+        """The users' vectors whose dot products with ``item_factors_`` are their scores."""
+        return self.user_factors(users)  # type: ignore[attr-defined]
+
+    def _build_ann(self) -> None:
+        """Build the two indexes when the catalogue has ``ann_min_items`` items or more."""
+        from strategies._ann import DEFAULT_MIN_ITEMS, AnnIndex
+
+        self.ann_ip_ = self.ann_cos_ = None
+        threshold = self.ann_min_items if self.ann_min_items is not None else DEFAULT_MIN_ITEMS
+        if threshold <= 0 or self.item_factors_.shape[0] < threshold:
+            return
+        self.ann_ip_ = AnnIndex.build(self.item_factors_, "ip")
+        self.ann_cos_ = AnnIndex.build(self._unit_factors(), "cosine")
+
+    def recommend(
+        self,
+        users,
+        n: int = 10,
+        exclude: list[np.ndarray] | None = None,
+        candidates: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """With an index: the approximate top candidates (``n`` plus the most any user
+        excludes), scored exactly; exact search without one, or when ``candidates`` restricts
+        the items (a category). See ``Strategy.recommend``."""
+        ann = self.ann_ip_
+        extra = max((len(e) for e in exclude if e is not None), default=0) if exclude else 0
+        if ann is None or candidates is not None or 2 * (n + extra) > ann.n:
+            return super().recommend(users, n, exclude, candidates)  # type: ignore[misc]
+        from strategies._ann import top_candidates
+
+        return top_candidates(ann, self._query_vectors(users), self.item_factors_, n, exclude)
+
+    def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine similarity of item factors (approximate candidates, exact scores, past
+        ``ann_min_items`` items). See ``Strategy.similar_items``."""
+        items = check_items(items, self.item_factors_.shape[0])
+        unit = self._unit_factors()
+        ann = self.ann_cos_
+        if ann is not None and 2 * (n + 1) <= ann.n:
+            from strategies._ann import top_candidates
+
+            return top_candidates(ann, unit[items], unit, n, [np.asarray([i]) for i in items])
         return top_similar(unit[items] @ unit.T, items, n)
 
     def save(self, path: str) -> None:
-        """Save ``item_factors_`` and the parameters. See ``Strategy.save``."""
+        """Save ``item_factors_``, the parameters and the indexes. See ``Strategy.save``."""
         save_arrays(path, item_factors=self.item_factors_)
-        self._save_params(path)
+        self._save_params(path, save_ann(path, ip=self.ann_ip_, cos=self.ann_cos_))  # type: ignore[attr-defined]
+
+    def _load_ann(self, path: str) -> None:
+        """Read the indexes ``save`` wrote (none: exact search)."""
+        params = self._load_params(path)  # type: ignore[attr-defined]
+        found = load_ann(path, params, ip=self.item_factors_, cos=self._unit_factors())
+        self.ann_ip_, self.ann_cos_ = found.get("ip"), found.get("cos")
+
+
+ANN_FILES = {"ip": "ann_ip.hnsw", "cos": "ann_cos.hnsw"}
+
+
+def save_ann(path: str, **indexes: Any) -> dict[str, Any]:
+    """Write the indexes given (None ones skipped) and return what ``params.json`` records.
+
+    Parameters
+    ----------
+    path : str
+        Model directory.
+    **indexes : AnnIndex or None
+        By key of ``ANN_FILES``.
+
+    Returns
+    -------
+    dict of str to Any
+        ``{"ann": {"format", "library", "version", "indexes": {key: meta}}}``, or ``{}``
+        when there is no index.
+    """
+    from strategies._ann import ANN_FORMAT, library_version
+
+    metas = {}
+    for key, index in indexes.items():
+        if index is not None:
+            metas[key] = {"file": ANN_FILES[key], **index.save(os.path.join(path, ANN_FILES[key]))}
+    if not metas:
+        return {}
+    return {
+        "ann": {
+            "format": ANN_FORMAT,
+            "library": "hnswlib",
+            "version": library_version(),
+            "indexes": metas,
+        }
+    }
+
+
+def load_ann(path: str, params: dict[str, Any], **vectors: np.ndarray) -> dict[str, Any]:
+    """The indexes ``save_ann`` recorded in ``params`` (the parsed ``params.json``).
+
+    Parameters
+    ----------
+    path : str
+        Model directory (already verified against its manifest).
+    params : dict of str to Any
+        The parsed ``params.json``.
+    **vectors : np.ndarray
+        By key, the vectors each index was built over (checked against its size).
+
+    Returns
+    -------
+    dict of str to AnnIndex
+        By key; empty when none was saved.
+
+    Raises
+    ------
+    ValueError
+        For an index saved in another format (retrain the model).
+    """
+    from strategies._ann import ANN_FORMAT, AnnIndex
+
+    ann = params.get("ann")
+    if not ann:
+        return {}
+    if ann.get("format") != ANN_FORMAT or ann.get("library") != "hnswlib":
+        raise ValueError(
+            f"candidate index format {ann.get('library')}/{ann.get('format')} is not "
+            f"hnswlib/{ANN_FORMAT}; retrain the model"
+        )
+    return {
+        key: AnnIndex.load(os.path.join(path, meta["file"]), meta, vectors.get(key))
+        for key, meta in ann["indexes"].items()
+    }
 
 
 class ItemWeights:

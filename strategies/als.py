@@ -27,6 +27,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from features.interactions import InteractionData
+from strategies._ann import index_cost
 from strategies._arrays import ItemFactors, load_arrays
 from strategies.base import SPARSE_OPS, Strategy, UserBatch, input_bytes
 
@@ -66,6 +67,9 @@ class ALSStrategy(ItemFactors, Strategy):
         Fit in process (implicit) or with Spark's ALS (``fit_spark``).
     spark_reg_param : float, optional
         Spark's ``regParam`` as given; ``None``: derived by ``spark_params``.
+    ann_min_items : int, optional
+        Catalogue size from which the fit builds approximate-nearest-neighbour indexes for
+        candidate retrieval (``strategies._ann``); ``None``: its default; 0: never.
     """
 
     name = "als"
@@ -82,6 +86,7 @@ class ALSStrategy(ItemFactors, Strategy):
         random_state: int = 42,
         engine: str = "implicit",
         spark_reg_param: float | None = None,
+        ann_min_items: int | None = None,
     ):
         self.factors = factors
         self.regularization = regularization
@@ -93,6 +98,7 @@ class ALSStrategy(ItemFactors, Strategy):
         self.random_state = random_state
         self.engine = engine
         self.spark_reg_param = spark_reg_param
+        self.ann_min_items = ann_min_items
 
     def _model(self):
         from implicit.cpu.als import AlternatingLeastSquares
@@ -129,6 +135,7 @@ class ALSStrategy(ItemFactors, Strategy):
         with threadpool_limits(1, "blas"):
             model.fit(x, show_progress=False)
         self._set(model, np.asarray(model.item_factors, dtype=np.float32))
+        self._build_ann()
         return self
 
     def fit_spark(self, events, item_row_ids: np.ndarray) -> Self:
@@ -161,6 +168,7 @@ class ALSStrategy(ItemFactors, Strategy):
         cells = weighted_cells(events, self.weights, self.binary)
         factors, self.spark_ = _spark_item_factors(cells, self, np.asarray(item_row_ids))
         self._set(self._model(), factors)
+        self._build_ann()
         return self
 
     def _set(self, model, item_factors: np.ndarray) -> None:
@@ -212,13 +220,15 @@ class ALSStrategy(ItemFactors, Strategy):
     ) -> tuple[float, float | None]:
         """Memory: implicit's copies of the matrix (user-item and item-user) and the two factor
         tables (float32, f = ``factors``); time per iteration: conjugate-gradient steps over the
-        cells, ~16 E f, plus (U + I) f^2 for the Gram terms. See ``Strategy.estimate_cost``.
+        cells, ~16 E f, plus (U + I) f^2 for the Gram terms; past ``ann_min_items`` the
+        candidate indexes (``strategies._ann.index_cost``). See ``Strategy.estimate_cost``.
         """
         p = cls._params_with(params)
         f, iters = int(p["factors"]), int(p["iterations"])
         memory = 2 * input_bytes(n_users, n_items, n_events) + 8.0 * f * (n_users + n_items)
         ops = iters * (16.0 * n_events * f + 2.0 * (n_users + n_items) * f * f)
-        return memory, ops / SPARSE_OPS
+        ann_bytes, ann_s = index_cost(n_items, f, p["ann_min_items"])
+        return memory + ann_bytes, ops / SPARSE_OPS + ann_s
 
     def score(self, users: UserBatch) -> np.ndarray:
         """See ``Strategy.score``."""
@@ -229,6 +239,7 @@ class ALSStrategy(ItemFactors, Strategy):
         """See ``Strategy.load``."""
         model = cls(**cls._load_params(path)["params"])
         model._set(model._model(), load_arrays(path)["item_factors"].astype(np.float32))
+        model._load_ann(path)
         return model
 
 

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from features.interactions import InteractionData
+from strategies._ann import index_cost
 from strategies._arrays import ItemFactors, load_arrays
 from strategies.base import SPARSE_OPS, Strategy, UserBatch, input_bytes
 
@@ -49,6 +50,9 @@ class BPRStrategy(ItemFactors, Strategy):
         implicit's fit threads; 0: all cores.
     random_state : int
         Seed of the fit.
+    ann_min_items : int, optional
+        Catalogue size from which the fit builds approximate-nearest-neighbour indexes for
+        candidate retrieval (``strategies._ann``); ``None``: its default; 0: never.
     """
 
     name = "bpr"
@@ -68,6 +72,7 @@ class BPRStrategy(ItemFactors, Strategy):
         weights: dict[str, float] | None = None,
         num_threads: int = 0,
         random_state: int = 42,
+        ann_min_items: int | None = None,
     ):
         self.factors = factors
         self.learning_rate = learning_rate
@@ -80,6 +85,7 @@ class BPRStrategy(ItemFactors, Strategy):
         self.weights = weights
         self.num_threads = num_threads
         self.random_state = random_state
+        self.ann_min_items = ann_min_items
 
     def fit(self, data: InteractionData) -> Self:
         """See ``Strategy.fit``."""
@@ -100,6 +106,7 @@ class BPRStrategy(ItemFactors, Strategy):
         self._set(np.asarray(model.item_factors, dtype=np.float32))
         # Kept for diagnostics only (training users' own BPR vectors); not saved.
         self.train_user_factors_ = np.asarray(model.user_factors, dtype=np.float32)
+        self._build_ann()
         return self
 
     def _set(self, item_factors: np.ndarray) -> None:
@@ -168,19 +175,27 @@ class BPRStrategy(ItemFactors, Strategy):
     ) -> tuple[float, float | None]:
         """Memory: the matrix, float32 factor tables (f + 1 with the bias) for users and items,
         and the float64 serving copies of the item table; time: ``iterations`` SGD passes over
-        the cells, ~6 f operations each. See ``Strategy.estimate_cost``.
+        the cells, ~6 f operations each; past ``ann_min_items`` the candidate indexes
+        (``strategies._ann.index_cost``). See ``Strategy.estimate_cost``.
         """
         p = cls._params_with(params)
         f, iters = int(p["factors"]) + 1, int(p["iterations"])
         memory = input_bytes(n_users, n_items, n_events) + 4.0 * f * (n_users + n_items)
         memory += 24.0 * f * n_items + 8.0 * f * f
-        return memory, iters * 6.0 * n_events * f / SPARSE_OPS
+        ann_bytes, ann_s = index_cost(n_items, f, p["ann_min_items"])
+        return memory + ann_bytes, iters * 6.0 * n_events * f / SPARSE_OPS + ann_s
 
     def score(self, users: UserBatch) -> np.ndarray:
         """See ``Strategy.score``; users without history get item-bias-only scores."""
         u = self.user_factors(users)
         # Users without history get item-bias-only scores (BPR's popularity prior).
         return (u @ self._v32.T + self._bias32).astype(np.float32)
+
+    def _query_vectors(self, users: UserBatch) -> np.ndarray:
+        """Folded-in vectors with the constant 1 of the bias column (scores = dot products
+        with ``item_factors_``)."""
+        u = self.user_factors(users)
+        return np.hstack([u, np.ones((len(u), 1), np.float32)])
 
     def _similarity_factors(self) -> np.ndarray:
         return self.item_factors_[:, :-1]  # cosine of item factors, bias excluded
@@ -190,4 +205,5 @@ class BPRStrategy(ItemFactors, Strategy):
         """See ``Strategy.load``."""
         model = cls(**cls._load_params(path)["params"])
         model._set(load_arrays(path)["item_factors"].astype(np.float32))
+        model._load_ann(path)
         return model

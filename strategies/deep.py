@@ -71,6 +71,11 @@ from strategies.base import TORCH_FLOPS, Strategy, UserBatch, input_bytes
 
 log = logging.getLogger(__name__)
 
+LOSSES = ("auto", "softmax", "sampled")
+# ``loss="auto"``: the full softmax up to this many items, sampled beyond (issue 29: at 100k
+# items the full one costs ~6 b I h flops a step, an hour of CPU for the default 400 steps).
+FULL_SOFTMAX_MAX_ITEMS = 20_000
+
 
 class MultDAE(nn.Module):
     """Encoder MLP over a normalised history row, decoder to one logit per item.
@@ -224,6 +229,14 @@ class DeepStrategy(Strategy):
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     precision : str
         Served in ``fp32``, ``int8`` or ``fp16``.
+    loss : {"auto", "softmax", "sampled"}
+        The multinomial likelihood over the whole catalogue (``softmax``), or over the batch's
+        history items and ``n_negatives`` shared uniform negatives (``sampled``, with the
+        log-inclusion correction, so it estimates the full softmax: the decoder's cost per
+        step no longer grows with the catalogue); ``auto``: the full softmax up to
+        ``FULL_SOFTMAX_MAX_ITEMS`` items.
+    n_negatives : int
+        Uniform negatives a sampled step draws (shared by the batch).
     """
 
     name = "deep"
@@ -248,8 +261,12 @@ class DeepStrategy(Strategy):
         seed: int = 42,
         device: str = "auto",
         precision: str = "fp32",
+        loss: str = "auto",
+        n_negatives: int = 4096,
     ) -> None:
         check_precision(precision)
+        if loss not in LOSSES:
+            raise ValueError(f"deep: loss must be one of {', '.join(LOSSES)}, not {loss!r}")
         self.hidden = tuple(int(h) for h in hidden)
         self.epochs = epochs
         self.max_steps = max_steps
@@ -261,6 +278,11 @@ class DeepStrategy(Strategy):
         self.seed = seed
         self.device = device
         self.precision = precision
+        self.loss = loss
+        self.n_negatives = n_negatives
+
+    def _sampled(self, n_items: int) -> bool:
+        return self.loss == "sampled" or (self.loss == "auto" and n_items > FULL_SOFTMAX_MAX_ITEMS)
 
     # -- training -------------------------------------------------------------------------------
     def _inputs(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
@@ -312,6 +334,8 @@ class DeepStrategy(Strategy):
         self.steps_ = 0
         per_epoch = math.ceil(len(rows) / self.batch_size)
         epochs = epoch_budget(self.epochs, self.max_steps, per_epoch)
+        self.loss_ = "sampled" if self._sampled(self.n_items_) else "softmax"
+        sampled = self.loss_ == "sampled"
         for epoch in range(epochs):
             rng.shuffle(rows)
             total = 0.0
@@ -324,11 +348,15 @@ class DeepStrategy(Strategy):
                 )
                 for layer in model.encoder[1:]:
                     h = torch.tanh(layer(h))
-                logits = model.decoder(h)
-                # Multinomial log-likelihood of the (unnormalised) history under softmax(s),
-                # read at the history's items only (the target is as sparse as the input).
-                logp = F.log_softmax(logits, dim=1)
-                loss = -(logp[row_of, ind] * target).sum() / len(idx)
+                if sampled:
+                    loss = self._sampled_loss(model.decoder, h, ind, target, row_of, gen)
+                else:
+                    logits = model.decoder(h)
+                    # Multinomial log-likelihood of the (unnormalised) history under
+                    # softmax(s), read at the history's items only (the target is as sparse
+                    # as the input).
+                    logp = F.log_softmax(logits, dim=1)
+                    loss = -(logp[row_of, ind] * target).sum() / len(idx)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -340,6 +368,32 @@ class DeepStrategy(Strategy):
         model.eval()
         self.n_train_users_ = len(rows)
         return model
+
+    def _sampled_loss(
+        self,
+        decoder: nn.Linear,
+        h: torch.Tensor,
+        ind: torch.Tensor,
+        target: torch.Tensor,
+        row_of: torch.Tensor,
+        gen: torch.Generator,
+    ) -> torch.Tensor:
+        """The multinomial loss over a sampled part of the catalogue: the batch's history
+        items (every row's positives, as the full loss reads them) and ``n_negatives`` uniform
+        draws. A drawn item outside the histories stands for the catalogue's unsampled rest:
+        its logit gets ``- log q``, q = 1 - (1 - 1/I)^n_negatives its chance of being drawn
+        (about ``n_negatives / I``), so the normaliser estimates the full softmax's; b x C
+        logits instead of b x I."""
+        n = self.n_items_
+        neg = torch.randint(0, n, (self.n_negatives,), generator=gen).to(h.device)
+        cols, inv = torch.unique(torch.cat([ind, neg]), return_inverse=True)
+        positive = torch.zeros(len(cols), dtype=torch.bool, device=h.device)
+        positive[inv[: len(ind)]] = True
+        logits = F.linear(h, decoder.weight[cols], decoder.bias[cols])
+        drawn = -math.expm1(self.n_negatives * math.log1p(-1.0 / n)) if n > 1 else 1.0
+        correction = torch.where(positive, 0.0, -math.log(drawn))
+        logp = F.log_softmax(logits + correction, dim=1)
+        return -(logp[row_of, inv[: len(ind)]] * target).sum() / h.shape[0]
 
     def _batch_tensors(
         self, xn: sp.csr_matrix, target: sp.csr_matrix, gen: torch.Generator
@@ -468,8 +522,9 @@ class DeepStrategy(Strategy):
     ) -> tuple[float, float | None]:
         """Memory: the two items-wide layers (2 I h parameters, h = ``hidden[0]``) with their
         gradients and Adam's two moments (16 bytes a parameter), a batch's dense logits (three
-        b x I float32 arrays) and the serving copy of the first layer; time: ``steps`` of ~6 b I h
-        flops (forward, backward; decoder and softmax dominate), steps =
+        b x C float32 arrays, C = I with the full softmax, else b E / U + ``n_negatives``) and
+        the serving copy of the first layer; time: ``steps`` of ~6 b C h flops (forward,
+        backward; decoder and softmax dominate) and Adam's ~10 flops a parameter, steps =
         min(epochs x ceil(U / b), max_steps). See ``Strategy.estimate_cost``.
         """
         p = cls._params_with(params)
@@ -477,12 +532,17 @@ class DeepStrategy(Strategy):
         b = int(p["batch_size"])
         inner = sum(a * c for a, c in zip(hidden[:-1], hidden[1:], strict=True))
         n_params = 2.0 * n_items * hidden[0] + inner
+        # logits' columns: the catalogue, or the batch's history items and the negatives
+        cols = float(n_items)
+        if cls(**{**p, "hidden": hidden})._sampled(n_items):
+            cols = min(cols, b * n_events / max(n_users, 1) + int(p["n_negatives"]))
         memory = input_bytes(n_users, n_items, n_events) + 16.0 * n_params
-        memory += 12.0 * b * n_items + 4.0 * n_items * hidden[0]
+        memory += 12.0 * b * cols + 4.0 * n_items * hidden[0]
         steps = int(p["epochs"]) * math.ceil(max(n_users, 1) / b)
         if p["max_steps"] is not None:
             steps = min(steps, int(p["max_steps"]))
-        return memory, steps * 6.0 * b * n_items * hidden[0] / TORCH_FLOPS
+        # forward and backward over the logits, and Adam's pass over every parameter
+        return memory, steps * (6.0 * b * cols * hidden[0] + 10.0 * n_params) / TORCH_FLOPS
 
     def score(self, users: UserBatch) -> np.ndarray:
         """See ``Strategy.score``; runs the serving module on ``serving_device_``.

@@ -1,8 +1,8 @@
 """Every public function, method and class of ``features``, ``strategies``, ``recsys.core``,
 ``recsys.serving``, ``recsys.models``, ``recsys.store``, ``recsys.ops``, ``recsys.web``,
 ``recsys.offline``, ``recsys.cli`` (their subpackages included), and the modules
-``recsys.errors``, ``recsys.app``, ``recsys.config`` and ``recsys.paths`` has a numpy-style
-docstring.
+``recsys.errors``, ``recsys.app``, ``recsys.config``, ``recsys.paths`` and ``recsys.client``
+has a numpy-style docstring.
 
 Read with ``ast`` (nothing is imported, so optional dependencies do not matter):
 
@@ -39,7 +39,13 @@ PACKAGES = (
     "recsys/offline",
     "recsys/cli",
 )
-EXTRA_MODULES = ("recsys/errors.py", "recsys/app.py", "recsys/config.py", "recsys/paths.py")
+EXTRA_MODULES = (
+    "recsys/errors.py",
+    "recsys/app.py",
+    "recsys/config.py",
+    "recsys/paths.py",
+    "recsys/client.py",
+)
 # ``<blueprint>.<verb>(...)``: a Flask view; ``<group>.command(...)`` / ``.group(...)``: click.
 ROUTE_VERBS = frozenset({"get", "post", "put", "patch", "delete", "route"})
 CLICK_VERBS = frozenset({"command", "group"})

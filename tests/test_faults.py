@@ -229,6 +229,12 @@ def test_postgres_down(make_app, pg_schema_url, redis_url, redis_prefix):
     assert r.headers.get("Retry-After")
     r = client.put("/v1/items/i1", json={"available": False})
     assert _is_json_error(r, 503)
+    r = client.post("/v1/impressions", json={"user_id": "u9", "items": ["i1", "i2"]})
+    assert _is_json_error(r, 503) and r.headers.get("Retry-After")
+    assert _is_json_error(client.delete("/v1/users/u0/events?item_id=i1"), 503)
+    assert _is_json_error(client.get("/v1/latest"), 503)
+    r = client.get("/v1/popular?user_id=u0")  # no history to leave out: unfiltered, degraded
+    assert r.status_code == 200 and r.get_json()["degraded"] is True and r.get_json()["items"]
     r = client.get("/v1/admin/audit", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert _is_json_error(r, 503)
 

@@ -308,3 +308,32 @@ def test_huge_bodies_are_413_and_workers_stay_small(serve):
     assert max(growth_mib.values()) < 50, growth_mib
     # Still serving normally.
     assert request(server.port, "POST", "/v1/events", event)[0] == 201
+
+
+def test_recsys_serve_runs_the_packaged_settings_from_any_folder(tmp_path):
+    """`recsys serve` (what an installed wheel runs; scripts/ci_wheel.sh does that) serves from a
+    folder that is not the checkout: the gunicorn settings and the WSGI entry are modules of the
+    package (recsys.gunicorn_conf, recsys.wsgi), not files found in the current folder."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "PROMETHEUS_"))}
+    env.update(PYTHONPATH=ROOT, RECSYS_INSTANCE_PATH=str(tmp_path / "instance"))
+    recsys = [sys.executable, "-c", "from recsys.cli.main import main; main()"]
+    subprocess.run([*recsys, "db", "upgrade"], cwd=tmp_path, env=env, check=True)
+    cmd = [*recsys, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=log)
+    try:
+        end = time.monotonic() + 120  # a hang guard, not a window
+        status = None
+        while status != 200 and proc.poll() is None and time.monotonic() < end:
+            try:
+                status, _ = request(port, "GET", "/healthz", timeout=2)
+            except OSError:
+                time.sleep(0.2)
+    finally:
+        stop_process(proc, log)
+    text = (tmp_path / "serve.log").read_text()
+    assert status == 200, text[-3000:]
+    # The package's settings, not gunicorn's defaults: its worker class ran.
+    assert "Using worker: recsys.ops.gworker.BalancedThreadWorker" in text, text[-3000:]
+    assert not os.path.exists(tmp_path / "gunicorn.conf.py")

@@ -10,6 +10,7 @@ import click
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
+from recsys.cli.jobs import recorded, set_result
 from recsys.offline.importers.common import ImportBatch, ImportReport, SourceError, run_import
 
 try:  # the raw psycopg cursor used for COPY raises psycopg's own errors
@@ -30,18 +31,22 @@ def _first_line(e: BaseException) -> str:
 
 
 def _import(parse: Callable[[], tuple[ImportReport, ImportBatch]], as_json: bool) -> None:
+    from recsys.ops import jobs
     from recsys.store import get_engine
 
+    jobs.report(0.0, "reading the source", force=True)
     try:
         report, batch = parse()
     except SourceError as e:
         raise click.ClickException(str(e)) from e
+    jobs.report(0.4, "writing to the store", force=True)
     try:
         run_import(get_engine(), report, batch)
     except _DB_ERRORS as e:
         raise click.ClickException(
             f"import failed and was rolled back, nothing was imported: {_first_line(e)}"
         ) from e
+    set_result(report.to_dict())
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
@@ -55,6 +60,7 @@ def import_group() -> None:
 
 
 @import_group.command("online-retail")
+@recorded("import")
 @click.argument("path", required=False, type=click.Path(dir_okay=False))
 @click.option(
     "--if-empty", is_flag=True, help="Do nothing if the store already has events (for make run)."
@@ -62,7 +68,7 @@ def import_group() -> None:
 @json_option
 @with_appcontext
 def import_online_retail(path: str | None, if_empty: bool, as_json: bool) -> None:
-    """Import the UCI Online Retail file (default: the bundled data/online_retail.csv.gz).
+    """Import the UCI Online Retail file (default: the copy bundled in the package).
 
     Each purchase line (customer present, quantity > 0, not a cancellation) becomes a purchase
     event; every other line is counted under its skip reason.
@@ -75,12 +81,14 @@ def import_online_retail(path: str | None, if_empty: bool, as_json: bool) -> Non
         with get_engine().connect() as conn:
             if has_events(conn):
                 click.echo("the store already has events: skipping the import (--if-empty)")
+                set_result({"skipped": "the store already has events (--if-empty)"})
                 return
     path = path or online_retail.default_path()
     _import(lambda: online_retail.parse(path), as_json)
 
 
 @import_group.command("movielens")
+@recorded("import")
 @click.argument("path", type=click.Path(file_okay=False))
 @json_option
 @with_appcontext
@@ -92,6 +100,7 @@ def import_movielens(path: str, as_json: bool) -> None:
 
 
 @import_group.command("csv")
+@recorded("import")
 @click.option(
     "--interactions",
     required=True,

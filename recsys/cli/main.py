@@ -37,7 +37,7 @@ def create_cli_app():
     """The app the CLI commands run in: ``create_app`` with the SQL statement and lock timeouts
     of batch work (``RECSYS_CLI_DB_STATEMENT_TIMEOUT_MS`` / ``_LOCK_``, default 0: none). The
     request-path timeouts (``RECSYS_DB_STATEMENT_TIMEOUT_MS``, 3 s) would cancel a bulk import's
-    INSERT ... SELECT or a training read of every event. ``recsys serve`` runs ``wsgi:app``,
+    INSERT ... SELECT or a training read of every event. ``recsys serve`` runs ``recsys.wsgi:app``,
     which keeps the request-path ones.
 
     Returns
@@ -119,38 +119,53 @@ def _safe_url() -> str:
     return get_engine().url.render_as_string(hide_password=True)
 
 
-def gunicorn_argv(gunicorn_args: tuple[str, ...] = ()) -> tuple[str, list[str]]:
-    """How ``recsys serve`` runs gunicorn.
+def gunicorn_argv(gunicorn_args: tuple[str, ...] = ()) -> list[str]:
+    """How ``recsys serve`` runs gunicorn: the settings and the WSGI entry are modules of the
+    package (``recsys.gunicorn_conf``, ``recsys.wsgi``), so an installed wheel serves from any
+    folder, without the source checkout.
 
     Parameters
     ----------
     gunicorn_args : tuple of str
-        Extra arguments for gunicorn.
+        Extra arguments for gunicorn (they override the settings module's values).
 
     Returns
     -------
-    (str, list of str)
-        The folder to run in (the project root, with ``gunicorn.conf.py`` and ``wsgi.py``) and
-        the command line.
+    list of str
+        The command line.
     """
-    from recsys.paths import PROJECT_ROOT
-
-    conf = os.path.join(PROJECT_ROOT, "gunicorn.conf.py")
-    return PROJECT_ROOT, [sys.executable, "-m", "gunicorn", "-c", conf, *gunicorn_args, "wsgi:app"]
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:recsys.gunicorn_conf",
+        *gunicorn_args,
+        "recsys.wsgi:app",
+    ]
 
 
 @main.command("serve", context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--local-admin-token",
+    is_flag=True,
+    help="Without RECSYS_ADMIN_TOKEN: use instance/admin_token, created (mode 0600) and "
+    "printed once on the first run, so the console at /admin/ works (make run).",
+)
 @click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
-def serve(gunicorn_args: tuple[str, ...]) -> None:
-    """Run the service under gunicorn (gunicorn.conf.py); extra args go to gunicorn."""
+def serve(gunicorn_args: tuple[str, ...], local_admin_token: bool = False) -> None:
+    """Run the service under gunicorn (recsys.gunicorn_conf); extra args go to gunicorn."""
     from recsys.config import ConfigError, load_settings
 
     try:
         load_settings()  # a bad value: one line here, not a traceback from every worker
     except ConfigError as e:
         _config_error_exit(e)
-    root, argv = gunicorn_argv(gunicorn_args)
-    os.chdir(root)
+    if local_admin_token:
+        from recsys.cli import local_admin
+
+        local_admin.apply(gunicorn_args, click.echo)
+    argv = gunicorn_argv(gunicorn_args)
     os.execv(sys.executable, argv)
 
 

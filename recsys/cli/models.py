@@ -11,6 +11,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
+from recsys.cli.jobs import recorded, set_result
 from recsys.cli.util import echo_json
 from recsys.config import get_config
 from recsys.errors import ModelError
@@ -46,6 +47,7 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 
 
 @click.command("train")
+@recorded("train")
 @with_appcontext
 @click.argument("strategies", nargs=-1)
 @click.option("--if-missing", is_flag=True, help="Only train strategies with no active version.")
@@ -114,10 +116,14 @@ def train(
     Each strategy is fitted on the oldest events and scored on the newest (--holdout), then
     fitted on all events; the version is saved with those holdout metrics and activated unless
     --no-activate (or --gate refuses it). --tune then searches the serving profile.
-    A strategy whose estimated peak memory exceeds RECSYS_TRAIN_MEMORY_BUDGET_MB (default 60%
-    of the machine's memory) is left out with one line on stderr; the others train.
+    A strategy whose estimated peak memory exceeds RECSYS_TRAIN_MEMORY_BUDGET_MB (default 50%
+    of the machine's memory), or whose estimated fit exceeds RECSYS_TRAIN_FIT_TIME_LIMIT_S
+    (default 600 s), is left out with one line on stderr; the others train.
     --engine spark fits ALS (or aggregates popularity) on Spark: `recsys train als --engine spark`.
+    `recsys train ranker` tunes the profile and trains the learned ranker on its validation
+    rows (as --tune does; docs/ranking.md).
     """
+    from recsys.core.ranker import RANKER_KIND
     from recsys.models.repository import PROFILE_KIND
     from recsys.offline.training import (
         GATE_METRIC,
@@ -125,12 +131,18 @@ def train(
         train_strategies,
         training_budget_bytes,
     )
+    from recsys.ops import jobs
     from recsys.store import get_engine
     from recsys.store.training_data import load_interactions
     from strategies import available_strategies, opt_in
 
     repo = _repo()
     overrides = _parse_params(params)
+    # `recsys train ranker`: the learned second stage is trained by the search (it needs the
+    # profile's validation rows), so it means --tune with the ranker.
+    want_ranker = RANKER_KIND in strategies
+    strategies = tuple(s for s in strategies if s != RANKER_KIND)
+    tune = tune or want_ranker
     if master and engine != "spark":
         raise click.UsageError("--master applies to --engine spark only")
     if engine == "spark":
@@ -145,7 +157,9 @@ def train(
                 + (f", not {', '.join(unsupported)}" if unsupported else "; name it")
                 + " (the others stay single-machine, docs/scale.md)"
             )
-    names = list(dict.fromkeys(strategies)) or [n for n in available_strategies() if not opt_in(n)]
+    names = list(dict.fromkeys(strategies)) or (
+        [] if want_ranker else [n for n in available_strategies() if not opt_in(n)]
+    )
     for name in names:
         try:
             repo.resolver(name)
@@ -161,6 +175,14 @@ def train(
                 f"{name} has no parameter(s) {', '.join(unknown)}; it takes: "
                 + ", ".join(p for p in accepted if p != "self")
             )
+    from strategies._ann import DEFAULT_MIN_ITEMS
+
+    ann_min_items = get_config(current_app).ann_min_items
+    for name in names:  # ANN_MIN_ITEMS, unless --param names a value; the default stays None
+        # (so a version's params equal the class defaults and `recsys tune` can reuse it)
+        accepts = "ann_min_items" in inspect.signature(repo.resolver(name)).parameters
+        if accepts and ann_min_items != DEFAULT_MIN_ITEMS:
+            overrides.setdefault(name, {}).setdefault("ann_min_items", ann_min_items)
     tune_opts = None
     if tune:
         from recsys.cli.tune import tune_options
@@ -175,6 +197,7 @@ def train(
                 click.echo(f"{name}: active version {active[name]} exists, skipped")
         names = [n for n in names if n not in active]
     if not names and tune_opts is None:
+        set_result({"skipped": "nothing to train (--if-missing)"} if if_missing else {})
         if as_json:
             echo_json([])
         elif not if_missing:
@@ -208,24 +231,28 @@ def train(
         click.echo(message, err=True)
 
     try:
-        results = train_strategies(
-            data,
-            repo,
-            names,
-            params=overrides,
-            holdout=holdout,
-            activate=not no_activate,
-            gate_metric=GATE_METRIC if gate else None,
-            progress=not quiet and not as_json,
-            on_result=report,
-            memory_budget_bytes=training_budget_bytes(
-                get_config(current_app).train_memory_budget_mb
-            ),
-            on_refused=refuse,
-        )
+        with jobs.span(0.0, 0.5 if tune_opts is not None else 1.0):
+            results = train_strategies(
+                data,
+                repo,
+                names,
+                params=overrides,
+                holdout=holdout,
+                activate=not no_activate,
+                gate_metric=GATE_METRIC if gate else None,
+                progress=not quiet and not as_json,
+                on_result=report,
+                memory_budget_bytes=training_budget_bytes(
+                    get_config(current_app).train_memory_budget_mb
+                ),
+                on_refused=refuse,
+                fit_time_limit_s=get_config(current_app).train_fit_time_limit_s or None,
+            )
+        set_result(_job_result(results, None, refused))
         if refused and not results:
             raise click.ClickException(
-                "no strategy fits the training budget (TRAIN_MEMORY_BUDGET_MB); nothing trained"
+                "no strategy fits the training budget (TRAIN_MEMORY_BUDGET_MB, "
+                "TRAIN_FIT_TIME_LIMIT_S); nothing trained"
             )
         tuned = None
         if tune_opts is not None:
@@ -233,13 +260,15 @@ def train(
 
             if not as_json:
                 click.echo(f"tuning the serving profile ({tune_budget} budget)")
-            tuned = tune_store(
-                data,
-                repo,
-                tune_opts,
-                activate=not no_activate,
-                echo=None if as_json else click.echo,
-            )
+            with jobs.span(0.5, 1.0):
+                tuned = tune_store(
+                    data,
+                    repo,
+                    tune_opts,
+                    activate=not no_activate,
+                    echo=None if as_json else click.echo,
+                )
+            set_result(_job_result(results, tuned, refused))
             if not as_json:
                 echo_outcome(tuned)
         retention = get_config(current_app).model_keep_versions
@@ -257,6 +286,26 @@ def train(
     if as_json:
         out = [r.to_dict() for r in results]
         echo_json({"models": out, "profile": tuned} if tune else out)
+
+
+def _job_result(results, tuned, refused) -> dict[str, Any]:
+    """What a training run made, for its job row (``recsys.ops.jobs``)."""
+    out: dict[str, Any] = {
+        "models": [
+            {
+                "strategy": r.strategy,
+                "version": r.version,
+                "activated": r.activated,
+                "note": r.note,
+                "metrics": {k: v for k, v in r.metrics.items() if isinstance(v, int | float)},
+            }
+            for r in results
+        ],
+        "refused": list(refused),
+    }
+    if tuned is not None:
+        out["profile"] = {k: tuned.get(k) for k in ("version", "activated", "note")}
+    return out
 
 
 def _echo_result(r) -> None:

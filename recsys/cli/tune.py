@@ -11,6 +11,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
+from recsys.cli.jobs import recorded, set_result
 from recsys.cli.util import echo_json
 from recsys.errors import ModelError
 
@@ -24,6 +25,7 @@ def tune_store(
     activate: bool = True,
     actor: str = "cli",
     echo=None,
+    ranker: bool = True,
 ) -> dict[str, Any]:
     """Tune on ``data``, refit the chosen strategies on all of it, store the profile, and
     activate it when its guard passed (or, with no profile active yet, the best-single
@@ -44,38 +46,59 @@ def tune_store(
         Who tuned, recorded with the versions and in the audit.
     echo : Callable[[str], None] or None
         Where progress lines go; None: nowhere.
+    ranker : bool
+        Also train the learned second stage on the same validation rows
+        (``recsys.offline.tuning.ranking``); stored, and activated with the profile, only when
+        its guard finds it not worse than the profile's blend out of fold.
 
     Returns
     -------
     dict[str, Any]
         ``version``, ``activated``, ``previous`` (the profile active before, or None),
         ``note`` (why it was not activated, or None), ``guard``, ``routes``, ``params``,
-        ``models`` (strategy -> version), ``validation`` and ``seconds`` (``search``,
-        ``refit``).
+        ``models`` (strategy -> version), ``validation``, ``ranker`` (its report, with
+        ``version`` and ``activated`` when stored; None without ``ranker``) and ``seconds``
+        (``search``, ``rank``, ``refit``).
     """
     from recsys.models.profile import activate_profile, guard_note, save_profile
     from recsys.models.repository import PROFILE_KIND
     from recsys.offline.training import train_strategies
-    from recsys.offline.tuning.search import tune
+    from recsys.offline.tuning.search import Tuner
+    from recsys.ops import jobs
 
     say = echo or (lambda _msg: None)
     t0 = time.perf_counter()
-    profile = tune(data, options)
+    tuner = Tuner(data, options)
+    with jobs.span(0.0, 0.85):  # a recorded job's progress: the search, then the refit
+        profile = tuner.run()
     tune_s = time.perf_counter() - t0
     say(f"searched in {tune_s:.0f}s; guard {profile.guard['verdict']}: {profile.guard['reason']}")
     say(profile.summary())
+    learned, report, rank_s = None, None, 0.0
+    if ranker:
+        t_r = time.perf_counter()
+        learned, report = tuner.fit_ranker()
+        rank_s = time.perf_counter() - t_r
+        oof = report["out_of_fold"]
+        say(
+            f"ranker: out of fold {oof['ranked']:.4f} vs blend {oof['blend']:.4f} "
+            f"({report['verdict']}): " + ("kept" if learned else "the blend stays")
+        )
+    needed = list(dict.fromkeys([*profile.strategies(), *(learned.generators if learned else [])]))
+    params = {**{g: tuner.params[g] for g in needed if g in tuner.params}, **profile.params}
     t1 = time.perf_counter()
-    reuse = {s: v for s in profile.strategies() if (v := _fitted_alike(repo, s, profile, data))}
-    results = train_strategies(
-        data,
-        repo,
-        [s for s in profile.strategies() if s not in reuse],
-        params=profile.params,
-        holdout=0.0,
-        activate=False,
-        actor=actor,
-        progress=options.progress,
-    )
+    reuse = {s: v for s in needed if (v := _fitted_alike(repo, s, params, data))}
+    with jobs.span(0.85, 1.0):
+        results = train_strategies(
+            data,
+            repo,
+            [s for s in needed if s not in reuse],
+            params=params,
+            holdout=0.0,
+            activate=False,
+            actor=actor,
+            progress=options.progress,
+        )
     profile.models = {**reuse, **{r.strategy: r.version for r in results}}
     refit_s = time.perf_counter() - t1
     version = save_profile(repo, profile, actor=actor)
@@ -97,6 +120,13 @@ def tune_store(
         log.warning("recsys tune: %s", note)
     with repo.sessionmaker() as s, s.begin():
         guard_note(s, actor, profile, activated)
+    if learned is not None:
+        report["version"] = repo.save_version(
+            learned, data, {"ndcg_oof": report["out_of_fold"]["ranked"]}, actor=actor
+        )
+        report["activated"] = activated
+        if activated:
+            repo.activate(learned.name, report["version"], actor=actor)
     return {
         "version": version,
         "activated": activated,
@@ -107,13 +137,19 @@ def tune_store(
         "params": profile.params,
         "models": profile.models,
         "validation": profile.validation,
-        "seconds": {"search": round(tune_s, 1), "refit": round(refit_s, 1)},
+        "ranker": report,
+        "seconds": {
+            "search": round(tune_s, 1),
+            "rank": round(rank_s, 1),
+            "refit": round(refit_s, 1),
+        },
     }
 
 
-def _fitted_alike(repo, strategy: str, profile, data) -> str | None:
-    """The active version of ``strategy`` if it was fitted with the profile's parameters on
-    these very events (``recsys train --tune`` has just trained it): no need to fit it again."""
+def _fitted_alike(repo, strategy: str, params: dict, data) -> str | None:
+    """The active version of ``strategy`` if it was fitted with these parameters (strategy ->
+    kwargs) on these very events (``recsys train --tune`` has just trained it): no need to fit
+    it again."""
     from strategies import get_strategy_class
 
     version = repo.active_version(strategy)
@@ -121,7 +157,7 @@ def _fitted_alike(repo, strategy: str, profile, data) -> str | None:
         return None
     row = repo.get_version(strategy, version)
     try:
-        wanted = get_strategy_class(strategy)(**profile.params.get(strategy, {})).get_params()
+        wanted = get_strategy_class(strategy)(**params.get(strategy, {})).get_params()
     except (ValueError, TypeError):
         return None
     stored = row["params"].get("params", row["params"])
@@ -190,8 +226,11 @@ def tune_options(
     click.UsageError
         A value out of range, or a routes file that cannot be read or is not valid routes.
     """
+    from recsys.config import get_config
+    from recsys.offline.training import training_budget_bytes
     from recsys.offline.tuning.options import TuneOptions, parse_budget, parse_strategies
 
+    cfg = get_config(current_app)
     routes = None
     if routes_file:
         try:
@@ -215,6 +254,8 @@ def tune_options(
             routes=routes,
             storage=storage,
             progress=progress,
+            memory_budget_bytes=training_budget_bytes(cfg.train_memory_budget_mb),
+            fit_time_limit_s=cfg.train_fit_time_limit_s or None,
         ).check()
         if routes is not None:
             from recsys.models.profile import ServingProfile
@@ -312,20 +353,44 @@ def echo_outcome(out: dict[str, Any]) -> None:
         + ", ".join(f"{k} {val:.4f}" for k, val in v["baselines"].items())
     )
     click.echo(f"models: {out['models']}")
-    click.echo(f"time: search {out['seconds']['search']}s, refit {out['seconds']['refit']}s")
+    rk = out.get("ranker")
+    if rk is not None:
+        where = f"version {rk['version']}" if rk.get("version") else "not stored"
+        click.echo(
+            f"ranker ({where}): out of fold {rk['out_of_fold']['ranked']:.4f} vs blend "
+            f"{rk['out_of_fold']['blend']:.4f}; {rk['verdict']}"
+        )
+    sec = out["seconds"]
+    click.echo(
+        f"time: search {sec['search']}s, ranker {sec.get('rank', 0)}s, refit {sec['refit']}s"
+    )
 
 
 @click.command("tune")
+@recorded("tune")
 @with_appcontext
 @click.option("--budget", default="5m", show_default=True, help="Search time (90s, 5m, 1h).")
 @_tune_flags
 @click.option("--no-activate", is_flag=True, help="Store the profile without activating it.")
+@click.option(
+    "--ranker/--no-ranker",
+    default=True,
+    show_default=True,
+    help="Also train the learned ranker on the same validation rows (kept only if not worse "
+    "than the blend out of fold; docs/ranking.md).",
+)
 @click.option("--if-missing", is_flag=True, help="Do nothing when a profile is already active.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @with_appcontext
 def tune_command(
-    budget: str, no_activate: bool, if_missing: bool, as_json: bool, quiet: bool, **search: Any
+    budget: str,
+    no_activate: bool,
+    ranker: bool,
+    if_missing: bool,
+    as_json: bool,
+    quiet: bool,
+    **search: Any,
 ) -> None:
     """Tune the serving profile on the store's events and activate it if its guard passes.
 
@@ -333,7 +398,9 @@ def tune_command(
     buckets), per-route strategies and blend weights, the fusion method and every strategy's
     main hyperparameters with Optuna within --budget, refits the chosen strategies on all
     events, stores the profile in the model repository and activates it when it is at least
-    as good as the best single strategy and popularity on the validation slice.
+    as good as the best single strategy and popularity on the validation slice. The learned
+    ranker (--ranker, the default) is trained on the same rows and kept with it only when not
+    worse than the profile's blend out of fold.
     """
     from recsys.models.repository import PROFILE_KIND, get_repository
     from recsys.store import get_engine
@@ -349,10 +416,22 @@ def tune_command(
         raise click.ClickException("the store has no events; import some first (recsys import)")
     try:
         out = tune_store(
-            data, repo, opts, activate=not no_activate, echo=None if as_json else click.echo
+            data,
+            repo,
+            opts,
+            activate=not no_activate,
+            echo=None if as_json else click.echo,
+            ranker=ranker,
         )
     except (ValueError, ModelError) as e:
         raise click.ClickException(getattr(e, "description", str(e))) from None
+    set_result(
+        {
+            "profile": {k: out[k] for k in ("version", "activated", "previous", "note")},
+            "validation": out["validation"].get("overall"),
+            "models": out["models"],
+        }
+    )
     if as_json:
         echo_json(out)
     else:

@@ -34,6 +34,7 @@ Over the ~500-line mark through its numpy-style docstrings (about 310 lines are 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -83,6 +84,8 @@ class Recommender:
         ``on_stage(name, seconds)``, told each stage's time.
     stages : sequence of Stage, optional
         The stages to run, in order (``recsys.core.stages.STAGES``).
+    ranker : Ranker, optional
+        The learned second stage (``recsys.core.ranker``); None: the blend's order stands.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class Recommender:
         event_weights: dict[str, float] | None = None,
         on_stage: Callable[[str, float], None] | None = None,
         stages: Sequence[Stage] = STAGES,
+        ranker: Any = None,
     ):
         self.models = models
         self.config = config or ServingConfig.default()
@@ -103,6 +107,7 @@ class Recommender:
         # Told each stage's name and seconds (``run_stages``).
         self.on_stage = on_stage
         self.stages = tuple(stages)
+        self.ranker = ranker
 
     # -- stage: route -----------------------------------------------------------------------
     def route(self, history: UserHistory) -> str:
@@ -143,6 +148,20 @@ class Recommender:
             # declares so, ``Strategy.scores_empty_history``) is never asked to.
             names = [s for s in names if _scores_empty_history(s)]
         return names
+
+    def strategies_able_empty(self, names: Sequence[str]) -> list[str]:
+        """Those of ``names`` that can score an empty history.
+
+        Parameters
+        ----------
+        names : sequence of str
+            Strategy names.
+
+        Returns
+        -------
+        list of str
+        """
+        return [s for s in names if _scores_empty_history(s)]
 
     # -- what the stages call ------------------------------------------------------------------
     def loaded_model(self, name: str):
@@ -354,10 +373,13 @@ class Recommender:
         out[~finite] = 0.0
         return out
 
-    def _rule_filter(self, history: UserHistory, request: RecRequest) -> Callable[[str], bool]:
+    def _rule_filter(
+        self, history: UserHistory, request: RecRequest, seen_ok: bool = False
+    ) -> Callable[[str], bool]:
         """The business rules as a predicate over item ids, called in rank order (the
         per-category cap counts the items it has let through)."""
-        excluded = history.excluded_items(self.config) | {str(x) for x in request.exclude}
+        config = dataclasses.replace(self.config, exclude_seen=False) if seen_ok else self.config
+        excluded = history.excluded_items(config) | {str(x) for x in request.exclude}
         cat = self.catalog
         cap = self.config.max_per_category
         category = request.category
@@ -383,7 +405,9 @@ class Recommender:
 
         return keep
 
-    def page_of(self, fused: Fused, history: UserHistory, request: RecRequest) -> list[RecItem]:
+    def page_of(
+        self, fused: Fused, history: UserHistory, request: RecRequest, seen_ok: bool = False
+    ) -> list[RecItem]:
         """The page of ``fused`` that passes the business rules, in rank order.
 
         Parameters
@@ -394,6 +418,8 @@ class Recommender:
             Whose seen items are excluded (per the configuration).
         request : RecRequest
             Page (``offset``, ``n``), ``category`` and ``exclude``.
+        seen_ok : bool
+            Let the user's seen items through (dislikes never): a ranker trained with repeats.
 
         Returns
         -------
@@ -401,7 +427,7 @@ class Recommender:
             At most ``n`` items; the rules stop at the end of the page and build an item only
             for the items on it.
         """
-        keep = self._rule_filter(history, request)
+        keep = self._rule_filter(history, request, seen_ok)
         lo, hi = request.offset, request.offset + request.n
         page: list[RecItem] = []
         passed = 0
@@ -550,9 +576,7 @@ class Recommender:
                     items=b.pages[i],
                     route=b.routes[i],
                     degraded=bool(user_dropped) or b.fallback[i] or not b.per[i],
-                    model_versions={
-                        s: str(b.loaded[s].version) for s in used if s not in b.dropped
-                    },
+                    model_versions=self._versions(b, i, used),
                     skipped=[s for s in self.strategies_for(b.routes[i], h) if s in b.skipped_all],
                     dropped=user_dropped,
                     profile=self.config.profile,
@@ -560,7 +584,20 @@ class Recommender:
             )
         return out
 
-    def popular(self, n: int = 10, category: str | None = None, offset: int = 0) -> RecResult:
+    def _versions(self, b: Batch, i: int, used: list[str]) -> dict[str, str]:
+        """Strategy -> version of the models that answered list ``i`` (and the ranker's)."""
+        out = {s: str(b.loaded[s].version) for s in used if s not in b.dropped}
+        if b.ranked and b.ranked[i]:
+            out["ranker"] = str(getattr(self.ranker, "version", None) or "")
+        return out
+
+    def popular(
+        self,
+        n: int = 10,
+        category: str | None = None,
+        offset: int = 0,
+        exclude: Sequence[str] = (),
+    ) -> RecResult:
         """Most popular available items (optionally in a category).
 
         Parameters
@@ -569,6 +606,8 @@ class Recommender:
             The page.
         category : str, optional
             Only items of this category.
+        exclude : sequence of str
+            Item ids never to return (e.g. what a user already has).
 
         Returns
         -------
@@ -577,7 +616,7 @@ class Recommender:
             candidate's: raw scores are weighted event counts, whose scale means nothing to a
             client); ``degraded`` with no items when no popularity model is loaded.
         """
-        req = RecRequest(n=n, offset=offset, category=category)
+        req = RecRequest(n=n, offset=offset, category=category, exclude=list(exclude))
         b = self.run_stages(Batch(POPULAR, [UserHistory(None)], [req]))
         lm = b.loaded.get("popular")
         if lm is None:
@@ -586,7 +625,14 @@ class Recommender:
             items=b.pages[0], route="popular", model_versions={"popular": str(lm.version)}
         )
 
-    def similar_items(self, item_id: str, n: int = 10) -> RecResult:
+    def similar_items(
+        self,
+        item_id: str,
+        n: int = 10,
+        category: str | None = None,
+        offset: int = 0,
+        exclude: Sequence[str] = (),
+    ) -> RecResult:
         """Items similar to ``item_id``, blended over every enabled strategy that supports it.
 
         Parameters
@@ -595,6 +641,12 @@ class Recommender:
             The item's external id.
         n : int
             How many.
+        category : str, optional
+            Only items of this category.
+        offset : int
+            Items of the ranked list skipped before the page.
+        exclude : sequence of str
+            Item ids never to return (the item itself never is).
 
         Returns
         -------
@@ -602,13 +654,14 @@ class Recommender:
             Route ``"similar"``. When no model knows the item (a brand-new item): popular
             items of its category, ``degraded``.
         """
-        req = RecRequest(n=n, exclude=[item_id])
+        skip = [item_id, *exclude]
+        req = RecRequest(n=n, offset=offset, category=category, exclude=skip)
         b = self.run_stages(Batch(SIMILAR, [UserHistory(None)], [req], item_id=item_id))
         dropped = sorted(b.dropped, key=b.wanted[0].index)
         if not b.per[0]:
-            cat = self.catalog.primary_category(item_id) if self.catalog else None
-            res = self.popular(n=n + 1, category=cat)
-            items = [it for it in res.items if it.item_id != item_id][:n]
+            cat = category or (self.catalog.primary_category(item_id) if self.catalog else None)
+            res = self.popular(n=n, category=cat, offset=offset, exclude=skip)
+            items = res.items
             return RecResult(
                 items=items,
                 route="similar",

@@ -55,9 +55,9 @@ class Batch:
     item_id : str, optional
         The item of a ``similar`` answer.
 
-    The stages fill in, in order: ``routes``, ``wanted``, ``loaded``, ``skipped_all`` and
-    ``fallback`` (route); ``per`` and ``dropped`` (candidates); ``fused`` (blend); ``pages``
-    (rules).
+    The stages fill in, in order: ``routes``, ``wanted``, ``loaded``, ``skipped_all``,
+    ``fallback`` and ``extra`` (route); ``per`` and ``dropped`` (candidates); ``fused``
+    (blend, then rank); ``ranked`` (rank); ``pages`` (rules).
     """
 
     kind: str
@@ -70,12 +70,18 @@ class Batch:
     loaded: dict[str, Any] = field(default_factory=dict)
     skipped_all: list[str] = field(default_factory=list)
     fallback: list[bool] = field(default_factory=list)
+    # per list, strategies asked only for the ranker's pool (not blended)
+    extra: list[set[str]] = field(default_factory=list)
     # candidates: per list, strategy -> its candidates; strategies that failed or missed the
     # deadline
     per: list[dict[str, Candidates]] = field(default_factory=list)
     dropped: set[str] = field(default_factory=set)
     # blend and rules
     fused: list[Fused] = field(default_factory=list)
+    # rank: whether the ranker ordered each list (its rules then let repeats through), and
+    # the blended lists it ordered (its features read them again to explain a page)
+    ranked: list[bool] = field(default_factory=list)
+    blended: list[Fused] = field(default_factory=list)
     pages: list[list[RecItem]] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -140,6 +146,7 @@ def route(rec: Recommender, b: Batch) -> None:
             b.loaded[name] = lm
     b.skipped_all = [n for n in names if n not in b.loaded]
     b.fallback = [False] * len(b)
+    b.extra = [set() for _ in range(len(b))]
     if b.kind == USER:
         for i, ws in enumerate(b.wanted):
             if not any(s in b.loaded for s in ws):
@@ -147,6 +154,26 @@ def route(rec: Recommender, b: Batch) -> None:
                 b.wanted[i] = ["popular"] if "popular" in b.loaded else []
     elif b.kind == SIMILAR:
         b.wanted = [[s for s in names if s in b.loaded]]
+    if b.kind == USER and rec.ranker is not None:
+        _ranker_generators(rec, b)
+
+
+def _ranker_generators(rec: Recommender, b: Batch) -> None:
+    """Add the ranker's generators a route does not call (as ``extra``: not blended)."""
+    gens = rec.ranker.generators
+    for name in gens:
+        if name not in b.loaded:
+            lm = rec.loaded_model(name)
+            if lm is not None:
+                b.loaded[name] = lm
+    for i, h in enumerate(b.histories):
+        if b.fallback[i] or not rec.ranker.serves(b.routes[i], h):
+            continue
+        able = [g for g in gens if g in b.loaded and g not in b.wanted[i]]
+        if not h.positive_items():
+            able = [g for g in able if g in rec.strategies_able_empty(able)]
+        b.extra[i] = set(able)
+        b.wanted[i] = [*b.wanted[i], *able]
 
 
 # -- stage: candidates ----------------------------------------------------------------------
@@ -241,10 +268,47 @@ def blend(rec: Recommender, b: Batch) -> None:
     if b.kind == POPULAR:
         b.fused = [_relative(c.get("popular")) for c in b.per]
         return
+    extra = b.extra or [set()] * len(b)
     b.fused = [
-        rec.fuse(per, None if (b.fallback[i] or b.kind == SIMILAR) else b.routes[i])
+        rec.fuse(
+            {s: c for s, c in per.items() if s not in extra[i]} if extra[i] else per,
+            None if (b.fallback[i] or b.kind == SIMILAR) else b.routes[i],
+        )
         for i, per in enumerate(b.per)
     ]
+
+
+# -- stage: rank ----------------------------------------------------------------------------
+def rank(rec: Recommender, b: Batch) -> None:
+    """Order each blended list with the learned ranker (``recsys.core.ranker``), when the
+    recommender has one: its pool (every generator's top candidates, the blend's top, and with
+    ``repeats`` the user's own items) first, in the ranker's order, then the rest of the blend.
+    A fallback list (popularity alone) is left as it is.
+
+    Parameters
+    ----------
+    rec : Recommender
+        The recommender running the stage.
+    b : Batch
+        Read: ``per``, ``fused``, ``histories``, ``routes``, ``fallback``; written: ``fused``,
+        ``ranked``.
+    """
+    b.ranked = [False] * len(b)
+    b.blended = list(b.fused)
+    rk = rec.ranker
+    if rk is None:
+        return
+    names = rec.config.route_names()
+    for i, h in enumerate(b.histories):
+        if b.fallback[i] or not b.per[i] or not rk.serves(b.routes[i], h):
+            continue
+        route = names.index(b.routes[i]) if b.routes[i] in names else 0
+        try:
+            b.fused[i] = rk.rerank(b.per[i], b.fused[i], h, route)
+        except Exception:  # a broken ranker must not fail the request: the blend stands
+            log.exception("ranker failed; the blended order stands")
+            continue
+        b.ranked[i] = True
 
 
 def _relative(cands: Candidates | None) -> Fused:
@@ -272,9 +336,31 @@ def rules(rec: Recommender, b: Batch) -> None:
     b : Batch
         Read: ``fused``, ``histories``, ``requests``; written: ``pages``.
     """
+    repeats = rec.ranker is not None and rec.ranker.repeats
+    ranked = b.ranked or [False] * len(b)
     b.pages = [
-        rec.page_of(f, h, r) for f, h, r in zip(b.fused, b.histories, b.requests, strict=True)
+        rec.page_of(f, h, r, seen_ok=repeats and ranked[i])
+        for i, (f, h, r) in enumerate(zip(b.fused, b.histories, b.requests, strict=True))
     ]
+    for i, r in enumerate(b.requests):
+        if r.explain and ranked[i] and b.pages[i]:
+            _explain(rec, b, i)
+
+
+def _explain(rec: Recommender, b: Batch, i: int) -> None:
+    """The ranker's per-feature contributions for the items of list ``i``'s page."""
+    names = rec.config.route_names()
+    route = names.index(b.routes[i]) if b.routes[i] in names else 0
+    page = b.pages[i]
+    try:
+        got = rec.ranker.explain(
+            b.per[i], b.blended[i], b.histories[i], [it.item_id for it in page], route
+        )
+    except Exception:  # an explanation must not fail the request
+        log.exception("ranker explanation failed")
+        return
+    for it in page:
+        it.features = got.get(it.item_id)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -291,6 +377,13 @@ STAGES: tuple[Stage, ...] = (
         "each strategy's top candidates, under the request deadline",
     ),
     Stage("blend", blend, ANSWERS, "weighted score fusion or RRF of the candidate lists"),
+    Stage(
+        "rank",
+        rank,
+        (USER,),
+        "the learned ranker (when one is active) orders the pool of every generator's top "
+        "candidates over their features",
+    ),
     Stage(
         "rules",
         rules,

@@ -291,11 +291,15 @@ class RecItem:
         Blended score (higher is better; scale depends on the blend method).
     sources : dict of str to float
         Each contributing strategy's part of the score.
+    features : dict of str to float, optional
+        With a learned ranker and ``explain``: its largest per-feature contributions to the
+        score (``recsys.core.ranker.Ranker.explain``); None: not asked or not ranked.
     """
 
     item_id: str
     score: float
     sources: dict[str, float] = field(default_factory=dict)
+    features: dict[str, float] | None = None
 
 
 @dataclass
@@ -350,6 +354,8 @@ class RecResult:
             d: dict[str, Any] = {"item_id": it.item_id, "score": round(float(it.score), 6)}
             if explain:
                 d["sources"] = {k: round(float(v), 6) for k, v in it.sources.items()}
+                if it.features is not None:
+                    d["features"] = it.features
             items.append(d)
         out = {
             "route": self.route,

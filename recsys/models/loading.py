@@ -326,6 +326,9 @@ def warm_up(loaded: LoadedModel, repository: ModelRepository) -> bool:
         True (it was warmed); exceptions of the model's scoring propagate.
     """
     model = loaded.model
+    if hasattr(model, "warm_up"):  # not a strategy (the ranker): it warms itself
+        model.warm_up()
+        return True
     histories = warmup_histories(loaded, repository)
     if histories:
         batch = user_batch(histories, len(loaded.items))

@@ -68,6 +68,10 @@ class LoadedModel:
 
 
 def _default_resolver(name: str) -> type[Strategy]:
+    from recsys.core.ranker import RANKER_KIND, Ranker
+
+    if name == RANKER_KIND:  # the learned second stage: loaded, activated, rolled back alike
+        return Ranker  # type: ignore[return-value]
     from strategies import get_strategy_class
 
     return get_strategy_class(name)

@@ -9,7 +9,7 @@ workers. Without that variable (tests, ``flask run``) the default in-process reg
 This module imports nothing of ours: every layer may report through it. The metric objects below
 are imported by the other parts of the service (the request path calls
 ``CACHE_HITS.inc()``, the micro-batcher reports through ``observe_batch``, ...). Label values are
-bounded sets (endpoint names, strategy names, cold/warm), never user or item ids.
+bounded sets (endpoint names, strategy names, route names), never user or item ids.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ LATENCY_BUCKETS = (
 
 REQUEST_LATENCY = Histogram(
     "recsys_request_latency_seconds",
-    "HTTP request latency by endpoint and route (cold/warm; 'none' where not a recommendation)",
+    "HTTP request latency by endpoint and route (the route that answered: a learned profile's "
+    "route name such as h0 or h1-5, else cold/warm; similar, popular; 'none' where not a "
+    "recommendation)",
     ["endpoint", "route"],
     buckets=LATENCY_BUCKETS,
 )
@@ -230,12 +232,13 @@ _zero_labels()
 
 
 def set_route(route: str) -> None:
-    """Record the cold/warm route of the current request for the latency histogram.
+    """Record the route of the current request for the latency histogram.
 
     Parameters
     ----------
     route : str
-        The route label (``"cold"`` or ``"warm"``).
+        The route label: the name of the route that answered (a learned profile's route such as
+        ``"h0"`` or ``"h1-5"``, else ``"cold"`` or ``"warm"``), ``"similar"`` or ``"popular"``.
 
     Returns
     -------

@@ -29,6 +29,7 @@ from typing import Any
 from flask import Flask
 
 from recsys.config import get_config
+from recsys.core.ranker import RANKER_KIND
 from recsys.core.recommender import Recommender
 from recsys.core.runners import run_inline, run_with_deadline
 from recsys.core.types import RecRequest, RecResult, UserHistory
@@ -340,8 +341,18 @@ class RecommendationPipeline:
             Running strategies inline or in the deadline pool, recording stage times.
         """
         cfg = snap.config.with_overrides(overrides) if overrides else snap.config
+        try:  # the learned second stage, when one is active
+            ranker = snap.models(RANKER_KIND)
+        except Exception:  # a failing model source: the blend stands
+            log.exception("ranker lookup failed")
+            ranker = None
         return Recommender(
-            snap.models, cfg, snap.catalog, runner=self._runner, on_stage=record_stage
+            snap.models,
+            cfg,
+            snap.catalog,
+            runner=self._runner,
+            on_stage=record_stage,
+            ranker=_ranker_of(ranker),
         )
 
     def _runner(self, tasks, deadline_s):
@@ -555,10 +566,12 @@ class RecommendationPipeline:
         route, _, body = payload.partition(b"\n")
         return route.decode(), body, snap
 
-    def similar_list(self, item_id: str, n: int, explain: bool) -> tuple[bytes, bool, Snapshot]:
-        """Items similar to ``item_id``. Lists depend only on the item, n and what is served
-        (config, catalogue, models): the serialised answer is kept per process under that key,
-        so a repeat is one lookup.
+    def similar_list(
+        self, item_id: str, n: int, explain: bool, req: RecRequest | None = None
+    ) -> tuple[bytes, bool, Snapshot]:
+        """Items similar to ``item_id``. Lists depend only on the item, the request and what is
+        served (config, catalogue, models): the serialised answer is kept per process under
+        that key, so a repeat is one lookup.
 
         Parameters
         ----------
@@ -568,6 +581,8 @@ class RecommendationPipeline:
             Items asked for.
         explain : bool
             Include explanations.
+        req : RecRequest or None
+            Its ``category``, ``offset`` and ``exclude`` (its ``n`` is not read); None: none.
 
         Returns
         -------
@@ -579,14 +594,18 @@ class RecommendationPipeline:
         NotFound
             An item neither the catalogue nor any model knows.
         """
+        req = req or RecRequest()
         snap = self.snapshot()
-        key = f"{item_id}\x00{n}\x00{int(explain)}\x00{snap.key}"
+        ask = f"{req.category or ''}\x00{req.offset}\x00{','.join(req.exclude)}"
+        key = f"{item_id}\x00{n}\x00{int(explain)}\x00{ask}\x00{snap.key}"
         body = self._similar.mget([key])[0] if self._similar is not None else None
         if body is not None:
             return body, True, snap
         if not self._known_item(snap, item_id):
             raise NotFound(f"unknown item {item_id!r}")
-        result = self.recommender(snap).similar_items(item_id, n=n)
+        result = self.recommender(snap).similar_items(
+            item_id, n=n, category=req.category, offset=req.offset, exclude=req.exclude
+        )
         body = self.render(result, None, explain, degraded=False).partition(b"\n")[2]
         if self._similar is not None and not result.dropped:  # a strategy failed: not kept
             self._similar.set(key, body, _FOREVER_S)
@@ -603,9 +622,15 @@ class RecommendationPipeline:
         return False
 
     def popular_list(
-        self, n: int, category: str | None, offset: int, explain: bool
+        self,
+        n: int,
+        category: str | None,
+        offset: int,
+        explain: bool,
+        user_id: str | None = None,
+        deadline_s: float | None = None,
     ) -> tuple[bytes, Snapshot]:
-        """The popular list (never per user).
+        """The popular list; with ``user_id``, without the items that user has events with.
 
         Parameters
         ----------
@@ -617,6 +642,11 @@ class RecommendationPipeline:
             Items skipped.
         explain : bool
             Include explanations.
+        user_id : str or None
+            Leave out every item of this user's history (its last ``HISTORY_MAX_EVENTS``
+            events, any type). The store down: the list unfiltered, marked degraded.
+        deadline_s : float or None
+            Time budget of that history read; None: none.
 
         Returns
         -------
@@ -624,8 +654,15 @@ class RecommendationPipeline:
             ``(body, snapshot)``.
         """
         snap = self.snapshot()
-        result = self.recommender(snap).popular(n=n, category=category, offset=offset)
-        body = self.render(result, None, explain, degraded=False).partition(b"\n")[2]
+        seen: list[str] = []
+        down = False
+        if user_id is not None:
+            history, down = self._read_history(
+                UserAsk(user_id=user_id, req=RecRequest(deadline_s=deadline_s))
+            )
+            seen = history.items
+        result = self.recommender(snap).popular(n=n, category=category, offset=offset, exclude=seen)
+        body = self.render(result, user_id, explain, degraded=down).partition(b"\n")[2]
         return body, snap
 
 
@@ -682,3 +719,11 @@ def get_pipeline(app: Flask) -> RecommendationPipeline:
         The pipeline kept in ``app.extensions``.
     """
     return app.extensions[EXTENSION]
+
+
+def _ranker_of(loaded):
+    """The ranker of a loaded version, knowing its version (answers name it), or None."""
+    if loaded is None:
+        return None
+    loaded.model.version = loaded.version  # one object per loaded version: idempotent
+    return loaded.model

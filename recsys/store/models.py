@@ -76,6 +76,8 @@ class Item(Base):
     """
 
     __tablename__ = "items"
+    # GET /v1/latest: newest first.
+    __table_args__ = (Index("ix_items_created_at_id", "created_at", "id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     external_id: Mapped[str] = mapped_column(String(128), unique=True)
@@ -116,6 +118,30 @@ class Event(Base):
     ts: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     # Idempotency key: the client's event id ("api:<id>") or the importer's line key
     # ("online-retail:<line>"). Re-sending or re-importing the same event inserts nothing.
+    idem_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+
+
+class Impression(Base):
+    """One item shown to a user: its ``position`` (0: first) in the list the storefront showed,
+    where (``context``: "home", "cart" ...), the ``request_id`` of the list's answer when the
+    client passes it on, and when (``ts``: naive UTC). With the events, what was shown but not
+    clicked (``recsys.store.impressions``). ``idem_key`` makes a re-sent list insert nothing.
+    """
+
+    __tablename__ = "impressions"
+    __table_args__ = (
+        Index("ix_impressions_user_ts", "user_id", "ts"),
+        Index("ix_impressions_item_id", "item_id"),
+        Index("ix_impressions_ts", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    context: Mapped[str] = mapped_column(String(64), default="")
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    ts: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     idem_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
 
 
@@ -225,3 +251,34 @@ class AuditLog(Base):
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class Job(Base):
+    """One offline run: a training, tuning or import (``kind``) with its ``args``, who started
+    it (``started_by``: ``cli:<os user>``, ``timer:<name>``, or the console's actor), when it
+    started and ended, its ``progress`` (0..1) and current ``message``, its ``outcome``
+    (``queued``, ``running``, ``succeeded``, ``failed``), the ``error`` of a failed run and the
+    ``result`` (versions made, profile). ``host``/``pid``: the process doing it; see
+    ``recsys.ops.jobs``.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_kind_started_at", "kind", "started_at"),
+        Index("ix_jobs_outcome", "outcome"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    args: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    started_by: Mapped[str] = mapped_column(String(128), default="cli")
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str] = mapped_column(String(256), default="")
+    outcome: Mapped[str] = mapped_column(String(16), default="queued")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    host: Mapped[str] = mapped_column(String(128), default="")
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -325,3 +325,18 @@ def require_scope(scope: str) -> Callable[[Callable[..., Any]], Callable[..., An
         return wrapper
 
     return decorate
+
+
+def request_actor() -> str:
+    """Who the current request acts as, for audit rows of the public API.
+
+    Returns
+    -------
+    str
+        ``api-key:<id>`` (the 12 hex characters ``/v1/admin/keys`` shows) for a configured
+        API key; ``api`` otherwise (no keys required, none presented).
+    """
+    key = given_key(request.headers.get("X-API-Key"), request.headers.get("Authorization"))
+    if key and key_table(current_app._get_current_object()).scopes(_digest(key)) is not None:
+        return f"api-key:{_digest(key)[:12]}"
+    return "api"

@@ -242,6 +242,58 @@ REQUEST_ID_HEADER = {
 }
 # Views that answer 201 where APIFlask, without an output schema, assumes 200.
 _CREATED = {("/v1/admin/experiments", "post"), ("/v1/admin/keys", "post")}
+# Stable operationIds (client generators name their functions after them): one per operation,
+# unique; a test fails when an operation lacks one. Never rename one: clients call them.
+OPERATION_IDS: dict[tuple[str, str], str] = {
+    ("/healthz", "get"): "getHealth",
+    ("/readyz", "get"): "getReadiness",
+    ("/metrics", "get"): "getMetrics",
+    ("/v1/users/{user_id}/recommendations", "get"): "getUserRecommendations",
+    ("/v1/recommendations", "post"): "getSessionRecommendations",
+    ("/v1/items/{item_id}/similar", "get"): "getSimilarItems",
+    ("/v1/popular", "get"): "getPopularItems",
+    ("/v1/latest", "get"): "getLatestItems",
+    ("/v1/events", "post"): "postEvents",
+    ("/v1/impressions", "post"): "postImpressions",
+    ("/v1/users/{user_id}/events", "get"): "listUserEvents",
+    ("/v1/users/{user_id}/events", "delete"): "deleteUserItemEvents",
+    ("/v1/users/{user_id}/events/{event_id}", "delete"): "deleteUserEvent",
+    ("/v1/items", "get"): "listItems",
+    ("/v1/items/{item_id}", "get"): "getItem",
+    ("/v1/items/{item_id}", "put"): "putItem",
+    ("/v1/items/{item_id}", "delete"): "deleteItem",
+    ("/v1/users", "get"): "listUsers",
+    ("/v1/users/{user_id}", "get"): "getUser",
+    ("/v1/users/{user_id}", "put"): "putUser",
+    ("/v1/users/{user_id}", "delete"): "deleteUser",
+    ("/v1/users/{user_id}/experiments", "get"): "getUserExperiments",
+    ("/v1/users/{user_id}/neighbors", "get"): "getUserNeighbors",
+    ("/v1/admin/strategies", "get"): "getStrategies",
+    ("/v1/admin/strategies", "patch"): "patchStrategies",
+    ("/v1/admin/strategies/{name}", "delete"): "resetStrategy",
+    ("/v1/admin/routing", "get"): "getRouting",
+    ("/v1/admin/routing", "patch"): "patchRouting",
+    ("/v1/admin/routing/{key}", "delete"): "resetRouting",
+    ("/v1/admin/audit", "get"): "listAuditEntries",
+    ("/v1/admin/keys", "get"): "listApiKeys",
+    ("/v1/admin/keys", "post"): "createApiKey",
+    ("/v1/admin/keys/{ident}", "delete"): "revokeApiKey",
+    ("/v1/admin/models", "get"): "listModels",
+    ("/v1/admin/models/{strategy}", "get"): "getModelStrategy",
+    ("/v1/admin/models/{strategy}/activate", "post"): "activateModel",
+    ("/v1/admin/models/{strategy}/rollback", "post"): "rollbackModel",
+    ("/v1/admin/models/{strategy}/load", "post"): "loadModel",
+    ("/v1/admin/models/{strategy}/unload", "post"): "unloadModel",
+    ("/v1/admin/models/profile/active", "get"): "getActiveServingProfile",
+    ("/v1/admin/experiments", "get"): "listExperiments",
+    ("/v1/admin/experiments", "post"): "createExperiment",
+    ("/v1/admin/experiments/{name}", "get"): "getExperiment",
+    ("/v1/admin/experiments/{name}/stop", "post"): "stopExperiment",
+    ("/v1/admin/experiments/{name}/report", "get"): "getExperimentReport",
+}
+# Relative to the document's own URL: "Try it out" and generated clients call the host (and
+# path prefix) the document was fetched from, whatever it is; never built from a request.
+SERVERS = [{"url": ".", "description": "where this document is served"}]
 _PRIORITY_OPS = {
     ("/v1/users/{user_id}/recommendations", "get"),
     ("/v1/recommendations", "post"),
@@ -321,10 +373,13 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
         API_KEY_SCHEME: {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
     }
     spec["tags"] = TAGS
+    spec["servers"] = SERVERS
     for path, ops in spec.get("paths", {}).items():
         for method, op in ops.items():
             if not isinstance(op, dict) or "responses" not in op:
                 continue
+            if (path, method) in OPERATION_IDS:
+                op["operationId"] = OPERATION_IDS[(path, method)]
             params = op.setdefault("parameters", [])
             for p in params:
                 # An absent optional parameter is absent, not null.
@@ -350,6 +405,8 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
             elif path.startswith("/v1/"):
                 errors["401"] = "an API key is required here (RECSYS_API_KEYS) or invalid"
                 errors["403"] = "the API key lacks the scope this operation needs"
+            if path.startswith("/v1/") or path in ("/healthz", "/readyz", "/metrics"):
+                errors["422"] = "invalid parameters, or an unknown query parameter (named)"
             if path.startswith("/v1/"):
                 errors["503"] = "the database is unreachable (Retry-After)"
             for status, why in errors.items():
@@ -373,11 +430,12 @@ def complete_spec(spec: dict[str, Any]) -> dict[str, Any]:
             "additionalProperties": _schema(spec, StrategyPatch),
             "minProperties": 1,
         }
-    events = spec.get("paths", {}).get("/v1/events", {}).get("post")
-    if events and "requestBody" in events:
-        content = events["requestBody"]["content"]["application/json"]
-        one = content["schema"]
-        content["schema"] = {"oneOf": [one, {"type": "array", "items": one, "minItems": 1}]}
+    for path in ("/v1/events", "/v1/impressions"):  # one object, or a list of them
+        post = spec.get("paths", {}).get(path, {}).get("post")
+        if post and "requestBody" in post:
+            content = post["requestBody"]["content"]["application/json"]
+            one = content["schema"]
+            content["schema"] = {"oneOf": [one, {"type": "array", "items": one, "minItems": 1}]}
     return spec
 
 
@@ -393,11 +451,17 @@ def init_app(app: Flask) -> None:
     import flask_swagger_ui
 
     assets = os.path.join(os.path.dirname(flask_swagger_ui.__file__), "dist")
+    # Relative URLs (to ``/docs``): the page works at any host and under any path prefix a
+    # proxy adds, with nothing taken from the request's headers.
+    rel = ASSETS.lstrip("/")
     app.config.update(
-        SWAGGER_UI_CSS=f"{ASSETS}/swagger-ui.css",
-        SWAGGER_UI_BUNDLE_JS=f"{ASSETS}/swagger-ui-bundle.js",
-        SWAGGER_UI_STANDALONE_PRESET_JS=f"{ASSETS}/swagger-ui-standalone-preset.js",
-        DOCS_FAVICON=f"{ASSETS}/favicon-32x32.png",
+        SWAGGER_UI_CSS=f"{rel}/swagger-ui.css",
+        SWAGGER_UI_BUNDLE_JS=f"{rel}/swagger-ui-bundle.js",
+        SWAGGER_UI_STANDALONE_PRESET_JS=f"{rel}/swagger-ui-standalone-preset.js",
+        DOCS_FAVICON=f"{rel}/favicon-32x32.png",
+        SWAGGER_UI_CONFIG={"url": "openapi.json"},
+        AUTO_SERVERS=False,
+        SERVERS=SERVERS,
     )
 
     @app.get(f"{ASSETS}/<path:filename>")

@@ -287,8 +287,9 @@ class SessionIn(Schema):
 class RecItemOut(Schema):
     """One item of a recommendation list: id, score, per-strategy ``sources`` and item data."""
 
-    item_id = String()
-    score = Float()
+    # Always in the answer (``required``: the generated clients type them as present).
+    item_id = String(required=True)
+    score = Float(required=True)
     sources = Dict(
         keys=String(),
         values=Float(),
@@ -305,17 +306,20 @@ class RecItemOut(Schema):
 class RecOut(Schema):
     """A recommendation list: the items, the route, cache / degraded flags and model versions."""
 
-    user_id = String(allow_none=True)
+    user_id = String(required=True, allow_none=True)
     route = String(
+        required=True,
         metadata={
             "description": "cold | warm, or the learned route's name when a serving profile is "
             "active (popular/similar for those lists)"
-        }
+        },
     )
-    items = List(Nested(RecItemOut))
-    cached = Boolean()
-    degraded = Boolean(metadata={"description": "a strategy was dropped (error or deadline)"})
-    model_versions = Dict(keys=String(), values=String())
+    items = List(Nested(RecItemOut), required=True)
+    cached = Boolean(required=True)
+    degraded = Boolean(
+        required=True, metadata={"description": "a strategy was dropped (error or deadline)"}
+    )
+    model_versions = Dict(keys=String(), values=String(), required=True)
     experiment = Dict(metadata={"description": "experiment and variant, when one applies"})
     profile = String(
         allow_none=True,
@@ -333,12 +337,27 @@ class CountQuery(Schema):
     fields = _fields_param()
 
 
-class SimilarQuery(Schema):
-    """Query of ``GET /v1/items/<id>/similar``: ``n``, ``explain`` and the item ``fields``."""
+class PopularQuery(CountQuery):
+    """Query of ``GET /v1/popular``: ``CountQuery`` and ``user_id``, whose items are left out."""
 
-    n = Integer(load_default=10, validate=Range(1, MAX_N))
-    explain = Boolean(load_default=False)
-    fields = _fields_param()
+    user_id = ExternalId(
+        load_default=None,
+        metadata={"description": "leave out every item this user has an event with"},
+    )
+
+
+class SimilarQuery(CountQuery):
+    """Query of ``GET /v1/items/<id>/similar``: ``CountQuery`` and ``exclude``."""
+
+    exclude = Text(
+        load_default=None,
+        metadata={"description": "comma-separated item ids never to return"},
+        validate=Length(max=20_000),
+    )
+
+
+class LatestQuery(CountQuery):
+    """Query of ``GET /v1/latest``: page, ``category``, ``explain`` (no effect) and ``fields``."""
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -358,12 +377,110 @@ class EventIn(Schema):
     )
 
 
+class UserEventsQuery(Schema):
+    """Query of ``GET /v1/users/<id>/events``: page size, ``cursor`` and an event ``type``."""
+
+    limit = Integer(load_default=50, validate=Range(1, 500))
+    cursor = Text(
+        load_default=None,
+        validate=Length(1, 400),
+        metadata={"description": "`next_cursor` of the previous page"},
+    )
+    type = String(load_default=None, validate=OneOf(EVENT_TYPES))
+
+
+class UserEventOut(Schema):
+    """One event of a user: its id (for ``DELETE``), item, type, value and time (UTC)."""
+
+    event_id = Integer()
+    item_id = String()
+    type = String()
+    value = Float()
+    timestamp = String(metadata={"description": "ISO 8601, UTC"})
+
+
+class UserEventsOut(Schema):
+    """Answer of ``GET /v1/users/<id>/events``: a page, newest first, and the next cursor."""
+
+    user_id = String()
+    events = List(Nested(UserEventOut))
+    next_cursor = String(
+        allow_none=True, metadata={"description": "pass as `cursor` for the next page; null: end"}
+    )
+
+
+class ForgetItemQuery(Schema):
+    """Query of ``DELETE /v1/users/<id>/events``: the item whose events go."""
+
+    item_id = ExternalId(required=True)
+
+
+class EventsDeletedOut(Schema):
+    """Answer of the event deletions: what went (and that the user's cached lists went too)."""
+
+    user_id = String()
+    item_id = String(allow_none=True)
+    event_id = Integer(allow_none=True)
+    events_deleted = Integer()
+    impressions_deleted = Integer()
+
+
+class NeighborsQuery(Schema):
+    """Query of ``GET /v1/users/<id>/neighbors``: how many."""
+
+    n = Integer(load_default=10, validate=Range(1, MAX_N))
+
+
+class NeighborOut(Schema):
+    """One similar user: id, cosine similarity of the two item sets, items in common."""
+
+    user_id = String()
+    score = Float()
+    shared_items = Integer()
+
+
+class NeighborsOut(Schema):
+    """Answer of ``GET /v1/users/<id>/neighbors``: the most similar users first."""
+
+    user_id = String()
+    neighbors = List(Nested(NeighborOut))
+
+
+class ImpressionIn(Schema):
+    """One list a storefront showed a user: the ``items`` in the order shown, where
+    (``context``), the answer's ``request_id``, when, and an idempotency ``id``."""
+
+    user_id = ExternalId(required=True)
+    items = List(
+        ExternalId(),
+        required=True,
+        validate=Length(1, MAX_SESSION_ITEMS),
+        metadata={"description": "item ids in the order shown (position 0 first)"},
+    )
+    context = Text(
+        load_default="",
+        validate=Length(max=64),
+        metadata={"description": "where the list was shown: home, cart, item page ..."},
+    )
+    request_id = Text(
+        load_default=None,
+        validate=Length(1, 128),
+        metadata={"description": "X-Request-ID of the answer that produced the list"},
+    )
+    timestamp = Timestamp(load_default=None)
+    id = Text(
+        load_default=None,
+        validate=Length(1, 180),
+        metadata={"description": "idempotency key: re-sending the same id inserts nothing"},
+    )
+
+
 class EventsOut(Schema):
     """Answer of ``POST /v1/events``: events received, inserted, and skipped as duplicates."""
 
-    received = Integer()
-    inserted = Integer()
-    duplicates = Integer()
+    received = Integer(required=True)
+    inserted = Integer(required=True)
+    duplicates = Integer(required=True)
 
 
 # -- catalogue ------------------------------------------------------------------------------
@@ -382,7 +499,7 @@ class ItemIn(Schema):
 class ItemOut(Schema):
     """An item as the catalogue endpoints answer it, with ``created`` (true on a 201)."""
 
-    item_id = String()
+    item_id = String(required=True)
     title = String()
     description = String()
     categories = List(String())
@@ -409,7 +526,7 @@ class ItemListQuery(Schema):
 class ItemListEntry(Schema):
     """One item of ``GET /v1/items``."""
 
-    item_id = String()
+    item_id = String(required=True)
     title = String()
     price = Float(allow_none=True)
     image_url = String(allow_none=True)
@@ -421,9 +538,11 @@ class ItemListEntry(Schema):
 class ItemListOut(Schema):
     """Answer of ``GET /v1/items``: one page and the cursor of the next (null: the last page)."""
 
-    items = List(Nested(ItemListEntry))
+    items = List(Nested(ItemListEntry), required=True)
     next_cursor = String(
-        allow_none=True, metadata={"description": "pass as `cursor` for the next page; null: end"}
+        required=True,
+        allow_none=True,
+        metadata={"description": "pass as `cursor` for the next page; null: end"},
     )
 
 
@@ -437,7 +556,7 @@ class UserListQuery(Schema):
 class UserEntry(Schema):
     """One user: id, attributes, number of events, creation and update times."""
 
-    user_id = String()
+    user_id = String(required=True)
     attributes = Dict()
     events = Integer(metadata={"description": "events recorded for the user"})
     created_at = String()
@@ -451,8 +570,8 @@ class UserDetailOut(UserEntry):
 class UserListOut(Schema):
     """Answer of ``GET /v1/users``: one page and the cursor of the next (null: the last page)."""
 
-    users = List(Nested(UserEntry))
-    next_cursor = String(allow_none=True)
+    users = List(Nested(UserEntry), required=True)
+    next_cursor = String(required=True, allow_none=True)
 
 
 class UserDeletedOut(Schema):
@@ -472,7 +591,7 @@ class UserIn(Schema):
 class UserOut(Schema):
     """Answer of ``PUT /v1/users/<id>``: id, attributes and whether it was created."""
 
-    user_id = String()
+    user_id = String(required=True)
     attributes = Dict()
     created = Boolean()
 
@@ -527,3 +646,22 @@ class RoutingPatch(Schema):
     def _not_empty(self, data, **kwargs):
         if not data:
             raise ValidationError("give at least one routing setting")
+
+
+class ResetQuery(Schema):
+    """Query of ``DELETE /v1/admin/strategies/<name>``: the ``field``\\ s to reset (repeat it;
+    absent: all)."""
+
+    field = List(
+        String(validate=OneOf(["enabled", "weight"])),
+        metadata={"description": "enabled or weight; repeat for both; absent: every field"},
+    )
+
+
+class ReportQuery(Schema):
+    """Query of ``GET /v1/admin/experiments/<name>/report``: the window in hours."""
+
+    window_hours = Float(
+        validate=Range(0, 87_600, min_inclusive=False),
+        metadata={"description": "hours of events to report on (default: the experiments' window)"},
+    )

@@ -43,13 +43,21 @@ def test_license_and_changelog_ship():
 
 
 def test_the_files_the_cli_points_at_exist():
-    """Paths computed from the package's location (moving a module must not break them)."""
+    """Paths computed from the package's location (moving a module must not break them), and
+    all inside the package, so an installed wheel has them (scripts/ci_wheel.sh serves one)."""
+    import importlib.util
+
+    import recsys
     from recsys.cli.main import gunicorn_argv
     from recsys.offline.evaluation.datasets import RETAIL_FILE
     from recsys.offline.importers.online_retail import default_path
 
-    root, argv = gunicorn_argv(("--workers", "1"))
-    assert os.path.isfile(os.path.join(root, "wsgi.py"))
+    argv = gunicorn_argv(("--workers", "1"))
     conf = argv[argv.index("-c") + 1]
-    assert os.path.isfile(conf) and argv[-1] == "wsgi:app" and "--workers" in argv
+    assert conf == "python:recsys.gunicorn_conf" and argv[-1] == "recsys.wsgi:app"
+    assert "--workers" in argv
+    for module in ("recsys.gunicorn_conf", "recsys.wsgi"):
+        assert importlib.util.find_spec(module) is not None
+    package = os.path.dirname(os.path.abspath(recsys.__file__))
     assert os.path.isfile(default_path()) and default_path() == RETAIL_FILE
+    assert os.path.commonpath([package, os.path.abspath(default_path())]) == package

@@ -80,3 +80,25 @@ def test_budget_setting(sqlite_app):
     assert budget_of(None) == pytest.approx(DEFAULT_BUDGET_SHARE * total)
     assert budget_of(0) is None  # no budget
     assert budget_of(512) == 512 * 2**20
+
+
+def test_ann_min_items_setting_gives_als_an_index(small_store):
+    """``ANN_MIN_ITEMS`` reaches the fit: below the catalogue's size the version folder holds
+    the checksummed index files; at the default (200,000) it holds none."""
+    import os
+
+    from strategies._arrays import ANN_FILES
+
+    runner = small_store.test_cli_runner()
+    repo = get_repository(small_store)
+    r = runner.invoke(main, args=["train", "als", "--quiet", *FAST])
+    assert r.exit_code == 0, _output(r)
+    plain = repo.version_path("als", repo.active_version("als"))
+    assert not set(ANN_FILES.values()) & set(os.listdir(plain))
+    update_config(small_store, ANN_MIN_ITEMS=100)
+    r = runner.invoke(main, args=["train", "als", "--quiet", *FAST])
+    assert r.exit_code == 0, _output(r)
+    indexed = repo.version_path("als", repo.active_version("als"))
+    assert set(ANN_FILES.values()) <= set(os.listdir(indexed))
+    loaded = repo.load_version("als", repo.active_version("als"))
+    assert loaded.model.ann_ip_ is not None and loaded.model.ann_ip_.n == N_ITEMS + 2

@@ -49,7 +49,7 @@ def test_each_answer_runs_its_stages_once_in_list_order():
     seen, on_stage = _recorder()
     rec = Recommender(_models(), on_stage=on_stage)
     rec.recommend(WARM, RecRequest(n=3))
-    assert seen == ["route", "candidates", "blend", "rules"]
+    assert seen == ["route", "candidates", "blend", "rank", "rules"]
     seen.clear()
     rec.popular(n=3)
     assert seen == [s.name for s in stages.STAGES if stages.POPULAR in s.answers]
@@ -75,7 +75,7 @@ def test_a_stage_added_to_the_list_runs_and_is_timed_without_other_changes():
     reranked = Recommender(_models(), stages=custom, on_stage=on_stage).recommend(
         WARM, RecRequest(n=20)
     )
-    assert seen == ["route", "candidates", "blend", "rerank", "rules"]
+    assert seen == ["route", "candidates", "blend", "rank", "rerank", "rules"]
     assert [i.item_id for i in reranked.items] == [i.item_id for i in plain.items][::-1]
     # Not a user answer: the stage does not run.
     seen.clear()

@@ -422,3 +422,40 @@ def test_fit_uses_every_core_and_restores_the_thread_count(monkeypatch):
         assert seen == [2] and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_sampled_softmax_drawing_every_item_is_the_full_softmax():
+    """With negatives drawn so many times that every item is in (and each one's chance of being
+    drawn is 1), the sampled loss is the full multinomial loss of the same batch."""
+    import torch
+    from torch.nn import functional as F
+
+    n_items, b, h = 25, 6, 8
+    gen = torch.Generator().manual_seed(0)
+    decoder = torch.nn.Linear(h, n_items)
+    hidden = torch.randn(b, h, generator=gen)
+    row_of = torch.repeat_interleave(torch.arange(b), torch.tensor([2, 3, 1, 4, 2, 3]))
+    ind = torch.randint(0, n_items, (len(row_of),), generator=gen)
+    target = torch.rand(len(row_of), generator=gen)
+    model = DeepStrategy(loss="sampled", n_negatives=5000)
+    model.n_items_ = n_items
+    sampled = model._sampled_loss(decoder, hidden, ind, target, row_of, gen)
+    logp = F.log_softmax(decoder(hidden), dim=1)
+    full = -(logp[row_of, ind] * target).sum() / b
+    assert sampled.item() == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_sampled_softmax_is_chosen_past_the_threshold_and_fits():
+    import strategies.deep as deep_module
+
+    assert not DeepStrategy()._sampled(deep_module.FULL_SOFTMAX_MAX_ITEMS)
+    assert DeepStrategy()._sampled(deep_module.FULL_SOFTMAX_MAX_ITEMS + 1)
+    assert not DeepStrategy(loss="softmax")._sampled(10**6)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        DeepStrategy(loss="nce")
+    data, groups = _group_data()
+    model = DeepStrategy(**FAST, device="cpu", loss="sampled", n_negatives=32).fit(data)
+    assert model.loss_ == "sampled"
+    batch = _batch(data, np.arange(100))
+    ids, _ = model.recommend(batch, n=10, exclude=[r.indices for r in batch.matrix])
+    assert ((ids // GROUP_SIZE) == groups[:100][:, None]).mean() > 0.8

@@ -6,7 +6,6 @@ are in tests/web/test_browser.py; these cover the server side of every screen.
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -161,26 +160,43 @@ def test_user_inspector(client):
 
 
 def test_experiments_screen_create_report_stop(client):
-    r = client.post(
-        "/admin/ui/experiments",
-        data={
-            "definition": json.dumps(
-                {
-                    "name": "t1",
-                    "variants": [
-                        {"name": "a", "weight": 0.5, "config": {}},
-                        {"name": "b", "weight": 0.5, "config": {}},
-                    ],
-                }
-            )
-        },
-        headers=AUTH,
-    )
+    form = {
+        "name": "t1",
+        "v0_name": "a",
+        "v0_traffic": "50",
+        "v1_name": "b",
+        "v1_traffic": "40",
+        "v1_blend": "rrf",
+        "v1_off": ["bpr", "als"],
+        "v1_w_ease": "0.5",
+        "v2_name": "",  # an unused row
+        "v2_traffic": "10",
+    }
+    r = client.post("/admin/ui/experiments", data=form, headers=AUTH)
     assert r.status_code == 200 and 'id="action-done"' in r.text and 'id="experiment-t1"' in r.text
     assert "not enough data" in r.text and "nan" not in r.text.lower()
-    r = client.post("/admin/ui/experiments", data={"definition": "{not json"}, headers=AUTH)
-    assert 'id="action-error"' in r.text and "not valid JSON" in r.text
-    r = client.post("/admin/ui/experiments", data={"definition": '{"name": "t2"}'}, headers=AUTH)
+    exp = client.get("/v1/admin/experiments/t1", headers=AUTH).get_json()
+    a, b = exp["variants"]
+    assert (a["name"], a["weight"], a["config"]) == ("a", 0.5, {})
+    assert b["weight"] == 0.4 and b["config"] == {
+        "strategies": {
+            "als": {"enabled": False},
+            "bpr": {"enabled": False},
+            "ease": {"weight": 0.5},
+        },
+        "routing": {"blend": "rrf"},
+    }
+    # Refusals are shown above the form, which keeps what was typed.
+    r = client.post(
+        "/admin/ui/experiments", data={**form, "name": "t2", "v1_traffic": "60"}, headers=AUTH
+    )
+    assert 'id="action-error"' in r.text and "sum to" in r.text and 'value="t2"' in r.text
+    assert "checked" in r.text  # the switched-off boxes stay ticked
+    r = client.post(
+        "/admin/ui/experiments", data={**form, "name": "t3", "v0_traffic": "x"}, headers=AUTH
+    )
+    assert 'id="action-error"' in r.text and "percentage" in r.text
+    r = client.post("/admin/ui/experiments", data={"name": "t4", "v0_name": "a"}, headers=AUTH)
     assert 'id="action-error"' in r.text
     r = client.post("/admin/ui/experiments/t1/stop", headers=AUTH)
     assert 'id="action-done"' in r.text and "state-stopped" in r.text
@@ -235,11 +251,9 @@ def test_previews_are_not_experiment_exposures(client):
     from recsys.serving import admission
     from recsys.serving.experiments import get_experiments
 
-    variants = [{"name": n, "weight": 0.5, "config": {}} for n in ("a", "b")]
-    definition = {"name": "all-in", "variants": variants}
-    r = client.post(
-        "/admin/ui/experiments", data={"definition": json.dumps(definition)}, headers=AUTH
-    )
+    form = {"name": "all-in", "v0_name": "a", "v0_traffic": "50"}
+    form.update(v1_name="b", v1_traffic="50")
+    r = client.post("/admin/ui/experiments", data=form, headers=AUTH)
     assert 'id="action-done"' in r.text
     get_experiments(client.application).invalidate()
     r = client.get("/admin/ui/user?user_id=u6", headers=AUTH)

@@ -181,5 +181,108 @@ def test_live_charts_draw_from_real_metrics(browser, served_app, shots):  # noqa
             canvas = browser.find_elements(By.CSS_SELECTOR, f"#chart-{chart} canvas")
             assert canvas and canvas[0].size["width"] > 100, chart
         browser.save_screenshot(os.path.join(shots, "console-live.png"))
+
+        # Reloaded, the page starts from the service's short history: its first sample already
+        # draws (without it, n samples draw n - 1 points).
+        browser.refresh()
+        js = (
+            "const c = document.getElementById('charts');"
+            "const r = document.getElementById('chart-rate');"
+            "return c && r ? [Number(c.dataset.samples || 0), Number(r.dataset.points || 0),"
+            " Number(c.dataset.history || 0)] : [0, 0, 0]"
+        )
+        samples, points, history = _wait(
+            browser, lambda d: (v := d.execute_script(js))[0] >= 1 and v, 60
+        )
+        assert history >= 1 and points >= samples, (samples, points, history)
+    finally:
+        api.close()
+
+
+def test_overview_draws_the_store_and_the_runs(browser, served_app, shots):  # noqa: F811
+    By = _by()
+    api = _serve_app(served_app)
+    try:
+        _login(browser, f"http://127.0.0.1:{api.port}")
+        browser.find_element(By.ID, "nav-overview").click()
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-events canvas"))
+        chart = browser.find_element(By.ID, "chart-events")
+        assert chart.get_attribute("data-points") == "30"
+        assert chart.get_attribute("data-total") == "24"
+        assert browser.find_element(By.CSS_SELECTOR, "#tile-events b").text == "24"
+        assert browser.find_element(By.ID, "overview-model-ease").is_displayed()
+        assert "never recorded" in browser.find_element(By.ID, "last-train").text
+        browser.save_screenshot(os.path.join(shots, "console-overview.png"))
+    finally:
+        api.close()
+
+
+def test_a_retrain_started_from_the_console(browser, served_app, shots):  # noqa: F811
+    """Jobs: tick one strategy, start, see it queued with a progress bar, then (the list polls
+    itself) succeeded at 100 % with its new version, which the Models screen shows active."""
+    By = _by()
+    before = served_app.extensions["recsys.model_versions"]["popular"]
+    api = _serve_app(served_app)
+    try:
+        _login(browser, f"http://127.0.0.1:{api.port}", actor="ops-carol")
+        browser.find_element(By.ID, "nav-jobs").click()
+        _wait(browser, lambda d: d.find_elements(By.ID, "train-popular"))
+        browser.find_element(By.ID, "train-popular").click()
+        browser.find_element(By.ID, "start-train").click()
+        _accept_confirm(browser)
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.job"))
+        row = browser.find_element(By.CSS_SELECTOR, "tr.job")
+        job_id = row.get_attribute("id")
+        assert "started" in browser.find_element(By.ID, "action-done").text
+        assert row.find_elements(By.TAG_NAME, "progress") and "ops-carol" in row.text
+
+        def outcome(d):
+            r = d.find_element(By.ID, job_id)
+            return r.get_attribute("data-outcome") in ("succeeded", "failed") and r
+
+        row = _wait(browser, outcome, 180)  # a child process: a hang guard, not a window
+        assert row.get_attribute("data-outcome") == "succeeded", row.text
+        assert row.get_attribute("data-progress") == "1.0" and "100%" in row.text
+        made = row.find_element(By.CSS_SELECTOR, ".job-version")
+        version = made.get_attribute("data-version")
+        assert made.get_attribute("data-strategy") == "popular" and version != before
+        assert "active" in made.text
+        assert browser.find_element(By.ID, "jobs-list").get_attribute("data-running") == "no"
+        browser.save_screenshot(os.path.join(shots, "console-jobs.png"))
+
+        browser.find_element(By.ID, "nav-models").click()
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#model-popular tr.active"))
+        active = browser.find_element(By.CSS_SELECTOR, "#model-popular tr.active")
+        assert active.get_attribute("id") == f"version-popular-{version}"
+    finally:
+        api.close()
+
+
+def test_item_browser_finds_an_item_and_its_neighbours(browser, served_app, shots):  # noqa: F811
+    By = _by()
+    api = _serve_app(served_app)
+    try:
+        _login(browser, f"http://127.0.0.1:{api.port}")
+        browser.find_element(By.ID, "nav-items").click()
+        _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.item-row")) == 10)
+        browser.find_element(By.ID, "items-q").send_keys("Item 2")
+        browser.find_element(By.ID, "items-search").click()
+        _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.item-row")) == 1)
+        browser.find_element(By.CSS_SELECTOR, "tr.item-row a.item-link").click()
+        _wait(browser, lambda d: d.find_elements(By.ID, "item-view"))
+        view = browser.find_element(By.ID, "item-view")
+        assert view.get_attribute("data-item") == "i2" and "available" in view.text
+        neighbours = browser.find_elements(By.CSS_SELECTOR, "#neighbours-ease ol.reclist li")
+        assert neighbours and "Item " in neighbours[0].text  # with titles
+        assert browser.find_elements(By.CSS_SELECTOR, "#item-events tbody tr")
+        browser.save_screenshot(os.path.join(shots, "console-items.png"))
+        # A neighbour opens its own view.
+        first = browser.find_element(By.CSS_SELECTOR, "#neighbours-ease ol.reclist li a")
+        target = first.text
+        first.click()
+        _wait(
+            browser,
+            lambda d: d.find_element(By.ID, "item-view").get_attribute("data-item") == target,
+        )
     finally:
         api.close()

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+from urllib.parse import urljoin
 
 import pytest
-from openapi_core import OpenAPI
+from openapi_core import Config, OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
 from tests.servicekit import ADMIN_TOKEN
@@ -23,7 +24,9 @@ class SpecClient:
     def __init__(self, client, spec: dict):
         self.client = client
         self.spec = spec
-        self.openapi = OpenAPI.from_dict(spec)
+        # The document's servers are relative to where it is served.
+        config = Config(server_base_url="http://localhost/openapi.json")
+        self.openapi = OpenAPI.from_dict(spec, config=config)
 
     def call(self, method: str, template: str, path_params=None, **kw):
         op = self.spec["paths"][template][method]  # KeyError: not in the document
@@ -119,6 +122,30 @@ def test_calls_match_the_document(api):
     api.call("get", "/v1/users/{user_id}/experiments", {"user_id": "u6"})
     api.call("get", "/healthz")
     api.call("get", "/readyz")
+    api.call("get", "/v1/popular", query_string={"n": 2, "catgory": "x"})  # 422
+    api.call("get", "/v1/popular", query_string={"n": 2, "user_id": "u1"})
+    api.call("get", "/v1/latest", query_string={"n": 2, "category": "books"})
+    api.call(
+        "get",
+        "/v1/items/{item_id}/similar",
+        {"item_id": "i1"},
+        query_string={"n": 2, "offset": 1, "category": "books", "exclude": "i0"},
+    )
+    shown = {"user_id": "u1", "items": ["i1", "i2"], "context": "home", "id": "doc-l1"}
+    api.call("post", "/v1/impressions", json=shown)
+    api.call("post", "/v1/impressions", json=[shown])  # 200: duplicates
+    page = api.call(
+        "get", "/v1/users/{user_id}/events", {"user_id": "u1"}, query_string={"limit": 1}
+    ).get_json()
+    event = str(page["events"][0]["event_id"])
+    api.call(
+        "delete", "/v1/users/{user_id}/events/{event_id}", {"user_id": "u1", "event_id": event}
+    )
+    api.call(
+        "delete", "/v1/users/{user_id}/events", {"user_id": "u1"}, query_string={"item_id": "i2"}
+    )
+    api.call("get", "/v1/users/{user_id}/events", {"user_id": "nobody"})  # 404
+    api.call("get", "/v1/users/{user_id}/neighbors", {"user_id": "u1"}, query_string={"n": 3})
 
 
 def test_admin_calls_match_the_document(api, served_app):
@@ -149,4 +176,33 @@ def test_docs_page_loads_only_local_assets(served_app):
     refs = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert refs and not [u for u in refs if "://" in u or u.startswith("//")]
     for url in refs:
-        assert client.get(url).status_code == 200, url
+        # Relative to /docs, so that a path prefix added by a proxy is kept.
+        assert not url.startswith("/"), url
+        assert client.get(urljoin("/docs", url)).status_code == 200, url
+
+
+def test_every_operation_has_a_stable_unique_operation_id(api):
+    from recsys.web.openapi import OPERATION_IDS
+
+    ids = {}
+    for path, ops in api.spec["paths"].items():
+        for method, op in ops.items():
+            assert op.get("operationId"), (method, path)
+            assert op["operationId"] == OPERATION_IDS[(path, method)]
+            assert ids.setdefault(op["operationId"], (path, method)) == (path, method)
+    # The table names no operation the document lacks (a renamed path would keep a dead id).
+    assert set(OPERATION_IDS.values()) == set(ids)
+
+
+def test_document_is_the_same_whatever_the_host_or_prefix(served_app):
+    """Relative servers; no request header changes what another client is served."""
+    client = served_app.test_client()
+    first = client.get(
+        "/openapi.json",
+        headers={"Host": "recs.shop.example", "X-Forwarded-Prefix": "/evil"},
+        base_url="http://recs.shop.example/",
+    ).get_json()
+    assert first["servers"] == [{"url": ".", "description": "where this document is served"}]
+    assert client.get("/openapi.json").get_json() == first
+    html = client.get("/docs", base_url="http://127.0.0.1:8000/").get_data(as_text=True)
+    assert "recs.shop.example" not in html and "evil" not in html

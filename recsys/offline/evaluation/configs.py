@@ -7,6 +7,8 @@ use for their variants) and optional model hyperparameters per strategy. ``--con
 * ``default``: the service's shipped default (``ServingConfig()``: router + blend out of the box);
 * ``tuned``: what ``recsys tune`` would choose, searched on the training part only (a validation
   slice cut from it the way the test part was cut), then evaluated like any configuration;
+* ``ranked``: ``tuned`` with the learned second stage (``recsys.core.ranker``) trained on the
+  same validation rows, kept only where its guard finds it not worse than the blend;
 * a strategy name (``popular``, ``content``, ``als``, ``bpr``, ``ease``, ``deep``,
   ``sequence``): that strategy alone serves every user, cold and warm;
 * a path to a ``.toml`` or ``.json`` file::
@@ -37,6 +39,7 @@ from typing import Any
 
 DEFAULT_NAME = "default"
 TUNED_NAME = "tuned"
+RANKED_NAME = "ranked"
 _ALLOWED_KEYS = {"name", "description", "serving", "params"}
 
 
@@ -76,6 +79,11 @@ class EvalConfig:
     # Searched on the training part (recsys.offline.tuning) before training: serving and params are
     # filled in from the resulting profile.
     tune: bool = False
+    # ``ranked``: the tuned profile with the learned ranker (``recsys.core.ranker``) on top,
+    # trained on the same validation rows of the training part; filled in by the tuner.
+    rank: bool = False
+    ranker: Any = None
+    ranker_report: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain data for the report.
@@ -92,6 +100,7 @@ class EvalConfig:
             "source": self.source,
             "serving": self.serving,
             "params": self.params,
+            **({"ranker": self.ranker_report} if self.rank else {}),
         }
 
 
@@ -125,7 +134,8 @@ def load_config(spec: str) -> EvalConfig:
     Parameters
     ----------
     spec : str
-        ``default``, ``tuned``, a strategy name, or the path of a ``.toml`` / ``.json`` file.
+        ``default``, ``tuned``, ``ranked``, a strategy name, or the path of a ``.toml`` /
+        ``.json`` file.
 
     Returns
     -------
@@ -149,6 +159,14 @@ def load_config(spec: str) -> EvalConfig:
             description="self-tuned on the training part (recsys tune)",
             source=spec,
             tune=True,
+        )
+    if spec == RANKED_NAME:
+        return EvalConfig(
+            name=RANKED_NAME,
+            description="self-tuned, then a learned ranker over the candidates",
+            source=spec,
+            tune=True,
+            rank=True,
         )
     if spec in STRATEGY_NAMES:
         return EvalConfig(

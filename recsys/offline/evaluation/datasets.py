@@ -2,7 +2,7 @@
 
 * MovieLens 100K (``u.data`` + ``u.item``): never copied into the repo (its license forbids
   redistribution); pass the folder, by default ``../shared/datasets/ml-100k``.
-* Online Retail (UCI, bundled as ``data/online_retail.csv.gz``): product purchases only.
+* Online Retail (UCI, bundled as ``recsys/data/online_retail.csv.gz``): product purchases only.
 """
 
 from __future__ import annotations

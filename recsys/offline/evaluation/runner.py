@@ -88,7 +88,8 @@ def train_models(
     jobs = []
     for cfg in configs:
         sc = serving_config(cfg)
-        for s in _needed_strategies(sc):
+        gens = cfg.ranker.generators if cfg.ranker is not None else []
+        for s in dict.fromkeys([*_needed_strategies(sc), *gens]):
             key = _param_key(s, cfg.params.get(s, {}))
             jobs.append((cfg.name, s, key, cfg.params.get(s, {})))
     n_models = len({j[2] for j in jobs})
@@ -299,7 +300,8 @@ def evaluate(
         sc = serving_config(cfg)
         loaded = models.get(cfg.name, {})
         # No catalogue view: every training item is available and there is no category filter.
-        recommender = Recommender(models=loaded.get, config=sc, catalog=None)
+        # A ranker's item counts are the training part's (the tuner's data).
+        recommender = Recommender(models=loaded.get, config=sc, catalog=None, ranker=cfg.ranker)
         rec_ids = np.full((len(test_users), k), -1, dtype=np.int64)
         routes = np.empty(len(test_users), dtype=object)
         bar = (

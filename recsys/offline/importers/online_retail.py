@@ -96,7 +96,7 @@ def is_non_product(code: str) -> bool:
 
 
 def default_path() -> str:
-    """``data/online_retail.csv.gz`` in the project root (the folder above the package).
+    """The bundled ``online_retail.csv.gz``: package data (``recsys/data``, in the wheel too).
 
     Returns
     -------

@@ -114,6 +114,11 @@ class Validation:
         Cut-off of the objective.
     metric : str
         Objective: a key of ``ranking_metrics`` (``ndcg``, ``recall``...).
+    max_rows : int or None
+        Rows kept at most, summed over the folds: past it each fold keeps a seeded random
+        sample of its users (an equal share each); None: every row.
+    seed : int
+        Seed of that sample.
     """
 
     def __init__(
@@ -121,6 +126,8 @@ class Validation:
         folds: Sequence[tuple[InteractionData, InteractionData]],
         k: int,
         metric: str,
+        max_rows: int | None = None,
+        seed: int = 42,
     ):
         import scipy.sparse as sp
 
@@ -130,9 +137,13 @@ class Validation:
         self.trains = [t for t, _ in folds]
         self.train, self.k, self.metric = self.trains[0], k, metric
         users, fold_of, rels, self.histories = [], [], [], []
+        rng = np.random.default_rng(seed)
+        per_fold = -(-max_rows // len(folds)) if max_rows else None
         for f, (train, val) in enumerate(folds):
             rel = relevant_matrix(val, train.n_users, train.n_items)
             u = np.flatnonzero(np.diff(rel.indptr) > 0)
+            if per_fold is not None and len(u) > per_fold:
+                u = np.sort(rng.choice(u, per_fold, replace=False))
             users.append(u)
             fold_of.append(np.full(len(u), f, dtype=np.int64))
             rels.append(rel[u])

@@ -28,6 +28,13 @@ class TuneOptions:
     # None: as many as it takes to reach ``min_rows`` validation rows (at most 3).
     folds: int | None = None
     min_rows: int = 2000
+    # Validation users scored at most, summed over the folds (a seeded sample of each fold's
+    # users past it): a large shop's time slice holds hundreds of thousands (docs/scale.md).
+    max_rows: int = 5000
+    # ``recsys train``'s budget (``TRAIN_MEMORY_BUDGET_MB``, ``TRAIN_FIT_TIME_LIMIT_S``): a
+    # strategy over it is not searched; None: no limit.
+    memory_budget_bytes: float | None = None
+    fit_time_limit_s: float | None = None
     seed: int = 42
     strategies: Sequence[str] | None = None  # None: every strategy that imports and fits
     max_routes: int = 4
@@ -43,6 +50,9 @@ class TuneOptions:
     # Level of the paired test a departure from a default must pass (a tuned hyperparameter
     # over the shipped one, a route's own strategy or blend over the overall best strategy).
     alpha: float = 0.1
+    # The learned ranker's repeat items (recsys.offline.tuning.ranking): None decides from the
+    # validation targets, True / False force them on or off.
+    ranker_repeats: bool | None = None
     progress: bool = False
 
     def metric(self) -> tuple[str, int]:
@@ -218,13 +228,17 @@ class Clock:
         return max(self.budget_s - self.elapsed(), 0.0)
 
     def tick(self, desc: str | None = None) -> None:
-        """Move the progress bar to the elapsed time (no-op without a bar).
+        """Move the progress bar, and a recorded job's progress, to the elapsed time.
 
         Parameters
         ----------
         desc : str or None
             New description for the bar (first 40 characters); None keeps it.
         """
+        from recsys.ops import jobs
+
+        # The recorded job's progress too (recsys.ops.jobs; nothing when none is recorded).
+        jobs.report(self.elapsed() / max(self.budget_s, 1e-9), f"tune: {desc or 'search'}")
         if self.bar is not None and not self.bar.disable:
             if desc:
                 self.bar.set_description(desc[:40])

@@ -95,7 +95,7 @@ class Tuner:
         )
         if not folds:
             raise ValueError("the validation split left an empty training or validation part")
-        self.val = Validation(folds, self.k, self.metric)
+        self.val = Validation(folds, self.k, self.metric, self.opt.max_rows, self.opt.seed)
         if len(self.val) == 0:
             raise ValueError("no validation user has a positive event to predict")
         # Two halves of the validation users, for every cross-fitted estimate (by user: one
@@ -125,7 +125,60 @@ class Tuner:
         ]
         if "popular" not in out:
             out.append("popular")  # the request path's fallback is always there
-        return out
+        return [name for name in out if name == "popular" or not self._over_budget(name)]
+
+    def _fit_plan(self, names: list[str]) -> list[str]:
+        """The strategies whose fits fit the time budget, and the budget left to the search.
+
+        Each searched strategy costs at least one fit per fold (its defaults) here and one on
+        all events afterwards (``recsys tune``'s refit), whatever the search does: their
+        estimated seconds (``Strategy.estimate_cost``) are counted against ``budget_s``
+        cheapest first, a strategy that would take the total past it is left out (popularity
+        never), and the refits' estimate is kept out of the search's clock.
+        """
+        from strategies import get_strategy_class
+
+        def seconds(name: str, data: InteractionData) -> float:
+            cost = get_strategy_class(name).estimate_cost(data.n_users, data.n_items, len(data))
+            return float(cost[1] or 0.0)
+
+        fold = {n: sum(seconds(n, t) for t in self.val.trains) for n in names}
+        refit = {n: seconds(n, self.data) for n in names}
+        kept, total = [], 0.0
+        for name in sorted(names, key=lambda n: fold[n] + refit[n]):
+            cost = fold[name] + refit[name]
+            if name != "popular" and total + cost > self.opt.budget_s:
+                why = (
+                    f"{name}: left out: its fits (~{cost:.0f} s estimated: {self.val.n_folds} "
+                    f"fold(s) and the refit) would take the run past its {self.opt.budget_s:.0f} "
+                    "s budget"
+                )
+                log.warning("tune: %s", why)
+                self.trace.setdefault("left_out", {})[name] = why
+                continue
+            kept.append(name)
+            total += cost
+        reserve = sum(refit[n] for n in kept)
+        self.clock.budget_s = max(self.clock.budget_s - reserve, 0.2 * self.clock.budget_s)
+        return [n for n in names if n in kept]
+
+    def _over_budget(self, name: str) -> bool:
+        """Whether ``recsys train``'s budget leaves the strategy out (said once in the log);
+        the fits of a search are each as large as a training run's holdout fit."""
+        from recsys.offline.training import over_budget
+        from strategies import get_strategy_class
+
+        why = over_budget(
+            get_strategy_class(name),
+            self.data,
+            {},
+            self.opt.memory_budget_bytes,
+            self.opt.fit_time_limit_s,
+        )
+        if why is not None:
+            log.warning("tune: %s", why)
+            self.trace.setdefault("left_out", {})[name] = why
+        return why is not None
 
     # -- stage 1: hyperparameters ------------------------------------------------------------
     def _tune_params(self, names: list[str]) -> None:
@@ -202,7 +255,7 @@ class Tuner:
 
         try:
             self._prepare()
-            names = self._strategies()
+            names = self._fit_plan(self._strategies())
             self._tune_params(names)
             if self.opt.routes is not None:
                 routes = [dict(r) for r in self.opt.routes]
@@ -237,7 +290,7 @@ class Tuner:
             }
             if cross is not None:
                 validation["cross_fitted"] = round(float(np.nanmean(cross)), 6)
-            return ServingProfile(
+            self.final = ServingProfile(
                 routes=routes,
                 params=params,
                 objective=self.opt.objective,
@@ -252,8 +305,32 @@ class Tuner:
                 },
                 created_at=datetime.now(UTC).isoformat(),
             ).check()
+            return self.final
         finally:
             self.clock.close()
+
+    def fit_ranker(self):
+        """Train the learned second stage over the chosen profile (after ``run``), on the
+        same validation rows, and guard it out of fold (``recsys.offline.tuning.ranking``).
+
+        Returns
+        -------
+        tuple
+            ``(Ranker or None, report)``: None when the guard keeps the blend.
+        """
+        from recsys.offline.tuning.ranking import fit_ranker
+
+        return fit_ranker(
+            self.val,
+            self.cands,
+            self.final.serving_overrides(),
+            self.halves,
+            self.data,
+            seed=self.opt.seed,
+            alpha=self.opt.alpha,
+            objective=self.opt.objective,
+            repeats=self.opt.ranker_repeats,
+        )
 
 
 def tune(data: InteractionData, options: TuneOptions | None = None):
@@ -330,10 +407,30 @@ def tune_config(
         progress=progress,
         **options,
     )
-    profile = tune(train, opts)
+    # ``tuned`` and ``ranked`` in one evaluation share one search: ``ranked`` is the same
+    # profile with the ranker on top, so their comparison isolates the ranker.
+    key = (id(train), len(train), repr(opts))
+    if _LAST.get("key") == key:
+        tuner, profile = _LAST["tuner"], _LAST["profile"]
+    else:
+        tuner = Tuner(train, opts)
+        profile = tuner.run()
+        _LAST.clear()
+        _LAST.update(key=key, tuner=tuner, profile=profile)
     cfg.serving = profile.serving_overrides()
     cfg.serving["profile"] = cfg.name
     cfg.params = {s: dict(p) for s, p in profile.params.items()}
     cfg.description = f"self-tuned on the training part ({budget_s:.0f} s budget)"
     log.info("tuned profile for %s:\n%s", cfg.name, profile.summary())
+    if getattr(cfg, "rank", False):
+        ranker, report = tuner.fit_ranker()
+        cfg.ranker = ranker
+        cfg.ranker_report = report
+        if ranker is not None:
+            cfg.params.update({g: dict(tuner.params.get(g, {})) for g in ranker.generators})
+        cfg.description += "; learned ranker " + ("on top" if ranker else "kept out by the guard")
     return profile
+
+
+# The last search ``tune_config`` ran (see there).
+_LAST: dict[str, Any] = {}

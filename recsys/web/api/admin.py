@@ -17,7 +17,7 @@ from recsys.ops import audit
 from recsys.serving.settings_store import get_settings
 from recsys.store import session_scope
 from recsys.web.auth import check_admin
-from recsys.web.schemas import AuditQuery, RoutingPatch, StrategyPatch
+from recsys.web.schemas import AuditQuery, ResetQuery, RoutingPatch, StrategyPatch
 from strategies import STRATEGY_NAMES
 
 bp = APIBlueprint("admin", __name__, url_prefix="/v1/admin", tag="Admin")
@@ -104,13 +104,14 @@ def patch_strategies(_doc=None):
 
 
 @bp.delete("/strategies/<name>")
+@bp.input(ResetQuery, location="query", arg_name="_q", validation=False)
 @bp.doc(
     summary="Reset a strategy to its default: drop the admin's override (all fields, or "
     "?field=weight / ?field=enabled)",
     description="The strategy takes the active serving profile's value again, else the shipped "
     "default. Audited; takes effect in every worker within a second.",
 )
-def reset_strategy(name: str):
+def reset_strategy(name: str, _q=None):
     """Reset a strategy to its default: drop the admin's override.
 
     Answers the settings before and after plus the current strategies view; 404 for an unknown

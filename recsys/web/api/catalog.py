@@ -20,12 +20,11 @@ from apiflask import APIBlueprint
 from flask import current_app
 from sqlalchemy import delete, func, select
 
-from recsys.serving.cache import get_cache
 from recsys.serving.settings_store import get_settings
 from recsys.store import session_scope
 from recsys.store.models import Event, Item, User
-from recsys.store.versions import CACHE_EPOCH, CATALOG_VERSION, ITEMS_VERSION, bump
-from recsys.web.api.events import blank_item, ensure_ids
+from recsys.store.versions import CATALOG_VERSION, ITEMS_VERSION, bump
+from recsys.web.api.events import blank_item, drop_cached_lists, ensure_ids
 from recsys.web.auth import require_scope
 from recsys.web.errors import NotFound, RecsysError
 from recsys.web.schemas import (
@@ -112,8 +111,30 @@ def put_item(item_id: str, body: dict):
     return out, 201 if created else 200
 
 
-def _existing(s, model, external_id: str, lock: bool = False):
-    """The ``Item`` or ``User`` row with ``external_id`` (locked for update), or 404."""
+def existing_row(s, model, external_id: str, lock: bool = False):
+    """The ``Item`` or ``User`` row with ``external_id`` (locked for update), or 404.
+
+    Parameters
+    ----------
+    s : Session
+        An open session.
+    model : type
+        ``Item`` or ``User``.
+    external_id : str
+        The client's id.
+    lock : bool
+        ``SELECT ... FOR UPDATE`` (where the dialect has it).
+
+    Returns
+    -------
+    Item or User
+        The row.
+
+    Raises
+    ------
+    NotFound
+        No row has that id.
+    """
     q = select(model).where(model.external_id == external_id)
     row = s.scalar(q.with_for_update() if lock else q)
     if row is None:
@@ -195,7 +216,7 @@ def get_item(item_id: str):
     """
     _check(item_id, "item_id")
     with session_scope() as s:
-        return _item_out(_existing(s, Item, item_id), False)
+        return _item_out(existing_row(s, Item, item_id), False)
 
 
 @bp.delete("/items/<item_id>")
@@ -213,7 +234,7 @@ def delete_item(item_id: str):
     _check(item_id, "item_id")
     app = current_app._get_current_object()
     with session_scope(app) as s:
-        item = _existing(s, Item, item_id, lock=True)
+        item = existing_row(s, Item, item_id, lock=True)
         if item.available:
             item.available = False
             bump(s, CATALOG_VERSION, f"item {item_id} retired")
@@ -267,7 +288,7 @@ def get_user(user_id: str):
     """
     _check(user_id, "user_id")
     with session_scope() as s:
-        user = _existing(s, User, user_id)
+        user = existing_row(s, User, user_id)
         events = s.scalar(select(func.count()).where(Event.user_id == user.id)) or 0
         return _user_entry(user, events)
 
@@ -314,11 +335,8 @@ def delete_user(user_id: str):
     _check(user_id, "user_id")
     app = current_app._get_current_object()
     with session_scope(app) as s:
-        user = _existing(s, User, user_id, lock=True)
+        user = existing_row(s, User, user_id, lock=True)
         events = s.execute(delete(Event).where(Event.user_id == user.id)).rowcount
         s.delete(user)
-    if not get_cache(app).invalidate_users([user_id]):
-        get_settings(app).bump_version(
-            "a user was erased while the cache was unreachable", CACHE_EPOCH
-        )
+    drop_cached_lists(app, [user_id], "a user was erased")
     return {"user_id": user_id, "deleted": True, "events_deleted": events}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from apiflask import APIBlueprint, abort
@@ -113,9 +113,22 @@ def ensure_ids(
     return found
 
 
-def _new_items_policy(app, events: list[dict[str, Any]]) -> Callable[[list[str]], None]:
+def new_items_policy(app, events: list[dict[str, Any]]) -> Callable[[list[str]], None]:
     """What to do with item ids of ``events`` the catalogue does not know (EVENTS_CREATE_ITEMS,
-    EVENTS_MAX_NEW_ITEMS): refuse the batch (422) or let them be created, up to the limit."""
+    EVENTS_MAX_NEW_ITEMS): refuse the batch (422) or let them be created, up to the limit.
+
+    Parameters
+    ----------
+    app : Flask
+        The app (its settings).
+    events : list[dict[str, Any]]
+        The loaded objects, each with an ``item_id``.
+
+    Returns
+    -------
+    Callable[[list[str]], None]
+        ``refuse(missing)`` for ``ensure_ids``: raises a 422 ``RecsysError`` or returns.
+    """
     create = get_config(app).events_create_items
     limit = get_config(app).events_max_new_items
 
@@ -138,6 +151,36 @@ def _new_items_policy(app, events: list[dict[str, Any]]) -> Callable[[list[str]]
             )
 
     return refuse
+
+
+def drop_cached_lists(app, users: Iterable[str], why: str, refresh: bool = False) -> None:
+    """Invalidate ``users``' cached lists; the cache unreachable, every cached list (the cache
+    epoch is bumped), so that no list computed before the change is served after it.
+
+    Parameters
+    ----------
+    app : Flask
+        The app.
+    users : Iterable[str]
+        External user ids.
+    why : str
+        What changed ("events arrived"), for the epoch bump's log line.
+    refresh : bool
+        Refresh-ahead: recompute, in the background, the lists of those users who asked
+        recently (``recsys.serving.refresh``), so that their next read is a hit.
+
+    Returns
+    -------
+    None
+    """
+    refresher = get_refresher(app) if refresh else None
+    asks: list | None = [] if refresher is not None else None
+    if not get_cache(app).invalidate_users(set(users), asks):
+        get_settings(app).bump_version(f"{why} while the cache was unreachable", CACHE_EPOCH)
+    if refresher is not None and asks:
+        # Refresh-ahead: their lists are recomputed in the background, so the next read is a
+        # hit; the tokens were set after the commit.
+        refresher.schedule([Job(*a) for a in asks])
 
 
 def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
@@ -167,7 +210,7 @@ def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
             s,
             Item,
             {e["item_id"] for e in events},
-            refuse=_new_items_policy(app, events),
+            refuse=new_items_policy(app, events),
             **blank_item(),
         )
         now = utcnow()
@@ -190,16 +233,7 @@ def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
         metrics.EVENTS_INGESTED.labels(etype).inc(n)
     # Durable now. Invalidate after the commit so no reader can cache the pre-event history
     # under the new token.
-    refresher = get_refresher(app)
-    asks: list | None = [] if refresher is not None else None
-    if not get_cache(app).invalidate_users({e["user_id"] for e in events}, asks):
-        get_settings(app).bump_version(
-            "events arrived while the cache was unreachable", CACHE_EPOCH
-        )
-    if refresher is not None and asks:
-        # Refresh-ahead: their lists are recomputed in the background, so the next read is a
-        # hit (recsys.serving.refresh); the tokens were set after the commit.
-        refresher.schedule([Job(*a) for a in asks])
+    drop_cached_lists(app, {e["user_id"] for e in events}, "events arrived", refresh=True)
     return {"received": len(events), "inserted": inserted, "duplicates": len(events) - inserted}
 
 
@@ -220,30 +254,49 @@ def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
 )
 def post_events(_doc=None):
     """Record one event or a list of events."""
+    counts = ingest(load_batch(_schema, "event"))
+    return counts, 201 if counts["inserted"] else 200
+
+
+def load_batch(schema: Any, noun: str) -> list[dict[str, Any]]:
+    """The request's JSON body, one object or a list of up to ``EVENTS_MAX_BATCH``, each
+    loaded by ``schema``; any invalid one refuses the whole body (422 naming each).
+
+    Parameters
+    ----------
+    schema : Schema
+        A schema instance loading one object.
+    noun : str
+        What one object is, for the messages ("event", "impression").
+
+    Returns
+    -------
+    list[dict[str, Any]]
+        The loaded objects, in order.
+    """
     payload = request.get_json(silent=True)
     if payload is None:
-        abort(400, message="body must be JSON: an event object or a list of events")
+        abort(400, message=f"body must be JSON: an {noun} object or a list of {noun}s")
     single = isinstance(payload, dict)
     batch = [payload] if single else payload
     if not isinstance(batch, list):
-        abort(422, message="body must be an event object or a list of events")
+        abort(422, message=f"body must be an {noun} object or a list of {noun}s")
     limit = get_config(current_app).events_max_batch
     if not batch:
-        abort(422, message="empty list: send at least one event")
+        abort(422, message=f"empty list: send at least one {noun}")
     if len(batch) > limit:
-        abort(413, message=f"at most {limit} events per request (got {len(batch)})")
-    events, errors = [], {}
+        abort(413, message=f"at most {limit} {noun}s per request (got {len(batch)})")
+    out, errors = [], {}
     for i, raw in enumerate(batch):
         if not isinstance(raw, dict):
-            errors[i] = {"_schema": ["each event must be an object"]}
+            errors[i] = {"_schema": [f"each {noun} must be an object"]}
             continue
         try:
-            events.append(_schema.load(raw))
+            out.append(schema.load(raw))
         except ValidationError as e:
             errors[i] = e.messages
     if errors:
         detail = {"json": errors[0]} if single else {"json": errors}
         where = "" if single else f" at index {', '.join(str(i) for i in sorted(errors)[:10])}"
-        abort(422, message=f"invalid event{where}; nothing was stored", detail=detail)
-    counts = ingest(events)
-    return counts, 201 if counts["inserted"] else 200
+        abort(422, message=f"invalid {noun}{where}; nothing was stored", detail=detail)
+    return out

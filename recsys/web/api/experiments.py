@@ -17,7 +17,7 @@ from recsys.serving import experiments, experiments_report
 from recsys.store import session_scope
 from recsys.web.auth import check_admin, require_scope
 from recsys.web.errors import NotFound, RecsysError
-from recsys.web.schemas import check_text
+from recsys.web.schemas import ReportQuery, check_text
 
 bp = APIBlueprint("experiments", __name__, url_prefix="/v1", tag="Experiments")
 
@@ -172,8 +172,9 @@ def stop_experiment(name: str):
 
 
 @bp.get("/admin/experiments/<name>/report")
+@bp.input(ReportQuery, location="query", arg_name="_q", validation=False)
 @bp.doc(summary="Per-variant exposures, click-through and conversion with 95% intervals")
-def experiment_report(name: str):
+def experiment_report(name: str, _q=None):
     """Per-variant exposures, click-through and conversion with 95% intervals.
 
     Answers the report of the experiment over the last ``window_hours`` (query parameter, in

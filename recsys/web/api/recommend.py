@@ -15,25 +15,30 @@ called with ``(user_id, assignment, response)`` after each answer (cached or not
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 from apiflask import APIBlueprint
 from flask import Response, current_app, has_request_context, request
+from sqlalchemy import select
 
 from recsys.config import get_config
-from recsys.core.types import RecRequest
+from recsys.core.types import RecItem, RecRequest, RecResult
 from recsys.ops import metrics
 from recsys.ops.logs import note
 from recsys.serving.admission import admission
 from recsys.serving.pipeline import get_pipeline
 from recsys.serving.request import Snapshot, UserAsk, is_degraded, user_request
+from recsys.store import session_scope
+from recsys.store.models import Item
 from recsys.web.auth import require_scope
 from recsys.web.errors import RecsysError
 from recsys.web.httpcache import list_headers, not_modified
 from recsys.web.schemas import (
     MAX_EXCLUDE,
     MAX_ID,
-    CountQuery,
+    LatestQuery,
+    PopularQuery,
     RecOut,
     RecQuery,
     SessionIn,
@@ -176,29 +181,108 @@ def session_recommendations(body: dict):
 @bp.doc(
     summary="Items similar to an item",
     description="404 for an item neither the catalogue nor any model knows. An item no model "
-    "knows yet (new) gets popular items of its category, marked degraded.",
+    "knows yet (new) gets popular items of its category (or of `category`), marked degraded. "
+    "Paged with `n` / `offset`; `category` keeps that category's items; `exclude` leaves out "
+    "the ids given (the item itself never comes back).",
 )
 def similar(item_id: str, q: dict):
     """Items similar to an item."""
     _check_id(item_id, "item_id")
-    body, cached, snap = get_pipeline(current_app).similar_list(item_id, q["n"], q["explain"])
+    req = RecRequest(
+        offset=q["offset"], category=q["category"], exclude=_parse_exclude(q["exclude"])
+    )
+    body, cached, snap = get_pipeline(current_app).similar_list(item_id, q["n"], q["explain"], req)
     metrics.set_route("similar")
     return _list_response(snap, body, item_fields(q["fields"]), cached)
 
 
 @bp.get("/popular")
 @require_scope("read")
-@bp.input(CountQuery, location="query", arg_name="q")
+@bp.input(PopularQuery, location="query", arg_name="q")
 @bp.output(RecOut)
-@bp.doc(summary="Most popular available items, optionally within a category")
+@bp.doc(
+    summary="Most popular available items, optionally within a category",
+    description="With `user_id`: without the items that user has an event with (seen, "
+    "clicked, bought ...; their last HISTORY_MAX_EVENTS events). The database down: the "
+    "list unfiltered, marked degraded.",
+)
 def popular(q: dict):
     """Most popular available items, optionally within a category.
 
     Answers a recommendation list (items with their scores and the requested item fields),
     paged with ``n`` / ``offset``.
     """
+    if q["user_id"] is not None:
+        _check_id(q["user_id"])
     body, snap = get_pipeline(current_app).popular_list(
-        q["n"], q["category"], q["offset"], q["explain"]
+        q["n"],
+        q["category"],
+        q["offset"],
+        q["explain"],
+        user_id=q["user_id"],
+        deadline_s=admission().deadline_s,
     )
     metrics.set_route("popular")
     return _list_response(snap, body, item_fields(q["fields"]))
+
+
+@bp.get("/latest")
+@require_scope("read")
+@bp.input(LatestQuery, location="query", arg_name="q")
+@bp.output(RecOut)
+@bp.doc(
+    summary="The newest available items, optionally within a category",
+    description="Items newest first (the time the catalogue first saw them); `score` is that "
+    "time in unix seconds. Paged with `n` / `offset`.",
+)
+def latest(q: dict):
+    """The newest available items, optionally within a category."""
+    pipeline = get_pipeline(current_app)
+    snap = pipeline.snapshot()
+    items = newest_items(snap.catalog, q["n"], q["offset"], q["category"])
+    result = RecResult(items=[RecItem(i, s) for i, s in items], route="latest")
+    body = pipeline.render(result, None, False, degraded=False).partition(b"\n")[2]
+    metrics.set_route("latest")
+    return _list_response(snap, body, item_fields(q["fields"]))
+
+
+def newest_items(
+    catalog: Any, n: int, offset: int, category: str | None
+) -> list[tuple[str, float]]:
+    """The page of the newest items of ``catalog`` that are available (and in ``category``).
+
+    Parameters
+    ----------
+    catalog : Catalog
+        The worker's catalogue snapshot: availability and categories as every list sees them.
+    n, offset : int
+        The page.
+    category : str or None
+        Only items of this category; None: any.
+
+    Returns
+    -------
+    list of (str, float)
+        ``(item_id, created at in unix seconds)``, newest first.
+    """
+    stmt = (
+        select(Item.external_id, Item.created_at)
+        .where(Item.available.is_(True))
+        .order_by(Item.created_at.desc(), Item.id.desc())
+        .execution_options(yield_per=500)
+    )
+    out: list[tuple[str, float]] = []
+    skip = offset
+    with session_scope() as s:
+        for item_id, created in s.execute(stmt):
+            if not catalog.is_available(item_id):
+                continue
+            if category is not None and not catalog.in_category(item_id, category):
+                continue
+            if skip:
+                skip -= 1
+                continue
+            out.append((item_id, created.replace(tzinfo=UTC).timestamp()))
+            if len(out) == n:
+                break
+    return out

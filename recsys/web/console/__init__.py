@@ -80,7 +80,7 @@ def init_app(app: Flask) -> None:
     app : Flask
         The application.
     """
-    from recsys.web.console import views
+    from recsys.web.console import ops_views, views  # noqa: F401 - ops_views adds routes to ui
 
     app.register_blueprint(views.bp)
     app.register_blueprint(views.ui)

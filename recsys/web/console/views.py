@@ -6,12 +6,12 @@ unknown experiment) answers 200 too, with the error shown plainly above the scre
 that is what the operator needs to read. Only authentication failures are HTTP errors (401/403,
 JSON as everywhere), which the page turns into its login form.
 
-Over 500 lines with its docstrings; about 370 lines of code.
+The Overview, Jobs and Items screens are in ``ops_views`` (on the same ``ui`` blueprint).
+Over 600 lines with its docstrings; about 450 lines of code.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
@@ -44,14 +44,19 @@ bp = APIBlueprint(
 ui = APIBlueprint("console_ui", __name__, url_prefix="/admin/ui", enable_openapi=False)
 
 SCREENS = (
+    ("overview", "Overview", "overview"),
     ("strategies", "Strategies & routing", ""),
     ("models", "Models", "models"),
     ("live", "Live", "live"),
     ("users", "User inspector", "users"),
+    ("items", "Items", "items"),
+    ("jobs", "Jobs", "jobs"),
     ("experiments", "Experiments", "experiments"),
     ("audit", "Audit log", "audit"),
 )
 PREVIEW_N = 10
+#: Variant rows of the experiment form.
+VARIANT_ROWS = 4
 
 
 # -- page shells (no data, no token) ----------------------------------------------------------
@@ -71,9 +76,13 @@ def index():
     return _shell("strategies")
 
 
-@bp.get("/<any(models, live, users, experiments, audit):screen>", endpoint="screen")
+@bp.get(
+    "/<any(overview, models, live, users, items, jobs, experiments, audit):screen>",
+    endpoint="screen",
+)
 def screen(screen: str):
-    """The page shell of one screen: models, live, users, experiments or audit (HTML; no token)."""
+    """The page shell of one screen: overview, models, live, users, items, jobs, experiments or
+    audit (HTML; no token)."""
     return _shell(screen)
 
 
@@ -117,7 +126,7 @@ def _user_list(user_id: str) -> dict[str, Any]:
     with no_exposures(), app.app_context():
         r = client.get(
             f"/v1/users/{quote(user_id, safe='')}/recommendations",
-            query_string={"n": PREVIEW_N, "explain": "true"},
+            query_string={"n": PREVIEW_N, "explain": "true", "fields": "title"},
             environ_base={INTERNAL_READ: True},  # no API key needed: this is the admin
             headers={"X-Request-ID": f"console-preview-{g.get('request_id', '')}"[:64]},
         )
@@ -143,6 +152,28 @@ def _preview(user_id: str | None, before: dict | None) -> dict | None:
     }
 
 
+def _routing_served() -> dict[str, Any]:
+    """Which routing serves: the learned profile's routes, or hand-set ones (see strategies)."""
+    from recsys.serving.settings_store import get_settings
+
+    settings = get_settings()
+    cfg = settings.config().to_dict()
+    over = settings.overrides().get("routing", {})
+    routes = cfg["routing"].get("routes")
+    if "routes" in over:
+        source = "admin" if over["routes"] else "hand-set (profile routes switched off)"
+    elif routes:
+        source = "profile"
+    else:
+        source = "hand-set"
+    return {
+        "source": source,
+        "profile": cfg.get("profile"),
+        "routes": [r["name"] for r in routes or []],
+        "profile_routes_off": "routes" in over and not over["routes"],
+    }
+
+
 def _strategies_screen(**extra: Any) -> str:
     from recsys.models.profile import active_profile
     from recsys.models.repository import get_repository
@@ -163,6 +194,7 @@ def _strategies_screen(**extra: Any) -> str:
     models = get_repository().active_versions(models_only=True)
     return _fragment(
         "strategies",
+        served=_routing_served(),
         strategies=cfg["strategies"],
         routing=cfg["routing"],
         strategy_overrides=over.get("strategies", {}),
@@ -258,6 +290,17 @@ def set_routing():
     if not patch:
         return _strategies_screen(error="nothing changed")
     return _change(lambda: get_settings().update_routing(patch, _actor()))
+
+
+@ui.post("/routing/profile")
+def set_profile_routes():
+    """Switch the serving profile's learned routes off (form field ``on`` = 0: the hand-set
+    cold/warm routing serves, an admin override of ``routing.routes``) or back on (``on`` = 1:
+    that override is dropped); through the settings store, so validated, audited and applied
+    by every worker. Answers the Strategies screen."""
+    if request.form.get("on") in ("1", "true", "on"):
+        return _change(lambda: get_settings().reset_routing(["routes"], _actor()))
+    return _change(lambda: get_settings().update_routing({"routes": None}, _actor()))
 
 
 @ui.post("/routing/<key>/reset")
@@ -357,12 +400,40 @@ def model_action(strategy: str, what: str):
 # Live -----------------------------------------------------------------------------------------
 @ui.get("/live.json")
 def live_json():
-    """Answers this process's metrics parsed by ``live.snapshot`` (JSON) for the Live screen."""
+    """Answers the service's metrics parsed by ``live.snapshot`` (JSON) for the Live screen,
+    kept in the short shared history (``live.History``); with ``history=1`` also the kept
+    snapshots before it (``history``), so the charts survive a page reload."""
     from recsys.ops import metrics
     from recsys.web.console.live import snapshot
 
     data, _ = metrics.exposition()
-    return snapshot(data.decode())
+    snap = snapshot(data.decode())
+    history = _live_history()
+    try:
+        earlier = history.recent() if request.args.get("history") == "1" else None
+        history.add(snap)
+    except Exception as e:  # noqa: BLE001 - Redis down: live figures still, no history
+        log.warning("live history unavailable: %s", e)
+        earlier = [] if request.args.get("history") == "1" else None
+    if earlier is None:
+        return snap
+    return {**snap, "history": earlier}
+
+
+def _live_history():
+    """This app's ``live.History`` (Redis when the cache is, else this process's memory)."""
+    from recsys.serving.cache import get_cache
+    from recsys.web.console.live import History
+
+    app = current_app._get_current_object()
+    kept = app.extensions.get("recsys.console_history")
+    if kept is None:
+        cache = get_cache(app)
+        client = getattr(cache.backend, "client", None) if cache.shared else None
+        kept = app.extensions["recsys.console_history"] = History(
+            client, cache.key("console", "live")
+        )
+    return kept
 
 
 # User inspector -------------------------------------------------------------------------------
@@ -438,22 +509,12 @@ def _experiments_screen(**extra: Any) -> str:
             except Exception as err:  # noqa: BLE001 - one broken report must not hide the rest
                 log.exception("experiment report %s failed", e.name)
                 reports[e.name] = {"error": str(err)}
-    example = {
-        "name": "ease-weight-test",
-        "variants": [
-            {"name": "control", "weight": 0.5, "config": {}},
-            {
-                "name": "low-ease",
-                "weight": 0.5,
-                "config": {"strategies": {"ease": {"weight": 0.5}}},
-            },
-        ],
-    }
     return _fragment(
         "experiments",
         experiments=[e.to_dict() for e in reversed(rows)],
         reports=reports,
-        example=json.dumps(example, indent=2),
+        strategy_names=sorted(get_settings().config().strategies),
+        variant_rows=VARIANT_ROWS,
         **extra,
     )
 
@@ -464,22 +525,79 @@ def experiments_list():
     return _experiments_screen()
 
 
+def _variant(f, i: int, names: list[str]) -> dict[str, Any] | None:
+    """Variant ``i`` of the experiment form, or None when its name is left empty."""
+    name = (f.get(f"v{i}_name") or "").strip()
+    if not name:
+        return None
+    raw = (f.get(f"v{i}_traffic") or "").strip()
+    try:
+        traffic = float(raw) / 100.0
+    except ValueError:
+        raise ValueError(f"variant {name}: traffic must be a percentage (got {raw!r})") from None
+    config: dict[str, Any] = {}
+    strategies: dict[str, dict[str, Any]] = {}
+    off = set(f.getlist(f"v{i}_off"))
+    for s in names:
+        w = (f.get(f"v{i}_w_{s}") or "").strip()
+        if w:
+            try:
+                strategies.setdefault(s, {})["weight"] = float(w)
+            except ValueError:
+                raise ValueError(f"variant {name}: weight of {s} must be a number") from None
+        if s in off:
+            strategies.setdefault(s, {})["enabled"] = False
+    if strategies:
+        config["strategies"] = strategies
+    if f.get(f"v{i}_blend") in ("weighted", "rrf"):
+        config["routing"] = {"blend": f[f"v{i}_blend"]}
+    return {"name": name, "weight": traffic, "config": config}
+
+
+def experiment_body(f) -> dict[str, Any]:
+    """The ``POST /v1/admin/experiments`` body the experiment form stands for.
+
+    Parameters
+    ----------
+    f : MultiDict
+        The form: ``name``, ``start_at`` / ``stop_at`` (``datetime-local``, UTC; empty: none),
+        and per variant row ``i``: ``v{i}_name`` (empty: row unused), ``v{i}_traffic`` (%),
+        ``v{i}_blend`` (empty, ``weighted`` or ``rrf``), ``v{i}_off`` (strategies switched off,
+        repeated) and ``v{i}_w_<strategy>`` (a blend weight; empty: unchanged).
+
+    Returns
+    -------
+    dict[str, Any]
+        The definition (validated by ``create_audited`` like the API's).
+
+    Raises
+    ------
+    ValueError
+        A traffic share or weight that is not a number.
+    """
+    names = sorted(get_settings().config().strategies)
+    variants = [v for i in range(VARIANT_ROWS) if (v := _variant(f, i, names)) is not None]
+    body: dict[str, Any] = {"name": (f.get("name") or "").strip(), "variants": variants}
+    for key in ("start_at", "stop_at"):
+        if (f.get(key) or "").strip():
+            body[key] = f[key].strip() + "Z"  # the form's times are UTC
+    return body
+
+
 @ui.post("/experiments")
 def experiment_create():
-    """Create an experiment from the JSON form field ``definition``; answers the screen."""
+    """Create an experiment from the form (``experiment_body``); answers the screen, with the
+    form as it was sent when the service refuses it."""
     from recsys.serving import experiments
-
-    raw = request.form.get("definition") or ""
-    try:
-        body = json.loads(raw)
-    except ValueError as e:
-        return _experiments_screen(error=f"the definition is not valid JSON: {e}", definition=raw)
     from recsys.web.api.experiments import create_audited
 
+    form = request.form.to_dict(flat=True)
+    form["_off"] = {k: request.form.getlist(k) for k in request.form if k.endswith("_off")}
     try:
+        body = experiment_body(request.form)
         view = create_audited(body, _actor())
-    except experiments.ExperimentError as e:
-        return _experiments_screen(error=str(e), definition=raw)
+    except (ValueError, experiments.ExperimentError) as e:
+        return _experiments_screen(error=str(e), form=form)
     return _experiments_screen(done=f"experiment {view.name} created")
 
 

@@ -8,6 +8,7 @@
   if (body.dataset.enabled !== "yes") return;
 
   const token = () => sessionStorage.getItem(KEY);
+  let refresher = null;
   const $ = (id) => document.getElementById(id);
 
   function authHeaders() {
@@ -63,6 +64,10 @@
     $("who").textContent = "signed in as " + who.actor;
     htmx.trigger(document.body, "console-ready");
     if (body.dataset.screen === "live") startLive();
+    // The Overview refreshes itself while signed in (not before: it would be refused).
+    if (body.dataset.screen === "overview" && !refresher) {
+      refresher = setInterval(() => { if (token()) htmx.trigger("#overview-screen", "console-refresh"); }, 15000);
+    }
   }
 
   $("login-form").addEventListener("submit", (e) => {
@@ -172,14 +177,22 @@
   }
 
   async function sample() {
-    const url = $("charts").dataset.url;
+    const url = $("charts").dataset.url + (prev ? "" : "?history=1");
     let r;
     try { r = await fetch(url, { headers: authHeaders() }); } catch (_) { return showError("The service did not answer."); }
     if (r.status === 401 || r.status === 403) return logout("Your token was refused: sign in again.");
     if (!r.ok) return showError("metrics: HTTP " + r.status);
     showError("");
     const snap = await r.json();
-    if (prev) draw(prev, snap);
+    // First sample of this page: the service's short history first, so a reload keeps the charts.
+    const earlier = snap.history || [];
+    delete snap.history;
+    for (const h of earlier) {
+      if (prev && h.t > prev.t && h.requests >= prev.requests) draw(prev, h);
+      prev = h;
+    }
+    if (earlier.length) $("charts").dataset.history = String(earlier.length);
+    if (prev && snap.t > prev.t && snap.requests >= prev.requests) draw(prev, snap);
     prev = snap;
     const charts = $("charts");
     charts.dataset.samples = String(Number(charts.dataset.samples || 0) + 1);
@@ -192,6 +205,25 @@
     timer = setInterval(sample, INTERVAL_MS);
   }
   window.recsysConsole = { quantile, sample };
+
+  // -- Overview: events per day (bars) ----------------------------------------------------------
+  function drawEvents() {
+    const el = $("chart-events");
+    if (!el || el.dataset.drawn === "yes") return;
+    const d = JSON.parse(el.dataset.series);
+    const xs = d.days.map((day) => Date.parse(day + "T00:00:00Z") / 1000);
+    el.innerHTML = "";
+    new uPlot({
+      width: el.clientWidth || 500, height: 180, legend: { show: false }, cursor: { show: false },
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max || 0, 1) * 1.1] } },
+      series: [{}, { label: "events", stroke: "#2563eb", fill: "rgba(37,99,235,0.25)", paths: uPlot.paths.bars({ size: [0.8, 40] }) }],
+      axes: [{ space: 60, values: (u, ticks) => ticks.map((v) => new Date(v * 1000).toISOString().slice(5, 10)) }, { size: 60 }],
+    }, [xs, d.counts], el);
+    el.dataset.drawn = "yes";
+    el.dataset.points = String(xs.length);
+    el.dataset.total = String(d.counts.reduce((a, b) => a + b, 0));
+  }
+  document.addEventListener("htmx:afterSettle", drawEvents);
 
   if (token()) ready(); else logout("");
 })();

@@ -1,0 +1,133 @@
+"""Approximate candidate retrieval (strategies/_ann.py through ALS and BPR): recall against
+exact search, exact fallback below the threshold, persistence with the model's checksums."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from features.interactions import InteractionData, UserBatch
+from recsys.errors import ModelError
+from recsys.models import artifacts
+from strategies._arrays import ANN_FILES
+from strategies.als import ALSStrategy
+from strategies.base import Strategy
+from strategies.bpr import BPRStrategy
+
+N_ITEMS, N_USERS, N_EVENTS = 3000, 10_000, 100_000
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> InteractionData:
+    """A small synthetic shop (``recsys synth``'s generator: power-law popularity, categories,
+    sessions), so the factors have a real shop's structure and spread of norms."""
+    from recsys.offline.synth import SynthParams, generate
+
+    out = str(tmp_path_factory.mktemp("synth"))
+    generate(out, SynthParams(items=N_ITEMS, users=N_USERS, events=N_EVENTS, seed=5))
+    with open(os.path.join(out, "interactions.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    return InteractionData.from_arrays(
+        [r["user_id"] for r in rows],
+        [r["item_id"] for r in rows],
+        event_types=[r["event"] for r in rows],
+        timestamps=[int(r["timestamp"]) for r in rows],
+        all_item_ids=[f"i{x}" for x in range(N_ITEMS)],
+    )
+
+
+def batch(data: InteractionData, rows: np.ndarray) -> UserBatch:
+    m = data.matrix()[rows]
+    seqs = data.sequences()
+    return UserBatch(matrix=m, sequences=[seqs[r] for r in rows], user_index=rows)
+
+
+def recall(found: np.ndarray, exact: np.ndarray) -> float:
+    pairs = zip(found, exact, strict=True)
+    return float(np.mean([len(np.intersect1d(a[a >= 0], b)) / len(b) for a, b in pairs]))
+
+
+@pytest.fixture(scope="module", params=[ALSStrategy, BPRStrategy], ids=["als", "bpr"])
+def fitted(request, data):
+    kw = {"iterations": 5} if request.param is ALSStrategy else {"iterations": 10}
+    return request.param(ann_min_items=1000, num_threads=1, **kw).fit(data)
+
+
+def test_recall_at_100_against_exact_search(fitted, data):
+    assert fitted.ann_ip_ is not None and fitted.ann_cos_ is not None
+    rows = np.arange(0, N_USERS, 25)
+    users = batch(data, rows)
+    m = users.matrix
+    seen = [m.indices[m.indptr[r] : m.indptr[r + 1]] for r in range(len(rows))]
+    ids, scores = fitted.recommend(users, n=100, exclude=seen)
+    exact_ids, exact_scores = Strategy.recommend(fitted, users, n=100, exclude=seen)
+    assert recall(ids, exact_ids) >= 0.95
+    # candidates are scored exactly: the scores of the items found are the exact ones
+    full = fitted.score(users)
+    np.testing.assert_allclose(scores, np.take_along_axis(full, ids, axis=1), rtol=1e-4, atol=1e-4)
+    for r, s in enumerate(seen):
+        assert not np.isin(ids[r], s).any()
+    unit = fitted._unit_factors()
+    # items with events (an item without any has a zero vector: every item is as similar)
+    items = np.flatnonzero(np.abs(unit).sum(axis=1) > 0)[::10]
+    sim, _ = fitted.similar_items(items, n=100)
+    exact_sim, _ = artifacts_top_similar(unit, items, 100)
+    assert recall(sim, exact_sim) >= 0.95
+    assert not (sim == items[:, None]).any()
+
+
+def artifacts_top_similar(unit: np.ndarray, items: np.ndarray, n: int):
+    from strategies._arrays import top_similar
+
+    return top_similar(unit[items] @ unit.T, items, n)
+
+
+def test_below_the_threshold_the_search_is_exact(data):
+    model = ALSStrategy(iterations=3, num_threads=1, ann_min_items=N_ITEMS + 1).fit(data)
+    assert model.ann_ip_ is None and model.ann_cos_ is None
+    users = batch(data, np.arange(50))
+    np.testing.assert_array_equal(
+        model.recommend(users, n=20)[0], Strategy.recommend(model, users, n=20)[0]
+    )
+    off = ALSStrategy(iterations=3, num_threads=1, ann_min_items=0).fit(data)
+    assert off.ann_ip_ is None
+
+
+def test_a_category_restriction_searches_exactly(fitted, data):
+    users = batch(data, np.arange(20))
+    allowed = np.arange(0, N_ITEMS, 7)
+    ids, _ = fitted.recommend(users, n=10, candidates=allowed)
+    exact, _ = Strategy.recommend(fitted, users, n=10, candidates=allowed)
+    np.testing.assert_array_equal(ids, exact)
+
+
+def test_the_index_is_saved_checksummed_and_versioned(tmp_path, fitted, data):
+    name = fitted.name
+    path, version = artifacts.claim_version_dir(str(tmp_path), name, "v1", lambda v: False)
+    w = artifacts.write_version(path, fitted, data, {}, version, datetime(2026, 1, 2))
+    manifest = artifacts.verify_version_dir(path, name, version, w.manifest_sha256)
+    assert set(ANN_FILES.values()) <= set(manifest["files"])
+    ann = json.load(open(os.path.join(path, "params.json")))["ann"]
+    assert ann["library"] == "hnswlib" and ann["format"] == 1 and ann["version"]
+    assert ann["indexes"]["ip"]["n"] == N_ITEMS
+    loaded, _, _ = artifacts.load_strategy(path, type(fitted), f"{name}/v1")
+    users = batch(data, np.arange(40))
+    for a, b in (
+        (loaded.recommend(users, n=50), fitted.recommend(users, n=50)),
+        (loaded.similar_items(np.arange(5), 20), fitted.similar_items(np.arange(5), 20)),
+    ):
+        np.testing.assert_array_equal(a[0], b[0])
+    # one byte of the index changed: refused before hnswlib reads it
+    target = os.path.join(path, ANN_FILES["ip"])
+    with open(target, "r+b") as f:
+        f.seek(os.path.getsize(target) // 2)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0x01]))
+    with pytest.raises(ModelError, match=r"ann_ip\.hnsw checksum mismatch"):
+        artifacts.verify_version_dir(path, name, version, w.manifest_sha256)
