@@ -217,7 +217,8 @@ class FastCachePath:
 
     def plain_healthz(self, environ: dict) -> bool:
         """Whether a ``/healthz`` request is one this layer answers as the view would: a
-        ``GET`` without a body, CORS off or no ``Origin``, no ``TRUSTED_HOSTS`` to check.
+        ``GET`` without a query string or a body, CORS off or no ``Origin``, no
+        ``TRUSTED_HOSTS`` to check.
 
         Parameters
         ----------
@@ -232,6 +233,7 @@ class FastCachePath:
         return (
             self._healthz_routed
             and environ.get("REQUEST_METHOD") == "GET"
+            and not environ.get("QUERY_STRING")  # a parameter: Flask checks (422) it
             and environ.get("CONTENT_LENGTH") in (None, "", "0")
             and "HTTP_TRANSFER_ENCODING" not in environ
             and (self.cors is None or environ.get("HTTP_ORIGIN") is None)
