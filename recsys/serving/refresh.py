@@ -261,7 +261,9 @@ def refresh_lists(pipeline, jobs: list[Job]) -> int:
             return 0
         groups: dict[int, list] = {}
         for job, a in todo:
-            req = RecRequest(n=a["n"], offset=a["o"], category=a["c"], exclude=a["x"])
+            req = RecRequest(
+                n=a["n"], offset=a["o"], category=a["c"], exclude=a["x"], explain=a["e"]
+            )
             # Scored together only when scored alike (as ScoringGate.combine groups).
             groups.setdefault(max(cps, req.n + req.offset), []).append(
                 (job, req, a, histories[job.user_id])

@@ -53,20 +53,23 @@ def test_a_list_after_an_acknowledged_purchase_never_holds_it(served_app, fast, 
         assert get_refresher(served_app).wait_idle()
 
 
-def test_refresh_ahead_makes_the_next_read_a_hit_with_the_list_a_read_computes(refreshing):
+@pytest.mark.parametrize("explain", [False, True])
+def test_refresh_ahead_makes_the_next_read_a_hit_with_the_list_a_read_computes(refreshing, explain):
     app, refresher = refreshing
     client = app.test_client()
-    shown = _items(client.get(URL))  # a miss: computes, stores, remembers the request
+    url = URL + ("&explain=true" if explain else "")
+    shown = _items(client.get(url))  # a miss: computes, stores, remembers the request
     ask = get_cache(app).backend.mget([get_cache(app).user_key("uask", "u6")])[0]
-    assert parse_ask(ask) == {"n": 3, "o": 0, "c": None, "x": [], "e": False}
-    _buy(client, shown[0], "ahead-1")
+    assert parse_ask(ask) == {"n": 3, "o": 0, "c": None, "x": [], "e": explain}
+    _buy(client, shown[0], f"ahead-{explain}")
     assert refresher.wait_idle()
-    hit = client.get(URL)
+    hit = client.get(url)
     assert hit.get_json()["cached"] is True and shown[0] not in _items(hit)
-    # The same list as a read computes from the same history.
+    # The same answer as a read computes from the same history (explanations included).
     assert get_cache(app).invalidate_users(["u6"])
-    computed = client.get(URL)
-    assert computed.get_json()["cached"] is False and _items(computed) == _items(hit)
+    computed = client.get(url)
+    assert computed.get_json()["cached"] is False
+    assert {**computed.get_json(), "cached": True} == hit.get_json()
 
 
 def test_a_read_while_the_refresh_runs_computes_a_fresh_list(refreshing):
