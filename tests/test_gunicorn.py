@@ -138,9 +138,22 @@ def test_preload_workers_and_aggregated_metrics(serve):
         (row,) = listing["runtime"]
         assert row["state"] == "loaded" and row["warmed"] and row["loaded_version"] == "v1"
         pids.add(row["pid"])
-    status, text = request(server.port, "GET", "/metrics")
-    assert status == 200
-    samples = _samples(text)
+    # Per-process gauges: one series per live process (master + 2 workers). A worker publishes
+    # its gauges at the end of its post-fork set-up, which may still be running when the other
+    # worker has answered all the requests: wait for it (no fixed sleep).
+    scraped = {}
+
+    def every_process_published() -> bool:
+        status, text = request(server.port, "GET", "/metrics")
+        assert status == 200
+        scraped["samples"] = _samples(text)
+        return (
+            len({s.labels["pid"] for s in scraped["samples"] if s.name == "recsys_models_loaded"})
+            == 3
+        )
+
+    wait_until(every_process_published, "the master and both workers publishing their gauges")
+    samples = scraped["samples"]
     # Every request counted once, whichever worker answered: the collector sums the workers.
     count = sum(
         s.value
@@ -152,7 +165,6 @@ def test_preload_workers_and_aggregated_metrics(serve):
     # Loaded once, in the master, before the fork: workers did not load it again.
     loads = [s for s in samples if s.name == "recsys_model_load_seconds_count"]
     assert sum(s.value for s in loads if s.labels["strategy"] == "tiny") == 1
-    # Per-process gauges: one series per live process (master + 2 workers).
     gauge_pids = {s.labels["pid"] for s in samples if s.name == "recsys_models_loaded"}
     assert len(gauge_pids) == 3 and pids <= {int(p) for p in gauge_pids}
     # Process metrics of the whole server (master + workers), whichever worker answered.
