@@ -89,6 +89,8 @@ def measure(tree: str, args, drive, specs_of, run_id: str) -> dict[str, dict]:
     proc = start(tree, args, port)
     try:
         sb.wait_ready(base, proc, timeout=300)
+        if args.warmup > 0:  # a new server's first seconds (imports, first connections) unmeasured
+            drive(base, specs_of[0][1], args.concurrency, args.warmup, run_id + "w")
         out = {}
         for name, specs in specs_of:
             if name == "cached":
@@ -115,6 +117,12 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=6.0)
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="seconds of the first scenario's load, not measured, after each server starts",
+    )
     p.add_argument("--database-url", required=True)
     p.add_argument("--redis-url", required=True)
     p.add_argument("--redis-prefix", default="recsys-ab")
