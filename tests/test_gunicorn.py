@@ -334,18 +334,21 @@ def test_recsys_serve_runs_the_packaged_settings_from_any_folder(tmp_path):
     cmd = [*recsys, "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=log)
+    answered = []
+
+    def answering_or_exited() -> bool:
+        try:
+            answered.append(request(port, "GET", "/healthz", timeout=2)[0])
+        except OSError:
+            pass
+        return (answered and answered[-1] == 200) or proc.poll() is not None
+
     try:
-        end = time.monotonic() + 120  # a hang guard, not a window
-        status = None
-        while status != 200 and proc.poll() is None and time.monotonic() < end:
-            try:
-                status, _ = request(port, "GET", "/healthz", timeout=2)
-            except OSError:
-                time.sleep(0.2)
+        wait_until(answering_or_exited, "recsys serve answering /healthz (or exiting)", 120)
     finally:
         stop_process(proc, log)
     text = (tmp_path / "serve.log").read_text()
-    assert status == 200, text[-3000:]
+    assert answered and answered[-1] == 200, text[-3000:]
     # The package's settings, not gunicorn's defaults: its worker class ran.
     assert "Using worker: recsys.ops.gworker.BalancedThreadWorker" in text, text[-3000:]
     assert not os.path.exists(tmp_path / "gunicorn.conf.py")
