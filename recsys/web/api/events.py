@@ -153,6 +153,39 @@ def new_items_policy(app, events: list[dict[str, Any]]) -> Callable[[list[str]],
     return refuse
 
 
+def batch_ids(
+    s: Session, app, user_ids: Iterable[str], with_items: list[dict[str, Any]]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Internal ids of a write batch's users (created as needed) and items (created or refused
+    by ``new_items_policy``), in the batch's transaction.
+
+    Parameters
+    ----------
+    s : Session
+        The batch's session.
+    app : Flask
+        The app (its settings).
+    user_ids : Iterable[str]
+        External user ids.
+    with_items : list[dict[str, Any]]
+        Objects each with an ``item_id`` (the 422 names their positions).
+
+    Returns
+    -------
+    tuple of (dict[str, int], dict[str, int])
+        External -> internal ids of the users and of the items.
+    """
+    users = ensure_ids(s, User, set(user_ids), attributes={})
+    items = ensure_ids(
+        s,
+        Item,
+        {e["item_id"] for e in with_items},
+        refuse=new_items_policy(app, with_items),
+        **blank_item(),
+    )
+    return users, items
+
+
 def drop_cached_lists(app, users: Iterable[str], why: str, refresh: bool = False) -> None:
     """Invalidate ``users``' cached lists; the cache unreachable, every cached list (the cache
     epoch is bumped), so that no list computed before the change is served after it.
@@ -205,14 +238,7 @@ def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
     """
     app = current_app._get_current_object()
     with session_scope(app) as s:
-        users = ensure_ids(s, User, {e["user_id"] for e in events}, attributes={})
-        items = ensure_ids(
-            s,
-            Item,
-            {e["item_id"] for e in events},
-            refuse=new_items_policy(app, events),
-            **blank_item(),
-        )
+        users, items = batch_ids(s, app, (e["user_id"] for e in events), events)
         now = utcnow()
         rows = [
             {

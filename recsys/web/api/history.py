@@ -33,13 +33,7 @@ from recsys.store import session_scope
 from recsys.store.db import dialect_insert
 from recsys.store.models import Event, Impression, Item, User, utcnow
 from recsys.web.api.catalog import decode_cursor, encode_cursor, existing_row
-from recsys.web.api.events import (
-    blank_item,
-    drop_cached_lists,
-    ensure_ids,
-    load_batch,
-    new_items_policy,
-)
+from recsys.web.api.events import batch_ids, drop_cached_lists, load_batch
 from recsys.web.auth import request_actor, require_scope
 from recsys.web.errors import NotFound, RecsysError
 from recsys.web.schemas import (
@@ -251,14 +245,7 @@ def store_impressions(shown: list[dict[str, Any]]) -> dict[str, int]:
     app = current_app._get_current_object()
     flat = [{"item_id": i} for one in shown for i in one["items"]]
     with session_scope(app) as s:
-        users = ensure_ids(s, User, {one["user_id"] for one in shown}, attributes={})
-        items = ensure_ids(
-            s,
-            Item,
-            {e["item_id"] for e in flat},
-            refuse=new_items_policy(app, flat),
-            **blank_item(),
-        )
+        users, items = batch_ids(s, app, (one["user_id"] for one in shown), flat)
         now = utcnow()
         rows = [
             {
