@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys.core.ranker import segment
 from recsys.offline.tuning import guard
 from recsys.offline.tuning.folds import Validation
 
@@ -155,35 +156,15 @@ def build_groups(
         rk = rankers[int(val.fold_of[r])]
         if fuse_route is None:  # the request path's fallback: the ranker leaves it alone
             none = np.zeros(0, np.int64)
-            out.append(Group(r, segment_of(route, h), none, np.zeros((0, 0)), none, fused, h))
+            out.append(Group(r, segment(route, h), none, np.zeros((0, 0)), none, fused, h))
             continue
         gens = [g for g in generators if g in wanted or (h.positive_items() or g in able)]
         per = {g: cands[g][r] for g in gens}
         rows, x = rk.pool(per, fused, h, names.index(route) if route in names else 0)
         rel = val.relevant.indices[val.relevant.indptr[r] : val.relevant.indptr[r + 1]]
         y = np.isin(rows, rel).astype(np.float32)
-        out.append(Group(r, segment_of(route, h), rows, x, y, fused, h))
+        out.append(Group(r, segment(route, h), rows, x, y, fused, h))
     return out
-
-
-def segment_of(route: str, history) -> str:
-    """The segment a list falls in for ``Ranker.routes``: its route, ``/new`` added for an
-    empty history.
-
-    Parameters
-    ----------
-    route : str
-        The route's name.
-    history : UserHistory
-        The user's history.
-
-    Returns
-    -------
-    str
-    """
-    from recsys.core.ranker import segment
-
-    return segment(route, history)
 
 
 def _train(groups: Sequence[Group], params: dict, rounds: int, valid: Sequence[Group] = ()):
