@@ -270,6 +270,7 @@ def top_candidates(
     vectors: np.ndarray,
     n: int,
     exclude: list[np.ndarray | None] | None = None,
+    never: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each query's top n: the index's candidates (n plus the query's own exclusions, and the
     head), excluded ones dropped, scored exactly by dot product with ``vectors``.
@@ -289,6 +290,8 @@ def top_candidates(
         Results per query.
     exclude : list of np.ndarray, optional
         Per-query ids never to return (entries may be None).
+    never : np.ndarray of int, optional
+        Ids never to return for any query (the model's untrained items).
 
     Returns
     -------
@@ -307,6 +310,8 @@ def top_candidates(
         ids = np.unique(ids[ids >= 0])  # sorted: ties keep the lower id first
         if len(ex):
             ids = ids[~np.isin(ids, ex, assume_unique=False)]
+        if never is not None and len(never):
+            ids = ids[~np.isin(ids, never, assume_unique=True)]
         scores = vectors[ids] @ q[r]
         top = np.argsort(-scores, kind="stable")[:n]
         out[r, : len(top)] = ids[top]

@@ -120,6 +120,25 @@ def top_similar(scores: np.ndarray, items: np.ndarray, n: int) -> tuple[np.ndarr
     return top_n(s, n)
 
 
+def untrained_rows(factors: np.ndarray) -> np.ndarray:
+    """Indices of the all-zero rows of an item factor table: the items without a training
+    event, which implicit's ALS and BPR leave at exactly zero (BPR's bias column too).
+
+    Their scores are 0 for every user (BPR: above every item its biases push below zero),
+    a number the model never learnt: the scoring and similarity paths rank them never
+    (``-inf``), as the candidate index never finds them.
+
+    Parameters
+    ----------
+    factors : np.ndarray, shape (n_items, k)
+
+    Returns
+    -------
+    np.ndarray of int64
+    """
+    return np.flatnonzero(~factors.any(axis=1)).astype(np.int64)
+
+
 def check_items(items: np.ndarray, n_items: int) -> np.ndarray:
     """Query item indices as int64; out-of-range indices are a clear error, not a crash.
 
@@ -177,6 +196,8 @@ class ItemFactors:
     # The two indexes (inner product: users' top items; cosine: similar items), or None.
     ann_ip_: Any = None
     ann_cos_: Any = None
+    # Items without a training event (``untrained_rows``), set by ``_set``: never returned.
+    untrained_: np.ndarray = np.zeros(0, np.int64)
 
     def _similarity_factors(self) -> np.ndarray:
         return self.item_factors_
@@ -218,7 +239,9 @@ class ItemFactors:
             return super().recommend(users, n, exclude, candidates)  # type: ignore[misc]
         from strategies._ann import top_candidates
 
-        return top_candidates(ann, self._query_vectors(users), self.item_factors_, n, exclude)
+        return top_candidates(
+            ann, self._query_vectors(users), self.item_factors_, n, exclude, self.untrained_
+        )
 
     def similar_items(self, items: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Cosine similarity of item factors (approximate candidates, exact scores, past
@@ -226,11 +249,22 @@ class ItemFactors:
         items = check_items(items, self.item_factors_.shape[0])
         unit = self._unit_factors()
         ann = self.ann_cos_
+        dead = self.untrained_
         if ann is not None and 2 * (n + 1) <= ann.n:
             from strategies._ann import top_candidates
 
-            return top_candidates(ann, unit[items], unit, n, [np.asarray([i]) for i in items])
-        return top_similar(unit[items] @ unit.T, items, n)
+            ids, scores = top_candidates(
+                ann, unit[items], unit, n, [np.asarray([i]) for i in items], dead
+            )
+        else:
+            sims = unit[items] @ unit.T
+            if len(dead):
+                sims[:, dead] = -np.inf
+            ids, scores = top_similar(sims, items, n)
+        if len(dead):  # an item the model never saw has no neighbours in it
+            q = np.isin(items, dead)
+            ids[q], scores[q] = -1, -np.inf
+        return ids, scores
 
     def save(self, path: str) -> None:
         """Save ``item_factors_``, the parameters and the indexes. See ``Strategy.save``."""

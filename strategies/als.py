@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from features.interactions import InteractionData
 from strategies._ann import index_cost
-from strategies._arrays import ItemFactors, load_arrays
+from strategies._arrays import ItemFactors, load_arrays, untrained_rows
 from strategies.base import SPARSE_OPS, Strategy, UserBatch, input_bytes
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,7 @@ class ALSStrategy(ItemFactors, Strategy):
         self.model_ = model
         self.item_factors_ = item_factors
         self._unit = None
+        self.untrained_ = untrained_rows(item_factors)  # scored -inf: never returned
         # Request-time solve state, computed once (not per request): YtY + reg * I in float64.
         y = item_factors.astype(np.float64)
         self._y64 = y
@@ -231,8 +232,11 @@ class ALSStrategy(ItemFactors, Strategy):
         return memory + ann_bytes, ops / SPARSE_OPS + ann_s
 
     def score(self, users: UserBatch) -> np.ndarray:
-        """See ``Strategy.score``."""
-        return self.user_factors(users) @ self.item_factors_.T
+        """See ``Strategy.score``; items without a training event score -inf."""
+        scores = self.user_factors(users) @ self.item_factors_.T
+        if len(self.untrained_):
+            scores[:, self.untrained_] = -np.inf
+        return scores
 
     @classmethod
     def load(cls, path: str) -> Self:

@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from features.interactions import InteractionData
 from strategies._ann import index_cost
-from strategies._arrays import ItemFactors, load_arrays
+from strategies._arrays import ItemFactors, load_arrays, untrained_rows
 from strategies.base import SPARSE_OPS, Strategy, UserBatch, input_bytes
 
 
@@ -120,7 +120,11 @@ class BPRStrategy(ItemFactors, Strategy):
         self._gram = v.T @ v
         self._base = self.fold_in_w0 * self._gram + self.fold_in_reg * np.eye(v.shape[1])
         self._v32 = np.ascontiguousarray(item_factors[:, :-1])
-        self._bias32 = np.ascontiguousarray(item_factors[:, -1])
+        # Scoring's biases: an item without a training event (a zero row, its bias included)
+        # would score 0, above every item whose learnt bias is negative: -inf never returns it.
+        self.untrained_ = untrained_rows(item_factors)
+        self._bias32 = np.array(item_factors[:, -1], dtype=np.float32)
+        self._bias32[self.untrained_] = -np.inf
 
     def user_factors(self, users: UserBatch) -> np.ndarray:
         """Folded-in user vectors (without the constant bias coordinate).

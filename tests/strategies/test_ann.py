@@ -131,3 +131,38 @@ def test_the_index_is_saved_checksummed_and_versioned(tmp_path, fitted, data):
         f.write(bytes([b[0] ^ 0x01]))
     with pytest.raises(ModelError, match=r"ann_ip\.hnsw checksum mismatch"):
         artifacts.verify_version_dir(path, name, version, w.manifest_sha256)
+
+
+@pytest.mark.parametrize("cls", [ALSStrategy, BPRStrategy], ids=["als", "bpr"])
+@pytest.mark.parametrize("ann_min_items", [0, 50], ids=["exact", "index"])
+def test_items_without_a_training_event_are_never_returned(tmp_path, cls, ann_min_items):
+    """Catalogue items no event touched keep implicit's zero factors (and, for BPR, a zero
+    bias): a score of 0 that beat every item with a negative score (BPR's exact scan at M).
+    Neither the scan, the index, similar items nor a reloaded model returns them."""
+    rng = np.random.default_rng(3)
+    n_items, dead = 120, np.array([5, 17, 60, 119])
+    live = np.setdiff1d(np.arange(n_items), dead)
+    users = [f"u{u}" for u in range(400) for _ in range(6)]
+    items = [f"i{x}" for x in rng.choice(live, size=len(users))]
+    data = InteractionData.from_arrays(users, items, all_item_ids=[f"i{x}" for x in range(n_items)])
+    dead_idx = np.sort(data.items.indices([f"i{x}" for x in dead]))
+    model = cls(ann_min_items=ann_min_items, num_threads=1, factors=8, iterations=5).fit(data)
+    assert (model.ann_ip_ is not None) == (ann_min_items > 0)
+    np.testing.assert_array_equal(model.untrained_, dead_idx)
+    rows = np.arange(40)
+    for m in (model, loaded(tmp_path, model)):
+        ids, scores = m.recommend(batch(data, rows), n=25)  # the index answers n <= 2 n + ...
+        assert not np.isin(ids, dead_idx).any() and (ids >= 0).all()
+        assert np.isfinite(scores).all()
+        everything, _ = Strategy.recommend(m, batch(data, rows), n=n_items)  # the exact scan
+        assert ((everything >= 0).sum(axis=1) == n_items - len(dead)).all()
+        sim, _ = m.similar_items(np.flatnonzero(~np.isin(np.arange(n_items), dead_idx))[:20], 30)
+        assert not np.isin(sim, dead_idx).any()
+        none, _ = m.similar_items(dead_idx[:1], 10)
+        assert (none == -1).all()  # an item the model never saw has no neighbours in it
+
+
+def loaded(tmp_path, model):
+    path = str(tmp_path / f"{model.name}-{id(model)}")
+    model.save(path)
+    return type(model).load(path)
