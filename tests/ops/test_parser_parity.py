@@ -68,7 +68,9 @@ def _answer(parser: str, raw: bytes) -> tuple[int, dict | None]:
 REQUESTS = {
     "plain": b"GET /a/b?x=1&y=%20 HTTP/1.1\r\nHost: t\r\nX-Request-ID: abc\r\n\r\n",
     "body": b"POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
-    "chunked": b"POST /e HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "chunked": (
+        b"POST /e HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    ),
     "http/1.0": b"GET / HTTP/1.0\r\n\r\n",
     "repeated headers": b"GET / HTTP/1.1\r\nHost: t\r\nAccept: a\r\nAccept: b\r\n\r\n",
     "underscore header": b"GET / HTTP/1.1\r\nHost: t\r\nX_Forwarded_For: 1.2.3.4\r\n\r\n",
@@ -79,7 +81,9 @@ REQUESTS = {
     "ctl in value": b"GET / HTTP/1.1\r\nHost: t\r\nX: a\x01b\r\n\r\n",
     "no colon": b"GET / HTTP/1.1\r\nHost: t\r\nnocolon\r\n\r\n",
     "bare LF": b"GET / HTTP/1.1\nHost: t\n\n",
-    "two lengths": b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    "two lengths": (
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+    ),
     "bad length": b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n",
     "length and chunked": (
         b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
