@@ -47,6 +47,9 @@ def start(
     app, whose folder has none)."""
     env = sb.bench_env(args)
     env["PYTHONPATH"] = tree
+    if not bare and tree == os.path.abspath(args.b) and args.b_path:
+        # A dependency tree B adds that the shared venv lacks (pip install --target DIR ...).
+        env["PYTHONPATH"] = os.pathsep.join([tree, args.b_path])
     conf = os.path.join(tree, "gunicorn.conf.py")
     # The bare app: gunicorn's own threaded worker with the same counts (our conf's hooks and
     # worker class belong to the service).
@@ -138,6 +141,13 @@ def main() -> int:
     )
     p.add_argument(
         "--ml100k", default=os.path.join(os.path.dirname(ROOT), "shared", "datasets", "ml-100k")
+    )
+    p.add_argument(
+        "--b-path",
+        default=None,
+        metavar="DIR",
+        help="a folder put on tree B's PYTHONPATH after it: a dependency B adds that the venv "
+        "lacks, installed with pip install --target DIR",
     )
     p.add_argument(
         "--server-env",

@@ -81,8 +81,11 @@ def request_ready(buf: bytes, max_head: int, max_body: int) -> bool:
     end = buf.find(b"\r\n\r\n")
     if end < 0:
         return len(buf) > max_head
+    head = bytes(buf[:end]).lower()
+    if b"content-length" not in head and b"transfer-encoding" not in head and b"expect" not in head:
+        return True  # no body and nothing to wait for (most GETs): no need to split the head
     headers = []
-    for line in buf[:end].split(b"\r\n")[1:]:
+    for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         headers.append((name.strip().lower(), value.strip()))
     return _body_ready(buf, end + 4, headers, max_body)

@@ -33,7 +33,13 @@ is complete. A connection whose headers do not arrive within ``RECSYS_CLIENT_TIM
 body stalls that long, is closed. Why this and not a gunicorn setting, another worker class or
 another server, with the figures: docs/slow-clients.md.
 
-Over 500 lines with its docstrings; about 280 lines of code.
+Per request it also writes less: the response's header block goes out with its body in one
+``sendall``, its ``Date`` made once a second, and a request without a body skips gunicorn's
+drain (``recsys.ops.wire``; ``handle_request`` is gunicorn's, with that response class).
+gunicorn parses requests with its C parser, the ``gunicorn-h1c`` dependency, which it picks by
+itself (``http_parser = "auto"``). Measured: docs/benchmarks.md, "The worker's floor".
+
+About 650 lines with its docstrings; about 330 lines of code.
 """
 
 from __future__ import annotations
@@ -45,14 +51,18 @@ import os
 import select
 import selectors
 import socket
+import sys
 import time
+from datetime import datetime
 from functools import partial
 
 from gunicorn import util
+from gunicorn.http import wsgi
 from gunicorn.http.errors import UnsupportedTransferCoding
 from gunicorn.workers.gthread import ThreadWorker
 
 from recsys.ops.framing import request_ready
+from recsys.ops.wire import OneWriteResponse, body_left
 
 log = logging.getLogger(__name__)
 
@@ -493,6 +503,71 @@ class BalancedThreadWorker(ThreadWorker):
             if not isinstance(getattr(unreader, "sock", None), _TimedSource):
                 unreader.sock = _TimedSource(unreader.sock, self._client_timeout)
         return super().handle(conn)
+
+    def _keepalive_after(self, conn, keepalive):
+        """See ``ThreadWorker._keepalive_after``: a request with no body bytes left has nothing
+        to drain (``recsys.ops.wire.body_left``)."""
+        if keepalive and not body_left(conn.parser.mesg):
+            return True
+        return super()._keepalive_after(conn, keepalive)
+
+    def handle_request(self, req, conn):
+        """``ThreadWorker.handle_request``, with the response's header block sent together with
+        its body (``recsys.ops.wire.OneWriteResponse``) and gunicorn's own access log timed only
+        when it is on. Same hooks, same keep-alive and error handling.
+        """
+        environ = {}
+        resp = None
+        cfg = self.cfg
+        try:
+            cfg.pre_request(self, req)
+            timed = getattr(self.log, "access_log_enabled", True)  # gunicorn < 27: always
+            request_start = datetime.now() if timed else None
+            resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, cfg)
+            if type(resp) is wsgi.Response:
+                resp.__class__ = OneWriteResponse  # no state of its own: a safe swap
+            environ["wsgi.multithread"] = True
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                if self.alive:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive = False
+                resp.force_close()
+            if not self.alive or not cfg.keepalive:
+                resp.force_close()
+            elif len(self.keepalived_conns) >= self.max_keepalived:
+                resp.force_close()
+            respiter = self.wsgi(environ, resp.start_response)
+            try:
+                if isinstance(respiter, environ["wsgi.file_wrapper"]):
+                    resp.write_file(respiter)
+                else:
+                    for item in respiter:
+                        resp.write(item)
+                resp.close()
+            finally:
+                if timed:
+                    self.log.access(resp, req, environ, datetime.now() - request_start)
+                if hasattr(respiter, "close"):
+                    respiter.close()
+            if resp.should_close():
+                self.log.debug("Closing connection.")
+                return False
+        except OSError:
+            util.reraise(*sys.exc_info())
+        except (Exception, SystemExit):
+            if resp and resp.headers_sent:
+                # As gunicorn: a started response cannot be followed by a 500 on the socket.
+                self.log.exception("Error handling request")
+                util.close_graceful(conn.sock)
+                raise StopIteration() from None
+            raise
+        finally:
+            try:
+                cfg.post_request(self, req, environ, resp)
+            except Exception:  # noqa: BLE001 - as gunicorn
+                self.log.exception("Exception in post_request hook")
+        return True
 
     def _balancing(self) -> bool:
         return self._slot is not None

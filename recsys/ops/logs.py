@@ -90,7 +90,7 @@ class AccessLine:
             Whether ``write`` may stand in for ``access_log.info``.
         """
         return (
-            self.handler in logging.getLogger().handlers
+            self.handler in logging.root.handlers
             and not access_log.handlers
             and not access_log.filters
             and access_log.propagate
@@ -121,9 +121,13 @@ class AccessLine:
         """
         if self.json:
             extra = json.dumps(fields, default=str)
+            # A made id is hex; a client's is printable ASCII: quoted as is unless it holds
+            # what JSON escapes (the same text json.dumps makes, without its call).
+            plain = rid.isascii() and rid.isprintable() and '"' not in rid and "\\" not in rid
+            quoted = f'"{rid}"' if plain else json.dumps(rid)
             line = (
                 f'{{"time": "{self._time()}", "level": "INFO", "logger": "recsys.access", '
-                f'"message": "request", "request_id": {json.dumps(rid)}'
+                f'"message": "request", "request_id": {quoted}'
                 + (", " + extra[1:] if len(extra) > 2 else "}")
                 + "\n"
             )
@@ -138,7 +142,7 @@ class AccessLine:
             h.handleError(logging.makeLogRecord({"msg": "request"}))
         finally:
             h.release()
-        others = logging.getLogger().handlers
+        others = logging.root.handlers
         if len(others) > 1:  # e.g. pytest's capture: they get the record logging would make
             record = access_log.makeRecord(
                 access_log.name, logging.INFO, __file__, 0, "request", (), None, extra=fields

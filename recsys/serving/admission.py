@@ -176,6 +176,7 @@ def admission(
 
 # -- per-request accounting ------------------------------------------------------------------------
 _latency_children: dict[tuple[str, str], object] = {}
+_request_children: dict[tuple[str, str], object] = {}
 
 
 def observe_request(endpoint: str, route: str, status: str, seconds: float | None) -> None:
@@ -197,7 +198,10 @@ def observe_request(endpoint: str, route: str, status: str, seconds: float | Non
     -------
     None
     """
-    REQUESTS.labels(endpoint, status).inc()
+    counter = _request_children.get((endpoint, status))
+    if counter is None:
+        counter = _request_children[(endpoint, status)] = REQUESTS.labels(endpoint, status)
+    counter.inc()  # type: ignore[attr-defined]
     if seconds is None:
         return
     child = _latency_children.get((endpoint, route))
