@@ -4,6 +4,7 @@
   lock, outage mode; ``lookup`` / ``store`` for the pipeline.
 * ``backends``: the in-process LRU, Redis and Redis Cluster backends.
 * ``near``: the opt-in per-worker copy of hits in front of Redis, kept fresh by pub/sub.
+* ``histories``: users' histories kept in Redis beside their lists (incremental user state).
 
 The names below are the package's API.
 """
