@@ -12,6 +12,9 @@ Keys (every one built by ``ResultCache.key`` under ``REDIS_PREFIX``)::
     <prefix>:rec:...:lock            short stampede lock (SET NX PX)
     <prefix>:uask:{<user>}           the user's last plain request, for refresh-ahead
                                      (recsys.serving.refresh)
+    <prefix>:uhist:{<user>}:<epoch>:<limit>
+                                     the user's history, under their token, for misses
+                                     (recsys.serving.cache.histories)
 
 ``{<user>}`` is a Redis Cluster hash tag: every key of one user hashes to one slot, so the
 lookup's ``MGET`` of token and entry and the store-and-unlock of a miss are single-slot commands
@@ -62,6 +65,7 @@ from recsys.serving.cache.backends import (
     RedisClusterBackend,
     is_cluster_url,
 )
+from recsys.serving.cache.compute import ComputeOnMiss
 from recsys.serving.cache.near import NearCache, messages
 
 log = logging.getLogger(__name__)
@@ -105,7 +109,7 @@ class Lookup(NamedTuple):
     history: bytes | None = None
 
 
-class ResultCache:
+class ResultCache(ComputeOnMiss):
     """The per-process cache front: versioned keys, stale checks, stampede lock, outage mode."""
 
     def __init__(self, app: Flask):
@@ -456,43 +460,6 @@ class ResultCache:
             key = looked.peek.key
             self._call(lambda: self.backend.store(key, None, self.ttl, looked.lock))
 
-    def get_or_compute_raw(
-        self,
-        user_id: str,
-        context: dict[str, Any],
-        compute: Callable[[], tuple[bytes, bool]],
-        peeked: Peek | None = None,
-    ) -> tuple[bytes, bool]:
-        """``lookup``, then on a miss ``compute()`` and ``store``.
-
-        Parameters
-        ----------
-        user_id : str
-            The external user id.
-        context : dict
-            What the answer depends on besides the history (see ``result_key``).
-        compute : callable
-            ``compute() -> (payload, store)``: the payload is kept when ``store`` is true. On an
-            exception the stampede lock is released and it propagates.
-        peeked : Peek or None, optional
-            A read already made for this request (the fast path's miss); None: read now.
-
-        Returns
-        -------
-        (bytes, bool)
-            The payload, and whether it came from the cache.
-        """
-        looked = self.lookup(user_id, context, peeked)
-        if looked.hit is not None:
-            return looked.hit, True
-        try:
-            payload, keep = compute()
-        except BaseException:
-            self.release(looked)
-            raise
-        self.store(looked, payload if keep else None)
-        return payload, False
-
     def peek(self, user_id: str, context: dict[str, Any]) -> Peek | None:
         """The user's token and the entry (one ``MGET``, or the near cache). Counts nothing and
         never computes.
@@ -552,60 +519,6 @@ class ResultCache:
         """
         p = self.peek(user_id, context)
         return None if p is None else p.payload
-
-    def get_or_compute(
-        self,
-        user_id: str,
-        context: dict[str, Any],
-        compute: Callable[[], dict[str, Any]],
-        store_if: Callable[[dict[str, Any]], bool] | None = None,
-    ) -> tuple[dict[str, Any], bool]:
-        """``get_or_compute_raw`` for JSON-able dicts.
-
-        Parameters
-        ----------
-        user_id : str
-            The external user id.
-        context : dict
-            What the answer depends on besides the history (see ``result_key``).
-        compute : callable
-            ``compute() -> dict`` on a miss.
-        store_if : callable or None, optional
-            ``store_if(value) -> bool``: whether to keep a computed value; None: always.
-
-        Returns
-        -------
-        tuple of (dict, bool)
-            The value, and whether it came from the cache.
-        """
-        computed: list[dict[str, Any]] = []
-
-        def raw() -> tuple[bytes, bool]:
-            value = compute()
-            computed.append(value)
-            body = json.dumps(value, separators=(",", ":")).encode()
-            return body, store_if is None or bool(store_if(value))
-
-        payload, cached = self.get_or_compute_raw(user_id, context, raw)
-        return (json.loads(payload), True) if cached else (computed[0], False)
-
-    def peek_dict(self, user_id: str, context: dict[str, Any]) -> dict[str, Any] | None:
-        """The cached dict if present and fresh; never computes.
-
-        Parameters
-        ----------
-        user_id : str
-            The external user id.
-        context : dict
-            What the answer depends on besides the history (see ``result_key``).
-
-        Returns
-        -------
-        dict or None
-            The value; None: missing, stale, or the cache is unavailable.
-        """
-        raw = self.peek_raw(user_id, context)
-        return None if raw is None else json.loads(raw)
 
     @staticmethod
     def _payload(raw: bytes | None, token: bytes | None) -> bytes | None:
