@@ -25,6 +25,10 @@ freshness, and CPU seconds per 1,000 recommendations from /proc: the gunicorn wo
 PostgreSQL and Redis (events included: they are part of the path), with the workers' busy
 share of the machine's cores.
 
+    # the load at which the workers are 50 % busy (issue 32's latency goal), measured there
+    .venv/bin/python bench/storefront.py --target-busy 0.5 --duration 20 \\
+        --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench_ml --instance /tmp/ml
+
     # once per dataset: a private database, the data imported, the default strategies trained
     .venv/bin/python bench/storefront.py --prepare --dataset ml-100k \\
         --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench_ml --instance /tmp/ml
@@ -291,6 +295,61 @@ HEADER = (
 )
 
 
+def find_busy(base: str, master: int | None, users, args) -> list[dict]:
+    """``--target-busy``: probe doubling loads (``--probe-duration`` each) until the workers'
+    CPU share reaches the target, interpolate the shoppers between the two probes around it,
+    and measure there for ``--duration``. Prints each probe and the measured row (with the load
+    average: on a shared machine the neighbours take cores the workers would use)."""
+    if not master:
+        raise SystemExit("--target-busy needs the workers' CPU: a started server or --server-pid")
+    want, probes = args.target_busy, []
+    probe_args = argparse.Namespace(**{**vars(args), "duration": args.probe_duration})
+    n = 4
+    while True:
+        r = run_load(base, master, users, n, probe_args, args.seed + 7 * n)
+        r["load_avg"] = os.getloadavg()[0]
+        probes.append(r)
+        print(f"probe: {row(r)} load average {r['load_avg']:.1f}", flush=True)
+        if r["worker_busy"] >= want or n >= args.max_shoppers:
+            break
+        if len(probes) > 1 and r["rec_s"] < 1.1 * probes[-2]["rec_s"]:
+            break  # saturated: twice the shoppers, no more lists (the cores are taken)
+        n = min(2 * n, args.max_shoppers)
+    hi = probes[-1]
+    lo = probes[-2] if len(probes) > 1 else {"shoppers": 0, "worker_busy": 0.0}
+    if hi["worker_busy"] < want:
+        top = max(probes, key=lambda p: p["worker_busy"])
+        last = probes[-2] if len(probes) > 1 else hi
+        print(
+            f"the workers never reached {want:.0%} of the cores: at most {top['worker_busy']:.0%}"
+            f" ({top['shoppers']} shoppers), saturated (no more lists for more shoppers) from "
+            f"{hi['shoppers']}; the machine's other load takes the rest (load average "
+            f"{os.getloadavg()[0]:.1f}). Measured at {last['shoppers']}, the last load before "
+            "saturation: NOT the goal's operating point",
+            flush=True,
+        )
+        n = last["shoppers"]
+    else:
+        span = max(hi["worker_busy"] - lo["worker_busy"], 1e-9)
+        n = round(
+            lo["shoppers"] + (want - lo["worker_busy"]) / span * (hi["shoppers"] - lo["shoppers"])
+        )
+        n = max(1, n)
+    r = run_load(base, master, users, n, args, args.seed + 1)
+    r["load_avg"] = os.getloadavg()[0]
+    print(f"at the target: {row(r)} load average {r['load_avg']:.1f}", flush=True)
+    print(
+        f"\nWorkers {r['worker_busy']:.0%} busy (target {want:.0%}) at {n} shoppers: "
+        f"recommendation p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, p99.9 {r['p999']:.1f} ms; "
+        f"fresh {r['fresh_late']:.1%} of {r['n_late']} lists asked > 200 ms after a purchase's "
+        f"acknowledgement ({r['fresh_early']:.1%} of {r['n_early']} within 200 ms); "
+        f"{r['rec_s']:.0f} lists/s, {r['cached']:.0%} cached; CPU {r['cpu_per_k']:.2f} s per "
+        f"1,000 lists ({r['cpu_split']}); load average {r['load_avg']:.1f}",
+        flush=True,
+    )
+    return [*probes, r]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dataset", choices=("online-retail", "ml-100k"), default="online-retail")
@@ -318,6 +377,16 @@ def main(argv: list[str] | None = None) -> int:
         help="a setting for the server, e.g. RECSYS_ACCESS_LOG=false (repeatable)",
     )
     p.add_argument("--loads", default="8,32,96,192", help="shoppers at once, comma-separated")
+    p.add_argument(
+        "--target-busy",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="instead of --loads: find the shoppers at which the gunicorn workers' CPU is this "
+        "share of the machine's cores (0.5: the goal's '50 %% busy'), then measure there",
+    )
+    p.add_argument("--probe-duration", type=float, default=6.0, help="seconds per probe")
+    p.add_argument("--max-shoppers", type=int, default=1024, help="--target-busy's ceiling")
     p.add_argument("--duration", type=float, default=15.0, help="seconds per load")
     p.add_argument("--think-ms", type=float, default=250.0, help="mean think time (exponential)")
     p.add_argument("--gap-ms", type=float, default=400.0, help="event -> next page, uniform 0..")
@@ -357,7 +426,11 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         print(HEADER, flush=True)
+        if args.target_busy:
+            results = find_busy(base, master, users, args)
         for k, n in enumerate(int(x) for x in args.loads.split(",") if x.strip()):
+            if args.target_busy:
+                break
             r = run_load(base, master, users, n, args, args.seed + 100 * k)
             r["load_avg"] = os.getloadavg()[0]
             results.append(r)

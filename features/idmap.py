@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import repeat
 
 import numpy as np
 
@@ -65,8 +66,14 @@ class IdMap:
         np.ndarray of int64, shape (len(external_ids),)
             The index of each id, ``default`` where unknown.
         """
-        get = self._index.get
-        return np.fromiter((get(str(x), default) for x in external_ids), dtype=np.int64)
+        ids = external_ids if isinstance(external_ids, (list, tuple)) else list(external_ids)
+        # The lookups in C (map over dict.get); ids that are not strings are looked up again
+        # as strings where that first pass did not find them.
+        out = np.fromiter(map(self._index.get, ids, repeat(default)), np.int64, count=len(ids))
+        for i in np.flatnonzero(out == default).tolist():
+            if not isinstance(ids[i], str):
+                out[i] = self._index.get(str(ids[i]), default)
+        return out
 
     def external(self, indices: Iterable[int]) -> list[str]:
         """External ids of indices.

@@ -15,12 +15,15 @@ import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any, Protocol
 
 import numpy as np
 
 from features.interactions import EVENT_CODE, EVENT_TYPES, History
 from recsys.core.config import ServingConfig
+
+_DISLIKED = frozenset({"dislike"})
 
 
 @dataclass
@@ -78,6 +81,8 @@ class UserHistory:
     types: list[str] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
     ts: list[int] = field(default_factory=list)
+    # The newest event's time in microseconds, when the reader knows it (the SQL store's).
+    newest_us: int | None = field(default=None, repr=False, compare=False)
     # Cached (idmap, item indices) pairs so evaluation does not re-map for every model.
     _mapped: list = field(default_factory=list, repr=False, compare=False)
     # Derived sets and masks, each asked for by several stages of one request: key -> (number
@@ -125,10 +130,30 @@ class UserHistory:
         """
         return self._memoised(
             "positive",
-            lambda: frozenset(
-                i for i, t in zip(self.items, self.types, strict=True) if t != "dislike"
-            ),
+            lambda: frozenset(compress(self.items, (~self._type_mask(_DISLIKED)).tolist())),
         )
+
+    def codes(self) -> np.ndarray:
+        """The event type code (``EVENT_CODE``) of each event, computed once (read-only: the
+        masks, the positive items and every model's input are derived from it).
+
+        Returns
+        -------
+        np.ndarray of int8, shape (len(self),)
+
+        Raises
+        ------
+        KeyError
+            For an event type name not in ``EVENT_TYPES``.
+        """
+
+        def compute() -> np.ndarray:
+            n = len(self.types)
+            out = np.fromiter(map(EVENT_CODE.__getitem__, self.types), np.int8, count=n)
+            out.flags.writeable = False
+            return out
+
+        return self._memoised("codes", compute)
 
     @staticmethod
     def _excluded_types(config: ServingConfig) -> frozenset[str]:
@@ -140,7 +165,12 @@ class UserHistory:
         """Which events are of one of ``types`` (read-only: shared by the callers)."""
 
         def compute() -> np.ndarray:
-            mask = np.fromiter((t in types for t in self.types), dtype=bool, count=len(self.types))
+            try:
+                codes = self.codes()
+            except KeyError:  # a type outside EVENT_TYPES: compare the names
+                mask = np.fromiter((t in types for t in self.types), bool, len(self.types))
+            else:
+                mask = np.isin(codes, [EVENT_CODE[t] for t in types if t in EVENT_CODE])
             mask.flags.writeable = False
             return mask
 
@@ -162,7 +192,7 @@ class UserHistory:
 
         def compute() -> frozenset[str]:
             mask = self._type_mask(types)
-            return frozenset(i for i, m in zip(self.items, mask.tolist(), strict=True) if m)
+            return frozenset(compress(self.items, mask.tolist()))
 
         return self._memoised(("excluded", types), compute)
 
@@ -224,10 +254,9 @@ class UserHistory:
         KeyError
             For an event type name not in ``EVENT_TYPES``.
         """
-        n = len(self.items)
         return History(
             item_idx=self.item_idx(idmap),
-            event_type=np.fromiter((EVENT_CODE[t] for t in self.types), np.int8, count=n),
+            event_type=self.codes(),
             value=np.asarray(self.values, dtype=np.float32),
             ts=np.asarray(self.ts, dtype=np.int64),
         )

@@ -62,10 +62,35 @@ def _unix_seconds_pg(element, compiler, **kw):
     return f"CAST(TRUNC(EXTRACT(EPOCH FROM {compiler.process(element.clauses, **kw)})) AS BIGINT)"
 
 
+class unix_micros(FunctionElement):
+    """A naive UTC ``DateTime`` column as whole Unix microseconds (SQLite: milliseconds x 1000)."""
+
+    type = BigInteger()
+    inherit_cache = True
+
+
+@compiles(unix_micros)
+def _unix_micros_default(element, compiler, **kw):
+    col = compiler.process(element.clauses, **kw)
+    return (
+        f"(CAST(STRFTIME('%s', {col}) AS INTEGER) * 1000000"
+        f" + CAST(SUBSTR(STRFTIME('%f', {col}), 4) AS INTEGER) * 1000)"
+    )
+
+
+@compiles(unix_micros, "postgresql")
+def _unix_micros_pg(element, compiler, **kw):
+    return (
+        f"CAST(EXTRACT(EPOCH FROM {compiler.process(element.clauses, **kw)}) * 1000000 AS BIGINT)"
+    )
+
+
 def _history_stmt():
     uid = select(User.id).where(User.external_id == bindparam("user_id")).scalar_subquery()
     return (
-        select(Event.item_id, Event.type, Event.value, unix_seconds(Event.ts))
+        select(
+            Event.item_id, Event.type, Event.value, unix_seconds(Event.ts), unix_micros(Event.ts)
+        )
         .where(Event.user_id == uid)
         .order_by(Event.ts.desc(), Event.id.desc())
         .limit(bindparam("limit", type_=Integer))
@@ -311,14 +336,20 @@ def _history(user_id: str, rows: list, items: list[str]) -> UserHistory:
     n = len(rows)
     if not n:
         return UserHistory(user_id)
-    _, types, values, stamps = zip(*rows, strict=True)
-    return UserHistory(
-        user_id,
-        items,
-        list(types),
-        [1.0 if v is None else float(v) for v in values],
-        [0 if t is None else int(t) for t in stamps],
-    )
+    cols = list(zip(*rows, strict=True))
+    types, values, stamps = cols[1], cols[2], cols[3]
+    # Loops in C when the driver's types are already the wanted ones (PostgreSQL: always).
+    if set(map(type, values)) == {float}:
+        values = list(values)
+    else:
+        values = [1.0 if v is None else float(v) for v in values]
+    if set(map(type, stamps)) == {int}:
+        stamps = list(stamps)
+    else:
+        stamps = [0 if t is None else int(t) for t in stamps]
+    # The newest event's time in microseconds (HISTORY_STMT's fifth column; newest first).
+    newest = rows[0][4] if len(rows[0]) > 4 else None
+    return UserHistory(user_id, items, list(types), values, stamps, newest_us=newest)
 
 
 def get_history_reader(app) -> HistoryReader:

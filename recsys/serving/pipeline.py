@@ -33,9 +33,10 @@ from recsys.core.ranker import RANKER_KIND
 from recsys.core.recommender import Recommender
 from recsys.core.runners import run_inline, run_with_deadline
 from recsys.core.types import RecRequest, RecResult, UserHistory
-from recsys.errors import DB_UNAVAILABLE, NotFound, RateLimitedLog
+from recsys.errors import NotFound
 from recsys.ops.metrics import note_degraded
 from recsys.serving.cache import LocalBackend, Peek, ResultCache
+from recsys.serving.cache.results import Lookup
 from recsys.serving.catalog import CatalogStore
 from recsys.serving.gate import scoring_gate
 from recsys.serving.history import get_history_reader
@@ -44,10 +45,9 @@ from recsys.serving.refresh import ask_bytes, make_refresher
 from recsys.serving.request import Snapshot, UserAnswer, UserAsk, mark_cached
 from recsys.serving.settings_store import SettingsStore
 from recsys.serving.stages import record_stage, timed
+from recsys.serving.userstate import popular_list, user_history
 
 log = logging.getLogger(__name__)
-# During an outage every uncached request fails its history read: one line per 10 s, not each.
-_history_log = RateLimitedLog(log)
 
 POPULAR_ONLY = {"routing": {"cold_strategies": ["popular"], "warm_strategies": ["popular"]}}
 EXTENSION = "recsys.pipeline"
@@ -259,16 +259,20 @@ class RecommendationPipeline:
             if payload is None:
                 payload = self._compute(snap, ask)[0]
         else:
+            # A miss also reads the user's history kept in Redis, with its lock.
+            hkey = self.cache.history_key(
+                ask.user_id, snap.versions.epoch, get_config(self.app).history_max_events
+            )
             if ask.peeked is None:
-                looked = timed("cache_lookup", self.cache.lookup, ask.user_id, context)
+                looked = timed("cache_lookup", self.cache.lookup, ask.user_id, context, None, hkey)
             else:  # the fast path's lookup, already timed there
-                looked = self.cache.lookup(ask.user_id, context, ask.peeked)
+                looked = self.cache.lookup(ask.user_id, context, ask.peeked, hkey)
             cached = looked.hit is not None
             if cached:
                 payload = looked.hit
             else:
                 try:
-                    payload, keep = self._compute(snap, ask)
+                    payload, keep, history = self._compute(snap, ask, looked)
                 except BaseException:
                     self.cache.release(looked)
                     raise
@@ -278,7 +282,8 @@ class RecommendationPipeline:
                     if keep and ask.assignment is None
                     else None
                 )
-                timed("cache_store", self.cache.store, looked, payload if keep else None, remember)
+                stored = payload if keep else None
+                timed("cache_store", self.cache.store, looked, stored, remember, history)
                 if remember is not None and looked.peek is not None:
                     refresher = self.app.extensions.get(REFRESHER)
                     if refresher is not None:  # its queued refresh of this list is now done
@@ -288,10 +293,12 @@ class RecommendationPipeline:
             body = mark_cached(body)
         return UserAnswer(route.decode(), body, cached, snap)
 
-    def _compute(self, snap: Snapshot, ask: UserAsk) -> tuple[bytes, bool]:
-        """Stages history, turn_wait, the recommender's, and render: ``(payload, keep)``,
-        ``keep`` false for a degraded answer (not cached)."""
-        history, store_down = self._history(ask)
+    def _compute(
+        self, snap: Snapshot, ask: UserAsk, looked: Lookup | None = None
+    ) -> tuple[bytes, bool, bytes | None]:
+        """Stages history, turn_wait, the recommender's, and render: ``(payload, keep,
+        history to keep in Redis)``, ``keep`` false for a degraded answer (not cached)."""
+        history, store_down, kept = timed("history", user_history, self, ask, looked)
         result, fell_back = self.score(
             snap,
             ask.assignment.get("overrides") if ask.assignment else None,
@@ -303,26 +310,7 @@ class RecommendationPipeline:
             ask.shed, store_down, fell_back, snap.unloadable(result), result.degraded
         )
         payload = self.render(result, ask.user_id, ask.explain, degraded, ask.assignment)
-        return payload, not degraded
-
-    # -- stage: history -----------------------------------------------------------------------
-    def _history(self, ask: UserAsk) -> tuple[UserHistory, bool]:
-        """Stage history: ``(history, store down)``."""
-        return timed("history", self._read_history, ask)
-
-    def _read_history(self, ask: UserAsk) -> tuple[UserHistory, bool]:
-        limit = get_config(self.app).history_max_events
-        try:
-            # Within the request's deadline: a database that hangs gets that long, no more.
-            history, down = self.history(ask.user_id, limit, ask.req.deadline_s), False
-        except DB_UNAVAILABLE as e:
-            # No history without the SQL store: popular items beat an error page for a
-            # shop's frontend; marked degraded, so never cached.
-            _history_log.warning(
-                "history lookup failed, serving popularity: %s", (str(e).splitlines() or [""])[0]
-            )
-            history, down = UserHistory.from_items(ask.user_id, [], type="click"), True
-        return history, down
+        return payload, not degraded, kept
 
     # -- stages: turn_wait, then route, candidates, blend, rules (the Recommender) -------------
     def recommender(self, snap: Snapshot, overrides: dict | None = None) -> Recommender:
@@ -630,40 +618,8 @@ class RecommendationPipeline:
         user_id: str | None = None,
         deadline_s: float | None = None,
     ) -> tuple[bytes, Snapshot]:
-        """The popular list; with ``user_id``, without the items that user has events with.
-
-        Parameters
-        ----------
-        n : int
-            Items asked for.
-        category : str or None
-            The category filter; None: any.
-        offset : int
-            Items skipped.
-        explain : bool
-            Include explanations.
-        user_id : str or None
-            Leave out every item of this user's history (its last ``HISTORY_MAX_EVENTS``
-            events, any type). The store down: the list unfiltered, marked degraded.
-        deadline_s : float or None
-            Time budget of that history read; None: none.
-
-        Returns
-        -------
-        tuple of (bytes, Snapshot)
-            ``(body, snapshot)``.
-        """
-        snap = self.snapshot()
-        seen: list[str] = []
-        down = False
-        if user_id is not None:
-            history, down = self._read_history(
-                UserAsk(user_id=user_id, req=RecRequest(deadline_s=deadline_s))
-            )
-            seen = history.items
-        result = self.recommender(snap).popular(n=n, category=category, offset=offset, exclude=seen)
-        body = self.render(result, user_id, explain, degraded=down).partition(b"\n")[2]
-        return body, snap
+        """``recsys.serving.userstate.popular_list`` of this pipeline (documented there)."""
+        return popular_list(self, n, category, offset, explain, user_id, deadline_s)
 
 
 def _slots(configured: Any) -> int:

@@ -11,8 +11,9 @@ the shopper waits. With it (``REFRESH_AHEAD``, on by default):
    remembered requests, in one round trip (``ResultCache.invalidate_users(..., asks=)``), and
    hands ``(user, new token, request)`` to this process's ``Refresher``.
 3. The refresher's thread takes up to ``REFRESH_BATCH_MAX`` users (waiting up to
-   ``REFRESH_WINDOW_MS`` for more), reads their histories from SQL in one statement
-   (``history.load_many``; after the commit: they have the event), scores them in one
+   ``REFRESH_WINDOW_MS`` for more), reads their histories kept in Redis for the tokens their
+   events set (one ``MGET``; ``recsys.serving.cache.histories``), the others from SQL in one
+   statement (``history.load_many``; after the commit: they have the event), scores them in one
    ``Recommender.recommend_batch`` call and stores every list in one round trip
    (``ResultCache.store_entries``), each tagged with the token its event set.
 
@@ -222,7 +223,8 @@ class Refresher:
 def refresh_lists(pipeline, jobs: list[Job]) -> int:
     """Recompute and store the lists of ``jobs`` (the refresher's ``compute``).
 
-    One snapshot; the histories from SQL in one statement; one ``Recommender.recommend_batch``
+    One snapshot; the histories kept in Redis, the others from SQL in one statement; one
+    ``Recommender.recommend_batch``
     per group of requests scored alike; one round trip to store. Users in an experiment or with
     a degraded answer are skipped, and the whole batch when the histories cannot be read
     (their next read computes).
@@ -252,10 +254,13 @@ def refresh_lists(pipeline, jobs: list[Job]) -> int:
         if not todo:
             return 0
         limit = get_config(pipeline.app).history_max_events
+        # The histories kept in Redis for the tokens the events set (the event write appended
+        # the events to them), the others from SQL in one statement.
+        histories = kept_histories(pipeline.cache, snap.versions.epoch, limit, [j for j, _ in todo])
         try:
-            histories = load_many(
-                get_history_reader(pipeline.app), [j.user_id for j, _ in todo], limit
-            )
+            missing = [j.user_id for j, _ in todo if j.user_id not in histories]
+            if missing:
+                histories.update(load_many(get_history_reader(pipeline.app), missing, limit))
         except DB_UNAVAILABLE as e:  # the reads that follow compute (and degrade) themselves
             log.warning("refresh-ahead: history read failed: %s", (str(e).splitlines() or [""])[0])
             return 0
@@ -282,6 +287,44 @@ def refresh_lists(pipeline, jobs: list[Job]) -> int:
                 entries.append((job.user_id, context, job.token, payload))
         pipeline.cache.store_entries(entries)
         return len(entries)
+
+
+def kept_histories(cache, epoch, limit: int, jobs: list[Job]) -> dict:
+    """The users' histories kept in Redis that are valid for their jobs' tokens (one ``MGET``;
+    ``recsys.serving.cache.histories``): user -> history. Empty when none are kept here, or on
+    a cluster (the users' keys are in many slots) or an error: SQL is read instead.
+
+    Parameters
+    ----------
+    cache : ResultCache
+        The app's cache.
+    epoch : Any
+        The cache epoch served with.
+    limit : int
+        ``HISTORY_MAX_EVENTS``.
+    jobs : list of Job
+        The refreshes.
+
+    Returns
+    -------
+    dict of str to UserHistory
+    """
+    from recsys.serving.cache import RedisBackend, histories
+
+    if not jobs or not isinstance(cache.backend, RedisBackend):
+        return {}
+    keys = [cache.history_key(j.user_id, epoch, limit) for j in jobs]
+    if any(k is None for k in keys):
+        return {}
+    ok, raws = cache._call(lambda: cache.backend.mget(keys), None)
+    if not ok or raws is None:
+        return {}
+    out = {}
+    for job, raw in zip(jobs, raws, strict=True):
+        got = histories.decode(raw, job.token, job.user_id, limit)
+        if got is not None:
+            out[job.user_id] = got
+    return out
 
 
 def get_refresher(app: Flask) -> Refresher | None:

@@ -462,13 +462,20 @@ def test_a_failing_miss_falls_through_to_flask(
     cache = get_cache(served_app)
     # Whether each attempt to take the entry's stampede lock got it: Flask's must, or it
     # would wait (lock_wait_ms) for a lock nobody holds any more.
-    real_set_nx, took_lock = cache.backend.set_nx, []
+    # (A miss takes it with ``set_nx_get``, which also reads the user's kept history.)
+    real_set_nx, real_set_nx_get, took_lock = cache.backend.set_nx, cache.backend.set_nx_get, []
 
     def set_nx(*a, **kw):
         took_lock.append(real_set_nx(*a, **kw))
         return took_lock[-1]
 
+    def set_nx_get(*a, **kw):
+        got = real_set_nx_get(*a, **kw)
+        took_lock.append(got[0])
+        return got
+
     monkeypatch.setattr(cache.backend, "set_nx", set_nx)
+    monkeypatch.setattr(cache.backend, "set_nx_get", set_nx_get)
     url = "/v1/users/u6/recommendations?n=3&exclude=fails-once"
     with caplog.at_level(logging.WARNING, logger=fastpath.__name__):
         r = client.get(url)

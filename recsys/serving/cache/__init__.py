@@ -3,7 +3,9 @@
 * ``results``: ``ResultCache``, versioned keys, the history token, stale checks, the stampede
   lock, outage mode; ``lookup`` / ``store`` for the pipeline.
 * ``backends``: the in-process LRU, Redis and Redis Cluster backends.
+* ``compute``: compute-on-miss helpers ``ResultCache`` inherits (dicts, raw payloads).
 * ``near``: the opt-in per-worker copy of hits in front of Redis, kept fresh by pub/sub.
+* ``histories``: users' histories kept in Redis beside their lists (incremental user state).
 
 The names below are the package's API.
 """

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from recsys.serving.cache.histories import APPEND
+
 
 class LocalBackend:
     """A bounded LRU with per-entry TTL, standing in for Redis in a single process."""
@@ -79,8 +81,10 @@ class LocalBackend:
         ttl_s: float,
         publish: object = None,
         get: list[str] | None = None,
+        appends: object = None,
     ) -> list[bytes | None]:
-        # ``publish`` (near-cache invalidations) never applies in one process.
+        # ``publish`` (near-cache invalidations) and ``appends`` (histories kept in Redis)
+        # never apply in one process.
         """``set`` each of ``items`` with the same time to live, then read the keys ``get``.
 
         Parameters
@@ -102,6 +106,23 @@ class LocalBackend:
         for k, v in items.items():
             self.set(k, v, ttl_s)
         return self.mget(get) if get else []
+
+    def set_nx_get(self, key: str, value: bytes, ttl_ms: int, get: str) -> tuple[bool, Any]:
+        """``set_nx``, then read ``get`` (the Redis backends: in one round trip).
+
+        Parameters
+        ----------
+        key, value, ttl_ms
+            As for ``set_nx``.
+        get : str
+            The key read.
+
+        Returns
+        -------
+        tuple of (bool, bytes or None)
+            Whether the lock was taken, and the value of ``get``.
+        """
+        return self.set_nx(key, value, ttl_ms), self.mget([get])[0]
 
     def set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
         """Set ``key`` only if it holds no live value (the stampede lock).
@@ -186,6 +207,8 @@ class _RedisWrites:
     """Writes shared by the plain and the cluster backend (``self.client`` is either)."""
 
     client: Any
+    # Whether EVAL can go in a pipeline (redis-py's cluster pipeline refuses it).
+    eval_in_pipeline = True
 
     def set(self, key: str, value: bytes, ttl_s: float) -> None:
         self.client.set(key, value, ex=max(1, int(ttl_s)))
@@ -196,20 +219,34 @@ class _RedisWrites:
         ttl_s: float,
         publish: tuple[str, list[bytes]] | None = None,
         get: list[str] | None = None,
+        appends: dict[str, tuple[str, list]] | None = None,
     ) -> list[bytes | None]:
         """Set every key; then, in the same round trip, publish each message of
         ``publish = (channel, messages)`` (the near caches' invalidations) and read the keys
-        ``get`` (their values are returned, in order)."""
+        ``get`` (their values are returned, in order). A key of ``appends`` (a history token,
+        ``key -> (history key, arguments)``) is set by ``histories.APPEND`` instead, which
+        also brings that history up to date or drops it."""
         # Non-transactional: a cluster client groups the keys (many slots) by node.
         pipe = self.client.pipeline(transaction=False)
+        ex = max(1, int(ttl_s))
+        later = []
         for k, v in items.items():
-            pipe.set(k, v, ex=max(1, int(ttl_s)))
+            extra = appends.get(k) if appends else None
+            if extra is None:
+                pipe.set(k, v, ex=ex)
+            elif self.eval_in_pipeline:  # one user's two keys: one slot
+                pipe.eval(APPEND, 2, k, extra[0], v, ex, *extra[1])
+            else:  # a cluster: the token now, the script on the user's node after
+                pipe.set(k, v, ex=ex)
+                later.append((APPEND, 2, k, extra[0], v, ex, *extra[1]))
         if publish is not None:
             for message in publish[1]:
                 pipe.publish(publish[0], message)
         for k in get or ():
             pipe.get(k)
         out = pipe.execute()
+        for args in later:  # sets the token again, as it is now
+            self.client.eval(*args)
         return out[len(out) - len(get) :] if get else []
 
 
@@ -262,6 +299,11 @@ class RedisBackend(_RedisWrites):
     def set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
         """See ``LocalBackend.set_nx``: ``SET key value NX PX ttl_ms``."""
         return self._run(("SET", key, value, "NX", "PX", int(ttl_ms)))[0] is not None
+
+    def set_nx_get(self, key: str, value: bytes, ttl_ms: int, get: str) -> tuple[bool, Any]:
+        """See ``LocalBackend.set_nx_get``: ``SET NX`` and ``GET`` in one round trip."""
+        got = self._run(("SET", key, value, "NX", "PX", int(ttl_ms)), ("GET", get))
+        return got[0] is not None, got[1]
 
     def delete(self, key: str) -> None:
         """See ``LocalBackend.delete``: ``DEL key``."""
@@ -366,6 +408,8 @@ class RedisClusterBackend(_RedisWrites):
     when a worker starts must mean uncached answers, not a worker that cannot start.
     """
 
+    eval_in_pipeline = False
+
     def __init__(self, url: str, timeout_s: float = 0.25):
         self.url = url
         self.timeout_s = timeout_s
@@ -402,6 +446,14 @@ class RedisClusterBackend(_RedisWrites):
     def set_nx(self, key: str, value: bytes, ttl_ms: int) -> bool:
         """See ``LocalBackend.set_nx``: ``SET key value NX PX ttl_ms`` on the key's node."""
         return self.client.set(key, value, nx=True, px=int(ttl_ms)) is not None
+
+    def set_nx_get(self, key: str, value: bytes, ttl_ms: int, get: str) -> tuple[bool, Any]:
+        """See ``LocalBackend.set_nx_get``: one pipeline to the user's node (one slot)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(key, value, nx=True, px=int(ttl_ms))
+        pipe.get(get)
+        acquired, got = pipe.execute()
+        return acquired is not None and acquired is not False, got
 
     def delete(self, key: str) -> None:
         """See ``LocalBackend.delete``: ``DEL key`` on the key's node."""

@@ -12,6 +12,9 @@ Keys (every one built by ``ResultCache.key`` under ``REDIS_PREFIX``)::
     <prefix>:rec:...:lock            short stampede lock (SET NX PX)
     <prefix>:uask:{<user>}           the user's last plain request, for refresh-ahead
                                      (recsys.serving.refresh)
+    <prefix>:uhist:{<user>}:<epoch>:<limit>
+                                     the user's history, under their token, for misses
+                                     (recsys.serving.cache.histories)
 
 ``{<user>}`` is a Redis Cluster hash tag: every key of one user hashes to one slot, so the
 lookup's ``MGET`` of token and entry and the store-and-unlock of a miss are single-slot commands
@@ -62,6 +65,7 @@ from recsys.serving.cache.backends import (
     RedisClusterBackend,
     is_cluster_url,
 )
+from recsys.serving.cache.compute import ComputeOnMiss
 from recsys.serving.cache.near import NearCache, messages
 
 log = logging.getLogger(__name__)
@@ -94,14 +98,18 @@ class Lookup(NamedTuple):
 
     ``peek``: the raw reads (None: the cache is unavailable, nothing will be stored);
     ``hit``: the cached payload, or None on a miss; ``lock``: the stampede lock this request
-    took for a miss (released by ``ResultCache.store`` or ``release``)."""
+    took for a miss (released by ``ResultCache.store`` or ``release``); ``history_key`` and
+    ``history``: on a miss, the user's history key and what it held, read with the lock
+    (``recsys.serving.cache.histories``; None: not asked for)."""
 
     peek: Peek | None
     hit: bytes | None
     lock: str | None
+    history_key: str | None = None
+    history: bytes | None = None
 
 
-class ResultCache:
+class ResultCache(ComputeOnMiss):
     """The per-process cache front: versioned keys, stale checks, stampede lock, outage mode."""
 
     def __init__(self, app: Flask):
@@ -232,6 +240,29 @@ class ResultCache:
         ).hexdigest()[:24]
         return self.user_key("rec", user_id, digest)
 
+    def history_key(self, user_id: str, epoch: Any, limit: int) -> str | None:
+        """The key of a user's history kept in Redis (``recsys.serving.cache.histories``),
+        under the cache epoch and history length; None when histories are not kept here (the
+        in-process cache).
+
+        Parameters
+        ----------
+        user_id : str
+            The external user id.
+        epoch : Any
+            The cache epoch served with (an outage's bump moves every user to new keys).
+        limit : int
+            ``HISTORY_MAX_EVENTS``.
+
+        Returns
+        -------
+        str or None
+            ``<prefix>:uhist:{<user>}:<epoch>:<limit>``.
+        """
+        if not self.shared or self.disabled is not None:
+            return None
+        return self.user_key("uhist", user_id, str(epoch), str(int(limit)))
+
     def token_key(self, user_id: str) -> str:
         """The key of a user's history token.
 
@@ -301,7 +332,13 @@ class ResultCache:
     # An entry is ``ENTRY_TAG + token + b"\n" + payload``: the history token it was computed
     # under, then opaque bytes (the HTTP layer stores the serialised response, so a hit is one
     # MGET and a byte copy, no JSON decoding). Entries of any other shape read as misses.
-    def lookup(self, user_id: str, context: dict[str, Any], peeked: Peek | None = None) -> Lookup:
+    def lookup(
+        self,
+        user_id: str,
+        context: dict[str, Any],
+        peeked: Peek | None = None,
+        history_key: str | None = None,
+    ) -> Lookup:
         """One request's read of its entry: a fresh hit, or a miss for the caller to compute
         and hand to ``store``. Counts the hit or miss.
 
@@ -319,6 +356,9 @@ class ResultCache:
             What ``peek`` read for this request a moment ago (the fast path's miss); used, key
             included, instead of a second ``MGET`` when it is for the same user and an equal
             context.
+        history_key : str or None, optional
+            On a miss, also read this key (the user's history, ``history_key``) in the round
+            trip that takes the lock; None: do not.
 
         Returns
         -------
@@ -338,9 +378,15 @@ class ResultCache:
             return Lookup(peeked, hit, None)
         metrics.CACHE_MISSES.inc()
         lock = peeked.key + ":lock"
-        got, acquired = self._call(
-            lambda: self.backend.set_nx(lock, uuid.uuid4().hex.encode(), LOCK_TTL_MS), False
-        )
+        value = uuid.uuid4().hex.encode()
+        history = None
+        if history_key is None:
+            got, acquired = self._call(lambda: self.backend.set_nx(lock, value, LOCK_TTL_MS), False)
+        else:
+            got, (acquired, history) = self._call(
+                lambda: self.backend.set_nx_get(lock, value, LOCK_TTL_MS, history_key),
+                (False, None),
+            )
         if got and not acquired:
             # Someone else is computing this entry: wait briefly for it.
             tkey, rkey = self.token_key(user_id), peeked.key
@@ -354,9 +400,15 @@ class ResultCache:
                 hit = self._payload(vals[1], vals[0])
                 if hit is not None:
                     return Lookup(peeked, hit, None)
-        return Lookup(peeked, None, lock if acquired else None)
+        return Lookup(peeked, None, lock if acquired else None, history_key, history)
 
-    def store(self, looked: Lookup, payload: bytes | None, ask: bytes | None = None) -> None:
+    def store(
+        self,
+        looked: Lookup,
+        payload: bytes | None,
+        ask: bytes | None = None,
+        history: bytes | None = None,
+    ) -> None:
         """Store a miss's computed payload (None: do not store, a degraded answer is not pinned
         for a whole TTL) and release the lock it holds, in one round trip.
 
@@ -369,6 +421,9 @@ class ResultCache:
         ask : bytes or None, optional
             The request, remembered with the entry for refresh-ahead
             (``recsys.serving.refresh``); None: nothing remembered.
+        history : bytes or None, optional
+            The user's history as read from SQL, kept under ``looked.history_key``
+            (``recsys.serving.cache.histories.encode``); None: nothing kept.
 
         Returns
         -------
@@ -384,6 +439,8 @@ class ResultCache:
             # Redis, so one-off lists (a unique exclude, a deep page) never take its room.
             key = looked.peek.key
             also = {self.user_key("uask", looked.peek.user_id): ask} if ask and entry else None
+            if history is not None and entry is not None and looked.history_key is not None:
+                also = {**(also or {}), looked.history_key: history}
             self._call(lambda: self.backend.store(key, entry, self.ttl, looked.lock, also))
 
     def release(self, looked: Lookup) -> None:
@@ -402,43 +459,6 @@ class ResultCache:
         if looked.peek is not None and looked.lock is not None:
             key = looked.peek.key
             self._call(lambda: self.backend.store(key, None, self.ttl, looked.lock))
-
-    def get_or_compute_raw(
-        self,
-        user_id: str,
-        context: dict[str, Any],
-        compute: Callable[[], tuple[bytes, bool]],
-        peeked: Peek | None = None,
-    ) -> tuple[bytes, bool]:
-        """``lookup``, then on a miss ``compute()`` and ``store``.
-
-        Parameters
-        ----------
-        user_id : str
-            The external user id.
-        context : dict
-            What the answer depends on besides the history (see ``result_key``).
-        compute : callable
-            ``compute() -> (payload, store)``: the payload is kept when ``store`` is true. On an
-            exception the stampede lock is released and it propagates.
-        peeked : Peek or None, optional
-            A read already made for this request (the fast path's miss); None: read now.
-
-        Returns
-        -------
-        (bytes, bool)
-            The payload, and whether it came from the cache.
-        """
-        looked = self.lookup(user_id, context, peeked)
-        if looked.hit is not None:
-            return looked.hit, True
-        try:
-            payload, keep = compute()
-        except BaseException:
-            self.release(looked)
-            raise
-        self.store(looked, payload if keep else None)
-        return payload, False
 
     def peek(self, user_id: str, context: dict[str, Any]) -> Peek | None:
         """The user's token and the entry (one ``MGET``, or the near cache). Counts nothing and
@@ -500,60 +520,6 @@ class ResultCache:
         p = self.peek(user_id, context)
         return None if p is None else p.payload
 
-    def get_or_compute(
-        self,
-        user_id: str,
-        context: dict[str, Any],
-        compute: Callable[[], dict[str, Any]],
-        store_if: Callable[[dict[str, Any]], bool] | None = None,
-    ) -> tuple[dict[str, Any], bool]:
-        """``get_or_compute_raw`` for JSON-able dicts.
-
-        Parameters
-        ----------
-        user_id : str
-            The external user id.
-        context : dict
-            What the answer depends on besides the history (see ``result_key``).
-        compute : callable
-            ``compute() -> dict`` on a miss.
-        store_if : callable or None, optional
-            ``store_if(value) -> bool``: whether to keep a computed value; None: always.
-
-        Returns
-        -------
-        tuple of (dict, bool)
-            The value, and whether it came from the cache.
-        """
-        computed: list[dict[str, Any]] = []
-
-        def raw() -> tuple[bytes, bool]:
-            value = compute()
-            computed.append(value)
-            body = json.dumps(value, separators=(",", ":")).encode()
-            return body, store_if is None or bool(store_if(value))
-
-        payload, cached = self.get_or_compute_raw(user_id, context, raw)
-        return (json.loads(payload), True) if cached else (computed[0], False)
-
-    def peek_dict(self, user_id: str, context: dict[str, Any]) -> dict[str, Any] | None:
-        """The cached dict if present and fresh; never computes.
-
-        Parameters
-        ----------
-        user_id : str
-            The external user id.
-        context : dict
-            What the answer depends on besides the history (see ``result_key``).
-
-        Returns
-        -------
-        dict or None
-            The value; None: missing, stale, or the cache is unavailable.
-        """
-        raw = self.peek_raw(user_id, context)
-        return None if raw is None else json.loads(raw)
-
     @staticmethod
     def _payload(raw: bytes | None, token: bytes | None) -> bytes | None:
         if raw is None or not raw.startswith(ENTRY_TAG):
@@ -564,7 +530,10 @@ class ResultCache:
         return payload
 
     def invalidate_users(
-        self, user_ids: Iterable[str], asks: list[tuple[str, bytes, bytes]] | None = None
+        self,
+        user_ids: Iterable[str],
+        asks: list[tuple[str, bytes, bytes]] | None = None,
+        appends: dict[str, tuple[str, list]] | None = None,
     ) -> bool:
         """Give each user a new history token (their cached lists become stale).
 
@@ -576,6 +545,10 @@ class ResultCache:
             When given, ``(user, new token, remembered request)`` is appended for each user
             with a request remembered by ``store`` (read in the same round trip), for
             refresh-ahead (``recsys.serving.refresh``).
+        appends : dict, optional
+            ``user -> (history key, APPEND's arguments after the token's)``: the new events of
+            users whose history is kept in Redis (``recsys.serving.cache.histories``), added
+            to it in the same round trip, or the history dropped.
 
         Returns
         -------
@@ -592,8 +565,15 @@ class ResultCache:
         publish = (channel, messages(users)) if channel is not None else None
         get = [self.user_key("uask", u) for u in users] if asks is not None else None
         # Tokens outlive the results they guard, so a result never meets an expired token.
+        by_key = {self.token_key(u): a for u, a in (appends or {}).items()} or None
+        ttl = self.ttl * 2 + 60
         ok, got = self._call(
-            lambda: self.backend.set_many(items, self.ttl * 2 + 60, publish, get), []
+            lambda: (
+                self.backend.set_many(items, ttl, publish, get, by_key)
+                if by_key
+                else self.backend.set_many(items, ttl, publish, get)
+            ),
+            [],
         )
         if self.near is not None:
             self.near.drop(users)

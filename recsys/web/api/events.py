@@ -27,7 +27,8 @@ from sqlalchemy.orm import Session
 
 from recsys.config import get_config
 from recsys.ops import metrics
-from recsys.serving.cache import get_cache
+from recsys.serving.cache import get_cache, histories
+from recsys.serving.history import unix_micros, unix_seconds
 from recsys.serving.refresh import Job, get_refresher
 from recsys.serving.settings_store import get_settings
 from recsys.store import session_scope
@@ -186,7 +187,13 @@ def batch_ids(
     return users, items
 
 
-def drop_cached_lists(app, users: Iterable[str], why: str, refresh: bool = False) -> None:
+def drop_cached_lists(
+    app,
+    users: Iterable[str],
+    why: str,
+    refresh: bool = False,
+    appends: dict[str, tuple[str, list]] | None = None,
+) -> None:
     """Invalidate ``users``' cached lists; the cache unreachable, every cached list (the cache
     epoch is bumped), so that no list computed before the change is served after it.
 
@@ -201,6 +208,8 @@ def drop_cached_lists(app, users: Iterable[str], why: str, refresh: bool = False
     refresh : bool
         Refresh-ahead: recompute, in the background, the lists of those users who asked
         recently (``recsys.serving.refresh``), so that their next read is a hit.
+    appends : dict, optional
+        The users' new events for their histories kept in Redis (``history_appends``).
 
     Returns
     -------
@@ -208,12 +217,75 @@ def drop_cached_lists(app, users: Iterable[str], why: str, refresh: bool = False
     """
     refresher = get_refresher(app) if refresh else None
     asks: list | None = [] if refresher is not None else None
-    if not get_cache(app).invalidate_users(set(users), asks):
+    if not get_cache(app).invalidate_users(set(users), asks, appends):
         get_settings(app).bump_version(f"{why} while the cache was unreachable", CACHE_EPOCH)
     if refresher is not None and asks:
         # Refresh-ahead: their lists are recomputed in the background, so the next read is a
         # hit; the tokens were set after the commit.
         refresher.schedule([Job(*a) for a in asks])
+
+
+# What the insert hands back for ``history_appends``: as the history read returns it.
+RETURNED = (
+    Event.id,
+    Event.user_id,
+    Event.item_id,
+    Event.type,
+    Event.value,
+    unix_seconds(Event.ts),
+    unix_micros(Event.ts),
+)
+
+
+def history_appends(
+    app, stored: list, users: dict[str, int], items: dict[str, int]
+) -> dict[str, tuple[str, list]] | None:
+    """The stored events as ``ResultCache.invalidate_users``'s ``appends``: per user, the
+    history key and ``recsys.serving.cache.histories.APPEND``'s arguments (the events as
+    lines, newest first, as SQL orders them; their oldest and newest times; their count; the
+    most events a kept history may hold).
+
+    Parameters
+    ----------
+    app : Flask
+        The app (its cache, versions and ``HISTORY_MAX_EVENTS``).
+    stored : list
+        The inserted rows, ``RETURNED``'s columns.
+    users, items : dict of str to int
+        External -> row ids of the batch's users and items.
+
+    Returns
+    -------
+    dict or None
+        None when histories are not kept (the in-process cache).
+    """
+    cache = get_cache(app)
+    limit = get_config(app).history_max_events
+    epoch = get_settings(app).versions().epoch
+    if not stored or cache.history_key("", epoch, limit) is None:
+        return None
+    user_of = {v: k for k, v in users.items()}
+    item_of = {v: k for k, v in items.items()}
+    per_user: dict[int, list] = {}
+    for row in stored:
+        per_user.setdefault(row[1], []).append(row)
+    out = {}
+    for uid, rows in per_user.items():
+        rows.sort(key=lambda r: (r[6], r[0]), reverse=True)  # newest first: (ts, id) desc
+        text = histories.lines(
+            [item_of[r[2]] for r in rows],
+            [r[3] for r in rows],
+            [float(r[4]) for r in rows],
+            [int(r[5]) for r in rows],
+        )
+        if text is None:
+            continue  # an id the lines cannot hold: the script drops the history
+        user = user_of[uid]
+        out[user] = (
+            cache.history_key(user, epoch, limit),
+            [text, int(rows[-1][6]), int(rows[0][6]), len(rows), 2 * limit],
+        )
+    return out
 
 
 def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
@@ -252,14 +324,17 @@ def ingest(events: list[dict[str, Any]]) -> dict[str, int]:
             for e in events
         ]
         stmt = dialect_insert(s, Event).values(rows)
-        stmt = stmt.on_conflict_do_nothing(index_elements=["idem_key"]).returning(Event.type)
-        stored = s.execute(stmt).scalars().all()
+        stmt = stmt.on_conflict_do_nothing(index_elements=["idem_key"]).returning(*RETURNED)
+        stored = s.execute(stmt).all()
         inserted = len(stored)
-    for etype, n in Counter(stored).items():
+    for etype, n in Counter(r[3] for r in stored).items():
         metrics.EVENTS_INGESTED.labels(etype).inc(n)
     # Durable now. Invalidate after the commit so no reader can cache the pre-event history
-    # under the new token.
-    drop_cached_lists(app, {e["user_id"] for e in events}, "events arrived", refresh=True)
+    # under the new token; the histories kept in Redis get the new events in the same trip.
+    appends = history_appends(app, stored, users, items)
+    drop_cached_lists(
+        app, {e["user_id"] for e in events}, "events arrived", refresh=True, appends=appends
+    )
     return {"received": len(events), "inserted": inserted, "duplicates": len(events) - inserted}
 
 
