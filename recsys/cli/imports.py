@@ -11,7 +11,8 @@ from flask.cli import AppGroup, with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
 from recsys.cli.jobs import recorded, set_result
-from recsys.offline.importers.common import ImportBatch, ImportReport, SourceError, run_import
+from recsys.offline.importers.common import ImportBatch, ImportReport, SourceError
+from recsys.offline.importers.writing import run_import
 
 try:  # the raw psycopg cursor used for COPY raises psycopg's own errors
     import psycopg

@@ -2,27 +2,25 @@
 
 An importer turns a source into an :class:`ImportBatch` while recording, per input file, how
 many lines it read and why each skipped line was skipped (:class:`LineCount`). The batch is
-then written by :func:`write_batch` inside the caller's transaction, so a failure anywhere
+then written by :func:`recsys.offline.importers.writing.write_batch` inside the caller's
+transaction, so a failure anywhere
 rolls the whole import back: a batch is never half-imported.
 
 Idempotency: users and items are upserted by external id; every event carries an idempotency
 key (``Event.idem_key``) and is inserted with ``ON CONFLICT (idem_key) DO NOTHING``, so
 importing the same source again adds no rows.
 
-Over 500 lines because of its numpy-style docstrings (the code itself is under 500): the
-batch, the report and the helpers are one contract every importer reads, kept in one place.
+The batch, the report and the parsing helpers are one contract every importer reads, kept in
+one place; writing a batch to the store is ``recsys.offline.importers.writing``.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
-import json
-import logging
 import math
 import os
 import re
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -30,21 +28,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from sqlalchemy import Connection, Engine
 from tqdm import tqdm
 
-from recsys.store.models import EVENT_TYPES, Event, utcnow
-
-log = logging.getLogger(__name__)
+from recsys.store.models import EVENT_TYPES
 
 # Limits of the SQL schema (recsys/store/models.py); longer ids are rejected per row instead
 # of failing the whole transaction on PostgreSQL (and being silently kept on SQLite).
 MAX_ID_LEN = 128
 MAX_TITLE_LEN = 512
 SAMPLES_PER_REASON = 3
-# Bulk imports of at least this many events refresh PostgreSQL's planner statistics.
-ANALYZE_AFTER_ROWS = 10_000
-CHUNK = 20_000
 
 
 class SourceError(Exception):
@@ -98,6 +90,9 @@ class ImportBatch:
     users: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     items: dict[str, ItemRow | None] = field(default_factory=dict)
     events: list[EventRow] = field(default_factory=list)
+    # True when the parser guarantees that no two events share an idempotency key (it skipped
+    # duplicates); the writer checks it itself otherwise.
+    distinct_keys: bool = False
 
 
 @dataclass
@@ -409,295 +404,3 @@ def progress(iterable: Iterable[Any] | None = None, **kw: Any) -> tqdm:
     kw.setdefault("mininterval", 0.5)
     kw.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kw)
-
-
-def _json(obj: Any) -> str:
-    # sort_keys: the same attributes always give the same text, so a re-import compares equal.
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing
-
-
-def write_batch(conn: Connection, batch: ImportBatch) -> WriteCounts:
-    """Upsert users and items, insert new events; all inside ``conn``'s open transaction.
-
-    Parameters
-    ----------
-    conn : Connection
-        A connection inside an open transaction (PostgreSQL: COPY and set-based upserts;
-        other dialects: row-wise statements).
-    batch : ImportBatch
-        What to write.
-
-    Returns
-    -------
-    WriteCounts
-        Rows written.
-    """
-    now = utcnow()
-    if conn.dialect.name == "postgresql":
-        counts = _write_postgresql(conn, batch, now)
-    else:
-        counts = _write_generic(conn, batch, now)
-    counts.events_existing = len(batch.events) - counts.events_new
-    return counts
-
-
-def run_import(engine: Engine, report: ImportReport, batch: ImportBatch) -> ImportReport:
-    """Write ``batch`` in one transaction and fill in ``report`` (committed or nothing).
-
-    Parameters
-    ----------
-    engine : Engine
-        The store's engine.
-    report : ImportReport
-        Filled in: ``written`` and ``seconds``.
-    batch : ImportBatch
-        What to write.
-
-    Returns
-    -------
-    ImportReport
-        ``report``.
-    """
-    t0 = time.perf_counter()
-    with engine.begin() as conn:
-        report.written = write_batch(conn, batch)
-    report.seconds += time.perf_counter() - t0
-    return report
-
-
-def _split_users(batch: ImportBatch) -> tuple[list[tuple[str, str]], list[str]]:
-    full = [(ext, _json(a)) for ext, a in batch.users.items() if a is not None]
-    refs = [ext for ext, a in batch.users.items() if a is None]
-    return full, refs
-
-
-def _item_tuple(ext: str, it: ItemRow) -> tuple[Any, ...]:
-    return (
-        ext,
-        it.title[:MAX_TITLE_LEN],
-        it.description,
-        _json(list(it.categories)),
-        it.price,
-        bool(it.available),
-        _json(it.attributes),
-    )
-
-
-def _split_items(batch: ImportBatch) -> tuple[list[tuple[Any, ...]], list[str]]:
-    full = [_item_tuple(ext, it) for ext, it in batch.items.items() if it is not None]
-    refs = [ext for ext, it in batch.items.items() if it is None]
-    return full, refs
-
-
-_ITEM_COLS = "external_id, title, description, categories, price, available, attributes"
-
-
-def _write_postgresql(conn: Connection, batch: ImportBatch, now: datetime) -> WriteCounts:
-    """COPY into temporary staging tables, then set-based INSERT ... SELECT ... ON CONFLICT."""
-    counts = WriteCounts()
-    raw = conn.connection.dbapi_connection  # psycopg 3, inside SQLAlchemy's transaction
-    users, user_refs = _split_users(batch)
-    items, item_refs = _split_items(batch)
-    with raw.cursor() as cur:
-        cur.execute(
-            "CREATE TEMP TABLE _imp_users (external_id text, attributes jsonb, ref boolean)"
-            " ON COMMIT DROP"
-        )
-        with cur.copy("COPY _imp_users (external_id, attributes, ref) FROM STDIN") as cp:
-            for ext, attrs in users:
-                cp.write_row((ext, attrs, False))
-            for ext in user_refs:
-                cp.write_row((ext, "{}", True))
-        cur.execute("SELECT count(*) FROM users")
-        before = cur.fetchone()[0]
-        cur.execute(
-            "INSERT INTO users (external_id, attributes, created_at, updated_at)"
-            " SELECT external_id, attributes::json, %(now)s, %(now)s FROM _imp_users WHERE NOT ref"
-            " ON CONFLICT (external_id) DO UPDATE"
-            " SET attributes = excluded.attributes, updated_at = excluded.updated_at"
-            " WHERE users.attributes::jsonb IS DISTINCT FROM excluded.attributes::jsonb",
-            {"now": now},
-        )
-        changed = cur.rowcount
-        cur.execute(
-            "INSERT INTO users (external_id, attributes, created_at, updated_at)"
-            " SELECT external_id, '{}'::json, %(now)s, %(now)s FROM _imp_users WHERE ref"
-            " ON CONFLICT (external_id) DO NOTHING",
-            {"now": now},
-        )
-        changed += cur.rowcount
-        cur.execute("SELECT count(*) FROM users")
-        counts.users_new = cur.fetchone()[0] - before
-        counts.users_updated = changed - counts.users_new
-
-        cur.execute(
-            "CREATE TEMP TABLE _imp_items (external_id text, title text, description text,"
-            " categories jsonb, price float8, available boolean, attributes jsonb, ref boolean)"
-            " ON COMMIT DROP"
-        )
-        with cur.copy(f"COPY _imp_items ({_ITEM_COLS}, ref) FROM STDIN") as cp:
-            for row in items:
-                cp.write_row((*row, False))
-            for ext in item_refs:
-                cp.write_row((ext, "", "", "[]", None, True, "{}", True))
-        cur.execute("SELECT count(*) FROM items")
-        before = cur.fetchone()[0]
-        cur.execute(
-            f"INSERT INTO items ({_ITEM_COLS}, created_at, updated_at)"
-            " SELECT external_id, title, description, categories::json, price, available,"
-            " attributes::json, %(now)s, %(now)s FROM _imp_items WHERE NOT ref"
-            " ON CONFLICT (external_id) DO UPDATE SET title = excluded.title,"
-            " description = excluded.description, categories = excluded.categories,"
-            " price = excluded.price, available = excluded.available,"
-            " attributes = excluded.attributes, updated_at = excluded.updated_at"
-            " WHERE (items.title, items.description, items.categories::jsonb, items.price,"
-            "        items.available, items.attributes::jsonb)"
-            " IS DISTINCT FROM (excluded.title, excluded.description, excluded.categories::jsonb,"
-            "        excluded.price, excluded.available, excluded.attributes::jsonb)",
-            {"now": now},
-        )
-        changed = cur.rowcount
-        cur.execute(
-            f"INSERT INTO items ({_ITEM_COLS}, created_at, updated_at)"
-            " SELECT external_id, '', '', '[]'::json, NULL, true, '{}'::json, %(now)s, %(now)s"
-            " FROM _imp_items WHERE ref ON CONFLICT (external_id) DO NOTHING",
-            {"now": now},
-        )
-        changed += cur.rowcount
-        cur.execute("SELECT count(*) FROM items")
-        counts.items_new = cur.fetchone()[0] - before
-        counts.items_updated = changed - counts.items_new
-
-        cur.execute(
-            "CREATE TEMP TABLE _imp_events (user_ext text, item_ext text, type text,"
-            " value float8, ts timestamp, idem_key text) ON COMMIT DROP"
-        )
-        t0 = time.perf_counter()
-        bar = progress(total=len(batch.events), desc="copy events", unit=" rows")
-        with cur.copy(
-            "COPY _imp_events (user_ext, item_ext, type, value, ts, idem_key) FROM STDIN"
-        ) as cp:
-            for i, ev in enumerate(batch.events, 1):
-                cp.write_row(ev)
-                if i % CHUNK == 0:
-                    bar.update(CHUNK)
-        bar.close()
-        # Without statistics the planner guesses a tiny temp table and picks nested loops.
-        cur.execute("ANALYZE _imp_events")
-        t1 = time.perf_counter()
-        cur.execute(
-            "INSERT INTO events (user_id, item_id, type, value, ts, idem_key)"
-            " SELECT u.id, i.id, s.type, s.value, s.ts, s.idem_key FROM _imp_events s"
-            " JOIN users u ON u.external_id = s.user_ext"
-            " JOIN items i ON i.external_id = s.item_ext"
-            " ON CONFLICT (idem_key) DO NOTHING"
-        )
-        counts.events_new = cur.rowcount
-        if counts.events_new >= ANALYZE_AFTER_ROWS:
-            # Fresh planner statistics now rather than whenever autovacuum gets to it: with the
-            # pre-import estimates (an empty items table, say) the history query picked a hash
-            # join over the whole catalogue.
-            cur.execute("ANALYZE users, items, events")
-        log.info(
-            "events: COPY of %d rows %.1f s, INSERT ... SELECT %.1f s",
-            len(batch.events),
-            t1 - t0,
-            time.perf_counter() - t1,
-        )
-    return counts
-
-
-# SQLite's page cache during an import (KiB): the unique ``idem_key`` index is written in random
-# order; 2M rows took 492 s with the default 2 MiB, 293 s with 256 MiB (docs/scale.md).
-SQLITE_IMPORT_CACHE_KIB = 262_144
-
-
-def _write_generic(conn: Connection, batch: ImportBatch, now: datetime) -> WriteCounts:
-    """SQLite (and other dialects with ON CONFLICT): executemany in the open transaction; SQLite
-    with a ``SQLITE_IMPORT_CACHE_KIB`` page cache (the connection's own restored after)."""
-    if conn.dialect.name != "sqlite":
-        return _write_rows(conn, batch, now)
-    before = conn.exec_driver_sql("PRAGMA cache_size").scalar_one()
-    conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_IMPORT_CACHE_KIB}")
-    try:
-        return _write_rows(conn, batch, now)
-    finally:
-        conn.exec_driver_sql(f"PRAGMA cache_size = {int(before)}")
-
-
-def _write_rows(conn: Connection, batch: ImportBatch, now: datetime) -> WriteCounts:
-    """``_write_generic``'s statements."""
-    counts = WriteCounts()
-    dialect = conn.dialect
-    ts_bind = Event.__table__.c.ts.type.dialect_impl(dialect).bind_processor(dialect)
-    now_b = ts_bind(now) if ts_bind else now
-    users, user_refs = _split_users(batch)
-    items, item_refs = _split_items(batch)
-
-    def count(table: str) -> int:
-        return conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
-
-    def many(sql: str, rows: list[tuple[Any, ...]]) -> int:
-        return conn.exec_driver_sql(sql, rows).rowcount if rows else 0
-
-    before = count("users")
-    changed = many(
-        "INSERT INTO users (external_id, attributes, created_at, updated_at) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (external_id) DO UPDATE"
-        " SET attributes = excluded.attributes, updated_at = excluded.updated_at"
-        " WHERE users.attributes IS NOT excluded.attributes",
-        [(ext, attrs, now_b, now_b) for ext, attrs in users],
-    )
-    changed += many(
-        "INSERT INTO users (external_id, attributes, created_at, updated_at) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (external_id) DO NOTHING",
-        [(ext, "{}", now_b, now_b) for ext in user_refs],
-    )
-    counts.users_new = count("users") - before
-    counts.users_updated = changed - counts.users_new
-
-    before = count("items")
-    changed = many(
-        f"INSERT INTO items ({_ITEM_COLS}, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (external_id) DO UPDATE SET title = excluded.title,"
-        " description = excluded.description, categories = excluded.categories,"
-        " price = excluded.price, available = excluded.available,"
-        " attributes = excluded.attributes, updated_at = excluded.updated_at"
-        " WHERE items.title IS NOT excluded.title OR items.description IS NOT excluded.description"
-        " OR items.categories IS NOT excluded.categories OR items.price IS NOT excluded.price"
-        " OR items.available IS NOT excluded.available"
-        " OR items.attributes IS NOT excluded.attributes",
-        [(*row, now_b, now_b) for row in items],
-    )
-    changed += many(
-        f"INSERT INTO items ({_ITEM_COLS}, created_at, updated_at)"
-        " VALUES (?, '', '', '[]', NULL, 1, '{}', ?, ?) ON CONFLICT (external_id) DO NOTHING",
-        [(ext, now_b, now_b) for ext in item_refs],
-    )
-    counts.items_new = count("items") - before
-    counts.items_updated = changed - counts.items_new
-
-    user_ids = dict(conn.exec_driver_sql("SELECT external_id, id FROM users").all())
-    item_ids = dict(conn.exec_driver_sql("SELECT external_id, id FROM items").all())
-    sql = (
-        "INSERT INTO events (user_id, item_id, type, value, ts, idem_key)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (idem_key) DO NOTHING"
-    )
-    bar = progress(total=len(batch.events), desc="insert events", unit=" rows")
-    ts_cache: dict[datetime, Any] = {}
-    for start in range(0, len(batch.events), CHUNK):
-        rows = []
-        for u, i, typ, value, ts, key in batch.events[start : start + CHUNK]:
-            tsb = ts_cache.get(ts)
-            if tsb is None:
-                tsb = ts_cache[ts] = ts_bind(ts) if ts_bind else ts
-            rows.append((user_ids[u], item_ids[i], typ, value, tsb, key))
-        counts.events_new += many(sql, rows)
-        bar.update(len(rows))
-    bar.close()
-    return counts

@@ -29,9 +29,11 @@ import csv
 import hashlib
 import json
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
 from recsys.offline.importers.common import (
+    MAX_ID_LEN,
     ImportBatch,
     ImportReport,
     ItemRow,
@@ -212,47 +214,116 @@ def _users(path: str, lc: LineCount, batch: ImportBatch) -> None:
 
 
 def _interactions(path: str, lc: LineCount, batch: ImportBatch) -> None:
+    """The interactions file, one tight loop (10M lines at L: no per-row dict, no per-row
+    progress call, cached event types/values); the same checks, skip reasons and keys as the
+    per-column helpers of ``common`` (tests/offline/test_import_fast.py compares them)."""
     now = utcnow().replace(microsecond=0)
     with open_text(path) as f:
         reader, names = _reader(f, path, "user_id")
         if "item_id" not in names:
             raise SourceError(f"{path}: the header has no 'item_id' column")
+        width = len(names)
+        cols = [names.index(c) if c in names else None for c in INTERACTION_COLUMNS]
+        iu, ii, ie, iv, it = cols
         first_line: dict[str, int] = {}
-        for n, row in _rows(reader, names, lc, "read interactions"):
-            user, item = check_id(row["user_id"]), check_id(row["item_id"])
-            if user is None:
-                lc.skip(n, "missing or too long user_id")
+        events = batch.events
+        users, items = batch.users, batch.items
+        canon: dict[str, str] = {}
+        canon_items: dict[str, str] = {}
+        types = _Cache(lambda raw: parse_event_type(raw or "purchase"))
+        values = _Cache(lambda raw: parse_float(raw) if raw else 1.0)
+        sha256 = hashlib.sha256
+        bar = progress(desc="read interactions", unit=" lines")
+        for row in reader:
+            if len(row) != width:  # (the header has at least user_id and item_id: width >= 2)
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # blank line
+                lc.read += 1
+                lc.skip(reader.line_num, "wrong number of fields", f"{len(row)}, expected {width}")
                 continue
-            if item is None:
-                lc.skip(n, "missing or too long item_id")
+            lc.read += 1
+            if not lc.read & 0xFFFF:
+                bar.update(0x10000)
+            user, item = row[iu].strip(), row[ii].strip()
+            if not user or len(user) > MAX_ID_LEN:
+                lc.skip(reader.line_num, "missing or too long user_id")
                 continue
-            try:
-                event = parse_event_type(row.get("event", "") or "purchase")
-            except ValueError:
-                lc.skip(n, "unknown event type", repr(row["event"]))
+            if not item or len(item) > MAX_ID_LEN:
+                lc.skip(reader.line_num, "missing or too long item_id")
                 continue
-            raw_value = row.get("value", "").strip()
-            try:
-                value = parse_float(raw_value) if raw_value else 1.0
-            except ValueError:
-                lc.skip(n, "bad value", repr(row["value"]))
+            raw = row[ie] if ie is not None else ""
+            event = types.get(raw)
+            if event is None:
+                lc.skip(reader.line_num, "unknown event type", repr(raw))
                 continue
-            raw_ts = row.get("timestamp", "").strip()
-            try:
-                ts = parse_timestamp(raw_ts) if raw_ts else None
-            except ValueError:
-                lc.skip(n, "bad timestamp", repr(row["timestamp"]))
+            raw = row[iv] if iv is not None else ""
+            value = values.get(raw.strip())
+            if value is None:
+                lc.skip(reader.line_num, "bad value", repr(raw))
                 continue
+            raw = row[it].strip() if it is not None else ""
+            if raw:
+                try:
+                    ts = _unix(raw) if raw.isdigit() else parse_timestamp(raw)
+                except ValueError:
+                    lc.skip(reader.line_num, "bad timestamp", repr(row[it]))
+                    continue
+                stamp = ts.isoformat()
+            else:
+                ts, stamp = now, ""
             # The key hashes the parsed row, so "purchase"/"", "1"/"1.0" and equivalent
             # timestamps give the same key; a row without timestamp keys on "" (not on now).
-            content = "\x1f".join((user, item, event, repr(value), ts.isoformat() if ts else ""))
-            key = "csv:" + hashlib.sha256(content.encode()).hexdigest()[:40]
-            if key in first_line:
-                lc.skip(n, "duplicate row", f"same as line {first_line[key]}")
+            content = f"{user}\x1f{item}\x1f{event}\x1f{value!r}\x1f{stamp}"
+            key = "csv:" + sha256(content.encode()).hexdigest()[:40]
+            seen = first_line.setdefault(key, reader.line_num)
+            if seen != reader.line_num:
+                lc.skip(reader.line_num, "duplicate row", f"same as line {seen}")
                 continue
-            first_line[key] = n
-            batch.events.append((user, item, event, value, ts or now, key))
-            if user not in batch.users:
-                batch.users[user] = None
-            if item not in batch.items:
-                batch.items[item] = None
+            # one str object per distinct id: 10M events share 1M user and 100k item strings
+            same = canon.get(user)
+            if same is None:
+                canon[user] = same = user
+                users.setdefault(user, None)
+            same_user = same
+            same = canon_items.get(item)
+            if same is None:
+                canon_items[item] = same = item
+                items.setdefault(item, None)
+            events.append((same_user, same, event, value, ts, key))
+        bar.close()
+        batch.distinct_keys = True  # duplicates were skipped above
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _unix(digits: str) -> datetime:
+    """Unix seconds (digits only) -> naive UTC, as ``parse_timestamp`` gives it."""
+    try:
+        return _EPOCH + timedelta(seconds=int(digits))
+    except OverflowError as e:
+        raise ValueError(f"unix time out of range: {digits!r}") from e
+
+
+class _Cache:
+    """Parsed values of the few distinct raw texts of a column (event types, values): the
+    parse runs once per distinct text; None for a text the parser refuses."""
+
+    LIMIT = 10_000
+
+    def __init__(self, parse: Any) -> None:
+        self.parse = parse
+        self.seen: dict[str, Any] = {}
+
+    def get(self, raw: str) -> Any:
+        try:
+            return self.seen[raw]
+        except KeyError:
+            pass
+        try:
+            parsed = self.parse(raw)
+        except ValueError:
+            parsed = None
+        if len(self.seen) < self.LIMIT:
+            self.seen[raw] = parsed
+        return parsed
