@@ -50,6 +50,10 @@ CHUNK = 20_000
 # An import of at least this many events into an empty events table drops and re-creates the
 # table's indexes (module docstring); below it, rebuilding would cost more than it saves.
 BULK_MIN_EVENTS = 100_000
+# Staged path (a non-empty events table: re-imports, increments): insert in idem_key order, with
+# this much sort memory (SET LOCAL).
+PG_STAGED_KEY_ORDER = True
+PG_STAGED_SORT_MEM = "256MB"
 # PostgreSQL's sort memory for re-creating the indexes of a bulk load (SET LOCAL).
 PG_INDEX_BUILD_MEM = "512MB"
 # SQLite's page cache during an import (KiB): the unique ``idem_key`` index; 2M rows took 492 s
@@ -322,11 +326,16 @@ def _pg_staged_events(cur: Any, batch: ImportBatch) -> int:
     # Without statistics the planner guesses a tiny temp table and picks nested loops.
     cur.execute("ANALYZE _imp_events")
     t1 = time.perf_counter()
+    # In key order, the unique index is probed (and written) page after page: at L, with the
+    # index far larger than shared_buffers, random probes waited on reads (docs/scale.md).
+    order = " ORDER BY s.idem_key" if PG_STAGED_KEY_ORDER else ""
+    if PG_STAGED_KEY_ORDER:
+        cur.execute(f"SET LOCAL work_mem = '{PG_STAGED_SORT_MEM}'")
     cur.execute(
         "INSERT INTO events (user_id, item_id, type, value, ts, idem_key)"
         " SELECT u.id, i.id, s.type, s.value, s.ts, s.idem_key FROM _imp_events s"
         " JOIN users u ON u.external_id = s.user_ext"
-        " JOIN items i ON i.external_id = s.item_ext"
+        f" JOIN items i ON i.external_id = s.item_ext{order}"
         " ON CONFLICT (idem_key) DO NOTHING"
     )
     log.info(
