@@ -116,8 +116,16 @@ cp -l "$WHEEL_CACHE/$key"/*.whl docker/build-extra/wheels/ 2>/dev/null ||
     cp "$WHEEL_CACHE/$key"/*.whl docker/build-extra/wheels/
 
 step "building the image"
-DOCKER_BUILDKIT=0 docker build -q --network none --build-arg BASE_IMAGE="$BASE" \
-    -t recsys:ci . >/dev/null
+# BuildKit (the Dockerfile's bind mounts): Debian's docker CLI has it built in, a newer one
+# first on PATH may want the buildx plugin instead.
+cli=docker
+[ -x /usr/bin/docker ] && cli=/usr/bin/docker
+if ! DOCKER_BUILDKIT=1 "$cli" build --progress=plain --network none \
+    --build-arg BASE_IMAGE="$BASE" -t recsys:ci . >"$DOCKER_ROOT.build.log" 2>&1; then
+    tail -40 "$DOCKER_ROOT.build.log"
+    exit 1
+fi
+grep -E '^#[0-9]+ (DONE|CACHED)' "$DOCKER_ROOT.build.log" | sort -t' ' -k3 -rn | head -5 || true
 docker image ls recsys:ci --format 'ci_container: recsys:ci {{.Size}}'
 
 step "checking the image"
