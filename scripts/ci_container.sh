@@ -38,6 +38,11 @@ started_dockerd=""
 
 cleanup() {
     rc=$?
+    if [ -n "${base_pid:-}" ]; then # interrupted while making the base: stop it, keep no half
+        pkill -P "$base_pid" 2>/dev/null || true
+        wait "$base_pid" 2>/dev/null || true
+        docker image rm -f "$BASE" >/dev/null 2>&1 || true
+    fi
     rm -rf "$root/docker/build-extra/wheels" "$root/docker/build-extra/ca-bundle.crt"
     [ -z "${RECSYS_CI_DATA:-}" ] || rm -rf "$RECSYS_CI_DATA"
     if [ -z "${KEEP:-}" ]; then
@@ -83,10 +88,11 @@ if ! docker info >/dev/null 2>&1; then
     done
 fi
 
+base_pid=""
 if ! docker image inspect "$BASE" >/dev/null 2>&1; then
-    step "making $BASE with mmdebstrap"
+    step "making $BASE with mmdebstrap (in the background, while the wheelhouse is made)"
     # No main cluster at install (docker/ci/postgres.sh makes its own), no docs, no fsync.
-    mmdebstrap --quiet --variant=essential \
+    (mmdebstrap --quiet --variant=essential \
         --include=python3,python3-venv,postgresql-15,redis-server \
         --aptopt='Acquire::Languages "none"' --aptopt='APT::Install-Recommends "false"' \
         --dpkgopt=force-unsafe-io --dpkgopt='path-exclude=/usr/share/doc/*' \
@@ -94,7 +100,8 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
         --dpkgopt='path-exclude=/usr/share/locale/*' \
         --setup-hook='mkdir -p "$1/etc/postgresql-common"' \
         --setup-hook='echo "create_main_cluster = false" > "$1/etc/postgresql-common/createcluster.conf"' \
-        bookworm - | docker import - "$BASE" >/dev/null
+        bookworm - 2>"$DOCKER_ROOT.mmdebstrap.log" | docker import - "$BASE" >/dev/null) &
+    base_pid=$!
 fi
 
 step "wheelhouse"
@@ -116,6 +123,17 @@ fi
 rm -rf docker/build-extra/wheels && mkdir -p docker/build-extra/wheels
 cp -l "$WHEEL_CACHE/$key"/*.whl docker/build-extra/wheels/ 2>/dev/null ||
     cp "$WHEEL_CACHE/$key"/*.whl docker/build-extra/wheels/
+
+if [ -n "$base_pid" ]; then
+    step "waiting for $BASE"
+    if ! wait "$base_pid"; then
+        base_pid=""
+        docker image rm -f "$BASE" >/dev/null 2>&1 || true # no half-made base for the next run
+        tail -20 "$DOCKER_ROOT.mmdebstrap.log"
+        exit 1
+    fi
+    base_pid=""
+fi
 
 step "building the image"
 # BuildKit (the Dockerfile's bind mounts): Debian's docker CLI has it built in, a newer one
