@@ -236,7 +236,13 @@ class Sampler:
         return self
 
     def stop(self, timeout: float | None = None) -> None:
-        """Ask the thread to end and wait for it."""
+        """Ask the thread to end and wait for it.
+
+        Parameters
+        ----------
+        timeout : float or None, optional
+            Seconds to wait for the thread at most; None: no limit.
+        """
         self.stopped.set()
         if self.thread is not None:
             self.thread.join(timeout)
