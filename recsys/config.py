@@ -348,6 +348,12 @@ class Settings(BaseSettings):
         "often each process re-reads shared config, catalogue, model and experiment state (in a "
         "background thread).",
     )
+    console_history_sampler: bool = Field(
+        True,
+        description="Each gunicorn worker samples the service's metrics for the console's Live "
+        "history every 3 s (one worker per slot), so the history has no gaps while no page is "
+        "open; false: only an open Live page adds samples.",
+    )
     # -- events ---------------------------------------------------------------------------------
     events_max_batch: int = Field(
         1000, ge=1, description="Largest list accepted by POST /v1/events."

@@ -1,54 +1,76 @@
 #!/usr/bin/env bash
-# The container image and the compose stack, built and run on a machine with no image registry
-# (docs/deployment.md, "Container"). As root, on Debian:
+# CI: the container image and the compose stack, built and run on a machine with no image
+# registry (docs/deployment.md, "Container"). As root, on Debian:
 #
 #   1. installs Docker's engine (docker.io), docker-compose and mmdebstrap when missing and starts
-#      a dockerd of its own if none answers (overlay2, else vfs; no iptables, no default bridge);
-#   2. makes the base images from Debian's packages (mmdebstrap | docker import): recsys-base
-#      (python3, the Dockerfile's BASE_IMAGE) and recsys-ci-base (postgresql-15, redis-server,
-#      the stand-ins of docker/ci/compose.ci.yaml); kept between runs;
-#   3. builds the Dockerfile (the torch wheel and CA bundle of this machine, if any, go in
-#      docker/build-extra/ for the build stage only) and checks the image: non-root user,
-#      HEALTHCHECK, no compiler and no pip in the final stage (and hadolint, if installed, is clean);
+#      a dockerd of its own if none answers (overlay2, else vfs; no iptables, no default bridge),
+#      waiting for it by polling; on exit the stack and that daemon are taken down, whatever
+#      happened;
+#   2. makes one Debian base image with mmdebstrap (python3, python3-venv, postgresql-15,
+#      redis-server; no docs, unsafe-io): recsys-base:bookworm, the Dockerfile's BASE_IMAGE and
+#      the PostgreSQL and Redis stand-ins of docker/ci/compose.ci.yaml; kept between runs;
+#   3. builds the Dockerfile offline: a wheelhouse of the project's dependencies at the versions
+#      of this checkout's venv ($BIN), made once per pyproject.toml + venv (pip's cache, the
+#      torch CPU wheel of $PIP_FIND_LINKS) under $WHEEL_CACHE, goes in docker/build-extra/wheels
+#      for the build stages only; then checks the image: non-root user, HEALTHCHECK, no
+#      compiler and no pip in the final stage;
 #   4. starts compose.yaml with the demo profile (postgres + redis healthy -> migrate -> demo-data
-#      imports the bundled data and trains popular + ease; recsys serves), waits for /readyz with
-#      both models and checks one recommendation, then takes the stack down with its volumes.
+#      imports the bundled data, its first CI_DEMO_ROWS lines (default 80,000 of 541,909; 0: all),
+#      and trains popular + ease; recsys serves), waits for /readyz with
+#      both models, checks one recommendation and /metrics, the container's health, then takes
+#      the stack down with its volumes.
 #
-# Takes 10-20 minutes on a 2-core machine (the first run makes the base images), so it is not a
-# step of .ci/run. KEEP=1 leaves the stack and the daemon running.
+# Each step prints its start time. KEEP=1 leaves the stack and the daemon running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 start=$(date +%s)
-step() { echo "ci_container: [$(( $(date +%s) - start ))s] $*"; }
+step() { echo "ci_container: [$(($(date +%s) - start))s] $*"; }
+BIN=${BIN:-.venv/bin}
 DOCKER_ROOT=${DOCKER_ROOT:-/var/lib/recsys-ci-docker}
+EXEC_ROOT=/run/recsys-ci-docker-$(echo "$DOCKER_ROOT" | md5sum | cut -c1-8)
+export DOCKER_HOST=unix://$EXEC_ROOT.sock
+WHEEL_CACHE=${WHEEL_CACHE:-/var/cache/recsys-ci/wheels}
+BASE=recsys-base:bookworm
 PROJECT=recsys-ci
 COMPOSE=(docker-compose -p "$PROJECT" -f compose.yaml -f docker/ci/compose.ci.yaml --profile demo)
 started_dockerd=""
 
 cleanup() {
+    rc=$?
+    if [ -n "${base_pid:-}" ]; then # interrupted while making the base: stop it, keep no half
+        pkill -P "$base_pid" 2>/dev/null || true
+        wait "$base_pid" 2>/dev/null || true
+        docker image rm -f "$BASE" >/dev/null 2>&1 || true
+    fi
     rm -rf "$root/docker/build-extra/wheels" "$root/docker/build-extra/ca-bundle.crt"
+    [ -z "${RECSYS_CI_DATA:-}" ] || rm -rf "$RECSYS_CI_DATA"
     if [ -z "${KEEP:-}" ]; then
-        "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+        if [ -n "$started_dockerd" ] || docker info >/dev/null 2>&1; then
+            "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+        fi
         if [ -n "$started_dockerd" ]; then
             kill "$started_dockerd" 2>/dev/null || true
             wait "$started_dockerd" 2>/dev/null || true
-            umount /run/recsys-ci-docker/netns/default 2>/dev/null || true # dockerd leaves it
+            umount "$EXEC_ROOT/netns/default" 2>/dev/null || true # dockerd leaves it
         fi
     fi
+    step "exit $rc"
 }
 trap cleanup EXIT
+
+apt_install() { # PACKAGES...: from Debian, retrying a failed index update once
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null || { sleep 5 && apt-get update -q >/dev/null; } || true
+    apt-get install -y -q --no-install-recommends "$@" >/dev/null
+}
 
 step "tools"
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
-if [ ${#need[@]} -gt 0 ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/dev/null
-    apt-get install -y -q "${need[@]}" >/dev/null
-fi
+[ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 
 if ! docker info >/dev/null 2>&1; then
     step "starting dockerd (data in $DOCKER_ROOT)"
@@ -56,47 +78,104 @@ if ! docker info >/dev/null 2>&1; then
     driver=overlay2
     grep -qw overlay /proc/filesystems || driver=vfs
     dockerd --storage-driver="$driver" --iptables=false --ip6tables=false --bridge=none \
-        --data-root="$DOCKER_ROOT" --exec-root=/run/recsys-ci-docker \
-        >"$DOCKER_ROOT.log" 2>&1 &
+        --data-root="$DOCKER_ROOT" --exec-root="$EXEC_ROOT" --pidfile="$EXEC_ROOT.pid" \
+        --host="$DOCKER_HOST" >"$DOCKER_ROOT.log" 2>&1 &
     started_dockerd=$!
-    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-    docker info >/dev/null 2>&1 || { tail -20 "$DOCKER_ROOT.log"; exit 1; }
+    until docker info >/dev/null 2>&1; do
+        kill -0 "$started_dockerd" 2>/dev/null || { tail -20 "$DOCKER_ROOT.log"; exit 1; }
+        [ $(($(date +%s) - start)) -lt 600 ] || { tail -20 "$DOCKER_ROOT.log"; exit 1; }
+        sleep 0.2
+    done
 fi
 
-base_image() { # NAME PACKAGES: a Debian bookworm image from Debian's packages, made once
-    if ! docker image inspect "$1" >/dev/null 2>&1; then
-        step "making $1 with mmdebstrap ($2)"
-        mmdebstrap --quiet --variant=minbase --include="$2" bookworm - | docker import - "$1"
-    fi
-}
-base_image recsys-base:bookworm python3,python3-venv,ca-certificates
-base_image recsys-ci-base:bookworm postgresql-15,redis-server
+base_pid=""
+if ! docker image inspect "$BASE" >/dev/null 2>&1; then
+    step "making $BASE with mmdebstrap (in the background, while the wheelhouse is made)"
+    # No main cluster at install (docker/ci/postgres.sh makes its own), no docs, no fsync.
+    (mmdebstrap --quiet --variant=essential \
+        --include=python3,python3-venv,postgresql-15,redis-server \
+        --aptopt='Acquire::Languages "none"' --aptopt='APT::Install-Recommends "false"' \
+        --dpkgopt=force-unsafe-io --dpkgopt='path-exclude=/usr/share/doc/*' \
+        --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+        --dpkgopt='path-exclude=/usr/share/locale/*' \
+        --setup-hook='mkdir -p "$1/etc/postgresql-common"' \
+        --setup-hook='echo "create_main_cluster = false" > "$1/etc/postgresql-common/createcluster.conf"' \
+        bookworm - 2>"$DOCKER_ROOT.mmdebstrap.log" | docker import - "$BASE" >/dev/null) &
+    base_pid=$!
+fi
 
-if command -v hadolint >/dev/null; then hadolint Dockerfile; fi
-step "building the image"
+step "wheelhouse"
+# The dependencies at this venv's versions; made once per (pyproject.toml, pip freeze).
+# async-timeout: redis-py needs it below Python 3.11.3 (bookworm's 3.11.2), maybe not here.
+extra=(setuptools wheel async-timeout)
+constraints=$("$BIN/pip" freeze --exclude-editable | grep -v '^recsys[= @]' || true)
+key=$( (cat pyproject.toml && echo "$constraints ${extra[*]}") | sha256sum | cut -c1-16)
+if [ ! -f "$WHEEL_CACHE/$key/.complete" ]; then
+    tmp=$(mktemp -d)
+    echo "$constraints" >"$tmp/constraints.txt"
+    mkdir -p "$tmp/wheels"
+    "$BIN/pip" wheel -q --wheel-dir "$tmp/wheels" -c "$tmp/constraints.txt" . "${extra[@]}"
+    rm -f "$tmp/wheels"/recsys-*.whl
+    rm -rf "$WHEEL_CACHE/$key" && mkdir -p "$WHEEL_CACHE"
+    mv "$tmp/wheels" "$WHEEL_CACHE/$key" && rm -rf "$tmp"
+    touch "$WHEEL_CACHE/$key/.complete"
+fi
 rm -rf docker/build-extra/wheels && mkdir -p docker/build-extra/wheels
-ls /opt/wheels/torch-*.whl >/dev/null 2>&1 && cp /opt/wheels/torch-*.whl docker/build-extra/wheels/
-[ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ] && cp "$PIP_CERT" docker/build-extra/ca-bundle.crt
-DOCKER_BUILDKIT=0 docker build -q --network host --build-arg BASE_IMAGE=recsys-base:bookworm \
-    -t recsys:ci . >/dev/null
+cp -l "$WHEEL_CACHE/$key"/*.whl docker/build-extra/wheels/ 2>/dev/null ||
+    cp "$WHEEL_CACHE/$key"/*.whl docker/build-extra/wheels/
+
+if [ -n "$base_pid" ]; then
+    step "waiting for $BASE"
+    if ! wait "$base_pid"; then
+        base_pid=""
+        docker image rm -f "$BASE" >/dev/null 2>&1 || true # no half-made base for the next run
+        tail -20 "$DOCKER_ROOT.mmdebstrap.log"
+        exit 1
+    fi
+    base_pid=""
+fi
+
+step "building the image"
+# BuildKit (the Dockerfile's bind mounts): Debian's docker CLI has it built in, a newer one
+# first on PATH may want the buildx plugin instead.
+cli=docker
+[ -x /usr/bin/docker ] && cli=/usr/bin/docker
+if ! DOCKER_BUILDKIT=1 "$cli" build --progress=plain --network none \
+    --build-arg BASE_IMAGE="$BASE" -t recsys:ci . >"$DOCKER_ROOT.build.log" 2>&1; then
+    tail -40 "$DOCKER_ROOT.build.log"
+    exit 1
+fi
+grep -E '^#[0-9]+ (DONE|CACHED)' "$DOCKER_ROOT.build.log" | sort -t' ' -k3 -rn | head -5 || true
 docker image ls recsys:ci --format 'ci_container: recsys:ci {{.Size}}'
 
 step "checking the image"
 user=$(docker image inspect recsys:ci --format '{{.Config.User}}')
 health=$(docker image inspect recsys:ci --format '{{json .Config.Healthcheck.Test}}')
 [ "$user" = 10001:10001 ] || { echo "image runs as '$user', not recsys (10001)" >&2; exit 1; }
-[ "$(docker run --rm --network none --entrypoint id recsys:ci -un)" = recsys ]
 [ "$health" != null ] || { echo "image has no HEALTHCHECK" >&2; exit 1; }
-if docker run --rm --network none --entrypoint sh recsys:ci -c \
-    'command -v gcc || command -v cc || command -v pip || python -m pip --version' 2>/dev/null; then
-    echo "the final image has a compiler or pip" >&2
-    exit 1
-fi
-docker run --rm --network none recsys:ci --version
+# One container: the user's name, no compiler, no pip, the CLI answers.
+docker run --rm --network none --entrypoint sh recsys:ci -c '
+    [ "$(id -un)" = recsys ] || { echo "not the recsys user" >&2; exit 1; }
+    for tool in gcc cc g++ pip pip3; do
+        ! command -v $tool || { echo "the final image has $tool" >&2; exit 1; }
+    done
+    ! python -m pip --version 2>/dev/null || { echo "the final image has pip" >&2; exit 1; }
+    recsys --version'
 
 step "compose up (demo profile)"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export RECSYS_IMAGE=recsys:ci RECSYS_PORT=$port RECSYS_DEMO_STRATEGIES="popular ease"
+export RECSYS_IMAGE=recsys:ci POSTGRES_IMAGE=$BASE REDIS_IMAGE=$BASE RECSYS_PORT=$port
+export RECSYS_DEMO_STRATEGIES="popular ease"
+# The demo import, CI_DEMO_ROWS lines of the bundled file (its first weeks; 0: all 541,909):
+# the full import is most of this step's time on a loaded 2-core machine.
+CI_DEMO_ROWS=${CI_DEMO_ROWS:-80000}
+if [ "$CI_DEMO_ROWS" -gt 0 ]; then
+    RECSYS_CI_DATA=$(mktemp -d) && chmod 755 "$RECSYS_CI_DATA"
+    zcat recsys/data/online_retail.csv.gz | head -n $((CI_DEMO_ROWS + 1)) | gzip -1 \
+        >"$RECSYS_CI_DATA/online_retail.csv.gz" || true
+    chmod 644 "$RECSYS_CI_DATA/online_retail.csv.gz"
+    export RECSYS_CI_DATA RECSYS_DEMO_FILE=/ci-data/online_retail.csv.gz
+fi
 "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
 "${COMPOSE[@]}" up -d --no-build
 seed=$("${COMPOSE[@]}" ps -q demo-data)
@@ -121,7 +200,7 @@ while True:
         pass
     if time.monotonic() > deadline:
         sys.exit("ci_container: /readyz did not list popular and ease within 300 s")
-    time.sleep(1)
+    time.sleep(0.5)
 with urllib.request.urlopen(base + "/v1/users/12347/recommendations?n=3", timeout=30) as r:
     body = json.load(r)
 print("ci_container: recommendation", json.dumps(body)[:300])
@@ -134,13 +213,13 @@ EOF
     "${COMPOSE[@]}" logs --tail 40 recsys
     exit 1
 fi
-"${COMPOSE[@]}" ps
 cid=$("${COMPOSE[@]}" ps -q recsys)
-for _ in $(seq 120); do # the HEALTHCHECK's first run comes within its 15 s interval
-    health=$(docker inspect --format '{{.State.Health.Status}}' "$cid")
-    [ "$health" = starting ] || break
-    sleep 1
+# The HEALTHCHECK's first run comes within its interval; poll the status, do not wait it out.
+until [ "$(docker inspect --format '{{.State.Health.Status}}' "$cid")" != starting ]; do
+    [ $(($(date +%s) - start)) -lt 1200 ] || break
+    sleep 0.5
 done
+health=$(docker inspect --format '{{.State.Health.Status}}' "$cid")
 step "recsys container health: $health"
 [ "$health" = healthy ]
 step "ok"

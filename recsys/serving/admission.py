@@ -187,7 +187,8 @@ def observe_request(endpoint: str, route: str, status: str, seconds: float | Non
     endpoint : str
         The Flask endpoint name (not the raw path).
     route : str
-        The recommendation route (``"cold"``, ``"warm"``; ``"none"`` where not a
+        The recommendation route (a learned profile's route name such as ``"h0"``, else
+        ``"cold"`` or ``"warm"``; ``"similar"``, ``"popular"``; ``"none"`` where not a
         recommendation).
     status : str
         The HTTP status code, as text.

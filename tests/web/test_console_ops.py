@@ -302,3 +302,68 @@ def test_live_history_is_kept_in_redis(client, served_app, redis_url):
     later = client.get("/admin/ui/live.json?history=1", headers=AUTH).get_json()
     assert any(s["t"] == first["t"] for s in later["history"])
     assert "history" not in client.get("/admin/ui/live.json", headers=AUTH).get_json()
+
+
+def test_live_history_is_sampled_without_a_page(served_app):
+    """Each worker's sampler (after the fork) claims the slot first; only the winner reads the
+    metrics, and the history fills with no page open. No thread: ``sample`` is called here."""
+    from recsys.web.console.live import HISTORY_STEP_S, Sampler, history_of
+
+    clock = ManualClock(2_100_000.0)  # a slot start
+    history = history_of(served_app)
+    history.clock = clock
+    reads = []
+
+    def source() -> str:
+        reads.append(clock.now)
+        return 'recsys_requests_total{endpoint="recommend",status="200"} 7\n'
+
+    workers = [Sampler(history, source, clock) for _ in range(2)]
+    try:
+        for _ in range(3):
+            assert [w.sample() for w in workers] == [True, False]  # one per slot, one read
+            clock.advance(HISTORY_STEP_S)
+        assert len(reads) == 3
+        kept = [s for s in history.recent() if s["t"] >= 2_100_000.0]
+        assert [s["t"] for s in kept] == reads and kept[-1]["requests"] == 7
+        # Just past the next slot's start, wherever in the slot it asks.
+        clock.advance(1.0)
+        assert 0 < workers[0].delay() <= HISTORY_STEP_S - 1.0 + 0.1
+    finally:
+        history.client.delete(history.key)
+
+
+def test_live_sampler_thread_starts_after_fork_only(served_app, make_app, monkeypatch):
+    import threading
+
+    from recsys.web.console import live
+
+    def sampler_threads():
+        return [t for t in threading.enumerate() if t.name == "recsys-live-sampler"]
+
+    # The app (as the CLI and test clients make it) runs no sampler; a worker's fork hook does.
+    assert not sampler_threads()
+    assert live.start_sampler(make_app(CONSOLE_HISTORY_SAMPLER=False)) is None
+    stepped = threading.Event()
+    monkeypatch.setattr(live.Sampler, "delay", lambda self: 0.0)
+    monkeypatch.setattr(live.Sampler, "step", lambda self: stepped.set())
+    sampler = live.start_sampler(served_app)
+    try:
+        assert live.start_sampler(served_app) is sampler  # one per process
+        assert stepped.wait(30) and sampler_threads()
+    finally:
+        sampler.stop(30)
+    assert not sampler.thread.is_alive()
+
+
+def test_live_sampler_survives_a_failing_store(caplog):
+    from recsys.web.console.live import History, Sampler
+
+    class Down:
+        def set(self, *a, **k):
+            raise ConnectionError("redis down")
+
+    sampler = Sampler(History(Down(), "k"), lambda: "")
+    sampler.step()
+    sampler.step()  # logged once, not every 3 s
+    assert sum("sampling failed" in r.getMessage() for r in caplog.records) == 1

@@ -80,7 +80,8 @@ def init_app(app: Flask) -> None:
     app : Flask
         The application.
     """
-    from recsys.web.console import ops_views, views  # noqa: F401 - ops_views adds routes to ui
+    # ops_views adds routes to ui; live registers its history sampler for gunicorn's workers.
+    from recsys.web.console import live, ops_views, views  # noqa: F401
 
     app.register_blueprint(views.bp)
     app.register_blueprint(views.ui)

@@ -422,18 +422,9 @@ def live_json():
 
 def _live_history():
     """This app's ``live.History`` (Redis when the cache is, else this process's memory)."""
-    from recsys.serving.cache import get_cache
-    from recsys.web.console.live import History
+    from recsys.web.console.live import history_of
 
-    app = current_app._get_current_object()
-    kept = app.extensions.get("recsys.console_history")
-    if kept is None:
-        cache = get_cache(app)
-        client = getattr(cache.backend, "client", None) if cache.shared else None
-        kept = app.extensions["recsys.console_history"] = History(
-            client, cache.key("console", "live")
-        )
-    return kept
+    return history_of(current_app._get_current_object())
 
 
 # User inspector -------------------------------------------------------------------------------
