@@ -515,6 +515,18 @@ class BalancedThreadWorker(ThreadWorker):
         """``ThreadWorker.handle_request``, with the response's header block sent together with
         its body (``recsys.ops.wire.OneWriteResponse``) and gunicorn's own access log timed only
         when it is on. Same hooks, same keep-alive and error handling.
+
+        Parameters
+        ----------
+        req : gunicorn.http.Request
+            The parsed request.
+        conn : TConn
+            Its connection.
+
+        Returns
+        -------
+        bool
+            Whether the connection is kept alive (as ``ThreadWorker.handle_request``).
         """
         environ = {}
         resp = None

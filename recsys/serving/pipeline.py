@@ -618,7 +618,7 @@ class RecommendationPipeline:
         user_id: str | None = None,
         deadline_s: float | None = None,
     ) -> tuple[bytes, Snapshot]:
-        """``recsys.serving.userstate.popular_list`` of this pipeline (documented there)."""
+        """See ``recsys.serving.userstate.popular_list`` (with this pipeline)."""
         return popular_list(self, n, category, offset, explain, user_id, deadline_s)
 
 

@@ -96,6 +96,8 @@ def popular_list(
 
     Parameters
     ----------
+    pipeline : RecommendationPipeline
+        The pipeline whose snapshot, store and cache answer.
     n : int
         Items asked for.
     category : str or None

@@ -97,6 +97,8 @@ class LocalBackend:
             The near-cache invalidation the Redis backends publish; ignored here (one process).
         get : list of str, optional
             Keys read after the writes (the Redis backends: in the same round trip).
+        appends : object, optional
+            The kept-history appends the Redis backends run; ignored here (one process).
 
         Returns
         -------

@@ -61,8 +61,23 @@ return 0
 
 
 def lines(items, types, values, seconds) -> str | None:
-    """Events as the history's lines (newest first); None when an item id holds a tab or a
-    newline (such a history is not kept: SQL is read)."""
+    """Events as the history's lines (newest first).
+
+    Parameters
+    ----------
+    items, types : list of str
+        Item ids and event types, newest first.
+    values : list of float
+        Event values.
+    seconds : list of int or float
+        Event times.
+
+    Returns
+    -------
+    str or None
+        One tab-separated line per event; None when an item id holds a tab or a newline
+        (such a history is not kept: SQL is read).
+    """
     if not (len(items) == len(types) == len(values) == len(seconds)):
         raise ValueError("the event lists differ in length")
     if not items:
