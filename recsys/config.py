@@ -178,6 +178,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Entries of each worker's near cache (least recently used dropped first).",
     )
+    near_cache_max_lag_ms: int = Field(
+        200,
+        gt=0,
+        description="Near cache: the most milliseconds by which a list a worker serves from its "
+        "near cache may miss an acknowledged event. Each worker publishes a ping on the "
+        "invalidation channel at most every half of this and serves a local copy only while its "
+        "last ping came back within this; otherwise it reads Redis.",
+    )
     refresh_ahead: bool = Field(
         True,
         description="Refresh-ahead (recsys.serving.refresh): an event for a user who asked for "

@@ -1,6 +1,7 @@
 """The near cache (serving/cache/near.py) on the real Redis: local hits, invalidation by pub/sub
 across processes (two caches or two apps on one Redis stand for two gunicorn workers), tickets,
-a lost subscription, TTL and size bounds."""
+a lost subscription, TTL and size bounds, and the lag bound kept by each process's pings
+(NEAR_CACHE_MAX_LAG_MS; an injected clock, messages held back by hand, no sleeps)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import pytest
 import redis
 from flask import Flask
 
-from recsys.config import init_config
+from recsys.config import get_config, init_config
 from recsys.serving.cache import ResultCache
-from recsys.serving.cache.near import PUBLISH_MAX_USERS, NearCache
+from recsys.serving.cache.near import EVERYONE, PING_PREFIX, PUBLISH_MAX_USERS, NearCache, messages
 from tests.clocks import ManualClock
 
 pytestmark = pytest.mark.redis
 
 CTX = {"n": 3}
+# The tests that are not about the lag bound run on the real clock: a bound of a minute keeps a
+# slow (loaded) test from missing a local hit it expects.
+LONG_LAG = {"NEAR_CACHE_MAX_LAG_MS": 60_000}
 
 
 def make_cache(redis_url: str, prefix: str, **config) -> ResultCache:
@@ -23,6 +27,7 @@ def make_cache(redis_url: str, prefix: str, **config) -> ResultCache:
     init_config(
         app,
         {"REDIS_URL": redis_url, "REDIS_PREFIX": prefix, "CACHE_TTL": 60, "NEAR_CACHE_TTL": 30}
+        | LONG_LAG
         | config,
     )
     cache = ResultCache(app)
@@ -53,6 +58,8 @@ def test_off_by_default_and_without_a_single_redis(redis_url, redis_prefix):
     assert local.near is None and local.near_channel is None
     on = make_cache(redis_url, redis_prefix, CACHE_TTL=10, NEAR_CACHE_TTL=30)
     assert on.near.ttl_s == 10  # never longer than the entries it copies
+    assert on.near.max_lag_s == 60.0  # NEAR_CACHE_MAX_LAG_MS, in seconds
+    assert get_config(bare).near_cache_max_lag_ms == 200  # the default
     on.near.close()
 
 
@@ -130,7 +137,10 @@ def test_a_lost_subscription_drops_every_copy_until_resubscribed(redis_url, redi
         made.append(pool.make_connection())
         return made[-1]
 
-    near = NearCache(connect, f"{redis_prefix}:near", ttl_s=30, max_entries=100, clock=clock)
+    publish = redis.Redis.from_url(redis_url).publish
+    near = NearCache(
+        connect, f"{redis_prefix}:near", ttl_s=30, max_entries=100, clock=clock, publish=publish
+    )
     assert near.wait_subscribed(5.0)
     _, ticket = near.get("u", "k")
     assert near.put(ticket, "u", "k", b"t", b"raw")
@@ -151,7 +161,10 @@ def test_a_lost_subscription_drops_every_copy_until_resubscribed(redis_url, redi
 def test_copies_expire_and_are_bounded(redis_url, redis_prefix):
     clock = ManualClock()
     pool = redis.Redis.from_url(redis_url).connection_pool
-    near = NearCache(pool.make_connection, f"{redis_prefix}:near", 30, 2, clock=clock)
+    publish = redis.Redis.from_url(redis_url).publish
+    near = NearCache(
+        pool.make_connection, f"{redis_prefix}:near", 30, 2, clock=clock, publish=publish
+    )
     assert near.wait_subscribed(5.0)
     for key in ("k1", "k2", "k3"):
         _, ticket = near.get("u", key)
@@ -179,7 +192,7 @@ def two_apps(make_app, redis_url, redis_prefix):
         "NEAR_CACHE_TTL": 60,
         "CONFIG_POLL_SECONDS": 0.05,
         "DEADLINE_MS": 5000,
-    }
+    } | LONG_LAG
     first = make_app(**config)
     seed_store(first.test_client())
     versions = train_and_register(first)
@@ -210,3 +223,152 @@ def test_an_event_through_one_worker_is_seen_by_the_other(two_apps):
     after = second.get(url).get_json()
     assert after["cached"] is False
     assert top not in [i["item_id"] for i in after["items"]]
+
+
+# -- the lag bound (NEAR_CACHE_MAX_LAG_MS) --------------------------------------------------------
+class Wire:
+    """One process's view of Redis with messages held back by hand: ``publish`` (its pings) can
+    be held before they reach Redis, and its subscription can stop reading (a message still on
+    its way to the socket)."""
+
+    def __init__(self, redis_url: str):
+        self.client = redis.Redis.from_url(redis_url)
+        self.sent: list[bytes] = []
+        self.held: list[tuple[str, bytes]] = []
+        self.hold_pings = False
+        self.deaf = False
+
+    def publish(self, channel: str, message: bytes):
+        self.sent.append(message)
+        if self.hold_pings:
+            self.held.append((channel, message))
+            return 0
+        return self.client.publish(channel, message)
+
+    def release_pings(self) -> None:
+        self.hold_pings = False
+        for channel, message in self.held:
+            self.client.publish(channel, message)
+        self.held.clear()
+
+    def connect(self):
+        wire, conn = self, self.client.connection_pool.make_connection()
+
+        class Conn:
+            def __getattr__(self, name):
+                return getattr(conn, name)
+
+            def can_read(self, timeout=0):
+                return False if wire.deaf else conn.can_read(timeout=timeout)
+
+        return Conn()
+
+
+def lagged_near(redis_url, channel, clock, max_lag_s=0.25):  # binary fractions: exact sums
+    wire = Wire(redis_url)
+    near = NearCache(
+        wire.connect, channel, 30, 100, clock=clock, publish=wire.publish, max_lag_s=max_lag_s
+    )
+    assert near.wait_subscribed(5.0)
+    return near, wire
+
+
+def hold_copy(near, user="u", key="k"):
+    """Store a copy and have it served once (its first ping read back)."""
+    got, ticket = near.get(user, key)
+    assert got is None  # no ping confirmed yet: nothing is served, a ping goes out
+    assert near.put(ticket, user, key, b"t", b"raw")
+    assert near.get(user, key)[0] == (b"t", b"raw")  # the ping came back with this poll
+
+
+def test_a_copy_is_refused_once_the_last_ping_is_older_than_the_lag(redis_url, redis_prefix):
+    clock = ManualClock()
+    near, wire = lagged_near(redis_url, f"{redis_prefix}:near", clock)
+    hold_copy(near)  # confirmed at 100.0
+    wire.hold_pings = True  # the next pings are slow to come back
+    clock.advance(0.25)
+    assert near.get("u", "k")[0] == (b"t", b"raw")  # exactly at the bound: served
+    assert len(wire.held) == 1  # ... and a ping went out (older than half the bound)
+    clock.advance(2**-10)
+    got, ticket = near.get("u", "k")
+    assert got is None and ticket is not None  # read from Redis instead, may be stored again
+    assert near.stats()["lagged"] == 1 and near.stats()["entries"] == 1
+    wire.release_pings()  # the ping sent at 100.25 comes back
+    assert near.get("u", "k")[0] == (b"t", b"raw")  # 1 ms after it was sent: served again
+    near.close()
+
+
+def test_a_late_invalidation_is_never_served_past_the_lag(redis_url, redis_prefix):
+    clock = ManualClock()
+    channel = f"{redis_prefix}:near"
+    near, wire = lagged_near(redis_url, channel, clock)
+    hold_copy(near)  # the last ping read back was sent at 100.0
+    wire.deaf = True  # whatever is published now is still on its way to this process
+    clock.advance(0.0625)
+    redis.Redis.from_url(redis_url).publish(channel, b"u")  # an event, acknowledged at 100.0625
+    # Within the bound the old copy may still be served: the residual window, now bounded.
+    clock.advance(0.125)
+    assert near.get("u", "k")[0] == (b"t", b"raw")
+    # More than the bound after the last ping read back (sent before the event, so earlier
+    # than its ack): never again, however long the message stays late.
+    for step in (0.125, 1.0, 60.0):
+        clock.advance(step)
+        assert near.get("u", "k")[0] is None
+    assert near.stats()["invalidations"] == 0  # it really was not read
+    wire.deaf = False
+    assert near.get("u", "k")[0] is None and near.stats()["invalidations"] == 1
+    assert near.stats()["entries"] == 0
+    near.close()
+
+
+def test_other_processes_pings_are_not_invalidations(redis_url, redis_prefix):
+    clock = ManualClock()
+    channel = f"{redis_prefix}:near"
+    a, _ = lagged_near(redis_url, channel, clock)
+    b, b_wire = lagged_near(redis_url, channel, clock)
+    hold_copy(b)  # b read a ping back: its own only
+    _, ticket = b.get("v", "kv")
+    before = b.stats()
+    clock.advance(1.0)
+    b_wire.hold_pings = True  # b's own pings do not come back
+    a.get("x", "kx")  # a pings (its last one was long ago)
+    assert a.stats()["pings"] == 1
+    assert b.get("u", "k")[0] is None  # a's ping is read, and does not confirm b's lag
+    after = b.stats()
+    assert after["invalidations"] == before["invalidations"] and after["entries"] == 1
+    assert b.put(ticket, "v", "kv", b"t", b"v")  # nor does it void b's tickets
+    b_wire.release_pings()
+    assert b.get("u", "k")[0] == (b"t", b"raw")
+    # A user id that could read as a ping is published as "everyone".
+    assert messages(["\x00ping:x:1"]) == [EVERYONE]
+    assert messages(["u"]) == [b"u"]
+    assert not b"u".startswith(PING_PREFIX) and not EVERYONE.startswith(PING_PREFIX)
+    a.close()
+    b.close()
+
+
+def test_a_ping_is_published_at_most_once_per_half_lag(redis_url, redis_prefix):
+    clock = ManualClock()
+    near, wire = lagged_near(redis_url, f"{redis_prefix}:near", clock)
+    wire.hold_pings = True
+    for _ in range(5):
+        near.get("u", "k")
+    assert len(wire.sent) == 1
+    clock.advance(0.125 - 2**-10)
+    near.get("u", "k")
+    assert len(wire.sent) == 1
+    clock.advance(2**-10)
+    for _ in range(5):
+        near.get("u", "k")
+    assert len(wire.sent) == 2
+    wire.release_pings()  # both come back: confirmed at the second's send time
+    near.get("u", "k")
+    # None while the last ping read back is at most half the bound old, whatever the traffic.
+    for _ in range(8):
+        clock.advance(2**-6)
+        near.get("u", "k")
+    assert len(wire.sent) == 2
+    clock.advance(2**-10)
+    near.get("u", "k")
+    assert len(wire.sent) == 3 and near.stats()["pings"] == 3
+    near.close()

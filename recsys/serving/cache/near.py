@@ -22,9 +22,22 @@ How the copy stays fresh:
   event to anyone. So a request made after the event was acknowledged normally finds the
   invalidation already waiting on the socket. It does not find it when the message is still
   on its way: Redis was descheduled between the two writes, or a network put the subscriber
-  further away than the publisher. Then the request gets the old list, for as long as the message
-  is late. That residual window is why the near cache is off by default. Without it,
-  every hit reads the token from Redis.
+  further away than the publisher.
+* That lag is bounded by ``NEAR_CACHE_MAX_LAG_MS``. Each process publishes its own ping
+  (``PING_PREFIX``, its random instance id and a sequence number) on the same channel through
+  its normal Redis client, lazily from ``get`` and at most once per half of the bound,
+  remembering when it sent it (the injectable clock, read before the ``PUBLISH``). When its
+  subscription reads that ping back, every message published before the ping has been read
+  too: Redis executes ``PUBLISH``es one at a time and delivers them to a subscriber in that
+  order, and an event acknowledged before the ping was sent had its ``PUBLISH`` executed before
+  the ping's. The process then records ``confirmed`` = the ping's send time, and serves a local
+  copy only while ``now - confirmed <= NEAR_CACHE_MAX_LAG_MS``; otherwise it reads Redis as
+  without the near cache (and a ping goes out). So every event acknowledged more than
+  ``NEAR_CACHE_MAX_LAG_MS`` before a request is reflected in its answer. Pings of other
+  processes are ignored; a user id cannot be mistaken for a ping (``messages`` publishes ``*``
+  for an id starting with NUL, which PostgreSQL text cannot hold anyway). The cost: one extra
+  ``PUBLISH`` per process per half of the bound while it serves, never one per request. The
+  near cache is still off by default (``NEAR_CACHE_TTL=0``).
 * A copy read before an invalidation arrived is not stored after it: ``get`` hands out the
   number of invalidations seen so far (a ticket), and ``put`` stores only when no invalidation
   has been seen since.
@@ -47,6 +60,7 @@ wait for ``CACHE_TTL`` either way.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -58,6 +72,9 @@ log = logging.getLogger(__name__)
 # An invalidation naming more users than this is published as "*" (drop everything).
 PUBLISH_MAX_USERS = 1000
 EVERYONE = b"*"
+# A process's own ping: PING_PREFIX + instance id + b":" + sequence number. NUL starts no
+# published user id (see ``messages``).
+PING_PREFIX = b"\x00ping:"
 RETRY_START_S = 0.5
 RETRY_MAX_S = 30.0
 
@@ -73,9 +90,10 @@ def messages(users: list[str]) -> list[bytes]:
     Returns
     -------
     list of bytes
-        Their ids, or ``[b"*"]`` (everyone) for more than ``PUBLISH_MAX_USERS``.
+        Their ids, or ``[b"*"]`` (everyone) for more than ``PUBLISH_MAX_USERS``, or when an id
+        starts with NUL (it could be read as a ping).
     """
-    if len(users) > PUBLISH_MAX_USERS:
+    if len(users) > PUBLISH_MAX_USERS or any(u.startswith("\x00") for u in users):
         return [EVERYONE]
     return [u.encode() for u in users]
 
@@ -84,7 +102,9 @@ class NearCache:
     """Entries ``key -> (token, raw)`` of one process. Thread-safe.
 
     ``connect`` returns a new, unconnected redis-py ``Connection`` (the cache's own pool makes
-    it, with its URL, database and timeouts)."""
+    it, with its URL, database and timeouts); ``publish(channel, message)`` sends a ``PUBLISH``
+    through the normal client (the pings); ``max_lag_s`` is ``NEAR_CACHE_MAX_LAG_MS`` in
+    seconds."""
 
     def __init__(
         self,
@@ -93,12 +113,22 @@ class NearCache:
         ttl_s: float,
         max_entries: int,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        publish: Callable[[str, bytes], Any],
+        max_lag_s: float = 0.2,
     ):
         self._connect = connect
         self.channel = channel
         self.ttl_s = float(ttl_s)
         self.max_entries = max(1, int(max_entries))
         self._clock = clock
+        self._publish = publish
+        self.max_lag_s = float(max_lag_s)
+        self._instance = secrets.token_hex(8).encode()  # a pid alone can repeat across hosts
+        self._ping_seq = 0
+        self._pings: dict[int, float] = {}  # sent, not read back yet: sequence -> send time
+        self._ping_sent = float("-inf")  # send time of the last ping
+        self._confirmed = float("-inf")  # send time of the last ping read back
         self._lock = threading.Lock()
         # key -> (expires at, user, token, raw); user -> its keys.
         self._entries: OrderedDict[str, tuple[float, str, bytes | None, bytes]] = OrderedDict()
@@ -108,7 +138,14 @@ class NearCache:
         self._retry_at = 0.0
         self._retry_s = RETRY_START_S
         self._seq = 0  # invalidations seen (and resets): the tickets' counter
-        self._counts = {"hits": 0, "stores": 0, "invalidations": 0, "resets": 0}
+        self._counts = {
+            "hits": 0,
+            "stores": 0,
+            "invalidations": 0,
+            "resets": 0,
+            "pings": 0,  # sent
+            "lagged": 0,  # local copies not served: the last ping came back too long ago
+        }
 
     # -- reads and writes ----------------------------------------------------------------------
     def get(self, user_id: str, key: str) -> tuple[tuple[bytes | None, bytes] | None, int | None]:
@@ -124,22 +161,33 @@ class NearCache:
         Returns
         -------
         tuple
-            ``((token, raw), ticket)`` on a local hit; ``(None, ticket)`` on a miss, where the
-            ticket lets ``put`` store what is read next; ``(None, None)`` while there is no
-            confirmed subscription (nothing may be stored).
+            ``((token, raw), ticket)`` on a local hit; ``(None, ticket)`` on a miss (or a copy
+            held while the last ping is older than ``max_lag_s``), where the ticket lets
+            ``put`` store what is read next; ``(None, None)`` while there is no confirmed
+            subscription (nothing may be stored).
         """
+        ping = None
         with self._lock:
             self._sync()
             if not self._ready:
                 return None, None
+            now = self._clock()
+            ping = self._ping_due(now)
+            result: tuple[bytes | None, bytes] | None = None
             entry = self._entries.get(key)
             if entry is not None:
-                if entry[0] > self._clock():
+                if entry[0] <= now:
+                    self._remove(key)
+                elif now - self._confirmed <= self.max_lag_s:
                     self._entries.move_to_end(key)
                     self._counts["hits"] += 1
-                    return (entry[2], entry[3]), self._seq
-                self._remove(key)
-            return None, self._seq
+                    result = (entry[2], entry[3])
+                else:
+                    self._counts["lagged"] += 1
+            ticket = self._seq
+        if ping is not None:
+            self._send_ping(*ping)
+        return result, ticket
 
     def put(
         self, ticket: int | None, user_id: str, key: str, token: bytes | None, raw: bytes
@@ -212,7 +260,8 @@ class NearCache:
         -------
         dict
             ``entries``, ``subscribed`` and the counts of ``hits``, ``stores``,
-            ``invalidations`` and ``resets``.
+            ``invalidations``, ``resets``, ``pings`` (sent) and ``lagged`` (copies not served
+            because the last ping came back more than ``max_lag_s`` ago).
         """
         with self._lock:
             return {"entries": len(self._entries), "subscribed": self._ready, **self._counts}
@@ -255,6 +304,44 @@ class NearCache:
             self._conn = None
             self._ready = False
             self._clear()
+            self._pings.clear()
+            self._confirmed = self._ping_sent = float("-inf")
+
+    # -- the pings -------------------------------------------------------------------------------
+    def _ping_due(self, now: float) -> tuple[int, bytes] | None:
+        """With the lock held: the ping to send now (recorded as sent), or None. One when the
+        last ping read back is older than half the lag and none was sent for that long."""
+        half = self.max_lag_s / 2
+        if now - self._confirmed <= half or now - self._ping_sent < half:
+            return None
+        self._ping_seq += 1
+        self._ping_sent = now
+        self._pings[self._ping_seq] = now
+        self._counts["pings"] += 1
+        return self._ping_seq, PING_PREFIX + self._instance + b":" + str(self._ping_seq).encode()
+
+    def _send_ping(self, seq: int, message: bytes) -> None:
+        """Publish a ping, without the lock (one Redis round trip). A failure only means no
+        local hit until a later ping comes back."""
+        try:
+            self._publish(self.channel, message)
+        except Exception as e:
+            log.debug("near cache: ping not published: %s", e)
+            with self._lock:
+                self._pings.pop(seq, None)
+
+    def _read_ping(self, data: bytes) -> None:
+        """With the lock held: a ping read back; another process's is ignored."""
+        instance, _, seq = data[len(PING_PREFIX) :].partition(b":")
+        if instance != self._instance or not seq.isdigit():
+            return
+        n = int(seq)
+        sent = self._pings.get(n)
+        if sent is None:  # sent before a reset
+            return
+        self._confirmed = max(self._confirmed, sent)
+        for k in [k for k in self._pings if k <= n]:  # earlier ones were lost: delivery is ordered
+            del self._pings[k]
 
     # -- the subscription (called with the lock held) ------------------------------------------
     def _sync(self) -> None:
@@ -279,6 +366,9 @@ class NearCache:
     def _handle(self, reply: Any) -> None:
         kind, _, data = reply  # [kind, channel, data]; anything else raises: a reset
         if kind == b"message":
+            if data.startswith(PING_PREFIX):
+                self._read_ping(data)
+                return
             if data == EVERYONE:
                 self._clear()
             else:
@@ -301,6 +391,8 @@ class NearCache:
         self._conn = None
         self._ready = False
         self._clear()
+        self._pings.clear()
+        self._confirmed = self._ping_sent = float("-inf")
         self._counts["resets"] += 1
         self._retry_at = self._clock() + self._retry_s
         self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)

@@ -123,6 +123,7 @@ class ResultCache(ComputeOnMiss):
         # The per-process copy of hits (recsys.serving.cache.near): seconds, never beyond CACHE_TTL.
         self.near_ttl = min(cfg.near_cache_ttl or 0.0, self.ttl)
         self.near_size = cfg.near_cache_size
+        self.near_max_lag_ms = cfg.near_cache_max_lag_ms
         self._down_until = 0.0
         self._backoff = BACKOFF_START_S
         self._outage_logged = False
@@ -156,7 +157,14 @@ class ResultCache(ComputeOnMiss):
         if channel is None:
             return None
         pool = self.backend.client.connection_pool
-        return NearCache(pool.make_connection, channel, self.near_ttl, self.near_size)
+        return NearCache(
+            pool.make_connection,
+            channel,
+            self.near_ttl,
+            self.near_size,
+            publish=self.backend.client.publish,
+            max_lag_s=self.near_max_lag_ms / 1000.0,
+        )
 
     @property
     def shared(self) -> bool:
