@@ -86,6 +86,16 @@ def when_ready(server):
             server.log.error("preload failed for %s; /readyz stays 503 until fixed", failed)
         else:
             server.log.info("preloaded models: %s", get_runtime(app).active_versions())
+    # The catalogue snapshot and each model's filter of recommendable items, inherited by the
+    # workers: otherwise a worker's first request reads the whole catalogue (issue 29: 4.3 s
+    # for the first similar-items call at 50k items).
+    from recsys.serving.catalog import preload as preload_catalog
+
+    try:
+        with app.app_context():
+            server.log.info("preloaded catalogue: %d items", preload_catalog(app))
+    except Exception as e:  # the database down at start: each worker reads it when it can
+        server.log.warning("catalogue not preloaded (%s); workers load it on first use", e)
     # Sever the master's DB connections so no worker inherits a live socket.
     from recsys.store.db import dispose_engines
 
