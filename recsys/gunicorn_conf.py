@@ -111,7 +111,7 @@ def when_ready(server):
 def post_fork(server, worker):
     # Fork safety: each worker makes its own DB pool, Redis client and threads, and limits
     # BLAS/torch threads so workers do not oversubscribe the cores.
-    from recsys.ops.lifecycle import after_fork
+    from recsys.ops.lifecycle import after_fork, warm_worker
 
     # The app gunicorn loaded (recsys.wsgi:app, or whatever APP_MODULE was given), not a fresh
     # import.
@@ -124,6 +124,7 @@ def post_fork(server, worker):
     cache = get_cache(app)
     if server.cfg.workers > 1 and not cache.shared:
         cache.disable(f"{server.cfg.workers} workers share no cache (set RECSYS_REDIS_URL)")
+    warm_worker(app)  # its settings and first SQL connection, before its first request
 
 
 def child_exit(server, worker):

@@ -95,3 +95,25 @@ def test_master_starts_without_a_catalogue_when_the_database_is_down(served_app,
     store.reset()
     master_ready(served_app)  # logs a warning, does not raise
     assert store.loaded_version is None
+
+
+def test_a_worker_reads_its_settings_before_its_first_request(served_app):
+    from recsys.ops.lifecycle import warm_worker
+    from recsys.serving.settings_store import get_settings
+
+    run_after_fork_hooks(served_app)
+    settings = get_settings(served_app)
+    assert not settings.holds_versions
+    assert warm_worker(served_app) is True
+    assert settings.holds_versions
+
+
+def test_a_worker_starts_unwarmed_when_the_database_is_down(served_app, monkeypatch):
+    from recsys.ops.lifecycle import warm_worker
+    from recsys.serving import pipeline
+
+    def down(self):
+        raise RuntimeError("database down")
+
+    monkeypatch.setattr(pipeline.RecommendationPipeline, "snapshot", down)
+    assert warm_worker(served_app) is False
