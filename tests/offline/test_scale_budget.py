@@ -158,6 +158,21 @@ def test_tune_leaves_out_a_strategy_whose_default_fits_exceed_the_time_left():
     assert set(tuned.left_out) == {"ease"}
     assert tuned.left_out["ease"].startswith("ease: left out: its default trials would take ~")
     assert "50 s left" in tuned.left_out["ease"]
+    # Routes given to evaluate need their strategies: those are never left out.
+    routes = [{"name": "all", "max_history": None, "weights": {"ease": 1.0}}]
+    given = search_params(
+        ["ease", "popular"],
+        tuner.val,
+        tuner.halves,
+        tuner.stats,
+        TuneOptions(budget_s=100.0, tune_params=False, routes=routes),
+        FixedClock(left=50.0),
+        tuner.studies,
+        share=1.0,
+        max_trials=1,
+        estimates={"popular": 80.0, "ease": 60.0},
+    )
+    assert set(given.params) == {"popular", "ease"} and not given.left_out
 
 
 def test_tune_keeps_the_refits_at_the_measured_rate_and_the_ranker_off_the_search():

@@ -258,8 +258,9 @@ def search_params(
 
     The defaults are fitted cheapest strategy first (by ``estimates``). Before a strategy's
     defaults, its estimated fits are scaled by the rate measured on the fits before it
-    (``FitRate``); a strategy (popularity never) whose scaled fits would not end within the
-    budget ``clock`` has left is left out, with one line saying so (``Tuned.left_out``).
+    (``FitRate``); a strategy whose scaled fits would not end within the budget ``clock`` has
+    left is left out, with one line saying so (``Tuned.left_out``); never popularity, nor a
+    strategy of the routes given (``TuneOptions.routes``).
 
     Parameters
     ----------
@@ -300,10 +301,12 @@ def search_params(
     budget_end = clock.elapsed() + clock.left() * share
     # Defaults first for every strategy (the baseline, and each strategy's cost).
     runs, cost = {}, {}
+    # Never left out: popularity (the fallback) and the strategies of routes given to evaluate.
+    required = {"popular"} | {s for r in opt.routes or () for s in r.get("weights", {})}
     for name in sorted(names, key=lambda n: estimates.get(n, 0.0)):
         n_defaults = len(spaces.default_trials(name, stats)) if opt.tune_params else 1
         need = rate.trial_s(estimates.get(name, 0.0)) * n_defaults
-        if name != "popular" and name in estimates and need > clock.left():
+        if name not in required and name in estimates and need > clock.left():
             why = (
                 f"{name}: left out: its default trials would take ~{need:.0f} s (fits: the "
                 f"estimate x {rate.factor:.1f}, the rate measured on the fits so far; scoring: "
