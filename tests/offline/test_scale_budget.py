@@ -141,6 +141,7 @@ def test_tune_leaves_out_a_strategy_whose_default_fits_exceed_the_time_left():
     opts = TuneOptions(budget_s=100.0, tune_params=False)
     tuner = Tuner(data, opts)
     tuner._prepare()
+    settled: list = []
     tuned = search_params(
         ["ease", "als", "popular"],
         tuner.val,
@@ -153,7 +154,9 @@ def test_tune_leaves_out_a_strategy_whose_default_fits_exceed_the_time_left():
         max_trials=1,
         # popular is never left out, even over the time left
         estimates={"popular": 80.0, "als": 0.5, "ease": 60.0},
+        settle=lambda left_out, rate, score_s: settled.append(sorted(left_out)),
     )
+    assert settled == [["ease"]]  # once, after the defaults
     assert set(tuned.params) == {"popular", "als"}
     assert set(tuned.left_out) == {"ease"}
     assert tuned.left_out["ease"].startswith("ease: left out: its default trials would take ~")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,6 +251,7 @@ def search_params(
     share: float,
     max_trials: int,
     estimates: dict[str, float] | None = None,
+    settle: Callable[[dict[str, str], float, float], None] | None = None,
 ) -> Tuned:
     """Stage 1 over the strategies ``names`` (see the module docstring) within ``share`` of
     the budget ``clock`` has left, at most ``max_trials`` trials per study. ``halves``: each
@@ -286,6 +287,11 @@ def search_params(
     estimates : dict[str, float] or None
         Strategy -> estimated seconds of one trial (its fits on every fold, ``estimate_cost``);
         None, or a strategy missing: not checked against the budget.
+    settle : callable or None
+        Called once the defaults are fitted, before the search, with the strategies left out
+        (name -> why), the measured fit rate and a trial's scoring seconds: the caller moves
+        its reserve (``Tuner._after_defaults``), and the search's share is taken of what the
+        clock then has left.
 
     Returns
     -------
@@ -357,6 +363,9 @@ def search_params(
         rate.add(estimates.get(name, 0.0) * len(fitted), sum(fitted))
         runs[name] = (study, objective, best, first, every)
     out.rate, out.score_s = rate.factor, rate.score_s
+    if settle is not None:
+        settle(out.left_out, out.rate, out.score_s)
+        budget_end = min(budget_end, clock.elapsed() + clock.left() * share)
     names = [n for n in names if n in runs]
     if opt.tune_params:
         # Then the search, cheapest strategy first: each gets an equal share of what is

@@ -225,10 +225,10 @@ class Tuner:
             share=self.SHARE_PARAMS,
             max_trials=self.opt.max_trials or self.MAX_TRIALS_PARAMS,
             estimates=self.fold_s,
+            settle=self._after_defaults,
         )
         self.params, self.cands, self.models = tuned.params, tuned.cands, tuned.models
         self.trace["params"].update(tuned.trace)
-        self._after_defaults(tuned.left_out, tuned.rate, tuned.score_s)
 
     # -- stage 2: routes -------------------------------------------------------------------------
     def _search_routes(self) -> tuple[list[dict[str, Any]], np.ndarray, dict[str, Any]]:
