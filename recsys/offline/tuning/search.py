@@ -363,6 +363,8 @@ class Tuner:
             alpha=self.opt.alpha,
             objective=self.opt.objective,
             repeats=self.opt.ranker_repeats,
+            # ``recsys tune``: its share of the budget (``RANKER_SHARE``); evaluations: no limit
+            budget_s=self.RANKER_SHARE * self.opt.budget_s if self.opt.ranker else None,
         )
 
 
