@@ -111,7 +111,8 @@ def when_ready(server):
 def post_fork(server, worker):
     # Fork safety: each worker makes its own DB pool, Redis client and threads, and limits
     # BLAS/torch threads so workers do not oversubscribe the cores.
-    from recsys.ops.lifecycle import after_fork, warm_worker
+    from recsys.ops.lifecycle import after_fork
+    from recsys.serving.warm import warm_worker
 
     # The app gunicorn loaded (recsys.wsgi:app, or whatever APP_MODULE was given), not a fresh
     # import.

@@ -98,8 +98,8 @@ def test_master_starts_without_a_catalogue_when_the_database_is_down(served_app,
 
 
 def test_a_worker_reads_its_settings_before_its_first_request(served_app):
-    from recsys.ops.lifecycle import warm_worker
     from recsys.serving.settings_store import get_settings
+    from recsys.serving.warm import warm_worker
 
     run_after_fork_hooks(served_app)
     settings = get_settings(served_app)
@@ -109,8 +109,8 @@ def test_a_worker_reads_its_settings_before_its_first_request(served_app):
 
 
 def test_a_worker_starts_unwarmed_when_the_database_is_down(served_app, monkeypatch):
-    from recsys.ops.lifecycle import warm_worker
     from recsys.serving import pipeline
+    from recsys.serving.warm import warm_worker
 
     def down(self):
         raise RuntimeError("database down")
