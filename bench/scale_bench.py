@@ -5,6 +5,12 @@
     # M or L, on PostgreSQL (the database is created when missing; --fresh empties it first)
     .venv/bin/python bench/scale_bench.py --size M \\
         --database-url postgresql+psycopg://postgres@127.0.0.1:5432/recsys_scale --fresh
+    # a store that already holds the size's data (no synth, no import), the models in --workdir
+    # served as they are (--strategies with no names), and the bundled Online Retail store served
+    # and measured the same way in the same run (issue 29: "uncached p99 within 2x of Online
+    # Retail's in the same run")
+    .venv/bin/python bench/scale_bench.py --size L --existing --strategies --workdir DIR \\
+        --database-url postgresql+psycopg://postgres@127.0.0.1:5432/recsys_scale --retail
     # cost against size, from the results file (every run appends one JSON line to it)
     .venv/bin/python bench/scale_bench.py --plot docs/scale_cost.png
 
@@ -161,7 +167,14 @@ def run_step(name: str, argv: list[str], env: dict, timeout: float, log_dir: str
     print(f"   {status}, {seconds:.1f} s, peak RSS {peak / 2**20:.0f} MiB", flush=True)
     if status != "ok":
         print(output[-800:], flush=True)
-    return {"step": name, "seconds": seconds, "peak_rss": peak, "status": status, "output": output}
+    return {
+        "step": name,
+        "seconds": seconds,
+        "peak_rss": peak,
+        "status": status,
+        "output": output,
+        "load": load(),
+    }
 
 
 # -- disk ------------------------------------------------------------------------------------
@@ -327,8 +340,25 @@ def drop_redis_keys(url: str, prefix: str) -> int:
     return n
 
 
-def serve_and_measure(args, env: dict, log_dir: str) -> list[dict]:
-    """Start ``recsys serve``, wait for /readyz, then measure; the server is stopped after."""
+def load() -> list[float]:
+    """The 1-, 5- and 15-minute load averages now (other work on the machine slows every
+    step: docs/scale.md).
+
+    Returns
+    -------
+    list of float
+        ``os.getloadavg()``, rounded.
+    """
+    return [round(x, 1) for x in os.getloadavg()]
+
+
+def serve_and_measure(
+    args, env: dict, log_dir: str, database_url: str | None = None, prefix: str = ""
+) -> list[dict]:
+    """Start ``recsys serve``, wait for /readyz, then measure; the server is stopped after.
+    ``database_url``: the store served (default ``args.database_url``); ``prefix``: put before
+    every step's name (another store in the same run)."""
+    database_url = database_url or args.database_url
     port = free_port()
     log = open(os.path.join(log_dir, "serve.log"), "w", encoding="utf-8")
     t0 = time.monotonic()
@@ -367,15 +397,20 @@ def serve_and_measure(args, env: dict, log_dir: str) -> list[dict]:
                 "seconds": ready,
                 "peak_rss": tree_rss(proc.pid),
                 "status": "ok",
+                "load": load(),
             }
         )
-        users, items = warm_users_and_items(args.database_url, args.requests, 200)
+        users, items = warm_users_and_items(database_url, args.requests, 200)
+        # That query takes seconds at L: past gunicorn's keep-alive (5 s) the server has closed
+        # the idle connection. A new one (localhost: well under a millisecond to open).
+        conn.close()
         status, body, first = get(conn, f"/v1/items/{items[0]}/similar?n=10")
         rows.append(
             {
                 "step": "first similar-items call",
                 "seconds": first,
                 "status": "ok" if status == 200 else f"HTTP {status}: {body[:200]!r}",
+                "load": load(),
             }
         )
         lat = {"uncached": [], "cached": [], "similar": []}
@@ -403,6 +438,7 @@ def serve_and_measure(args, env: dict, log_dir: str) -> list[dict]:
                     "step": label,
                     "latency": percentiles(values),
                     "status": "ok" if not bad else f"{bad} non-200 answers",
+                    "load": load(),
                 }
             )
         rows[0]["serve_peak_rss"] = tree_rss(proc.pid)
@@ -418,7 +454,38 @@ def serve_and_measure(args, env: dict, log_dir: str) -> list[dict]:
         peak = rss.stop()
         drop_redis_keys(args.redis_url, args.redis_prefix)
     rows[0]["peak_rss"] = peak  # the server's tree over the whole measurement
+    for row in rows:
+        row["step"] = prefix + row["step"]
     return rows
+
+
+def retail_store(args, env: dict, work: str, strategies: list[str], step) -> tuple[dict, str]:
+    """The bundled Online Retail data in a SQLite store of its own (``work``/retail), with
+    ``strategies`` trained: the store issue 29 compares serving at scale against, measured
+    in the same run (``--retail``).
+
+    Returns
+    -------
+    tuple of (dict, str)
+        Its environment and its database URL.
+    """
+    home = os.path.join(work, "retail")
+    os.makedirs(home, exist_ok=True)
+    url = f"sqlite:///{os.path.join(home, 'recsys.db')}"
+    renv = dict(
+        env,
+        RECSYS_DATABASE_URL=url,
+        RECSYS_MODEL_DIR=os.path.join(home, "models"),
+        RECSYS_INSTANCE_PATH=os.path.join(home, "instance"),
+        RECSYS_REDIS_PREFIX=args.redis_prefix + "-retail",
+    )
+    if not os.path.exists(os.path.join(home, "recsys.db")):
+        step("Online Retail: db upgrade", ["db", "upgrade"], env=renv)
+        step("Online Retail: import", ["import", "online-retail"], env=renv)
+    for name in strategies:
+        if not os.path.isdir(os.path.join(home, "models", name)):
+            step(f"Online Retail: train {name}", ["train", name, "--quiet"], env=renv)
+    return renv, url
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -489,7 +556,7 @@ def run(args) -> dict:
     }
     steps = record["steps"]
 
-    def step(name: str, argv: list[str], disk: str | None = None) -> dict:
+    def step(name: str, argv: list[str], disk: str | None = None, env: dict = env) -> dict:
         row = run_step(name, [RECSYS, *argv], env, args.step_timeout, work)
         if disk == "db":
             row["disk"] = database_bytes(args.database_url)
@@ -505,10 +572,52 @@ def run(args) -> dict:
         return row
 
     counts = ["--items", str(n_items), "--users", str(n_users), "--events", str(n_events)]
-    step("synth", ["synth", *counts, "--seed", str(args.seed), "--out", synth_dir], synth_dir)
+    if not args.existing:
+        step("synth", ["synth", *counts, "--seed", str(args.seed), "--out", synth_dir], synth_dir)
     if args.fresh and not args.database_url.startswith("sqlite"):
         step("db downgrade", ["db", "downgrade", "base"])
     step("db upgrade", ["db", "upgrade"])
+    import_steps(args, step, synth_dir, n_events)
+    names = args.strategies if args.strategies is not None else default_strategies()
+    for name in names:
+        step(f"train {name}", ["train", name, "--quiet"], os.path.join(model_dir, name))
+    trained = [
+        s for s in steps if s["step"].startswith("train ") and not s["status"].startswith("left")
+    ]
+    if trained:
+        steps.append(
+            {
+                "step": "train, all",
+                "seconds": sum(s["seconds"] for s in trained),
+                "peak_rss": max((s["peak_rss"] for s in trained), default=0),
+                "disk": du(model_dir),
+                "status": "ok" if all(s["status"] == "ok" for s in trained) else "incomplete",
+            }
+        )
+    if args.tune_budget:
+        step("tune", ["tune", "--budget", args.tune_budget, "--quiet"])
+    if not args.no_serve:
+        steps.extend(serve_and_measure(args, env, work))
+        if args.retail:
+            from strategies import STRATEGY_NAMES
+
+            served = sorted(os.listdir(model_dir)) if os.path.isdir(model_dir) else []
+            served = [s for s in served if s in STRATEGY_NAMES]
+            renv, rurl = retail_store(args, env, work, served, step)
+            steps.extend(
+                serve_and_measure(args, renv, os.path.join(work, "retail"), rurl, "Online Retail: ")
+            )
+    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if not args.keep and not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return record
+
+
+def import_steps(args, step, synth_dir: str, n_events: int) -> None:
+    """``recsys import csv`` of the synthetic files, and again (must add nothing); nothing
+    with ``--existing`` (the store already holds them)."""
+    if args.existing:
+        return
     files = [
         "--interactions",
         os.path.join(synth_dir, "interactions.csv"),
@@ -522,28 +631,6 @@ def run(args) -> dict:
             again["status"] = f"added {again.get('events_new')} events (expected 0)"
     if first["status"] == "ok" and first.get("events_new") != n_events:
         first["status"] = f"imported {first.get('events_new')} events of {n_events}"
-    for name in args.strategies or default_strategies():
-        step(f"train {name}", ["train", name, "--quiet"], os.path.join(model_dir, name))
-    trained = [
-        s for s in steps if s["step"].startswith("train ") and not s["status"].startswith("left")
-    ]
-    steps.append(
-        {
-            "step": "train, all",
-            "seconds": sum(s["seconds"] for s in trained),
-            "peak_rss": max((s["peak_rss"] for s in trained), default=0),
-            "disk": du(model_dir),
-            "status": "ok" if all(s["status"] == "ok" for s in trained) else "incomplete",
-        }
-    )
-    if args.tune_budget:
-        step("tune", ["tune", "--budget", args.tune_budget, "--quiet"])
-    if not args.no_serve:
-        steps.extend(serve_and_measure(args, env, work))
-    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if not args.keep and not args.workdir:
-        shutil.rmtree(work, ignore_errors=True)
-    return record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -572,7 +659,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--workdir", help="keep everything here (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work folder")
-    ap.add_argument("--strategies", nargs="*", help="default: what a bare `recsys train` trains")
+    ap.add_argument(
+        "--strategies",
+        nargs="*",
+        help="default: what a bare `recsys train` trains; none given (`--strategies`): train "
+        "nothing and serve the models already in --workdir",
+    )
+    ap.add_argument(
+        "--existing",
+        action="store_true",
+        help="the database already holds the size's data: no synth, no import",
+    )
+    ap.add_argument(
+        "--retail",
+        action="store_true",
+        help="also serve the bundled Online Retail data (its own SQLite store in the work "
+        "folder, the same strategies) and measure it the same way, in the same run",
+    )
     ap.add_argument("--step-timeout", type=float, default=1800.0, help="seconds per step")
     ap.add_argument(
         "--tune-budget", default="5m", help="`recsys tune --budget` after training; '' skips it"

@@ -86,6 +86,16 @@ def when_ready(server):
             server.log.error("preload failed for %s; /readyz stays 503 until fixed", failed)
         else:
             server.log.info("preloaded models: %s", get_runtime(app).active_versions())
+    # The catalogue snapshot and each model's filter of recommendable items, inherited by the
+    # workers: otherwise a worker's first request reads the whole catalogue (issue 29: 4.3 s
+    # for the first similar-items call at 50k items).
+    from recsys.serving.catalog import preload as preload_catalog
+
+    try:
+        with app.app_context():
+            server.log.info("preloaded catalogue: %d items", preload_catalog(app))
+    except Exception as e:  # the database down at start: each worker reads it when it can
+        server.log.warning("catalogue not preloaded (%s); workers load it on first use", e)
     # Sever the master's DB connections so no worker inherits a live socket.
     from recsys.store.db import dispose_engines
 
@@ -102,6 +112,7 @@ def post_fork(server, worker):
     # Fork safety: each worker makes its own DB pool, Redis client and threads, and limits
     # BLAS/torch threads so workers do not oversubscribe the cores.
     from recsys.ops.lifecycle import after_fork
+    from recsys.serving.warm import warm_worker
 
     # The app gunicorn loaded (recsys.wsgi:app, or whatever APP_MODULE was given), not a fresh
     # import.
@@ -114,6 +125,7 @@ def post_fork(server, worker):
     cache = get_cache(app)
     if server.cfg.workers > 1 and not cache.shared:
         cache.disable(f"{server.cfg.workers} workers share no cache (set RECSYS_REDIS_URL)")
+    warm_worker(app)  # its settings and first SQL connection, before its first request
 
 
 def child_exit(server, worker):

@@ -268,3 +268,25 @@ def test_ranked_is_the_tuned_configuration_with_the_ranker():
     cfg = load_config("ranked")
     assert cfg.tune and cfg.rank and cfg.ranker is None
     assert "ranker" in cfg.to_dict() and "ranker" not in load_config("tuned").to_dict()
+
+
+def test_a_training_stops_at_its_deadline_and_keeps_its_rounds():
+    import math
+
+    from recsys.offline.tuning.ranking import Group, _train, booster_params, stop_at
+
+    rng = np.random.default_rng(0)
+    groups = []
+    for r in range(40):
+        x = rng.normal(size=(30, 3)).astype(np.float32)
+        y = (x[:, 0] > 0.8).astype(np.float32)
+        groups.append(Group(r, "all", np.arange(30), x, y, None, None))
+    params = {**booster_params(10, 0), "min_data_in_leaf": 5}
+    stopped: list[int] = []
+    past = _train(groups, params, 50, callbacks=[stop_at(-math.inf, stopped)])
+    assert past.current_iteration() == 1 and stopped == [1]  # stops after its first round
+    never: list[int] = []
+    full = _train(groups, params, 50, callbacks=[stop_at(math.inf, never)])
+    assert full.current_iteration() == 50 and never == []
+    with_valid = _train(groups[:30], params, 50, groups[30:], [stop_at(-math.inf, stopped)])
+    assert with_valid.current_iteration() == 1 and stopped == [1, 1]

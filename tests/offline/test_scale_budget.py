@@ -98,3 +98,100 @@ def test_tune_leaves_out_a_strategy_whose_fits_exceed_its_budget(monkeypatch):
     assert "ease" not in kept and "popular" in kept and "als" in kept
     assert "ease" in tuner.trace["left_out"]
     assert tuner.clock.budget_s < 100.0  # the refits' estimate is kept out of the search
+
+
+class FixedClock:
+    """A budget clock that never moves: ``left`` seconds left, whatever runs."""
+
+    def __init__(self, left: float):
+        self._left = left
+
+    def elapsed(self) -> float:
+        return 0.0
+
+    def left(self) -> float:
+        return self._left
+
+    def tick(self, desc=None) -> None:
+        pass
+
+
+def test_fit_rate_counts_fits_past_its_floor_only():
+    from recsys.offline.tuning.hyper import FitRate
+
+    rate = FitRate()
+    assert rate.factor == 1.0
+    rate.add(0.2, 5.0)  # a fit estimated under a second: overheads, not counted
+    assert rate.factor == 1.0
+    rate.add(10.0, 30.0)
+    rate.add(20.0, 60.0)
+    assert rate.factor == pytest.approx(3.0)
+    rate.add_scoring(4.0)
+    rate.add_scoring(6.0)
+    assert rate.score_s == pytest.approx(5.0)
+    assert rate.trial_s(10.0) == pytest.approx(35.0)  # 10 s of fits at 3x, 5 s of scoring
+
+
+def test_tune_leaves_out_a_strategy_whose_default_fits_exceed_the_time_left():
+    from recsys.offline.tuning.hyper import search_params
+    from recsys.offline.tuning.options import TuneOptions
+    from recsys.offline.tuning.search import Tuner
+
+    data = _events(400, 60, 4000)
+    opts = TuneOptions(budget_s=100.0, tune_params=False)
+    tuner = Tuner(data, opts)
+    tuner._prepare()
+    settled: list = []
+    tuned = search_params(
+        ["ease", "als", "popular"],
+        tuner.val,
+        tuner.halves,
+        tuner.stats,
+        opts,
+        FixedClock(left=50.0),
+        tuner.studies,
+        share=1.0,
+        max_trials=1,
+        # popular is never left out, even over the time left
+        estimates={"popular": 80.0, "als": 0.5, "ease": 60.0},
+        settle=lambda left_out, rate, score_s: settled.append(sorted(left_out)),
+    )
+    assert settled == [["ease"]]  # once, after the defaults
+    assert set(tuned.params) == {"popular", "als"}
+    assert set(tuned.left_out) == {"ease"}
+    assert tuned.left_out["ease"].startswith("ease: left out: its default trials would take ~")
+    assert "50 s left" in tuned.left_out["ease"]
+    # Routes given to evaluate need their strategies: those are never left out.
+    routes = [{"name": "all", "max_history": None, "weights": {"ease": 1.0}}]
+    given = search_params(
+        ["ease", "popular"],
+        tuner.val,
+        tuner.halves,
+        tuner.stats,
+        TuneOptions(budget_s=100.0, tune_params=False, routes=routes),
+        FixedClock(left=50.0),
+        tuner.studies,
+        share=1.0,
+        max_trials=1,
+        estimates={"popular": 80.0, "ease": 60.0},
+    )
+    assert set(given.params) == {"popular", "ease"} and not given.left_out
+
+
+def test_tune_keeps_the_refits_at_the_measured_rate_and_the_ranker_off_the_search():
+    from recsys.offline.tuning.options import TuneOptions
+    from recsys.offline.tuning.search import Tuner
+
+    data = _events(400, 60, 4000)
+    tuner = Tuner(data, TuneOptions(budget_s=1000.0, ranker=True))
+    tuner._prepare()
+    tuner.fold_s = {"popular": 1.0, "als": 10.0, "bpr": 20.0}
+    tuner.refit_s = {"popular": 1.0, "als": 10.0, "bpr": 20.0}
+    tuner.reserve_s = 31.0 + 100.0  # the plan's: every refit and the ranker's 10%
+    tuner.clock.budget_s = 1000.0 - tuner.reserve_s
+    # bpr left out after the defaults, which ran at 3x the estimates
+    tuner._after_defaults({"bpr": "bpr: left out: ..."}, rate=3.0, score_s=5.0)
+    # refits at 3x, the ranker's 10%, the guard: two trials' scoring for each of 2 strategies
+    assert tuner.reserve_s == pytest.approx(3.0 * 11.0 + 100.0 + 20.0)
+    assert tuner.clock.budget_s == pytest.approx(1000.0 - 153.0)
+    assert tuner.trace["left_out"]["bpr"] and tuner.trace["fit_rate"] == 3.0

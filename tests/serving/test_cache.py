@@ -207,7 +207,9 @@ def test_api_with_redis_down_never_500s_and_bumps_epoch(make_app):
 
 
 @pytest.mark.postgres
-def test_after_fork_hook_resets_cache_settings_and_catalog(make_app, redis_url, redis_prefix):
+def test_after_fork_hook_resets_cache_and_settings_and_keeps_the_catalogue(
+    make_app, redis_url, redis_prefix
+):
     from recsys.ops.lifecycle import run_after_fork_hooks
     from recsys.serving.cache import get_cache
     from recsys.serving.catalog import get_catalog_store
@@ -217,11 +219,15 @@ def test_after_fork_hook_resets_cache_settings_and_catalog(make_app, redis_url, 
     settings, store, cache = get_settings(app), get_catalog_store(app), get_cache(app)
     v = settings.versions()
     store.current(v.catalog)
-    old_client = cache.backend.client
+    old_client, old_lock, snapshot = cache.backend.client, store._lock, store._catalog
     assert settings.holds_versions and store.loaded_version is not None
     run_after_fork_hooks(app)
     assert cache.backend.client is not old_client
-    assert not settings.holds_versions and store.loaded_version is None
+    assert not settings.holds_versions
+    # The master's catalogue snapshot stays (tests/serving/test_catalog_preload.py), with a
+    # lock of the worker's own.
+    assert store.loaded_version == (v.catalog, 0) and store._catalog is snapshot
+    assert store._lock is not old_lock
 
 
 def test_raw_payload_round_trip_and_foreign_entries_are_misses(cache):

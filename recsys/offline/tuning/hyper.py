@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,12 +186,58 @@ def crossfit_pick(values: Sequence[np.ndarray], halves: np.ndarray) -> np.ndarra
 @dataclass
 class Tuned:
     """Stage 1's result per strategy: the chosen hyperparameters, the validation rows'
-    candidates and the models (one per fold, as ``LoadedModel``) with them, and the trace."""
+    candidates and the models (one per fold, as ``LoadedModel``) with them, and the trace;
+    ``left_out``: strategy -> why its fits did not fit the budget left; ``rate``: measured fit
+    seconds over estimated seconds, ``score_s``: a trial's seconds of scoring (``FitRate``)."""
 
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     cands: dict[str, list] = field(default_factory=dict)
     models: dict[str, list] = field(default_factory=dict)
     trace: dict[str, Any] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)
+    rate: float = 1.0
+    score_s: float = 0.0
+
+
+@dataclass
+class FitRate:
+    """Measured fit seconds against ``Strategy.estimate_cost``'s seconds, over the fits made so
+    far: the estimates are single-core, order-of-magnitude figures, and a shared machine (or a
+    slower one) runs them several times slower. Fits estimated under ``MIN_ESTIMATE_S`` (fixed
+    overheads dominate) do not count; with none yet the rate is 1. Scoring the validation rows
+    (a trial's other part, about the same for every strategy) is kept apart: ``score_s``, the
+    mean seconds a trial spent on it."""
+
+    MIN_ESTIMATE_S = 1.0
+    measured: float = 0.0
+    estimated: float = 0.0
+    scored: float = 0.0
+    trials: int = 0
+
+    def add(self, estimated_s: float, measured_s: float) -> None:
+        """Count one strategy's fits: ``estimated_s`` predicted, ``measured_s`` taken."""
+        if estimated_s >= self.MIN_ESTIMATE_S:
+            self.estimated += estimated_s
+            self.measured += measured_s
+
+    def add_scoring(self, seconds: float) -> None:
+        """Count one trial's scoring of the validation rows."""
+        self.scored += seconds
+        self.trials += 1
+
+    @property
+    def factor(self) -> float:
+        """Measured over estimated seconds (1.0 before any fit counted)."""
+        return self.measured / self.estimated if self.estimated > 0 else 1.0
+
+    @property
+    def score_s(self) -> float:
+        """Mean seconds a trial spent scoring (0 before any trial)."""
+        return self.scored / self.trials if self.trials else 0.0
+
+    def trial_s(self, estimated_s: float) -> float:
+        """Expected seconds of a trial whose fits are estimated at ``estimated_s``."""
+        return estimated_s * self.factor + self.score_s
 
 
 def search_params(
@@ -204,10 +250,18 @@ def search_params(
     studies: Studies,
     share: float,
     max_trials: int,
+    estimates: dict[str, float] | None = None,
+    settle: Callable[[dict[str, str], float, float], None] | None = None,
 ) -> Tuned:
     """Stage 1 over the strategies ``names`` (see the module docstring) within ``share`` of
     the budget ``clock`` has left, at most ``max_trials`` trials per study. ``halves``: each
     validation row's half for the cross-fitted test against the defaults.
+
+    The defaults are fitted cheapest strategy first (by ``estimates``). Before a strategy's
+    defaults, its estimated fits are scaled by the rate measured on the fits before it
+    (``FitRate``); a strategy whose scaled fits would not end within the budget ``clock`` has
+    left is left out, with one line saying so (``Tuned.left_out``); never popularity, nor a
+    strategy of the routes given (``TuneOptions.routes``).
 
     Parameters
     ----------
@@ -230,6 +284,15 @@ def search_params(
     max_trials : int
         Most trials per study (the defaults included).
 
+    estimates : dict[str, float] or None
+        Strategy -> estimated seconds of one trial (its fits on every fold, ``estimate_cost``);
+        None, or a strategy missing: not checked against the budget.
+    settle : callable or None
+        Called once the defaults are fitted, before the search, with the strategies left out
+        (name -> why), the measured fit rate and a trial's scoring seconds: the caller moves
+        its reserve (``Tuner._after_defaults``), and the search's share is taken of what the
+        clock then has left.
+
     Returns
     -------
     Tuned
@@ -239,17 +302,34 @@ def search_params(
     import optuna
 
     out = Tuned()
+    estimates = estimates or {}
+    rate = FitRate()
     budget_end = clock.elapsed() + clock.left() * share
     # Defaults first for every strategy (the baseline, and each strategy's cost).
     runs, cost = {}, {}
-    for name in names:
+    # Never left out: popularity (the fallback) and the strategies of routes given to evaluate.
+    required = {"popular"} | {s for r in opt.routes or () for s in r.get("weights", {})}
+    for name in sorted(names, key=lambda n: estimates.get(n, 0.0)):
+        n_defaults = len(spaces.default_trials(name, stats)) if opt.tune_params else 1
+        need = rate.trial_s(estimates.get(name, 0.0)) * n_defaults
+        if name not in required and name in estimates and need > clock.left():
+            why = (
+                f"{name}: left out: its default trials would take ~{need:.0f} s (fits: the "
+                f"estimate x {rate.factor:.1f}, the rate measured on the fits so far; scoring: "
+                f"{rate.score_s:.0f} s a trial) and the search has {clock.left():.0f} s left "
+                "of its budget"
+            )
+            log.warning("tune: %s", why)
+            out.left_out[name] = why
+            continue
         clock.tick(f"{name}: defaults")
         study = studies.new(name)
         best: dict[str, Any] = {}
         first: dict[str, Any] = {}
         every: list[np.ndarray] = []  # each trial's per-user values
+        fitted: list[float] = []  # each trial's fit seconds
 
-        def objective(trial, name=name, best=best, first=first, every=every):
+        def objective(trial, name=name, best=best, first=first, every=every, fitted=fitted):
             params = spaces.suggest(name, trial, stats) if opt.tune_params else {}
             t0 = time.perf_counter()
             try:
@@ -257,8 +337,11 @@ def search_params(
             except Exception as e:  # a bad corner of the space must not end the run
                 log.warning("tune: %s%s failed: %s", name, params, e)
                 raise optuna.TrialPruned() from e
+            t_fit = time.perf_counter()
+            fitted.append(t_fit - t0)
             cands = candidates(name, model, val)
             values = alone(name, cands, val)
+            rate.add_scoring(time.perf_counter() - t_fit)
             value = float(np.nanmean(values))
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 3))
             trial.set_user_attr("kwargs", params)
@@ -277,7 +360,13 @@ def search_params(
         t0 = time.perf_counter()
         study.optimize(objective, n_trials=len(defaults))
         cost[name] = (time.perf_counter() - t0) / len(defaults)
+        rate.add(estimates.get(name, 0.0) * len(fitted), sum(fitted))
         runs[name] = (study, objective, best, first, every)
+    out.rate, out.score_s = rate.factor, rate.score_s
+    if settle is not None:
+        settle(out.left_out, out.rate, out.score_s)
+        budget_end = min(budget_end, clock.elapsed() + clock.left() * share)
+    names = [n for n in names if n in runs]
     if opt.tune_params:
         # Then the search, cheapest strategy first: each gets an equal share of what is
         # left, and what a cheap one does not use passes on to the dearer ones.

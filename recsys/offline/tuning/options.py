@@ -54,6 +54,9 @@ class TuneOptions:
     # validation targets, True / False force them on or off.
     ranker_repeats: bool | None = None
     progress: bool = False
+    # The learned ranker is trained after the search (``recsys tune --ranker``): its share of
+    # the budget (``Tuner.RANKER_SHARE``) is kept off the search's clock.
+    ranker: bool = False
 
     def metric(self) -> tuple[str, int]:
         """The objective, parsed.

@@ -24,6 +24,7 @@ the validation targets show that users take items again (``REPEAT_SHARE`` of the
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -167,8 +168,43 @@ def build_groups(
     return out
 
 
-def _train(groups: Sequence[Group], params: dict, rounds: int, valid: Sequence[Group] = ()):
-    """One booster over ``groups`` (early stopping on ``valid`` when given)."""
+def stop_at(deadline: float, stopped: list[int]):
+    """A LightGBM callback that ends the training once ``time.monotonic()`` passes
+    ``deadline`` (the booster keeps the rounds made so far), noting each stop's round in
+    ``stopped``.
+
+    Parameters
+    ----------
+    deadline : float
+        ``time.monotonic()`` value.
+    stopped : list of int
+        Appended to (the round) when the callback stops a training.
+
+    Returns
+    -------
+    callable
+        The callback.
+    """
+    import lightgbm as lgb
+
+    def callback(env) -> None:
+        if time.monotonic() > deadline:
+            stopped.append(env.iteration + 1)
+            raise lgb.callback.EarlyStopException(env.iteration, env.evaluation_result_list or [])
+
+    callback.order = 40  # after the early-stopping callback (30)
+    return callback
+
+
+def _train(
+    groups: Sequence[Group],
+    params: dict,
+    rounds: int,
+    valid: Sequence[Group] = (),
+    callbacks: Sequence = (),
+):
+    """One booster over ``groups`` (early stopping on ``valid`` when given; ``callbacks``:
+    further LightGBM callbacks, e.g. ``stop_at``)."""
     import lightgbm as lgb
 
     def dataset(gs, ref=None):
@@ -188,9 +224,9 @@ def _train(groups: Sequence[Group], params: dict, rounds: int, valid: Sequence[G
             train,
             rounds,
             valid_sets=[v],
-            callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False, min_delta=0.0)],
+            callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False, min_delta=0.0), *callbacks],
         )
-    return lgb.train(params, train, rounds)
+    return lgb.train(params, train, rounds, callbacks=list(callbacks))
 
 
 def _useful(groups: Sequence[Group]) -> list[Group]:
@@ -226,6 +262,7 @@ def fit_ranker(
     alpha: float = 0.1,
     objective: str = "ndcg@10",
     repeats: bool | None = None,
+    budget_s: float | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train the ranker on the validation rows and guard it (see the module docstring).
 
@@ -250,6 +287,11 @@ def fit_ranker(
     repeats : bool or None
         Pool the user's own past items; None: when ``REPEAT_SHARE`` of the validation targets
         or more are repeats.
+    budget_s : float or None
+        Seconds for the boosting (``recsys tune``'s share for the ranker): each of the three
+        trainings (the two halves', the served one) stops at its third of what is left
+        (``stop_at``), keeping the rounds made; None: no limit. (LightGBM's threads on a
+        loaded 2-core machine made one training take over 20 minutes at 50k items.)
 
     Returns
     -------
@@ -262,6 +304,14 @@ def fit_ranker(
     from recsys.core.recommender import Recommender
 
     generators = sorted(cands)
+    start, stopped = time.monotonic(), []
+
+    def limit(parts: int) -> list:  # the callbacks of the next training: its share of the rest
+        if budget_s is None:
+            return []
+        left = max(start + budget_s - time.monotonic(), 0.0)
+        return [stop_at(time.monotonic() + left / parts, stopped)]
+
     share = repeat_share(val)
     repeats = share >= REPEAT_SHARE if repeats is None else bool(repeats)
     cfg = ServingConfig.default().with_overrides(overrides)
@@ -274,7 +324,7 @@ def fit_ranker(
     rng = np.random.default_rng(seed)
     oof: list[np.ndarray | None] = [None] * len(groups)
     iters = []
-    for half in (0, 1):
+    for n_left, half in ((3, 0), (2, 1)):
         fit = _useful([g for g in groups if halves[g.row] == half])
         hold = [g for g in groups if halves[g.row] != half]
         if len(fit) < 10:
@@ -283,7 +333,7 @@ def fit_ranker(
         stop = rng.random(int(users.max()) + 1) < 0.2
         inner = [g for g, u in zip(fit, users, strict=True) if not stop[u]]
         early = [g for g, u in zip(fit, users, strict=True) if stop[u]]
-        booster = _train(inner, params, MAX_ROUNDS, early or fit[:1])
+        booster = _train(inner, params, MAX_ROUNDS, early or fit[:1], limit(n_left))
         best = int(np.clip(booster.best_iteration, MIN_ROUNDS, MAX_ROUNDS))
         iters.append(best)
         for g in hold:
@@ -327,12 +377,15 @@ def fit_ranker(
         "served_routes": served,
         "verdict": c.verdict if c is not None else "too few users to compare",
         "kept": kept,
+        # Rounds at which a training hit its share of ``budget_s`` (the list grows if the
+        # served model's training does too); empty: none did.
+        "stopped_at_round": stopped,
     }
     if not kept:
         log.warning("ranker: kept the blend (%s)", report["verdict"])
         return None, report
     rounds = int(np.clip(np.mean(iters) * 1.1, MIN_ROUNDS, MAX_ROUNDS))
-    final = _train(_useful(groups), params, rounds)
+    final = _train(_useful(groups), params, rounds, callbacks=limit(1))
     routes = None if len(served) == len(per_route) else served
     ranker = Ranker(final, generators, ItemStats.of(data), PER_GENERATOR, repeats, routes=routes)
     report["rounds"] = rounds

@@ -567,7 +567,13 @@ class RouteSearch:
         # Half of the time for the overall blend, half for the bins (by their users).
         self.clock.tick("routes: all users")
         every = np.arange(len(self.val))
-        overall = self.crossfit("all", every, max_trials, seconds / 4, starting)
+        # No time left (the budget went to the fits): no blend is searched, the best single
+        # strategy is the champion (a search's starting trials alone took minutes at M).
+        overall = (
+            self.crossfit("all", every, max_trials, seconds / 4, starting)
+            if self.clock.left() > 0
+            else {}
+        )
         options: dict[str, Option] = {s: (singles[s], {s: 1.0}, "weighted") for s in singles}
         champion, champion_verdict = best_single, None
         if overall:
@@ -625,7 +631,7 @@ class RouteSearch:
             # dropped by the request path anyway, so their weights are not searched (fewer
             # dimensions for the same trials, and no meaningless weight in the profile).
             names = [s for s in self.cands if scores_empty_history(s)] if hi == 0 else None
-            if len(bins) > 1 and (names is None or names):
+            if len(bins) > 1 and (names is None or names) and self.clock.left() > 0:
                 timeout = seconds / 4 * len(rows) / len(self.val)
                 found = self.crossfit(label, rows, cap, timeout, starting, names)
             if found:

@@ -69,6 +69,9 @@ class Tuner:
     SHARE_ROUTES = 0.3
     MAX_TRIALS_PARAMS = 30
     MAX_TRIALS_ROUTES = 80
+    # Share of the budget kept for the learned ranker's training (``TuneOptions.ranker``):
+    # about what it took at S and M (tens of seconds on at most ``max_rows`` rows).
+    RANKER_SHARE = 0.1
 
     def __init__(self, data: InteractionData, options: TuneOptions):
         import optuna
@@ -81,6 +84,11 @@ class Tuner:
         self.stats = DataStats.of(data)
         self.trace: dict[str, Any] = {"params": {}, "routes": {}}
         self.studies = Studies(options.seed, options.storage)
+        # Estimated seconds of each strategy's fits (``_fit_plan``) and the seconds kept off
+        # the search's clock for the refits and the ranker.
+        self.fold_s: dict[str, float] = {}
+        self.refit_s: dict[str, float] = {}
+        self.reserve_s = 0.0
 
     # -- stage 0: the slice ------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -144,6 +152,7 @@ class Tuner:
 
         fold = {n: sum(seconds(n, t) for t in self.val.trains) for n in names}
         refit = {n: seconds(n, self.data) for n in names}
+        self.fold_s = fold
         kept, total = [], 0.0
         for name in sorted(names, key=lambda n: fold[n] + refit[n]):
             cost = fold[name] + refit[name]
@@ -158,9 +167,31 @@ class Tuner:
                 continue
             kept.append(name)
             total += cost
+        self.refit_s = {n: refit[n] for n in kept}
         reserve = sum(refit[n] for n in kept)
-        self.clock.budget_s = max(self.clock.budget_s - reserve, 0.2 * self.clock.budget_s)
+        if self.opt.ranker:
+            reserve += self.RANKER_SHARE * self.opt.budget_s
+        self.reserve_s = min(reserve, 0.8 * self.clock.budget_s)
+        self.clock.budget_s -= self.reserve_s
         return [n for n in names if n in kept]
+
+    def _after_defaults(self, left_out: dict[str, str], rate: float, score_s: float) -> None:
+        """Settle the reserve once the defaults are fitted: the refits of strategies left out
+        (``hyper.search_params``) are given back to the search, and those of the kept ones
+        are scaled by the measured rate (a run at 3x the estimates refits at 3x too); the
+        guard (the profile and each strategy through the request path: about two trials'
+        scoring, ``score_s``, per strategy) is kept off the clock too, so that search + guard
+        + ranker + refits stay within the budget."""
+        for name, why in left_out.items():
+            self.trace.setdefault("left_out", {})[name] = why
+        kept = [n for n in self.refit_s if n not in left_out]
+        refits = sum(self.refit_s[n] for n in kept) * max(rate, 1.0)
+        ranker = self.RANKER_SHARE * self.opt.budget_s if self.opt.ranker else 0.0
+        guard = 2 * len(kept) * score_s
+        reserve = min(refits + ranker + guard, 0.8 * self.opt.budget_s)
+        self.clock.budget_s += self.reserve_s - reserve
+        self.reserve_s = reserve
+        self.trace["fit_rate"] = round(rate, 2)
 
     def _over_budget(self, name: str) -> bool:
         """Whether ``recsys train``'s budget leaves the strategy out (said once in the log);
@@ -193,6 +224,8 @@ class Tuner:
             self.studies,
             share=self.SHARE_PARAMS,
             max_trials=self.opt.max_trials or self.MAX_TRIALS_PARAMS,
+            estimates=self.fold_s,
+            settle=self._after_defaults,
         )
         self.params, self.cands, self.models = tuned.params, tuned.cands, tuned.models
         self.trace["params"].update(tuned.trace)
@@ -330,6 +363,8 @@ class Tuner:
             alpha=self.opt.alpha,
             objective=self.opt.objective,
             repeats=self.opt.ranker_repeats,
+            # ``recsys tune``: its share of the budget (``RANKER_SHARE``); evaluations: no limit
+            budget_s=self.RANKER_SHARE * self.opt.budget_s if self.opt.ranker else None,
         )
 
 

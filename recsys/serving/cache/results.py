@@ -683,4 +683,4 @@ def _after_fork(app: Flask | None) -> None:
         settings.reset()
     catalog = app.extensions.get("recsys.catalog")
     if catalog is not None:
-        catalog.reset()
+        catalog.after_fork()  # keeps the master's snapshot (recsys.serving.catalog.preload)
