@@ -108,6 +108,10 @@ def make_app(pg_schema_url, tmp_path):
             # Off unless a test turns it on (tests/serving/test_freshness.py): a background
             # refresh would make "the next read is a miss" assertions depend on timing.
             "REFRESH_AHEAD": False,
+            # No Live-history thread from tests that run the after-fork hooks (it would outlive
+            # the test and write samples beside other tests'); tests/web/test_console_ops.py
+            # turns it on.
+            "CONSOLE_HISTORY_SAMPLER": False,
         }
         cfg.update(config)
         app = create_app(cfg)

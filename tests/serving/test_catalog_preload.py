@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -32,7 +33,15 @@ def reads(monkeypatch):
 
 def master_ready(app) -> None:
     """gunicorn's ``when_ready`` hook on ``app``, as the master runs it before forking."""
-    from recsys import gunicorn_conf
+    # Importing the configuration sets PROMETHEUS_MULTIPROC_DIR (and thread counts) in
+    # os.environ, as it must in a server; here it would switch every later test's /metrics to
+    # the multiprocess files.
+    saved = dict(os.environ)
+    try:
+        from recsys import gunicorn_conf
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
     server = SimpleNamespace(
         cfg=SimpleNamespace(preload_app=True),

@@ -333,7 +333,7 @@ def test_live_history_is_sampled_without_a_page(served_app):
         history.client.delete(history.key)
 
 
-def test_live_sampler_thread_starts_after_fork_only(served_app, make_app, monkeypatch):
+def test_live_sampler_thread_starts_after_fork_only(make_app, redis_url, redis_prefix, monkeypatch):
     import threading
 
     from recsys.web.console import live
@@ -347,9 +347,10 @@ def test_live_sampler_thread_starts_after_fork_only(served_app, make_app, monkey
     stepped = threading.Event()
     monkeypatch.setattr(live.Sampler, "delay", lambda self: 0.0)
     monkeypatch.setattr(live.Sampler, "step", lambda self: stepped.set())
-    sampler = live.start_sampler(served_app)
+    on = make_app(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, CONSOLE_HISTORY_SAMPLER=True)
+    sampler = live.start_sampler(on)
     try:
-        assert live.start_sampler(served_app) is sampler  # one per process
+        assert live.start_sampler(on) is sampler  # one per process
         assert stepped.wait(30) and sampler_threads()
     finally:
         sampler.stop(30)

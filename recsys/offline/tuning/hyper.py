@@ -215,13 +215,27 @@ class FitRate:
     trials: int = 0
 
     def add(self, estimated_s: float, measured_s: float) -> None:
-        """Count one strategy's fits: ``estimated_s`` predicted, ``measured_s`` taken."""
+        """Count one strategy's fits.
+
+        Parameters
+        ----------
+        estimated_s : float
+            The seconds its cost estimate predicted.
+        measured_s : float
+            The seconds the fits took.
+        """
         if estimated_s >= self.MIN_ESTIMATE_S:
             self.estimated += estimated_s
             self.measured += measured_s
 
     def add_scoring(self, seconds: float) -> None:
-        """Count one trial's scoring of the validation rows."""
+        """Count one trial's scoring of the validation rows.
+
+        Parameters
+        ----------
+        seconds : float
+            The seconds it took.
+        """
         self.scored += seconds
         self.trials += 1
 
@@ -236,7 +250,18 @@ class FitRate:
         return self.scored / self.trials if self.trials else 0.0
 
     def trial_s(self, estimated_s: float) -> float:
-        """Expected seconds of a trial whose fits are estimated at ``estimated_s``."""
+        """Expected seconds of one trial.
+
+        Parameters
+        ----------
+        estimated_s : float
+            The trial's fits as their cost estimates predict them.
+
+        Returns
+        -------
+        float
+            The estimate corrected by ``factor``, plus the mean scoring time.
+        """
         return estimated_s * self.factor + self.score_s
 
 
