@@ -45,7 +45,7 @@ from recsys.serving.refresh import ask_bytes, make_refresher
 from recsys.serving.request import Snapshot, UserAnswer, UserAsk, mark_cached
 from recsys.serving.settings_store import SettingsStore
 from recsys.serving.stages import record_stage, timed
-from recsys.serving.userstate import popular_list, user_history
+from recsys.serving.userstate import user_history
 
 log = logging.getLogger(__name__)
 
@@ -608,18 +608,6 @@ class RecommendationPipeline:
             if lm is not None and item_id in lm.items:
                 return True
         return False
-
-    def popular_list(
-        self,
-        n: int,
-        category: str | None,
-        offset: int,
-        explain: bool,
-        user_id: str | None = None,
-        deadline_s: float | None = None,
-    ) -> tuple[bytes, Snapshot]:
-        """See ``recsys.serving.userstate.popular_list`` (with this pipeline)."""
-        return popular_list(self, n, category, offset, explain, user_id, deadline_s)
 
 
 def _slots(configured: Any) -> int:

@@ -29,6 +29,7 @@ from recsys.ops.logs import note
 from recsys.serving.admission import admission
 from recsys.serving.pipeline import get_pipeline
 from recsys.serving.request import Snapshot, UserAsk, is_degraded, user_request
+from recsys.serving.userstate import popular_list
 from recsys.store import session_scope
 from recsys.store.models import Item
 from recsys.web.auth import require_scope
@@ -214,7 +215,8 @@ def popular(q: dict):
     """
     if q["user_id"] is not None:
         _check_id(q["user_id"])
-    body, snap = get_pipeline(current_app).popular_list(
+    body, snap = popular_list(
+        get_pipeline(current_app),
         q["n"],
         q["category"],
         q["offset"],
