@@ -44,6 +44,11 @@ except (ImportError, ValueError, OSError):  # not POSIX, or not allowed: keep th
 # Load the app (and its models) once in the master so workers share that memory copy-on-write.
 preload_app = True
 timeout = 60
+# gunicorn >= 24 opens a control socket at one fixed path per user ($HOME/.gunicorn/gunicorn.ctl),
+# so a second server on the box (tests, a canary, the CI wheel check) takes over the first one's,
+# and the master runs one more thread. Off unless a path is given.
+control_socket = os.environ.get("RECSYS_CONTROL_SOCKET", "")
+control_socket_disable = not control_socket
 graceful_timeout = 20
 keepalive = 5
 

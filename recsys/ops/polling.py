@@ -10,6 +10,12 @@ request serves the state it has, which is at most one poll interval old.
 
 The first load, and a re-read this process forces after writing a change itself, still
 happen inline (the caller must not serve what it knows is outdated).
+
+**Fork safety.** A poll thread of gunicorn's master (the preload reads the store, which may
+trigger one) that is inside SQLite or a driver at the moment a worker forks leaves that
+library's C mutex locked in the child forever: the worker's first query then hangs (seen in CI:
+a worker stuck in ``sqlite3Malloc`` and ``/readyz`` never answering). So a fork waits until no
+poll runs (``os.register_at_fork``), and no poll starts while one is pending.
 """
 
 from __future__ import annotations
@@ -20,6 +26,57 @@ import threading
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
+
+# Polls running in this process, and whether a fork is waiting for them to end.
+_gate = threading.Condition()
+_active = 0
+_forking = False
+FORK_WAIT_SECONDS = 30.0  # a store that hangs must not stop a server from forking at all
+
+
+def _before_fork() -> None:
+    global _forking
+    with _gate:
+        _forking = True
+        _gate.notify_all()
+        if not _gate.wait_for(lambda: _active == 0, FORK_WAIT_SECONDS):
+            log.warning("forking while %d background poll(s) still run", _active)
+
+
+def _after_fork_in_parent() -> None:
+    global _forking
+    with _gate:
+        _forking = False
+
+
+def _after_fork_in_child() -> None:
+    global _gate, _active, _forking
+    # The parent's poll threads do not exist here; neither does whoever held the gate.
+    _gate, _active, _forking = threading.Condition(), 0, False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
+
+
+def _enter() -> bool:
+    global _active
+    with _gate:
+        if _forking:
+            return False
+        _active += 1
+        return True
+
+
+def _leave() -> None:
+    global _active
+    with _gate:
+        _active -= 1
+        _gate.notify_all()
 
 
 class BackgroundPoll:
@@ -52,9 +109,15 @@ class BackgroundPoll:
             if self._running:
                 return False
             self._running = True
+        if not _enter():  # a fork is waiting for the polls to end: the next request retries
+            with self._lock:
+                self._running = False
+                self._idle.notify_all()
+            return False
         try:
             threading.Thread(target=self._run, name=f"recsys-poll-{self.name}", daemon=True).start()
         except RuntimeError:  # interpreter shutting down: nothing to refresh for
+            _leave()
             with self._lock:
                 self._running = False
                 self._idle.notify_all()
@@ -91,3 +154,4 @@ class BackgroundPoll:
                 self._running = False
                 self.runs += 1
                 self._idle.notify_all()
+            _leave()

@@ -84,3 +84,58 @@ def test_own_writes_are_seen_at_once(make_app):
     v = s.versions().config
     s.bump_version("test")
     assert s.versions().config == v + 1  # inline re-read after this process's own change
+
+
+def test_a_fork_waits_for_running_polls_and_none_start_meanwhile():
+    # A poll inside SQLite when gunicorn's master forks a worker left SQLite's C mutex locked in
+    # the worker, whose first query then hung (CI: /readyz never answered). The at-fork handler
+    # waits for running polls and holds new ones off until the fork is done.
+    from recsys.ops import polling
+
+    in_poll, release = threading.Event(), threading.Event()
+
+    def slow():
+        in_poll.set()
+        release.wait(10)
+
+    poll = BackgroundPoll("fork", slow)
+    assert poll.trigger() is True
+    assert in_poll.wait(10)
+    forked = threading.Event()
+
+    def fork_side():
+        polling._before_fork()  # what os.fork() runs first
+        forked.set()
+
+    forker = threading.Thread(target=fork_side)
+    forker.start()
+    try:
+        with polling._gate:
+            assert polling._gate.wait_for(lambda: polling._forking, 10)
+        # The fork is pending and has not gone ahead: the poll still runs.
+        assert not forked.is_set()
+        release.set()
+        assert forked.wait(10), "the fork never went ahead after the poll ended"
+        assert poll.wait_idle(10)
+        other = BackgroundPoll("during", lambda: None)
+        assert other.trigger() is False  # a fork is pending: no new poll thread
+    finally:
+        release.set()
+        forker.join(10)
+        polling._after_fork_in_parent()
+    assert other.trigger() is True  # after the fork, polls start again
+    assert other.wait_idle(10)
+
+
+def test_polls_work_in_a_forked_child():
+    import os
+
+    poll = BackgroundPoll("child", lambda: None)
+    pid = os.fork()
+    if pid == 0:  # the child: its own gate, no polls of the parent's counted
+        try:
+            ok = poll.trigger() and poll.wait_idle(10) and poll.runs == 1
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
