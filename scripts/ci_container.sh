@@ -205,8 +205,14 @@ with urllib.request.urlopen(base + "/v1/users/12347/recommendations?n=3", timeou
     body = json.load(r)
 print("ci_container: recommendation", json.dumps(body)[:300])
 assert len(body["items"]) == 3 and not body["degraded"], body
-with urllib.request.urlopen(base + "/metrics", timeout=30) as r:  # what Prometheus scrapes
-    metrics = r.read().decode()
+# What Prometheus scrapes. recsys_ready is the least ready worker's: /readyz above answered from
+# one worker, and a worker that started before demo-data trained may still be loading the models.
+while True:
+    with urllib.request.urlopen(base + "/metrics", timeout=30) as r:
+        metrics = r.read().decode()
+    if "recsys_ready 1.0" in metrics or time.monotonic() > deadline:
+        break
+    time.sleep(0.5)
 assert "recsys_ready 1.0" in metrics and "recsys_requests_total{" in metrics, metrics[:2000]
 EOF
     "${COMPOSE[@]}" ps
