@@ -194,9 +194,19 @@ class Adam:
 
     @torch.no_grad()
     def step(self) -> None:
-        """One update of every parameter that has a gradient."""
+        """One update of every parameter that has a gradient. A row-sparse gradient (an
+        ``embedding``/``embedding_bag`` with ``sparse=True``) updates only its rows and their
+        moments ("lazy" Adam, as ``torch.optim.SparseAdam``): the other rows' moments are not
+        decayed that step."""
         self.t += 1
-        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        sparse = [i for i, p in enumerate(self.params) if p.grad is not None and p.grad.is_sparse]
+        for i in sparse:
+            self._sparse_step(i)
+        live = [
+            i for i, p in enumerate(self.params) if p.grad is not None and not p.grad.is_sparse
+        ]
+        if not live:
+            return
         params = [self.params[i] for i in live]
         grads = [self.params[i].grad for i in live]
         ms = [self.m[i] for i in live]
@@ -224,6 +234,20 @@ class Adam:
         torch._foreach_div_(denom, math.sqrt(bc2))
         torch._foreach_add_(denom, self.eps)
         torch._foreach_addcdiv_(params, ms, denom, value=-self.lr / bc1)
+
+    def _sparse_step(self, i: int) -> None:
+        """Adam on the rows a sparse gradient touches (duplicate rows summed first)."""
+        p, m, v = self.params[i], self.m[i], self.v[i]
+        grad = p.grad.coalesce()
+        rows, g = grad.indices()[0], grad.values()
+        if self.weight_decay:
+            g = g + self.weight_decay * p[rows]
+        b1, b2 = self.betas
+        m_r = m[rows].lerp_(g, 1.0 - b1)
+        v_r = v[rows].mul_(b2).addcmul_(g, g, value=1.0 - b2)
+        m[rows], v[rows] = m_r, v_r
+        denom = v_r.sqrt_().div_(math.sqrt(1.0 - b2**self.t)).add_(self.eps)
+        p.index_add_(0, rows, m_r.div_(denom), alpha=-self.lr / (1.0 - b1**self.t))
 
 
 # -- serving precision ------------------------------------------------------------------------

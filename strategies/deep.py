@@ -218,6 +218,11 @@ class DeepStrategy(Strategy):
         Epochs at most, cut by ``max_steps``.
     max_steps : int or None
         A budget of gradient steps (whole epochs, at least one; ``None``: no budget).
+    max_epoch_steps : int or None
+        When one epoch alone is over ``max_steps`` (more than ``max_steps x batch_size``
+        users), the fit runs that one epoch up to this many steps: a random part of the users
+        (``None``: the whole epoch). 2,000 steps = 256k users; at 1M users a whole epoch took
+        7,800 steps, and a fit 3-4 times the 400 steps estimated (issue 29).
     batch_size, lr, weight_decay
         Users per step and the Adam settings.
     dropout : float
@@ -253,6 +258,7 @@ class DeepStrategy(Strategy):
         hidden: tuple[int, ...] | list[int] = (600,),
         epochs: int = 40,
         max_steps: int | None = 400,
+        max_epoch_steps: int | None = 2000,
         batch_size: int = 128,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -270,6 +276,7 @@ class DeepStrategy(Strategy):
         self.hidden = tuple(int(h) for h in hidden)
         self.epochs = epochs
         self.max_steps = max_steps
+        self.max_epoch_steps = max_epoch_steps
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
@@ -280,6 +287,13 @@ class DeepStrategy(Strategy):
         self.precision = precision
         self.loss = loss
         self.n_negatives = n_negatives
+
+    def _step_limit(self, per_epoch: int) -> int:
+        """Gradient steps of a fit with ``per_epoch`` steps an epoch (see ``max_epoch_steps``)."""
+        limit = epoch_budget(self.epochs, self.max_steps, per_epoch) * per_epoch
+        if self.max_steps and self.max_epoch_steps and limit > self.max_steps:
+            limit = max(int(self.max_steps), min(limit, int(self.max_epoch_steps)))
+        return limit
 
     def _sampled(self, n_items: int) -> bool:
         return self.loss == "sampled" or (self.loss == "auto" and n_items > FULL_SOFTMAX_MAX_ITEMS)
@@ -334,16 +348,25 @@ class DeepStrategy(Strategy):
         self.steps_ = 0
         per_epoch = math.ceil(len(rows) / self.batch_size)
         epochs = epoch_budget(self.epochs, self.max_steps, per_epoch)
+        limit = self._step_limit(per_epoch)
         self.loss_ = "sampled" if self._sampled(self.n_items_) else "softmax"
         sampled = self.loss_ == "sampled"
         for epoch in range(epochs):
             rng.shuffle(rows)
             total = 0.0
             for start in range(0, len(rows), self.batch_size):
+                if self.steps_ >= limit:
+                    break
                 idx = rows[start : start + self.batch_size]
                 ind, off, vals, target, row_of = self._batch_tensors(xn[idx], x[idx], gen)
+                # With the sampled loss (large catalogues) the two items-wide tensors get
+                # row-sparse gradients and a lazy Adam step over the rows a batch touches:
+                # dense ones made every step write 2 I h floats of gradient and moments (at
+                # 100k items a step took ~0.1 s, one epoch over 1M users 13 min).
                 h = torch.tanh(
-                    F.embedding_bag(ind, table, off, mode="sum", per_sample_weights=vals)
+                    F.embedding_bag(
+                        ind, table, off, mode="sum", per_sample_weights=vals, sparse=sampled
+                    )
                     + first.bias
                 )
                 for layer in model.encoder[1:]:
@@ -389,7 +412,8 @@ class DeepStrategy(Strategy):
         cols, inv = torch.unique(torch.cat([ind, neg]), return_inverse=True)
         positive = torch.zeros(len(cols), dtype=torch.bool, device=h.device)
         positive[inv[: len(ind)]] = True
-        logits = F.linear(h, decoder.weight[cols], decoder.bias[cols])
+        weight = F.embedding(cols, decoder.weight, sparse=True)  # the rows, a sparse gradient
+        logits = F.linear(h, weight, decoder.bias[cols])
         drawn = -math.expm1(self.n_negatives * math.log1p(-1.0 / n)) if n > 1 else 1.0
         correction = torch.where(positive, 0.0, -math.log(drawn))
         logp = F.log_softmax(logits + correction, dim=1)
@@ -524,8 +548,10 @@ class DeepStrategy(Strategy):
         gradients and Adam's two moments (16 bytes a parameter), a batch's dense logits (three
         b x C float32 arrays, C = I with the full softmax, else b E / U + ``n_negatives``) and
         the serving copy of the first layer; time: ``steps`` of ~6 b C h flops (forward,
-        backward; decoder and softmax dominate) and Adam's ~10 flops a parameter, steps =
-        min(epochs x ceil(U / b), max_steps). See ``Strategy.estimate_cost``.
+        backward; decoder and softmax dominate) and Adam's ~10 flops a parameter it updates
+        (every one; with the sampled loss only the C + b E / U rows a step touches), steps as
+        ``_step_limit`` (whole epochs within ``max_steps``, else one epoch up to
+        ``max_epoch_steps``). See ``Strategy.estimate_cost``.
         """
         p = cls._params_with(params)
         hidden = [int(h) for h in p["hidden"]] or [1]
@@ -534,15 +560,17 @@ class DeepStrategy(Strategy):
         n_params = 2.0 * n_items * hidden[0] + inner
         # logits' columns: the catalogue, or the batch's history items and the negatives
         cols = float(n_items)
-        if cls(**{**p, "hidden": hidden})._sampled(n_items):
+        model = cls(**{**p, "hidden": hidden})
+        updated = n_params  # parameters Adam updates a step
+        if model._sampled(n_items):
             cols = min(cols, b * n_events / max(n_users, 1) + int(p["n_negatives"]))
+            # row-sparse: the decoder's sampled rows and the input table's history rows
+            updated = 2.0 * cols * hidden[0] + inner
         memory = input_bytes(n_users, n_items, n_events) + 16.0 * n_params
         memory += 12.0 * b * cols + 4.0 * n_items * hidden[0]
-        steps = int(p["epochs"]) * math.ceil(max(n_users, 1) / b)
-        if p["max_steps"] is not None:
-            steps = min(steps, int(p["max_steps"]))
-        # forward and backward over the logits, and Adam's pass over every parameter
-        return memory, steps * (6.0 * b * cols * hidden[0] + 10.0 * n_params) / TORCH_FLOPS
+        steps = model._step_limit(math.ceil(max(n_users, 1) / b))
+        # forward and backward over the logits, and Adam's pass over what it updates
+        return memory, steps * (6.0 * b * cols * hidden[0] + 10.0 * updated) / TORCH_FLOPS
 
     def score(self, users: UserBatch) -> np.ndarray:
         """See ``Strategy.score``; runs the serving module on ``serving_device_``.

@@ -391,7 +391,8 @@ def train_strategies(
         A strategy whose estimated peak memory (``over_budget``) exceeds it is left out, before
         any fitting; None: no budget.
     on_refused : Callable[[str, str], None] or None
-        Called with (name, one-line message) for each strategy left out; None: only logged.
+        Called with (name, one-line message) for each strategy left out (instead of a log
+        warning, so the refusal is said once); None: logged.
     fit_time_limit_s : float or None
         A strategy whose estimated single fit (``over_budget``) takes longer is left out too;
         None: no limit.
@@ -415,9 +416,10 @@ def train_strategies(
             classes[name], data, params.get(name, {}), memory_budget_bytes, fit_time_limit_s
         )
         if why is not None:
-            log.warning("%s", why)
             if on_refused is not None:
-                on_refused(name, why)
+                on_refused(name, why)  # it says so itself (the CLI: one line on stderr)
+            else:
+                log.warning("%s", why)
             del classes[name]
     names = [n for n in names if n in classes]
     steps = ("holdout fit", "evaluate", "fit", "save") if holdout > 0 else ("fit", "save")

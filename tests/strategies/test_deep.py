@@ -391,6 +391,50 @@ def test_adam_matches_the_textbook_update(fused, weight_decay):
         torch.testing.assert_close(p.detach(), r, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adam_on_a_row_sparse_gradient_updates_only_those_rows(weight_decay):
+    """The sampled loss's items-wide tensors get row-sparse gradients: Adam then updates the
+    rows a step touched, exactly as the dense update would on them (textbook Adam), with
+    their own moments, and leaves every other row (and its moments) alone."""
+    from torch.nn import functional as F
+
+    gen = torch.Generator().manual_seed(1)
+    init = torch.randn(10, 4, generator=gen)
+    sparse_p = torch.nn.Parameter(init.clone())
+    opt = Adam([sparse_p], lr=1e-2, weight_decay=weight_decay)
+    ref, m, v = init.clone(), torch.zeros_like(init), torch.zeros_like(init)
+    steps = [torch.tensor([1, 3, 3]), torch.tensor([3, 7]), torch.tensor([0, 1])]
+    for t, rows in enumerate(steps, 1):
+        w = torch.randn(len(rows), 4, generator=gen)
+        (F.embedding(rows, sparse_p, sparse=True) * w).sum().backward()
+        assert sparse_p.grad.is_sparse
+        opt.step()
+        opt.zero_grad()
+        g = torch.zeros_like(init).index_add_(0, rows, w)  # the dense gradient (repeats summed)
+        for r in rows.unique():
+            gr = g[r] + weight_decay * ref[r]
+            m[r] = 0.9 * m[r] + 0.1 * gr
+            v[r] = 0.999 * v[r] + 0.001 * gr * gr
+            ref[r] -= 1e-2 * (m[r] / (1 - 0.9**t)) / ((v[r] / (1 - 0.999**t)).sqrt() + 1e-8)
+    torch.testing.assert_close(sparse_p.detach(), ref, rtol=1e-5, atol=1e-6)
+    untouched = [2, 4, 5, 6, 8, 9]
+    assert torch.equal(sparse_p.detach()[untouched], init[untouched])
+    assert not opt.m[0][untouched].any() and not opt.v[0][untouched].any()
+
+
+def test_one_epoch_over_max_steps_is_cut_to_max_epoch_steps():
+    data, _ = _group_data(n_users=300)  # 5 steps per epoch of batch 64
+    cut = DeepStrategy(**{**FAST, "epochs": 6, "max_steps": 1, "max_epoch_steps": 3}, device="cpu")
+    assert cut.fit(data).steps_ == 3  # a random 3 batches of the users
+    whole = DeepStrategy(
+        **{**FAST, "epochs": 6, "max_steps": 1, "max_epoch_steps": None}, device="cpu"
+    )
+    assert whole.fit(data).steps_ == 5
+    # never under max_steps, and whole epochs as before when they fit in max_steps
+    assert DeepStrategy(max_steps=4, max_epoch_steps=2, batch_size=64)._step_limit(5) == 4
+    assert DeepStrategy(epochs=6, max_steps=12, max_epoch_steps=3)._step_limit(5) == 10
+
+
 def test_max_steps_caps_the_epochs_but_keeps_one():
     data, _ = _group_data(n_users=300)  # 300 users / batch 64 = 5 steps per epoch
     capped = DeepStrategy(**{**FAST, "epochs": 6, "max_steps": 12}, device="cpu").fit(data)
