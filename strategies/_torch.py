@@ -202,9 +202,7 @@ class Adam:
         sparse = [i for i, p in enumerate(self.params) if p.grad is not None and p.grad.is_sparse]
         for i in sparse:
             self._sparse_step(i)
-        live = [
-            i for i, p in enumerate(self.params) if p.grad is not None and not p.grad.is_sparse
-        ]
+        live = [i for i, p in enumerate(self.params) if p.grad is not None and not p.grad.is_sparse]
         if not live:
             return
         params = [self.params[i] for i in live]
