@@ -32,11 +32,7 @@ PARAMS_FILE = "params.json"
 # Single-core throughputs behind ``estimate_cost``'s times (order of magnitude, calibrated on
 # issue 29's 50k-item run: EASE's 20k-item inverse, ALS, BPR; docs/scale.md):
 DENSE_FLOPS = 1.5e10  # LAPACK/BLAS float64 (numpy), one core
-# torch float32 training steps (forward + backward + Adam) on the cores torch trains with:
-# deep's sampled step at 50k items (2.5 GFLOP) took 43 ms on the 2-core VM (59 GFLOP/s); a
-# third of that leaves room for slower machines and the per-step Python (was 5e9: estimates
-# 10x the measured fits).
-TORCH_FLOPS = 2e10
+TORCH_FLOPS = 5e9  # torch float32 training steps (forward + backward + Adam)
 SPARSE_OPS = 1e9  # sparse products, implicit's inner loops, numpy sorts (per element op)
 
 

@@ -75,6 +75,10 @@ LOSSES = ("auto", "softmax", "sampled")
 # ``loss="auto"``: the full softmax up to this many items, sampled beyond (issue 29: at 100k
 # items the full one costs ~6 b I h flops a step, an hour of CPU for the default 400 steps).
 FULL_SOFTMAX_MAX_ITEMS = 20_000
+# Throughput of a sampled-loss step (its estimate's rate; TORCH_FLOPS, 5e9, for the full one):
+# at 50k items a step of ~2.5 GFLOP took 43 ms on the 2-core VM's two threads (59 GFLOP/s,
+# bench/deep_fit.py); a third of that leaves room for slower machines and the Python per step.
+SAMPLED_STEP_FLOPS = 2e10
 
 
 class MultDAE(nn.Module):
@@ -551,7 +555,8 @@ class DeepStrategy(Strategy):
         backward; decoder and softmax dominate) and Adam's ~10 flops a parameter it updates
         (every one; with the sampled loss only the C + b E / U rows a step touches), steps as
         ``_step_limit`` (whole epochs within ``max_steps``, else one epoch up to
-        ``max_epoch_steps``). See ``Strategy.estimate_cost``.
+        ``max_epoch_steps``), at ``TORCH_FLOPS`` (``SAMPLED_STEP_FLOPS`` with the sampled
+        loss). See ``Strategy.estimate_cost``.
         """
         p = cls._params_with(params)
         hidden = [int(h) for h in p["hidden"]] or [1]
@@ -569,8 +574,9 @@ class DeepStrategy(Strategy):
         memory = input_bytes(n_users, n_items, n_events) + 16.0 * n_params
         memory += 12.0 * b * cols + 4.0 * n_items * hidden[0]
         steps = model._step_limit(math.ceil(max(n_users, 1) / b))
+        rate = SAMPLED_STEP_FLOPS if model._sampled(n_items) else TORCH_FLOPS
         # forward and backward over the logits, and Adam's pass over what it updates
-        return memory, steps * (6.0 * b * cols * hidden[0] + 10.0 * updated) / TORCH_FLOPS
+        return memory, steps * (6.0 * b * cols * hidden[0] + 10.0 * updated) / rate
 
     def score(self, users: UserBatch) -> np.ndarray:
         """See ``Strategy.score``; runs the serving module on ``serving_device_``.
