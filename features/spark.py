@@ -108,8 +108,12 @@ def get_session(master: str | None = None):
         if master.startswith("local"):
             # Everything in this process: stay on loopback (no listening on other interfaces).
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-            builder = builder.config("spark.driver.bindAddress", "127.0.0.1").config(
-                "spark.driver.host", "127.0.0.1"
+            builder = (
+                builder.config("spark.driver.bindAddress", "127.0.0.1")
+                .config("spark.driver.host", "127.0.0.1")
+                # local mode runs the executors in the driver's JVM: Spark's 1g default ran
+                # out of heap on ALS at 1M users (issue 29's L)
+                .config("spark.driver.memory", local_driver_memory())
             )
         jar = jdbc_jar()
         if os.path.isfile(jar):
@@ -121,6 +125,25 @@ def get_session(master: str | None = None):
         _session.sparkContext.setLogLevel("WARN")
         _session_master = master
         return _session
+
+
+def local_driver_memory() -> str:
+    """The JVM heap of a ``local[N]`` session: ``RECSYS_SPARK_DRIVER_MEMORY`` (Spark's syntax,
+    e.g. ``8g``), else a quarter of the machine's memory (at least 1g).
+
+    Returns
+    -------
+    str
+        A Spark memory size.
+    """
+    given = os.environ.get("RECSYS_SPARK_DRIVER_MEMORY")
+    if given:
+        return given
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return "1g"
+    return f"{max(1, total // 4 // 2**30)}g"
 
 
 def stop_session() -> None:
