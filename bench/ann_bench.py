@@ -157,6 +157,12 @@ def ndcg_exact_vs_ann(size: str, strategies: list[str], max_users: int = 5000) -
         t0 = time.perf_counter()
         exact_ids, _ = Strategy.recommend(model, batch, n=10, exclude=seen)
         exact_s = time.perf_counter() - t0
+        # recall@100 of the served search against the exact one (the measure)
+        ann100, _ = model.recommend(batch, n=100, exclude=seen)
+        exact100, _ = Strategy.recommend(model, batch, n=100, exclude=seen)
+        recall100 = float(
+            np.mean([len(np.intersect1d(a_, e_)) / 100 for a_, e_ in zip(ann100, exact100)])
+        )
         a = float(ranking_metrics(ann_ids, rel[users], 10)["ndcg"].mean())
         e = float(ranking_metrics(exact_ids, rel[users], 10)["ndcg"].mean())
         out.append(
@@ -167,6 +173,7 @@ def ndcg_exact_vs_ann(size: str, strategies: list[str], max_users: int = 5000) -
                 "ndcg@10 ann": round(a, 4),
                 "relative": round((a - e) / e, 4) if e else None,
                 "same top-10": round(float(np.mean((ann_ids == exact_ids).all(axis=1))), 4),
+                "recall@100 vs exact": round(recall100, 4),
                 "fit_s (index included)": round(fit_s, 1),
                 "index_mib": round(size_mib / 2**20, 1),
                 "ms/user ann": round(ann_s / len(users) * 1000, 3),

@@ -1,8 +1,9 @@
 """Approximate nearest-neighbour candidate retrieval for large catalogues (hnswlib HNSW graphs).
 
 Past ``ann_min_items`` items a strategy with item vectors (ALS, BPR) builds, at the end of its
-``fit``, two HNSW indexes: one over its scoring vectors in inner-product space (a user's top
-items: ALS and BPR scores are dot products, BPR's item bias being one more coordinate) and one
+``fit``, two HNSW indexes: one over its scoring vectors for inner product (a user's top items: ALS and
+BPR scores are dot products, BPR's item bias being one more coordinate; an L2 graph over
+``mips_vectors``) and one
 over the unit item vectors (cosine: similar items). They are saved as hnswlib's own index files
 beside the model's arrays, so the repository's manifest checksums them like every other file
 (``recsys.models.artifacts``; a changed byte is refused before hnswlib reads it), and
@@ -22,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
-# Bumped when the saved form changes; a model saved with another format is searched exactly.
-ANN_FORMAT = 1
+# Bumped when the saved form changes. 2: the inner-product index is an L2 graph over the
+# augmented vectors (``mips_vectors``); 1 (an hnswlib "ip" graph) is still read.
+ANN_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 # Items from which a fit builds the indexes (``ann_min_items`` hyperparameter's default;
 # ``ANN_MIN_ITEMS`` setting for ``recsys train``).
 DEFAULT_MIN_ITEMS = 200_000
@@ -34,11 +37,36 @@ DEFAULT_MIN_ITEMS = 200_000
 LINKS = 48
 EF_BUILD = 200
 EF_SEARCH = 600
+# The inner-product index's search list. hnswlib's "ip" graph found 42% of BPR's exact top 10 at
+# 50k items (ALS: 100%), whatever the list; the same vectors as an L2 graph (``mips_vectors``)
+# found 88% with 600 and 99% with 3,000 (ALS: 100% both; docs/scale.md).
+EF_SEARCH_MIPS = 3000
 # Inner product: the items of the largest norms are scored exactly besides the graph's
 # candidates (``head_ids``): they are the ones every list starts with, and the ones an
 # inner-product graph reaches worst. At 50k items (2%: 1,000), M = 48: recall@100 0.925
 # without, 0.975 with them (recall@10 0.985 -> 1.0), 0.14 ms more a query.
 HEAD_MIN, HEAD_SHARE = 256, 0.02
+
+
+def mips_vectors(vectors: np.ndarray) -> np.ndarray:
+    """Item vectors for a maximum-inner-product search in an L2 graph: each row gets one more
+    coordinate, sqrt(M - |x|^2), M the largest squared norm, so every row has norm sqrt(M);
+    a query gets a 0 there. Then |q - x|^2 = |q|^2 + M - 2 q.x: the nearest rows are the rows
+    of the largest inner product (Bachrach et al. 2014), and the graph is one of points on a
+    sphere, which HNSW searches well.
+
+    Parameters
+    ----------
+    vectors : np.ndarray, shape (n, d)
+
+    Returns
+    -------
+    np.ndarray of float32, shape (n, d + 1)
+    """
+    v = np.asarray(vectors, dtype=np.float32)
+    sq = np.einsum("ij,ij->i", v, v, dtype=np.float64)
+    extra = np.sqrt(np.maximum(sq.max(initial=0.0) - sq, 0.0)).astype(np.float32)
+    return np.ascontiguousarray(np.hstack([v, extra[:, None]]))
 
 
 def index_cost(n_items: int, dim: int, min_items: int | None) -> tuple[float, float]:
@@ -107,19 +135,36 @@ class AnnIndex:
         Their dimension.
     head : np.ndarray of int64, optional
         Ids always returned besides the graph's (``head_ids``; inner product only).
+    mips : bool
+        The graph is an L2 one over ``mips_vectors`` (queries get a 0 coordinate); False: an
+        hnswlib graph of ``space`` itself (cosine, and inner-product indexes of format 1).
     """
 
     def __init__(
-        self, index: Any, space: str, n: int, dim: int, head: np.ndarray | None = None
+        self,
+        index: Any,
+        space: str,
+        n: int,
+        dim: int,
+        head: np.ndarray | None = None,
+        mips: bool = False,
     ) -> None:
         self.index = index
         self.space = space
         self.n = n
         self.dim = dim
         self.head = head if head is not None else np.zeros(0, dtype=np.int64)
+        self.mips = mips
 
     @classmethod
-    def build(cls, vectors: np.ndarray, space: str, threads: int = 0, seed: int = 0) -> AnnIndex:
+    def build(
+        cls,
+        vectors: np.ndarray,
+        space: str,
+        threads: int = 0,
+        seed: int = 0,
+        skip: np.ndarray | None = None,
+    ) -> AnnIndex:
         """Build an index over ``vectors`` (row i gets id i).
 
         Parameters
@@ -132,6 +177,10 @@ class AnnIndex:
             Build threads; 0: all cores.
         seed : int
             The graph's random seed.
+        skip : np.ndarray of int, optional
+            Rows left out of the graph (a model's untrained items: never returned anyway, and
+            as thousands of identical points they broke the graph: BPR's recall@100 at 50k
+            items was 0.54 with its 7,445 zero rows in, docs/scale.md).
 
         Returns
         -------
@@ -139,22 +188,33 @@ class AnnIndex:
         """
         hnswlib = _hnswlib()
         v = np.ascontiguousarray(vectors, dtype=np.float32)
-        index = hnswlib.Index(space=space, dim=v.shape[1])
+        mips = space == "ip"
+        graph = mips_vectors(v) if mips else v
+        index = hnswlib.Index(space="l2" if mips else space, dim=graph.shape[1])
         index.init_index(
             max_elements=max(len(v), 1), ef_construction=EF_BUILD, M=LINKS, random_seed=seed
         )
         index.set_num_threads(threads or os.cpu_count() or 1)
-        index.add_items(v, np.arange(len(v)))
-        return cls._ready(index, space, len(v), v.shape[1], v)
+        ids = np.arange(len(v))
+        if skip is not None and len(skip):
+            ids = np.setdiff1d(ids, skip)
+        index.add_items(graph[ids], ids)
+        return cls._ready(index, space, len(v), v.shape[1], v, mips)
 
     @classmethod
     def _ready(
-        cls, index: Any, space: str, n: int, dim: int, vectors: np.ndarray | None
+        cls,
+        index: Any,
+        space: str,
+        n: int,
+        dim: int,
+        vectors: np.ndarray | None,
+        mips: bool = False,
     ) -> AnnIndex:
         index.set_num_threads(1)  # a request's search: one thread (gunicorn's workers share cores)
-        index.set_ef(EF_SEARCH)
+        index.set_ef(EF_SEARCH_MIPS if mips else EF_SEARCH)
         head = head_ids(vectors) if space == "ip" and vectors is not None else None
-        return cls(index, space, n, dim, head)
+        return cls(index, space, n, dim, head, mips)
 
     def save(self, path: str) -> dict[str, Any]:
         """Write the index as hnswlib's own file ``path`` (no pickle).
@@ -170,7 +230,10 @@ class AnnIndex:
             What ``load`` needs: space, n, dim (recorded in ``params.json``).
         """
         self.index.save_index(path)
-        return {"space": self.space, "n": self.n, "dim": self.dim}
+        meta = {"space": self.space, "n": self.n, "dim": self.dim}
+        if self.mips:
+            meta["graph"] = "l2-mips"
+        return meta
 
     @classmethod
     def load(cls, path: str, meta: dict[str, Any], vectors: np.ndarray | None = None) -> AnnIndex:
@@ -198,9 +261,10 @@ class AnnIndex:
         n, dim = int(meta["n"]), int(meta["dim"])
         if vectors is not None and vectors.shape != (n, dim):
             raise ValueError(f"candidate index is for {n} x {dim} vectors, not {vectors.shape}")
-        index = hnswlib.Index(space=meta["space"], dim=dim)
+        mips = meta.get("graph") == "l2-mips"
+        index = hnswlib.Index(space="l2" if mips else meta["space"], dim=dim + 1 if mips else dim)
         index.load_index(path, max_elements=max(n, 1))
-        return cls._ready(index, meta["space"], n, dim, vectors)
+        return cls._ready(index, meta["space"], n, dim, vectors, mips)
 
     def search(self, queries: np.ndarray, k: int) -> np.ndarray:
         """Approximate top-k ids per query (-1 pads where fewer come back).
@@ -217,12 +281,14 @@ class AnnIndex:
             The graph's ids, then the head's (which may repeat some; ``top_candidates`` drops
             them).
         """
-        k = min(k, self.n)
+        k = min(k, self.index.get_current_count())  # the graph may hold fewer than n
         if k <= 0 or len(queries) == 0:
             return np.full((len(queries), max(k, 0)), -1, dtype=np.int64)
         # hnswlib searches with max(ef, k) candidates; ef is set once (``_ready``), never per
         # call: concurrent searches of one index (a worker's threads) share it.
         q = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.mips:
+            q = np.ascontiguousarray(np.hstack([q, np.zeros((len(q), 1), np.float32)]))
         try:
             ids = self.index.knn_query(q, k=k)[0].astype(np.int64)
         except RuntimeError:  # fewer than k reachable (tiny or degenerate graphs)

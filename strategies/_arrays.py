@@ -220,8 +220,8 @@ class ItemFactors:
         threshold = self.ann_min_items if self.ann_min_items is not None else DEFAULT_MIN_ITEMS
         if threshold <= 0 or self.item_factors_.shape[0] < threshold:
             return
-        self.ann_ip_ = AnnIndex.build(self.item_factors_, "ip")
-        self.ann_cos_ = AnnIndex.build(self._unit_factors(), "cosine")
+        self.ann_ip_ = AnnIndex.build(self.item_factors_, "ip", skip=self.untrained_)
+        self.ann_cos_ = AnnIndex.build(self._unit_factors(), "cosine", skip=self.untrained_)
 
     def recommend(
         self,
@@ -337,12 +337,12 @@ def load_ann(path: str, params: dict[str, Any], **vectors: np.ndarray) -> dict[s
     ValueError
         For an index saved in another format (retrain the model).
     """
-    from strategies._ann import ANN_FORMAT, AnnIndex
+    from strategies._ann import ANN_FORMAT, READABLE_FORMATS, AnnIndex
 
     ann = params.get("ann")
     if not ann:
         return {}
-    if ann.get("format") != ANN_FORMAT or ann.get("library") != "hnswlib":
+    if ann.get("format") not in READABLE_FORMATS or ann.get("library") != "hnswlib":
         raise ValueError(
             f"candidate index format {ann.get('library')}/{ann.get('format')} is not "
             f"hnswlib/{ANN_FORMAT}; retrain the model"

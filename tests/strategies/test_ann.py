@@ -113,8 +113,9 @@ def test_the_index_is_saved_checksummed_and_versioned(tmp_path, fitted, data):
     manifest = artifacts.verify_version_dir(path, name, version, w.manifest_sha256)
     assert set(ANN_FILES.values()) <= set(manifest["files"])
     ann = json.load(open(os.path.join(path, "params.json")))["ann"]
-    assert ann["library"] == "hnswlib" and ann["format"] == 1 and ann["version"]
+    assert ann["library"] == "hnswlib" and ann["format"] == 2 and ann["version"]
     assert ann["indexes"]["ip"]["n"] == N_ITEMS
+    assert ann["indexes"]["ip"]["graph"] == "l2-mips" and "graph" not in ann["indexes"]["cos"]
     loaded, _, _ = artifacts.load_strategy(path, type(fitted), f"{name}/v1")
     users = batch(data, np.arange(40))
     for a, b in (
@@ -166,3 +167,37 @@ def loaded(tmp_path, model):
     path = str(tmp_path / f"{model.name}-{id(model)}")
     model.save(path)
     return type(model).load(path)
+
+
+def test_mips_vectors_turn_the_largest_inner_product_into_the_nearest_point():
+    from strategies._ann import mips_vectors
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(300, 6)).astype(np.float32) * rng.uniform(0.1, 3, size=(300, 1))
+    q = rng.normal(size=(20, 6)).astype(np.float32)
+    aug = mips_vectors(v)
+    norms = np.linalg.norm(aug, axis=1)
+    np.testing.assert_allclose(norms, norms.max(), rtol=1e-5)  # every row on one sphere
+    qa = np.hstack([q, np.zeros((20, 1), np.float32)])
+    dist = ((qa[:, None, :] - aug[None, :, :]) ** 2).sum(axis=2)
+    np.testing.assert_array_equal(np.argmin(dist, axis=1), np.argmax(q @ v.T, axis=1))
+
+
+def test_an_inner_product_index_of_format_1_is_still_read(tmp_path):
+    """Models saved before the L2 graph (format 1: an hnswlib "ip" graph) load and search."""
+    import hnswlib
+
+    from strategies._ann import AnnIndex
+
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(200, 5)).astype(np.float32)
+    old = hnswlib.Index(space="ip", dim=5)
+    old.init_index(max_elements=200, ef_construction=100, M=16, random_seed=0)
+    old.add_items(v, np.arange(200))
+    path = str(tmp_path / "ann_ip.hnsw")
+    old.save_index(path)
+    index = AnnIndex.load(path, {"space": "ip", "n": 200, "dim": 5}, v)
+    assert not index.mips
+    q = rng.normal(size=(3, 5)).astype(np.float32)
+    ids = index.search(q, 5)
+    assert ids.shape[0] == 3 and (ids[:, 0] == np.argmax(q @ v.T, axis=1)).all()
