@@ -161,7 +161,9 @@ def ndcg_exact_vs_ann(size: str, strategies: list[str], max_users: int = 5000) -
         ann100, _ = model.recommend(batch, n=100, exclude=seen)
         exact100, _ = Strategy.recommend(model, batch, n=100, exclude=seen)
         recall100 = float(
-            np.mean([len(np.intersect1d(a_, e_)) / 100 for a_, e_ in zip(ann100, exact100)])
+            np.mean(
+                [len(np.intersect1d(a_, e_)) / 100 for a_, e_ in zip(ann100, exact100, strict=True)]
+            )
         )
         a = float(ranking_metrics(ann_ids, rel[users], 10)["ndcg"].mean())
         e = float(ranking_metrics(exact_ids, rel[users], 10)["ndcg"].mean())

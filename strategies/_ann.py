@@ -1,9 +1,9 @@
 """Approximate nearest-neighbour candidate retrieval for large catalogues (hnswlib HNSW graphs).
 
 Past ``ann_min_items`` items a strategy with item vectors (ALS, BPR) builds, at the end of its
-``fit``, two HNSW indexes: one over its scoring vectors for inner product (a user's top items: ALS and
-BPR scores are dot products, BPR's item bias being one more coordinate; an L2 graph over
-``mips_vectors``) and one
+``fit``, two HNSW indexes: one over its scoring vectors for inner product (a user's top items:
+ALS and BPR scores are dot products, BPR's item bias being one more coordinate; an L2 graph
+over ``mips_vectors``) and one
 over the unit item vectors (cosine: similar items). They are saved as hnswlib's own index files
 beside the model's arrays, so the repository's manifest checksums them like every other file
 (``recsys.models.artifacts``; a changed byte is refused before hnswlib reads it), and
