@@ -136,14 +136,13 @@ def local_driver_memory() -> str:
     str
         A Spark memory size.
     """
+    from features.machine import machine_memory_bytes
+
     given = os.environ.get("RECSYS_SPARK_DRIVER_MEMORY")
     if given:
         return given
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        return "1g"
-    return f"{max(1, total // 4 // 2**30)}g"
+    total = machine_memory_bytes()  # a container's cgroup limit where lower
+    return f"{max(1, total // 4 // 2**30)}g" if total else "1g"
 
 
 def stop_session() -> None:

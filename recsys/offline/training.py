@@ -27,6 +27,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from features.interactions import InteractionData
+from features.machine import machine_memory_bytes
 from recsys.errors import ModelError
 from recsys.models.repository import ModelRepository
 from recsys.offline.evaluation.metrics import evaluate_recommendations
@@ -241,28 +242,6 @@ def model_dir_error(model_dir: str, e: OSError) -> str:
 # Share of the machine's memory a training run may plan for when no budget is set: half, so
 # that issue 29's "12 GB on the 24 GB machine" holds and EASE's 12.5 GiB at L is refused.
 DEFAULT_BUDGET_SHARE = 0.5
-
-
-def machine_memory_bytes() -> int | None:
-    """Physical memory, or the cgroup (v2) memory limit where it is lower.
-
-    Returns
-    -------
-    int or None
-        Bytes; None where neither can be read.
-    """
-    try:
-        total: int | None = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        total = None
-    try:
-        with open("/sys/fs/cgroup/memory.max") as f:
-            raw = f.read().strip()
-        if raw.isdigit():
-            total = min(int(raw), total) if total else int(raw)
-    except OSError:
-        pass
-    return total
 
 
 def training_budget_bytes(budget_mb: float | None) -> float | None:
